@@ -1,0 +1,23 @@
+//! otpgate's domain: the values a Verify Now request is made of, parsed once at
+//! the edge, and the rules that decide a verification's outcome. No I/O lives
+//! here: storage, HTTP and SMS sit in their own crates and speak these types.
+#![forbid(unsafe_code)]
+
+pub mod clock;
+pub mod code;
+pub mod customer;
+pub mod phone;
+pub mod secret;
+pub mod token;
+pub mod verification;
+
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use code::{CodeError, CodeHash, CodeKey, OtpCode, OtpLength};
+pub use customer::{CustomerId, CustomerIdError};
+pub use phone::{PhoneError, PhoneNumber, is_known_country_code, warm_up};
+pub use secret::SecretString;
+pub use token::{Claims, TokenError, TokenSigner};
+pub use verification::{
+    Decision, DeliveryStatus, VerificationId, VerificationIdError, VerificationState,
+    VerificationView, decide,
+};

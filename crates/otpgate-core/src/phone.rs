@@ -1,0 +1,263 @@
+//! Destination numbers (contract "Conventions"): a dialing code and a national
+//! number, checked against libphonenumber's metadata. A [`PhoneNumber`] masks
+//! itself in `Debug` so logs never carry a whole number.
+
+use std::fmt;
+use std::str::FromStr;
+
+use phonenumber::country;
+use phonenumber::metadata::DATABASE;
+
+/// A valid E.164 destination, split as the contract sends it.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct PhoneNumber {
+    country_code: u16,
+    national: String,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PhoneError {
+    #[error("countryCode must be 1 to 3 digits")]
+    MalformedCountryCode,
+    #[error("unknown country dialing code")]
+    UnknownCountryCode,
+    #[error("mobileNumber must be digits (spaces and dashes allowed), at most 20")]
+    MalformedNumber,
+    #[error("mobileNumber is not a valid number for countryCode")]
+    InvalidNumber,
+}
+
+/// Longest input looked at: E.164 allows 15 digits; separators add a few.
+const MAX_INPUT: usize = 32;
+
+impl PhoneNumber {
+    /// Parses the wire pair (`countryCode`, `mobileNumber`).
+    ///
+    /// A leading `+` on the dialing code is dropped; spaces, dashes, dots and
+    /// parentheses in the number are dropped; a national trunk prefix (`0`)
+    /// is removed where the country's numbering plan has one.
+    ///
+    /// # Errors
+    /// [`PhoneError`] saying which half is wrong and how.
+    pub fn parse(country_code: &str, mobile_number: &str) -> Result<Self, PhoneError> {
+        let cc = parse_country_code(country_code)?;
+        if mobile_number.len() > MAX_INPUT {
+            return Err(PhoneError::MalformedNumber);
+        }
+        let digits: String = mobile_number
+            .chars()
+            .filter(|c| !matches!(c, ' ' | '-' | '.' | '(' | ')'))
+            .collect();
+        if digits.is_empty() || digits.len() > 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(PhoneError::MalformedNumber);
+        }
+        let region = main_region(cc).ok_or(PhoneError::UnknownCountryCode)?;
+        let parsed =
+            phonenumber::parse(Some(region), &digits).map_err(|_| PhoneError::InvalidNumber)?;
+        if parsed.code().value() != cc || !parsed.is_valid() {
+            return Err(PhoneError::InvalidNumber);
+        }
+        Ok(Self {
+            country_code: cc,
+            national: national_digits(&parsed),
+        })
+    }
+
+    /// Parses `+919876543210` (the CLI's `--to`), splitting off the dialing
+    /// code by libphonenumber's rules.
+    ///
+    /// # Errors
+    /// [`PhoneError::MalformedNumber`] without a leading `+` or with other
+    /// characters; [`PhoneError::InvalidNumber`] when it is not a valid number.
+    pub fn parse_e164(s: &str) -> Result<Self, PhoneError> {
+        let s = s.trim();
+        if s.len() > MAX_INPUT {
+            return Err(PhoneError::MalformedNumber);
+        }
+        let rest = s.strip_prefix('+').ok_or(PhoneError::MalformedNumber)?;
+        let digits: String = rest.chars().filter(|c| !matches!(c, ' ' | '-')).collect();
+        if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(PhoneError::MalformedNumber);
+        }
+        let parsed = phonenumber::parse(None, format!("+{digits}"))
+            .map_err(|_| PhoneError::InvalidNumber)?;
+        if !parsed.is_valid() {
+            return Err(PhoneError::InvalidNumber);
+        }
+        Ok(Self {
+            country_code: parsed.code().value(),
+            national: national_digits(&parsed),
+        })
+    }
+
+    /// Rebuilds a number read back from storage, where it was stored only
+    /// after [`PhoneNumber::parse`] accepted it.
+    pub fn from_trusted_parts(country_code: u16, national: impl Into<String>) -> Self {
+        Self {
+            country_code,
+            national: national.into(),
+        }
+    }
+
+    pub fn country_code(&self) -> u16 {
+        self.country_code
+    }
+
+    /// The national number, digits only, as the contract echoes it back.
+    pub fn national(&self) -> &str {
+        &self.national
+    }
+
+    /// E.164 digits without the `+`: `919876543210`.
+    pub fn e164_digits(&self) -> String {
+        format!("{}{}", self.country_code, self.national)
+    }
+
+    /// `+91******3210`: enough to tell numbers apart in a log or a console.
+    pub fn masked(&self) -> String {
+        let n = self.national.len();
+        let keep = n.min(4);
+        format!(
+            "+{}{}{}",
+            self.country_code,
+            "*".repeat(n - keep),
+            &self.national[n - keep..]
+        )
+    }
+}
+
+/// Loads libphonenumber's metadata now rather than on the first request
+/// (the first parse costs tens of milliseconds).
+pub fn warm_up() {
+    let _ = PhoneNumber::parse("91", "9876543210");
+}
+
+fn parse_country_code(s: &str) -> Result<u16, PhoneError> {
+    let s = s.trim();
+    let s = s.strip_prefix('+').unwrap_or(s);
+    if s.is_empty() || s.len() > 3 || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(PhoneError::MalformedCountryCode);
+    }
+    let cc: u16 = s.parse().map_err(|_| PhoneError::MalformedCountryCode)?;
+    if main_region(cc).is_none() {
+        return Err(PhoneError::UnknownCountryCode);
+    }
+    Ok(cc)
+}
+
+/// Whether libphonenumber knows this dialing code.
+pub fn is_known_country_code(cc: u16) -> bool {
+    main_region(cc).is_some()
+}
+
+fn main_region(cc: u16) -> Option<country::Id> {
+    let regions = DATABASE.region(&cc)?;
+    // "001" marks non-geographic codes (e.g. +800); they have no region to
+    // parse a national number against.
+    regions
+        .into_iter()
+        .find_map(|r| country::Id::from_str(r).ok())
+}
+
+fn national_digits(p: &phonenumber::PhoneNumber) -> String {
+    let n = p.national();
+    format!("{}{}", "0".repeat(usize::from(n.zeros())), n.value())
+}
+
+impl fmt::Debug for PhoneNumber {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PhoneNumber({})", self.masked())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn parses_the_contracts_example() {
+        let p = PhoneNumber::parse("91", "9876543210").unwrap();
+        assert_eq!(p.country_code(), 91);
+        assert_eq!(p.national(), "9876543210");
+        assert_eq!(p.e164_digits(), "919876543210");
+    }
+
+    #[test]
+    fn tolerates_plus_spaces_dashes_and_trunk_zero() {
+        let want = PhoneNumber::parse("91", "9876543210").unwrap();
+        assert_eq!(PhoneNumber::parse("+91", "98765 43210").unwrap(), want);
+        assert_eq!(PhoneNumber::parse("91", "98765-43210").unwrap(), want);
+        assert_eq!(PhoneNumber::parse("91", "09876543210").unwrap(), want);
+        let uk = PhoneNumber::parse("44", "07400 123456").unwrap();
+        assert_eq!(uk.national(), "7400123456");
+    }
+
+    #[test]
+    fn keeps_italian_leading_zero() {
+        let it = PhoneNumber::parse("39", "06 6982 1234").unwrap();
+        assert!(it.national().starts_with('0'), "{}", it.national());
+    }
+
+    #[test]
+    fn unknown_dialing_code_and_invalid_numbers_are_told_apart() {
+        assert_eq!(
+            PhoneNumber::parse("999", "9876543210"),
+            Err(PhoneError::UnknownCountryCode)
+        );
+        assert_eq!(
+            PhoneNumber::parse("91", "12"),
+            Err(PhoneError::InvalidNumber)
+        );
+        assert_eq!(
+            PhoneNumber::parse("9a", "9876543210"),
+            Err(PhoneError::MalformedCountryCode)
+        );
+        assert_eq!(
+            PhoneNumber::parse("91", "98765x3210"),
+            Err(PhoneError::MalformedNumber)
+        );
+        assert_eq!(
+            PhoneNumber::parse("91", &"9".repeat(10_000)),
+            Err(PhoneError::MalformedNumber)
+        );
+    }
+
+    #[test]
+    fn e164_round_trips() {
+        let p = PhoneNumber::parse_e164("+919876543210").unwrap();
+        assert_eq!(p, PhoneNumber::parse("91", "9876543210").unwrap());
+        let us = PhoneNumber::parse_e164("+1 650-253-0000").unwrap();
+        assert_eq!(us.country_code(), 1);
+        assert!(PhoneNumber::parse_e164("919876543210").is_err());
+    }
+
+    #[test]
+    fn masking_keeps_only_last_four() {
+        let p = PhoneNumber::parse("91", "9876543210").unwrap();
+        assert_eq!(p.masked(), "+91******3210");
+        assert!(!format!("{p:?}").contains("9876543210"));
+    }
+
+    proptest! {
+        #[test]
+        fn parse_never_panics(cc in "\\PC{0,6}", n in "\\PC{0,40}") {
+            let _ = PhoneNumber::parse(&cc, &n);
+        }
+
+        #[test]
+        fn valid_indian_mobiles_round_trip(rest in "[6-9][0-9]{9}") {
+            if let Ok(p) = PhoneNumber::parse("91", &rest) {
+                prop_assert_eq!(p.national(), rest.as_str());
+                let again = PhoneNumber::parse(&p.country_code().to_string(), p.national());
+                prop_assert_eq!(again, Ok(p.clone()));
+                prop_assert_eq!(PhoneNumber::parse_e164(&format!("+{}", p.e164_digits())), Ok(p));
+            }
+        }
+
+        #[test]
+        fn non_digit_numbers_are_malformed(s in "[0-9]{3,6}[a-zA-Z#*]{1}[0-9]{3,6}") {
+            prop_assert_eq!(PhoneNumber::parse("91", &s), Err(PhoneError::MalformedNumber));
+        }
+    }
+}
