@@ -28,19 +28,74 @@ const TABLE: &[(ResponseCode, i64, &str, u16)] = &[
     (ResponseCode::Success, 200, "SUCCESS", 200),
     (ResponseCode::BadRequest, 400, "BAD_REQUEST", 400),
     (ResponseCode::Unauthorized, 401, "UNAUTHORIZED", 401),
-    (ResponseCode::InsufficientBalance, 402, "INSUFFICIENT_BALANCE", 402),
-    (ResponseCode::DuplicateResource, 409, "DUPLICATE_RESOURCE", 409),
+    (
+        ResponseCode::InsufficientBalance,
+        402,
+        "INSUFFICIENT_BALANCE",
+        402,
+    ),
+    (
+        ResponseCode::DuplicateResource,
+        409,
+        "DUPLICATE_RESOURCE",
+        409,
+    ),
     (ResponseCode::ServerError, 500, "SERVER_ERROR", 500),
-    (ResponseCode::InvalidCustomerId, 501, "INVALID_CUSTOMER_ID", 400),
-    (ResponseCode::ServiceUnavailable, 503, "SERVICE_UNAVAILABLE", 503),
-    (ResponseCode::InvalidVerificationId, 505, "INVALID_VERIFICATION_ID", 400),
-    (ResponseCode::RequestAlreadyExists, 506, "REQUEST_ALREADY_EXISTS", 400),
-    (ResponseCode::InvalidCountryCode, 511, "INVALID_COUNTRY_CODE", 400),
-    (ResponseCode::VerificationFailed, 700, "VERIFICATION_FAILED", 400),
-    (ResponseCode::WrongOtpProvided, 702, "WRONG_OTP_PROVIDED", 400),
+    (
+        ResponseCode::InvalidCustomerId,
+        501,
+        "INVALID_CUSTOMER_ID",
+        400,
+    ),
+    (
+        ResponseCode::ServiceUnavailable,
+        503,
+        "SERVICE_UNAVAILABLE",
+        503,
+    ),
+    (
+        ResponseCode::InvalidVerificationId,
+        505,
+        "INVALID_VERIFICATION_ID",
+        400,
+    ),
+    (
+        ResponseCode::RequestAlreadyExists,
+        506,
+        "REQUEST_ALREADY_EXISTS",
+        400,
+    ),
+    (
+        ResponseCode::InvalidCountryCode,
+        511,
+        "INVALID_COUNTRY_CODE",
+        400,
+    ),
+    (
+        ResponseCode::VerificationFailed,
+        700,
+        "VERIFICATION_FAILED",
+        400,
+    ),
+    (
+        ResponseCode::WrongOtpProvided,
+        702,
+        "WRONG_OTP_PROVIDED",
+        400,
+    ),
     (ResponseCode::AlreadyVerified, 703, "ALREADY_VERIFIED", 400),
-    (ResponseCode::VerificationExpired, 705, "VERIFICATION_EXPIRED", 400),
-    (ResponseCode::MaximumLimitReached, 800, "MAXIMUM_LIMIT_REACHED", 429),
+    (
+        ResponseCode::VerificationExpired,
+        705,
+        "VERIFICATION_EXPIRED",
+        400,
+    ),
+    (
+        ResponseCode::MaximumLimitReached,
+        800,
+        "MAXIMUM_LIMIT_REACHED",
+        429,
+    ),
 ];
 
 impl ResponseCode {
@@ -68,10 +123,7 @@ impl ResponseCode {
 
     /// The HTTP status the contract pairs with this code.
     pub fn http_status(self) -> u16 {
-        TABLE
-            .iter()
-            .find(|row| row.0 == self)
-            .map_or(500, |r| r.3)
+        TABLE.iter().find(|row| row.0 == self).map_or(500, |r| r.3)
     }
 
     pub fn is_success(self) -> bool {

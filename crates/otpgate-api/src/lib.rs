@@ -166,23 +166,15 @@ mod tests {
         assert_eq!(pending.response_code, ResponseCode::RequestAlreadyExists);
         assert_eq!(pending.data.unwrap().timeout.unwrap().0, 41);
 
-        let fail: ValidateResponse = serde_json::from_str(
-            r#"{"responseCode":702,"message":"WRONG_OTP_PROVIDED"}"#,
-        )
-        .unwrap();
+        let fail: ValidateResponse =
+            serde_json::from_str(r#"{"responseCode":702,"message":"WRONG_OTP_PROVIDED"}"#).unwrap();
         assert!(fail.data.is_none());
     }
 
     #[test]
     fn ids_serialise_as_the_path_wants() {
-        assert_eq!(
-            serde_json::to_string(&WireId::string(5)).unwrap(),
-            r#""5""#
-        );
+        assert_eq!(serde_json::to_string(&WireId::string(5)).unwrap(), r#""5""#);
         assert_eq!(serde_json::to_string(&WireId::number(5)).unwrap(), "5");
-        assert_eq!(
-            serde_json::to_string(&WireSeconds(60)).unwrap(),
-            r#""60""#
-        );
+        assert_eq!(serde_json::to_string(&WireSeconds(60)).unwrap(), r#""60""#);
     }
 }

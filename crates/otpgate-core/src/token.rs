@@ -148,9 +148,7 @@ fn split(token: &str) -> Result<(&str, Claims, Vec<u8>), TokenError> {
         return Err(TokenError::Malformed);
     }
     let (signing_input, sig_b64) = token.rsplit_once('.').ok_or(TokenError::Malformed)?;
-    let (header_b64, payload_b64) = signing_input
-        .split_once('.')
-        .ok_or(TokenError::Malformed)?;
+    let (header_b64, payload_b64) = signing_input.split_once('.').ok_or(TokenError::Malformed)?;
     let header: Header = decode_json(header_b64)?;
     // Only HS512: `none` and every other algorithm are refused before any
     // signature work, so a forged header cannot choose how it is checked.
@@ -194,10 +192,7 @@ mod tests {
     fn expired_revoked_and_foreign_tokens_fail() {
         let s = TokenSigner::new(b"secret".to_vec(), 10);
         let t = s.issue(&cid(), 3, 1_000_000);
-        assert_eq!(
-            s.verify(&t, &cid(), 3, 1_010_000),
-            Err(TokenError::Expired)
-        );
+        assert_eq!(s.verify(&t, &cid(), 3, 1_010_000), Err(TokenError::Expired));
         assert_eq!(
             s.verify(&t, &cid(), 4, 1_000_000),
             Err(TokenError::BadSignature)

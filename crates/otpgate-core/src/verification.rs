@@ -265,6 +265,8 @@ mod tests {
         for v in [view(Completed, 0), view(Pending, 5), view(Failed, 0)] {
             decide(&v, 0, || panic!("checked the code needlessly"));
         }
-        decide(&view(Pending, 0), 5000, || panic!("checked an expired code"));
+        decide(&view(Pending, 0), 5000, || {
+            panic!("checked an expired code")
+        });
     }
 }

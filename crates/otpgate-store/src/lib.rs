@@ -1,1 +1,235 @@
-//! placeholder
+//! otpgate's storage: the [`Store`] trait every backend implements, and the
+//! backends themselves (`sqlite` for one machine, `postgres` for many nodes).
+//!
+//! Every guarantee of the contract that involves more than one request —
+//! exactly-once completion, balances that never go negative, rate limits, the
+//! outbox — is enforced inside the store, in one transaction per operation,
+//! never in a node's memory. That is what lets several nodes share one
+//! PostgreSQL and still give the answers one node would.
+#![forbid(unsafe_code)]
+
+pub mod conformance;
+mod model;
+
+pub use model::*;
+
+use async_trait::async_trait;
+use otpgate_core::{CustomerId, VerificationId};
+
+/// Errors any backend can return. Input errors never get here: the domain
+/// types the trait takes were parsed and checked at the edge.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database could not be reached or timed out; nothing was written.
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
+    /// A row the operation needs does not exist (e.g. an unknown customerId
+    /// for an admin operation).
+    #[error("not found")]
+    NotFound,
+    /// A unique key collided (e.g. a generated id); the caller may retry with
+    /// a fresh value.
+    #[error("conflict: {0}")]
+    Conflict(String),
+    /// The database's schema is newer than this build knows.
+    #[error("database schema version {found} is newer than this build's {known}")]
+    SchemaTooNew { found: i64, known: i64 },
+    /// Anything else: a bug or corrupted data. Logged with its chain, never
+    /// shown to clients.
+    #[error("storage error: {0}")]
+    Internal(String),
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// The storage seam. Timestamps are milliseconds since the Unix epoch, passed
+/// in by the caller (who owns the clock), so tests can move time.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// `/readyz`: the database answers a trivial query.
+    async fn ping(&self) -> StoreResult<()>;
+
+    /// Which backend this is (`sqlite`, `postgres`), for logs and `/readyz`.
+    fn backend(&self) -> &'static str;
+
+    // ---- server-wide secrets -------------------------------------------
+
+    /// Returns the secret stored under `name`, storing `candidate` first if
+    /// there is none yet. Every node that calls this with its own random
+    /// candidate ends up with the same value.
+    async fn secret_get_or_init(&self, name: &str, candidate: &[u8]) -> StoreResult<Vec<u8>>;
+
+    // ---- accounts ------------------------------------------------------
+
+    /// Creates an account. [`StoreError::Conflict`] if the id exists.
+    async fn account_create(&self, new: NewAccount) -> StoreResult<Account>;
+    async fn account_get(&self, id: &CustomerId) -> StoreResult<Option<Account>>;
+    /// The account with this e-mail (case-insensitive), for console log-in.
+    async fn account_by_email(&self, email: &str) -> StoreResult<Option<Account>>;
+    /// Newest first.
+    async fn account_list(&self, limit: u32, offset: u32) -> StoreResult<Vec<Account>>;
+    /// Adds (or with a negative amount removes, never below zero) paid
+    /// credits. [`StoreError::NotFound`] for an unknown account.
+    async fn account_add_credits(&self, id: &CustomerId, credits: i64) -> StoreResult<Account>;
+    /// Replaces the password hash and bumps `token_epoch`, which revokes
+    /// every token issued before.
+    async fn account_set_password(
+        &self,
+        id: &CustomerId,
+        password_hash: &str,
+    ) -> StoreResult<Account>;
+    /// Bumps `token_epoch` without a password change.
+    async fn account_revoke_tokens(&self, id: &CustomerId) -> StoreResult<Account>;
+    async fn account_set_disabled(&self, id: &CustomerId, disabled: bool) -> StoreResult<Account>;
+    async fn account_set_settings(
+        &self,
+        id: &CustomerId,
+        settings: &AccountSettings,
+    ) -> StoreResult<Account>;
+
+    // ---- verifications -------------------------------------------------
+
+    /// Contract §2 and §5 in one transaction: refuses with 506 while a
+    /// verification to the same destination is pending, applies the rate
+    /// limits, charges (test credits first) without going below zero, stores
+    /// the verification and queues its message in the outbox. Either all of
+    /// that is durable when this returns `Created`, or none of it happened.
+    async fn verification_create(&self, req: NewVerification) -> StoreResult<CreateOutcome>;
+
+    /// One verification of one account; `None` for an unknown id and for
+    /// another account's id alike (505 must not tell them apart).
+    async fn verification_get(
+        &self,
+        customer: &CustomerId,
+        id: VerificationId,
+    ) -> StoreResult<Option<Verification>>;
+
+    /// Applies a validation's result if, and only if, the verification is
+    /// still pending with exactly `expected_wrong_attempts` wrong attempts.
+    /// Returns whether it applied; a `false` means another validation raced
+    /// this one, and the caller re-reads and decides again. This conditional
+    /// write is what makes completion exactly-once.
+    async fn verification_apply(
+        &self,
+        customer: &CustomerId,
+        id: VerificationId,
+        expected_wrong_attempts: u32,
+        action: ValidationAction,
+        now: i64,
+    ) -> StoreResult<bool>;
+
+    /// Wrong codes entered for this destination by this account over all its
+    /// verifications created since `since`.
+    async fn wrong_codes_since(
+        &self,
+        customer: &CustomerId,
+        destination_e164: &str,
+        since: i64,
+    ) -> StoreResult<u32>;
+
+    /// The account's verifications, newest first, for the console's log.
+    async fn verification_list(
+        &self,
+        customer: &CustomerId,
+        filter: &VerificationFilter,
+        limit: u32,
+        offset: u32,
+    ) -> StoreResult<Vec<Verification>>;
+
+    /// Sends and completions per UTC day over `[since, until)`, oldest first,
+    /// days without sends included as zero rows.
+    async fn daily_stats(
+        &self,
+        customer: &CustomerId,
+        since: i64,
+        until: i64,
+    ) -> StoreResult<Vec<DailyStats>>;
+
+    /// Delivery outcomes per channel over `[since, until)`.
+    async fn channel_stats(
+        &self,
+        customer: &CustomerId,
+        since: i64,
+        until: i64,
+    ) -> StoreResult<Vec<ChannelStats>>;
+
+    // ---- outbox --------------------------------------------------------
+
+    /// Leases up to `max` messages that are queued and due (`next_attempt_at
+    /// <= now`), or whose earlier lease expired (its holder died), to
+    /// `worker` until `now + lease_ms`. Two workers never hold one message.
+    async fn outbox_claim(
+        &self,
+        worker: &str,
+        max: u32,
+        lease_ms: i64,
+        now: i64,
+    ) -> StoreResult<Vec<OutboxMessage>>;
+
+    /// A gateway accepted the message: mark it sent, keep the gateway's
+    /// message id, erase the text (it holds the code). Ignored (returns
+    /// `false`) if `worker` no longer holds the lease.
+    async fn outbox_sent(
+        &self,
+        message_id: i64,
+        worker: &str,
+        sent: &SentInfo,
+        now: i64,
+    ) -> StoreResult<bool>;
+
+    /// A transient failure: release the lease and try again at
+    /// `next_attempt_at`, recording the error.
+    async fn outbox_retry(
+        &self,
+        message_id: i64,
+        worker: &str,
+        next_attempt_at: i64,
+        error: &str,
+        now: i64,
+    ) -> StoreResult<bool>;
+
+    /// A permanent failure, or validity ran out: the message is failed, its
+    /// text erased, its verification failed (700 on validate) and its charge
+    /// refunded, in one transaction.
+    async fn outbox_failed(
+        &self,
+        message_id: i64,
+        worker: &str,
+        error: &str,
+        now: i64,
+    ) -> StoreResult<bool>;
+
+    /// A delivery receipt from `channel` for the gateway's `gateway_id`.
+    /// Returns whether a message matched.
+    async fn outbox_receipt(
+        &self,
+        channel: &str,
+        gateway_id: &str,
+        status: otpgate_core::DeliveryStatus,
+        detail: &str,
+        now: i64,
+    ) -> StoreResult<bool>;
+
+    /// Messages by state, for health and metrics.
+    async fn outbox_depth(&self) -> StoreResult<OutboxDepth>;
+
+    /// The outbox row of a verification (for tests, the console and support).
+    async fn outbox_for_verification(
+        &self,
+        id: VerificationId,
+    ) -> StoreResult<Option<OutboxMessage>>;
+
+    // ---- inbox channel -------------------------------------------------
+
+    /// Stores a message the development `inbox` channel "delivered".
+    async fn inbox_put(&self, msg: &InboxEntry) -> StoreResult<()>;
+
+    /// Newest first; only `customer`'s messages and only those to `to`
+    /// (E.164 digits), where given.
+    async fn inbox_list(
+        &self,
+        customer: Option<&CustomerId>,
+        to: Option<&str>,
+        limit: u32,
+    ) -> StoreResult<Vec<InboxEntry>>;
+}

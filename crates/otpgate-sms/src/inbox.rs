@@ -1,0 +1,59 @@
+//! The development channel: "delivers" by storing the message where
+//! `otpgate inbox` and the console's sandbox can show it. No phone needed.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use otpgate_core::Clock;
+use otpgate_store::{InboxEntry, Store};
+
+use crate::channel::{Accepted, Channel, ChannelError, ChannelHealth, Outgoing};
+
+pub struct InboxChannel {
+    name: String,
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+}
+
+impl InboxChannel {
+    pub fn new(name: impl Into<String>, store: Arc<dyn Store>, clock: Arc<dyn Clock>) -> Self {
+        Self {
+            name: name.into(),
+            store,
+            clock,
+        }
+    }
+}
+
+#[async_trait]
+impl Channel for InboxChannel {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    async fn send(&self, msg: &Outgoing) -> Result<Accepted, ChannelError> {
+        let entry = InboxEntry {
+            customer_id: Some(msg.customer_id.clone()),
+            destination: msg.destination.e164_digits(),
+            text: msg.text.clone(),
+            verification_id: Some(msg.verification_id),
+            created_at: self.clock.now_ms(),
+        };
+        self.store
+            .inbox_put(&entry)
+            .await
+            .map_err(|e| ChannelError::Transient(e.to_string()))?;
+        Ok(Accepted {
+            gateway_id: Some(format!("inbox-{}", msg.message_id)),
+        })
+    }
+
+    fn health(&self) -> ChannelHealth {
+        ChannelHealth {
+            name: self.name.clone(),
+            kind: "inbox",
+            up: true,
+            last_error: None,
+        }
+    }
+}

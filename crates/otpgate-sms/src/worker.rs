@@ -1,0 +1,258 @@
+//! The outbox worker: claims due messages from the store, hands each to the
+//! first channel of its route that takes it, and records the result.
+//!
+//! Retries: a transient failure is retried with exponential backoff and
+//! jitter until the verification expires; an unavailable channel fails over
+//! to the next one at once; a permanent failure (or running out of validity)
+//! fails the verification and refunds it, in the store's one transaction.
+//!
+//! At-least-once: a message is marked sent only after the gateway accepted
+//! it. A crash between the two leaves the lease to expire, and the message is
+//! sent again: that window is the one place a duplicate can happen.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use otpgate_core::Clock;
+use otpgate_store::{OutboxMessage, SentInfo, Store};
+use rand::RngExt;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::channel::{Channel, ChannelError, ChannelHealth, Outgoing};
+
+/// How the worker paces itself.
+#[derive(Debug, Clone)]
+pub struct DeliveryConfig {
+    /// Identifies this node's worker in leases.
+    pub worker_id: String,
+    /// Messages claimed per round.
+    pub batch: u32,
+    /// How long a claim lasts; a node that dies mid-delivery loses its
+    /// messages to another node after this.
+    pub lease_ms: i64,
+    /// Poll interval when nothing wakes the worker (other nodes' sends,
+    /// retries coming due).
+    pub poll_ms: u64,
+    /// First retry delay; doubles per attempt up to `retry_max_ms`.
+    pub retry_base_ms: i64,
+    pub retry_max_ms: i64,
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        Self {
+            worker_id: format!("node-{}", std::process::id()),
+            batch: 64,
+            lease_ms: 30_000,
+            poll_ms: 250,
+            retry_base_ms: 500,
+            retry_max_ms: 30_000,
+        }
+    }
+}
+
+/// Chooses the ordered channels for a message (routing by destination and
+/// flow). The simplest router sends everything down one list.
+pub trait Router: Send + Sync + 'static {
+    fn route(&self, msg: &OutboxMessage) -> Vec<Arc<dyn Channel>>;
+    fn channels(&self) -> Vec<Arc<dyn Channel>>;
+}
+
+/// Every message to the same channels, in order.
+pub struct SingleRoute(pub Vec<Arc<dyn Channel>>);
+
+impl Router for SingleRoute {
+    fn route(&self, _msg: &OutboxMessage) -> Vec<Arc<dyn Channel>> {
+        self.0.clone()
+    }
+    fn channels(&self) -> Vec<Arc<dyn Channel>> {
+        self.0.clone()
+    }
+}
+
+pub struct Delivery {
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    router: Arc<dyn Router>,
+    config: DeliveryConfig,
+    wake: Notify,
+}
+
+impl Delivery {
+    pub fn new(
+        store: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+        router: Arc<dyn Router>,
+        config: DeliveryConfig,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            store,
+            clock,
+            router,
+            config,
+            wake: Notify::new(),
+        })
+    }
+
+    /// Wakes the worker: a send just committed a message.
+    pub fn notify(&self) {
+        self.wake.notify_one();
+    }
+
+    pub fn health(&self) -> Vec<ChannelHealth> {
+        self.router.channels().iter().map(|c| c.health()).collect()
+    }
+
+    /// Runs until `shutdown` fires, then finishes the round in hand (so no
+    /// message is left half-recorded) and closes the channels.
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        info!(worker = %self.config.worker_id, "delivery worker started");
+        loop {
+            let handled = match self.round().await {
+                Ok(n) => n,
+                Err(e) => {
+                    warn!(error = %e, "delivery round failed");
+                    0
+                }
+            };
+            if shutdown.is_cancelled() {
+                break;
+            }
+            if handled == 0 {
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    () = self.wake.notified() => {}
+                    () = tokio::time::sleep(Duration::from_millis(self.config.poll_ms)) => {}
+                }
+            }
+        }
+        for c in self.router.channels() {
+            c.close().await;
+        }
+        info!("delivery worker stopped");
+    }
+
+    /// One claim-and-deliver round; returns how many messages it handled.
+    ///
+    /// # Errors
+    /// The store's error when claiming fails.
+    pub async fn round(&self) -> Result<usize, otpgate_store::StoreError> {
+        let now = self.clock.now_ms();
+        let batch = self
+            .store
+            .outbox_claim(
+                &self.config.worker_id,
+                self.config.batch,
+                self.config.lease_ms,
+                now,
+            )
+            .await?;
+        let n = batch.len();
+        let jobs = batch.into_iter().map(|m| self.deliver(m));
+        futures::future::join_all(jobs).await;
+        Ok(n)
+    }
+
+    async fn deliver(&self, msg: OutboxMessage) {
+        let worker = &self.config.worker_id;
+        let now = self.clock.now_ms();
+        let Some(text) = msg.text.clone() else {
+            // Text already erased: nothing left to send.
+            let _ = self
+                .store
+                .outbox_failed(msg.id, worker, "no text", now)
+                .await;
+            return;
+        };
+        if now >= msg.expires_at {
+            self.record(
+                self.store
+                    .outbox_failed(msg.id, worker, "validity ran out before delivery", now)
+                    .await,
+            );
+            return;
+        }
+        let out = Outgoing {
+            message_id: msg.id,
+            verification_id: msg.verification_id,
+            customer_id: msg.customer_id.clone(),
+            destination: msg.destination.clone(),
+            flow_type: msg.flow_type.clone(),
+            text,
+        };
+        let mut last = String::from("no channel routes this message");
+        let mut permanent = false;
+        for channel in self.router.route(&msg) {
+            match channel.send(&out).await {
+                Ok(acc) => {
+                    debug!(
+                        message = msg.id,
+                        channel = channel.name(),
+                        "delivered to gateway"
+                    );
+                    let info = SentInfo {
+                        channel: channel.name().to_owned(),
+                        gateway_id: acc.gateway_id,
+                    };
+                    let now = self.clock.now_ms();
+                    self.record(self.store.outbox_sent(msg.id, worker, &info, now).await);
+                    return;
+                }
+                Err(ChannelError::Unavailable(e)) => {
+                    last = format!("{}: {e}", channel.name());
+                }
+                Err(ChannelError::Transient(e)) => {
+                    last = format!("{}: {e}", channel.name());
+                }
+                Err(ChannelError::Permanent(e)) => {
+                    last = format!("{}: {e}", channel.name());
+                    permanent = true;
+                    break;
+                }
+            }
+        }
+        let now = self.clock.now_ms();
+        if permanent {
+            warn!(message = msg.id, error = %last, "permanent delivery failure");
+            self.record(self.store.outbox_failed(msg.id, worker, &last, now).await);
+            return;
+        }
+        let delay = self.backoff(msg.attempts);
+        if now + delay >= msg.expires_at {
+            self.record(
+                self.store
+                    .outbox_failed(msg.id, worker, &format!("gave up: {last}"), now)
+                    .await,
+            );
+        } else {
+            debug!(message = msg.id, delay, error = %last, "will retry");
+            self.record(
+                self.store
+                    .outbox_retry(msg.id, worker, now + delay, &last, now)
+                    .await,
+            );
+        }
+    }
+
+    /// Exponential backoff with full jitter in its upper half.
+    fn backoff(&self, attempts: u32) -> i64 {
+        let exp = self
+            .config
+            .retry_base_ms
+            .saturating_mul(1i64 << attempts.saturating_sub(1).min(20))
+            .min(self.config.retry_max_ms)
+            .max(1);
+        let half = exp / 2;
+        half + rand::rng().random_range(0..=exp - half)
+    }
+
+    fn record(&self, r: Result<bool, otpgate_store::StoreError>) {
+        match r {
+            Ok(true) => {}
+            Ok(false) => debug!("lease was lost before the result was recorded"),
+            Err(e) => warn!(error = %e, "could not record a delivery result"),
+        }
+    }
+}

@@ -1,0 +1,232 @@
+//! The records the store keeps and the requests it takes. Plain data: the
+//! rules that produce and read them live in `otpgate-core` and the server.
+
+use otpgate_core::{
+    CodeHash, CustomerId, DeliveryStatus, PhoneNumber, VerificationId, VerificationState,
+};
+use serde::{Deserialize, Serialize};
+
+/// An account's own settings (the console's Settings page). Stored as one
+/// JSON document so adding a setting needs no migration on either backend.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct AccountSettings {
+    /// Brand name put into the message text; `None` uses the server default.
+    pub brand_name: Option<String>,
+    /// Default validity in seconds when a send gives no `timeout`.
+    pub default_timeout_secs: Option<u32>,
+    /// Default code length when a send gives no `otpLength`.
+    pub default_otp_length: Option<u8>,
+    /// Dialing codes this account may send to; `None` allows all (others
+    /// get 511).
+    pub allowed_country_codes: Option<Vec<u16>>,
+    /// Sends per destination per window; `None` uses the server default.
+    pub per_number_send_limit: Option<u32>,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewAccount {
+    pub customer_id: CustomerId,
+    /// Argon2id PHC string.
+    pub password_hash: String,
+    pub email: Option<String>,
+    pub country: Option<String>,
+    pub credits: i64,
+    pub test_credits: i64,
+    pub created_at: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Account {
+    pub customer_id: CustomerId,
+    pub password_hash: String,
+    pub email: Option<String>,
+    pub country: Option<String>,
+    /// Paid credits.
+    pub credits: i64,
+    /// Credits granted on sign-up; spent before paid ones.
+    pub test_credits: i64,
+    /// Bumped to revoke every token issued before (see `otpgate_core::token`).
+    pub token_epoch: i64,
+    pub disabled: bool,
+    pub settings: AccountSettings,
+    pub created_at: i64,
+}
+
+/// Limits checked inside [`crate::Store::verification_create`]'s transaction,
+/// so they hold across nodes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SendLimits {
+    /// At most this many verifications per (account, destination) per
+    /// `per_number_window_ms`.
+    pub per_number_max: u32,
+    pub per_number_window_ms: i64,
+    /// At most this many wrong codes per (account, destination) over
+    /// `wrong_code_window_ms`, across verifications; past it sends are
+    /// refused (and validations answer 800, decided by the caller).
+    pub wrong_code_max: u32,
+    pub wrong_code_window_ms: i64,
+    /// At most this many sends per account per second; `None` is no limit.
+    pub per_account_per_second: Option<u32>,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewVerification {
+    pub id: VerificationId,
+    pub customer_id: CustomerId,
+    pub destination: PhoneNumber,
+    pub flow_type: String,
+    pub code_hash: CodeHash,
+    pub otp_length: u8,
+    pub max_attempts: u32,
+    pub created_at: i64,
+    pub expires_at: i64,
+    pub transaction_id: String,
+    /// Credits this message costs (destination country's price).
+    pub price: i64,
+    /// The text queued for delivery. It holds the code: the store keeps it
+    /// only until the message is delivered or abandoned.
+    pub message_text: String,
+    pub limits: SendLimits,
+}
+
+/// Result of [`crate::Store::verification_create`].
+#[derive(Debug, Clone)]
+pub enum CreateOutcome {
+    Created(Verification),
+    /// 506: a verification to this destination is still pending.
+    AlreadyPending(Verification),
+    /// 800: a limit was hit; retry after this many seconds (at least 1).
+    RateLimited {
+        retry_after_secs: u64,
+    },
+    /// 402
+    InsufficientBalance,
+    /// The account is missing or disabled (the caller answers 401).
+    AccountUnavailable,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verification {
+    pub id: VerificationId,
+    pub customer_id: CustomerId,
+    pub destination: PhoneNumber,
+    pub flow_type: String,
+    pub code_hash: CodeHash,
+    pub otp_length: u8,
+    pub state: VerificationState,
+    pub wrong_attempts: u32,
+    pub max_attempts: u32,
+    pub created_at: i64,
+    pub expires_at: i64,
+    pub completed_at: Option<i64>,
+    pub transaction_id: String,
+    /// Credits charged (0 once refunded).
+    pub cost: i64,
+    /// Of `cost`, how much came from test credits (refunds go back there).
+    pub cost_test: i64,
+    pub delivery: DeliveryStatus,
+    /// Channel that took the message, if any yet.
+    pub channel: Option<String>,
+    /// The gateway's message id, for support.
+    pub gateway_id: Option<String>,
+    /// Last delivery error or receipt detail.
+    pub delivery_detail: Option<String>,
+}
+
+impl Verification {
+    /// Pending, unexpired and not dead: the state in which a new send to the
+    /// same destination answers 506.
+    pub fn is_live(&self, now: i64) -> bool {
+        self.state == VerificationState::Pending
+            && now < self.expires_at
+            && self.wrong_attempts < self.max_attempts
+    }
+}
+
+/// What a validation writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ValidationAction {
+    /// The right code: state becomes completed.
+    Complete,
+    /// A wrong code: `wrong_attempts` + 1.
+    Wrong,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct VerificationFilter {
+    /// Substring of the destination's E.164 digits.
+    pub number: Option<String>,
+    pub state: Option<VerificationState>,
+    /// `created_at` in `[since, until)`.
+    pub since: Option<i64>,
+    pub until: Option<i64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DailyStats {
+    /// Midnight UTC of the day, in ms.
+    pub day_start: i64,
+    pub sends: u64,
+    pub completed: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChannelStats {
+    pub channel: String,
+    pub attempted: u64,
+    /// Sent or delivered.
+    pub succeeded: u64,
+    pub failed: u64,
+}
+
+/// A queued message as a worker sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxMessage {
+    pub id: i64,
+    pub verification_id: VerificationId,
+    pub customer_id: CustomerId,
+    pub destination: PhoneNumber,
+    pub flow_type: String,
+    /// `None` once erased (sent or abandoned).
+    pub text: Option<String>,
+    pub status: DeliveryStatus,
+    /// Delivery attempts so far (including the one being made).
+    pub attempts: u32,
+    pub next_attempt_at: i64,
+    /// The verification's expiry: retrying past it is pointless.
+    pub expires_at: i64,
+    pub channel: Option<String>,
+    pub gateway_id: Option<String>,
+    pub last_error: Option<String>,
+    pub created_at: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SentInfo {
+    pub channel: String,
+    pub gateway_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OutboxDepth {
+    /// Queued and not leased.
+    pub queued: u64,
+    /// Leased to a worker right now.
+    pub in_flight: u64,
+    /// Failed permanently (all time).
+    pub failed: u64,
+}
+
+/// A message the `inbox` channel received.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InboxEntry {
+    /// The account whose verification sent it (the console shows each
+    /// account only its own).
+    pub customer_id: Option<CustomerId>,
+    /// E.164 digits without `+`.
+    pub destination: String,
+    pub text: String,
+    pub verification_id: Option<VerificationId>,
+    pub created_at: i64,
+}
