@@ -145,6 +145,19 @@ impl<'de> Deserialize<'de> for ResponseCode {
     }
 }
 
+/// `data.responseCode` is a string on the wire (`"200"`), unlike the
+/// envelope's number.
+#[allow(clippy::ref_option)]
+pub(crate) fn as_string<S: Serializer>(
+    code: &Option<ResponseCode>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    match code {
+        Some(c) => s.collect_str(&c.code()),
+        None => s.serialize_none(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

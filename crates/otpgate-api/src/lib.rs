@@ -64,7 +64,7 @@ pub struct SendData {
     pub verification_id: WireId,
     #[serde(default)]
     pub mobile_number: Option<String>,
-    #[serde(default)]
+    #[serde(default, serialize_with = "code::as_string")]
     pub response_code: Option<ResponseCode>,
     #[serde(default)]
     pub error_message: Option<String>,
@@ -89,7 +89,7 @@ pub struct ValidateData {
     pub mobile_number: Option<String>,
     #[serde(default)]
     pub verification_status: Option<String>,
-    #[serde(default)]
+    #[serde(default, serialize_with = "code::as_string")]
     pub response_code: Option<ResponseCode>,
     #[serde(default)]
     pub error_message: Option<String>,
@@ -108,7 +108,7 @@ pub struct PendingData {
     pub verification_id: WireId,
     #[serde(default)]
     pub mobile_number: Option<String>,
-    #[serde(default)]
+    #[serde(default, serialize_with = "code::as_string")]
     pub response_code: Option<ResponseCode>,
     #[serde(default)]
     pub error_message: Option<String>,

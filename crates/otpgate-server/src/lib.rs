@@ -1,1 +1,17 @@
-//! placeholder
+//! otpgate's HTTP server: the Verify Now API (token, send, validate), health
+//! endpoints, and the delivery worker beside them.
+#![forbid(unsafe_code)]
+
+pub mod accounts;
+pub mod auth;
+pub mod config;
+pub mod error;
+pub mod params;
+pub mod routes;
+pub mod service;
+pub mod startup;
+pub mod state;
+pub mod store;
+
+pub use config::Settings;
+pub use startup::Application;

@@ -1,0 +1,307 @@
+//! Server settings: defaults, overridden by the TOML file, then by `OTPGATE_`
+//! environment variables, then by command-line flags (the binary applies the
+//! last layer). Every field is documented in the README's settings table.
+
+use std::collections::BTreeMap;
+
+use otpgate_core::SecretString;
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    /// Address to listen on.
+    pub listen: String,
+    /// `sqlite://otpgate.db` or `postgres://…`.
+    pub database_url: String,
+    /// The URL clients reach this server at (console examples, `--dev`
+    /// output); derived from `listen` when empty.
+    pub public_url: String,
+    /// Development mode: demo account, inbox channel.
+    pub dev: bool,
+    /// Logs as JSON lines instead of text.
+    pub log_json: bool,
+    pub token: TokenSettings,
+    pub otp: OtpSettings,
+    pub limits: LimitSettings,
+    pub accounts: AccountDefaults,
+    pub pricing: Pricing,
+    pub message: MessageSettings,
+    pub http: HttpSettings,
+    pub delivery: DeliverySettings,
+    pub postgres: PostgresSettings,
+    /// SMS channels and routes (`[channels.NAME]`, `[[routes]]`); none
+    /// configured means the development inbox channel.
+    #[serde(flatten)]
+    pub sms: SmsSection,
+}
+
+/// Channel and route tables, kept as raw TOML here and parsed by the
+/// delivery crate, which owns their meaning.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct SmsSection {
+    pub channels: BTreeMap<String, toml::Value>,
+    pub routes: Vec<toml::Value>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TokenSettings {
+    /// Signing secret for tokens. Several nodes must share it; when empty a
+    /// random one is generated and kept in the database, so restarts (and
+    /// nodes on one database) keep tokens valid.
+    pub secret: Option<SecretString>,
+    /// Token lifetime in seconds (default 7 days).
+    pub lifetime_secs: i64,
+    /// Failed token requests allowed per customerId and per client address
+    /// within `failure_window_secs` before 429.
+    pub max_failures: u32,
+    pub failure_window_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OtpSettings {
+    pub default_length: u8,
+    pub default_timeout_secs: u32,
+    pub min_timeout_secs: u32,
+    pub max_timeout_secs: u32,
+    /// Wrong codes a verification takes before it is dead (800).
+    pub max_attempts: u32,
+    /// HMAC key for stored codes (hex or text). Generated and kept in the
+    /// database when empty, like the token secret.
+    pub code_key: Option<SecretString>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitSettings {
+    /// Sends per (account, destination) per `per_number_window_secs`.
+    pub per_number_max: u32,
+    pub per_number_window_secs: u32,
+    /// Wrong codes per (account, destination) per `wrong_code_window_secs`,
+    /// across verifications.
+    pub wrong_code_max: u32,
+    pub wrong_code_window_secs: u32,
+    /// Sends per account per second; 0 is no limit.
+    pub per_account_per_second: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AccountDefaults {
+    /// Test credits a new account receives.
+    pub test_credits: i64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Pricing {
+    /// Credits per message when the destination's dialing code has no entry.
+    pub default_price: i64,
+    /// Credits per message by dialing code, e.g. `"91" = 1`, `"44" = 3`.
+    pub by_country_code: BTreeMap<String, i64>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MessageSettings {
+    /// Brand name used when the account sets none.
+    pub brand_name: String,
+    /// Message templates by `langId`; `default` is used otherwise.
+    /// Placeholders: `{code}`, `{brand}`, `{minutes}`.
+    pub templates: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpSettings {
+    /// Largest request body accepted, in bytes.
+    pub max_body_bytes: usize,
+    /// Requests taking longer are answered 503.
+    pub request_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DeliverySettings {
+    pub batch: u32,
+    pub lease_ms: i64,
+    pub poll_ms: u64,
+    pub retry_base_ms: i64,
+    pub retry_max_ms: i64,
+    /// This node's name in outbox leases; defaults to host name + pid.
+    pub worker_id: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PostgresSettings {
+    pub pool_size: u32,
+    pub statement_timeout_ms: u64,
+    pub connect_timeout_ms: u64,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".into(),
+            database_url: "sqlite://otpgate.db".into(),
+            public_url: String::new(),
+            dev: false,
+            log_json: false,
+            token: TokenSettings::default(),
+            otp: OtpSettings::default(),
+            limits: LimitSettings::default(),
+            accounts: AccountDefaults::default(),
+            pricing: Pricing::default(),
+            message: MessageSettings::default(),
+            http: HttpSettings::default(),
+            delivery: DeliverySettings::default(),
+            postgres: PostgresSettings::default(),
+            sms: SmsSection::default(),
+        }
+    }
+}
+
+impl Default for TokenSettings {
+    fn default() -> Self {
+        Self {
+            secret: None,
+            lifetime_secs: 7 * 24 * 3600,
+            max_failures: 10,
+            failure_window_secs: 300,
+        }
+    }
+}
+
+impl Default for OtpSettings {
+    fn default() -> Self {
+        Self {
+            default_length: 4,
+            default_timeout_secs: 60,
+            min_timeout_secs: 20,
+            max_timeout_secs: 300,
+            max_attempts: 5,
+            code_key: None,
+        }
+    }
+}
+
+impl Default for LimitSettings {
+    fn default() -> Self {
+        Self {
+            per_number_max: 5,
+            per_number_window_secs: 600,
+            wrong_code_max: 100,
+            wrong_code_window_secs: 24 * 3600,
+            per_account_per_second: 0,
+        }
+    }
+}
+
+impl Default for AccountDefaults {
+    fn default() -> Self {
+        Self { test_credits: 100 }
+    }
+}
+
+impl Default for Pricing {
+    fn default() -> Self {
+        Self {
+            default_price: 1,
+            by_country_code: BTreeMap::new(),
+        }
+    }
+}
+
+impl Default for MessageSettings {
+    fn default() -> Self {
+        let mut templates = BTreeMap::new();
+        templates.insert(
+            "default".into(),
+            "{code} is your {brand} verification code. It is valid for {minutes} minutes. Do not share it."
+                .into(),
+        );
+        Self {
+            brand_name: "otpgate".into(),
+            templates,
+        }
+    }
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 16 * 1024,
+            request_timeout_ms: 15_000,
+        }
+    }
+}
+
+impl Default for DeliverySettings {
+    fn default() -> Self {
+        Self {
+            batch: 64,
+            lease_ms: 30_000,
+            poll_ms: 250,
+            retry_base_ms: 500,
+            retry_max_ms: 30_000,
+            worker_id: String::new(),
+        }
+    }
+}
+
+impl Default for PostgresSettings {
+    fn default() -> Self {
+        Self {
+            pool_size: 10,
+            statement_timeout_ms: 5_000,
+            connect_timeout_ms: 3_000,
+        }
+    }
+}
+
+impl Settings {
+    /// Price in credits of one message to `country_code`.
+    pub fn price_for(&self, country_code: u16) -> i64 {
+        self.pricing
+            .by_country_code
+            .get(&country_code.to_string())
+            .copied()
+            .unwrap_or(self.pricing.default_price)
+    }
+
+    /// Checks values that would otherwise fail later and less clearly.
+    ///
+    /// # Errors
+    /// A sentence naming the setting and what is wrong with it.
+    pub fn validate(&self) -> Result<(), String> {
+        if !(4..=8).contains(&self.otp.default_length) {
+            return Err("otp.default_length must be 4 to 8".into());
+        }
+        if self.otp.min_timeout_secs > self.otp.max_timeout_secs
+            || !(self.otp.min_timeout_secs..=self.otp.max_timeout_secs)
+                .contains(&self.otp.default_timeout_secs)
+        {
+            return Err(
+                "otp.default_timeout_secs must lie within otp.min_timeout_secs..=otp.max_timeout_secs"
+                    .into(),
+            );
+        }
+        if self.otp.max_attempts == 0 {
+            return Err("otp.max_attempts must be at least 1".into());
+        }
+        if self.token.lifetime_secs <= 0 {
+            return Err("token.lifetime_secs must be positive".into());
+        }
+        if !self.message.templates.contains_key("default") {
+            return Err("message.templates must have a \"default\" entry".into());
+        }
+        if self.pricing.default_price < 0 || self.pricing.by_country_code.values().any(|p| *p < 0) {
+            return Err("prices must not be negative".into());
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,36 @@
+//! The HTTP surface: one router per resource, merged here with the
+//! fallbacks that keep even unknown paths and wrong methods in the
+//! contract's envelope.
+
+mod health;
+mod token;
+mod verification;
+
+use axum::Router;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+
+use crate::error::ApiError;
+use crate::state::AppState;
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .merge(token::router())
+        .merge(verification::router())
+        .merge(health::router())
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state)
+}
+
+async fn not_found() -> impl IntoResponse {
+    ApiError::http(StatusCode::NOT_FOUND, "NOT_FOUND", "no such endpoint")
+}
+
+async fn method_not_allowed() -> impl IntoResponse {
+    ApiError::http(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "METHOD_NOT_ALLOWED",
+        "this endpoint does not take that method",
+    )
+}

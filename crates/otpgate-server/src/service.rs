@@ -1,0 +1,437 @@
+//! The three operations of the contract, free of HTTP: issue a token (§1),
+//! send a code (§2, §5) and validate one (§3, §4). Handlers parse the wire
+//! into the typed requests here and map the results back.
+
+use base64::Engine;
+use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD};
+use otpgate_api::{PendingData, ResponseCode, WireId, WireSeconds};
+use otpgate_core::{
+    CustomerId, Decision, OtpCode, OtpLength, PhoneError, PhoneNumber, VerificationId,
+    VerificationView, decide,
+};
+use otpgate_store::{
+    Account, CreateOutcome, NewVerification, SendLimits, StoreError, ValidationAction, Verification,
+};
+
+use crate::auth;
+use crate::error::ApiError;
+use crate::params::Params;
+use crate::state::AppState;
+
+/// Flows the hosted service knows; only those with a channel are enabled.
+const KNOWN_FLOWS: &[&str] = &["SMS", "WHATSAPP", "RCS", "SAUTH"];
+
+// ---- §1 token -----------------------------------------------------------
+
+/// Issues a token for `customerId` + `key`, throttling failures per
+/// customerId and per client address.
+///
+/// # Errors
+/// 400 for missing parameters or bad base64, 401 for any wrong credential
+/// (one message for all), 429 when throttled.
+pub async fn issue_token(
+    state: &AppState,
+    params: &Params,
+    client: &str,
+) -> Result<String, ApiError> {
+    let customer = params.required("customerId")?;
+    let key_b64 = params.required("key")?;
+    let key = decode_key(key_b64)
+        .ok_or_else(|| ApiError::bad_request("key must be the base64 of the password"))?;
+
+    let now = state.clock.now_ms();
+    let by_customer = format!("c:{customer}");
+    let by_client = format!("a:{client}");
+    for k in [&by_customer, &by_client] {
+        if let Some(wait) = state.token_throttle.blocked(k, now) {
+            return Err(ApiError::rate_limited(
+                "too many failed token requests; try again later",
+                wait,
+            ));
+        }
+    }
+    let fail = || {
+        state.token_throttle.fail(&by_customer, now);
+        state.token_throttle.fail(&by_client, now);
+        ApiError::unauthorized("invalid customerId or key, or the account is disabled")
+    };
+
+    let account = match CustomerId::parse(customer) {
+        Ok(id) => state.store.account_get(&id).await?,
+        Err(_) => None,
+    };
+    let Some(account) = account else {
+        // Spend the same time as a wrong key, so timing does not tell which
+        // customerIds exist.
+        let _ = auth::verify_password(&state.dummy_hash, &key).await;
+        return Err(fail());
+    };
+    let ok = state.key_cache.hit(&account, &key)
+        || (auth::verify_password(&account.password_hash, &key).await && {
+            state.key_cache.remember(&account, &key);
+            true
+        });
+    if !ok || account.disabled {
+        return Err(fail());
+    }
+    Ok(state.signer.issue(
+        &account.customer_id,
+        account.token_epoch,
+        state.clock.now_ms(),
+    ))
+}
+
+/// Standard base64 with or without padding (contract §1).
+fn decode_key(s: &str) -> Option<Vec<u8>> {
+    if s.len() > 1024 {
+        return None;
+    }
+    STANDARD
+        .decode(s)
+        .or_else(|_| STANDARD_NO_PAD.decode(s))
+        .ok()
+        .filter(|k| !k.is_empty())
+}
+
+// ---- customerId -----------------------------------------------------------
+
+/// `customerId`, when given, must be the token's account (contract §2, 501).
+///
+/// # Errors
+/// 501 otherwise.
+pub fn check_customer_param(params: &Params, account: &Account) -> Result<(), ApiError> {
+    match params.get("customerId") {
+        Some(c) if c != account.customer_id.as_str() => Err(ApiError::new(
+            ResponseCode::InvalidCustomerId,
+            "customerId is not the account of authToken",
+        )),
+        _ => Ok(()),
+    }
+}
+
+// ---- §2 send ---------------------------------------------------------------
+
+/// A send request after parsing.
+#[derive(Debug)]
+pub struct SendRequest {
+    pub destination: PhoneNumber,
+    pub flow: String,
+    pub otp_length: OtpLength,
+    pub timeout_secs: u32,
+    pub lang: Option<String>,
+}
+
+impl SendRequest {
+    /// # Errors
+    /// 400 / 501 / 511 with the reason, as the contract's table says.
+    pub fn parse(state: &AppState, account: &Account, params: &Params) -> Result<Self, ApiError> {
+        check_customer_param(params, account)?;
+        let cfg = &state.settings.otp;
+        let country_code = params.required("countryCode")?;
+        let mobile = params.required("mobileNumber")?;
+        let flow = params.required("flowType")?.to_ascii_uppercase();
+        if !KNOWN_FLOWS.contains(&flow.as_str()) {
+            return Err(ApiError::bad_request(format!(
+                "flowType must be one of {}",
+                KNOWN_FLOWS.join(", ")
+            )));
+        }
+        if flow != "SMS" {
+            return Err(ApiError::bad_request(format!(
+                "flowType {flow} is not enabled on this server"
+            )));
+        }
+        let destination = PhoneNumber::parse(country_code, mobile).map_err(|e| match e {
+            PhoneError::UnknownCountryCode => {
+                ApiError::new(ResponseCode::InvalidCountryCode, e.to_string())
+            }
+            _ => ApiError::bad_request(e.to_string()),
+        })?;
+        if let Some(allowed) = &account.settings.allowed_country_codes {
+            if !allowed.contains(&destination.country_code()) {
+                return Err(ApiError::new(
+                    ResponseCode::InvalidCountryCode,
+                    "this account may not send to that country",
+                ));
+            }
+        }
+        let otp_length = match params.get("otpLength") {
+            Some(s) => OtpLength::parse(s).map_err(|e| ApiError::bad_request(e.to_string()))?,
+            None => account
+                .settings
+                .default_otp_length
+                .and_then(|n| OtpLength::new(n).ok())
+                .unwrap_or(OtpLength::new(cfg.default_length).unwrap_or(OtpLength::DEFAULT)),
+        };
+        let range = cfg.min_timeout_secs..=cfg.max_timeout_secs;
+        let timeout_secs = match params.get("timeout") {
+            Some(s) => s
+                .parse::<u32>()
+                .ok()
+                .filter(|t| range.contains(t))
+                .ok_or_else(|| {
+                    ApiError::bad_request(format!(
+                        "timeout must be a whole number of seconds from {} to {}",
+                        cfg.min_timeout_secs, cfg.max_timeout_secs
+                    ))
+                })?,
+            None => account
+                .settings
+                .default_timeout_secs
+                .filter(|t| range.contains(t))
+                .unwrap_or(cfg.default_timeout_secs),
+        };
+        Ok(Self {
+            destination,
+            flow,
+            otp_length,
+            timeout_secs,
+            lang: params.get("langId").map(str::to_owned),
+        })
+    }
+}
+
+/// What a send produced.
+pub enum SendResult {
+    Created(Verification),
+    /// 506: the pending verification and the seconds it has left.
+    Pending(Verification, u64),
+}
+
+/// Creates a verification, charges for it and queues its message, in one
+/// store transaction.
+///
+/// # Errors
+/// 402, 800 (with Retry-After), 401 for a disabled account, 503/500.
+pub async fn send(
+    state: &AppState,
+    account: &Account,
+    req: SendRequest,
+) -> Result<SendResult, ApiError> {
+    let settings = &state.settings;
+    let now = state.clock.now_ms();
+    let code = OtpCode::generate(req.otp_length, &mut rand::rng());
+    let text = message_text(state, account, &req, &code);
+    let limits = SendLimits {
+        per_number_max: account
+            .settings
+            .per_number_send_limit
+            .unwrap_or(settings.limits.per_number_max),
+        per_number_window_ms: i64::from(settings.limits.per_number_window_secs) * 1000,
+        wrong_code_max: settings.limits.wrong_code_max,
+        wrong_code_window_ms: i64::from(settings.limits.wrong_code_window_secs) * 1000,
+        per_account_per_second: Some(settings.limits.per_account_per_second).filter(|n| *n > 0),
+    };
+    // A random 53-bit id collides about never; the store's unique key
+    // catches it if it does, and a fresh id is drawn.
+    for _ in 0..3 {
+        let id = VerificationId::generate(&mut rand::rng());
+        let new = NewVerification {
+            id,
+            customer_id: account.customer_id.clone(),
+            destination: req.destination.clone(),
+            flow_type: req.flow.clone(),
+            code_hash: code.hash(&state.code_key, id.get()),
+            otp_length: req.otp_length.get(),
+            max_attempts: settings.otp.max_attempts,
+            created_at: now,
+            expires_at: now + i64::from(req.timeout_secs) * 1000,
+            transaction_id: uuid::Uuid::new_v4().to_string(),
+            price: settings.price_for(req.destination.country_code()),
+            message_text: text.clone(),
+            limits,
+        };
+        return match state.store.verification_create(new).await {
+            Err(StoreError::Conflict(_)) => continue,
+            Err(e) => Err(e.into()),
+            Ok(CreateOutcome::Created(v)) => {
+                state.delivery.notify();
+                tracing::info!(
+                    verification = v.id.get(),
+                    customer = %v.customer_id,
+                    to = %v.destination.masked(),
+                    "verification created"
+                );
+                Ok(SendResult::Created(v))
+            }
+            Ok(CreateOutcome::AlreadyPending(v)) => {
+                let left_ms = (v.expires_at - now).max(0);
+                let left = u64::try_from((left_ms + 999) / 1000).unwrap_or(0);
+                Ok(SendResult::Pending(v, left))
+            }
+            Ok(CreateOutcome::RateLimited { retry_after_secs }) => Err(ApiError::rate_limited(
+                "send limit for this number reached; try again later",
+                retry_after_secs,
+            )),
+            Ok(CreateOutcome::InsufficientBalance) => Err(ApiError::new(
+                ResponseCode::InsufficientBalance,
+                "the account's credits do not cover this message",
+            )),
+            Ok(CreateOutcome::AccountUnavailable) => {
+                Err(ApiError::unauthorized("the account is disabled"))
+            }
+        };
+    }
+    Err(ApiError::internal(
+        &"three verification id collisions in a row",
+    ))
+}
+
+fn message_text(state: &AppState, account: &Account, req: &SendRequest, code: &OtpCode) -> String {
+    let templates = &state.settings.message.templates;
+    let template = req
+        .lang
+        .as_deref()
+        .and_then(|l| templates.get(l))
+        .or_else(|| templates.get("default"))
+        .map_or("{code}", String::as_str);
+    let brand = account
+        .settings
+        .brand_name
+        .as_deref()
+        .filter(|b| !b.trim().is_empty())
+        .unwrap_or(&state.settings.message.brand_name);
+    let minutes = req.timeout_secs.div_ceil(60).to_string();
+    // Placeholders are replaced in one pass so a brand name that itself
+    // contains "{code}" cannot pull the code into an unexpected place twice.
+    let mut out = String::with_capacity(template.len() + 16);
+    let mut rest = template;
+    while let Some(start) = rest.find('{') {
+        out.push_str(&rest[..start]);
+        let after = &rest[start..];
+        let (value, len) = if after.starts_with("{code}") {
+            (code.expose(), 6)
+        } else if after.starts_with("{brand}") {
+            (brand, 7)
+        } else if after.starts_with("{minutes}") {
+            (minutes.as_str(), 9)
+        } else {
+            ("{", 1)
+        };
+        out.push_str(value);
+        rest = &after[len..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// The 506 body (contract §4, "506 in detail").
+pub fn pending_data(v: &Verification, seconds_left: u64) -> PendingData {
+    PendingData {
+        verification_id: WireId::string(v.id.get()),
+        mobile_number: Some(v.destination.national().to_owned()),
+        response_code: Some(ResponseCode::RequestAlreadyExists),
+        error_message: Some(ResponseCode::RequestAlreadyExists.message().to_owned()),
+        timeout: Some(WireSeconds(seconds_left)),
+    }
+}
+
+// ---- §3 validate -------------------------------------------------------------
+
+/// Validates `code` for one of `account`'s verifications; `Ok` only for
+/// the one validation that completed it.
+///
+/// # Errors
+/// The contract's failure codes, by its precedence: 505, 703, 800, 705, 700,
+/// 702; and 400 for malformed parameters.
+pub async fn validate(
+    state: &AppState,
+    account: &Account,
+    params: &Params,
+) -> Result<Verification, ApiError> {
+    check_customer_param(params, account)?;
+    let id = VerificationId::parse(params.required("verificationId")?)
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let code = OtpCode::parse(params.required("code")?)
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let limits = &state.settings.limits;
+    // Each pass reads the verification, decides, and writes only if nobody
+    // else wrote in between; a lost race re-reads. Bounded: every lost race
+    // means another validation made progress.
+    for _ in 0..16 {
+        let now = state.clock.now_ms();
+        let v = state
+            .store
+            .verification_get(&account.customer_id, id)
+            .await?
+            .ok_or_else(|| {
+                ApiError::new(
+                    ResponseCode::InvalidVerificationId,
+                    "no such verification for this account",
+                )
+            })?;
+        let budget_spent = v.state == otpgate_core::VerificationState::Pending
+            && state
+                .store
+                .wrong_codes_since(
+                    &account.customer_id,
+                    &v.destination.e164_digits(),
+                    now - i64::from(limits.wrong_code_window_secs) * 1000,
+                )
+                .await?
+                >= limits.wrong_code_max;
+        let view = VerificationView {
+            state: v.state,
+            expires_at_ms: v.expires_at,
+            wrong_attempts: v.wrong_attempts,
+            max_attempts: v.max_attempts,
+            wrong_code_budget_spent: budget_spent,
+        };
+        let decision = decide(&view, now, || {
+            code.matches(&state.code_key, id.get(), &v.code_hash)
+        });
+        let action = match decision {
+            Decision::Complete => ValidationAction::Complete,
+            Decision::Wrong { .. } => ValidationAction::Wrong,
+            Decision::AlreadyVerified => {
+                return Err(ApiError::new(
+                    ResponseCode::AlreadyVerified,
+                    "this verification was already completed",
+                ));
+            }
+            Decision::TooManyAttempts => {
+                let wait = u64::try_from((v.expires_at - now).max(1000) / 1000).unwrap_or(1);
+                return Err(ApiError::rate_limited(
+                    "too many wrong codes; request a new code",
+                    wait,
+                ));
+            }
+            Decision::Expired => {
+                return Err(ApiError::new(
+                    ResponseCode::VerificationExpired,
+                    "the code has expired; request a new one",
+                ));
+            }
+            Decision::Failed => {
+                return Err(ApiError::new(
+                    ResponseCode::VerificationFailed,
+                    "the code could not be delivered; request a new one",
+                ));
+            }
+        };
+        let applied = state
+            .store
+            .verification_apply(&account.customer_id, id, v.wrong_attempts, action, now)
+            .await?;
+        if !applied {
+            continue;
+        }
+        return match decision {
+            Decision::Wrong { attempts_left } => Err(ApiError::new(
+                ResponseCode::WrongOtpProvided,
+                format!(
+                    "wrong code; {attempts_left} attempt{} left",
+                    if attempts_left == 1 { "" } else { "s" }
+                ),
+            )),
+            _ => {
+                tracing::info!(verification = id.get(), customer = %account.customer_id, "verification completed");
+                Ok(v)
+            }
+        };
+    }
+    Err(ApiError::new(
+        ResponseCode::ServiceUnavailable,
+        "too much contention on this verification; try again",
+    ))
+}

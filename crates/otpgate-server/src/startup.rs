@@ -1,0 +1,216 @@
+//! Building and running the server: open the store, load or create the
+//! secrets, start the delivery worker, bind, and serve until told to stop
+//! (then stop accepting, finish in-flight requests, let the worker finish
+//! its round). Tests build it on port 0 and read `port()`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::Router;
+use axum::extract::Request;
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use otpgate_core::{Clock, CodeKey, SecretString, SystemClock, TokenSigner};
+use otpgate_sms::worker::{Router as SmsRouter, SingleRoute};
+use otpgate_sms::{Delivery, DeliveryConfig, InboxChannel};
+use otpgate_store::Store;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::{KeyCache, Throttle};
+use crate::config::Settings;
+use crate::params::BodyLimit;
+use crate::routes;
+use crate::state::{AppState, Inner};
+
+/// A built server, bound and ready to run.
+pub struct Application {
+    listener: TcpListener,
+    state: AppState,
+    delivery: Arc<Delivery>,
+}
+
+impl Application {
+    /// Opens the store named by `settings.database_url` and builds on it.
+    ///
+    /// # Errors
+    /// When the store cannot be opened, the address cannot be bound, or a
+    /// setting is invalid.
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let store = crate::store::open(&settings).await?;
+        Self::build_with(settings, store, Arc::new(SystemClock)).await
+    }
+
+    /// Builds on a given store and clock (tests use a manual clock).
+    ///
+    /// # Errors
+    /// As [`Application::build`].
+    pub async fn build_with(
+        settings: Settings,
+        store: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+    ) -> anyhow::Result<Self> {
+        Self::build_with_router(settings, store, clock, None).await
+    }
+
+    /// Builds with the given SMS router instead of the configured channels
+    /// (tests plug in gateways that fail on purpose).
+    ///
+    /// # Errors
+    /// As [`Application::build`].
+    pub async fn build_with_router(
+        settings: Settings,
+        store: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+        router: Option<Arc<dyn SmsRouter>>,
+    ) -> anyhow::Result<Self> {
+        settings.validate().map_err(anyhow::Error::msg)?;
+        otpgate_core::warm_up();
+
+        let token_secret = secret_bytes(&store, "token_secret", settings.token.secret.as_ref())
+            .await
+            .context("failed to load the token signing secret")?;
+        let code_key = secret_bytes(&store, "code_key", settings.otp.code_key.as_ref())
+            .await
+            .context("failed to load the code HMAC key")?;
+
+        let router = match router {
+            Some(r) => r,
+            None => build_router(&settings, &store, &clock)?,
+        };
+        let mut dcfg = DeliveryConfig {
+            batch: settings.delivery.batch,
+            lease_ms: settings.delivery.lease_ms,
+            poll_ms: settings.delivery.poll_ms,
+            retry_base_ms: settings.delivery.retry_base_ms,
+            retry_max_ms: settings.delivery.retry_max_ms,
+            ..DeliveryConfig::default()
+        };
+        if !settings.delivery.worker_id.is_empty() {
+            dcfg.worker_id.clone_from(&settings.delivery.worker_id);
+        }
+        let delivery = Delivery::new(store.clone(), clock.clone(), router, dcfg);
+
+        let listener = TcpListener::bind(&settings.listen)
+            .await
+            .with_context(|| format!("failed to bind {}", settings.listen))?;
+
+        let dummy_hash = crate::auth::hash_password("otpgate-dummy-password").await?;
+        let state = AppState::new(Inner {
+            token_throttle: Throttle::new(
+                settings.token.max_failures,
+                settings.token.failure_window_secs,
+            ),
+            signer: TokenSigner::new(token_secret, settings.token.lifetime_secs),
+            code_key: CodeKey::new(code_key),
+            key_cache: KeyCache::new(),
+            dummy_hash,
+            store,
+            clock,
+            delivery: delivery.clone(),
+            settings: Arc::new(settings),
+        });
+        Ok(Self {
+            listener,
+            state,
+            delivery,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.listener.local_addr().map(|a| a.port()).unwrap_or(0)
+    }
+
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.listener.local_addr().ok()
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// The axum router with every layer, for tests that call it in-process.
+    pub fn router(&self) -> Router {
+        app(self.state.clone())
+    }
+
+    /// Serves until `shutdown` fires; then stops accepting, lets in-flight
+    /// requests finish, and waits for the delivery worker to finish its
+    /// round and close its channels.
+    ///
+    /// # Errors
+    /// When serving fails.
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let worker: JoinHandle<()> = tokio::spawn(self.delivery.clone().run(shutdown.clone()));
+        let app = app(self.state.clone());
+        let s = shutdown.clone();
+        axum::serve(
+            self.listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move { s.cancelled().await })
+        .await
+        .context("server failed")?;
+        // The server returns once in-flight requests are done; the worker
+        // sees the same signal and finishes its round.
+        shutdown.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(30), worker).await;
+        Ok(())
+    }
+}
+
+/// The full router with its layers.
+pub fn app(state: AppState) -> Router {
+    let limit = BodyLimit(state.settings.http.max_body_bytes);
+    let timeout = Duration::from_millis(state.settings.http.request_timeout_ms);
+    routes::router(state).layer(middleware::from_fn(move |mut req: Request, next: Next| {
+        req.extensions_mut().insert(limit);
+        async move { run_with_timeout(req, next, timeout).await }
+    }))
+}
+
+/// Answers 503 in the contract's envelope when a request outlives the
+/// timeout (e.g. a database that stopped answering).
+async fn run_with_timeout(req: Request, next: Next, timeout: Duration) -> Response {
+    match tokio::time::timeout(timeout, next.run(req)).await {
+        Ok(resp) => resp,
+        Err(_) => axum::response::IntoResponse::into_response(crate::error::ApiError::new(
+            otpgate_api::ResponseCode::ServiceUnavailable,
+            "the request timed out; nothing may have been stored",
+        )),
+    }
+}
+
+/// A secret from configuration, else the one kept in the database, else a
+/// new random one stored there (so restarts and other nodes agree).
+async fn secret_bytes(
+    store: &Arc<dyn Store>,
+    name: &str,
+    configured: Option<&SecretString>,
+) -> anyhow::Result<Vec<u8>> {
+    if let Some(s) = configured.filter(|s| !s.is_empty()) {
+        return Ok(s.expose().as_bytes().to_vec());
+    }
+    let mut candidate = vec![0u8; 64];
+    rand::fill(&mut candidate[..]);
+    Ok(store.secret_get_or_init(name, &candidate).await?)
+}
+
+fn build_router(
+    settings: &Settings,
+    store: &Arc<dyn Store>,
+    clock: &Arc<dyn Clock>,
+) -> anyhow::Result<Arc<dyn SmsRouter>> {
+    if settings.sms.channels.is_empty() {
+        tracing::warn!(
+            "NO SMS CHANNEL CONFIGURED: messages go to the development inbox \
+             (see `otpgate inbox`), not to phones"
+        );
+        let inbox = InboxChannel::new("inbox", store.clone(), clock.clone());
+        return Ok(Arc::new(SingleRoute(vec![Arc::new(inbox)])));
+    }
+    anyhow::bail!("SMS channel configuration is not supported by this build yet")
+}

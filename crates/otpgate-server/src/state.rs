@@ -1,0 +1,40 @@
+//! The state every handler shares: one cheap-to-clone handle over `Arc`s.
+
+use std::sync::Arc;
+
+use otpgate_core::{Clock, CodeKey, TokenSigner};
+use otpgate_sms::Delivery;
+use otpgate_store::Store;
+
+use crate::auth::{KeyCache, Throttle};
+use crate::config::Settings;
+
+#[derive(Clone)]
+pub struct AppState(Arc<Inner>);
+
+pub struct Inner {
+    pub store: Arc<dyn Store>,
+    pub clock: Arc<dyn Clock>,
+    pub settings: Arc<Settings>,
+    pub signer: TokenSigner,
+    pub code_key: CodeKey,
+    pub delivery: Arc<Delivery>,
+    pub token_throttle: Throttle,
+    pub key_cache: KeyCache,
+    /// An Argon2 hash of nothing in particular, verified against when the
+    /// customerId is unknown so that answer takes as long as a wrong key.
+    pub dummy_hash: String,
+}
+
+impl AppState {
+    pub fn new(inner: Inner) -> Self {
+        Self(Arc::new(inner))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}

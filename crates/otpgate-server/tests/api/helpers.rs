@@ -1,0 +1,306 @@
+//! `spawn_app()` and request helpers shared by every API test.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use otpgate_core::{Clock, ManualClock, SystemClock};
+use otpgate_server::accounts::{self, NewAccountRequest};
+use otpgate_server::{Application, Settings};
+use otpgate_store::{Account, Store};
+use reqwest::StatusCode;
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+pub const PASSWORD: &str = "correct horse battery";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Version {
+    V2,
+    V3,
+}
+
+impl Version {
+    pub fn send_path(self) -> &'static str {
+        match self {
+            Version::V2 => otpgate_api::paths::SEND_V2,
+            Version::V3 => otpgate_api::paths::SEND_V3,
+        }
+    }
+    pub fn validate_path(self) -> &'static str {
+        match self {
+            Version::V2 => otpgate_api::paths::VALIDATE_V2,
+            Version::V3 => otpgate_api::paths::VALIDATE_V3,
+        }
+    }
+}
+
+pub const BOTH: [Version; 2] = [Version::V2, Version::V3];
+
+pub struct TestApp {
+    pub base: String,
+    pub http: reqwest::Client,
+    pub store: Arc<dyn Store>,
+    pub clock: ManualClock,
+    pub settings: Settings,
+    pub account: Account,
+    shutdown: CancellationToken,
+    _dir: TempDir,
+}
+
+/// A directory removed on drop.
+pub struct TempDir(pub std::path::PathBuf);
+
+impl TempDir {
+    pub fn new(prefix: &str) -> Self {
+        let p = std::env::temp_dir().join(format!(
+            "{prefix}-{}-{}",
+            std::process::id(),
+            uuid::Uuid::new_v4()
+        ));
+        std::fs::create_dir_all(&p).expect("create temp dir");
+        Self(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+pub fn test_settings() -> Settings {
+    let mut s = Settings {
+        listen: "127.0.0.1:0".into(),
+        ..Settings::default()
+    };
+    s.delivery.poll_ms = 20;
+    s.delivery.retry_base_ms = 50;
+    s
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(test_settings()).await
+}
+
+pub async fn spawn_app_with(settings: Settings) -> TestApp {
+    spawn_app_routed(settings, None).await
+}
+
+/// With the given delivery router instead of the inbox.
+pub async fn spawn_app_routed(
+    mut settings: Settings,
+    router: Option<Arc<dyn otpgate_sms::worker::Router>>,
+) -> TestApp {
+    let dir = TempDir::new("otpgate-api");
+    settings.database_url = format!("sqlite://{}", dir.0.join("otpgate.db").display());
+    let store = otpgate_server::store::open(&settings)
+        .await
+        .expect("open store");
+    let clock = ManualClock::new(SystemClock.now_ms());
+    let app = Application::build_with_router(
+        settings.clone(),
+        store.clone(),
+        Arc::new(clock.clone()),
+        router,
+    )
+    .await
+    .expect("build app");
+    let base = format!("http://127.0.0.1:{}", app.port());
+    let shutdown = CancellationToken::new();
+    tokio::spawn(app.run_until_stopped(shutdown.clone()));
+    let account = create_account(&store, &clock, &settings, None).await;
+    TestApp {
+        base,
+        http: reqwest::Client::new(),
+        store,
+        clock,
+        settings,
+        account,
+        shutdown,
+        _dir: dir,
+    }
+}
+
+pub async fn create_account(
+    store: &Arc<dyn Store>,
+    clock: &ManualClock,
+    settings: &Settings,
+    credits: Option<i64>,
+) -> Account {
+    accounts::create(
+        store.as_ref(),
+        clock,
+        settings,
+        NewAccountRequest {
+            password: PASSWORD.into(),
+            email: None,
+            country: Some("IN".into()),
+            credits,
+        },
+    )
+    .await
+    .expect("create account")
+}
+
+/// A response as a test looks at it.
+#[derive(Debug)]
+pub struct Resp {
+    pub status: StatusCode,
+    pub body: Value,
+    pub retry_after: Option<String>,
+    pub content_type: Option<String>,
+}
+
+impl Resp {
+    pub fn code(&self) -> i64 {
+        self.body["responseCode"].as_i64().unwrap_or(-1)
+    }
+}
+
+pub async fn resp(r: reqwest::Response) -> Resp {
+    let status = r.status();
+    let header = |n: &str| {
+        r.headers()
+            .get(n)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let retry_after = header("retry-after");
+    let content_type = header("content-type");
+    let text = r.text().await.expect("body");
+    let body = serde_json::from_str(&text)
+        .unwrap_or_else(|_| panic!("response is not JSON ({status}): {text}"));
+    Resp {
+        status,
+        body,
+        retry_after,
+        content_type,
+    }
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    pub async fn token_for(&self, account: &Account) -> String {
+        let r = self
+            .token_request(&[
+                ("customerId", account.customer_id.as_str()),
+                ("key", &STANDARD.encode(PASSWORD)),
+            ])
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+        r.body["token"].as_str().expect("token").to_owned()
+    }
+
+    pub async fn token(&self) -> String {
+        self.token_for(&self.account).await
+    }
+
+    pub async fn token_request(&self, params: &[(&str, &str)]) -> Resp {
+        resp(
+            self.http
+                .get(self.url(otpgate_api::paths::TOKEN))
+                .query(params)
+                .send()
+                .await
+                .expect("request"),
+        )
+        .await
+    }
+
+    pub async fn send(&self, v: Version, token: &str, params: &[(&str, &str)]) -> Resp {
+        resp(
+            self.http
+                .post(self.url(v.send_path()))
+                .header("authToken", token)
+                .header("content-type", "application/json")
+                .body("{}")
+                .query(params)
+                .send()
+                .await
+                .expect("request"),
+        )
+        .await
+    }
+
+    /// Sends to `+91 <national>` with defaults; asserts success; returns the id.
+    pub async fn send_ok(&self, v: Version, token: &str, national: &str) -> String {
+        let r = self
+            .send(
+                v,
+                token,
+                &[
+                    ("countryCode", "91"),
+                    ("mobileNumber", national),
+                    ("flowType", "SMS"),
+                ],
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+        r.body["data"]["verificationId"]
+            .as_str()
+            .expect("verificationId is a string")
+            .to_owned()
+    }
+
+    pub async fn validate(&self, v: Version, token: &str, id: &str, code: &str) -> Resp {
+        resp(
+            self.http
+                .get(self.url(v.validate_path()))
+                .header("authToken", token)
+                .query(&[("verificationId", id), ("code", code)])
+                .send()
+                .await
+                .expect("request"),
+        )
+        .await
+    }
+
+    /// The code of verification `id`, read from the inbox channel once the
+    /// delivery worker has put it there.
+    pub async fn code_for(&self, id: &str) -> String {
+        for _ in 0..500 {
+            let entries = self
+                .store
+                .inbox_list(None, None, 1000)
+                .await
+                .expect("inbox");
+            if let Some(e) = entries
+                .iter()
+                .find(|e| e.verification_id.map(|v| v.get().to_string()).as_deref() == Some(id))
+            {
+                return e
+                    .text
+                    .split(|c: char| !c.is_ascii_digit())
+                    .find(|w| (4..=8).contains(&w.len()))
+                    .expect("a code in the text")
+                    .to_owned();
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("verification {id} never reached the inbox");
+    }
+
+    /// A code that is certainly not `code` (same length).
+    pub fn wrong(code: &str) -> String {
+        code.chars()
+            .map(|c| {
+                if c == '9' {
+                    '0'
+                } else {
+                    char::from(c as u8 + 1)
+                }
+            })
+            .collect()
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}

@@ -1,0 +1,9 @@
+//! API tests: the real server on an ephemeral port with a fresh database per
+//! test, driven over HTTP. One binary, one module per area.
+
+mod helpers;
+
+mod bad_input;
+mod send;
+mod token;
+mod validate;

@@ -1,0 +1,368 @@
+//! Contract §2, §4 and §5 on the send path: the success shape, 506 and its
+//! data, limits, balance, destinations.
+
+use reqwest::StatusCode;
+
+use crate::helpers::*;
+
+fn sms(national: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("countryCode", "91".into()),
+        ("mobileNumber", national.into()),
+        ("flowType", "SMS".into()),
+    ]
+}
+
+fn refs(p: &[(&'static str, String)]) -> Vec<(&'static str, &str)> {
+    p.iter().map(|(k, v)| (*k, v.as_str())).collect()
+}
+
+#[tokio::test]
+async fn send_returns_the_contracts_shape_on_both_versions() {
+    let app = spawn_app().await;
+    let t = app.token().await;
+    for (i, v) in BOTH.into_iter().enumerate() {
+        let national = format!("987654321{i}");
+        let r = app.send(v, &t, &refs(&sms(&national))).await;
+        assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+        assert_eq!(r.content_type.as_deref(), Some("application/json"));
+        assert_eq!(r.body["responseCode"], 200);
+        assert_eq!(r.body["message"], "SUCCESS");
+        let d = &r.body["data"];
+        let id = d["verificationId"].as_str().expect("string id");
+        let n: u64 = id.parse().unwrap();
+        assert!(n > 0 && n < (1 << 53));
+        assert_eq!(d["mobileNumber"], national.as_str());
+        assert_eq!(d["responseCode"], "200");
+        assert!(d["errorMessage"].is_null());
+        assert_eq!(d["timeout"], "60");
+        assert!(d["smsCLI"].is_null());
+        let tx = d["transactionId"].as_str().unwrap();
+        assert_eq!(tx.len(), 36);
+        assert_eq!(d["referenceId"], tx);
+        assert_eq!(d["flowType"], "SMS");
+        assert!(r.body.get("errorMessage").is_none());
+    }
+}
+
+#[tokio::test]
+async fn otp_length_and_timeout_are_honoured() {
+    let app = spawn_app().await;
+    let t = app.token().await;
+    let mut p = sms("9876500001");
+    p.push(("otpLength", "8".into()));
+    p.push(("timeout", "120".into()));
+    let r = app.send(Version::V3, &t, &refs(&p)).await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    assert_eq!(r.body["data"]["timeout"], "120");
+    let id = r.body["data"]["verificationId"].as_str().unwrap();
+    let code = app.code_for(id).await;
+    assert_eq!(code.len(), 8);
+    let text = app
+        .store
+        .inbox_list(None, Some("919876500001"), 1)
+        .await
+        .unwrap()[0]
+        .text
+        .clone();
+    assert!(text.contains("2 minutes"), "{text}");
+    assert!(text.contains("otpgate"), "{text}");
+}
+
+#[tokio::test]
+async fn out_of_range_length_and_timeout_get_400() {
+    let app = spawn_app().await;
+    let t = app.token().await;
+    for (k, v) in [
+        ("otpLength", "3"),
+        ("otpLength", "9"),
+        ("otpLength", "six"),
+        ("timeout", "19"),
+        ("timeout", "301"),
+        ("timeout", "-5"),
+    ] {
+        let mut p = sms("9876500002");
+        p.push((k, v.into()));
+        let r = app.send(Version::V2, &t, &refs(&p)).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{k}={v}");
+        assert_eq!(r.code(), 400);
+        assert!(r.body.get("data").is_none());
+        assert!(
+            r.body["errorMessage"].as_str().unwrap().contains(k),
+            "{:?}",
+            r.body
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_second_send_while_pending_gets_506_with_the_pending_id_and_costs_nothing() {
+    let app = spawn_app().await;
+    let t = app.token().await;
+    for v in BOTH {
+        let national = if v == Version::V2 {
+            "9876500010"
+        } else {
+            "9876500011"
+        };
+        let id = app.send_ok(v, &t, national).await;
+        let before = app
+            .store
+            .account_get(&app.account.customer_id)
+            .await
+            .unwrap()
+            .unwrap();
+        app.clock.advance_ms(19_000);
+        let r = app.send(v, &t, &refs(&sms(national))).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST);
+        assert_eq!(r.code(), 506);
+        assert_eq!(r.body["message"], "REQUEST_ALREADY_EXISTS");
+        let d = &r.body["data"];
+        assert_eq!(d["verificationId"], id.as_str());
+        assert_eq!(d["mobileNumber"], national);
+        assert_eq!(d["responseCode"], "506");
+        assert_eq!(d["errorMessage"], "REQUEST_ALREADY_EXISTS");
+        assert_eq!(d["timeout"], "41");
+        let after = app
+            .store
+            .account_get(&app.account.customer_id)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            before.test_credits + before.credits,
+            after.test_credits + after.credits
+        );
+        // Once it has expired, a send creates a new one (the "resend").
+        app.clock.advance_ms(42_000);
+        let again = app.send_ok(v, &t, national).await;
+        assert_ne!(again, id);
+    }
+}
+
+#[tokio::test]
+async fn a_completed_verification_does_not_block_a_new_send() {
+    let app = spawn_app().await;
+    let t = app.token().await;
+    let id = app.send_ok(Version::V3, &t, "9876500020").await;
+    let code = app.code_for(&id).await;
+    assert_eq!(app.validate(Version::V3, &t, &id, &code).await.code(), 200);
+    let again = app.send_ok(Version::V3, &t, "9876500020").await;
+    assert_ne!(again, id);
+}
+
+#[tokio::test]
+async fn unknown_dialing_code_gets_511_and_invalid_number_400() {
+    let app = spawn_app().await;
+    let t = app.token().await;
+    for v in BOTH {
+        let r = app
+            .send(
+                v,
+                &t,
+                &[
+                    ("countryCode", "999"),
+                    ("mobileNumber", "9876543210"),
+                    ("flowType", "SMS"),
+                ],
+            )
+            .await;
+        assert_eq!(r.code(), 511, "{:?}", r.body);
+        assert_eq!(r.status, StatusCode::BAD_REQUEST);
+        assert_eq!(r.body["message"], "INVALID_COUNTRY_CODE");
+        let r = app
+            .send(
+                v,
+                &t,
+                &[
+                    ("countryCode", "91"),
+                    ("mobileNumber", "12345"),
+                    ("flowType", "SMS"),
+                ],
+            )
+            .await;
+        assert_eq!(r.code(), 400, "{:?}", r.body);
+        let r = app
+            .send(
+                v,
+                &t,
+                &[
+                    ("countryCode", "+91"),
+                    ("mobileNumber", "098765-43210"),
+                    ("flowType", "SMS"),
+                ],
+            )
+            .await;
+        assert_eq!(
+            r.code(),
+            if v == Version::V2 { 200 } else { 506 },
+            "{:?}",
+            r.body
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_country_the_account_may_not_send_to_gets_511() {
+    let app = spawn_app().await;
+    let settings = otpgate_store::AccountSettings {
+        allowed_country_codes: Some(vec![44]),
+        ..Default::default()
+    };
+    app.store
+        .account_set_settings(&app.account.customer_id, &settings)
+        .await
+        .unwrap();
+    let t = app.token().await;
+    let r = app.send(Version::V3, &t, &refs(&sms("9876500030"))).await;
+    assert_eq!(r.code(), 511, "{:?}", r.body);
+    let r = app
+        .send(
+            Version::V3,
+            &t,
+            &[
+                ("countryCode", "44"),
+                ("mobileNumber", "7400123456"),
+                ("flowType", "SMS"),
+            ],
+        )
+        .await;
+    assert_eq!(r.code(), 200, "{:?}", r.body);
+}
+
+#[tokio::test]
+async fn flows_without_a_channel_get_400() {
+    let app = spawn_app().await;
+    let t = app.token().await;
+    for flow in ["WHATSAPP", "RCS", "SAUTH", "PIGEON"] {
+        let r = app
+            .send(
+                Version::V3,
+                &t,
+                &[
+                    ("countryCode", "91"),
+                    ("mobileNumber", "9876500040"),
+                    ("flowType", flow),
+                ],
+            )
+            .await;
+        assert_eq!(r.code(), 400, "{flow}");
+        assert!(
+            r.body["errorMessage"]
+                .as_str()
+                .unwrap()
+                .contains("flowType")
+        );
+    }
+}
+
+#[tokio::test]
+async fn customer_id_other_than_the_tokens_gets_501() {
+    let app = spawn_app().await;
+    let t = app.token().await;
+    for v in BOTH {
+        let mut p = sms("9876500050");
+        p.push(("customerId", "C-0000000000000AB".into()));
+        let r = app.send(v, &t, &refs(&p)).await;
+        assert_eq!(r.code(), 501, "{:?}", r.body);
+        assert_eq!(r.status, StatusCode::BAD_REQUEST);
+        assert_eq!(r.body["message"], "INVALID_CUSTOMER_ID");
+        let mut p = sms("9876500050");
+        p.push(("customerId", app.account.customer_id.as_str().into()));
+        let r = app.send(v, &t, &refs(&p)).await;
+        assert!(r.code() == 200 || r.code() == 506, "{:?}", r.body);
+    }
+}
+
+#[tokio::test]
+async fn no_credits_gets_402_and_test_credits_are_spent_first() {
+    let app = spawn_app().await;
+    let poor = create_account(&app.store, &app.clock, &app.settings, Some(1)).await;
+    assert_eq!((poor.credits, poor.test_credits), (1, 0));
+    let t = app.token_for(&poor).await;
+    app.send_ok(Version::V3, &t, "9876500060").await;
+    let r = app.send(Version::V2, &t, &refs(&sms("9876500061"))).await;
+    assert_eq!(r.code(), 402, "{:?}", r.body);
+    assert_eq!(r.status, StatusCode::PAYMENT_REQUIRED);
+    assert!(r.body.get("data").is_none());
+
+    let t = app.token().await;
+    let before = app
+        .store
+        .account_get(&app.account.customer_id)
+        .await
+        .unwrap()
+        .unwrap();
+    app.send_ok(Version::V3, &t, "9876500062").await;
+    let after = app
+        .store
+        .account_get(&app.account.customer_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(after.test_credits, before.test_credits - 1);
+    assert_eq!(after.credits, before.credits);
+}
+
+#[tokio::test]
+async fn concurrent_sends_never_drive_the_balance_below_zero() {
+    let app = spawn_app().await;
+    let acct = create_account(&app.store, &app.clock, &app.settings, Some(7)).await;
+    let t = app.token_for(&acct).await;
+    let sends = (0..30).map(|i| {
+        let national = format!("98765{i:05}");
+        let (app, t) = (&app, &t);
+        async move {
+            app.send(Version::V3, t, &refs(&sms(&national)))
+                .await
+                .code()
+        }
+    });
+    let codes = futures::future::join_all(sends).await;
+    assert_eq!(codes.iter().filter(|c| **c == 200).count(), 7, "{codes:?}");
+    assert_eq!(codes.iter().filter(|c| **c == 402).count(), 23, "{codes:?}");
+    let a = app
+        .store
+        .account_get(&acct.customer_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(a.credits, 0);
+}
+
+#[tokio::test]
+async fn the_per_number_limit_gets_800_with_retry_after() {
+    let app = spawn_app().await;
+    let t = app.token().await;
+    let max = app.settings.limits.per_number_max;
+    for _ in 0..max {
+        app.send_ok(Version::V3, &t, "9876500070").await;
+        app.clock.advance_ms(61_000);
+    }
+    let r = app.send(Version::V3, &t, &refs(&sms("9876500070"))).await;
+    assert_eq!(r.code(), 800, "{:?}", r.body);
+    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(r.body["message"], "MAXIMUM_LIMIT_REACHED");
+    let wait: i64 = r.retry_after.expect("Retry-After").parse().unwrap();
+    assert!(wait >= 1 && wait <= 600, "{wait}");
+    // Another number is not affected.
+    app.send_ok(Version::V3, &t, "9876500071").await;
+    // After the window the number may be sent to again.
+    app.clock.advance_ms(wait * 1000);
+    app.send_ok(Version::V3, &t, "9876500070").await;
+}
+
+#[tokio::test]
+async fn the_per_account_rate_limit_gets_800_when_configured() {
+    let mut s = test_settings();
+    s.limits.per_account_per_second = 2;
+    let app = spawn_app_with(s).await;
+    let t = app.token().await;
+    app.send_ok(Version::V3, &t, "9876500080").await;
+    app.send_ok(Version::V3, &t, "9876500081").await;
+    let r = app.send(Version::V3, &t, &refs(&sms("9876500082"))).await;
+    assert_eq!(r.code(), 800, "{:?}", r.body);
+    assert!(r.retry_after.is_some());
+    app.clock.advance_ms(1001);
+    app.send_ok(Version::V3, &t, "9876500082").await;
+}

@@ -1,0 +1,237 @@
+//! Contract §1: the token endpoint, its failures, and what makes a token
+//! stop working (expiry, password change, forgery).
+
+use base64::Engine;
+use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE_NO_PAD};
+use reqwest::StatusCode;
+
+use crate::helpers::*;
+
+#[tokio::test]
+async fn token_is_an_hs512_jwt_with_sub_iat_exp() {
+    let app = spawn_app().await;
+    let t = app.token().await;
+    let parts: Vec<&str> = t.split('.').collect();
+    assert_eq!(parts.len(), 3);
+    let header = URL_SAFE_NO_PAD.decode(parts[0]).unwrap();
+    assert_eq!(header, br#"{"alg":"HS512"}"#);
+    let claims: serde_json::Value =
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[1]).unwrap()).unwrap();
+    assert_eq!(claims["sub"], app.account.customer_id.as_str());
+    assert_eq!(
+        claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap(),
+        7 * 24 * 3600
+    );
+}
+
+#[tokio::test]
+async fn key_without_padding_and_extra_params_are_accepted() {
+    let app = spawn_app().await;
+    let r = app
+        .token_request(&[
+            ("customerId", app.account.customer_id.as_str()),
+            ("key", &STANDARD_NO_PAD.encode(PASSWORD)),
+            ("country", "IN"),
+            ("email", "a@b.c"),
+            ("scope", "NEW"),
+            ("whatever", "1"),
+        ])
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    assert_eq!(r.body["status"], 200);
+    assert_eq!(r.content_type.as_deref(), Some("application/json"));
+}
+
+#[tokio::test]
+async fn missing_parameters_and_bad_base64_get_400_with_status_and_error() {
+    let app = spawn_app().await;
+    let cid = app.account.customer_id.as_str().to_owned();
+    for params in [
+        vec![("key", STANDARD.encode(PASSWORD))],
+        vec![("customerId", cid.clone())],
+        vec![("customerId", cid.clone()), ("key", "not base64!!".into())],
+    ] {
+        let p: Vec<(&str, &str)> = params.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let r = app.token_request(&p).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{p:?}");
+        assert_eq!(r.body["status"], 400);
+        assert!(r.body["error"].as_str().unwrap().len() > 5);
+        assert!(r.body.get("token").is_none());
+    }
+}
+
+#[tokio::test]
+async fn wrong_key_unknown_customer_and_disabled_account_get_the_same_401() {
+    let app = spawn_app().await;
+    let wrong = app
+        .token_request(&[
+            ("customerId", app.account.customer_id.as_str()),
+            ("key", &STANDARD.encode("wrong password")),
+        ])
+        .await;
+    let unknown = app
+        .token_request(&[
+            ("customerId", "C-000000000000000"),
+            ("key", &STANDARD.encode(PASSWORD)),
+        ])
+        .await;
+    app.store
+        .account_set_disabled(&app.account.customer_id, true)
+        .await
+        .unwrap();
+    let disabled = app
+        .token_request(&[
+            ("customerId", app.account.customer_id.as_str()),
+            ("key", &STANDARD.encode(PASSWORD)),
+        ])
+        .await;
+    for r in [&wrong, &unknown, &disabled] {
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+        assert_eq!(r.body["status"], 401);
+    }
+    assert_eq!(wrong.body, unknown.body);
+    assert_eq!(wrong.body, disabled.body);
+}
+
+#[tokio::test]
+async fn repeated_failures_are_throttled_with_429_and_retry_after() {
+    let app = spawn_app().await;
+    let max = app.settings.token.max_failures;
+    for _ in 0..max {
+        let r = app
+            .token_request(&[
+                ("customerId", app.account.customer_id.as_str()),
+                ("key", &STANDARD.encode("wrong password")),
+            ])
+            .await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    }
+    // Now even the right key is refused until the window passes.
+    let r = app
+        .token_request(&[
+            ("customerId", app.account.customer_id.as_str()),
+            ("key", &STANDARD.encode(PASSWORD)),
+        ])
+        .await;
+    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS, "{:?}", r.body);
+    assert_eq!(r.body["status"], 429);
+    let wait: u64 = r.retry_after.expect("Retry-After").parse().unwrap();
+    assert!(wait >= 1 && wait <= app.settings.token.failure_window_secs);
+    app.clock
+        .advance_ms(i64::try_from(app.settings.token.failure_window_secs).unwrap() * 1000 + 1);
+    app.token().await;
+}
+
+#[tokio::test]
+async fn expired_token_gets_401_on_both_versions() {
+    let app = spawn_app().await;
+    let t = app.token().await;
+    app.clock.advance_ms(7 * 24 * 3600 * 1000 + 1000);
+    for v in BOTH {
+        let r = app
+            .send(
+                v,
+                &t,
+                &[
+                    ("countryCode", "91"),
+                    ("mobileNumber", "9876543210"),
+                    ("flowType", "SMS"),
+                ],
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+        assert_eq!(r.code(), 401);
+        assert!(r.body.get("data").is_none());
+        assert!(r.body["errorMessage"].as_str().unwrap().contains("expired"));
+    }
+}
+
+#[tokio::test]
+async fn changing_the_password_revokes_earlier_tokens() {
+    let app = spawn_app().await;
+    let old = app.token().await;
+    otpgate_server::accounts::set_password(
+        app.store.as_ref(),
+        &app.account.customer_id,
+        "a brand new password",
+    )
+    .await
+    .unwrap();
+    let r = app.validate(Version::V3, &old, "1", "1234").await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{:?}", r.body);
+    let fresh = app
+        .token_request(&[
+            ("customerId", app.account.customer_id.as_str()),
+            ("key", &STANDARD.encode("a brand new password")),
+        ])
+        .await;
+    assert_eq!(fresh.status, StatusCode::OK);
+    let t = fresh.body["token"].as_str().unwrap();
+    let r = app.validate(Version::V3, t, "1", "1234").await;
+    assert_eq!(r.code(), 505, "a fresh token authenticates: {:?}", r.body);
+}
+
+#[tokio::test]
+async fn forged_alg_none_and_tampered_tokens_get_401() {
+    let app = spawn_app().await;
+    let t = app.token().await;
+    let parts: Vec<&str> = t.split('.').collect();
+    let none = format!(
+        "{}.{}.",
+        URL_SAFE_NO_PAD.encode(r#"{"alg":"none"}"#),
+        parts[1]
+    );
+    let other = app
+        .store
+        .account_get(&app.account.customer_id)
+        .await
+        .unwrap()
+        .unwrap();
+    let _ = other;
+    let tampered_claims = URL_SAFE_NO_PAD.encode(format!(
+        r#"{{"sub":"{}","iat":0,"exp":99999999999}}"#,
+        app.account.customer_id
+    ));
+    let tampered = format!("{}.{}.{}", parts[0], tampered_claims, parts[2]);
+    let hs256 = format!(
+        "{}.{}.{}",
+        URL_SAFE_NO_PAD.encode(r#"{"alg":"HS256"}"#),
+        parts[1],
+        parts[2]
+    );
+    for bad in [none.as_str(), &tampered, &hs256, "garbage", "a.b.c", ""] {
+        let r = app.validate(Version::V2, bad, "1", "1234").await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{bad}: {:?}", r.body);
+        assert_eq!(r.code(), 401);
+    }
+    // No header at all.
+    let r = resp(
+        app.http
+            .get(app.url(Version::V3.validate_path()))
+            .query(&[("verificationId", "1"), ("code", "1234")])
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn header_name_is_case_insensitive() {
+    let app = spawn_app().await;
+    let t = app.token().await;
+    for name in ["AuthToken", "authtoken", "AUTHTOKEN"] {
+        let r = resp(
+            app.http
+                .get(app.url(Version::V3.validate_path()))
+                .header(name, &t)
+                .query(&[("verificationId", "1"), ("code", "1234")])
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(r.code(), 505, "{name}");
+    }
+}
