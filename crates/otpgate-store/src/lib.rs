@@ -10,6 +10,7 @@
 
 pub mod conformance;
 mod model;
+pub mod sqlite;
 
 pub use model::*;
 

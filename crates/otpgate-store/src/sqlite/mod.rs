@@ -1,0 +1,806 @@
+//! The SQLite backend: otpgate on one machine, in one file.
+//!
+//! SQLite lets one connection write at a time. Rather than let several
+//! connections fight over that lock (and back off on `SQLITE_BUSY`), all
+//! writes go through a pool of exactly one connection, so they queue in
+//! process, in order; reads use a separate pool and run beside the writer
+//! (WAL mode). Every write transaction still starts with `begin immediate`,
+//! which takes the write lock up front: another process on the same file
+//! (the CLI beside a running server, a second node) then waits on the busy
+//! timeout instead of failing half-way through a read-then-write.
+//!
+//! Each guarantee the contract puts on the store — 506, rate limits, charge
+//! and outbox row in one commit (contract §2, §5), exactly-once completion
+//! (§3), exclusive outbox leases — is one such transaction.
+
+mod outbox;
+mod rows;
+mod send;
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use otpgate_core::{CustomerId, DeliveryStatus, VerificationId};
+use sqlx::migrate::{MigrateError, Migration, MigrationType, Migrator};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use sqlx::{SqlSafeStr, Transaction};
+
+use crate::{
+    Account, AccountSettings, ChannelStats, CreateOutcome, DailyStats, InboxEntry, NewAccount,
+    NewVerification, OutboxDepth, OutboxMessage, SentInfo, Store, StoreError, StoreResult,
+    ValidationAction, Verification, VerificationFilter,
+};
+use rows::{account_columns, outbox_columns, verification_columns};
+
+/// The schema, in order. Embedded so the binary carries its own schema.
+const MIGRATIONS: &[(i64, &str, &str)] = &[(
+    1,
+    "init",
+    include_str!("../../migrations/sqlite/0001_init.sql"),
+)];
+
+/// How long a statement waits for another process's write lock before the
+/// store reports itself unavailable (503).
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a request waits for a connection of its pool.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Read connections beside the one writer.
+const READERS: u32 = 4;
+/// Longest error text kept per message: enough to diagnose, bounded so a
+/// chatty gateway cannot grow rows without limit.
+const MAX_ERROR_LEN: usize = 500;
+const DAY_MS: i64 = 86_400_000;
+/// The widest range [`Store::daily_stats`] answers, in days (ten years); a
+/// wider one is cut to its latest days rather than building millions of rows.
+const MAX_STATS_DAYS: i64 = 3660;
+
+/// The SQLite [`Store`].
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    /// Exactly one connection: writes are serialised here.
+    writer: SqlitePool,
+    /// Reads only; for an in-memory database, the writer itself.
+    reader: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database file at `path` and brings its
+    /// schema up to date.
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`] when the file cannot be opened or created;
+    /// [`StoreError::SchemaTooNew`] when a newer otpgate has migrated it.
+    pub async fn open(path: impl AsRef<Path>) -> StoreResult<Self> {
+        let opts = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true);
+        Self::build(opts, false).await
+    }
+
+    /// A private database in memory, gone when the store is dropped; for
+    /// tests and trials.
+    ///
+    /// # Errors
+    /// As [`SqliteStore::open`].
+    pub async fn in_memory() -> StoreResult<Self> {
+        let opts = SqliteConnectOptions::from_str("sqlite::memory:").map_err(db)?;
+        Self::build(opts, true).await
+    }
+
+    /// Opens a database named by a URL: `sqlite://path/to/otpgate.db`,
+    /// `sqlite:otpgate.db` or `sqlite::memory:` (query options such as
+    /// `?mode=ro` are SQLx's); anything without the `sqlite:` scheme is taken
+    /// as a file path.
+    ///
+    /// # Errors
+    /// As [`SqliteStore::open`]; [`StoreError::Unavailable`] for a URL SQLx
+    /// cannot read.
+    pub async fn connect(url: &str) -> StoreResult<Self> {
+        if !url.starts_with("sqlite:") {
+            return Self::open(url).await;
+        }
+        let memory = url == "sqlite::memory:" || url.contains("mode=memory");
+        let opts = SqliteConnectOptions::from_str(url)
+            .map_err(|e| StoreError::Unavailable(format!("bad SQLite URL: {e}")))?
+            .create_if_missing(true);
+        Self::build(opts, memory).await
+    }
+
+    async fn build(opts: SqliteConnectOptions, memory: bool) -> StoreResult<Self> {
+        let opts = opts
+            .foreign_keys(true)
+            .busy_timeout(BUSY_TIMEOUT)
+            // FULL: a commit is on disk before a send answers 200, so it
+            // survives a power cut, not only a crash (contract §2).
+            .synchronous(SqliteSynchronous::Full);
+        let writer_opts = if memory {
+            opts.clone()
+        } else {
+            opts.clone().journal_mode(SqliteJournalMode::Wal)
+        };
+        let mut writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(ACQUIRE_TIMEOUT);
+        if memory {
+            // An in-memory database lives as long as its connection.
+            writer = writer
+                .min_connections(1)
+                .idle_timeout(None)
+                .max_lifetime(None);
+        }
+        let writer = writer.connect_with(writer_opts).await.map_err(db)?;
+        migrate(&writer).await?;
+        let reader = if memory {
+            writer.clone()
+        } else {
+            SqlitePoolOptions::new()
+                .max_connections(READERS)
+                .acquire_timeout(ACQUIRE_TIMEOUT)
+                .connect_with(opts)
+                .await
+                .map_err(db)?
+        };
+        Ok(Self { writer, reader })
+    }
+
+    /// Closes both pools, waiting for connections in use to come back.
+    pub async fn close(&self) {
+        self.reader.close().await;
+        self.writer.close().await;
+    }
+
+    /// A write transaction holding SQLite's write lock from its first
+    /// statement.
+    async fn write(&self) -> StoreResult<Transaction<'static, sqlx::Sqlite>> {
+        self.writer.begin_with("begin immediate").await.map_err(db)
+    }
+}
+
+async fn migrate(pool: &SqlitePool) -> StoreResult<()> {
+    let migrations = MIGRATIONS
+        .iter()
+        .map(|&(version, description, sql)| {
+            Migration::new(
+                version,
+                description.into(),
+                MigrationType::Simple,
+                sql.into_sql_str(),
+                false,
+            )
+        })
+        .collect();
+    let known = MIGRATIONS.iter().map(|m| m.0).max().unwrap_or(0);
+    match Migrator::with_migrations(migrations).run(pool).await {
+        Ok(()) => Ok(()),
+        Err(MigrateError::VersionMissing(found)) => {
+            let newest: Option<i64> =
+                sqlx::query_scalar("select max(version) from _sqlx_migrations")
+                    .fetch_one(pool)
+                    .await
+                    .map_err(db)?;
+            Err(StoreError::SchemaTooNew {
+                found: newest.unwrap_or(found).max(found),
+                known,
+            })
+        }
+        Err(MigrateError::Execute(e)) => Err(db(e)),
+        Err(e) => Err(StoreError::Internal(format!("migration failed: {e}"))),
+    }
+}
+
+/// Maps a SQLx error to the store's: faults of reaching the database become
+/// `Unavailable` (503: nothing was written), key collisions `Conflict`, the
+/// rest `Internal`.
+pub(crate) fn db(e: sqlx::Error) -> StoreError {
+    use sqlx::Error as E;
+    match &e {
+        E::PoolTimedOut | E::PoolClosed | E::WorkerCrashed | E::Io(_) => {
+            StoreError::Unavailable(e.to_string())
+        }
+        E::Database(d) if d.is_unique_violation() => StoreError::Conflict(d.message().to_owned()),
+        E::Database(d) => {
+            // Primary result codes (the low byte of the extended code) that
+            // mean the file could not be used, not that the statement was
+            // wrong: BUSY, LOCKED, NOMEM, READONLY, IOERR, FULL, CANTOPEN.
+            let primary = d
+                .code()
+                .and_then(|c| c.parse::<i32>().ok())
+                .map(|c| c & 0xff);
+            if matches!(primary, Some(5 | 6 | 7 | 8 | 10 | 13 | 14)) {
+                StoreError::Unavailable(e.to_string())
+            } else {
+                StoreError::Internal(e.to_string())
+            }
+        }
+        _ => StoreError::Internal(e.to_string()),
+    }
+}
+
+/// Keeps at most [`MAX_ERROR_LEN`] bytes, cut on a character boundary.
+fn clip(s: &str) -> &str {
+    if s.len() <= MAX_ERROR_LEN {
+        return s;
+    }
+    let mut end = MAX_ERROR_LEN;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// The key `account_by_email` looks up: Unicode lower case, so log-in by
+/// e-mail is case-insensitive beyond ASCII.
+fn email_key(email: &str) -> String {
+    email.to_lowercase()
+}
+
+fn settings_json(s: &AccountSettings) -> StoreResult<String> {
+    serde_json::to_string(s).map_err(|e| StoreError::Internal(format!("settings: {e}")))
+}
+
+fn to_i64(id: VerificationId) -> i64 {
+    // Below 2^53 by construction, so always in range.
+    i64::try_from(id.get()).unwrap_or(i64::MAX)
+}
+
+fn to_u64(n: i64) -> u64 {
+    u64::try_from(n).unwrap_or(0)
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn ping(&self) -> StoreResult<()> {
+        sqlx::query("select 1")
+            .execute(&self.reader)
+            .await
+            .map_err(db)?;
+        Ok(())
+    }
+
+    fn backend(&self) -> &'static str {
+        "sqlite"
+    }
+
+    async fn secret_get_or_init(&self, name: &str, candidate: &[u8]) -> StoreResult<Vec<u8>> {
+        let mut tx = self.write().await?;
+        // The trait passes no clock and the time is only informational here,
+        // so the database's own clock stamps it.
+        sqlx::query(
+            "insert into secrets (name, value, created_at)
+             values (?1, ?2, cast(unixepoch('subsec') * 1000 as integer))
+             on conflict (name) do nothing",
+        )
+        .bind(name)
+        .bind(candidate)
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
+        let value: Vec<u8> = sqlx::query_scalar("select value from secrets where name = ?1")
+            .bind(name)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(db)?;
+        tx.commit().await.map_err(db)?;
+        Ok(value)
+    }
+
+    async fn account_create(&self, new: NewAccount) -> StoreResult<Account> {
+        let settings = AccountSettings::default();
+        let result = sqlx::query(
+            "insert into accounts (customer_id, password_hash, email, email_key, country,
+                                   credits, test_credits, settings, created_at)
+             values (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        )
+        .bind(new.customer_id.as_str())
+        .bind(&new.password_hash)
+        .bind(&new.email)
+        .bind(new.email.as_deref().map(email_key))
+        .bind(&new.country)
+        .bind(new.credits)
+        .bind(new.test_credits)
+        .bind(settings_json(&settings)?)
+        .bind(new.created_at)
+        .execute(&self.writer)
+        .await;
+        match result.map_err(db) {
+            Ok(_) => {}
+            Err(StoreError::Conflict(msg)) if msg.contains("email_key") => {
+                return Err(StoreError::Conflict("e-mail already in use".into()));
+            }
+            Err(StoreError::Conflict(_)) => {
+                return Err(StoreError::Conflict("customerId already exists".into()));
+            }
+            Err(e) => return Err(e),
+        }
+        Ok(Account {
+            customer_id: new.customer_id,
+            password_hash: new.password_hash,
+            email: new.email,
+            country: new.country,
+            credits: new.credits,
+            test_credits: new.test_credits,
+            token_epoch: 0,
+            disabled: false,
+            settings,
+            created_at: new.created_at,
+        })
+    }
+
+    async fn account_get(&self, id: &CustomerId) -> StoreResult<Option<Account>> {
+        sqlx::query(concat!(
+            "select ",
+            account_columns!(),
+            " from accounts where customer_id = ?1"
+        ))
+        .bind(id.as_str())
+        .fetch_optional(&self.reader)
+        .await
+        .map_err(db)?
+        .as_ref()
+        .map(rows::account)
+        .transpose()
+    }
+
+    async fn account_by_email(&self, email: &str) -> StoreResult<Option<Account>> {
+        sqlx::query(concat!(
+            "select ",
+            account_columns!(),
+            " from accounts where email_key = ?1"
+        ))
+        .bind(email_key(email))
+        .fetch_optional(&self.reader)
+        .await
+        .map_err(db)?
+        .as_ref()
+        .map(rows::account)
+        .transpose()
+    }
+
+    async fn account_list(&self, limit: u32, offset: u32) -> StoreResult<Vec<Account>> {
+        sqlx::query(concat!(
+            "select ",
+            account_columns!(),
+            " from accounts order by created_at desc, customer_id desc limit ?1 offset ?2"
+        ))
+        .bind(limit)
+        .bind(offset)
+        .fetch_all(&self.reader)
+        .await
+        .map_err(db)?
+        .iter()
+        .map(rows::account)
+        .collect()
+    }
+
+    async fn account_add_credits(&self, id: &CustomerId, credits: i64) -> StoreResult<Account> {
+        // Read, add in Rust, write: SQLite's `+` turns an overflow into a
+        // REAL, where Rust saturates; the immediate transaction keeps the
+        // read and the write together.
+        let mut tx = self.write().await?;
+        let balance: Option<i64> =
+            sqlx::query_scalar("select credits from accounts where customer_id = ?1")
+                .bind(id.as_str())
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(db)?;
+        let balance = balance.ok_or(StoreError::NotFound)?;
+        let row = sqlx::query(concat!(
+            "update accounts set credits = ?2 where customer_id = ?1 returning ",
+            account_columns!()
+        ))
+        .bind(id.as_str())
+        .bind(balance.saturating_add(credits).max(0))
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(db)?;
+        tx.commit().await.map_err(db)?;
+        rows::account(&row)
+    }
+
+    async fn account_set_password(
+        &self,
+        id: &CustomerId,
+        password_hash: &str,
+    ) -> StoreResult<Account> {
+        sqlx::query(concat!(
+            "update accounts set password_hash = ?2, token_epoch = token_epoch + 1
+             where customer_id = ?1 returning ",
+            account_columns!()
+        ))
+        .bind(id.as_str())
+        .bind(password_hash)
+        .fetch_optional(&self.writer)
+        .await
+        .map_err(db)?
+        .as_ref()
+        .map(rows::account)
+        .transpose()?
+        .ok_or(StoreError::NotFound)
+    }
+
+    async fn account_revoke_tokens(&self, id: &CustomerId) -> StoreResult<Account> {
+        sqlx::query(concat!(
+            "update accounts set token_epoch = token_epoch + 1 where customer_id = ?1 returning ",
+            account_columns!()
+        ))
+        .bind(id.as_str())
+        .fetch_optional(&self.writer)
+        .await
+        .map_err(db)?
+        .as_ref()
+        .map(rows::account)
+        .transpose()?
+        .ok_or(StoreError::NotFound)
+    }
+
+    async fn account_set_disabled(&self, id: &CustomerId, disabled: bool) -> StoreResult<Account> {
+        sqlx::query(concat!(
+            "update accounts set disabled = ?2 where customer_id = ?1 returning ",
+            account_columns!()
+        ))
+        .bind(id.as_str())
+        .bind(disabled)
+        .fetch_optional(&self.writer)
+        .await
+        .map_err(db)?
+        .as_ref()
+        .map(rows::account)
+        .transpose()?
+        .ok_or(StoreError::NotFound)
+    }
+
+    async fn account_set_settings(
+        &self,
+        id: &CustomerId,
+        settings: &AccountSettings,
+    ) -> StoreResult<Account> {
+        sqlx::query(concat!(
+            "update accounts set settings = ?2 where customer_id = ?1 returning ",
+            account_columns!()
+        ))
+        .bind(id.as_str())
+        .bind(settings_json(settings)?)
+        .fetch_optional(&self.writer)
+        .await
+        .map_err(db)?
+        .as_ref()
+        .map(rows::account)
+        .transpose()?
+        .ok_or(StoreError::NotFound)
+    }
+
+    async fn verification_create(&self, req: NewVerification) -> StoreResult<CreateOutcome> {
+        let mut tx = self.write().await?;
+        let outcome = send::create(&mut tx, req).await?;
+        if matches!(outcome, CreateOutcome::Created(_)) {
+            tx.commit().await.map_err(db)?;
+        }
+        Ok(outcome)
+    }
+
+    async fn verification_get(
+        &self,
+        customer: &CustomerId,
+        id: VerificationId,
+    ) -> StoreResult<Option<Verification>> {
+        sqlx::query(concat!(
+            "select ",
+            verification_columns!(),
+            " from verifications where id = ?1 and customer_id = ?2"
+        ))
+        .bind(to_i64(id))
+        .bind(customer.as_str())
+        .fetch_optional(&self.reader)
+        .await
+        .map_err(db)?
+        .as_ref()
+        .map(rows::verification)
+        .transpose()
+    }
+
+    async fn verification_apply(
+        &self,
+        customer: &CustomerId,
+        id: VerificationId,
+        expected_wrong_attempts: u32,
+        action: ValidationAction,
+        now: i64,
+    ) -> StoreResult<bool> {
+        // One conditional update: of racing validations that read the same
+        // row, only the first to write still finds its condition true
+        // (contract §3: exactly one 200).
+        let query = match action {
+            ValidationAction::Complete => sqlx::query(
+                "update verifications set state = 'completed', completed_at = ?4
+                 where id = ?1 and customer_id = ?2 and state = 'pending'
+                   and wrong_attempts = ?3",
+            )
+            .bind(to_i64(id))
+            .bind(customer.as_str())
+            .bind(expected_wrong_attempts)
+            .bind(now),
+            ValidationAction::Wrong => sqlx::query(
+                "update verifications set wrong_attempts = wrong_attempts + 1
+                 where id = ?1 and customer_id = ?2 and state = 'pending'
+                   and wrong_attempts = ?3",
+            )
+            .bind(to_i64(id))
+            .bind(customer.as_str())
+            .bind(expected_wrong_attempts),
+        };
+        let done = query.execute(&self.writer).await.map_err(db)?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn wrong_codes_since(
+        &self,
+        customer: &CustomerId,
+        destination_e164: &str,
+        since: i64,
+    ) -> StoreResult<u32> {
+        let n: i64 = sqlx::query_scalar(
+            "select coalesce(sum(wrong_attempts), 0) from verifications
+             where customer_id = ?1 and destination = ?2 and created_at >= ?3",
+        )
+        .bind(customer.as_str())
+        .bind(destination_e164)
+        .bind(since)
+        .fetch_one(&self.reader)
+        .await
+        .map_err(db)?;
+        Ok(u32::try_from(n).unwrap_or(u32::MAX))
+    }
+
+    async fn verification_list(
+        &self,
+        customer: &CustomerId,
+        filter: &VerificationFilter,
+        limit: u32,
+        offset: u32,
+    ) -> StoreResult<Vec<Verification>> {
+        // `instr`, not `like`: a number filter holding `%` or `_` must match
+        // itself, not act as a pattern.
+        sqlx::query(concat!(
+            "select ",
+            verification_columns!(),
+            " from verifications
+             where customer_id = ?1
+               and (?2 is null or instr(destination, ?2) > 0)
+               and (?3 is null or state = ?3)
+               and (?4 is null or created_at >= ?4)
+               and (?5 is null or created_at < ?5)
+             order by created_at desc, id desc
+             limit ?6 offset ?7"
+        ))
+        .bind(customer.as_str())
+        .bind(filter.number.as_deref())
+        .bind(filter.state.map(|s| s.as_str()))
+        .bind(filter.since)
+        .bind(filter.until)
+        .bind(limit)
+        .bind(offset)
+        .fetch_all(&self.reader)
+        .await
+        .map_err(db)?
+        .iter()
+        .map(rows::verification)
+        .collect()
+    }
+
+    async fn daily_stats(
+        &self,
+        customer: &CustomerId,
+        since: i64,
+        until: i64,
+    ) -> StoreResult<Vec<DailyStats>> {
+        if until <= since {
+            return Ok(Vec::new());
+        }
+        let last_day = (until - 1).div_euclid(DAY_MS);
+        let first_day = since.div_euclid(DAY_MS).max(last_day - MAX_STATS_DAYS + 1);
+        let since = since.max(first_day * DAY_MS);
+        // Completions are counted on the day of their send, so a day's
+        // `completed` never exceeds its `sends` (a conversion rate).
+        let found: Vec<(i64, i64, i64)> = sqlx::query_as(
+            "select (created_at - ((created_at % 86400000) + 86400000) % 86400000) / 86400000
+                        as day,
+                    count(*), sum(state = 'completed')
+             from verifications
+             where customer_id = ?1 and created_at >= ?2 and created_at < ?3
+             group by day order by day",
+        )
+        .bind(customer.as_str())
+        .bind(since)
+        .bind(until)
+        .fetch_all(&self.reader)
+        .await
+        .map_err(db)?;
+        let mut found = found.into_iter().peekable();
+        let mut out = Vec::new();
+        for day in first_day..=last_day {
+            let (sends, completed) = match found.next_if(|&(d, _, _)| d == day) {
+                Some((_, s, c)) => (to_u64(s), to_u64(c)),
+                None => (0, 0),
+            };
+            out.push(DailyStats {
+                day_start: day * DAY_MS,
+                sends,
+                completed,
+            });
+        }
+        Ok(out)
+    }
+
+    async fn channel_stats(
+        &self,
+        customer: &CustomerId,
+        since: i64,
+        until: i64,
+    ) -> StoreResult<Vec<ChannelStats>> {
+        // A message that failed before any channel took it has no channel;
+        // it is counted under "" so failures are not lost from the totals.
+        let found: Vec<(String, i64, i64, i64)> = sqlx::query_as(
+            "select coalesce(o.channel, '') as channel, count(*),
+                    sum(o.status in ('sent', 'delivered')),
+                    sum(o.status in ('failed', 'undeliverable', 'expired', 'rejected'))
+             from outbox o join verifications v on v.id = o.verification_id
+             where v.customer_id = ?1 and v.created_at >= ?2 and v.created_at < ?3
+               and o.attempts > 0
+             group by 1 order by 1",
+        )
+        .bind(customer.as_str())
+        .bind(since)
+        .bind(until)
+        .fetch_all(&self.reader)
+        .await
+        .map_err(db)?;
+        Ok(found
+            .into_iter()
+            .map(|(channel, attempted, succeeded, failed)| ChannelStats {
+                channel,
+                attempted: to_u64(attempted),
+                succeeded: to_u64(succeeded),
+                failed: to_u64(failed),
+            })
+            .collect())
+    }
+
+    async fn outbox_claim(
+        &self,
+        worker: &str,
+        max: u32,
+        lease_ms: i64,
+        now: i64,
+    ) -> StoreResult<Vec<OutboxMessage>> {
+        outbox::claim(self, worker, max, lease_ms, now).await
+    }
+
+    async fn outbox_sent(
+        &self,
+        message_id: i64,
+        worker: &str,
+        sent: &SentInfo,
+        now: i64,
+    ) -> StoreResult<bool> {
+        outbox::sent(self, message_id, worker, sent, now).await
+    }
+
+    async fn outbox_retry(
+        &self,
+        message_id: i64,
+        worker: &str,
+        next_attempt_at: i64,
+        error: &str,
+        now: i64,
+    ) -> StoreResult<bool> {
+        outbox::retry(self, message_id, worker, next_attempt_at, error, now).await
+    }
+
+    async fn outbox_failed(
+        &self,
+        message_id: i64,
+        worker: &str,
+        error: &str,
+        now: i64,
+    ) -> StoreResult<bool> {
+        outbox::failed(self, message_id, worker, error, now).await
+    }
+
+    async fn outbox_receipt(
+        &self,
+        channel: &str,
+        gateway_id: &str,
+        status: DeliveryStatus,
+        detail: &str,
+        now: i64,
+    ) -> StoreResult<bool> {
+        outbox::receipt(self, channel, gateway_id, status, detail, now).await
+    }
+
+    async fn outbox_depth(&self) -> StoreResult<OutboxDepth> {
+        // The trait passes no clock, so "in flight" means "has a lease
+        // holder": a dead worker's expired lease counts until it is claimed
+        // again.
+        let (queued, in_flight): (i64, i64) = sqlx::query_as(
+            "select coalesce(sum(lease_owner is null), 0),
+                    coalesce(sum(lease_owner is not null), 0)
+             from outbox where status = 'queued'",
+        )
+        .fetch_one(&self.reader)
+        .await
+        .map_err(db)?;
+        let failed: i64 = sqlx::query_scalar(
+            "select count(*) from outbox
+             where status in ('failed', 'undeliverable', 'expired', 'rejected')",
+        )
+        .fetch_one(&self.reader)
+        .await
+        .map_err(db)?;
+        Ok(OutboxDepth {
+            queued: to_u64(queued),
+            in_flight: to_u64(in_flight),
+            failed: to_u64(failed),
+        })
+    }
+
+    async fn outbox_for_verification(
+        &self,
+        id: VerificationId,
+    ) -> StoreResult<Option<OutboxMessage>> {
+        sqlx::query(concat!(
+            "select ",
+            outbox_columns!(),
+            " from outbox o join verifications v on v.id = o.verification_id
+             where o.verification_id = ?1"
+        ))
+        .bind(to_i64(id))
+        .fetch_optional(&self.reader)
+        .await
+        .map_err(db)?
+        .as_ref()
+        .map(rows::outbox_message)
+        .transpose()
+    }
+
+    async fn inbox_put(&self, msg: &InboxEntry) -> StoreResult<()> {
+        sqlx::query(
+            "insert into inbox (customer_id, destination, text, verification_id, created_at)
+             values (?1, ?2, ?3, ?4, ?5)",
+        )
+        .bind(msg.customer_id.as_ref().map(CustomerId::as_str))
+        .bind(&msg.destination)
+        .bind(&msg.text)
+        .bind(msg.verification_id.map(to_i64))
+        .bind(msg.created_at)
+        .execute(&self.writer)
+        .await
+        .map_err(db)?;
+        Ok(())
+    }
+
+    async fn inbox_list(
+        &self,
+        customer: Option<&CustomerId>,
+        to: Option<&str>,
+        limit: u32,
+    ) -> StoreResult<Vec<InboxEntry>> {
+        sqlx::query(
+            "select customer_id, destination, text, verification_id, created_at from inbox
+             where (?1 is null or customer_id = ?1) and (?2 is null or destination = ?2)
+             order by created_at desc, id desc limit ?3",
+        )
+        .bind(customer.map(CustomerId::as_str))
+        .bind(to)
+        .bind(limit)
+        .fetch_all(&self.reader)
+        .await
+        .map_err(db)?
+        .iter()
+        .map(rows::inbox_entry)
+        .collect()
+    }
+}

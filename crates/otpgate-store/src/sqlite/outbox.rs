@@ -1,0 +1,274 @@
+//! The outbox on SQLite: leases by a conditional update (no `skip locked`
+//! here: the write lock already makes each claim the only one running), and
+//! the results workers and receipts record.
+//!
+//! A message is claimable while it is queued, due, and not leased or leased
+//! past its expiry; a result is recorded only by the worker that still holds
+//! the lease, so a worker presumed dead cannot overwrite its successor's.
+
+use otpgate_core::{DeliveryStatus, VerificationState};
+use sqlx::{Sqlite, Transaction};
+
+use super::{SqliteStore, clip, db, rows, rows::outbox_columns};
+use crate::{OutboxMessage, SentInfo, StoreResult};
+
+pub(super) async fn claim(
+    store: &SqliteStore,
+    worker: &str,
+    max: u32,
+    lease_ms: i64,
+    now: i64,
+) -> StoreResult<Vec<OutboxMessage>> {
+    let mut tx = store.write().await?;
+    let ids: Vec<i64> = sqlx::query_scalar(
+        "update outbox
+         set lease_owner = ?1, lease_until = ?2 + ?3, attempts = attempts + 1, updated_at = ?2
+         where id in (select id from outbox
+                      where status = 'queued' and next_attempt_at <= ?2
+                        and (lease_until is null or lease_until <= ?2)
+                      order by next_attempt_at, id limit ?4)
+         returning id",
+    )
+    .bind(worker)
+    .bind(now)
+    .bind(lease_ms)
+    .bind(max)
+    .fetch_all(&mut *tx)
+    .await
+    .map_err(db)?;
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    // `returning` cannot join, so the claimed rows are read back by id.
+    let ids =
+        serde_json::to_string(&ids).map_err(|e| crate::StoreError::Internal(e.to_string()))?;
+    let claimed = sqlx::query(concat!(
+        "select ",
+        outbox_columns!(),
+        " from outbox o join verifications v on v.id = o.verification_id
+         where o.id in (select value from json_each(?1))
+         order by o.next_attempt_at, o.id"
+    ))
+    .bind(ids)
+    .fetch_all(&mut *tx)
+    .await
+    .map_err(db)?
+    .iter()
+    .map(rows::outbox_message)
+    .collect::<StoreResult<Vec<_>>>()?;
+    tx.commit().await.map_err(db)?;
+    Ok(claimed)
+}
+
+pub(super) async fn sent(
+    store: &SqliteStore,
+    message_id: i64,
+    worker: &str,
+    sent: &SentInfo,
+    now: i64,
+) -> StoreResult<bool> {
+    let mut tx = store.write().await?;
+    let released: Option<i64> = sqlx::query_scalar(
+        "update outbox
+             set status = 'sent', text = null, channel = ?3, gateway_id = ?4,
+                 lease_owner = null, lease_until = null, updated_at = ?5
+             where id = ?1 and lease_owner = ?2 and status = 'queued'
+             returning verification_id",
+    )
+    .bind(message_id)
+    .bind(worker)
+    .bind(&sent.channel)
+    .bind(&sent.gateway_id)
+    .bind(now)
+    .fetch_optional(&mut *tx)
+    .await
+    .map_err(db)?;
+    let Some(vid) = released else {
+        return Ok(false);
+    };
+    sqlx::query(
+        "update verifications set delivery = 'sent', channel = ?2, gateway_id = ?3
+         where id = ?1",
+    )
+    .bind(vid)
+    .bind(&sent.channel)
+    .bind(&sent.gateway_id)
+    .execute(&mut *tx)
+    .await
+    .map_err(db)?;
+    tx.commit().await.map_err(db)?;
+    Ok(true)
+}
+
+pub(super) async fn retry(
+    store: &SqliteStore,
+    message_id: i64,
+    worker: &str,
+    next_attempt_at: i64,
+    error: &str,
+    now: i64,
+) -> StoreResult<bool> {
+    let error = clip(error);
+    let mut tx = store.write().await?;
+    let released: Option<i64> = sqlx::query_scalar(
+        "update outbox
+             set next_attempt_at = ?3, last_error = ?4,
+                 lease_owner = null, lease_until = null, updated_at = ?5
+             where id = ?1 and lease_owner = ?2 and status = 'queued'
+             returning verification_id",
+    )
+    .bind(message_id)
+    .bind(worker)
+    .bind(next_attempt_at)
+    .bind(error)
+    .bind(now)
+    .fetch_optional(&mut *tx)
+    .await
+    .map_err(db)?;
+    let Some(vid) = released else {
+        return Ok(false);
+    };
+    sqlx::query("update verifications set delivery_detail = ?2 where id = ?1")
+        .bind(vid)
+        .bind(error)
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
+    tx.commit().await.map_err(db)?;
+    Ok(true)
+}
+
+pub(super) async fn failed(
+    store: &SqliteStore,
+    message_id: i64,
+    worker: &str,
+    error: &str,
+    now: i64,
+) -> StoreResult<bool> {
+    let error = clip(error);
+    let mut tx = store.write().await?;
+    let released: Option<i64> = sqlx::query_scalar(
+        "update outbox
+             set status = 'failed', text = null, last_error = ?3,
+                 lease_owner = null, lease_until = null, updated_at = ?4
+             where id = ?1 and lease_owner = ?2 and status = 'queued'
+             returning verification_id",
+    )
+    .bind(message_id)
+    .bind(worker)
+    .bind(error)
+    .bind(now)
+    .fetch_optional(&mut *tx)
+    .await
+    .map_err(db)?;
+    let Some(vid) = released else {
+        return Ok(false);
+    };
+    fail_and_refund(&mut tx, vid, DeliveryStatus::Failed, error).await?;
+    tx.commit().await.map_err(db)?;
+    Ok(true)
+}
+
+pub(super) async fn receipt(
+    store: &SqliteStore,
+    channel: &str,
+    gateway_id: &str,
+    status: DeliveryStatus,
+    detail: &str,
+    now: i64,
+) -> StoreResult<bool> {
+    let detail = clip(detail);
+    // A receipt saying "queued" tells nothing new about the message's fate:
+    // its detail is kept, its status is not moved backwards.
+    let new_status = (status != DeliveryStatus::Queued).then(|| status.as_str());
+    let mut tx = store.write().await?;
+    let matched: Vec<i64> = sqlx::query_scalar(
+        "update outbox set status = coalesce(?3, status), updated_at = ?4
+         where channel = ?1 and gateway_id = ?2
+         returning verification_id",
+    )
+    .bind(channel)
+    .bind(gateway_id)
+    .bind(new_status)
+    .bind(now)
+    .fetch_all(&mut *tx)
+    .await
+    .map_err(db)?;
+    let permanent = matches!(
+        status,
+        DeliveryStatus::Undeliverable
+            | DeliveryStatus::Expired
+            | DeliveryStatus::Rejected
+            | DeliveryStatus::Failed
+    );
+    for &vid in &matched {
+        if permanent {
+            fail_and_refund(&mut tx, vid, status, detail).await?;
+        } else {
+            sqlx::query(
+                "update verifications set delivery = coalesce(?2, delivery), delivery_detail = ?3
+                 where id = ?1",
+            )
+            .bind(vid)
+            .bind(new_status)
+            .bind(detail)
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+        }
+    }
+    tx.commit().await.map_err(db)?;
+    Ok(!matched.is_empty())
+}
+
+/// The message will never arrive: a pending verification fails (700 on
+/// validate) and its charge goes back where it came from (contract §5),
+/// once — a second failure finds it no longer pending. A verification already
+/// completed keeps its state and its charge: its code evidently arrived.
+async fn fail_and_refund(
+    tx: &mut Transaction<'static, Sqlite>,
+    verification_id: i64,
+    delivery: DeliveryStatus,
+    detail: &str,
+) -> StoreResult<()> {
+    // Read first: `returning` would give the cost after it was zeroed.
+    let (customer, state, cost, cost_test): (String, String, i64, i64) = sqlx::query_as(
+        "select customer_id, state, cost, cost_test from verifications where id = ?1",
+    )
+    .bind(verification_id)
+    .fetch_one(&mut **tx)
+    .await
+    .map_err(db)?;
+    if state != VerificationState::Pending.as_str() {
+        sqlx::query("update verifications set delivery = ?2, delivery_detail = ?3 where id = ?1")
+            .bind(verification_id)
+            .bind(delivery.as_str())
+            .bind(detail)
+            .execute(&mut **tx)
+            .await
+            .map_err(db)?;
+        return Ok(());
+    }
+    sqlx::query(
+        "update verifications
+         set state = 'failed', cost = 0, cost_test = 0, delivery = ?2, delivery_detail = ?3
+         where id = ?1",
+    )
+    .bind(verification_id)
+    .bind(delivery.as_str())
+    .bind(detail)
+    .execute(&mut **tx)
+    .await
+    .map_err(db)?;
+    sqlx::query(
+        "update accounts set test_credits = test_credits + ?2, credits = credits + ?3
+         where customer_id = ?1",
+    )
+    .bind(customer)
+    .bind(cost_test)
+    .bind(cost - cost_test)
+    .execute(&mut **tx)
+    .await
+    .map_err(db)?;
+    Ok(())
+}
