@@ -11,6 +11,9 @@
 pub mod conformance;
 mod model;
 pub mod sqlite;
+pub mod postgres;
+#[cfg(feature = "testkit")]
+pub mod testkit;
 
 pub use model::*;
 

@@ -1,0 +1,1244 @@
+//! The PostgreSQL backend, for several otpgate nodes sharing one database.
+//!
+//! Every cross-request guarantee is a property of a transaction here, never
+//! of a node's memory:
+//! - a send locks its account row (`select … for update`) before it checks
+//!   anything, so sends of one account serialise across all nodes and the
+//!   506 check, the rate limits and the charge see each other's results;
+//! - a validation writes with a conditional `update … where state =
+//!   'pending' and wrong_attempts = $expected`: of racing writers exactly one
+//!   changes the row;
+//! - workers claim outbox rows with `for update skip locked`, so two nodes
+//!   never lease one message, and a lease whose holder died expires.
+//!
+//! Availability: every connection runs with `statement_timeout`, the pool
+//! gives up acquiring after `connect_timeout_ms`, and each operation as a
+//! whole has a deadline, so a database that is down or partitioned yields
+//! [`StoreError::Unavailable`] promptly instead of a hung request. The pool
+//! tests connections before use and reconnects, so the store recovers by
+//! itself once the database is back.
+
+mod error;
+mod migrate;
+mod rows;
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use otpgate_core::{CustomerId, DeliveryStatus, VerificationId};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::{ConnectOptions, Connection, PgConnection, Row};
+
+pub use migrate::SCHEMA_VERSION;
+
+use self::error::{db_err, timed_out};
+use self::rows::{account_columns, outbox_columns, verification_columns};
+use crate::{
+    Account, AccountSettings, ChannelStats, CreateOutcome, DailyStats, InboxEntry, NewAccount,
+    NewVerification, OutboxDepth, OutboxMessage, SentInfo, Store, StoreError, StoreResult,
+    ValidationAction, Verification, VerificationFilter,
+};
+
+/// Connection settings of a [`PostgresStore`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PgOptions {
+    /// Connections per node. Keep `nodes × pool_size` under the server's
+    /// `max_connections`.
+    pub pool_size: u32,
+    /// Longest a single statement may run on the server (including waiting
+    /// for a row lock) before PostgreSQL cancels it. 0 disables it, and with
+    /// it the per-operation deadline.
+    pub statement_timeout_ms: u64,
+    /// Longest to wait for a connection (opening one included) before an
+    /// operation fails as unavailable.
+    pub connect_timeout_ms: u64,
+}
+
+impl Default for PgOptions {
+    fn default() -> Self {
+        Self {
+            pool_size: 10,
+            statement_timeout_ms: 5000,
+            connect_timeout_ms: 3000,
+        }
+    }
+}
+
+/// [`Store`] on PostgreSQL. Cheap to clone (it is a pool handle).
+#[derive(Clone)]
+pub struct PostgresStore {
+    pool: PgPool,
+    /// The bound on a whole operation: acquiring a connection plus a couple
+    /// of statements at their timeout. A backstop for what the server's
+    /// timeout cannot catch (a connection that stops answering mid-query).
+    op_deadline: Option<Duration>,
+}
+
+impl std::fmt::Debug for PostgresStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Not the URL: it may hold a password.
+        f.debug_struct("PostgresStore")
+            .field("pool_size", &self.pool.options().get_max_connections())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Parses a `postgres://` URL without echoing it (it may hold a password).
+fn connect_options(url: &str) -> StoreResult<PgConnectOptions> {
+    PgConnectOptions::from_str(url)
+        .map_err(|_| StoreError::Internal("invalid PostgreSQL URL".into()))
+}
+
+/// Applies every pending migration to the database at `url` and returns
+/// the schema version it is now at: for `otpgate migrate`, and for deploys
+/// that migrate before rolling out nodes. ([`PostgresStore::connect`] also
+/// migrates, so calling this first is optional.)
+///
+/// # Errors
+/// [`StoreError::SchemaTooNew`] when the database was migrated by a newer
+/// build; [`StoreError::Unavailable`] when it cannot be reached within the
+/// default connect timeout.
+pub async fn migrate(url: &str) -> StoreResult<i64> {
+    let opts = connect_options(url)?;
+    let connect_ms = PgOptions::default().connect_timeout_ms;
+    let mut conn: PgConnection =
+        tokio::time::timeout(Duration::from_millis(connect_ms), opts.connect())
+            .await
+            .map_err(|_| timed_out(connect_ms))?
+            .map_err(db_err)?;
+    let result = migrate::run(&mut conn).await;
+    let _ = conn.close().await;
+    result.map(|_| SCHEMA_VERSION)
+}
+
+impl PostgresStore {
+    /// Connects, applies pending migrations (one node at a time, under an
+    /// advisory lock) and returns the store.
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`] when the database cannot be reached in
+    /// `connect_timeout_ms`; [`StoreError::SchemaTooNew`] when it was
+    /// migrated by a newer build; [`StoreError::Internal`] for a malformed
+    /// URL.
+    pub async fn connect(url: &str, opts: PgOptions) -> StoreResult<Self> {
+        let statement_timeout = opts.statement_timeout_ms.to_string();
+        // An open transaction holds row locks (an account's, during a send).
+        // A node that stops mid-transaction must not keep other nodes'
+        // sends of that account waiting for longer than a few statements.
+        let idle_tx_timeout = if opts.statement_timeout_ms == 0 {
+            "0".to_owned()
+        } else {
+            opts.statement_timeout_ms.saturating_mul(4).to_string()
+        };
+        let connect_opts = connect_options(url)?.application_name("otpgate").options([
+            ("statement_timeout", statement_timeout.as_str()),
+            (
+                "idle_in_transaction_session_timeout",
+                idle_tx_timeout.as_str(),
+            ),
+        ]);
+        let acquire = Duration::from_millis(opts.connect_timeout_ms.max(1));
+        let pool = PgPoolOptions::new()
+            .max_connections(opts.pool_size.max(1))
+            .min_connections(0)
+            .acquire_timeout(acquire)
+            // Connections that died with the server are found and replaced
+            // before use, which is how the store recovers after an outage.
+            .test_before_acquire(true)
+            .idle_timeout(Some(Duration::from_secs(300)))
+            .connect_lazy_with(connect_opts);
+        let op_deadline = (opts.statement_timeout_ms > 0).then(|| {
+            Duration::from_millis(
+                opts.connect_timeout_ms
+                    .saturating_add(opts.statement_timeout_ms.saturating_mul(2))
+                    .saturating_add(1000),
+            )
+        });
+        let store = Self { pool, op_deadline };
+        let mut conn = tokio::time::timeout(acquire + Duration::from_secs(1), store.pool.acquire())
+            .await
+            .map_err(|_| timed_out(opts.connect_timeout_ms))?
+            .map_err(db_err)?;
+        let before = migrate::run(&mut conn).await?;
+        drop(conn);
+        if before < SCHEMA_VERSION {
+            tracing::info!(
+                from = before,
+                to = SCHEMA_VERSION,
+                "database schema migrated"
+            );
+        }
+        Ok(store)
+    }
+
+    /// The schema version the database is at.
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`] when the database cannot be reached.
+    pub async fn schema_version(&self) -> StoreResult<i64> {
+        self.guarded(async {
+            let mut conn = self.pool.acquire().await.map_err(db_err)?;
+            migrate::current(&mut conn).await
+        })
+        .await
+    }
+
+    /// Closes the pool's connections (on shutdown).
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    /// Runs one operation under the whole-operation deadline. If the deadline
+    /// fires mid-commit the outcome is unknown to us, as with any network
+    /// database; the caller reports 503 and the client's retry finds either
+    /// nothing or the pending verification (506).
+    async fn guarded<T>(&self, op: impl Future<Output = StoreResult<T>>) -> StoreResult<T> {
+        match self.op_deadline {
+            Some(d) => tokio::time::timeout(d, op).await.unwrap_or_else(|_| {
+                Err(timed_out(u64::try_from(d.as_millis()).unwrap_or(u64::MAX)))
+            }),
+            None => op.await,
+        }
+    }
+
+    /// Updates one account and returns it; [`StoreError::NotFound`] when it
+    /// does not exist.
+    async fn account_update(
+        &self,
+        query: sqlx::query::Query<'_, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    ) -> StoreResult<Account> {
+        self.guarded(async {
+            let row = query
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(db_err)?
+                .ok_or(StoreError::NotFound)?;
+            rows::account(&row)
+        })
+        .await
+    }
+}
+
+/// `u32` counters are stored as `integer`; a value past its range (a
+/// configuration of billions of attempts) is as good as unlimited.
+fn int(n: u32) -> i32 {
+    i32::try_from(n).unwrap_or(i32::MAX)
+}
+
+fn vid(id: VerificationId) -> i64 {
+    // Below 2^53 by construction.
+    i64::try_from(id.get()).unwrap_or(i64::MAX)
+}
+
+fn to_u64(n: i64) -> u64 {
+    u64::try_from(n).unwrap_or(0)
+}
+
+/// Whole seconds from `now` until `at`, rounded up, at least 1 (the
+/// contract's `Retry-After`).
+fn secs_until(at: i64, now: i64) -> u64 {
+    let ms = at.saturating_sub(now).max(0);
+    to_u64(ms.saturating_add(999) / 1000).max(1)
+}
+
+const DAY_MS: i64 = 86_400_000;
+/// More days than any console asks for; bounds the rows a wild range makes.
+const MAX_STAT_DAYS: i64 = 100_000;
+
+/// Midnight UTC of the day holding `t` (floor, also before 1970).
+fn day_start(t: i64) -> i64 {
+    t.div_euclid(DAY_MS).saturating_mul(DAY_MS)
+}
+
+/// What the checks of a send decided, before anything is written.
+enum Checked {
+    /// Boxed: a refusal is the rare, larger case.
+    Refused(Box<CreateOutcome>),
+    Charge {
+        cost: i64,
+        cost_test: i64,
+    },
+}
+
+impl PostgresStore {
+    /// The checks of contract §2 and §5, in order, with the account row
+    /// already locked by this transaction.
+    async fn create_checks(
+        tx: &mut PgConnection,
+        req: &NewVerification,
+        destination: &str,
+    ) -> StoreResult<Checked> {
+        let now = req.created_at;
+        let customer = req.customer_id.as_str();
+        let limits = &req.limits;
+
+        let account = sqlx::query(
+            "select credits, test_credits, disabled from accounts
+             where customer_id = $1 for update",
+        )
+        .bind(customer)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db_err)?;
+        let Some(account) = account else {
+            return Ok(Checked::Refused(Box::new(
+                CreateOutcome::AccountUnavailable,
+            )));
+        };
+        let credits: i64 = account.try_get("credits").map_err(db_err)?;
+        let test_credits: i64 = account.try_get("test_credits").map_err(db_err)?;
+        let disabled: bool = account.try_get("disabled").map_err(db_err)?;
+        if disabled {
+            return Ok(Checked::Refused(Box::new(
+                CreateOutcome::AccountUnavailable,
+            )));
+        }
+
+        // 506: a live verification to this destination.
+        let live = sqlx::query(concat!(
+            "select ",
+            verification_columns!(),
+            " from verifications
+             where customer_id = $1 and destination = $2 and state = 'pending'
+               and expires_at > $3 and wrong_attempts < max_attempts
+             order by created_at desc, id desc limit 1"
+        ))
+        .bind(customer)
+        .bind(destination)
+        .bind(now)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db_err)?;
+        if let Some(row) = live {
+            return Ok(Checked::Refused(Box::new(CreateOutcome::AlreadyPending(
+                rows::verification(&row)?,
+            ))));
+        }
+
+        if let Some(max) = limits.per_account_per_second {
+            let recent: i64 = sqlx::query_scalar(
+                "select count(*) from verifications
+                 where customer_id = $1 and created_at > $2",
+            )
+            .bind(customer)
+            .bind(now.saturating_sub(1000))
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(db_err)?;
+            if recent >= i64::from(max) {
+                return Ok(Checked::Refused(Box::new(CreateOutcome::RateLimited {
+                    retry_after_secs: 1,
+                })));
+            }
+        }
+
+        let window = limits.per_number_window_ms.max(0);
+        let since = now.saturating_sub(window);
+        let sent: i64 = sqlx::query_scalar(
+            "select count(*) from verifications
+             where customer_id = $1 and destination = $2 and created_at > $3",
+        )
+        .bind(customer)
+        .bind(destination)
+        .bind(since)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(db_err)?;
+        let max = i64::from(limits.per_number_max);
+        if sent >= max {
+            // Room opens when enough of the oldest have left the window: the
+            // (sent - max + 1)-th oldest, which is the oldest when at the
+            // limit.
+            let leaving: Option<i64> = sqlx::query_scalar(
+                "select created_at from verifications
+                 where customer_id = $1 and destination = $2 and created_at > $3
+                 order by created_at asc offset $4 limit 1",
+            )
+            .bind(customer)
+            .bind(destination)
+            .bind(since)
+            .bind(sent - max)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db_err)?;
+            let at = leaving.map_or(now, |t| t.saturating_add(window));
+            return Ok(Checked::Refused(Box::new(CreateOutcome::RateLimited {
+                retry_after_secs: secs_until(at, now),
+            })));
+        }
+
+        let wrong_window = limits.wrong_code_window_ms.max(0);
+        let wrong_since = now.saturating_sub(wrong_window);
+        let wrong: Vec<(i64, i32)> = sqlx::query_as(
+            "select created_at, wrong_attempts from verifications
+             where customer_id = $1 and destination = $2 and created_at >= $3
+               and wrong_attempts > 0
+             order by created_at asc",
+        )
+        .bind(customer)
+        .bind(destination)
+        .bind(wrong_since)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db_err)?;
+        let wrong_max = i64::from(limits.wrong_code_max);
+        let mut spent: i64 = wrong.iter().map(|(_, n)| i64::from(*n)).sum();
+        if spent >= wrong_max {
+            // The budget reopens once enough old verifications have left
+            // the window for the rest to sum below the limit. A row created
+            // at t counts while t >= now - window, i.e. until t + window.
+            let mut at = now;
+            for (created, n) in &wrong {
+                spent -= i64::from(*n);
+                at = created.saturating_add(wrong_window).saturating_add(1);
+                if spent < wrong_max {
+                    break;
+                }
+            }
+            return Ok(Checked::Refused(Box::new(CreateOutcome::RateLimited {
+                retry_after_secs: secs_until(at, now),
+            })));
+        }
+
+        // Contract §5: test credits first, never below zero.
+        let price = req.price.max(0);
+        if credits.saturating_add(test_credits) < price {
+            return Ok(Checked::Refused(Box::new(
+                CreateOutcome::InsufficientBalance,
+            )));
+        }
+        let cost_test = test_credits.clamp(0, price);
+        Ok(Checked::Charge {
+            cost: price,
+            cost_test,
+        })
+    }
+
+    async fn create_in(
+        tx: &mut PgConnection,
+        req: &NewVerification,
+    ) -> StoreResult<Result<Verification, CreateOutcome>> {
+        let destination = req.destination.e164_digits();
+        let (cost, cost_test) = match Self::create_checks(tx, req, &destination).await? {
+            Checked::Refused(outcome) => return Ok(Err(*outcome)),
+            Checked::Charge { cost, cost_test } => (cost, cost_test),
+        };
+        let now = req.created_at;
+        let customer = req.customer_id.as_str();
+        sqlx::query(
+            "update accounts
+             set credits = credits - $2, test_credits = test_credits - $3
+             where customer_id = $1",
+        )
+        .bind(customer)
+        .bind(cost - cost_test)
+        .bind(cost_test)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err)?;
+        // `on conflict do nothing` rather than a unique violation, so a
+        // colliding id is reported without aborting the transaction first.
+        let row = sqlx::query(concat!(
+            "insert into verifications (
+                id, customer_id, country_code, national, destination, flow_type, code_hash,
+                otp_length, state, wrong_attempts, max_attempts, created_at, expires_at,
+                transaction_id, cost, cost_test, delivery
+             ) values ($1, $2, $3, $4, $5, $6, $7, $8, 'pending', 0, $9, $10, $11, $12, $13,
+                       $14, 'queued')
+             on conflict (id) do nothing
+             returning ",
+            verification_columns!()
+        ))
+        .bind(vid(req.id))
+        .bind(customer)
+        .bind(i32::from(req.destination.country_code()))
+        .bind(req.destination.national())
+        .bind(&destination)
+        .bind(&req.flow_type)
+        .bind(&req.code_hash.0[..])
+        .bind(i16::from(req.otp_length))
+        .bind(int(req.max_attempts))
+        .bind(now)
+        .bind(req.expires_at)
+        .bind(&req.transaction_id)
+        .bind(cost)
+        .bind(cost_test)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db_err)?;
+        let Some(row) = row else {
+            return Err(StoreError::Conflict(
+                "verification id already exists".into(),
+            ));
+        };
+        let verification = rows::verification(&row)?;
+        sqlx::query(
+            "insert into outbox (
+                verification_id, customer_id, text, status, attempts, next_attempt_at,
+                created_at, updated_at
+             ) values ($1, $2, $3, 'queued', 0, $4, $4, $4)",
+        )
+        .bind(vid(req.id))
+        .bind(customer)
+        .bind(&req.message_text)
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err)?;
+        Ok(Ok(verification))
+    }
+}
+
+#[async_trait]
+impl Store for PostgresStore {
+    async fn ping(&self) -> StoreResult<()> {
+        self.guarded(async {
+            sqlx::query("select 1")
+                .execute(&self.pool)
+                .await
+                .map_err(db_err)?;
+            Ok(())
+        })
+        .await
+    }
+
+    fn backend(&self) -> &'static str {
+        "postgres"
+    }
+
+    async fn secret_get_or_init(&self, name: &str, candidate: &[u8]) -> StoreResult<Vec<u8>> {
+        self.guarded(async {
+            // The first node's candidate wins; everyone reads the winner.
+            // created_at is the database's clock: there is no caller clock
+            // here, and the value is informational.
+            sqlx::query(
+                "insert into secrets (name, value, created_at)
+                 values ($1, $2, (extract(epoch from clock_timestamp()) * 1000)::bigint)
+                 on conflict (name) do nothing",
+            )
+            .bind(name)
+            .bind(candidate)
+            .execute(&self.pool)
+            .await
+            .map_err(db_err)?;
+            sqlx::query_scalar("select value from secrets where name = $1")
+                .bind(name)
+                .fetch_one(&self.pool)
+                .await
+                .map_err(db_err)
+        })
+        .await
+    }
+
+    async fn account_create(&self, new: NewAccount) -> StoreResult<Account> {
+        self.guarded(async {
+            let row = sqlx::query(concat!(
+                "insert into accounts (
+                    customer_id, password_hash, email, country, credits, test_credits,
+                    token_epoch, disabled, settings, created_at
+                 ) values ($1, $2, $3, $4, $5, $6, 0, false, '{}'::jsonb, $7)
+                 returning ",
+                account_columns!()
+            ))
+            .bind(new.customer_id.as_str())
+            .bind(&new.password_hash)
+            .bind(&new.email)
+            .bind(&new.country)
+            .bind(new.credits.max(0))
+            .bind(new.test_credits.max(0))
+            .bind(new.created_at)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db_err)?;
+            rows::account(&row)
+        })
+        .await
+    }
+
+    async fn account_get(&self, id: &CustomerId) -> StoreResult<Option<Account>> {
+        self.guarded(async {
+            let row = sqlx::query(concat!(
+                "select ",
+                account_columns!(),
+                " from accounts where customer_id = $1"
+            ))
+            .bind(id.as_str())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_err)?;
+            row.as_ref().map(rows::account).transpose()
+        })
+        .await
+    }
+
+    async fn account_by_email(&self, email: &str) -> StoreResult<Option<Account>> {
+        self.guarded(async {
+            let row = sqlx::query(concat!(
+                "select ",
+                account_columns!(),
+                " from accounts where lower(email) = lower($1)
+                  order by created_at asc limit 1"
+            ))
+            .bind(email)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_err)?;
+            row.as_ref().map(rows::account).transpose()
+        })
+        .await
+    }
+
+    async fn account_list(&self, limit: u32, offset: u32) -> StoreResult<Vec<Account>> {
+        self.guarded(async {
+            let rows = sqlx::query(concat!(
+                "select ",
+                account_columns!(),
+                " from accounts order by created_at desc, customer_id desc
+                  limit $1 offset $2"
+            ))
+            .bind(i64::from(limit))
+            .bind(i64::from(offset))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_err)?;
+            rows.iter().map(rows::account).collect()
+        })
+        .await
+    }
+
+    async fn account_add_credits(&self, id: &CustomerId, credits: i64) -> StoreResult<Account> {
+        // In numeric, so neither a huge grant nor a huge removal overflows:
+        // the result is clamped to [0, i64::MAX].
+        self.account_update(
+            sqlx::query(concat!(
+                "update accounts
+                 set credits = least(greatest(credits::numeric + $2, 0),
+                                     9223372036854775807)::bigint
+                 where customer_id = $1 returning ",
+                account_columns!()
+            ))
+            .bind(id.as_str())
+            .bind(credits),
+        )
+        .await
+    }
+
+    async fn account_set_password(
+        &self,
+        id: &CustomerId,
+        password_hash: &str,
+    ) -> StoreResult<Account> {
+        self.account_update(
+            sqlx::query(concat!(
+                "update accounts set password_hash = $2, token_epoch = token_epoch + 1
+                 where customer_id = $1 returning ",
+                account_columns!()
+            ))
+            .bind(id.as_str())
+            .bind(password_hash),
+        )
+        .await
+    }
+
+    async fn account_revoke_tokens(&self, id: &CustomerId) -> StoreResult<Account> {
+        self.account_update(
+            sqlx::query(concat!(
+                "update accounts set token_epoch = token_epoch + 1
+                 where customer_id = $1 returning ",
+                account_columns!()
+            ))
+            .bind(id.as_str()),
+        )
+        .await
+    }
+
+    async fn account_set_disabled(&self, id: &CustomerId, disabled: bool) -> StoreResult<Account> {
+        self.account_update(
+            sqlx::query(concat!(
+                "update accounts set disabled = $2 where customer_id = $1 returning ",
+                account_columns!()
+            ))
+            .bind(id.as_str())
+            .bind(disabled),
+        )
+        .await
+    }
+
+    async fn account_set_settings(
+        &self,
+        id: &CustomerId,
+        settings: &AccountSettings,
+    ) -> StoreResult<Account> {
+        let json = serde_json::to_string(settings)
+            .map_err(|e| StoreError::Internal(format!("encode settings: {e}")))?;
+        self.account_update(
+            sqlx::query(concat!(
+                "update accounts set settings = $2::jsonb where customer_id = $1 returning ",
+                account_columns!()
+            ))
+            .bind(id.as_str())
+            .bind(json),
+        )
+        .await
+    }
+
+    async fn verification_create(&self, req: NewVerification) -> StoreResult<CreateOutcome> {
+        self.guarded(async {
+            let mut tx = self.pool.begin().await.map_err(db_err)?;
+            match Self::create_in(&mut tx, &req).await? {
+                Ok(v) => {
+                    tx.commit().await.map_err(db_err)?;
+                    Ok(CreateOutcome::Created(v))
+                }
+                Err(refused) => {
+                    // Release the account lock now rather than when the
+                    // pool gets round to it.
+                    tx.rollback().await.map_err(db_err)?;
+                    Ok(refused)
+                }
+            }
+        })
+        .await
+    }
+
+    async fn verification_get(
+        &self,
+        customer: &CustomerId,
+        id: VerificationId,
+    ) -> StoreResult<Option<Verification>> {
+        self.guarded(async {
+            let row = sqlx::query(concat!(
+                "select ",
+                verification_columns!(),
+                " from verifications where id = $1 and customer_id = $2"
+            ))
+            .bind(vid(id))
+            .bind(customer.as_str())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_err)?;
+            row.as_ref().map(rows::verification).transpose()
+        })
+        .await
+    }
+
+    async fn verification_apply(
+        &self,
+        customer: &CustomerId,
+        id: VerificationId,
+        expected_wrong_attempts: u32,
+        action: ValidationAction,
+        now: i64,
+    ) -> StoreResult<bool> {
+        let Ok(expected) = i32::try_from(expected_wrong_attempts) else {
+            // No stored row can have that many.
+            return Ok(false);
+        };
+        self.guarded(async {
+            let query = match action {
+                ValidationAction::Complete => sqlx::query(
+                    "update verifications set state = 'completed', completed_at = $4
+                     where id = $1 and customer_id = $2 and state = 'pending'
+                       and wrong_attempts = $3",
+                )
+                .bind(vid(id))
+                .bind(customer.as_str())
+                .bind(expected)
+                .bind(now),
+                ValidationAction::Wrong => sqlx::query(
+                    "update verifications set wrong_attempts = wrong_attempts + 1
+                     where id = $1 and customer_id = $2 and state = 'pending'
+                       and wrong_attempts = $3",
+                )
+                .bind(vid(id))
+                .bind(customer.as_str())
+                .bind(expected),
+            };
+            let done = query.execute(&self.pool).await.map_err(db_err)?;
+            Ok(done.rows_affected() == 1)
+        })
+        .await
+    }
+
+    async fn wrong_codes_since(
+        &self,
+        customer: &CustomerId,
+        destination_e164: &str,
+        since: i64,
+    ) -> StoreResult<u32> {
+        self.guarded(async {
+            let n: i64 = sqlx::query_scalar(
+                "select coalesce(sum(wrong_attempts), 0)::bigint from verifications
+                 where customer_id = $1 and destination = $2 and created_at >= $3",
+            )
+            .bind(customer.as_str())
+            .bind(destination_e164)
+            .bind(since)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db_err)?;
+            Ok(u32::try_from(n.max(0)).unwrap_or(u32::MAX))
+        })
+        .await
+    }
+
+    async fn verification_list(
+        &self,
+        customer: &CustomerId,
+        filter: &VerificationFilter,
+        limit: u32,
+        offset: u32,
+    ) -> StoreResult<Vec<Verification>> {
+        self.guarded(async {
+            // strpos, not like: the filter is user input and % or _ in it
+            // must match literally.
+            let rows = sqlx::query(concat!(
+                "select ",
+                verification_columns!(),
+                " from verifications
+                  where customer_id = $1
+                    and ($2::text is null or strpos(destination, $2) > 0)
+                    and ($3::text is null or state = $3)
+                    and ($4::bigint is null or created_at >= $4)
+                    and ($5::bigint is null or created_at < $5)
+                  order by created_at desc, id desc
+                  limit $6 offset $7"
+            ))
+            .bind(customer.as_str())
+            .bind(filter.number.as_deref())
+            .bind(filter.state.map(|s| s.as_str()))
+            .bind(filter.since)
+            .bind(filter.until)
+            .bind(i64::from(limit))
+            .bind(i64::from(offset))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_err)?;
+            rows.iter().map(rows::verification).collect()
+        })
+        .await
+    }
+
+    async fn daily_stats(
+        &self,
+        customer: &CustomerId,
+        since: i64,
+        until: i64,
+    ) -> StoreResult<Vec<DailyStats>> {
+        if until <= since {
+            return Ok(Vec::new());
+        }
+        let first = day_start(since);
+        let days = (until.saturating_sub(1).div_euclid(DAY_MS) - first.div_euclid(DAY_MS) + 1)
+            .clamp(0, MAX_STAT_DAYS);
+        self.guarded(async {
+            // Sends by the day they were created; completions by the day
+            // they completed. `d` is the day's number since the epoch
+            // (floor division, as `day_start`).
+            let counted: Vec<(i64, i64, i64)> = sqlx::query_as(
+                "select d, sum(sends)::bigint, sum(completed)::bigint from (
+                     select floor(created_at::numeric / 86400000)::bigint as d,
+                            1 as sends, 0 as completed
+                       from verifications
+                      where customer_id = $1 and created_at >= $2 and created_at < $3
+                     union all
+                     select floor(completed_at::numeric / 86400000)::bigint, 0, 1
+                       from verifications
+                      where customer_id = $1 and completed_at >= $2 and completed_at < $3
+                 ) t group by d",
+            )
+            .bind(customer.as_str())
+            .bind(since)
+            .bind(until)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_err)?;
+            let first_day = first.div_euclid(DAY_MS);
+            let mut out: Vec<DailyStats> = (0..days)
+                .map(|i| DailyStats {
+                    day_start: first.saturating_add(i.saturating_mul(DAY_MS)),
+                    sends: 0,
+                    completed: 0,
+                })
+                .collect();
+            for (d, sends, completed) in counted {
+                if let Some(slot) = usize::try_from(d - first_day)
+                    .ok()
+                    .and_then(|i| out.get_mut(i))
+                {
+                    slot.sends = to_u64(sends);
+                    slot.completed = to_u64(completed);
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn channel_stats(
+        &self,
+        customer: &CustomerId,
+        since: i64,
+        until: i64,
+    ) -> StoreResult<Vec<ChannelStats>> {
+        self.guarded(async {
+            let rows: Vec<(String, i64, i64, i64)> = sqlx::query_as(
+                "select channel, count(*),
+                        count(*) filter (where status in ('sent', 'delivered')),
+                        count(*) filter (where status in
+                            ('failed', 'undeliverable', 'expired', 'rejected'))
+                   from outbox
+                  where customer_id = $1 and created_at >= $2 and created_at < $3
+                    and channel is not null
+                  group by channel order by channel",
+            )
+            .bind(customer.as_str())
+            .bind(since)
+            .bind(until)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_err)?;
+            Ok(rows
+                .into_iter()
+                .map(|(channel, attempted, succeeded, failed)| ChannelStats {
+                    channel,
+                    attempted: to_u64(attempted),
+                    succeeded: to_u64(succeeded),
+                    failed: to_u64(failed),
+                })
+                .collect())
+        })
+        .await
+    }
+
+    async fn outbox_claim(
+        &self,
+        worker: &str,
+        max: u32,
+        lease_ms: i64,
+        now: i64,
+    ) -> StoreResult<Vec<OutboxMessage>> {
+        if max == 0 {
+            return Ok(Vec::new());
+        }
+        self.guarded(async {
+            // `skip locked`: rows another node is claiming right now are
+            // passed over instead of waited for, and each row's predicate is
+            // re-checked once locked, so a row claimed and committed by
+            // someone else in the meantime is not taken twice.
+            let rows = sqlx::query(concat!(
+                "with due as (
+                     select id from outbox
+                      where status = 'queued' and next_attempt_at <= $1
+                        and (lease_until is null or lease_until <= $1)
+                      order by next_attempt_at, id
+                      limit $2
+                      for update skip locked
+                 )
+                 update outbox o
+                    set lease_owner = $3, lease_until = $4, attempts = o.attempts + 1,
+                        updated_at = $1
+                   from due, verifications v
+                  where o.id = due.id and v.id = o.verification_id
+                 returning ",
+                outbox_columns!()
+            ))
+            .bind(now)
+            .bind(i64::from(max))
+            .bind(worker)
+            .bind(now.saturating_add(lease_ms.max(0)))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_err)?;
+            let mut out = rows
+                .iter()
+                .map(rows::outbox_message)
+                .collect::<StoreResult<Vec<_>>>()?;
+            out.sort_by_key(|m| (m.next_attempt_at, m.id));
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn outbox_sent(
+        &self,
+        message_id: i64,
+        worker: &str,
+        sent: &SentInfo,
+        now: i64,
+    ) -> StoreResult<bool> {
+        self.guarded(async {
+            // One statement: the outbox row (only while `worker` still holds
+            // it) and its verification change together or not at all.
+            let changed: Option<i64> = sqlx::query_scalar(
+                "with o as (
+                     update outbox
+                        set status = 'sent', text = null, channel = $3, gateway_id = $4,
+                            lease_owner = null, lease_until = null, updated_at = $5
+                      where id = $1 and lease_owner = $2 and status = 'queued'
+                      returning verification_id
+                 )
+                 update verifications v
+                    set delivery = 'sent', channel = $3, gateway_id = $4
+                   from o where v.id = o.verification_id
+                 returning v.id",
+            )
+            .bind(message_id)
+            .bind(worker)
+            .bind(&sent.channel)
+            .bind(&sent.gateway_id)
+            .bind(now)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_err)?;
+            Ok(changed.is_some())
+        })
+        .await
+    }
+
+    async fn outbox_retry(
+        &self,
+        message_id: i64,
+        worker: &str,
+        next_attempt_at: i64,
+        error: &str,
+        now: i64,
+    ) -> StoreResult<bool> {
+        self.guarded(async {
+            let done = sqlx::query(
+                "update outbox
+                    set lease_owner = null, lease_until = null, next_attempt_at = $3,
+                        last_error = $4, updated_at = $5
+                  where id = $1 and lease_owner = $2 and status = 'queued'",
+            )
+            .bind(message_id)
+            .bind(worker)
+            .bind(next_attempt_at)
+            .bind(error)
+            .bind(now)
+            .execute(&self.pool)
+            .await
+            .map_err(db_err)?;
+            Ok(done.rows_affected() == 1)
+        })
+        .await
+    }
+
+    async fn outbox_failed(
+        &self,
+        message_id: i64,
+        worker: &str,
+        error: &str,
+        now: i64,
+    ) -> StoreResult<bool> {
+        self.guarded(async {
+            let mut tx = self.pool.begin().await.map_err(db_err)?;
+            // The queued → failed transition happens once, so the refund
+            // below does too.
+            let verification: Option<i64> = sqlx::query_scalar(
+                "update outbox
+                    set status = 'failed', text = null, last_error = $3,
+                        lease_owner = null, lease_until = null, updated_at = $4
+                  where id = $1 and lease_owner = $2 and status = 'queued'
+                  returning verification_id",
+            )
+            .bind(message_id)
+            .bind(worker)
+            .bind(error)
+            .bind(now)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db_err)?;
+            let Some(verification) = verification else {
+                tx.rollback().await.map_err(db_err)?;
+                return Ok(false);
+            };
+            let charged: (String, i64, i64) = sqlx::query_as(
+                "select customer_id, cost, cost_test from verifications
+                  where id = $1 for update",
+            )
+            .bind(verification)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(db_err)?;
+            let (customer, cost, cost_test) = charged;
+            sqlx::query(
+                "update verifications
+                    set state = case when state = 'pending' then 'failed' else state end,
+                        delivery = 'failed', delivery_detail = $2, cost = 0, cost_test = 0
+                  where id = $1",
+            )
+            .bind(verification)
+            .bind(error)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+            if cost > 0 {
+                sqlx::query(
+                    "update accounts
+                        set credits = credits + $2, test_credits = test_credits + $3
+                      where customer_id = $1",
+                )
+                .bind(&customer)
+                .bind(cost - cost_test)
+                .bind(cost_test)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err)?;
+            }
+            tx.commit().await.map_err(db_err)?;
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn outbox_receipt(
+        &self,
+        channel: &str,
+        gateway_id: &str,
+        status: DeliveryStatus,
+        detail: &str,
+        now: i64,
+    ) -> StoreResult<bool> {
+        self.guarded(async {
+            let matched: Vec<i64> = sqlx::query_scalar(
+                "with o as (
+                     update outbox set status = $3, updated_at = $5
+                      where channel = $1 and gateway_id = $2
+                      returning verification_id
+                 )
+                 update verifications v
+                    set delivery = $3, delivery_detail = $4
+                   from o where v.id = o.verification_id
+                 returning v.id",
+            )
+            .bind(channel)
+            .bind(gateway_id)
+            .bind(status.as_str())
+            .bind(detail)
+            .bind(now)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_err)?;
+            Ok(!matched.is_empty())
+        })
+        .await
+    }
+
+    async fn outbox_depth(&self) -> StoreResult<OutboxDepth> {
+        self.guarded(async {
+            let (queued, in_flight, failed): (i64, i64, i64) = sqlx::query_as(
+                "select count(*) filter (where status = 'queued' and lease_owner is null),
+                        count(*) filter (where status = 'queued' and lease_owner is not null),
+                        count(*) filter (where status = 'failed')
+                   from outbox",
+            )
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db_err)?;
+            Ok(OutboxDepth {
+                queued: to_u64(queued),
+                in_flight: to_u64(in_flight),
+                failed: to_u64(failed),
+            })
+        })
+        .await
+    }
+
+    async fn outbox_for_verification(
+        &self,
+        id: VerificationId,
+    ) -> StoreResult<Option<OutboxMessage>> {
+        self.guarded(async {
+            let row = sqlx::query(concat!(
+                "select ",
+                outbox_columns!(),
+                " from outbox o join verifications v on v.id = o.verification_id
+                  where o.verification_id = $1"
+            ))
+            .bind(vid(id))
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_err)?;
+            row.as_ref().map(rows::outbox_message).transpose()
+        })
+        .await
+    }
+
+    async fn inbox_put(&self, msg: &InboxEntry) -> StoreResult<()> {
+        self.guarded(async {
+            sqlx::query(
+                "insert into inbox (customer_id, destination, text, verification_id, created_at)
+                 values ($1, $2, $3, $4, $5)",
+            )
+            .bind(msg.customer_id.as_ref().map(CustomerId::as_str))
+            .bind(&msg.destination)
+            .bind(&msg.text)
+            .bind(msg.verification_id.map(vid))
+            .bind(msg.created_at)
+            .execute(&self.pool)
+            .await
+            .map_err(db_err)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn inbox_list(
+        &self,
+        customer: Option<&CustomerId>,
+        to: Option<&str>,
+        limit: u32,
+    ) -> StoreResult<Vec<InboxEntry>> {
+        self.guarded(async {
+            let rows = sqlx::query(
+                "select customer_id, destination, text, verification_id, created_at
+                   from inbox
+                  where ($1::text is null or customer_id = $1)
+                    and ($2::text is null or destination = $2)
+                  order by created_at desc, id desc
+                  limit $3",
+            )
+            .bind(customer.map(CustomerId::as_str))
+            .bind(to)
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_err)?;
+            rows.iter().map(rows::inbox_entry).collect()
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_rounds_up_and_is_at_least_one() {
+        assert_eq!(secs_until(1000, 1000), 1);
+        assert_eq!(secs_until(0, 1000), 1);
+        assert_eq!(secs_until(2001, 1000), 2);
+        assert_eq!(secs_until(61_000, 1000), 60);
+        assert_eq!(secs_until(i64::MAX, i64::MIN), (i64::MAX / 1000) as u64);
+    }
+
+    #[test]
+    fn days_start_at_utc_midnight_also_before_1970() {
+        assert_eq!(day_start(0), 0);
+        assert_eq!(day_start(DAY_MS - 1), 0);
+        assert_eq!(day_start(DAY_MS), DAY_MS);
+        assert_eq!(day_start(-1), -DAY_MS);
+    }
+
+    #[test]
+    fn default_options_are_the_documented_ones() {
+        let o = PgOptions::default();
+        assert_eq!(
+            (o.pool_size, o.statement_timeout_ms, o.connect_timeout_ms),
+            (10, 5000, 3000)
+        );
+    }
+}

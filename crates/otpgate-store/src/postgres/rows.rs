@@ -1,0 +1,161 @@
+//! Turning PostgreSQL rows back into the store's records. Every value was
+//! checked on its way in, so a value that does not parse on the way out is
+//! corruption (or a bug) and becomes [`StoreError::Internal`], never a panic.
+
+use otpgate_core::{
+    CodeHash, CustomerId, DeliveryStatus, PhoneNumber, VerificationId, VerificationState,
+};
+use sqlx::postgres::PgRow;
+use sqlx::{Decode, Postgres, Row, Type};
+
+use super::error::db_err;
+use crate::{
+    Account, AccountSettings, InboxEntry, OutboxMessage, StoreError, StoreResult, Verification,
+};
+
+/// The columns [`verification`] reads, in `select` order.
+macro_rules! verification_columns {
+    () => {
+        "id, customer_id, country_code, national, flow_type, code_hash, otp_length, state, \
+         wrong_attempts, max_attempts, created_at, expires_at, completed_at, transaction_id, \
+         cost, cost_test, delivery, channel, gateway_id, delivery_detail"
+    };
+}
+pub(crate) use verification_columns;
+
+/// The columns [`account`] reads.
+macro_rules! account_columns {
+    () => {
+        "customer_id, password_hash, email, country, credits, test_credits, token_epoch, \
+         disabled, settings::text as settings, created_at"
+    };
+}
+pub(crate) use account_columns;
+
+/// The columns [`outbox_message`] reads, from `outbox o` joined with
+/// `verifications v`.
+macro_rules! outbox_columns {
+    () => {
+        "o.id, o.verification_id, o.customer_id, v.country_code, v.national, v.flow_type, \
+         o.text, o.status, o.attempts, o.next_attempt_at, v.expires_at, o.channel, \
+         o.gateway_id, o.last_error, o.created_at"
+    };
+}
+pub(crate) use outbox_columns;
+
+fn get<'r, T>(row: &'r PgRow, col: &str) -> StoreResult<T>
+where
+    T: Decode<'r, Postgres> + Type<Postgres>,
+{
+    row.try_get(col).map_err(db_err)
+}
+
+fn corrupt(what: &str) -> StoreError {
+    StoreError::Internal(format!("stored {what} does not parse"))
+}
+
+fn customer_id(s: &str) -> StoreResult<CustomerId> {
+    CustomerId::parse(s).map_err(|_| corrupt("customer id"))
+}
+
+fn verification_id(n: i64) -> StoreResult<VerificationId> {
+    u64::try_from(n)
+        .ok()
+        .and_then(|n| VerificationId::new(n).ok())
+        .ok_or_else(|| corrupt("verification id"))
+}
+
+fn count(n: i32, what: &str) -> StoreResult<u32> {
+    u32::try_from(n).map_err(|_| corrupt(what))
+}
+
+fn phone(row: &PgRow) -> StoreResult<PhoneNumber> {
+    let cc: i32 = get(row, "country_code")?;
+    let cc = u16::try_from(cc).map_err(|_| corrupt("country code"))?;
+    Ok(PhoneNumber::from_trusted_parts(
+        cc,
+        get::<String>(row, "national")?,
+    ))
+}
+
+fn delivery(s: &str) -> StoreResult<DeliveryStatus> {
+    DeliveryStatus::parse(s).ok_or_else(|| corrupt("delivery status"))
+}
+
+pub(crate) fn verification(row: &PgRow) -> StoreResult<Verification> {
+    let hash: Vec<u8> = get(row, "code_hash")?;
+    let otp_length: i16 = get(row, "otp_length")?;
+    let state: String = get(row, "state")?;
+    let delivery_status: String = get(row, "delivery")?;
+    Ok(Verification {
+        id: verification_id(get(row, "id")?)?,
+        customer_id: customer_id(&get::<String>(row, "customer_id")?)?,
+        destination: phone(row)?,
+        flow_type: get(row, "flow_type")?,
+        code_hash: CodeHash::from_slice(&hash).map_err(|_| corrupt("code hash"))?,
+        otp_length: u8::try_from(otp_length).map_err(|_| corrupt("otp length"))?,
+        state: VerificationState::parse(&state).ok_or_else(|| corrupt("state"))?,
+        wrong_attempts: count(get(row, "wrong_attempts")?, "wrong attempts")?,
+        max_attempts: count(get(row, "max_attempts")?, "max attempts")?,
+        created_at: get(row, "created_at")?,
+        expires_at: get(row, "expires_at")?,
+        completed_at: get(row, "completed_at")?,
+        transaction_id: get(row, "transaction_id")?,
+        cost: get(row, "cost")?,
+        cost_test: get(row, "cost_test")?,
+        delivery: delivery(&delivery_status)?,
+        channel: get(row, "channel")?,
+        gateway_id: get(row, "gateway_id")?,
+        delivery_detail: get(row, "delivery_detail")?,
+    })
+}
+
+pub(crate) fn account(row: &PgRow) -> StoreResult<Account> {
+    let settings: String = get(row, "settings")?;
+    let settings: AccountSettings =
+        serde_json::from_str(&settings).map_err(|_| corrupt("account settings"))?;
+    Ok(Account {
+        customer_id: customer_id(&get::<String>(row, "customer_id")?)?,
+        password_hash: get(row, "password_hash")?,
+        email: get(row, "email")?,
+        country: get(row, "country")?,
+        credits: get(row, "credits")?,
+        test_credits: get(row, "test_credits")?,
+        token_epoch: get(row, "token_epoch")?,
+        disabled: get(row, "disabled")?,
+        settings,
+        created_at: get(row, "created_at")?,
+    })
+}
+
+pub(crate) fn outbox_message(row: &PgRow) -> StoreResult<OutboxMessage> {
+    let status: String = get(row, "status")?;
+    Ok(OutboxMessage {
+        id: get(row, "id")?,
+        verification_id: verification_id(get(row, "verification_id")?)?,
+        customer_id: customer_id(&get::<String>(row, "customer_id")?)?,
+        destination: phone(row)?,
+        flow_type: get(row, "flow_type")?,
+        text: get(row, "text")?,
+        status: delivery(&status)?,
+        attempts: count(get(row, "attempts")?, "attempts")?,
+        next_attempt_at: get(row, "next_attempt_at")?,
+        expires_at: get(row, "expires_at")?,
+        channel: get(row, "channel")?,
+        gateway_id: get(row, "gateway_id")?,
+        last_error: get(row, "last_error")?,
+        created_at: get(row, "created_at")?,
+    })
+}
+
+pub(crate) fn inbox_entry(row: &PgRow) -> StoreResult<InboxEntry> {
+    let customer: Option<String> = get(row, "customer_id")?;
+    let vid: Option<i64> = get(row, "verification_id")?;
+    Ok(InboxEntry {
+        customer_id: customer.as_deref().map(customer_id).transpose()?,
+        destination: get(row, "destination")?,
+        text: get(row, "text")?,
+        verification_id: vid.map(verification_id).transpose()?,
+        created_at: get(row, "created_at")?,
+    })
+}
