@@ -220,6 +220,29 @@ impl PostgresStore {
     }
 }
 
+/// The key `account_by_email` looks up: Unicode lower case, folded here
+/// rather than by `lower()`, whose folding depends on the database's locale
+/// (and so that both backends fold alike).
+fn email_key(email: &str) -> String {
+    email.to_lowercase()
+}
+
+/// Longest error text kept per message: enough to diagnose, bounded so a
+/// chatty gateway cannot grow rows without limit (as on SQLite).
+const MAX_ERROR_LEN: usize = 500;
+
+/// Keeps at most [`MAX_ERROR_LEN`] bytes, cut on a character boundary.
+fn clip(s: &str) -> &str {
+    if s.len() <= MAX_ERROR_LEN {
+        return s;
+    }
+    let mut end = MAX_ERROR_LEN;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
 /// `u32` counters are stored as `integer`; a value past its range (a
 /// configuration of billions of attempts) is as good as unlimited.
 fn int(n: u32) -> i32 {
@@ -243,13 +266,10 @@ fn secs_until(at: i64, now: i64) -> u64 {
 }
 
 const DAY_MS: i64 = 86_400_000;
-/// More days than any console asks for; bounds the rows a wild range makes.
-const MAX_STAT_DAYS: i64 = 100_000;
-
-/// Midnight UTC of the day holding `t` (floor, also before 1970).
-fn day_start(t: i64) -> i64 {
-    t.div_euclid(DAY_MS).saturating_mul(DAY_MS)
-}
+/// The widest range `daily_stats` answers, in days (ten years, as on
+/// SQLite); a wider one is cut to its latest days rather than building
+/// millions of rows.
+const MAX_STATS_DAYS: i64 = 3660;
 
 /// What the checks of a send decided, before anything is written.
 enum Checked {
@@ -259,6 +279,25 @@ enum Checked {
         cost: i64,
         cost_test: i64,
     },
+}
+
+fn refused(outcome: CreateOutcome) -> Checked {
+    Checked::Refused(Box::new(outcome))
+}
+
+/// Given (created_at, wrong attempts) of the window's verifications, newest
+/// first, the `created_at` of the one whose leaving the window brings the
+/// wrong codes back under `max`; `None` when already under it.
+fn wrong_code_block(newest_first: &[(i64, i32)], max: u32) -> Option<i64> {
+    let max = i64::from(max);
+    let mut sum = 0i64;
+    for &(at, wrong) in newest_first {
+        sum = sum.saturating_add(i64::from(wrong));
+        if sum >= max {
+            return Some(at);
+        }
+    }
+    None
 }
 
 impl PostgresStore {
@@ -272,6 +311,11 @@ impl PostgresStore {
         let now = req.created_at;
         let customer = req.customer_id.as_str();
         let limits = &req.limits;
+        if req.price < 0 {
+            // The server's price table is validated at start-up; a negative
+            // price here is a bug, and would mint credit.
+            return Err(StoreError::Internal("negative price".into()));
+        }
 
         let account = sqlx::query(
             "select credits, test_credits, disabled from accounts
@@ -282,17 +326,13 @@ impl PostgresStore {
         .await
         .map_err(db_err)?;
         let Some(account) = account else {
-            return Ok(Checked::Refused(Box::new(
-                CreateOutcome::AccountUnavailable,
-            )));
+            return Ok(refused(CreateOutcome::AccountUnavailable));
         };
         let credits: i64 = account.try_get("credits").map_err(db_err)?;
         let test_credits: i64 = account.try_get("test_credits").map_err(db_err)?;
         let disabled: bool = account.try_get("disabled").map_err(db_err)?;
         if disabled {
-            return Ok(Checked::Refused(Box::new(
-                CreateOutcome::AccountUnavailable,
-            )));
+            return Ok(refused(CreateOutcome::AccountUnavailable));
         }
 
         // 506: a live verification to this destination.
@@ -311,104 +351,87 @@ impl PostgresStore {
         .await
         .map_err(db_err)?;
         if let Some(row) = live {
-            return Ok(Checked::Refused(Box::new(CreateOutcome::AlreadyPending(
-                rows::verification(&row)?,
-            ))));
+            return Ok(refused(CreateOutcome::AlreadyPending(rows::verification(
+                &row,
+            )?)));
         }
 
-        if let Some(max) = limits.per_account_per_second {
+        if let Some(per_second) = limits.per_account_per_second {
             let recent: i64 = sqlx::query_scalar(
                 "select count(*) from verifications
-                 where customer_id = $1 and created_at > $2",
+                 where customer_id = $1 and created_at > $2 and created_at <= $3",
             )
             .bind(customer)
             .bind(now.saturating_sub(1000))
+            .bind(now)
             .fetch_one(&mut *tx)
             .await
             .map_err(db_err)?;
-            if recent >= i64::from(max) {
-                return Ok(Checked::Refused(Box::new(CreateOutcome::RateLimited {
+            if recent >= i64::from(per_second) {
+                return Ok(refused(CreateOutcome::RateLimited {
                     retry_after_secs: 1,
-                })));
+                }));
             }
         }
 
+        // Per number: full while the `per_number_max`-th newest send to this
+        // destination is inside the window; room opens when it leaves.
         let window = limits.per_number_window_ms.max(0);
-        let since = now.saturating_sub(window);
-        let sent: i64 = sqlx::query_scalar(
-            "select count(*) from verifications
-             where customer_id = $1 and destination = $2 and created_at > $3",
+        if limits.per_number_max == 0 {
+            return Ok(refused(CreateOutcome::RateLimited {
+                retry_after_secs: secs_until(now.saturating_add(window), now),
+            }));
+        }
+        let blocking: Option<i64> = sqlx::query_scalar(
+            "select created_at from verifications
+             where customer_id = $1 and destination = $2 and created_at > $3
+             order by created_at desc limit 1 offset $4",
         )
         .bind(customer)
         .bind(destination)
-        .bind(since)
-        .fetch_one(&mut *tx)
+        .bind(now.saturating_sub(window))
+        .bind(i64::from(limits.per_number_max) - 1)
+        .fetch_optional(&mut *tx)
         .await
         .map_err(db_err)?;
-        let max = i64::from(limits.per_number_max);
-        if sent >= max {
-            // Room opens when enough of the oldest have left the window: the
-            // (sent - max + 1)-th oldest, which is the oldest when at the
-            // limit.
-            let leaving: Option<i64> = sqlx::query_scalar(
-                "select created_at from verifications
-                 where customer_id = $1 and destination = $2 and created_at > $3
-                 order by created_at asc offset $4 limit 1",
-            )
-            .bind(customer)
-            .bind(destination)
-            .bind(since)
-            .bind(sent - max)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(db_err)?;
-            let at = leaving.map_or(now, |t| t.saturating_add(window));
-            return Ok(Checked::Refused(Box::new(CreateOutcome::RateLimited {
-                retry_after_secs: secs_until(at, now),
-            })));
+        if let Some(at) = blocking {
+            return Ok(refused(CreateOutcome::RateLimited {
+                retry_after_secs: secs_until(at.saturating_add(window), now),
+            }));
         }
 
-        let wrong_window = limits.wrong_code_window_ms.max(0);
-        let wrong_since = now.saturating_sub(wrong_window);
+        // The wrong-code budget across this destination's verifications in
+        // the window, counted by their send time as `wrong_codes_since` does.
+        let window = limits.wrong_code_window_ms.max(0);
+        if limits.wrong_code_max == 0 {
+            return Ok(refused(CreateOutcome::RateLimited {
+                retry_after_secs: secs_until(now.saturating_add(window), now),
+            }));
+        }
         let wrong: Vec<(i64, i32)> = sqlx::query_as(
             "select created_at, wrong_attempts from verifications
-             where customer_id = $1 and destination = $2 and created_at >= $3
+             where customer_id = $1 and destination = $2 and created_at > $3
                and wrong_attempts > 0
-             order by created_at asc",
+             order by created_at desc",
         )
         .bind(customer)
         .bind(destination)
-        .bind(wrong_since)
+        .bind(now.saturating_sub(window))
         .fetch_all(&mut *tx)
         .await
         .map_err(db_err)?;
-        let wrong_max = i64::from(limits.wrong_code_max);
-        let mut spent: i64 = wrong.iter().map(|(_, n)| i64::from(*n)).sum();
-        if spent >= wrong_max {
-            // The budget reopens once enough old verifications have left
-            // the window for the rest to sum below the limit. A row created
-            // at t counts while t >= now - window, i.e. until t + window.
-            let mut at = now;
-            for (created, n) in &wrong {
-                spent -= i64::from(*n);
-                at = created.saturating_add(wrong_window).saturating_add(1);
-                if spent < wrong_max {
-                    break;
-                }
-            }
-            return Ok(Checked::Refused(Box::new(CreateOutcome::RateLimited {
-                retry_after_secs: secs_until(at, now),
-            })));
+        if let Some(at) = wrong_code_block(&wrong, limits.wrong_code_max) {
+            return Ok(refused(CreateOutcome::RateLimited {
+                retry_after_secs: secs_until(at.saturating_add(window), now),
+            }));
         }
 
         // Contract §5: test credits first, never below zero.
-        let price = req.price.max(0);
-        if credits.saturating_add(test_credits) < price {
-            return Ok(Checked::Refused(Box::new(
-                CreateOutcome::InsufficientBalance,
-            )));
-        }
+        let price = req.price;
         let cost_test = test_credits.clamp(0, price);
+        if credits < price - cost_test {
+            return Ok(refused(CreateOutcome::InsufficientBalance));
+        }
         Ok(Checked::Charge {
             cost: price,
             cost_test,
@@ -535,15 +558,16 @@ impl Store for PostgresStore {
         self.guarded(async {
             let row = sqlx::query(concat!(
                 "insert into accounts (
-                    customer_id, password_hash, email, country, credits, test_credits,
-                    token_epoch, disabled, settings, created_at
-                 ) values ($1, $2, $3, $4, $5, $6, 0, false, '{}'::jsonb, $7)
+                    customer_id, password_hash, email, email_key, country, credits,
+                    test_credits, token_epoch, disabled, settings, created_at
+                 ) values ($1, $2, $3, $4, $5, $6, $7, 0, false, '{}'::jsonb, $8)
                  returning ",
                 account_columns!()
             ))
             .bind(new.customer_id.as_str())
             .bind(&new.password_hash)
             .bind(&new.email)
+            .bind(new.email.as_deref().map(email_key))
             .bind(&new.country)
             .bind(new.credits.max(0))
             .bind(new.test_credits.max(0))
@@ -577,10 +601,9 @@ impl Store for PostgresStore {
             let row = sqlx::query(concat!(
                 "select ",
                 account_columns!(),
-                " from accounts where lower(email) = lower($1)
-                  order by created_at asc limit 1"
+                " from accounts where email_key = $1"
             ))
-            .bind(email)
+            .bind(email_key(email))
             .fetch_optional(&self.pool)
             .await
             .map_err(db_err)?;
@@ -829,24 +852,20 @@ impl Store for PostgresStore {
         if until <= since {
             return Ok(Vec::new());
         }
-        let first = day_start(since);
-        let days = (until.saturating_sub(1).div_euclid(DAY_MS) - first.div_euclid(DAY_MS) + 1)
-            .clamp(0, MAX_STAT_DAYS);
+        let last_day = (until - 1).div_euclid(DAY_MS);
+        let first_day = since.div_euclid(DAY_MS).max(last_day - MAX_STATS_DAYS + 1);
+        let since = since.max(first_day.saturating_mul(DAY_MS));
         self.guarded(async {
-            // Sends by the day they were created; completions by the day
-            // they completed. `d` is the day's number since the epoch
-            // (floor division, as `day_start`).
-            let counted: Vec<(i64, i64, i64)> = sqlx::query_as(
-                "select d, sum(sends)::bigint, sum(completed)::bigint from (
-                     select floor(created_at::numeric / 86400000)::bigint as d,
-                            1 as sends, 0 as completed
-                       from verifications
-                      where customer_id = $1 and created_at >= $2 and created_at < $3
-                     union all
-                     select floor(completed_at::numeric / 86400000)::bigint, 0, 1
-                       from verifications
-                      where customer_id = $1 and completed_at >= $2 and completed_at < $3
-                 ) t group by d",
+            // Completions are counted on the day of their send, so a day's
+            // `completed` never exceeds its `sends` (a conversion rate), as
+            // on SQLite. `day` is floor division, also before 1970.
+            let found: Vec<(i64, i64, i64)> = sqlx::query_as(
+                "select floor(created_at::numeric / 86400000)::bigint as day,
+                        count(*),
+                        count(*) filter (where state = 'completed')
+                   from verifications
+                  where customer_id = $1 and created_at >= $2 and created_at < $3
+                  group by day order by day",
             )
             .bind(customer.as_str())
             .bind(since)
@@ -854,22 +873,18 @@ impl Store for PostgresStore {
             .fetch_all(&self.pool)
             .await
             .map_err(db_err)?;
-            let first_day = first.div_euclid(DAY_MS);
-            let mut out: Vec<DailyStats> = (0..days)
-                .map(|i| DailyStats {
-                    day_start: first.saturating_add(i.saturating_mul(DAY_MS)),
-                    sends: 0,
-                    completed: 0,
-                })
-                .collect();
-            for (d, sends, completed) in counted {
-                if let Some(slot) = usize::try_from(d - first_day)
-                    .ok()
-                    .and_then(|i| out.get_mut(i))
-                {
-                    slot.sends = to_u64(sends);
-                    slot.completed = to_u64(completed);
-                }
+            let mut found = found.into_iter().peekable();
+            let mut out = Vec::new();
+            for day in first_day..=last_day {
+                let (sends, completed) = match found.next_if(|&(d, _, _)| d == day) {
+                    Some((_, s, c)) => (to_u64(s), to_u64(c)),
+                    None => (0, 0),
+                };
+                out.push(DailyStats {
+                    day_start: day.saturating_mul(DAY_MS),
+                    sends,
+                    completed,
+                });
             }
             Ok(out)
         })
@@ -883,15 +898,18 @@ impl Store for PostgresStore {
         until: i64,
     ) -> StoreResult<Vec<ChannelStats>> {
         self.guarded(async {
+            // Messages a worker tried; one that failed before any channel
+            // took it is counted under "" so failures are not lost from the
+            // totals (as on SQLite).
             let rows: Vec<(String, i64, i64, i64)> = sqlx::query_as(
-                "select channel, count(*),
+                "select coalesce(channel, '') as ch, count(*),
                         count(*) filter (where status in ('sent', 'delivered')),
                         count(*) filter (where status in
                             ('failed', 'undeliverable', 'expired', 'rejected'))
                    from outbox
                   where customer_id = $1 and created_at >= $2 and created_at < $3
-                    and channel is not null
-                  group by channel order by channel",
+                    and attempts > 0
+                  group by ch order by ch",
             )
             .bind(customer.as_str())
             .bind(since)
@@ -1005,22 +1023,31 @@ impl Store for PostgresStore {
         error: &str,
         now: i64,
     ) -> StoreResult<bool> {
+        let error = clip(error);
         self.guarded(async {
-            let done = sqlx::query(
-                "update outbox
-                    set lease_owner = null, lease_until = null, next_attempt_at = $3,
-                        last_error = $4, updated_at = $5
-                  where id = $1 and lease_owner = $2 and status = 'queued'",
+            // The last error is also shown on the verification (console,
+            // support) while the message waits for its next attempt.
+            let changed: Option<i64> = sqlx::query_scalar(
+                "with o as (
+                     update outbox
+                        set lease_owner = null, lease_until = null, next_attempt_at = $3,
+                            last_error = $4, updated_at = $5
+                      where id = $1 and lease_owner = $2 and status = 'queued'
+                      returning verification_id
+                 )
+                 update verifications v set delivery_detail = $4
+                   from o where v.id = o.verification_id
+                 returning v.id",
             )
             .bind(message_id)
             .bind(worker)
             .bind(next_attempt_at)
             .bind(error)
             .bind(now)
-            .execute(&self.pool)
+            .fetch_optional(&self.pool)
             .await
             .map_err(db_err)?;
-            Ok(done.rows_affected() == 1)
+            Ok(changed.is_some())
         })
         .await
     }
@@ -1032,10 +1059,11 @@ impl Store for PostgresStore {
         error: &str,
         now: i64,
     ) -> StoreResult<bool> {
+        let error = clip(error);
         self.guarded(async {
             let mut tx = self.pool.begin().await.map_err(db_err)?;
-            // The queued → failed transition happens once, so the refund
-            // below does too.
+            // The queued -> failed transition happens once, so the refund
+            // does too.
             let verification: Option<i64> = sqlx::query_scalar(
                 "update outbox
                     set status = 'failed', text = null, last_error = $3,
@@ -1054,39 +1082,7 @@ impl Store for PostgresStore {
                 tx.rollback().await.map_err(db_err)?;
                 return Ok(false);
             };
-            let charged: (String, i64, i64) = sqlx::query_as(
-                "select customer_id, cost, cost_test from verifications
-                  where id = $1 for update",
-            )
-            .bind(verification)
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(db_err)?;
-            let (customer, cost, cost_test) = charged;
-            sqlx::query(
-                "update verifications
-                    set state = case when state = 'pending' then 'failed' else state end,
-                        delivery = 'failed', delivery_detail = $2, cost = 0, cost_test = 0
-                  where id = $1",
-            )
-            .bind(verification)
-            .bind(error)
-            .execute(&mut *tx)
-            .await
-            .map_err(db_err)?;
-            if cost > 0 {
-                sqlx::query(
-                    "update accounts
-                        set credits = credits + $2, test_credits = test_credits + $3
-                      where customer_id = $1",
-                )
-                .bind(&customer)
-                .bind(cost - cost_test)
-                .bind(cost_test)
-                .execute(&mut *tx)
-                .await
-                .map_err(db_err)?;
-            }
+            fail_and_refund(&mut tx, verification, DeliveryStatus::Failed, error).await?;
             tx.commit().await.map_err(db_err)?;
             Ok(true)
         })
@@ -1101,26 +1097,49 @@ impl Store for PostgresStore {
         detail: &str,
         now: i64,
     ) -> StoreResult<bool> {
+        let detail = clip(detail);
+        // A receipt saying "queued" tells nothing new about the message's
+        // fate: its detail is kept, its status is not moved backwards.
+        let new_status = (status != DeliveryStatus::Queued).then(|| status.as_str());
+        let permanent = matches!(
+            status,
+            DeliveryStatus::Undeliverable
+                | DeliveryStatus::Expired
+                | DeliveryStatus::Rejected
+                | DeliveryStatus::Failed
+        );
         self.guarded(async {
+            let mut tx = self.pool.begin().await.map_err(db_err)?;
             let matched: Vec<i64> = sqlx::query_scalar(
-                "with o as (
-                     update outbox set status = $3, updated_at = $5
-                      where channel = $1 and gateway_id = $2
-                      returning verification_id
-                 )
-                 update verifications v
-                    set delivery = $3, delivery_detail = $4
-                   from o where v.id = o.verification_id
-                 returning v.id",
+                "update outbox set status = coalesce($3, status), updated_at = $4
+                  where channel = $1 and gateway_id = $2
+                  returning verification_id",
             )
             .bind(channel)
             .bind(gateway_id)
-            .bind(status.as_str())
-            .bind(detail)
+            .bind(new_status)
             .bind(now)
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *tx)
             .await
             .map_err(db_err)?;
+            for &verification in &matched {
+                if permanent {
+                    fail_and_refund(&mut tx, verification, status, detail).await?;
+                } else {
+                    sqlx::query(
+                        "update verifications
+                            set delivery = coalesce($2, delivery), delivery_detail = $3
+                          where id = $1",
+                    )
+                    .bind(verification)
+                    .bind(new_status)
+                    .bind(detail)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db_err)?;
+                }
+            }
+            tx.commit().await.map_err(db_err)?;
             Ok(!matched.is_empty())
         })
         .await
@@ -1212,6 +1231,65 @@ impl Store for PostgresStore {
     }
 }
 
+/// The message will never arrive: a pending verification fails (700 on
+/// validate) and its charge goes back where it came from (contract §5),
+/// once: a second failure finds it no longer pending. A verification already
+/// completed keeps its state and its charge, since its code evidently
+/// arrived.
+async fn fail_and_refund(
+    tx: &mut PgConnection,
+    verification: i64,
+    delivery: DeliveryStatus,
+    detail: &str,
+) -> StoreResult<()> {
+    // Locked and read first: the update below zeroes the cost, and the
+    // refund needs it as it was.
+    let (customer, state, cost, cost_test): (String, String, i64, i64) = sqlx::query_as(
+        "select customer_id, state, cost, cost_test from verifications
+          where id = $1 for update",
+    )
+    .bind(verification)
+    .fetch_one(&mut *tx)
+    .await
+    .map_err(db_err)?;
+    if state != "pending" {
+        sqlx::query("update verifications set delivery = $2, delivery_detail = $3 where id = $1")
+            .bind(verification)
+            .bind(delivery.as_str())
+            .bind(detail)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        return Ok(());
+    }
+    sqlx::query(
+        "update verifications
+            set state = 'failed', cost = 0, cost_test = 0, delivery = $2,
+                delivery_detail = $3
+          where id = $1",
+    )
+    .bind(verification)
+    .bind(delivery.as_str())
+    .bind(detail)
+    .execute(&mut *tx)
+    .await
+    .map_err(db_err)?;
+    if cost > 0 {
+        sqlx::query(
+            "update accounts
+                set test_credits = test_credits + $2, credits = credits + $3
+              where customer_id = $1",
+        )
+        .bind(customer)
+        .bind(cost_test)
+        .bind(cost - cost_test)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err)?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1226,11 +1304,23 @@ mod tests {
     }
 
     #[test]
-    fn days_start_at_utc_midnight_also_before_1970() {
-        assert_eq!(day_start(0), 0);
-        assert_eq!(day_start(DAY_MS - 1), 0);
-        assert_eq!(day_start(DAY_MS), DAY_MS);
-        assert_eq!(day_start(-1), -DAY_MS);
+    fn wrong_code_budget_frees_when_enough_old_codes_leave_the_window() {
+        // Newest first: 2 wrong at t=300, 1 at t=200, 3 at t=100.
+        let rows = [(300, 2), (200, 1), (100, 3)];
+        assert_eq!(wrong_code_block(&rows, 7), None);
+        assert_eq!(wrong_code_block(&rows, 6), Some(100));
+        assert_eq!(wrong_code_block(&rows, 3), Some(200));
+        assert_eq!(wrong_code_block(&rows, 2), Some(300));
+        assert_eq!(wrong_code_block(&[], 5), None);
+    }
+
+    #[test]
+    fn error_text_is_clipped_on_a_character_boundary() {
+        let long = "é".repeat(400);
+        let c = clip(&long);
+        assert!(c.len() <= MAX_ERROR_LEN);
+        assert!(long.starts_with(c));
+        assert_eq!(clip("short"), "short");
     }
 
     #[test]
