@@ -1,15 +1,29 @@
 //! otpgate's delivery: the [`Channel`] trait every SMS route implements, the
 //! outbox worker that feeds channels from the store, and the channels
-//! themselves (`inbox` for development; SMPP and HTTP gateways).
+//! themselves (`inbox` for development; SMPP 3.4 and HTTP gateways), with
+//! routing, failover and delivery receipts.
 //!
 //! The request path never talks to a gateway: a send commits its message to
 //! the outbox, and the worker delivers it from there (at-least-once).
+//!
+//! Configuration ([`config::SmsConfig`], built by [`config::build`]) names
+//! channels and routes; see `examples/smpp.toml` and `examples/http.toml`.
 #![forbid(unsafe_code)]
 
 pub mod channel;
+pub mod config;
+pub mod http;
 pub mod inbox;
+pub mod receipt;
+pub mod router;
+pub mod smpp;
 pub mod worker;
 
 pub use channel::{Accepted, Channel, ChannelError, ChannelHealth, Outgoing};
+pub use config::{ConfigError, SmsConfig, build};
+pub use http::HttpChannel;
 pub use inbox::InboxChannel;
-pub use worker::{Delivery, DeliveryConfig};
+pub use receipt::{ReceiptError, ReceiptOutcome, handle_http_receipt};
+pub use router::RouteTable;
+pub use smpp::SmppChannel;
+pub use worker::{Delivery, DeliveryConfig, Router, SingleRoute};

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use otpgate_core::Clock;
-use otpgate_store::{OutboxMessage, SentInfo, Store};
+use otpgate_store::{OutboxDepth, OutboxMessage, SentInfo, Store};
 use rand::RngExt;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -54,10 +54,20 @@ impl Default for DeliveryConfig {
 }
 
 /// Chooses the ordered channels for a message (routing by destination and
-/// flow). The simplest router sends everything down one list.
+/// flow). The simplest router sends everything down one list; the configured
+/// one is [`crate::router::RouteTable`].
 pub trait Router: Send + Sync + 'static {
+    /// The channels to try, in order; empty when no route takes the message
+    /// (it then fails at once and is refunded).
     fn route(&self, msg: &OutboxMessage) -> Vec<Arc<dyn Channel>>;
+    /// Every channel, for health and shutdown.
     fn channels(&self) -> Vec<Arc<dyn Channel>>;
+    /// Whether some route takes messages to this dialing code and flow: the
+    /// server answers 400 to a send for a flow no channel serves (contract
+    /// §2, `flowType`).
+    fn accepts(&self, _country_code: u16, _flow_type: &str) -> bool {
+        true
+    }
 }
 
 /// Every message to the same channels, in order.
@@ -101,8 +111,22 @@ impl Delivery {
         self.wake.notify_one();
     }
 
+    /// Each channel's state (bound, last error), for `/readyz`.
     pub fn health(&self) -> Vec<ChannelHealth> {
         self.router.channels().iter().map(|c| c.health()).collect()
+    }
+
+    /// Messages waiting, in flight and failed, for `/readyz` and metrics.
+    ///
+    /// # Errors
+    /// The store's error.
+    pub async fn queue_depth(&self) -> Result<OutboxDepth, otpgate_store::StoreError> {
+        self.store.outbox_depth().await
+    }
+
+    /// The router, so the server can ask [`Router::accepts`].
+    pub fn router(&self) -> &Arc<dyn Router> {
+        &self.router
     }
 
     /// Runs until `shutdown` fires, then finishes the round in hand (so no
@@ -182,9 +206,29 @@ impl Delivery {
             flow_type: msg.flow_type.clone(),
             text,
         };
-        let mut last = String::from("no channel routes this message");
+        let channels = self.router.route(&msg);
+        if channels.is_empty() {
+            // Routes are fixed for the life of the process: waiting would
+            // not make one match.
+            let now = self.clock.now_ms();
+            warn!(message = msg.id, flow = %msg.flow_type, "no route for this message");
+            self.record(
+                self.store
+                    .outbox_failed(
+                        msg.id,
+                        worker,
+                        "no route for this destination and flow",
+                        now,
+                    )
+                    .await,
+            );
+            return;
+        }
+        let mut last = String::new();
         let mut permanent = false;
-        for channel in self.router.route(&msg) {
+        // Failover: an unavailable or transiently failing channel passes the
+        // message to the next one at once; a permanent refusal ends it.
+        for channel in channels {
             match channel.send(&out).await {
                 Ok(acc) => {
                     debug!(
@@ -201,9 +245,11 @@ impl Delivery {
                     return;
                 }
                 Err(ChannelError::Unavailable(e)) => {
-                    last = format!("{}: {e}", channel.name());
+                    debug!(message = msg.id, channel = channel.name(), error = %e, "channel unavailable");
+                    last = format!("{}: unavailable: {e}", channel.name());
                 }
                 Err(ChannelError::Transient(e)) => {
+                    debug!(message = msg.id, channel = channel.name(), error = %e, "transient failure");
                     last = format!("{}: {e}", channel.name());
                 }
                 Err(ChannelError::Permanent(e)) => {

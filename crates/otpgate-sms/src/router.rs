@@ -1,0 +1,141 @@
+//! Routing: which channels, in which order, take a message. A route matches
+//! on the destination's dialing code and the `flowType`; the first matching
+//! route wins and its channels are tried in order (failover, see the worker).
+
+use std::sync::Arc;
+
+use otpgate_store::OutboxMessage;
+
+use crate::channel::Channel;
+use crate::worker::Router;
+
+/// One `[[routes]]` entry, with its channels resolved.
+pub struct Route {
+    /// Empty matches any destination.
+    pub country_codes: Vec<u16>,
+    /// Upper-case; empty matches any flow.
+    pub flow_types: Vec<String>,
+    pub channels: Vec<Arc<dyn Channel>>,
+}
+
+impl Route {
+    /// A route for every message.
+    pub fn any(channels: Vec<Arc<dyn Channel>>) -> Self {
+        Self {
+            country_codes: Vec::new(),
+            flow_types: Vec::new(),
+            channels,
+        }
+    }
+
+    pub fn matches(&self, country_code: u16, flow_type: &str) -> bool {
+        (self.country_codes.is_empty() || self.country_codes.contains(&country_code))
+            && (self.flow_types.is_empty()
+                || self
+                    .flow_types
+                    .iter()
+                    .any(|f| f.eq_ignore_ascii_case(flow_type)))
+    }
+}
+
+/// The configured routes; built by [`crate::config::build`].
+pub struct RouteTable {
+    routes: Vec<Route>,
+    channels: Vec<Arc<dyn Channel>>,
+}
+
+impl RouteTable {
+    pub fn new(routes: Vec<Route>, channels: Vec<Arc<dyn Channel>>) -> Self {
+        Self { routes, channels }
+    }
+
+    /// The channels for a destination and flow; empty when no route matches.
+    pub fn select(&self, country_code: u16, flow_type: &str) -> Vec<Arc<dyn Channel>> {
+        self.routes
+            .iter()
+            .find(|r| r.matches(country_code, flow_type))
+            .map(|r| r.channels.clone())
+            .unwrap_or_default()
+    }
+}
+
+impl Router for RouteTable {
+    fn route(&self, msg: &OutboxMessage) -> Vec<Arc<dyn Channel>> {
+        self.select(msg.destination.country_code(), &msg.flow_type)
+    }
+
+    fn channels(&self) -> Vec<Arc<dyn Channel>> {
+        self.channels.clone()
+    }
+
+    fn accepts(&self, country_code: u16, flow_type: &str) -> bool {
+        self.routes
+            .iter()
+            .any(|r| r.matches(country_code, flow_type) && !r.channels.is_empty())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::channel::{Accepted, ChannelError, ChannelHealth, Outgoing};
+    use async_trait::async_trait;
+
+    struct Named(&'static str);
+
+    #[async_trait]
+    impl Channel for Named {
+        fn name(&self) -> &str {
+            self.0
+        }
+        async fn send(&self, _: &Outgoing) -> Result<Accepted, ChannelError> {
+            Err(ChannelError::Unavailable("test".into()))
+        }
+        fn health(&self) -> ChannelHealth {
+            ChannelHealth {
+                name: self.0.into(),
+                kind: "test",
+                up: false,
+                last_error: None,
+            }
+        }
+    }
+
+    fn names(v: &[Arc<dyn Channel>]) -> Vec<&str> {
+        v.iter().map(|c| c.name()).collect()
+    }
+
+    #[test]
+    fn first_matching_route_wins() {
+        let a: Arc<dyn Channel> = Arc::new(Named("a"));
+        let b: Arc<dyn Channel> = Arc::new(Named("b"));
+        let w: Arc<dyn Channel> = Arc::new(Named("w"));
+        let t = RouteTable::new(
+            vec![
+                Route {
+                    country_codes: vec![],
+                    flow_types: vec!["WHATSAPP".into()],
+                    channels: vec![w.clone()],
+                },
+                Route {
+                    country_codes: vec![91, 44],
+                    flow_types: vec!["SMS".into()],
+                    channels: vec![a.clone(), b.clone()],
+                },
+                Route {
+                    country_codes: vec![],
+                    flow_types: vec!["SMS".into()],
+                    channels: vec![b.clone()],
+                },
+            ],
+            vec![a, b, w],
+        );
+        assert_eq!(names(&t.select(91, "SMS")), ["a", "b"]);
+        assert_eq!(names(&t.select(44, "sms")), ["a", "b"]);
+        assert_eq!(names(&t.select(1, "SMS")), ["b"]);
+        assert_eq!(names(&t.select(91, "WHATSAPP")), ["w"]);
+        assert!(t.select(91, "RCS").is_empty());
+        assert!(t.accepts(1, "SMS"));
+        assert!(!t.accepts(1, "RCS"));
+    }
+}
