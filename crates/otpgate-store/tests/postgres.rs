@@ -896,3 +896,68 @@ async fn a_partitioned_database_is_unavailable_promptly_and_heals() {
     let a = store.account_get(&c).await.unwrap().unwrap();
     assert_eq!(a.credits, 9);
 }
+
+#[tokio::test]
+async fn accounts_are_unique_by_id_and_by_email_in_any_case() {
+    let Some(pg) = server("accounts_are_unique_by_id_and_by_email_in_any_case") else {
+        return;
+    };
+    let store = connect(&pg.fresh_database()).await;
+    let c = account(&store, 1, 5, 0).await;
+    let mut again = NewAccount {
+        customer_id: c.clone(),
+        password_hash: "x".into(),
+        email: Some("Ünïcode@Example.com".into()),
+        country: None,
+        credits: 0,
+        test_credits: 0,
+        created_at: T0,
+    };
+    assert!(matches!(
+        store.account_create(again.clone()).await,
+        Err(StoreError::Conflict(m)) if m.contains("customerId")
+    ));
+    again.customer_id = customer(2);
+    store.account_create(again.clone()).await.unwrap();
+    again.customer_id = customer(3);
+    again.email = Some("üNÏCODE@example.COM".into());
+    assert!(matches!(
+        store.account_create(again).await,
+        Err(StoreError::Conflict(m)) if m.contains("e-mail")
+    ));
+    let found = store.account_by_email("ÜNÏCODE@EXAMPLE.COM").await.unwrap();
+    assert_eq!(found.map(|a| a.customer_id), Some(customer(2)));
+
+    // Credits never go below zero, and a huge grant does not overflow.
+    assert_eq!(store.account_add_credits(&c, -9).await.unwrap().credits, 0);
+    assert_eq!(
+        store
+            .account_add_credits(&c, i64::MAX)
+            .await
+            .unwrap()
+            .credits,
+        i64::MAX
+    );
+    assert_eq!(
+        store
+            .account_add_credits(&c, i64::MAX)
+            .await
+            .unwrap()
+            .credits,
+        i64::MAX
+    );
+    assert!(matches!(
+        store.account_add_credits(&customer(99), 1).await,
+        Err(StoreError::NotFound)
+    ));
+    let epoch = store.account_get(&c).await.unwrap().unwrap().token_epoch;
+    let a = store.account_set_password(&c, "new-hash").await.unwrap();
+    assert_eq!(
+        (a.password_hash.as_str(), a.token_epoch),
+        ("new-hash", epoch + 1)
+    );
+    assert_eq!(
+        store.account_revoke_tokens(&c).await.unwrap().token_epoch,
+        epoch + 2
+    );
+}

@@ -569,12 +569,18 @@ impl Store for PostgresStore {
             .bind(&new.email)
             .bind(new.email.as_deref().map(email_key))
             .bind(&new.country)
-            .bind(new.credits.max(0))
-            .bind(new.test_credits.max(0))
+            .bind(new.credits)
+            .bind(new.test_credits)
             .bind(new.created_at)
             .fetch_one(&self.pool)
             .await
-            .map_err(db_err)?;
+            .map_err(|e| match db_err(e) {
+                StoreError::Conflict(msg) if msg.contains("email_key") => {
+                    StoreError::Conflict("e-mail already in use".into())
+                }
+                StoreError::Conflict(_) => StoreError::Conflict("customerId already exists".into()),
+                other => other,
+            })?;
             rows::account(&row)
         })
         .await
