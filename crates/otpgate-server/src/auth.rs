@@ -128,7 +128,11 @@ impl Throttle {
         if q.len() >= self.max {
             let oldest = *q.front()?;
             let wait_ms = oldest + self.window_ms - now;
-            Some(u64::try_from(wait_ms.div_euclid(1000) + 1).unwrap_or(1))
+            Some(
+                u64::try_from((wait_ms + 999).div_euclid(1000))
+                    .unwrap_or(1)
+                    .max(1),
+            )
         } else {
             None
         }

@@ -19,7 +19,7 @@ pub struct ApiError {
     pub message: Option<&'static str>,
     pub reason: String,
     pub retry_after: Option<u64>,
-    pub pending: Option<PendingData>,
+    pub pending: Option<Box<PendingData>>,
 }
 
 impl ApiError {
@@ -94,7 +94,7 @@ impl IntoResponse for ApiError {
                 &Envelope {
                     response_code: self.code,
                     message,
-                    data: Some(data),
+                    data: Some(*data),
                     error_message: None,
                 },
             ),
@@ -178,9 +178,9 @@ pub fn json<T: serde::Serialize>(status: StatusCode, body: &T) -> Response {
 }
 
 fn add_retry_after(resp: &mut Response, secs: Option<u64>) {
-    if let Some(s) = secs {
-        if let Ok(v) = HeaderValue::from_str(&s.to_string()) {
-            resp.headers_mut().insert(header::RETRY_AFTER, v);
-        }
+    if let Some(s) = secs
+        && let Ok(v) = HeaderValue::from_str(&s.to_string())
+    {
+        resp.headers_mut().insert(header::RETRY_AFTER, v);
     }
 }

@@ -147,13 +147,13 @@ impl SendRequest {
             }
             _ => ApiError::bad_request(e.to_string()),
         })?;
-        if let Some(allowed) = &account.settings.allowed_country_codes {
-            if !allowed.contains(&destination.country_code()) {
-                return Err(ApiError::new(
-                    ResponseCode::InvalidCountryCode,
-                    "this account may not send to that country",
-                ));
-            }
+        if let Some(allowed) = &account.settings.allowed_country_codes
+            && !allowed.contains(&destination.country_code())
+        {
+            return Err(ApiError::new(
+                ResponseCode::InvalidCountryCode,
+                "this account may not send to that country",
+            ));
         }
         let otp_length = match params.get("otpLength") {
             Some(s) => OtpLength::parse(s).map_err(|e| ApiError::bad_request(e.to_string()))?,

@@ -117,7 +117,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<u8> {
         let _ = t.await;
     }
     let elapsed = started.elapsed().as_secs_f64();
-    let mut s = samples.lock().await;
+    let mut s = std::mem::take(&mut *samples.lock().await);
     #[allow(clippy::cast_precision_loss)]
     let flows_per_sec = s.flows as f64 / elapsed;
     println!(

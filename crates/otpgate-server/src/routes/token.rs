@@ -21,11 +21,11 @@ pub fn router() -> Router<AppState> {
 
 async fn token(
     State(state): State<AppState>,
-    client: Option<ConnectInfo<SocketAddr>>,
+    ConnectInfo(client): ConnectInfo<SocketAddr>,
     params: Result<Params, ApiError>,
 ) -> Result<Response, TokenApiError> {
     let params = params?;
-    let client = client.map_or_else(|| "unknown".to_owned(), |c| c.0.ip().to_string());
+    let client = client.ip().to_string();
     let token = service::issue_token(&state, &params, &client).await?;
     Ok(json(
         StatusCode::OK,

@@ -57,7 +57,7 @@ async fn send(
         }
         SendResult::Pending(v, left) => {
             let mut e = ApiError::new(ResponseCode::RequestAlreadyExists, "");
-            e.pending = Some(service::pending_data(&v, left));
+            e.pending = Some(Box::new(service::pending_data(&v, left)));
             Err(e)
         }
     }

@@ -13,7 +13,7 @@ fn sms(national: &str) -> Vec<(&'static str, String)> {
     ]
 }
 
-fn refs(p: &[(&'static str, String)]) -> Vec<(&'static str, &str)> {
+fn refs<'a>(p: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
     p.iter().map(|(k, v)| (*k, v.as_str())).collect()
 }
 
@@ -344,7 +344,7 @@ async fn the_per_number_limit_gets_800_with_retry_after() {
     assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(r.body["message"], "MAXIMUM_LIMIT_REACHED");
     let wait: i64 = r.retry_after.expect("Retry-After").parse().unwrap();
-    assert!(wait >= 1 && wait <= 600, "{wait}");
+    assert!((1..=600).contains(&wait), "{wait}");
     // Another number is not affected.
     app.send_ok(Version::V3, &t, "9876500071").await;
     // After the window the number may be sent to again.

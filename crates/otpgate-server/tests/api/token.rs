@@ -116,7 +116,7 @@ async fn repeated_failures_are_throttled_with_429_and_retry_after() {
     assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS, "{:?}", r.body);
     assert_eq!(r.body["status"], 429);
     let wait: u64 = r.retry_after.expect("Retry-After").parse().unwrap();
-    assert!(wait >= 1 && wait <= app.settings.token.failure_window_secs);
+    assert!((1..=app.settings.token.failure_window_secs).contains(&wait));
     app.clock
         .advance_ms(i64::try_from(app.settings.token.failure_window_secs).unwrap() * 1000 + 1);
     app.token().await;
