@@ -216,6 +216,7 @@ function onSession(session) {
     if (!opts.quiet) {
       emit({
         event: 'submit',
+        t: Date.now(),
         system_id: info.systemId,
         sequence: pdu.sequence_number,
         service_type: pdu.service_type,
