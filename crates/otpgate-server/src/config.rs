@@ -30,19 +30,13 @@ pub struct Settings {
     pub http: HttpSettings,
     pub delivery: DeliverySettings,
     pub postgres: PostgresSettings,
-    /// SMS channels and routes (`[channels.NAME]`, `[[routes]]`); none
-    /// configured means the development inbox channel.
-    #[serde(flatten)]
-    pub sms: SmsSection,
-}
-
-/// Channel and route tables, kept as raw TOML here and parsed by the
-/// delivery crate, which owns their meaning.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(default)]
-pub struct SmsSection {
-    pub channels: BTreeMap<String, toml::Value>,
-    pub routes: Vec<toml::Value>,
+    /// The web console under `/console`.
+    pub console: ConsoleSettings,
+    /// SMS channels (`[channels.NAME]`); none configured means the
+    /// development inbox channel. Their meaning is the delivery crate's.
+    pub channels: BTreeMap<String, otpgate_sms::config::ChannelConfig>,
+    /// Routes (`[[routes]]`), tried in order.
+    pub routes: Vec<otpgate_sms::config::RouteConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -160,7 +154,53 @@ impl Default for Settings {
             http: HttpSettings::default(),
             delivery: DeliverySettings::default(),
             postgres: PostgresSettings::default(),
-            sms: SmsSection::default(),
+            channels: BTreeMap::new(),
+            routes: Vec::new(),
+            console: ConsoleSettings::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConsoleSettings {
+    /// Serve the web console under `/console`.
+    pub enabled: bool,
+    /// Let visitors create accounts from the console's sign-up page.
+    pub signup: bool,
+    /// The operator's log-in e-mail; with `admin_password`, enables the
+    /// operators' pages (list accounts, add credits, disable).
+    pub admin_email: String,
+    /// The operator's password, or an Argon2 PHC string (`$argon2id$…`) of it.
+    pub admin_password: Option<SecretString>,
+    /// A console session ends after this many seconds without a request…
+    pub session_idle_secs: u64,
+    /// …and at the latest this many seconds after log-in.
+    pub session_max_secs: u64,
+    /// Mark cookies `Secure`: set this whenever the console is reached over
+    /// TLS (directly or through a proxy that terminates it).
+    pub secure_cookies: bool,
+    /// Failed log-ins allowed per e-mail/customerId and per client address
+    /// within `login_failure_window_secs`.
+    pub max_login_failures: u32,
+    pub login_failure_window_secs: u64,
+    /// Sign-ups allowed per client address per hour.
+    pub signups_per_hour: u32,
+}
+
+impl Default for ConsoleSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            signup: true,
+            admin_email: String::new(),
+            admin_password: None,
+            session_idle_secs: 30 * 60,
+            session_max_secs: 12 * 3600,
+            secure_cookies: false,
+            max_login_failures: 10,
+            login_failure_window_secs: 300,
+            signups_per_hour: 10,
         }
     }
 }
@@ -264,6 +304,14 @@ impl Default for PostgresSettings {
 }
 
 impl Settings {
+    /// The channel and route tables as the delivery crate takes them.
+    pub fn sms(&self) -> otpgate_sms::SmsConfig {
+        otpgate_sms::SmsConfig {
+            channels: self.channels.clone(),
+            routes: self.routes.clone(),
+        }
+    }
+
     /// Price in credits of one message to `country_code`.
     pub fn price_for(&self, country_code: u16) -> i64 {
         self.pricing
@@ -298,6 +346,9 @@ impl Settings {
         }
         if !self.message.templates.contains_key("default") {
             return Err("message.templates must have a \"default\" entry".into());
+        }
+        if self.console.session_idle_secs == 0 || self.console.session_max_secs == 0 {
+            return Err("console.session_idle_secs and console.session_max_secs must be positive".into());
         }
         if self.pricing.default_price < 0 || self.pricing.by_country_code.values().any(|p| *p < 0) {
             return Err("prices must not be negative".into());

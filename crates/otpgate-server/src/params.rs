@@ -55,6 +55,11 @@ impl Params {
         }
     }
 
+    /// Every parameter, in the order given.
+    pub fn pairs(&self) -> &[(String, String)] {
+        &self.0
+    }
+
     /// The value of `name`, trimmed, or `None` when absent or blank.
     pub fn get(&self, name: &str) -> Option<&str> {
         self.0

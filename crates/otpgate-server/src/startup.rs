@@ -13,8 +13,8 @@ use axum::extract::Request;
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use otpgate_core::{Clock, CodeKey, SecretString, SystemClock, TokenSigner};
-use otpgate_sms::worker::{Router as SmsRouter, SingleRoute};
-use otpgate_sms::{Delivery, DeliveryConfig, InboxChannel};
+use otpgate_sms::worker::Router as SmsRouter;
+use otpgate_sms::{Delivery, DeliveryConfig};
 use otpgate_store::Store;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -204,13 +204,12 @@ fn build_router(
     store: &Arc<dyn Store>,
     clock: &Arc<dyn Clock>,
 ) -> anyhow::Result<Arc<dyn SmsRouter>> {
-    if settings.sms.channels.is_empty() {
+    if settings.channels.is_empty() {
         tracing::warn!(
             "NO SMS CHANNEL CONFIGURED: messages go to the development inbox \
              (see `otpgate inbox`), not to phones"
         );
-        let inbox = InboxChannel::new("inbox", store.clone(), clock.clone());
-        return Ok(Arc::new(SingleRoute(vec![Arc::new(inbox)])));
     }
-    anyhow::bail!("SMS channel configuration is not supported by this build yet")
+    otpgate_sms::build(&settings.sms(), store.clone(), clock.clone())
+        .context("invalid SMS channel configuration")
 }

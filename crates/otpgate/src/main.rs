@@ -5,6 +5,7 @@
 
 mod admin;
 mod bench;
+mod client_cli;
 mod serve;
 mod settings;
 
@@ -44,6 +45,8 @@ enum Command {
     Migrate,
     /// Load-test a running server: token → send → code from inbox → validate.
     Bench(bench::BenchArgs),
+    #[command(flatten)]
+    Client(client_cli::ClientCommand),
 }
 
 fn main() -> ExitCode {
@@ -63,6 +66,12 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> u8 {
+    // The client commands talk to a server over HTTP and read only their own
+    // OTPGATE_URL/… variables, not the server's settings.
+    let command = match cli.command {
+        Command::Client(c) => return client_cli::run(c).await,
+        other => other,
+    };
     let loaded = settings::load(cli.config.as_deref());
     let (mut settings, warnings) = match loaded {
         Ok(s) => s,
@@ -74,12 +83,13 @@ async fn run(cli: Cli) -> u8 {
     if let Some(db) = cli.database {
         settings.database_url = db;
     }
-    let result = match cli.command {
+    let result = match command {
         Command::Serve(args) => serve::run(settings, warnings, args).await,
         Command::Customer(cmd) => admin::customer(settings, cmd).await,
         Command::Inbox(args) => admin::inbox(settings, args).await,
         Command::Migrate => admin::migrate(settings).await,
         Command::Bench(args) => bench::run(args).await,
+        Command::Client(c) => Ok(client_cli::run(c).await),
     };
     match result {
         Ok(code) => code,

@@ -39,9 +39,10 @@ pub async fn run(
     for w in warnings {
         tracing::warn!("{w}");
     }
-    if settings.dev && !settings.sms.channels.is_empty() {
+    if settings.dev && !settings.channels.is_empty() {
         tracing::warn!("--dev ignores the configured SMS channels and uses the inbox");
-        settings.sms = Default::default();
+        settings.channels.clear();
+        settings.routes.clear();
     }
     let store = otpgate_server::store::open(&settings).await?;
     let dev = settings.dev;
@@ -126,7 +127,10 @@ fn init_logging(json: bool) {
     let filter = EnvFilter::try_from_env("OTPGATE_LOG")
         .or_else(|_| EnvFilter::try_from_default_env())
         .unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     let _ = if json {
         builder.json().try_init()
     } else {

@@ -3,6 +3,7 @@
 //! contract's envelope.
 
 mod health;
+mod receipts;
 mod token;
 mod verification;
 
@@ -18,6 +19,7 @@ pub fn router(state: AppState) -> Router {
         .merge(token::router())
         .merge(verification::router())
         .merge(health::router())
+        .merge(receipts::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
