@@ -43,6 +43,10 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[(
     include_str!("../../migrations/sqlite/0001_init.sql"),
 )];
 
+/// The schema version this build migrates to (the newest migration).
+pub const SCHEMA_VERSION: i64 = 1;
+const _: () = assert!(MIGRATIONS[MIGRATIONS.len() - 1].0 == SCHEMA_VERSION);
+
 /// How long a statement waits for another process's write lock before the
 /// store reports itself unavailable (503).
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -68,13 +72,33 @@ pub struct SqliteStore {
 }
 
 impl SqliteStore {
-    /// Opens (creating if needed) the database file at `path` and brings its
-    /// schema up to date.
+    /// Opens the database `location` names, creating the file if needed,
+    /// and brings its schema up to date. `location` is a URL as the server's
+    /// configuration writes it — `sqlite://path/to/otpgate.db`,
+    /// `sqlite:otpgate.db`, `sqlite::memory:` (SQLx's query options such as
+    /// `?mode=ro` apply) — or a plain file path.
     ///
     /// # Errors
-    /// [`StoreError::Unavailable`] when the file cannot be opened or created;
-    /// [`StoreError::SchemaTooNew`] when a newer otpgate has migrated it.
-    pub async fn open(path: impl AsRef<Path>) -> StoreResult<Self> {
+    /// [`StoreError::Unavailable`] when the file cannot be opened or created
+    /// or the URL cannot be read; [`StoreError::SchemaTooNew`] when a newer
+    /// otpgate has migrated it.
+    pub async fn open(location: &str) -> StoreResult<Self> {
+        if !location.starts_with("sqlite:") {
+            return Self::open_path(location).await;
+        }
+        let memory = location == "sqlite::memory:" || location.contains("mode=memory");
+        let opts = SqliteConnectOptions::from_str(location)
+            .map_err(|e| StoreError::Unavailable(format!("bad SQLite URL: {e}")))?
+            .create_if_missing(true);
+        Self::build(opts, memory).await
+    }
+
+    /// Opens (creating if needed) the database file at `path`; for paths
+    /// that are not UTF-8.
+    ///
+    /// # Errors
+    /// As [`SqliteStore::open`].
+    pub async fn open_path(path: impl AsRef<Path>) -> StoreResult<Self> {
         let opts = SqliteConnectOptions::new()
             .filename(path)
             .create_if_missing(true);
@@ -87,27 +111,7 @@ impl SqliteStore {
     /// # Errors
     /// As [`SqliteStore::open`].
     pub async fn in_memory() -> StoreResult<Self> {
-        let opts = SqliteConnectOptions::from_str("sqlite::memory:").map_err(db)?;
-        Self::build(opts, true).await
-    }
-
-    /// Opens a database named by a URL: `sqlite://path/to/otpgate.db`,
-    /// `sqlite:otpgate.db` or `sqlite::memory:` (query options such as
-    /// `?mode=ro` are SQLx's); anything without the `sqlite:` scheme is taken
-    /// as a file path.
-    ///
-    /// # Errors
-    /// As [`SqliteStore::open`]; [`StoreError::Unavailable`] for a URL SQLx
-    /// cannot read.
-    pub async fn connect(url: &str) -> StoreResult<Self> {
-        if !url.starts_with("sqlite:") {
-            return Self::open(url).await;
-        }
-        let memory = url == "sqlite::memory:" || url.contains("mode=memory");
-        let opts = SqliteConnectOptions::from_str(url)
-            .map_err(|e| StoreError::Unavailable(format!("bad SQLite URL: {e}")))?
-            .create_if_missing(true);
-        Self::build(opts, memory).await
+        Self::open("sqlite::memory:").await
     }
 
     async fn build(opts: SqliteConnectOptions, memory: bool) -> StoreResult<Self> {
@@ -147,6 +151,18 @@ impl SqliteStore {
         Ok(Self { writer, reader })
     }
 
+    /// The schema version the database is at: [`SCHEMA_VERSION`] once
+    /// opened by this build.
+    ///
+    /// # Errors
+    /// As any read.
+    pub async fn schema_version(&self) -> StoreResult<i64> {
+        sqlx::query_scalar("select coalesce(max(version), 0) from _sqlx_migrations where success")
+            .fetch_one(&self.reader)
+            .await
+            .map_err(db)
+    }
+
     /// Closes both pools, waiting for connections in use to come back.
     pub async fn close(&self) {
         self.reader.close().await;
@@ -173,7 +189,6 @@ async fn migrate(pool: &SqlitePool) -> StoreResult<()> {
             )
         })
         .collect();
-    let known = MIGRATIONS.iter().map(|m| m.0).max().unwrap_or(0);
     match Migrator::with_migrations(migrations).run(pool).await {
         Ok(()) => Ok(()),
         Err(MigrateError::VersionMissing(found)) => {
@@ -184,7 +199,7 @@ async fn migrate(pool: &SqlitePool) -> StoreResult<()> {
                     .map_err(db)?;
             Err(StoreError::SchemaTooNew {
                 found: newest.unwrap_or(found).max(found),
-                known,
+                known: SCHEMA_VERSION,
             })
         }
         Err(MigrateError::Execute(e)) => Err(db(e)),
