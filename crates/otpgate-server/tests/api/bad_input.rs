@@ -27,7 +27,6 @@ fn case(name: &'static str, method: Method, path: &'static str, query: impl Into
     }
 }
 
-#[tokio::test]
 async fn a_table_of_bad_inputs_gets_only_4xx_with_a_reason() {
     let app = spawn_app().await;
     let t = app.token().await;
@@ -265,7 +264,6 @@ async fn a_table_of_bad_inputs_gets_only_4xx_with_a_reason() {
     );
 }
 
-#[tokio::test]
 async fn form_bodies_are_accepted_and_the_query_wins() {
     let app = spawn_app().await;
     let t = app.token().await;
@@ -288,7 +286,6 @@ async fn form_bodies_are_accepted_and_the_query_wins() {
     assert_eq!(r.body["data"]["mobileNumber"], "9876500300");
 }
 
-#[tokio::test]
 async fn health_and_readiness_answer() {
     let app = spawn_app().await;
     let r = resp(reqwest::get(app.url("/healthz")).await.unwrap()).await;
@@ -298,3 +295,9 @@ async fn health_and_readiness_answer() {
     assert_eq!(r.body["store"]["ok"], true);
     assert_eq!(r.body["channels"][0]["name"], "inbox");
 }
+
+crate::both_stores!(
+    a_table_of_bad_inputs_gets_only_4xx_with_a_reason,
+    form_bodies_are_accepted_and_the_query_wins,
+    health_and_readiness_answer,
+);

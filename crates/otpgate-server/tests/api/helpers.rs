@@ -15,6 +15,57 @@ use tokio_util::sync::CancellationToken;
 
 pub const PASSWORD: &str = "correct horse battery";
 
+/// Which store a test runs against. Every API test runs once per backend
+/// (contract guarantees must not depend on the store): `both_stores!` turns
+/// each listed `async fn` into a `sqlite::name` and a `postgres::name` test.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+tokio::task_local! {
+    pub static BACKEND: Backend;
+}
+
+/// Runs `test` against `backend`; for PostgreSQL, starts (once per test
+/// binary) a throwaway server, or skips by name when PostgreSQL is not
+/// installed and services are not required.
+pub async fn run_on<F: std::future::Future<Output = ()>>(backend: Backend, name: &str, test: F) {
+    if backend == Backend::Postgres {
+        if let Err(e) = otpgate_store::testkit::TempPostgres::shared() {
+            if e.is_missing() && !otpgate_store::testkit::require_services() {
+                println!("SKIPPED postgres::{name}: {e}");
+                return;
+            }
+            panic!("postgres::{name}: {e}");
+        }
+    }
+    BACKEND.scope(backend, test).await;
+}
+
+#[macro_export]
+macro_rules! both_stores {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    $crate::helpers::run_on($crate::helpers::Backend::Sqlite, stringify!($name), super::$name()).await
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    $crate::helpers::run_on($crate::helpers::Backend::Postgres, stringify!($name), super::$name()).await
+                }
+            )*
+        }
+    };
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Version {
     V2,
@@ -94,7 +145,12 @@ pub async fn spawn_app_routed(
     router: Option<Arc<dyn otpgate_sms::worker::Router>>,
 ) -> TestApp {
     let dir = TempDir::new("otpgate-api");
-    settings.database_url = format!("sqlite://{}", dir.0.join("otpgate.db").display());
+    settings.database_url = match BACKEND.try_with(|b| *b).unwrap_or(Backend::Sqlite) {
+        Backend::Sqlite => format!("sqlite://{}", dir.0.join("otpgate.db").display()),
+        Backend::Postgres => otpgate_store::testkit::TempPostgres::shared()
+            .expect("throwaway PostgreSQL")
+            .fresh_database(),
+    };
     let store = otpgate_server::store::open(&settings)
         .await
         .expect("open store");

@@ -1,6 +1,7 @@
 //! API tests: the real server on an ephemeral port with a fresh database per
 //! test, driven over HTTP. One binary, one module per area.
 
+#[macro_use]
 mod helpers;
 
 mod bad_input;

@@ -17,7 +17,6 @@ fn refs<'a>(p: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
     p.iter().map(|(k, v)| (*k, v.as_str())).collect()
 }
 
-#[tokio::test]
 async fn send_returns_the_contracts_shape_on_both_versions() {
     let app = spawn_app().await;
     let t = app.token().await;
@@ -45,7 +44,6 @@ async fn send_returns_the_contracts_shape_on_both_versions() {
     }
 }
 
-#[tokio::test]
 async fn otp_length_and_timeout_are_honoured() {
     let app = spawn_app().await;
     let t = app.token().await;
@@ -69,7 +67,6 @@ async fn otp_length_and_timeout_are_honoured() {
     assert!(text.contains("otpgate"), "{text}");
 }
 
-#[tokio::test]
 async fn out_of_range_length_and_timeout_get_400() {
     let app = spawn_app().await;
     let t = app.token().await;
@@ -95,7 +92,6 @@ async fn out_of_range_length_and_timeout_get_400() {
     }
 }
 
-#[tokio::test]
 async fn a_second_send_while_pending_gets_506_with_the_pending_id_and_costs_nothing() {
     let app = spawn_app().await;
     let t = app.token().await;
@@ -140,7 +136,6 @@ async fn a_second_send_while_pending_gets_506_with_the_pending_id_and_costs_noth
     }
 }
 
-#[tokio::test]
 async fn a_completed_verification_does_not_block_a_new_send() {
     let app = spawn_app().await;
     let t = app.token().await;
@@ -151,7 +146,6 @@ async fn a_completed_verification_does_not_block_a_new_send() {
     assert_ne!(again, id);
 }
 
-#[tokio::test]
 async fn unknown_dialing_code_gets_511_and_invalid_number_400() {
     let app = spawn_app().await;
     let t = app.token().await;
@@ -202,7 +196,6 @@ async fn unknown_dialing_code_gets_511_and_invalid_number_400() {
     }
 }
 
-#[tokio::test]
 async fn a_country_the_account_may_not_send_to_gets_511() {
     let app = spawn_app().await;
     let settings = otpgate_store::AccountSettings {
@@ -230,7 +223,6 @@ async fn a_country_the_account_may_not_send_to_gets_511() {
     assert_eq!(r.code(), 200, "{:?}", r.body);
 }
 
-#[tokio::test]
 async fn flows_without_a_channel_get_400() {
     let app = spawn_app().await;
     let t = app.token().await;
@@ -256,7 +248,6 @@ async fn flows_without_a_channel_get_400() {
     }
 }
 
-#[tokio::test]
 async fn customer_id_other_than_the_tokens_gets_501() {
     let app = spawn_app().await;
     let t = app.token().await;
@@ -274,7 +265,6 @@ async fn customer_id_other_than_the_tokens_gets_501() {
     }
 }
 
-#[tokio::test]
 async fn no_credits_gets_402_and_test_credits_are_spent_first() {
     let app = spawn_app().await;
     let poor = create_account(&app.store, &app.clock, &app.settings, Some(1)).await;
@@ -304,7 +294,6 @@ async fn no_credits_gets_402_and_test_credits_are_spent_first() {
     assert_eq!(after.credits, before.credits);
 }
 
-#[tokio::test]
 async fn concurrent_sends_never_drive_the_balance_below_zero() {
     let app = spawn_app().await;
     let acct = create_account(&app.store, &app.clock, &app.settings, Some(7)).await;
@@ -330,7 +319,6 @@ async fn concurrent_sends_never_drive_the_balance_below_zero() {
     assert_eq!(a.credits, 0);
 }
 
-#[tokio::test]
 async fn the_per_number_limit_gets_800_with_retry_after() {
     let app = spawn_app().await;
     let t = app.token().await;
@@ -352,7 +340,6 @@ async fn the_per_number_limit_gets_800_with_retry_after() {
     app.send_ok(Version::V3, &t, "9876500070").await;
 }
 
-#[tokio::test]
 async fn the_per_account_rate_limit_gets_800_when_configured() {
     let mut s = test_settings();
     s.limits.per_account_per_second = 2;
@@ -366,3 +353,19 @@ async fn the_per_account_rate_limit_gets_800_when_configured() {
     app.clock.advance_ms(1001);
     app.send_ok(Version::V3, &t, "9876500082").await;
 }
+
+crate::both_stores!(
+    send_returns_the_contracts_shape_on_both_versions,
+    otp_length_and_timeout_are_honoured,
+    out_of_range_length_and_timeout_get_400,
+    a_second_send_while_pending_gets_506_with_the_pending_id_and_costs_nothing,
+    a_completed_verification_does_not_block_a_new_send,
+    unknown_dialing_code_gets_511_and_invalid_number_400,
+    a_country_the_account_may_not_send_to_gets_511,
+    flows_without_a_channel_get_400,
+    customer_id_other_than_the_tokens_gets_501,
+    no_credits_gets_402_and_test_credits_are_spent_first,
+    concurrent_sends_never_drive_the_balance_below_zero,
+    the_per_number_limit_gets_800_with_retry_after,
+    the_per_account_rate_limit_gets_800_when_configured,
+);

@@ -7,7 +7,6 @@ use reqwest::StatusCode;
 
 use crate::helpers::*;
 
-#[tokio::test]
 async fn token_is_an_hs512_jwt_with_sub_iat_exp() {
     let app = spawn_app().await;
     let t = app.token().await;
@@ -24,7 +23,6 @@ async fn token_is_an_hs512_jwt_with_sub_iat_exp() {
     );
 }
 
-#[tokio::test]
 async fn key_without_padding_and_extra_params_are_accepted() {
     let app = spawn_app().await;
     let r = app
@@ -42,7 +40,6 @@ async fn key_without_padding_and_extra_params_are_accepted() {
     assert_eq!(r.content_type.as_deref(), Some("application/json"));
 }
 
-#[tokio::test]
 async fn missing_parameters_and_bad_base64_get_400_with_status_and_error() {
     let app = spawn_app().await;
     let cid = app.account.customer_id.as_str().to_owned();
@@ -60,7 +57,6 @@ async fn missing_parameters_and_bad_base64_get_400_with_status_and_error() {
     }
 }
 
-#[tokio::test]
 async fn wrong_key_unknown_customer_and_disabled_account_get_the_same_401() {
     let app = spawn_app().await;
     let wrong = app
@@ -93,7 +89,6 @@ async fn wrong_key_unknown_customer_and_disabled_account_get_the_same_401() {
     assert_eq!(wrong.body, disabled.body);
 }
 
-#[tokio::test]
 async fn repeated_failures_are_throttled_with_429_and_retry_after() {
     let app = spawn_app().await;
     let max = app.settings.token.max_failures;
@@ -122,7 +117,6 @@ async fn repeated_failures_are_throttled_with_429_and_retry_after() {
     app.token().await;
 }
 
-#[tokio::test]
 async fn expired_token_gets_401_on_both_versions() {
     let app = spawn_app().await;
     let t = app.token().await;
@@ -146,7 +140,6 @@ async fn expired_token_gets_401_on_both_versions() {
     }
 }
 
-#[tokio::test]
 async fn changing_the_password_revokes_earlier_tokens() {
     let app = spawn_app().await;
     let old = app.token().await;
@@ -171,7 +164,6 @@ async fn changing_the_password_revokes_earlier_tokens() {
     assert_eq!(r.code(), 505, "a fresh token authenticates: {:?}", r.body);
 }
 
-#[tokio::test]
 async fn forged_alg_none_and_tampered_tokens_get_401() {
     let app = spawn_app().await;
     let t = app.token().await;
@@ -217,7 +209,6 @@ async fn forged_alg_none_and_tampered_tokens_get_401() {
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
 }
 
-#[tokio::test]
 async fn header_name_is_case_insensitive() {
     let app = spawn_app().await;
     let t = app.token().await;
@@ -235,3 +226,15 @@ async fn header_name_is_case_insensitive() {
         assert_eq!(r.code(), 505, "{name}");
     }
 }
+
+crate::both_stores!(
+    token_is_an_hs512_jwt_with_sub_iat_exp,
+    key_without_padding_and_extra_params_are_accepted,
+    missing_parameters_and_bad_base64_get_400_with_status_and_error,
+    wrong_key_unknown_customer_and_disabled_account_get_the_same_401,
+    repeated_failures_are_throttled_with_429_and_retry_after,
+    expired_token_gets_401_on_both_versions,
+    changing_the_password_revokes_earlier_tokens,
+    forged_alg_none_and_tampered_tokens_get_401,
+    header_name_is_case_insensitive,
+);

@@ -6,7 +6,6 @@ use reqwest::StatusCode;
 
 use crate::helpers::*;
 
-#[tokio::test]
 async fn right_code_gives_200_with_string_id_on_v2_and_number_on_v3() {
     let app = spawn_app().await;
     let t = app.token().await;
@@ -38,7 +37,6 @@ async fn right_code_gives_200_with_string_id_on_v2_and_number_on_v3() {
     }
 }
 
-#[tokio::test]
 async fn post_is_accepted_on_validate() {
     let app = spawn_app().await;
     let t = app.token().await;
@@ -57,7 +55,6 @@ async fn post_is_accepted_on_validate() {
     assert_eq!(r.code(), 200, "{:?}", r.body);
 }
 
-#[tokio::test]
 async fn five_wrong_codes_count_down_then_800_even_for_the_right_code() {
     let app = spawn_app().await;
     let t = app.token().await;
@@ -90,7 +87,6 @@ async fn five_wrong_codes_count_down_then_800_even_for_the_right_code() {
     }
 }
 
-#[tokio::test]
 async fn an_expired_code_gets_705_and_a_wrong_code_never_extends_validity() {
     let app = spawn_app().await;
     let t = app.token().await;
@@ -117,7 +113,6 @@ async fn an_expired_code_gets_705_and_a_wrong_code_never_extends_validity() {
     }
 }
 
-#[tokio::test]
 async fn unknown_ids_and_other_accounts_ids_get_the_same_505() {
     let app = spawn_app().await;
     let t = app.token().await;
@@ -171,7 +166,6 @@ impl otpgate_sms::Channel for RejectAll {
     }
 }
 
-#[tokio::test]
 async fn a_failed_delivery_gets_700_and_refunds_the_charge() {
     let router = otpgate_sms::worker::SingleRoute(vec![std::sync::Arc::new(RejectAll)]);
     let app = spawn_app_routed(test_settings(), Some(std::sync::Arc::new(router))).await;
@@ -223,7 +217,6 @@ async fn a_failed_delivery_gets_700_and_refunds_the_charge() {
     );
 }
 
-#[tokio::test]
 async fn precedence_completed_beats_expired() {
     let app = spawn_app().await;
     let t = app.token().await;
@@ -234,7 +227,6 @@ async fn precedence_completed_beats_expired() {
     assert_eq!(app.validate(Version::V3, &t, &id, &code).await.code(), 703);
 }
 
-#[tokio::test]
 async fn precedence_dead_beats_expired() {
     let app = spawn_app().await;
     let t = app.token().await;
@@ -248,7 +240,6 @@ async fn precedence_dead_beats_expired() {
     assert_eq!(app.validate(Version::V2, &t, &id, &code).await.code(), 800);
 }
 
-#[tokio::test]
 async fn twenty_concurrent_right_codes_give_exactly_one_200() {
     let app = spawn_app().await;
     let t = app.token().await;
@@ -264,7 +255,6 @@ async fn twenty_concurrent_right_codes_give_exactly_one_200() {
     assert_eq!(codes.iter().filter(|c| **c == 703).count(), 19, "{codes:?}");
 }
 
-#[tokio::test]
 async fn concurrent_wrong_codes_never_exceed_the_attempt_limit() {
     let app = spawn_app().await;
     let t = app.token().await;
@@ -280,7 +270,6 @@ async fn concurrent_wrong_codes_never_exceed_the_attempt_limit() {
     assert_eq!(codes.iter().filter(|c| **c == 800).count(), 15, "{codes:?}");
 }
 
-#[tokio::test]
 async fn the_wrong_code_budget_across_verifications_gets_800() {
     let mut s = test_settings();
     s.limits.wrong_code_max = 7;
@@ -324,7 +313,6 @@ async fn the_wrong_code_budget_across_verifications_gets_800() {
     assert_eq!(r.code(), 800, "{:?}", r.body);
 }
 
-#[tokio::test]
 async fn customer_id_other_than_the_tokens_gets_501_on_validate() {
     let app = spawn_app().await;
     let t = app.token().await;
@@ -346,3 +334,18 @@ async fn customer_id_other_than_the_tokens_gets_501_on_validate() {
         assert_eq!(r.code(), 501, "{:?}", r.body);
     }
 }
+
+crate::both_stores!(
+    right_code_gives_200_with_string_id_on_v2_and_number_on_v3,
+    post_is_accepted_on_validate,
+    five_wrong_codes_count_down_then_800_even_for_the_right_code,
+    an_expired_code_gets_705_and_a_wrong_code_never_extends_validity,
+    unknown_ids_and_other_accounts_ids_get_the_same_505,
+    a_failed_delivery_gets_700_and_refunds_the_charge,
+    precedence_completed_beats_expired,
+    precedence_dead_beats_expired,
+    twenty_concurrent_right_codes_give_exactly_one_200,
+    concurrent_wrong_codes_never_exceed_the_attempt_limit,
+    the_wrong_code_budget_across_verifications_gets_800,
+    customer_id_other_than_the_tokens_gets_501_on_validate,
+);
