@@ -348,7 +348,9 @@ impl Settings {
             return Err("message.templates must have a \"default\" entry".into());
         }
         if self.console.session_idle_secs == 0 || self.console.session_max_secs == 0 {
-            return Err("console.session_idle_secs and console.session_max_secs must be positive".into());
+            return Err(
+                "console.session_idle_secs and console.session_max_secs must be positive".into(),
+            );
         }
         if self.pricing.default_price < 0 || self.pricing.by_country_code.values().any(|p| *p < 0) {
             return Err("prices must not be negative".into());

@@ -5,6 +5,7 @@
 pub mod accounts;
 pub mod auth;
 pub mod config;
+pub mod console;
 pub mod error;
 pub mod params;
 pub mod routes;

@@ -15,11 +15,15 @@ use crate::error::ApiError;
 use crate::state::AppState;
 
 pub fn router(state: AppState) -> Router {
-    Router::new()
+    let mut router = Router::new()
         .merge(token::router())
         .merge(verification::router())
         .merge(health::router())
-        .merge(receipts::router())
+        .merge(receipts::router());
+    if state.settings.console.enabled {
+        router = router.nest("/console", crate::console::router(&state));
+    }
+    router
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)

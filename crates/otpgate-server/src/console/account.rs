@@ -1,0 +1,416 @@
+//! Sign-up, log-in and log-out. Log-in takes the e-mail or the customerId,
+//! checks the password with Argon2id, and is throttled per login name and
+//! per client address like token requests (`auth::Throttle`); a successful
+//! one always starts a new session (a fresh id, so a planted cookie is
+//! worthless).
+
+use askama::Template;
+use axum::extract::{RawQuery, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Redirect, Response};
+use otpgate_core::CustomerId;
+use serde::Deserialize;
+
+use super::error::{render, render_status};
+use super::extract::{ClientAddr, Posted, PrePosted, query};
+use super::session::{self, PRE_COOKIE, PRE_MAX_AGE_SECS, Principal, SESSION_COOKIE, Session};
+use super::views::Chrome;
+use super::{Console, PageError};
+use crate::accounts::{self, AccountError, MAX_PASSWORD, NewAccountRequest};
+
+#[derive(Template)]
+#[template(path = "console/login.html")]
+struct LoginPage {
+    chrome: Chrome,
+    csrf: String,
+    login: String,
+    error: String,
+    notice: &'static str,
+    signup: bool,
+}
+
+#[derive(Template)]
+#[template(path = "console/signup.html")]
+struct SignupPage {
+    chrome: Chrome,
+    csrf: String,
+    email: String,
+    country: String,
+    errors: Vec<String>,
+    open: bool,
+}
+
+#[derive(Template)]
+#[template(path = "console/welcome.html")]
+struct WelcomePage {
+    chrome: Chrome,
+    customer_id: String,
+    test_credits: i64,
+    token_curl: String,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+pub struct LoginForm {
+    login: String,
+    password: String,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+pub struct SignupForm {
+    email: String,
+    password: String,
+    confirm: String,
+    country: String,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+pub struct LoginQuery {
+    out: Option<String>,
+}
+
+/// The pre-session form token for this visitor, and the cookie that
+/// carries its nonce (set again on every form, so it lives as long as the
+/// form is open).
+async fn pre_session(
+    console: &Console,
+    headers: &HeaderMap,
+) -> Result<(String, HeaderValue), PageError> {
+    let nonce = session::cookie(headers, PRE_COOKIE)
+        .filter(|n| session::plausible_nonce(n))
+        .map_or_else(session::random_token, str::to_owned);
+    let token = session::pre_token(console.form_key().await?, &nonce);
+    let cookie = session::set_cookie(
+        PRE_COOKIE,
+        &nonce,
+        PRE_MAX_AGE_SECS,
+        console.secure_cookies(),
+    );
+    Ok((token, cookie))
+}
+
+fn with_cookies(mut resp: Response, cookies: impl IntoIterator<Item = HeaderValue>) -> Response {
+    for c in cookies {
+        resp.headers_mut().append(header::SET_COOKIE, c);
+    }
+    resp
+}
+
+/// Already logged in: the log-in and sign-up pages lead home instead.
+fn logged_in(console: &Console, headers: &HeaderMap) -> bool {
+    session::cookie(headers, SESSION_COOKIE)
+        .and_then(|c| console.sessions.get(c, console.now()))
+        .is_some()
+}
+
+pub async fn login_form(
+    State(console): State<Console>,
+    headers: HeaderMap,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, PageError> {
+    if logged_in(&console, &headers) {
+        return Ok(Redirect::to("/console").into_response());
+    }
+    let q: LoginQuery = query(raw.as_deref());
+    let (csrf, cookie) = pre_session(&console, &headers).await?;
+    let page = LoginPage {
+        chrome: Chrome::bare("Log in"),
+        csrf,
+        login: String::new(),
+        error: String::new(),
+        notice: if q.out.is_some() {
+            "You are logged out."
+        } else {
+            ""
+        },
+        signup: console.app.settings.console.signup,
+    };
+    Ok(with_cookies(render(&page), [cookie]))
+}
+
+pub async fn login(
+    State(console): State<Console>,
+    headers: HeaderMap,
+    ClientAddr(addr): ClientAddr,
+    PrePosted(form): PrePosted<LoginForm>,
+) -> Result<Response, PageError> {
+    let now = console.now();
+    let name = form.login.trim().to_owned();
+    let by_name = format!("l:{}", name.to_ascii_lowercase());
+    let by_addr = format!("a:{addr}");
+    for key in [&by_name, &by_addr] {
+        if let Some(wait) = console.login_throttle.blocked(key, now) {
+            let mut resp = login_refused(
+                &console,
+                &headers,
+                &name,
+                StatusCode::TOO_MANY_REQUESTS,
+                format!(
+                    "Too many failed log-ins. Try again in {} minute{}.",
+                    wait.div_ceil(60),
+                    if wait.div_ceil(60) == 1 { "" } else { "s" }
+                ),
+            )
+            .await?;
+            if let Ok(v) = HeaderValue::from_str(&wait.to_string()) {
+                resp.headers_mut().insert(header::RETRY_AFTER, v);
+            }
+            return Ok(resp);
+        }
+    }
+
+    let principal = authenticate(&console, &name, &form.password).await?;
+    let Some(principal) = principal else {
+        console.login_throttle.fail(&by_name, now);
+        console.login_throttle.fail(&by_addr, now);
+        tracing::info!(client = %addr, "console log-in failed");
+        return login_refused(
+            &console,
+            &headers,
+            &name,
+            StatusCode::UNAUTHORIZED,
+            "Wrong e-mail, customerId or password, or the account is disabled.".to_owned(),
+        )
+        .await;
+    };
+    let home = match &principal {
+        Principal::Operator => {
+            tracing::info!(client = %addr, "console operator log-in");
+            "/console/operators"
+        }
+        Principal::Account { id, .. } => {
+            tracing::info!(customer = %id, client = %addr, "console log-in");
+            "/console/dashboard"
+        }
+    };
+    let (_, cookies) = open_session(&console, &headers, principal);
+    Ok(with_cookies(Redirect::to(home).into_response(), cookies))
+}
+
+/// The log-in form again, with what was typed as the name and why it failed.
+async fn login_refused(
+    console: &Console,
+    headers: &HeaderMap,
+    name: &str,
+    status: StatusCode,
+    error: String,
+) -> Result<Response, PageError> {
+    let (csrf, cookie) = pre_session(console, headers).await?;
+    let page = LoginPage {
+        chrome: Chrome::bare("Log in"),
+        csrf,
+        login: name.to_owned(),
+        error,
+        notice: "",
+        signup: console.app.settings.console.signup,
+    };
+    Ok(with_cookies(render_status(status, &page), [cookie]))
+}
+
+/// The principal for a login name and password, if they match an enabled
+/// account or the configured operator. Spends one Argon2 verification
+/// whatever the outcome, so timing does not tell which names exist.
+async fn authenticate(
+    console: &Console,
+    name: &str,
+    password: &str,
+) -> Result<Option<Principal>, PageError> {
+    let pw = password.as_bytes();
+    if pw.is_empty() || pw.len() > MAX_PASSWORD {
+        return Ok(None);
+    }
+    let admin = &console.app.settings.console.admin_email;
+    if !admin.trim().is_empty()
+        && name.eq_ignore_ascii_case(admin.trim())
+        && let Some(hash) = console.admin_hash().await
+    {
+        let ok = crate::auth::verify_password(hash, pw).await;
+        return Ok(ok.then_some(Principal::Operator));
+    }
+    let store = &console.app.store;
+    let account = match CustomerId::parse(&name.to_ascii_uppercase()) {
+        Ok(id) => store.account_get(&id).await?,
+        Err(_) if name.contains('@') => store.account_by_email(name).await?,
+        Err(_) => None,
+    };
+    let Some(account) = account else {
+        let _ = crate::auth::verify_password(&console.app.dummy_hash, pw).await;
+        return Ok(None);
+    };
+    let ok = crate::auth::verify_password(&account.password_hash, pw).await;
+    Ok((ok && !account.disabled).then_some(Principal::Account {
+        id: account.customer_id,
+        epoch: account.token_epoch,
+    }))
+}
+
+/// Starts a session for `principal`: returns it with the cookies to set
+/// (the new session's, and the pre-session's cleared); any earlier session
+/// of this browser ends.
+fn open_session(
+    console: &Console,
+    headers: &HeaderMap,
+    principal: Principal,
+) -> (Session, [HeaderValue; 2]) {
+    if let Some(old) = session::cookie(headers, SESSION_COOKIE) {
+        console.sessions.remove(old);
+    }
+    let (id, session) = console.sessions.create(principal, console.now());
+    let secure = console.secure_cookies();
+    let cookies = [
+        session::set_cookie(SESSION_COOKIE, &id, console.sessions.max_age_secs(), secure),
+        session::clear_cookie(PRE_COOKIE, secure),
+    ];
+    (session, cookies)
+}
+
+pub async fn logout(
+    State(console): State<Console>,
+    headers: HeaderMap,
+    Posted(_): Posted<serde::de::IgnoredAny>,
+) -> Response {
+    if let Some(c) = session::cookie(&headers, SESSION_COOKIE) {
+        console.sessions.remove(c);
+    }
+    with_cookies(
+        Redirect::to("/console/login?out=1").into_response(),
+        [session::clear_cookie(
+            SESSION_COOKIE,
+            console.secure_cookies(),
+        )],
+    )
+}
+
+pub async fn signup_form(
+    State(console): State<Console>,
+    headers: HeaderMap,
+) -> Result<Response, PageError> {
+    if logged_in(&console, &headers) {
+        return Ok(Redirect::to("/console").into_response());
+    }
+    let (csrf, cookie) = pre_session(&console, &headers).await?;
+    let page = SignupPage {
+        chrome: Chrome::bare("Sign up"),
+        csrf,
+        email: String::new(),
+        country: String::new(),
+        errors: Vec::new(),
+        open: console.app.settings.console.signup,
+    };
+    Ok(with_cookies(render(&page), [cookie]))
+}
+
+pub async fn signup(
+    State(console): State<Console>,
+    headers: HeaderMap,
+    ClientAddr(addr): ClientAddr,
+    PrePosted(form): PrePosted<SignupForm>,
+) -> Result<Response, PageError> {
+    let settings = &console.app.settings;
+    let now = console.now();
+    let by_addr = format!("s:{addr}");
+    let mut errors = Vec::new();
+    let mut status = StatusCode::UNPROCESSABLE_ENTITY;
+    let email = form.email.trim().to_owned();
+    let country = form.country.trim().to_ascii_uppercase();
+    if !settings.console.signup {
+        errors.push("Sign-up is closed on this server. Ask its operator for an account.".into());
+        status = StatusCode::FORBIDDEN;
+    } else if let Some(wait) = console.signup_throttle.blocked(&by_addr, now) {
+        errors.push(format!(
+            "Too many sign-ups from here. Try again in {} minutes.",
+            wait.div_ceil(60)
+        ));
+        status = StatusCode::TOO_MANY_REQUESTS;
+    } else {
+        if email.is_empty() {
+            errors.push("Enter your e-mail address: you log in with it.".into());
+        }
+        if country.is_empty() {
+            errors.push("Enter your country (e.g. IN or 91).".into());
+        }
+        if form.password != form.confirm {
+            errors.push("The two passwords differ.".into());
+        }
+    }
+    if errors.is_empty() {
+        let req = NewAccountRequest {
+            password: form.password,
+            email: Some(email.clone()),
+            country: Some(country.clone()),
+            credits: None,
+        };
+        match accounts::create(
+            console.app.store.as_ref(),
+            console.app.clock.as_ref(),
+            settings,
+            req,
+        )
+        .await
+        {
+            Ok(account) => {
+                console.signup_throttle.fail(&by_addr, now);
+                tracing::info!(customer = %account.customer_id, client = %addr, "console sign-up");
+                let (session, cookies) = open_session(
+                    &console,
+                    &headers,
+                    Principal::Account {
+                        id: account.customer_id.clone(),
+                        epoch: account.token_epoch,
+                    },
+                );
+                let page = WelcomePage {
+                    chrome: Chrome {
+                        title: "Welcome".to_owned(),
+                        active: "",
+                        who: email,
+                        csrf: session.csrf,
+                        account_nav: true,
+                        operator_nav: false,
+                        inbox: console.inbox_enabled(),
+                        v: super::assets::version(),
+                    },
+                    customer_id: account.customer_id.to_string(),
+                    test_credits: account.test_credits,
+                    token_curl: super::credentials::token_curl(
+                        &super::credentials::public_base(&console, &headers),
+                        account.customer_id.as_str(),
+                    ),
+                };
+                return Ok(with_cookies(
+                    render_status(StatusCode::CREATED, &page),
+                    cookies,
+                ));
+            }
+            Err(AccountError::Store(e)) => return Err(e.into()),
+            Err(AccountError::Internal(e)) => return Err(PageError::internal(&e)),
+            Err(AccountError::EmailTaken) => {
+                errors.push("An account with this e-mail exists. Log in instead.".into());
+                status = StatusCode::CONFLICT;
+            }
+            Err(AccountError::BadPassword) => errors.push(format!(
+                "Choose a password of {} to {MAX_PASSWORD} characters.",
+                accounts::MIN_PASSWORD
+            )),
+            Err(AccountError::BadEmail) => {
+                errors.push("That does not look like an e-mail address.".into());
+            }
+            Err(AccountError::BadCountry) => errors.push(
+                "Country must be a 2-letter code (IN, GB) or a dialing code (91, 44).".into(),
+            ),
+            Err(AccountError::NotFound) => return Err(PageError::Internal),
+        }
+    }
+    let (csrf, cookie) = pre_session(&console, &headers).await?;
+    let page = SignupPage {
+        chrome: Chrome::bare("Sign up"),
+        csrf,
+        email,
+        country,
+        errors,
+        open: settings.console.signup,
+    };
+    Ok(with_cookies(render_status(status, &page), [cookie]))
+}

@@ -1,0 +1,222 @@
+//! Extractors that make the console's rules hard to forget: a handler that
+//! takes [`AccountCtx`] only runs for a live session of an enabled account
+//! whose password has not changed since; one that takes [`Posted`] only
+//! runs when the form carries this session's CSRF token ([`PrePosted`] for
+//! the log-in and sign-up forms, which come before any session).
+
+use std::net::SocketAddr;
+
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, header};
+use otpgate_store::Account;
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+
+use super::session::{self, PRE_COOKIE, Principal, SESSION_COOKIE, Session};
+use super::views::Chrome;
+use super::{Console, PageError};
+
+/// Largest form body the console reads.
+const MAX_FORM_BYTES: usize = 64 * 1024;
+
+/// A logged-in customer: the session and the account as stored now.
+pub struct AccountCtx {
+    pub account: Account,
+    pub session: Session,
+    /// The session cookie's value, to end or update this session.
+    pub cookie: String,
+}
+
+impl AccountCtx {
+    /// The page frame for this account.
+    pub fn chrome(&self, console: &Console, title: &str, active: &'static str) -> Chrome {
+        Chrome {
+            title: title.to_owned(),
+            active,
+            who: self
+                .account
+                .email
+                .clone()
+                .unwrap_or_else(|| self.account.customer_id.to_string()),
+            csrf: self.session.csrf.clone(),
+            account_nav: true,
+            operator_nav: false,
+            inbox: console.inbox_enabled(),
+            v: super::assets::version(),
+        }
+    }
+}
+
+impl FromRequestParts<Console> for AccountCtx {
+    type Rejection = PageError;
+
+    async fn from_request_parts(parts: &mut Parts, console: &Console) -> Result<Self, PageError> {
+        let cookie = session::cookie(&parts.headers, SESSION_COOKIE)
+            .ok_or(PageError::Login)?
+            .to_owned();
+        let session = console
+            .sessions
+            .get(&cookie, console.now())
+            .ok_or(PageError::Login)?;
+        let (id, epoch) = match &session.principal {
+            Principal::Operator => return Err(PageError::Redirect("/console/operators")),
+            Principal::Account { id, epoch } => (id.clone(), *epoch),
+        };
+        match console.app.store.account_get(&id).await? {
+            Some(account) if !account.disabled && account.token_epoch == epoch => Ok(Self {
+                account,
+                session,
+                cookie,
+            }),
+            // Disabled, deleted, or its password changed elsewhere: this
+            // session is over.
+            _ => {
+                console.sessions.remove(&cookie);
+                Err(PageError::Login)
+            }
+        }
+    }
+}
+
+/// A logged-in operator.
+pub struct OperatorCtx {
+    pub session: Session,
+}
+
+impl OperatorCtx {
+    pub fn chrome(&self, console: &Console, title: &str, active: &'static str) -> Chrome {
+        Chrome {
+            title: title.to_owned(),
+            active,
+            who: console.app.settings.console.admin_email.clone(),
+            csrf: self.session.csrf.clone(),
+            account_nav: false,
+            operator_nav: true,
+            inbox: false,
+            v: super::assets::version(),
+        }
+    }
+}
+
+impl FromRequestParts<Console> for OperatorCtx {
+    type Rejection = PageError;
+
+    async fn from_request_parts(parts: &mut Parts, console: &Console) -> Result<Self, PageError> {
+        let session = session::cookie(&parts.headers, SESSION_COOKIE)
+            .and_then(|c| console.sessions.get(c, console.now()))
+            .ok_or(PageError::Login)?;
+        match session.principal {
+            Principal::Operator => Ok(Self { session }),
+            Principal::Account { .. } => Err(PageError::NotFound),
+        }
+    }
+}
+
+/// The client's address, for throttling (`unknown` when served without
+/// connection info, as in-process tests do).
+pub struct ClientAddr(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for ClientAddr {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(Self(
+            parts
+                .extensions
+                .get::<ConnectInfo<SocketAddr>>()
+                .map_or_else(|| "unknown".to_owned(), |c| c.0.ip().to_string()),
+        ))
+    }
+}
+
+/// Whether htmx asked for a fragment (and not for a whole page to restore
+/// history).
+pub fn wants_fragment(headers: &HeaderMap) -> bool {
+    headers.contains_key("hx-request") && !headers.contains_key("hx-history-restore-request")
+}
+
+#[derive(Deserialize)]
+struct CsrfField {
+    #[serde(default)]
+    csrf: String,
+}
+
+/// A form posted by this session, CSRF token checked.
+pub struct Posted<T>(pub T);
+
+impl<T: DeserializeOwned> FromRequest<Console> for Posted<T> {
+    type Rejection = PageError;
+
+    async fn from_request(req: Request, console: &Console) -> Result<Self, PageError> {
+        let (parts, body) = req.into_parts();
+        let session = session::cookie(&parts.headers, SESSION_COOKIE)
+            .and_then(|c| console.sessions.get(c, console.now()))
+            .ok_or(PageError::Login)?;
+        let bytes = form_body(&parts.headers, body).await?;
+        let CsrfField { csrf } = parse(&bytes)?;
+        if !session::tokens_match(&session.csrf, &csrf) {
+            tracing::warn!("console: form refused: CSRF token missing or wrong");
+            return Err(PageError::Csrf);
+        }
+        Ok(Self(parse(&bytes)?))
+    }
+}
+
+/// A log-in or sign-up form, checked against its pre-session cookie.
+pub struct PrePosted<T>(pub T);
+
+impl<T: DeserializeOwned> FromRequest<Console> for PrePosted<T> {
+    type Rejection = PageError;
+
+    async fn from_request(req: Request, console: &Console) -> Result<Self, PageError> {
+        let (parts, body) = req.into_parts();
+        let nonce = session::cookie(&parts.headers, PRE_COOKIE)
+            .filter(|n| session::plausible_nonce(n))
+            .map(str::to_owned);
+        let bytes = form_body(&parts.headers, body).await?;
+        let CsrfField { csrf } = parse(&bytes)?;
+        let Some(nonce) = nonce else {
+            tracing::warn!("console: form refused: no pre-session cookie");
+            return Err(PageError::Csrf);
+        };
+        let expected = session::pre_token(console.form_key().await?, &nonce);
+        if !session::tokens_match(&expected, &csrf) {
+            tracing::warn!("console: form refused: CSRF token missing or wrong");
+            return Err(PageError::Csrf);
+        }
+        Ok(Self(parse(&bytes)?))
+    }
+}
+
+async fn form_body(headers: &HeaderMap, body: axum::body::Body) -> Result<Bytes, PageError> {
+    let is_form = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.split(';')
+                .next()
+                .is_some_and(|m| m.trim() == "application/x-www-form-urlencoded")
+        });
+    if !is_form {
+        return Err(PageError::BadRequest(
+            "The console only accepts forms it sent.",
+        ));
+    }
+    axum::body::to_bytes(body, MAX_FORM_BYTES)
+        .await
+        .map_err(|_| PageError::TooLarge)
+}
+
+fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, PageError> {
+    serde_urlencoded::from_bytes(bytes)
+        .map_err(|_| PageError::BadRequest("That form could not be read."))
+}
+
+/// A query string as `T`; anything unreadable reads as the defaults (a
+/// mangled filter shows the unfiltered page rather than an error).
+pub fn query<T: DeserializeOwned + Default>(raw: Option<&str>) -> T {
+    raw.and_then(|q| serde_urlencoded::from_str(q).ok())
+        .unwrap_or_default()
+}
