@@ -75,6 +75,28 @@ impl SmsConfig {
     pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
         toml::from_str(text).map_err(|e| ConfigError::Toml(e.to_string()))
     }
+
+    /// Everything [`build`] checks, without starting any channel: routes,
+    /// secrets, URLs, templates, SMPP field sizes. For a `config check`
+    /// command and for tests of example files.
+    ///
+    /// # Errors
+    /// The first [`ConfigError`] found.
+    pub fn validate(&self, env: EnvLookup<'_>) -> Result<(), ConfigError> {
+        check_routes(self)?;
+        for (name, ch) in &self.channels {
+            match ch {
+                ChannelConfig::Inbox(_) => {}
+                ChannelConfig::Smpp(c) => {
+                    crate::smpp::prepare(name, c, env)?;
+                }
+                ChannelConfig::Http(c) => {
+                    crate::http::prepare(name, c, env)?;
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 /// One channel, tagged by `type`.

@@ -3,6 +3,7 @@
 //! real SQLite store. One test binary, modules per subject.
 
 mod common;
+mod config;
 mod http;
 mod smpp;
 mod worker;

@@ -342,3 +342,113 @@ async fn transmitter_and_receiver_binds_carry_submits_and_receipts() {
     ch.close().await;
     sim.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_binds_verify_the_smsc_certificate() {
+    // A test CA and a leaf for 127.0.0.1 signed by it, made with the
+    // openssl CLI (webpki wants a real chain: a CA is no server certificate).
+    let dir = crate::common::TempDir::new();
+    let p = |f: &str| dir.0.join(f).to_str().unwrap().to_owned();
+    let (key, cert) = (p("key.pem"), p("cert.pem"));
+    std::fs::write(
+        p("leaf.ext"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=critical,CA:FALSE\n",
+    )
+    .unwrap();
+    let steps: [Vec<String>; 3] = [
+        [
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=otpgate test CA",
+            "-keyout",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .chain([p("ca.key"), "-out".into(), p("ca.pem")])
+        .collect(),
+        [
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=smsc-sim",
+            "-keyout",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .chain([key.clone(), "-out".into(), p("leaf.csr")])
+        .collect(),
+        ["x509", "-req", "-days", "1", "-set_serial", "2", "-in"]
+            .iter()
+            .map(|s| s.to_string())
+            .chain([
+                p("leaf.csr"),
+                "-CA".into(),
+                p("ca.pem"),
+                "-CAkey".into(),
+                p("ca.key"),
+                "-extfile".into(),
+                p("leaf.ext"),
+                "-out".into(),
+                cert.clone(),
+            ])
+            .collect(),
+    ];
+    for args in &steps {
+        let made = std::process::Command::new("openssl").args(args).output();
+        if !made.as_ref().is_ok_and(|o| o.status.success()) {
+            let why = "the openssl CLI cannot make test certificates";
+            if crate::common::services_required() {
+                panic!("tls_binds_verify_the_smsc_certificate: {why}: {made:?}");
+            }
+            println!("SKIPPED tls_binds_verify_the_smsc_certificate: {why}");
+            return;
+        }
+    }
+    let ca = p("ca.pem");
+    let Some(sim) = Sim::start("tls", &["--tls-key", &key, "--tls-cert", &cert]).await else {
+        return;
+    };
+    let toml = |ca: &str| {
+        format!(
+            "[channels.tls]\ntype = \"smpp\"\nhost = \"127.0.0.1\"\nport = {}\ntls = true\n{ca}\
+             system_id = \"otpgate\"\npassword = \"secret\"\nsource_addr = \"OTPGATE\"\n\
+             reconnect_min_ms = 100\nreconnect_max_ms = 200\n",
+            sim.port()
+        )
+    };
+    let prepare = |t: String| {
+        let cfg = otpgate_sms::SmsConfig::from_toml(&t).unwrap();
+        let otpgate_sms::config::ChannelConfig::Smpp(c) = &cfg.channels["tls"] else {
+            unreachable!()
+        };
+        otpgate_sms::smpp::prepare("tls", c, &|_| None).unwrap()
+    };
+
+    // Trusting the simulator's certificate: bound over TLS, text intact.
+    let s = prepare(toml(&format!("tls_ca_file = \"{ca}\"\n")));
+    let (ch, _) = bound(s).await;
+    ch.send(&msg(1, "Ваш код 1234"))
+        .await
+        .expect("accepted over TLS");
+    let submit = sim
+        .wait_for("submit", |_| true, Duration::from_secs(5))
+        .await;
+    assert_eq!(submit["text"], "Ваш код 1234");
+    ch.close().await;
+
+    // Not trusting it: the handshake fails and health says why.
+    let ch = SmppChannel::start("tls", prepare(toml("")), Arc::new(Collected::default()));
+    assert!(!ch.wait_bound(Duration::from_millis(800)).await);
+    let e = ch.health().last_error.unwrap_or_default();
+    assert!(e.contains("TLS"), "{e}");
+    ch.close().await;
+    sim.stop().await;
+}
