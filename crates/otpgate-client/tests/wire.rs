@@ -736,7 +736,8 @@ async fn twenty_concurrent_401s_share_one_refresh() {
 #[tokio::test]
 async fn the_token_is_refreshed_ahead_of_its_exp() {
     let app = StandIn::start().await;
-    *app.s.token_lifetime_secs.lock().unwrap() = Some(2);
+    // Four seconds: the token is fresh for the first two, then replaced.
+    *app.s.token_lifetime_secs.lock().unwrap() = Some(4);
     let client = app.client();
 
     client.validate(1, "1234").await.unwrap();
@@ -747,7 +748,7 @@ async fn the_token_is_refreshed_ahead_of_its_exp() {
 
     // Past half the lifetime but before exp: the old token still works at
     // the stand-in, so only the refresh-ahead rule makes a new fetch.
-    tokio::time::sleep(Duration::from_millis(1300)).await;
+    tokio::time::sleep(Duration::from_millis(2600)).await;
     client.validate(3, "1234").await.unwrap();
     assert_eq!(app.token_fetches(), 2, "refreshed ahead of exp");
     assert_eq!(app.unauthorized(), 0, "no call was refused");

@@ -256,7 +256,8 @@ fn human_duration(d: Duration) -> String {
         0..=119 => format!("{s} s"),
         120..=7199 => format!("{} min", s / 60),
         7200..=172_799 => format!("{} h", s / 3600),
-        _ => format!("{} days", s / 86_400),
+        // Rounded: a 7-day token a second old still reads "7 days".
+        _ => format!("{} days", (s + 43_200) / 86_400),
     }
 }
 

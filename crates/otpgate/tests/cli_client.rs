@@ -518,7 +518,8 @@ async fn twenty_concurrent_sdk_calls_fetch_exactly_one_token() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_short_lived_token_is_refreshed_before_it_expires() {
     let mut s = settings();
-    s.token.lifetime_secs = 2;
+    // Four seconds: fresh for the first two (half the life), then replaced.
+    s.token.lifetime_secs = 4;
     let server = start_server(s, Arc::new(SystemClock), None).await;
     let (relay, counts) = counting_relay(server.addr).await;
     let client = server.builder_for(relay, &server.customer).build().unwrap();
@@ -534,12 +535,12 @@ async fn a_short_lived_token_is_refreshed_before_it_expires() {
     assert!(token.expires_at().is_some(), "otpgate's token is a JWT");
 
     // Past half its life: replaced before the server would refuse it.
-    tokio::time::sleep(Duration::from_millis(1300)).await;
+    tokio::time::sleep(Duration::from_millis(2600)).await;
     client.validate(1, "1234").await.unwrap();
     assert_eq!(counts.token_requests.load(Ordering::SeqCst), 2);
 
     // And across its whole expiry, still no call is refused.
-    tokio::time::sleep(Duration::from_millis(2200)).await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
     client.validate(2, "1234").await.unwrap();
     assert_eq!(counts.token_requests.load(Ordering::SeqCst), 3);
     assert_eq!(counts.unauthorized.load(Ordering::SeqCst), 0);
