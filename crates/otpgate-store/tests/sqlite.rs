@@ -899,6 +899,11 @@ async fn daily_stats_cover_every_day_in_range_including_empty_ones() {
         .unwrap();
     assert_eq!(huge.len(), 3660);
     assert_eq!(huge.last().unwrap().day_start, day0 + 2 * DAY);
+    // The ends of the timeline neither panic nor overflow.
+    let first = store.daily_stats(&c, i64::MIN, i64::MIN + 1).await.unwrap();
+    assert_eq!((first.len(), first[0].sends), (1, 0));
+    let last = store.daily_stats(&c, i64::MAX - 1, i64::MAX).await.unwrap();
+    assert_eq!((last.len(), last[0].sends), (1, 0));
 }
 
 // ---- the outbox ----------------------------------------------------------------------
@@ -1244,6 +1249,8 @@ async fn an_undeliverable_receipt_refunds_a_pending_verification_once_but_not_a_
     let two = store.verification_get(&c, vid(2)).await.unwrap().unwrap();
     assert_eq!((two.state, two.cost), (VerificationState::Completed, 1));
     assert_eq!(two.delivery, DeliveryStatus::Undeliverable);
+    // Undeliverable is a delivery outcome, not a message the outbox gave up on.
+    assert_eq!(store.outbox_depth().await.unwrap().failed, 0);
 }
 
 #[tokio::test]

@@ -37,14 +37,21 @@ use crate::{
 use rows::{account_columns, outbox_columns, verification_columns};
 
 /// The schema, in order. Embedded so the binary carries its own schema.
-const MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "init",
-    include_str!("../../migrations/sqlite/0001_init.sql"),
-)];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "init",
+        include_str!("../../migrations/sqlite/0001_init.sql"),
+    ),
+    (
+        2,
+        "outbox failed index",
+        include_str!("../../migrations/sqlite/0002_outbox_failed_index.sql"),
+    ),
+];
 
 /// The schema version this build migrates to (the newest migration).
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 const _: () = assert!(MIGRATIONS[MIGRATIONS.len() - 1].0 == SCHEMA_VERSION);
 
 /// How long a statement waits for another process's write lock before the
@@ -617,7 +624,7 @@ impl Store for SqliteStore {
         }
         let last_day = (until - 1).div_euclid(DAY_MS);
         let first_day = since.div_euclid(DAY_MS).max(last_day - MAX_STATS_DAYS + 1);
-        let since = since.max(first_day * DAY_MS);
+        let since = since.max(first_day.saturating_mul(DAY_MS));
         // Completions are counted on the day of their send, so a day's
         // `completed` never exceeds its `sends` (a conversion rate).
         let found: Vec<(i64, i64, i64)> = sqlx::query_as(
@@ -642,7 +649,7 @@ impl Store for SqliteStore {
                 None => (0, 0),
             };
             out.push(DailyStats {
-                day_start: day * DAY_MS,
+                day_start: day.saturating_mul(DAY_MS),
                 sends,
                 completed,
             });
@@ -748,13 +755,13 @@ impl Store for SqliteStore {
         .fetch_one(&self.reader)
         .await
         .map_err(db)?;
-        let failed: i64 = sqlx::query_scalar(
-            "select count(*) from outbox
-             where status in ('failed', 'undeliverable', 'expired', 'rejected')",
-        )
-        .fetch_one(&self.reader)
-        .await
-        .map_err(db)?;
+        // Failed in the outbox: given up by a worker (or a receipt saying
+        // so); a message a gateway took and a receipt later called
+        // undeliverable is a delivery outcome, counted in channel stats.
+        let failed: i64 = sqlx::query_scalar("select count(*) from outbox where status = 'failed'")
+            .fetch_one(&self.reader)
+            .await
+            .map_err(db)?;
         Ok(OutboxDepth {
             queued: to_u64(queued),
             in_flight: to_u64(in_flight),

@@ -177,7 +177,7 @@ async fn limited(
     .await
     .map_err(db)?;
     if let Some(at) = blocking {
-        return Ok(Some(secs(at + window - now)));
+        return Ok(Some(secs(at.saturating_add(window).saturating_sub(now))));
     }
 
     let window = limits.wrong_code_window_ms;
@@ -197,7 +197,8 @@ async fn limited(
     .fetch_all(&mut **tx)
     .await
     .map_err(db)?;
-    Ok(wrong_code_block(&wrong, limits.wrong_code_max).map(|at| secs(at + window - now)))
+    Ok(wrong_code_block(&wrong, limits.wrong_code_max)
+        .map(|at| secs(at.saturating_add(window).saturating_sub(now))))
 }
 
 /// Given (created_at, wrong attempts) of the window's verifications, newest
