@@ -17,13 +17,13 @@
 //!     .password("s3cret")
 //!     .build()?;
 //!
+//! let outcome = client.send(SendOtp::sms("91", "9876543210")).await?;
 //! // A 506 (a code to this number is still pending) is an outcome, not an
 //! // error: its id is as good as a new one.
-//! let id = match client.send(SendOtp::sms("91", "9876543210")).await? {
-//!     SendOutcome::Sent(sent) => sent.verification_id,
-//!     SendOutcome::AlreadyPending { verification_id, .. } => verification_id,
-//!     _ => unreachable!("no other send outcomes today"),
-//! };
+//! if let SendOutcome::AlreadyPending { seconds_left, .. } = &outcome {
+//!     println!("reusing the pending code, {seconds_left:?} s left");
+//! }
+//! let id = outcome.verification_id();
 //!
 //! match client.validate(id, "4711").await? {
 //!     Validation::Verified => println!("verified"),
