@@ -295,14 +295,22 @@ impl RateLimiter {
         }
     }
 
-    async fn acquire(&self) {
+    /// Waits for the next slot; `false` (no slot taken) when it is more than
+    /// `limit` away: a message must not wait so long behind the cap that
+    /// its outbox lease runs out and another worker sends it too.
+    async fn acquire_within(&self, limit: Duration) -> bool {
         let slot = {
             let mut next = self.next.lock().unwrap_or_else(PoisonError::into_inner);
-            let slot = (*next).max(Instant::now());
+            let now = Instant::now();
+            let slot = (*next).max(now);
+            if slot.duration_since(now) > limit {
+                return false;
+            }
             *next = slot + self.interval;
             slot
         };
         tokio::time::sleep_until(slot).await;
+        true
     }
 }
 
@@ -583,8 +591,15 @@ impl Channel for SmppChannel {
                 }
             }
         };
-        if let Some(limiter) = &self.shared.limiter {
-            limiter.acquire().await;
+        if let Some(limiter) = &self.shared.limiter
+            && !limiter
+                .acquire_within(self.shared.settings.request_timeout)
+                .await
+        {
+            return Err(ChannelError::Transient(format!(
+                "over the {} submit_sm/s cap for longer than the request timeout",
+                self.shared.settings.max_per_second.unwrap_or_default()
+            )));
         }
         match session.request(Body::SubmitSm(sm)).await {
             Ok(resp) if resp.status == status::ESME_ROK => match resp.body {
@@ -694,6 +709,22 @@ mod tests {
             ChannelError::Unavailable(_)
         ));
         assert!(matches!(classify(0x0400), ChannelError::Transient(_)));
+    }
+
+    #[tokio::test]
+    async fn the_rate_cap_refuses_rather_than_waits_past_the_limit() {
+        let l = RateLimiter::new(2);
+        let limit = Duration::from_millis(600);
+        assert!(l.acquire_within(limit).await);
+        // The next slot is 500 ms away: within 600 ms, so taken (and waited).
+        let t = Instant::now();
+        assert!(l.acquire_within(limit).await);
+        assert!(t.elapsed() >= Duration::from_millis(450));
+        // Two more would need 500 and 1000 ms: the second is refused at once.
+        let t = Instant::now();
+        let (a, b) = tokio::join!(l.acquire_within(limit), l.acquire_within(limit));
+        assert_eq!(a as u8 + b as u8, 1, "exactly one slot within the limit");
+        assert!(t.elapsed() < Duration::from_millis(700));
     }
 
     #[test]
