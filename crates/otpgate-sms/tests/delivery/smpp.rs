@@ -452,3 +452,92 @@ async fn tls_binds_verify_the_smsc_certificate() {
     ch.close().await;
     sim.stop().await;
 }
+
+/// A hand-rolled SMSC that binds anyone, then sends what the test says.
+async fn raw_smsc() -> (u16, tokio::task::JoinHandle<tokio::net::TcpStream>) {
+    use otpgate_sms::smpp::pdu::{Body, Pdu, frame_len};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    let task = tokio::spawn(async move {
+        let (mut s, _) = l.accept().await.unwrap();
+        let mut buf = Vec::new();
+        loop {
+            let mut chunk = [0u8; 512];
+            let n = s.read(&mut chunk).await.unwrap();
+            buf.extend_from_slice(&chunk[..n]);
+            if let Ok(Some(n)) = frame_len(&buf) {
+                let bind = Pdu::decode(&buf[..n]).unwrap();
+                let resp = Pdu::new(
+                    bind.sequence,
+                    Body::BindTransceiverResp {
+                        system_id: "RAW".into(),
+                    },
+                );
+                s.write_all(&resp.encode().unwrap()).await.unwrap();
+                return s;
+            }
+        }
+    });
+    (port, task)
+}
+
+async fn read_pdu(s: &mut tokio::net::TcpStream) -> otpgate_sms::smpp::pdu::Pdu {
+    use tokio::io::AsyncReadExt;
+    let mut head = [0u8; 16];
+    s.read_exact(&mut head).await.unwrap();
+    let len = u32::from_be_bytes([head[0], head[1], head[2], head[3]]) as usize;
+    let mut frame = head.to_vec();
+    frame.resize(len, 0);
+    s.read_exact(&mut frame[16..]).await.unwrap();
+    otpgate_sms::smpp::pdu::Pdu::decode(&frame).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_pdus_from_the_smsc_are_answered_or_end_the_session_never_panic() {
+    use otpgate_sms::smpp::pdu::{Body, status};
+    use tokio::io::AsyncWriteExt;
+    let (port, smsc) = raw_smsc().await;
+    let sink = Arc::new(Collected::default());
+    let ch = SmppChannel::start("raw", settings(port), sink.clone());
+    let mut s = smsc.await.unwrap();
+    assert!(ch.wait_bound(Duration::from_secs(5)).await);
+
+    // A deliver_sm whose sm_length runs past its body: generic_nack, and the
+    // session stays up.
+    let mut bad = vec![0, 0, 0, 0, 0, 0, 0, 5, 0, 0, 0, 0, 0, 0, 0, 77];
+    bad.extend_from_slice(b"\0\x01\x01123\0\x01\x01456\0\x04\0\0\0\0\x01\0\x00\0\xC8abc");
+    let n = bad.len() as u32;
+    bad[..4].copy_from_slice(&n.to_be_bytes());
+    s.write_all(&bad).await.unwrap();
+    let nack = read_pdu(&mut s).await;
+    assert_eq!(nack.body, Body::GenericNack);
+    assert_eq!(nack.sequence, 77);
+    assert_eq!(nack.status, status::ESME_RINVCMDLEN);
+    assert!(ch.health().up);
+    assert!(sink.0.lock().unwrap().is_empty());
+
+    // An unknown command: generic_nack ESME_RINVCMDID (§4.3), still up.
+    s.write_all(&[0, 0, 0, 16, 0, 0, 0x0F, 0x0F, 0, 0, 0, 0, 0, 0, 0, 78])
+        .await
+        .unwrap();
+    let nack = read_pdu(&mut s).await;
+    assert_eq!((nack.sequence, nack.status), (78, status::ESME_RINVCMDID));
+    assert!(ch.health().up);
+
+    // A command_length of 4 GiB cannot be framed: the session ends, cleanly.
+    s.write_all(&[0xFF, 0xFF, 0xFF, 0xFF, 0, 0, 0, 5])
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while ch.health().up && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let h = ch.health();
+    assert!(!h.up);
+    assert!(
+        h.last_error.unwrap_or_default().contains("command_length"),
+        "the reason is kept for /readyz"
+    );
+    ch.close().await;
+}
