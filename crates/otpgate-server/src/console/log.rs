@@ -42,9 +42,13 @@ struct LogFragment {
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(default)]
 pub struct LogQuery {
+    #[serde(skip_serializing_if = "String::is_empty")]
     pub number: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
     pub status: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
     pub from: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
     pub to: String,
     #[serde(skip_serializing)]
     pub page: String,
