@@ -76,6 +76,33 @@ impl SmsConfig {
         toml::from_str(text).map_err(|e| ConfigError::Toml(e.to_string()))
     }
 
+    /// Parses the tables as the server keeps them (raw TOML values of
+    /// `[channels.NAME]` and `[[routes]]`).
+    ///
+    /// # Errors
+    /// [`ConfigError::Toml`] naming the channel or route at fault.
+    pub fn from_values(
+        channels: &BTreeMap<String, toml::Value>,
+        routes: &[toml::Value],
+    ) -> Result<Self, ConfigError> {
+        let mut out = SmsConfig::default();
+        for (name, v) in channels {
+            let c = v
+                .clone()
+                .try_into()
+                .map_err(|e| ConfigError::Toml(format!("[channels.{name}]: {e}")))?;
+            out.channels.insert(name.clone(), c);
+        }
+        for (i, v) in routes.iter().enumerate() {
+            let r = v
+                .clone()
+                .try_into()
+                .map_err(|e| ConfigError::Toml(format!("[[routes]] #{}: {e}", i + 1)))?;
+            out.routes.push(r);
+        }
+        Ok(out)
+    }
+
     /// Everything [`build`] checks, without starting any channel: routes,
     /// secrets, URLs, templates, SMPP field sizes. For a `config check`
     /// command and for tests of example files.
@@ -652,6 +679,26 @@ mod tests {
         )
         .unwrap();
         assert_eq!(check_routes(&cfg), Err(ConfigError::NoRoutes(2)));
+    }
+
+    #[test]
+    fn the_servers_raw_tables_parse() {
+        let doc: toml::Table = toml::from_str(
+            "[channels.a]\ntype = \"inbox\"\n[[routes]]\ncountry_codes = [91]\nchannels = [\"a\"]\n",
+        )
+        .unwrap();
+        let channels: BTreeMap<String, toml::Value> = doc["channels"]
+            .as_table()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let routes = doc["routes"].as_array().unwrap().clone();
+        let cfg = SmsConfig::from_values(&channels, &routes).unwrap();
+        assert_eq!(cfg.routes[0].country_codes, [91]);
+        let bad = toml::Value::Table(toml::from_str("type = \"smtp\"").unwrap());
+        let e = SmsConfig::from_values(&BTreeMap::from([("x".to_owned(), bad)]), &[]).unwrap_err();
+        assert!(e.to_string().contains("[channels.x]"), "{e}");
     }
 
     #[test]

@@ -464,7 +464,13 @@ impl SmppChannel {
     pub async fn wait_bound(&self, limit: Duration) -> bool {
         let deadline = Instant::now() + limit;
         loop {
-            if self.shared.state().transmitter.is_some() {
+            if self
+                .shared
+                .state()
+                .transmitter
+                .as_ref()
+                .is_some_and(|s| s.is_open())
+            {
                 return true;
             }
             if Instant::now() >= deadline {

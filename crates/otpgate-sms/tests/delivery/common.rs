@@ -376,6 +376,18 @@ impl Worker {
         }
     }
 
+    /// Waits until every channel reports up (SMPP: bound), so that counts
+    /// of attempts do not include ones made before the first bind.
+    pub async fn wait_up(&self) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !self.delivery.health().iter().all(|h| h.up) {
+            if tokio::time::Instant::now() >= deadline {
+                panic!("channels never came up: {:?}", self.delivery.health());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     pub async fn stop(self) {
         self.shutdown.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(10), self.task).await;

@@ -58,6 +58,7 @@ async fn throttling_is_retried_with_growing_backoff_until_delivered() {
     };
     let db = Db::new().await;
     let worker = Worker::start(&db, db.build(&smpp_channel("smsc", sim.port(), "")));
+    worker.wait_up().await;
     let v = db
         .queue("91", "9876543210", "Your code is 1111", 60_000)
         .await;
@@ -90,6 +91,7 @@ async fn a_rejected_destination_fails_the_verification_and_refunds_it() {
     let db = Db::new().await;
     let worker = Worker::start(&db, db.build(&smpp_channel("smsc", sim.port(), "")));
     assert_eq!(db.test_credits().await, 10);
+    worker.wait_up().await;
     let v = db
         .queue("91", "9876543210", "Your code is 2222", 60_000)
         .await;
@@ -172,6 +174,7 @@ async fn a_delivery_receipt_updates_the_status_and_keeps_the_smsc_message_id() {
     };
     let db = Db::new().await;
     let worker = Worker::start(&db, db.build(&smpp_channel("smsc", sim.port(), "")));
+    worker.wait_up().await;
     let v = db
         .queue("91", "9876543210", "Your code is 6060", 60_000)
         .await;
@@ -218,6 +221,7 @@ async fn an_undeliverable_receipt_fails_and_refunds_the_verification() {
     };
     let db = Db::new().await;
     let worker = Worker::start(&db, db.build(&smpp_channel("smsc", sim.port(), "")));
+    worker.wait_up().await;
     let v = db
         .queue("91", "9876543210", "Your code is 7070", 60_000)
         .await;
