@@ -97,6 +97,8 @@ pub struct Tick {
 pub struct Label {
     pub x: String,
     pub text: String,
+    /// `middle`, or `end` for today's, which would overhang the plot.
+    pub anchor: &'static str,
 }
 
 fn percent(part: u64, whole: u64) -> String {
@@ -134,7 +136,7 @@ fn f(x: f64) -> String {
 /// week apart ending today.
 #[allow(clippy::cast_precision_loss)]
 pub fn chart(days: &[DailyStats]) -> Chart {
-    let (width, height, left, right, top, bottom) = (640u32, 240u32, 44u32, 8u32, 12u32, 28u32);
+    let (width, height, left, right, top, bottom) = (640u32, 250u32, 56u32, 8u32, 14u32, 34u32);
     let plot_w = f64::from(width - left - right);
     let plot_h = f64::from(height - top - bottom);
     let baseline = height - bottom;
@@ -169,9 +171,11 @@ pub fn chart(days: &[DailyStats]) -> Chart {
             });
         }
         if (days.len() - 1 - i) % 7 == 0 {
+            let last = i + 1 == days.len();
             labels.push(Label {
-                x: f(x0 + slot / 2.0),
+                x: f(if last { x0 + slot } else { x0 + slot / 2.0 }),
                 text: day,
+                anchor: if last { "end" } else { "middle" },
             });
         }
     }

@@ -4,7 +4,9 @@
 use otpgate_core::CustomerId;
 use reqwest::StatusCode;
 
-use crate::helpers::{ADMIN_EMAIL, ADMIN_PASSWORD, PASSWORD, Visitor, spawn, spawn_with, test_settings};
+use crate::helpers::{
+    ADMIN_EMAIL, ADMIN_PASSWORD, PASSWORD, Visitor, spawn, spawn_with, test_settings,
+};
 
 #[tokio::test]
 async fn sign_up_gives_a_customer_id_test_credits_and_a_session() {
@@ -18,7 +20,12 @@ async fn sign_up_gives_a_customer_id_test_credits_and_a_session() {
     let curl = welcome.text_of("curl-token").expect("curl");
     assert!(curl.contains(&format!("customerId={id}")), "{curl}");
     assert!(curl.contains(&app.base), "{curl}");
-    let account = app.store.account_get(&id).await.expect("get").expect("stored");
+    let account = app
+        .store
+        .account_get(&id)
+        .await
+        .expect("get")
+        .expect("stored");
     assert_eq!(account.email.as_deref(), Some("new@example.com"));
     assert_eq!(account.country.as_deref(), Some("IN"));
     assert!(account.password_hash.starts_with("$argon2id$"));
@@ -33,14 +40,31 @@ async fn sign_up_explains_what_is_wrong_and_keeps_what_was_typed() {
     let app = spawn().await;
     let mut v = Visitor::new(&app);
     let csrf = v.get("/console/signup").await.csrf();
-    let post = |email: &'static str, pw: &'static str, confirm: &'static str, country: &'static str| {
-        (email, pw, confirm, country)
-    };
+    let post = |email: &'static str,
+                pw: &'static str,
+                confirm: &'static str,
+                country: &'static str| { (email, pw, confirm, country) };
     for ((email, pw, confirm, country), status, says) in [
-        (post("a@example.com", PASSWORD, "other password", "IN"), 422, "The two passwords differ."),
-        (post("a@example.com", "short", "short", "IN"), 422, "Choose a password of 8"),
-        (post("not-an-address", PASSWORD, PASSWORD, "IN"), 422, "does not look like an e-mail"),
-        (post("a@example.com", PASSWORD, PASSWORD, "India"), 422, "Country must be"),
+        (
+            post("a@example.com", PASSWORD, "other password", "IN"),
+            422,
+            "The two passwords differ.",
+        ),
+        (
+            post("a@example.com", "short", "short", "IN"),
+            422,
+            "Choose a password of 8",
+        ),
+        (
+            post("not-an-address", PASSWORD, PASSWORD, "IN"),
+            422,
+            "does not look like an e-mail",
+        ),
+        (
+            post("a@example.com", PASSWORD, PASSWORD, "India"),
+            422,
+            "Country must be",
+        ),
         (post("", PASSWORD, PASSWORD, "IN"), 422, "Enter your e-mail"),
     ] {
         let r = v
@@ -55,11 +79,19 @@ async fn sign_up_explains_what_is_wrong_and_keeps_what_was_typed() {
                 ],
             )
             .await;
-        assert_eq!(r.status.as_u16(), status, "{email} {pw} {country}: {}", r.body);
+        assert_eq!(
+            r.status.as_u16(),
+            status,
+            "{email} {pw} {country}: {}",
+            r.body
+        );
         assert!(r.body.contains(says), "{says}: {}", r.body);
         assert!(!r.body.contains(pw) || pw == "short" && !r.body.contains("value=\"short\""));
         if !email.is_empty() {
-            assert!(r.body.contains(&format!("value=\"{email}\"")), "e-mail not kept");
+            assert!(
+                r.body.contains(&format!("value=\"{email}\"")),
+                "e-mail not kept"
+            );
         }
     }
     v.sign_up("taken@example.com", PASSWORD).await;
@@ -105,13 +137,21 @@ async fn sign_up_can_be_closed_and_is_limited_per_address() {
         )
         .await;
     assert_eq!(r.status, StatusCode::FORBIDDEN);
-    assert!(app.store.account_by_email("a@example.com").await.expect("q").is_none());
+    assert!(
+        app.store
+            .account_by_email("a@example.com")
+            .await
+            .expect("q")
+            .is_none()
+    );
 
     let mut s = test_settings();
     s.console.signups_per_hour = 2;
     let app = spawn_with(s).await;
     for n in 0..2 {
-        Visitor::new(&app).sign_up(&format!("u{n}@example.com"), PASSWORD).await;
+        Visitor::new(&app)
+            .sign_up(&format!("u{n}@example.com"), PASSWORD)
+            .await;
     }
     let mut v = Visitor::new(&app);
     let csrf = v.get("/console/signup").await.csrf();
@@ -140,7 +180,10 @@ async fn changing_the_password_revokes_tokens_and_other_sessions() {
     let r = other.log_in(&id.to_ascii_lowercase(), PASSWORD).await;
     assert_eq!(r.location(), Some("/console/dashboard"));
     let old_token = app.token(&id, PASSWORD).await;
-    assert_eq!(app.send(&old_token, "91", "9876543210").await.status, StatusCode::OK);
+    assert_eq!(
+        app.send(&old_token, "91", "9876543210").await.status,
+        StatusCode::OK
+    );
 
     let page = mine.get("/console/credentials").await;
     assert!(page.body.contains("revokes every token issued before"));
@@ -151,36 +194,72 @@ async fn changing_the_password_revokes_tokens_and_other_sessions() {
         .submit(
             "/console/credentials",
             "/console/credentials/password",
-            &[("current", "not it at all"), ("new", "brand new password"), ("confirm", "brand new password")],
+            &[
+                ("current", "not it at all"),
+                ("new", "brand new password"),
+                ("confirm", "brand new password"),
+            ],
         )
         .await;
     assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
     assert!(r.body.contains("The current password is wrong"));
-    assert_eq!(app.send(&old_token, "91", "9876543211").await.status, StatusCode::OK);
+    assert_eq!(
+        app.send(&old_token, "91", "9876543211").await.status,
+        StatusCode::OK
+    );
 
     let r = mine
         .submit(
             "/console/credentials",
             "/console/credentials/password",
-            &[("current", PASSWORD), ("new", "brand new password"), ("confirm", "brand new password")],
+            &[
+                ("current", PASSWORD),
+                ("new", "brand new password"),
+                ("confirm", "brand new password"),
+            ],
         )
         .await;
     assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
     assert_eq!(r.location(), Some("/console/credentials?changed=1"));
     let after = mine.get("/console/credentials?changed=1").await;
     assert_eq!(after.status, StatusCode::OK, "this session goes on");
-    assert!(after.body.contains("Every token issued before now is revoked"));
+    assert!(
+        after
+            .body
+            .contains("Every token issued before now is revoked")
+    );
 
     let revoked = app.send(&old_token, "91", "9876543212").await;
-    assert_eq!(revoked.status, StatusCode::UNAUTHORIZED, "{:?}", revoked.body);
-    assert_eq!(app.token_request(&id, PASSWORD).await.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        revoked.status,
+        StatusCode::UNAUTHORIZED,
+        "{:?}",
+        revoked.body
+    );
+    assert_eq!(
+        app.token_request(&id, PASSWORD).await.status,
+        StatusCode::UNAUTHORIZED
+    );
     let new_token = app.token(&id, "brand new password").await;
-    assert_eq!(app.send(&new_token, "91", "9876543213").await.status, StatusCode::OK);
+    assert_eq!(
+        app.send(&new_token, "91", "9876543213").await.status,
+        StatusCode::OK
+    );
 
     let r = other.get("/console/dashboard").await;
-    assert_eq!(r.location(), Some("/console/login"), "the other session survived");
-    assert_eq!(other.log_in(&id, PASSWORD).await.status, StatusCode::UNAUTHORIZED);
-    assert_eq!(other.log_in(&id, "brand new password").await.status, StatusCode::SEE_OTHER);
+    assert_eq!(
+        r.location(),
+        Some("/console/login"),
+        "the other session survived"
+    );
+    assert_eq!(
+        other.log_in(&id, PASSWORD).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        other.log_in(&id, "brand new password").await.status,
+        StatusCode::SEE_OTHER
+    );
 }
 
 #[tokio::test]
@@ -191,35 +270,71 @@ async fn the_operator_lists_accounts_adds_credits_and_disables_one() {
     let cid = CustomerId::parse(&id).expect("id");
 
     // Customers do not see the operators' page.
-    assert_eq!(user.get("/console/operators").await.status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        user.get("/console/operators").await.status,
+        StatusCode::NOT_FOUND
+    );
 
     let mut ops = Visitor::new(&app);
-    assert_eq!(ops.log_in(ADMIN_EMAIL, "wrong").await.status, StatusCode::UNAUTHORIZED);
-    let r = ops.log_in(&ADMIN_EMAIL.to_ascii_uppercase(), ADMIN_PASSWORD).await;
+    assert_eq!(
+        ops.log_in(ADMIN_EMAIL, "wrong").await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    let r = ops
+        .log_in(&ADMIN_EMAIL.to_ascii_uppercase(), ADMIN_PASSWORD)
+        .await;
     assert_eq!(r.location(), Some("/console/operators"));
     // And the account pages are not theirs.
-    assert_eq!(ops.get("/console/dashboard").await.location(), Some("/console/operators"));
+    assert_eq!(
+        ops.get("/console/dashboard").await.location(),
+        Some("/console/operators")
+    );
     let list = ops.get("/console/operators").await;
     assert_eq!(list.status, StatusCode::OK);
     assert!(list.body.contains(&format!("data-customer=\"{id}\"")));
     assert!(list.body.contains("customer@example.com"));
 
     let r = ops
-        .submit("/console/operators", "/console/operators/credits", &[("customer_id", &id), ("amount", "250")])
+        .submit(
+            "/console/operators",
+            "/console/operators/credits",
+            &[("customer_id", &id), ("amount", "250")],
+        )
         .await;
     assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
-    let account = app.store.account_get(&cid).await.expect("get").expect("account");
+    let account = app
+        .store
+        .account_get(&cid)
+        .await
+        .expect("get")
+        .expect("account");
     assert_eq!(account.credits, 250);
     let page = ops.get(r.location().expect("location")).await;
     assert!(page.body.contains(&format!("Credits of {id} changed.")));
     let r = ops
-        .submit("/console/operators", "/console/operators/credits", &[("customer_id", &id), ("amount", "-50")])
+        .submit(
+            "/console/operators",
+            "/console/operators/credits",
+            &[("customer_id", &id), ("amount", "-50")],
+        )
         .await;
     assert_eq!(r.status, StatusCode::SEE_OTHER);
-    assert_eq!(app.store.account_get(&cid).await.expect("get").expect("a").credits, 200);
+    assert_eq!(
+        app.store
+            .account_get(&cid)
+            .await
+            .expect("get")
+            .expect("a")
+            .credits,
+        200
+    );
     for bad in ["0", "ten", "99999999999"] {
         let r = ops
-            .submit("/console/operators", "/console/operators/credits", &[("customer_id", &id), ("amount", bad)])
+            .submit(
+                "/console/operators",
+                "/console/operators/credits",
+                &[("customer_id", &id), ("amount", bad)],
+            )
             .await;
         assert_eq!(r.status, StatusCode::BAD_REQUEST, "{bad}");
     }
@@ -236,23 +351,56 @@ async fn the_operator_lists_accounts_adds_credits_and_disables_one() {
     // cannot log in; enabling undoes it.
     let token = app.token(&id, PASSWORD).await;
     let r = ops
-        .submit("/console/operators", "/console/operators/disabled", &[("customer_id", &id), ("disabled", "true")])
+        .submit(
+            "/console/operators",
+            "/console/operators/disabled",
+            &[("customer_id", &id), ("disabled", "true")],
+        )
         .await;
     assert_eq!(r.status, StatusCode::SEE_OTHER);
-    assert!(app.store.account_get(&cid).await.expect("get").expect("a").disabled);
-    assert_eq!(app.send(&token, "91", "9876543210").await.status, StatusCode::UNAUTHORIZED);
-    assert_eq!(app.token_request(&id, PASSWORD).await.status, StatusCode::UNAUTHORIZED);
-    assert_eq!(user.get("/console/dashboard").await.location(), Some("/console/login"));
-    assert_eq!(user.log_in(&id, PASSWORD).await.status, StatusCode::UNAUTHORIZED);
+    assert!(
+        app.store
+            .account_get(&cid)
+            .await
+            .expect("get")
+            .expect("a")
+            .disabled
+    );
+    assert_eq!(
+        app.send(&token, "91", "9876543210").await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        app.token_request(&id, PASSWORD).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        user.get("/console/dashboard").await.location(),
+        Some("/console/login")
+    );
+    assert_eq!(
+        user.log_in(&id, PASSWORD).await.status,
+        StatusCode::UNAUTHORIZED
+    );
     let list = ops.get("/console/operators").await;
     assert!(list.body.contains("disabled"));
 
     let r = ops
-        .submit("/console/operators", "/console/operators/disabled", &[("customer_id", &id), ("disabled", "false")])
+        .submit(
+            "/console/operators",
+            "/console/operators/disabled",
+            &[("customer_id", &id), ("disabled", "false")],
+        )
         .await;
     assert_eq!(r.status, StatusCode::SEE_OTHER);
-    assert_eq!(user.log_in(&id, PASSWORD).await.status, StatusCode::SEE_OTHER);
-    assert_eq!(app.send(&token, "91", "9876543210").await.status, StatusCode::OK);
+    assert_eq!(
+        user.log_in(&id, PASSWORD).await.status,
+        StatusCode::SEE_OTHER
+    );
+    assert_eq!(
+        app.send(&token, "91", "9876543210").await.status,
+        StatusCode::OK
+    );
 }
 
 #[tokio::test]
@@ -263,5 +411,8 @@ async fn without_an_operator_configured_nobody_logs_in_as_one() {
     let mut v = Visitor::new(&app);
     let r = v.log_in(ADMIN_EMAIL, ADMIN_PASSWORD).await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
-    assert_eq!(v.get("/console/operators").await.location(), Some("/console/login"));
+    assert_eq!(
+        v.get("/console/operators").await.location(),
+        Some("/console/login")
+    );
 }

@@ -64,8 +64,12 @@ impl Browser {
     pub async fn start(name: &str) -> Option<Self> {
         for bin in [CHROMIUM, CHROMEDRIVER] {
             if !Path::new(bin).exists() {
-                let why = format!("{bin} is not installed (apt-get install chromium chromium-driver)");
-                assert!(!require_services(), "{name}: {why}, and OTPGATE_REQUIRE_SERVICES is set");
+                let why =
+                    format!("{bin} is not installed (apt-get install chromium chromium-driver)");
+                assert!(
+                    !require_services(),
+                    "{name}: {why}, and OTPGATE_REQUIRE_SERVICES is set"
+                );
                 println!("SKIPPED {name}: {why}");
                 return None;
             }
@@ -188,7 +192,10 @@ impl Browser {
     /// `window.__pwned`, which an injected script would set.
     pub async fn pwned(&self) -> serde_json::Value {
         self.client
-            .execute("return window.__pwned === undefined ? null : window.__pwned;", vec![])
+            .execute(
+                "return window.__pwned === undefined ? null : window.__pwned;",
+                vec![],
+            )
             .await
             .expect("execute")
     }

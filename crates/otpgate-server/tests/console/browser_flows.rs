@@ -14,7 +14,8 @@ use crate::helpers::{ConsoleApp, PASSWORD, Visitor, code_in, spawn};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sign_up_send_see_delivery_read_inbox_validate_and_count_it() {
-    let Some(b) = Browser::start("sign_up_send_see_delivery_read_inbox_validate_and_count_it").await
+    let Some(b) =
+        Browser::start("sign_up_send_see_delivery_read_inbox_validate_and_count_it").await
     else {
         return;
     };
@@ -71,7 +72,8 @@ async fn signup_to_completed(b: &Browser, app: &ConsoleApp) {
         "+91******3210"
     );
     assert_eq!(
-        b.text(&format!("{row} td[data-label=Delivery] .badge")).await,
+        b.text(&format!("{row} td[data-label=Delivery] .badge"))
+            .await,
         "sent"
     );
     assert!(
@@ -180,7 +182,12 @@ async fn settings_apply(b: &Browser, app: &ConsoleApp) {
     // The next send: India is refused with 511, the UK goes out with the
     // brand in the text.
     let refused = app.send(&token, "91", "9876500000").await;
-    assert_eq!(refused.status, StatusCode::BAD_REQUEST, "{:?}", refused.body);
+    assert_eq!(
+        refused.status,
+        StatusCode::BAD_REQUEST,
+        "{:?}",
+        refused.body
+    );
     assert_eq!(refused.code(), 511);
     let uk = app.send_ok(&token, "44", "7911123456").await;
     let msg = app.inbox_message(&uk).await;
@@ -226,7 +233,11 @@ fn escaped(text: &str) -> String {
 
 /// Nothing injected exists as markup, and nothing ran.
 async fn assert_inert(b: &Browser, page: &str) {
-    assert_eq!(b.pwned().await, serde_json::Value::Null, "{page}: a script ran");
+    assert_eq!(
+        b.pwned().await,
+        serde_json::Value::Null,
+        "{page}: a script ran"
+    );
     let injected = b
         .client
         .execute(
@@ -236,7 +247,11 @@ async fn assert_inert(b: &Browser, page: &str) {
         )
         .await
         .expect("execute");
-    assert_eq!(injected, serde_json::json!(0), "{page}: injected markup in the DOM");
+    assert_eq!(
+        injected,
+        serde_json::json!(0),
+        "{page}: injected markup in the DOM"
+    );
 }
 
 async fn injected_script_is_inert(b: &Browser, app: &ConsoleApp) {
@@ -248,7 +263,10 @@ async fn injected_script_is_inert(b: &Browser, app: &ConsoleApp) {
     // The server's HTML has it escaped.
     let html = v.get("/console/dashboard").await.body;
     assert!(!html.contains("<script>window.__pwned"), "unescaped e-mail");
-    assert!(html.contains(&escaped(EVIL_EMAIL)), "the e-mail is not shown escaped");
+    assert!(
+        html.contains(&escaped(EVIL_EMAIL)),
+        "the e-mail is not shown escaped"
+    );
 
     // In the browser: log in with it; it shows as text; nothing runs.
     b.goto(&app.url("/console/login")).await;
@@ -274,7 +292,10 @@ async fn injected_script_is_inert(b: &Browser, app: &ConsoleApp) {
     assert_eq!(value.as_deref(), Some(EVIL_BRAND));
     assert_inert(b, "settings").await;
     let html = v.get("/console/settings").await.body;
-    assert!(!html.contains("<img src=x"), "unescaped brand in the settings page");
+    assert!(
+        !html.contains("<img src=x"),
+        "unescaped brand in the settings page"
+    );
     assert!(html.contains(&format!("value=\"{}\"", escaped(EVIL_BRAND))));
 
     // The brand goes into the message; the inbox shows it as text, also

@@ -191,7 +191,11 @@ impl ConsoleApp {
     /// The inbox message of verification `id`, once delivered.
     pub async fn inbox_message(&self, id: &str) -> InboxEntry {
         for _ in 0..500 {
-            let entries = self.store.inbox_list(None, None, 1000).await.expect("inbox");
+            let entries = self
+                .store
+                .inbox_list(None, None, 1000)
+                .await
+                .expect("inbox");
             if let Some(e) = entries
                 .into_iter()
                 .find(|e| e.verification_id.map(|v| v.get().to_string()).as_deref() == Some(id))
@@ -208,7 +212,11 @@ impl ConsoleApp {
         let _ = self.inbox_message(id).await;
         let vid = otpgate_core::VerificationId::parse(id).expect("id");
         for _ in 0..500 {
-            let m = self.store.outbox_for_verification(vid).await.expect("outbox");
+            let m = self
+                .store
+                .outbox_for_verification(vid)
+                .await
+                .expect("outbox");
             if m.is_some_and(|m| m.status != otpgate_core::DeliveryStatus::Queued) {
                 return;
             }
@@ -300,7 +308,11 @@ impl Visitor {
     async fn finish(&mut self, r: reqwest::Response) -> Page {
         let status = r.status();
         let headers = r.headers().clone();
-        for c in headers.get_all("set-cookie").iter().filter_map(|v| v.to_str().ok()) {
+        for c in headers
+            .get_all("set-cookie")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+        {
             let first = c.split(';').next().unwrap_or("");
             if let Some((k, v)) = first.split_once('=') {
                 if v.is_empty() || c.contains("Max-Age=0") {
@@ -365,7 +377,9 @@ impl Visitor {
             )
             .await;
         assert_eq!(page.status, StatusCode::CREATED, "{}", page.body);
-        let id = page.text_of("customer-id").expect("customer-id on the welcome page");
+        let id = page
+            .text_of("customer-id")
+            .expect("customer-id on the welcome page");
         (page, id)
     }
 

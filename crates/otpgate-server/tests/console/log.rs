@@ -26,7 +26,10 @@ async fn the_log_pages_newest_first_and_filters_by_number_status_and_date() {
         app.clock.advance_ms(1_000);
     }
     let code = code_in(&app.inbox_message(&sent[3]).await.text);
-    assert_eq!(app.validate(&token, &sent[3], &code).await.status, StatusCode::OK);
+    assert_eq!(
+        app.validate(&token, &sent[3], &code).await.status,
+        StatusCode::OK
+    );
 
     let first = v.get("/console/log").await;
     assert_eq!(first.status, StatusCode::OK);
@@ -45,7 +48,10 @@ async fn the_log_pages_newest_first_and_filters_by_number_status_and_date() {
 
     let by_number = v.get("/console/log?number=%2B91+98765-00007").await;
     assert_eq!(ids(&by_number.body), vec![sent[7].clone()]);
-    assert!(by_number.body.contains("value=\"+91 98765-00007\""), "filter not shown back");
+    assert!(
+        by_number.body.contains("value=\"+91 98765-00007\""),
+        "filter not shown back"
+    );
 
     let completed = v.get("/console/log?status=completed").await;
     assert_eq!(ids(&completed.body), vec![sent[3].clone()]);
@@ -54,13 +60,17 @@ async fn the_log_pages_newest_first_and_filters_by_number_status_and_date() {
     assert_eq!(ids(&pending.body).len(), 25);
 
     let today = otpgate_server_date(app.clock.now_ms());
-    let dated = v.get(&format!("/console/log?from={today}&to={today}")).await;
+    let dated = v
+        .get(&format!("/console/log?from={today}&to={today}"))
+        .await;
     assert_eq!(ids(&dated.body).len(), 25);
     let tomorrow = otpgate_server_date(app.clock.now_ms() + 86_400_000);
     let future = v.get(&format!("/console/log?from={tomorrow}")).await;
     assert!(ids(&future.body).is_empty());
     assert!(future.body.contains("No verifications"));
-    let nonsense = v.get("/console/log?from=yesterday&status=%3Cscript%3E&page=-1").await;
+    let nonsense = v
+        .get("/console/log?from=yesterday&status=%3Cscript%3E&page=-1")
+        .await;
     assert_eq!(nonsense.status, StatusCode::OK);
     assert!(nonsense.body.contains("A date could not be read"));
     assert_eq!(ids(&nonsense.body).len(), 25);
@@ -69,11 +79,18 @@ async fn the_log_pages_newest_first_and_filters_by_number_status_and_date() {
     let fragment = v
         .get_with("/console/log?status=pending", &[("HX-Request", "true")])
         .await;
-    assert!(fragment.body.trim_start().starts_with("<section id=\"log-results\""));
+    assert!(
+        fragment
+            .body
+            .trim_start()
+            .starts_with("<section id=\"log-results\"")
+    );
     assert!(!fragment.body.contains("<html"));
     // (askama escapes `&` as `&#38;`.)
     assert!(
-        fragment.body.contains("href=\"/console/log?status=pending&#38;page=2\""),
+        fragment
+            .body
+            .contains("href=\"/console/log?status=pending&#38;page=2\""),
         "{}",
         fragment.body
     );
@@ -81,10 +98,16 @@ async fn the_log_pages_newest_first_and_filters_by_number_status_and_date() {
     let restore = v
         .get_with(
             "/console/log",
-            &[("HX-Request", "true"), ("HX-History-Restore-Request", "true")],
+            &[
+                ("HX-Request", "true"),
+                ("HX-History-Restore-Request", "true"),
+            ],
         )
         .await;
-    assert!(restore.body.contains("<html"), "a history restore needs the whole page");
+    assert!(
+        restore.body.contains("<html"),
+        "a history restore needs the whole page"
+    );
 }
 
 fn otpgate_server_date(ms: i64) -> String {

@@ -6,8 +6,8 @@
 mod browser;
 mod helpers;
 
+mod accounts;
 mod browser_flows;
+mod log;
 mod screenshots;
 mod security;
-mod accounts;
-mod log;

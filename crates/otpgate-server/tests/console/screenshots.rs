@@ -10,7 +10,9 @@ use otpgate_core::{Clock, SystemClock};
 use otpgate_server::accounts::{self, NewAccountRequest};
 
 use crate::browser::{Browser, DESKTOP, PHONE, screenshot_dir};
-use crate::helpers::{ADMIN_EMAIL, ADMIN_PASSWORD, ConsoleApp, PASSWORD, code_in, spawn_at, test_settings};
+use crate::helpers::{
+    ADMIN_EMAIL, ADMIN_PASSWORD, ConsoleApp, PASSWORD, code_in, spawn_at, test_settings,
+};
 
 const DAY_MS: i64 = 86_400_000;
 
@@ -112,9 +114,13 @@ async fn shoot(b: &Browser, name: &str) {
                 .and_then(|v| u32::try_from(v).ok())
                 .unwrap_or(0)
         };
-        b.resize((size.0, (px(0) + px(1)).clamp(size.1, 5000))).await;
+        b.resize((size.0, (px(0) + px(1)).clamp(size.1, 5000)))
+            .await;
         b.screenshot(&format!("pages/{name}-{label}-full")).await;
-        println!("{name} at {label}: viewport {width}px wide, page {}px tall", px(0));
+        println!(
+            "{name} at {label}: viewport {width}px wide, page {}px tall",
+            px(0)
+        );
     }
     b.resize(DESKTOP).await;
 }
@@ -147,7 +153,8 @@ async fn pages(b: &Browser, app: &ConsoleApp) {
         b.find("main h1").await;
         shoot(b, page).await;
     }
-    b.goto(&app.url("/console/log?status=completed&page=2")).await;
+    b.goto(&app.url("/console/log?status=completed&page=2"))
+        .await;
     shoot(b, "log-filtered-page2").await;
     b.goto(&app.url("/console/nowhere")).await;
     shoot(b, "not-found").await;

@@ -19,12 +19,18 @@ async fn a_form_posted_without_its_csrf_token_is_refused_with_403() {
     assert_eq!(none.status, StatusCode::FORBIDDEN);
     assert!(none.body.contains("Form refused"));
     let empty = v
-        .post("/console/settings", &[&[("csrf", "")][..], &fields].concat())
+        .post(
+            "/console/settings",
+            &[&[("csrf", "")][..], &fields].concat(),
+        )
         .await;
     assert_eq!(empty.status, StatusCode::FORBIDDEN);
     let forged = "A".repeat(43);
     let wrong = v
-        .post("/console/settings", &[&[("csrf", forged.as_str())][..], &fields].concat())
+        .post(
+            "/console/settings",
+            &[&[("csrf", forged.as_str())][..], &fields].concat(),
+        )
         .await;
     assert_eq!(wrong.status, StatusCode::FORBIDDEN);
 
@@ -33,7 +39,10 @@ async fn a_form_posted_without_its_csrf_token_is_refused_with_403() {
     other.sign_up("other@example.com", PASSWORD).await;
     let theirs = other.get("/console/settings").await.csrf();
     let borrowed = v
-        .post("/console/settings", &[&[("csrf", theirs.as_str())][..], &fields].concat())
+        .post(
+            "/console/settings",
+            &[&[("csrf", theirs.as_str())][..], &fields].concat(),
+        )
         .await;
     assert_eq!(borrowed.status, StatusCode::FORBIDDEN);
 
@@ -43,14 +52,22 @@ async fn a_form_posted_without_its_csrf_token_is_refused_with_403() {
         .await
         .expect("get")
         .expect("account");
-    assert_eq!(account.settings, AccountSettings::default(), "a refused form changed settings");
+    assert_eq!(
+        account.settings,
+        AccountSettings::default(),
+        "a refused form changed settings"
+    );
 
     // Every other form too.
     for (path, fields) in [
         ("/console/logout", vec![]),
         (
             "/console/credentials/password",
-            vec![("current", PASSWORD), ("new", "new password 1"), ("confirm", "new password 1")],
+            vec![
+                ("current", PASSWORD),
+                ("new", "new password 1"),
+                ("confirm", "new password 1"),
+            ],
         ),
     ] {
         let r = v.post(path, &fields).await;
@@ -59,7 +76,10 @@ async fn a_form_posted_without_its_csrf_token_is_refused_with_403() {
     let mut anon = Visitor::new(&app);
     let _ = anon.get("/console/login").await;
     for (path, fields) in [
-        ("/console/login", vec![("login", "csrf@example.com"), ("password", PASSWORD)]),
+        (
+            "/console/login",
+            vec![("login", "csrf@example.com"), ("password", PASSWORD)],
+        ),
         (
             "/console/signup",
             vec![
@@ -76,7 +96,9 @@ async fn a_form_posted_without_its_csrf_token_is_refused_with_403() {
     }
 
     // And with the token, the same form goes through.
-    let ok = v.submit("/console/settings", "/console/settings", &fields).await;
+    let ok = v
+        .submit("/console/settings", "/console/settings", &fields)
+        .await;
     assert_eq!(ok.status, StatusCode::SEE_OTHER, "{}", ok.body);
     assert_eq!(ok.location(), Some("/console/settings?saved=1"));
 }
@@ -92,10 +114,20 @@ async fn operator_forms_need_the_token_too() {
         .await;
     assert_eq!(r.location(), Some("/console/operators"));
     for (path, fields) in [
-        ("/console/operators/credits", vec![("customer_id", id.as_str()), ("amount", "1000")]),
-        ("/console/operators/disabled", vec![("customer_id", id.as_str()), ("disabled", "true")]),
+        (
+            "/console/operators/credits",
+            vec![("customer_id", id.as_str()), ("amount", "1000")],
+        ),
+        (
+            "/console/operators/disabled",
+            vec![("customer_id", id.as_str()), ("disabled", "true")],
+        ),
     ] {
-        assert_eq!(ops.post(path, &fields).await.status, StatusCode::FORBIDDEN, "{path}");
+        assert_eq!(
+            ops.post(path, &fields).await.status,
+            StatusCode::FORBIDDEN,
+            "{path}"
+        );
     }
     let a = app
         .store
@@ -114,11 +146,18 @@ async fn cookies_are_httponly_samesite_strict_and_pages_carry_the_policy() {
     let login = v.get("/console/login").await;
     assert_eq!(login.status, StatusCode::OK);
     for page in [&login] {
-        assert_eq!(page.header("content-security-policy"), Some(CONTENT_SECURITY_POLICY));
+        assert_eq!(
+            page.header("content-security-policy"),
+            Some(CONTENT_SECURITY_POLICY)
+        );
         assert_eq!(page.header("x-content-type-options"), Some("nosniff"));
         assert_eq!(page.header("x-frame-options"), Some("DENY"));
         assert_eq!(page.header("cache-control"), Some("no-store"));
-        assert!(page.header("content-type").unwrap_or("").starts_with("text/html"));
+        assert!(
+            page.header("content-type")
+                .unwrap_or("")
+                .starts_with("text/html")
+        );
     }
     assert_eq!(
         CONTENT_SECURITY_POLICY,
@@ -127,7 +166,10 @@ async fn cookies_are_httponly_samesite_strict_and_pages_carry_the_policy() {
     let pre = login.set_cookies();
     assert!(pre.iter().any(|c| c.starts_with("otpgate_pre=")));
     for c in &pre {
-        assert!(c.contains("HttpOnly") && c.contains("SameSite=Strict") && c.contains("Path=/console"), "{c}");
+        assert!(
+            c.contains("HttpOnly") && c.contains("SameSite=Strict") && c.contains("Path=/console"),
+            "{c}"
+        );
         assert!(!c.contains("Secure"), "{c}");
     }
     // No inline script or style anywhere: scripts are files.
@@ -142,26 +184,48 @@ async fn cookies_are_httponly_samesite_strict_and_pages_carry_the_policy() {
         .find(|c| c.starts_with("otpgate_session="))
         .expect("a session cookie")
         .to_owned();
-    assert!(session.contains("HttpOnly") && session.contains("SameSite=Strict"), "{session}");
+    assert!(
+        session.contains("HttpOnly") && session.contains("SameSite=Strict"),
+        "{session}"
+    );
     // 256 random bits, base64url without padding.
-    let value = session.split(';').next().unwrap_or("").trim_start_matches("otpgate_session=");
+    let value = session
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim_start_matches("otpgate_session=");
     assert_eq!(value.len(), 43);
-    assert_eq!(welcome.header("content-security-policy"), Some(CONTENT_SECURITY_POLICY));
+    assert_eq!(
+        welcome.header("content-security-policy"),
+        Some(CONTENT_SECURITY_POLICY)
+    );
 
     let dash = v.get("/console/dashboard").await;
     assert_eq!(dash.status, StatusCode::OK);
-    assert_eq!(dash.header("content-security-policy"), Some(CONTENT_SECURITY_POLICY));
+    assert_eq!(
+        dash.header("content-security-policy"),
+        Some(CONTENT_SECURITY_POLICY)
+    );
     assert_eq!(dash.header("x-content-type-options"), Some("nosniff"));
     let missing = v.get("/console/no-such-page").await;
     assert_eq!(missing.status, StatusCode::NOT_FOUND);
     assert!(missing.body.contains("<html"));
-    assert_eq!(missing.header("content-security-policy"), Some(CONTENT_SECURITY_POLICY));
+    assert_eq!(
+        missing.header("content-security-policy"),
+        Some(CONTENT_SECURITY_POLICY)
+    );
     let js = v.get("/console/assets/htmx.min.js").await;
     assert_eq!(js.status, StatusCode::OK);
-    assert_eq!(js.header("content-type"), Some("text/javascript; charset=utf-8"));
+    assert_eq!(
+        js.header("content-type"),
+        Some("text/javascript; charset=utf-8")
+    );
     assert_eq!(js.header("x-content-type-options"), Some("nosniff"));
     assert!(js.body.contains("htmx"));
-    assert_eq!(v.get("/console/assets/../Cargo.toml").await.status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        v.get("/console/assets/../Cargo.toml").await.status,
+        StatusCode::NOT_FOUND
+    );
 
     // Behind TLS the cookies are Secure.
     let mut s = test_settings();
@@ -190,7 +254,11 @@ async fn log_ins_are_throttled_after_repeated_failures() {
         assert!(!r.body.contains("wrong password"), "the password is echoed");
     }
     let r = v.log_in("throttle@example.com", PASSWORD).await;
-    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS, "the right password during a lock-out");
+    assert_eq!(
+        r.status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "the right password during a lock-out"
+    );
     assert!(r.header("retry-after").is_some());
     // The customerId is a different login name, but the address is the
     // same: also throttled.
@@ -216,7 +284,10 @@ async fn unknown_names_and_wrong_passwords_get_the_same_answer() {
     let bad_id = v.log_in("C-000000000000000", "not the password").await;
     for r in [&wrong, &unknown, &bad_id] {
         assert_eq!(r.status, StatusCode::UNAUTHORIZED);
-        assert!(r.body.contains("Wrong e-mail, customerId or password, or the account is disabled."));
+        assert!(
+            r.body
+                .contains("Wrong e-mail, customerId or password, or the account is disabled.")
+        );
     }
 }
 
@@ -237,7 +308,10 @@ async fn sessions_end_when_idle_when_too_old_and_at_log_out() {
     assert_eq!(r.location(), Some("/console/login"));
 
     // Active, but older than 15 minutes: over as well.
-    assert_eq!(v.log_in("idle@example.com", PASSWORD).await.status, StatusCode::SEE_OTHER);
+    assert_eq!(
+        v.log_in("idle@example.com", PASSWORD).await.status,
+        StatusCode::SEE_OTHER
+    );
     for _ in 0..3 {
         app.clock.advance_ms(299_000);
         assert_eq!(v.get("/console/log").await.status, StatusCode::OK);
@@ -246,12 +320,18 @@ async fn sessions_end_when_idle_when_too_old_and_at_log_out() {
     assert_eq!(v.get("/console/log").await.status, StatusCode::SEE_OTHER);
 
     // Log-out ends the session on the server: the old cookie is worthless.
-    assert_eq!(v.log_in("idle@example.com", PASSWORD).await.status, StatusCode::SEE_OTHER);
+    assert_eq!(
+        v.log_in("idle@example.com", PASSWORD).await.status,
+        StatusCode::SEE_OTHER
+    );
     let cookie = v.cookies.get("otpgate_session").cloned().expect("session");
     let out = v.submit("/console/dashboard", "/console/logout", &[]).await;
     assert_eq!(out.status, StatusCode::SEE_OTHER);
     assert_eq!(out.location(), Some("/console/login?out=1"));
-    assert!(!v.cookies.contains_key("otpgate_session"), "cookie not cleared");
+    assert!(
+        !v.cookies.contains_key("otpgate_session"),
+        "cookie not cleared"
+    );
     v.cookies.insert("otpgate_session".into(), cookie);
     let r = v.get("/console/dashboard").await;
     assert_eq!(r.location(), Some("/console/login"));
@@ -290,14 +370,21 @@ async fn one_accounts_log_and_inbox_never_show_anothers_rows() {
         }
         assert!(!log.body.contains(their_number));
         // Filtering for the other account's number finds nothing.
-        let digits = if their_number.ends_with("0002") { "9876500002" } else { "9876500001" };
+        let digits = if their_number.ends_with("0002") {
+            "9876500002"
+        } else {
+            "9876500001"
+        };
         let filtered = v.get(&format!("/console/log?number={digits}")).await;
         assert_eq!(filtered.body.matches("data-verification=").count(), 0);
 
         let inbox = v.get("/console/inbox").await;
         assert_eq!(inbox.body.matches("class=\"message\"").count(), 2);
         for id in theirs {
-            assert!(!inbox.body.contains(id.as_str()), "another account's message");
+            assert!(
+                !inbox.body.contains(id.as_str()),
+                "another account's message"
+            );
         }
     }
 }
