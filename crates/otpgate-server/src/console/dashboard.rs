@@ -170,7 +170,7 @@ pub fn chart(days: &[DailyStats]) -> Chart {
                 ),
             });
         }
-        if (days.len() - 1 - i) % 7 == 0 {
+        if (days.len() - 1 - i).is_multiple_of(7) {
             let last = i + 1 == days.len();
             labels.push(Label {
                 x: f(if last { x0 + slot } else { x0 + slot / 2.0 }),

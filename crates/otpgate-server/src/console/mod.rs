@@ -163,6 +163,11 @@ pub fn router(app: &AppState) -> Router<AppState> {
         .with_state(console)
 }
 
+/// `/console/`, which the nested router does not see: to `/console`.
+pub fn trailing_slash() -> axum::routing::MethodRouter<AppState> {
+    get(|| async { Redirect::permanent("/console") })
+}
+
 /// `/console`: the home page of whoever is logged in, else the log-in page.
 async fn index(State(console): State<Console>, headers: HeaderMap) -> Response {
     let now = console.now();

@@ -21,7 +21,9 @@ pub fn router(state: AppState) -> Router {
         .merge(health::router())
         .merge(receipts::router());
     if state.settings.console.enabled {
-        router = router.nest("/console", crate::console::router(&state));
+        router = router
+            .nest("/console", crate::console::router(&state))
+            .route("/console/", crate::console::trailing_slash());
     }
     router
         .fallback(not_found)

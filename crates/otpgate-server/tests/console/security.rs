@@ -139,26 +139,29 @@ async fn operator_forms_need_the_token_too() {
     assert!(!a.disabled);
 }
 
+/// The headers every console page carries.
+fn assert_hardened(page: &crate::helpers::Page) {
+    assert_eq!(
+        page.header("content-security-policy"),
+        Some(CONTENT_SECURITY_POLICY)
+    );
+    assert_eq!(page.header("x-content-type-options"), Some("nosniff"));
+    assert_eq!(page.header("x-frame-options"), Some("DENY"));
+    assert_eq!(page.header("cache-control"), Some("no-store"));
+    assert!(
+        page.header("content-type")
+            .unwrap_or("")
+            .starts_with("text/html")
+    );
+}
+
 #[tokio::test]
 async fn cookies_are_httponly_samesite_strict_and_pages_carry_the_policy() {
     let app = spawn().await;
     let mut v = Visitor::new(&app);
     let login = v.get("/console/login").await;
     assert_eq!(login.status, StatusCode::OK);
-    for page in [&login] {
-        assert_eq!(
-            page.header("content-security-policy"),
-            Some(CONTENT_SECURITY_POLICY)
-        );
-        assert_eq!(page.header("x-content-type-options"), Some("nosniff"));
-        assert_eq!(page.header("x-frame-options"), Some("DENY"));
-        assert_eq!(page.header("cache-control"), Some("no-store"));
-        assert!(
-            page.header("content-type")
-                .unwrap_or("")
-                .starts_with("text/html")
-        );
-    }
+    assert_hardened(&login);
     assert_eq!(
         CONTENT_SECURITY_POLICY,
         "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; frame-ancestors 'none'; form-action 'self'"
@@ -202,18 +205,21 @@ async fn cookies_are_httponly_samesite_strict_and_pages_carry_the_policy() {
 
     let dash = v.get("/console/dashboard").await;
     assert_eq!(dash.status, StatusCode::OK);
-    assert_eq!(
-        dash.header("content-security-policy"),
-        Some(CONTENT_SECURITY_POLICY)
-    );
-    assert_eq!(dash.header("x-content-type-options"), Some("nosniff"));
+    assert_hardened(&dash);
     let missing = v.get("/console/no-such-page").await;
     assert_eq!(missing.status, StatusCode::NOT_FOUND);
     assert!(missing.body.contains("<html"));
+    assert_hardened(&missing);
+    // The console's root leads to whoever's home page.
     assert_eq!(
-        missing.header("content-security-policy"),
-        Some(CONTENT_SECURITY_POLICY)
+        v.get("/console").await.location(),
+        Some("/console/dashboard")
     );
+    assert_eq!(
+        Visitor::new(&app).get("/console").await.location(),
+        Some("/console/login")
+    );
+    assert_eq!(v.get("/console/").await.location(), Some("/console"));
     let js = v.get("/console/assets/htmx.min.js").await;
     assert_eq!(js.status, StatusCode::OK);
     assert_eq!(
