@@ -181,8 +181,8 @@ pub fn chart(days: &[DailyStats]) -> Chart {
     }
     let ticks = (0..=4u64)
         .map(|k| Tick {
-            y: f(f64::from(baseline) - (k * step) as f64 / ymax * plot_h),
-            label: k * step,
+            y: f(f64::from(baseline) - k.saturating_mul(step) as f64 / ymax * plot_h),
+            label: k.saturating_mul(step),
         })
         .collect();
     let (sends, completed) = days

@@ -416,3 +416,20 @@ async fn without_an_operator_configured_nobody_logs_in_as_one() {
         Some("/console/login")
     );
 }
+
+#[tokio::test]
+async fn a_server_without_the_console_serves_no_console() {
+    let mut s = test_settings();
+    s.console.enabled = false;
+    let app = spawn_with(s).await;
+    let mut v = Visitor::new(&app);
+    for path in ["/console", "/console/login", "/console/assets/htmx.min.js"] {
+        let r = v.get(path).await;
+        assert_eq!(r.status, StatusCode::NOT_FOUND, "{path}");
+        assert!(
+            r.body.contains("NOT_FOUND"),
+            "the API's envelope: {}",
+            r.body
+        );
+    }
+}
