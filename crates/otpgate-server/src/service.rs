@@ -136,17 +136,30 @@ impl SendRequest {
                 KNOWN_FLOWS.join(", ")
             )));
         }
-        if flow != "SMS" {
-            return Err(ApiError::bad_request(format!(
-                "flowType {flow} is not enabled on this server"
-            )));
-        }
         let destination = PhoneNumber::parse(country_code, mobile).map_err(|e| match e {
             PhoneError::UnknownCountryCode => {
                 ApiError::new(ResponseCode::InvalidCountryCode, e.to_string())
             }
             _ => ApiError::bad_request(e.to_string()),
         })?;
+        // A flow is enabled where a configured route serves it; with no
+        // channels configured, only SMS is, through the development inbox.
+        let unconfigured = state.settings.channels.is_empty();
+        if (unconfigured && flow != "SMS")
+            || !state
+                .delivery
+                .router()
+                .accepts(destination.country_code(), &flow)
+        {
+            return Err(if flow == "SMS" {
+                ApiError::new(
+                    ResponseCode::InvalidCountryCode,
+                    "no SMS route serves this country",
+                )
+            } else {
+                ApiError::bad_request(format!("flowType {flow} is not enabled on this server"))
+            });
+        }
         if let Some(allowed) = &account.settings.allowed_country_codes
             && !allowed.contains(&destination.country_code())
         {

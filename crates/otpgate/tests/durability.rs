@@ -2,108 +2,23 @@
 //! of the server at any instant, and its message reaches the inbox after a
 //! restart (at least once, never zero times).
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+mod common;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD;
+use common::{TempDir, code_in, create_account, start, token};
 use tokio::sync::Mutex;
-
-const BIN: &str = env!("CARGO_BIN_EXE_otpgate");
-const PASSWORD: &str = "durable password";
-
-struct Server {
-    child: Child,
-    base: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Starts `otpgate serve` on an ephemeral port and reads the address it
-/// logs once it is listening.
-fn start(db: &str) -> Server {
-    let mut child = Command::new(BIN)
-        .args(["serve", "--listen", "127.0.0.1:0", "--database", db])
-        .env("OTPGATE_DELIVERY__BATCH", "2")
-        .env("OTPGATE_LOG", "info")
-        .env("NO_COLOR", "1")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start otpgate serve");
-    let stderr = child.stderr.take().expect("stderr");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut sent = false;
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if !sent && let Some(i) = line.find("address=http://") {
-                let addr: String = line[i + "address=".len()..]
-                    .chars()
-                    .take_while(|c| !c.is_whitespace())
-                    .collect();
-                let _ = tx.send(addr);
-                sent = true;
-            }
-        }
-    });
-    let base = rx
-        .recv_timeout(Duration::from_secs(60))
-        .expect("otpgate serve did not report its address");
-    Server { child, base }
-}
-
-fn create_account(db: &str) -> String {
-    let out = Command::new(BIN)
-        .args([
-            "customer",
-            "create",
-            "--password",
-            PASSWORD,
-            "--credits",
-            "100000",
-            "--json",
-            "--database",
-            db,
-        ])
-        .output()
-        .expect("run customer create");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
-    v["customerId"].as_str().expect("customerId").to_owned()
-}
-
-async fn token(http: &reqwest::Client, base: &str, cid: &str) -> String {
-    let v: serde_json::Value = http
-        .get(format!("{base}/auth/v1/authentication/token"))
-        .query(&[("customerId", cid), ("key", &STANDARD.encode(PASSWORD))])
-        .send()
-        .await
-        .expect("token request")
-        .json()
-        .await
-        .expect("token json");
-    v["token"].as_str().expect("token").to_owned()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn every_send_that_got_200_survives_kill_9_and_is_delivered_after_restart() {
-    let dir = std::env::temp_dir().join(format!("otpgate-durability-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let db = format!("sqlite://{}", dir.join("otpgate.db").display());
-    let cid = create_account(&db);
-    let mut server = start(&db);
+    let dir = TempDir::new("durability");
+    let db = dir.sqlite_url();
+    let cid = create_account(&db, Some(100_000));
+    // Small delivery batches, so a backlog is queued when the kill lands.
+    let serve = |db: &str| start(&["--database", db], &[("OTPGATE_DELIVERY__BATCH", "2")]);
+    let mut server = serve(&db);
     let http = reqwest::Client::new();
     let t = token(&http, &server.base, &cid).await;
 
@@ -162,7 +77,7 @@ async fn every_send_that_got_200_survives_kill_9_and_is_delivered_after_restart(
         acked.len()
     );
 
-    let server = start(&db);
+    let server = serve(&db);
     // The token survives the restart: the signing secret is in the database.
     let http = reqwest::Client::new();
     let settings = otpgate_server::Settings {
@@ -179,12 +94,7 @@ async fn every_send_that_got_200_survives_kill_9_and_is_delivered_after_restart(
                 .filter(|e| e.verification_id.map(|v| v.get().to_string()).as_deref() == Some(id))
                 .collect();
             if let Some(e) = mine.first() {
-                break e
-                    .text
-                    .split(|c: char| !c.is_ascii_digit())
-                    .find(|w| w.len() == 4)
-                    .unwrap()
-                    .to_owned();
+                break code_in(&e.text, 4);
             }
             assert!(
                 Instant::now() < deadline,
@@ -205,5 +115,4 @@ async fn every_send_that_got_200_survives_kill_9_and_is_delivered_after_restart(
         assert_eq!(v["responseCode"], 200, "verification {id}: {v}");
     }
     drop(server);
-    let _ = std::fs::remove_dir_all(&dir);
 }

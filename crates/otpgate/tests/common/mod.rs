@@ -1,0 +1,154 @@
+//! Helpers for tests that run the real `otpgate` binary: start `serve` on an
+//! ephemeral port (reading the address it logs), create accounts with the
+//! CLI, get tokens, and temporary directories.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_otpgate");
+pub const PASSWORD: &str = "binary test password";
+
+/// A directory removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> Self {
+        let p = std::env::temp_dir().join(format!(
+            "otpgate-{tag}-{}-{}",
+            std::process::id(),
+            rand_suffix()
+        ));
+        std::fs::create_dir_all(&p).expect("create temp dir");
+        Self(p)
+    }
+
+    pub fn sqlite_url(&self) -> String {
+        format!("sqlite://{}", self.0.join("otpgate.db").display())
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn rand_suffix() -> u64 {
+    use std::hash::{BuildHasher, RandomState};
+    RandomState::new().hash_one(std::time::SystemTime::now())
+}
+
+/// A running `otpgate serve`; killed (SIGKILL) on drop.
+pub struct Server {
+    pub child: Child,
+    pub base: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `otpgate serve --listen 127.0.0.1:0` with `args` and `envs`, and
+/// waits for the address it logs once listening.
+pub fn start(args: &[&str], envs: &[(&str, &str)]) -> Server {
+    let mut cmd = Command::new(BIN);
+    cmd.args(["serve", "--listen", "127.0.0.1:0"])
+        .args(args)
+        .env("OTPGATE_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("start otpgate serve");
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut sent = false;
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if !sent && let Some(i) = line.find("address=http://") {
+                let addr: String = line[i + "address=".len()..]
+                    .chars()
+                    .take_while(|c| !c.is_whitespace())
+                    .collect();
+                let _ = tx.send(addr);
+                sent = true;
+            }
+            if std::env::var_os("OTPGATE_TEST_SERVER_LOG").is_some() {
+                eprintln!("[server] {line}");
+            }
+        }
+    });
+    let base = rx.recv_timeout(Duration::from_secs(60)).expect(
+        "otpgate serve did not report its address (set OTPGATE_TEST_SERVER_LOG=1 to see its log)",
+    );
+    Server { child, base }
+}
+
+/// `otpgate customer create … --json`; returns the customerId.
+pub fn create_account(db: &str, credits: Option<i64>) -> String {
+    let mut args = vec![
+        "customer",
+        "create",
+        "--password",
+        PASSWORD,
+        "--json",
+        "--database",
+        db,
+    ];
+    let c;
+    if let Some(n) = credits {
+        c = n.to_string();
+        args.extend(["--credits", c.as_str()]);
+    }
+    let out = Command::new(BIN)
+        .args(&args)
+        .output()
+        .expect("run customer create");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    v["customerId"].as_str().expect("customerId").to_owned()
+}
+
+pub async fn token(http: &reqwest::Client, base: &str, cid: &str) -> String {
+    let v: serde_json::Value = http
+        .get(format!("{base}/auth/v1/authentication/token"))
+        .query(&[("customerId", cid), ("key", &STANDARD.encode(PASSWORD))])
+        .send()
+        .await
+        .expect("token request")
+        .json()
+        .await
+        .expect("token json");
+    v["token"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no token: {v}"))
+        .to_owned()
+}
+
+/// The first run of `len` digits in a message text: the code.
+pub fn code_in(text: &str, len: usize) -> String {
+    text.split(|c: char| !c.is_ascii_digit())
+        .find(|w| w.len() == len)
+        .unwrap_or_else(|| panic!("no {len}-digit code in the message"))
+        .to_owned()
+}
+
+/// Whether a missing external program must fail the test (CI) rather than
+/// skip it (plain `cargo test`).
+pub fn require_services() -> bool {
+    std::env::var("OTPGATE_REQUIRE_SERVICES").is_ok_and(|v| !v.is_empty() && v != "0")
+}
