@@ -39,6 +39,11 @@ async fn signup_to_completed(b: &Browser, app: &ConsoleApp) {
     assert!(id.starts_with("C-") && id.len() == 17, "{id}");
     assert_eq!(b.text("#test-credits").await, "100");
     assert!(b.text("#curl-token").await.contains(&id));
+    // console.js runs (a file: the policy allows no inline script) and
+    // its copy button answers.
+    b.click("button[data-copy=\"customer-id\"]").await;
+    let said = b.text("button[data-copy=\"customer-id\"]").await;
+    assert!(said == "Copied" || said == "Selected", "{said}");
 
     // A token with it over the API, and a send (8 digits, so the code
     // cannot be mistaken for a time of day on the log page).
@@ -86,6 +91,34 @@ async fn signup_to_completed(b: &Browser, app: &ConsoleApp) {
         "pending"
     );
     let log_source = b.source().await;
+
+    // The filter swaps the results in place with htmx (no reload: a marker
+    // set on this page survives) and puts the filter in the address.
+    b.client
+        .execute("window.__same_page = true;", vec![])
+        .await
+        .expect("execute");
+    b.fill("number", "0000").await;
+    b.click("form.filters button[type=submit]").await;
+    b.find("#log-results .empty").await;
+    b.fill("number", "3210").await;
+    b.click("form.filters button[type=submit]").await;
+    b.find(&row).await;
+    let state = b
+        .client
+        .execute(
+            "return [window.__same_page === true, location.search, document.querySelectorAll('style').length];",
+            vec![],
+        )
+        .await
+        .expect("execute");
+    assert_eq!(state[0], serde_json::json!(true), "the page reloaded");
+    assert!(
+        state[1].as_str().unwrap_or("").contains("number=3210"),
+        "{state:?}"
+    );
+    // htmx's own indicator styles are off: they would break the policy.
+    assert_eq!(state[2], serde_json::json!(0));
 
     // The sandbox inbox shows the message with the code.
     b.click("nav a[href=\"/console/inbox\"]").await;
