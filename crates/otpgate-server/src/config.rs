@@ -261,7 +261,7 @@ impl Default for MessageSettings {
         let mut templates = BTreeMap::new();
         templates.insert(
             "default".into(),
-            "{code} is your {brand} verification code. It is valid for {minutes} minutes. Do not share it."
+            "{code} is your {brand} verification code. It expires in {minutes} min. Do not share it."
                 .into(),
         );
         Self {

@@ -113,13 +113,18 @@ otpgate is running in development mode: messages go to the inbox, not to phones.
    curl -s -X POST -H "authToken: $TOKEN" "{base}/verification/v3/send?countryCode=91&mobileNumber=9876543210&flowType=SMS"
 
 3. Read it from the inbox:
-   otpgate inbox --database {db}
+   {exe} inbox --database {db}
 
 4. Validate it (use the verificationId from step 2 and the code from step 3):
    curl -s -H "authToken: $TOKEN" "{base}/verification/v3/validateOtp?verificationId=ID&code=CODE"
 "#,
         db = settings.database_url,
+        exe = std::env::current_exe()
+            .map_or_else(|_| "otpgate".to_owned(), |p| p.display().to_string()),
     );
+    if settings.console.enabled {
+        println!("The console (sign up, logs, sandbox inbox): {base}/console\n");
+    }
     Ok(())
 }
 

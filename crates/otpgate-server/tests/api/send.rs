@@ -63,7 +63,7 @@ async fn otp_length_and_timeout_are_honoured() {
         .unwrap()[0]
         .text
         .clone();
-    assert!(text.contains("2 minutes"), "{text}");
+    assert!(text.contains("2 min"), "{text}");
     assert!(text.contains("otpgate"), "{text}");
 }
 
