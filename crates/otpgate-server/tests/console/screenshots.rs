@@ -34,7 +34,7 @@ async fn fill_history(app: &ConsoleApp) -> String {
         &app.settings,
         NewAccountRequest {
             password: PASSWORD.into(),
-            email: Some("maria.developer@example.com".into()),
+            email: Some("app.developer@example.com".into()),
             country: Some("IN".into()),
             credits: None,
         },
