@@ -961,3 +961,277 @@ async fn accounts_are_unique_by_id_and_by_email_in_any_case() {
         epoch + 2
     );
 }
+
+#[tokio::test]
+async fn settings_round_trip_and_accounts_list_newest_first_in_pages() {
+    let Some(pg) = server("settings_round_trip_and_accounts_list_newest_first_in_pages") else {
+        return;
+    };
+    let store = connect(&pg.fresh_database()).await;
+    for n in 1..=5u64 {
+        store
+            .account_create(NewAccount {
+                customer_id: customer(n),
+                password_hash: "h".into(),
+                email: None,
+                country: None,
+                credits: 0,
+                test_credits: 0,
+                created_at: T0 + n as i64,
+            })
+            .await
+            .unwrap();
+    }
+    let ids = |v: Vec<otpgate_store::Account>| -> Vec<CustomerId> {
+        v.into_iter().map(|a| a.customer_id).collect()
+    };
+    assert_eq!(
+        ids(store.account_list(2, 0).await.unwrap()),
+        vec![customer(5), customer(4)]
+    );
+    assert_eq!(
+        ids(store.account_list(2, 4).await.unwrap()),
+        vec![customer(1)]
+    );
+    let settings = otpgate_store::AccountSettings {
+        brand_name: Some("Acme \"quoted\" ✓".into()),
+        default_timeout_secs: Some(120),
+        default_otp_length: Some(6),
+        allowed_country_codes: Some(vec![91, 44]),
+        per_number_send_limit: Some(3),
+    };
+    let a = store
+        .account_set_settings(&customer(3), &settings)
+        .await
+        .unwrap();
+    assert_eq!(a.settings, settings);
+    let a = store.account_get(&customer(3)).await.unwrap().unwrap();
+    assert_eq!(a.settings, settings);
+    assert!(!a.disabled);
+}
+
+#[tokio::test]
+async fn an_undeliverable_receipt_refunds_a_pending_verification_once_but_not_a_completed_one() {
+    let test =
+        "an_undeliverable_receipt_refunds_a_pending_verification_once_but_not_a_completed_one";
+    let Some(pg) = server(test) else {
+        return;
+    };
+    let store = connect(&pg.fresh_database()).await;
+    let c = account(&store, 1, 10, 0).await;
+    let pending = created(&store, send(1, &c, 1, T0)).await;
+    let done = created(&store, send(2, &c, 2, T0)).await;
+    for m in store.outbox_claim("w", 10, 30_000, T0).await.unwrap() {
+        let info = SentInfo {
+            channel: "smpp".into(),
+            gateway_id: Some(format!("gw-{}", m.verification_id)),
+        };
+        assert!(store.outbox_sent(m.id, "w", &info, T0 + 1).await.unwrap());
+    }
+    assert!(
+        store
+            .verification_apply(&c, done.id, 0, ValidationAction::Complete, T0 + 2)
+            .await
+            .unwrap()
+    );
+    assert_eq!(store.account_get(&c).await.unwrap().unwrap().credits, 8);
+    for _ in 0..2 {
+        for v in [&pending, &done] {
+            let gw = format!("gw-{}", v.id);
+            let r = store
+                .outbox_receipt("smpp", &gw, DeliveryStatus::Undeliverable, "absent", T0 + 3)
+                .await
+                .unwrap();
+            assert!(r);
+        }
+    }
+    // Only the pending one is refunded, and only once.
+    assert_eq!(store.account_get(&c).await.unwrap().unwrap().credits, 9);
+    let p = store
+        .verification_get(&c, pending.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((p.state, p.cost), (VerificationState::Failed, 0));
+    assert_eq!(p.delivery, DeliveryStatus::Undeliverable);
+    assert_eq!(p.delivery_detail.as_deref(), Some("absent"));
+    let d = store.verification_get(&c, done.id).await.unwrap().unwrap();
+    assert_eq!((d.state, d.cost), (VerificationState::Completed, 1));
+    assert_eq!(d.delivery, DeliveryStatus::Undeliverable);
+}
+
+#[tokio::test]
+async fn the_log_and_the_stats_count_by_utc_day_and_channel() {
+    let Some(pg) = server("the_log_and_the_stats_count_by_utc_day_and_channel") else {
+        return;
+    };
+    let store = connect(&pg.fresh_database()).await;
+    let c = account(&store, 1, 100, 0).await;
+    const DAY: i64 = 86_400_000;
+    let day0 = T0 - T0.rem_euclid(DAY);
+    // Day 0: two sends, one completed the next day; day 2: one send.
+    let a = created(&store, send(1, &c, 1, day0 + 10)).await;
+    created(&store, send(2, &c, 2, day0 + 20)).await;
+    let b = created(&store, send(3, &c, 31, day0 + 2 * DAY + 5)).await;
+    assert!(
+        store
+            .verification_apply(&c, a.id, 0, ValidationAction::Complete, day0 + DAY + 1)
+            .await
+            .unwrap()
+    );
+    let stats = store
+        .daily_stats(&c, day0 + 5, day0 + 3 * DAY)
+        .await
+        .unwrap();
+    let got: Vec<(i64, u64, u64)> = stats
+        .iter()
+        .map(|d| (d.day_start, d.sends, d.completed))
+        .collect();
+    assert_eq!(
+        got,
+        vec![(day0, 2, 1), (day0 + DAY, 0, 0), (day0 + 2 * DAY, 1, 0)]
+    );
+    assert!(store.daily_stats(&c, day0, day0).await.unwrap().is_empty());
+    // A range of centuries is cut to its latest ten years, not millions of
+    // rows.
+    let wide = store.daily_stats(&c, i64::MIN, i64::MAX).await.unwrap();
+    assert_eq!(wide.len(), 3660);
+
+    // Channels: one sent via inbox, one failed before any channel took it.
+    let claimed = store
+        .outbox_claim("w", 10, 30_000, day0 + 3 * DAY)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 3);
+    let info = SentInfo {
+        channel: "inbox".into(),
+        gateway_id: None,
+    };
+    assert!(
+        store
+            .outbox_sent(claimed[0].id, "w", &info, day0 + 3 * DAY)
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .outbox_failed(claimed[1].id, "w", "no route", day0 + 3 * DAY)
+            .await
+            .unwrap()
+    );
+    let channels = store.channel_stats(&c, day0, day0 + 4 * DAY).await.unwrap();
+    let got: Vec<(String, u64, u64, u64)> = channels
+        .into_iter()
+        .map(|s| (s.channel, s.attempted, s.succeeded, s.failed))
+        .collect();
+    assert_eq!(got, vec![("".into(), 2, 0, 1), ("inbox".into(), 1, 1, 0)]);
+
+    // The log: newest first, filtered by number substring, state and time.
+    let all = store
+        .verification_list(&c, &otpgate_store::VerificationFilter::default(), 10, 0)
+        .await
+        .unwrap();
+    assert_eq!(
+        all.iter().map(|v| v.id.get()).collect::<Vec<_>>(),
+        vec![3, 2, 1]
+    );
+    let filter = otpgate_store::VerificationFilter {
+        number: Some("0031".into()),
+        ..Default::default()
+    };
+    let by_number = store.verification_list(&c, &filter, 10, 0).await.unwrap();
+    assert_eq!(
+        by_number.iter().map(|v| v.id).collect::<Vec<_>>(),
+        vec![b.id]
+    );
+    let filter = otpgate_store::VerificationFilter {
+        number: Some("%".into()),
+        ..Default::default()
+    };
+    assert!(
+        store
+            .verification_list(&c, &filter, 10, 0)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let filter = otpgate_store::VerificationFilter {
+        state: Some(VerificationState::Completed),
+        ..Default::default()
+    };
+    let completed = store.verification_list(&c, &filter, 10, 0).await.unwrap();
+    assert_eq!(
+        completed.iter().map(|v| v.id).collect::<Vec<_>>(),
+        vec![a.id]
+    );
+    let filter = otpgate_store::VerificationFilter {
+        since: Some(day0 + 20),
+        until: Some(day0 + 2 * DAY + 5),
+        ..Default::default()
+    };
+    let window = store.verification_list(&c, &filter, 10, 0).await.unwrap();
+    assert_eq!(
+        window.iter().map(|v| v.id.get()).collect::<Vec<_>>(),
+        vec![2]
+    );
+}
+
+#[tokio::test]
+async fn the_inbox_lists_newest_first_filtered_by_account_and_number() {
+    let Some(pg) = server("the_inbox_lists_newest_first_filtered_by_account_and_number") else {
+        return;
+    };
+    let store = connect(&pg.fresh_database()).await;
+    let entries = [
+        (Some(customer(1)), "919876500001", T0),
+        (Some(customer(1)), "919876500002", T0 + 1),
+        (Some(customer(2)), "919876500001", T0 + 2),
+        (None, "919876500001", T0 + 3),
+    ];
+    for (i, (cust, to, at)) in entries.iter().enumerate() {
+        store
+            .inbox_put(&otpgate_store::InboxEntry {
+                customer_id: cust.clone(),
+                destination: (*to).into(),
+                text: format!("message {i}"),
+                verification_id: Some(VerificationId::new(i as u64 + 1).unwrap()),
+                created_at: *at,
+            })
+            .await
+            .unwrap();
+    }
+    let texts = |v: Vec<otpgate_store::InboxEntry>| -> Vec<String> {
+        v.into_iter().map(|e| e.text).collect()
+    };
+    assert_eq!(
+        texts(store.inbox_list(None, None, 10).await.unwrap()),
+        vec!["message 3", "message 2", "message 1", "message 0"]
+    );
+    assert_eq!(
+        texts(
+            store
+                .inbox_list(Some(&customer(1)), None, 10)
+                .await
+                .unwrap()
+        ),
+        vec!["message 1", "message 0"]
+    );
+    assert_eq!(
+        texts(
+            store
+                .inbox_list(Some(&customer(1)), Some("919876500001"), 10)
+                .await
+                .unwrap()
+        ),
+        vec!["message 0"]
+    );
+    assert_eq!(
+        texts(
+            store
+                .inbox_list(None, Some("919876500001"), 2)
+                .await
+                .unwrap()
+        ),
+        vec!["message 3", "message 2"]
+    );
+}
