@@ -8,10 +8,9 @@
 //! PostgreSQL and still give the answers one node would.
 #![forbid(unsafe_code)]
 
-pub mod conformance;
 mod model;
-pub mod sqlite;
 pub mod postgres;
+pub mod sqlite;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 

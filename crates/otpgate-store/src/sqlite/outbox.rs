@@ -1,25 +1,25 @@
 //! The outbox on SQLite: leases by a conditional update (no `skip locked`
 //! here: the write lock already makes each claim the only one running), and
-//! the results workers and receipts record.
+//! the results workers and receipts record. Each function is one write, run
+//! by the writer on its connection inside the batch's transaction.
 //!
 //! A message is claimable while it is queued, due, and not leased or leased
 //! past its expiry; a result is recorded only by the worker that still holds
 //! the lease, so a worker presumed dead cannot overwrite its successor's.
 
 use otpgate_core::{DeliveryStatus, VerificationState};
-use sqlx::{Sqlite, Transaction};
+use sqlx::sqlite::SqliteConnection;
 
-use super::{SqliteStore, clip, db, rows, rows::outbox_columns};
+use super::{clip, db, rows, rows::outbox_columns};
 use crate::{OutboxMessage, SentInfo, StoreResult};
 
 pub(super) async fn claim(
-    store: &SqliteStore,
+    conn: &mut SqliteConnection,
     worker: &str,
     max: u32,
     lease_ms: i64,
     now: i64,
 ) -> StoreResult<Vec<OutboxMessage>> {
-    let mut tx = store.write().await?;
     let ids: Vec<i64> = sqlx::query_scalar(
         "update outbox
          set lease_owner = ?1, lease_until = ?2 + ?3, attempts = attempts + 1, updated_at = ?2
@@ -33,7 +33,7 @@ pub(super) async fn claim(
     .bind(now)
     .bind(lease_ms)
     .bind(max)
-    .fetch_all(&mut *tx)
+    .fetch_all(&mut *conn)
     .await
     .map_err(db)?;
     if ids.is_empty() {
@@ -50,24 +50,22 @@ pub(super) async fn claim(
          order by o.next_attempt_at, o.id"
     ))
     .bind(ids)
-    .fetch_all(&mut *tx)
+    .fetch_all(&mut *conn)
     .await
     .map_err(db)?
     .iter()
     .map(rows::outbox_message)
     .collect::<StoreResult<Vec<_>>>()?;
-    tx.commit().await.map_err(db)?;
     Ok(claimed)
 }
 
 pub(super) async fn sent(
-    store: &SqliteStore,
+    conn: &mut SqliteConnection,
     message_id: i64,
     worker: &str,
     sent: &SentInfo,
     now: i64,
 ) -> StoreResult<bool> {
-    let mut tx = store.write().await?;
     let released: Option<i64> = sqlx::query_scalar(
         "update outbox
              set status = 'sent', text = null, channel = ?3, gateway_id = ?4,
@@ -80,7 +78,7 @@ pub(super) async fn sent(
     .bind(&sent.channel)
     .bind(&sent.gateway_id)
     .bind(now)
-    .fetch_optional(&mut *tx)
+    .fetch_optional(&mut *conn)
     .await
     .map_err(db)?;
     let Some(vid) = released else {
@@ -93,15 +91,14 @@ pub(super) async fn sent(
     .bind(vid)
     .bind(&sent.channel)
     .bind(&sent.gateway_id)
-    .execute(&mut *tx)
+    .execute(&mut *conn)
     .await
     .map_err(db)?;
-    tx.commit().await.map_err(db)?;
     Ok(true)
 }
 
 pub(super) async fn retry(
-    store: &SqliteStore,
+    conn: &mut SqliteConnection,
     message_id: i64,
     worker: &str,
     next_attempt_at: i64,
@@ -109,7 +106,6 @@ pub(super) async fn retry(
     now: i64,
 ) -> StoreResult<bool> {
     let error = clip(error);
-    let mut tx = store.write().await?;
     let released: Option<i64> = sqlx::query_scalar(
         "update outbox
              set next_attempt_at = ?3, last_error = ?4,
@@ -122,7 +118,7 @@ pub(super) async fn retry(
     .bind(next_attempt_at)
     .bind(error)
     .bind(now)
-    .fetch_optional(&mut *tx)
+    .fetch_optional(&mut *conn)
     .await
     .map_err(db)?;
     let Some(vid) = released else {
@@ -131,22 +127,20 @@ pub(super) async fn retry(
     sqlx::query("update verifications set delivery_detail = ?2 where id = ?1")
         .bind(vid)
         .bind(error)
-        .execute(&mut *tx)
+        .execute(&mut *conn)
         .await
         .map_err(db)?;
-    tx.commit().await.map_err(db)?;
     Ok(true)
 }
 
 pub(super) async fn failed(
-    store: &SqliteStore,
+    conn: &mut SqliteConnection,
     message_id: i64,
     worker: &str,
     error: &str,
     now: i64,
 ) -> StoreResult<bool> {
     let error = clip(error);
-    let mut tx = store.write().await?;
     let released: Option<i64> = sqlx::query_scalar(
         "update outbox
              set status = 'failed', text = null, last_error = ?3,
@@ -158,19 +152,18 @@ pub(super) async fn failed(
     .bind(worker)
     .bind(error)
     .bind(now)
-    .fetch_optional(&mut *tx)
+    .fetch_optional(&mut *conn)
     .await
     .map_err(db)?;
     let Some(vid) = released else {
         return Ok(false);
     };
-    fail_and_refund(&mut tx, vid, DeliveryStatus::Failed, error).await?;
-    tx.commit().await.map_err(db)?;
+    fail_and_refund(conn, vid, DeliveryStatus::Failed, error).await?;
     Ok(true)
 }
 
 pub(super) async fn receipt(
-    store: &SqliteStore,
+    conn: &mut SqliteConnection,
     channel: &str,
     gateway_id: &str,
     status: DeliveryStatus,
@@ -181,7 +174,6 @@ pub(super) async fn receipt(
     // A receipt saying "queued" tells nothing new about the message's fate:
     // its detail is kept, its status is not moved backwards.
     let new_status = (status != DeliveryStatus::Queued).then(|| status.as_str());
-    let mut tx = store.write().await?;
     let matched: Vec<i64> = sqlx::query_scalar(
         "update outbox set status = coalesce(?3, status), updated_at = ?4
          where channel = ?1 and gateway_id = ?2
@@ -191,7 +183,7 @@ pub(super) async fn receipt(
     .bind(gateway_id)
     .bind(new_status)
     .bind(now)
-    .fetch_all(&mut *tx)
+    .fetch_all(&mut *conn)
     .await
     .map_err(db)?;
     let permanent = matches!(
@@ -203,7 +195,7 @@ pub(super) async fn receipt(
     );
     for &vid in &matched {
         if permanent {
-            fail_and_refund(&mut tx, vid, status, detail).await?;
+            fail_and_refund(conn, vid, status, detail).await?;
         } else {
             sqlx::query(
                 "update verifications set delivery = coalesce(?2, delivery), delivery_detail = ?3
@@ -212,12 +204,11 @@ pub(super) async fn receipt(
             .bind(vid)
             .bind(new_status)
             .bind(detail)
-            .execute(&mut *tx)
+            .execute(&mut *conn)
             .await
             .map_err(db)?;
         }
     }
-    tx.commit().await.map_err(db)?;
     Ok(!matched.is_empty())
 }
 
@@ -226,7 +217,7 @@ pub(super) async fn receipt(
 /// once — a second failure finds it no longer pending. A verification already
 /// completed keeps its state and its charge: its code evidently arrived.
 async fn fail_and_refund(
-    tx: &mut Transaction<'static, Sqlite>,
+    conn: &mut SqliteConnection,
     verification_id: i64,
     delivery: DeliveryStatus,
     detail: &str,
@@ -236,7 +227,7 @@ async fn fail_and_refund(
         "select customer_id, state, cost, cost_test from verifications where id = ?1",
     )
     .bind(verification_id)
-    .fetch_one(&mut **tx)
+    .fetch_one(&mut *conn)
     .await
     .map_err(db)?;
     if state != VerificationState::Pending.as_str() {
@@ -244,7 +235,7 @@ async fn fail_and_refund(
             .bind(verification_id)
             .bind(delivery.as_str())
             .bind(detail)
-            .execute(&mut **tx)
+            .execute(&mut *conn)
             .await
             .map_err(db)?;
         return Ok(());
@@ -257,7 +248,7 @@ async fn fail_and_refund(
     .bind(verification_id)
     .bind(delivery.as_str())
     .bind(detail)
-    .execute(&mut **tx)
+    .execute(&mut *conn)
     .await
     .map_err(db)?;
     sqlx::query(
@@ -267,7 +258,7 @@ async fn fail_and_refund(
     .bind(customer)
     .bind(cost_test)
     .bind(cost - cost_test)
-    .execute(&mut **tx)
+    .execute(&mut *conn)
     .await
     .map_err(db)?;
     Ok(())

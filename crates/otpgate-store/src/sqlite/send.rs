@@ -1,15 +1,16 @@
-//! A send (contract §2 and §5) as one SQLite transaction: account check, 506,
-//! rate limits, charge, verification and outbox row. The caller holds the
-//! write lock (`begin immediate`) and commits only a `Created`.
+//! A send (contract §2 and §5) as one SQLite write: account check, 506, rate
+//! limits, charge, verification and outbox row. It runs on the writer's
+//! connection, inside the batch's `begin immediate` transaction (and its own
+//! savepoint), which keeps it only if it returns `Created`.
 
 use otpgate_core::{DeliveryStatus, VerificationState};
-use sqlx::{Sqlite, Transaction};
+use sqlx::sqlite::SqliteConnection;
 
 use super::{db, rows, rows::verification_columns, to_i64};
 use crate::{CreateOutcome, NewVerification, SendLimits, StoreError, StoreResult, Verification};
 
 pub(super) async fn create(
-    tx: &mut Transaction<'static, Sqlite>,
+    conn: &mut SqliteConnection,
     req: NewVerification,
 ) -> StoreResult<CreateOutcome> {
     if req.price < 0 {
@@ -23,7 +24,7 @@ pub(super) async fn create(
         "select credits, test_credits, disabled from accounts where customer_id = ?1",
     )
     .bind(customer)
-    .fetch_optional(&mut **tx)
+    .fetch_optional(&mut *conn)
     .await
     .map_err(db)?;
     let Some((credits, test_credits, false)) = account else {
@@ -43,14 +44,14 @@ pub(super) async fn create(
     .bind(customer)
     .bind(&destination)
     .bind(now)
-    .fetch_optional(&mut **tx)
+    .fetch_optional(&mut *conn)
     .await
     .map_err(db)?;
     if let Some(row) = pending {
         return Ok(CreateOutcome::AlreadyPending(rows::verification(&row)?));
     }
 
-    if let Some(retry_after_secs) = limited(tx, &req.limits, customer, &destination, now).await? {
+    if let Some(retry_after_secs) = limited(conn, &req.limits, customer, &destination, now).await? {
         return Ok(CreateOutcome::RateLimited { retry_after_secs });
     }
 
@@ -67,7 +68,7 @@ pub(super) async fn create(
     .bind(customer)
     .bind(from_test)
     .bind(from_paid)
-    .execute(&mut **tx)
+    .execute(&mut *conn)
     .await
     .map_err(db)?;
 
@@ -114,7 +115,7 @@ pub(super) async fn create(
     .bind(&v.transaction_id)
     .bind(v.cost)
     .bind(v.cost_test)
-    .execute(&mut **tx)
+    .execute(&mut *conn)
     .await
     .map_err(|e| match db(e) {
         StoreError::Conflict(_) => StoreError::Conflict("verification id already exists".into()),
@@ -128,7 +129,7 @@ pub(super) async fn create(
     .bind(to_i64(v.id))
     .bind(&req.message_text)
     .bind(now)
-    .execute(&mut **tx)
+    .execute(&mut *conn)
     .await
     .map_err(db)?;
     Ok(CreateOutcome::Created(v))
@@ -136,7 +137,7 @@ pub(super) async fn create(
 
 /// The seconds until a send would be allowed, if a limit refuses it now.
 async fn limited(
-    tx: &mut Transaction<'static, Sqlite>,
+    conn: &mut SqliteConnection,
     limits: &SendLimits,
     customer: &str,
     destination: &str,
@@ -149,7 +150,7 @@ async fn limited(
         )
         .bind(customer)
         .bind(now)
-        .fetch_one(&mut **tx)
+        .fetch_one(&mut *conn)
         .await
         .map_err(db)?;
         if recent >= i64::from(per_second) {
@@ -173,7 +174,7 @@ async fn limited(
     .bind(now)
     .bind(window)
     .bind(limits.per_number_max - 1)
-    .fetch_optional(&mut **tx)
+    .fetch_optional(&mut *conn)
     .await
     .map_err(db)?;
     if let Some(at) = blocking {
@@ -194,7 +195,7 @@ async fn limited(
     .bind(destination)
     .bind(now)
     .bind(window)
-    .fetch_all(&mut **tx)
+    .fetch_all(&mut *conn)
     .await
     .map_err(db)?;
     Ok(wrong_code_block(&wrong, limits.wrong_code_max)

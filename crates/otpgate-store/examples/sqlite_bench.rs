@@ -1,0 +1,269 @@
+//! Sends per second and latency of the SQLite store's `verification_create`
+//! (the write every send makes), with group commit and without it, for 1 and
+//! 64 concurrent senders, in one process and one run so the two compare on
+//! equal terms.
+//!
+//! "Without" is the same store opened with at most one write per batch: each
+//! send is then its own `begin immediate … commit`, one fsync each, as
+//! before group commit. Both keep `synchronous = FULL`.
+//!
+//! ```text
+//! cargo run --release -p otpgate-store --example sqlite_bench -- \
+//!     [--seconds 3] [--rounds 3] [--dir PATH]
+//! ```
+//!
+//! Each case runs for `--seconds` on a fresh database file under `--dir`
+//! (default: the system temporary directory, which must be on the disk you
+//! mean to measure: fsync on tmpfs costs nothing). A disk's flush time
+//! wanders, so the cases run `--rounds` times, interleaved, and each figure
+//! is the median over the rounds.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use otpgate_core::{CodeHash, CustomerId, PhoneNumber, VerificationId};
+use otpgate_store::sqlite::{MAX_BATCH, SqliteStore};
+use otpgate_store::{CreateOutcome, NewAccount, NewVerification, SendLimits, Store};
+
+const T0: i64 = 1_764_100_000_000;
+const SENDERS: [usize; 2] = [1, 64];
+
+struct Case {
+    max_batch: usize,
+    senders: usize,
+}
+
+/// One run of one case.
+struct Outcome {
+    sends: usize,
+    per_sec: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    commits: u64,
+}
+
+/// A case's rounds, summed (sends, commits) or as medians (the rest).
+struct Summary {
+    sends: usize,
+    commits: u64,
+    per_sec: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+}
+
+fn summarise(runs: &[Outcome]) -> Summary {
+    let median = |f: fn(&Outcome) -> f64| {
+        let mut v: Vec<f64> = runs.iter().map(f).collect();
+        v.sort_by(f64::total_cmp);
+        v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+    };
+    Summary {
+        sends: runs.iter().map(|o| o.sends).sum(),
+        commits: runs.iter().map(|o| o.commits).sum(),
+        per_sec: median(|o| o.per_sec),
+        p50_ms: median(|o| o.p50_ms),
+        p99_ms: median(|o| o.p99_ms),
+    }
+}
+
+fn mode(max_batch: usize) -> String {
+    if max_batch == 1 {
+        "one per commit".to_owned()
+    } else {
+        format!("group ({max_batch})")
+    }
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let (seconds, rounds, dir) = args()?;
+    let dir = dir.join(format!("otpgate-sqlite-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    println!(
+        "verification_create on SQLite (synchronous=FULL, WAL), {seconds} s per case, \
+         {rounds} rounds, in {}",
+        dir.display()
+    );
+    let cases: Vec<Case> = SENDERS
+        .into_iter()
+        .flat_map(|senders| [MAX_BATCH, 1].map(|max_batch| Case { max_batch, senders }))
+        .collect();
+    let mut runs: Vec<Vec<Outcome>> = cases.iter().map(|_| Vec::new()).collect();
+    for round in 1..=rounds {
+        for (case, runs) in cases.iter().zip(&mut runs) {
+            let file = dir.join(format!("b{}-s{}.db", case.max_batch, case.senders));
+            let out = run(case, &file, Duration::from_secs(seconds)).await;
+            for suffix in ["", "-wal", "-shm"] {
+                let _ = std::fs::remove_file(format!("{}{suffix}", file.display()));
+            }
+            let out = out?;
+            println!(
+                "  round {round}: {:<14} {:>2} sender(s): {:>6.0} sends/s, p50 {:.2} ms, \
+                 p99 {:.2} ms",
+                mode(case.max_batch),
+                case.senders,
+                out.per_sec,
+                out.p50_ms,
+                out.p99_ms
+            );
+            runs.push(out);
+        }
+    }
+    let _ = std::fs::remove_dir(&dir);
+
+    println!();
+    println!(
+        "{:<14} {:>7} {:>8} {:>9} {:>8} {:>8} {:>8} {:>10}",
+        "mode", "senders", "sends", "sends/s", "p50 ms", "p99 ms", "commits", "per commit"
+    );
+    let summaries: Vec<Summary> = runs.iter().map(|r| summarise(r)).collect();
+    for (case, s) in cases.iter().zip(&summaries) {
+        println!(
+            "{:<14} {:>7} {:>8} {:>9.0} {:>8.2} {:>8.2} {:>8} {:>10.1}",
+            mode(case.max_batch),
+            case.senders,
+            s.sends,
+            s.per_sec,
+            s.p50_ms,
+            s.p99_ms,
+            s.commits,
+            s.sends as f64 / s.commits.max(1) as f64,
+        );
+    }
+    println!();
+    // Cases come in pairs per sender count: group commit, then one per commit.
+    for (case, pair) in cases.chunks(2).zip(summaries.chunks(2)) {
+        if let [group, alone] = pair {
+            println!(
+                "{:>2} sender(s), group commit / one per commit: sends/s x{:.2}, \
+                 p50 x{:.2}, p99 x{:.2}",
+                case[0].senders,
+                group.per_sec / alone.per_sec,
+                group.p50_ms / alone.p50_ms,
+                group.p99_ms / alone.p99_ms,
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `--seconds N` (1 to 60), `--rounds N` (1 to 10) and `--dir PATH`.
+fn args() -> Result<(u64, usize, PathBuf), String> {
+    let mut seconds = 3;
+    let mut rounds = 3;
+    let mut dir = std::env::temp_dir();
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        let value = args.next().ok_or(format!("{arg} needs a value"))?;
+        match arg.as_str() {
+            "--seconds" => {
+                seconds = value
+                    .parse()
+                    .ok()
+                    .filter(|s| (1..=60).contains(s))
+                    .ok_or("--seconds takes 1 to 60")?;
+            }
+            "--rounds" => {
+                rounds = value
+                    .parse()
+                    .ok()
+                    .filter(|r| (1..=10).contains(r))
+                    .ok_or("--rounds takes 1 to 10")?;
+            }
+            "--dir" => dir = value.into(),
+            _ => return Err(format!("unknown argument {arg}")),
+        }
+    }
+    Ok((seconds, rounds, dir))
+}
+
+async fn run(case: &Case, file: &PathBuf, length: Duration) -> Result<Outcome, String> {
+    let store = SqliteStore::open_path_with_max_batch(file, case.max_batch)
+        .await
+        .map_err(|e| e.to_string())?;
+    let customer = CustomerId::parse("C-00000000000BE7C").map_err(|e| format!("{e:?}"))?;
+    store
+        .account_create(NewAccount {
+            customer_id: customer.clone(),
+            password_hash: "unused".into(),
+            email: None,
+            country: None,
+            credits: i64::MAX / 2,
+            test_credits: 0,
+            created_at: T0,
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+    let before = store.write_stats();
+    let next_id = Arc::new(AtomicU64::new(1));
+    let started = Instant::now();
+    let deadline = started + length;
+    let tasks: Vec<_> = (0..case.senders)
+        .map(|_| {
+            let (store, customer, next_id) = (store.clone(), customer.clone(), next_id.clone());
+            tokio::spawn(async move {
+                let mut latencies = Vec::new();
+                while Instant::now() < deadline {
+                    let req = request(&customer, next_id.fetch_add(1, Ordering::Relaxed))?;
+                    let t = Instant::now();
+                    match store.verification_create(req).await {
+                        Ok(CreateOutcome::Created(_)) => latencies.push(t.elapsed()),
+                        other => return Err(format!("send failed: {other:?}")),
+                    }
+                }
+                Ok::<_, String>(latencies)
+            })
+        })
+        .collect();
+    let mut latencies = Vec::new();
+    for task in tasks {
+        latencies.extend(task.await.map_err(|e| e.to_string())??);
+    }
+    let elapsed = started.elapsed();
+    let commits = store.write_stats().commits - before.commits;
+    store.close().await;
+    latencies.sort_unstable();
+    let at = |q: f64| {
+        let i = ((latencies.len() as f64 * q).ceil() as usize).clamp(1, latencies.len().max(1));
+        ms(latencies.get(i - 1).copied().unwrap_or_default())
+    };
+    Ok(Outcome {
+        sends: latencies.len(),
+        per_sec: latencies.len() as f64 / elapsed.as_secs_f64(),
+        p50_ms: at(0.50),
+        p99_ms: at(0.99),
+        commits,
+    })
+}
+
+/// A send to a destination of its own, so none answers 506.
+fn request(customer: &CustomerId, n: u64) -> Result<NewVerification, String> {
+    let id = VerificationId::new(n).map_err(|e| format!("{e:?}"))?;
+    Ok(NewVerification {
+        id,
+        customer_id: customer.clone(),
+        destination: PhoneNumber::from_trusted_parts(91, format!("98{:08}", n % 100_000_000)),
+        flow_type: "SMS".into(),
+        code_hash: CodeHash([7; 32]),
+        otp_length: 4,
+        max_attempts: 5,
+        created_at: T0,
+        expires_at: T0 + 600_000,
+        transaction_id: format!("bench-{n}"),
+        price: 1,
+        message_text: format!("Your code is {:04}", n % 10_000),
+        limits: SendLimits {
+            per_number_max: 1000,
+            per_number_window_ms: 3_600_000,
+            wrong_code_max: 1000,
+            wrong_code_window_ms: 3_600_000,
+            per_account_per_second: None,
+        },
+    })
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}

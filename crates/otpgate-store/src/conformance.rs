@@ -1,1 +1,0 @@
-//! To be written: a backend-independent test suite.
