@@ -89,9 +89,11 @@ impl Application {
             retry_max_ms: settings.delivery.retry_max_ms,
             ..DeliveryConfig::default()
         };
-        if !settings.delivery.worker_id.is_empty() {
-            dcfg.worker_id.clone_from(&settings.delivery.worker_id);
-        }
+        dcfg.worker_id = if settings.delivery.worker_id.is_empty() {
+            default_worker_id()
+        } else {
+            settings.delivery.worker_id.clone()
+        };
         let delivery = Delivery::new(store.clone(), clock.clone(), router, dcfg);
 
         let listener = TcpListener::bind(&settings.listen)
@@ -182,6 +184,20 @@ async fn run_with_timeout(req: Request, next: Next, timeout: Duration) -> Respon
             "the request timed out; nothing may have been stored",
         )),
     }
+}
+
+/// `HOST-PID`, as `delivery.worker_id` documents. The pid alone is not
+/// enough: nodes in containers all run as pid 1, and two nodes sharing a
+/// worker id could record results on each other's leases (a node whose lease
+/// expired would still pass the store's `lease_owner` check).
+fn default_worker_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "node".to_owned());
+    format!("{host}-{}", std::process::id())
 }
 
 /// A secret from configuration, else the one kept in the database, else a
