@@ -32,14 +32,14 @@ tokio::task_local! {
 /// binary) a throwaway server, or skips by name when PostgreSQL is not
 /// installed and services are not required.
 pub async fn run_on<F: std::future::Future<Output = ()>>(backend: Backend, name: &str, test: F) {
-    if backend == Backend::Postgres {
-        if let Err(e) = otpgate_store::testkit::TempPostgres::shared() {
-            if e.is_missing() && !otpgate_store::testkit::require_services() {
-                println!("SKIPPED postgres::{name}: {e}");
-                return;
-            }
-            panic!("postgres::{name}: {e}");
+    if backend == Backend::Postgres
+        && let Err(e) = otpgate_store::testkit::TempPostgres::shared()
+    {
+        if e.is_missing() && !otpgate_store::testkit::require_services() {
+            println!("SKIPPED postgres::{name}: {e}");
+            return;
         }
+        panic!("postgres::{name}: {e}");
     }
     BACKEND.scope(backend, test).await;
 }
