@@ -271,10 +271,13 @@ async fn no_credits_gets_402_and_test_credits_are_spent_first() {
     assert_eq!((poor.credits, poor.test_credits), (1, 0));
     let t = app.token_for(&poor).await;
     app.send_ok(Version::V3, &t, "9876500060").await;
-    let r = app.send(Version::V2, &t, &refs(&sms("9876500061"))).await;
-    assert_eq!(r.code(), 402, "{:?}", r.body);
-    assert_eq!(r.status, StatusCode::PAYMENT_REQUIRED);
-    assert!(r.body.get("data").is_none());
+    for (v, national) in [(Version::V2, "9876500061"), (Version::V3, "9876500063")] {
+        let r = app.send(v, &t, &refs(&sms(national))).await;
+        assert_eq!(r.code(), 402, "{v:?}: {:?}", r.body);
+        assert_eq!(r.status, StatusCode::PAYMENT_REQUIRED);
+        assert_eq!(r.body["message"], "INSUFFICIENT_BALANCE");
+        assert!(r.body.get("data").is_none());
+    }
 
     let t = app.token().await;
     let before = app

@@ -2,7 +2,7 @@
 //!
 //! SQLite lets one connection write at a time. Rather than let several
 //! connections fight over that lock (and back off on `SQLITE_BUSY`), all
-//! writes go to one task that owns the one write connection ([`writer`]): it
+//! writes go to one task that owns the one write connection (`writer`): it
 //! runs the writes queued at any moment in one transaction, each in its own
 //! savepoint, and commits them with one fsync (group commit). Reads use a
 //! separate pool and run beside the writer (WAL mode). Every write
