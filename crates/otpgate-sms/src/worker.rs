@@ -16,7 +16,7 @@ use std::time::Duration;
 use otpgate_core::Clock;
 use otpgate_store::{OutboxDepth, OutboxMessage, SentInfo, Store};
 use rand::RngExt;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -129,28 +129,66 @@ impl Delivery {
         &self.router
     }
 
-    /// Runs until `shutdown` fires, then finishes the round in hand (so no
-    /// message is left half-recorded) and closes the channels.
+    /// Runs until `shutdown` fires, then lets the deliveries in hand finish
+    /// and record their results (so no message is left half-recorded) and
+    /// closes the channels.
+    ///
+    /// Up to `batch` messages are in flight at once, each in its own task:
+    /// a slow gateway holds only its own messages, and a slot freed by one
+    /// delivery is refilled at once rather than at the end of a round.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
         info!(worker = %self.config.worker_id, "delivery worker started");
+        let capacity = self.config.batch as usize;
+        let slots = Arc::new(Semaphore::new(capacity));
         loop {
-            let handled = match self.round().await {
-                Ok(n) => n,
-                Err(e) => {
-                    warn!(error = %e, "delivery round failed");
-                    0
-                }
-            };
             if shutdown.is_cancelled() {
                 break;
             }
-            if handled == 0 {
-                tokio::select! {
-                    () = shutdown.cancelled() => break,
-                    () = self.wake.notified() => {}
-                    () = tokio::time::sleep(Duration::from_millis(self.config.poll_ms)) => {}
+            let free = slots.available_permits();
+            if free > 0 {
+                let now = self.clock.now_ms();
+                let claimed = self
+                    .store
+                    .outbox_claim(
+                        &self.config.worker_id,
+                        u32::try_from(free).unwrap_or(u32::MAX),
+                        self.config.lease_ms,
+                        now,
+                    )
+                    .await;
+                match claimed {
+                    Ok(batch) => {
+                        for msg in batch {
+                            let Ok(slot) = slots.clone().try_acquire_owned() else {
+                                break;
+                            };
+                            let me = self.clone();
+                            tokio::spawn(async move {
+                                me.deliver(msg).await;
+                                drop(slot);
+                                // A slot is free again: look for more work.
+                                me.wake.notify_one();
+                            });
+                        }
+                    }
+                    Err(e) => warn!(error = %e, "claiming from the outbox failed"),
                 }
             }
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                () = self.wake.notified() => {}
+                () = tokio::time::sleep(Duration::from_millis(self.config.poll_ms)) => {}
+            }
+        }
+        // Wait (bounded) for the deliveries in hand to record their results.
+        let all = u32::try_from(capacity).unwrap_or(u32::MAX);
+        if tokio::time::timeout(Duration::from_secs(30), slots.acquire_many(all))
+            .await
+            .is_err()
+        {
+            warn!(
+                "deliveries still in flight at shutdown; their leases will expire and another worker retries them"
+            );
         }
         for c in self.router.channels() {
             c.close().await;

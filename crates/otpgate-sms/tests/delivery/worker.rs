@@ -238,3 +238,52 @@ async fn an_undeliverable_receipt_fails_and_refunds_the_verification() {
     worker.stop().await;
     sim.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_gateway_holds_only_its_own_messages() {
+    // The SMSC takes 2 s to answer each submit_sm (within the channel's 3 s
+    // request timeout); messages to other countries go to the inbox and must
+    // not wait behind it.
+    let Some(sim) = Sim::start("slow_gateway", &["--delay-ms", "2000"]).await else {
+        return;
+    };
+    let db = Db::new().await;
+    let toml = format!(
+        "{}\n[channels.inbox]\ntype = \"inbox\"\n\n[[routes]]\ncountry_codes = [44]\nchannels = [\"smsc\"]\n\n[[routes]]\nchannels = [\"inbox\"]\n",
+        smpp_channel("smsc", sim.port(), "")
+    );
+    let worker = Worker::start(&db, db.build(&toml));
+    worker.wait_up().await;
+    let slow = db
+        .queue("44", "7400123456", "Your code is 1111", 60_000)
+        .await;
+    worker.delivery.notify();
+    sim.wait_for("submit", |_| true, WAIT).await;
+
+    // The SMSC now holds the first message; a second one to India arrives.
+    let started = std::time::Instant::now();
+    let fast = db
+        .queue("91", "9876543210", "Your code is 2222", 60_000)
+        .await;
+    worker.delivery.notify();
+    let m = db
+        .wait_outbox(&fast, "sent", |m| m.status != DeliveryStatus::Queued, WAIT)
+        .await;
+    let took = started.elapsed();
+    assert_eq!(m.channel.as_deref(), Some("inbox"));
+    assert!(
+        took < Duration::from_millis(1500),
+        "the inbox message waited {took:?} behind the slow SMSC"
+    );
+    assert_eq!(
+        db.outbox(&slow).await.status,
+        DeliveryStatus::Queued,
+        "the slow one is still in flight"
+    );
+    let m = db
+        .wait_outbox(&slow, "sent", |m| m.status != DeliveryStatus::Queued, WAIT)
+        .await;
+    assert_eq!(m.channel.as_deref(), Some("smsc"));
+    worker.stop().await;
+    sim.stop().await;
+}
