@@ -1,0 +1,314 @@
+//! The database each test gets, on either backend, and `both_backends!`,
+//! which runs one test function on both.
+//!
+//! A [`TestDb`] is a fresh, empty database — a file in a directory of its
+//! own for SQLite, a new database on the binary's throwaway server for
+//! PostgreSQL — that a test opens as many times as it needs nodes: each
+//! [`TestDb::open`] is another handle (another `SqliteStore` on the file,
+//! another `PostgresStore` with a pool of its own), as another process or
+//! another node would open it.
+
+use std::io::Write;
+use std::ops::Deref;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use otpgate_store::postgres::{self, PgOptions, PostgresStore};
+use otpgate_store::sqlite::{self, SqliteStore};
+use otpgate_store::testkit::{TempPostgres, TestkitError, require_services};
+use otpgate_store::{Store, StoreResult};
+
+/// Turns each listed `async fn name(db: TestDb)` of the calling module into
+/// two tests, `sqlite::name` and `postgres::name`, each with a fresh
+/// database. Multi-threaded runtimes, so the races between nodes are real.
+///
+/// `#[sqlite_differs = "why"] name` marks a rule the SQLite backend does not
+/// keep yet: its SQLite test is ignored with that reason (and still runs
+/// with `--ignored`), so the difference stays visible instead of untested.
+macro_rules! both_backends {
+    ($($(#[sqlite_differs = $why:literal])? $name:ident),+ $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                $(#[ignore = $why])?
+                async fn $name() {
+                    let test = concat!(module_path!(), "::", stringify!($name));
+                    $crate::fixture::run($crate::fixture::Backend::Sqlite, test, super::$name).await;
+                }
+            )+
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $name() {
+                    let test = concat!(module_path!(), "::", stringify!($name));
+                    $crate::fixture::run($crate::fixture::Backend::Postgres, test, super::$name).await;
+                }
+            )+
+        }
+    };
+}
+
+/// Runs `body` on a fresh database on `backend`, unless the test is skipped
+/// (see [`TestDb::fresh`]).
+pub async fn run<F: Future<Output = ()>>(
+    backend: Backend,
+    test: &str,
+    body: impl FnOnce(TestDb) -> F,
+) {
+    if let Some(db) = TestDb::fresh(backend, test).await {
+        body(db).await;
+    }
+}
+
+/// Which store a test runs against.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Backend {
+    /// What [`Store::backend`] answers.
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Sqlite => "sqlite",
+            Backend::Postgres => "postgres",
+        }
+    }
+
+    /// The schema version this build migrates to.
+    pub fn schema_version(self) -> i64 {
+        match self {
+            Backend::Sqlite => sqlite::SCHEMA_VERSION,
+            Backend::Postgres => postgres::SCHEMA_VERSION,
+        }
+    }
+}
+
+/// A fresh database for one test. See the module documentation.
+pub struct TestDb {
+    pub backend: Backend,
+    location: Location,
+}
+
+enum Location {
+    Sqlite(TempDir),
+    Postgres(String),
+}
+
+impl TestDb {
+    /// A fresh database on `backend` for the test `test` (its module path).
+    /// `None` after printing `SKIPPED <test>: <why>` when PostgreSQL is not
+    /// installed and `OTPGATE_REQUIRE_SERVICES` is unset; a panic when it
+    /// is set, or when an installed PostgreSQL fails.
+    pub async fn fresh(backend: Backend, test: &str) -> Option<Self> {
+        let location = match backend {
+            Backend::Sqlite => Location::Sqlite(TempDir::new()),
+            Backend::Postgres => Location::Postgres(fresh_postgres_database(test).await?),
+        };
+        Some(Self { backend, location })
+    }
+
+    /// A fresh PostgreSQL database, or `None` as [`TestDb::fresh`] says.
+    pub async fn postgres(test: &str) -> Option<Self> {
+        Self::fresh(Backend::Postgres, test).await
+    }
+
+    /// Opens another handle on this database (migrating it, the first time).
+    ///
+    /// # Panics
+    /// When it cannot be opened; [`TestDb::try_open`] returns the error.
+    pub async fn open(&self) -> Node {
+        self.try_open().await.expect("open the test database")
+    }
+
+    /// Opens another handle on this database.
+    pub async fn try_open(&self) -> StoreResult<Node> {
+        match &self.location {
+            Location::Sqlite(dir) => SqliteStore::open_path(dir.db()).await.map(Node::Sqlite),
+            Location::Postgres(url) => PostgresStore::connect(url, PgOptions::default())
+                .await
+                .map(Node::Postgres),
+        }
+    }
+
+    /// `n` handles on this database, as `n` nodes of one service. On
+    /// PostgreSQL each has a pool of two connections, so that many nodes
+    /// stay well inside the server's `max_connections`.
+    pub async fn nodes(&self, n: usize) -> Vec<Node> {
+        let mut nodes = Vec::with_capacity(n);
+        for _ in 0..n {
+            nodes.push(match &self.location {
+                Location::Sqlite(_) => self.open().await,
+                Location::Postgres(url) => {
+                    let opts = PgOptions {
+                        pool_size: 2,
+                        ..PgOptions::default()
+                    };
+                    Node::Postgres(PostgresStore::connect(url, opts).await.expect("connect"))
+                }
+            });
+        }
+        nodes
+    }
+
+    /// The PostgreSQL URL of this database.
+    ///
+    /// # Panics
+    /// On SQLite.
+    pub fn url(&self) -> &str {
+        match &self.location {
+            Location::Postgres(url) => url,
+            Location::Sqlite(_) => panic!("a SQLite test database has no URL"),
+        }
+    }
+
+    /// Leaves the database as a later otpgate would, with a migration this
+    /// build does not have, and returns the version it recorded. Every
+    /// handle should be closed first.
+    pub async fn pretend_a_newer_build_migrated(&self) -> i64 {
+        use sqlx::Connection;
+        match &self.location {
+            Location::Sqlite(dir) => {
+                let url = format!("sqlite://{}", dir.db().display());
+                let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
+                sqlx::query(
+                    "insert into _sqlx_migrations
+                         (version, description, success, checksum, execution_time)
+                     values (99, 'future', true, x'00', 0)",
+                )
+                .execute(&mut conn)
+                .await
+                .unwrap();
+                conn.close().await.unwrap();
+                99
+            }
+            Location::Postgres(url) => {
+                let future = postgres::SCHEMA_VERSION + 1;
+                let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
+                sqlx::query(
+                    "insert into schema_version (version, name, created_at)
+                     values ($1, 'future', 0)",
+                )
+                .bind(future)
+                .execute(&mut conn)
+                .await
+                .unwrap();
+                conn.close().await.unwrap();
+                future
+            }
+        }
+    }
+}
+
+/// One handle on a test database; a [`Store`] through `Deref`, plus what a
+/// test needs of the concrete store. Cheap to clone (a pool handle).
+#[derive(Clone)]
+pub enum Node {
+    Sqlite(SqliteStore),
+    Postgres(PostgresStore),
+}
+
+impl Deref for Node {
+    type Target = dyn Store;
+
+    fn deref(&self) -> &Self::Target {
+        match self {
+            Node::Sqlite(s) => s,
+            Node::Postgres(p) => p,
+        }
+    }
+}
+
+impl crate::helpers::AsStore for Node {
+    fn as_store(&self) -> &dyn Store {
+        &**self
+    }
+}
+
+impl Node {
+    /// The schema version the database is at.
+    pub async fn schema_version(&self) -> i64 {
+        match self {
+            Node::Sqlite(s) => s.schema_version().await,
+            Node::Postgres(p) => p.schema_version().await,
+        }
+        .unwrap()
+    }
+
+    /// Closes the handle's connections, waiting for those in use.
+    pub async fn close(&self) {
+        match self {
+            Node::Sqlite(s) => s.close().await,
+            Node::Postgres(p) => p.close().await,
+        }
+    }
+}
+
+/// The binary's shared throwaway server and a new database on it, or
+/// `None` after printing why the test is skipped.
+async fn fresh_postgres_database(test: &str) -> Option<String> {
+    // Starting the server and `createdb` run programs and wait for them.
+    let pg = tokio::task::spawn_blocking(TempPostgres::shared)
+        .await
+        .unwrap();
+    let pg = match pg {
+        Ok(pg) => pg,
+        Err(e) => return skip_or_fail(test, &e),
+    };
+    let url = tokio::task::spawn_blocking(|| pg.try_fresh_database())
+        .await
+        .unwrap();
+    Some(url.unwrap_or_else(|e| panic!("{}: {e}", short(test))))
+}
+
+/// `None` after printing `SKIPPED <test>: <why>` when PostgreSQL is only
+/// missing and services are not required; otherwise a panic.
+pub fn skip_or_fail<T>(test: &str, e: &TestkitError) -> Option<T> {
+    if e.is_missing() && !require_services() {
+        // Straight to stdout: the harness captures `println!` of a test
+        // that passes, and a skip must be seen.
+        let _ = writeln!(std::io::stdout(), "SKIPPED {}: {e}", short(test));
+        None
+    } else {
+        panic!("{}: {e}", short(test))
+    }
+}
+
+/// A test's name as the harness prints it (without the binary's name).
+fn short(test: &str) -> &str {
+    test.strip_prefix("store::").unwrap_or(test)
+}
+
+/// A directory removed when the test ends, so every test has its own file.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new() -> Self {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "otpgate-store-test-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create a temporary directory");
+        Self(dir)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+
+    /// The database file in it.
+    pub fn db(&self) -> PathBuf {
+        self.0.join("otpgate.db")
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}

@@ -1,0 +1,128 @@
+//! Records the tests make and read: ids, numbers, accounts, sends.
+
+use otpgate_core::{CodeHash, CustomerId, PhoneNumber, VerificationId};
+use otpgate_store::{
+    CreateOutcome, NewAccount, NewVerification, OutboxMessage, SendLimits, Store, Verification,
+};
+
+/// What the helpers make records through: a concrete store, or a test
+/// database's [`Node`](crate::fixture::Node).
+pub trait AsStore {
+    fn as_store(&self) -> &dyn Store;
+}
+
+impl<S: Store> AsStore for S {
+    fn as_store(&self) -> &dyn Store {
+        self
+    }
+}
+
+pub const T0: i64 = 1_764_100_000_000;
+pub const DAY: i64 = 86_400_000;
+
+pub fn cid(n: u64) -> CustomerId {
+    CustomerId::parse(&format!("C-{n:015X}")).unwrap()
+}
+
+pub fn vid(n: u64) -> VerificationId {
+    VerificationId::new(n).unwrap()
+}
+
+/// An Indian mobile number; `n` picks the last digits.
+pub fn phone(n: u32) -> PhoneNumber {
+    PhoneNumber::parse("91", &format!("98765{n:05}")).unwrap()
+}
+
+/// Creates account `id` (no e-mail) with these balances, at `T0`.
+pub async fn account(store: &impl AsStore, id: &CustomerId, credits: i64, test_credits: i64) {
+    store
+        .as_store()
+        .account_create(NewAccount {
+            customer_id: id.clone(),
+            password_hash: "$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA".into(),
+            email: None,
+            country: Some("IN".into()),
+            credits,
+            test_credits,
+            created_at: T0,
+        })
+        .await
+        .unwrap();
+}
+
+/// Limits no test reaches unless it lowers one.
+pub fn roomy_limits() -> SendLimits {
+    SendLimits {
+        per_number_max: 1000,
+        per_number_window_ms: 3_600_000,
+        wrong_code_max: 1000,
+        wrong_code_window_ms: 3_600_000,
+        per_account_per_second: None,
+    }
+}
+
+/// Send `id` (price 1, valid 60 s, five attempts) from `customer` to `to`.
+pub fn send(id: u64, customer: &CustomerId, to: &PhoneNumber, now: i64) -> NewVerification {
+    NewVerification {
+        id: vid(id),
+        customer_id: customer.clone(),
+        destination: to.clone(),
+        flow_type: "SMS".into(),
+        code_hash: CodeHash([7; 32]),
+        otp_length: 4,
+        max_attempts: 5,
+        created_at: now,
+        expires_at: now + 60_000,
+        transaction_id: format!("tx-{id}"),
+        price: 1,
+        message_text: format!("Your code is {id:04}"),
+        limits: roomy_limits(),
+    }
+}
+
+/// Sends `req`, which must be created.
+pub async fn created(store: &impl AsStore, req: NewVerification) -> Verification {
+    match store.as_store().verification_create(req).await.unwrap() {
+        CreateOutcome::Created(v) => v,
+        other => panic!("expected Created, got {other:?}"),
+    }
+}
+
+/// Paid and test credits of `id`.
+pub async fn balance(store: &impl AsStore, id: &CustomerId) -> (i64, i64) {
+    let a = store.as_store().account_get(id).await.unwrap().unwrap();
+    (a.credits, a.test_credits)
+}
+
+/// Account 1 with `n` queued messages (verification ids 1..=n, each to its
+/// own number), created at `T0`, and exactly the credits they cost.
+pub async fn queued(store: &impl AsStore, n: u32) -> CustomerId {
+    let c = cid(1);
+    account(store, &c, i64::from(n), 0).await;
+    for i in 1..=n {
+        created(store, send(u64::from(i), &c, &phone(i), T0)).await;
+    }
+    c
+}
+
+/// How long the tests' outbox claims lease their messages.
+pub const LEASE: i64 = 30_000;
+
+/// `worker` claims up to `max` messages due at `now`, for [`LEASE`].
+pub async fn claim(store: &impl AsStore, worker: &str, max: u32, now: i64) -> Vec<OutboxMessage> {
+    store
+        .as_store()
+        .outbox_claim(worker, max, LEASE, now)
+        .await
+        .unwrap()
+}
+
+/// The outbox row of verification `id`, which must have one.
+pub async fn outbox_row(store: &impl AsStore, id: u64) -> OutboxMessage {
+    store
+        .as_store()
+        .outbox_for_verification(vid(id))
+        .await
+        .unwrap()
+        .unwrap_or_else(|| panic!("verification {id} has no outbox row"))
+}

@@ -1,0 +1,88 @@
+//! Opening a database: migration (by one opener or several at once),
+//! reopening, refusing a schema from a newer build, and the server-wide secrets every opener must agree on.
+
+use otpgate_store::StoreError;
+
+use crate::fixture::TestDb;
+use crate::helpers::*;
+
+both_backends!(
+    a_fresh_database_is_migrated_and_reopening_keeps_the_data,
+    #[sqlite_differs = "SQLite's migration takes no lock: of several openers racing on a fresh \
+                        file most fail with `table secrets already exists` (Internal)"]
+    nodes_starting_together_migrate_once_and_all_come_up,
+    a_database_migrated_by_a_newer_build_is_refused,
+    every_opener_of_a_secret_gets_the_first_candidate_stored,
+);
+
+async fn a_fresh_database_is_migrated_and_reopening_keeps_the_data(db: TestDb) {
+    let store = db.open().await;
+    store.ping().await.unwrap();
+    assert_eq!(store.backend(), db.backend.name());
+    assert_eq!(store.schema_version().await, db.backend.schema_version());
+    let c = cid(1);
+    account(&store, &c, 5, 0).await;
+    let v = created(&store, send(42, &c, &phone(1), T0)).await;
+    store.close().await;
+    drop(store);
+
+    let again = db.open().await;
+    assert_eq!(again.schema_version().await, db.backend.schema_version());
+    assert_eq!(again.verification_get(&c, v.id).await.unwrap(), Some(v));
+    assert_eq!(balance(&again, &c).await, (4, 0));
+}
+
+async fn nodes_starting_together_migrate_once_and_all_come_up(db: TestDb) {
+    let db = std::sync::Arc::new(db);
+    let tasks: Vec<_> = (0..6)
+        .map(|_| {
+            let db = db.clone();
+            tokio::spawn(async move { db.try_open().await })
+        })
+        .collect();
+    for t in tasks {
+        let node = t.await.unwrap().expect("every node opens the database");
+        assert_eq!(node.schema_version().await, db.backend.schema_version());
+    }
+}
+
+async fn a_database_migrated_by_a_newer_build_is_refused(db: TestDb) {
+    let store = db.open().await;
+    store.close().await;
+    drop(store);
+    let future = db.pretend_a_newer_build_migrated().await;
+    match db.try_open().await {
+        Err(StoreError::SchemaTooNew { found, known }) => {
+            assert_eq!((found, known), (future, db.backend.schema_version()));
+        }
+        Err(other) => panic!("expected SchemaTooNew, got {other:?}"),
+        Ok(_) => panic!("expected SchemaTooNew, got a store"),
+    }
+}
+
+async fn every_opener_of_a_secret_gets_the_first_candidate_stored(db: TestDb) {
+    let (a, b) = (db.open().await, db.open().await);
+    // One after the other: the first candidate stays.
+    let first = a.secret_get_or_init("signing", b"one").await.unwrap();
+    let second = b.secret_get_or_init("signing", b"two").await.unwrap();
+    assert_eq!(
+        (first.as_slice(), second.as_slice()),
+        (&b"one"[..], &b"one"[..])
+    );
+
+    // All at once, from two handles: all get the same one.
+    let tasks: Vec<_> = (0u8..16)
+        .map(|i| {
+            let s = if i % 2 == 0 { a.clone() } else { b.clone() };
+            tokio::spawn(async move { s.secret_get_or_init("token", &[i; 32]).await.unwrap() })
+        })
+        .collect();
+    let values: Vec<Vec<u8>> = futures::future::try_join_all(tasks).await.unwrap();
+    assert!(values.windows(2).all(|w| w[0] == w[1]), "{values:?}");
+    assert_eq!(values[0].len(), 32);
+    assert_eq!(
+        a.secret_get_or_init("token", b"other").await.unwrap(),
+        values[0]
+    );
+    assert_eq!(a.secret_get_or_init("code", b"c").await.unwrap(), b"c");
+}

@@ -1,0 +1,244 @@
+//! What only the PostgreSQL backend has: the standalone `migrate` (run
+//! before rolling out nodes), and a network database's failures — an outage
+//! and its recovery, a row lock held by a stopped node, a frozen network —
+//! each answered as `Unavailable` within about a second, and healed without
+//! a new store.
+//!
+//! Every test takes a fresh database on the binary's shared throwaway server,
+//! but the outage test, which runs its own since it stops it.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use otpgate_store::postgres::{self, PgOptions, PostgresStore, SCHEMA_VERSION};
+use otpgate_store::testkit::TempPostgres;
+use otpgate_store::{CreateOutcome, Store, StoreError};
+use sqlx::Connection;
+
+use crate::fixture::{TestDb, skip_or_fail};
+use crate::helpers::*;
+
+const TEN_S: Duration = Duration::from_secs(10);
+
+/// Options that give up quickly: a second per statement and per connect.
+fn impatient(pool_size: u32) -> PgOptions {
+    PgOptions {
+        pool_size,
+        statement_timeout_ms: 1000,
+        connect_timeout_ms: 1000,
+    }
+}
+
+#[tokio::test]
+async fn the_standalone_migration_is_a_no_op_when_current_and_refuses_a_newer_schema() {
+    let test = "postgres_only::the_standalone_migration_is_a_no_op_when_current_and_refuses_a_newer_schema";
+    let Some(db) = TestDb::postgres(test).await else {
+        return;
+    };
+    let store = db.open().await;
+    assert_eq!(postgres::migrate(db.url()).await.unwrap(), SCHEMA_VERSION);
+    assert_eq!(store.schema_version().await, SCHEMA_VERSION);
+    store.close().await;
+    db.pretend_a_newer_build_migrated().await;
+    let r = postgres::migrate(db.url()).await;
+    assert!(matches!(r, Err(StoreError::SchemaTooNew { .. })), "{r:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_outage_is_unavailable_promptly_and_heals_without_a_new_store() {
+    let test =
+        "postgres_only::a_database_outage_is_unavailable_promptly_and_heals_without_a_new_store";
+    // Its own server: this test stops it.
+    let pg = match tokio::task::spawn_blocking(TempPostgres::start_new)
+        .await
+        .unwrap()
+    {
+        Ok(pg) => Arc::new(pg),
+        Err(e) => {
+            skip_or_fail::<()>(test, &e);
+            return;
+        }
+    };
+    let url = pg.fresh_database();
+    let store = PostgresStore::connect(&url, impatient(4)).await.unwrap();
+    let c = cid(1);
+    account(&store, &c, 100, 0).await;
+    created(&store, send(1, &c, &phone(1), T0)).await;
+
+    let stopper = pg.clone();
+    tokio::task::spawn_blocking(move || stopper.stop())
+        .await
+        .unwrap();
+
+    for attempt in 0..3u32 {
+        let req = send(10 + u64::from(attempt), &c, &phone(2 + attempt), T0);
+        let what = format!("outage, attempt {attempt}");
+        unavailable_within(TEN_S, &what, store.verification_create(req)).await;
+        unavailable_within(TEN_S, &format!("{what}, ping"), store.ping()).await;
+    }
+
+    let starter = pg.clone();
+    tokio::task::spawn_blocking(move || starter.start())
+        .await
+        .unwrap()
+        .unwrap();
+
+    // The same store, no reconnect by the caller.
+    store.ping().await.expect("ping after restart");
+    let v = created(&store, send(2, &c, &phone(9), T0 + 1)).await;
+    assert_eq!(store.verification_get(&c, v.id).await.unwrap(), Some(v));
+    // What was committed before the crash is still there.
+    assert!(store.verification_get(&c, vid(1)).await.unwrap().is_some());
+    store.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_send_stuck_behind_a_lock_gives_up_at_the_statement_timeout() {
+    let test = "postgres_only::a_send_stuck_behind_a_lock_gives_up_at_the_statement_timeout";
+    let Some(db) = TestDb::postgres(test).await else {
+        return;
+    };
+    let store = PostgresStore::connect(db.url(), impatient(2))
+        .await
+        .unwrap();
+    let c = cid(1);
+    account(&store, &c, 10, 0).await;
+    // Another node holds the account's row lock and has stopped (a
+    // partitioned node in the middle of a send).
+    let mut other = sqlx::PgConnection::connect(db.url()).await.unwrap();
+    sqlx::query("begin").execute(&mut other).await.unwrap();
+    sqlx::query("select 1 from accounts where customer_id = $1 for update")
+        .bind(c.as_str())
+        .execute(&mut other)
+        .await
+        .unwrap();
+    let r = store.verification_create(send(1, &c, &phone(1), T0));
+    unavailable_within(Duration::from_secs(5), "lock wait", r).await;
+    sqlx::query("rollback").execute(&mut other).await.unwrap();
+    created(&store, send(1, &c, &phone(1), T0)).await;
+    assert_eq!(balance(&store, &c).await.0, 9);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partitioned_database_is_unavailable_promptly_and_heals() {
+    let test = "postgres_only::a_partitioned_database_is_unavailable_promptly_and_heals";
+    let Some(db) = TestDb::postgres(test).await else {
+        return;
+    };
+    let port = TempPostgres::shared().expect("the shared server").port();
+    let relay = Relay::start(port).await;
+    let url = db
+        .url()
+        .replace(&format!(":{port}/"), &format!(":{}/", relay.port));
+    let store = PostgresStore::connect(&url, impatient(2)).await.unwrap();
+    let c = cid(1);
+    account(&store, &c, 10, 0).await;
+
+    relay.freeze(true);
+    for attempt in 0..2u32 {
+        let req = send(1 + u64::from(attempt), &c, &phone(1 + attempt), T0);
+        let what = format!("partition, attempt {attempt}");
+        unavailable_within(TEN_S, &what, store.verification_create(req)).await;
+    }
+    relay.freeze(false);
+
+    // Connections left mid-conversation are tested and replaced; calls
+    // succeed again on the same store within a few seconds.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        match store.verification_create(send(10, &c, &phone(9), T0)).await {
+            Ok(CreateOutcome::Created(_)) => break,
+            Ok(other) => panic!("unexpected {other:?}"),
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("not yet: {e}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => panic!("still failing after the partition healed: {e}"),
+        }
+    }
+    // Nothing from the frozen attempts was charged.
+    assert_eq!(balance(&store, &c).await.0, 9);
+}
+
+/// Awaits `op`, which must fail as `Unavailable` within `limit`: the store
+/// gives up after a few of its one-second timeouts, long before a client
+/// or load balancer would.
+async fn unavailable_within<T: std::fmt::Debug>(
+    limit: Duration,
+    what: &str,
+    op: impl Future<Output = Result<T, StoreError>>,
+) {
+    let started = Instant::now();
+    let r = op.await;
+    let took = started.elapsed();
+    eprintln!("{what}: {took:?}");
+    assert!(
+        matches!(r, Err(StoreError::Unavailable(_))),
+        "{what}: expected Unavailable, got {r:?}"
+    );
+    assert!(took < limit, "{what} took {took:?}");
+}
+
+/// A TCP relay that can be frozen: bytes it reads while frozen are held
+/// back, as a network partition would, while both sockets stay open.
+struct Relay {
+    port: u16,
+    frozen: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Relay {
+    async fn start(upstream: u16) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let frozen = Arc::new(AtomicBool::new(false));
+        let flag = frozen.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await
+                else {
+                    continue;
+                };
+                let (cr, cw) = client.into_split();
+                let (sr, sw) = server.into_split();
+                tokio::spawn(pipe(cr, sw, flag.clone()));
+                tokio::spawn(pipe(sr, cw, flag.clone()));
+            }
+        });
+        Self { port, frozen, task }
+    }
+
+    fn freeze(&self, on: bool) {
+        self.frozen.store(on, Ordering::SeqCst);
+    }
+}
+
+/// Copies `from` to `to`, holding each chunk back while `frozen`.
+async fn pipe(
+    mut from: impl tokio::io::AsyncRead + Unpin,
+    mut to: impl tokio::io::AsyncWrite + Unpin,
+    frozen: Arc<AtomicBool>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        while frozen.load(Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            break;
+        }
+    }
+    let _ = to.shutdown().await;
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

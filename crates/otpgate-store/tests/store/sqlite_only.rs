@@ -1,0 +1,306 @@
+//! What only the SQLite backend has: the locations `open` takes, and group
+//! commit — one writer task committing the writes queued at a time in one
+//! transaction and one fsync, with per-write rollback inside the batch.
+
+use std::path::Path;
+
+use otpgate_store::sqlite::{MAX_BATCH, SqliteStore, WriteStats};
+use otpgate_store::{CreateOutcome, Store, StoreError, VerificationFilter};
+
+use crate::fixture::TempDir;
+use crate::helpers::*;
+
+async fn open(path: &Path) -> SqliteStore {
+    SqliteStore::open_path(path)
+        .await
+        .expect("open a fresh database")
+}
+
+// ---- opening ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn open_takes_the_servers_urls_and_plain_paths() {
+    let dir = TempDir::new();
+    let url = format!("sqlite://{}", dir.db().display());
+    let by_url = SqliteStore::open(&url).await.unwrap();
+    account(&by_url, &cid(1), 1, 0).await;
+    by_url.close().await;
+    let by_path = SqliteStore::open(dir.db().to_str().unwrap()).await.unwrap();
+    assert!(by_path.account_get(&cid(1)).await.unwrap().is_some());
+
+    let memory = SqliteStore::open("sqlite::memory:").await.unwrap();
+    assert!(memory.account_get(&cid(1)).await.unwrap().is_none());
+    account(&memory, &cid(1), 1, 0).await;
+    assert!(memory.account_get(&cid(1)).await.unwrap().is_some());
+    let other_memory = SqliteStore::in_memory().await.unwrap();
+    assert!(other_memory.account_get(&cid(1)).await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn a_file_that_cannot_be_created_is_unavailable() {
+    let dir = TempDir::new();
+    let err = SqliteStore::open_path(dir.path().join("no/such/dir/otpgate.db"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
+}
+
+// ---- group commit --------------------------------------------------------------------
+
+/// Another process's write transaction on `path` (the CLI beside a server):
+/// SQLite's write lock, held until `release`. While it is held the store's
+/// writer waits in `begin immediate` and writes pile up behind it, so what
+/// is queued meanwhile goes into one batch.
+struct WriteLock(sqlx::SqliteConnection);
+
+impl WriteLock {
+    async fn take(path: &Path) -> Self {
+        use sqlx::Connection;
+        let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite://{}", path.display()))
+            .await
+            .unwrap();
+        sqlx::query("begin immediate")
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        Self(conn)
+    }
+
+    async fn release(mut self) {
+        sqlx::query("commit").execute(&mut self.0).await.unwrap();
+    }
+}
+
+/// Time for spawned tasks to queue their writes (they need microseconds)
+/// while the writer is stuck on a [`WriteLock`], well inside its 5 s busy
+/// timeout.
+async fn settle() {
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+}
+
+fn delta(after: WriteStats, before: WriteStats) -> WriteStats {
+    WriteStats {
+        writes: after.writes - before.writes,
+        commits: after.commits - before.commits,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_concurrent_sends_all_commit_and_are_there_after_reopening() {
+    let dir = TempDir::new();
+    let store = open(&dir.db()).await;
+    let c = cid(1);
+    account(&store, &c, 150, 50).await;
+    let tasks: Vec<_> = (1..=200u32)
+        .map(|n| {
+            let s = store.clone();
+            let req = send(u64::from(n), &c, &phone(n), T0);
+            tokio::spawn(async move { s.verification_create(req).await })
+        })
+        .collect();
+    let outcomes = futures::future::try_join_all(tasks).await.unwrap();
+    for (n, o) in outcomes.iter().enumerate() {
+        assert!(
+            matches!(o, Ok(CreateOutcome::Created(_))),
+            "send {n}: {o:?}"
+        );
+    }
+    let stats = store.write_stats();
+    assert_eq!(stats.writes, 201, "the account and 200 sends");
+    assert!(stats.commits < 201, "no batching: {stats:?}");
+    store.close().await;
+    drop(store);
+
+    let again = open(&dir.db()).await;
+    for n in 1..=200u32 {
+        let v = again
+            .verification_get(&c, vid(u64::from(n)))
+            .await
+            .unwrap()
+            .unwrap_or_else(|| panic!("send {n} is not in the file"));
+        assert_eq!(v.destination, phone(n));
+        assert!(again.outbox_for_verification(v.id).await.unwrap().is_some());
+    }
+    assert_eq!(balance(&again, &c).await, (0, 0), "every send charged once");
+    assert_eq!(again.outbox_depth().await.unwrap().queued, 200);
+}
+
+#[tokio::test]
+async fn a_failing_or_refused_send_in_a_batch_leaves_no_trace_and_spares_the_others() {
+    let dir = TempDir::new();
+    let store = open(&dir.db()).await;
+    let c = cid(1);
+    account(&store, &c, 10, 0).await;
+    account(&store, &cid(2), 0, 0).await;
+    let pending = created(&store, send(1, &c, &phone(1), T0)).await;
+    created(&store, send(42, &c, &phone(2), T0)).await;
+    assert_eq!(balance(&store, &c).await, (8, 0));
+
+    let lock = WriteLock::take(&dir.db()).await;
+    // A first write takes the writer into `begin immediate`, where it waits.
+    let s = store.clone();
+    let plug = tokio::spawn(async move { s.account_add_credits(&cid(2), 0).await });
+    settle().await;
+    let before = store.write_stats();
+    let batch = [
+        // Charges, then collides on the id: its charge must be undone.
+        send(42, &c, &phone(3), T0),
+        // 506 for the pending one.
+        send(100, &c, &phone(1), T0),
+        send(101, &c, &phone(4), T0),
+        // 402 for the other account.
+        send(102, &cid(2), &phone(5), T0),
+        send(103, &c, &phone(6), T0),
+    ];
+    let tasks: Vec<_> = batch
+        .into_iter()
+        .map(|req| {
+            let s = store.clone();
+            tokio::spawn(async move { s.verification_create(req).await })
+        })
+        .collect();
+    settle().await;
+    lock.release().await;
+    plug.await.unwrap().unwrap();
+    let results = futures::future::try_join_all(tasks).await.unwrap();
+    assert_eq!(
+        delta(store.write_stats(), before),
+        WriteStats {
+            writes: 6,
+            commits: 2
+        },
+        "the plug alone, then the five sends in one transaction"
+    );
+
+    let mut results = results.into_iter();
+    let conflict = results.next().unwrap();
+    assert!(
+        matches!(conflict, Err(StoreError::Conflict(_))),
+        "{conflict:?}"
+    );
+    match results.next().unwrap() {
+        Ok(CreateOutcome::AlreadyPending(v)) => assert_eq!(v, pending),
+        other => panic!("expected 506, got {other:?}"),
+    }
+    assert!(matches!(
+        results.next().unwrap(),
+        Ok(CreateOutcome::Created(_))
+    ));
+    assert!(matches!(
+        results.next().unwrap(),
+        Ok(CreateOutcome::InsufficientBalance)
+    ));
+    assert!(matches!(
+        results.next().unwrap(),
+        Ok(CreateOutcome::Created(_))
+    ));
+
+    // Two sends charged; the colliding one's charge was rolled back.
+    assert_eq!(balance(&store, &c).await, (6, 0));
+    assert_eq!(balance(&store, &cid(2)).await, (0, 0));
+    let on = |n: u32| VerificationFilter {
+        number: Some(phone(n).e164_digits()),
+        ..Default::default()
+    };
+    assert!(
+        store
+            .verification_list(&c, &on(3), 10, 0)
+            .await
+            .unwrap()
+            .is_empty(),
+        "the colliding send left a row"
+    );
+    assert_eq!(
+        store
+            .verification_get(&c, vid(42))
+            .await
+            .unwrap()
+            .unwrap()
+            .destination,
+        phone(2),
+        "the id's first owner is untouched"
+    );
+    for (id, present) in [(100, false), (101, true), (102, false), (103, true)] {
+        assert_eq!(
+            store
+                .outbox_for_verification(vid(id))
+                .await
+                .unwrap()
+                .is_some(),
+            present,
+            "outbox row of {id}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn concurrent_writes_share_commits_unless_batches_are_limited_to_one() {
+    for max_batch in [MAX_BATCH, 1] {
+        let dir = TempDir::new();
+        let store = SqliteStore::open_path_with_max_batch(dir.db(), max_batch)
+            .await
+            .unwrap();
+        let c = cid(1);
+        account(&store, &c, 0, 0).await;
+        let before = store.write_stats();
+        store.account_add_credits(&c, 1).await.unwrap();
+        assert_eq!(
+            delta(store.write_stats(), before),
+            WriteStats {
+                writes: 1,
+                commits: 1
+            },
+            "a lone write commits by itself"
+        );
+
+        let before = store.write_stats();
+        let tasks: Vec<_> = (0..64)
+            .map(|_| {
+                let (s, c) = (store.clone(), c.clone());
+                tokio::spawn(async move { s.account_add_credits(&c, 1).await })
+            })
+            .collect();
+        futures::future::try_join_all(tasks)
+            .await
+            .unwrap()
+            .into_iter()
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap();
+        // Each read-then-write saw the ones before it in its batch: no
+        // update was lost.
+        assert_eq!(balance(&store, &c).await, (65, 0));
+        let d = delta(store.write_stats(), before);
+        assert_eq!(d.writes, 64);
+        if max_batch == 1 {
+            assert_eq!(d.commits, 64, "max batch 1 commits every write alone");
+        } else {
+            assert!(d.commits < 64, "64 concurrent writes, {d:?}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_send_whose_caller_gave_up_before_it_began_is_not_written() {
+    let dir = TempDir::new();
+    let store = open(&dir.db()).await;
+    let c = cid(1);
+    account(&store, &c, 5, 0).await;
+    let lock = WriteLock::take(&dir.db()).await;
+    let s = store.clone();
+    let plug = tokio::spawn(async move { s.account_add_credits(&cid(1), 0).await });
+    settle().await;
+    let s = store.clone();
+    let req = send(7, &c, &phone(7), T0);
+    let abandoned = tokio::spawn(async move { s.verification_create(req).await });
+    settle().await;
+    // A request timeout dropping the call while it waits for the writer.
+    abandoned.abort();
+    assert!(abandoned.await.unwrap_err().is_cancelled());
+    lock.release().await;
+    plug.await.unwrap().unwrap();
+    // Queued after the abandoned send: once it is answered, that one has
+    // been taken up (and skipped) too.
+    store.account_add_credits(&c, 0).await.unwrap();
+    assert_eq!(store.verification_get(&c, vid(7)).await.unwrap(), None);
+    assert_eq!(balance(&store, &c).await, (5, 0));
+}
