@@ -246,7 +246,22 @@ async fn migrate(pool: &SqlitePool) -> StoreResult<()> {
             )
         })
         .collect();
-    match Migrator::with_migrations(migrations).run(pool).await {
+    let migrator = Migrator::with_migrations(migrations);
+    // SQLx takes no lock for SQLite migrations: processes opening a fresh
+    // file together each see "not applied", and all but the first fail on
+    // `create table` once the first commits. The winner's migration is then
+    // recorded, so running again finds it applied and goes on.
+    let mut result = migrator.run(pool).await;
+    for _ in 0..20 {
+        match &result {
+            Err(e) if e.to_string().contains("already exists") => {
+                tokio::time::sleep(Duration::from_millis(25)).await;
+                result = migrator.run(pool).await;
+            }
+            _ => break,
+        }
+    }
+    match result {
         Ok(()) => Ok(()),
         Err(MigrateError::VersionMissing(found)) => {
             let newest: Option<i64> =

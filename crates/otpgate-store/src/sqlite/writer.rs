@@ -329,7 +329,7 @@ async fn settle(conn: &mut PoolConnection<Sqlite>) {
 #[cfg(test)]
 mod tests {
     //! Batches built by hand, so what shares a transaction does not depend
-    //! on timing. The store's own tests (`tests/sqlite.rs`) cover batching
+    //! on timing. The store's own tests (`tests/store/sqlite_only.rs`) cover batching
     //! through the public API.
 
     use std::path::PathBuf;

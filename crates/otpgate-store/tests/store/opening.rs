@@ -8,8 +8,6 @@ use crate::helpers::*;
 
 both_backends!(
     a_fresh_database_is_migrated_and_reopening_keeps_the_data,
-    #[sqlite_differs = "SQLite's migration takes no lock: of several openers racing on a fresh \
-                        file most fail with `table secrets already exists` (Internal)"]
     nodes_starting_together_migrate_once_and_all_come_up,
     a_database_migrated_by_a_newer_build_is_refused,
     every_opener_of_a_secret_gets_the_first_candidate_stored,
