@@ -6,6 +6,7 @@
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use base64::Engine;
@@ -48,6 +49,14 @@ fn rand_suffix() -> u64 {
 pub struct Server {
     pub child: Child,
     pub base: String,
+    /// Every line the server logged so far.
+    pub log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Server {
+    pub fn log_text(&self) -> String {
+        self.log.lock().map(|l| l.join("\n")).unwrap_or_default()
+    }
 }
 
 impl Drop for Server {
@@ -72,9 +81,14 @@ pub fn start(args: &[&str], envs: &[(&str, &str)]) -> Server {
     let mut child = cmd.spawn().expect("start otpgate serve");
     let stderr = child.stderr.take().expect("stderr");
     let (tx, rx) = std::sync::mpsc::channel();
+    let log: Arc<Mutex<Vec<String>>> = Arc::default();
+    let sink = log.clone();
     std::thread::spawn(move || {
         let mut sent = false;
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Ok(mut l) = sink.lock() {
+                l.push(line.clone());
+            }
             if !sent && let Some(i) = line.find("address=http://") {
                 let addr: String = line[i + "address=".len()..]
                     .chars()
@@ -91,7 +105,7 @@ pub fn start(args: &[&str], envs: &[(&str, &str)]) -> Server {
     let base = rx.recv_timeout(Duration::from_secs(60)).expect(
         "otpgate serve did not report its address (set OTPGATE_TEST_SERVER_LOG=1 to see its log)",
     );
-    Server { child, base }
+    Server { child, base, log }
 }
 
 /// `otpgate customer create … --json`; returns the customerId.
