@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{TempDir, code_in, create_account, start, token};
+use common::{TempDir, create_account, inbox_code, open_store, start, token, validate};
 use tokio::sync::Mutex;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -16,8 +16,17 @@ async fn every_send_that_got_200_survives_kill_9_and_is_delivered_after_restart(
     let dir = TempDir::new("durability");
     let db = dir.sqlite_url();
     let cid = create_account(&db, Some(100_000));
-    // Small delivery batches, so a backlog is queued when the kill lands.
-    let serve = |db: &str| start(&["--database", db], &[("OTPGATE_DELIVERY__BATCH", "2")]);
+    // Small delivery batches, so a backlog is queued when the kill lands;
+    // short leases, so what the dead process had claimed is taken over soon.
+    let serve = |db: &str| {
+        start(
+            &["--database", db],
+            &[
+                ("OTPGATE_DELIVERY__BATCH", "2"),
+                ("OTPGATE_DELIVERY__LEASE_MS", "2000"),
+            ],
+        )
+    };
     let mut server = serve(&db);
     let http = reqwest::Client::new();
     let t = token(&http, &server.base, &cid).await;
@@ -80,38 +89,10 @@ async fn every_send_that_got_200_survives_kill_9_and_is_delivered_after_restart(
     let server = serve(&db);
     // The token survives the restart: the signing secret is in the database.
     let http = reqwest::Client::new();
-    let settings = otpgate_server::Settings {
-        database_url: db.clone(),
-        ..Default::default()
-    };
-    let store = otpgate_server::store::open(&settings).await.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let store = open_store(&db).await;
     for (id, to) in &acked {
-        let code = loop {
-            let entries = store.inbox_list(None, Some(to), 10).await.unwrap();
-            let mine: Vec<_> = entries
-                .iter()
-                .filter(|e| e.verification_id.map(|v| v.get().to_string()).as_deref() == Some(id))
-                .collect();
-            if let Some(e) = mine.first() {
-                break code_in(&e.text, 4);
-            }
-            assert!(
-                Instant::now() < deadline,
-                "verification {id} never reached the inbox after restart"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        };
-        let v: serde_json::Value = http
-            .get(format!("{}/verification/v3/validateOtp", server.base))
-            .header("authToken", &t)
-            .query(&[("verificationId", id.as_str()), ("code", code.as_str())])
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let code = inbox_code(store.as_ref(), to, id, 4, Duration::from_secs(60)).await;
+        let v = validate(&http, &server.base, &t, id, &code).await;
         assert_eq!(v["responseCode"], 200, "verification {id}: {v}");
     }
     drop(server);

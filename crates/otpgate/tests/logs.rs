@@ -4,11 +4,11 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use common::{PASSWORD, TempDir, code_in, create_account, start, token};
+use common::{PASSWORD, TempDir, create_account, inbox_code, open_store, start, token, validate};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flow_at_trace_level_logs_no_password_key_token_or_code() {
@@ -44,37 +44,21 @@ async fn a_flow_at_trace_level_logs_no_password_key_token_or_code() {
         .await
         .unwrap();
     let id = v["data"]["verificationId"].as_str().unwrap().to_owned();
-    let settings = otpgate_server::Settings {
-        database_url: db.clone(),
-        ..Default::default()
-    };
-    let store = otpgate_server::store::open(&settings).await.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let code = loop {
-        let entries = store
-            .inbox_list(None, Some("919876543210"), 1)
-            .await
-            .unwrap();
-        if let Some(e) = entries.first() {
-            break code_in(&e.text, 8);
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the message never reached the inbox"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let store = open_store(&db).await;
+    let code = inbox_code(
+        store.as_ref(),
+        "919876543210",
+        &id,
+        8,
+        Duration::from_secs(20),
+    )
+    .await;
     let wrong: String = code
         .chars()
         .map(|c| if c == '9' { '0' } else { '9' })
         .collect();
     for c in [wrong.as_str(), code.as_str()] {
-        http.get(format!("{base}/verification/v3/validateOtp"))
-            .header("authToken", &t)
-            .query(&[("verificationId", id.as_str()), ("code", c)])
-            .send()
-            .await
-            .unwrap();
+        validate(&http, base, &t, &id, c).await;
     }
     // Give the log a moment to be written out.
     tokio::time::sleep(Duration::from_millis(300)).await;

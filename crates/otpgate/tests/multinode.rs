@@ -19,7 +19,7 @@
 //! prints `SKIPPED` and passes, unless `OTPGATE_REQUIRE_SERVICES` is set.
 
 mod common;
-mod multinode_sim;
+mod sim;
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
@@ -30,11 +30,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use common::{BIN, PASSWORD, Server, TempDir, code_in, create_account, start, token};
-use multinode_sim::Simulator;
 use otpgate_core::{CustomerId, DeliveryStatus, VerificationId};
 use otpgate_store::Store;
 use otpgate_store::testkit::{TempPostgres, TestkitError, require_services};
 use serde_json::Value;
+use sim::Simulator;
 use tokio::sync::Barrier;
 
 /// The shared throwaway server, or `None` after printing why the test is
@@ -503,8 +503,8 @@ request_timeout_ms = 60000
 reconnect_min_ms = 100
 "#,
             port = sim.port,
-            sid = multinode_sim::SYSTEM_ID,
-            pw = multinode_sim::PASSWORD,
+            sid = sim::SYSTEM_ID,
+            pw = sim::PASSWORD,
         ),
     )
     .unwrap();

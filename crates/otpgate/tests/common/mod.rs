@@ -166,3 +166,59 @@ pub fn code_in(text: &str, len: usize) -> String {
 pub fn require_services() -> bool {
     std::env::var("OTPGATE_REQUIRE_SERVICES").is_ok_and(|v| !v.is_empty() && v != "0")
 }
+
+/// The store behind `db`, opened as the server opens it.
+pub async fn open_store(db: &str) -> std::sync::Arc<dyn otpgate_store::Store> {
+    let settings = otpgate_server::Settings {
+        database_url: db.to_owned(),
+        ..Default::default()
+    };
+    otpgate_server::store::open(&settings)
+        .await
+        .expect("open the store")
+}
+
+/// The `len`-digit code of verification `id` (to `to`, E.164 digits), read
+/// from the inbox channel once the message is there; waits up to `wait`.
+pub async fn inbox_code(
+    store: &dyn otpgate_store::Store,
+    to: &str,
+    id: &str,
+    len: usize,
+    wait: Duration,
+) -> String {
+    let deadline = std::time::Instant::now() + wait;
+    loop {
+        let entries = store.inbox_list(None, Some(to), 10).await.expect("inbox");
+        if let Some(e) = entries
+            .iter()
+            .find(|e| e.verification_id.map(|v| v.get().to_string()).as_deref() == Some(id))
+        {
+            return code_in(&e.text, len);
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "verification {id} never reached the inbox"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// `GET /verification/v3/validateOtp`; the response body.
+pub async fn validate(
+    http: &reqwest::Client,
+    base: &str,
+    token: &str,
+    id: &str,
+    code: &str,
+) -> serde_json::Value {
+    http.get(format!("{base}/verification/v3/validateOtp"))
+        .header("authToken", token)
+        .query(&[("verificationId", id), ("code", code)])
+        .send()
+        .await
+        .expect("validate request")
+        .json()
+        .await
+        .expect("validate json")
+}

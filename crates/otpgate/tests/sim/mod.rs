@@ -1,4 +1,4 @@
-//! The SMSC simulator (`tools/smsc-sim`) as the multi-node tests use it:
+//! The SMSC simulator (`tools/smsc-sim`) as the binary-level tests use it:
 //! every event it prints is kept in order, so a test can ask afterwards
 //! which `submit_sm` arrived when (the `t` field, milliseconds since the
 //! epoch on the same clock the nodes use), and switches can be flipped on
@@ -134,6 +134,26 @@ impl Simulator {
             assert!(
                 Instant::now() < deadline,
                 "the simulator did not acknowledge `{cmd} {value}`"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The first accepted `submit_sm` to `destination`, waiting for it up
+    /// to 30 s.
+    pub fn submit_to(&self, destination: &str) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(e) = self
+                .submits()
+                .into_iter()
+                .find(|e| e["destination_addr"] == destination)
+            {
+                return e;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no submit_sm to {destination} reached the simulator"
             );
             std::thread::sleep(Duration::from_millis(20));
         }
