@@ -19,6 +19,8 @@
 //! account_sid = "AC0123456789abcdef0123456789abcdef"
 //! auth_token_env = "TWILIO_AUTH_TOKEN"
 //! from = "+15005550006"
+//! receipt_url = "https://otp.example.com"
+//! receipt_token_env = "TWILIO_RECEIPT_TOKEN"
 //!
 //! [[routes]]
 //! country_codes = [91]
@@ -28,11 +30,14 @@
 //! channels = ["twilio"]
 //! ```
 //!
-//! Secrets (`password`, `auth_token`, header values) may come from the
-//! environment: `password_env = "VAR"`, or `${VAR}` inside header, query,
-//! field and URL values. They are resolved once, in [`build`], and held as
-//! [`SecretString`]s or sensitive header values; logs carry names and lengths
-//! only.
+//! Secrets (`password`, `auth_token`, `receipt_token`, header values) may
+//! come from the environment: `password_env = "VAR"`, or `${VAR}` inside
+//! header, query, field and URL values. They are resolved once, in [`build`],
+//! and held as [`SecretString`]s or sensitive header values; logs carry names
+//! and lengths only.
+//!
+//! An HTTP channel's `receipt_token` authenticates its gateway's delivery
+//! callbacks; the server learns how to check them from [`receipt_auth`].
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -259,12 +264,15 @@ pub enum HttpPreset {
     /// Kannel's `sendsms` interface: `GET {url}/cgi-bin/sendsms?username=…
     /// &password=…&from=…&to=…&text=…&dlr-mask=…&dlr-url=…`; success 202
     /// or 200. Needs `url` (Kannel's sendsms base, e.g.
-    /// `http://kannel:13013`), `username`, `password`/`password_env`.
+    /// `http://kannel:13013`), `username`, `password`/`password_env`. The
+    /// `dlr-url` (with `receipt_url`) is `{receipt_url}/receipts/{channel}
+    /// ?ref=…&status=%d&answer=%A`, plus `&token=…` with `receipt_token`.
     Kannel,
     /// Twilio's Messages API: `POST {url}/2010-04-01/Accounts/{account_sid}/
-    /// Messages.json`, form `To`, `From`, `Body` (+ `StatusCallback`), basic
-    /// auth `account_sid:auth_token`, id from `sid`, success 201 or 200.
-    /// `url` defaults to `https://api.twilio.com`.
+    /// Messages.json`, form `To`, `From`, `Body` (+ `StatusCallback`
+    /// `{receipt_url}/receipts/{channel}`, with `?token=…` when
+    /// `receipt_token` is set), basic auth `account_sid:auth_token`, id from
+    /// `sid`, success 201 or 200. `url` defaults to `https://api.twilio.com`.
     Twilio,
 }
 
@@ -355,9 +363,24 @@ pub struct HttpConfig {
     /// Public base URL of this otpgate (e.g. `https://otp.example.com`);
     /// when set, presets ask the gateway to report delivery to
     /// `{receipt_url}/receipts/{channel}` (Kannel `dlr-url`, Twilio
-    /// `StatusCallback`).
+    /// `StatusCallback`), with `token=…` when `receipt_token` is set.
     #[serde(default)]
     pub receipt_url: Option<String>,
+    /// A shared secret every delivery callback for this channel must carry
+    /// as its `token` parameter; `/receipts/{channel}` answers 401 to one
+    /// without it. Prefer `receipt_token_env`. The presets put it into the
+    /// callback URL they hand the gateway; for a generic channel, put
+    /// `token=…` into the callback URL you give your gateway. Without a
+    /// token, anyone who can reach the endpoint can mark this channel's
+    /// messages undeliverable (failing and refunding them), and otpgate
+    /// warns about it at start. A URL-safe value (`openssl rand -hex 32`)
+    /// is easiest to paste into gateway consoles; any other is
+    /// percent-encoded where otpgate builds the URL.
+    #[serde(default)]
+    pub receipt_token: Option<SecretString>,
+    /// Name of the environment variable holding `receipt_token`.
+    #[serde(default)]
+    pub receipt_token_env: Option<String>,
 }
 
 /// `[[routes]]`: which channels, in failover order, take which messages.
@@ -440,6 +463,70 @@ impl ConfigError {
 /// Resolves `${VAR}` and `*_env` settings.
 pub type EnvLookup<'a> = &'a dyn Fn(&str) -> Option<String>;
 
+/// How `/receipts/{channel}` must treat a callback for one channel: what the
+/// server needs to know about a channel's receipts, without reading the
+/// channel's configuration itself.
+#[derive(Debug, Clone)]
+pub enum ReceiptAuth {
+    /// Not an HTTP channel. Its receipts never arrive over HTTP (SMPP brings
+    /// them in `deliver_sm`, the inbox has none), so the endpoint has
+    /// nothing to accept for it: a callback naming it can only be forged.
+    NotHttp,
+    /// An HTTP channel without `receipt_token`: callbacks are accepted
+    /// unauthenticated, as before tokens existed ([`build`] warns).
+    Open,
+    /// Callbacks must carry a `token` parameter equal to this.
+    Token(SecretString),
+}
+
+/// The receipt authentication of channel `name`, its token resolved from
+/// `receipt_token` or `receipt_token_env`. Cheap (one environment lookup at
+/// most), so a caller may resolve it per callback; [`build`] has already
+/// refused, at start, a configuration where this would fail.
+///
+/// # Errors
+/// [`ConfigError::MissingEnv`] when `receipt_token_env` names an unset
+/// variable, [`ConfigError::Invalid`] when the token is empty.
+pub fn receipt_auth(
+    name: &str,
+    channel: &ChannelConfig,
+    env: EnvLookup<'_>,
+) -> Result<ReceiptAuth, ConfigError> {
+    Ok(match channel {
+        ChannelConfig::Http(c) => match receipt_token(name, c, env)? {
+            Some(t) => ReceiptAuth::Token(t),
+            None => ReceiptAuth::Open,
+        },
+        ChannelConfig::Inbox(_) | ChannelConfig::Smpp(_) => ReceiptAuth::NotHttp,
+    })
+}
+
+/// An HTTP channel's resolved receipt token, if it has one.
+///
+/// # Errors
+/// As [`receipt_auth`].
+pub(crate) fn receipt_token(
+    name: &str,
+    c: &HttpConfig,
+    env: EnvLookup<'_>,
+) -> Result<Option<SecretString>, ConfigError> {
+    let token = secret(
+        name,
+        c.receipt_token.as_ref(),
+        c.receipt_token_env.as_deref(),
+        env,
+    )?;
+    // An empty token would let `token=` through: refuse it rather than
+    // guess whether "no authentication" was meant.
+    if token.as_ref().is_some_and(SecretString::is_empty) {
+        return Err(ConfigError::invalid(
+            name,
+            "receipt_token must not be empty",
+        ));
+    }
+    Ok(token)
+}
+
 /// Checks `config`, starts its channels (SMPP sessions begin binding in the
 /// background) and returns the router for [`crate::Delivery::new`].
 ///
@@ -512,6 +599,19 @@ pub fn build_table(
             ChannelConfig::Http(c) => Prepared::Http(crate::http::prepare(name, c, env)?),
         };
         prepared.push((name.clone(), p));
+    }
+    for (name, ch) in &config.channels {
+        if let ChannelConfig::Http(c) = ch
+            && c.receipt_token.is_none()
+            && c.receipt_token_env.is_none()
+        {
+            tracing::warn!(
+                channel = %name,
+                "delivery receipts for this channel are unauthenticated: anyone who can \
+                 reach /receipts/{name} can mark its messages undeliverable; set \
+                 receipt_token_env (or receipt_token)"
+            );
+        }
     }
     let receipts = Arc::new(StoreReceipts::new(store.clone(), clock.clone()));
     let mut by_name: BTreeMap<String, Arc<dyn Channel>> = BTreeMap::new();

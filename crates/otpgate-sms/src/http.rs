@@ -13,6 +13,10 @@
 //!
 //! Neither the text nor the credentials are logged, and gateway response
 //! bodies are not copied into errors (some echo the request, code included).
+//! The same goes for the `receipt_token` the presets put into the callback
+//! URL they hand the gateway: it travels in query and form values, which
+//! `Debug` shows by name only and which errors leave out, as they leave out
+//! the URL.
 
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
@@ -96,6 +100,10 @@ pub fn prepare(
         .receipt_url
         .as_deref()
         .map(|u| format!("{}/receipts/{}", u.trim_end_matches('/'), name));
+    // Percent-encoded once, for the callback URL's own query string; each
+    // preset adds what its gateway's handling of that URL needs.
+    let receipt_token = crate::config::receipt_token(name, c, env)?
+        .map(|t| SecretString::new(url_escape(t.expose())));
     if receipt_base.is_some()
         && !name
             .bytes()
@@ -139,10 +147,19 @@ pub fn prepare(
                 query.push(("dlr-mask".into(), c.dlr_mask.unwrap_or(19).to_string()));
                 // %d (report type) and %A (SMSC answer) are Kannel's own
                 // escapes, filled when it calls back.
-                query.push((
-                    "dlr-url".into(),
-                    format!("{base}?ref={{reference}}&status=%d&answer=%A"),
-                ));
+                let mut dlr = format!("{base}?ref={{reference}}&status=%d&answer=%A");
+                if let Some(t) = &receipt_token {
+                    // Kannel fills its `%X` escapes in a dlr-url (`%A` to
+                    // `%F` among them) and turns `%%` into `%`: a bare
+                    // percent-encoded byte like `%C3` would become the
+                    // charset (`%C`) and "3". Doubled, Kannel calls back
+                    // with the token encoded exactly once. (The whole
+                    // dlr-url is encoded once more as the value of the
+                    // sendsms query parameter.)
+                    dlr.push_str("&token=");
+                    dlr.push_str(&t.expose().replace('%', "%%"));
+                }
+                query.push(("dlr-url".into(), dlr));
             }
             if success_status.is_empty() {
                 success_status = vec![200, 202];
@@ -184,7 +201,12 @@ pub fn prepare(
             fields.push(("From".into(), "{from}".into()));
             fields.push(("Body".into(), "{text}".into()));
             if let Some(base) = &receipt_base {
-                fields.push(("StatusCallback".into(), base.clone()));
+                // Twilio calls the URL back as given (query included).
+                let url = match &receipt_token {
+                    Some(t) => format!("{base}?token={}", t.expose()),
+                    None => base.clone(),
+                };
+                fields.push(("StatusCallback".into(), url));
             }
             basic_auth = Some((sid, token));
             if success_status.is_empty() {

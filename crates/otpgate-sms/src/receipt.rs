@@ -7,6 +7,11 @@
 //! (channel, gateway id) and records the final status with the id kept. A
 //! receipt for a message the store does not know (another node's database, a
 //! purged row) is acknowledged and dropped, so the gateway stops resending it.
+//!
+//! An HTTP callback is authenticated before it gets here: the server checks
+//! its `token` parameter against the channel's `receipt_token` (see
+//! [`crate::config::receipt_auth`]). The parser below never reads `token`,
+//! so the secret cannot end up in a receipt's stored detail.
 
 use std::sync::Arc;
 
@@ -131,9 +136,10 @@ pub enum ReceiptError {
 }
 
 /// Handles an HTTP gateway's delivery callback for `channel`, given its
-/// query or form parameters. Framework-free: the server extracts the pairs
-/// and maps the result to a status code (`Ok` → 200, `Malformed` → 400,
-/// `Store` → 503).
+/// query or form parameters. Framework-free: the server extracts the pairs,
+/// refuses a callback without the channel's token (401) before calling
+/// this, and maps the result to a status code (`Ok` → 200, `Malformed` →
+/// 400, `Store` → 503).
 ///
 /// Understood formats, told apart by their parameter names:
 /// - Twilio `StatusCallback`: `MessageSid`, `MessageStatus` (`delivered`,
@@ -289,6 +295,20 @@ mod tests {
             assert_eq!(r.gateway_id, "42");
             assert_eq!(r.status, s, "type {t}");
         }
+    }
+
+    #[test]
+    fn the_token_parameter_is_neither_an_id_nor_detail() {
+        let r = parse_http_receipt(&p(&[
+            ("ref", "42"),
+            ("status", "2"),
+            ("answer", "NACK"),
+            ("token", "s3cret"),
+        ]))
+        .unwrap();
+        assert_eq!(r.gateway_id, "42");
+        assert!(!r.detail.contains("s3cret"), "{}", r.detail);
+        assert!(parse_http_receipt(&p(&[("token", "s3cret"), ("status", "delivered")])).is_err());
     }
 
     #[test]

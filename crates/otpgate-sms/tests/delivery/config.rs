@@ -9,6 +9,10 @@ fn env(k: &str) -> Option<String> {
     k.ends_with("PASSWORD")
         .then(|| "pw".to_owned())
         .or_else(|| matches!(k, "TWILIO_AUTH_TOKEN" | "ACME_API_TOKEN").then(|| "token".to_owned()))
+        .or_else(|| {
+            k.ends_with("_RECEIPT_TOKEN")
+                .then(|| "receipt-token".to_owned())
+        })
 }
 
 fn example(name: &str) -> SmsConfig {
@@ -40,6 +44,27 @@ fn the_http_example_is_valid() {
     let cfg = example("http.toml");
     cfg.validate(&env).expect("valid");
     assert_eq!(cfg.channels.len(), 3);
+    // Every channel of the example authenticates its receipts.
+    for (name, ch) in &cfg.channels {
+        let auth = otpgate_sms::config::receipt_auth(name, ch, &env).expect("resolves");
+        assert!(
+            matches!(auth, otpgate_sms::config::ReceiptAuth::Token(_)),
+            "{name}: {auth:?}"
+        );
+    }
+}
+
+#[test]
+fn the_readme_embeds_the_examples_as_they_are() {
+    let dir = env!("CARGO_MANIFEST_DIR");
+    let readme = std::fs::read_to_string(format!("{dir}/../../README.md")).expect("read README");
+    for name in ["smpp.toml", "http.toml"] {
+        let text = std::fs::read_to_string(format!("{dir}/examples/{name}")).expect("read");
+        assert!(
+            readme.contains(&text),
+            "README.md must embed examples/{name} verbatim: update one from the other"
+        );
+    }
 }
 
 #[tokio::test]

@@ -1,6 +1,7 @@
 //! The HTTP channel against a local gateway that records each request: the
-//! exact request of the Kannel and Twilio presets and of generic templates,
-//! the classification of answers, and receipts through the store.
+//! exact request of the Kannel and Twilio presets (with and without a
+//! receipt token) and of generic templates, the classification of answers,
+//! and receipts through the store.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -12,7 +13,7 @@ use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::IntoResponse;
 use base64::Engine;
 use otpgate_core::{CustomerId, DeliveryStatus, PhoneNumber, VerificationId};
-use otpgate_sms::config::{SmsConfig, build_table};
+use otpgate_sms::config::{ConfigError, ReceiptAuth, SmsConfig, build_table, receipt_auth};
 use otpgate_sms::{
     Channel, ChannelError, Outgoing, ReceiptError, ReceiptOutcome, Router, handle_http_receipt,
 };
@@ -24,6 +25,8 @@ struct Seen {
     method: Method,
     path: String,
     query: BTreeMap<String, String>,
+    /// The query as sent, before decoding.
+    raw_query: String,
     headers: HeaderMap,
     body: Vec<u8>,
 }
@@ -86,6 +89,7 @@ async fn record(
         method,
         path: uri.path().to_owned(),
         query: pairs(uri.query().unwrap_or("")),
+        raw_query: uri.query().unwrap_or("").to_owned(),
         headers,
         body: body.to_vec(),
     });
@@ -125,9 +129,17 @@ fn env(k: &str) -> Option<String> {
         "TW_TOKEN" => Some("tw-token".into()),
         "API_KEY" => Some("k-1".into()),
         "API_TOKEN" => Some("tok-2".into()),
+        "RECEIPT_TOKEN" => Some(RECEIPT_TOKEN.into()),
         _ => None,
     }
 }
+
+/// A receipt token with every kind of character a URL must encode: `+`, `/`,
+/// `=`, `&`, `%`, a space, and a non-ASCII letter (whose UTF-8 bytes encode
+/// as `%C3%A9`, which Kannel would read as its `%C` escape if left bare).
+const RECEIPT_TOKEN: &str = "a+b/c=d&e%f é";
+/// [`RECEIPT_TOKEN`] percent-encoded once, as a query value.
+const RECEIPT_TOKEN_ENCODED: &str = "a%2Bb%2Fc%3Dd%26e%25f%20%C3%A9";
 
 fn channel(db: &Db, toml: &str) -> Arc<dyn Channel> {
     let cfg = SmsConfig::from_toml(toml).expect("valid TOML");
@@ -240,6 +252,241 @@ async fn the_twilio_preset_posts_the_messages_api_form_with_basic_auth() {
     .collect();
     assert_eq!(body, want);
     assert!(r.query.is_empty());
+}
+
+/// What Kannel's smsbox does to a `dlr-url` when it calls back
+/// (`urltrans_fill_escape_codes`), for the escapes a percent-encoded byte
+/// could collide with: `%d` becomes the report type, `%A` the SMSC's answer
+/// (URL-encoded), `%B`/`%D`/`%F` billing, meta-data and foreign id (empty
+/// here), `%C` the charset, `%%` a literal `%`; any other `%X` stays.
+fn kannel_fills(dlr_url: &str, report_type: u8, answer: &str) -> String {
+    let encode = |s: &str| -> String {
+        s.bytes()
+            .map(|b| {
+                if b.is_ascii_alphanumeric() {
+                    char::from(b).to_string()
+                } else {
+                    format!("%{b:02X}")
+                }
+            })
+            .collect()
+    };
+    let mut out = String::new();
+    let mut chars = dlr_url.chars();
+    while let Some(c) = chars.next() {
+        if c != '%' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('d') => out.push_str(&report_type.to_string()),
+            Some('A') => out.push_str(&encode(answer)),
+            Some('B' | 'D' | 'F') => {}
+            Some('C') => out.push_str("UTF-8"),
+            Some('%') => out.push('%'),
+            Some(other) => {
+                out.push('%');
+                out.push(other);
+            }
+            None => out.push('%'),
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn the_kannel_preset_puts_the_receipt_token_into_the_dlr_url_encoded_for_kannel() {
+    let gw = Gateway::start(202, "0: Accepted for delivery").await;
+    let db = Db::new().await;
+    let toml = format!("{}receipt_token_env = \"RECEIPT_TOKEN\"\n", kannel(gw.port));
+    let ch = channel(&db, &toml);
+    ch.send(&msg(42, "Your code is 1234"))
+        .await
+        .expect("accepted");
+    let r = gw.last();
+    assert_eq!(r.method, Method::GET);
+    assert_eq!(r.path, "/cgi-bin/sendsms");
+    // Encoded once for the callback's query, then every `%` doubled for
+    // Kannel's escape codes.
+    let dlr = "https://otp.example.com/receipts/kannel?ref=42&status=%d&answer=%A\
+               &token=a%%2Bb%%2Fc%%3Dd%%26e%%25f%%20%%C3%%A9";
+    let want: BTreeMap<String, String> = [
+        ("username", "otp"),
+        ("password", "s3cret"),
+        ("from", "OTPGATE"),
+        ("to", "+919876543210"),
+        ("text", "Your code is 1234"),
+        ("charset", "UTF-8"),
+        ("coding", "0"),
+        ("dlr-mask", "19"),
+        ("dlr-url", dlr),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect();
+    assert_eq!(r.query, want);
+    // And the whole dlr-url is itself encoded once more as a query value.
+    assert!(
+        r.raw_query.contains(
+            "%26token%3Da%25%252Bb%25%252Fc%25%253Dd%25%2526e%25%2525f%25%2520%25%25C3%25%25A9"
+        ),
+        "{}",
+        r.raw_query
+    );
+
+    // When Kannel calls back, the token arrives as configured.
+    let callback = kannel_fills(dlr, 2, "NACK/0x0000000b/Invalid Destination Address");
+    assert!(
+        callback.contains(&format!("&token={RECEIPT_TOKEN_ENCODED}")),
+        "{callback}"
+    );
+    let url = reqwest::Url::parse(&callback).unwrap();
+    let got: BTreeMap<String, String> = url
+        .query_pairs()
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    assert_eq!(got["token"], RECEIPT_TOKEN);
+    assert_eq!(got["ref"], "42");
+    assert_eq!(got["status"], "2");
+    assert_eq!(got["answer"], "NACK/0x0000000b/Invalid Destination Address");
+
+    // The token, like the password, stays out of errors and health.
+    let down = channel(
+        &db,
+        &format!(
+            "{}receipt_token_env = \"RECEIPT_TOKEN\"\n",
+            kannel(free_port())
+        ),
+    );
+    let e = down.send(&msg(1, "x")).await.unwrap_err();
+    for secret in [RECEIPT_TOKEN, RECEIPT_TOKEN_ENCODED, "a%%2Bb"] {
+        assert!(!e.to_string().contains(secret), "{e}");
+        assert!(!format!("{e:?}").contains(secret), "{e:?}");
+        assert!(
+            !down
+                .health()
+                .last_error
+                .unwrap_or_default()
+                .contains(secret)
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_twilio_preset_puts_the_receipt_token_into_the_status_callback() {
+    let gw = Gateway::start(201, r#"{"sid":"SM0123","status":"queued"}"#).await;
+    let db = Db::new().await;
+    let toml = format!("{}receipt_token_env = \"RECEIPT_TOKEN\"\n", twilio(gw.port));
+    let ch = channel(&db, &toml);
+    ch.send(&msg(5, "Your code is 9876"))
+        .await
+        .expect("accepted");
+    let r = gw.last();
+    assert_eq!(r.method, Method::POST);
+    assert_eq!(r.path, "/2010-04-01/Accounts/AC123/Messages.json");
+    let auth = base64::engine::general_purpose::STANDARD.encode("AC123:tw-token");
+    assert_eq!(r.headers["authorization"], format!("Basic {auth}").as_str());
+    let body = pairs(std::str::from_utf8(&r.body).unwrap());
+    let callback = format!("https://otp.example.com/receipts/twilio?token={RECEIPT_TOKEN_ENCODED}");
+    let want: BTreeMap<String, String> = [
+        ("To", "+919876543210"),
+        ("From", "+15005550006"),
+        ("Body", "Your code is 9876"),
+        ("StatusCallback", callback.as_str()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect();
+    assert_eq!(body, want);
+    assert!(r.query.is_empty());
+    // Twilio calls that URL back as given: its token decodes to ours.
+    let url = reqwest::Url::parse(&body["StatusCallback"]).unwrap();
+    let token: Vec<String> = url
+        .query_pairs()
+        .filter(|(k, _)| k == "token")
+        .map(|(_, v)| v.into_owned())
+        .collect();
+    assert_eq!(token, [RECEIPT_TOKEN]);
+}
+
+#[test]
+fn receipt_auth_tells_the_server_what_to_ask_of_each_channel() {
+    let cfg = SmsConfig::from_toml(
+        r#"
+[channels.inline]
+type = "http"
+url = "http://gw.example/send"
+receipt_token = "t0k"
+[channels.from-env]
+type = "http"
+url = "http://gw.example/send"
+receipt_token_env = "RECEIPT_TOKEN"
+receipt_token = "ignored: the variable wins"
+[channels.open]
+type = "http"
+url = "http://gw.example/send"
+[channels.dev]
+type = "inbox"
+[channels.smsc]
+type = "smpp"
+host = "smsc.example"
+system_id = "otp"
+source_addr = "OTPGATE"
+[[routes]]
+channels = ["inline"]
+"#,
+    )
+    .unwrap();
+    let auth = |name: &str| receipt_auth(name, &cfg.channels[name], &env).unwrap();
+    assert!(matches!(auth("inline"), ReceiptAuth::Token(t) if t.expose() == "t0k"));
+    assert!(matches!(auth("from-env"), ReceiptAuth::Token(t) if t.expose() == RECEIPT_TOKEN));
+    assert!(matches!(auth("open"), ReceiptAuth::Open));
+    assert!(matches!(auth("dev"), ReceiptAuth::NotHttp));
+    assert!(matches!(auth("smsc"), ReceiptAuth::NotHttp));
+    // Neither the parsed configuration nor the answer shows the token.
+    for shown in [format!("{cfg:?}"), format!("{:?}", auth("inline"))] {
+        assert!(!shown.contains("t0k"), "{shown}");
+    }
+    let prepared = otpgate_sms::http::prepare(
+        "t",
+        match &cfg.channels["inline"] {
+            otpgate_sms::config::ChannelConfig::Http(c) => c,
+            _ => unreachable!(),
+        },
+        &env,
+    )
+    .unwrap();
+    assert!(!format!("{prepared:?}").contains("t0k"));
+    // The variable unset: refused, naming the variable (not a value).
+    let e = receipt_auth("from-env", &cfg.channels["from-env"], &|_| None).unwrap_err();
+    assert!(
+        matches!(e, ConfigError::MissingEnv { ref var, .. } if var == "RECEIPT_TOKEN"),
+        "{e}"
+    );
+}
+
+#[tokio::test]
+async fn an_empty_or_missing_receipt_token_is_refused_at_build() {
+    let db = Db::new().await;
+    let build = |extra: &str| {
+        let t = format!("[channels.a]\ntype = \"http\"\nurl = \"http://x/\"\n{extra}");
+        let cfg = SmsConfig::from_toml(&t)?;
+        cfg.validate(&env)?;
+        build_table(&cfg, db.store.clone(), db.clock.clone(), &env).map(|_| ())
+    };
+    assert!(build("receipt_token = \"t\"\n").is_ok());
+    let e = build("receipt_token = \"\"\n").unwrap_err();
+    assert!(
+        e.to_string().contains("receipt_token must not be empty"),
+        "{e}"
+    );
+    let e = build("receipt_token_env = \"NO_SUCH_TOKEN\"\n").unwrap_err();
+    assert!(e.to_string().contains("NO_SUCH_TOKEN"), "{e}");
+    let e = build("receipt_tokn = \"t\"\n").unwrap_err();
+    assert!(
+        e.to_string().contains("receipt_tokn"),
+        "a typo is not silently unauthenticated: {e}"
+    );
 }
 
 #[tokio::test]
