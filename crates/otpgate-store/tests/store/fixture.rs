@@ -21,16 +21,11 @@ use otpgate_store::{Store, StoreResult};
 /// Turns each listed `async fn name(db: TestDb)` of the calling module into
 /// two tests, `sqlite::name` and `postgres::name`, each with a fresh
 /// database. Multi-threaded runtimes, so the races between nodes are real.
-///
-/// `#[sqlite_differs = "why"] name` marks a rule the SQLite backend does not
-/// keep yet: its SQLite test is ignored with that reason (and still runs
-/// with `--ignored`), so the difference stays visible instead of untested.
 macro_rules! both_backends {
-    ($($(#[sqlite_differs = $why:literal])? $name:ident),+ $(,)?) => {
+    ($($name:ident),+ $(,)?) => {
         mod sqlite {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-                $(#[ignore = $why])?
                 async fn $name() {
                     let test = concat!(module_path!(), "::", stringify!($name));
                     $crate::fixture::run($crate::fixture::Backend::Sqlite, test, super::$name).await;
