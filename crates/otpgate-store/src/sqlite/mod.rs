@@ -176,7 +176,18 @@ impl SqliteStore {
                 .idle_timeout(None)
                 .max_lifetime(None);
         }
-        let write_pool = writer.connect_with(writer_opts).await.map_err(db)?;
+        // Switching a fresh file to WAL can meet another opener doing the
+        // same, which SQLite reports as locked at once: try again briefly.
+        let mut attempt = 0u64;
+        let write_pool = loop {
+            match writer.clone().connect_with(writer_opts.clone()).await {
+                Err(e) if attempt < 40 && lost_race(&e.to_string()) => {
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(10 + attempt * 5)).await;
+                }
+                other => break other.map_err(db)?,
+            }
+        };
         migrate(&write_pool).await?;
         let reader = if memory {
             write_pool.clone()
@@ -248,14 +259,16 @@ async fn migrate(pool: &SqlitePool) -> StoreResult<()> {
         .collect();
     let migrator = Migrator::with_migrations(migrations);
     // SQLx takes no lock for SQLite migrations: processes opening a fresh
-    // file together each see "not applied", and all but the first fail on
-    // `create table` once the first commits. The winner's migration is then
-    // recorded, so running again finds it applied and goes on.
+    // file together each see "not applied"; all but the first then fail on
+    // `create table` once the first commits, or with SQLITE_BUSY when their
+    // read transaction cannot be upgraded to a write (SQLite answers that at
+    // once, without the busy timeout). The winner's migration is recorded,
+    // so running again finds it applied and goes on.
     let mut result = migrator.run(pool).await;
-    for _ in 0..20 {
+    for attempt in 0..40u64 {
         match &result {
-            Err(e) if e.to_string().contains("already exists") => {
-                tokio::time::sleep(Duration::from_millis(25)).await;
+            Err(e) if lost_race(&e.to_string()) => {
+                tokio::time::sleep(Duration::from_millis(10 + attempt * 5)).await;
                 result = migrator.run(pool).await;
             }
             _ => break,
@@ -277,6 +290,12 @@ async fn migrate(pool: &SqlitePool) -> StoreResult<()> {
         Err(MigrateError::Execute(e)) => Err(db(e)),
         Err(e) => Err(StoreError::Internal(format!("migration failed: {e}"))),
     }
+}
+
+/// Whether an error opening a fresh file is another opener having got there
+/// first, so trying again will succeed.
+fn lost_race(message: &str) -> bool {
+    message.contains("already exists") || message.contains("database is locked")
 }
 
 /// Maps a SQLx error to the store's: faults of reaching the database become
