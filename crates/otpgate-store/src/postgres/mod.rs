@@ -18,6 +18,8 @@
 //! tests connections before use and reconnects, so the store recovers by
 //! itself once the database is back.
 
+#[cfg(all(test, feature = "testkit"))]
+mod checks_tests;
 mod error;
 mod migrate;
 mod rows;
@@ -271,7 +273,7 @@ const DAY_MS: i64 = 86_400_000;
 /// millions of rows.
 const MAX_STATS_DAYS: i64 = 3660;
 
-/// What the checks of a send decided, before anything is written.
+/// What a send's checks decided, before anything is written.
 enum Checked {
     /// Boxed: a refusal is the rare, larger case.
     Refused(Box<CreateOutcome>),
@@ -285,24 +287,126 @@ fn refused(outcome: CreateOutcome) -> Checked {
     Checked::Refused(Box::new(outcome))
 }
 
-/// Given (created_at, wrong attempts) of the window's verifications, newest
-/// first, the `created_at` of the one whose leaving the window brings the
-/// wrong codes back under `max`; `None` when already under it.
-fn wrong_code_block(newest_first: &[(i64, i32)], max: u32) -> Option<i64> {
-    let max = i64::from(max);
-    let mut sum = 0i64;
-    for &(at, wrong) in newest_first {
-        sum = sum.saturating_add(i64::from(wrong));
-        if sum >= max {
-            return Some(at);
-        }
-    }
-    None
+/// Retry-After for a refusal that lasts until `at` plus `window`.
+fn rate_limited(at: i64, window: i64, now: i64) -> Checked {
+    refused(CreateOutcome::RateLimited {
+        retry_after_secs: secs_until(at.saturating_add(window), now),
+    })
 }
 
+/// Everything the 506 check and the rate limits of contract §2 need, in
+/// one statement: the round trips of a send are made while it holds its
+/// account's lock, so each one costs every other send of the account too.
+///
+/// Its snapshot must be taken after the lock is granted (it is a statement
+/// of its own, after `select … for update`): a statement that waited for
+/// the lock itself would see only the locked row afresh, and these
+/// subqueries as they were before the send it waited for committed.
+///
+/// One row: the pending verification's columns (all null when there is
+/// none), then
+/// - `recent`: sends of the account in the last second (see
+///   [`CHECKS_COUNTING_RECENT`]);
+/// - `number_block_at`: `created_at` of the `per_number_max`-th newest send
+///   to the destination in its window; room opens when it leaves;
+/// - `wrong_block_at`: `created_at` of the newest verification at which the
+///   wrong codes of it and of those newer reach the budget; the budget frees
+///   when it leaves the window. The window function's default frame takes
+///   in peers (equal `created_at`), which changes no answer: the send time
+///   that first reaches the budget is the same whichever order ties are in.
+///   Wrong codes count by their verification's send time, as
+///   `wrong_codes_since` counts them.
+///
+/// Parameters: customer, destination, now, per-number window start,
+/// per-number offset, wrong-code window start, wrong-code budget.
+macro_rules! checks_sql {
+    ($recent:literal) => {
+        concat!(
+            "select pending.*, limits.*
+               from (select ",
+            $recent,
+            " as recent,
+                       (select created_at from verifications
+                         where customer_id = $1 and destination = $2 and created_at > $4
+                         order by created_at desc limit 1 offset $5
+                       ) as number_block_at,
+                       (select created_at
+                          from (select created_at,
+                                       sum(wrong_attempts) over (order by created_at desc)
+                                           as wrong
+                                  from verifications
+                                 where customer_id = $1 and destination = $2
+                                   and created_at > $6 and wrong_attempts > 0
+                               ) newest_first
+                         where wrong >= $7
+                         order by created_at desc limit 1
+                       ) as wrong_block_at
+                    ) limits
+               left join (select ",
+            verification_columns!(),
+            " from verifications
+                           where customer_id = $1 and destination = $2 and state = 'pending'
+                             and expires_at > $3 and wrong_attempts < max_attempts
+                           order by created_at desc, id desc limit 1
+                         ) pending on true"
+        )
+    };
+}
+
+/// The checks for an account without a per-second limit.
+const CHECKS: &str = checks_sql!("null::bigint");
+
+/// The checks for an account with a per-second limit, which also count its
+/// sends since `$8`. A statement of its own rather than a count that a
+/// parameter switches off: PostgreSQL would price the count into that
+/// statement's generic plan, find custom plans much cheaper, and so plan it
+/// afresh on every send. Without the limit (the default) a send runs
+/// [`CHECKS`], whose one cached plan serves every send.
+const CHECKS_COUNTING_RECENT: &str = checks_sql!(
+    "(select count(*) from verifications
+       where customer_id = $1 and created_at > $8 and created_at <= $3)"
+);
+
+/// The three writes of an accepted send, in one statement. The charge and
+/// the outbox row hang off the inserted verification, so an id that is
+/// already taken (`on conflict do nothing`) writes nothing at all; the
+/// caller then reports a conflict and drops the transaction, as before.
+const WRITE: &str = concat!(
+    "with inserted as (
+         insert into verifications (
+             id, customer_id, country_code, national, destination, flow_type, code_hash,
+             otp_length, state, wrong_attempts, max_attempts, created_at, expires_at,
+             transaction_id, cost, cost_test, delivery
+         ) values ($1, $2, $3, $4, $5, $6, $7, $8, 'pending', 0, $9, $10, $11, $12, $13,
+                   $14, 'queued')
+         on conflict (id) do nothing
+         returning ",
+    verification_columns!(),
+    "
+     ),
+     charged as (
+         update accounts a
+            set credits = a.credits - (i.cost - i.cost_test),
+                test_credits = a.test_credits - i.cost_test
+           from inserted i
+          where a.customer_id = i.customer_id
+     ),
+     queued as (
+         insert into outbox (
+             verification_id, customer_id, text, status, attempts, next_attempt_at,
+             created_at, updated_at
+         )
+         select id, customer_id, $15, 'queued', 0, created_at, created_at, created_at
+           from inserted
+     )
+     select * from inserted"
+);
+
 impl PostgresStore {
-    /// The checks of contract §2 and §5, in order, with the account row
-    /// already locked by this transaction.
+    /// The checks of contract §2 and §5 in the order the [`Store`] trait
+    /// documents, in two statements: the account row's lock, then
+    /// `CHECKS`. The order of outcomes is decided here, from one row, so
+    /// the SQL need not encode it.
     async fn create_checks(
         tx: &mut PgConnection,
         req: &NewVerification,
@@ -317,7 +421,11 @@ impl PostgresStore {
             return Err(StoreError::Internal("negative price".into()));
         }
 
-        let account = sqlx::query(
+        // The lock that serialises the sends of one account across nodes: a
+        // statement of its own, as `checks_sql!` explains. The row it returns
+        // is read afresh once the lock is granted, so the balance and the
+        // disabled flag are current.
+        let account: Option<(i64, i64, bool)> = sqlx::query_as(
             "select credits, test_credits, disabled from accounts
              where customer_id = $1 for update",
         )
@@ -325,48 +433,42 @@ impl PostgresStore {
         .fetch_optional(&mut *tx)
         .await
         .map_err(db_err)?;
-        let Some(account) = account else {
+        let Some((credits, test_credits, false)) = account else {
             return Ok(refused(CreateOutcome::AccountUnavailable));
         };
-        let credits: i64 = account.try_get("credits").map_err(db_err)?;
-        let test_credits: i64 = account.try_get("test_credits").map_err(db_err)?;
-        let disabled: bool = account.try_get("disabled").map_err(db_err)?;
-        if disabled {
-            return Ok(refused(CreateOutcome::AccountUnavailable));
-        }
 
-        // 506: a live verification to this destination.
-        let live = sqlx::query(concat!(
-            "select ",
-            verification_columns!(),
-            " from verifications
-             where customer_id = $1 and destination = $2 and state = 'pending'
-               and expires_at > $3 and wrong_attempts < max_attempts
-             order by created_at desc, id desc limit 1"
-        ))
+        let number_window = limits.per_number_window_ms.max(0);
+        let wrong_window = limits.wrong_code_window_ms.max(0);
+        let counting = limits.per_account_per_second.is_some();
+        let mut checks = sqlx::query(if counting {
+            CHECKS_COUNTING_RECENT
+        } else {
+            CHECKS
+        })
         .bind(customer)
         .bind(destination)
         .bind(now)
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(db_err)?;
-        if let Some(row) = live {
+        .bind(now.saturating_sub(number_window))
+        // A maximum of 0 refuses below before this offset is looked at;
+        // `max(1)` only keeps it legal.
+        .bind(i64::from(limits.per_number_max.max(1)) - 1)
+        .bind(now.saturating_sub(wrong_window))
+        .bind(i64::from(limits.wrong_code_max));
+        if counting {
+            checks = checks.bind(now.saturating_sub(1000));
+        }
+        let row = checks.fetch_one(&mut *tx).await.map_err(db_err)?;
+
+        // 506: a live verification to this destination.
+        let pending: Option<i64> = row.try_get("id").map_err(db_err)?;
+        if pending.is_some() {
             return Ok(refused(CreateOutcome::AlreadyPending(rows::verification(
                 &row,
             )?)));
         }
 
         if let Some(per_second) = limits.per_account_per_second {
-            let recent: i64 = sqlx::query_scalar(
-                "select count(*) from verifications
-                 where customer_id = $1 and created_at > $2 and created_at <= $3",
-            )
-            .bind(customer)
-            .bind(now.saturating_sub(1000))
-            .bind(now)
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(db_err)?;
+            let recent: i64 = row.try_get("recent").map_err(db_err)?;
             if recent >= i64::from(per_second) {
                 return Ok(refused(CreateOutcome::RateLimited {
                     retry_after_secs: 1,
@@ -375,58 +477,27 @@ impl PostgresStore {
         }
 
         // Per number: full while the `per_number_max`-th newest send to this
-        // destination is inside the window; room opens when it leaves.
-        let window = limits.per_number_window_ms.max(0);
+        // destination is inside the window.
         if limits.per_number_max == 0 {
-            return Ok(refused(CreateOutcome::RateLimited {
-                retry_after_secs: secs_until(now.saturating_add(window), now),
-            }));
+            return Ok(rate_limited(now, number_window, now));
         }
-        let blocking: Option<i64> = sqlx::query_scalar(
-            "select created_at from verifications
-             where customer_id = $1 and destination = $2 and created_at > $3
-             order by created_at desc limit 1 offset $4",
-        )
-        .bind(customer)
-        .bind(destination)
-        .bind(now.saturating_sub(window))
-        .bind(i64::from(limits.per_number_max) - 1)
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(db_err)?;
-        if let Some(at) = blocking {
-            return Ok(refused(CreateOutcome::RateLimited {
-                retry_after_secs: secs_until(at.saturating_add(window), now),
-            }));
+        let number_block_at: Option<i64> = row.try_get("number_block_at").map_err(db_err)?;
+        if let Some(at) = number_block_at {
+            return Ok(rate_limited(at, number_window, now));
         }
 
         // The wrong-code budget across this destination's verifications in
-        // the window, counted by their send time as `wrong_codes_since` does.
-        let window = limits.wrong_code_window_ms.max(0);
+        // the window.
         if limits.wrong_code_max == 0 {
-            return Ok(refused(CreateOutcome::RateLimited {
-                retry_after_secs: secs_until(now.saturating_add(window), now),
-            }));
+            return Ok(rate_limited(now, wrong_window, now));
         }
-        let wrong: Vec<(i64, i32)> = sqlx::query_as(
-            "select created_at, wrong_attempts from verifications
-             where customer_id = $1 and destination = $2 and created_at > $3
-               and wrong_attempts > 0
-             order by created_at desc",
-        )
-        .bind(customer)
-        .bind(destination)
-        .bind(now.saturating_sub(window))
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(db_err)?;
-        if let Some(at) = wrong_code_block(&wrong, limits.wrong_code_max) {
-            return Ok(refused(CreateOutcome::RateLimited {
-                retry_after_secs: secs_until(at.saturating_add(window), now),
-            }));
+        let wrong_block_at: Option<i64> = row.try_get("wrong_block_at").map_err(db_err)?;
+        if let Some(at) = wrong_block_at {
+            return Ok(rate_limited(at, wrong_window, now));
         }
 
-        // Contract §5: test credits first, never below zero.
+        // Contract §5: test credits first, never below zero. The balance is
+        // the locked row's, so no other send can spend it in between.
         let price = req.price;
         let cost_test = test_credits.clamp(0, price);
         if credits < price - cost_test {
@@ -447,69 +518,31 @@ impl PostgresStore {
             Checked::Refused(outcome) => return Ok(Err(*outcome)),
             Checked::Charge { cost, cost_test } => (cost, cost_test),
         };
-        let now = req.created_at;
-        let customer = req.customer_id.as_str();
-        sqlx::query(
-            "update accounts
-             set credits = credits - $2, test_credits = test_credits - $3
-             where customer_id = $1",
-        )
-        .bind(customer)
-        .bind(cost - cost_test)
-        .bind(cost_test)
-        .execute(&mut *tx)
-        .await
-        .map_err(db_err)?;
-        // `on conflict do nothing` rather than a unique violation, so a
-        // colliding id is reported without aborting the transaction first.
-        let row = sqlx::query(concat!(
-            "insert into verifications (
-                id, customer_id, country_code, national, destination, flow_type, code_hash,
-                otp_length, state, wrong_attempts, max_attempts, created_at, expires_at,
-                transaction_id, cost, cost_test, delivery
-             ) values ($1, $2, $3, $4, $5, $6, $7, $8, 'pending', 0, $9, $10, $11, $12, $13,
-                       $14, 'queued')
-             on conflict (id) do nothing
-             returning ",
-            verification_columns!()
-        ))
-        .bind(vid(req.id))
-        .bind(customer)
-        .bind(i32::from(req.destination.country_code()))
-        .bind(req.destination.national())
-        .bind(&destination)
-        .bind(&req.flow_type)
-        .bind(&req.code_hash.0[..])
-        .bind(i16::from(req.otp_length))
-        .bind(int(req.max_attempts))
-        .bind(now)
-        .bind(req.expires_at)
-        .bind(&req.transaction_id)
-        .bind(cost)
-        .bind(cost_test)
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(db_err)?;
+        let row = sqlx::query(WRITE)
+            .bind(vid(req.id))
+            .bind(req.customer_id.as_str())
+            .bind(i32::from(req.destination.country_code()))
+            .bind(req.destination.national())
+            .bind(&destination)
+            .bind(&req.flow_type)
+            .bind(&req.code_hash.0[..])
+            .bind(i16::from(req.otp_length))
+            .bind(int(req.max_attempts))
+            .bind(req.created_at)
+            .bind(req.expires_at)
+            .bind(&req.transaction_id)
+            .bind(cost)
+            .bind(cost_test)
+            .bind(&req.message_text)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db_err)?;
         let Some(row) = row else {
             return Err(StoreError::Conflict(
                 "verification id already exists".into(),
             ));
         };
-        let verification = rows::verification(&row)?;
-        sqlx::query(
-            "insert into outbox (
-                verification_id, customer_id, text, status, attempts, next_attempt_at,
-                created_at, updated_at
-             ) values ($1, $2, $3, 'queued', 0, $4, $4, $4)",
-        )
-        .bind(vid(req.id))
-        .bind(customer)
-        .bind(&req.message_text)
-        .bind(now)
-        .execute(&mut *tx)
-        .await
-        .map_err(db_err)?;
-        Ok(Ok(verification))
+        Ok(Ok(rows::verification(&row)?))
     }
 }
 
@@ -1307,17 +1340,6 @@ mod tests {
         assert_eq!(secs_until(2001, 1000), 2);
         assert_eq!(secs_until(61_000, 1000), 60);
         assert_eq!(secs_until(i64::MAX, i64::MIN), (i64::MAX / 1000) as u64);
-    }
-
-    #[test]
-    fn wrong_code_budget_frees_when_enough_old_codes_leave_the_window() {
-        // Newest first: 2 wrong at t=300, 1 at t=200, 3 at t=100.
-        let rows = [(300, 2), (200, 1), (100, 3)];
-        assert_eq!(wrong_code_block(&rows, 7), None);
-        assert_eq!(wrong_code_block(&rows, 6), Some(100));
-        assert_eq!(wrong_code_block(&rows, 3), Some(200));
-        assert_eq!(wrong_code_block(&rows, 2), Some(300));
-        assert_eq!(wrong_code_block(&[], 5), None);
     }
 
     #[test]
