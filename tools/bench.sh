@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Benchmarks otpgate end to end, on SQLite and on PostgreSQL in the same run:
 # a release build, one node per backend (PostgreSQL is a throwaway server
-# started here, fsync on), and `otpgate bench` against each — a /healthz
+# started here, fsync on), and `otpgate bench` against each — after a 3 s
+# warm-up (and `analyze` on PostgreSQL) — a /healthz
 # baseline phase, then C virtual users doing token → send → code from the
 # inbox → validate for D seconds. Measures and prints; asserts nothing.
 # Usage: tools/bench.sh [CONCURRENCY] [SECONDS]   (as root; bounded)
@@ -49,6 +50,14 @@ for backend in sqlite postgres; do
     sleep 0.1
   done
   [ -n "$URL" ] || { echo "the $backend server did not start"; cat "$W/$backend.log"; exit 1; }
+  # A short warm-up, then fresh planner statistics, so both backends are
+  # measured in steady state (on a brand-new PostgreSQL table the planner
+  # has no statistics yet and may pick a poor index until autovacuum runs).
+  "$BIN" bench --url "$URL" --customer-id "$CID" --password 'bench password' \
+    --inbox-database "$DB" -c "$C" -d 3 --baseline 0 >/dev/null
+  if [ "$backend" = postgres ]; then
+    psql -q -h 127.0.0.1 -p "$PORT" -U postgres -d otpgate_bench -c analyze
+  fi
   echo "=== $backend ($URL)"
   "$BIN" bench --url "$URL" --customer-id "$CID" --password 'bench password' \
     --inbox-database "$DB" -c "$C" -d "$D" --baseline 5
