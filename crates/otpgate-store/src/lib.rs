@@ -10,6 +10,7 @@
 
 mod model;
 pub mod postgres;
+mod shared;
 pub mod sqlite;
 #[cfg(feature = "testkit")]
 pub mod testkit;

@@ -24,6 +24,7 @@ mod error;
 mod migrate;
 mod rows;
 
+use crate::shared::{clip, email_key, fill_days, id_i64, retry_after_secs, stats_days, to_u64};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -222,56 +223,11 @@ impl PostgresStore {
     }
 }
 
-/// The key `account_by_email` looks up: Unicode lower case, folded here
-/// rather than by `lower()`, whose folding depends on the database's locale
-/// (and so that both backends fold alike).
-fn email_key(email: &str) -> String {
-    email.to_lowercase()
-}
-
-/// Longest error text kept per message: enough to diagnose, bounded so a
-/// chatty gateway cannot grow rows without limit (as on SQLite).
-const MAX_ERROR_LEN: usize = 500;
-
-/// Keeps at most [`MAX_ERROR_LEN`] bytes, cut on a character boundary.
-fn clip(s: &str) -> &str {
-    if s.len() <= MAX_ERROR_LEN {
-        return s;
-    }
-    let mut end = MAX_ERROR_LEN;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
-}
-
 /// `u32` counters are stored as `integer`; a value past its range (a
 /// configuration of billions of attempts) is as good as unlimited.
 fn int(n: u32) -> i32 {
     i32::try_from(n).unwrap_or(i32::MAX)
 }
-
-fn vid(id: VerificationId) -> i64 {
-    // Below 2^53 by construction.
-    i64::try_from(id.get()).unwrap_or(i64::MAX)
-}
-
-fn to_u64(n: i64) -> u64 {
-    u64::try_from(n).unwrap_or(0)
-}
-
-/// Whole seconds from `now` until `at`, rounded up, at least 1 (the
-/// contract's `Retry-After`).
-fn secs_until(at: i64, now: i64) -> u64 {
-    let ms = at.saturating_sub(now).max(0);
-    to_u64(ms.saturating_add(999) / 1000).max(1)
-}
-
-const DAY_MS: i64 = 86_400_000;
-/// The widest range `daily_stats` answers, in days (ten years, as on
-/// SQLite); a wider one is cut to its latest days rather than building
-/// millions of rows.
-const MAX_STATS_DAYS: i64 = 3660;
 
 /// What a send's checks decided, before anything is written.
 enum Checked {
@@ -290,7 +246,7 @@ fn refused(outcome: CreateOutcome) -> Checked {
 /// Retry-After for a refusal that lasts until `at` plus `window`.
 fn rate_limited(at: i64, window: i64, now: i64) -> Checked {
     refused(CreateOutcome::RateLimited {
-        retry_after_secs: secs_until(at.saturating_add(window), now),
+        retry_after_secs: retry_after_secs(at.saturating_add(window).saturating_sub(now)),
     })
 }
 
@@ -519,7 +475,7 @@ impl PostgresStore {
             Checked::Charge { cost, cost_test } => (cost, cost_test),
         };
         let row = sqlx::query(WRITE)
-            .bind(vid(req.id))
+            .bind(id_i64(req.id))
             .bind(req.customer_id.as_str())
             .bind(i32::from(req.destination.country_code()))
             .bind(req.destination.national())
@@ -775,7 +731,7 @@ impl Store for PostgresStore {
                 verification_columns!(),
                 " from verifications where id = $1 and customer_id = $2"
             ))
-            .bind(vid(id))
+            .bind(id_i64(id))
             .bind(customer.as_str())
             .fetch_optional(&self.pool)
             .await
@@ -804,7 +760,7 @@ impl Store for PostgresStore {
                      where id = $1 and customer_id = $2 and state = 'pending'
                        and wrong_attempts = $3",
                 )
-                .bind(vid(id))
+                .bind(id_i64(id))
                 .bind(customer.as_str())
                 .bind(expected)
                 .bind(now),
@@ -813,7 +769,7 @@ impl Store for PostgresStore {
                      where id = $1 and customer_id = $2 and state = 'pending'
                        and wrong_attempts = $3",
                 )
-                .bind(vid(id))
+                .bind(id_i64(id))
                 .bind(customer.as_str())
                 .bind(expected),
             };
@@ -888,12 +844,9 @@ impl Store for PostgresStore {
         since: i64,
         until: i64,
     ) -> StoreResult<Vec<DailyStats>> {
-        if until <= since {
+        let Some((first_day, last_day, since)) = stats_days(since, until) else {
             return Ok(Vec::new());
-        }
-        let last_day = (until - 1).div_euclid(DAY_MS);
-        let first_day = since.div_euclid(DAY_MS).max(last_day - MAX_STATS_DAYS + 1);
-        let since = since.max(first_day.saturating_mul(DAY_MS));
+        };
         self.guarded(async {
             // Completions are counted on the day of their send, so a day's
             // `completed` never exceeds its `sends` (a conversion rate), as
@@ -912,20 +865,7 @@ impl Store for PostgresStore {
             .fetch_all(&self.pool)
             .await
             .map_err(db_err)?;
-            let mut found = found.into_iter().peekable();
-            let mut out = Vec::new();
-            for day in first_day..=last_day {
-                let (sends, completed) = match found.next_if(|&(d, _, _)| d == day) {
-                    Some((_, s, c)) => (to_u64(s), to_u64(c)),
-                    None => (0, 0),
-                };
-                out.push(DailyStats {
-                    day_start: day.saturating_mul(DAY_MS),
-                    sends,
-                    completed,
-                });
-            }
-            Ok(out)
+            Ok(fill_days(first_day, last_day, found))
         })
         .await
     }
@@ -1215,7 +1155,7 @@ impl Store for PostgresStore {
                 " from outbox o join verifications v on v.id = o.verification_id
                   where o.verification_id = $1"
             ))
-            .bind(vid(id))
+            .bind(id_i64(id))
             .fetch_optional(&self.pool)
             .await
             .map_err(db_err)?;
@@ -1233,7 +1173,7 @@ impl Store for PostgresStore {
             .bind(msg.customer_id.as_ref().map(CustomerId::as_str))
             .bind(&msg.destination)
             .bind(&msg.text)
-            .bind(msg.verification_id.map(vid))
+            .bind(msg.verification_id.map(id_i64))
             .bind(msg.created_at)
             .execute(&self.pool)
             .await
@@ -1332,24 +1272,6 @@ async fn fail_and_refund(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn retry_after_rounds_up_and_is_at_least_one() {
-        assert_eq!(secs_until(1000, 1000), 1);
-        assert_eq!(secs_until(0, 1000), 1);
-        assert_eq!(secs_until(2001, 1000), 2);
-        assert_eq!(secs_until(61_000, 1000), 60);
-        assert_eq!(secs_until(i64::MAX, i64::MIN), (i64::MAX / 1000) as u64);
-    }
-
-    #[test]
-    fn error_text_is_clipped_on_a_character_boundary() {
-        let long = "é".repeat(400);
-        let c = clip(&long);
-        assert!(c.len() <= MAX_ERROR_LEN);
-        assert!(long.starts_with(c));
-        assert_eq!(clip("short"), "short");
-    }
 
     #[test]
     fn default_options_are_the_documented_ones() {

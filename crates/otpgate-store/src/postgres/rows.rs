@@ -2,16 +2,13 @@
 //! checked on its way in, so a value that does not parse on the way out is
 //! corruption (or a bug) and becomes [`StoreError::Internal`], never a panic.
 
-use otpgate_core::{
-    CodeHash, CustomerId, DeliveryStatus, PhoneNumber, VerificationId, VerificationState,
-};
+use crate::shared::{corrupt, count, customer_id, delivery, phone, verification_id};
+use otpgate_core::{CodeHash, PhoneNumber, VerificationState};
 use sqlx::postgres::PgRow;
 use sqlx::{Decode, Postgres, Row, Type};
 
 use super::error::db_err;
-use crate::{
-    Account, AccountSettings, InboxEntry, OutboxMessage, StoreError, StoreResult, Verification,
-};
+use crate::{Account, AccountSettings, InboxEntry, OutboxMessage, StoreResult, Verification};
 
 /// The columns [`verification`] reads, in `select` order.
 macro_rules! verification_columns {
@@ -50,36 +47,9 @@ where
     row.try_get(col).map_err(db_err)
 }
 
-fn corrupt(what: &str) -> StoreError {
-    StoreError::Internal(format!("stored {what} does not parse"))
-}
-
-fn customer_id(s: &str) -> StoreResult<CustomerId> {
-    CustomerId::parse(s).map_err(|_| corrupt("customer id"))
-}
-
-fn verification_id(n: i64) -> StoreResult<VerificationId> {
-    u64::try_from(n)
-        .ok()
-        .and_then(|n| VerificationId::new(n).ok())
-        .ok_or_else(|| corrupt("verification id"))
-}
-
-fn count(n: i32, what: &str) -> StoreResult<u32> {
-    u32::try_from(n).map_err(|_| corrupt(what))
-}
-
-fn phone(row: &PgRow) -> StoreResult<PhoneNumber> {
+fn destination(row: &PgRow) -> StoreResult<PhoneNumber> {
     let cc: i32 = get(row, "country_code")?;
-    let cc = u16::try_from(cc).map_err(|_| corrupt("country code"))?;
-    Ok(PhoneNumber::from_trusted_parts(
-        cc,
-        get::<String>(row, "national")?,
-    ))
-}
-
-fn delivery(s: &str) -> StoreResult<DeliveryStatus> {
-    DeliveryStatus::parse(s).ok_or_else(|| corrupt("delivery status"))
+    phone(cc.into(), get(row, "national")?)
 }
 
 pub(crate) fn verification(row: &PgRow) -> StoreResult<Verification> {
@@ -90,13 +60,13 @@ pub(crate) fn verification(row: &PgRow) -> StoreResult<Verification> {
     Ok(Verification {
         id: verification_id(get(row, "id")?)?,
         customer_id: customer_id(&get::<String>(row, "customer_id")?)?,
-        destination: phone(row)?,
+        destination: destination(row)?,
         flow_type: get(row, "flow_type")?,
         code_hash: CodeHash::from_slice(&hash).map_err(|_| corrupt("code hash"))?,
         otp_length: u8::try_from(otp_length).map_err(|_| corrupt("otp length"))?,
         state: VerificationState::parse(&state).ok_or_else(|| corrupt("state"))?,
-        wrong_attempts: count(get(row, "wrong_attempts")?, "wrong attempts")?,
-        max_attempts: count(get(row, "max_attempts")?, "max attempts")?,
+        wrong_attempts: count(get::<i32>(row, "wrong_attempts")?.into(), "wrong attempts")?,
+        max_attempts: count(get::<i32>(row, "max_attempts")?.into(), "max attempts")?,
         created_at: get(row, "created_at")?,
         expires_at: get(row, "expires_at")?,
         completed_at: get(row, "completed_at")?,
@@ -134,11 +104,11 @@ pub(crate) fn outbox_message(row: &PgRow) -> StoreResult<OutboxMessage> {
         id: get(row, "id")?,
         verification_id: verification_id(get(row, "verification_id")?)?,
         customer_id: customer_id(&get::<String>(row, "customer_id")?)?,
-        destination: phone(row)?,
+        destination: destination(row)?,
         flow_type: get(row, "flow_type")?,
         text: get(row, "text")?,
         status: delivery(&status)?,
-        attempts: count(get(row, "attempts")?, "attempts")?,
+        attempts: count(get::<i32>(row, "attempts")?.into(), "attempts")?,
         next_attempt_at: get(row, "next_attempt_at")?,
         expires_at: get(row, "expires_at")?,
         channel: get(row, "channel")?,

@@ -23,6 +23,7 @@ mod writer;
 
 pub use writer::WriteStats;
 
+use crate::shared::{email_key, fill_days, id_i64, settings_json, stats_days, to_u64};
 use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
@@ -74,13 +75,6 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const MAX_BATCH: usize = 128;
 /// Read connections beside the one writer.
 const READERS: u32 = 4;
-/// Longest error text kept per message: enough to diagnose, bounded so a
-/// chatty gateway cannot grow rows without limit.
-const MAX_ERROR_LEN: usize = 500;
-const DAY_MS: i64 = 86_400_000;
-/// The widest range [`Store::daily_stats`] answers, in days (ten years); a
-/// wider one is cut to its latest days rather than building millions of rows.
-const MAX_STATS_DAYS: i64 = 3660;
 
 /// The SQLite [`Store`].
 #[derive(Debug, Clone)]
@@ -326,28 +320,6 @@ pub(crate) fn db(e: sqlx::Error) -> StoreError {
     }
 }
 
-/// Keeps at most [`MAX_ERROR_LEN`] bytes, cut on a character boundary.
-fn clip(s: &str) -> &str {
-    if s.len() <= MAX_ERROR_LEN {
-        return s;
-    }
-    let mut end = MAX_ERROR_LEN;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
-}
-
-/// The key `account_by_email` looks up: Unicode lower case, so log-in by
-/// e-mail is case-insensitive beyond ASCII.
-fn email_key(email: &str) -> String {
-    email.to_lowercase()
-}
-
-fn settings_json(s: &AccountSettings) -> StoreResult<String> {
-    serde_json::to_string(s).map_err(|e| StoreError::Internal(format!("settings: {e}")))
-}
-
 /// The account an `update accounts … returning` statement changed, or
 /// `NotFound` when it matched none.
 fn updated(row: Result<Option<sqlx::sqlite::SqliteRow>, sqlx::Error>) -> StoreResult<Account> {
@@ -356,15 +328,6 @@ fn updated(row: Result<Option<sqlx::sqlite::SqliteRow>, sqlx::Error>) -> StoreRe
         .map(rows::account)
         .transpose()?
         .ok_or(StoreError::NotFound)
-}
-
-fn to_i64(id: VerificationId) -> i64 {
-    // Below 2^53 by construction, so always in range.
-    i64::try_from(id.get()).unwrap_or(i64::MAX)
-}
-
-fn to_u64(n: i64) -> u64 {
-    u64::try_from(n).unwrap_or(0)
 }
 
 #[async_trait]
@@ -635,7 +598,7 @@ impl Store for SqliteStore {
             verification_columns!(),
             " from verifications where id = ?1 and customer_id = ?2"
         ))
-        .bind(to_i64(id))
+        .bind(id_i64(id))
         .bind(customer.as_str())
         .fetch_optional(&self.reader)
         .await
@@ -665,7 +628,7 @@ impl Store for SqliteStore {
                          where id = ?1 and customer_id = ?2 and state = 'pending'
                            and wrong_attempts = ?3",
                     )
-                    .bind(to_i64(id))
+                    .bind(id_i64(id))
                     .bind(customer.as_str())
                     .bind(expected_wrong_attempts)
                     .bind(now),
@@ -674,7 +637,7 @@ impl Store for SqliteStore {
                          where id = ?1 and customer_id = ?2 and state = 'pending'
                            and wrong_attempts = ?3",
                     )
-                    .bind(to_i64(id))
+                    .bind(id_i64(id))
                     .bind(customer.as_str())
                     .bind(expected_wrong_attempts),
                 };
@@ -746,12 +709,9 @@ impl Store for SqliteStore {
         since: i64,
         until: i64,
     ) -> StoreResult<Vec<DailyStats>> {
-        if until <= since {
+        let Some((first_day, last_day, since)) = stats_days(since, until) else {
             return Ok(Vec::new());
-        }
-        let last_day = (until - 1).div_euclid(DAY_MS);
-        let first_day = since.div_euclid(DAY_MS).max(last_day - MAX_STATS_DAYS + 1);
-        let since = since.max(first_day.saturating_mul(DAY_MS));
+        };
         // Completions are counted on the day of their send, so a day's
         // `completed` never exceeds its `sends` (a conversion rate).
         let found: Vec<(i64, i64, i64)> = sqlx::query_as(
@@ -768,20 +728,7 @@ impl Store for SqliteStore {
         .fetch_all(&self.reader)
         .await
         .map_err(db)?;
-        let mut found = found.into_iter().peekable();
-        let mut out = Vec::new();
-        for day in first_day..=last_day {
-            let (sends, completed) = match found.next_if(|&(d, _, _)| d == day) {
-                Some((_, s, c)) => (to_u64(s), to_u64(c)),
-                None => (0, 0),
-            };
-            out.push(DailyStats {
-                day_start: day.saturating_mul(DAY_MS),
-                sends,
-                completed,
-            });
-        }
-        Ok(out)
+        Ok(fill_days(first_day, last_day, found))
     }
 
     async fn channel_stats(
@@ -931,7 +878,7 @@ impl Store for SqliteStore {
             " from outbox o join verifications v on v.id = o.verification_id
              where o.verification_id = ?1"
         ))
-        .bind(to_i64(id))
+        .bind(id_i64(id))
         .fetch_optional(&self.reader)
         .await
         .map_err(db)?
@@ -952,7 +899,7 @@ impl Store for SqliteStore {
                 .bind(msg.customer_id.as_ref().map(CustomerId::as_str))
                 .bind(&msg.destination)
                 .bind(&msg.text)
-                .bind(msg.verification_id.map(to_i64))
+                .bind(msg.verification_id.map(id_i64))
                 .bind(msg.created_at)
                 .execute(&mut *conn)
                 .await

@@ -10,7 +10,8 @@
 use otpgate_core::{DeliveryStatus, VerificationState};
 use sqlx::sqlite::SqliteConnection;
 
-use super::{clip, db, rows, rows::outbox_columns};
+use super::{db, rows, rows::outbox_columns};
+use crate::shared::clip;
 use crate::{OutboxMessage, SentInfo, StoreResult};
 
 pub(super) async fn claim(

@@ -2,14 +2,13 @@
 //! was written, so a value that no longer parses means corruption or a bug:
 //! it becomes [`StoreError::Internal`], never a panic.
 
-use otpgate_core::{
-    CodeHash, CustomerId, DeliveryStatus, PhoneNumber, VerificationId, VerificationState,
-};
+use crate::shared::{corrupt, count, customer_id, delivery, phone, verification_id};
+use otpgate_core::{CodeHash, PhoneNumber, VerificationState};
 use sqlx::Row;
 use sqlx::sqlite::SqliteRow;
 
 use super::db;
-use crate::{Account, AccountSettings, InboxEntry, OutboxMessage, StoreError, StoreResult};
+use crate::{Account, AccountSettings, InboxEntry, OutboxMessage, StoreResult};
 
 /// The columns [`account`] reads, for `select` and `returning`.
 macro_rules! account_columns {
@@ -39,10 +38,6 @@ macro_rules! outbox_columns {
 
 pub(crate) use {account_columns, outbox_columns, verification_columns};
 
-fn corrupt(what: &str) -> StoreError {
-    StoreError::Internal(format!("stored {what} does not parse"))
-}
-
 fn get<'r, T>(row: &'r SqliteRow, col: &str) -> StoreResult<T>
 where
     T: sqlx::Decode<'r, sqlx::Sqlite> + sqlx::Type<sqlx::Sqlite>,
@@ -50,32 +45,9 @@ where
     row.try_get(col).map_err(db)
 }
 
-fn customer_id(s: &str) -> StoreResult<CustomerId> {
-    CustomerId::parse(s).map_err(|_| corrupt("customerId"))
-}
-
-pub(super) fn verification_id(n: i64) -> StoreResult<VerificationId> {
-    u64::try_from(n)
-        .ok()
-        .and_then(|n| VerificationId::new(n).ok())
-        .ok_or_else(|| corrupt("verification id"))
-}
-
 fn destination(row: &SqliteRow) -> StoreResult<PhoneNumber> {
     let cc: i64 = get(row, "country_code")?;
-    let cc = u16::try_from(cc).map_err(|_| corrupt("country code"))?;
-    Ok(PhoneNumber::from_trusted_parts(
-        cc,
-        get::<String>(row, "national")?,
-    ))
-}
-
-fn delivery(s: &str) -> StoreResult<DeliveryStatus> {
-    DeliveryStatus::parse(s).ok_or_else(|| corrupt("delivery status"))
-}
-
-fn count(n: i64, what: &str) -> StoreResult<u32> {
-    u32::try_from(n).map_err(|_| corrupt(what))
+    phone(cc, get(row, "national")?)
 }
 
 pub(super) fn account(row: &SqliteRow) -> StoreResult<Account> {

@@ -6,7 +6,8 @@
 use otpgate_core::{DeliveryStatus, VerificationState};
 use sqlx::sqlite::SqliteConnection;
 
-use super::{db, rows, rows::verification_columns, to_i64};
+use super::{db, rows, rows::verification_columns};
+use crate::shared::{id_i64, retry_after_secs};
 use crate::{CreateOutcome, NewVerification, SendLimits, StoreError, StoreResult, Verification};
 
 pub(super) async fn create(
@@ -101,7 +102,7 @@ pub(super) async fn create(
          values (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'pending', 0, ?9, ?10, ?11, ?12, ?13, ?14,
                  'queued')",
     )
-    .bind(to_i64(v.id))
+    .bind(id_i64(v.id))
     .bind(v.customer_id.as_str())
     .bind(v.destination.country_code())
     .bind(v.destination.national())
@@ -126,7 +127,7 @@ pub(super) async fn create(
                              updated_at)
          values (?1, ?2, 'queued', ?3, ?3, ?3)",
     )
-    .bind(to_i64(v.id))
+    .bind(id_i64(v.id))
     .bind(&req.message_text)
     .bind(now)
     .execute(&mut *conn)
@@ -162,7 +163,7 @@ async fn limited(
     // is still inside the window; it frees up when that one leaves it.
     let window = limits.per_number_window_ms;
     if limits.per_number_max == 0 {
-        return Ok(Some(secs(window)));
+        return Ok(Some(retry_after_secs(window)));
     }
     let blocking: Option<i64> = sqlx::query_scalar(
         "select created_at from verifications
@@ -178,12 +179,14 @@ async fn limited(
     .await
     .map_err(db)?;
     if let Some(at) = blocking {
-        return Ok(Some(secs(at.saturating_add(window).saturating_sub(now))));
+        return Ok(Some(retry_after_secs(
+            at.saturating_add(window).saturating_sub(now),
+        )));
     }
 
     let window = limits.wrong_code_window_ms;
     if limits.wrong_code_max == 0 {
-        return Ok(Some(secs(window)));
+        return Ok(Some(retry_after_secs(window)));
     }
     let wrong: Vec<(i64, i64)> = sqlx::query_as(
         "select created_at, wrong_attempts from verifications
@@ -199,7 +202,7 @@ async fn limited(
     .await
     .map_err(db)?;
     Ok(wrong_code_block(&wrong, limits.wrong_code_max)
-        .map(|at| secs(at.saturating_add(window).saturating_sub(now))))
+        .map(|at| retry_after_secs(at.saturating_add(window).saturating_sub(now))))
 }
 
 /// Given (created_at, wrong attempts) of the window's verifications, newest
@@ -220,25 +223,9 @@ fn wrong_code_block(newest_first: &[(i64, i64)], max: u32) -> Option<i64> {
     None
 }
 
-/// Milliseconds to whole seconds, rounded up, at least 1 (the `Retry-After`
-/// a client sleeps must not be 0).
-fn secs(ms: i64) -> u64 {
-    u64::try_from(ms.max(1)).unwrap_or(1).div_ceil(1000)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn retry_after_rounds_up_and_is_never_zero() {
-        assert_eq!(secs(1), 1);
-        assert_eq!(secs(1000), 1);
-        assert_eq!(secs(1001), 2);
-        assert_eq!(secs(0), 1);
-        assert_eq!(secs(-5), 1);
-        assert_eq!(secs(60_000), 60);
-    }
 
     #[test]
     fn wrong_code_budget_frees_when_enough_old_codes_leave_the_window() {

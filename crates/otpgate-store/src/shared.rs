@@ -1,0 +1,160 @@
+//! What the SQLite and PostgreSQL backends do alike outside SQL: bounding
+//! stored error text, folding e-mail keys, Retry-After arithmetic, the day
+//! grid of `daily_stats`, and reading stored values back into domain types
+//! (a value that no longer parses is corruption: `Internal`, never a panic).
+
+use otpgate_core::{CustomerId, DeliveryStatus, PhoneNumber, VerificationId};
+
+use crate::{AccountSettings, DailyStats, StoreError, StoreResult};
+
+/// Longest error text kept per message: enough to diagnose, bounded so a
+/// chatty gateway cannot grow rows without limit.
+pub(crate) const MAX_ERROR_LEN: usize = 500;
+
+/// Keeps at most [`MAX_ERROR_LEN`] bytes, cut on a character boundary.
+pub(crate) fn clip(s: &str) -> &str {
+    if s.len() <= MAX_ERROR_LEN {
+        return s;
+    }
+    let mut end = MAX_ERROR_LEN;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// The key `account_by_email` looks up: Unicode lower case, folded here
+/// rather than by the database, whose folding depends on its locale, so
+/// both backends fold alike.
+pub(crate) fn email_key(email: &str) -> String {
+    email.to_lowercase()
+}
+
+pub(crate) fn settings_json(s: &AccountSettings) -> StoreResult<String> {
+    serde_json::to_string(s).map_err(|e| StoreError::Internal(format!("settings: {e}")))
+}
+
+/// A verification id as stored; below 2^53 by construction, so in range.
+pub(crate) fn id_i64(id: VerificationId) -> i64 {
+    i64::try_from(id.get()).unwrap_or(i64::MAX)
+}
+
+pub(crate) fn to_u64(n: i64) -> u64 {
+    u64::try_from(n).unwrap_or(0)
+}
+
+/// `ms` as the contract's `Retry-After`: whole seconds, rounded up, at
+/// least 1.
+pub(crate) fn retry_after_secs(ms: i64) -> u64 {
+    to_u64(ms.max(1)).div_ceil(1000)
+}
+
+pub(crate) const DAY_MS: i64 = 86_400_000;
+/// The widest range `daily_stats` answers, in days (ten years); a wider one
+/// is cut to its latest days rather than building millions of rows.
+pub(crate) const MAX_STATS_DAYS: i64 = 3660;
+
+/// The UTC days `daily_stats` reports for `[since, until)`: the first and
+/// last day numbers and the (possibly later) start to query from; `None`
+/// for an empty range.
+pub(crate) fn stats_days(since: i64, until: i64) -> Option<(i64, i64, i64)> {
+    if until <= since {
+        return None;
+    }
+    let last_day = (until - 1).div_euclid(DAY_MS);
+    let first_day = since.div_euclid(DAY_MS).max(last_day - MAX_STATS_DAYS + 1);
+    Some((
+        first_day,
+        last_day,
+        since.max(first_day.saturating_mul(DAY_MS)),
+    ))
+}
+
+/// One row per day from `first_day` to `last_day`, taking (day, sends,
+/// completed) from `found` (ascending by day) and zero for days it lacks.
+pub(crate) fn fill_days(
+    first_day: i64,
+    last_day: i64,
+    found: Vec<(i64, i64, i64)>,
+) -> Vec<DailyStats> {
+    let mut found = found.into_iter().peekable();
+    (first_day..=last_day)
+        .map(|day| {
+            let (sends, completed) = match found.next_if(|&(d, _, _)| d == day) {
+                Some((_, s, c)) => (to_u64(s), to_u64(c)),
+                None => (0, 0),
+            };
+            DailyStats {
+                day_start: day.saturating_mul(DAY_MS),
+                sends,
+                completed,
+            }
+        })
+        .collect()
+}
+
+pub(crate) fn corrupt(what: &str) -> StoreError {
+    StoreError::Internal(format!("stored {what} does not parse"))
+}
+
+pub(crate) fn customer_id(s: &str) -> StoreResult<CustomerId> {
+    CustomerId::parse(s).map_err(|_| corrupt("customer id"))
+}
+
+pub(crate) fn verification_id(n: i64) -> StoreResult<VerificationId> {
+    u64::try_from(n)
+        .ok()
+        .and_then(|n| VerificationId::new(n).ok())
+        .ok_or_else(|| corrupt("verification id"))
+}
+
+pub(crate) fn delivery(s: &str) -> StoreResult<DeliveryStatus> {
+    DeliveryStatus::parse(s).ok_or_else(|| corrupt("delivery status"))
+}
+
+pub(crate) fn count(n: i64, what: &str) -> StoreResult<u32> {
+    u32::try_from(n).map_err(|_| corrupt(what))
+}
+
+/// A destination from its stored dialing code and national number.
+pub(crate) fn phone(country_code: i64, national: String) -> StoreResult<PhoneNumber> {
+    let cc = u16::try_from(country_code).map_err(|_| corrupt("country code"))?;
+    Ok(PhoneNumber::from_trusted_parts(cc, national))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_rounds_up_and_is_never_zero() {
+        assert_eq!(retry_after_secs(1), 1);
+        assert_eq!(retry_after_secs(1000), 1);
+        assert_eq!(retry_after_secs(1001), 2);
+        assert_eq!(retry_after_secs(0), 1);
+        assert_eq!(retry_after_secs(-5), 1);
+        assert_eq!(retry_after_secs(60_000), 60);
+    }
+
+    #[test]
+    fn clip_cuts_on_a_character_boundary() {
+        let s = "é".repeat(400);
+        let c = clip(&s);
+        assert!(c.len() <= MAX_ERROR_LEN && c.len() >= MAX_ERROR_LEN - 1);
+        assert!(s.starts_with(c));
+        assert_eq!(clip("short"), "short");
+    }
+
+    #[test]
+    fn day_grid_fills_gaps_and_caps_its_width() {
+        assert_eq!(stats_days(5, 5), None);
+        let (first, last, since) = stats_days(DAY_MS + 5, 3 * DAY_MS).unwrap();
+        assert_eq!((first, last, since), (1, 2, DAY_MS + 5));
+        let rows = fill_days(first, last, vec![(2, 3, 1)]);
+        assert_eq!(rows.len(), 2);
+        assert_eq!((rows[0].sends, rows[1].sends, rows[1].completed), (0, 3, 1));
+        let (first, last, since) = stats_days(i64::MIN, i64::MAX).unwrap();
+        assert_eq!(last - first + 1, MAX_STATS_DAYS);
+        assert_eq!(since, first * DAY_MS);
+    }
+}
