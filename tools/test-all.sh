@@ -26,6 +26,15 @@ for dir in tools/*/; do
   fi
 done
 
+# Python tools the tests start (local SMTP server, API fuzzer…) live in a
+# venv under target/, so a fresh machine gets them and the system stays clean.
+if grep -q -v -E '^\s*(#|$)' tools/python/requirements.txt; then
+  echo "== python venv in target/python"
+  [ -x target/python/bin/python ] || python3 -m venv target/python
+  target/python/bin/pip install -q --disable-pip-version-check -r tools/python/requirements.txt
+fi
+export OTPGATE_PYTHON="$PWD/target/python/bin/python"
+
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
