@@ -204,7 +204,10 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<bool>;
 
     /// A delivery receipt from `channel` for the gateway's `gateway_id`.
-    /// Returns whether a message matched.
+    /// Returns when the matched message was accepted (its `created_at`, for
+    /// the receipt latency metric), or `None` when no message matched. A
+    /// `Delivered` receipt writes the `verification.delivered` event, a
+    /// final failure the `verification.failed` one, in the same transaction.
     async fn outbox_receipt(
         &self,
         channel: &str,
@@ -212,7 +215,7 @@ pub trait Store: Send + Sync + 'static {
         status: otpgate_core::DeliveryStatus,
         detail: &str,
         now: i64,
-    ) -> StoreResult<bool>;
+    ) -> StoreResult<Option<i64>>;
 
     /// Messages by state, for health and metrics.
     async fn outbox_depth(&self) -> StoreResult<OutboxDepth>;
@@ -222,6 +225,62 @@ pub trait Store: Send + Sync + 'static {
         &self,
         id: VerificationId,
     ) -> StoreResult<Option<OutboxMessage>>;
+
+    // ---- webhooks and events -------------------------------------------
+    //
+    // An event row is written in the same transaction as the change that
+    // causes it (send, validation, delivery failure, receipt), and only for
+    // an account that has a webhook at that moment, so a crash can lose
+    // neither. Each (verification, kind) has at most one event.
+
+    async fn webhook_get(&self, customer: &CustomerId) -> StoreResult<Option<Webhook>>;
+
+    /// Sets (or replaces) the account's endpoint and secret.
+    /// [`StoreError::NotFound`] for an unknown account.
+    async fn webhook_set(
+        &self,
+        customer: &CustomerId,
+        url: &str,
+        secret: &str,
+        now: i64,
+    ) -> StoreResult<Webhook>;
+
+    /// Removes the account's endpoint; events still queued are dropped when
+    /// a worker next picks them up.
+    async fn webhook_delete(&self, customer: &CustomerId) -> StoreResult<()>;
+
+    /// Leases up to `max` due pending events to `worker` until
+    /// `now + lease_ms`, as [`Store::outbox_claim`] does for messages.
+    async fn events_claim(
+        &self,
+        worker: &str,
+        max: u32,
+        lease_ms: i64,
+        now: i64,
+    ) -> StoreResult<Vec<PendingEvent>>;
+
+    /// Records an attempt's result; ignored (`false`) unless `worker` still
+    /// holds the lease.
+    async fn event_record(
+        &self,
+        id: i64,
+        worker: &str,
+        attempt: &EventAttempt,
+        now: i64,
+    ) -> StoreResult<bool>;
+
+    /// Writes `verification.expired` for every verification that has a
+    /// `verification.created` event, expired since the last sweep (up to
+    /// `now`) and was neither completed nor failed. Safe to run on several
+    /// nodes at once. Returns how many events it wrote.
+    async fn events_sweep_expired(&self, now: i64) -> StoreResult<u64>;
+
+    /// The account's events, newest first (the console's deliveries page).
+    async fn event_list(&self, customer: &CustomerId, limit: u32)
+    -> StoreResult<Vec<EventRecord>>;
+
+    /// Pending events, for metrics.
+    async fn event_backlog(&self) -> StoreResult<EventBacklog>;
 
     // ---- inbox channel -------------------------------------------------
 

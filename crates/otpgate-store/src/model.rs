@@ -216,6 +216,8 @@ pub struct OutboxDepth {
     pub in_flight: u64,
     /// Failed permanently (all time).
     pub failed: u64,
+    /// `created_at` of the oldest queued message, if any.
+    pub oldest_queued_at: Option<i64>,
 }
 
 /// A message the `inbox` channel received.
@@ -229,4 +231,128 @@ pub struct InboxEntry {
     pub text: String,
     pub verification_id: Option<VerificationId>,
     pub created_at: i64,
+}
+
+/// The five things that happen to a verification that an account can be
+/// told of (its webhook). Each happens at most once per verification: the
+/// store keeps one event per (verification, kind).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EventKind {
+    /// A send was accepted (written with the verification).
+    Created,
+    /// A receipt said the message reached the phone.
+    Delivered,
+    /// The verification can no longer complete: its message could not be
+    /// delivered, or its wrong attempts ran out.
+    Failed,
+    /// The right code was entered.
+    Completed,
+    /// Validity ran out while it was still pending (found by a sweep).
+    Expired,
+}
+
+impl EventKind {
+    pub const ALL: [Self; 5] = [
+        Self::Created,
+        Self::Delivered,
+        Self::Failed,
+        Self::Completed,
+        Self::Expired,
+    ];
+
+    /// The Standard Webhooks `type`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Created => "verification.created",
+            Self::Delivered => "verification.delivered",
+            Self::Failed => "verification.failed",
+            Self::Completed => "verification.completed",
+            Self::Expired => "verification.expired",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+}
+
+/// An account's webhook endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Webhook {
+    pub customer_id: CustomerId,
+    pub url: String,
+    /// `whsec_<base64>` (Standard Webhooks): the HMAC key, kept readable
+    /// because signing needs it.
+    pub secret: otpgate_core::SecretString,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+/// An event a worker has leased for delivery, with the endpoint it goes to
+/// (`None` when the account has since removed its webhook).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingEvent {
+    /// Row id, for recording the result.
+    pub id: i64,
+    /// The `webhook-id`: the same on every attempt, the receiver's
+    /// idempotency key.
+    pub event_id: String,
+    pub customer_id: CustomerId,
+    pub verification_id: VerificationId,
+    pub kind: EventKind,
+    /// Facts captured when it happened (a JSON object), so every attempt
+    /// sends the same body.
+    pub detail: String,
+    /// Attempts so far, including the one being made.
+    pub attempts: u32,
+    /// When it happened.
+    pub created_at: i64,
+    pub endpoint: Option<(String, otpgate_core::SecretString)>,
+}
+
+/// What one delivery attempt of an event came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventOutcome {
+    /// A 2xx answer.
+    Delivered,
+    /// Try again at this time.
+    Retry { next_attempt_at: i64 },
+    /// Given up (attempts or age ran out, or the receiver said 410 Gone).
+    Failed,
+    /// The account has no webhook any more: nothing to deliver to.
+    Dropped,
+}
+
+/// The result of an attempt as recorded for the console.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventAttempt {
+    pub outcome: EventOutcome,
+    /// The receiver's HTTP status, when it answered.
+    pub response_status: Option<u16>,
+    /// The start of the receiver's body, or why no answer came.
+    pub response: String,
+}
+
+/// An event as the console's deliveries page shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventRecord {
+    pub event_id: String,
+    pub verification_id: VerificationId,
+    pub kind: EventKind,
+    /// `pending`, `delivered`, `failed` or `dropped`.
+    pub status: String,
+    pub attempts: u32,
+    pub response_status: Option<u16>,
+    pub response: Option<String>,
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub delivered_at: Option<i64>,
+}
+
+/// Events waiting for delivery, for metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EventBacklog {
+    pub pending: u64,
+    /// `created_at` of the oldest pending event.
+    pub oldest_at: Option<i64>,
 }

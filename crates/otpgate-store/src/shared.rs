@@ -3,9 +3,12 @@
 //! grid of `daily_stats`, and reading stored values back into domain types
 //! (a value that no longer parses is corruption: `Internal`, never a panic).
 
-use otpgate_core::{CustomerId, DeliveryStatus, PhoneNumber, VerificationId};
+use otpgate_core::{CustomerId, DeliveryStatus, PhoneNumber, SecretString, VerificationId};
 
-use crate::{AccountSettings, DailyStats, StoreError, StoreResult};
+use crate::{
+    AccountSettings, DailyStats, EventAttempt, EventKind, EventOutcome, EventRecord, PendingEvent,
+    StoreError, StoreResult,
+};
 
 /// Longest error text kept per message: enough to diagnose, bounded so a
 /// chatty gateway cannot grow rows without limit.
@@ -120,6 +123,129 @@ pub(crate) fn count(n: i64, what: &str) -> StoreResult<u32> {
 pub(crate) fn phone(country_code: i64, national: String) -> StoreResult<PhoneNumber> {
     let cc = u16::try_from(country_code).map_err(|_| corrupt("country code"))?;
     Ok(PhoneNumber::from_trusted_parts(cc, national))
+}
+
+// ---- events -----------------------------------------------------------------
+
+/// The columns [`pending_event`] reads, from `events e left join webhooks w`.
+macro_rules! pending_event_columns {
+    () => {
+        "e.id, e.event_id, e.customer_id, e.verification_id, e.kind, e.detail, \
+         e.attempts, e.created_at, w.url, w.secret"
+    };
+}
+
+/// The columns [`event_record`] reads.
+macro_rules! event_record_columns {
+    () => {
+        "event_id, verification_id, kind, status, attempts, response_status, response, \
+         created_at, updated_at, delivered_at"
+    };
+}
+
+pub(crate) use {event_record_columns, pending_event_columns};
+
+/// A row of [`PENDING_EVENT_COLUMNS`], as both backends decode it.
+pub(crate) type PendingEventRow = (
+    i64,
+    String,
+    String,
+    i64,
+    String,
+    String,
+    i64,
+    i64,
+    Option<String>,
+    Option<String>,
+);
+
+pub(crate) fn event_kind(s: &str) -> StoreResult<EventKind> {
+    EventKind::parse(s).ok_or_else(|| corrupt("event kind"))
+}
+
+pub(crate) fn pending_event(row: PendingEventRow) -> StoreResult<PendingEvent> {
+    let (id, event_id, customer, vid, kind, detail, attempts, created_at, url, secret) = row;
+    Ok(PendingEvent {
+        id,
+        event_id,
+        customer_id: customer_id(&customer)?,
+        verification_id: verification_id(vid)?,
+        kind: event_kind(&kind)?,
+        detail,
+        attempts: count(attempts, "event attempts")?,
+        created_at,
+        endpoint: url.zip(secret.map(SecretString::new)),
+    })
+}
+
+pub(crate) type EventRecordRow = (
+    String,
+    i64,
+    String,
+    String,
+    i64,
+    Option<i64>,
+    Option<String>,
+    i64,
+    i64,
+    Option<i64>,
+);
+
+pub(crate) fn event_record(row: EventRecordRow) -> StoreResult<EventRecord> {
+    let (event_id, vid, kind, status, attempts, code, response, created, updated, delivered) =
+        row;
+    Ok(EventRecord {
+        event_id,
+        verification_id: verification_id(vid)?,
+        kind: event_kind(&kind)?,
+        status,
+        attempts: count(attempts, "event attempts")?,
+        response_status: code.and_then(|c| u16::try_from(c).ok()),
+        response,
+        created_at: created,
+        updated_at: updated,
+        delivered_at: delivered,
+    })
+}
+
+/// What an attempt writes: (status, next attempt time or none, delivered_at).
+pub(crate) fn event_outcome(
+    attempt: &EventAttempt,
+    now: i64,
+) -> (&'static str, Option<i64>, Option<i64>) {
+    match attempt.outcome {
+        EventOutcome::Delivered => ("delivered", None, Some(now)),
+        EventOutcome::Retry { next_attempt_at } => ("pending", Some(next_attempt_at), None),
+        EventOutcome::Failed => ("failed", None, None),
+        EventOutcome::Dropped => ("dropped", None, None),
+    }
+}
+
+/// The detail of `verification.created`.
+pub(crate) fn created_detail(req: &crate::NewVerification) -> String {
+    serde_json::json!({
+        "countryCode": req.destination.country_code().to_string(),
+        "flowType": req.flow_type,
+        "expiresAt": req.expires_at,
+    })
+    .to_string()
+}
+
+/// The detail of `verification.failed` (`reason` is `undeliverable` or
+/// `too_many_attempts`) and of `verification.delivered`.
+pub(crate) fn delivery_detail(reason: Option<&str>, status: DeliveryStatus, detail: &str) -> String {
+    let mut d = serde_json::json!({ "deliveryStatus": status.as_str() });
+    if let Some(r) = reason {
+        d["reason"] = r.into();
+    }
+    if !detail.is_empty() {
+        d["detail"] = clip(detail).into();
+    }
+    d.to_string()
+}
+
+pub(crate) fn attempts_detail() -> String {
+    serde_json::json!({ "reason": "too_many_attempts" }).to_string()
 }
 
 #[cfg(test)]

@@ -21,10 +21,14 @@
 #[cfg(all(test, feature = "testkit"))]
 mod checks_tests;
 mod error;
+mod events;
 mod migrate;
 mod rows;
 
-use crate::shared::{clip, email_key, fill_days, id_i64, retry_after_secs, stats_days, to_u64};
+use crate::shared::{
+    EventRecordRow, attempts_detail, clip, created_detail, delivery_detail, email_key,
+    event_record, event_record_columns, fill_days, id_i64, retry_after_secs, stats_days, to_u64,
+};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -38,9 +42,10 @@ pub use migrate::SCHEMA_VERSION;
 use self::error::{db_err, timed_out};
 use self::rows::{account_columns, outbox_columns, verification_columns};
 use crate::{
-    Account, AccountSettings, ChannelStats, CreateOutcome, DailyStats, InboxEntry, NewAccount,
-    NewVerification, OutboxDepth, OutboxMessage, SentInfo, Store, StoreError, StoreResult,
-    ValidationAction, Verification, VerificationFilter,
+    Account, AccountSettings, ChannelStats, CreateOutcome, DailyStats, EventAttempt, EventBacklog,
+    EventKind, EventRecord, InboxEntry, NewAccount, NewVerification, OutboxDepth, OutboxMessage,
+    PendingEvent, SentInfo, Store, StoreError, StoreResult, ValidationAction, Verification,
+    VerificationFilter, Webhook,
 };
 
 /// Connection settings of a [`PostgresStore`].
@@ -323,8 +328,8 @@ const CHECKS_COUNTING_RECENT: &str = checks_sql!(
        where customer_id = $1 and created_at > $8 and created_at <= $3)"
 );
 
-/// The three writes of an accepted send, in one statement. The charge and
-/// the outbox row hang off the inserted verification, so an id that is
+/// The writes of an accepted send, in one statement. The charge, the
+/// outbox row and (for an account with a webhook) the `created` event hang off the inserted verification, so an id that is
 /// already taken (`on conflict do nothing`) writes nothing at all; the
 /// caller then reports a conflict and drops the transaction, as before.
 const WRITE: &str = concat!(
@@ -354,6 +359,17 @@ const WRITE: &str = concat!(
          )
          select id, customer_id, $15, 'queued', 0, created_at, created_at, created_at
            from inserted
+     ),
+     evented as (
+         insert into events (
+             event_id, customer_id, verification_id, kind, detail, status, attempts,
+             next_attempt_at, created_at, updated_at
+         )
+         select ",
+    events::new_event_id!(),
+    ", i.customer_id, i.id, 'verification.created', $16, 'pending', 0,
+                i.created_at, i.created_at, i.created_at
+           from inserted i join webhooks w on w.customer_id = i.customer_id
      )
      select * from inserted"
 );
@@ -490,6 +506,7 @@ impl PostgresStore {
             .bind(cost)
             .bind(cost_test)
             .bind(&req.message_text)
+            .bind(created_detail(req))
             .fetch_optional(&mut *tx)
             .await
             .map_err(db_err)?;
@@ -753,28 +770,63 @@ impl Store for PostgresStore {
             // No stored row can have that many.
             return Ok(false);
         };
+        // The event of the change is written by the same statement:
+        // `completed`, or `failed` on the wrong code that spends the last
+        // attempt.
         self.guarded(async {
             let query = match action {
-                ValidationAction::Complete => sqlx::query(
-                    "update verifications set state = 'completed', completed_at = $4
-                     where id = $1 and customer_id = $2 and state = 'pending'
-                       and wrong_attempts = $3",
-                )
+                ValidationAction::Complete => sqlx::query_scalar(concat!(
+                    "with u as (
+                         update verifications set state = 'completed', completed_at = $4
+                          where id = $1 and customer_id = $2 and state = 'pending'
+                            and wrong_attempts = $3
+                         returning id, customer_id
+                     ), e as (
+                         insert into events (event_id, customer_id, verification_id, kind,
+                                             detail, status, attempts, next_attempt_at,
+                                             created_at, updated_at)
+                         select ",
+                    events::new_event_id!(),
+                    ", u.customer_id, u.id, 'verification.completed', $5, 'pending', 0,
+                                $4, $4, $4
+                           from u join webhooks w on w.customer_id = u.customer_id
+                         on conflict do nothing
+                     )
+                     select count(*) from u"
+                ))
                 .bind(id_i64(id))
                 .bind(customer.as_str())
                 .bind(expected)
-                .bind(now),
-                ValidationAction::Wrong => sqlx::query(
-                    "update verifications set wrong_attempts = wrong_attempts + 1
-                     where id = $1 and customer_id = $2 and state = 'pending'
-                       and wrong_attempts = $3",
-                )
+                .bind(now)
+                .bind("{}"),
+                ValidationAction::Wrong => sqlx::query_scalar(concat!(
+                    "with u as (
+                         update verifications set wrong_attempts = wrong_attempts + 1
+                          where id = $1 and customer_id = $2 and state = 'pending'
+                            and wrong_attempts = $3
+                         returning id, customer_id, wrong_attempts, max_attempts
+                     ), e as (
+                         insert into events (event_id, customer_id, verification_id, kind,
+                                             detail, status, attempts, next_attempt_at,
+                                             created_at, updated_at)
+                         select ",
+                    events::new_event_id!(),
+                    ", u.customer_id, u.id, 'verification.failed', $5, 'pending', 0,
+                                $4, $4, $4
+                           from u join webhooks w on w.customer_id = u.customer_id
+                          where u.wrong_attempts >= u.max_attempts
+                         on conflict do nothing
+                     )
+                     select count(*) from u"
+                ))
                 .bind(id_i64(id))
                 .bind(customer.as_str())
-                .bind(expected),
+                .bind(expected)
+                .bind(now)
+                .bind(attempts_detail()),
             };
-            let done = query.execute(&self.pool).await.map_err(db_err)?;
-            Ok(done.rows_affected() == 1)
+            let done: i64 = query.fetch_one(&self.pool).await.map_err(db_err)?;
+            Ok(done == 1)
         })
         .await
     }
@@ -1061,7 +1113,7 @@ impl Store for PostgresStore {
                 tx.rollback().await.map_err(db_err)?;
                 return Ok(false);
             };
-            fail_and_refund(&mut tx, verification, DeliveryStatus::Failed, error).await?;
+            fail_and_refund(&mut tx, verification, DeliveryStatus::Failed, error, now).await?;
             tx.commit().await.map_err(db_err)?;
             Ok(true)
         })
@@ -1075,7 +1127,7 @@ impl Store for PostgresStore {
         status: DeliveryStatus,
         detail: &str,
         now: i64,
-    ) -> StoreResult<bool> {
+    ) -> StoreResult<Option<i64>> {
         let detail = clip(detail);
         // A receipt saying "queued" tells nothing new about the message's
         // fate: its detail is kept, its status is not moved backwards.
@@ -1089,10 +1141,10 @@ impl Store for PostgresStore {
         );
         self.guarded(async {
             let mut tx = self.pool.begin().await.map_err(db_err)?;
-            let matched: Vec<i64> = sqlx::query_scalar(
+            let matched: Vec<(i64, i64)> = sqlx::query_as(
                 "update outbox set status = coalesce($3, status), updated_at = $4
                   where channel = $1 and gateway_id = $2
-                  returning verification_id",
+                  returning verification_id, created_at",
             )
             .bind(channel)
             .bind(gateway_id)
@@ -1101,10 +1153,15 @@ impl Store for PostgresStore {
             .fetch_all(&mut *tx)
             .await
             .map_err(db_err)?;
-            for &verification in &matched {
+            for &(verification, _) in &matched {
                 if permanent {
-                    fail_and_refund(&mut tx, verification, status, detail).await?;
+                    fail_and_refund(&mut tx, verification, status, detail, now).await?;
                 } else {
+                    if status == DeliveryStatus::Delivered {
+                        let d = delivery_detail(None, status, detail);
+                        events::emit(&mut tx, verification, EventKind::Delivered, &d, now)
+                            .await?;
+                    }
                     sqlx::query(
                         "update verifications
                             set delivery = coalesce($2, delivery), delivery_detail = $3
@@ -1119,19 +1176,21 @@ impl Store for PostgresStore {
                 }
             }
             tx.commit().await.map_err(db_err)?;
-            Ok(!matched.is_empty())
+            Ok(matched.first().map(|&(_, accepted_at)| accepted_at))
         })
         .await
     }
 
     async fn outbox_depth(&self) -> StoreResult<OutboxDepth> {
         self.guarded(async {
-            let (queued, in_flight, failed): (i64, i64, i64) = sqlx::query_as(
-                "select count(*) filter (where status = 'queued' and lease_owner is null),
+            let (queued, in_flight, failed, oldest): (i64, i64, i64, Option<i64>) =
+                sqlx::query_as(
+                    "select count(*) filter (where status = 'queued' and lease_owner is null),
                         count(*) filter (where status = 'queued' and lease_owner is not null),
-                        count(*) filter (where status = 'failed')
+                        count(*) filter (where status = 'failed'),
+                        min(created_at) filter (where status = 'queued')
                    from outbox",
-            )
+                )
             .fetch_one(&self.pool)
             .await
             .map_err(db_err)?;
@@ -1139,6 +1198,7 @@ impl Store for PostgresStore {
                 queued: to_u64(queued),
                 in_flight: to_u64(in_flight),
                 failed: to_u64(failed),
+                oldest_queued_at: oldest,
             })
         })
         .await
@@ -1160,6 +1220,126 @@ impl Store for PostgresStore {
             .await
             .map_err(db_err)?;
             row.as_ref().map(rows::outbox_message).transpose()
+        })
+        .await
+    }
+
+    async fn webhook_get(&self, customer: &CustomerId) -> StoreResult<Option<Webhook>> {
+        self.guarded(async {
+            let row: Option<events::WebhookRow> = sqlx::query_as(
+                "select customer_id, url, secret, created_at, updated_at from webhooks
+                  where customer_id = $1",
+            )
+            .bind(customer.as_str())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_err)?;
+            row.map(events::webhook).transpose()
+        })
+        .await
+    }
+
+    async fn webhook_set(
+        &self,
+        customer: &CustomerId,
+        url: &str,
+        secret: &str,
+        now: i64,
+    ) -> StoreResult<Webhook> {
+        self.guarded(async {
+            let mut conn = self.pool.acquire().await.map_err(db_err)?;
+            events::set_webhook(&mut conn, customer.as_str(), url, secret, now).await
+        })
+        .await
+    }
+
+    async fn webhook_delete(&self, customer: &CustomerId) -> StoreResult<()> {
+        self.guarded(async {
+            sqlx::query("delete from webhooks where customer_id = $1")
+                .bind(customer.as_str())
+                .execute(&self.pool)
+                .await
+                .map_err(db_err)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn events_claim(
+        &self,
+        worker: &str,
+        max: u32,
+        lease_ms: i64,
+        now: i64,
+    ) -> StoreResult<Vec<PendingEvent>> {
+        if max == 0 {
+            return Ok(Vec::new());
+        }
+        self.guarded(async {
+            let mut conn = self.pool.acquire().await.map_err(db_err)?;
+            events::claim(&mut conn, worker, max, lease_ms, now).await
+        })
+        .await
+    }
+
+    async fn event_record(
+        &self,
+        id: i64,
+        worker: &str,
+        attempt: &EventAttempt,
+        now: i64,
+    ) -> StoreResult<bool> {
+        self.guarded(async {
+            let mut conn = self.pool.acquire().await.map_err(db_err)?;
+            events::record(&mut conn, id, worker, attempt, now).await
+        })
+        .await
+    }
+
+    async fn events_sweep_expired(&self, now: i64) -> StoreResult<u64> {
+        self.guarded(async {
+            let mut tx = self.pool.begin().await.map_err(db_err)?;
+            let n = events::sweep_expired(&mut tx, now).await?;
+            tx.commit().await.map_err(db_err)?;
+            Ok(n)
+        })
+        .await
+    }
+
+    async fn event_list(
+        &self,
+        customer: &CustomerId,
+        limit: u32,
+    ) -> StoreResult<Vec<EventRecord>> {
+        self.guarded(async {
+            let rows: Vec<EventRecordRow> = sqlx::query_as(concat!(
+                "select ",
+                event_record_columns!(),
+                " from events where customer_id = $1
+                  order by created_at desc, id desc limit $2"
+            ))
+            .bind(customer.as_str())
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_err)?;
+            rows.into_iter().map(event_record).collect()
+        })
+        .await
+    }
+
+    async fn event_backlog(&self) -> StoreResult<EventBacklog> {
+        self.guarded(async {
+            let (pending, oldest): (i64, Option<i64>) = sqlx::query_as(
+                "select count(*), min(created_at) from events where status = 'pending'",
+            )
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db_err)?;
+            Ok(EventBacklog {
+                pending: to_u64(pending),
+                oldest_at: oldest,
+            })
         })
         .await
     }
@@ -1220,6 +1400,7 @@ async fn fail_and_refund(
     verification: i64,
     delivery: DeliveryStatus,
     detail: &str,
+    now: i64,
 ) -> StoreResult<()> {
     // Locked and read first: the update below zeroes the cost, and the
     // refund needs it as it was.
@@ -1266,7 +1447,8 @@ async fn fail_and_refund(
         .await
         .map_err(db_err)?;
     }
-    Ok(())
+    let d = delivery_detail(Some("undeliverable"), delivery, detail);
+    events::emit(tx, verification, EventKind::Failed, &d, now).await
 }
 
 #[cfg(test)]

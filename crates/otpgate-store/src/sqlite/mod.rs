@@ -16,6 +16,7 @@
 //! (§3), exclusive outbox leases — is one such write, which either commits
 //! whole or leaves no trace.
 
+mod events;
 mod outbox;
 mod rows;
 mod send;
@@ -23,7 +24,10 @@ mod writer;
 
 pub use writer::WriteStats;
 
-use crate::shared::{email_key, fill_days, id_i64, settings_json, stats_days, to_u64};
+use crate::shared::{
+    EventRecordRow, attempts_detail, email_key, event_record, event_record_columns, fill_days,
+    id_i64, settings_json, stats_days, to_u64,
+};
 use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
@@ -39,9 +43,10 @@ use sqlx::sqlite::{
 };
 
 use crate::{
-    Account, AccountSettings, ChannelStats, CreateOutcome, DailyStats, InboxEntry, NewAccount,
-    NewVerification, OutboxDepth, OutboxMessage, SentInfo, Store, StoreError, StoreResult,
-    ValidationAction, Verification, VerificationFilter,
+    Account, AccountSettings, ChannelStats, CreateOutcome, DailyStats, EventAttempt, EventBacklog,
+    EventKind, EventRecord, InboxEntry, NewAccount, NewVerification, OutboxDepth, OutboxMessage,
+    PendingEvent, SentInfo, Store, StoreError, StoreResult, ValidationAction, Verification,
+    VerificationFilter, Webhook,
 };
 use rows::{account_columns, outbox_columns, verification_columns};
 
@@ -57,10 +62,15 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "outbox failed index",
         include_str!("../../migrations/sqlite/0002_outbox_failed_index.sql"),
     ),
+    (
+        3,
+        "events",
+        include_str!("../../migrations/sqlite/0003_events.sql"),
+    ),
 ];
 
 /// The schema version this build migrates to (the newest migration).
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 const _: () = assert!(MIGRATIONS[MIGRATIONS.len() - 1].0 == SCHEMA_VERSION);
 
 /// How long a statement waits for another process's write lock before the
@@ -622,27 +632,45 @@ impl Store for SqliteStore {
         let customer = customer.clone();
         self.write(move |conn| {
             Box::pin(async move {
+                // The event of the change commits with it: `completed`, or
+                // `failed` on the wrong code that spends the last attempt.
                 let query = match action {
-                    ValidationAction::Complete => sqlx::query(
+                    ValidationAction::Complete => sqlx::query_as(
                         "update verifications set state = 'completed', completed_at = ?4
                          where id = ?1 and customer_id = ?2 and state = 'pending'
-                           and wrong_attempts = ?3",
+                           and wrong_attempts = ?3
+                         returning wrong_attempts, max_attempts",
                     )
                     .bind(id_i64(id))
                     .bind(customer.as_str())
                     .bind(expected_wrong_attempts)
                     .bind(now),
-                    ValidationAction::Wrong => sqlx::query(
+                    ValidationAction::Wrong => sqlx::query_as(
                         "update verifications set wrong_attempts = wrong_attempts + 1
                          where id = ?1 and customer_id = ?2 and state = 'pending'
-                           and wrong_attempts = ?3",
+                           and wrong_attempts = ?3
+                         returning wrong_attempts, max_attempts",
                     )
                     .bind(id_i64(id))
                     .bind(customer.as_str())
                     .bind(expected_wrong_attempts),
                 };
-                let done = query.execute(&mut *conn).await.map_err(db)?;
-                Ok(done.rows_affected() == 1)
+                let done: Option<(i64, i64)> =
+                    query.fetch_optional(&mut *conn).await.map_err(db)?;
+                let Some((wrong, max)) = done else {
+                    return Ok(false);
+                };
+                match action {
+                    ValidationAction::Complete => {
+                        events::emit(conn, id_i64(id), EventKind::Completed, "{}", now).await?;
+                    }
+                    ValidationAction::Wrong if wrong >= max => {
+                        let d = attempts_detail();
+                        events::emit(conn, id_i64(id), EventKind::Failed, &d, now).await?;
+                    }
+                    ValidationAction::Wrong => {}
+                }
+                Ok(true)
             })
         })
         .await
@@ -831,7 +859,7 @@ impl Store for SqliteStore {
         status: DeliveryStatus,
         detail: &str,
         now: i64,
-    ) -> StoreResult<bool> {
+    ) -> StoreResult<Option<i64>> {
         let (channel, gateway_id, detail) =
             (channel.to_owned(), gateway_id.to_owned(), detail.to_owned());
         self.write(move |conn| {
@@ -846,9 +874,9 @@ impl Store for SqliteStore {
         // The trait passes no clock, so "in flight" means "has a lease
         // holder": a dead worker's expired lease counts until it is claimed
         // again.
-        let (queued, in_flight): (i64, i64) = sqlx::query_as(
+        let (queued, in_flight, oldest): (i64, i64, Option<i64>) = sqlx::query_as(
             "select coalesce(sum(lease_owner is null), 0),
-                    coalesce(sum(lease_owner is not null), 0)
+                    coalesce(sum(lease_owner is not null), 0), min(created_at)
              from outbox where status = 'queued'",
         )
         .fetch_one(&self.reader)
@@ -865,6 +893,7 @@ impl Store for SqliteStore {
             queued: to_u64(queued),
             in_flight: to_u64(in_flight),
             failed: to_u64(failed),
+            oldest_queued_at: oldest,
         })
     }
 
@@ -885,6 +914,114 @@ impl Store for SqliteStore {
         .as_ref()
         .map(rows::outbox_message)
         .transpose()
+    }
+
+    async fn webhook_get(&self, customer: &CustomerId) -> StoreResult<Option<Webhook>> {
+        let row: Option<events::WebhookRow> = sqlx::query_as(
+            "select customer_id, url, secret, created_at, updated_at from webhooks
+             where customer_id = ?1",
+        )
+        .bind(customer.as_str())
+        .fetch_optional(&self.reader)
+        .await
+        .map_err(db)?;
+        row.map(events::webhook).transpose()
+    }
+
+    async fn webhook_set(
+        &self,
+        customer: &CustomerId,
+        url: &str,
+        secret: &str,
+        now: i64,
+    ) -> StoreResult<Webhook> {
+        let (customer, url, secret) = (customer.clone(), url.to_owned(), secret.to_owned());
+        self.write(move |conn| {
+            Box::pin(
+                async move { events::set_webhook(conn, customer.as_str(), &url, &secret, now).await },
+            )
+        })
+        .await
+    }
+
+    async fn webhook_delete(&self, customer: &CustomerId) -> StoreResult<()> {
+        let customer = customer.clone();
+        self.write(move |conn| {
+            Box::pin(async move {
+                sqlx::query("delete from webhooks where customer_id = ?1")
+                    .bind(customer.as_str())
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(db)?;
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    async fn events_claim(
+        &self,
+        worker: &str,
+        max: u32,
+        lease_ms: i64,
+        now: i64,
+    ) -> StoreResult<Vec<PendingEvent>> {
+        let worker = worker.to_owned();
+        self.write(move |conn| {
+            Box::pin(async move { events::claim(conn, &worker, max, lease_ms, now).await })
+        })
+        .await
+    }
+
+    async fn event_record(
+        &self,
+        id: i64,
+        worker: &str,
+        attempt: &EventAttempt,
+        now: i64,
+    ) -> StoreResult<bool> {
+        let (worker, attempt) = (worker.to_owned(), attempt.clone());
+        self.write(move |conn| {
+            Box::pin(async move { events::record(conn, id, &worker, &attempt, now).await })
+        })
+        .await
+    }
+
+    async fn events_sweep_expired(&self, now: i64) -> StoreResult<u64> {
+        self.write(move |conn| Box::pin(async move { events::sweep_expired(conn, now).await }))
+            .await
+    }
+
+    async fn event_list(
+        &self,
+        customer: &CustomerId,
+        limit: u32,
+    ) -> StoreResult<Vec<EventRecord>> {
+        let rows: Vec<EventRecordRow> = sqlx::query_as(concat!(
+            "select ",
+            event_record_columns!(),
+            " from events where customer_id = ?1
+             order by created_at desc, id desc limit ?2"
+        ))
+        .bind(customer.as_str())
+        .bind(limit)
+        .fetch_all(&self.reader)
+        .await
+        .map_err(db)?;
+        rows.into_iter().map(event_record).collect()
+    }
+
+    async fn event_backlog(&self) -> StoreResult<EventBacklog> {
+        let (pending, oldest): (i64, Option<i64>) = sqlx::query_as(
+            "select count(*), min(created_at) from events where status = 'pending'",
+        )
+        .fetch_one(&self.reader)
+        .await
+        .map_err(db)?;
+        Ok(EventBacklog {
+            pending: to_u64(pending),
+            oldest_at: oldest,
+        })
     }
 
     async fn inbox_put(&self, msg: &InboxEntry) -> StoreResult<()> {

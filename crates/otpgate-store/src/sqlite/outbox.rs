@@ -10,9 +10,9 @@
 use otpgate_core::{DeliveryStatus, VerificationState};
 use sqlx::sqlite::SqliteConnection;
 
-use super::{db, rows, rows::outbox_columns};
-use crate::shared::clip;
-use crate::{OutboxMessage, SentInfo, StoreResult};
+use super::{db, events, rows, rows::outbox_columns};
+use crate::shared::{clip, delivery_detail};
+use crate::{EventKind, OutboxMessage, SentInfo, StoreResult};
 
 pub(super) async fn claim(
     conn: &mut SqliteConnection,
@@ -159,7 +159,7 @@ pub(super) async fn failed(
     let Some(vid) = released else {
         return Ok(false);
     };
-    fail_and_refund(conn, vid, DeliveryStatus::Failed, error).await?;
+    fail_and_refund(conn, vid, DeliveryStatus::Failed, error, now).await?;
     Ok(true)
 }
 
@@ -170,15 +170,15 @@ pub(super) async fn receipt(
     status: DeliveryStatus,
     detail: &str,
     now: i64,
-) -> StoreResult<bool> {
+) -> StoreResult<Option<i64>> {
     let detail = clip(detail);
     // A receipt saying "queued" tells nothing new about the message's fate:
     // its detail is kept, its status is not moved backwards.
     let new_status = (status != DeliveryStatus::Queued).then(|| status.as_str());
-    let matched: Vec<i64> = sqlx::query_scalar(
+    let matched: Vec<(i64, i64)> = sqlx::query_as(
         "update outbox set status = coalesce(?3, status), updated_at = ?4
          where channel = ?1 and gateway_id = ?2
-         returning verification_id",
+         returning verification_id, created_at",
     )
     .bind(channel)
     .bind(gateway_id)
@@ -194,10 +194,14 @@ pub(super) async fn receipt(
             | DeliveryStatus::Rejected
             | DeliveryStatus::Failed
     );
-    for &vid in &matched {
+    for &(vid, _) in &matched {
         if permanent {
-            fail_and_refund(conn, vid, status, detail).await?;
+            fail_and_refund(conn, vid, status, detail, now).await?;
         } else {
+            if status == DeliveryStatus::Delivered {
+                let d = delivery_detail(None, status, detail);
+                events::emit(conn, vid, EventKind::Delivered, &d, now).await?;
+            }
             sqlx::query(
                 "update verifications set delivery = coalesce(?2, delivery), delivery_detail = ?3
                  where id = ?1",
@@ -210,11 +214,12 @@ pub(super) async fn receipt(
             .map_err(db)?;
         }
     }
-    Ok(!matched.is_empty())
+    Ok(matched.first().map(|&(_, accepted_at)| accepted_at))
 }
 
 /// The message will never arrive: a pending verification fails (700 on
-/// validate) and its charge goes back where it came from (contract §5),
+/// validate), its charge goes back where it came from (contract §5) and
+/// its `verification.failed` event is queued,
 /// once — a second failure finds it no longer pending. A verification already
 /// completed keeps its state and its charge: its code evidently arrived.
 async fn fail_and_refund(
@@ -222,6 +227,7 @@ async fn fail_and_refund(
     verification_id: i64,
     delivery: DeliveryStatus,
     detail: &str,
+    now: i64,
 ) -> StoreResult<()> {
     // Read first: `returning` would give the cost after it was zeroed.
     let (customer, state, cost, cost_test): (String, String, i64, i64) = sqlx::query_as(
@@ -262,5 +268,6 @@ async fn fail_and_refund(
     .execute(&mut *conn)
     .await
     .map_err(db)?;
-    Ok(())
+    let d = delivery_detail(Some("undeliverable"), delivery, detail);
+    events::emit(conn, verification_id, EventKind::Failed, &d, now).await
 }

@@ -1,5 +1,6 @@
 //! A send (contract §2 and §5) as one SQLite write: account check, 506, rate
-//! limits, charge, verification and outbox row. It runs on the writer's
+//! limits, charge, verification, outbox row and (for an account with a
+//! webhook) its `verification.created` event. It runs on the writer's
 //! connection, inside the batch's `begin immediate` transaction (and its own
 //! savepoint), which keeps it only if it returns `Created`.
 
@@ -7,8 +8,10 @@ use otpgate_core::{DeliveryStatus, VerificationState};
 use sqlx::sqlite::SqliteConnection;
 
 use super::{db, rows, rows::verification_columns};
-use crate::shared::{id_i64, retry_after_secs};
-use crate::{CreateOutcome, NewVerification, SendLimits, StoreError, StoreResult, Verification};
+use crate::shared::{created_detail, id_i64, retry_after_secs};
+use crate::{
+    CreateOutcome, EventKind, NewVerification, SendLimits, StoreError, StoreResult, Verification,
+};
 
 pub(super) async fn create(
     conn: &mut SqliteConnection,
@@ -18,6 +21,7 @@ pub(super) async fn create(
         return Err(StoreError::Internal("negative price".into()));
     }
     let now = req.created_at;
+    let detail = created_detail(&req);
     let customer = req.customer_id.as_str();
     let destination = req.destination.e164_digits();
 
@@ -133,6 +137,14 @@ pub(super) async fn create(
     .execute(&mut *conn)
     .await
     .map_err(db)?;
+    super::events::emit(
+        conn,
+        id_i64(v.id),
+        EventKind::Created,
+        &detail,
+        now,
+    )
+    .await?;
     Ok(CreateOutcome::Created(v))
 }
 

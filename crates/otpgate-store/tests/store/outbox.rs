@@ -160,12 +160,14 @@ async fn a_sent_message_loses_its_text_and_receipts_update_its_verification(db: 
             .outbox_receipt("smpp-b", "gw-77", DeliveryStatus::Delivered, "", T0)
             .await
             .unwrap()
+            .is_some()
     );
     assert!(
         !store
             .outbox_receipt("smpp-a", "gw-78", DeliveryStatus::Delivered, "", T0)
             .await
             .unwrap()
+            .is_some()
     );
     assert!(
         store
@@ -178,6 +180,7 @@ async fn a_sent_message_loses_its_text_and_receipts_update_its_verification(db: 
             )
             .await
             .unwrap()
+            .is_some()
     );
     let v = store.verification_get(&c, vid(1)).await.unwrap().unwrap();
     assert_eq!(v.delivery, DeliveryStatus::Delivered);
@@ -301,6 +304,7 @@ async fn an_undeliverable_receipt_refunds_a_pending_verification_once_but_not_a_
                     .outbox_receipt("http", gw, DeliveryStatus::Undeliverable, "UNDELIV", T0 + 3)
                     .await
                     .unwrap()
+                    .is_some()
             );
         }
     }

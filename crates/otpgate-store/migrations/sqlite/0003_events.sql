@@ -1,0 +1,59 @@
+-- Events (webhooks): an account's endpoint, and a durable queue of the
+-- events of its verifications. An event row is written in the same
+-- transaction as the change that causes it, so a crash loses neither; a
+-- worker on any node leases due rows (as the outbox does) and delivers them
+-- at least once.
+
+create table webhooks (
+    customer_id text primary key references accounts (customer_id),
+    url text not null,
+    -- `whsec_<base64>`: the HMAC key. Kept readable, because signing needs it.
+    secret text not null,
+    created_at integer not null,
+    updated_at integer not null
+) strict;
+
+create table events (
+    id integer primary key autoincrement,
+    -- The `webhook-id` header: random, the same on every attempt.
+    event_id text not null unique,
+    customer_id text not null,
+    verification_id integer not null,
+    kind text not null
+        check (kind in ('verification.created', 'verification.delivered',
+                        'verification.failed', 'verification.completed',
+                        'verification.expired')),
+    -- Facts captured when it happened (JSON), so every attempt sends the
+    -- same body.
+    detail text not null default '{}',
+    status text not null
+        check (status in ('pending', 'delivered', 'failed', 'dropped')),
+    attempts integer not null default 0,
+    next_attempt_at integer not null,
+    lease_owner text,
+    lease_until integer,
+    -- The last attempt's answer, for the console.
+    response_status integer,
+    response text,
+    delivered_at integer,
+    -- When it happened; retention deletes by it.
+    created_at integer not null,
+    updated_at integer not null,
+    -- Each thing happens to a verification once; a second write of the same
+    -- event (a duplicate receipt, two nodes sweeping) is ignored.
+    unique (verification_id, kind)
+) strict;
+
+create index events_due on events (next_attempt_at, id) where status = 'pending';
+create index events_by_customer on events (customer_id, created_at desc, id desc);
+create index events_by_created on events (created_at);
+
+-- How far the expiry sweep has got: verifications whose `expires_at` is at
+-- or before `until` have been looked at.
+create table event_sweeps (
+    name text primary key,
+    until integer not null
+) strict;
+
+-- The expiry sweep reads verifications by expiry time.
+create index verifications_by_expiry on verifications (expires_at);
