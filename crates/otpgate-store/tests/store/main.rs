@@ -16,6 +16,7 @@ mod helpers;
 
 mod accounts;
 mod console;
+mod events;
 mod opening;
 mod outbox;
 mod postgres_only;
