@@ -157,6 +157,14 @@ impl Throttle {
 /// # Errors
 /// 401 with the reason; 503/500 from the store.
 pub async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Account, ApiError> {
+    let result = check_token(state, headers).await;
+    if matches!(&result, Err(e) if e.code == otpgate_api::ResponseCode::Unauthorized) {
+        state.metrics.token_failure("invalid_token");
+    }
+    result
+}
+
+async fn check_token(state: &AppState, headers: &HeaderMap) -> Result<Account, ApiError> {
     let token = headers
         .get(otpgate_api::AUTH_TOKEN_HEADER)
         .ok_or_else(|| ApiError::unauthorized("authToken header is required"))?

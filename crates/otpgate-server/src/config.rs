@@ -30,6 +30,10 @@ pub struct Settings {
     pub http: HttpSettings,
     pub delivery: DeliverySettings,
     pub postgres: PostgresSettings,
+    /// `/metrics` (Prometheus).
+    pub metrics: MetricsSettings,
+    /// Webhook events.
+    pub events: EventSettings,
     /// The web console under `/console`.
     pub console: ConsoleSettings,
     /// SMS channels (`[channels.NAME]`); none configured means the
@@ -131,6 +135,73 @@ pub struct DeliverySettings {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+pub struct MetricsSettings {
+    /// Serve `/metrics`.
+    pub enabled: bool,
+    /// Serve it on this address of its own (e.g. `127.0.0.1:9464`) instead
+    /// of the API's listener; empty uses the API's.
+    pub listen: String,
+    /// When set, a scrape must send `Authorization: Bearer <token>`.
+    pub bearer_token: Option<SecretString>,
+}
+
+impl Default for MetricsSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            listen: String::new(),
+            bearer_token: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EventSettings {
+    /// Run the webhook worker on this node (events are queued either way).
+    pub enabled: bool,
+    /// Deliveries in flight at once, per node.
+    pub concurrency: u32,
+    /// How long one delivery waits for the receiver's answer.
+    pub timeout_ms: u64,
+    /// How long a claim on an event lasts (above `timeout_ms`): a node that
+    /// dies mid-delivery loses its events to another after this.
+    pub lease_ms: i64,
+    /// Poll interval when nothing wakes the worker.
+    pub poll_ms: u64,
+    /// First retry delay; doubles per attempt up to `retry_max_ms`.
+    pub retry_base_ms: i64,
+    /// The cap on one retry delay.
+    pub retry_max_ms: i64,
+    /// Give up on an event this long after it happened.
+    pub max_age_secs: u64,
+    /// How often to look for verifications that expired pending.
+    pub sweep_interval_ms: u64,
+    /// Allow webhook URLs on loopback, private and link-local addresses
+    /// (off: an account could otherwise make the server call internal
+    /// services).
+    pub allow_private_addresses: bool,
+}
+
+impl Default for EventSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            concurrency: 16,
+            timeout_ms: 10_000,
+            lease_ms: 60_000,
+            poll_ms: 1_000,
+            retry_base_ms: 5_000,
+            retry_max_ms: 3_600_000,
+            max_age_secs: 3 * 24 * 3600,
+            sweep_interval_ms: 5_000,
+            allow_private_addresses: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct PostgresSettings {
     pub pool_size: u32,
     pub statement_timeout_ms: u64,
@@ -154,6 +225,8 @@ impl Default for Settings {
             http: HttpSettings::default(),
             delivery: DeliverySettings::default(),
             postgres: PostgresSettings::default(),
+            metrics: MetricsSettings::default(),
+            events: EventSettings::default(),
             channels: BTreeMap::new(),
             routes: Vec::new(),
             console: ConsoleSettings::default(),
@@ -354,6 +427,19 @@ impl Settings {
         }
         if self.pricing.default_price < 0 || self.pricing.by_country_code.values().any(|p| *p < 0) {
             return Err("prices must not be negative".into());
+        }
+        let e = &self.events;
+        if e.concurrency == 0 || e.timeout_ms == 0 || e.poll_ms == 0 || e.sweep_interval_ms == 0 {
+            return Err(
+                "events.concurrency, timeout_ms, poll_ms and sweep_interval_ms must be positive"
+                    .into(),
+            );
+        }
+        if e.retry_base_ms <= 0 || e.retry_max_ms < e.retry_base_ms {
+            return Err("events.retry_base_ms must be positive and at most events.retry_max_ms".into());
+        }
+        if u64::try_from(e.lease_ms).unwrap_or(0) <= e.timeout_ms {
+            return Err("events.lease_ms must be longer than events.timeout_ms".into());
         }
         Ok(())
     }

@@ -1,5 +1,5 @@
 //! otpgate's HTTP server: the Verify Now API (token, send, validate), health
-//! endpoints, and the delivery worker beside them.
+//! endpoints, metrics, and the delivery and webhook workers beside them.
 #![forbid(unsafe_code)]
 
 pub mod accounts;
@@ -7,6 +7,8 @@ pub mod auth;
 pub mod config;
 pub mod console;
 pub mod error;
+pub mod events;
+pub mod metrics;
 pub mod params;
 pub mod routes;
 pub mod service;

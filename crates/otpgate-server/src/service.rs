@@ -44,6 +44,7 @@ pub async fn issue_token(
     let by_client = format!("a:{client}");
     for k in [&by_customer, &by_client] {
         if let Some(wait) = state.token_throttle.blocked(k, now) {
+            state.metrics.token_failure("throttled");
             return Err(ApiError::rate_limited(
                 "too many failed token requests; try again later",
                 wait,
@@ -51,6 +52,7 @@ pub async fn issue_token(
         }
     }
     let fail = || {
+        state.metrics.token_failure("bad_credentials");
         state.token_throttle.fail(&by_customer, now);
         state.token_throttle.fail(&by_client, now);
         ApiError::unauthorized("invalid customerId or key, or the account is disabled")
@@ -221,6 +223,30 @@ pub async fn send(
     account: &Account,
     req: SendRequest,
 ) -> Result<SendResult, ApiError> {
+    let country = req.destination.country_code();
+    let result = create(state, account, req).await;
+    let outcome = match &result {
+        Ok(SendResult::Created(_)) => "created",
+        Ok(SendResult::Pending(..)) => "pending",
+        Err(e) => match e.code {
+            ResponseCode::MaximumLimitReached => "rate_limited",
+            ResponseCode::InsufficientBalance => "insufficient_balance",
+            ResponseCode::Unauthorized => "refused",
+            _ => "error",
+        },
+    };
+    state.metrics.send(outcome, country);
+    if matches!(result, Ok(SendResult::Created(_))) {
+        state.events.notify();
+    }
+    result
+}
+
+async fn create(
+    state: &AppState,
+    account: &Account,
+    req: SendRequest,
+) -> Result<SendResult, ApiError> {
     let settings = &state.settings;
     let now = state.clock.now_ms();
     let code = OtpCode::generate(req.otp_length, &mut rand::rng());
@@ -348,6 +374,37 @@ pub fn pending_data(v: &Verification, seconds_left: u64) -> PendingData {
 /// The contract's failure codes, by its precedence: 505, 703, 800, 705, 700,
 /// 702; and 400 for malformed parameters.
 pub async fn validate(
+    state: &AppState,
+    account: &Account,
+    params: &Params,
+) -> Result<Verification, ApiError> {
+    let result = check(state, account, params).await;
+    let outcome = match &result {
+        Ok(v) => {
+            state.metrics.completed(v.destination.country_code());
+            state.events.notify();
+            "completed"
+        }
+        Err(e) => match e.code {
+            ResponseCode::WrongOtpProvided => {
+                // The last wrong code queues `verification.failed`.
+                state.events.notify();
+                "wrong_code"
+            }
+            ResponseCode::AlreadyVerified => "already_verified",
+            ResponseCode::MaximumLimitReached => "too_many_attempts",
+            ResponseCode::VerificationExpired => "expired",
+            ResponseCode::VerificationFailed => "failed",
+            ResponseCode::InvalidVerificationId => "not_found",
+            ResponseCode::BadRequest | ResponseCode::InvalidCustomerId => "invalid",
+            _ => "error",
+        },
+    };
+    state.metrics.validation(outcome);
+    result
+}
+
+async fn check(
     state: &AppState,
     account: &Account,
     params: &Params,

@@ -22,6 +22,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::auth::{KeyCache, Throttle};
 use crate::config::Settings;
+use crate::events::Events;
+use crate::metrics::Metrics;
+use crate::metrics::store::MeteredStore;
 use crate::params::BodyLimit;
 use crate::routes;
 use crate::state::{AppState, Inner};
@@ -29,6 +32,8 @@ use crate::state::{AppState, Inner};
 /// A built server, bound and ready to run.
 pub struct Application {
     listener: TcpListener,
+    /// `/metrics` on a listener of its own, when `metrics.listen` is set.
+    metrics_listener: Option<TcpListener>,
     state: AppState,
     delivery: Arc<Delivery>,
 }
@@ -69,6 +74,10 @@ impl Application {
     ) -> anyhow::Result<Self> {
         settings.validate().map_err(anyhow::Error::msg)?;
         otpgate_core::warm_up();
+        // Everything below (the SMS channels' receipts included) uses the
+        // store through the metrics wrapper.
+        let metrics = Arc::new(Metrics::new());
+        let store: Arc<dyn Store> = Arc::new(MeteredStore::new(store, metrics.clone()));
 
         let token_secret = secret_bytes(&store, "token_secret", settings.token.secret.as_ref())
             .await
@@ -94,11 +103,33 @@ impl Application {
         } else {
             settings.delivery.worker_id.clone()
         };
-        let delivery = Delivery::new(store.clone(), clock.clone(), router, dcfg);
+        let events = Events::new(
+            store.clone(),
+            clock.clone(),
+            settings.events.clone(),
+            dcfg.worker_id.clone(),
+            metrics.clone(),
+        )?;
+        let delivery = Delivery::observed(
+            store.clone(),
+            clock.clone(),
+            router,
+            dcfg,
+            metrics.clone(),
+        );
 
         let listener = TcpListener::bind(&settings.listen)
             .await
             .with_context(|| format!("failed to bind {}", settings.listen))?;
+        let metrics_listener = match settings.metrics.listen.trim() {
+            "" => None,
+            addr if settings.metrics.enabled => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("failed to bind metrics.listen {addr}"))?,
+            ),
+            _ => None,
+        };
 
         let dummy_hash = crate::auth::hash_password("otpgate-dummy-password").await?;
         let state = AppState::new(Inner {
@@ -113,10 +144,13 @@ impl Application {
             store,
             clock,
             delivery: delivery.clone(),
+            events,
+            metrics,
             settings: Arc::new(settings),
         });
         Ok(Self {
             listener,
+            metrics_listener,
             state,
             delivery,
         })
@@ -124,6 +158,14 @@ impl Application {
 
     pub fn port(&self) -> u16 {
         self.listener.local_addr().map(|a| a.port()).unwrap_or(0)
+    }
+
+    /// The port of `metrics.listen`'s listener, when there is one.
+    pub fn metrics_port(&self) -> Option<u16> {
+        self.metrics_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
+            .map(|a| a.port())
     }
 
     pub fn local_addr(&self) -> Option<SocketAddr> {
@@ -147,6 +189,21 @@ impl Application {
     /// When serving fails.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let worker: JoinHandle<()> = tokio::spawn(self.delivery.clone().run(shutdown.clone()));
+        let events: Option<JoinHandle<()>> = self
+            .state
+            .settings
+            .events
+            .enabled
+            .then(|| tokio::spawn(self.state.events.clone().run(shutdown.clone())));
+        let metrics_server = self.metrics_listener.map(|l| {
+            let s = shutdown.clone();
+            let app = crate::metrics::router().with_state(self.state.clone());
+            tokio::spawn(async move {
+                axum::serve(l, app)
+                    .with_graceful_shutdown(async move { s.cancelled().await })
+                    .await
+            })
+        });
         let app = app(self.state.clone());
         let s = shutdown.clone();
         axum::serve(
@@ -160,6 +217,12 @@ impl Application {
         // sees the same signal and finishes its round.
         shutdown.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(30), worker).await;
+        if let Some(events) = events {
+            let _ = tokio::time::timeout(Duration::from_secs(30), events).await;
+        }
+        if let Some(m) = metrics_server {
+            let _ = tokio::time::timeout(Duration::from_secs(5), m).await;
+        }
         Ok(())
     }
 }

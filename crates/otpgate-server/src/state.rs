@@ -8,6 +8,8 @@ use otpgate_store::Store;
 
 use crate::auth::{KeyCache, Throttle};
 use crate::config::Settings;
+use crate::events::Events;
+use crate::metrics::Metrics;
 
 #[derive(Clone)]
 pub struct AppState(Arc<Inner>);
@@ -19,6 +21,9 @@ pub struct Inner {
     pub signer: TokenSigner,
     pub code_key: CodeKey,
     pub delivery: Arc<Delivery>,
+    /// The webhook worker (woken after a change that queues an event).
+    pub events: Arc<Events>,
+    pub metrics: Arc<Metrics>,
     pub token_throttle: Throttle,
     pub key_cache: KeyCache,
     /// An Argon2 hash of nothing in particular, verified against when the

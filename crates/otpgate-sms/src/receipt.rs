@@ -77,6 +77,7 @@ async fn record(
         if store
             .outbox_receipt(channel, id, status, &receipt.detail, now)
             .await?
+            .is_some()
         {
             debug!(channel, status = status.as_str(), "receipt recorded");
             return Ok(true);

@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::channel::{Channel, ChannelError, ChannelHealth, Outgoing};
+use crate::observe::{DeliveryObserver, NoObserver};
 
 /// How the worker paces itself.
 #[derive(Debug, Clone)]
@@ -88,6 +89,7 @@ pub struct Delivery {
     router: Arc<dyn Router>,
     config: DeliveryConfig,
     wake: Notify,
+    observer: Arc<dyn DeliveryObserver>,
 }
 
 impl Delivery {
@@ -97,12 +99,24 @@ impl Delivery {
         router: Arc<dyn Router>,
         config: DeliveryConfig,
     ) -> Arc<Self> {
+        Self::observed(store, clock, router, config, Arc::new(NoObserver))
+    }
+
+    /// As [`Delivery::new`], telling `observer` of every attempt.
+    pub fn observed(
+        store: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+        router: Arc<dyn Router>,
+        config: DeliveryConfig,
+        observer: Arc<dyn DeliveryObserver>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             store,
             clock,
             router,
             config,
             wake: Notify::new(),
+            observer,
         })
     }
 
@@ -229,6 +243,7 @@ impl Delivery {
             return;
         };
         if now >= msg.expires_at {
+            self.observer.attempt("", "failed");
             self.record(
                 self.store
                     .outbox_failed(msg.id, worker, "validity ran out before delivery", now)
@@ -250,6 +265,7 @@ impl Delivery {
             // not make one match.
             let now = self.clock.now_ms();
             warn!(message = msg.id, flow = %msg.flow_type, "no route for this message");
+            self.observer.attempt("", "failed");
             self.record(
                 self.store
                     .outbox_failed(
@@ -263,10 +279,12 @@ impl Delivery {
             return;
         }
         let mut last = String::new();
+        let mut last_channel = "";
         let mut permanent = false;
         // Failover: an unavailable or transiently failing channel passes the
         // message to the next one at once; a permanent refusal ends it.
-        for channel in channels {
+        for channel in &channels {
+            last_channel = channel.name();
             match channel.send(&out).await {
                 Ok(acc) => {
                     debug!(
@@ -279,6 +297,9 @@ impl Delivery {
                         gateway_id: acc.gateway_id,
                     };
                     let now = self.clock.now_ms();
+                    self.observer.attempt(channel.name(), "sent");
+                    self.observer
+                        .gateway_accepted(channel.name(), now.saturating_sub(msg.created_at));
                     self.record(self.store.outbox_sent(msg.id, worker, &info, now).await);
                     return;
                 }
@@ -300,11 +321,13 @@ impl Delivery {
         let now = self.clock.now_ms();
         if permanent {
             warn!(message = msg.id, error = %last, "permanent delivery failure");
+            self.observer.attempt(last_channel, "failed");
             self.record(self.store.outbox_failed(msg.id, worker, &last, now).await);
             return;
         }
         let delay = self.backoff(msg.attempts);
         if now + delay >= msg.expires_at {
+            self.observer.attempt(last_channel, "failed");
             self.record(
                 self.store
                     .outbox_failed(msg.id, worker, &format!("gave up: {last}"), now)
@@ -312,6 +335,7 @@ impl Delivery {
             );
         } else {
             debug!(message = msg.id, delay, error = %last, "will retry");
+            self.observer.attempt(last_channel, "retry");
             self.record(
                 self.store
                     .outbox_retry(msg.id, worker, now + delay, &last, now)

@@ -1,5 +1,6 @@
 //! The web console under `/console`: sign-up and log-in, the dashboard,
-//! the verification log, credentials, account settings, the sandbox inbox,
+//! the verification log, credentials, account settings and webhook, the
+//! events sent to it, the sandbox inbox,
 //! and the operators' account list. Pages are rendered on the server from
 //! askama templates (compile-time checked, HTML-escaped); htmx, vendored in
 //! `assets/`, only refreshes parts of a page (log filters and paging, the
@@ -22,6 +23,7 @@ mod session;
 mod settings;
 mod time;
 mod views;
+mod webhooks;
 
 use std::sync::Arc;
 
@@ -36,6 +38,7 @@ use tokio::sync::OnceCell;
 use crate::auth::Throttle;
 use crate::state::AppState;
 
+pub(crate) use time::civil_from_days;
 pub use error::PageError;
 pub use session::{Principal, Session, Sessions};
 
@@ -152,6 +155,8 @@ pub fn router(app: &AppState) -> Router<AppState> {
         .route("/credentials", get(credentials::page))
         .route("/credentials/password", post(credentials::change_password))
         .route("/settings", get(settings::page).post(settings::save))
+        .route("/settings/webhook", post(webhooks::save))
+        .route("/events", get(webhooks::page))
         .route("/inbox", get(inbox::page))
         .route("/operators", get(operators::page))
         .route("/operators/credits", post(operators::add_credits))

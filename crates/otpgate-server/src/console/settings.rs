@@ -1,7 +1,8 @@
 //! The account's settings (`AccountSettings`): brand name in the message,
 //! default validity and code length, the countries it may send to (others
 //! get 511) and the per-number send limit. The API's send path reads them
-//! on every send, so a change here applies to the next one.
+//! on every send, so a change here applies to the next one. The page also
+//! holds the account's webhook (see `webhooks.rs`).
 
 use askama::Template;
 use axum::extract::{RawQuery, State};
@@ -22,12 +23,30 @@ const MAX_SEND_LIMIT: u32 = 10_000;
 
 #[derive(Template)]
 #[template(path = "console/settings.html")]
-struct SettingsPage {
+pub(super) struct SettingsPage {
     chrome: super::views::Chrome,
     form: SettingsForm,
     errors: Vec<String>,
     saved: bool,
     defaults: Defaults,
+    webhook: super::webhooks::WebhookView,
+}
+
+/// The page with the account's settings as stored and `webhook` as given
+/// (a rejected webhook form shown back).
+pub(super) fn page_with_webhook(
+    console: &Console,
+    ctx: &AccountCtx,
+    webhook: super::webhooks::WebhookView,
+) -> SettingsPage {
+    SettingsPage {
+        chrome: ctx.chrome(console, "Settings", "settings"),
+        form: SettingsForm::from_settings(&ctx.account.settings),
+        errors: Vec::new(),
+        saved: false,
+        defaults: defaults(console),
+        webhook,
+    }
 }
 
 /// Server-wide values that apply where the account sets none.
@@ -173,15 +192,17 @@ pub async fn page(
     State(console): State<Console>,
     ctx: AccountCtx,
     RawQuery(raw): RawQuery,
-) -> Response {
+) -> Result<Response, PageError> {
     let flags: Flags = query(raw.as_deref());
-    render(&SettingsPage {
+    let webhook = super::webhooks::view(&console, &ctx).await?;
+    Ok(render(&SettingsPage {
         chrome: ctx.chrome(&console, "Settings", "settings"),
         form: SettingsForm::from_settings(&ctx.account.settings),
         errors: Vec::new(),
         saved: flags.saved.is_some(),
         defaults: defaults(&console),
-    })
+        webhook,
+    }))
 }
 
 pub async fn save(
@@ -208,6 +229,7 @@ pub async fn save(
                 errors,
                 saved: false,
                 defaults: defaults(&console),
+                webhook: super::webhooks::view(&console, &ctx).await?,
             },
         )),
     }

@@ -20,6 +20,9 @@ pub fn router(state: AppState) -> Router {
         .merge(verification::router())
         .merge(health::router())
         .merge(receipts::router());
+    if state.settings.metrics.enabled && state.settings.metrics.listen.trim().is_empty() {
+        router = router.merge(crate::metrics::router());
+    }
     if state.settings.console.enabled {
         router = router
             .nest("/console", crate::console::router(&state))

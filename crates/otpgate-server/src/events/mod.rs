@@ -1,0 +1,342 @@
+//! Webhook events: the worker that delivers the store's event queue to
+//! each account's endpoint, signed by the Standard Webhooks convention.
+//!
+//! The queue is the `events` table: a row is written in the same
+//! transaction as the change it tells of, so a crash loses neither. Any
+//! node's worker leases due rows (like the outbox), POSTs each, and records
+//! the answer: a 2xx delivers it; 410 Gone gives it up; anything else (or no
+//! answer) retries with exponential backoff and jitter, honouring
+//! `Retry-After`, capped at `events.retry_max_ms`, until the event is
+//! `events.max_age_secs` old. Delivery is at least once: a node that dies
+//! after the receiver answered but before recording it leaves the lease to
+//! run out, and the event is sent again, with the same `webhook-id`.
+//!
+//! `verification.expired` has no transaction of its own to ride in: a
+//! verification expires by time passing. A sweep (every
+//! `events.sweep_interval_ms`, on every node, safe to run concurrently)
+//! writes it for each verification that expired since the last sweep while
+//! still pending, with attempts left, and that had a `created` event.
+
+pub mod sign;
+pub mod target;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use otpgate_core::Clock;
+use otpgate_store::{EventAttempt, EventOutcome, PendingEvent, Store};
+use rand::RngExt;
+use tokio::sync::{Notify, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::config::EventSettings;
+use crate::metrics::Metrics;
+
+/// The most of a receiver's answer kept for the console.
+const MAX_RESPONSE_BYTES: usize = 400;
+
+/// The webhook worker of one node.
+pub struct Events {
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    settings: EventSettings,
+    worker_id: String,
+    client: reqwest::Client,
+    metrics: Arc<Metrics>,
+    wake: Notify,
+}
+
+impl Events {
+    /// # Errors
+    /// When the HTTP client cannot be built.
+    pub fn new(
+        store: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+        settings: EventSettings,
+        worker_id: String,
+        metrics: Arc<Metrics>,
+    ) -> anyhow::Result<Arc<Self>> {
+        let mut client = reqwest::Client::builder()
+            .timeout(Duration::from_millis(settings.timeout_ms))
+            .connect_timeout(Duration::from_millis(settings.timeout_ms.min(5_000)))
+            // A redirect would take the request somewhere the URL check
+            // never saw; the convention counts a 3xx as a failure anyway.
+            .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
+            .user_agent(concat!("otpgate/", env!("CARGO_PKG_VERSION")));
+        if !settings.allow_private_addresses {
+            client = client.dns_resolver(Arc::new(target::PublicOnly));
+        }
+        Ok(Arc::new(Self {
+            client: client.build()?,
+            store,
+            clock,
+            settings,
+            worker_id,
+            metrics,
+            wake: Notify::new(),
+        }))
+    }
+
+    /// Wakes the worker: an event was just committed on this node.
+    pub fn notify(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Runs until `shutdown`, then lets deliveries in hand record their
+    /// results (bounded).
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        info!(worker = %self.worker_id, "webhook worker started");
+        let capacity = self.settings.concurrency as usize;
+        let slots = Arc::new(Semaphore::new(capacity));
+        let sweep_every = i64::try_from(self.settings.sweep_interval_ms).unwrap_or(i64::MAX);
+        let mut next_sweep = 0i64;
+        loop {
+            if shutdown.is_cancelled() {
+                break;
+            }
+            let now = self.clock.now_ms();
+            if now >= next_sweep {
+                next_sweep = now.saturating_add(sweep_every);
+                match self.store.events_sweep_expired(now).await {
+                    Ok(0) => {}
+                    Ok(n) => debug!(events = n, "queued verification.expired events"),
+                    Err(e) => warn!(error = %e, "the expiry sweep failed"),
+                }
+            }
+            let free = slots.available_permits();
+            if free > 0 {
+                let max = u32::try_from(free).unwrap_or(u32::MAX);
+                match self
+                    .store
+                    .events_claim(&self.worker_id, max, self.settings.lease_ms, now)
+                    .await
+                {
+                    Ok(batch) => {
+                        for ev in batch {
+                            let Ok(slot) = slots.clone().try_acquire_owned() else {
+                                break;
+                            };
+                            let me = self.clone();
+                            tokio::spawn(async move {
+                                me.deliver(ev).await;
+                                drop(slot);
+                                me.wake.notify_one();
+                            });
+                        }
+                    }
+                    Err(e) => warn!(error = %e, "claiming webhook events failed"),
+                }
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                () = self.wake.notified() => {}
+                () = tokio::time::sleep(Duration::from_millis(self.settings.poll_ms)) => {}
+            }
+        }
+        let all = u32::try_from(capacity).unwrap_or(u32::MAX);
+        let grace = Duration::from_millis(self.settings.timeout_ms.saturating_add(1000));
+        if tokio::time::timeout(grace, slots.acquire_many(all))
+            .await
+            .is_err()
+        {
+            warn!("webhook deliveries still in flight at shutdown; their leases will run out");
+        }
+        info!("webhook worker stopped");
+    }
+
+    async fn deliver(&self, ev: PendingEvent) {
+        let attempt = match &ev.endpoint {
+            None => EventAttempt {
+                outcome: EventOutcome::Dropped,
+                response_status: None,
+                response: "the account has no webhook".into(),
+            },
+            Some((url, secret)) => match sign::key_of(secret.expose()) {
+                None => EventAttempt {
+                    outcome: EventOutcome::Failed,
+                    response_status: None,
+                    response: "the webhook secret is not a whsec_ secret".into(),
+                },
+                Some(key) => self.post(&ev, url, &key).await,
+            },
+        };
+        self.metrics.webhook(match attempt.outcome {
+            EventOutcome::Delivered => "delivered",
+            EventOutcome::Retry { .. } => "retry",
+            EventOutcome::Failed => "failed",
+            EventOutcome::Dropped => "dropped",
+        });
+        let now = self.clock.now_ms();
+        match self
+            .store
+            .event_record(ev.id, &self.worker_id, &attempt, now)
+            .await
+        {
+            Ok(true) => {}
+            Ok(false) => debug!(event = %ev.event_id, "lease lost before the result was recorded"),
+            Err(e) => warn!(error = %e, "could not record a webhook result"),
+        }
+    }
+
+    async fn post(&self, ev: &PendingEvent, url: &str, key: &[u8]) -> EventAttempt {
+        if let Err(why) = target::check_url(url, self.settings.allow_private_addresses) {
+            return EventAttempt {
+                outcome: EventOutcome::Failed,
+                response_status: None,
+                response: why,
+            };
+        }
+        let body = body(ev);
+        let timestamp = self.clock.now_ms().div_euclid(1000);
+        let signature = sign::signature(key, &ev.event_id, timestamp, body.as_bytes());
+        let sent = self
+            .client
+            .post(url)
+            .header("content-type", "application/json")
+            .header("webhook-id", &ev.event_id)
+            .header("webhook-timestamp", timestamp.to_string())
+            .header("webhook-signature", signature)
+            .body(body)
+            .send()
+            .await;
+        let resp = match sent {
+            Ok(r) => r,
+            Err(e) => {
+                // Without the URL: it may carry a token in its query.
+                let why = if e.is_timeout() {
+                    "no answer within the timeout".to_owned()
+                } else if e.is_connect() {
+                    "could not connect".to_owned()
+                } else {
+                    "the request failed".to_owned()
+                };
+                return self.retry_or_give_up(ev, None, why, None);
+            }
+        };
+        let status = resp.status();
+        let retry_after = resp
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<i64>().ok())
+            .map(|s| s.saturating_mul(1000));
+        let text = read_some(resp).await;
+        let code = Some(status.as_u16());
+        if status.is_success() {
+            EventAttempt {
+                outcome: EventOutcome::Delivered,
+                response_status: code,
+                response: text,
+            }
+        } else if status == reqwest::StatusCode::GONE {
+            EventAttempt {
+                outcome: EventOutcome::Failed,
+                response_status: code,
+                response: text,
+            }
+        } else {
+            self.retry_or_give_up(ev, code, text, retry_after)
+        }
+    }
+
+    fn retry_or_give_up(
+        &self,
+        ev: &PendingEvent,
+        response_status: Option<u16>,
+        response: String,
+        retry_after_ms: Option<i64>,
+    ) -> EventAttempt {
+        let now = self.clock.now_ms();
+        let delay = retry_after_ms
+            .filter(|d| *d > 0)
+            .unwrap_or_else(|| self.backoff(ev.attempts))
+            .min(self.settings.retry_max_ms);
+        let max_age = i64::try_from(self.settings.max_age_secs.saturating_mul(1000))
+            .unwrap_or(i64::MAX);
+        let outcome = if now.saturating_add(delay).saturating_sub(ev.created_at) > max_age {
+            EventOutcome::Failed
+        } else {
+            EventOutcome::Retry {
+                next_attempt_at: now.saturating_add(delay),
+            }
+        };
+        EventAttempt {
+            outcome,
+            response_status,
+            response,
+        }
+    }
+
+    /// Exponential backoff, jittered in its upper half, capped.
+    fn backoff(&self, attempts: u32) -> i64 {
+        let exp = self
+            .settings
+            .retry_base_ms
+            .saturating_mul(1i64 << attempts.saturating_sub(1).min(30))
+            .min(self.settings.retry_max_ms)
+            .max(1);
+        let half = exp / 2;
+        half + rand::rng().random_range(0..=exp - half)
+    }
+}
+
+/// The start of a receiver's answer, bounded however much it sends.
+async fn read_some(mut resp: reqwest::Response) -> String {
+    let mut buf = Vec::new();
+    while buf.len() < MAX_RESPONSE_BYTES {
+        match resp.chunk().await {
+            Ok(Some(chunk)) => buf.extend_from_slice(&chunk),
+            _ => break,
+        }
+    }
+    buf.truncate(MAX_RESPONSE_BYTES);
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+/// The body of an event: the same bytes on every attempt (it depends only
+/// on the stored row). `{"type", "timestamp", "data"}` as the convention
+/// suggests; `data` carries the ids and the facts captured when it happened.
+pub fn body(ev: &PendingEvent) -> String {
+    let mut data = serde_json::Map::new();
+    data.insert(
+        "verificationId".into(),
+        ev.verification_id.get().to_string().into(),
+    );
+    data.insert("customerId".into(), ev.customer_id.as_str().into());
+    if let Ok(serde_json::Value::Object(detail)) = serde_json::from_str(&ev.detail) {
+        data.extend(detail);
+    }
+    serde_json::json!({
+        "type": ev.kind.as_str(),
+        "timestamp": rfc3339(ev.created_at),
+        "data": data,
+    })
+    .to_string()
+}
+
+/// `ms` since the epoch as `2026-12-01T07:40:00.123Z`.
+fn rfc3339(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    let (y, m, d) = crate::console::civil_from_days(days);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        ms.rem_euclid(1000)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_are_rfc3339_utc() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339(1_764_100_000_123), "2025-11-25T19:46:40.123Z");
+    }
+}

@@ -1,0 +1,440 @@
+//! The server's metrics, in one home: every series otpgate exports, the
+//! functions that move them, and the `/metrics` endpoint that renders them
+//! in the Prometheus/OpenMetrics text format (through `prometheus-client`,
+//! the Prometheus project's own Rust client).
+//!
+//! Counters are per process: Prometheus sums them over nodes. The gauges of
+//! shared state (outbox depth, oldest message, pending events) come from the
+//! store, so every node reports the same value (aggregate them with `max`);
+//! a scrape reads them at most once a second, however often it is scraped,
+//! so `/metrics` cannot be used to load the database.
+//!
+//! Where they are moved: sends and validations in `service`, token failures
+//! in `service` and `auth`, delivery attempts by the SMS worker through
+//! [`otpgate_sms::DeliveryObserver`], receipts and store latency by
+//! [`store::MeteredStore`] (every receipt, SMPP or HTTP, passes through the
+//! store), webhook deliveries in `events`, fraud blocks by the fraud checks
+//! through [`Metrics::fraud_block`].
+
+pub mod store;
+
+use std::sync::Mutex;
+use std::sync::atomic::AtomicU64;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use otpgate_core::DeliveryStatus;
+use otpgate_store::Store;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::state::AppState;
+
+/// The exposition's content type (the encoder writes OpenMetrics text).
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// How long store-derived gauges are reused between scrapes.
+const GAUGE_TTL: Duration = Duration::from_secs(1);
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SendLabels {
+    outcome: &'static str,
+    country: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabel {
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CountryLabel {
+    country: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DeliveryLabels {
+    channel: String,
+    status: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ChannelLabel {
+    channel: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabel {
+    state: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OpLabel {
+    op: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabel {
+    kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabel {
+    result: &'static str,
+}
+
+type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
+type FloatGauge = Gauge<f64, AtomicU64>;
+
+/// Delivery latencies: 50 ms to about 14 minutes.
+fn delivery_buckets() -> Histogram {
+    Histogram::new(exponential_buckets(0.05, 2.0, 15))
+}
+
+/// Store operations: 0.5 ms to about 8 s.
+fn store_buckets() -> Histogram {
+    Histogram::new(exponential_buckets(0.0005, 2.0, 15))
+}
+
+/// Every series, registered once.
+pub struct Metrics {
+    registry: Registry,
+    sends: Family<SendLabels, Counter>,
+    validations: Family<OutcomeLabel, Counter>,
+    completed: Family<CountryLabel, Counter>,
+    deliveries: Family<DeliveryLabels, Counter>,
+    gateway_latency: Histograms<ChannelLabel>,
+    receipt_latency: Histograms<ChannelLabel>,
+    outbox: Family<StateLabel, Gauge>,
+    outbox_oldest: FloatGauge,
+    store_latency: Histograms<OpLabel>,
+    store_errors: Family<OpLabel, Counter>,
+    token_failures: Family<ReasonLabel, Counter>,
+    fraud_blocks: Family<KindLabel, Counter>,
+    webhooks: Family<ResultLabel, Counter>,
+    events_pending: Gauge,
+    events_oldest: FloatGauge,
+    /// When the store-derived gauges were last read.
+    refreshed: tokio::sync::Mutex<Option<Instant>>,
+    /// Serialises rendering (the registry is read under its own locks).
+    render_lock: Mutex<()>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut r = Registry::default();
+        let sends = Family::default();
+        r.register(
+            "otpgate_sends",
+            "Send requests by outcome (created, pending, rate_limited, insufficient_balance, refused, error) and destination dialing code",
+            sends.clone(),
+        );
+        let validations = Family::default();
+        r.register(
+            "otpgate_validations",
+            "Validations by outcome (completed, wrong_code, already_verified, too_many_attempts, expired, failed, not_found, invalid, error)",
+            validations.clone(),
+        );
+        let completed = Family::default();
+        r.register(
+            "otpgate_verifications_completed",
+            "Verifications completed, by destination dialing code; conversion = this / otpgate_sends_total{outcome=\"created\"}",
+            completed.clone(),
+        );
+        let deliveries = Family::default();
+        r.register(
+            "otpgate_deliveries",
+            "Message outcomes by channel and status: sent, retry, failed (worker attempts) and delivered, undeliverable, expired, rejected (receipts)",
+            deliveries.clone(),
+        );
+        let gateway_latency: Histograms<ChannelLabel> =
+            Family::new_with_constructor(delivery_buckets);
+        r.register(
+            "otpgate_delivery_gateway_latency_seconds",
+            "From a send being accepted to a gateway accepting its message",
+            gateway_latency.clone(),
+        );
+        let receipt_latency: Histograms<ChannelLabel> =
+            Family::new_with_constructor(delivery_buckets);
+        r.register(
+            "otpgate_delivery_receipt_latency_seconds",
+            "From a send being accepted to its final delivery receipt",
+            receipt_latency.clone(),
+        );
+        let outbox = Family::default();
+        r.register(
+            "otpgate_outbox_messages",
+            "Outbox messages by state (queued, in_flight, failed); shared by all nodes",
+            outbox.clone(),
+        );
+        let outbox_oldest = FloatGauge::default();
+        r.register(
+            "otpgate_outbox_oldest_message_age_seconds",
+            "Age of the oldest queued outbox message (0 when none)",
+            outbox_oldest.clone(),
+        );
+        let store_latency: Histograms<OpLabel> = Family::new_with_constructor(store_buckets);
+        r.register(
+            "otpgate_store_operation_duration_seconds",
+            "Store operations by name",
+            store_latency.clone(),
+        );
+        let store_errors = Family::default();
+        r.register(
+            "otpgate_store_errors",
+            "Store operations that failed, by name",
+            store_errors.clone(),
+        );
+        let token_failures = Family::default();
+        r.register(
+            "otpgate_token_failures",
+            "Rejected credentials: token requests (bad_credentials, throttled) and authToken checks (invalid_token)",
+            token_failures.clone(),
+        );
+        let fraud_blocks = Family::default();
+        r.register(
+            "otpgate_fraud_blocks",
+            "Sends refused by fraud defences, by kind",
+            fraud_blocks.clone(),
+        );
+        let webhooks = Family::default();
+        r.register(
+            "otpgate_webhook_deliveries",
+            "Webhook delivery attempts by result (delivered, retry, failed, dropped)",
+            webhooks.clone(),
+        );
+        let events_pending = Gauge::default();
+        r.register(
+            "otpgate_events_pending",
+            "Webhook events waiting for delivery; shared by all nodes",
+            events_pending.clone(),
+        );
+        let events_oldest = FloatGauge::default();
+        r.register(
+            "otpgate_events_oldest_pending_age_seconds",
+            "Age of the oldest webhook event waiting for delivery (0 when none)",
+            events_oldest.clone(),
+        );
+        Self {
+            registry: r,
+            sends,
+            validations,
+            completed,
+            deliveries,
+            gateway_latency,
+            receipt_latency,
+            outbox,
+            outbox_oldest,
+            store_latency,
+            store_errors,
+            token_failures,
+            fraud_blocks,
+            webhooks,
+            events_pending,
+            events_oldest,
+            refreshed: tokio::sync::Mutex::new(None),
+            render_lock: Mutex::new(()),
+        }
+    }
+
+    /// A send's outcome; `country` is the destination's dialing code.
+    pub fn send(&self, outcome: &'static str, country: u16) {
+        self.sends
+            .get_or_create(&SendLabels {
+                outcome,
+                country: country.to_string(),
+            })
+            .inc();
+    }
+
+    pub fn validation(&self, outcome: &'static str) {
+        self.validations
+            .get_or_create(&OutcomeLabel { outcome })
+            .inc();
+    }
+
+    pub fn completed(&self, country: u16) {
+        self.completed
+            .get_or_create(&CountryLabel {
+                country: country.to_string(),
+            })
+            .inc();
+    }
+
+    /// A token request or an `authToken` check was refused.
+    pub fn token_failure(&self, reason: &'static str) {
+        self.token_failures
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
+    }
+
+    /// A send refused by a fraud defence of `kind` (the fraud checks call
+    /// this; `kind` is one of their few fixed names, never user input).
+    pub fn fraud_block(&self, kind: &str) {
+        self.fraud_blocks
+            .get_or_create(&KindLabel {
+                kind: kind.to_owned(),
+            })
+            .inc();
+    }
+
+    /// A webhook delivery attempt's result.
+    pub fn webhook(&self, result: &'static str) {
+        self.webhooks.get_or_create(&ResultLabel { result }).inc();
+    }
+
+    /// A receipt matched a message accepted at `accepted_at`.
+    pub fn receipt(&self, channel: &str, status: DeliveryStatus, latency_ms: i64) {
+        self.deliveries
+            .get_or_create(&DeliveryLabels {
+                channel: channel.to_owned(),
+                status: status.as_str(),
+            })
+            .inc();
+        self.receipt_latency
+            .get_or_create(&ChannelLabel {
+                channel: channel.to_owned(),
+            })
+            .observe(seconds(latency_ms));
+    }
+
+    pub fn store_op(&self, op: &'static str, elapsed: Duration, ok: bool) {
+        self.store_latency
+            .get_or_create(&OpLabel { op })
+            .observe(elapsed.as_secs_f64());
+        if !ok {
+            self.store_errors.get_or_create(&OpLabel { op }).inc();
+        }
+    }
+
+    /// Reads the store-derived gauges, unless they were read within the
+    /// last second. A failure leaves the previous values.
+    async fn refresh(&self, store: &dyn Store, now_ms: i64) {
+        let mut last = self.refreshed.lock().await;
+        if last.is_some_and(|t| t.elapsed() < GAUGE_TTL) {
+            return;
+        }
+        *last = Some(Instant::now());
+        let age = |oldest: Option<i64>| oldest.map_or(0.0, |t| seconds(now_ms - t).max(0.0));
+        if let Ok(d) = store.outbox_depth().await {
+            for (state, n) in [
+                ("queued", d.queued),
+                ("in_flight", d.in_flight),
+                ("failed", d.failed),
+            ] {
+                self.outbox
+                    .get_or_create(&StateLabel { state })
+                    .set(i64::try_from(n).unwrap_or(i64::MAX));
+            }
+            self.outbox_oldest.set(age(d.oldest_queued_at));
+        }
+        if let Ok(b) = store.event_backlog().await {
+            self.events_pending
+                .set(i64::try_from(b.pending).unwrap_or(i64::MAX));
+            self.events_oldest.set(age(b.oldest_at));
+        }
+    }
+
+    /// The exposition text, gauges refreshed.
+    pub async fn render(&self, store: &dyn Store, now_ms: i64) -> String {
+        self.refresh(store, now_ms).await;
+        let _guard = self.render_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out = String::with_capacity(16 * 1024);
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}
+
+impl otpgate_sms::DeliveryObserver for Metrics {
+    fn attempt(&self, channel: &str, status: &'static str) {
+        self.deliveries
+            .get_or_create(&DeliveryLabels {
+                channel: channel.to_owned(),
+                status,
+            })
+            .inc();
+    }
+
+    fn gateway_accepted(&self, channel: &str, latency_ms: i64) {
+        self.gateway_latency
+            .get_or_create(&ChannelLabel {
+                channel: channel.to_owned(),
+            })
+            .observe(seconds(latency_ms));
+    }
+}
+
+fn seconds(ms: i64) -> f64 {
+    // Millisecond counts of any real latency fit f64 exactly.
+    #[allow(clippy::cast_precision_loss)]
+    let s = ms.max(0) as f64 / 1000.0;
+    s
+}
+
+/// `/metrics`, for the API listener or a listener of its own.
+pub fn router() -> Router<AppState> {
+    Router::new().route("/metrics", get(scrape))
+}
+
+async fn scrape(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    if let Some(token) = state
+        .settings
+        .metrics
+        .bearer_token
+        .as_ref()
+        .filter(|t| !t.is_empty())
+    {
+        let given = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        // Digests first, so the comparison's time says nothing of length.
+        let ok: bool = Sha256::digest(given.as_bytes())
+            .ct_eq(&Sha256::digest(token.expose().as_bytes()))
+            .into();
+        if !ok {
+            return (
+                StatusCode::UNAUTHORIZED,
+                [(header::WWW_AUTHENTICATE, "Bearer")],
+                "a bearer token is required\n",
+            )
+                .into_response();
+        }
+    }
+    let body = state
+        .metrics
+        .render(state.store.as_ref(), state.clock.now_ms())
+        .await;
+    let mut resp = body.into_response();
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(CONTENT_TYPE),
+    );
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
