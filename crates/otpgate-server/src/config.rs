@@ -436,7 +436,9 @@ impl Settings {
             );
         }
         if e.retry_base_ms <= 0 || e.retry_max_ms < e.retry_base_ms {
-            return Err("events.retry_base_ms must be positive and at most events.retry_max_ms".into());
+            return Err(
+                "events.retry_base_ms must be positive and at most events.retry_max_ms".into(),
+            );
         }
         if u64::try_from(e.lease_ms).unwrap_or(0) <= e.timeout_ms {
             return Err("events.lease_ms must be longer than events.timeout_ms".into());

@@ -110,13 +110,8 @@ impl Application {
             dcfg.worker_id.clone(),
             metrics.clone(),
         )?;
-        let delivery = Delivery::observed(
-            store.clone(),
-            clock.clone(),
-            router,
-            dcfg,
-            metrics.clone(),
-        );
+        let delivery =
+            Delivery::observed(store.clone(), clock.clone(), router, dcfg, metrics.clone());
 
         let listener = TcpListener::bind(&settings.listen)
             .await

@@ -276,8 +276,7 @@ pub trait Store: Send + Sync + 'static {
     async fn events_sweep_expired(&self, now: i64) -> StoreResult<u64>;
 
     /// The account's events, newest first (the console's deliveries page).
-    async fn event_list(&self, customer: &CustomerId, limit: u32)
-    -> StoreResult<Vec<EventRecord>>;
+    async fn event_list(&self, customer: &CustomerId, limit: u32) -> StoreResult<Vec<EventRecord>>;
 
     /// Pending events, for metrics.
     async fn event_backlog(&self) -> StoreResult<EventBacklog>;

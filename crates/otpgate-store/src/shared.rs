@@ -192,8 +192,7 @@ pub(crate) type EventRecordRow = (
 );
 
 pub(crate) fn event_record(row: EventRecordRow) -> StoreResult<EventRecord> {
-    let (event_id, vid, kind, status, attempts, code, response, created, updated, delivered) =
-        row;
+    let (event_id, vid, kind, status, attempts, code, response, created, updated, delivered) = row;
     Ok(EventRecord {
         event_id,
         verification_id: verification_id(vid)?,
@@ -233,7 +232,11 @@ pub(crate) fn created_detail(req: &crate::NewVerification) -> String {
 
 /// The detail of `verification.failed` (`reason` is `undeliverable` or
 /// `too_many_attempts`) and of `verification.delivered`.
-pub(crate) fn delivery_detail(reason: Option<&str>, status: DeliveryStatus, detail: &str) -> String {
+pub(crate) fn delivery_detail(
+    reason: Option<&str>,
+    status: DeliveryStatus,
+    detail: &str,
+) -> String {
     let mut d = serde_json::json!({ "deliveryStatus": status.as_str() });
     if let Some(r) = reason {
         d["reason"] = r.into();

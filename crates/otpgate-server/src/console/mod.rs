@@ -38,9 +38,9 @@ use tokio::sync::OnceCell;
 use crate::auth::Throttle;
 use crate::state::AppState;
 
-pub(crate) use time::civil_from_days;
 pub use error::PageError;
 pub use session::{Principal, Session, Sessions};
+pub(crate) use time::civil_from_days;
 
 /// The policy every console response carries: scripts, styles and images
 /// only from this server, no inline script or style, no framing, forms

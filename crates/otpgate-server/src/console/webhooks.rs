@@ -66,7 +66,9 @@ pub async fn save(
         }
         "rotate" => {
             let Some(hook) = current else {
-                return Err(PageError::BadRequest("There is no webhook to give a new secret."));
+                return Err(PageError::BadRequest(
+                    "There is no webhook to give a new secret.",
+                ));
             };
             store
                 .webhook_set(customer, &hook.url, &sign::new_secret(), now)
@@ -79,8 +81,8 @@ pub async fn save(
                 Ok(url) => {
                     // A new endpoint keeps the secret it had, so a URL
                     // change does not break the receiver's check.
-                    let secret = current
-                        .map_or_else(sign::new_secret, |h| h.secret.expose().to_owned());
+                    let secret =
+                        current.map_or_else(sign::new_secret, |h| h.secret.expose().to_owned());
                     store
                         .webhook_set(customer, url.as_str(), &secret, now)
                         .await?;

@@ -253,8 +253,8 @@ impl Events {
             .filter(|d| *d > 0)
             .unwrap_or_else(|| self.backoff(ev.attempts))
             .min(self.settings.retry_max_ms);
-        let max_age = i64::try_from(self.settings.max_age_secs.saturating_mul(1000))
-            .unwrap_or(i64::MAX);
+        let max_age =
+            i64::try_from(self.settings.max_age_secs.saturating_mul(1000)).unwrap_or(i64::MAX);
         let outcome = if now.saturating_add(delay).saturating_sub(ev.created_at) > max_age {
             EventOutcome::Failed
         } else {

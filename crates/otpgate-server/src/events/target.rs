@@ -136,7 +136,14 @@ mod tests {
     fn public_addresses_are_told_from_internal_ones() {
         assert!(is_public("93.184.216.34".parse().unwrap()));
         assert!(is_public("2606:2800:220:1::1".parse().unwrap()));
-        for ip in ["100.64.0.1", "192.168.1.1", "172.16.0.1", "0.0.0.0", "fd00::1", "fe80::1"] {
+        for ip in [
+            "100.64.0.1",
+            "192.168.1.1",
+            "172.16.0.1",
+            "0.0.0.0",
+            "fd00::1",
+            "fe80::1",
+        ] {
             assert!(!is_public(ip.parse().unwrap()), "{ip}");
         }
     }

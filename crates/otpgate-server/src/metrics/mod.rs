@@ -430,10 +430,8 @@ async fn scrape(State(state): State<AppState>, headers: HeaderMap) -> Response {
         .render(state.store.as_ref(), state.clock.now_ms())
         .await;
     let mut resp = body.into_response();
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static(CONTENT_TYPE),
-    );
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
     resp.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     resp

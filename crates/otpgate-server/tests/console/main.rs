@@ -11,3 +11,4 @@ mod browser_flows;
 mod log;
 mod screenshots;
 mod security;
+mod webhooks;

@@ -78,7 +78,10 @@ fn expected_map(flow: &[(String, Vec<&'static str>)]) -> BTreeMap<String, BTreeS
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_receiver_gets_every_event_of_a_flow_each_validly_signed() {
     let test = "a_receiver_gets_every_event_of_a_flow_each_validly_signed";
-    let Some(sim) = Simulator::start(test, &["--receipt-delay-ms", "100", "--reject-prefix", "9199999"]) else {
+    let Some(sim) = Simulator::start(
+        test,
+        &["--receipt-delay-ms", "100", "--reject-prefix", "9199999"],
+    ) else {
         return;
     };
     let dir = TempDir::new("ops-events");
@@ -104,7 +107,10 @@ async fn a_receiver_gets_every_event_of_a_flow_each_validly_signed() {
     })
     .await;
     let got = receiver.received();
-    assert!(got.iter().all(|r| r.valid), "every signature verifies: {got:?}");
+    assert!(
+        got.iter().all(|r| r.valid),
+        "every signature verifies: {got:?}"
+    );
     // Each event's body tells what happened, its id is one event's only.
     let ids: BTreeSet<&str> = got.iter().map(|r| r.id.as_str()).collect();
     assert_eq!(ids.len(), 8, "one id per event: {got:?}");
@@ -136,14 +142,32 @@ async fn a_receiver_gets_every_event_of_a_flow_each_validly_signed() {
     let r = &got[0];
     assert!(verify(&secret, &r.id, &r.timestamp, &r.body, &r.signature));
     let changed_body = r.body.replacen("verification.", "verification.x", 1);
-    assert!(!verify(&secret, &r.id, &r.timestamp, &changed_body, &r.signature));
+    assert!(!verify(
+        &secret,
+        &r.id,
+        &r.timestamp,
+        &changed_body,
+        &r.signature
+    ));
     let mut sig = r.signature.clone().into_bytes();
     let last = sig.len() - 2;
     sig[last] = if sig[last] == b'A' { b'B' } else { b'A' };
     let sig = String::from_utf8(sig).unwrap();
     assert!(!verify(&secret, &r.id, &r.timestamp, &r.body, &sig));
-    assert!(!verify(&secret, "evt_other", &r.timestamp, &r.body, &r.signature));
-    assert!(!verify(&sign::new_secret(), &r.id, &r.timestamp, &r.body, &r.signature));
+    assert!(!verify(
+        &secret,
+        "evt_other",
+        &r.timestamp,
+        &r.body,
+        &r.signature
+    ));
+    assert!(!verify(
+        &sign::new_secret(),
+        &r.id,
+        &r.timestamp,
+        &r.body,
+        &r.signature
+    ));
     // And a receiver that answers 400 to a bad signature is what the
     // server retries against: the same request with a tampered signature
     // is refused by the live receiver too.
@@ -163,7 +187,10 @@ async fn a_receiver_gets_every_event_of_a_flow_each_validly_signed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_receiver_down_for_30_s_gets_every_event_with_the_same_ids_once_up() {
     let test = "a_receiver_down_for_30_s_gets_every_event_with_the_same_ids_once_up";
-    let Some(sim) = Simulator::start(test, &["--receipt-delay-ms", "100", "--reject-prefix", "9199999"]) else {
+    let Some(sim) = Simulator::start(
+        test,
+        &["--receipt-delay-ms", "100", "--reject-prefix", "9199999"],
+    ) else {
         return;
     };
     let dir = TempDir::new("ops-events-down");
@@ -218,5 +245,8 @@ async fn a_receiver_down_for_30_s_gets_every_event_with_the_same_ids_once_up() {
     assert!(got.iter().all(|r| r.valid), "{got:?}");
     let ids: BTreeSet<String> = got.iter().map(|r| r.id.clone()).collect();
     let queued: BTreeSet<String> = seen.keys().cloned().collect();
-    assert_eq!(ids, queued, "the ids delivered are the ids queued during the outage");
+    assert_eq!(
+        ids, queued,
+        "the ids delivered are the ids queued during the outage"
+    );
 }

@@ -4,8 +4,8 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use otpgate_core::{Clock, SystemClock};
 use otpgate_core::SecretString;
+use otpgate_core::{Clock, SystemClock};
 use otpgate_server::events::sign;
 
 use crate::sim::Simulator;
@@ -27,7 +27,13 @@ fn samples(text: &str) -> BTreeMap<String, f64> {
 async fn scrape(server: &Server) -> BTreeMap<String, f64> {
     let port = server.metrics_port.expect("metrics on its own listener");
     let url = format!("http://127.0.0.1:{port}/metrics");
-    let r = server.http.get(&url).bearer_auth(TOKEN).send().await.unwrap();
+    let r = server
+        .http
+        .get(&url)
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), reqwest::StatusCode::OK);
     assert!(
         r.headers()["content-type"]
@@ -47,9 +53,10 @@ fn value(s: &BTreeMap<String, f64>, key: &str) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_series_moves_during_a_flow_over_smpp() {
     let test = "every_series_moves_during_a_flow_over_smpp";
-    let Some(mut sim) =
-        Simulator::start(test, &["--receipt-delay-ms", "100", "--reject-prefix", "9199999"])
-    else {
+    let Some(mut sim) = Simulator::start(
+        test,
+        &["--receipt-delay-ms", "100", "--reject-prefix", "9199999"],
+    ) else {
         return;
     };
     let dir = TempDir::new("ops-metrics");
@@ -59,7 +66,12 @@ async fn every_series_moves_during_a_flow_over_smpp() {
     let server = start(settings).await;
 
     // Not on the API's listener; not without the token.
-    let api = server.http.get(format!("{}/metrics", server.base)).send().await.unwrap();
+    let api = server
+        .http
+        .get(format!("{}/metrics", server.base))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(api.status(), reqwest::StatusCode::NOT_FOUND);
     let port = server.metrics_port.unwrap();
     let bare = server
@@ -83,7 +95,12 @@ async fn every_series_moves_during_a_flow_over_smpp() {
     receiver.set_secret(&secret);
     server
         .store
-        .webhook_set(&server.account.customer_id, &receiver.url(), &secret, SystemClock.now_ms())
+        .webhook_set(
+            &server.account.customer_id,
+            &receiver.url(),
+            &secret,
+            SystemClock.now_ms(),
+        )
         .await
         .unwrap();
 
@@ -93,7 +110,10 @@ async fn every_series_moves_during_a_flow_over_smpp() {
     let r = server
         .http
         .get(format!("{}{}", server.base, otpgate_api::paths::TOKEN))
-        .query(&[("customerId", server.account.customer_id.as_str()), ("key", "d3Jvbmc=")])
+        .query(&[
+            ("customerId", server.account.customer_id.as_str()),
+            ("key", "d3Jvbmc="),
+        ])
         .send()
         .await
         .unwrap();
@@ -130,7 +150,10 @@ async fn every_series_moves_during_a_flow_over_smpp() {
     server.app.metrics.fraud_block("test");
 
     // Five events so far: two created, delivered, failed, completed.
-    eventually(10, "webhook deliveries", async || receiver.received().len() >= 5).await;
+    eventually(10, "webhook deliveries", async || {
+        receiver.received().len() >= 5
+    })
+    .await;
 
     // A message held at the SMSC (in flight, the oldest queued one), and
     // its event held by a receiver that went away (pending, retried).
@@ -182,16 +205,28 @@ async fn every_series_moves_during_a_flow_over_smpp() {
         moved(key);
     }
     // The gauges of the held message, seen while it was held.
-    assert_eq!(value(&during, r#"otpgate_outbox_messages{state="in_flight"}"#), 1.0);
+    assert_eq!(
+        value(&during, r#"otpgate_outbox_messages{state="in_flight"}"#),
+        1.0
+    );
     let age = value(&during, "otpgate_outbox_oldest_message_age_seconds");
     assert!(age >= 1.0, "oldest message age {age}");
-    assert_eq!(value(&after, "otpgate_outbox_oldest_message_age_seconds"), 0.0);
+    assert_eq!(
+        value(&after, "otpgate_outbox_oldest_message_age_seconds"),
+        0.0
+    );
     assert_eq!(value(&before, "otpgate_events_pending"), 0.0);
     assert!(value(&during, "otpgate_events_pending") >= 1.0);
     let age = value(&during, "otpgate_events_oldest_pending_age_seconds");
     assert!(age >= 1.0, "oldest pending event age {age}");
     // Conversion per country from the two counters.
-    let sends = value(&after, r#"otpgate_sends_total{outcome="created",country="91"}"#);
-    let completed = value(&after, r#"otpgate_verifications_completed_total{country="91"}"#);
+    let sends = value(
+        &after,
+        r#"otpgate_sends_total{outcome="created",country="91"}"#,
+    );
+    let completed = value(
+        &after,
+        r#"otpgate_verifications_completed_total{country="91"}"#,
+    );
     assert!(completed / sends > 0.0 && completed / sends <= 1.0);
 }

@@ -1159,8 +1159,7 @@ impl Store for PostgresStore {
                 } else {
                     if status == DeliveryStatus::Delivered {
                         let d = delivery_detail(None, status, detail);
-                        events::emit(&mut tx, verification, EventKind::Delivered, &d, now)
-                            .await?;
+                        events::emit(&mut tx, verification, EventKind::Delivered, &d, now).await?;
                     }
                     sqlx::query(
                         "update verifications
@@ -1183,14 +1182,13 @@ impl Store for PostgresStore {
 
     async fn outbox_depth(&self) -> StoreResult<OutboxDepth> {
         self.guarded(async {
-            let (queued, in_flight, failed, oldest): (i64, i64, i64, Option<i64>) =
-                sqlx::query_as(
-                    "select count(*) filter (where status = 'queued' and lease_owner is null),
+            let (queued, in_flight, failed, oldest): (i64, i64, i64, Option<i64>) = sqlx::query_as(
+                "select count(*) filter (where status = 'queued' and lease_owner is null),
                         count(*) filter (where status = 'queued' and lease_owner is not null),
                         count(*) filter (where status = 'failed'),
                         min(created_at) filter (where status = 'queued')
                    from outbox",
-                )
+            )
             .fetch_one(&self.pool)
             .await
             .map_err(db_err)?;
@@ -1306,11 +1304,7 @@ impl Store for PostgresStore {
         .await
     }
 
-    async fn event_list(
-        &self,
-        customer: &CustomerId,
-        limit: u32,
-    ) -> StoreResult<Vec<EventRecord>> {
+    async fn event_list(&self, customer: &CustomerId, limit: u32) -> StoreResult<Vec<EventRecord>> {
         self.guarded(async {
             let rows: Vec<EventRecordRow> = sqlx::query_as(concat!(
                 "select ",

@@ -937,9 +937,9 @@ impl Store for SqliteStore {
     ) -> StoreResult<Webhook> {
         let (customer, url, secret) = (customer.clone(), url.to_owned(), secret.to_owned());
         self.write(move |conn| {
-            Box::pin(
-                async move { events::set_webhook(conn, customer.as_str(), &url, &secret, now).await },
-            )
+            Box::pin(async move {
+                events::set_webhook(conn, customer.as_str(), &url, &secret, now).await
+            })
         })
         .await
     }
@@ -992,11 +992,7 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn event_list(
-        &self,
-        customer: &CustomerId,
-        limit: u32,
-    ) -> StoreResult<Vec<EventRecord>> {
+    async fn event_list(&self, customer: &CustomerId, limit: u32) -> StoreResult<Vec<EventRecord>> {
         let rows: Vec<EventRecordRow> = sqlx::query_as(concat!(
             "select ",
             event_record_columns!(),
@@ -1012,12 +1008,11 @@ impl Store for SqliteStore {
     }
 
     async fn event_backlog(&self) -> StoreResult<EventBacklog> {
-        let (pending, oldest): (i64, Option<i64>) = sqlx::query_as(
-            "select count(*), min(created_at) from events where status = 'pending'",
-        )
-        .fetch_one(&self.reader)
-        .await
-        .map_err(db)?;
+        let (pending, oldest): (i64, Option<i64>) =
+            sqlx::query_as("select count(*), min(created_at) from events where status = 'pending'")
+                .fetch_one(&self.reader)
+                .await
+                .map_err(db)?;
         Ok(EventBacklog {
             pending: to_u64(pending),
             oldest_at: oldest,

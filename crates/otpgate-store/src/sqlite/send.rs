@@ -137,14 +137,7 @@ pub(super) async fn create(
     .execute(&mut *conn)
     .await
     .map_err(db)?;
-    super::events::emit(
-        conn,
-        id_i64(v.id),
-        EventKind::Created,
-        &detail,
-        now,
-    )
-    .await?;
+    super::events::emit(conn, id_i64(v.id), EventKind::Created, &detail, now).await?;
     Ok(CreateOutcome::Created(v))
 }
 

@@ -65,7 +65,11 @@ async fn each_change_of_a_verification_queues_its_event_once(db: TestDb) {
     );
     assert_eq!(
         kinds_of(&store, &with, 1).await,
-        [EventKind::Completed, EventKind::Created, EventKind::Delivered]
+        [
+            EventKind::Completed,
+            EventKind::Created,
+            EventKind::Delivered
+        ]
     );
     // An account without a webhook queues nothing.
     assert!(store.event_list(&without, 100).await.unwrap().is_empty());
@@ -93,7 +97,9 @@ async fn each_change_of_a_verification_queues_its_event_once(db: TestDb) {
                 .await
                 .unwrap()
         );
-        let failed = kinds_of(&store, &with, 3).await.contains(&EventKind::Failed);
+        let failed = kinds_of(&store, &with, 3)
+            .await
+            .contains(&EventKind::Failed);
         assert_eq!(failed, n == 4, "after wrong code {}", n + 1);
     }
 
@@ -108,7 +114,11 @@ async fn each_change_of_a_verification_queues_its_event_once(db: TestDb) {
         [EventKind::Created, EventKind::Expired]
     );
     for id in [1, 2, 3] {
-        assert!(!kinds_of(&store, &with, id).await.contains(&EventKind::Expired));
+        assert!(
+            !kinds_of(&store, &with, id)
+                .await
+                .contains(&EventKind::Expired)
+        );
     }
     let backlog = store.event_backlog().await.unwrap();
     assert_eq!(backlog.pending, 9);
@@ -126,7 +136,11 @@ async fn events_are_leased_to_one_worker_and_keep_their_id_across_attempts(db: T
         .unwrap();
     created(a, send(1, &c, &phone(1), T0)).await;
 
-    let first = a.as_store().events_claim("w1", 10, LEASE, T0).await.unwrap();
+    let first = a
+        .as_store()
+        .events_claim("w1", 10, LEASE, T0)
+        .await
+        .unwrap();
     assert_eq!(first.len(), 1);
     let ev = &first[0];
     assert_eq!((ev.kind, ev.attempts), (EventKind::Created, 1));
@@ -162,8 +176,18 @@ async fn events_are_leased_to_one_worker_and_keep_their_id_across_attempts(db: T
         response_status: Some(503),
         response: "busy".into(),
     };
-    assert!(!a.as_store().event_record(ev.id, "w1", &retry, T0 + LEASE).await.unwrap());
-    assert!(b_store.event_record(ev.id, "w2", &retry, T0 + LEASE).await.unwrap());
+    assert!(
+        !a.as_store()
+            .event_record(ev.id, "w1", &retry, T0 + LEASE)
+            .await
+            .unwrap()
+    );
+    assert!(
+        b_store
+            .event_record(ev.id, "w2", &retry, T0 + LEASE)
+            .await
+            .unwrap()
+    );
     assert!(
         b_store
             .events_claim("w2", 10, LEASE, T0 + LEASE + 4999)
@@ -181,12 +205,22 @@ async fn events_are_leased_to_one_worker_and_keep_their_id_across_attempts(db: T
         response_status: Some(204),
         response: String::new(),
     };
-    assert!(b_store.event_record(ev.id, "w2", &done, T0 + 40_000).await.unwrap());
+    assert!(
+        b_store
+            .event_record(ev.id, "w2", &done, T0 + 40_000)
+            .await
+            .unwrap()
+    );
     let list = a.as_store().event_list(&c, 10).await.unwrap();
     assert_eq!(list.len(), 1);
     let r = &list[0];
     assert_eq!(
-        (r.status.as_str(), r.attempts, r.response_status, r.delivered_at),
+        (
+            r.status.as_str(),
+            r.attempts,
+            r.response_status,
+            r.delivered_at
+        ),
         ("delivered", 3, Some(204), Some(T0 + 40_000))
     );
     assert_eq!(a.as_store().event_backlog().await.unwrap().pending, 0);
