@@ -55,6 +55,9 @@ pub async fn run(
         settings.public_url.clone()
     };
     tracing::info!(address = %base, store = store.backend(), "otpgate listening");
+    if let Some(port) = app.metrics_port() {
+        tracing::info!(port, "metrics on their own listener");
+    }
     if dev {
         print_dev_banner(store.as_ref(), &settings, &base).await?;
     }

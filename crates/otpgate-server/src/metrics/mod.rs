@@ -18,7 +18,6 @@
 
 pub mod store;
 
-use std::sync::Mutex;
 use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
@@ -131,8 +130,6 @@ pub struct Metrics {
     events_oldest: FloatGauge,
     /// When the store-derived gauges were last read.
     refreshed: tokio::sync::Mutex<Option<Instant>>,
-    /// Serialises rendering (the registry is read under its own locks).
-    render_lock: Mutex<()>,
 }
 
 impl Default for Metrics {
@@ -254,7 +251,6 @@ impl Metrics {
             events_pending,
             events_oldest,
             refreshed: tokio::sync::Mutex::new(None),
-            render_lock: Mutex::new(()),
         }
     }
 
@@ -359,7 +355,6 @@ impl Metrics {
     /// The exposition text, gauges refreshed.
     pub async fn render(&self, store: &dyn Store, now_ms: i64) -> String {
         self.refresh(store, now_ms).await;
-        let _guard = self.render_lock.lock().unwrap_or_else(|p| p.into_inner());
         let mut out = String::with_capacity(16 * 1024);
         if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
             out.clear();
