@@ -197,6 +197,90 @@ impl TestDb {
     }
 }
 
+impl TestDb {
+    /// Leaves the database as the build before events made it (SQLite
+    /// schema 2, PostgreSQL schema 1), holding account `C-…1` (5 credits)
+    /// and its pending verification 42 created at `T0`, written by that
+    /// schema's own SQL. Nothing may have opened it yet.
+    pub async fn make_as_before_events(&self) {
+        use sqlx::Connection;
+        let account = "insert into accounts (customer_id, password_hash, credits, test_credits,
+                                              created_at)
+                       values ('C-000000000000001', 'x', 5, 0, 1764100000000)";
+        let verification = "insert into verifications
+                 (id, customer_id, country_code, national, destination, flow_type, code_hash,
+                  otp_length, state, wrong_attempts, max_attempts, created_at, expires_at,
+                  transaction_id, cost, cost_test, delivery)
+             values (42, 'C-000000000000001', 91, '9876500001', '919876500001', 'SMS', $1, 4,
+                     'pending', 0, 5, 1764100000000, 1764100060000, 'tx-42', 1, 0, 'queued')";
+        match &self.location {
+            Location::Sqlite(dir) => {
+                use sqlx::SqlSafeStr;
+                use sqlx::migrate::{Migration, MigrationType, Migrator};
+                let url = format!("sqlite://{}?mode=rwc", dir.db().display());
+                let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
+                let old = [
+                    (
+                        1,
+                        "init",
+                        include_str!("../../migrations/sqlite/0001_init.sql"),
+                    ),
+                    (
+                        2,
+                        "outbox failed index",
+                        include_str!("../../migrations/sqlite/0002_outbox_failed_index.sql"),
+                    ),
+                ];
+                let migrations = old
+                    .iter()
+                    .map(|&(v, d, sql)| {
+                        Migration::new(
+                            v,
+                            d.into(),
+                            MigrationType::Simple,
+                            sql.into_sql_str(),
+                            false,
+                        )
+                    })
+                    .collect();
+                Migrator::with_migrations(migrations)
+                    .run(&pool)
+                    .await
+                    .unwrap();
+                sqlx::query(account).execute(&pool).await.unwrap();
+                sqlx::query(verification)
+                    .bind(vec![7u8; 32])
+                    .execute(&pool)
+                    .await
+                    .unwrap();
+                pool.close().await;
+            }
+            Location::Postgres(url) => {
+                let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
+                sqlx::raw_sql(include_str!("../../migrations/postgres/0001_init.sql"))
+                    .execute(&mut conn)
+                    .await
+                    .unwrap();
+                sqlx::raw_sql(
+                    "create table schema_version (version bigint primary key, name text not null,
+                                                  created_at bigint not null);
+                     insert into schema_version values (1, 'init', 0);",
+                )
+                .execute(&mut conn)
+                .await
+                .unwrap();
+                sqlx::query(account).execute(&mut conn).await.unwrap();
+                sqlx::query(verification)
+                    .bind(vec![7u8; 32])
+                    .execute(&mut conn)
+                    .await
+                    .unwrap();
+                conn.close().await.unwrap();
+            }
+        }
+    }
+}
+
 /// One handle on a test database; a [`Store`] through `Deref`, plus what a
 /// test needs of the concrete store. Cheap to clone (a pool handle).
 #[derive(Clone)]

@@ -11,7 +11,42 @@ both_backends!(
     nodes_starting_together_migrate_once_and_all_come_up,
     a_database_migrated_by_a_newer_build_is_refused,
     every_opener_of_a_secret_gets_the_first_candidate_stored,
+    a_database_from_before_events_migrates_and_keeps_its_verifications,
 );
+
+async fn a_database_from_before_events_migrates_and_keeps_its_verifications(db: TestDb) {
+    db.make_as_before_events().await;
+    let store = db.open().await;
+    assert_eq!(store.schema_version().await, db.backend.schema_version());
+    let c = cid(1);
+    let v = store
+        .verification_get(&c, vid(42))
+        .await
+        .unwrap()
+        .expect("the old verification is still there");
+    assert_eq!((v.cost, v.expires_at), (1, T0 + 60_000));
+    assert_eq!(balance(&store, &c).await, (5, 0));
+    // The old verification takes part in events once a webhook is set.
+    store
+        .webhook_set(&c, "https://example.test/hook", "whsec_c2VjcmV0", T0)
+        .await
+        .unwrap();
+    assert!(
+        store
+            .verification_apply(
+                &c,
+                vid(42),
+                0,
+                otpgate_store::ValidationAction::Complete,
+                T0 + 1
+            )
+            .await
+            .unwrap()
+    );
+    let events = store.event_list(&c, 10).await.unwrap();
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].kind, otpgate_store::EventKind::Completed);
+}
 
 async fn a_fresh_database_is_migrated_and_reopening_keeps_the_data(db: TestDb) {
     let store = db.open().await;
