@@ -355,6 +355,11 @@ impl Metrics {
     /// The exposition text, gauges refreshed.
     pub async fn render(&self, store: &dyn Store, now_ms: i64) -> String {
         self.refresh(store, now_ms).await;
+        self.encode()
+    }
+
+    /// The exposition text as the series stand.
+    fn encode(&self) -> String {
         let mut out = String::with_capacity(16 * 1024);
         if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
             out.clear();
@@ -430,4 +435,31 @@ async fn scrape(State(state): State<AppState>, headers: HeaderMap) -> Response {
     resp.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use otpgate_sms::DeliveryObserver;
+
+    #[test]
+    fn series_are_named_and_labelled_as_documented() {
+        let m = Metrics::new();
+        m.send("created", 91);
+        m.attempt("smsc-a", "sent");
+        m.receipt("smsc-a", DeliveryStatus::Delivered, 1500);
+        m.fraud_block("velocity");
+        let text = m.encode();
+        for line in [
+            r#"otpgate_sends_total{outcome="created",country="91"} 1"#,
+            r#"otpgate_deliveries_total{channel="smsc-a",status="sent"} 1"#,
+            r#"otpgate_deliveries_total{channel="smsc-a",status="delivered"} 1"#,
+            r#"otpgate_delivery_receipt_latency_seconds_bucket{le="1.6",channel="smsc-a"} 1"#,
+            r#"otpgate_delivery_receipt_latency_seconds_bucket{le="0.8",channel="smsc-a"} 0"#,
+            r#"otpgate_fraud_blocks_total{kind="velocity"} 1"#,
+        ] {
+            assert!(text.contains(line), "{line} not in\n{text}");
+        }
+        assert!(text.ends_with("# EOF\n"));
+    }
 }
