@@ -57,10 +57,15 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "outbox failed index",
         include_str!("../../migrations/sqlite/0002_outbox_failed_index.sql"),
     ),
+    (
+        3,
+        "outbox steps",
+        include_str!("../../migrations/sqlite/0003_outbox_steps.sql"),
+    ),
 ];
 
 /// The schema version this build migrates to (the newest migration).
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 const _: () = assert!(MIGRATIONS[MIGRATIONS.len() - 1].0 == SCHEMA_VERSION);
 
 /// How long a statement waits for another process's write lock before the
@@ -642,7 +647,12 @@ impl Store for SqliteStore {
                     .bind(expected_wrong_attempts),
                 };
                 let done = query.execute(&mut *conn).await.map_err(db)?;
-                Ok(done.rows_affected() == 1)
+                let applied = done.rows_affected() == 1;
+                if applied && action == ValidationAction::Complete {
+                    // Fallback steps still held carry the code: not needed.
+                    outbox::cancel_queued(conn, id_i64(id), now).await?;
+                }
+                Ok(applied)
             })
         })
         .await
@@ -876,7 +886,7 @@ impl Store for SqliteStore {
             "select ",
             outbox_columns!(),
             " from outbox o join verifications v on v.id = o.verification_id
-             where o.verification_id = ?1"
+             where o.verification_id = ?1 and o.step = 0"
         ))
         .bind(id_i64(id))
         .fetch_optional(&self.reader)
@@ -885,6 +895,22 @@ impl Store for SqliteStore {
         .as_ref()
         .map(rows::outbox_message)
         .transpose()
+    }
+
+    async fn outbox_attempts(&self, id: VerificationId) -> StoreResult<Vec<OutboxMessage>> {
+        sqlx::query(concat!(
+            "select ",
+            outbox_columns!(),
+            " from outbox o join verifications v on v.id = o.verification_id
+             where o.verification_id = ?1 order by o.step"
+        ))
+        .bind(id_i64(id))
+        .fetch_all(&self.reader)
+        .await
+        .map_err(db)?
+        .iter()
+        .map(rows::outbox_message)
+        .collect()
     }
 
     async fn inbox_put(&self, msg: &InboxEntry) -> StoreResult<()> {
