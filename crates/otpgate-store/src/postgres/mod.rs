@@ -776,41 +776,54 @@ impl Store for PostgresStore {
             // No stored row can have that many.
             return Ok(false);
         };
+        // One statement each, so the verification's write and the held
+        // fallback steps' cancellation happen together or not at all: a
+        // completed verification's held steps are not needed, and one
+        // killed by this wrong code must not have its code sent again.
+        let sql = match action {
+            ValidationAction::Complete => {
+                "with v as (
+                     update verifications set state = 'completed', completed_at = $4
+                      where id = $1 and customer_id = $2 and state = 'pending'
+                        and wrong_attempts = $3
+                     returning id, true as done
+                 ),
+                 held as (
+                     update outbox o
+                        set status = 'cancelled', text = null, lease_owner = null,
+                            lease_until = null, updated_at = $4
+                       from v
+                      where v.done and o.verification_id = v.id and o.status = 'queued'
+                 )
+                 select count(*) from v"
+            }
+            ValidationAction::Wrong => {
+                "with v as (
+                     update verifications set wrong_attempts = wrong_attempts + 1
+                      where id = $1 and customer_id = $2 and state = 'pending'
+                        and wrong_attempts = $3
+                     returning id, wrong_attempts >= max_attempts as done
+                 ),
+                 held as (
+                     update outbox o
+                        set status = 'cancelled', text = null, lease_owner = null,
+                            lease_until = null, updated_at = $4
+                       from v
+                      where v.done and o.verification_id = v.id and o.status = 'queued'
+                 )
+                 select count(*) from v"
+            }
+        };
         self.guarded(async {
-            let query = match action {
-                ValidationAction::Complete => sqlx::query(
-                    "update verifications set state = 'completed', completed_at = $4
-                     where id = $1 and customer_id = $2 and state = 'pending'
-                       and wrong_attempts = $3",
-                )
+            let n: i64 = sqlx::query_scalar(sql)
                 .bind(id_i64(id))
                 .bind(customer.as_str())
                 .bind(expected)
-                .bind(now),
-                ValidationAction::Wrong => sqlx::query(
-                    "update verifications set wrong_attempts = wrong_attempts + 1
-                     where id = $1 and customer_id = $2 and state = 'pending'
-                       and wrong_attempts = $3",
-                )
-                .bind(id_i64(id))
-                .bind(customer.as_str())
-                .bind(expected),
-            };
-            if action == ValidationAction::Wrong {
-                let done = query.execute(&self.pool).await.map_err(db_err)?;
-                return Ok(done.rows_affected() == 1);
-            }
-            // Completion also cancels the fallback steps still held: they
-            // carry the code and are not needed.
-            let mut tx = self.pool.begin().await.map_err(db_err)?;
-            let done = query.execute(&mut *tx).await.map_err(db_err)?;
-            if done.rows_affected() != 1 {
-                tx.rollback().await.map_err(db_err)?;
-                return Ok(false);
-            }
-            cancel_queued(&mut tx, id_i64(id), now).await?;
-            tx.commit().await.map_err(db_err)?;
-            Ok(true)
+                .bind(now)
+                .fetch_one(&self.pool)
+                .await
+                .map_err(db_err)?;
+            Ok(n == 1)
         })
         .await
     }

@@ -354,3 +354,25 @@ async fn fail_and_refund(
     .map_err(db)?;
     Ok(())
 }
+
+/// [`cancel_queued`] for a verification whose wrong codes used up its
+/// attempts.
+pub(super) async fn cancel_queued_if_dead(
+    conn: &mut SqliteConnection,
+    vid: i64,
+    now: i64,
+) -> StoreResult<()> {
+    sqlx::query(
+        "update outbox set status = 'cancelled', text = null, lease_owner = null,
+                           lease_until = null, updated_at = ?2
+         where verification_id = ?1 and status = 'queued'
+           and exists (select 1 from verifications
+                       where id = ?1 and wrong_attempts >= max_attempts)",
+    )
+    .bind(vid)
+    .bind(now)
+    .execute(&mut *conn)
+    .await
+    .map_err(db)?;
+    Ok(())
+}
