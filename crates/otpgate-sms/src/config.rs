@@ -1,9 +1,14 @@
 //! The delivery part of `otpgate.toml`: `[channels.NAME]` tables (each with a
-//! `type` of `inbox`, `smpp` or `http`) and an ordered `[[routes]]` list, and
+//! `type` of `inbox`, `smpp`, `http`, `whatsapp`, `voice` or `email`) and an
+//! ordered `[[routes]]` list (each optionally with a `fallback` workflow), and
 //! [`build`], which checks them and turns them into a [`Router`].
 //!
-//! Complete examples live in `crates/otpgate-sms/examples/smpp.toml` and
-//! `examples/http.toml`; a short one:
+//! The newer channel types own their configuration and constructor in their
+//! modules ([`crate::whatsapp`], [`crate::voice`], [`crate::email`]), which
+//! depend on [`crate::setup`] only; this module adds one enum arm each.
+//!
+//! Complete examples live in `crates/otpgate-sms/examples/` (`smpp.toml`,
+//! `http.toml`, `channels.toml`, `fallback.toml`); a short one:
 //!
 //! ```toml
 //! [channels.smsc-a]

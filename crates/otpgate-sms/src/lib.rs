@@ -8,7 +8,9 @@
 //! the outbox, and the worker delivers it from there (at-least-once).
 //!
 //! Configuration ([`config::SmsConfig`], built by [`config::build`]) names
-//! channels and routes; see `examples/smpp.toml` and `examples/http.toml`.
+//! channels and routes; see `examples/smpp.toml`, `examples/http.toml`,
+//! `examples/channels.toml` (WhatsApp, voice, e-mail) and
+//! `examples/fallback.toml`.
 #![forbid(unsafe_code)]
 
 pub mod channel;
