@@ -3,16 +3,21 @@
 {"mail_from", "rcpt_tos", "from", "to", "subject", "text", "html"}.
 Prints "ready" once listening; runs until killed.
 
-usage: python smtp_sink.py PORT OUT
+With CERT and KEY it requires STARTTLS; with USER:PASSWORD as well it
+requires AUTH (PLAIN or LOGIN, over TLS only) with those credentials.
+
+usage: python smtp_sink.py PORT OUT [CERT KEY [USER:PASSWORD]]
 """
 
 import email
 import json
+import ssl
 import sys
 import time
 from email import policy
 
 from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult
 
 
 class Sink:
@@ -41,9 +46,32 @@ class Sink:
         return "250 OK"
 
 
+def authenticator_for(user, password):
+    def check(server, session, envelope, mechanism, auth_data):
+        ok = (
+            auth_data.login == user.encode()
+            and auth_data.password == password.encode()
+        )
+        return AuthResult(success=ok)
+
+    return check
+
+
 def main():
     port, out = int(sys.argv[1]), sys.argv[2]
-    controller = Controller(Sink(out), hostname="127.0.0.1", port=port)
+    kwargs = {}
+    if len(sys.argv) >= 5:
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.load_cert_chain(sys.argv[3], sys.argv[4])
+        kwargs.update(tls_context=ctx, require_starttls=True)
+    if len(sys.argv) >= 6:
+        user, password = sys.argv[5].split(":", 1)
+        kwargs.update(
+            authenticator=authenticator_for(user, password),
+            auth_required=True,
+            auth_require_tls=True,
+        )
+    controller = Controller(Sink(out), hostname="127.0.0.1", port=port, **kwargs)
     controller.start()
     print("ready", flush=True)
     try:

@@ -156,6 +156,11 @@ impl SmtpSink {
     /// `None` (skipped, said by name) when Python with aiosmtpd is missing
     /// outside CI; a failure when `OTPGATE_REQUIRE_SERVICES` is set.
     fn start(test: &str, dir: &TempDir) -> Option<Self> {
+        Self::start_with(test, dir, &[])
+    }
+
+    /// With `extra` arguments of the sink (certificate, key, credentials).
+    fn start_with(test: &str, dir: &TempDir, extra: &[&str]) -> Option<Self> {
         let python = std::env::var("OTPGATE_PYTHON").unwrap_or_else(|_| {
             concat!(
                 env!("CARGO_MANIFEST_DIR"),
@@ -190,6 +195,7 @@ impl SmtpSink {
         );
         let mut child = Command::new(&python)
             .args([script, &port.to_string(), out.to_str().unwrap()])
+            .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -853,4 +859,151 @@ async fn a_fallback_survives_a_crash_between_attempts() {
     s.token = token(&s.http, &s.server.base, &s.cid).await;
     assert_eq!(s.validate(&id, &code).await["responseCode"], 200);
     drop(s.dir);
+}
+
+/// A CA and a certificate for 127.0.0.1 signed by it, made with `openssl`;
+/// `None` when it is missing (skipped, or a failure in CI).
+fn test_certificate(test: &str, dir: &TempDir) -> Option<(PathBuf, PathBuf, PathBuf)> {
+    let d = &dir.0;
+    let run = |args: &[&str]| {
+        Command::new("openssl")
+            .args(args)
+            .current_dir(d)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    std::fs::write(
+        d.join("ext"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    let ok = run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=otpgate-test-ca",
+    ]) && run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "leaf.key",
+        "-out",
+        "leaf.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    ]) && run(&[
+        "x509",
+        "-req",
+        "-in",
+        "leaf.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "leaf.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "ext",
+    ]);
+    if !ok {
+        assert!(!require_services(), "{test}: needs openssl");
+        eprintln!("skipped {test}: no openssl");
+        return None;
+    }
+    Some((d.join("ca.pem"), d.join("leaf.pem"), d.join("leaf.key")))
+}
+
+/// STARTTLS (required by the server) with SMTP AUTH: the channel trusts the
+/// server's private CA through `tls_ca_file` and logs in with its password.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_email_goes_over_starttls_with_smtp_auth() {
+    let test = "an_email_goes_over_starttls_with_smtp_auth";
+    let dir = TempDir::new("email-tls");
+    let Some((ca, cert, key)) = test_certificate(test, &dir) else {
+        return;
+    };
+    let Some(sink) = SmtpSink::start_with(
+        test,
+        &dir,
+        &[
+            cert.to_str().unwrap(),
+            key.to_str().unwrap(),
+            "otp@example.com:smtp password",
+        ],
+    ) else {
+        return;
+    };
+    let config = dir.0.join("otpgate.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[channels.mail]
+type = "email"
+host = "127.0.0.1"
+port = {port}
+security = "starttls"
+tls_ca_file = "{ca}"
+username = "otp@example.com"
+password_env = "E2E_SMTP_PASSWORD"
+from = "otp@example.com"
+
+[[routes]]
+flow_types = ["EMAIL"]
+channels = ["mail"]
+"#,
+            port = sink.port,
+            ca = ca.display(),
+        ),
+    )
+    .unwrap();
+    let db = dir.sqlite_url();
+    let cid = create_account(&db, None);
+    let server = start(
+        &["--config", config.to_str().unwrap(), "--database", &db],
+        &[("E2E_SMTP_PASSWORD", "smtp password")],
+    );
+    let http = reqwest::Client::new();
+    let t = token(&http, &server.base, &cid).await;
+    let v: serde_json::Value = http
+        .post(format!("{}/verification/v3/send", server.base))
+        .header("authToken", &t)
+        .query(&[
+            ("countryCode", "91"),
+            ("mobileNumber", "9876543210"),
+            ("flowType", "EMAIL"),
+            ("email", "tls@example.com"),
+        ])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = id_of(&v);
+    let mail = sink
+        .wait_for("tls@example.com", Duration::from_secs(15))
+        .await;
+    assert_eq!(mail["subject"], "Your otpgate verification code");
+    let code = code_in(mail["text"].as_str().unwrap(), 4);
+    let html = mail["html"].as_str().unwrap();
+    assert!(html.contains(&format!("<strong>{code}</strong>")), "{html}");
+    let r = common::validate(&http, &server.base, &t, &id, &code).await;
+    assert_eq!(r["responseCode"], 200, "{r}");
 }
