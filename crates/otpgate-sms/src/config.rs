@@ -627,6 +627,16 @@ pub fn build_table(
         prepared.push((name.clone(), p));
     }
     for (name, ch) in &config.channels {
+        if let ChannelConfig::Whatsapp(c) = ch
+            && c.app_secret.is_none()
+            && c.app_secret_env.is_none()
+        {
+            tracing::warn!(
+                channel = %name,
+                "this WhatsApp channel has no app_secret: its webhook refuses every status, \
+                 so its messages are never marked delivered"
+            );
+        }
         let open = match ch {
             ChannelConfig::Http(c) => c.receipt_token.is_none() && c.receipt_token_env.is_none(),
             ChannelConfig::Voice(c) => c.receipt_token.is_none() && c.receipt_token_env.is_none(),
