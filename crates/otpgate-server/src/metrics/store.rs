@@ -370,6 +370,11 @@ impl Store for MeteredStore {
             .await
     }
 
+    async fn outbox_attempts(&self, id: VerificationId) -> StoreResult<Vec<OutboxMessage>> {
+        self.timed("outbox_attempts", self.inner.outbox_attempts(id))
+            .await
+    }
+
     async fn inbox_put(&self, msg: &InboxEntry) -> StoreResult<()> {
         self.timed("inbox_put", self.inner.inbox_put(msg)).await
     }

@@ -354,10 +354,11 @@ const WRITE: &str = concat!(
      ),
      queued as (
          insert into outbox (
-             verification_id, customer_id, text, status, attempts, next_attempt_at,
-             created_at, updated_at
+             verification_id, customer_id, step, address, lang, text, status, attempts,
+             next_attempt_at, created_at, updated_at
          )
-         select id, customer_id, $15, 'queued', 0, created_at, created_at, created_at
+         select id, customer_id, 0, $16, $17, $15, 'queued', 0, created_at, created_at,
+                created_at
            from inserted
      ),
      evented as (
@@ -367,7 +368,7 @@ const WRITE: &str = concat!(
          )
          select ",
     events::new_event_id!(),
-    ", i.customer_id, i.id, 'verification.created', $16, 'pending', 0,
+    ", i.customer_id, i.id, 'verification.created', $18, 'pending', 0,
                 i.created_at, i.created_at, i.created_at
            from inserted i join webhooks w on w.customer_id = i.customer_id
      )
@@ -506,6 +507,8 @@ impl PostgresStore {
             .bind(cost)
             .bind(cost_test)
             .bind(&req.message_text)
+            .bind(&req.address)
+            .bind(&req.lang)
             .bind(created_detail(req))
             .fetch_optional(&mut *tx)
             .await
@@ -515,6 +518,26 @@ impl PostgresStore {
                 "verification id already exists".into(),
             ));
         };
+        for (i, f) in req.fallbacks.iter().enumerate() {
+            sqlx::query(
+                "insert into outbox (
+                     verification_id, customer_id, step, flow_type, address, lang, text,
+                     status, attempts, next_attempt_at, created_at, updated_at
+                 ) values ($1, $2, $3, $4, $5, $6, $7, 'queued', 0, $8, $9, $9)",
+            )
+            .bind(id_i64(req.id))
+            .bind(req.customer_id.as_str())
+            .bind(i32::try_from(i + 1).unwrap_or(i32::MAX))
+            .bind(&f.flow_type)
+            .bind(&f.address)
+            .bind(&req.lang)
+            .bind(&f.text)
+            .bind(f.due_at)
+            .bind(req.created_at)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        }
         Ok(Ok(rows::verification(&row)?))
     }
 }
@@ -770,63 +793,86 @@ impl Store for PostgresStore {
             // No stored row can have that many.
             return Ok(false);
         };
-        // The event of the change is written by the same statement:
-        // `completed`, or `failed` on the wrong code that spends the last
-        // attempt.
-        self.guarded(async {
-            let query = match action {
-                ValidationAction::Complete => sqlx::query_scalar(concat!(
-                    "with u as (
+        // One statement each, so the verification's write, the held
+        // fallback steps' cancellation and the event happen together or not
+        // at all: a completed verification's held steps are not needed, one
+        // killed by this wrong code must not have its code sent again, and
+        // `completed` (or `failed`, on the wrong code that spends the last
+        // attempt) is queued for the account's webhook.
+        let (sql, detail) = match action {
+            ValidationAction::Complete => (
+                concat!(
+                    "with v as (
                          update verifications set state = 'completed', completed_at = $4
                           where id = $1 and customer_id = $2 and state = 'pending'
                             and wrong_attempts = $3
-                         returning id, customer_id
-                     ), e as (
+                         returning id, customer_id, true as done
+                     ),
+                     held as (
+                         update outbox o
+                            set status = 'cancelled', text = null, lease_owner = null,
+                                lease_until = null, updated_at = $4
+                           from v
+                          where v.done and o.verification_id = v.id and o.status = 'queued'
+                     ),
+                     e as (
                          insert into events (event_id, customer_id, verification_id, kind,
                                              detail, status, attempts, next_attempt_at,
                                              created_at, updated_at)
                          select ",
                     events::new_event_id!(),
-                    ", u.customer_id, u.id, 'verification.completed', $5, 'pending', 0,
+                    ", v.customer_id, v.id, 'verification.completed', $5, 'pending', 0,
                                 $4, $4, $4
-                           from u join webhooks w on w.customer_id = u.customer_id
+                           from v join webhooks w on w.customer_id = v.customer_id
                          on conflict do nothing
                      )
-                     select count(*) from u"
-                ))
-                .bind(id_i64(id))
-                .bind(customer.as_str())
-                .bind(expected)
-                .bind(now)
-                .bind("{}"),
-                ValidationAction::Wrong => sqlx::query_scalar(concat!(
-                    "with u as (
+                     select count(*) from v"
+                ),
+                "{}".to_owned(),
+            ),
+            ValidationAction::Wrong => (
+                concat!(
+                    "with v as (
                          update verifications set wrong_attempts = wrong_attempts + 1
                           where id = $1 and customer_id = $2 and state = 'pending'
                             and wrong_attempts = $3
-                         returning id, customer_id, wrong_attempts, max_attempts
-                     ), e as (
+                         returning id, customer_id, wrong_attempts >= max_attempts as done
+                     ),
+                     held as (
+                         update outbox o
+                            set status = 'cancelled', text = null, lease_owner = null,
+                                lease_until = null, updated_at = $4
+                           from v
+                          where v.done and o.verification_id = v.id and o.status = 'queued'
+                     ),
+                     e as (
                          insert into events (event_id, customer_id, verification_id, kind,
                                              detail, status, attempts, next_attempt_at,
                                              created_at, updated_at)
                          select ",
                     events::new_event_id!(),
-                    ", u.customer_id, u.id, 'verification.failed', $5, 'pending', 0,
+                    ", v.customer_id, v.id, 'verification.failed', $5, 'pending', 0,
                                 $4, $4, $4
-                           from u join webhooks w on w.customer_id = u.customer_id
-                          where u.wrong_attempts >= u.max_attempts
+                           from v join webhooks w on w.customer_id = v.customer_id
+                          where v.done
                          on conflict do nothing
                      )
-                     select count(*) from u"
-                ))
+                     select count(*) from v"
+                ),
+                attempts_detail(),
+            ),
+        };
+        self.guarded(async {
+            let n: i64 = sqlx::query_scalar(sql)
                 .bind(id_i64(id))
                 .bind(customer.as_str())
                 .bind(expected)
                 .bind(now)
-                .bind(attempts_detail()),
-            };
-            let done: i64 = query.fetch_one(&self.pool).await.map_err(db_err)?;
-            Ok(done == 1)
+                .bind(detail)
+                .fetch_one(&self.pool)
+                .await
+                .map_err(db_err)?;
+            Ok(n == 1)
         })
         .await
     }
@@ -1026,7 +1072,17 @@ impl Store for PostgresStore {
                         set status = 'sent', text = null, channel = $3, gateway_id = $4,
                             lease_owner = null, lease_until = null, updated_at = $5
                       where id = $1 and lease_owner = $2 and status = 'queued'
-                      returning verification_id
+                      returning verification_id, step
+                 ),
+                 -- A later step went out: an earlier one still retrying is
+                 -- not needed any more.
+                 earlier as (
+                     update outbox x
+                        set status = 'cancelled', text = null, lease_owner = null,
+                            lease_until = null, updated_at = $5
+                       from o
+                      where x.verification_id = o.verification_id and x.status = 'queued'
+                        and x.step < o.step
                  )
                  update verifications v
                     set delivery = 'sent', channel = $3, gateway_id = $4
@@ -1113,7 +1169,15 @@ impl Store for PostgresStore {
                 tx.rollback().await.map_err(db_err)?;
                 return Ok(false);
             };
-            fail_and_refund(&mut tx, verification, DeliveryStatus::Failed, error, now).await?;
+            step_failed(
+                &mut tx,
+                verification,
+                message_id,
+                DeliveryStatus::Failed,
+                error,
+                now,
+            )
+            .await?;
             tx.commit().await.map_err(db_err)?;
             Ok(true)
         })
@@ -1141,10 +1205,10 @@ impl Store for PostgresStore {
         );
         self.guarded(async {
             let mut tx = self.pool.begin().await.map_err(db_err)?;
-            let matched: Vec<(i64, i64)> = sqlx::query_as(
+            let matched: Vec<(i64, i64, i64)> = sqlx::query_as(
                 "update outbox set status = coalesce($3, status), updated_at = $4
                   where channel = $1 and gateway_id = $2
-                  returning verification_id, created_at",
+                  returning verification_id, id, created_at",
             )
             .bind(channel)
             .bind(gateway_id)
@@ -1153,11 +1217,14 @@ impl Store for PostgresStore {
             .fetch_all(&mut *tx)
             .await
             .map_err(db_err)?;
-            for &(verification, _) in &matched {
+            for &(verification, message_id, _) in &matched {
                 if permanent {
-                    fail_and_refund(&mut tx, verification, status, detail, now).await?;
+                    step_failed(&mut tx, verification, message_id, status, detail, now).await?;
                 } else {
                     if status == DeliveryStatus::Delivered {
+                        // The code arrived: the workflow's later steps must
+                        // not go.
+                        cancel_queued(&mut tx, verification, now).await?;
                         let d = delivery_detail(None, status, detail);
                         events::emit(&mut tx, verification, EventKind::Delivered, &d, now).await?;
                     }
@@ -1175,7 +1242,7 @@ impl Store for PostgresStore {
                 }
             }
             tx.commit().await.map_err(db_err)?;
-            Ok(matched.first().map(|&(_, accepted_at)| accepted_at))
+            Ok(matched.first().map(|&(_, _, accepted_at)| accepted_at))
         })
         .await
     }
@@ -1211,7 +1278,7 @@ impl Store for PostgresStore {
                 "select ",
                 outbox_columns!(),
                 " from outbox o join verifications v on v.id = o.verification_id
-                  where o.verification_id = $1"
+                  where o.verification_id = $1 and o.step = 0"
             ))
             .bind(id_i64(id))
             .fetch_optional(&self.pool)
@@ -1338,6 +1405,23 @@ impl Store for PostgresStore {
         .await
     }
 
+    async fn outbox_attempts(&self, id: VerificationId) -> StoreResult<Vec<OutboxMessage>> {
+        self.guarded(async {
+            let rows = sqlx::query(concat!(
+                "select ",
+                outbox_columns!(),
+                " from outbox o join verifications v on v.id = o.verification_id
+                  where o.verification_id = $1 order by o.step"
+            ))
+            .bind(id_i64(id))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_err)?;
+            rows.iter().map(rows::outbox_message).collect()
+        })
+        .await
+    }
+
     async fn inbox_put(&self, msg: &InboxEntry) -> StoreResult<()> {
         self.guarded(async {
             sqlx::query(
@@ -1382,6 +1466,76 @@ impl Store for PostgresStore {
         })
         .await
     }
+}
+
+/// Step `message_id` of `verification` will not deliver: wake the next held
+/// step of its workflow, and fail the verification only when no step is left
+/// that could still bring the code (the verdict is
+/// [`crate::shared::step_failed`], shared with SQLite).
+async fn step_failed(
+    tx: &mut PgConnection,
+    verification: i64,
+    message_id: i64,
+    delivery: DeliveryStatus,
+    detail: &str,
+    now: i64,
+) -> StoreResult<()> {
+    let steps: Vec<(i64, i32, String)> =
+        sqlx::query_as("select id, step, status from outbox where verification_id = $1 for update")
+            .bind(verification)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(db_err)?;
+    let mut this = 0;
+    let mut others = Vec::with_capacity(steps.len());
+    for (id, step, status) in steps {
+        let step = crate::shared::count(step.into(), "step")?;
+        if id == message_id {
+            this = step;
+        } else {
+            others.push((id, step, crate::shared::delivery(&status)?));
+        }
+    }
+    let verdict = crate::shared::step_failed(this, &others);
+    if let Some(next) = verdict.wake {
+        sqlx::query(
+            "update outbox set next_attempt_at = least(next_attempt_at, $2), updated_at = $2
+              where id = $1 and status = 'queued'",
+        )
+        .bind(next)
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err)?;
+    }
+    if verdict.fail_verification {
+        fail_and_refund(tx, verification, delivery, detail, now).await
+    } else {
+        sqlx::query("update verifications set delivery_detail = $2 where id = $1")
+            .bind(verification)
+            .bind(detail)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        Ok(())
+    }
+}
+
+/// The rest of a workflow became unnecessary: every step of `verification`
+/// still queued is cancelled and its text erased.
+async fn cancel_queued(tx: &mut PgConnection, verification: i64, now: i64) -> StoreResult<()> {
+    sqlx::query(
+        "update outbox
+            set status = 'cancelled', text = null, lease_owner = null, lease_until = null,
+                updated_at = $2
+          where verification_id = $1 and status = 'queued'",
+    )
+    .bind(verification)
+    .bind(now)
+    .execute(&mut *tx)
+    .await
+    .map_err(db_err)?;
+    Ok(())
 }
 
 /// The message will never arrive: a pending verification fails (700 on

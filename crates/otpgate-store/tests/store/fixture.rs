@@ -199,7 +199,7 @@ impl TestDb {
 
 impl TestDb {
     /// Leaves the database as the build before events made it (SQLite
-    /// schema 2, PostgreSQL schema 1), holding account `C-…1` (5 credits)
+    /// schema 3, PostgreSQL schema 2), holding account `C-…1` (5 credits)
     /// and its pending verification 42 created at `T0`, written by that
     /// schema's own SQL. Nothing may have opened it yet.
     pub async fn make_as_before_events(&self) {
@@ -229,6 +229,11 @@ impl TestDb {
                         2,
                         "outbox failed index",
                         include_str!("../../migrations/sqlite/0002_outbox_failed_index.sql"),
+                    ),
+                    (
+                        3,
+                        "outbox steps",
+                        include_str!("../../migrations/sqlite/0003_outbox_steps.sql"),
                     ),
                 ];
                 let migrations = old
@@ -261,10 +266,16 @@ impl TestDb {
                     .execute(&mut conn)
                     .await
                     .unwrap();
+                sqlx::raw_sql(include_str!(
+                    "../../migrations/postgres/0002_outbox_steps.sql"
+                ))
+                .execute(&mut conn)
+                .await
+                .unwrap();
                 sqlx::raw_sql(
                     "create table schema_version (version bigint primary key, name text not null,
                                                   created_at bigint not null);
-                     insert into schema_version values (1, 'init', 0);",
+                     insert into schema_version values (1, 'init', 0), (2, 'outbox steps', 0);",
                 )
                 .execute(&mut conn)
                 .await
