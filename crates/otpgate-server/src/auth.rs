@@ -1,9 +1,10 @@
-//! Who is calling: password hashing (Argon2id, off the async runtime), token
-//! checks on the `authToken` header, and the throttle on failed token
-//! requests (contract §1, 429).
+//! Who is calling: password hashing (Argon2id, off the async runtime, at
+//! most a configured number at once) and token checks on the `authToken`
+//! header. The throttles on failed attempts are in [`crate::limits`].
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::Mutex;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use argon2::Argon2;
 use argon2::password_hash::phc::PasswordHash;
@@ -15,6 +16,7 @@ use otpgate_store::Account;
 use sha2::Sha256;
 use subtle::ConstantTimeEq;
 
+use crate::client::Client;
 use crate::error::ApiError;
 use crate::state::AppState;
 
@@ -46,6 +48,81 @@ pub async fn verify_password(phc: &str, password: &[u8]) -> bool {
     })
     .await
     .unwrap_or(false)
+}
+
+/// The bound on password hashing. Each Argon2id hash takes about 19 MiB
+/// and tens of milliseconds of CPU; without a bound, a burst of token
+/// requests for unknown customerIds would run one per blocking thread (up to
+/// 512) and take gigabytes. At most `running` hashes run at once, at most
+/// `queued` more wait (for at most `max_wait`), and anything beyond answers
+/// at once that the server is busy. Waiting costs no hashing memory.
+pub struct Hasher {
+    running: Arc<tokio::sync::Semaphore>,
+    admitted: Arc<tokio::sync::Semaphore>,
+    max_wait: Duration,
+}
+
+/// The hasher is full: answer 503 with `Retry-After: 1`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Busy;
+
+/// A place to run one hash; dropping it frees the place.
+pub struct HashPermit {
+    _running: tokio::sync::OwnedSemaphorePermit,
+    _admitted: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl Hasher {
+    /// `running` at once (at least 1) and `queued` waiting.
+    pub fn new(running: usize, queued: usize, max_wait: Duration) -> Self {
+        let running = running.max(1);
+        Self {
+            running: Arc::new(tokio::sync::Semaphore::new(running)),
+            admitted: Arc::new(tokio::sync::Semaphore::new(running + queued)),
+            max_wait,
+        }
+    }
+
+    /// The default for `auth.max_concurrent_hashes`: one per core.
+    pub fn default_running() -> usize {
+        std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get)
+    }
+
+    /// A place to hash, waiting in the queue if there is room in it.
+    ///
+    /// # Errors
+    /// [`Busy`] at once when the queue is full, or when the wait is over.
+    pub async fn permit(&self) -> Result<HashPermit, Busy> {
+        let admitted = self
+            .admitted
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| Busy)?;
+        let running = tokio::time::timeout(self.max_wait, self.running.clone().acquire_owned())
+            .await
+            .map_err(|_| Busy)?
+            .map_err(|_| Busy)?;
+        Ok(HashPermit {
+            _running: running,
+            _admitted: admitted,
+        })
+    }
+
+    /// Checks `password` against a stored PHC string, within the bound.
+    ///
+    /// # Errors
+    /// [`Busy`] as [`Hasher::permit`].
+    pub async fn verify(&self, phc: &str, password: &[u8]) -> Result<bool, Busy> {
+        let permit = self.permit().await?;
+        let ok = verify_password(phc, password).await;
+        drop(permit);
+        Ok(ok)
+    }
+
+    /// Places free to run a hash now (for tests and health detail).
+    pub fn available(&self) -> usize {
+        self.running.available_permits()
+    }
 }
 
 /// Remembers, per account and token epoch, a keyed digest of the last key
@@ -100,63 +177,43 @@ impl Default for KeyCache {
     }
 }
 
-/// Counts failures per key (a customerId, a client address) in a sliding
-/// window. Per node: a determined attacker spreading guesses over N nodes
-/// gets N times the budget, which Argon2's cost still makes slow.
-pub struct Throttle {
-    max: usize,
-    window_ms: i64,
-    failures: Mutex<HashMap<String, VecDeque<i64>>>,
-}
-
-impl Throttle {
-    pub fn new(max: u32, window_secs: u64) -> Self {
-        Self {
-            max: max as usize,
-            window_ms: i64::try_from(window_secs.saturating_mul(1000)).unwrap_or(i64::MAX),
-            failures: Mutex::new(HashMap::new()),
-        }
-    }
-
-    /// Seconds until `key` may try again, if it is over the limit now.
-    pub fn blocked(&self, key: &str, now: i64) -> Option<u64> {
-        let mut map = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-        let q = map.get_mut(key)?;
-        while q.front().is_some_and(|t| *t <= now - self.window_ms) {
-            q.pop_front();
-        }
-        if q.len() >= self.max {
-            let oldest = *q.front()?;
-            let wait_ms = oldest + self.window_ms - now;
-            Some(
-                u64::try_from((wait_ms + 999).div_euclid(1000))
-                    .unwrap_or(1)
-                    .max(1),
-            )
-        } else {
-            None
-        }
-    }
-
-    pub fn fail(&self, key: &str, now: i64) {
-        let mut map = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-        if map.len() > 100_000 {
-            let cutoff = now - self.window_ms;
-            map.retain(|_, q| q.back().is_some_and(|t| *t > cutoff));
-        }
-        let q = map.entry(key.to_owned()).or_default();
-        q.push_back(now);
-        while q.len() > self.max {
-            q.pop_front();
-        }
-    }
-}
-
 /// Authenticates the `authToken` header (any case) and returns the account.
 ///
 /// # Errors
-/// 401 with the reason; 503/500 from the store.
-pub async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Account, ApiError> {
+/// 400 for two `authToken` headers; 401 with the reason; 503/500 from the
+/// store.
+pub async fn authenticate(
+    state: &AppState,
+    headers: &HeaderMap,
+    client: &Client,
+) -> Result<Account, ApiError> {
+    let mut subject_seen = String::new();
+    let r = check_token(state, headers, &mut subject_seen).await;
+    if let Err(e) = &r
+        && e.code == otpgate_api::ResponseCode::Unauthorized
+    {
+        crate::limits::audit("authToken", client, &subject_seen, &e.reason);
+    }
+    r
+}
+
+async fn check_token(
+    state: &AppState,
+    headers: &HeaderMap,
+    subject_seen: &mut String,
+) -> Result<Account, ApiError> {
+    // Two headers could be read differently by a proxy and by this server
+    // (which one "wins"); refuse rather than pick.
+    if headers
+        .get_all(otpgate_api::AUTH_TOKEN_HEADER)
+        .iter()
+        .nth(1)
+        .is_some()
+    {
+        return Err(ApiError::bad_request(
+            "authToken header is given more than once",
+        ));
+    }
     let token = headers
         .get(otpgate_api::AUTH_TOKEN_HEADER)
         .ok_or_else(|| ApiError::unauthorized("authToken header is required"))?
@@ -167,6 +224,7 @@ pub async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Accou
         return Err(ApiError::unauthorized("authToken header is required"));
     }
     let subject = TokenSigner::unverified_subject(token).map_err(token_error)?;
+    subject_seen.push_str(subject.as_str());
     let account = state
         .store
         .account_get(&subject)
