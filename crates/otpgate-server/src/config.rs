@@ -68,8 +68,8 @@ pub struct TokenSettings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AuthSettings {
-    /// Argon2 password checks running at once (each takes about 19 MiB);
-    /// 0 means one per CPU core.
+    /// Argon2 password checks running at once (each thread keeps about
+    /// 19 MiB); 0 means one per CPU core but one, at least one.
     pub max_concurrent_hashes: usize,
     /// Password checks that may wait for a place; beyond them, requests are
     /// answered 503 with `Retry-After: 1` at once.

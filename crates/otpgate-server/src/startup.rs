@@ -102,7 +102,6 @@ impl Application {
             .await
             .with_context(|| format!("failed to bind {}", settings.listen))?;
 
-        let dummy_hash = crate::auth::hash_password("otpgate-dummy-password").await?;
         let a = &settings.auth;
         let hasher = Hasher::new(
             if a.max_concurrent_hashes == 0 {
@@ -113,6 +112,10 @@ impl Application {
             a.hash_queue,
             Duration::from_millis(a.hash_wait_ms),
         );
+        let dummy_hash = hasher
+            .hash("otpgate-dummy-password")
+            .await
+            .map_err(|_| anyhow::anyhow!("the password hasher did not start"))??;
         let proxies = settings.proxies().map_err(anyhow::Error::msg)?;
         let state = AppState::new(Inner {
             token_throttle: Throttle::new(settings.token.failure_window_secs),

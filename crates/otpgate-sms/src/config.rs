@@ -381,6 +381,13 @@ pub struct HttpConfig {
     /// Name of the environment variable holding `receipt_token`.
     #[serde(default)]
     pub receipt_token_env: Option<String>,
+    /// Accept this channel's delivery callbacks without a token. Off by
+    /// default: a channel without `receipt_token` then has its callbacks
+    /// refused (401), since anyone who can reach `/receipts/{channel}` could
+    /// otherwise mark its messages undeliverable. For gateways that cannot
+    /// carry a token, behind a firewall that only lets the gateway through.
+    #[serde(default)]
+    pub receipts_unauthenticated: bool,
 }
 
 /// `[[routes]]`: which channels, in failover order, take which messages.
@@ -472,9 +479,13 @@ pub enum ReceiptAuth {
     /// them in `deliver_sm`, the inbox has none), so the endpoint has
     /// nothing to accept for it: a callback naming it can only be forged.
     NotHttp,
-    /// An HTTP channel without `receipt_token`: callbacks are accepted
-    /// unauthenticated, as before tokens existed ([`build`] warns).
+    /// An HTTP channel without `receipt_token` that set
+    /// `receipts_unauthenticated`: callbacks are accepted unauthenticated
+    /// ([`build`] warns).
     Open,
+    /// An HTTP channel without `receipt_token` that did not opt out:
+    /// callbacks are refused.
+    NoToken,
     /// Callbacks must carry a `token` parameter equal to this.
     Token(SecretString),
 }
@@ -495,7 +506,8 @@ pub fn receipt_auth(
     Ok(match channel {
         ChannelConfig::Http(c) => match receipt_token(name, c, env)? {
             Some(t) => ReceiptAuth::Token(t),
-            None => ReceiptAuth::Open,
+            None if c.receipts_unauthenticated => ReceiptAuth::Open,
+            None => ReceiptAuth::NoToken,
         },
         ChannelConfig::Inbox(_) | ChannelConfig::Smpp(_) => ReceiptAuth::NotHttp,
     })
@@ -605,12 +617,20 @@ pub fn build_table(
             && c.receipt_token.is_none()
             && c.receipt_token_env.is_none()
         {
-            tracing::warn!(
-                channel = %name,
-                "delivery receipts for this channel are unauthenticated: anyone who can \
-                 reach /receipts/{name} can mark its messages undeliverable; set \
-                 receipt_token_env (or receipt_token)"
-            );
+            if c.receipts_unauthenticated {
+                tracing::warn!(
+                    channel = %name,
+                    "delivery receipts for this channel are unauthenticated \
+                     (receipts_unauthenticated): anyone who can reach /receipts/{name} \
+                     can mark its messages undeliverable"
+                );
+            } else if c.receipt_url.is_some() {
+                tracing::warn!(
+                    channel = %name,
+                    "this channel has no receipt_token: its delivery callbacks are \
+                     refused; set receipt_token_env (or receipt_token)"
+                );
+            }
         }
     }
     let receipts = Arc::new(StoreReceipts::new(store.clone(), clock.clone()));

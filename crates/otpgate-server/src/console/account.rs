@@ -383,20 +383,14 @@ pub async fn signup(
         };
         // Creating an account hashes its password: within the hasher's
         // bound like every other hash a stranger can cause.
-        let permit = console
-            .app
-            .hasher
-            .permit()
-            .await
-            .map_err(|_| PageError::Busy)?;
-        let created = accounts::create(
+        let created = accounts::create_with(
             console.app.store.as_ref(),
             console.app.clock.as_ref(),
             settings,
             req,
+            Some(&console.app.hasher),
         )
         .await;
-        drop(permit);
         match created {
             Ok(account) => {
                 if let Some(a) = attempt.take() {
@@ -435,6 +429,7 @@ pub async fn signup(
                 ));
             }
             Err(AccountError::Store(e)) => return Err(e.into()),
+            Err(AccountError::Busy) => return Err(PageError::Busy),
             Err(AccountError::Internal(e)) => return Err(PageError::internal(&e)),
             Err(AccountError::EmailTaken) => {
                 // Counted like a sign-up: asking which e-mails have
