@@ -475,6 +475,47 @@ async fn slow_headers_are_closed_within_the_timeout() {
     assert_eq!(r.status(), 200);
 }
 
+/// Past `http.max_connections`, a new connection is answered 503 in the
+/// envelope and closed; a connection on which nothing moves for
+/// `http.idle_timeout_secs` is closed even before the header timeout.
+#[tokio::test]
+async fn connections_past_the_cap_are_refused_and_idle_ones_closed() {
+    let dir = TempDir::new("sec-cap");
+    let server = start(
+        &["--database", &dir.sqlite_url()],
+        &[
+            ("OTPGATE_HTTP__MAX_CONNECTIONS", "5"),
+            ("OTPGATE_HTTP__HEADER_TIMEOUT_SECS", "30"),
+            ("OTPGATE_HTTP__IDLE_TIMEOUT_SECS", "1"),
+        ],
+    );
+    let addr = server.base.trim_start_matches("http://").to_owned();
+    let held: Vec<TcpStream> = (0..5).map(|_| half_request(&addr)).collect();
+    // Let the server take them all.
+    std::thread::sleep(Duration::from_millis(200));
+    let (answer, _) = exchange(&addr, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert_eq!(body_json(&answer)["responseCode"], 503, "{answer}");
+    let t = Instant::now();
+    let closed = held
+        .iter()
+        .filter(|s| closed_within(s, Duration::from_secs(5)))
+        .count();
+    let took = t.elapsed();
+    assert_eq!(closed, 5);
+    assert!(
+        took < Duration::from_secs(4),
+        "idle connections held {took:?}"
+    );
+    // Their places are free again.
+    let r = http()
+        .get(format!("{}/healthz", server.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}
+
 /// Sends `raw` on a fresh connection and reads the whole answer.
 fn exchange(addr: &str, raw: &[u8]) -> (String, Duration) {
     let mut s = TcpStream::connect(addr).expect("connect");
@@ -617,15 +658,20 @@ async fn clients_behind_a_trusted_proxy_are_throttled_apart_and_forgeries_ignore
     let dir = TempDir::new("sec-proxy");
     let db = dir.sqlite_url();
     let cid = create_account(&db, None);
-    let config = dir.0.join("proxy.toml");
-    std::fs::write(
-        &config,
-        "[http]\ntrusted_proxies = [\"127.0.0.1\"]\n[token]\nmax_failures = 3\n",
-    )
-    .unwrap();
+    // A list from the environment: comma-separated.
     let trusting = start(
-        &["--config", config.to_str().unwrap(), "--database", &db],
-        &[],
+        &["--database", &db],
+        &[
+            ("OTPGATE_HTTP__TRUSTED_PROXIES", "10.9.9.0/24, 127.0.0.1"),
+            ("OTPGATE_TOKEN__MAX_FAILURES", "3"),
+        ],
+    );
+    assert!(
+        !trusting
+            .log_text()
+            .contains("ignoring OTPGATE_HTTP__TRUSTED_PROXIES"),
+        "{}",
+        trusting.log_text()
     );
     let dir2 = TempDir::new("sec-noproxy");
     let db2 = dir2.sqlite_url();
