@@ -106,10 +106,12 @@ impl SqliteStore {
             return Self::open_path(location).await;
         }
         let memory = location == "sqlite::memory:" || location.contains("mode=memory");
+        // Read-only: nothing to create or restrict (the file is its owner's).
+        let own_files = !memory && !location.contains("mode=ro");
         let opts = SqliteConnectOptions::from_str(location)
             .map_err(|e| StoreError::Unavailable(format!("bad SQLite URL: {e}")))?
             .create_if_missing(true);
-        Self::build(opts, memory, MAX_BATCH).await
+        Self::build(opts, memory, own_files, MAX_BATCH).await
     }
 
     /// Opens (creating if needed) the database file at `path`; for paths
@@ -134,7 +136,7 @@ impl SqliteStore {
         let opts = SqliteConnectOptions::new()
             .filename(path)
             .create_if_missing(true);
-        Self::build(opts, false, max_batch).await
+        Self::build(opts, false, true, max_batch).await
     }
 
     /// A private database in memory, gone when the store is dropped; for
@@ -149,9 +151,10 @@ impl SqliteStore {
     async fn build(
         opts: SqliteConnectOptions,
         memory: bool,
+        own_files: bool,
         max_batch: usize,
     ) -> StoreResult<Self> {
-        if !memory {
+        if own_files {
             restrict_files(opts.get_filename())?;
         }
         let opts = opts
