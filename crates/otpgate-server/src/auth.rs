@@ -74,8 +74,11 @@ pub struct Busy;
 /// when it waited too long.
 struct Job {
     queued_at: std::time::Instant,
-    work: Box<dyn FnOnce(Option<&mut [Block]>) + Send>,
+    work: Work,
 }
+
+/// A job's work: given the thread's memory, or `None` to give up.
+type Work = Box<dyn FnOnce(Option<&mut [Block]>) + Send>;
 
 /// Argon2's working memory for the default parameters (19 MiB), allocated
 /// once per hashing thread and reused: allocating it per hash let the

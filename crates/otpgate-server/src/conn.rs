@@ -12,9 +12,9 @@
 //!
 //! hyper answers requests it cannot parse (431, 414, 400 for a bad
 //! `Content-Length`) itself, with an empty body, before any handler runs.
-//! [`Watched`] recognises those answers as they are written and writes the
-//! contract's JSON envelope with a reason instead, so every refusal a
-//! client sees has the same shape.
+//! The wrapper around each connection's socket recognises those answers as
+//! they are written and writes the contract's JSON envelope with a reason
+//! instead, so every refusal a client sees has the same shape.
 
 use std::io;
 use std::net::SocketAddr;
