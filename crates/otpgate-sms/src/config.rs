@@ -371,9 +371,10 @@ pub struct HttpConfig {
     /// without it. Prefer `receipt_token_env`. The presets put it into the
     /// callback URL they hand the gateway; for a generic channel, put
     /// `token=…` into the callback URL you give your gateway. Without a
-    /// token, anyone who can reach the endpoint can mark this channel's
-    /// messages undeliverable (failing and refunding them), and otpgate
-    /// warns about it at start. A URL-safe value (`openssl rand -hex 32`)
+    /// token the channel's callbacks are refused, unless
+    /// `receipts_unauthenticated` opts out (then anyone who can reach the
+    /// endpoint can mark this channel's messages undeliverable, failing and
+    /// refunding them, and otpgate warns about it at start). A URL-safe value (`openssl rand -hex 32`)
     /// is easiest to paste into gateway consoles; any other is
     /// percent-encoded where otpgate builds the URL.
     #[serde(default)]
