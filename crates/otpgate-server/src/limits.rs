@@ -271,6 +271,18 @@ impl KnownClients {
     }
 }
 
+/// A name as throttles keep it: as given when short (every real
+/// customerId and e-mail is), else a digest, so that a stranger's 60 kB
+/// "customerId" costs a throttle no more memory than a real one.
+pub fn name_key(name: &str) -> String {
+    if name.len() <= 64 {
+        name.to_owned()
+    } else {
+        use sha2::{Digest, Sha256};
+        format!("#{}", hex::encode(&Sha256::digest(name.as_bytes())[..16]))
+    }
+}
+
 /// A short digest of a name (customerId, e-mail) for audit lines: lines
 /// about one name can be grouped, and the log does not collect the names
 /// strangers tried.
@@ -351,6 +363,16 @@ mod tests {
             t.reserve(&[(a.clone(), 1), (b, 0)], 0).is_ok(),
             "0 is no limit"
         );
+    }
+
+    #[test]
+    fn long_names_are_kept_as_digests() {
+        assert_eq!(name_key("C-6D16D900FA3044F"), "C-6D16D900FA3044F");
+        let long = "x".repeat(60_000);
+        let k = name_key(&long);
+        assert_eq!(k.len(), 33);
+        assert_eq!(k, name_key(&long));
+        assert_ne!(k, name_key(&"y".repeat(60_000)));
     }
 
     #[test]

@@ -43,7 +43,7 @@ pub async fn issue_token(
 ) -> Result<String, ApiError> {
     let customer = params.required("customerId")?;
     let key_b64 = params.required("key")?;
-    let name = customer.to_ascii_uppercase();
+    let name = limits::name_key(&customer.to_ascii_uppercase());
     let Some(key) = decode_key(key_b64) else {
         limits::audit("token", client, &name, "key is not base64");
         return Err(ApiError::bad_request(

@@ -142,7 +142,7 @@ pub async fn login(
 ) -> Result<Response, PageError> {
     let now = console.now();
     let name = form.login.trim().to_owned();
-    let lname = name.to_ascii_lowercase();
+    let lname = limits::name_key(&name.to_ascii_lowercase());
     let c = &console.app.settings.console;
     let mut keys = vec![
         (Key::Client(client.key), c.max_login_failures),
