@@ -91,6 +91,7 @@ async fn print_dev_banner(
                     email: Some(DEMO_EMAIL.into()),
                     country: Some("IN".into()),
                     credits: None,
+                    settings: Default::default(),
                 },
             )
             .await?

@@ -213,6 +213,7 @@ async fn new_account(
             email: None,
             country: Some("IN".into()),
             credits,
+            settings: Default::default(),
         },
     )
     .await

@@ -194,6 +194,7 @@ pub async fn create_account(
             email: None,
             country: Some("IN".into()),
             credits,
+            settings: Default::default(),
         },
     )
     .await
