@@ -485,6 +485,19 @@ pub async fn validate(
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
     let code = OtpCode::parse(params.required("code")?)
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    validate_code(state, account, id, &code).await
+}
+
+/// [`validate`] after parsing: also the console's own-number check.
+///
+/// # Errors
+/// As [`validate`].
+pub async fn validate_code(
+    state: &AppState,
+    account: &Account,
+    id: VerificationId,
+    code: &OtpCode,
+) -> Result<Verification, ApiError> {
     let limits = &state.settings.limits;
     // Each pass reads the verification, decides, and writes only if nobody
     // else wrote in between; a lost race re-reads. Bounded: every lost race
