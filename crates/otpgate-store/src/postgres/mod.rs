@@ -464,7 +464,7 @@ const WRITE: &str = concat!(
              transaction_id, cost, cost_test, delivery
              , prefix
          ) values ($1, $2, $3, $4, $5, $6, $7, $8, 'pending', 0, $9, $10, $11, $12, $13,
-                   $14, $16, $17)
+                   $14, $17, $16)
          on conflict (id) do nothing
          returning ",
     verification_columns!(),
@@ -487,7 +487,7 @@ const WRITE: &str = concat!(
      ),
      own as (
          insert into own_numbers (verification_id, customer_id, destination, created_at)
-         select id, customer_id, destination, created_at from inserted where $19
+         select id, customer_id, $5, created_at from inserted where $19
      )
      select * from inserted"
 );

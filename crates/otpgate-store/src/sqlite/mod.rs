@@ -294,7 +294,11 @@ async fn migrate(pool: &SqlitePool) -> StoreResult<()> {
 /// Whether an error opening a fresh file is another opener having got there
 /// first, so trying again will succeed.
 fn lost_race(message: &str) -> bool {
-    message.contains("already exists") || message.contains("database is locked")
+    // `duplicate column name`: an `alter table … add column` another
+    // opener's migration already applied.
+    message.contains("already exists")
+        || message.contains("database is locked")
+        || message.contains("duplicate column name")
 }
 
 /// Maps a SQLx error to the store's: faults of reaching the database become
