@@ -2,10 +2,13 @@
 -- to apply caps, blocks and the conversion guard, and what operators act on.
 
 -- The destination's prefix as the conversion guard counts it (the number
--- without its last digits). Null on rows made before this migration; they
--- leave the guard's windows within a day.
+-- without its last digits). Null where the guard does not count the send
+-- (a safe-listed destination, a test number) and on rows made before this
+-- migration, which leave the guard's windows within a day.
 alter table verifications add column prefix text;
 create index verifications_by_prefix on verifications (prefix, created_at);
+-- The per-number cap counts a number's sends across all accounts.
+create index verifications_by_destination_time on verifications (destination, created_at);
 
 -- One row per blocked key: a prefix (across accounts) or an (account,
 -- country) pair. Kept after the block ends, so a repeat knows its strikes.

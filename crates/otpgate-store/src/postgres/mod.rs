@@ -256,9 +256,9 @@ async fn fraud_facts(
                  where scope = 'country' and key = $6)
          select acct.*,
                 (select count(*) from verifications
-                  where prefix = $5 and destination = $7 and created_at > $4) as dest_n,
+                  where destination = $7 and created_at > $4) as dest_n,
                 (select min(created_at) from verifications
-                  where prefix = $5 and destination = $7 and created_at > $4) as dest_oldest,
+                  where destination = $7 and created_at > $4) as dest_oldest,
                 exists (select 1 from safe_list
                          where left($7, length(entry)) = entry) as safe,
                 (select reason from pb) as pb_reason,
@@ -276,12 +276,12 @@ async fn fraud_facts(
                     and created_at > greatest($8, coalesce((select blocked_until from pb), 0))
                 ) as p_done,
                 (select count(*) from verifications
-                  where customer_id = $1 and country_code = $2
+                  where customer_id = $1 and country_code = $2 and prefix is not null
                     and created_at > greatest($9, coalesce((select blocked_until from cb), 0))
                 ) as c_sent,
                 (select count(*) from verifications
                   where customer_id = $1 and country_code = $2 and state = 'completed'
-                    and created_at > greatest($9, coalesce((select blocked_until from cb), 0))
+                    and prefix is not null and created_at > greatest($9, coalesce((select blocked_until from cb), 0))
                 ) as c_done,
                 exists (select 1 from own_numbers
                          where customer_id = $1 and destination = $7
@@ -365,6 +365,8 @@ enum Checked {
     Charge {
         cost: i64,
         cost_test: i64,
+        /// The guard counts this send (see `counted` in `create_checks`).
+        counted: bool,
     },
 }
 
@@ -591,6 +593,10 @@ impl PostgresStore {
         // sends on any node cannot overshoot a cap; the rule is the core's.
         let mut test_usable = !req.fraud.test_credits_verified_only
             || matches!(req.kind, SendKind::OwnNumber { .. });
+        // Whether the guard counts this send: not for a safe-listed
+        // destination or a test number (their prefix is stored as null), so
+        // trusted traffic never pushes its country towards a block.
+        let mut counted = false;
         if req.kind != SendKind::TestNumber {
             // Sends to one prefix from different accounts serialise here, so
             // the prefix guard and the per-number cap hold across accounts
@@ -604,6 +610,7 @@ impl PostgresStore {
                 .await
                 .map_err(db_err)?;
             let (facts, own_verified, own_today) = fraud_facts(tx, req, destination).await?;
+            counted = !facts.safe_listed;
             if let SendKind::OwnNumber { max_per_day } = req.kind
                 && own_today >= max_per_day
             {
@@ -648,7 +655,11 @@ impl PostgresStore {
             req.price
         };
         match fraud::charge(price, credits, test_credits, test_usable) {
-            Ok((cost, cost_test)) => Ok(Checked::Charge { cost, cost_test }),
+            Ok((cost, cost_test)) => Ok(Checked::Charge {
+                cost,
+                cost_test,
+                counted,
+            }),
             Err(ChargeRefusal::Insufficient) => Ok(refused(CreateOutcome::InsufficientBalance)),
             Err(ChargeRefusal::TestCreditsRestricted) => {
                 Ok(refused(CreateOutcome::TestCreditsRestricted))
@@ -661,9 +672,13 @@ impl PostgresStore {
         req: &NewVerification,
     ) -> StoreResult<Result<Verification, CreateOutcome>> {
         let destination = req.destination.e164_digits();
-        let (cost, cost_test) = match Self::create_checks(tx, req, &destination).await? {
+        let (cost, cost_test, counted) = match Self::create_checks(tx, req, &destination).await? {
             Checked::Refused(outcome) => return Ok(Err(*outcome)),
-            Checked::Charge { cost, cost_test } => (cost, cost_test),
+            Checked::Charge {
+                cost,
+                cost_test,
+                counted,
+            } => (cost, cost_test, counted),
         };
         let row = sqlx::query(WRITE)
             .bind(id_i64(req.id))
@@ -681,7 +696,7 @@ impl PostgresStore {
             .bind(cost)
             .bind(cost_test)
             .bind(&req.message_text)
-            .bind(&req.prefix)
+            .bind(counted.then_some(&req.prefix))
             .bind(if req.kind == SendKind::TestNumber {
                 "sent"
             } else {

@@ -65,8 +65,13 @@ pub(super) async fn create(
     // concurrent send can slip past a cap; the rule is the core's.
     let mut test_usable = !req.fraud.test_credits_verified_only
         || matches!(req.kind, SendKind::OwnNumber { .. });
+    // Whether the guard counts this send: not for a safe-listed
+    // destination or a test number (their prefix is stored as null), so
+    // trusted traffic never pushes its country towards a block.
+    let mut counted = false;
     if req.kind != SendKind::TestNumber {
         let (facts, own_verified, own_sent_today) = facts(conn, &req, &destination).await?;
+        counted = !facts.safe_listed;
         if let SendKind::OwnNumber { max_per_day } = req.kind
             && own_sent_today >= max_per_day
         {
@@ -176,7 +181,7 @@ pub(super) async fn create(
     .bind(v.cost)
     .bind(v.cost_test)
     .bind(v.delivery.as_str())
-    .bind(&req.prefix)
+    .bind(counted.then_some(&req.prefix))
     .execute(&mut *conn)
     .await
     .map_err(|e| match db(e) {
@@ -240,9 +245,9 @@ async fn facts(
                  where scope = 'country' and key = ?6)
          select acct.*,
                 (select count(*) from verifications
-                  where prefix = ?5 and destination = ?7 and created_at > ?4) as dest_n,
+                  where destination = ?7 and created_at > ?4) as dest_n,
                 (select min(created_at) from verifications
-                  where prefix = ?5 and destination = ?7 and created_at > ?4) as dest_oldest,
+                  where destination = ?7 and created_at > ?4) as dest_oldest,
                 exists (select 1 from safe_list
                          where substr(?7, 1, length(entry)) = entry) as safe,
                 (select reason from pb) as pb_reason,
@@ -260,12 +265,12 @@ async fn facts(
                     and created_at > max(?8, coalesce((select blocked_until from pb), 0))
                 ) as p_done,
                 (select count(*) from verifications
-                  where customer_id = ?1 and country_code = ?2
+                  where customer_id = ?1 and country_code = ?2 and prefix is not null
                     and created_at > max(?9, coalesce((select blocked_until from cb), 0))
                 ) as c_sent,
                 (select count(*) from verifications
                   where customer_id = ?1 and country_code = ?2 and state = 'completed'
-                    and created_at > max(?9, coalesce((select blocked_until from cb), 0))
+                    and prefix is not null and created_at > max(?9, coalesce((select blocked_until from cb), 0))
                 ) as c_done,
                 exists (select 1 from own_numbers
                          where customer_id = ?1 and destination = ?7
