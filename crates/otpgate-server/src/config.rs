@@ -134,7 +134,7 @@ impl Default for FraudSettings {
             guard: true,
             prefix_strip_digits: 4,
             prefix_min_unconverted: 20,
-            country_min_unconverted: 100,
+            country_min_unconverted: 300,
             max_conversion_percent: 35,
             window_secs: 3600,
             block_secs: 3600,

@@ -875,3 +875,35 @@ async fn a_node_refuses_a_database_whose_schema_is_newer_than_it_knows() {
         .unwrap();
     assert_eq!(max, newer);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pumping_spread_over_three_nodes_is_blocked_within_the_same_bounds() {
+    let test = "pumping_spread_over_three_nodes_is_blocked_within_the_same_bounds";
+    let Some(pg) = server(test) else { return };
+    let db = pg.fresh_database();
+    let nodes = start_nodes(&db, 3, "pump", &[]);
+    let bases: Vec<String> = nodes.iter().map(|n| n.base.clone()).collect();
+    let http = http();
+    let cid = create_account(&db, Some(100_000));
+    let t = token(&http, &bases[0], &cid).await;
+    let store = open_store(&db).await;
+    // The attack's and the legitimate sends go round-robin over the nodes:
+    // the counts and the block live in the database, so every node sees
+    // every other node's sends.
+    let p = common::pumping::run(&bases, &t, store.clone()).await;
+    common::pumping::assert_bounds(&p);
+    let account = store
+        .account_get(&CustomerId::parse(&cid).unwrap())
+        .await
+        .unwrap()
+        .expect("account");
+    let accepted = i64::try_from(p.attack_accepted + p.legit_accepted).unwrap();
+    assert_eq!(account.credits, 100_000 - accepted, "refused sends cost nothing");
+    let blocks = store
+        .fraud_blocks_active(now_ms(), 10)
+        .await
+        .expect("blocks");
+    assert_eq!(blocks.len(), 1, "{blocks:?}");
+    assert_eq!(blocks[0].key, common::pumping::ATTACK_PREFIX);
+    drop(nodes);
+}

@@ -20,9 +20,9 @@ pub struct Pumped {
     pub attack_delivered: usize,
     /// Attack sends answered 800.
     pub attack_refused: usize,
-    /// From the first attack send to the first 800 it got.
+    /// From the first attack send to the first 800 answer it got.
     pub block_after: Option<Duration>,
-    /// No attack send got 200 after the first 800.
+    /// No attack send made after that answer got 200.
     pub block_held: bool,
     pub legit_sent: usize,
     pub legit_accepted: usize,
@@ -76,7 +76,7 @@ pub async fn run(bases: &[String], token: &str, store: Arc<dyn Store>) -> Pumped
                 let sent_at = started.elapsed();
                 tasks.push(tokio::spawn(async move {
                     let (status, body) = send(&http, &base, &token, &format!("987650{i:04}")).await;
-                    (sent_at, status, body)
+                    (sent_at, started.elapsed(), status, body)
                 }));
             }
             let mut out = Vec::new();
@@ -145,16 +145,20 @@ pub async fn run(bases: &[String], token: &str, store: Arc<dyn Store>) -> Pumped
     // Let the delivery workers take whatever was queued.
     tokio::time::sleep(Duration::from_secs(2)).await;
 
-    let mut attack_sorted = attack.clone();
-    attack_sorted.sort_by_key(|(at, _, _)| *at);
-    let first_refusal = attack_sorted.iter().find(|(_, s, _)| *s == 429).map(|(at, _, _)| *at);
+    // Requests overlap: the block holds from its first 800 answer on, for
+    // every send made after it.
+    let first_refusal = attack
+        .iter()
+        .filter(|(_, _, s, _)| *s == 429)
+        .map(|(_, answered, _, _)| *answered)
+        .min();
     let block_held = first_refusal.is_some_and(|first| {
-        attack_sorted
+        attack
             .iter()
-            .filter(|(at, _, _)| *at > first)
-            .all(|(_, s, _)| *s != 200)
+            .filter(|(sent, _, _, _)| *sent > first)
+            .all(|(_, _, s, _)| *s != 200)
     });
-    for (_, status, body) in &attack {
+    for (_, _, status, body) in &attack {
         assert!(
             *status == 200 || (*status == 429 && body["responseCode"] == 800),
             "an attack send got neither 200 nor 800: {status} {body}"
@@ -168,9 +172,9 @@ pub async fn run(bases: &[String], token: &str, store: Arc<dyn Store>) -> Pumped
         .filter(|e| e.destination.starts_with(ATTACK_PREFIX))
         .count();
     Pumped {
-        attack_accepted: attack.iter().filter(|(_, s, _)| *s == 200).count(),
+        attack_accepted: attack.iter().filter(|(_, _, s, _)| *s == 200).count(),
         attack_delivered: delivered,
-        attack_refused: attack.iter().filter(|(_, s, _)| *s == 429).count(),
+        attack_refused: attack.iter().filter(|(_, _, s, _)| *s == 429).count(),
         block_after: first_refusal,
         block_held,
         legit_sent: legit.len(),
