@@ -326,7 +326,9 @@ pub enum SendVerdict {
 
 fn cap_hit(used: Usage, window_ms: i64, now: i64) -> i64 {
     used.oldest_ms
-        .map_or(now.saturating_add(window_ms), |o| o.saturating_add(window_ms))
+        .map_or(now.saturating_add(window_ms), |o| {
+            o.saturating_add(window_ms)
+        })
         .max(now + 1)
 }
 
@@ -554,7 +556,10 @@ mod tests {
         let SendVerdict::Block(b) = decide_send(&f, &policy(), 0) else {
             panic!("not blocked")
         };
-        assert_eq!((b.scope, b.strikes, b.until_ms), (BlockScope::Prefix, 1, HOUR_MS));
+        assert_eq!(
+            (b.scope, b.strikes, b.until_ms),
+            (BlockScope::Prefix, 1, HOUR_MS)
+        );
         f.prefix_block = Some(BlockRecord {
             until_ms: HOUR_MS,
             strikes: 1,

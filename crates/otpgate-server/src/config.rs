@@ -464,8 +464,11 @@ impl Settings {
         }
         let f = &self.fraud;
         for (number, code) in &f.test_numbers {
-            if otpgate_core::PhoneNumber::parse_e164(&format!("+{}", number.trim_start_matches('+')))
-                .is_err()
+            if otpgate_core::PhoneNumber::parse_e164(&format!(
+                "+{}",
+                number.trim_start_matches('+')
+            ))
+            .is_err()
             {
                 return Err(format!(
                     "fraud.test_numbers: {number:?} is not a valid number in E.164 digits"
@@ -477,10 +480,13 @@ impl Settings {
                 ));
             }
         }
-        if f.blocked_prefixes
-            .iter()
-            .any(|p| p.is_empty() || !p.trim_start_matches('+').bytes().all(|b| b.is_ascii_digit()))
-        {
+        if f.blocked_prefixes.iter().any(|p| {
+            p.is_empty()
+                || !p
+                    .trim_start_matches('+')
+                    .bytes()
+                    .all(|b| b.is_ascii_digit())
+        }) {
             return Err("fraud.blocked_prefixes must be E.164 digits, e.g. \"44909\"".into());
         }
         if f.window_secs == 0 || f.block_secs == 0 || f.max_block_secs < f.block_secs {

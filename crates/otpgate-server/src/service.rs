@@ -5,11 +5,11 @@
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD};
 use otpgate_api::{PendingData, ResponseCode, WireId, WireSeconds};
+use otpgate_core::fraud::{self, NumberKind};
 use otpgate_core::{
     CustomerId, Decision, OtpCode, OtpLength, PhoneError, PhoneNumber, VerificationId,
     VerificationView, decide,
 };
-use otpgate_core::fraud::{self, NumberKind};
 use otpgate_store::{
     Account, CreateOutcome, NewVerification, SendKind, SendLimits, StoreError, ValidationAction,
     Verification,

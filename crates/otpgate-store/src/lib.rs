@@ -252,8 +252,11 @@ pub trait Store: Send + Sync + 'static {
         id: VerificationId,
         now: i64,
     ) -> StoreResult<bool>;
-    async fn own_number_remove(&self, customer: &CustomerId, destination: &str)
-    -> StoreResult<bool>;
+    async fn own_number_remove(
+        &self,
+        customer: &CustomerId,
+        destination: &str,
+    ) -> StoreResult<bool>;
 
     /// Sends and completions since `since` by dialing code and by prefix,
     /// the `limit` with the most sends of each.

@@ -211,12 +211,20 @@ async fn a_signups_test_credits_pay_only_for_its_verified_number_and_test_number
 
     // Test credits do not pay for a number the account has not verified…
     let (status, _, body) = send(&http, &base, &t, "91", "9876501234").await;
-    assert_eq!((status, &body["responseCode"]), (402, &402.into()), "{body}");
+    assert_eq!(
+        (status, &body["responseCode"]),
+        (402, &402.into()),
+        "{body}"
+    );
     let why = body["errorMessage"].as_str().unwrap_or_default();
     assert!(why.contains("verified numbers"), "{body}");
     // …nor go to another country: a sign-up sends to its own country only.
     let (status, _, body) = send(&http, &base, &t, "44", "7400123456").await;
-    assert_eq!((status, &body["responseCode"]), (400, &511.into()), "{body}");
+    assert_eq!(
+        (status, &body["responseCode"]),
+        (400, &511.into()),
+        "{body}"
+    );
     assert_eq!(credits().await, (0, 100), "refusals cost nothing");
 
     // The account verifies its own number through the console: otpgate
@@ -234,7 +242,14 @@ async fn a_signups_test_credits_pay_only_for_its_verified_number_and_test_number
         .split_once("sent=")
         .map(|(_, id)| id.to_owned())
         .expect("the pending verification in the redirect");
-    let code = inbox_code(store.as_ref(), "919876501234", &id, 4, Duration::from_secs(20)).await;
+    let code = inbox_code(
+        store.as_ref(),
+        "919876501234",
+        &id,
+        4,
+        Duration::from_secs(20),
+    )
+    .await;
     let page = format!("/console/numbers?sent={id}");
     let wrong = v
         .submit(
@@ -256,14 +271,28 @@ async fn a_signups_test_credits_pay_only_for_its_verified_number_and_test_number
     assert_eq!(done.status, 303, "{}", done.body);
     let listed = v.get("/console/numbers").await;
     assert!(listed.body.contains("+919876501234"), "{}", listed.body);
-    assert_eq!(credits().await, (0, 99), "the proving code cost one test credit");
+    assert_eq!(
+        credits().await,
+        (0, 99),
+        "the proving code cost one test credit"
+    );
 
     // Now test credits pay for that number, and the code validates.
     let (status, _, body) = send(&http, &base, &t, "91", "9876501234").await;
     assert_eq!(status, 200, "{body}");
     let id = body["data"]["verificationId"].as_str().unwrap().to_owned();
-    let code = inbox_code(store.as_ref(), "919876501234", &id, 4, Duration::from_secs(20)).await;
-    assert_eq!(validate(&http, &base, &t, &id, &code).await["responseCode"], 200);
+    let code = inbox_code(
+        store.as_ref(),
+        "919876501234",
+        &id,
+        4,
+        Duration::from_secs(20),
+    )
+    .await;
+    assert_eq!(
+        validate(&http, &base, &t, &id, &code).await["responseCode"],
+        200
+    );
     assert_eq!(credits().await, (0, 98));
     // Another number still gets 402.
     let (status, _, _) = send(&http, &base, &t, "91", "9876501235").await;
@@ -275,8 +304,14 @@ async fn a_signups_test_credits_pay_only_for_its_verified_number_and_test_number
     assert_eq!(status, 200, "{body}");
     let id = body["data"]["verificationId"].as_str().unwrap().to_owned();
     let vid = VerificationId::parse(&id).unwrap();
-    assert_eq!(validate(&http, &base, &t, &id, "111111").await["responseCode"], 702);
-    assert_eq!(validate(&http, &base, &t, &id, "482913").await["responseCode"], 200);
+    assert_eq!(
+        validate(&http, &base, &t, &id, "111111").await["responseCode"],
+        702
+    );
+    assert_eq!(
+        validate(&http, &base, &t, &id, "482913").await["responseCode"],
+        200
+    );
     tokio::time::sleep(Duration::from_millis(600)).await;
     assert!(store.outbox_for_verification(vid).await.unwrap().is_none());
     assert!(
@@ -312,10 +347,17 @@ async fn premium_rate_and_fixed_line_numbers_get_400_with_the_reason() {
             "+{cc} {national}: {body}"
         );
         let why = body["errorMessage"].as_str().unwrap_or_default();
-        assert!(why.contains(kind) && why.contains("mobile numbers only"), "{body}");
+        assert!(
+            why.contains(kind) && why.contains("mobile numbers only"),
+            "{body}"
+        );
     }
     // Mobile numbers, and +1 numbers the plan cannot tell from mobile, go.
-    for (cc, national) in [("44", "7400123456"), ("1", "6502530000"), ("91", "9876543210")] {
+    for (cc, national) in [
+        ("44", "7400123456"),
+        ("1", "6502530000"),
+        ("91", "9876543210"),
+    ] {
         let (status, _, body) = send(&http, &server.base, &t, cc, national).await;
         assert_eq!(status, 200, "+{cc} {national}: {body}");
     }
@@ -407,17 +449,27 @@ async fn a_safe_listed_prefix_is_not_blocked_and_a_lifted_block_lets_the_next_se
             accepted += 1;
             continue;
         }
-        assert_eq!((status, &body["responseCode"]), (429, &800.into()), "{body}");
+        assert_eq!(
+            (status, &body["responseCode"]),
+            (429, &800.into()),
+            "{body}"
+        );
         blocked = Some((i, retry, body));
         break;
     }
     let (at, retry, body) = blocked.expect("the attack on an unlisted prefix was never blocked");
-    eprintln!("unlisted prefix blocked at send {at} after {:?}", started.elapsed());
+    eprintln!(
+        "unlisted prefix blocked at send {at} after {:?}",
+        started.elapsed()
+    );
     assert!(at <= 25, "blocked only at send {at}");
     let secs: u64 = retry.expect("Retry-After").parse().unwrap();
     assert!((3000..=3600).contains(&secs), "Retry-After {secs}");
     let why = body["errorMessage"].as_str().unwrap_or_default();
-    assert!(why.contains("fraud guard") && why.contains("prefix is blocked"), "{body}");
+    assert!(
+        why.contains("fraud guard") && why.contains("prefix is blocked"),
+        "{body}"
+    );
     assert!(body.get("data").is_none(), "{body}");
     // Later sends stay refused.
     let (status, _, _) = send(&http, &base, &t, "91", "9876529999").await;
@@ -437,13 +489,20 @@ async fn a_safe_listed_prefix_is_not_blocked_and_a_lifted_block_lets_the_next_se
         .iter()
         .filter(|e| e.destination.starts_with("91987652"))
         .count();
-    assert_eq!(i64::try_from(delivered).unwrap(), accepted, "refused sends send nothing");
+    assert_eq!(
+        i64::try_from(delivered).unwrap(),
+        accepted,
+        "refused sends send nothing"
+    );
 
     // The operator sees the block, why and until when, and lifts it.
     let page = ops.get("/console/fraud").await;
     assert!(page.body.contains("data-key=\"91987652\""), "{}", page.body);
     assert!(page.body.contains("unconverted"), "{}", page.body);
-    assert!(!page.body.contains("data-key=\"91987651\""), "the safe prefix is not blocked");
+    assert!(
+        !page.body.contains("data-key=\"91987651\""),
+        "the safe prefix is not blocked"
+    );
     let r = ops
         .submit(
             "/console/fraud",
@@ -451,10 +510,18 @@ async fn a_safe_listed_prefix_is_not_blocked_and_a_lifted_block_lets_the_next_se
             &[("scope", "prefix"), ("key", "91987652")],
         )
         .await;
-    assert_eq!((r.status, r.location.as_str()), (303, "/console/fraud?done=lifted"));
+    assert_eq!(
+        (r.status, r.location.as_str()),
+        (303, "/console/fraud?done=lifted")
+    );
     let (status, _, body) = send(&http, &base, &t, "91", "9876529998").await;
     assert_eq!(status, 200, "after the lift: {body}");
-    assert!(ops.get("/console/fraud").await.body.contains("id=\"no-blocks\""));
+    assert!(
+        ops.get("/console/fraud")
+            .await
+            .body
+            .contains("id=\"no-blocks\"")
+    );
     // Forms without the session's CSRF token change nothing.
     let r = ops
         .post(

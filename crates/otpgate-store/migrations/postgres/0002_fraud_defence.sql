@@ -7,6 +7,12 @@
 -- migration, which leave the guard's windows within a day.
 alter table verifications add column prefix text;
 create index verifications_prefix_idx on verifications (prefix, created_at);
+-- The account caps sum the cost of an account's sends over the last hour
+-- and day on every send: with the cost in the index that is an index-only
+-- scan. It replaces the index on (customer_id, created_at), whose queries it
+-- serves as well.
+drop index verifications_customer_idx;
+create index verifications_customer_cost_idx on verifications (customer_id, created_at desc, cost);
 -- The per-number cap counts a number's sends across all accounts.
 create index verifications_destination_time_idx on verifications (destination, created_at);
 

@@ -591,8 +591,8 @@ impl PostgresStore {
         // The fraud defences: caps, blocks and the conversion guard, read
         // under the account's lock (and the prefix's, below), so concurrent
         // sends on any node cannot overshoot a cap; the rule is the core's.
-        let mut test_usable = !req.fraud.test_credits_verified_only
-            || matches!(req.kind, SendKind::OwnNumber { .. });
+        let mut test_usable =
+            !req.fraud.test_credits_verified_only || matches!(req.kind, SendKind::OwnNumber { .. });
         // Whether the guard counts this send: not for a safe-listed
         // destination or a test number (their prefix is stored as null), so
         // trusted traffic never pushes its country towards a block.
@@ -1392,30 +1392,31 @@ impl Store for PostgresStore {
 
     async fn fraud_blocks_active(&self, now: i64, limit: u32) -> StoreResult<Vec<FraudBlock>> {
         self.guarded(async {
-            let found: Vec<(String, String, String, i32, i64, Option<i64>, i64)> =
-                sqlx::query_as(
-                    "select scope, key, reason, strikes, blocked_until, lifted_at, created_at
+            let found: Vec<(String, String, String, i32, i64, Option<i64>, i64)> = sqlx::query_as(
+                "select scope, key, reason, strikes, blocked_until, lifted_at, created_at
                        from fraud_blocks where blocked_until > $1
                       order by updated_at desc limit $2",
-                )
-                .bind(now)
-                .bind(i64::from(limit))
-                .fetch_all(&self.pool)
-                .await
-                .map_err(db_err)?;
+            )
+            .bind(now)
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_err)?;
             found
                 .into_iter()
-                .map(|(scope, key, reason, strikes, until, lifted_at, created_at)| {
-                    Ok(FraudBlock {
-                        scope: shared::scope(&scope)?,
-                        key,
-                        reason,
-                        strikes: shared::count(i64::from(strikes), "strikes")?,
-                        until,
-                        lifted_at,
-                        created_at,
-                    })
-                })
+                .map(
+                    |(scope, key, reason, strikes, until, lifted_at, created_at)| {
+                        Ok(FraudBlock {
+                            scope: shared::scope(&scope)?,
+                            key,
+                            reason,
+                            strikes: shared::count(i64::from(strikes), "strikes")?,
+                            until,
+                            lifted_at,
+                            created_at,
+                        })
+                    },
+                )
                 .collect()
         })
         .await

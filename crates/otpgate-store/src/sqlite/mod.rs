@@ -920,17 +920,19 @@ impl Store for SqliteStore {
         .map_err(db)?;
         found
             .into_iter()
-            .map(|(scope, key, reason, strikes, until, lifted_at, created_at)| {
-                Ok(FraudBlock {
-                    scope: shared::scope(&scope)?,
-                    key,
-                    reason,
-                    strikes: shared::count(strikes, "strikes")?,
-                    until,
-                    lifted_at,
-                    created_at,
-                })
-            })
+            .map(
+                |(scope, key, reason, strikes, until, lifted_at, created_at)| {
+                    Ok(FraudBlock {
+                        scope: shared::scope(&scope)?,
+                        key,
+                        reason,
+                        strikes: shared::count(strikes, "strikes")?,
+                        until,
+                        lifted_at,
+                        created_at,
+                    })
+                },
+            )
             .collect()
     }
 

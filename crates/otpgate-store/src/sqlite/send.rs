@@ -63,8 +63,8 @@ pub(super) async fn create(
     // The fraud defences (caps, blocks, the conversion guard): the facts
     // are read here, in the same write transaction as the charge, so no
     // concurrent send can slip past a cap; the rule is the core's.
-    let mut test_usable = !req.fraud.test_credits_verified_only
-        || matches!(req.kind, SendKind::OwnNumber { .. });
+    let mut test_usable =
+        !req.fraud.test_credits_verified_only || matches!(req.kind, SendKind::OwnNumber { .. });
     // Whether the guard counts this send: not for a safe-listed
     // destination or a test number (their prefix is stored as null), so
     // trusted traffic never pushes its country towards a block.

@@ -72,7 +72,8 @@ pub async fn run(bases: &[String], token: &str, store: Arc<dyn Store>) -> Pumped
             let mut tasks = Vec::new();
             for i in 0..1000usize {
                 tick.tick().await;
-                let (http, base, token) = (http.clone(), bases[i % bases.len()].clone(), token.clone());
+                let (http, base, token) =
+                    (http.clone(), bases[i % bases.len()].clone(), token.clone());
                 let sent_at = started.elapsed();
                 tasks.push(tokio::spawn(async move {
                     let (status, body) = send(&http, &base, &token, &format!("987650{i:04}")).await;
@@ -90,8 +91,12 @@ pub async fn run(bases: &[String], token: &str, store: Arc<dyn Store>) -> Pumped
     // The legitimate traffic: 500 sends, one every 100 ms, to 100 prefixes
     // (5 numbers each); 17 of every 20 are validated 1–9 s later.
     let legit = {
-        let (http, bases, token, store) =
-            (http.clone(), bases.to_vec(), token.to_owned(), store.clone());
+        let (http, bases, token, store) = (
+            http.clone(),
+            bases.to_vec(),
+            token.to_owned(),
+            store.clone(),
+        );
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_millis(100));
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
