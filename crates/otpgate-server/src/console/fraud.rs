@@ -76,11 +76,11 @@ pub struct SafeForm {
 fn conv(rows: Vec<otpgate_store::ConversionRow>) -> Vec<Conv> {
     rows.into_iter()
         .map(|r| Conv {
-            percent: if r.sent == 0 {
-                0
-            } else {
-                r.completed * 100 / r.sent
-            },
+            percent: r
+                .completed
+                .saturating_mul(100)
+                .checked_div(r.sent)
+                .unwrap_or(0),
             key: r.key,
             sent: r.sent,
             completed: r.completed,

@@ -4,7 +4,7 @@
 use otpgate_core::Clock;
 use reqwest::StatusCode;
 
-use crate::helpers::{PASSWORD, Visitor, code_in, spawn, spawn_with, test_settings};
+use crate::helpers::{PASSWORD, Visitor, code_in, spawn_with, test_settings};
 
 /// The verification ids of a log page's rows, in order.
 fn ids(body: &str) -> Vec<String> {
