@@ -242,3 +242,62 @@ impl Drop for Relay {
         self.task.abort();
     }
 }
+
+#[tokio::test]
+async fn a_database_made_at_schema_1_migrates_and_keeps_its_data() {
+    let test = "postgres_only::a_database_made_at_schema_1_migrates_and_keeps_its_data";
+    let Some(db) = TestDb::postgres(test).await else {
+        return;
+    };
+    // The schema as the build before the fraud defence left it, recorded
+    // as its runner records it, with an account and a verification.
+    let mut conn = sqlx::PgConnection::connect(db.url()).await.unwrap();
+    sqlx::raw_sql(include_str!("../../migrations/postgres/0001_init.sql"))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    sqlx::raw_sql(
+        "create table schema_version (version bigint primary key, name text not null,
+                                      created_at bigint not null);
+         insert into schema_version values (1, 'init', 0);",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    sqlx::query(
+        "insert into accounts (customer_id, password_hash, credits, test_credits, token_epoch,
+                               disabled, settings, created_at)
+         values ($1, 'x', 7, 0, 0, false, '{}'::jsonb, $2)",
+    )
+    .bind(cid(1).as_str())
+    .bind(T0)
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    sqlx::query(
+        "insert into verifications (id, customer_id, country_code, national, destination,
+             flow_type, code_hash, otp_length, state, wrong_attempts, max_attempts, created_at,
+             expires_at, transaction_id, cost, cost_test, delivery)
+         values (42, $1, 91, '9876543210', '919876543210', 'SMS',
+                 decode(repeat('00', 32), 'hex'), 4, 'pending', 0, 5, $2, $3, 'tx', 1, 0,
+                 'queued')",
+    )
+    .bind(cid(1).as_str())
+    .bind(T0)
+    .bind(T0 + 60_000)
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    conn.close().await.unwrap();
+
+    let store = PostgresStore::connect(db.url(), PgOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(store.schema_version().await.unwrap(), SCHEMA_VERSION);
+    let v = store.verification_get(&cid(1), vid(42)).await.unwrap();
+    assert_eq!(v.map(|v| v.cost), Some(1), "the old verification is kept");
+    assert_eq!(balance(&store, &cid(1)).await, (7, 0));
+    created(&store, send(43, &cid(1), &phone(43), T0 + 1)).await;
+    assert_eq!(balance(&store, &cid(1)).await, (6, 0));
+    store.close().await;
+}
