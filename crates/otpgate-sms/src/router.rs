@@ -19,6 +19,18 @@ pub struct Route {
     pub channels: Vec<Arc<dyn Channel>>,
     /// Number types taken beyond those accepted by default (mobile).
     pub number_types: Vec<NumberKind>,
+    /// The fallback workflow's later steps, in order.
+    pub fallback: Vec<FallbackStep>,
+}
+
+/// One later step of a route's fallback workflow.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FallbackStep {
+    /// Upper-case `flowType`.
+    pub flow_type: String,
+    /// Seconds after the send at which it goes unless an earlier step was
+    /// delivered.
+    pub after_secs: u32,
 }
 
 impl Route {
@@ -29,6 +41,7 @@ impl Route {
             flow_types: Vec::new(),
             channels,
             number_types: Vec::new(),
+            fallback: Vec::new(),
         }
     }
 
@@ -86,6 +99,14 @@ impl Router for RouteTable {
                 .find(|r| r.matches(country_code, flow_type))
                 .is_some_and(|r| r.number_types.contains(&kind))
     }
+
+    fn fallback(&self, country_code: u16, flow_type: &str) -> Vec<FallbackStep> {
+        self.routes
+            .iter()
+            .find(|r| r.matches(country_code, flow_type))
+            .map(|r| r.fallback.clone())
+            .unwrap_or_default()
+    }
 }
 
 #[cfg(test)]
@@ -130,18 +151,21 @@ mod tests {
                     flow_types: vec!["WHATSAPP".into()],
                     channels: vec![w.clone()],
                     number_types: vec![],
+                    fallback: vec![],
                 },
                 Route {
                     country_codes: vec![91, 44],
                     flow_types: vec!["SMS".into()],
                     channels: vec![a.clone(), b.clone()],
                     number_types: vec![NumberKind::FixedLine],
+                    fallback: vec![],
                 },
                 Route {
                     country_codes: vec![],
                     flow_types: vec!["SMS".into()],
                     channels: vec![b.clone()],
                     number_types: vec![],
+                    fallback: vec![],
                 },
             ],
             vec![a, b, w],

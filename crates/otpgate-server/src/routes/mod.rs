@@ -6,6 +6,7 @@ mod health;
 mod receipts;
 mod token;
 mod verification;
+mod whatsapp;
 
 use axum::Router;
 use axum::http::StatusCode;
@@ -19,7 +20,8 @@ pub fn router(state: AppState) -> Router {
         .merge(token::router())
         .merge(verification::router())
         .merge(health::router())
-        .merge(receipts::router());
+        .merge(receipts::router())
+        .merge(whatsapp::router());
     if state.settings.console.enabled {
         router = router
             .nest("/console", crate::console::router(&state))

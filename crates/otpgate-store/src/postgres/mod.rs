@@ -466,7 +466,7 @@ const WRITE: &str = concat!(
              transaction_id, cost, cost_test, delivery
              , prefix
          ) values ($1, $2, $3, $4, $5, $6, $7, $8, 'pending', 0, $9, $10, $11, $12, $13,
-                   $14, $17, $16)
+                   $14, $19, $18)
          on conflict (id) do nothing
          returning ",
     verification_columns!(),
@@ -481,15 +481,16 @@ const WRITE: &str = concat!(
      ),
      queued as (
          insert into outbox (
-             verification_id, customer_id, text, status, attempts, next_attempt_at,
-             created_at, updated_at
+             verification_id, customer_id, step, address, lang, text, status, attempts,
+             next_attempt_at, created_at, updated_at
          )
-         select id, customer_id, $15, 'queued', 0, created_at, created_at, created_at
-           from inserted where $18
+         select id, customer_id, 0, $16, $17, $15, 'queued', 0, created_at, created_at,
+                created_at
+           from inserted where $20
      ),
      own as (
          insert into own_numbers (verification_id, customer_id, destination, created_at)
-         select id, customer_id, $5, created_at from inserted where $19
+         select id, customer_id, $5, created_at from inserted where $21
      )
      select * from inserted"
 );
@@ -696,6 +697,8 @@ impl PostgresStore {
             .bind(cost)
             .bind(cost_test)
             .bind(&req.message_text)
+            .bind(&req.address)
+            .bind(&req.lang)
             .bind(counted.then_some(&req.prefix))
             .bind(if req.kind == SendKind::TestNumber {
                 "sent"
@@ -713,6 +716,33 @@ impl PostgresStore {
                 "verification id already exists".into(),
             ));
         };
+        // A test number's message (and any fallback step) never leaves the
+        // server.
+        let fallbacks = if req.kind == SendKind::TestNumber {
+            &[][..]
+        } else {
+            &req.fallbacks[..]
+        };
+        for (i, f) in fallbacks.iter().enumerate() {
+            sqlx::query(
+                "insert into outbox (
+                     verification_id, customer_id, step, flow_type, address, lang, text,
+                     status, attempts, next_attempt_at, created_at, updated_at
+                 ) values ($1, $2, $3, $4, $5, $6, $7, 'queued', 0, $8, $9, $9)",
+            )
+            .bind(id_i64(req.id))
+            .bind(req.customer_id.as_str())
+            .bind(i32::try_from(i + 1).unwrap_or(i32::MAX))
+            .bind(&f.flow_type)
+            .bind(&f.address)
+            .bind(&req.lang)
+            .bind(&f.text)
+            .bind(f.due_at)
+            .bind(req.created_at)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        }
         Ok(Ok(rows::verification(&row)?))
     }
 }
@@ -979,28 +1009,54 @@ impl Store for PostgresStore {
             // No stored row can have that many.
             return Ok(false);
         };
+        // One statement each, so the verification's write and the held
+        // fallback steps' cancellation happen together or not at all: a
+        // completed verification's held steps are not needed, and one
+        // killed by this wrong code must not have its code sent again.
+        let sql = match action {
+            ValidationAction::Complete => {
+                "with v as (
+                     update verifications set state = 'completed', completed_at = $4
+                      where id = $1 and customer_id = $2 and state = 'pending'
+                        and wrong_attempts = $3
+                     returning id, true as done
+                 ),
+                 held as (
+                     update outbox o
+                        set status = 'cancelled', text = null, lease_owner = null,
+                            lease_until = null, updated_at = $4
+                       from v
+                      where v.done and o.verification_id = v.id and o.status = 'queued'
+                 )
+                 select count(*) from v"
+            }
+            ValidationAction::Wrong => {
+                "with v as (
+                     update verifications set wrong_attempts = wrong_attempts + 1
+                      where id = $1 and customer_id = $2 and state = 'pending'
+                        and wrong_attempts = $3
+                     returning id, wrong_attempts >= max_attempts as done
+                 ),
+                 held as (
+                     update outbox o
+                        set status = 'cancelled', text = null, lease_owner = null,
+                            lease_until = null, updated_at = $4
+                       from v
+                      where v.done and o.verification_id = v.id and o.status = 'queued'
+                 )
+                 select count(*) from v"
+            }
+        };
         self.guarded(async {
-            let query = match action {
-                ValidationAction::Complete => sqlx::query(
-                    "update verifications set state = 'completed', completed_at = $4
-                     where id = $1 and customer_id = $2 and state = 'pending'
-                       and wrong_attempts = $3",
-                )
+            let n: i64 = sqlx::query_scalar(sql)
                 .bind(id_i64(id))
                 .bind(customer.as_str())
                 .bind(expected)
-                .bind(now),
-                ValidationAction::Wrong => sqlx::query(
-                    "update verifications set wrong_attempts = wrong_attempts + 1
-                     where id = $1 and customer_id = $2 and state = 'pending'
-                       and wrong_attempts = $3",
-                )
-                .bind(id_i64(id))
-                .bind(customer.as_str())
-                .bind(expected),
-            };
-            let done = query.execute(&self.pool).await.map_err(db_err)?;
-            Ok(done.rows_affected() == 1)
+                .bind(now)
+                .fetch_one(&self.pool)
+                .await
+                .map_err(db_err)?;
+            Ok(n == 1)
         })
         .await
     }
@@ -1200,7 +1256,17 @@ impl Store for PostgresStore {
                         set status = 'sent', text = null, channel = $3, gateway_id = $4,
                             lease_owner = null, lease_until = null, updated_at = $5
                       where id = $1 and lease_owner = $2 and status = 'queued'
-                      returning verification_id
+                      returning verification_id, step
+                 ),
+                 -- A later step went out: an earlier one still retrying is
+                 -- not needed any more.
+                 earlier as (
+                     update outbox x
+                        set status = 'cancelled', text = null, lease_owner = null,
+                            lease_until = null, updated_at = $5
+                       from o
+                      where x.verification_id = o.verification_id and x.status = 'queued'
+                        and x.step < o.step
                  )
                  update verifications v
                     set delivery = 'sent', channel = $3, gateway_id = $4
@@ -1287,7 +1353,15 @@ impl Store for PostgresStore {
                 tx.rollback().await.map_err(db_err)?;
                 return Ok(false);
             };
-            fail_and_refund(&mut tx, verification, DeliveryStatus::Failed, error).await?;
+            step_failed(
+                &mut tx,
+                verification,
+                message_id,
+                DeliveryStatus::Failed,
+                error,
+                now,
+            )
+            .await?;
             tx.commit().await.map_err(db_err)?;
             Ok(true)
         })
@@ -1315,10 +1389,10 @@ impl Store for PostgresStore {
         );
         self.guarded(async {
             let mut tx = self.pool.begin().await.map_err(db_err)?;
-            let matched: Vec<i64> = sqlx::query_scalar(
+            let matched: Vec<(i64, i64)> = sqlx::query_as(
                 "update outbox set status = coalesce($3, status), updated_at = $4
                   where channel = $1 and gateway_id = $2
-                  returning verification_id",
+                  returning verification_id, id",
             )
             .bind(channel)
             .bind(gateway_id)
@@ -1327,10 +1401,15 @@ impl Store for PostgresStore {
             .fetch_all(&mut *tx)
             .await
             .map_err(db_err)?;
-            for &verification in &matched {
+            for &(verification, message_id) in &matched {
                 if permanent {
-                    fail_and_refund(&mut tx, verification, status, detail).await?;
+                    step_failed(&mut tx, verification, message_id, status, detail, now).await?;
                 } else {
+                    if status == DeliveryStatus::Delivered {
+                        // The code arrived: the workflow's later steps must
+                        // not go.
+                        cancel_queued(&mut tx, verification, now).await?;
+                    }
                     sqlx::query(
                         "update verifications
                             set delivery = coalesce($2, delivery), delivery_detail = $3
@@ -1379,7 +1458,7 @@ impl Store for PostgresStore {
                 "select ",
                 outbox_columns!(),
                 " from outbox o join verifications v on v.id = o.verification_id
-                  where o.verification_id = $1"
+                  where o.verification_id = $1 and o.step = 0"
             ))
             .bind(id_i64(id))
             .fetch_optional(&self.pool)
@@ -1609,6 +1688,23 @@ impl Store for PostgresStore {
         .await
     }
 
+    async fn outbox_attempts(&self, id: VerificationId) -> StoreResult<Vec<OutboxMessage>> {
+        self.guarded(async {
+            let rows = sqlx::query(concat!(
+                "select ",
+                outbox_columns!(),
+                " from outbox o join verifications v on v.id = o.verification_id
+                  where o.verification_id = $1 order by o.step"
+            ))
+            .bind(id_i64(id))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_err)?;
+            rows.iter().map(rows::outbox_message).collect()
+        })
+        .await
+    }
+
     async fn inbox_put(&self, msg: &InboxEntry) -> StoreResult<()> {
         self.guarded(async {
             sqlx::query(
@@ -1653,6 +1749,76 @@ impl Store for PostgresStore {
         })
         .await
     }
+}
+
+/// Step `message_id` of `verification` will not deliver: wake the next held
+/// step of its workflow, and fail the verification only when no step is left
+/// that could still bring the code (the verdict is
+/// [`crate::shared::step_failed`], shared with SQLite).
+async fn step_failed(
+    tx: &mut PgConnection,
+    verification: i64,
+    message_id: i64,
+    delivery: DeliveryStatus,
+    detail: &str,
+    now: i64,
+) -> StoreResult<()> {
+    let steps: Vec<(i64, i32, String)> =
+        sqlx::query_as("select id, step, status from outbox where verification_id = $1 for update")
+            .bind(verification)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(db_err)?;
+    let mut this = 0;
+    let mut others = Vec::with_capacity(steps.len());
+    for (id, step, status) in steps {
+        let step = crate::shared::count(step.into(), "step")?;
+        if id == message_id {
+            this = step;
+        } else {
+            others.push((id, step, crate::shared::delivery(&status)?));
+        }
+    }
+    let verdict = crate::shared::step_failed(this, &others);
+    if let Some(next) = verdict.wake {
+        sqlx::query(
+            "update outbox set next_attempt_at = least(next_attempt_at, $2), updated_at = $2
+              where id = $1 and status = 'queued'",
+        )
+        .bind(next)
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err)?;
+    }
+    if verdict.fail_verification {
+        fail_and_refund(tx, verification, delivery, detail).await
+    } else {
+        sqlx::query("update verifications set delivery_detail = $2 where id = $1")
+            .bind(verification)
+            .bind(detail)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        Ok(())
+    }
+}
+
+/// The rest of a workflow became unnecessary: every step of `verification`
+/// still queued is cancelled and its text erased.
+async fn cancel_queued(tx: &mut PgConnection, verification: i64, now: i64) -> StoreResult<()> {
+    sqlx::query(
+        "update outbox
+            set status = 'cancelled', text = null, lease_owner = null, lease_until = null,
+                updated_at = $2
+          where verification_id = $1 and status = 'queued'",
+    )
+    .bind(verification)
+    .bind(now)
+    .execute(&mut *tx)
+    .await
+    .map_err(db_err)?;
+    Ok(())
 }
 
 /// The message will never arrive: a pending verification fails (700 on

@@ -243,14 +243,15 @@ impl Drop for Relay {
     }
 }
 
+/// A database at schema 1 (before fallback steps), with a queued message,
+/// migrates when a node opens it: the row keeps its id and becomes step 0
+/// of its verification's flow, and is claimed and sent as before.
 #[tokio::test]
-async fn a_database_made_at_schema_1_migrates_and_keeps_its_data() {
-    let test = "postgres_only::a_database_made_at_schema_1_migrates_and_keeps_its_data";
+async fn a_schema_1_database_keeps_its_outbox_rows_as_first_steps() {
+    let test = "postgres_only::a_schema_1_database_keeps_its_outbox_rows_as_first_steps";
     let Some(db) = TestDb::postgres(test).await else {
         return;
     };
-    // The schema as the build before the fraud defence left it, recorded
-    // as its runner records it, with an account and a verification.
     let mut conn = sqlx::PgConnection::connect(db.url()).await.unwrap();
     sqlx::raw_sql(include_str!("../../migrations/postgres/0001_init.sql"))
         .execute(&mut conn)
@@ -259,45 +260,40 @@ async fn a_database_made_at_schema_1_migrates_and_keeps_its_data() {
     sqlx::raw_sql(
         "create table schema_version (version bigint primary key, name text not null,
                                       created_at bigint not null);
-         insert into schema_version values (1, 'init', 0);",
-    )
-    .execute(&mut conn)
-    .await
-    .unwrap();
-    sqlx::query(
-        "insert into accounts (customer_id, password_hash, credits, test_credits, token_epoch,
-                               disabled, settings, created_at)
-         values ($1, 'x', 7, 0, 0, false, '{}'::jsonb, $2)",
-    )
-    .bind(cid(1).as_str())
-    .bind(T0)
-    .execute(&mut conn)
-    .await
-    .unwrap();
-    sqlx::query(
-        "insert into verifications (id, customer_id, country_code, national, destination,
+         insert into schema_version values (1, 'init', 0);
+         insert into accounts (customer_id, password_hash, credits, test_credits, created_at)
+             values ('C-000000000000001', 'x', 5, 0, 1);
+         insert into verifications (id, customer_id, country_code, national, destination,
              flow_type, code_hash, otp_length, state, wrong_attempts, max_attempts, created_at,
              expires_at, transaction_id, cost, cost_test, delivery)
-         values (42, $1, 91, '9876543210', '919876543210', 'SMS',
-                 decode(repeat('00', 32), 'hex'), 4, 'pending', 0, 5, $2, $3, 'tx', 1, 0,
-                 'queued')",
+             values (7, 'C-000000000000001', 91, '9876543210', '919876543210', 'SMS', '\\x00',
+                     4, 'pending', 0, 5, 1000, 9999999999999, 't7', 1, 0, 'queued');
+         insert into outbox (verification_id, customer_id, text, status, attempts,
+                             next_attempt_at, created_at, updated_at)
+             values (7, 'C-000000000000001', 'code 1234', 'queued', 0, 1000, 1000, 1000);",
     )
-    .bind(cid(1).as_str())
-    .bind(T0)
-    .bind(T0 + 60_000)
     .execute(&mut conn)
     .await
     .unwrap();
-    conn.close().await.unwrap();
-
-    let store = PostgresStore::connect(db.url(), PgOptions::default())
+    let old_id: i64 = sqlx::query_scalar("select id from outbox")
+        .fetch_one(&mut conn)
         .await
         .unwrap();
-    assert_eq!(store.schema_version().await.unwrap(), SCHEMA_VERSION);
-    let v = store.verification_get(&cid(1), vid(42)).await.unwrap();
-    assert_eq!(v.map(|v| v.cost), Some(1), "the old verification is kept");
-    assert_eq!(balance(&store, &cid(1)).await, (7, 0));
-    created(&store, send(43, &cid(1), &phone(43), T0 + 1)).await;
-    assert_eq!(balance(&store, &cid(1)).await, (6, 0));
-    store.close().await;
+    conn.close().await.unwrap();
+
+    let store = db.open().await;
+    assert_eq!(store.schema_version().await, SCHEMA_VERSION);
+    let claimed = store.outbox_claim("w", 10, 1000, 2000).await.unwrap();
+    assert_eq!(claimed.len(), 1);
+    let m = &claimed[0];
+    assert_eq!((m.id, m.step, m.flow_type.as_str()), (old_id, 0, "SMS"));
+    assert_eq!(m.text.as_deref(), Some("code 1234"));
+    let info = otpgate_store::SentInfo {
+        channel: "sms".into(),
+        gateway_id: Some("g".into()),
+    };
+    assert!(store.outbox_sent(m.id, "w", &info, 2001).await.unwrap());
+    let steps = store.outbox_attempts(vid(7)).await.unwrap();
+    assert_eq!(steps.len(), 1);
+    assert_eq!(steps[0].status, otpgate_core::DeliveryStatus::Sent);
 }

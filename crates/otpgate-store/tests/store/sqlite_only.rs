@@ -374,7 +374,10 @@ async fn a_database_made_at_schema_2_migrates_and_keeps_its_data() {
     pool.close().await;
 
     let store = open(&dir.db()).await;
-    assert_eq!(store.schema_version().await.unwrap(), 3);
+    assert_eq!(
+        store.schema_version().await.unwrap(),
+        otpgate_store::sqlite::SCHEMA_VERSION
+    );
     let v = store.verification_get(&cid(1), vid(42)).await.unwrap();
     assert_eq!(v.map(|v| v.cost), Some(1), "the old verification is kept");
     assert_eq!(balance(&store, &cid(1)).await, (7, 0));
