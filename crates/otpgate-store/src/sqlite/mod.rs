@@ -300,10 +300,13 @@ async fn migrate(pool: &SqlitePool) -> StoreResult<()> {
 /// first, so trying again will succeed.
 fn lost_race(message: &str) -> bool {
     // `duplicate column name`: an `alter table … add column` another
-    // opener's migration already applied.
+    // opener's migration already applied. A migration whose statements all
+    // succeed a second time (a table rebuilt under a new name) fails only on
+    // recording its version; its transaction, and so the repeat, rolls back.
     message.contains("already exists")
         || message.contains("database is locked")
         || message.contains("duplicate column name")
+        || message.contains("UNIQUE constraint failed: _sqlx_migrations.version")
 }
 
 /// Maps a SQLx error to the store's: faults of reaching the database become
