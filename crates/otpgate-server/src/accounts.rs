@@ -41,6 +41,8 @@ pub struct NewAccountRequest {
     /// Exactly this many paid credits and no test credits, instead of the
     /// configured test credits.
     pub credits: Option<i64>,
+    /// Its settings from the start.
+    pub settings: otpgate_store::AccountSettings,
 }
 
 /// # Errors
@@ -110,6 +112,7 @@ pub async fn create_with(
             country: country.clone(),
             credits,
             test_credits,
+            settings: req.settings.clone(),
             created_at: clock.now_ms(),
         };
         match store.account_create(new).await {

@@ -24,6 +24,9 @@ pub struct Settings {
     pub token: TokenSettings,
     pub otp: OtpSettings,
     pub limits: LimitSettings,
+    /// Fraud defence: number types, geo, caps, the conversion guard, test
+    /// credits and test numbers (README "Fraud defence").
+    pub fraud: FraudSettings,
     pub accounts: AccountDefaults,
     pub pricing: Pricing,
     pub message: MessageSettings,
@@ -147,6 +150,112 @@ pub struct LimitSettings {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+pub struct FraudSettings {
+    /// The conversion guard (and its blocks); caps apply either way.
+    pub guard: bool,
+    /// The guard's prefix is the number without this many last digits.
+    pub prefix_strip_digits: u32,
+    /// A prefix is blocked once this many of its sends in the window are
+    /// unconverted while conversion is below `max_conversion_percent`…
+    pub prefix_min_unconverted: u32,
+    /// …and an account's sends to one country once this many are.
+    pub country_min_unconverted: u32,
+    pub max_conversion_percent: u32,
+    /// The sliding window sends are counted over.
+    pub window_secs: u32,
+    /// The first block's length; it doubles on every repeat, up to
+    /// `max_block_secs`.
+    pub block_secs: u32,
+    pub max_block_secs: u32,
+    /// Caps per account (0: none).
+    pub account_hour_messages: u32,
+    pub account_day_messages: u32,
+    pub account_hour_credits: i64,
+    pub account_day_credits: i64,
+    /// Codes one number receives per day across all accounts (0: no cap).
+    pub destination_day_messages: u32,
+    /// Dialing codes no account may send to (511).
+    pub blocked_country_codes: Vec<u16>,
+    /// E.164 digit prefixes no account may send to (400), e.g. `"44909"`.
+    pub blocked_prefixes: Vec<String>,
+    /// Test credits pay only for an account's own verified numbers.
+    pub test_credits_verified_only: bool,
+    /// Verified own numbers an account may keep…
+    pub own_numbers_max: u32,
+    /// …and own-number verification codes it may have sent per day.
+    pub own_number_sends_per_day: u32,
+    /// A console sign-up may send only to its own country until widened.
+    pub signup_own_country_only: bool,
+    /// Test numbers (E.164 digits, `+` optional) and their fixed codes: a
+    /// send to one stores the fixed code, sends nothing, charges nothing.
+    pub test_numbers: BTreeMap<String, String>,
+}
+
+impl Default for FraudSettings {
+    fn default() -> Self {
+        Self {
+            guard: true,
+            prefix_strip_digits: 4,
+            prefix_min_unconverted: 20,
+            country_min_unconverted: 300,
+            max_conversion_percent: 35,
+            window_secs: 3600,
+            block_secs: 3600,
+            max_block_secs: 7 * 24 * 3600,
+            account_hour_messages: 1000,
+            account_day_messages: 10_000,
+            account_hour_credits: 2000,
+            account_day_credits: 20_000,
+            destination_day_messages: 25,
+            blocked_country_codes: Vec::new(),
+            blocked_prefixes: Vec::new(),
+            test_credits_verified_only: true,
+            own_numbers_max: 5,
+            own_number_sends_per_day: 3,
+            signup_own_country_only: true,
+            test_numbers: BTreeMap::new(),
+        }
+    }
+}
+
+impl FraudSettings {
+    /// The thresholds the store's send transaction applies.
+    pub fn policy(&self) -> otpgate_core::fraud::FraudPolicy {
+        use otpgate_core::fraud::{Caps, FraudPolicy, GuardPolicy};
+        let ms = |s: u32| i64::from(s) * 1000;
+        let guard = |min| GuardPolicy {
+            min_unconverted: min,
+            max_conversion_percent: self.max_conversion_percent,
+            window_ms: ms(self.window_secs),
+            block_ms: ms(self.block_secs),
+            max_block_ms: ms(self.max_block_secs),
+        };
+        FraudPolicy {
+            guard: self.guard,
+            test_credits_verified_only: self.test_credits_verified_only,
+            prefix: guard(self.prefix_min_unconverted),
+            country: guard(self.country_min_unconverted),
+            caps: Caps {
+                account_hour_messages: self.account_hour_messages,
+                account_day_messages: self.account_day_messages,
+                account_hour_credits: self.account_hour_credits,
+                account_day_credits: self.account_day_credits,
+                destination_day_messages: self.destination_day_messages,
+            },
+        }
+    }
+
+    /// The fixed code of a test number, if `e164_digits` is one.
+    pub fn test_code(&self, e164_digits: &str) -> Option<&str> {
+        self.test_numbers
+            .iter()
+            .find(|(n, _)| n.trim_start_matches('+') == e164_digits)
+            .map(|(_, c)| c.as_str())
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct AccountDefaults {
     /// Test credits a new account receives.
     pub test_credits: i64,
@@ -252,6 +361,7 @@ impl Default for Settings {
             token: TokenSettings::default(),
             otp: OtpSettings::default(),
             limits: LimitSettings::default(),
+            fraud: FraudSettings::default(),
             accounts: AccountDefaults::default(),
             pricing: Pricing::default(),
             message: MessageSettings::default(),
@@ -476,6 +586,42 @@ impl Settings {
             return Err(
                 "console.session_idle_secs and console.session_max_secs must be positive".into(),
             );
+        }
+        let f = &self.fraud;
+        for (number, code) in &f.test_numbers {
+            if otpgate_core::PhoneNumber::parse_e164(&format!(
+                "+{}",
+                number.trim_start_matches('+')
+            ))
+            .is_err()
+            {
+                return Err(format!(
+                    "fraud.test_numbers: {number:?} is not a valid number in E.164 digits"
+                ));
+            }
+            if !(4..=8).contains(&code.len()) || !code.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(format!(
+                    "fraud.test_numbers: the code of {number:?} must be 4 to 8 digits"
+                ));
+            }
+        }
+        if f.blocked_prefixes.iter().any(|p| {
+            p.is_empty()
+                || !p
+                    .trim_start_matches('+')
+                    .bytes()
+                    .all(|b| b.is_ascii_digit())
+        }) {
+            return Err("fraud.blocked_prefixes must be E.164 digits, e.g. \"44909\"".into());
+        }
+        if f.window_secs == 0 || f.block_secs == 0 || f.max_block_secs < f.block_secs {
+            return Err(
+                "fraud.window_secs and fraud.block_secs must be positive, and fraud.max_block_secs at least fraud.block_secs"
+                    .into(),
+            );
+        }
+        if f.max_conversion_percent > 100 {
+            return Err("fraud.max_conversion_percent must be 0 to 100".into());
         }
         if self.pricing.default_price < 0 || self.pricing.by_country_code.values().any(|p| *p < 0) {
             return Err("prices must not be negative".into());

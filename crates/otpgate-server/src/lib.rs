@@ -10,6 +10,7 @@ pub mod conn;
 pub mod console;
 pub mod error;
 pub mod limits;
+pub mod metrics;
 pub mod params;
 pub mod routes;
 pub mod service;

@@ -62,6 +62,11 @@ impl Params {
         Ok(Self(out))
     }
 
+    /// Parameters from pairs a form already parsed (the console's).
+    pub fn from_pairs(pairs: Vec<(String, String)>) -> Self {
+        Self(pairs)
+    }
+
     /// Adds `other`'s parameters that this one lacks (query wins), up to
     /// `max` in all.
     fn fill_from(&mut self, other: Params, max: usize) -> Result<(), ApiError> {

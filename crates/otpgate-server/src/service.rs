@@ -5,13 +5,14 @@
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD};
 use otpgate_api::{PendingData, ResponseCode, WireId, WireSeconds};
+use otpgate_core::fraud::{self, NumberKind};
 use otpgate_core::{
     CustomerId, Decision, OtpCode, OtpLength, PhoneError, PhoneNumber, VerificationId,
     VerificationView, decide,
 };
 use otpgate_store::{
-    Account, CreateOutcome, NewFallback, NewVerification, SendLimits, StoreError, ValidationAction,
-    Verification,
+    Account, CreateOutcome, NewFallback, NewVerification, SendKind, SendLimits, StoreError,
+    ValidationAction, Verification,
 };
 
 use crate::client::Client;
@@ -165,6 +166,12 @@ pub struct SendRequest {
     /// invalid one on another flow is ignored (the contract accepts it
     /// unchecked), and a fallback step to `EMAIL` is then left out.
     pub email: Option<String>,
+    /// What the send is for: set to [`SendKind::TestNumber`] for a
+    /// configured test number here, to [`SendKind::OwnNumber`] by the
+    /// console's own-number page.
+    pub kind: SendKind,
+    /// A test number's fixed code.
+    pub test_code: Option<String>,
 }
 
 impl SendRequest {
@@ -201,6 +208,46 @@ impl SendRequest {
             }
             _ => ApiError::bad_request(e.to_string()),
         })?;
+        let fraud = &state.settings.fraud;
+        let e164 = destination.e164_digits();
+        // A test number never leaves the server, so nothing below (routes,
+        // number types, geo) concerns it; its code is fixed.
+        if let Some(code) = fraud.test_code(&e164) {
+            let otp_length = OtpLength::new(u8::try_from(code.len()).unwrap_or(0))
+                .map_err(|e| ApiError::internal(&e))?;
+            return Ok(Self {
+                destination,
+                flow,
+                otp_length,
+                timeout_secs: account
+                    .settings
+                    .default_timeout_secs
+                    .unwrap_or(cfg.default_timeout_secs),
+                lang: None,
+                email: None,
+                kind: SendKind::TestNumber,
+                test_code: Some(code.to_owned()),
+            });
+        }
+        if fraud
+            .blocked_country_codes
+            .contains(&destination.country_code())
+        {
+            return Err(ApiError::new(
+                ResponseCode::InvalidCountryCode,
+                "this server does not send to that country",
+            ));
+        }
+        if let Some(p) = fraud
+            .blocked_prefixes
+            .iter()
+            .map(|p| p.trim_start_matches('+'))
+            .find(|p| e164.starts_with(p))
+        {
+            return Err(ApiError::bad_request(format!(
+                "this server does not send to numbers starting +{p}"
+            )));
+        }
         // A flow is enabled where a configured route serves it; with no
         // channels configured, only SMS is, through the development inbox.
         let unconfigured = state.settings.channels.is_empty();
@@ -218,6 +265,28 @@ impl SendRequest {
             } else {
                 ApiError::bad_request(format!("flowType {flow} is not enabled on this server"))
             });
+        }
+        // Only mobile numbers (and those the plan cannot tell from mobile,
+        // such as all of +1), unless the route opts in: premium-rate,
+        // fixed-line, toll-free, shared-cost and VoIP ranges are where
+        // pumped traffic terminates.
+        let kind = destination.kind();
+        // (An EMAIL flow's code goes to an address; the number only keys it.)
+        if flow != "EMAIL"
+            && !state
+                .delivery
+                .router()
+                .allows_number_type(destination.country_code(), &flow, kind)
+        {
+            crate::metrics::number_type_refused();
+            return Err(ApiError::bad_request(format!(
+                "mobileNumber is a {kind} number{}; this server sends codes to mobile numbers only",
+                if kind == NumberKind::Unknown {
+                    " (its type is unknown)"
+                } else {
+                    ""
+                }
+            )));
         }
         if let Some(allowed) = &account.settings.allowed_country_codes
             && !allowed.contains(&destination.country_code())
@@ -263,6 +332,8 @@ impl SendRequest {
                 .get("langId")
                 .map(|l| l.chars().take(35).collect::<String>()),
             email,
+            kind: SendKind::Normal,
+            test_code: None,
         })
     }
 }
@@ -286,10 +357,30 @@ pub async fn send(
 ) -> Result<SendResult, ApiError> {
     let settings = &state.settings;
     let now = state.clock.now_ms();
-    let code = OtpCode::generate(req.otp_length, &mut rand::rng());
-    let text = message_text(state, account, &req, &req.flow, &code);
+    let (code, text) = match &req.test_code {
+        // Nothing is queued for a test number, so no text holds its code.
+        Some(fixed) => (
+            OtpCode::parse(fixed).map_err(|e| ApiError::internal(&e))?,
+            String::new(),
+        ),
+        None => {
+            let code = OtpCode::generate(req.otp_length, &mut rand::rng());
+            let text = message_text(state, account, &req, &req.flow, &code);
+            (code, text)
+        }
+    };
     let expires_at = now + i64::from(req.timeout_secs) * 1000;
-    let fallbacks = fallback_steps(state, account, &req, &code, now, expires_at);
+    let fallbacks = if req.kind == SendKind::TestNumber {
+        Vec::new()
+    } else {
+        fallback_steps(state, account, &req, &code, now, expires_at)
+    };
+    let prefix = fraud::prefix_of(
+        &req.destination.e164_digits(),
+        req.destination.country_code(),
+        settings.fraud.prefix_strip_digits,
+    );
+    let policy = settings.fraud.policy();
     let limits = SendLimits {
         per_number_max: account
             .settings
@@ -321,12 +412,17 @@ pub async fn send(
             lang: req.lang.clone(),
             fallbacks: fallbacks.clone(),
             limits,
+            prefix: prefix.clone(),
+            fraud: policy,
+            kind: req.kind,
         };
         return match state.store.verification_create(new).await {
             Err(StoreError::Conflict(_)) => continue,
             Err(e) => Err(e.into()),
             Ok(CreateOutcome::Created(v)) => {
-                state.delivery.notify();
+                if req.kind != SendKind::TestNumber {
+                    state.delivery.notify();
+                }
                 tracing::info!(
                     verification = v.id.get(),
                     customer = %v.customer_id,
@@ -350,6 +446,44 @@ pub async fn send(
             )),
             Ok(CreateOutcome::AccountUnavailable) => {
                 Err(ApiError::unauthorized("the account is disabled"))
+            }
+            Ok(CreateOutcome::TestCreditsRestricted) => Err(ApiError::new(
+                ResponseCode::InsufficientBalance,
+                "test credits pay only for this account's own verified numbers (add yours in \
+                 the console) and the server's test numbers; this send needs paid credits",
+            )),
+            Ok(CreateOutcome::Blocked {
+                kind,
+                retry_after_secs,
+                reason,
+                new_block,
+            }) => {
+                crate::metrics::fraud_refused(kind);
+                if let Some(scope) = new_block {
+                    crate::metrics::fraud_block(scope);
+                    tracing::warn!(
+                        customer = %account.customer_id,
+                        to = %req.destination.masked(),
+                        scope = scope.as_str(),
+                        key = %if scope == fraud::BlockScope::Prefix {
+                            prefix.clone()
+                        } else {
+                            fraud::country_key(account.customer_id.as_str(), req.destination.country_code())
+                        },
+                        retry_after_secs,
+                        %reason,
+                        "fraud guard: block started"
+                    );
+                } else {
+                    tracing::info!(
+                        customer = %account.customer_id,
+                        to = %req.destination.masked(),
+                        kind = kind.as_str(),
+                        retry_after_secs,
+                        "fraud defence refused a send"
+                    );
+                }
+                Err(ApiError::rate_limited(reason, retry_after_secs))
             }
         };
     }
@@ -543,6 +677,19 @@ pub async fn validate(
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
     let code = OtpCode::parse(params.required("code")?)
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    validate_code(state, account, id, &code).await
+}
+
+/// [`validate`] after parsing: also the console's own-number check.
+///
+/// # Errors
+/// As [`validate`].
+pub async fn validate_code(
+    state: &AppState,
+    account: &Account,
+    id: VerificationId,
+    code: &OtpCode,
+) -> Result<Verification, ApiError> {
     let limits = &state.settings.limits;
     // Each pass reads the verification, decides, and writes only if nobody
     // else wrote in between; a lost race re-reads. Bounded: every lost race

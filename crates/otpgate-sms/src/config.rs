@@ -48,6 +48,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use otpgate_core::fraud::NumberKind;
 use otpgate_core::{Clock, SecretString};
 use otpgate_store::Store;
 use serde::Deserialize;
@@ -429,6 +430,12 @@ pub struct RouteConfig {
     /// Channel names, tried in order: a channel that is unavailable or
     /// fails transiently passes the message to the next at once.
     pub channels: Vec<String>,
+    /// Number types this route sends to beyond mobile numbers (which every
+    /// route takes): `fixed_line`, `voip`, `toll_free`, `premium_rate`,
+    /// `shared_cost`, `personal_number`, `pager`, `uan`, `voicemail`,
+    /// `unknown`. Empty: mobile only (the fraud defence's default).
+    #[serde(default)]
+    pub number_types: Vec<String>,
     /// A fallback workflow (extension): up to two more flows for a message
     /// this route takes. Each step's message is queued with the first and
     /// goes `after_secs` after the send (or at once when the steps before
@@ -617,6 +624,18 @@ pub fn build_table(
             vec![inbox],
         ));
     }
+    for (i, r) in config.routes.iter().enumerate() {
+        if let Some(name) = r
+            .number_types
+            .iter()
+            .find(|n| NumberKind::parse(n).is_none())
+        {
+            return Err(ConfigError::UnknownNumberType {
+                route: i,
+                name: name.clone(),
+            });
+        }
+    }
     // Check everything that needs no I/O before starting any session.
     check_routes(config)?;
     let needs_runtime = config
@@ -712,6 +731,11 @@ pub fn build_table(
                     .map(|f| f.to_ascii_uppercase())
                     .collect(),
                 channels: r.channels.iter().map(|n| by_name[n].clone()).collect(),
+                number_types: r
+                    .number_types
+                    .iter()
+                    .filter_map(|n| NumberKind::parse(n))
+                    .collect(),
                 fallback: r
                     .fallback
                     .iter()

@@ -46,7 +46,7 @@ reconnect_min_ms = 100
     )
     .unwrap();
     let db = dir.sqlite_url();
-    let cid = create_account(&db, None);
+    let cid = create_account(&db, Some(1000));
     let server = start(
         &["--config", config.to_str().unwrap(), "--database", &db],
         &[

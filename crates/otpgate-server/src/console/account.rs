@@ -374,12 +374,29 @@ pub async fn signup(
             errors.push("The two passwords differ.".into());
         }
     }
+    // Geo permission by default: a sign-up sends only to its own country
+    // until the account (Settings) or an operator widens it.
+    let mut initial = otpgate_store::AccountSettings::default();
+    if errors.is_empty() && settings.fraud.signup_own_country_only {
+        let shaped = (country.len() == 2 && country.bytes().all(|b| b.is_ascii_uppercase()))
+            || ((1..=3).contains(&country.len()) && country.bytes().all(|b| b.is_ascii_digit()));
+        match otpgate_core::dialing_code_of(&country) {
+            Some(cc) => initial.allowed_country_codes = Some(vec![cc]),
+            // A malformed country is explained by the account check below.
+            None if !shaped => {}
+            None => errors.push(
+                "That country is not known here: write its 2-letter code (IN, GB) or its dialing code (91, 44)."
+                    .into(),
+            ),
+        }
+    }
     if errors.is_empty() {
         let req = NewAccountRequest {
             password: form.password,
             email: Some(email.clone()),
             country: Some(country.clone()),
             credits: None,
+            settings: initial,
         };
         // Creating an account hashes its password: within the hasher's
         // bound like every other hash a stranger can cause.

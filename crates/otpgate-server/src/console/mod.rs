@@ -15,8 +15,10 @@ mod credentials;
 mod dashboard;
 mod error;
 mod extract;
+mod fraud;
 mod inbox;
 mod log;
+mod numbers;
 mod operators;
 mod session;
 mod settings;
@@ -156,6 +158,13 @@ pub fn router(app: &AppState) -> Router<AppState> {
         .route("/credentials/password", post(credentials::change_password))
         .route("/settings", get(settings::page).post(settings::save))
         .route("/inbox", get(inbox::page))
+        .route("/numbers", get(numbers::page))
+        .route("/numbers/send", post(numbers::send))
+        .route("/numbers/confirm", post(numbers::confirm))
+        .route("/numbers/remove", post(numbers::remove))
+        .route("/fraud", get(fraud::page))
+        .route("/fraud/lift", post(fraud::lift))
+        .route("/fraud/safe", post(fraud::safe))
         .route("/operators", get(operators::page))
         .route("/operators/credits", post(operators::add_credits))
         .route("/operators/disabled", post(operators::set_disabled))

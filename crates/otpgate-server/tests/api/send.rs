@@ -223,6 +223,49 @@ async fn a_country_the_account_may_not_send_to_gets_511() {
     assert_eq!(r.code(), 200, "{:?}", r.body);
 }
 
+async fn server_wide_blocked_countries_get_511_and_blocked_prefixes_400() {
+    let mut settings = test_settings();
+    settings.fraud.blocked_country_codes = vec![44];
+    settings.fraud.blocked_prefixes = vec!["+9198765".into()];
+    let app = spawn_app_with(settings).await;
+    let t = app.token().await;
+    let r = app
+        .send(
+            Version::V3,
+            &t,
+            &[
+                ("countryCode", "44"),
+                ("mobileNumber", "7400123456"),
+                ("flowType", "SMS"),
+            ],
+        )
+        .await;
+    assert_eq!(r.code(), 511, "{:?}", r.body);
+    assert!(
+        r.body["errorMessage"]
+            .as_str()
+            .unwrap()
+            .contains("does not send to that country")
+    );
+    let r = app.send(Version::V3, &t, &refs(&sms("9876500031"))).await;
+    assert_eq!(
+        (r.status, r.code()),
+        (StatusCode::BAD_REQUEST, 400),
+        "{:?}",
+        r.body
+    );
+    assert!(
+        r.body["errorMessage"]
+            .as_str()
+            .unwrap()
+            .contains("+9198765"),
+        "{:?}",
+        r.body
+    );
+    let r = app.send(Version::V3, &t, &refs(&sms("9812300031"))).await;
+    assert_eq!(r.code(), 200, "{:?}", r.body);
+}
+
 async fn flows_without_a_channel_get_400() {
     let app = spawn_app().await;
     let t = app.token().await;
@@ -399,6 +442,7 @@ crate::both_stores!(
     a_completed_verification_does_not_block_a_new_send,
     unknown_dialing_code_gets_511_and_invalid_number_400,
     a_country_the_account_may_not_send_to_gets_511,
+    server_wide_blocked_countries_get_511_and_blocked_prefixes_400,
     flows_without_a_channel_get_400,
     customer_id_other_than_the_tokens_gets_501,
     no_credits_gets_402_and_test_credits_are_spent_first,

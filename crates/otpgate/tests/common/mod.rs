@@ -12,6 +12,8 @@ use std::time::Duration;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 
+pub mod pumping;
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_otpgate");
 pub const PASSWORD: &str = "binary test password";
 /// `health.token` of every server [`start`] runs: `/readyz` shows its
