@@ -6,9 +6,11 @@ use otpgate_core::{Clock, CodeKey, TokenSigner};
 use otpgate_sms::Delivery;
 use otpgate_store::Store;
 
-use crate::auth::{KeyCache, Throttle};
+use crate::auth::{Hasher, KeyCache};
+use crate::client::ProxyConfig;
 use crate::config::Settings;
 use crate::events::Events;
+use crate::limits::{KnownClients, Throttle};
 use crate::metrics::Metrics;
 
 #[derive(Clone)]
@@ -24,8 +26,15 @@ pub struct Inner {
     /// The webhook worker (woken after a change that queues an event).
     pub events: Arc<Events>,
     pub metrics: Arc<Metrics>,
+    /// Failed token requests (see [`crate::limits`]).
     pub token_throttle: Throttle,
+    /// Clients that got a token per customerId lately.
+    pub token_known: KnownClients,
     pub key_cache: KeyCache,
+    /// The bound on concurrent password hashing.
+    pub hasher: Hasher,
+    /// Trusted proxies, for the client address.
+    pub proxies: ProxyConfig,
     /// An Argon2 hash of nothing in particular, verified against when the
     /// customerId is unknown so that answer takes as long as a wrong key.
     pub dummy_hash: String,

@@ -13,11 +13,13 @@
 //! in `service` and `auth`, delivery attempts by the SMS worker through
 //! [`otpgate_sms::DeliveryObserver`], receipts and store latency by
 //! [`store::MeteredStore`] (every receipt, SMPP or HTTP, passes through the
-//! store), webhook deliveries in `events`, fraud blocks by the fraud checks
-//! through [`Metrics::fraud_block`].
+//! store), webhook deliveries in `events`, and the fraud defence's counters
+//! by the send path through [`fraud_refused`], [`fraud_block`] and
+//! [`number_type_refused`] (process-wide, so it needs no handle).
 
 pub mod store;
 
+use std::sync::LazyLock;
 use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
@@ -27,6 +29,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use otpgate_core::DeliveryStatus;
+use otpgate_core::fraud::{BlockScope, RefusalKind};
 use otpgate_store::Store;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -124,7 +127,6 @@ pub struct Metrics {
     store_latency: Histograms<OpLabel>,
     store_errors: Family<OpLabel, Counter>,
     token_failures: Family<ReasonLabel, Counter>,
-    fraud_blocks: Family<KindLabel, Counter>,
     webhooks: Family<ResultLabel, Counter>,
     events_pending: Gauge,
     events_oldest: FloatGauge,
@@ -209,11 +211,20 @@ impl Metrics {
             "Rejected credentials: token requests (bad_credentials, throttled) and authToken checks (invalid_token)",
             token_failures.clone(),
         );
-        let fraud_blocks = Family::default();
+        r.register(
+            "otpgate_fraud_refused",
+            "Sends refused by a fraud defence, by kind (account_hourly_cap, account_daily_cap, destination_cap, prefix_blocked, country_blocked)",
+            FRAUD.refused.clone(),
+        );
         r.register(
             "otpgate_fraud_blocks",
-            "Sends refused by fraud defences, by kind",
-            fraud_blocks.clone(),
+            "Blocks the fraud defence triggered, by kind (prefix, country)",
+            FRAUD.blocks.clone(),
+        );
+        r.register(
+            "otpgate_number_type_refused",
+            "Sends refused for their number type (premium-rate, fixed-line, …)",
+            FRAUD.number_type.clone(),
         );
         let webhooks = Family::default();
         r.register(
@@ -246,7 +257,6 @@ impl Metrics {
             store_latency,
             store_errors,
             token_failures,
-            fraud_blocks,
             webhooks,
             events_pending,
             events_oldest,
@@ -282,16 +292,6 @@ impl Metrics {
     pub fn token_failure(&self, reason: &'static str) {
         self.token_failures
             .get_or_create(&ReasonLabel { reason })
-            .inc();
-    }
-
-    /// A send refused by a fraud defence of `kind` (the fraud checks call
-    /// this; `kind` is one of their few fixed names, never user input).
-    pub fn fraud_block(&self, kind: &str) {
-        self.fraud_blocks
-            .get_or_create(&KindLabel {
-                kind: kind.to_owned(),
-            })
             .inc();
     }
 
@@ -394,6 +394,45 @@ fn seconds(ms: i64) -> f64 {
     s
 }
 
+/// The fraud defence's counters. Process-wide, so the send path counts
+/// without a handle; every [`Metrics`] registry exports the same series.
+struct Fraud {
+    refused: Family<KindLabel, Counter>,
+    blocks: Family<KindLabel, Counter>,
+    number_type: Counter,
+}
+
+static FRAUD: LazyLock<Fraud> = LazyLock::new(|| Fraud {
+    refused: Family::default(),
+    blocks: Family::default(),
+    number_type: Counter::default(),
+});
+
+/// A send was refused by a cap or an active block.
+pub fn fraud_refused(kind: RefusalKind) {
+    FRAUD
+        .refused
+        .get_or_create(&KindLabel {
+            kind: kind.as_str().to_owned(),
+        })
+        .inc();
+}
+
+/// A send triggered a new block of `scope`.
+pub fn fraud_block(scope: BlockScope) {
+    FRAUD
+        .blocks
+        .get_or_create(&KindLabel {
+            kind: scope.as_str().to_owned(),
+        })
+        .inc();
+}
+
+/// A send was refused for its number type.
+pub fn number_type_refused() {
+    FRAUD.number_type.inc();
+}
+
 /// `/metrics`, for the API listener or a listener of its own.
 pub fn router() -> Router<AppState> {
     Router::new().route("/metrics", get(scrape))
@@ -448,7 +487,8 @@ mod tests {
         m.send("created", 91);
         m.attempt("smsc-a", "sent");
         m.receipt("smsc-a", DeliveryStatus::Delivered, 1500);
-        m.fraud_block("velocity");
+        fraud_block(BlockScope::Prefix);
+        fraud_refused(RefusalKind::PrefixBlocked);
         let text = m.encode();
         for line in [
             r#"otpgate_sends_total{outcome="created",country="91"} 1"#,
@@ -456,7 +496,8 @@ mod tests {
             r#"otpgate_deliveries_total{channel="smsc-a",status="delivered"} 1"#,
             r#"otpgate_delivery_receipt_latency_seconds_bucket{le="1.6",channel="smsc-a"} 1"#,
             r#"otpgate_delivery_receipt_latency_seconds_bucket{le="0.8",channel="smsc-a"} 0"#,
-            r#"otpgate_fraud_blocks_total{kind="velocity"} 1"#,
+            r#"otpgate_fraud_blocks_total{kind="prefix"}"#,
+            r#"otpgate_fraud_refused_total{kind="prefix_blocked"}"#,
         ] {
             assert!(text.contains(line), "{line} not in\n{text}");
         }

@@ -388,4 +388,85 @@ impl Store for MeteredStore {
         self.timed("inbox_list", self.inner.inbox_list(customer, to, limit))
             .await
     }
+    async fn fraud_blocks_active(&self, now: i64, limit: u32) -> StoreResult<Vec<FraudBlock>> {
+        self.timed(
+            "fraud_blocks_active",
+            self.inner.fraud_blocks_active(now, limit),
+        )
+        .await
+    }
+
+    async fn fraud_block_lift(
+        &self,
+        scope: otpgate_core::fraud::BlockScope,
+        key: &str,
+        now: i64,
+    ) -> StoreResult<bool> {
+        self.timed(
+            "fraud_block_lift",
+            self.inner.fraud_block_lift(scope, key, now),
+        )
+        .await
+    }
+
+    async fn safe_list(&self) -> StoreResult<Vec<SafeEntry>> {
+        self.timed("safe_list", self.inner.safe_list()).await
+    }
+
+    async fn safe_list_add(&self, entry: &str, note: &str, now: i64) -> StoreResult<()> {
+        self.timed("safe_list_add", self.inner.safe_list_add(entry, note, now))
+            .await
+    }
+
+    async fn safe_list_remove(&self, entry: &str) -> StoreResult<bool> {
+        self.timed("safe_list_remove", self.inner.safe_list_remove(entry))
+            .await
+    }
+
+    async fn own_numbers(&self, customer: &CustomerId) -> StoreResult<Vec<OwnNumber>> {
+        self.timed("own_numbers", self.inner.own_numbers(customer))
+            .await
+    }
+
+    async fn own_number_confirm(
+        &self,
+        customer: &CustomerId,
+        id: VerificationId,
+        now: i64,
+    ) -> StoreResult<bool> {
+        self.timed(
+            "own_number_confirm",
+            self.inner.own_number_confirm(customer, id, now),
+        )
+        .await
+    }
+
+    async fn own_number_remove(
+        &self,
+        customer: &CustomerId,
+        destination: &str,
+    ) -> StoreResult<bool> {
+        self.timed(
+            "own_number_remove",
+            self.inner.own_number_remove(customer, destination),
+        )
+        .await
+    }
+
+    async fn conversion_report(
+        &self,
+        since: i64,
+        limit: u32,
+    ) -> StoreResult<(Vec<ConversionRow>, Vec<ConversionRow>)> {
+        self.timed(
+            "conversion_report",
+            self.inner.conversion_report(since, limit),
+        )
+        .await
+    }
+
+    async fn inbox_purge(&self, before_ms: i64) -> StoreResult<u64> {
+        self.timed("inbox_purge", self.inner.inbox_purge(before_ms))
+            .await
+    }
 }

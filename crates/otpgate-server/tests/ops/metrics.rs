@@ -146,8 +146,9 @@ async fn every_series_moves_during_a_flow_over_smpp() {
     let wrong_code = if code.starts_with('1') { "2" } else { "1" }.repeat(code.len());
     assert_eq!(server.validate(&id, &wrong_code).await, 702);
     assert_eq!(server.validate(&id, &code).await, 200);
-    // The fraud checks' hook (their code lands separately).
-    server.app.metrics.fraud_block("test");
+    // The fraud defence's counters (its own tests drive real blocks).
+    otpgate_server::metrics::fraud_block(otpgate_core::fraud::BlockScope::Prefix);
+    otpgate_server::metrics::fraud_refused(otpgate_core::fraud::RefusalKind::PrefixBlocked);
 
     // Five events so far: two created, delivered, failed, completed.
     eventually(10, "webhook deliveries", async || {
@@ -198,7 +199,8 @@ async fn every_series_moves_during_a_flow_over_smpp() {
         r#"otpgate_store_operation_duration_seconds_count{op="outbox_receipt"}"#,
         r#"otpgate_token_failures_total{reason="bad_credentials"}"#,
         r#"otpgate_token_failures_total{reason="invalid_token"}"#,
-        r#"otpgate_fraud_blocks_total{kind="test"}"#,
+        r#"otpgate_fraud_blocks_total{kind="prefix"}"#,
+        r#"otpgate_fraud_refused_total{kind="prefix_blocked"}"#,
         r#"otpgate_webhook_deliveries_total{result="delivered"}"#,
         r#"otpgate_webhook_deliveries_total{result="retry"}"#,
     ] {

@@ -87,7 +87,6 @@ reconnect_min_ms = 100
 pub struct Server {
     pub base: String,
     pub metrics_port: Option<u16>,
-    pub app: otpgate_server::state::AppState,
     pub store: Arc<dyn Store>,
     pub account: Account,
     pub token: String,
@@ -111,7 +110,6 @@ pub async fn start(settings: Settings) -> Server {
         .expect("build app");
     let base = format!("http://127.0.0.1:{}", app.port());
     let metrics_port = app.metrics_port();
-    let state = app.state().clone();
     let shutdown = CancellationToken::new();
     tokio::spawn(app.run_until_stopped(shutdown.clone()));
     let account = accounts::create(
@@ -123,6 +121,7 @@ pub async fn start(settings: Settings) -> Server {
             email: None,
             country: Some("IN".into()),
             credits: Some(1000),
+            settings: Default::default(),
         },
     )
     .await
@@ -144,7 +143,6 @@ pub async fn start(settings: Settings) -> Server {
     Server {
         base,
         metrics_port,
-        app: state,
         store,
         account,
         token,

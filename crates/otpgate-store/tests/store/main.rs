@@ -17,6 +17,7 @@ mod helpers;
 mod accounts;
 mod console;
 mod events;
+mod fraud;
 mod opening;
 mod outbox;
 mod postgres_only;

@@ -1,4 +1,4 @@
--- otpgate PostgreSQL schema, version 3. Events (webhooks): an account's endpoint, and a durable queue of the
+-- otpgate PostgreSQL schema, version 4. Events (webhooks): an account's endpoint, and a durable queue of the
 -- events of its verifications. An event row is written in the same
 -- transaction as the change that causes it, so a crash loses neither; a
 -- worker on any node leases due rows (as the outbox does) and delivers them
