@@ -213,7 +213,7 @@ impl Metrics {
         );
         r.register(
             "otpgate_fraud_refused",
-            "Sends refused by a fraud defence, by kind (account_hourly_cap, account_daily_cap, destination_cap, prefix_blocked, country_blocked)",
+            "Sends refused by a fraud defence, by kind (account_hourly_cap, account_daily_cap, destination_cap, prefix, country)",
             FRAUD.refused.clone(),
         );
         r.register(
@@ -497,7 +497,7 @@ mod tests {
             r#"otpgate_delivery_receipt_latency_seconds_bucket{le="1.6",channel="smsc-a"} 1"#,
             r#"otpgate_delivery_receipt_latency_seconds_bucket{le="0.8",channel="smsc-a"} 0"#,
             r#"otpgate_fraud_blocks_total{kind="prefix"}"#,
-            r#"otpgate_fraud_refused_total{kind="prefix_blocked"}"#,
+            r#"otpgate_fraud_refused_total{kind="prefix"}"#,
         ] {
             assert!(text.contains(line), "{line} not in\n{text}");
         }

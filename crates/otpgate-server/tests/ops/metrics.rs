@@ -200,7 +200,7 @@ async fn every_series_moves_during_a_flow_over_smpp() {
         r#"otpgate_token_failures_total{reason="bad_credentials"}"#,
         r#"otpgate_token_failures_total{reason="invalid_token"}"#,
         r#"otpgate_fraud_blocks_total{kind="prefix"}"#,
-        r#"otpgate_fraud_refused_total{kind="prefix_blocked"}"#,
+        r#"otpgate_fraud_refused_total{kind="prefix"}"#,
         r#"otpgate_webhook_deliveries_total{result="delivered"}"#,
         r#"otpgate_webhook_deliveries_total{result="retry"}"#,
     ] {
