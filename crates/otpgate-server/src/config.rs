@@ -30,6 +30,7 @@ pub struct Settings {
     pub http: HttpSettings,
     pub delivery: DeliverySettings,
     pub postgres: PostgresSettings,
+    pub retention: RetentionSettings,
     /// The web console under `/console`.
     pub console: ConsoleSettings,
     /// SMS channels (`[channels.NAME]`); none configured means the
@@ -66,6 +67,10 @@ pub struct OtpSettings {
     /// HMAC key for stored codes (hex or text). Generated and kept in the
     /// database when empty, like the token secret.
     pub code_key: Option<SecretString>,
+    /// New verification ids are drawn from 1..2^`id_bits`: 31 (the
+    /// default) fits a signed 32-bit integer, 53 a JavaScript number. Ids
+    /// issued under another setting stay valid.
+    pub id_bits: u8,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -115,6 +120,58 @@ pub struct HttpSettings {
     pub max_body_bytes: usize,
     /// Requests taking longer are answered 503.
     pub request_timeout_ms: u64,
+    /// Origins (`https://app.example.com`) whose browser pages may call the
+    /// API; their CORS preflights are answered. Empty (the default): no
+    /// CORS headers at all. A TOML list, or one comma-separated string (for
+    /// `OTPGATE_HTTP__CORS_ORIGINS`).
+    #[serde(deserialize_with = "list_or_csv")]
+    pub cors_origins: Vec<String>,
+    /// How long a browser may cache a preflight's answer.
+    pub cors_max_age_secs: u64,
+}
+
+/// How long personal data is kept, and the sweep that deletes it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetentionSettings {
+    /// Verifications (with their phone numbers), their outbox rows and inbox
+    /// rows older than this many days are deleted; the daily counts stay.
+    pub days: u32,
+    /// How often each node sweeps.
+    pub sweep_interval_secs: u64,
+    /// Rows deleted per statement: a sweep of a large backlog runs as many
+    /// short transactions, not one long one.
+    pub batch: u32,
+}
+
+impl Default for RetentionSettings {
+    fn default() -> Self {
+        Self {
+            days: 90,
+            sweep_interval_secs: 3600,
+            batch: 1000,
+        }
+    }
+}
+
+/// A list from TOML, or from one comma-separated string (an environment
+/// variable cannot hold a list).
+fn list_or_csv<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Either {
+        List(Vec<String>),
+        Csv(String),
+    }
+    Ok(match Either::deserialize(d)? {
+        Either::List(v) => v,
+        Either::Csv(s) => s
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect(),
+    })
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -154,6 +211,7 @@ impl Default for Settings {
             http: HttpSettings::default(),
             delivery: DeliverySettings::default(),
             postgres: PostgresSettings::default(),
+            retention: RetentionSettings::default(),
             channels: BTreeMap::new(),
             routes: Vec::new(),
             console: ConsoleSettings::default(),
@@ -225,6 +283,7 @@ impl Default for OtpSettings {
             max_timeout_secs: 300,
             max_attempts: 5,
             code_key: None,
+            id_bits: otpgate_core::VerificationId::DEFAULT_BITS,
         }
     }
 }
@@ -276,6 +335,8 @@ impl Default for HttpSettings {
         Self {
             max_body_bytes: 16 * 1024,
             request_timeout_ms: 15_000,
+            cors_origins: Vec::new(),
+            cors_max_age_secs: 600,
         }
     }
 }
@@ -351,6 +412,32 @@ impl Settings {
             return Err(
                 "console.session_idle_secs and console.session_max_secs must be positive".into(),
             );
+        }
+        if !(31..=53).contains(&self.otp.id_bits) {
+            return Err("otp.id_bits must be 31 to 53".into());
+        }
+        if self.retention.days == 0
+            || self.retention.sweep_interval_secs == 0
+            || self.retention.batch == 0
+        {
+            return Err(
+                "retention.days, retention.sweep_interval_secs and retention.batch must be positive"
+                    .into(),
+            );
+        }
+        for o in &self.http.cors_origins {
+            // An origin is scheme://host[:port], compared byte for byte
+            // with the browser's `Origin`: no path, no trailing slash.
+            let rest = o
+                .strip_prefix("https://")
+                .or_else(|| o.strip_prefix("http://"));
+            if rest.is_none_or(|r| r.is_empty() || r.contains('/'))
+                || axum::http::HeaderValue::from_str(o).is_err()
+            {
+                return Err(format!(
+                    "http.cors_origins: {o:?} is not an origin like https://app.example.com"
+                ));
+            }
         }
         if self.pricing.default_price < 0 || self.pricing.by_country_code.values().any(|p| *p < 0) {
             return Err("prices must not be negative".into());

@@ -7,6 +7,7 @@ pub mod auth;
 pub mod config;
 pub mod console;
 pub mod error;
+pub mod multipart;
 pub mod params;
 pub mod routes;
 pub mod service;

@@ -1,6 +1,6 @@
-//! Request parameters (contract "Conventions"): from the query string, and as
-//! an extension from an `application/x-www-form-urlencoded` body, the query
-//! winning on conflict. Any other body (clients send `{}`) is read, bounded,
+//! Request parameters (contract "Conventions"): from the query string, and
+//! from an `application/x-www-form-urlencoded` or `multipart/form-data` body
+//! (the latter read in `multipart`), the query winning on conflict. Any other body (clients send `{}`) is read, bounded,
 //! and ignored. A parameter given twice, bad percent-encoding and non-UTF-8
 //! are refused with a reason rather than guessed at.
 
@@ -118,15 +118,16 @@ impl<S: Send + Sync> FromRequest<S> for Params {
             .extensions()
             .get::<BodyLimit>()
             .map_or(16 * 1024, |l| l.0);
-        let is_form = req
+        let content_type = req
             .headers()
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
-            .is_some_and(|ct| {
-                ct.trim_start()
-                    .to_ascii_lowercase()
-                    .starts_with("application/x-www-form-urlencoded")
-            });
+            .unwrap_or("");
+        let is_form = content_type
+            .trim_start()
+            .to_ascii_lowercase()
+            .starts_with("application/x-www-form-urlencoded");
+        let multipart = crate::multipart::boundary(content_type).transpose()?;
         let mut params = Params::parse(req.uri().query().unwrap_or("").as_bytes())?;
         let body: Bytes = axum::body::to_bytes(req.into_body(), limit)
             .await
@@ -139,6 +140,10 @@ impl<S: Send + Sync> FromRequest<S> for Params {
             })?;
         if is_form {
             params.fill_from(Params::parse(&body)?);
+        } else if let Some(boundary) = multipart {
+            // Names are unique within the body (checked there), as a form's.
+            let fields = crate::multipart::text_fields(body, boundary).await?;
+            params.fill_from(Params(fields));
         }
         Ok(params)
     }

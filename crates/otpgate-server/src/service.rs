@@ -4,7 +4,7 @@
 
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD};
-use otpgate_api::{PendingData, ResponseCode, WireId, WireSeconds};
+use otpgate_api::{PendingData, ResponseCode, VERIFICATION_COMPLETED, WireId, WireSeconds};
 use otpgate_core::{
     CustomerId, Decision, OtpCode, OtpLength, PhoneError, PhoneNumber, VerificationId,
     VerificationView, decide,
@@ -235,60 +235,73 @@ pub async fn send(
         wrong_code_window_ms: i64::from(settings.limits.wrong_code_window_secs) * 1000,
         per_account_per_second: Some(settings.limits.per_account_per_second).filter(|n| *n > 0),
     };
-    // A random 53-bit id collides about never; the store's unique key
-    // catches it if it does, and a fresh id is drawn.
-    for _ in 0..3 {
-        let id = VerificationId::generate(&mut rand::rng());
-        let new = NewVerification {
-            id,
-            customer_id: account.customer_id.clone(),
-            destination: req.destination.clone(),
-            flow_type: req.flow.clone(),
-            code_hash: code.hash(&state.code_key, id.get()),
-            otp_length: req.otp_length.get(),
-            max_attempts: settings.otp.max_attempts,
-            created_at: now,
-            expires_at: now + i64::from(req.timeout_secs) * 1000,
-            transaction_id: uuid::Uuid::new_v4().to_string(),
-            price: settings.price_for(req.destination.country_code()),
-            message_text: text.clone(),
-            limits,
+    // Ids are random in 1..2^id_bits; the store stores the first candidate
+    // not yet taken, in the send's own transaction. Eight candidates: with a
+    // 31-bit space a quarter full (about 500 million stored verifications,
+    // far past what retention keeps), all eight are taken once in 65,000
+    // sends, which then answers 500 and charges nothing.
+    let bits = settings.otp.id_bits;
+    let (id, code_hash, spare_ids) = {
+        // The thread's RNG is not `Send`: dropped before the store's await.
+        let mut rng = rand::rng();
+        let mut draw = || {
+            let id = VerificationId::generate_bits(&mut rng, bits);
+            (id, code.hash(&state.code_key, id.get()))
         };
-        return match state.store.verification_create(new).await {
-            Err(StoreError::Conflict(_)) => continue,
-            Err(e) => Err(e.into()),
-            Ok(CreateOutcome::Created(v)) => {
-                state.delivery.notify();
-                tracing::info!(
-                    verification = v.id.get(),
-                    customer = %v.customer_id,
-                    to = %v.destination.masked(),
-                    "verification created"
-                );
-                Ok(SendResult::Created(v))
-            }
-            Ok(CreateOutcome::AlreadyPending(v)) => {
-                let left_ms = (v.expires_at - now).max(0);
-                let left = u64::try_from((left_ms + 999) / 1000).unwrap_or(0);
-                Ok(SendResult::Pending(v, left))
-            }
-            Ok(CreateOutcome::RateLimited { retry_after_secs }) => Err(ApiError::rate_limited(
-                "send limit for this number reached; try again later",
-                retry_after_secs,
-            )),
-            Ok(CreateOutcome::InsufficientBalance) => Err(ApiError::new(
-                ResponseCode::InsufficientBalance,
-                "the account's credits do not cover this message",
-            )),
-            Ok(CreateOutcome::AccountUnavailable) => {
-                Err(ApiError::unauthorized("the account is disabled"))
-            }
-        };
+        let (id, hash) = draw();
+        let spares: Vec<_> = (0..SPARE_IDS).map(|_| draw()).collect();
+        (id, hash, spares)
+    };
+    let new = NewVerification {
+        id,
+        customer_id: account.customer_id.clone(),
+        destination: req.destination.clone(),
+        flow_type: req.flow.clone(),
+        code_hash,
+        spare_ids,
+        otp_length: req.otp_length.get(),
+        max_attempts: settings.otp.max_attempts,
+        created_at: now,
+        expires_at: now + i64::from(req.timeout_secs) * 1000,
+        transaction_id: uuid::Uuid::new_v4().to_string(),
+        price: settings.price_for(req.destination.country_code()),
+        message_text: text,
+        limits,
+    };
+    match state.store.verification_create(new).await {
+        Err(StoreError::Conflict(e)) => Err(ApiError::internal(&e)),
+        Err(e) => Err(e.into()),
+        Ok(CreateOutcome::Created(v)) => {
+            state.delivery.notify();
+            tracing::info!(
+                verification = v.id.get(),
+                customer = %v.customer_id,
+                to = %v.destination.masked(),
+                "verification created"
+            );
+            Ok(SendResult::Created(v))
+        }
+        Ok(CreateOutcome::AlreadyPending(v)) => {
+            let left_ms = (v.expires_at - now).max(0);
+            let left = u64::try_from((left_ms + 999) / 1000).unwrap_or(0);
+            Ok(SendResult::Pending(v, left))
+        }
+        Ok(CreateOutcome::RateLimited { retry_after_secs }) => Err(ApiError::rate_limited(
+            "send limit for this number reached; try again later",
+            retry_after_secs,
+        )),
+        Ok(CreateOutcome::InsufficientBalance) => Err(ApiError::new(
+            ResponseCode::InsufficientBalance,
+            "the account's credits do not cover this message",
+        )),
+        Ok(CreateOutcome::AccountUnavailable) => {
+            Err(ApiError::unauthorized("the account is disabled"))
+        }
     }
-    Err(ApiError::internal(
-        &"three verification id collisions in a row",
-    ))
 }
+
+/// Candidate ids a send offers the store beyond its first.
+const SPARE_IDS: usize = 7;
 
 fn message_text(state: &AppState, account: &Account, req: &SendRequest, code: &OtpCode) -> String {
     let templates = &state.settings.message.templates;
@@ -447,4 +460,45 @@ pub async fn validate(
         ResponseCode::ServiceUnavailable,
         "too much contention on this verification; try again",
     ))
+}
+
+// ---- status (extension) ------------------------------------------------------
+
+/// One of `account`'s verifications, for the status endpoint.
+///
+/// # Errors
+/// 400 for a malformed id, 501 for another customerId, 505 for an unknown
+/// id or another account's (indistinguishable, as on validate).
+pub async fn status(
+    state: &AppState,
+    account: &Account,
+    params: &Params,
+) -> Result<Verification, ApiError> {
+    check_customer_param(params, account)?;
+    let id = VerificationId::parse(params.required("verificationId")?)
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    state
+        .store
+        .verification_get(&account.customer_id, id)
+        .await?
+        .ok_or_else(|| {
+            ApiError::new(
+                ResponseCode::InvalidVerificationId,
+                "no such verification for this account",
+            )
+        })
+}
+
+/// The `verificationStatus` a verification has at `now`, by validate's
+/// precedence (703 → 800 → 705 → 700): what a validation now would answer.
+pub fn status_name(v: &Verification, now: i64) -> &'static str {
+    use otpgate_core::VerificationState as S;
+    match v.state {
+        S::Completed => VERIFICATION_COMPLETED,
+        _ if v.wrong_attempts >= v.max_attempts => "VERIFICATION_BLOCKED",
+        _ if now >= v.expires_at => "VERIFICATION_EXPIRED",
+        S::Failed => "VERIFICATION_FAILED",
+        S::Cancelled => "VERIFICATION_CANCELLED",
+        S::Pending => "VERIFICATION_PENDING",
+    }
 }

@@ -23,14 +23,21 @@ struct Migration {
 
 /// In order; a new migration gets the next version and is never edited
 /// once released.
-const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "init",
-    sql: include_str!("../../migrations/postgres/0001_init.sql"),
-}];
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "init",
+        sql: include_str!("../../migrations/postgres/0001_init.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "daily stats and retention",
+        sql: include_str!("../../migrations/postgres/0002_daily_stats_retention.sql"),
+    },
+];
 
 /// The newest schema this build knows.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// Key of the advisory lock that serialises migrations across nodes
 /// ("otpgate" in ASCII, then a 1).

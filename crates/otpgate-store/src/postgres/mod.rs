@@ -24,7 +24,9 @@ mod error;
 mod migrate;
 mod rows;
 
-use crate::shared::{clip, email_key, fill_days, id_i64, retry_after_secs, stats_days, to_u64};
+use crate::shared::{
+    clip, day_of, email_key, fill_days, id_i64, retry_after_secs, stats_days, to_u64,
+};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -39,8 +41,8 @@ use self::error::{db_err, timed_out};
 use self::rows::{account_columns, outbox_columns, verification_columns};
 use crate::{
     Account, AccountSettings, ChannelStats, CreateOutcome, DailyStats, InboxEntry, NewAccount,
-    NewVerification, OutboxDepth, OutboxMessage, SentInfo, Store, StoreError, StoreResult,
-    ValidationAction, Verification, VerificationFilter,
+    NewVerification, OutboxDepth, OutboxMessage, Purged, SentInfo, Store, StoreError,
+    StoreResult, ValidationAction, Verification, VerificationFilter,
 };
 
 /// Connection settings of a [`PostgresStore`].
@@ -354,6 +356,11 @@ const WRITE: &str = concat!(
          )
          select id, customer_id, $15, 'queued', 0, created_at, created_at, created_at
            from inserted
+     ),
+     counted as (
+         insert into daily_stats (customer_id, day, sends, completed, created_at)
+         select customer_id, $16, 1, 0, created_at from inserted
+         on conflict (customer_id, day) do update set sends = daily_stats.sends + 1
      )
      select * from inserted"
 );
@@ -474,31 +481,38 @@ impl PostgresStore {
             Checked::Refused(outcome) => return Ok(Err(*outcome)),
             Checked::Charge { cost, cost_test } => (cost, cost_test),
         };
-        let row = sqlx::query(WRITE)
-            .bind(id_i64(req.id))
-            .bind(req.customer_id.as_str())
-            .bind(i32::from(req.destination.country_code()))
-            .bind(req.destination.national())
-            .bind(&destination)
-            .bind(&req.flow_type)
-            .bind(&req.code_hash.0[..])
-            .bind(i16::from(req.otp_length))
-            .bind(int(req.max_attempts))
-            .bind(req.created_at)
-            .bind(req.expires_at)
-            .bind(&req.transaction_id)
-            .bind(cost)
-            .bind(cost_test)
-            .bind(&req.message_text)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(db_err)?;
-        let Some(row) = row else {
-            return Err(StoreError::Conflict(
-                "verification id already exists".into(),
-            ));
-        };
-        Ok(Ok(rows::verification(&row)?))
+        // The first candidate id not yet taken: a taken one writes nothing
+        // (`on conflict do nothing`) and leaves the transaction usable.
+        let candidates =
+            std::iter::once((req.id, &req.code_hash)).chain(req.spare_ids.iter().map(|(i, h)| (*i, h)));
+        for (id, code_hash) in candidates {
+            let row = sqlx::query(WRITE)
+                .bind(id_i64(id))
+                .bind(req.customer_id.as_str())
+                .bind(i32::from(req.destination.country_code()))
+                .bind(req.destination.national())
+                .bind(&destination)
+                .bind(&req.flow_type)
+                .bind(&code_hash.0[..])
+                .bind(i16::from(req.otp_length))
+                .bind(int(req.max_attempts))
+                .bind(req.created_at)
+                .bind(req.expires_at)
+                .bind(&req.transaction_id)
+                .bind(cost)
+                .bind(cost_test)
+                .bind(&req.message_text)
+                .bind(day_of(req.created_at))
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(db_err)?;
+            if let Some(row) = row {
+                return Ok(Ok(rows::verification(&row)?));
+            }
+        }
+        Err(StoreError::Conflict(
+            "every candidate verification id is taken".into(),
+        ))
     }
 }
 
@@ -755,10 +769,21 @@ impl Store for PostgresStore {
         };
         self.guarded(async {
             let query = match action {
+                // The completion and its count in the daily aggregate (on
+                // its send's day), in one statement; a row is inserted or
+                // updated there exactly when the verification changed.
                 ValidationAction::Complete => sqlx::query(
-                    "update verifications set state = 'completed', completed_at = $4
-                     where id = $1 and customer_id = $2 and state = 'pending'
-                       and wrong_attempts = $3",
+                    "with done as (
+                         update verifications set state = 'completed', completed_at = $4
+                          where id = $1 and customer_id = $2 and state = 'pending'
+                            and wrong_attempts = $3
+                         returning customer_id, created_at
+                     )
+                     insert into daily_stats (customer_id, day, sends, completed, created_at)
+                     select customer_id, floor(created_at::numeric / 86400000)::bigint, 0, 1, $4
+                       from done
+                     on conflict (customer_id, day) do update
+                        set completed = daily_stats.completed + 1",
                 )
                 .bind(id_i64(id))
                 .bind(customer.as_str())
@@ -844,28 +869,72 @@ impl Store for PostgresStore {
         since: i64,
         until: i64,
     ) -> StoreResult<Vec<DailyStats>> {
-        let Some((first_day, last_day, since)) = stats_days(since, until) else {
+        let Some((first_day, last_day)) = stats_days(since, until) else {
             return Ok(Vec::new());
         };
         self.guarded(async {
             // Completions are counted on the day of their send, so a day's
             // `completed` never exceeds its `sends` (a conversion rate), as
-            // on SQLite. `day` is floor division, also before 1970.
+            // on SQLite.
             let found: Vec<(i64, i64, i64)> = sqlx::query_as(
-                "select floor(created_at::numeric / 86400000)::bigint as day,
-                        count(*),
-                        count(*) filter (where state = 'completed')
-                   from verifications
-                  where customer_id = $1 and created_at >= $2 and created_at < $3
-                  group by day order by day",
+                "select day, sends, completed from daily_stats
+                  where customer_id = $1 and day >= $2 and day <= $3
+                  order by day",
             )
             .bind(customer.as_str())
-            .bind(since)
-            .bind(until)
+            .bind(first_day)
+            .bind(last_day)
             .fetch_all(&self.pool)
             .await
             .map_err(db_err)?;
             Ok(fill_days(first_day, last_day, found))
+        })
+        .await
+    }
+
+    async fn purge_before(&self, cutoff: i64, max: u32) -> StoreResult<Purged> {
+        self.guarded(async {
+            // `skip locked`: another node sweeping at the same moment takes
+            // other rows instead of waiting for these. The outbox rows go in
+            // the same statement as the verifications they reference (the
+            // foreign key is checked at its end).
+            let (verifications, outbox): (i64, i64) = sqlx::query_as(
+                "with doomed as (
+                     select id from verifications where created_at < $1
+                      order by created_at, id limit $2
+                      for update skip locked
+                 ),
+                 gone_outbox as (
+                     delete from outbox o using doomed d where o.verification_id = d.id
+                     returning 1
+                 ),
+                 gone as (
+                     delete from verifications v using doomed d where v.id = d.id
+                     returning 1
+                 )
+                 select (select count(*) from gone), (select count(*) from gone_outbox)",
+            )
+            .bind(cutoff)
+            .bind(i64::from(max))
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db_err)?;
+            let inbox = sqlx::query(
+                "delete from inbox where id in
+                     (select id from inbox where created_at < $1
+                       order by created_at, id limit $2 for update skip locked)",
+            )
+            .bind(cutoff)
+            .bind(i64::from(max))
+            .execute(&self.pool)
+            .await
+            .map_err(db_err)?
+            .rows_affected();
+            Ok(Purged {
+                verifications: to_u64(verifications),
+                outbox: to_u64(outbox),
+                inbox,
+            })
         })
         .await
     }

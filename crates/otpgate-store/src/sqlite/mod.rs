@@ -40,8 +40,8 @@ use sqlx::sqlite::{
 
 use crate::{
     Account, AccountSettings, ChannelStats, CreateOutcome, DailyStats, InboxEntry, NewAccount,
-    NewVerification, OutboxDepth, OutboxMessage, SentInfo, Store, StoreError, StoreResult,
-    ValidationAction, Verification, VerificationFilter,
+    NewVerification, OutboxDepth, OutboxMessage, Purged, SentInfo, Store, StoreError,
+    StoreResult, ValidationAction, Verification, VerificationFilter,
 };
 use rows::{account_columns, outbox_columns, verification_columns};
 
@@ -57,10 +57,15 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "outbox failed index",
         include_str!("../../migrations/sqlite/0002_outbox_failed_index.sql"),
     ),
+    (
+        3,
+        "daily stats and retention",
+        include_str!("../../migrations/sqlite/0003_daily_stats_retention.sql"),
+    ),
 ];
 
 /// The schema version this build migrates to (the newest migration).
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 const _: () = assert!(MIGRATIONS[MIGRATIONS.len() - 1].0 == SCHEMA_VERSION);
 
 /// How long a statement waits for another process's write lock before the
@@ -284,6 +289,50 @@ async fn migrate(pool: &SqlitePool) -> StoreResult<()> {
         Err(MigrateError::Execute(e)) => Err(db(e)),
         Err(e) => Err(StoreError::Internal(format!("migration failed: {e}"))),
     }
+}
+
+/// One retention batch, in one write: the oldest `max` verifications
+/// created before `cutoff`, their outbox rows first (they reference them),
+/// then inbox rows. Both deletes of verifications pick the same rows: the
+/// same ordered query inside one transaction.
+async fn purge(conn: &mut SqliteConnection, cutoff: i64, max: u32) -> StoreResult<Purged> {
+    let outbox = sqlx::query(
+        "delete from outbox where verification_id in
+             (select id from verifications where created_at < ?1
+              order by created_at, id limit ?2)",
+    )
+    .bind(cutoff)
+    .bind(max)
+    .execute(&mut *conn)
+    .await
+    .map_err(db)?
+    .rows_affected();
+    let verifications = sqlx::query(
+        "delete from verifications where id in
+             (select id from verifications where created_at < ?1
+              order by created_at, id limit ?2)",
+    )
+    .bind(cutoff)
+    .bind(max)
+    .execute(&mut *conn)
+    .await
+    .map_err(db)?
+    .rows_affected();
+    let inbox = sqlx::query(
+        "delete from inbox where id in
+             (select id from inbox where created_at < ?1 order by created_at, id limit ?2)",
+    )
+    .bind(cutoff)
+    .bind(max)
+    .execute(&mut *conn)
+    .await
+    .map_err(db)?
+    .rows_affected();
+    Ok(Purged {
+        verifications,
+        outbox,
+        inbox,
+    })
 }
 
 /// Whether an error opening a fresh file is another opener having got there
@@ -642,7 +691,26 @@ impl Store for SqliteStore {
                     .bind(expected_wrong_attempts),
                 };
                 let done = query.execute(&mut *conn).await.map_err(db)?;
-                Ok(done.rows_affected() == 1)
+                let applied = done.rows_affected() == 1;
+                if applied && action == ValidationAction::Complete {
+                    // Counted on the day of its send, in the same write.
+                    sqlx::query(
+                        "insert into daily_stats (customer_id, day, sends, completed, created_at)
+                         select customer_id,
+                                (created_at - ((created_at % 86400000) + 86400000) % 86400000)
+                                    / 86400000,
+                                0, 1, ?2
+                           from verifications where id = ?1
+                         on conflict (customer_id, day) do update
+                            set completed = completed + 1",
+                    )
+                    .bind(id_i64(id))
+                    .bind(now)
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(db)?;
+                }
+                Ok(applied)
             })
         })
         .await
@@ -709,22 +777,19 @@ impl Store for SqliteStore {
         since: i64,
         until: i64,
     ) -> StoreResult<Vec<DailyStats>> {
-        let Some((first_day, last_day, since)) = stats_days(since, until) else {
+        let Some((first_day, last_day)) = stats_days(since, until) else {
             return Ok(Vec::new());
         };
         // Completions are counted on the day of their send, so a day's
         // `completed` never exceeds its `sends` (a conversion rate).
         let found: Vec<(i64, i64, i64)> = sqlx::query_as(
-            "select (created_at - ((created_at % 86400000) + 86400000) % 86400000) / 86400000
-                        as day,
-                    count(*), sum(state = 'completed')
-             from verifications
-             where customer_id = ?1 and created_at >= ?2 and created_at < ?3
-             group by day order by day",
+            "select day, sends, completed from daily_stats
+             where customer_id = ?1 and day >= ?2 and day <= ?3
+             order by day",
         )
         .bind(customer.as_str())
-        .bind(since)
-        .bind(until)
+        .bind(first_day)
+        .bind(last_day)
         .fetch_all(&self.reader)
         .await
         .map_err(db)?;
@@ -763,6 +828,11 @@ impl Store for SqliteStore {
                 failed: to_u64(failed),
             })
             .collect())
+    }
+
+    async fn purge_before(&self, cutoff: i64, max: u32) -> StoreResult<Purged> {
+        self.write(move |conn| Box::pin(async move { purge(conn, cutoff, max).await }))
+            .await
     }
 
     async fn outbox_claim(

@@ -7,7 +7,7 @@ use otpgate_core::{DeliveryStatus, VerificationState};
 use sqlx::sqlite::SqliteConnection;
 
 use super::{db, rows, rows::verification_columns};
-use crate::shared::{id_i64, retry_after_secs};
+use crate::shared::{day_of, id_i64, retry_after_secs};
 use crate::{CreateOutcome, NewVerification, SendLimits, StoreError, StoreResult, Verification};
 
 pub(super) async fn create(
@@ -73,12 +73,76 @@ pub(super) async fn create(
     .await
     .map_err(db)?;
 
+    // The first candidate id not yet taken; `on conflict do nothing` leaves
+    // the transaction usable after a taken one (on both backends alike).
+    let candidates =
+        std::iter::once((req.id, req.code_hash.clone())).chain(req.spare_ids.iter().cloned());
+    let mut stored = None;
+    for (id, code_hash) in candidates {
+        let done = sqlx::query(
+            "insert into verifications
+                 (id, customer_id, country_code, national, destination, flow_type, code_hash,
+                  otp_length, state, wrong_attempts, max_attempts, created_at, expires_at,
+                  transaction_id, cost, cost_test, delivery)
+             values (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'pending', 0, ?9, ?10, ?11, ?12, ?13, ?14,
+                     'queued')
+             on conflict (id) do nothing",
+        )
+        .bind(id_i64(id))
+        .bind(customer)
+        .bind(req.destination.country_code())
+        .bind(req.destination.national())
+        .bind(&destination)
+        .bind(&req.flow_type)
+        .bind(&code_hash.0[..])
+        .bind(req.otp_length)
+        .bind(req.max_attempts)
+        .bind(now)
+        .bind(req.expires_at)
+        .bind(&req.transaction_id)
+        .bind(req.price)
+        .bind(from_test)
+        .execute(&mut *conn)
+        .await
+        .map_err(db)?;
+        if done.rows_affected() == 1 {
+            stored = Some((id, code_hash));
+            break;
+        }
+    }
+    let Some((id, code_hash)) = stored else {
+        return Err(StoreError::Conflict(
+            "every candidate verification id is taken".into(),
+        ));
+    };
+    sqlx::query(
+        "insert into outbox (verification_id, text, status, next_attempt_at, created_at,
+                             updated_at)
+         values (?1, ?2, 'queued', ?3, ?3, ?3)",
+    )
+    .bind(id_i64(id))
+    .bind(&req.message_text)
+    .bind(now)
+    .execute(&mut *conn)
+    .await
+    .map_err(db)?;
+    sqlx::query(
+        "insert into daily_stats (customer_id, day, sends, completed, created_at)
+         values (?1, ?2, 1, 0, ?3)
+         on conflict (customer_id, day) do update set sends = sends + 1",
+    )
+    .bind(customer)
+    .bind(day_of(now))
+    .bind(now)
+    .execute(&mut *conn)
+    .await
+    .map_err(db)?;
     let v = Verification {
-        id: req.id,
+        id,
         customer_id: req.customer_id,
         destination: req.destination,
         flow_type: req.flow_type,
-        code_hash: req.code_hash,
+        code_hash,
         otp_length: req.otp_length,
         state: VerificationState::Pending,
         wrong_attempts: 0,
@@ -94,45 +158,6 @@ pub(super) async fn create(
         gateway_id: None,
         delivery_detail: None,
     };
-    sqlx::query(
-        "insert into verifications
-             (id, customer_id, country_code, national, destination, flow_type, code_hash,
-              otp_length, state, wrong_attempts, max_attempts, created_at, expires_at,
-              transaction_id, cost, cost_test, delivery)
-         values (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'pending', 0, ?9, ?10, ?11, ?12, ?13, ?14,
-                 'queued')",
-    )
-    .bind(id_i64(v.id))
-    .bind(v.customer_id.as_str())
-    .bind(v.destination.country_code())
-    .bind(v.destination.national())
-    .bind(&destination)
-    .bind(&v.flow_type)
-    .bind(&v.code_hash.0[..])
-    .bind(v.otp_length)
-    .bind(v.max_attempts)
-    .bind(v.created_at)
-    .bind(v.expires_at)
-    .bind(&v.transaction_id)
-    .bind(v.cost)
-    .bind(v.cost_test)
-    .execute(&mut *conn)
-    .await
-    .map_err(|e| match db(e) {
-        StoreError::Conflict(_) => StoreError::Conflict("verification id already exists".into()),
-        e => e,
-    })?;
-    sqlx::query(
-        "insert into outbox (verification_id, text, status, next_attempt_at, created_at,
-                             updated_at)
-         values (?1, ?2, 'queued', ?3, ?3, ?3)",
-    )
-    .bind(id_i64(v.id))
-    .bind(&req.message_text)
-    .bind(now)
-    .execute(&mut *conn)
-    .await
-    .map_err(db)?;
     Ok(CreateOutcome::Created(v))
 }
 

@@ -19,6 +19,7 @@ mod console;
 mod opening;
 mod outbox;
 mod postgres_only;
+mod retention;
 mod sends;
 mod sqlite_only;
 mod validation;
