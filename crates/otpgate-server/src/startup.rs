@@ -147,6 +147,8 @@ impl Application {
     /// When serving fails.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let worker: JoinHandle<()> = tokio::spawn(self.delivery.clone().run(shutdown.clone()));
+        let sweeper: JoinHandle<()> =
+            tokio::spawn(crate::retention::run(self.state.clone(), shutdown.clone()));
         let app = app(self.state.clone());
         let s = shutdown.clone();
         axum::serve(
@@ -160,6 +162,7 @@ impl Application {
         // sees the same signal and finishes its round.
         shutdown.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(30), worker).await;
+        let _ = tokio::time::timeout(Duration::from_secs(5), sweeper).await;
         Ok(())
     }
 }
@@ -168,10 +171,13 @@ impl Application {
 pub fn app(state: AppState) -> Router {
     let limit = BodyLimit(state.settings.http.max_body_bytes);
     let timeout = Duration::from_millis(state.settings.http.request_timeout_ms);
-    routes::router(state).layer(middleware::from_fn(move |mut req: Request, next: Next| {
-        req.extensions_mut().insert(limit);
-        async move { run_with_timeout(req, next, timeout).await }
-    }))
+    let http = state.settings.http.clone();
+    let router =
+        routes::router(state).layer(middleware::from_fn(move |mut req: Request, next: Next| {
+            req.extensions_mut().insert(limit);
+            async move { run_with_timeout(req, next, timeout).await }
+        }));
+    crate::cors::layer(router, &http)
 }
 
 /// Answers 503 in the contract's envelope when a request outlives the

@@ -5,6 +5,7 @@
 mod helpers;
 
 mod bad_input;
+mod extensions;
 mod receipts;
 mod send;
 mod token;
