@@ -9,5 +9,6 @@ mod helpers;
 mod accounts;
 mod browser_flows;
 mod log;
+mod retention;
 mod screenshots;
 mod security;
