@@ -3,6 +3,7 @@
 //! contract's envelope.
 
 mod health;
+pub mod openapi;
 mod receipts;
 mod token;
 mod verification;
@@ -19,7 +20,8 @@ pub fn router(state: AppState) -> Router {
         .merge(token::router())
         .merge(verification::router())
         .merge(health::router())
-        .merge(receipts::router());
+        .merge(receipts::router())
+        .merge(openapi::router());
     if state.settings.console.enabled {
         router = router
             .nest("/console", crate::console::router(&state))
