@@ -6,6 +6,7 @@ mod helpers;
 
 mod bad_input;
 mod extensions;
+mod openapi;
 mod receipts;
 mod send;
 mod token;
