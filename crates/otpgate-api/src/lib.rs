@@ -1,4 +1,4 @@
-//! The Verify Now wire contract (`shared/spec/verifynow-api.md`) as Rust types:
+//! The Verify Now wire contract (`docs/api.md`) as Rust types:
 //! the response envelopes, their `data` objects and the response codes. The
 //! server serialises them and the SDK deserialises them, so the two cannot
 //! drift. Deserialisation is lenient in the ways the hosted service is known

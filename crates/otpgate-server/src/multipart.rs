@@ -30,9 +30,11 @@ pub fn boundary(content_type: &str) -> Option<Result<String, ApiError>> {
     if !is_multipart {
         return None;
     }
-    Some(multer::parse_boundary(content_type).map_err(|_| {
-        ApiError::bad_request("multipart/form-data body without a valid boundary")
-    }))
+    Some(
+        multer::parse_boundary(content_type).map_err(|_| {
+            ApiError::bad_request("multipart/form-data body without a valid boundary")
+        }),
+    )
 }
 
 /// The text fields of a multipart body, in order.
@@ -42,8 +44,7 @@ pub fn boundary(content_type: &str) -> Option<Result<String, ApiError>> {
 /// twice, or a text value that is not UTF-8.
 pub async fn text_fields(body: Bytes, boundary: String) -> Result<Vec<(String, String)>, ApiError> {
     let stream = futures::stream::once(async move { Ok::<Bytes, std::io::Error>(body) });
-    let constraints =
-        Constraints::new().size_limit(SizeLimit::new().per_field(MAX_FIELD_BYTES));
+    let constraints = Constraints::new().size_limit(SizeLimit::new().per_field(MAX_FIELD_BYTES));
     let mut form = Multipart::with_constraints(stream, boundary, constraints);
     let mut out: Vec<(String, String)> = Vec::new();
     let mut parts = 0usize;
@@ -151,7 +152,9 @@ mod tests {
         assert!(boundary("application/json").is_none());
         assert!(boundary("multipart/form-data").unwrap().is_err());
         assert_eq!(
-            boundary("Multipart/Form-Data; boundary=abc").unwrap().unwrap(),
+            boundary("Multipart/Form-Data; boundary=abc")
+                .unwrap()
+                .unwrap(),
             "abc"
         );
     }

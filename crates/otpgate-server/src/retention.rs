@@ -42,7 +42,7 @@ pub async fn run(state: AppState, shutdown: CancellationToken) {
     }
 }
 
-/// One sweep: batches until one comes back short (or [`MAX_BATCHES`]).
+/// One sweep: batches until one comes back short (at most 100 batches).
 ///
 /// # Errors
 /// The store's, from the batch that failed (earlier batches stay deleted).

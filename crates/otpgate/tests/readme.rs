@@ -25,7 +25,10 @@ fn every_path_the_readme_names_exists_in_the_repository() {
     }
     assert!(named.iter().any(|p| p == "docs/api.md"), "{named:?}");
     for p in &named {
-        assert!(root.join(p).exists(), "the README names {p}, which is not in the repository");
+        assert!(
+            root.join(p).exists(),
+            "the README names {p}, which is not in the repository"
+        );
     }
 }
 
@@ -39,6 +42,9 @@ fn the_api_reference_covers_every_documented_path() {
     )
     .expect("openapi.json is JSON");
     for path in doc["paths"].as_object().expect("paths").keys() {
-        assert!(api.contains(path.as_str()), "docs/api.md does not describe {path}");
+        assert!(
+            api.contains(path.as_str()),
+            "docs/api.md does not describe {path}"
+        );
     }
 }

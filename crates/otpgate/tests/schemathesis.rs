@@ -52,7 +52,12 @@ async fn schemathesis_finds_no_server_error_and_no_schema_violation() {
 
     let started = Instant::now();
     let out = tokio::task::spawn_blocking({
-        let (python, base, schema, dir) = (python.clone(), server.base.clone(), schema.clone(), dir.0.clone());
+        let (python, base, schema, dir) = (
+            python.clone(),
+            server.base.clone(),
+            schema.clone(),
+            dir.0.clone(),
+        );
         move || {
             Command::new(python)
                 .current_dir(&dir)
@@ -108,6 +113,9 @@ async fn schemathesis_finds_no_server_error_and_no_schema_violation() {
         "schemathesis found server errors or schema violations ({summary}):\n{text}\n--- server log ---\n{}",
         server.log_text()
     );
-    assert!(generated >= 200, "only {generated} requests generated:\n{text}");
+    assert!(
+        generated >= 200,
+        "only {generated} requests generated:\n{text}"
+    );
     assert!(started.elapsed() < Duration::from_secs(120));
 }

@@ -77,7 +77,10 @@ async fn status_follows_a_verification_from_pending_to_completed_on_both_version
 
         assert_eq!(app.validate(v, &t, &id, &code).await.code(), 200);
         let r = status(&app, v, &t, &id).await;
-        assert_eq!(r.body["data"]["verificationStatus"], "VERIFICATION_COMPLETED");
+        assert_eq!(
+            r.body["data"]["verificationStatus"],
+            "VERIFICATION_COMPLETED"
+        );
         assert!(r.body["data"]["completedAt"].is_i64());
         // Polling changes nothing: the code stays used.
         assert_eq!(app.validate(v, &t, &id, &code).await.code(), 703);
@@ -116,7 +119,12 @@ async fn status_of_another_accounts_or_an_unknown_id_is_505() {
     )
     .await;
     assert_eq!(missing.code(), 400);
-    assert!(missing.body["errorMessage"].as_str().unwrap().contains("verificationId"));
+    assert!(
+        missing.body["errorMessage"]
+            .as_str()
+            .unwrap()
+            .contains("verificationId")
+    );
 }
 
 async fn sends_through_the_api_get_distinct_ids_below_2_31() {
@@ -186,7 +194,10 @@ async fn an_id_issued_wider_before_the_change_still_validates() {
     let r = app.validate(Version::V3, &t, &wide, "4821").await;
     assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
     assert_eq!(r.body["data"]["verificationId"], id.get());
-    assert_eq!(app.validate(Version::V2, &t, &wide, "4821").await.code(), 703);
+    assert_eq!(
+        app.validate(Version::V2, &t, &wide, "4821").await.code(),
+        703
+    );
 }
 
 #[tokio::test]
@@ -197,13 +208,17 @@ async fn the_wider_id_setting_issues_ids_past_2_31() {
     let t = app.token().await;
     let mut widest = 0u64;
     for i in 0..8 {
-        let id = app.send_ok(Version::V3, &t, &format!("98765000{i:02}")).await;
+        let id = app
+            .send_ok(Version::V3, &t, &format!("98765000{i:02}"))
+            .await;
         widest = widest.max(id.parse().unwrap());
     }
     // Eight draws all below 2^31 from 1..2^53: about once in 2^176.
     assert!(widest >= 1 << 31, "{widest}");
     let code = app.code_for(&widest.to_string()).await;
-    let r = app.validate(Version::V3, &t, &widest.to_string(), &code).await;
+    let r = app
+        .validate(Version::V3, &t, &widest.to_string(), &code)
+        .await;
     assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
     assert_eq!(r.body["data"]["verificationId"], widest);
 }
@@ -249,7 +264,10 @@ async fn a_multipart_send_with_an_empty_query_succeeds_and_the_query_wins_on_con
     let r = resp(send(&[], body.clone()).await.unwrap()).await;
     assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
     assert_eq!(r.body["data"]["mobileNumber"], "9876543210");
-    let id = r.body["data"]["verificationId"].as_str().unwrap().to_owned();
+    let id = r.body["data"]["verificationId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     assert_eq!(app.code_for(&id).await.len(), 6);
     // The same body with another number in the query: the query's is used.
     let r = resp(send(&[("mobileNumber", "9876543211")], body).await.unwrap()).await;
@@ -261,8 +279,14 @@ async fn a_multipart_send_with_an_empty_query_succeeds_and_the_query_wins_on_con
         app.http
             .post(app.url(otpgate_api::paths::VALIDATE_V3))
             .header("authToken", &t)
-            .header("content-type", format!("multipart/form-data; boundary={boundary}"))
-            .body(multipart(boundary, &[("verificationId", &id), ("code", &code)]))
+            .header(
+                "content-type",
+                format!("multipart/form-data; boundary={boundary}"),
+            )
+            .body(multipart(
+                boundary,
+                &[("verificationId", &id), ("code", &code)],
+            ))
             .send()
             .await
             .unwrap(),
@@ -282,14 +306,22 @@ async fn a_multipart_send_with_an_empty_query_succeeds_and_the_query_wins_on_con
     )
     .await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST, "{:?}", r.body);
-    assert!(r.body["errorMessage"].as_str().unwrap().contains("multipart"));
+    assert!(
+        r.body["errorMessage"]
+            .as_str()
+            .unwrap()
+            .contains("multipart")
+    );
 }
 
 const ALLOWED: &str = "https://app.example.com";
 
 async fn preflight(app: &TestApp, origin: &str) -> reqwest::Response {
     app.http
-        .request(reqwest::Method::OPTIONS, app.url(otpgate_api::paths::SEND_V3))
+        .request(
+            reqwest::Method::OPTIONS,
+            app.url(otpgate_api::paths::SEND_V3),
+        )
         .header("origin", origin)
         .header("access-control-request-method", "POST")
         .header("access-control-request-headers", "authtoken,content-type")
@@ -317,15 +349,32 @@ async fn a_preflight_from_an_allowed_origin_succeeds_and_from_another_gets_no_al
     let h = ok.headers();
     assert_eq!(h["access-control-allow-origin"], ALLOWED);
     let methods = h["access-control-allow-methods"].to_str().unwrap();
-    assert!(methods.contains("POST") && methods.contains("GET"), "{methods}");
-    let allowed = h["access-control-allow-headers"].to_str().unwrap().to_ascii_lowercase();
-    assert!(allowed.contains("authtoken") && allowed.contains("content-type"), "{allowed}");
+    assert!(
+        methods.contains("POST") && methods.contains("GET"),
+        "{methods}"
+    );
+    let allowed = h["access-control-allow-headers"]
+        .to_str()
+        .unwrap()
+        .to_ascii_lowercase();
+    assert!(
+        allowed.contains("authtoken") && allowed.contains("content-type"),
+        "{allowed}"
+    );
     assert!(h.get("access-control-allow-credentials").is_none());
 
-    for stranger in ["https://evil.example", "https://app.example.com.evil.example", "null"] {
+    for stranger in [
+        "https://evil.example",
+        "https://app.example.com.evil.example",
+        "null",
+    ] {
         let no = preflight(&app, stranger).await;
         assert_eq!(no.status(), StatusCode::FORBIDDEN, "{stranger}");
-        assert!(cors_headers(&no).is_empty(), "{stranger}: {:?}", cors_headers(&no));
+        assert!(
+            cors_headers(&no).is_empty(),
+            "{stranger}: {:?}",
+            cors_headers(&no)
+        );
     }
 
     // The real call from the allowed page is readable by it; from another
@@ -336,7 +385,11 @@ async fn a_preflight_from_an_allowed_origin_succeeds_and_from_another_gets_no_al
             .post(app.url(otpgate_api::paths::SEND_V3))
             .header("origin", origin)
             .header("authToken", &t)
-            .query(&[("countryCode", "91"), ("mobileNumber", "9876543210"), ("flowType", "SMS")])
+            .query(&[
+                ("countryCode", "91"),
+                ("mobileNumber", "9876543210"),
+                ("flowType", "SMS"),
+            ])
             .send()
     };
     let r = call(ALLOWED).await.unwrap();

@@ -50,7 +50,10 @@ async fn conforms(doc: &Value, path: &str, method: &str, r: reqwest::Response) -
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
     let media = &response["content"][ct];
-    assert!(media.is_object(), "{method} {path} {status}: content type {ct} not documented");
+    assert!(
+        media.is_object(),
+        "{method} {path} {status}: content type {ct} not documented"
+    );
     let body: Value = serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}"));
     // The schema evaluated inside the whole document, so its `$ref`s
     // (`#/components/schemas/…`) resolve: the document is the root, with
@@ -86,9 +89,19 @@ async fn every_response_of_a_flow_matches_the_openapi_document() {
         ("customerId", app.account.customer_id.as_str().to_owned()),
         ("key", base64_of(PASSWORD)),
     ];
-    let r = h.get(app.url(token_path)).query(&good).send().await.unwrap();
+    let r = h
+        .get(app.url(token_path))
+        .query(&good)
+        .send()
+        .await
+        .unwrap();
     conforms(&doc, token_path, "get", r).await;
-    let r = h.post(app.url(token_path)).query(&good).send().await.unwrap();
+    let r = h
+        .post(app.url(token_path))
+        .query(&good)
+        .send()
+        .await
+        .unwrap();
     conforms(&doc, token_path, "post", r).await;
     let r = h.get(app.url(token_path)).send().await.unwrap();
     conforms(&doc, token_path, "get", r).await;
@@ -113,20 +126,50 @@ async fn every_response_of_a_flow_matches_the_openapi_document() {
                 otpgate_api::paths::STATUS_V3,
             ),
         };
-        let national = if v == Version::V2 { "9876512340" } else { "9876512341" };
-        let q = [("countryCode", "91"), ("mobileNumber", national), ("flowType", "SMS")];
+        let national = if v == Version::V2 {
+            "9876512340"
+        } else {
+            "9876512341"
+        };
+        let q = [
+            ("countryCode", "91"),
+            ("mobileNumber", national),
+            ("flowType", "SMS"),
+        ];
         let post = |path: &'static str| h.post(app.url(path)).header("authToken", &t);
         // Send: 200, then 506 with data, 401, 400.
-        let body = conforms(&doc, send, "post", post(send).query(&q).send().await.unwrap()).await;
+        let body = conforms(
+            &doc,
+            send,
+            "post",
+            post(send).query(&q).send().await.unwrap(),
+        )
+        .await;
         let id = body["data"]["verificationId"].as_str().unwrap().to_owned();
-        conforms(&doc, send, "post", post(send).query(&q).send().await.unwrap()).await;
+        conforms(
+            &doc,
+            send,
+            "post",
+            post(send).query(&q).send().await.unwrap(),
+        )
+        .await;
         let r = h.post(app.url(send)).query(&q).send().await.unwrap();
         conforms(&doc, send, "post", r).await;
-        let r = post(send).query(&[("countryCode", "91")]).send().await.unwrap();
+        let r = post(send)
+            .query(&[("countryCode", "91")])
+            .send()
+            .await
+            .unwrap();
         conforms(&doc, send, "post", r).await;
         // Status while pending, on GET and POST.
         let sq = [("verificationId", id.as_str())];
-        let r = h.get(app.url(status)).header("authToken", &t).query(&sq).send().await.unwrap();
+        let r = h
+            .get(app.url(status))
+            .header("authToken", &t)
+            .query(&sq)
+            .send()
+            .await
+            .unwrap();
         conforms(&doc, status, "get", r).await;
         let r = post(status).query(&sq).send().await.unwrap();
         conforms(&doc, status, "post", r).await;
@@ -150,19 +193,39 @@ async fn every_response_of_a_flow_matches_the_openapi_document() {
                 .unwrap();
             conforms(&doc, validate, "get", r).await;
         }
-        let r = post(validate).query(&[("code", "1234")]).send().await.unwrap();
+        let r = post(validate)
+            .query(&[("code", "1234")])
+            .send()
+            .await
+            .unwrap();
         conforms(&doc, validate, "post", r).await;
-        let r = h.get(app.url(status)).header("authToken", &t).query(&sq).send().await.unwrap();
+        let r = h
+            .get(app.url(status))
+            .header("authToken", &t)
+            .query(&sq)
+            .send()
+            .await
+            .unwrap();
         let done = conforms(&doc, status, "get", r).await;
         assert_eq!(done["data"]["verificationStatus"], "VERIFICATION_COMPLETED");
     }
 
     // 429 with Retry-After: the per-number limit (2 here) after expiry.
-    let q = [("countryCode", "91"), ("mobileNumber", "9876512349"), ("flowType", "SMS")];
+    let q = [
+        ("countryCode", "91"),
+        ("mobileNumber", "9876512349"),
+        ("flowType", "SMS"),
+    ];
     let send = otpgate_api::paths::SEND_V3;
     let mut statuses = Vec::new();
     for _ in 0..3 {
-        let r = h.post(app.url(send)).header("authToken", &t).query(&q).send().await.unwrap();
+        let r = h
+            .post(app.url(send))
+            .header("authToken", &t)
+            .query(&q)
+            .send()
+            .await
+            .unwrap();
         statuses.push(r.status().as_u16());
         conforms(&doc, send, "post", r).await;
         app.clock.advance_ms(61_000);
@@ -174,7 +237,11 @@ async fn every_response_of_a_flow_matches_the_openapi_document() {
     let r = h
         .post(app.url(send))
         .header("authToken", &tp)
-        .query(&[("countryCode", "91"), ("mobileNumber", "9876512348"), ("flowType", "SMS")])
+        .query(&[
+            ("countryCode", "91"),
+            ("mobileNumber", "9876512348"),
+            ("flowType", "SMS"),
+        ])
         .send()
         .await
         .unwrap();
@@ -193,11 +260,23 @@ async fn every_response_of_a_flow_matches_the_openapi_document() {
     conforms(&doc, send, "post", r).await;
 
     // Health, readiness, receipts of an unknown channel, the document.
-    for (path, method) in [("/healthz", Method::GET), ("/readyz", Method::GET), ("/openapi.json", Method::GET)] {
-        let r = h.request(method.clone(), app.url(path)).send().await.unwrap();
+    for (path, method) in [
+        ("/healthz", Method::GET),
+        ("/readyz", Method::GET),
+        ("/openapi.json", Method::GET),
+    ] {
+        let r = h
+            .request(method.clone(), app.url(path))
+            .send()
+            .await
+            .unwrap();
         conforms(&doc, path, &method.as_str().to_ascii_lowercase(), r).await;
     }
-    let r = h.get(app.url("/receipts/nope?id=1&status=DELIVRD")).send().await.unwrap();
+    let r = h
+        .get(app.url("/receipts/nope?id=1&status=DELIVRD"))
+        .send()
+        .await
+        .unwrap();
     conforms(&doc, "/receipts/{channel}", "get", r).await;
 
     // Every documented operation is routed (no 405; 404 only where the

@@ -41,8 +41,8 @@ use self::error::{db_err, timed_out};
 use self::rows::{account_columns, outbox_columns, verification_columns};
 use crate::{
     Account, AccountSettings, ChannelStats, CreateOutcome, DailyStats, InboxEntry, NewAccount,
-    NewVerification, OutboxDepth, OutboxMessage, Purged, SentInfo, Store, StoreError,
-    StoreResult, ValidationAction, Verification, VerificationFilter,
+    NewVerification, OutboxDepth, OutboxMessage, Purged, SentInfo, Store, StoreError, StoreResult,
+    ValidationAction, Verification, VerificationFilter,
 };
 
 /// Connection settings of a [`PostgresStore`].
@@ -483,8 +483,8 @@ impl PostgresStore {
         };
         // The first candidate id not yet taken: a taken one writes nothing
         // (`on conflict do nothing`) and leaves the transaction usable.
-        let candidates =
-            std::iter::once((req.id, &req.code_hash)).chain(req.spare_ids.iter().map(|(i, h)| (*i, h)));
+        let candidates = std::iter::once((req.id, &req.code_hash))
+            .chain(req.spare_ids.iter().map(|(i, h)| (*i, h)));
         for (id, code_hash) in candidates {
             let row = sqlx::query(WRITE)
                 .bind(id_i64(id))

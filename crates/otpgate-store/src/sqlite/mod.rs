@@ -40,8 +40,8 @@ use sqlx::sqlite::{
 
 use crate::{
     Account, AccountSettings, ChannelStats, CreateOutcome, DailyStats, InboxEntry, NewAccount,
-    NewVerification, OutboxDepth, OutboxMessage, Purged, SentInfo, Store, StoreError,
-    StoreResult, ValidationAction, Verification, VerificationFilter,
+    NewVerification, OutboxDepth, OutboxMessage, Purged, SentInfo, Store, StoreError, StoreResult,
+    ValidationAction, Verification, VerificationFilter,
 };
 use rows::{account_columns, outbox_columns, verification_columns};
 

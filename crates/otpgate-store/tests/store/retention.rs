@@ -36,7 +36,12 @@ async fn a_taken_id_falls_through_to_the_next_candidate_and_is_charged_once(db: 
     assert_eq!(outbox_row(&store, 44).await.verification_id, vid(44));
     // The other two are untouched, and the send cost one credit, not three.
     assert_eq!(
-        store.verification_get(&c, vid(42)).await.unwrap().unwrap().destination,
+        store
+            .verification_get(&c, vid(42))
+            .await
+            .unwrap()
+            .unwrap()
+            .destination,
         phone(1)
     );
     assert_eq!(balance(&store, &c).await, (7, 0));
@@ -44,7 +49,10 @@ async fn a_taken_id_falls_through_to_the_next_candidate_and_is_charged_once(db: 
     let mut req = send(42, &c, &phone(4), T0);
     req.spare_ids = vec![(vid(43), CodeHash([1; 32]))];
     let err = store.verification_create(req).await.unwrap_err();
-    assert!(matches!(err, otpgate_store::StoreError::Conflict(_)), "{err:?}");
+    assert!(
+        matches!(err, otpgate_store::StoreError::Conflict(_)),
+        "{err:?}"
+    );
     assert_eq!(balance(&store, &c).await, (7, 0));
 }
 
@@ -158,7 +166,13 @@ async fn purging_deletes_old_verifications_messages_and_inbox_rows_but_keeps_dai
         assert_eq!(store.outbox_for_verification(vid(n)).await.unwrap(), None);
     }
     assert!(store.verification_get(&c, vid(4)).await.unwrap().is_some());
-    assert!(store.outbox_for_verification(vid(4)).await.unwrap().is_some());
+    assert!(
+        store
+            .outbox_for_verification(vid(4))
+            .await
+            .unwrap()
+            .is_some()
+    );
     let inbox = store.inbox_list(None, None, 100).await.unwrap();
     assert_eq!(inbox.len(), 1);
     assert_eq!(inbox[0].verification_id, Some(vid(4)));
