@@ -304,3 +304,96 @@ async fn a_send_whose_caller_gave_up_before_it_began_is_not_written() {
     assert_eq!(store.verification_get(&c, vid(7)).await.unwrap(), None);
     assert_eq!(balance(&store, &c).await, (5, 0));
 }
+
+// ---- upgrades ----------------------------------------------------------------------------
+
+/// A file made by the build before the daily aggregate (schema 2) opens,
+/// migrates, and its dashboard counts come back from the backfill.
+#[tokio::test]
+async fn a_schema_2_file_is_backfilled_into_the_daily_counts() {
+    use sqlx::SqlSafeStr;
+    use sqlx::migrate::{Migration, MigrationType, Migrator};
+    let dir = TempDir::new();
+    {
+        // Migrated as the earlier build did (sqlx's migrator, same SQL).
+        let opts = sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(dir.db())
+            .create_if_missing(true);
+        let pool = sqlx::SqlitePool::connect_with(opts).await.unwrap();
+        let old = [
+            (
+                1,
+                "init",
+                include_str!("../../migrations/sqlite/0001_init.sql"),
+            ),
+            (
+                2,
+                "outbox failed index",
+                include_str!("../../migrations/sqlite/0002_outbox_failed_index.sql"),
+            ),
+        ];
+        let migrations = old
+            .iter()
+            .map(|&(v, d, sql)| {
+                Migration::new(
+                    v,
+                    d.into(),
+                    MigrationType::Simple,
+                    sql.into_sql_str(),
+                    false,
+                )
+            })
+            .collect();
+        Migrator::with_migrations(migrations)
+            .run(&pool)
+            .await
+            .unwrap();
+        sqlx::query(
+            "insert into accounts (customer_id, password_hash, credits, test_credits, created_at)
+             values ('C-000000000000001', 'x', 10, 0, 0)",
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
+        let day0 = T0 - T0.rem_euclid(DAY);
+        for (id, at, state) in [
+            (1i64, day0 + 1, "completed"),
+            (2, day0 + 2, "pending"),
+            (3, day0 + DAY + 3, "completed"),
+        ] {
+            sqlx::query(
+                "insert into verifications (id, customer_id, country_code, national, destination,
+                     flow_type, code_hash, otp_length, state, max_attempts, created_at,
+                     expires_at, transaction_id, cost, cost_test, delivery)
+                 values (?1, 'C-000000000000001', 91, '9876500001', '919876500001', 'SMS',
+                     zeroblob(32), 4, ?3, 5, ?2, ?2 + 60000, 'tx', 1, 0, 'sent')",
+            )
+            .bind(id)
+            .bind(at)
+            .bind(state)
+            .execute(&pool)
+            .await
+            .unwrap();
+        }
+        pool.close().await;
+    }
+    let store = open(&dir.db()).await;
+    assert_eq!(
+        store.schema_version().await.unwrap(),
+        otpgate_store::sqlite::SCHEMA_VERSION
+    );
+    let day0 = T0 - T0.rem_euclid(DAY);
+    let stats = store
+        .daily_stats(&cid(1), day0, day0 + 2 * DAY)
+        .await
+        .unwrap();
+    let counts: Vec<_> = stats.iter().map(|d| (d.sends, d.completed)).collect();
+    assert_eq!(counts, [(2, 1), (1, 1)]);
+    assert!(
+        store
+            .verification_get(&cid(1), vid(2))
+            .await
+            .unwrap()
+            .is_some()
+    );
+}
