@@ -425,6 +425,19 @@ impl Settings {
                     .into(),
             );
         }
+        // The send limits count the verifications in their windows: were
+        // those deleted sooner, a window would forget sends and wrong codes
+        // and let a guesser past the limit.
+        let kept_secs = u64::from(self.retention.days) * 86_400;
+        if kept_secs < u64::from(self.limits.wrong_code_window_secs)
+            || kept_secs < u64::from(self.limits.per_number_window_secs)
+        {
+            return Err(
+                "retention.days must cover limits.wrong_code_window_secs and \
+                 limits.per_number_window_secs"
+                    .into(),
+            );
+        }
         for o in &self.http.cors_origins {
             // An origin is scheme://host[:port], compared byte for byte
             // with the browser's `Origin`: no path, no trailing slash.
@@ -443,5 +456,51 @@ impl Settings {
             return Err("prices must not be negative".into());
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(toml_text: &str) -> Settings {
+        toml::from_str(toml_text).expect("settings")
+    }
+
+    #[test]
+    fn cors_origins_are_a_list_or_one_comma_separated_string() {
+        let list =
+            parse("[http]\ncors_origins = [\"https://a.example\", \"http://b.example:3000\"]");
+        assert_eq!(
+            list.http.cors_origins,
+            ["https://a.example", "http://b.example:3000"]
+        );
+        let csv = parse("[http]\ncors_origins = \"https://a.example, http://b.example:3000\"");
+        assert_eq!(csv.http.cors_origins, list.http.cors_origins);
+        assert!(list.validate().is_ok());
+        assert!(Settings::default().http.cors_origins.is_empty());
+        for bad in ["https://a.example/", "a.example", "https://", "*"] {
+            let mut s = Settings::default();
+            s.http.cors_origins = vec![bad.into()];
+            assert!(s.validate().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn id_bits_and_retention_are_checked() {
+        let mut s = Settings::default();
+        assert_eq!((s.otp.id_bits, s.retention.days), (31, 90));
+        s.otp.id_bits = 30;
+        assert!(s.validate().is_err());
+        s.otp.id_bits = 53;
+        assert!(s.validate().is_ok());
+        s.retention.days = 0;
+        assert!(s.validate().is_err());
+        // One day covers the default one-day wrong-code window; a longer
+        // window needs a longer retention.
+        s.retention.days = 1;
+        assert!(s.validate().is_ok());
+        s.limits.wrong_code_window_secs = 2 * 86_400;
+        assert!(s.validate().is_err());
     }
 }
