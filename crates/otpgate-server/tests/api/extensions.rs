@@ -85,12 +85,23 @@ async fn status_follows_a_verification_from_pending_to_completed_on_both_version
         // Polling changes nothing: the code stays used.
         assert_eq!(app.validate(v, &t, &id, &code).await.code(), 703);
     }
-    // Expired and blocked, as validate would answer them.
+    // Blocked and expired, as validate would answer them (800, then 705).
     let id = app.send_ok(Version::V3, &t, "9876500009").await;
+    let code = app.code_for(&id).await;
+    for _ in 0..5 {
+        let r = app.validate(Version::V3, &t, &id, &TestApp::wrong(&code)).await;
+        assert_eq!(r.code(), 702);
+    }
+    let r = status(&app, Version::V3, &t, &id).await;
+    assert_eq!(r.body["data"]["verificationStatus"], "VERIFICATION_BLOCKED");
+    assert_eq!(r.body["data"]["attemptsLeft"], 0);
+    assert_eq!(app.validate(Version::V3, &t, &id, &code).await.code(), 800);
+    let id = app.send_ok(Version::V3, &t, "9876500008").await;
     app.clock.advance_ms(61_000);
     let r = status(&app, Version::V3, &t, &id).await;
     assert_eq!(r.body["data"]["verificationStatus"], "VERIFICATION_EXPIRED");
     assert_eq!(r.body["data"]["timeout"], "0");
+    assert_eq!(app.validate(Version::V3, &t, &id, "0000").await.code(), 705);
 }
 
 async fn status_of_another_accounts_or_an_unknown_id_is_505() {
