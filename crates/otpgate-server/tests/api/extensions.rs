@@ -89,7 +89,9 @@ async fn status_follows_a_verification_from_pending_to_completed_on_both_version
     let id = app.send_ok(Version::V3, &t, "9876500009").await;
     let code = app.code_for(&id).await;
     for _ in 0..5 {
-        let r = app.validate(Version::V3, &t, &id, &TestApp::wrong(&code)).await;
+        let r = app
+            .validate(Version::V3, &t, &id, &TestApp::wrong(&code))
+            .await;
         assert_eq!(r.code(), 702);
     }
     let r = status(&app, Version::V3, &t, &id).await;

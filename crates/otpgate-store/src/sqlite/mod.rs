@@ -159,7 +159,12 @@ impl SqliteStore {
             .busy_timeout(BUSY_TIMEOUT)
             // FULL: a commit is on disk before a send answers 200, so it
             // survives a power cut, not only a crash (contract §2).
-            .synchronous(SqliteSynchronous::Full);
+            .synchronous(SqliteSynchronous::Full)
+            // Deleted rows are overwritten with zeros, not only unlinked:
+            // retention must remove phone numbers from the file itself, and
+            // erased message texts (they held codes) must not linger in
+            // free pages. It costs writes on deletes only.
+            .pragma("secure_delete", "on");
         let writer_opts = if memory {
             opts.clone()
         } else {

@@ -397,3 +397,54 @@ async fn a_schema_2_file_is_backfilled_into_the_daily_counts() {
             .is_some()
     );
 }
+
+/// Retention deletes numbers from the file itself, not only from view:
+/// deleted rows' bytes are overwritten (`secure_delete`), so after a
+/// checkpoint the number is nowhere in the database file or its WAL.
+#[tokio::test]
+async fn a_purged_number_is_nowhere_in_the_file() {
+    let dir = TempDir::new();
+    let store = open(&dir.db()).await;
+    let c = cid(1);
+    account(&store, &c, 10, 0).await;
+    // A number no other row holds.
+    let to = otpgate_core::PhoneNumber::parse("91", "9812345678").unwrap();
+    let v = created(&store, send(7, &c, &to, T0)).await;
+    store
+        .inbox_put(&otpgate_store::InboxEntry {
+            customer_id: Some(c.clone()),
+            destination: to.e164_digits(),
+            text: "4821 is your code".into(),
+            verification_id: Some(v.id),
+            created_at: T0,
+        })
+        .await
+        .unwrap();
+    let file_holds = |needle: &[u8]| {
+        ["otpgate.db", "otpgate.db-wal"].iter().any(|f| {
+            std::fs::read(dir.path().join(f))
+                .map(|bytes| bytes.windows(needle.len()).any(|w| w == needle))
+                .unwrap_or(false)
+        })
+    };
+    let checkpoint = || async {
+        let opts = sqlx::sqlite::SqliteConnectOptions::new().filename(dir.db());
+        let mut conn = sqlx::ConnectOptions::connect(&opts).await.unwrap();
+        sqlx::query("pragma wal_checkpoint(truncate)")
+            .execute(&mut conn)
+            .await
+            .unwrap();
+    };
+    checkpoint().await;
+    assert!(
+        file_holds(b"9812345678"),
+        "the test looks for the wrong bytes"
+    );
+    let p = store.purge_before(T0 + DAY, 100).await.unwrap();
+    assert_eq!((p.verifications, p.inbox), (1, 1));
+    checkpoint().await;
+    assert!(
+        !file_holds(b"9812345678"),
+        "the purged number is still in the file"
+    );
+}
