@@ -118,6 +118,9 @@ pub enum DeliveryStatus {
     Rejected,
     /// Given up: a permanent error, or validity ran out while retrying.
     Failed,
+    /// A fallback step that was not needed (an earlier step was delivered,
+    /// a later one went out, or the verification completed): never sent.
+    Cancelled,
 }
 
 impl DeliveryStatus {
@@ -130,6 +133,7 @@ impl DeliveryStatus {
             Self::Expired => "expired",
             Self::Rejected => "rejected",
             Self::Failed => "failed",
+            Self::Cancelled => "cancelled",
         }
     }
 
@@ -142,6 +146,7 @@ impl DeliveryStatus {
             "expired" => Self::Expired,
             "rejected" => Self::Rejected,
             "failed" => Self::Failed,
+            "cancelled" => Self::Cancelled,
             _ => return None,
         })
     }

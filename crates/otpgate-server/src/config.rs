@@ -111,6 +111,23 @@ pub struct MessageSettings {
     /// Message templates by `langId`; `default` is used otherwise.
     /// Placeholders: `{code}`, `{brand}`, `{minutes}`.
     pub templates: BTreeMap<String, String>,
+    /// Templates of one flow by `flowType` (`[message.flows.VOICE]`,
+    /// `[message.flows.EMAIL]`), each by `langId` with a `default`; a flow
+    /// without them uses built-in words (voice, e-mail) or `templates`.
+    pub flows: BTreeMap<String, FlowTemplates>,
+}
+
+/// `[message.flows.FLOW]`: one flow's templates, each map by `langId`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FlowTemplates {
+    /// The text (SMS-like flows, the words a voice call says, an e-mail's
+    /// plain-text part).
+    pub templates: BTreeMap<String, String>,
+    /// E-mail only: the subject.
+    pub subject: BTreeMap<String, String>,
+    /// E-mail only: the HTML part (placeholder values are HTML-escaped).
+    pub html: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -326,6 +343,7 @@ impl Default for MessageSettings {
         Self {
             brand_name: "otpgate".into(),
             templates,
+            flows: BTreeMap::new(),
         }
     }
 }

@@ -10,7 +10,8 @@ use otpgate_core::{
     VerificationView, decide,
 };
 use otpgate_store::{
-    Account, CreateOutcome, NewVerification, SendLimits, StoreError, ValidationAction, Verification,
+    Account, CreateOutcome, NewFallback, NewVerification, SendLimits, StoreError, ValidationAction,
+    Verification,
 };
 
 use crate::auth;
@@ -18,8 +19,9 @@ use crate::error::ApiError;
 use crate::params::Params;
 use crate::state::AppState;
 
-/// Flows the hosted service knows; only those with a channel are enabled.
-const KNOWN_FLOWS: &[&str] = &["SMS", "WHATSAPP", "RCS", "SAUTH"];
+/// Flows the hosted service knows, and otpgate's extensions (`VOICE`,
+/// `EMAIL`); only those with a route are enabled.
+const KNOWN_FLOWS: &[&str] = &["SMS", "WHATSAPP", "RCS", "SAUTH", "VOICE", "EMAIL"];
 
 // ---- §1 token -----------------------------------------------------------
 
@@ -119,6 +121,10 @@ pub struct SendRequest {
     pub otp_length: OtpLength,
     pub timeout_secs: u32,
     pub lang: Option<String>,
+    /// The `email` parameter, checked; required for the `EMAIL` flow. An
+    /// invalid one on another flow is ignored (the contract accepts it
+    /// unchecked), and a fallback step to `EMAIL` is then left out.
+    pub email: Option<String>,
 }
 
 impl SendRequest {
@@ -136,6 +142,19 @@ impl SendRequest {
                 KNOWN_FLOWS.join(", ")
             )));
         }
+        let email = match params.get("email").filter(|e| !e.trim().is_empty()) {
+            Some(e) => match otpgate_sms::email::parse_address(e) {
+                Ok(a) => Some(a),
+                Err(reason) if flow == "EMAIL" => return Err(ApiError::bad_request(reason)),
+                Err(_) => None,
+            },
+            None if flow == "EMAIL" => {
+                return Err(ApiError::bad_request(
+                    "flowType EMAIL needs the email parameter",
+                ));
+            }
+            None => None,
+        };
         let destination = PhoneNumber::parse(country_code, mobile).map_err(|e| match e {
             PhoneError::UnknownCountryCode => {
                 ApiError::new(ResponseCode::InvalidCountryCode, e.to_string())
@@ -199,7 +218,11 @@ impl SendRequest {
             flow,
             otp_length,
             timeout_secs,
-            lang: params.get("langId").map(str::to_owned),
+            // Bounded: it is stored with each outbox row.
+            lang: params
+                .get("langId")
+                .map(|l| l.chars().take(35).collect::<String>()),
+            email,
         })
     }
 }
@@ -224,7 +247,9 @@ pub async fn send(
     let settings = &state.settings;
     let now = state.clock.now_ms();
     let code = OtpCode::generate(req.otp_length, &mut rand::rng());
-    let text = message_text(state, account, &req, &code);
+    let text = message_text(state, account, &req, &req.flow, &code);
+    let expires_at = now + i64::from(req.timeout_secs) * 1000;
+    let fallbacks = fallback_steps(state, account, &req, &code, now, expires_at);
     let limits = SendLimits {
         per_number_max: account
             .settings
@@ -262,10 +287,13 @@ pub async fn send(
         otp_length: req.otp_length.get(),
         max_attempts: settings.otp.max_attempts,
         created_at: now,
-        expires_at: now + i64::from(req.timeout_secs) * 1000,
+        expires_at,
         transaction_id: uuid::Uuid::new_v4().to_string(),
         price: settings.price_for(req.destination.country_code()),
         message_text: text,
+        address: (req.flow == "EMAIL").then(|| req.email.clone()).flatten(),
+        lang: req.lang.clone(),
+        fallbacks,
         limits,
     };
     match state.store.verification_create(new).await {
@@ -303,41 +331,159 @@ pub async fn send(
 /// Candidate ids a send offers the store beyond its first.
 const SPARE_IDS: usize = 7;
 
-fn message_text(state: &AppState, account: &Account, req: &SendRequest, code: &OtpCode) -> String {
-    let templates = &state.settings.message.templates;
-    let template = req
-        .lang
-        .as_deref()
-        .and_then(|l| templates.get(l))
-        .or_else(|| templates.get("default"))
-        .map_or("{code}", String::as_str);
+/// The later steps of the route's fallback workflow, their messages
+/// rendered now (the code exists in plaintext only here and in the outbox
+/// rows). A step is left out when no route serves its flow to this
+/// destination, when it is `EMAIL` and the send has no valid address, or
+/// when its delay is not shorter than the validity (it could never go).
+fn fallback_steps(
+    state: &AppState,
+    account: &Account,
+    req: &SendRequest,
+    code: &OtpCode,
+    now: i64,
+    expires_at: i64,
+) -> Vec<NewFallback> {
+    let router = state.delivery.router();
+    let cc = req.destination.country_code();
+    router
+        .fallback(cc, &req.flow)
+        .into_iter()
+        .filter(|f| f.flow_type != req.flow && router.accepts(cc, &f.flow_type))
+        .filter(|f| f.flow_type != "EMAIL" || req.email.is_some())
+        .map(|f| NewFallback {
+            text: message_text(state, account, req, &f.flow_type, code),
+            address: (f.flow_type == "EMAIL")
+                .then(|| req.email.clone())
+                .flatten(),
+            due_at: now + i64::from(f.after_secs) * 1000,
+            flow_type: f.flow_type,
+        })
+        .filter(|f| f.due_at < expires_at)
+        .collect()
+}
+
+/// Built-in words for the flows whose templates are optional.
+const VOICE_TEXT: &str = "Your {brand} verification code is {code}.";
+const EMAIL_SUBJECT: &str = "Your {brand} verification code";
+const EMAIL_TEXT: &str = "{code} is your {brand} verification code. It expires in {minutes} min.\n\nIf you did not ask for it, you can ignore this message.";
+const EMAIL_HTML: &str = "<p><strong>{code}</strong> is your {brand} verification code. It expires in {minutes} min.</p><p>If you did not ask for it, you can ignore this message.</p>";
+
+/// What the channel of `flow` is handed: the rendered text (SMS-like flows,
+/// voice with the code spelled digit by digit), the bare code (WhatsApp:
+/// Meta's approved template holds the words), or an e-mail's subject, text
+/// and HTML as one JSON document.
+fn message_text(
+    state: &AppState,
+    account: &Account,
+    req: &SendRequest,
+    flow: &str,
+    code: &OtpCode,
+) -> String {
+    let msg = &state.settings.message;
+    let lang = req.lang.as_deref();
+    let flow_templates = msg.flows.get(flow);
+    let pick = |map: Option<&std::collections::BTreeMap<String, String>>| -> Option<String> {
+        let map = map?;
+        lang.and_then(|l| map.get(l))
+            .or_else(|| map.get("default"))
+            .cloned()
+    };
     let brand = account
         .settings
         .brand_name
         .as_deref()
         .filter(|b| !b.trim().is_empty())
-        .unwrap_or(&state.settings.message.brand_name);
+        .unwrap_or(&msg.brand_name);
     let minutes = req.timeout_secs.div_ceil(60).to_string();
-    // Placeholders are replaced in one pass so a brand name that itself
-    // contains "{code}" cannot pull the code into an unexpected place twice.
+    let vars = |code: &str| Vars {
+        code: code.to_owned(),
+        brand: brand.to_owned(),
+        minutes: minutes.clone(),
+    };
+    match flow {
+        "WHATSAPP" => code.expose().to_owned(),
+        "VOICE" => {
+            let t = pick(flow_templates.map(|f| &f.templates)).unwrap_or_else(|| VOICE_TEXT.into());
+            // Digit by digit, with pauses: "1, 2, 3, 4".
+            let spoken = code
+                .expose()
+                .chars()
+                .map(String::from)
+                .collect::<Vec<_>>()
+                .join(", ");
+            fill(&t, &vars(&spoken), |s| s.to_owned())
+        }
+        "EMAIL" => {
+            let v = vars(code.expose());
+            let subject =
+                pick(flow_templates.map(|f| &f.subject)).unwrap_or_else(|| EMAIL_SUBJECT.into());
+            let text =
+                pick(flow_templates.map(|f| &f.templates)).unwrap_or_else(|| EMAIL_TEXT.into());
+            let html = match flow_templates {
+                // Configured templates without HTML send plain text only.
+                Some(f) if !f.templates.is_empty() => pick(Some(&f.html)),
+                _ => pick(flow_templates.map(|f| &f.html)).or_else(|| Some(EMAIL_HTML.into())),
+            };
+            let body = otpgate_sms::email::EmailBody {
+                subject: fill(&subject, &v, |s| s.replace(['\r', '\n'], " ")),
+                text: fill(&text, &v, |s| s.to_owned()),
+                html: html.map(|h| fill(&h, &v, html_escape)),
+            };
+            serde_json::to_string(&body).unwrap_or_default()
+        }
+        _ => {
+            let t = pick(flow_templates.map(|f| &f.templates))
+                .or_else(|| pick(Some(&msg.templates)))
+                .unwrap_or_else(|| "{code}".into());
+            fill(&t, &vars(code.expose()), |s| s.to_owned())
+        }
+    }
+}
+
+struct Vars {
+    code: String,
+    brand: String,
+    minutes: String,
+}
+
+/// Replaces `{code}`, `{brand}` and `{minutes}` in one pass, so a brand name
+/// that itself contains "{code}" cannot pull the code into an unexpected
+/// place twice. Each value goes through `escape` (HTML for e-mail).
+fn fill(template: &str, vars: &Vars, escape: impl Fn(&str) -> String) -> String {
     let mut out = String::with_capacity(template.len() + 16);
     let mut rest = template;
     while let Some(start) = rest.find('{') {
         out.push_str(&rest[..start]);
         let after = &rest[start..];
         let (value, len) = if after.starts_with("{code}") {
-            (code.expose(), 6)
+            (escape(&vars.code), 6)
         } else if after.starts_with("{brand}") {
-            (brand, 7)
+            (escape(&vars.brand), 7)
         } else if after.starts_with("{minutes}") {
-            (minutes.as_str(), 9)
+            (escape(&vars.minutes), 9)
         } else {
-            ("{", 1)
+            ("{".to_owned(), 1)
         };
-        out.push_str(value);
+        out.push_str(&value);
         rest = &after[len..];
     }
     out.push_str(rest);
+    out
+}
+
+fn html_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
     out
 }
 

@@ -82,6 +82,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 customer_id: CustomerId::parse("C-0000000000000A1").expect("id"),
                 destination: PhoneNumber::parse("91", "9876543210").expect("number"),
                 flow_type: "SMS".into(),
+                step: 0,
+                address: None,
+                lang: None,
                 text: format!("Your code is {:04}", i % 10_000),
             })
             .collect();

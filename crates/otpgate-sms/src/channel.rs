@@ -13,6 +13,14 @@ pub struct Outgoing {
     pub customer_id: CustomerId,
     pub destination: PhoneNumber,
     pub flow_type: String,
+    /// 0 for the requested flow, 1.. for the steps of a fallback workflow.
+    pub step: u32,
+    /// The recipient when it is not the phone number (an e-mail address).
+    pub address: Option<String>,
+    /// The send request's `langId` (a template language at the gateway).
+    pub lang: Option<String>,
+    /// What to send: the rendered text (SMS, voice), the bare code
+    /// (WhatsApp), or an [`crate::email::EmailBody`] as JSON (e-mail).
     pub text: String,
 }
 

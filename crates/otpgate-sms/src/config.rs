@@ -1,9 +1,14 @@
 //! The delivery part of `otpgate.toml`: `[channels.NAME]` tables (each with a
-//! `type` of `inbox`, `smpp` or `http`) and an ordered `[[routes]]` list, and
+//! `type` of `inbox`, `smpp`, `http`, `whatsapp`, `voice` or `email`) and an
+//! ordered `[[routes]]` list (each optionally with a `fallback` workflow), and
 //! [`build`], which checks them and turns them into a [`Router`].
 //!
-//! Complete examples live in `crates/otpgate-sms/examples/smpp.toml` and
-//! `examples/http.toml`; a short one:
+//! The newer channel types own their configuration and constructor in their
+//! modules ([`crate::whatsapp`], [`crate::voice`], [`crate::email`]), which
+//! depend on [`crate::setup`] only; this module adds one enum arm each.
+//!
+//! Complete examples live in `crates/otpgate-sms/examples/` (`smpp.toml`,
+//! `http.toml`, `channels.toml`, `fallback.toml`); a short one:
 //!
 //! ```toml
 //! [channels.smsc-a]
@@ -48,11 +53,16 @@ use otpgate_store::Store;
 use serde::Deserialize;
 
 use crate::channel::Channel;
+use crate::email::{EmailChannel, EmailConfig};
 use crate::http::HttpChannel;
 use crate::inbox::InboxChannel;
 use crate::receipt::StoreReceipts;
 use crate::router::{Route, RouteTable};
+pub use crate::setup::{ConfigError, EnvLookup};
+pub(crate) use crate::setup::{expand_env, secret};
 use crate::smpp::SmppChannel;
+use crate::voice::{VoiceChannel, VoiceConfig};
+use crate::whatsapp::{WhatsappChannel, WhatsappConfig};
 use crate::worker::Router;
 
 /// Channels and routes. Empty (no `[channels]` at all) means one `inbox`
@@ -125,6 +135,15 @@ impl SmsConfig {
                 ChannelConfig::Http(c) => {
                     crate::http::prepare(name, c, env)?;
                 }
+                ChannelConfig::Whatsapp(c) => {
+                    crate::whatsapp::prepare(name, c, env)?;
+                }
+                ChannelConfig::Voice(c) => {
+                    crate::voice::prepare(name, c, env)?;
+                }
+                ChannelConfig::Email(c) => {
+                    crate::email::prepare(name, c, env)?;
+                }
             }
         }
         Ok(())
@@ -142,6 +161,12 @@ pub enum ChannelConfig {
     Smpp(Box<SmppConfig>),
     /// An HTTP SMS API (generic, or a `preset`).
     Http(Box<HttpConfig>),
+    /// The WhatsApp Business Cloud API's authentication templates.
+    Whatsapp(Box<WhatsappConfig>),
+    /// A programmable-voice API that calls and reads the code out.
+    Voice(Box<VoiceConfig>),
+    /// SMTP, for the `EMAIL` flow.
+    Email(Box<EmailConfig>),
 }
 
 /// `type = "inbox"` takes no settings.
@@ -396,7 +421,29 @@ pub struct RouteConfig {
     /// Channel names, tried in order: a channel that is unavailable or
     /// fails transiently passes the message to the next at once.
     pub channels: Vec<String>,
+    /// A fallback workflow (extension): up to two more flows for a message
+    /// this route takes. Each step's message is queued with the first and
+    /// goes `after_secs` after the send (or at once when the steps before
+    /// it failed) unless an earlier step was delivered or the code was
+    /// validated first. Each step is routed by its own flow.
+    #[serde(default)]
+    pub fallback: Vec<FallbackConfig>,
 }
+
+/// One `[[routes.fallback]]` step.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FallbackConfig {
+    /// The step's `flowType` (`WHATSAPP`, `VOICE`, `EMAIL`, `SMS`).
+    pub flow: String,
+    /// Seconds after the send request at which this step goes unless an
+    /// earlier one reported delivery; 1 to 600, and more than the step
+    /// before.
+    pub after_secs: u32,
+}
+
+/// Most fallback steps per route (three flows in all).
+pub const MAX_FALLBACK_STEPS: usize = 2;
 
 mod defaults {
     pub fn smpp_port() -> u16 {
@@ -427,41 +474,6 @@ mod defaults {
         true
     }
 }
-
-/// What is wrong with the configuration.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ConfigError {
-    #[error("invalid SMS configuration: {0}")]
-    Toml(String),
-    #[error("channel {channel:?}: {reason}")]
-    Invalid { channel: String, reason: String },
-    #[error("channel {channel:?}: environment variable {var} is not set")]
-    MissingEnv { channel: String, var: String },
-    #[error("route {route}: unknown channel {channel:?}")]
-    UnknownChannel { route: usize, channel: String },
-    #[error("route {0}: no channels listed")]
-    EmptyRoute(usize),
-    #[error("channel names must not be empty")]
-    EmptyName,
-    #[error(
-        "{0} channels are configured but no [[routes]]: add routes to say which to use, in which order"
-    )]
-    NoRoutes(usize),
-    #[error("SMPP channels start background sessions: call build() inside a tokio runtime")]
-    NoRuntime,
-}
-
-impl ConfigError {
-    pub(crate) fn invalid(channel: &str, reason: impl Into<String>) -> Self {
-        ConfigError::Invalid {
-            channel: channel.to_owned(),
-            reason: reason.into(),
-        }
-    }
-}
-
-/// Resolves `${VAR}` and `*_env` settings.
-pub type EnvLookup<'a> = &'a dyn Fn(&str) -> Option<String>;
 
 /// How `/receipts/{channel}` must treat a callback for one channel: what the
 /// server needs to know about a channel's receipts, without reading the
@@ -497,7 +509,16 @@ pub fn receipt_auth(
             Some(t) => ReceiptAuth::Token(t),
             None => ReceiptAuth::Open,
         },
-        ChannelConfig::Inbox(_) | ChannelConfig::Smpp(_) => ReceiptAuth::NotHttp,
+        ChannelConfig::Voice(c) => match crate::voice::receipt_token(name, c, env)? {
+            Some(t) => ReceiptAuth::Token(t),
+            None => ReceiptAuth::Open,
+        },
+        // WhatsApp statuses come to `/webhooks/whatsapp/{channel}`, signed;
+        // SMTP has no receipts.
+        ChannelConfig::Inbox(_)
+        | ChannelConfig::Smpp(_)
+        | ChannelConfig::Whatsapp(_)
+        | ChannelConfig::Email(_) => ReceiptAuth::NotHttp,
     })
 }
 
@@ -597,14 +618,31 @@ pub fn build_table(
             ChannelConfig::Inbox(_) => Prepared::Inbox,
             ChannelConfig::Smpp(c) => Prepared::Smpp(crate::smpp::prepare(name, c, env)?),
             ChannelConfig::Http(c) => Prepared::Http(crate::http::prepare(name, c, env)?),
+            ChannelConfig::Whatsapp(c) => {
+                Prepared::Whatsapp(crate::whatsapp::prepare(name, c, env)?)
+            }
+            ChannelConfig::Voice(c) => Prepared::Voice(crate::voice::prepare(name, c, env)?),
+            ChannelConfig::Email(c) => Prepared::Email(crate::email::prepare(name, c, env)?),
         };
         prepared.push((name.clone(), p));
     }
     for (name, ch) in &config.channels {
-        if let ChannelConfig::Http(c) = ch
-            && c.receipt_token.is_none()
-            && c.receipt_token_env.is_none()
+        if let ChannelConfig::Whatsapp(c) = ch
+            && c.app_secret.is_none()
+            && c.app_secret_env.is_none()
         {
+            tracing::warn!(
+                channel = %name,
+                "this WhatsApp channel has no app_secret: its webhook refuses every status, \
+                 so its messages are never marked delivered"
+            );
+        }
+        let open = match ch {
+            ChannelConfig::Http(c) => c.receipt_token.is_none() && c.receipt_token_env.is_none(),
+            ChannelConfig::Voice(c) => c.receipt_token.is_none() && c.receipt_token_env.is_none(),
+            _ => false,
+        };
+        if open {
             tracing::warn!(
                 channel = %name,
                 "delivery receipts for this channel are unauthenticated: anyone who can \
@@ -624,6 +662,9 @@ pub fn build_table(
             )),
             Prepared::Smpp(s) => Arc::new(SmppChannel::start(name.clone(), s, receipts.clone())),
             Prepared::Http(h) => Arc::new(HttpChannel::new(name.clone(), h)),
+            Prepared::Whatsapp(w) => Arc::new(WhatsappChannel::new(name.clone(), w)),
+            Prepared::Voice(v) => Arc::new(VoiceChannel::new(name.clone(), v)),
+            Prepared::Email(e) => Arc::new(EmailChannel::new(name.clone(), e)),
         };
         by_name.insert(name, ch);
     }
@@ -641,6 +682,14 @@ pub fn build_table(
                     .map(|f| f.to_ascii_uppercase())
                     .collect(),
                 channels: r.channels.iter().map(|n| by_name[n].clone()).collect(),
+                fallback: r
+                    .fallback
+                    .iter()
+                    .map(|f| crate::router::FallbackStep {
+                        flow_type: f.flow.to_ascii_uppercase(),
+                        after_secs: f.after_secs,
+                    })
+                    .collect(),
             })
             .collect()
     };
@@ -651,6 +700,9 @@ enum Prepared {
     Inbox,
     Smpp(crate::smpp::SmppSettings),
     Http(crate::http::HttpSettings),
+    Whatsapp(crate::whatsapp::WhatsappSettings),
+    Voice(crate::voice::VoiceSettings),
+    Email(crate::email::EmailSettings),
 }
 
 fn check_routes(config: &SmsConfig) -> Result<(), ConfigError> {
@@ -672,67 +724,39 @@ fn check_routes(config: &SmsConfig) -> Result<(), ConfigError> {
                 });
             }
         }
+        check_fallback(config, i, r)?;
     }
     Ok(())
 }
 
-/// Replaces each `${VAR}` in `s` by the variable's value.
-///
-/// # Errors
-/// [`ConfigError::MissingEnv`] for an unset variable,
-/// [`ConfigError::Invalid`] for an unterminated `${`.
-pub(crate) fn expand_env(
-    channel: &str,
-    s: &str,
-    env: EnvLookup<'_>,
-) -> Result<String, ConfigError> {
-    let mut out = String::with_capacity(s.len());
-    let mut rest = s;
-    while let Some(i) = rest.find("${") {
-        out.push_str(&rest[..i]);
-        let after = &rest[i + 2..];
-        let Some(end) = after.find('}') else {
-            return Err(ConfigError::invalid(channel, "unterminated ${ in a value"));
-        };
-        let var = &after[..end];
-        let value = env(var).ok_or_else(|| ConfigError::MissingEnv {
-            channel: channel.to_owned(),
-            var: var.to_owned(),
-        })?;
-        out.push_str(&value);
-        rest = &after[end + 1..];
+/// A route's fallback workflow must be short, increasing, and name flows
+/// some route serves (else its steps could never go).
+fn check_fallback(config: &SmsConfig, i: usize, r: &RouteConfig) -> Result<(), ConfigError> {
+    let bad = |reason: String| ConfigError::Fallback { route: i, reason };
+    if r.fallback.len() > MAX_FALLBACK_STEPS {
+        return Err(bad(format!(
+            "at most {MAX_FALLBACK_STEPS} fallback steps (three flows in all)"
+        )));
     }
-    out.push_str(rest);
-    Ok(out)
-}
-
-/// A secret given inline or by environment variable name (the latter wins
-/// when both are set, so a file can keep a placeholder).
-///
-/// # Errors
-/// [`ConfigError::MissingEnv`] when the variable is unset.
-pub(crate) fn secret(
-    channel: &str,
-    inline: Option<&SecretString>,
-    env_name: Option<&str>,
-    env: EnvLookup<'_>,
-) -> Result<Option<SecretString>, ConfigError> {
-    if let Some(var) = env_name {
-        return env(var).map(|v| Some(SecretString::new(v))).ok_or_else(|| {
-            ConfigError::MissingEnv {
-                channel: channel.to_owned(),
-                var: var.to_owned(),
-            }
+    let mut last = 0;
+    for f in &r.fallback {
+        if !(1..=600).contains(&f.after_secs) || f.after_secs <= last {
+            return Err(bad(
+                "after_secs must be 1 to 600 and grow from step to step".into(),
+            ));
+        }
+        last = f.after_secs;
+        let served = config.routes.iter().any(|o| {
+            o.flow_types.is_empty() || o.flow_types.iter().any(|t| t.eq_ignore_ascii_case(&f.flow))
         });
+        if f.flow.trim().is_empty() || !served {
+            return Err(bad(format!(
+                "no route serves the fallback flow {:?}",
+                f.flow
+            )));
+        }
     }
-    match inline {
-        Some(s) => Ok(Some(SecretString::new(expand_env(
-            channel,
-            s.expose(),
-            env,
-        )?))),
-        None => Ok(None),
-    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -114,6 +114,27 @@ pub fn alternate_ids(id: &str) -> Vec<String> {
     out
 }
 
+/// Records receipts a channel's own webhook parsed (WhatsApp's statuses);
+/// returns how many matched a message. Receipts that are not final are
+/// skipped.
+///
+/// # Errors
+/// The store's error: the caller answers 503 so the sender retries.
+pub async fn record_receipts(
+    store: &dyn Store,
+    clock: &dyn Clock,
+    channel: &str,
+    receipts: &[Receipt],
+) -> Result<usize, StoreError> {
+    let mut matched = 0;
+    for r in receipts {
+        if record(store, clock, channel, r).await? {
+            matched += 1;
+        }
+    }
+    Ok(matched)
+}
+
 /// What [`handle_http_receipt`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReceiptOutcome {
@@ -182,6 +203,21 @@ pub fn parse_http_receipt(params: &[(String, String)]) -> Result<Receipt, Receip
             .find(|(k, v)| names.iter().any(|n| k == n) && !v.trim().is_empty())
             .map(|(_, v)| v.trim().to_owned())
     };
+    if let Some(sid) = get(&["CallSid"]) {
+        // Twilio's call status callback (the voice channel): a call that was
+        // answered and played counts as delivered.
+        let status = get(&["CallStatus"]).ok_or(ReceiptError::Malformed("CallStatus missing"))?;
+        let final_status = match status.as_str() {
+            "completed" => Some(DeliveryStatus::Delivered),
+            "busy" | "no-answer" | "failed" | "canceled" => Some(DeliveryStatus::Undeliverable),
+            _ => None,
+        };
+        return Ok(Receipt {
+            gateway_id: sid,
+            status: final_status,
+            detail: detail("twilio-voice", &status, get(&["ErrorCode"]).as_deref()),
+        });
+    }
     if let Some(sid) = get(&["MessageSid", "SmsSid"]) {
         let status = get(&["MessageStatus", "SmsStatus"])
             .ok_or(ReceiptError::Malformed("MessageStatus missing"))?;
@@ -280,6 +316,17 @@ mod tests {
         let sent = parse_http_receipt(&p(&[("MessageSid", "SM1"), ("MessageStatus", "sent")]));
         assert_eq!(sent.unwrap().status, None);
         assert!(parse_http_receipt(&p(&[("MessageSid", "SM1")])).is_err());
+    }
+
+    #[test]
+    fn twilio_call_callbacks() {
+        let r = parse_http_receipt(&p(&[("CallSid", "CA1"), ("CallStatus", "completed")])).unwrap();
+        assert_eq!(r.gateway_id, "CA1");
+        assert_eq!(r.status, Some(DeliveryStatus::Delivered));
+        let r = parse_http_receipt(&p(&[("CallSid", "CA1"), ("CallStatus", "no-answer")])).unwrap();
+        assert_eq!(r.status, Some(DeliveryStatus::Undeliverable));
+        let r = parse_http_receipt(&p(&[("CallSid", "CA1"), ("CallStatus", "ringing")])).unwrap();
+        assert_eq!(r.status, None);
     }
 
     #[test]

@@ -16,6 +16,18 @@ pub struct Route {
     /// Upper-case; empty matches any flow.
     pub flow_types: Vec<String>,
     pub channels: Vec<Arc<dyn Channel>>,
+    /// The fallback workflow's later steps, in order.
+    pub fallback: Vec<FallbackStep>,
+}
+
+/// One later step of a route's fallback workflow.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FallbackStep {
+    /// Upper-case `flowType`.
+    pub flow_type: String,
+    /// Seconds after the send at which it goes unless an earlier step was
+    /// delivered.
+    pub after_secs: u32,
 }
 
 impl Route {
@@ -25,6 +37,7 @@ impl Route {
             country_codes: Vec::new(),
             flow_types: Vec::new(),
             channels,
+            fallback: Vec::new(),
         }
     }
 
@@ -73,6 +86,14 @@ impl Router for RouteTable {
             .iter()
             .any(|r| r.matches(country_code, flow_type) && !r.channels.is_empty())
     }
+
+    fn fallback(&self, country_code: u16, flow_type: &str) -> Vec<FallbackStep> {
+        self.routes
+            .iter()
+            .find(|r| r.matches(country_code, flow_type))
+            .map(|r| r.fallback.clone())
+            .unwrap_or_default()
+    }
 }
 
 #[cfg(test)]
@@ -116,16 +137,19 @@ mod tests {
                     country_codes: vec![],
                     flow_types: vec!["WHATSAPP".into()],
                     channels: vec![w.clone()],
+                    fallback: vec![],
                 },
                 Route {
                     country_codes: vec![91, 44],
                     flow_types: vec!["SMS".into()],
                     channels: vec![a.clone(), b.clone()],
+                    fallback: vec![],
                 },
                 Route {
                     country_codes: vec![],
                     flow_types: vec!["SMS".into()],
                     channels: vec![b.clone()],
+                    fallback: vec![],
                 },
             ],
             vec![a, b, w],

@@ -68,6 +68,11 @@ pub trait Router: Send + Sync + 'static {
     fn accepts(&self, _country_code: u16, _flow_type: &str) -> bool {
         true
     }
+    /// The fallback workflow of the route that takes this dialing code and
+    /// flow: the later steps the server queues with the first.
+    fn fallback(&self, _country_code: u16, _flow_type: &str) -> Vec<crate::router::FallbackStep> {
+        Vec::new()
+    }
 }
 
 /// Every message to the same channels, in order.
@@ -242,6 +247,9 @@ impl Delivery {
             customer_id: msg.customer_id.clone(),
             destination: msg.destination.clone(),
             flow_type: msg.flow_type.clone(),
+            step: msg.step,
+            address: msg.address.clone(),
+            lang: msg.lang.clone(),
             text,
         };
         let channels = self.router.route(&msg);
@@ -269,10 +277,14 @@ impl Delivery {
         for channel in channels {
             match channel.send(&out).await {
                 Ok(acc) => {
-                    debug!(
-                        message = msg.id,
+                    // One line per attempt, with its flow and channel: what
+                    // an operator follows a fallback workflow by.
+                    info!(
+                        verification = msg.verification_id.get(),
+                        step = msg.step,
+                        flow = %msg.flow_type,
                         channel = channel.name(),
-                        "delivered to gateway"
+                        "message handed to gateway"
                     );
                     let info = SentInfo {
                         channel: channel.name().to_owned(),

@@ -255,6 +255,9 @@ fn request(customer: &CustomerId, n: u64) -> Result<NewVerification, String> {
         transaction_id: format!("bench-{n}"),
         price: 1,
         message_text: format!("Your code is {:04}", n % 10_000),
+        address: None,
+        lang: None,
+        fallbacks: Vec::new(),
         limits: SendLimits {
             per_number_max: 1000,
             per_number_window_ms: 3_600_000,

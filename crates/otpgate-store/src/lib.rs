@@ -229,11 +229,16 @@ pub trait Store: Send + Sync + 'static {
     /// Messages by state, for health and metrics.
     async fn outbox_depth(&self) -> StoreResult<OutboxDepth>;
 
-    /// The outbox row of a verification (for tests, the console and support).
+    /// The outbox row of a verification's first step (for tests, the
+    /// console and support).
     async fn outbox_for_verification(
         &self,
         id: VerificationId,
     ) -> StoreResult<Option<OutboxMessage>>;
+
+    /// Every outbox row of a verification, one per step of its workflow,
+    /// in step order (the console's log shows each attempt and its channel).
+    async fn outbox_attempts(&self, id: VerificationId) -> StoreResult<Vec<OutboxMessage>>;
 
     // ---- inbox channel -------------------------------------------------
 

@@ -94,7 +94,29 @@ pub struct NewVerification {
     /// The text queued for delivery. It holds the code: the store keeps it
     /// only until the message is delivered or abandoned.
     pub message_text: String,
+    /// The first step's recipient when it is not the phone number (an
+    /// e-mail address for the `EMAIL` flow).
+    pub address: Option<String>,
+    /// The request's `langId`, for channels that pick a template language
+    /// at the gateway (WhatsApp, voice).
+    pub lang: Option<String>,
+    /// The fallback steps of the route's workflow, in order: each is queued
+    /// now, held until `due_at`, and cancelled if an earlier step is
+    /// delivered first. Not charged: a verification costs its price once.
+    pub fallbacks: Vec<NewFallback>,
     pub limits: SendLimits,
+}
+
+/// A later step of a fallback workflow, its text rendered at send time (the
+/// code is not stored anywhere else in plaintext).
+#[derive(Debug, Clone)]
+pub struct NewFallback {
+    pub flow_type: String,
+    pub text: String,
+    pub address: Option<String>,
+    /// When the step goes out unless an earlier one was delivered (or
+    /// failed: then at once).
+    pub due_at: i64,
 }
 
 /// Result of [`crate::Store::verification_create`].
@@ -215,7 +237,14 @@ pub struct OutboxMessage {
     pub verification_id: VerificationId,
     pub customer_id: CustomerId,
     pub destination: PhoneNumber,
+    /// This step's flow (the verification's, or a fallback's).
     pub flow_type: String,
+    /// 0 for the requested flow, 1.. for fallback steps.
+    pub step: u32,
+    /// The recipient when it is not the phone number (e-mail).
+    pub address: Option<String>,
+    /// The send request's `langId`.
+    pub lang: Option<String>,
     /// `None` once erased (sent or abandoned).
     pub text: Option<String>,
     pub status: DeliveryStatus,

@@ -159,3 +159,77 @@ mod tests {
         assert_eq!(last - first + 1, MAX_STATS_DAYS);
     }
 }
+
+/// What a failed step of a fallback workflow does to its verification
+/// (both backends apply this verdict to the facts they read).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct StepFailed {
+    /// The outbox row of the next held step, to send at once rather than at
+    /// its due time: the channel before it has already failed.
+    pub wake: Option<i64>,
+    /// No other step is still queued, out with a gateway or delivered: the
+    /// code can no longer arrive, so the verification fails and is refunded.
+    pub fail_verification: bool,
+}
+
+/// The verdict on a verification whose step `step` just failed, given its
+/// other steps as (row id, step, status).
+pub(crate) fn step_failed(step: u32, others: &[(i64, u32, DeliveryStatus)]) -> StepFailed {
+    let wake = others
+        .iter()
+        .filter(|(_, s, st)| *s > step && *st == DeliveryStatus::Queued)
+        .min_by_key(|(_, s, _)| *s)
+        .map(|(id, _, _)| *id);
+    let alive = others.iter().any(|(_, s, st)| {
+        *s != step
+            && matches!(
+                st,
+                DeliveryStatus::Queued | DeliveryStatus::Sent | DeliveryStatus::Delivered
+            )
+    });
+    StepFailed {
+        wake,
+        fail_verification: !alive,
+    }
+}
+
+#[cfg(test)]
+mod step_tests {
+    use super::*;
+    use DeliveryStatus::{Cancelled, Delivered, Failed, Queued, Sent};
+
+    #[test]
+    fn a_failed_step_wakes_the_next_held_one_and_keeps_the_verification() {
+        let v = step_failed(0, &[(11, 1, Queued), (12, 2, Queued)]);
+        assert_eq!(
+            v,
+            StepFailed {
+                wake: Some(11),
+                fail_verification: false
+            }
+        );
+    }
+
+    #[test]
+    fn the_last_step_failing_fails_the_verification() {
+        let v = step_failed(1, &[(10, 0, Failed)]);
+        assert_eq!(
+            v,
+            StepFailed {
+                wake: None,
+                fail_verification: true
+            }
+        );
+        assert!(step_failed(0, &[]).fail_verification, "no workflow at all");
+        assert!(step_failed(0, &[(11, 1, Cancelled)]).fail_verification);
+    }
+
+    #[test]
+    fn a_step_still_out_keeps_the_verification_alive() {
+        for st in [Sent, Delivered, Queued] {
+            let v = step_failed(1, &[(10, 0, st)]);
+            assert_eq!(v.wake, None, "earlier steps are never woken");
+            assert!(!v.fail_verification, "{st:?}");
+        }
+    }
+}

@@ -75,6 +75,28 @@ struct LogRow {
     attempts: String,
     cost: String,
     ended: String,
+    /// One line per step of a fallback workflow (flow, channel, outcome);
+    /// empty for a verification with a single step.
+    steps: Vec<String>,
+}
+
+/// `WHATSAPP via wa-main: delivered` per step (in step order), when there
+/// is more than one.
+fn steps(attempts: &[otpgate_store::OutboxMessage]) -> Vec<String> {
+    if attempts.len() < 2 {
+        return Vec::new();
+    }
+    attempts
+        .iter()
+        .map(|m| {
+            let via = m
+                .channel
+                .as_deref()
+                .map(|c| format!(" via {c}"))
+                .unwrap_or_default();
+            format!("{}{via}: {}", m.flow_type, m.status.as_str())
+        })
+        .collect()
 }
 
 impl LogQuery {
@@ -176,6 +198,7 @@ fn row(v: &Verification, now: i64) -> LogRow {
         attempts: format!("{} of {} wrong", v.wrong_attempts, v.max_attempts),
         cost,
         ended,
+        steps: Vec::new(),
     }
 }
 
@@ -201,8 +224,15 @@ pub async fn page(
     let more = found.len() > PAGE as usize;
     found.truncate(PAGE as usize);
     let now = console.now();
+    let mut rows = Vec::with_capacity(found.len());
+    for v in &found {
+        let mut r = row(v, now);
+        // At most one page of small indexed reads.
+        r.steps = steps(&console.app.store.outbox_attempts(v.id).await?);
+        rows.push(r);
+    }
     let table = LogTable {
-        rows: found.iter().map(|v| row(v, now)).collect(),
+        rows,
         page,
         newer: if page > 1 {
             q.href(page - 1)

@@ -7,6 +7,7 @@ pub mod openapi;
 mod receipts;
 mod token;
 mod verification;
+mod whatsapp;
 
 use axum::Router;
 use axum::http::StatusCode;
@@ -21,6 +22,7 @@ pub fn router(state: AppState) -> Router {
         .merge(verification::router())
         .merge(health::router())
         .merge(receipts::router())
+        .merge(whatsapp::router())
         .merge(openapi::router());
     if state.settings.console.enabled {
         router = router

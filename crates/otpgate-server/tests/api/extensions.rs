@@ -189,6 +189,9 @@ async fn an_id_issued_wider_before_the_change_still_validates() {
         transaction_id: uuid::Uuid::new_v4().to_string(),
         price: 1,
         message_text: "4821 is your code".into(),
+        address: None,
+        lang: None,
+        fallbacks: Vec::new(),
         limits: SendLimits {
             per_number_max: 5,
             per_number_window_ms: 600_000,

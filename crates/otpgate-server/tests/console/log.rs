@@ -124,3 +124,54 @@ fn otpgate_server_date(ms: i64) -> String {
     let y = yoe + era * 400 + i64::from(m <= 2);
     format!("{y:04}-{m:02}-{d:02}")
 }
+
+/// A fallback workflow's steps show in the log, each with its channel.
+#[tokio::test]
+async fn the_log_lists_each_step_of_a_fallback_workflow_with_its_channel() {
+    let mut settings = crate::helpers::test_settings();
+    let sms = otpgate_sms::config::SmsConfig::from_toml(
+        r#"
+[channels.sms-inbox]
+type = "inbox"
+[channels.wa-inbox]
+type = "inbox"
+[[routes]]
+flow_types = ["SMS"]
+channels = ["sms-inbox"]
+fallback = [{ flow = "WHATSAPP", after_secs = 5 }]
+[[routes]]
+flow_types = ["WHATSAPP"]
+channels = ["wa-inbox"]
+"#,
+    )
+    .unwrap();
+    settings.channels = sms.channels;
+    settings.routes = sms.routes;
+    let app = crate::helpers::spawn_with(settings).await;
+    let mut v = Visitor::new(&app);
+    let (_, cid) = v.sign_up("steps@example.com", PASSWORD).await;
+    let token = app.token(&cid, PASSWORD).await;
+    let id = app.send_ok(&token, "91", "9876500001").await;
+    app.delivered(&id).await;
+    // The inbox reports no delivery: the WhatsApp step goes when due.
+    app.clock.advance_ms(5_000);
+    let vid = otpgate_core::VerificationId::parse(&id).unwrap();
+    for _ in 0..500 {
+        let steps = app.store.outbox_attempts(vid).await.unwrap();
+        if steps[1].status == otpgate_core::DeliveryStatus::Sent {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let page = v.get("/console/log").await;
+    assert!(
+        page.body.contains("SMS via sms-inbox: sent"),
+        "{}",
+        page.body
+    );
+    assert!(
+        page.body.contains("WHATSAPP via wa-inbox: sent"),
+        "{}",
+        page.body
+    );
+}

@@ -275,6 +275,9 @@ impl Db {
             transaction_id: format!("tx-{n}"),
             price: 1,
             message_text: text.to_owned(),
+            address: None,
+            lang: None,
+            fallbacks: Vec::new(),
             limits: SendLimits {
                 per_number_max: 1000,
                 per_number_window_ms: 3_600_000,

@@ -8,7 +8,17 @@ use crate::common::Db;
 fn env(k: &str) -> Option<String> {
     k.ends_with("PASSWORD")
         .then(|| "pw".to_owned())
-        .or_else(|| matches!(k, "TWILIO_AUTH_TOKEN" | "ACME_API_TOKEN").then(|| "token".to_owned()))
+        .or_else(|| {
+            matches!(
+                k,
+                "TWILIO_AUTH_TOKEN"
+                    | "ACME_API_TOKEN"
+                    | "WHATSAPP_TOKEN"
+                    | "WHATSAPP_APP_SECRET"
+                    | "WHATSAPP_VERIFY_TOKEN"
+            )
+            .then(|| "token".to_owned())
+        })
         .or_else(|| {
             k.ends_with("_RECEIPT_TOKEN")
                 .then(|| "receipt-token".to_owned())
@@ -58,12 +68,68 @@ fn the_http_example_is_valid() {
 fn the_readme_embeds_the_examples_as_they_are() {
     let dir = env!("CARGO_MANIFEST_DIR");
     let readme = std::fs::read_to_string(format!("{dir}/../../README.md")).expect("read README");
-    for name in ["smpp.toml", "http.toml"] {
+    for name in ["smpp.toml", "http.toml", "channels.toml", "fallback.toml"] {
         let text = std::fs::read_to_string(format!("{dir}/examples/{name}")).expect("read");
         assert!(
             readme.contains(&text),
             "README.md must embed examples/{name} verbatim: update one from the other"
         );
+    }
+}
+
+#[test]
+fn the_whatsapp_voice_and_email_example_is_valid() {
+    let cfg = example("channels.toml");
+    cfg.validate(&env).expect("valid");
+    let kinds: Vec<&str> = cfg
+        .channels
+        .values()
+        .map(|c| match c {
+            ChannelConfig::Whatsapp(_) => "whatsapp",
+            ChannelConfig::Voice(_) => "voice",
+            ChannelConfig::Email(_) => "email",
+            _ => "other",
+        })
+        .collect();
+    assert_eq!(kinds, ["email", "voice", "whatsapp"]);
+    // The voice channel's callbacks carry a token; WhatsApp's webhook is
+    // authenticated by its signature elsewhere, e-mail has none.
+    let auth = otpgate_sms::config::receipt_auth("voice", &cfg.channels["voice"], &env).unwrap();
+    assert!(matches!(auth, otpgate_sms::config::ReceiptAuth::Token(_)));
+    let e = cfg.validate(&|_| None).unwrap_err();
+    assert!(matches!(e, ConfigError::MissingEnv { .. }), "{e}");
+}
+
+#[test]
+fn the_fallback_example_is_valid_and_bad_workflows_are_refused() {
+    let cfg = example("fallback.toml");
+    cfg.validate(&env).expect("valid");
+    let steps: Vec<(&str, u32)> = cfg.routes[0]
+        .fallback
+        .iter()
+        .map(|f| (f.flow.as_str(), f.after_secs))
+        .collect();
+    assert_eq!(steps, [("WHATSAPP", 10), ("VOICE", 30)]);
+    let base =
+        "[channels.a]\ntype = \"inbox\"\n[[routes]]\nflow_types = [\"SMS\"]\nchannels = [\"a\"]\n";
+    for (fallback, why) in [
+        (
+            "[{ flow = \"WHATSAPP\", after_secs = 5 }]",
+            "no route serves",
+        ),
+        ("[{ flow = \"SMS\", after_secs = 0 }]", "after_secs"),
+        (
+            "[{ flow = \"SMS\", after_secs = 9 }, { flow = \"SMS\", after_secs = 5 }]",
+            "after_secs",
+        ),
+        (
+            "[{ flow = \"SMS\", after_secs = 1 }, { flow = \"SMS\", after_secs = 2 }, { flow = \"SMS\", after_secs = 3 }]",
+            "at most 2",
+        ),
+    ] {
+        let cfg = SmsConfig::from_toml(&format!("{base}fallback = {fallback}\n")).unwrap();
+        let e = cfg.validate(&env).unwrap_err();
+        assert!(e.to_string().contains(why), "{fallback}: {e}");
     }
 }
 

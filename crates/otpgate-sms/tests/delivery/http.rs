@@ -119,6 +119,9 @@ fn msg(id: i64, text: &str) -> Outgoing {
         customer_id: CustomerId::parse("C-0000000000000A1").unwrap(),
         destination: PhoneNumber::parse("91", "9876543210").unwrap(),
         flow_type: "SMS".into(),
+        step: 0,
+        address: None,
+        lang: None,
         text: text.into(),
     }
 }

@@ -31,13 +31,18 @@ const MIGRATIONS: &[Migration] = &[
     },
     Migration {
         version: 2,
+        name: "outbox steps",
+        sql: include_str!("../../migrations/postgres/0002_outbox_steps.sql"),
+    },
+    Migration {
+        version: 3,
         name: "daily stats and retention",
-        sql: include_str!("../../migrations/postgres/0002_daily_stats_retention.sql"),
+        sql: include_str!("../../migrations/postgres/0003_daily_stats_retention.sql"),
     },
 ];
 
 /// The newest schema this build knows.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 /// Key of the advisory lock that serialises migrations across nodes
 /// ("otpgate" in ASCII, then a 1).

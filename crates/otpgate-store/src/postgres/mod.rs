@@ -351,15 +351,16 @@ const WRITE: &str = concat!(
      ),
      queued as (
          insert into outbox (
-             verification_id, customer_id, text, status, attempts, next_attempt_at,
-             created_at, updated_at
+             verification_id, customer_id, step, address, lang, text, status, attempts,
+             next_attempt_at, created_at, updated_at
          )
-         select id, customer_id, $15, 'queued', 0, created_at, created_at, created_at
+         select id, customer_id, 0, $16, $17, $15, 'queued', 0, created_at, created_at,
+                created_at
            from inserted
      ),
      counted as (
          insert into daily_stats (customer_id, day, sends, completed, created_at)
-         select customer_id, $16, 1, 0, created_at from inserted
+         select customer_id, $18, 1, 0, created_at from inserted
          on conflict (customer_id, day) do update set sends = daily_stats.sends + 1
      )
      select * from inserted"
@@ -485,6 +486,7 @@ impl PostgresStore {
         // (`on conflict do nothing`) and leaves the transaction usable.
         let candidates = std::iter::once((req.id, &req.code_hash))
             .chain(req.spare_ids.iter().map(|(i, h)| (*i, h)));
+        let mut stored = None;
         for (id, code_hash) in candidates {
             let row = sqlx::query(WRITE)
                 .bind(id_i64(id))
@@ -502,17 +504,43 @@ impl PostgresStore {
                 .bind(cost)
                 .bind(cost_test)
                 .bind(&req.message_text)
+                .bind(&req.address)
+                .bind(&req.lang)
                 .bind(day_of(req.created_at))
                 .fetch_optional(&mut *tx)
                 .await
                 .map_err(db_err)?;
             if let Some(row) = row {
-                return Ok(Ok(rows::verification(&row)?));
+                stored = Some((id, row));
+                break;
             }
         }
-        Err(StoreError::Conflict(
-            "every candidate verification id is taken".into(),
-        ))
+        let Some((id, row)) = stored else {
+            return Err(StoreError::Conflict(
+                "every candidate verification id is taken".into(),
+            ));
+        };
+        for (i, f) in req.fallbacks.iter().enumerate() {
+            sqlx::query(
+                "insert into outbox (
+                     verification_id, customer_id, step, flow_type, address, lang, text,
+                     status, attempts, next_attempt_at, created_at, updated_at
+                 ) values ($1, $2, $3, $4, $5, $6, $7, 'queued', 0, $8, $9, $9)",
+            )
+            .bind(id_i64(id))
+            .bind(req.customer_id.as_str())
+            .bind(i32::try_from(i + 1).unwrap_or(i32::MAX))
+            .bind(&f.flow_type)
+            .bind(&f.address)
+            .bind(&req.lang)
+            .bind(&f.text)
+            .bind(f.due_at)
+            .bind(req.created_at)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        }
+        Ok(Ok(rows::verification(&row)?))
     }
 }
 
@@ -767,39 +795,64 @@ impl Store for PostgresStore {
             // No stored row can have that many.
             return Ok(false);
         };
-        self.guarded(async {
-            let query = match action {
-                // The completion and its count in the daily aggregate (on
-                // its send's day), in one statement; a row is inserted or
-                // updated there exactly when the verification changed.
-                ValidationAction::Complete => sqlx::query(
-                    "with done as (
-                         update verifications set state = 'completed', completed_at = $4
-                          where id = $1 and customer_id = $2 and state = 'pending'
-                            and wrong_attempts = $3
-                         returning customer_id, created_at
-                     )
+        // One statement each, so the verification's write, the held
+        // fallback steps' cancellation and (for a completion) its count in
+        // the daily aggregate, on its send's day, happen together or not at
+        // all: a
+        // completed verification's held steps are not needed, and one
+        // killed by this wrong code must not have its code sent again.
+        let sql = match action {
+            ValidationAction::Complete => {
+                "with v as (
+                     update verifications set state = 'completed', completed_at = $4
+                      where id = $1 and customer_id = $2 and state = 'pending'
+                        and wrong_attempts = $3
+                     returning id, customer_id, created_at, true as done
+                 ),
+                 held as (
+                     update outbox o
+                        set status = 'cancelled', text = null, lease_owner = null,
+                            lease_until = null, updated_at = $4
+                       from v
+                      where v.done and o.verification_id = v.id and o.status = 'queued'
+                 ),
+                 counted as (
                      insert into daily_stats (customer_id, day, sends, completed, created_at)
-                     select customer_id, floor(created_at::numeric / 86400000)::bigint, 0, 1, $4
-                       from done
+                     select customer_id, floor(created_at::numeric / 86400000)::bigint, 0, 1,
+                            $4
+                       from v
                      on conflict (customer_id, day) do update
-                        set completed = daily_stats.completed + 1",
-                )
+                        set completed = daily_stats.completed + 1
+                 )
+                 select count(*) from v"
+            }
+            ValidationAction::Wrong => {
+                "with v as (
+                     update verifications set wrong_attempts = wrong_attempts + 1
+                      where id = $1 and customer_id = $2 and state = 'pending'
+                        and wrong_attempts = $3
+                     returning id, wrong_attempts >= max_attempts as done
+                 ),
+                 held as (
+                     update outbox o
+                        set status = 'cancelled', text = null, lease_owner = null,
+                            lease_until = null, updated_at = $4
+                       from v
+                      where v.done and o.verification_id = v.id and o.status = 'queued'
+                 )
+                 select count(*) from v"
+            }
+        };
+        self.guarded(async {
+            let n: i64 = sqlx::query_scalar(sql)
                 .bind(id_i64(id))
                 .bind(customer.as_str())
                 .bind(expected)
-                .bind(now),
-                ValidationAction::Wrong => sqlx::query(
-                    "update verifications set wrong_attempts = wrong_attempts + 1
-                     where id = $1 and customer_id = $2 and state = 'pending'
-                       and wrong_attempts = $3",
-                )
-                .bind(id_i64(id))
-                .bind(customer.as_str())
-                .bind(expected),
-            };
-            let done = query.execute(&self.pool).await.map_err(db_err)?;
-            Ok(done.rows_affected() == 1)
+                .bind(now)
+                .fetch_one(&self.pool)
+                .await
+                .map_err(db_err)?;
+            Ok(n == 1)
         })
         .await
     }
@@ -1043,7 +1096,17 @@ impl Store for PostgresStore {
                         set status = 'sent', text = null, channel = $3, gateway_id = $4,
                             lease_owner = null, lease_until = null, updated_at = $5
                       where id = $1 and lease_owner = $2 and status = 'queued'
-                      returning verification_id
+                      returning verification_id, step
+                 ),
+                 -- A later step went out: an earlier one still retrying is
+                 -- not needed any more.
+                 earlier as (
+                     update outbox x
+                        set status = 'cancelled', text = null, lease_owner = null,
+                            lease_until = null, updated_at = $5
+                       from o
+                      where x.verification_id = o.verification_id and x.status = 'queued'
+                        and x.step < o.step
                  )
                  update verifications v
                     set delivery = 'sent', channel = $3, gateway_id = $4
@@ -1130,7 +1193,15 @@ impl Store for PostgresStore {
                 tx.rollback().await.map_err(db_err)?;
                 return Ok(false);
             };
-            fail_and_refund(&mut tx, verification, DeliveryStatus::Failed, error).await?;
+            step_failed(
+                &mut tx,
+                verification,
+                message_id,
+                DeliveryStatus::Failed,
+                error,
+                now,
+            )
+            .await?;
             tx.commit().await.map_err(db_err)?;
             Ok(true)
         })
@@ -1158,10 +1229,10 @@ impl Store for PostgresStore {
         );
         self.guarded(async {
             let mut tx = self.pool.begin().await.map_err(db_err)?;
-            let matched: Vec<i64> = sqlx::query_scalar(
+            let matched: Vec<(i64, i64)> = sqlx::query_as(
                 "update outbox set status = coalesce($3, status), updated_at = $4
                   where channel = $1 and gateway_id = $2
-                  returning verification_id",
+                  returning verification_id, id",
             )
             .bind(channel)
             .bind(gateway_id)
@@ -1170,10 +1241,15 @@ impl Store for PostgresStore {
             .fetch_all(&mut *tx)
             .await
             .map_err(db_err)?;
-            for &verification in &matched {
+            for &(verification, message_id) in &matched {
                 if permanent {
-                    fail_and_refund(&mut tx, verification, status, detail).await?;
+                    step_failed(&mut tx, verification, message_id, status, detail, now).await?;
                 } else {
+                    if status == DeliveryStatus::Delivered {
+                        // The code arrived: the workflow's later steps must
+                        // not go.
+                        cancel_queued(&mut tx, verification, now).await?;
+                    }
                     sqlx::query(
                         "update verifications
                             set delivery = coalesce($2, delivery), delivery_detail = $3
@@ -1222,13 +1298,30 @@ impl Store for PostgresStore {
                 "select ",
                 outbox_columns!(),
                 " from outbox o join verifications v on v.id = o.verification_id
-                  where o.verification_id = $1"
+                  where o.verification_id = $1 and o.step = 0"
             ))
             .bind(id_i64(id))
             .fetch_optional(&self.pool)
             .await
             .map_err(db_err)?;
             row.as_ref().map(rows::outbox_message).transpose()
+        })
+        .await
+    }
+
+    async fn outbox_attempts(&self, id: VerificationId) -> StoreResult<Vec<OutboxMessage>> {
+        self.guarded(async {
+            let rows = sqlx::query(concat!(
+                "select ",
+                outbox_columns!(),
+                " from outbox o join verifications v on v.id = o.verification_id
+                  where o.verification_id = $1 order by o.step"
+            ))
+            .bind(id_i64(id))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_err)?;
+            rows.iter().map(rows::outbox_message).collect()
         })
         .await
     }
@@ -1277,6 +1370,76 @@ impl Store for PostgresStore {
         })
         .await
     }
+}
+
+/// Step `message_id` of `verification` will not deliver: wake the next held
+/// step of its workflow, and fail the verification only when no step is left
+/// that could still bring the code (the verdict is
+/// [`crate::shared::step_failed`], shared with SQLite).
+async fn step_failed(
+    tx: &mut PgConnection,
+    verification: i64,
+    message_id: i64,
+    delivery: DeliveryStatus,
+    detail: &str,
+    now: i64,
+) -> StoreResult<()> {
+    let steps: Vec<(i64, i32, String)> =
+        sqlx::query_as("select id, step, status from outbox where verification_id = $1 for update")
+            .bind(verification)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(db_err)?;
+    let mut this = 0;
+    let mut others = Vec::with_capacity(steps.len());
+    for (id, step, status) in steps {
+        let step = crate::shared::count(step.into(), "step")?;
+        if id == message_id {
+            this = step;
+        } else {
+            others.push((id, step, crate::shared::delivery(&status)?));
+        }
+    }
+    let verdict = crate::shared::step_failed(this, &others);
+    if let Some(next) = verdict.wake {
+        sqlx::query(
+            "update outbox set next_attempt_at = least(next_attempt_at, $2), updated_at = $2
+              where id = $1 and status = 'queued'",
+        )
+        .bind(next)
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err)?;
+    }
+    if verdict.fail_verification {
+        fail_and_refund(tx, verification, delivery, detail).await
+    } else {
+        sqlx::query("update verifications set delivery_detail = $2 where id = $1")
+            .bind(verification)
+            .bind(detail)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        Ok(())
+    }
+}
+
+/// The rest of a workflow became unnecessary: every step of `verification`
+/// still queued is cancelled and its text erased.
+async fn cancel_queued(tx: &mut PgConnection, verification: i64, now: i64) -> StoreResult<()> {
+    sqlx::query(
+        "update outbox
+            set status = 'cancelled', text = null, lease_owner = null, lease_until = null,
+                updated_at = $2
+          where verification_id = $1 and status = 'queued'",
+    )
+    .bind(verification)
+    .bind(now)
+    .execute(&mut *tx)
+    .await
+    .map_err(db_err)?;
+    Ok(())
 }
 
 /// The message will never arrive: a pending verification fails (700 on

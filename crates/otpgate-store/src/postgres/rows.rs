@@ -33,7 +33,8 @@ pub(crate) use account_columns;
 /// `verifications v`.
 macro_rules! outbox_columns {
     () => {
-        "o.id, o.verification_id, o.customer_id, v.country_code, v.national, v.flow_type, \
+        "o.id, o.verification_id, o.customer_id, v.country_code, v.national, \
+         coalesce(o.flow_type, v.flow_type) as flow_type, o.step, o.address, o.lang, \
          o.text, o.status, o.attempts, o.next_attempt_at, v.expires_at, o.channel, \
          o.gateway_id, o.last_error, o.created_at"
     };
@@ -106,6 +107,9 @@ pub(crate) fn outbox_message(row: &PgRow) -> StoreResult<OutboxMessage> {
         customer_id: customer_id(&get::<String>(row, "customer_id")?)?,
         destination: destination(row)?,
         flow_type: get(row, "flow_type")?,
+        step: count(get::<i32>(row, "step")?.into(), "step")?,
+        address: get(row, "address")?,
+        lang: get(row, "lang")?,
         text: get(row, "text")?,
         status: delivery(&status)?,
         attempts: count(get::<i32>(row, "attempts")?.into(), "attempts")?,

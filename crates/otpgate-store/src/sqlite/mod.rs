@@ -59,13 +59,18 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     ),
     (
         3,
+        "outbox steps",
+        include_str!("../../migrations/sqlite/0003_outbox_steps.sql"),
+    ),
+    (
+        4,
         "daily stats and retention",
-        include_str!("../../migrations/sqlite/0003_daily_stats_retention.sql"),
+        include_str!("../../migrations/sqlite/0004_daily_stats_retention.sql"),
     ),
 ];
 
 /// The schema version this build migrates to (the newest migration).
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 4;
 const _: () = assert!(MIGRATIONS[MIGRATIONS.len() - 1].0 == SCHEMA_VERSION);
 
 /// How long a statement waits for another process's write lock before the
@@ -714,6 +719,13 @@ impl Store for SqliteStore {
                     .execute(&mut *conn)
                     .await
                     .map_err(db)?;
+                    // Fallback steps still held carry the code: not needed.
+                    outbox::cancel_queued(conn, id_i64(id), now).await?;
+                }
+                if applied && action == ValidationAction::Wrong {
+                    // A verification just killed by wrong codes must not
+                    // have its code sent again by a held step.
+                    outbox::cancel_queued_if_dead(conn, id_i64(id), now).await?;
                 }
                 Ok(applied)
             })
@@ -951,7 +963,7 @@ impl Store for SqliteStore {
             "select ",
             outbox_columns!(),
             " from outbox o join verifications v on v.id = o.verification_id
-             where o.verification_id = ?1"
+             where o.verification_id = ?1 and o.step = 0"
         ))
         .bind(id_i64(id))
         .fetch_optional(&self.reader)
@@ -960,6 +972,22 @@ impl Store for SqliteStore {
         .as_ref()
         .map(rows::outbox_message)
         .transpose()
+    }
+
+    async fn outbox_attempts(&self, id: VerificationId) -> StoreResult<Vec<OutboxMessage>> {
+        sqlx::query(concat!(
+            "select ",
+            outbox_columns!(),
+            " from outbox o join verifications v on v.id = o.verification_id
+             where o.verification_id = ?1 order by o.step"
+        ))
+        .bind(id_i64(id))
+        .fetch_all(&self.reader)
+        .await
+        .map_err(db)?
+        .iter()
+        .map(rows::outbox_message)
+        .collect()
     }
 
     async fn inbox_put(&self, msg: &InboxEntry) -> StoreResult<()> {
@@ -1005,5 +1033,113 @@ impl Store for SqliteStore {
         .iter()
         .map(rows::inbox_entry)
         .collect()
+    }
+}
+
+#[cfg(test)]
+mod upgrade_tests {
+    use super::*;
+
+    /// A database migrated by a build before fallback steps (schema 2), with
+    /// a queued and a sent message, opens under this build: the rows keep
+    /// their ids, become step 0 of the verification's flow, and the queued
+    /// one is still claimed and sent.
+    #[tokio::test]
+    async fn a_schema_2_database_keeps_its_outbox_rows_as_first_steps() {
+        let dir = std::env::temp_dir().join(format!(
+            "otpgate-upgrade-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos())
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("old.db");
+        {
+            let opts = SqliteConnectOptions::new()
+                .filename(&path)
+                .create_if_missing(true)
+                .foreign_keys(true);
+            let pool = SqlitePoolOptions::new()
+                .max_connections(1)
+                .connect_with(opts)
+                .await
+                .unwrap();
+            let old = MIGRATIONS[..2]
+                .iter()
+                .map(|&(version, description, sql)| {
+                    Migration::new(
+                        version,
+                        description.into(),
+                        MigrationType::Simple,
+                        sql.into_sql_str(),
+                        false,
+                    )
+                })
+                .collect();
+            Migrator::with_migrations(old).run(&pool).await.unwrap();
+            sqlx::raw_sql(
+                "insert into accounts (customer_id, password_hash, credits, test_credits, created_at)
+                     values ('C-000000000000001', 'x', 5, 0, 1);
+                 insert into verifications (id, customer_id, country_code, national, destination,
+                     flow_type, code_hash, otp_length, state, max_attempts, created_at, expires_at,
+                     transaction_id, cost, cost_test, delivery)
+                     values (7, 'C-000000000000001', 91, '9876543210', '919876543210', 'SMS', x'00', 4,
+                             'pending', 5, 1000, 9999999999999, 't7', 1, 0, 'queued'),
+                            (8, 'C-000000000000001', 91, '9876543211', '919876543211', 'WHATSAPP', x'00', 4,
+                             'pending', 5, 1000, 9999999999999, 't8', 1, 0, 'sent');
+                 insert into outbox (id, verification_id, text, status, next_attempt_at,
+                                     created_at, updated_at)
+                     values (41, 7, 'code 1234', 'queued', 1000, 1000, 1000);
+                 insert into outbox (id, verification_id, text, status, next_attempt_at, channel,
+                                     gateway_id, created_at, updated_at)
+                     values (42, 8, null, 'sent', 1000, 'wa', 'wamid.X', 1000, 1000);",
+            )
+            .execute(&pool)
+            .await
+            .unwrap();
+            pool.close().await;
+        }
+        let store = SqliteStore::open_path(&path).await.unwrap();
+        assert_eq!(store.schema_version().await.unwrap(), SCHEMA_VERSION);
+        let sent = store
+            .outbox_for_verification(VerificationId::parse("8").unwrap())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (
+                sent.id,
+                sent.step,
+                sent.flow_type.as_str(),
+                sent.gateway_id.as_deref()
+            ),
+            (42, 0, "WHATSAPP", Some("wamid.X"))
+        );
+        let claimed = store.outbox_claim("w", 10, 1000, 2000).await.unwrap();
+        assert_eq!(claimed.len(), 1);
+        assert_eq!(
+            (
+                claimed[0].id,
+                claimed[0].step,
+                claimed[0].flow_type.as_str()
+            ),
+            (41, 0, "SMS")
+        );
+        assert_eq!(claimed[0].text.as_deref(), Some("code 1234"));
+        let info = SentInfo {
+            channel: "sms".into(),
+            gateway_id: Some("g".into()),
+        };
+        assert!(store.outbox_sent(41, "w", &info, 2001).await.unwrap());
+        // New rows continue the old ids.
+        let attempts = store
+            .outbox_attempts(VerificationId::parse("7").unwrap())
+            .await
+            .unwrap();
+        assert_eq!(attempts.len(), 1);
+        assert_eq!(attempts[0].status, otpgate_core::DeliveryStatus::Sent);
+        drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -85,6 +85,20 @@ pub(super) async fn sent(
     let Some(vid) = released else {
         return Ok(false);
     };
+    // A later step went out: an earlier one still retrying is not needed
+    // any more (the code is on its way by the later flow).
+    sqlx::query(
+        "update outbox set status = 'cancelled', text = null, lease_owner = null,
+                           lease_until = null, updated_at = ?3
+         where verification_id = ?1 and status = 'queued'
+           and step < (select step from outbox where id = ?2)",
+    )
+    .bind(vid)
+    .bind(message_id)
+    .bind(now)
+    .execute(&mut *conn)
+    .await
+    .map_err(db)?;
     sqlx::query(
         "update verifications set delivery = 'sent', channel = ?2, gateway_id = ?3
          where id = ?1",
@@ -159,8 +173,80 @@ pub(super) async fn failed(
     let Some(vid) = released else {
         return Ok(false);
     };
-    fail_and_refund(conn, vid, DeliveryStatus::Failed, error).await?;
+    step_failed(conn, vid, message_id, DeliveryStatus::Failed, error, now).await?;
     Ok(true)
+}
+
+/// Step `message_id` of verification `vid` will not deliver: wake the next
+/// held step of its workflow, and fail the verification only when no step
+/// is left that could still bring the code.
+async fn step_failed(
+    conn: &mut SqliteConnection,
+    vid: i64,
+    message_id: i64,
+    delivery: DeliveryStatus,
+    detail: &str,
+    now: i64,
+) -> StoreResult<()> {
+    let steps: Vec<(i64, i64, String)> =
+        sqlx::query_as("select id, step, status from outbox where verification_id = ?1")
+            .bind(vid)
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(db)?;
+    let mut this = 0;
+    let mut others = Vec::with_capacity(steps.len());
+    for (id, step, status) in steps {
+        let step = crate::shared::count(step, "step")?;
+        if id == message_id {
+            this = step;
+        } else {
+            others.push((id, step, crate::shared::delivery(&status)?));
+        }
+    }
+    let verdict = crate::shared::step_failed(this, &others);
+    if let Some(next) = verdict.wake {
+        sqlx::query(
+            "update outbox set next_attempt_at = min(next_attempt_at, ?2), updated_at = ?2
+             where id = ?1 and status = 'queued'",
+        )
+        .bind(next)
+        .bind(now)
+        .execute(&mut *conn)
+        .await
+        .map_err(db)?;
+    }
+    if verdict.fail_verification {
+        fail_and_refund(conn, vid, delivery, detail).await
+    } else {
+        sqlx::query("update verifications set delivery_detail = ?2 where id = ?1")
+            .bind(vid)
+            .bind(detail)
+            .execute(&mut *conn)
+            .await
+            .map_err(db)?;
+        Ok(())
+    }
+}
+
+/// An outbox row's result made the rest of its workflow unnecessary:
+/// every other step still queued is cancelled and its text erased.
+pub(super) async fn cancel_queued(
+    conn: &mut SqliteConnection,
+    vid: i64,
+    now: i64,
+) -> StoreResult<()> {
+    sqlx::query(
+        "update outbox set status = 'cancelled', text = null, lease_owner = null,
+                           lease_until = null, updated_at = ?2
+         where verification_id = ?1 and status = 'queued'",
+    )
+    .bind(vid)
+    .bind(now)
+    .execute(&mut *conn)
+    .await
+    .map_err(db)?;
+    Ok(())
 }
 
 pub(super) async fn receipt(
@@ -175,10 +261,10 @@ pub(super) async fn receipt(
     // A receipt saying "queued" tells nothing new about the message's fate:
     // its detail is kept, its status is not moved backwards.
     let new_status = (status != DeliveryStatus::Queued).then(|| status.as_str());
-    let matched: Vec<i64> = sqlx::query_scalar(
+    let matched: Vec<(i64, i64)> = sqlx::query_as(
         "update outbox set status = coalesce(?3, status), updated_at = ?4
          where channel = ?1 and gateway_id = ?2
-         returning verification_id",
+         returning verification_id, id",
     )
     .bind(channel)
     .bind(gateway_id)
@@ -194,10 +280,14 @@ pub(super) async fn receipt(
             | DeliveryStatus::Rejected
             | DeliveryStatus::Failed
     );
-    for &vid in &matched {
+    for &(vid, message_id) in &matched {
         if permanent {
-            fail_and_refund(conn, vid, status, detail).await?;
+            step_failed(conn, vid, message_id, status, detail, now).await?;
         } else {
+            if status == DeliveryStatus::Delivered {
+                // The code arrived: the workflow's later steps must not go.
+                cancel_queued(conn, vid, now).await?;
+            }
             sqlx::query(
                 "update verifications set delivery = coalesce(?2, delivery), delivery_detail = ?3
                  where id = ?1",
@@ -259,6 +349,28 @@ async fn fail_and_refund(
     .bind(customer)
     .bind(cost_test)
     .bind(cost - cost_test)
+    .execute(&mut *conn)
+    .await
+    .map_err(db)?;
+    Ok(())
+}
+
+/// [`cancel_queued`] for a verification whose wrong codes used up its
+/// attempts.
+pub(super) async fn cancel_queued_if_dead(
+    conn: &mut SqliteConnection,
+    vid: i64,
+    now: i64,
+) -> StoreResult<()> {
+    sqlx::query(
+        "update outbox set status = 'cancelled', text = null, lease_owner = null,
+                           lease_until = null, updated_at = ?2
+         where verification_id = ?1 and status = 'queued'
+           and exists (select 1 from verifications
+                       where id = ?1 and wrong_attempts >= max_attempts)",
+    )
+    .bind(vid)
+    .bind(now)
     .execute(&mut *conn)
     .await
     .map_err(db)?;

@@ -30,7 +30,8 @@ macro_rules! verification_columns {
 /// The columns [`outbox_message`] reads, from `outbox o join verifications v`.
 macro_rules! outbox_columns {
     () => {
-        "o.id, o.verification_id, v.customer_id, v.country_code, v.national, v.flow_type, \
+        "o.id, o.verification_id, v.customer_id, v.country_code, v.national, \
+         coalesce(o.flow_type, v.flow_type) as flow_type, o.step, o.address, o.lang, \
          o.text, o.status, o.attempts, o.next_attempt_at, v.expires_at, o.channel, \
          o.gateway_id, o.last_error, o.created_at"
     };
@@ -102,6 +103,9 @@ pub(super) fn outbox_message(row: &SqliteRow) -> StoreResult<OutboxMessage> {
         customer_id: customer_id(&get::<String>(row, "customer_id")?)?,
         destination: destination(row)?,
         flow_type: get(row, "flow_type")?,
+        step: count(get::<i64>(row, "step")?, "step")?,
+        address: get(row, "address")?,
+        lang: get(row, "lang")?,
         text: get(row, "text")?,
         status: delivery(&get::<String>(row, "status")?)?,
         attempts: count(get(row, "attempts")?, "attempts")?,

@@ -116,16 +116,36 @@ pub(super) async fn create(
         ));
     };
     sqlx::query(
-        "insert into outbox (verification_id, text, status, next_attempt_at, created_at,
-                             updated_at)
-         values (?1, ?2, 'queued', ?3, ?3, ?3)",
+        "insert into outbox (verification_id, step, address, lang, text, status,
+                             next_attempt_at, created_at, updated_at)
+         values (?1, 0, ?2, ?3, ?4, 'queued', ?5, ?5, ?5)",
     )
     .bind(id_i64(id))
+    .bind(&req.address)
+    .bind(&req.lang)
     .bind(&req.message_text)
     .bind(now)
     .execute(&mut *conn)
     .await
     .map_err(db)?;
+    for (i, f) in req.fallbacks.iter().enumerate() {
+        sqlx::query(
+            "insert into outbox (verification_id, step, flow_type, address, lang, text, status,
+                                 next_attempt_at, created_at, updated_at)
+             values (?1, ?2, ?3, ?4, ?5, ?6, 'queued', ?7, ?8, ?8)",
+        )
+        .bind(id_i64(id))
+        .bind(i64::try_from(i + 1).unwrap_or(i64::MAX))
+        .bind(&f.flow_type)
+        .bind(&f.address)
+        .bind(&req.lang)
+        .bind(&f.text)
+        .bind(f.due_at)
+        .bind(now)
+        .execute(&mut *conn)
+        .await
+        .map_err(db)?;
+    }
     sqlx::query(
         "insert into daily_stats (customer_id, day, sends, completed, created_at)
          values (?1, ?2, 1, 0, ?3)

@@ -77,6 +77,9 @@ pub fn send(id: u64, customer: &CustomerId, to: &PhoneNumber, now: i64) -> NewVe
         transaction_id: format!("tx-{id}"),
         price: 1,
         message_text: format!("Your code is {id:04}"),
+        address: None,
+        lang: None,
+        fallbacks: Vec::new(),
         limits: roomy_limits(),
     }
 }

@@ -5,7 +5,7 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use otpgate_core::{DeliveryStatus, VerificationState};
+use otpgate_core::{CustomerId, DeliveryStatus, VerificationState};
 use otpgate_store::{OutboxMessage, SentInfo, ValidationAction};
 use tokio::sync::Barrier;
 
@@ -19,7 +19,168 @@ both_backends!(
     a_retry_releases_the_lease_until_the_next_attempt_is_due,
     a_failed_message_fails_its_verification_and_refunds_it_once,
     an_undeliverable_receipt_refunds_a_pending_verification_once_but_not_a_completed_one,
+    a_fallback_step_is_held_until_due_and_cancelled_when_the_first_is_delivered,
+    a_failed_step_wakes_the_next_and_only_the_last_failure_fails_and_refunds,
+    completion_or_death_by_wrong_codes_cancels_held_steps,
+    a_later_step_sent_cancels_an_earlier_one_still_retrying,
 );
+
+/// Verification 1 on SMS with a WhatsApp step due at `T0 + 10 s`.
+async fn with_fallback(store: &impl AsStore) -> CustomerId {
+    let c = cid(1);
+    account(store, &c, 1, 0).await;
+    let mut req = send(1, &c, &phone(1), T0);
+    req.lang = Some("fr".into());
+    req.fallbacks = vec![otpgate_store::NewFallback {
+        flow_type: "WHATSAPP".into(),
+        text: "1234".into(),
+        address: None,
+        due_at: T0 + 10_000,
+    }];
+    created(store, req).await;
+    c
+}
+
+fn info(channel: &str, gateway: &str) -> SentInfo {
+    SentInfo {
+        channel: channel.into(),
+        gateway_id: Some(gateway.into()),
+    }
+}
+
+async fn steps(store: &impl AsStore) -> Vec<OutboxMessage> {
+    store.as_store().outbox_attempts(vid(1)).await.unwrap()
+}
+
+async fn a_fallback_step_is_held_until_due_and_cancelled_when_the_first_is_delivered(db: TestDb) {
+    let store = db.open().await;
+    with_fallback(&store).await;
+    let first = claim(&store, "w", 10, T0).await;
+    assert_eq!(first.len(), 1, "only the first step is due");
+    assert_eq!((first[0].step, first[0].flow_type.as_str()), (0, "SMS"));
+    assert!(
+        store
+            .outbox_sent(first[0].id, "w", &info("sms", "g1"), T0 + 1)
+            .await
+            .unwrap()
+    );
+    assert!(claim(&store, "w", 10, T0 + 9_999).await.is_empty());
+    let held = &steps(&store).await[1];
+    assert_eq!((held.step, held.flow_type.as_str()), (1, "WHATSAPP"));
+    assert_eq!(held.lang.as_deref(), Some("fr"));
+    assert_eq!(held.text.as_deref(), Some("1234"));
+
+    assert!(
+        store
+            .outbox_receipt("sms", "g1", DeliveryStatus::Delivered, "ok", T0 + 2)
+            .await
+            .unwrap()
+    );
+    let all = steps(&store).await;
+    assert_eq!(all[0].status, DeliveryStatus::Delivered);
+    assert_eq!(all[1].status, DeliveryStatus::Cancelled);
+    assert!(all[1].text.is_none(), "the held step's code is erased");
+    assert!(claim(&store, "w", 10, T0 + 10_000).await.is_empty());
+}
+
+async fn a_failed_step_wakes_the_next_and_only_the_last_failure_fails_and_refunds(db: TestDb) {
+    let store = db.open().await;
+    let c = with_fallback(&store).await;
+    let first = claim(&store, "w", 10, T0).await;
+    assert!(
+        store
+            .outbox_failed(first[0].id, "w", "sms: refused", T0 + 5)
+            .await
+            .unwrap()
+    );
+    let v = store.verification_get(&c, vid(1)).await.unwrap().unwrap();
+    assert_eq!(
+        v.state,
+        VerificationState::Pending,
+        "the fallback can still bring it"
+    );
+    assert_eq!(balance(&store, &c).await, (0, 0), "not refunded yet");
+    // The WhatsApp step goes at once, not at T0 + 10 s.
+    let next = claim(&store, "w", 10, T0 + 5).await;
+    assert_eq!(next.len(), 1);
+    assert_eq!(next[0].step, 1);
+    assert!(
+        store
+            .outbox_failed(next[0].id, "w", "wa: refused", T0 + 6)
+            .await
+            .unwrap()
+    );
+    let v = store.verification_get(&c, vid(1)).await.unwrap().unwrap();
+    assert_eq!(v.state, VerificationState::Failed);
+    assert_eq!(balance(&store, &c).await, (1, 0), "refunded once");
+}
+
+async fn completion_or_death_by_wrong_codes_cancels_held_steps(db: TestDb) {
+    let store = db.open().await;
+    let c = with_fallback(&store).await;
+    assert!(
+        store
+            .verification_apply(&c, vid(1), 0, ValidationAction::Complete, T0 + 1)
+            .await
+            .unwrap()
+    );
+    let all = steps(&store).await;
+    assert!(
+        all.iter()
+            .all(|m| m.status == DeliveryStatus::Cancelled && m.text.is_none())
+    );
+
+    // Five wrong codes (max_attempts) kill verification 2: its held step
+    // goes too; fewer leave it.
+    let mut req = send(2, &c, &phone(2), T0);
+    req.fallbacks = vec![otpgate_store::NewFallback {
+        flow_type: "WHATSAPP".into(),
+        text: "9999".into(),
+        address: None,
+        due_at: T0 + 10_000,
+    }];
+    store.account_add_credits(&c, 1).await.unwrap();
+    created(&store, req).await;
+    for n in 0..5 {
+        let held = &store.outbox_attempts(vid(2)).await.unwrap()[1];
+        assert_eq!(held.status, DeliveryStatus::Queued, "after {n} wrong codes");
+        assert!(
+            store
+                .verification_apply(&c, vid(2), n, ValidationAction::Wrong, T0 + 1)
+                .await
+                .unwrap()
+        );
+    }
+    let held = &store.outbox_attempts(vid(2)).await.unwrap()[1];
+    assert_eq!(held.status, DeliveryStatus::Cancelled);
+    assert!(held.text.is_none());
+}
+
+async fn a_later_step_sent_cancels_an_earlier_one_still_retrying(db: TestDb) {
+    let store = db.open().await;
+    with_fallback(&store).await;
+    let first = claim(&store, "w", 10, T0).await;
+    assert!(
+        store
+            .outbox_retry(first[0].id, "w", T0 + 50_000, "sms: timeout", T0 + 1)
+            .await
+            .unwrap()
+    );
+    let next = claim(&store, "w", 10, T0 + 10_000).await;
+    assert_eq!(next.len(), 1);
+    assert_eq!(next[0].step, 1);
+    assert!(
+        store
+            .outbox_sent(next[0].id, "w", &info("wa", "wamid.1"), T0 + 10_001)
+            .await
+            .unwrap()
+    );
+    let all = steps(&store).await;
+    assert_eq!(all[0].status, DeliveryStatus::Cancelled);
+    assert!(all[0].text.is_none());
+    assert_eq!(all[1].status, DeliveryStatus::Sent);
+    assert!(claim(&store, "w", 10, T0 + 50_000).await.is_empty());
+}
 
 async fn a_claim_leases_due_messages_to_one_worker_until_the_lease_expires(db: TestDb) {
     let store = db.open().await;

@@ -243,6 +243,61 @@ impl Drop for Relay {
     }
 }
 
+/// A database at schema 1 (before fallback steps), with a queued message,
+/// migrates when a node opens it: the row keeps its id and becomes step 0
+/// of its verification's flow, and is claimed and sent as before.
+#[tokio::test]
+async fn a_schema_1_database_keeps_its_outbox_rows_as_first_steps() {
+    let test = "postgres_only::a_schema_1_database_keeps_its_outbox_rows_as_first_steps";
+    let Some(db) = TestDb::postgres(test).await else {
+        return;
+    };
+    let mut conn = sqlx::PgConnection::connect(db.url()).await.unwrap();
+    sqlx::raw_sql(include_str!("../../migrations/postgres/0001_init.sql"))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    sqlx::raw_sql(
+        "create table schema_version (version bigint primary key, name text not null,
+                                      created_at bigint not null);
+         insert into schema_version values (1, 'init', 0);
+         insert into accounts (customer_id, password_hash, credits, test_credits, created_at)
+             values ('C-000000000000001', 'x', 5, 0, 1);
+         insert into verifications (id, customer_id, country_code, national, destination,
+             flow_type, code_hash, otp_length, state, wrong_attempts, max_attempts, created_at,
+             expires_at, transaction_id, cost, cost_test, delivery)
+             values (7, 'C-000000000000001', 91, '9876543210', '919876543210', 'SMS', '\\x00',
+                     4, 'pending', 0, 5, 1000, 9999999999999, 't7', 1, 0, 'queued');
+         insert into outbox (verification_id, customer_id, text, status, attempts,
+                             next_attempt_at, created_at, updated_at)
+             values (7, 'C-000000000000001', 'code 1234', 'queued', 0, 1000, 1000, 1000);",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    let old_id: i64 = sqlx::query_scalar("select id from outbox")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    conn.close().await.unwrap();
+
+    let store = db.open().await;
+    assert_eq!(store.schema_version().await, SCHEMA_VERSION);
+    let claimed = store.outbox_claim("w", 10, 1000, 2000).await.unwrap();
+    assert_eq!(claimed.len(), 1);
+    let m = &claimed[0];
+    assert_eq!((m.id, m.step, m.flow_type.as_str()), (old_id, 0, "SMS"));
+    assert_eq!(m.text.as_deref(), Some("code 1234"));
+    let info = otpgate_store::SentInfo {
+        channel: "sms".into(),
+        gateway_id: Some("g".into()),
+    };
+    assert!(store.outbox_sent(m.id, "w", &info, 2001).await.unwrap());
+    let steps = store.outbox_attempts(vid(7)).await.unwrap();
+    assert_eq!(steps.len(), 1);
+    assert_eq!(steps[0].status, otpgate_core::DeliveryStatus::Sent);
+}
+
 /// A database made by the build before the daily aggregate (schema 1) opens,
 /// migrates, and its dashboard counts come back from the backfill.
 #[tokio::test]

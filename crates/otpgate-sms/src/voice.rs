@@ -1,0 +1,368 @@
+//! The voice channel (`type = "voice"`): a phone call that reads the code
+//! out, through Twilio's programmable-voice Calls API.
+//!
+//! One message is one request:
+//!
+//! ```text
+//! POST {url}/2010-04-01/Accounts/{account_sid}/Calls.json
+//! Authorization: Basic base64(account_sid:auth_token)
+//! Content-Type: application/x-www-form-urlencoded
+//!
+//! To=+919876543210&From={from}&Twiml=<Response><Say …>…</Say>…</Response>
+//!   [&StatusCallback={receipt_url}/receipts/{channel}?token=…]
+//! ```
+//!
+//! The TwiML says the `VOICE` template's text (the server renders `{code}`
+//! digit by digit for this flow: "1, 2, 3, 4") `repeat` times with a pause
+//! between, in the `language` for the request's `langId`. The call's `sid`
+//! is kept; Twilio's status callback (`CallSid`, `CallStatus`) comes back to
+//! `/receipts/{channel}` like an SMS receipt: `completed` counts as
+//! delivered, `busy`, `no-answer`, `failed` and `canceled` as undelivered.
+//!
+//! Any other voice API is a generic `type = "http"` channel on a route with
+//! `flow_types = ["VOICE"]`: its `{text}` is the same rendered text.
+
+use std::collections::BTreeMap;
+use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use otpgate_core::SecretString;
+use serde::Deserialize;
+
+use crate::channel::{Accepted, Channel, ChannelError, ChannelHealth, Outgoing};
+use crate::setup::{ConfigError, EnvLookup, expand_env, secret};
+
+/// The voice APIs otpgate knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VoicePreset {
+    /// Twilio's Calls API with inline TwiML.
+    Twilio,
+}
+
+/// `type = "voice"`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VoiceConfig {
+    pub preset: VoicePreset,
+    /// API base URL; default `https://api.twilio.com`.
+    #[serde(default)]
+    pub url: Option<String>,
+    pub account_sid: String,
+    #[serde(default)]
+    pub auth_token: Option<SecretString>,
+    #[serde(default)]
+    pub auth_token_env: Option<String>,
+    /// The calling number (E.164).
+    pub from: String,
+    /// How many times the text is said; default 3 (1 to 5).
+    #[serde(default = "default_repeat")]
+    pub repeat: u8,
+    /// `<Say language>` when `languages` has none for the `langId`;
+    /// default `en-US`.
+    #[serde(default = "default_language")]
+    pub language: String,
+    /// `langId` → `<Say language>` (`fr = "fr-FR"`).
+    #[serde(default)]
+    pub languages: BTreeMap<String, String>,
+    /// `<Say voice>` (`alice`, `Polly.Joanna`); Twilio's default if unset.
+    #[serde(default)]
+    pub voice: Option<String>,
+    /// otpgate's public base URL: with it, each call asks for a status
+    /// callback to `{receipt_url}/receipts/{channel}`.
+    #[serde(default)]
+    pub receipt_url: Option<String>,
+    /// The token the callback URL carries; `/receipts/{channel}` refuses a
+    /// callback without it. Prefer `receipt_token_env`.
+    #[serde(default)]
+    pub receipt_token: Option<SecretString>,
+    #[serde(default)]
+    pub receipt_token_env: Option<String>,
+    /// Whole-request timeout; default 10000.
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+fn default_repeat() -> u8 {
+    3
+}
+fn default_language() -> String {
+    "en-US".into()
+}
+fn default_timeout_ms() -> u64 {
+    10_000
+}
+
+/// A checked voice configuration, secrets resolved.
+#[derive(Clone)]
+pub struct VoiceSettings {
+    client: reqwest::Client,
+    endpoint: String,
+    sid: String,
+    token: SecretString,
+    from: String,
+    repeat: u8,
+    language: String,
+    languages: BTreeMap<String, String>,
+    voice: Option<String>,
+    callback: Option<String>,
+}
+
+impl std::fmt::Debug for VoiceSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VoiceSettings")
+            .field("repeat", &self.repeat)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The receipt token of a voice channel, if it has one.
+///
+/// # Errors
+/// [`ConfigError`] for an unset variable or an empty token.
+pub fn receipt_token(
+    name: &str,
+    c: &VoiceConfig,
+    env: EnvLookup<'_>,
+) -> Result<Option<SecretString>, ConfigError> {
+    let t = secret(
+        name,
+        c.receipt_token.as_ref(),
+        c.receipt_token_env.as_deref(),
+        env,
+    )?;
+    if t.as_ref().is_some_and(SecretString::is_empty) {
+        return Err(ConfigError::invalid(
+            name,
+            "receipt_token must not be empty",
+        ));
+    }
+    Ok(t)
+}
+
+/// Checks a `[channels.NAME]` voice table and resolves its secrets.
+///
+/// # Errors
+/// [`ConfigError`] for a missing credential, a malformed SID or URL.
+pub fn prepare(
+    name: &str,
+    c: &VoiceConfig,
+    env: EnvLookup<'_>,
+) -> Result<VoiceSettings, ConfigError> {
+    let bad = |r: &str| ConfigError::invalid(name, r);
+    let VoicePreset::Twilio = c.preset;
+    let sid = expand_env(name, &c.account_sid, env)?;
+    if sid.is_empty() || !sid.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        return Err(bad("account_sid must be letters and digits"));
+    }
+    let token = secret(
+        name,
+        c.auth_token.as_ref(),
+        c.auth_token_env.as_deref(),
+        env,
+    )?
+    .filter(|t| !t.is_empty())
+    .ok_or_else(|| bad("needs auth_token or auth_token_env"))?;
+    if c.from.trim().is_empty() {
+        return Err(bad("needs from (the calling number)"));
+    }
+    if !(1..=5).contains(&c.repeat) {
+        return Err(bad("repeat must be 1 to 5"));
+    }
+    let base = expand_env(
+        name,
+        c.url.as_deref().unwrap_or("https://api.twilio.com"),
+        env,
+    )?;
+    let endpoint = format!(
+        "{}/2010-04-01/Accounts/{sid}/Calls.json",
+        base.trim_end_matches('/')
+    );
+    reqwest::Url::parse(&endpoint).map_err(|e| bad(&format!("url: {e}")))?;
+    let token_q = receipt_token(name, c, env)?;
+    let callback = match &c.receipt_url {
+        Some(u) => {
+            if !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            {
+                return Err(bad(
+                    "with receipt_url, the channel name must be letters, digits, - and _",
+                ));
+            }
+            let mut url =
+                reqwest::Url::parse(&format!("{}/receipts/{name}", u.trim_end_matches('/')))
+                    .map_err(|e| bad(&format!("receipt_url: {e}")))?;
+            if let Some(t) = &token_q {
+                url.query_pairs_mut().append_pair("token", t.expose());
+            }
+            Some(url.to_string())
+        }
+        None => None,
+    };
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_millis(c.timeout_ms.max(1)))
+        .connect_timeout(Duration::from_millis(c.timeout_ms.clamp(1, 10_000)))
+        .build()
+        .map_err(|e| bad(&format!("HTTP client: {e}")))?;
+    Ok(VoiceSettings {
+        client,
+        endpoint,
+        sid,
+        token,
+        from: expand_env(name, &c.from, env)?,
+        repeat: c.repeat,
+        language: c.language.clone(),
+        languages: c.languages.clone(),
+        voice: c.voice.clone(),
+        callback,
+    })
+}
+
+/// Text safe inside an XML element or a double-quoted attribute.
+fn xml_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for ch in s.chars() {
+        match ch {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&apos;"),
+            c if c.is_control() => out.push(' '),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// See the module docs.
+pub struct VoiceChannel {
+    name: String,
+    s: VoiceSettings,
+    last_error: Mutex<Option<String>>,
+}
+
+impl VoiceChannel {
+    pub fn new(name: impl Into<String>, settings: VoiceSettings) -> Self {
+        Self {
+            name: name.into(),
+            s: settings,
+            last_error: Mutex::new(None),
+        }
+    }
+
+    /// The TwiML that one call plays.
+    pub fn twiml(&self, msg: &Outgoing) -> String {
+        let lang = msg
+            .lang
+            .as_deref()
+            .and_then(|l| self.s.languages.get(l))
+            .unwrap_or(&self.s.language);
+        let mut attrs = format!(" language=\"{}\"", xml_escape(lang));
+        if let Some(v) = &self.s.voice {
+            attrs.push_str(&format!(" voice=\"{}\"", xml_escape(v)));
+        }
+        let say = format!("<Say{attrs}>{}</Say>", xml_escape(&msg.text));
+        let mut out = String::from("<Response>");
+        for i in 0..self.s.repeat {
+            if i > 0 {
+                out.push_str("<Pause length=\"1\"/>");
+            }
+            out.push_str(&say);
+        }
+        out.push_str("</Response>");
+        out
+    }
+
+    async fn deliver(&self, msg: &Outgoing) -> Result<Accepted, ChannelError> {
+        let mut form = vec![
+            ("To", format!("+{}", msg.destination.e164_digits())),
+            ("From", self.s.from.clone()),
+            ("Twiml", self.twiml(msg)),
+        ];
+        if let Some(cb) = &self.s.callback {
+            form.push(("StatusCallback", cb.clone()));
+        }
+        let resp = self
+            .s
+            .client
+            .post(&self.s.endpoint)
+            .basic_auth(&self.s.sid, Some(self.s.token.expose()))
+            .form(&form)
+            .send()
+            .await
+            .map_err(|e| {
+                let e = e.without_url();
+                if e.is_timeout() {
+                    ChannelError::Transient(format!("voice API timed out: {e}"))
+                } else if e.is_connect() {
+                    ChannelError::Unavailable(format!("cannot reach the voice API: {e}"))
+                } else {
+                    ChannelError::Transient(format!("request failed: {e}"))
+                }
+            })?;
+        let code = resp.status().as_u16();
+        if !resp.status().is_success() {
+            let what = format!("voice API answered HTTP {code}");
+            return Err(match code {
+                408 | 425 | 429 | 500..=599 => ChannelError::Transient(what),
+                401 | 403 => ChannelError::Unavailable(format!("{what}: check the credentials")),
+                _ => ChannelError::Permanent(what),
+            });
+        }
+        let json: Option<serde_json::Value> = resp.json().await.ok();
+        let sid = json
+            .as_ref()
+            .and_then(|j| j.get("sid"))
+            .and_then(serde_json::Value::as_str)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .unwrap_or_else(|| msg.message_id.to_string());
+        Ok(Accepted {
+            gateway_id: Some(sid),
+        })
+    }
+}
+
+#[async_trait]
+impl Channel for VoiceChannel {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    async fn send(&self, msg: &Outgoing) -> Result<Accepted, ChannelError> {
+        let r = self.deliver(msg).await;
+        if let Err(e) = &r {
+            *self
+                .last_error
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = Some(e.to_string());
+        }
+        r
+    }
+
+    fn health(&self) -> ChannelHealth {
+        ChannelHealth {
+            name: self.name.clone(),
+            kind: "voice",
+            up: true,
+            last_error: self
+                .last_error
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn xml_is_escaped() {
+        assert_eq!(xml_escape("a<b>&\"c'\n"), "a&lt;b&gt;&amp;&quot;c&apos; ");
+    }
+}
