@@ -348,7 +348,12 @@ async fn purge(conn: &mut SqliteConnection, cutoff: i64, max: u32) -> StoreResul
 /// Whether an error opening a fresh file is another opener having got there
 /// first, so trying again will succeed.
 fn lost_race(message: &str) -> bool {
-    message.contains("already exists") || message.contains("database is locked")
+    message.contains("already exists")
+        || message.contains("database is locked")
+        // Two openers that both ran a migration each try to record it; the
+        // second insert into sqlx's table fails, and the run it loses was
+        // rolled back with it.
+        || message.contains("_sqlx_migrations.version")
 }
 
 /// Maps a SQLx error to the store's: faults of reaching the database become
