@@ -4,10 +4,14 @@
 
 pub mod accounts;
 pub mod auth;
+pub mod client;
 pub mod config;
+pub mod conn;
 pub mod console;
 pub mod cors;
 pub mod error;
+pub mod limits;
+pub mod metrics;
 pub mod multipart;
 pub mod params;
 pub mod retention;

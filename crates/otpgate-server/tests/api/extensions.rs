@@ -192,6 +192,9 @@ async fn an_id_issued_wider_before_the_change_still_validates() {
         address: None,
         lang: None,
         fallbacks: Vec::new(),
+        prefix: "91987650".into(),
+        fraud: otpgate_core::fraud::FraudPolicy::off(),
+        kind: otpgate_store::SendKind::Normal,
         limits: SendLimits {
             per_number_max: 5,
             per_number_window_ms: 600_000,

@@ -36,13 +36,18 @@ const MIGRATIONS: &[Migration] = &[
     },
     Migration {
         version: 3,
+        name: "fraud defence",
+        sql: include_str!("../../migrations/postgres/0003_fraud_defence.sql"),
+    },
+    Migration {
+        version: 4,
         name: "daily stats and retention",
-        sql: include_str!("../../migrations/postgres/0003_daily_stats_retention.sql"),
+        sql: include_str!("../../migrations/postgres/0004_daily_stats_retention.sql"),
     },
 ];
 
 /// The newest schema this build knows.
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 4;
 
 /// Key of the advisory lock that serialises migrations across nodes
 /// ("otpgate" in ASCII, then a 1).
