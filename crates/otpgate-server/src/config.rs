@@ -31,6 +31,12 @@ pub struct Settings {
     pub pricing: Pricing,
     pub message: MessageSettings,
     pub http: HttpSettings,
+    /// Password hashing and the throttles on failed credentials.
+    pub auth: AuthSettings,
+    /// `/readyz` detail for the operator.
+    pub health: HealthSettings,
+    /// The development inbox channel's messages.
+    pub inbox: InboxSettings,
     pub delivery: DeliverySettings,
     pub postgres: PostgresSettings,
     /// The web console under `/console`.
@@ -51,10 +57,67 @@ pub struct TokenSettings {
     pub secret: Option<SecretString>,
     /// Token lifetime in seconds (default 7 days).
     pub lifetime_secs: i64,
-    /// Failed token requests allowed per customerId and per client address
-    /// within `failure_window_secs` before 429.
+    /// Failed token requests allowed per client address, and per
+    /// (customerId, client address), within `failure_window_secs` before
+    /// 429.
     pub max_failures: u32,
     pub failure_window_secs: u64,
+    /// Failed token requests for one customerId from all addresses together
+    /// within the window before that customerId is refused (429) to
+    /// addresses that have not used its right key lately; 0 is no limit.
+    pub max_failures_per_customer: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthSettings {
+    /// Argon2 password checks running at once (each thread keeps about
+    /// 19 MiB); 0 means one per CPU core but one, at least one.
+    pub max_concurrent_hashes: usize,
+    /// Password checks that may wait for a place; beyond them, requests are
+    /// answered 503 with `Retry-After: 1` at once.
+    pub hash_queue: usize,
+    /// Longest wait for a place before answering 503.
+    pub hash_wait_ms: u64,
+    /// How long a client address that used an account's right credential
+    /// stays exempt from blocks on that account's name alone.
+    pub known_client_secs: u64,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HealthSettings {
+    /// Bearer token that makes `/readyz` show its detail (store error,
+    /// outbox depth, channel health); without it, callers see only ready
+    /// or unavailable. At least 32 bytes.
+    pub token: Option<SecretString>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct InboxSettings {
+    /// Messages of the development inbox channel are deleted this many
+    /// seconds after they were "delivered"; 0 keeps them forever.
+    pub retention_secs: u64,
+}
+
+impl Default for AuthSettings {
+    fn default() -> Self {
+        Self {
+            max_concurrent_hashes: 0,
+            hash_queue: 64,
+            hash_wait_ms: 2_000,
+            known_client_secs: 30 * 24 * 3600,
+        }
+    }
+}
+
+impl Default for InboxSettings {
+    fn default() -> Self {
+        Self {
+            retention_secs: 24 * 3600,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -241,6 +304,26 @@ pub struct HttpSettings {
     pub max_body_bytes: usize,
     /// Requests taking longer are answered 503.
     pub request_timeout_ms: u64,
+    /// A connection must send a request's complete headers within this many
+    /// seconds of connecting or of its previous response, or it is closed
+    /// (also the keep-alive idle timeout).
+    pub header_timeout_secs: u64,
+    /// A connection on which no byte moves either way for this long (a
+    /// client that stopped reading its response, a stalled body) is closed.
+    pub idle_timeout_secs: u64,
+    /// Connections open at once; beyond, new ones are answered 503 and
+    /// closed.
+    pub max_connections: usize,
+    /// Largest request head (request line and headers), in bytes; larger
+    /// ones are answered 431.
+    pub max_header_bytes: usize,
+    /// Most parameters one request may carry (query and form together).
+    pub max_params: usize,
+    /// Peers (addresses or CIDR blocks) whose `client_ip_header` is believed;
+    /// empty believes no one, and the TCP peer is the client.
+    pub trusted_proxies: Vec<String>,
+    /// `x-forwarded-for` or `forwarded` (RFC 7239).
+    pub client_ip_header: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -253,6 +336,10 @@ pub struct DeliverySettings {
     pub retry_max_ms: i64,
     /// This node's name in outbox leases; defaults to host name + pid.
     pub worker_id: String,
+    /// Every this many seconds, what delivered messages' texts left in the
+    /// store's files is scrubbed (SQLite: a `TRUNCATE` checkpoint of the
+    /// WAL); 0 never.
+    pub scrub_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -279,6 +366,9 @@ impl Default for Settings {
             pricing: Pricing::default(),
             message: MessageSettings::default(),
             http: HttpSettings::default(),
+            auth: AuthSettings::default(),
+            health: HealthSettings::default(),
+            inbox: InboxSettings::default(),
             delivery: DeliverySettings::default(),
             postgres: PostgresSettings::default(),
             channels: BTreeMap::new(),
@@ -307,10 +397,14 @@ pub struct ConsoleSettings {
     /// Mark cookies `Secure`: set this whenever the console is reached over
     /// TLS (directly or through a proxy that terminates it).
     pub secure_cookies: bool,
-    /// Failed log-ins allowed per e-mail/customerId and per client address
-    /// within `login_failure_window_secs`.
+    /// Failed log-ins allowed per client address, and per (login name,
+    /// client address), within `login_failure_window_secs`.
     pub max_login_failures: u32,
     pub login_failure_window_secs: u64,
+    /// Failed log-ins for one name from all addresses together before that
+    /// name is refused to addresses that have not logged in with it lately;
+    /// 0 is no limit.
+    pub max_login_failures_per_name: u32,
     /// Sign-ups allowed per client address per hour.
     pub signups_per_hour: u32,
 }
@@ -327,6 +421,7 @@ impl Default for ConsoleSettings {
             secure_cookies: false,
             max_login_failures: 10,
             login_failure_window_secs: 300,
+            max_login_failures_per_name: 100,
             signups_per_hour: 10,
         }
     }
@@ -339,6 +434,7 @@ impl Default for TokenSettings {
             lifetime_secs: 7 * 24 * 3600,
             max_failures: 10,
             failure_window_secs: 300,
+            max_failures_per_customer: 100,
         }
     }
 }
@@ -404,6 +500,13 @@ impl Default for HttpSettings {
         Self {
             max_body_bytes: 16 * 1024,
             request_timeout_ms: 15_000,
+            header_timeout_secs: 10,
+            idle_timeout_secs: 60,
+            max_connections: 4096,
+            max_header_bytes: 64 * 1024,
+            max_params: 256,
+            trusted_proxies: Vec::new(),
+            client_ip_header: "x-forwarded-for".into(),
         }
     }
 }
@@ -417,6 +520,7 @@ impl Default for DeliverySettings {
             retry_base_ms: 500,
             retry_max_ms: 30_000,
             worker_id: String::new(),
+            scrub_secs: 10,
         }
     }
 }
@@ -430,6 +534,9 @@ impl Default for PostgresSettings {
         }
     }
 }
+
+/// Shortest configured secret accepted: 256 bits.
+pub const MIN_SECRET_BYTES: usize = 32;
 
 impl Settings {
     /// The channel and route tables as the delivery crate takes them.
@@ -519,6 +626,41 @@ impl Settings {
         if self.pricing.default_price < 0 || self.pricing.by_country_code.values().any(|p| *p < 0) {
             return Err("prices must not be negative".into());
         }
+        for (name, secret) in [
+            ("token.secret", &self.token.secret),
+            ("otp.code_key", &self.otp.code_key),
+            ("health.token", &self.health.token),
+        ] {
+            if let Some(s) = secret.as_ref().filter(|s| !s.is_empty())
+                && s.expose().len() < MIN_SECRET_BYTES
+            {
+                return Err(format!(
+                    "{name} is {} bytes; a secret must be at least {MIN_SECRET_BYTES} bytes \
+                     (e.g. `openssl rand -hex 32`)",
+                    s.expose().len()
+                ));
+            }
+        }
+        if self.http.header_timeout_secs == 0 || self.http.idle_timeout_secs == 0 {
+            return Err(
+                "http.header_timeout_secs and http.idle_timeout_secs must be positive".into(),
+            );
+        }
+        if self.http.max_connections == 0 || self.http.max_params == 0 {
+            return Err("http.max_connections and http.max_params must be positive".into());
+        }
+        if self.http.max_header_bytes < 8192 {
+            return Err("http.max_header_bytes must be at least 8192".into());
+        }
+        self.proxies()?;
         Ok(())
+    }
+
+    /// The trusted proxies, parsed.
+    ///
+    /// # Errors
+    /// A sentence naming the setting.
+    pub fn proxies(&self) -> Result<crate::client::ProxyConfig, String> {
+        crate::client::ProxyConfig::parse(&self.http.trusted_proxies, &self.http.client_ip_header)
     }
 }

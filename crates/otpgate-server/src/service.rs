@@ -15,8 +15,9 @@ use otpgate_store::{
     ValidationAction, Verification,
 };
 
-use crate::auth;
+use crate::client::Client;
 use crate::error::ApiError;
+use crate::limits::{self, Key};
 use crate::params::Params;
 use crate::state::AppState;
 
@@ -26,37 +27,60 @@ const KNOWN_FLOWS: &[&str] = &["SMS", "WHATSAPP", "RCS", "SAUTH", "VOICE", "EMAI
 
 // ---- §1 token -----------------------------------------------------------
 
-/// Issues a token for `customerId` + `key`, throttling failures per
-/// customerId and per client address.
+/// Issues a token for `customerId` + `key`. Each attempt is reserved in
+/// the throttle before its key is checked (see [`crate::limits`]): per
+/// client address and per (customerId, address) with `token.max_failures`,
+/// and per customerId alone with `token.max_failures_per_customer` unless
+/// this address got a token for it lately. Every refusal is logged as an
+/// audit line with the address and a digest of the customerId, never the
+/// key.
 ///
 /// # Errors
 /// 400 for missing parameters or bad base64, 401 for any wrong credential
-/// (one message for all), 429 when throttled.
+/// (one message for all), 429 when throttled, 503 when the password hasher
+/// is full.
 pub async fn issue_token(
     state: &AppState,
     params: &Params,
-    client: &str,
+    client: &Client,
 ) -> Result<String, ApiError> {
     let customer = params.required("customerId")?;
     let key_b64 = params.required("key")?;
-    let key = decode_key(key_b64)
-        .ok_or_else(|| ApiError::bad_request("key must be the base64 of the password"))?;
+    let name = limits::name_key(&customer.to_ascii_uppercase());
+    let Some(key) = decode_key(key_b64) else {
+        limits::audit("token", client, &name, "key is not base64");
+        return Err(ApiError::bad_request(
+            "key must be the base64 of the password",
+        ));
+    };
 
     let now = state.clock.now_ms();
-    let by_customer = format!("c:{customer}");
-    let by_client = format!("a:{client}");
-    for k in [&by_customer, &by_client] {
-        if let Some(wait) = state.token_throttle.blocked(k, now) {
+    let t = &state.settings.token;
+    let mut keys = vec![
+        (Key::Client(client.key), t.max_failures),
+        (Key::CustomerFrom(name.clone(), client.key), t.max_failures),
+    ];
+    if !state.token_known.knows(&name, client.key, now) {
+        keys.push((Key::Customer(name.clone()), t.max_failures_per_customer));
+    }
+    let attempt = match state.token_throttle.reserve(&keys, now) {
+        Ok(a) => a,
+        Err(r) => {
+            limits::audit("token", client, &name, "throttled");
             return Err(ApiError::rate_limited(
                 "too many failed token requests; try again later",
-                wait,
+                r.retry_after,
             ));
         }
-    }
-    let fail = || {
-        state.token_throttle.fail(&by_customer, now);
-        state.token_throttle.fail(&by_client, now);
+    };
+    let refuse = |attempt: limits::Attempt<'_>, reason: &str| {
+        attempt.record();
+        limits::audit("token", client, &name, reason);
         ApiError::unauthorized("invalid customerId or key, or the account is disabled")
+    };
+    let busy = |_| {
+        limits::audit("token", client, &name, "password hasher busy");
+        ApiError::busy()
     };
 
     let account = match CustomerId::parse(customer) {
@@ -66,17 +90,33 @@ pub async fn issue_token(
     let Some(account) = account else {
         // Spend the same time as a wrong key, so timing does not tell which
         // customerIds exist.
-        let _ = auth::verify_password(&state.dummy_hash, &key).await;
-        return Err(fail());
+        let _ = state
+            .hasher
+            .verify(&state.dummy_hash, &key)
+            .await
+            .map_err(busy)?;
+        return Err(refuse(attempt, "unknown customerId"));
     };
     let ok = state.key_cache.hit(&account, &key)
-        || (auth::verify_password(&account.password_hash, &key).await && {
-            state.key_cache.remember(&account, &key);
-            true
-        });
-    if !ok || account.disabled {
-        return Err(fail());
+        || (state
+            .hasher
+            .verify(&account.password_hash, &key)
+            .await
+            .map_err(busy)?
+            && {
+                state.key_cache.remember(&account, &key);
+                true
+            });
+    if !ok {
+        return Err(refuse(attempt, "wrong key"));
     }
+    if account.disabled {
+        return Err(refuse(attempt, "account disabled"));
+    }
+    // The right key: this attempt frees its place, and this address is now
+    // one of the account's own.
+    drop(attempt);
+    state.token_known.remember(&name, client.key, now);
     Ok(state.signer.issue(
         &account.customer_id,
         account.token_epoch,

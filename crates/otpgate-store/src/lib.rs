@@ -284,4 +284,17 @@ pub trait Store: Send + Sync + 'static {
         to: Option<&str>,
         limit: u32,
     ) -> StoreResult<Vec<InboxEntry>>;
+
+    /// Deletes the inbox messages stored before `before_ms` (their
+    /// retention is over); returns how many.
+    async fn inbox_purge(&self, before_ms: i64) -> StoreResult<u64>;
+
+    /// Moves what overwritten and deleted rows (delivered messages' texts)
+    /// left behind out of the store's files. SQLite: a `TRUNCATE`
+    /// checkpoint, after which the WAL is empty (deleted content is zeroed
+    /// in the database file by `secure_delete`). Elsewhere a no-op: a
+    /// server database's files are its operator's to manage.
+    async fn scrub(&self) -> StoreResult<()> {
+        Ok(())
+    }
 }

@@ -29,7 +29,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use common::{BIN, PASSWORD, Server, TempDir, code_in, create_account, start, token};
+use common::{BIN, PASSWORD, Server, TempDir, code_in, create_account, readyz, start, token};
 use otpgate_core::{CustomerId, DeliveryStatus, VerificationId};
 use otpgate_store::Store;
 use otpgate_store::testkit::{TempPostgres, TestkitError, require_services};
@@ -540,13 +540,7 @@ reconnect_min_ms = 100
     let mut a = node("node-a", "64", "4000");
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let (_, ready) = status_json(
-            http.get(format!("{}/readyz", a.base))
-                .send()
-                .await
-                .expect("readyz"),
-        )
-        .await;
+        let (_, ready) = status_json(readyz(&http, &a.base).send().await.expect("readyz")).await;
         if ready["channels"][0]["up"] == true {
             break;
         }
@@ -579,13 +573,7 @@ reconnect_min_ms = 100
         tokio::time::sleep(Duration::from_millis(25)).await;
     };
     assert_eq!(sim.submits().len(), 8, "the window caps what A submitted");
-    let (_, ready) = status_json(
-        http.get(format!("{}/readyz", a.base))
-            .send()
-            .await
-            .expect("readyz"),
-    )
-    .await;
+    let (_, ready) = status_json(readyz(&http, &a.base).send().await.expect("readyz")).await;
     assert_eq!(ready["outbox"]["inFlight"], 10, "{ready}");
 
     // SIGKILL: no shutdown hook releases anything.
@@ -747,8 +735,7 @@ async fn postgres_down_is_a_prompt_503_and_the_same_nodes_recover_when_it_return
             assert_eq!((status, &body["status"]), (503, &503.into()), "{body}");
 
             let started = Instant::now();
-            let (status, body) =
-                status_json(http.get(format!("{base}/readyz")).send().await.unwrap()).await;
+            let (status, body) = status_json(readyz(&http, base).send().await.unwrap()).await;
             let took = started.elapsed();
             assert!(took < bound, "readyz on {base} took {took:?}");
             slowest = slowest.max(took);
@@ -769,7 +756,7 @@ async fn postgres_down_is_a_prompt_503_and_the_same_nodes_recover_when_it_return
     for n in &nodes {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let r = http.get(format!("{}/readyz", n.base)).send().await;
+            let r = readyz(&http, &n.base).send().await;
             if r.is_ok_and(|r| r.status() == 200) {
                 break;
             }

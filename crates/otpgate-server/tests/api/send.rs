@@ -400,7 +400,41 @@ async fn the_per_account_rate_limit_gets_800_when_configured() {
     app.send_ok(Version::V3, &t, "9876500082").await;
 }
 
+async fn the_inbox_forgets_messages_after_its_retention() {
+    let mut s = test_settings();
+    s.inbox.retention_secs = 10;
+    let app = spawn_app_with(s).await;
+    let t = app.token().await;
+    let kept = app.send_ok(Version::V3, &t, "9876500090").await;
+    let _ = app.code_for(&kept).await;
+    app.clock.advance_ms(5_000);
+    let young = app.send_ok(Version::V3, &t, "9876500091").await;
+    let _ = app.code_for(&young).await;
+    // The first is now past 10 s, the second 5 s old.
+    app.clock.advance_ms(6_000);
+    let ids = |entries: &[otpgate_store::InboxEntry]| -> Vec<String> {
+        entries
+            .iter()
+            .filter_map(|e| e.verification_id.map(|v| v.get().to_string()))
+            .collect()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let left = ids(&app.store.inbox_list(None, None, 100).await.unwrap());
+        if !left.contains(&kept) {
+            assert_eq!(left, vec![young.clone()], "only the expired one goes");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the expired message is still in the inbox"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
 crate::both_stores!(
+    the_inbox_forgets_messages_after_its_retention,
     send_returns_the_contracts_shape_on_both_versions,
     otp_length_and_timeout_are_honoured,
     out_of_range_length_and_timeout_get_400,

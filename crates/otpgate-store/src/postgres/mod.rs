@@ -1749,6 +1749,18 @@ impl Store for PostgresStore {
         })
         .await
     }
+
+    async fn inbox_purge(&self, before_ms: i64) -> StoreResult<u64> {
+        self.guarded(async {
+            let r = sqlx::query("delete from inbox where created_at < $1")
+                .bind(before_ms)
+                .execute(&self.pool)
+                .await
+                .map_err(db_err)?;
+            Ok(r.rows_affected())
+        })
+        .await
+    }
 }
 
 /// Step `message_id` of `verification` will not deliver: wake the next held

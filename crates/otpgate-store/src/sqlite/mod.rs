@@ -96,6 +96,8 @@ pub struct SqliteStore {
     write_pool: SqlitePool,
     /// Reads only; for an in-memory database, the write pool itself.
     reader: SqlitePool,
+    /// An in-memory database: no files to restrict or scrub.
+    memory: bool,
 }
 
 impl SqliteStore {
@@ -114,10 +116,12 @@ impl SqliteStore {
             return Self::open_path(location).await;
         }
         let memory = location == "sqlite::memory:" || location.contains("mode=memory");
+        // Read-only: nothing to create or restrict (the file is its owner's).
+        let own_files = !memory && !location.contains("mode=ro");
         let opts = SqliteConnectOptions::from_str(location)
             .map_err(|e| StoreError::Unavailable(format!("bad SQLite URL: {e}")))?
             .create_if_missing(true);
-        Self::build(opts, memory, MAX_BATCH).await
+        Self::build(opts, memory, own_files, MAX_BATCH).await
     }
 
     /// Opens (creating if needed) the database file at `path`; for paths
@@ -142,7 +146,7 @@ impl SqliteStore {
         let opts = SqliteConnectOptions::new()
             .filename(path)
             .create_if_missing(true);
-        Self::build(opts, false, max_batch).await
+        Self::build(opts, false, true, max_batch).await
     }
 
     /// A private database in memory, gone when the store is dropped; for
@@ -157,10 +161,17 @@ impl SqliteStore {
     async fn build(
         opts: SqliteConnectOptions,
         memory: bool,
+        own_files: bool,
         max_batch: usize,
     ) -> StoreResult<Self> {
+        if own_files {
+            restrict_files(opts.get_filename())?;
+        }
         let opts = opts
             .foreign_keys(true)
+            // Freed content (a delivered message's text, set to null) is
+            // overwritten with zeros rather than left in free space.
+            .pragma("secure_delete", "on")
             .busy_timeout(BUSY_TIMEOUT)
             // FULL: a commit is on disk before a send answers 200, so it
             // survives a power cut, not only a crash (contract §2).
@@ -208,6 +219,7 @@ impl SqliteStore {
             writer,
             write_pool,
             reader,
+            memory,
         })
     }
 
@@ -246,6 +258,49 @@ impl SqliteStore {
     {
         self.writer.write(|_| true, op).await
     }
+}
+
+/// Creates the database file readable by its owner only (0600), or
+/// restricts an existing one and its WAL and shared-memory files: they hold
+/// the token signing secret, the code key and account password hashes.
+/// SQLite creates the WAL and shared-memory files with the database file's
+/// mode.
+fn restrict_files(path: &Path) -> StoreResult<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        if path.as_os_str().is_empty() || path == Path::new(":memory:") {
+            return Ok(());
+        }
+        if !path.exists() {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .mode(0o600)
+                .open(path)
+                .map_err(|e| {
+                    StoreError::Unavailable(format!("cannot create {}: {e}", path.display()))
+                })?;
+        }
+        for suffix in ["", "-wal", "-shm", "-journal"] {
+            let mut p = path.as_os_str().to_owned();
+            p.push(suffix);
+            let p = std::path::PathBuf::from(p);
+            if let Ok(m) = std::fs::metadata(&p)
+                && m.permissions().mode() & 0o077 != 0
+                // Only the file's owner may change its mode; a file of
+                // someone else's is left to its owner, with a warning.
+                && let Err(e) = std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600))
+            {
+                tracing::warn!(file = %p.display(), error = %e,
+                    "could not restrict a database file to its owner");
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+    Ok(())
 }
 
 async fn migrate(pool: &SqlitePool) -> StoreResult<()> {
@@ -1205,6 +1260,40 @@ impl Store for SqliteStore {
         .iter()
         .map(rows::inbox_entry)
         .collect()
+    }
+
+    async fn inbox_purge(&self, before_ms: i64) -> StoreResult<u64> {
+        self.write(move |conn| {
+            Box::pin(async move {
+                let r = sqlx::query("delete from inbox where created_at < ?1")
+                    .bind(before_ms)
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(db)?;
+                Ok(r.rows_affected())
+            })
+        })
+        .await
+    }
+
+    async fn scrub(&self) -> StoreResult<()> {
+        if self.memory {
+            return Ok(());
+        }
+        // On a reader connection: the checkpoint takes the write lock itself
+        // (waiting on the busy timeout) and leaves the writer's batching
+        // alone. `TRUNCATE` empties the WAL, where old page images (texts
+        // since set to null) would otherwise linger until overwritten.
+        let (busy, _, _): (i64, i64, i64) = sqlx::query_as("pragma wal_checkpoint(truncate)")
+            .fetch_one(&self.reader)
+            .await
+            .map_err(db)?;
+        if busy != 0 {
+            return Err(StoreError::Unavailable(
+                "the WAL checkpoint was blocked by a reader; it is retried".into(),
+            ));
+        }
+        Ok(())
     }
 }
 

@@ -16,6 +16,9 @@ pub mod pumping;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_otpgate");
 pub const PASSWORD: &str = "binary test password";
+/// `health.token` of every server [`start`] runs: `/readyz` shows its
+/// detail only with it ([`readyz`]).
+pub const HEALTH_TOKEN: &str = "binary-test-health-token-0123456789abcdef";
 
 /// A directory removed on drop.
 pub struct TempDir(pub PathBuf);
@@ -75,6 +78,7 @@ pub fn start(args: &[&str], envs: &[(&str, &str)]) -> Server {
     cmd.args(["serve", "--listen", "127.0.0.1:0"])
         .args(args)
         .env("OTPGATE_LOG", "info")
+        .env("OTPGATE_HEALTH__TOKEN", HEALTH_TOKEN)
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
     for (k, v) in envs {
@@ -108,6 +112,12 @@ pub fn start(args: &[&str], envs: &[(&str, &str)]) -> Server {
         "otpgate serve did not report its address (set OTPGATE_TEST_SERVER_LOG=1 to see its log)",
     );
     Server { child, base, log }
+}
+
+/// `GET {base}/readyz` as the operator (with the health token), for its
+/// detail.
+pub fn readyz(http: &reqwest::Client, base: &str) -> reqwest::RequestBuilder {
+    http.get(format!("{base}/readyz")).bearer_auth(HEALTH_TOKEN)
 }
 
 /// `otpgate customer create … --json`; returns the customerId.
