@@ -41,6 +41,10 @@ for backend in sqlite postgres; do
     postgres) DB="postgres://postgres@127.0.0.1:$PORT/otpgate_bench" ;;
   esac
   CID=$("$BIN" customer create --password 'bench password' --credits 100000000 --database "$DB")
+  # One account sending far more than the fraud defence's caps allow: caps
+  # off (0), the guard on. The caps' queries still run on every send.
+  OTPGATE_FRAUD__ACCOUNT_HOUR_MESSAGES=0 OTPGATE_FRAUD__ACCOUNT_DAY_MESSAGES=0 \
+  OTPGATE_FRAUD__ACCOUNT_HOUR_CREDITS=0 OTPGATE_FRAUD__ACCOUNT_DAY_CREDITS=0 \
   OTPGATE_LOG=info "$BIN" serve --listen 127.0.0.1:0 --database "$DB" 2>"$W/$backend.log" >/dev/null &
   SERVER_PID=$!
   URL=""

@@ -6,6 +6,7 @@
 pub mod clock;
 pub mod code;
 pub mod customer;
+pub mod fraud;
 pub mod phone;
 pub mod secret;
 pub mod token;
@@ -14,7 +15,7 @@ pub mod verification;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use code::{CodeError, CodeHash, CodeKey, OtpCode, OtpLength};
 pub use customer::{CustomerId, CustomerIdError};
-pub use phone::{PhoneError, PhoneNumber, is_known_country_code, warm_up};
+pub use phone::{PhoneError, PhoneNumber, dialing_code_of, is_known_country_code, warm_up};
 pub use secret::SecretString;
 pub use token::{Claims, TokenError, TokenSigner};
 pub use verification::{

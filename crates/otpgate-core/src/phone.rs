@@ -113,6 +113,18 @@ impl PhoneNumber {
         format!("{}{}", self.country_code, self.national)
     }
 
+    /// The number's type by libphonenumber's metadata (mobile, fixed-line,
+    /// premium-rate, …), for the fraud guard's "only mobile numbers".
+    pub fn kind(&self) -> crate::fraud::NumberKind {
+        let Some(region) = main_region(self.country_code) else {
+            return crate::fraud::NumberKind::Unknown;
+        };
+        match phonenumber::parse(Some(region), &self.national) {
+            Ok(p) => crate::fraud::NumberKind::from_lib(p.number_type(&DATABASE)),
+            Err(_) => crate::fraud::NumberKind::Unknown,
+        }
+    }
+
     /// `+91******3210`: enough to tell numbers apart in a log or a console.
     pub fn masked(&self) -> String {
         let n = self.national.len();
@@ -143,6 +155,18 @@ fn parse_country_code(s: &str) -> Result<u16, PhoneError> {
         return Err(PhoneError::UnknownCountryCode);
     }
     Ok(cc)
+}
+
+/// The dialing code of a country given as an ISO code (`IN`) or as a
+/// dialing code itself (`91`); `None` when neither is known.
+pub fn dialing_code_of(country: &str) -> Option<u16> {
+    let c = country.trim().trim_start_matches('+');
+    if !c.is_empty() && c.len() <= 3 && c.bytes().all(|b| b.is_ascii_digit()) {
+        return c.parse().ok().filter(|cc| is_known_country_code(*cc));
+    }
+    DATABASE
+        .by_id(c.to_ascii_uppercase().as_str())
+        .map(|m| m.country_code())
 }
 
 /// Whether libphonenumber knows this dialing code.
@@ -230,6 +254,28 @@ mod tests {
         let us = PhoneNumber::parse_e164("+1 650-253-0000").unwrap();
         assert_eq!(us.country_code(), 1);
         assert!(PhoneNumber::parse_e164("919876543210").is_err());
+    }
+
+    #[test]
+    fn number_types_tell_mobile_from_premium_and_fixed() {
+        use crate::fraud::NumberKind as K;
+        let kind = |cc, n| PhoneNumber::parse(cc, n).unwrap().kind();
+        assert_eq!(kind("91", "9876543210"), K::Mobile);
+        assert_eq!(kind("44", "7400123456"), K::Mobile);
+        assert_eq!(kind("44", "9098790000"), K::PremiumRate);
+        assert_eq!(kind("1", "9005550100"), K::PremiumRate);
+        assert_eq!(kind("44", "2079460018"), K::FixedLine);
+        assert_eq!(kind("1", "6502530000"), K::FixedLineOrMobile);
+        assert_eq!(kind("44", "8001111111"), K::TollFree);
+    }
+
+    #[test]
+    fn countries_map_to_dialing_codes() {
+        assert_eq!(dialing_code_of("IN"), Some(91));
+        assert_eq!(dialing_code_of("gb"), Some(44));
+        assert_eq!(dialing_code_of("+91"), Some(91));
+        assert_eq!(dialing_code_of("999"), None);
+        assert_eq!(dialing_code_of("XX"), None);
     }
 
     #[test]

@@ -24,6 +24,8 @@ pub enum AccountError {
     EmailTaken,
     #[error("no such account")]
     NotFound,
+    #[error("the server is busy hashing passwords")]
+    Busy,
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("{0}")]
@@ -39,6 +41,8 @@ pub struct NewAccountRequest {
     /// Exactly this many paid credits and no test credits, instead of the
     /// configured test credits.
     pub credits: Option<i64>,
+    /// Its settings from the start.
+    pub settings: otpgate_store::AccountSettings,
 }
 
 /// # Errors
@@ -48,6 +52,21 @@ pub async fn create(
     clock: &dyn Clock,
     settings: &Settings,
     req: NewAccountRequest,
+) -> Result<Account, AccountError> {
+    create_with(store, clock, settings, req, None).await
+}
+
+/// As [`create`], hashing the password on `hasher`'s threads when given
+/// (a sign-up from a stranger: within the server's bound on hashing).
+///
+/// # Errors
+/// As [`create`], and [`AccountError::Busy`] when the hasher is full.
+pub async fn create_with(
+    store: &dyn Store,
+    clock: &dyn Clock,
+    settings: &Settings,
+    req: NewAccountRequest,
+    hasher: Option<&crate::auth::Hasher>,
 ) -> Result<Account, AccountError> {
     check_password(&req.password)?;
     let email = req
@@ -73,9 +92,14 @@ pub async fn create(
             return Err(AccountError::BadCountry);
         }
     }
-    let password_hash = crate::auth::hash_password(&req.password)
-        .await
-        .map_err(|e| AccountError::Internal(e.to_string()))?;
+    let password_hash = match hasher {
+        Some(h) => h
+            .hash(&req.password)
+            .await
+            .map_err(|_| AccountError::Busy)?,
+        None => crate::auth::hash_password(&req.password).await,
+    }
+    .map_err(|e| AccountError::Internal(e.to_string()))?;
     let (credits, test_credits) = match req.credits {
         Some(n) => (n.max(0), 0),
         None => (0, settings.accounts.test_credits),
@@ -88,6 +112,7 @@ pub async fn create(
             country: country.clone(),
             credits,
             test_credits,
+            settings: req.settings.clone(),
             created_at: clock.now_ms(),
         };
         match store.account_create(new).await {

@@ -24,10 +24,19 @@ pub struct Settings {
     pub token: TokenSettings,
     pub otp: OtpSettings,
     pub limits: LimitSettings,
+    /// Fraud defence: number types, geo, caps, the conversion guard, test
+    /// credits and test numbers (README "Fraud defence").
+    pub fraud: FraudSettings,
     pub accounts: AccountDefaults,
     pub pricing: Pricing,
     pub message: MessageSettings,
     pub http: HttpSettings,
+    /// Password hashing and the throttles on failed credentials.
+    pub auth: AuthSettings,
+    /// `/readyz` detail for the operator.
+    pub health: HealthSettings,
+    /// The development inbox channel's messages.
+    pub inbox: InboxSettings,
     pub delivery: DeliverySettings,
     pub postgres: PostgresSettings,
     /// The web console under `/console`.
@@ -48,10 +57,67 @@ pub struct TokenSettings {
     pub secret: Option<SecretString>,
     /// Token lifetime in seconds (default 7 days).
     pub lifetime_secs: i64,
-    /// Failed token requests allowed per customerId and per client address
-    /// within `failure_window_secs` before 429.
+    /// Failed token requests allowed per client address, and per
+    /// (customerId, client address), within `failure_window_secs` before
+    /// 429.
     pub max_failures: u32,
     pub failure_window_secs: u64,
+    /// Failed token requests for one customerId from all addresses together
+    /// within the window before that customerId is refused (429) to
+    /// addresses that have not used its right key lately; 0 is no limit.
+    pub max_failures_per_customer: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthSettings {
+    /// Argon2 password checks running at once (each thread keeps about
+    /// 19 MiB); 0 means one per CPU core but one, at least one.
+    pub max_concurrent_hashes: usize,
+    /// Password checks that may wait for a place; beyond them, requests are
+    /// answered 503 with `Retry-After: 1` at once.
+    pub hash_queue: usize,
+    /// Longest wait for a place before answering 503.
+    pub hash_wait_ms: u64,
+    /// How long a client address that used an account's right credential
+    /// stays exempt from blocks on that account's name alone.
+    pub known_client_secs: u64,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HealthSettings {
+    /// Bearer token that makes `/readyz` show its detail (store error,
+    /// outbox depth, channel health); without it, callers see only ready
+    /// or unavailable. At least 32 bytes.
+    pub token: Option<SecretString>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct InboxSettings {
+    /// Messages of the development inbox channel are deleted this many
+    /// seconds after they were "delivered"; 0 keeps them forever.
+    pub retention_secs: u64,
+}
+
+impl Default for AuthSettings {
+    fn default() -> Self {
+        Self {
+            max_concurrent_hashes: 0,
+            hash_queue: 64,
+            hash_wait_ms: 2_000,
+            known_client_secs: 30 * 24 * 3600,
+        }
+    }
+}
+
+impl Default for InboxSettings {
+    fn default() -> Self {
+        Self {
+            retention_secs: 24 * 3600,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -80,6 +146,112 @@ pub struct LimitSettings {
     pub wrong_code_window_secs: u32,
     /// Sends per account per second; 0 is no limit.
     pub per_account_per_second: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FraudSettings {
+    /// The conversion guard (and its blocks); caps apply either way.
+    pub guard: bool,
+    /// The guard's prefix is the number without this many last digits.
+    pub prefix_strip_digits: u32,
+    /// A prefix is blocked once this many of its sends in the window are
+    /// unconverted while conversion is below `max_conversion_percent`…
+    pub prefix_min_unconverted: u32,
+    /// …and an account's sends to one country once this many are.
+    pub country_min_unconverted: u32,
+    pub max_conversion_percent: u32,
+    /// The sliding window sends are counted over.
+    pub window_secs: u32,
+    /// The first block's length; it doubles on every repeat, up to
+    /// `max_block_secs`.
+    pub block_secs: u32,
+    pub max_block_secs: u32,
+    /// Caps per account (0: none).
+    pub account_hour_messages: u32,
+    pub account_day_messages: u32,
+    pub account_hour_credits: i64,
+    pub account_day_credits: i64,
+    /// Codes one number receives per day across all accounts (0: no cap).
+    pub destination_day_messages: u32,
+    /// Dialing codes no account may send to (511).
+    pub blocked_country_codes: Vec<u16>,
+    /// E.164 digit prefixes no account may send to (400), e.g. `"44909"`.
+    pub blocked_prefixes: Vec<String>,
+    /// Test credits pay only for an account's own verified numbers.
+    pub test_credits_verified_only: bool,
+    /// Verified own numbers an account may keep…
+    pub own_numbers_max: u32,
+    /// …and own-number verification codes it may have sent per day.
+    pub own_number_sends_per_day: u32,
+    /// A console sign-up may send only to its own country until widened.
+    pub signup_own_country_only: bool,
+    /// Test numbers (E.164 digits, `+` optional) and their fixed codes: a
+    /// send to one stores the fixed code, sends nothing, charges nothing.
+    pub test_numbers: BTreeMap<String, String>,
+}
+
+impl Default for FraudSettings {
+    fn default() -> Self {
+        Self {
+            guard: true,
+            prefix_strip_digits: 4,
+            prefix_min_unconverted: 20,
+            country_min_unconverted: 300,
+            max_conversion_percent: 35,
+            window_secs: 3600,
+            block_secs: 3600,
+            max_block_secs: 7 * 24 * 3600,
+            account_hour_messages: 1000,
+            account_day_messages: 10_000,
+            account_hour_credits: 2000,
+            account_day_credits: 20_000,
+            destination_day_messages: 25,
+            blocked_country_codes: Vec::new(),
+            blocked_prefixes: Vec::new(),
+            test_credits_verified_only: true,
+            own_numbers_max: 5,
+            own_number_sends_per_day: 3,
+            signup_own_country_only: true,
+            test_numbers: BTreeMap::new(),
+        }
+    }
+}
+
+impl FraudSettings {
+    /// The thresholds the store's send transaction applies.
+    pub fn policy(&self) -> otpgate_core::fraud::FraudPolicy {
+        use otpgate_core::fraud::{Caps, FraudPolicy, GuardPolicy};
+        let ms = |s: u32| i64::from(s) * 1000;
+        let guard = |min| GuardPolicy {
+            min_unconverted: min,
+            max_conversion_percent: self.max_conversion_percent,
+            window_ms: ms(self.window_secs),
+            block_ms: ms(self.block_secs),
+            max_block_ms: ms(self.max_block_secs),
+        };
+        FraudPolicy {
+            guard: self.guard,
+            test_credits_verified_only: self.test_credits_verified_only,
+            prefix: guard(self.prefix_min_unconverted),
+            country: guard(self.country_min_unconverted),
+            caps: Caps {
+                account_hour_messages: self.account_hour_messages,
+                account_day_messages: self.account_day_messages,
+                account_hour_credits: self.account_hour_credits,
+                account_day_credits: self.account_day_credits,
+                destination_day_messages: self.destination_day_messages,
+            },
+        }
+    }
+
+    /// The fixed code of a test number, if `e164_digits` is one.
+    pub fn test_code(&self, e164_digits: &str) -> Option<&str> {
+        self.test_numbers
+            .iter()
+            .find(|(n, _)| n.trim_start_matches('+') == e164_digits)
+            .map(|(_, c)| c.as_str())
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -132,6 +304,26 @@ pub struct HttpSettings {
     pub max_body_bytes: usize,
     /// Requests taking longer are answered 503.
     pub request_timeout_ms: u64,
+    /// A connection must send a request's complete headers within this many
+    /// seconds of connecting or of its previous response, or it is closed
+    /// (also the keep-alive idle timeout).
+    pub header_timeout_secs: u64,
+    /// A connection on which no byte moves either way for this long (a
+    /// client that stopped reading its response, a stalled body) is closed.
+    pub idle_timeout_secs: u64,
+    /// Connections open at once; beyond, new ones are answered 503 and
+    /// closed.
+    pub max_connections: usize,
+    /// Largest request head (request line and headers), in bytes; larger
+    /// ones are answered 431.
+    pub max_header_bytes: usize,
+    /// Most parameters one request may carry (query and form together).
+    pub max_params: usize,
+    /// Peers (addresses or CIDR blocks) whose `client_ip_header` is believed;
+    /// empty believes no one, and the TCP peer is the client.
+    pub trusted_proxies: Vec<String>,
+    /// `x-forwarded-for` or `forwarded` (RFC 7239).
+    pub client_ip_header: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -144,6 +336,10 @@ pub struct DeliverySettings {
     pub retry_max_ms: i64,
     /// This node's name in outbox leases; defaults to host name + pid.
     pub worker_id: String,
+    /// Every this many seconds, what delivered messages' texts left in the
+    /// store's files is scrubbed (SQLite: a `TRUNCATE` checkpoint of the
+    /// WAL); 0 never.
+    pub scrub_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -165,10 +361,14 @@ impl Default for Settings {
             token: TokenSettings::default(),
             otp: OtpSettings::default(),
             limits: LimitSettings::default(),
+            fraud: FraudSettings::default(),
             accounts: AccountDefaults::default(),
             pricing: Pricing::default(),
             message: MessageSettings::default(),
             http: HttpSettings::default(),
+            auth: AuthSettings::default(),
+            health: HealthSettings::default(),
+            inbox: InboxSettings::default(),
             delivery: DeliverySettings::default(),
             postgres: PostgresSettings::default(),
             channels: BTreeMap::new(),
@@ -197,10 +397,14 @@ pub struct ConsoleSettings {
     /// Mark cookies `Secure`: set this whenever the console is reached over
     /// TLS (directly or through a proxy that terminates it).
     pub secure_cookies: bool,
-    /// Failed log-ins allowed per e-mail/customerId and per client address
-    /// within `login_failure_window_secs`.
+    /// Failed log-ins allowed per client address, and per (login name,
+    /// client address), within `login_failure_window_secs`.
     pub max_login_failures: u32,
     pub login_failure_window_secs: u64,
+    /// Failed log-ins for one name from all addresses together before that
+    /// name is refused to addresses that have not logged in with it lately;
+    /// 0 is no limit.
+    pub max_login_failures_per_name: u32,
     /// Sign-ups allowed per client address per hour.
     pub signups_per_hour: u32,
 }
@@ -217,6 +421,7 @@ impl Default for ConsoleSettings {
             secure_cookies: false,
             max_login_failures: 10,
             login_failure_window_secs: 300,
+            max_login_failures_per_name: 100,
             signups_per_hour: 10,
         }
     }
@@ -229,6 +434,7 @@ impl Default for TokenSettings {
             lifetime_secs: 7 * 24 * 3600,
             max_failures: 10,
             failure_window_secs: 300,
+            max_failures_per_customer: 100,
         }
     }
 }
@@ -294,6 +500,13 @@ impl Default for HttpSettings {
         Self {
             max_body_bytes: 16 * 1024,
             request_timeout_ms: 15_000,
+            header_timeout_secs: 10,
+            idle_timeout_secs: 60,
+            max_connections: 4096,
+            max_header_bytes: 64 * 1024,
+            max_params: 256,
+            trusted_proxies: Vec::new(),
+            client_ip_header: "x-forwarded-for".into(),
         }
     }
 }
@@ -307,6 +520,7 @@ impl Default for DeliverySettings {
             retry_base_ms: 500,
             retry_max_ms: 30_000,
             worker_id: String::new(),
+            scrub_secs: 10,
         }
     }
 }
@@ -320,6 +534,9 @@ impl Default for PostgresSettings {
         }
     }
 }
+
+/// Shortest configured secret accepted: 256 bits.
+pub const MIN_SECRET_BYTES: usize = 32;
 
 impl Settings {
     /// The channel and route tables as the delivery crate takes them.
@@ -370,9 +587,80 @@ impl Settings {
                 "console.session_idle_secs and console.session_max_secs must be positive".into(),
             );
         }
+        let f = &self.fraud;
+        for (number, code) in &f.test_numbers {
+            if otpgate_core::PhoneNumber::parse_e164(&format!(
+                "+{}",
+                number.trim_start_matches('+')
+            ))
+            .is_err()
+            {
+                return Err(format!(
+                    "fraud.test_numbers: {number:?} is not a valid number in E.164 digits"
+                ));
+            }
+            if !(4..=8).contains(&code.len()) || !code.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(format!(
+                    "fraud.test_numbers: the code of {number:?} must be 4 to 8 digits"
+                ));
+            }
+        }
+        if f.blocked_prefixes.iter().any(|p| {
+            p.is_empty()
+                || !p
+                    .trim_start_matches('+')
+                    .bytes()
+                    .all(|b| b.is_ascii_digit())
+        }) {
+            return Err("fraud.blocked_prefixes must be E.164 digits, e.g. \"44909\"".into());
+        }
+        if f.window_secs == 0 || f.block_secs == 0 || f.max_block_secs < f.block_secs {
+            return Err(
+                "fraud.window_secs and fraud.block_secs must be positive, and fraud.max_block_secs at least fraud.block_secs"
+                    .into(),
+            );
+        }
+        if f.max_conversion_percent > 100 {
+            return Err("fraud.max_conversion_percent must be 0 to 100".into());
+        }
         if self.pricing.default_price < 0 || self.pricing.by_country_code.values().any(|p| *p < 0) {
             return Err("prices must not be negative".into());
         }
+        for (name, secret) in [
+            ("token.secret", &self.token.secret),
+            ("otp.code_key", &self.otp.code_key),
+            ("health.token", &self.health.token),
+        ] {
+            if let Some(s) = secret.as_ref().filter(|s| !s.is_empty())
+                && s.expose().len() < MIN_SECRET_BYTES
+            {
+                return Err(format!(
+                    "{name} is {} bytes; a secret must be at least {MIN_SECRET_BYTES} bytes \
+                     (e.g. `openssl rand -hex 32`)",
+                    s.expose().len()
+                ));
+            }
+        }
+        if self.http.header_timeout_secs == 0 || self.http.idle_timeout_secs == 0 {
+            return Err(
+                "http.header_timeout_secs and http.idle_timeout_secs must be positive".into(),
+            );
+        }
+        if self.http.max_connections == 0 || self.http.max_params == 0 {
+            return Err("http.max_connections and http.max_params must be positive".into());
+        }
+        if self.http.max_header_bytes < 8192 {
+            return Err("http.max_header_bytes must be at least 8192".into());
+        }
+        self.proxies()?;
         Ok(())
+    }
+
+    /// The trusted proxies, parsed.
+    ///
+    /// # Errors
+    /// A sentence naming the setting.
+    pub fn proxies(&self) -> Result<crate::client::ProxyConfig, String> {
+        crate::client::ProxyConfig::parse(&self.http.trusted_proxies, &self.http.client_ip_header)
     }
 }

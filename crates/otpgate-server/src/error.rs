@@ -48,6 +48,17 @@ impl ApiError {
         e
     }
 
+    /// The password hasher is full (see `auth::Hasher`): nothing was
+    /// checked; try again in a second.
+    pub fn busy() -> Self {
+        let mut e = Self::new(
+            ResponseCode::ServiceUnavailable,
+            "the server is busy checking passwords; nothing was checked, try again shortly",
+        );
+        e.retry_after = Some(1);
+        e
+    }
+
     /// Outside the contract's table: unknown paths, wrong methods, bodies too
     /// large. Still the same envelope, so clients parse every failure alike.
     pub fn http(status: StatusCode, message: &'static str, reason: impl Into<String>) -> Self {

@@ -4,9 +4,13 @@
 
 pub mod accounts;
 pub mod auth;
+pub mod client;
 pub mod config;
+pub mod conn;
 pub mod console;
 pub mod error;
+pub mod limits;
+pub mod metrics;
 pub mod params;
 pub mod routes;
 pub mod service;

@@ -2,7 +2,11 @@
 //! an extension from an `application/x-www-form-urlencoded` body, the query
 //! winning on conflict. Any other body (clients send `{}`) is read, bounded,
 //! and ignored. A parameter given twice, bad percent-encoding and non-UTF-8
-//! are refused with a reason rather than guessed at.
+//! are refused with a reason rather than guessed at. Parsing runs before
+//! authentication, so it is linear in the input and stops at
+//! `http.max_params` parameters.
+
+use std::collections::HashSet;
 
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Request};
@@ -20,8 +24,20 @@ impl Params {
     /// # Errors
     /// 400 naming the parameter and what is wrong with it.
     pub fn parse(raw: &[u8]) -> Result<Self, ApiError> {
+        Self::parse_at_most(raw, DEFAULT_MAX_PARAMS)
+    }
+
+    /// As [`Params::parse`], refusing more than `max` parameters.
+    ///
+    /// # Errors
+    /// As [`Params::parse`], and 400 for too many parameters.
+    pub fn parse_at_most(raw: &[u8], max: usize) -> Result<Self, ApiError> {
         let mut out: Vec<(String, String)> = Vec::new();
+        let mut seen: HashSet<String> = HashSet::new();
         for pair in raw.split(|b| *b == b'&').filter(|p| !p.is_empty()) {
+            if out.len() >= max {
+                return Err(too_many(max));
+            }
             let (k, v) = match pair.iter().position(|b| *b == b'=') {
                 Some(i) => (&pair[..i], &pair[i + 1..]),
                 None => (pair, &b""[..]),
@@ -35,7 +51,7 @@ impl Params {
                     printable(&key)
                 ))
             })?;
-            if out.iter().any(|(k2, _)| *k2 == key) {
+            if !seen.insert(key.clone()) {
                 return Err(ApiError::bad_request(format!(
                     "parameter {} is given more than once",
                     printable(&key)
@@ -46,13 +62,24 @@ impl Params {
         Ok(Self(out))
     }
 
-    /// Adds `other`'s parameters that this one lacks (query wins).
-    fn fill_from(&mut self, other: Params) {
+    /// Parameters from pairs a form already parsed (the console's).
+    pub fn from_pairs(pairs: Vec<(String, String)>) -> Self {
+        Self(pairs)
+    }
+
+    /// Adds `other`'s parameters that this one lacks (query wins), up to
+    /// `max` in all.
+    fn fill_from(&mut self, other: Params, max: usize) -> Result<(), ApiError> {
+        let have: HashSet<String> = self.0.iter().map(|(k, _)| k.clone()).collect();
         for (k, v) in other.0 {
-            if !self.0.iter().any(|(k2, _)| *k2 == k) {
+            if !have.contains(&k) {
+                if self.0.len() >= max {
+                    return Err(too_many(max));
+                }
                 self.0.push((k, v));
             }
         }
+        Ok(())
     }
 
     /// Every parameter, in the order given.
@@ -75,6 +102,13 @@ impl Params {
         self.get(name)
             .ok_or_else(|| ApiError::bad_request(format!("{name} is required")))
     }
+}
+
+/// Parameters accepted when the router sets no `MaxParams`.
+const DEFAULT_MAX_PARAMS: usize = 256;
+
+fn too_many(max: usize) -> ApiError {
+    ApiError::bad_request(format!("too many parameters: at most {max} are accepted"))
 }
 
 /// Shortens and cleans a client-supplied name before it goes into an error
@@ -110,6 +144,10 @@ fn decode(s: &[u8]) -> Option<String> {
 #[derive(Debug, Clone, Copy)]
 pub struct BodyLimit(pub usize);
 
+/// Most parameters accepted; set from `http.max_params` by the router.
+#[derive(Debug, Clone, Copy)]
+pub struct MaxParams(pub usize);
+
 impl<S: Send + Sync> FromRequest<S> for Params {
     type Rejection = ApiError;
 
@@ -118,6 +156,10 @@ impl<S: Send + Sync> FromRequest<S> for Params {
             .extensions()
             .get::<BodyLimit>()
             .map_or(16 * 1024, |l| l.0);
+        let max = req
+            .extensions()
+            .get::<MaxParams>()
+            .map_or(DEFAULT_MAX_PARAMS, |m| m.0);
         let is_form = req
             .headers()
             .get(header::CONTENT_TYPE)
@@ -127,7 +169,7 @@ impl<S: Send + Sync> FromRequest<S> for Params {
                     .to_ascii_lowercase()
                     .starts_with("application/x-www-form-urlencoded")
             });
-        let mut params = Params::parse(req.uri().query().unwrap_or("").as_bytes())?;
+        let mut params = Params::parse_at_most(req.uri().query().unwrap_or("").as_bytes(), max)?;
         let body: Bytes = axum::body::to_bytes(req.into_body(), limit)
             .await
             .map_err(|_| {
@@ -138,7 +180,7 @@ impl<S: Send + Sync> FromRequest<S> for Params {
                 )
             })?;
         if is_form {
-            params.fill_from(Params::parse(&body)?);
+            params.fill_from(Params::parse_at_most(&body, max)?, max)?;
         }
         Ok(params)
     }
@@ -166,9 +208,25 @@ mod tests {
     }
 
     #[test]
+    fn too_many_parameters_are_refused_and_duplicates_found_in_linear_time() {
+        let many: Vec<String> = (0..7000).map(|i| format!("k{i}=v")).collect();
+        let e = Params::parse_at_most(many.join("&").as_bytes(), 256).unwrap_err();
+        assert!(e.reason.contains("at most 256"), "{}", e.reason);
+        let ok = Params::parse_at_most(many[..256].join("&").as_bytes(), 256).unwrap();
+        assert_eq!(ok.pairs().len(), 256);
+        // A duplicate at the end of a long list is still found.
+        let mut dup = many[..5000].to_vec();
+        dup.push("k0=again".into());
+        let e = Params::parse_at_most(dup.join("&").as_bytes(), 10_000).unwrap_err();
+        assert!(e.reason.contains("more than once"), "{}", e.reason);
+        let mut q = Params::parse(b"a=1").unwrap();
+        assert!(q.fill_from(Params::parse(b"b=2&c=3").unwrap(), 2).is_err());
+    }
+
+    #[test]
     fn query_wins_over_form() {
         let mut q = Params::parse(b"a=1").unwrap();
-        q.fill_from(Params::parse(b"a=2&b=3").unwrap());
+        q.fill_from(Params::parse(b"a=2&b=3").unwrap(), 10).unwrap();
         assert_eq!(q.get("a"), Some("1"));
         assert_eq!(q.get("b"), Some("3"));
     }

@@ -5,17 +5,19 @@
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD};
 use otpgate_api::{PendingData, ResponseCode, WireId, WireSeconds};
+use otpgate_core::fraud::{self, NumberKind};
 use otpgate_core::{
     CustomerId, Decision, OtpCode, OtpLength, PhoneError, PhoneNumber, VerificationId,
     VerificationView, decide,
 };
 use otpgate_store::{
-    Account, CreateOutcome, NewFallback, NewVerification, SendLimits, StoreError, ValidationAction,
-    Verification,
+    Account, CreateOutcome, NewFallback, NewVerification, SendKind, SendLimits, StoreError,
+    ValidationAction, Verification,
 };
 
-use crate::auth;
+use crate::client::Client;
 use crate::error::ApiError;
+use crate::limits::{self, Key};
 use crate::params::Params;
 use crate::state::AppState;
 
@@ -25,37 +27,60 @@ const KNOWN_FLOWS: &[&str] = &["SMS", "WHATSAPP", "RCS", "SAUTH", "VOICE", "EMAI
 
 // ---- §1 token -----------------------------------------------------------
 
-/// Issues a token for `customerId` + `key`, throttling failures per
-/// customerId and per client address.
+/// Issues a token for `customerId` + `key`. Each attempt is reserved in
+/// the throttle before its key is checked (see [`crate::limits`]): per
+/// client address and per (customerId, address) with `token.max_failures`,
+/// and per customerId alone with `token.max_failures_per_customer` unless
+/// this address got a token for it lately. Every refusal is logged as an
+/// audit line with the address and a digest of the customerId, never the
+/// key.
 ///
 /// # Errors
 /// 400 for missing parameters or bad base64, 401 for any wrong credential
-/// (one message for all), 429 when throttled.
+/// (one message for all), 429 when throttled, 503 when the password hasher
+/// is full.
 pub async fn issue_token(
     state: &AppState,
     params: &Params,
-    client: &str,
+    client: &Client,
 ) -> Result<String, ApiError> {
     let customer = params.required("customerId")?;
     let key_b64 = params.required("key")?;
-    let key = decode_key(key_b64)
-        .ok_or_else(|| ApiError::bad_request("key must be the base64 of the password"))?;
+    let name = limits::name_key(&customer.to_ascii_uppercase());
+    let Some(key) = decode_key(key_b64) else {
+        limits::audit("token", client, &name, "key is not base64");
+        return Err(ApiError::bad_request(
+            "key must be the base64 of the password",
+        ));
+    };
 
     let now = state.clock.now_ms();
-    let by_customer = format!("c:{customer}");
-    let by_client = format!("a:{client}");
-    for k in [&by_customer, &by_client] {
-        if let Some(wait) = state.token_throttle.blocked(k, now) {
+    let t = &state.settings.token;
+    let mut keys = vec![
+        (Key::Client(client.key), t.max_failures),
+        (Key::CustomerFrom(name.clone(), client.key), t.max_failures),
+    ];
+    if !state.token_known.knows(&name, client.key, now) {
+        keys.push((Key::Customer(name.clone()), t.max_failures_per_customer));
+    }
+    let attempt = match state.token_throttle.reserve(&keys, now) {
+        Ok(a) => a,
+        Err(r) => {
+            limits::audit("token", client, &name, "throttled");
             return Err(ApiError::rate_limited(
                 "too many failed token requests; try again later",
-                wait,
+                r.retry_after,
             ));
         }
-    }
-    let fail = || {
-        state.token_throttle.fail(&by_customer, now);
-        state.token_throttle.fail(&by_client, now);
+    };
+    let refuse = |attempt: limits::Attempt<'_>, reason: &str| {
+        attempt.record();
+        limits::audit("token", client, &name, reason);
         ApiError::unauthorized("invalid customerId or key, or the account is disabled")
+    };
+    let busy = |_| {
+        limits::audit("token", client, &name, "password hasher busy");
+        ApiError::busy()
     };
 
     let account = match CustomerId::parse(customer) {
@@ -65,17 +90,33 @@ pub async fn issue_token(
     let Some(account) = account else {
         // Spend the same time as a wrong key, so timing does not tell which
         // customerIds exist.
-        let _ = auth::verify_password(&state.dummy_hash, &key).await;
-        return Err(fail());
+        let _ = state
+            .hasher
+            .verify(&state.dummy_hash, &key)
+            .await
+            .map_err(busy)?;
+        return Err(refuse(attempt, "unknown customerId"));
     };
     let ok = state.key_cache.hit(&account, &key)
-        || (auth::verify_password(&account.password_hash, &key).await && {
-            state.key_cache.remember(&account, &key);
-            true
-        });
-    if !ok || account.disabled {
-        return Err(fail());
+        || (state
+            .hasher
+            .verify(&account.password_hash, &key)
+            .await
+            .map_err(busy)?
+            && {
+                state.key_cache.remember(&account, &key);
+                true
+            });
+    if !ok {
+        return Err(refuse(attempt, "wrong key"));
     }
+    if account.disabled {
+        return Err(refuse(attempt, "account disabled"));
+    }
+    // The right key: this attempt frees its place, and this address is now
+    // one of the account's own.
+    drop(attempt);
+    state.token_known.remember(&name, client.key, now);
     Ok(state.signer.issue(
         &account.customer_id,
         account.token_epoch,
@@ -125,6 +166,12 @@ pub struct SendRequest {
     /// invalid one on another flow is ignored (the contract accepts it
     /// unchecked), and a fallback step to `EMAIL` is then left out.
     pub email: Option<String>,
+    /// What the send is for: set to [`SendKind::TestNumber`] for a
+    /// configured test number here, to [`SendKind::OwnNumber`] by the
+    /// console's own-number page.
+    pub kind: SendKind,
+    /// A test number's fixed code.
+    pub test_code: Option<String>,
 }
 
 impl SendRequest {
@@ -161,6 +208,46 @@ impl SendRequest {
             }
             _ => ApiError::bad_request(e.to_string()),
         })?;
+        let fraud = &state.settings.fraud;
+        let e164 = destination.e164_digits();
+        // A test number never leaves the server, so nothing below (routes,
+        // number types, geo) concerns it; its code is fixed.
+        if let Some(code) = fraud.test_code(&e164) {
+            let otp_length = OtpLength::new(u8::try_from(code.len()).unwrap_or(0))
+                .map_err(|e| ApiError::internal(&e))?;
+            return Ok(Self {
+                destination,
+                flow,
+                otp_length,
+                timeout_secs: account
+                    .settings
+                    .default_timeout_secs
+                    .unwrap_or(cfg.default_timeout_secs),
+                lang: None,
+                email: None,
+                kind: SendKind::TestNumber,
+                test_code: Some(code.to_owned()),
+            });
+        }
+        if fraud
+            .blocked_country_codes
+            .contains(&destination.country_code())
+        {
+            return Err(ApiError::new(
+                ResponseCode::InvalidCountryCode,
+                "this server does not send to that country",
+            ));
+        }
+        if let Some(p) = fraud
+            .blocked_prefixes
+            .iter()
+            .map(|p| p.trim_start_matches('+'))
+            .find(|p| e164.starts_with(p))
+        {
+            return Err(ApiError::bad_request(format!(
+                "this server does not send to numbers starting +{p}"
+            )));
+        }
         // A flow is enabled where a configured route serves it; with no
         // channels configured, only SMS is, through the development inbox.
         let unconfigured = state.settings.channels.is_empty();
@@ -178,6 +265,28 @@ impl SendRequest {
             } else {
                 ApiError::bad_request(format!("flowType {flow} is not enabled on this server"))
             });
+        }
+        // Only mobile numbers (and those the plan cannot tell from mobile,
+        // such as all of +1), unless the route opts in: premium-rate,
+        // fixed-line, toll-free, shared-cost and VoIP ranges are where
+        // pumped traffic terminates.
+        let kind = destination.kind();
+        // (An EMAIL flow's code goes to an address; the number only keys it.)
+        if flow != "EMAIL"
+            && !state
+                .delivery
+                .router()
+                .allows_number_type(destination.country_code(), &flow, kind)
+        {
+            crate::metrics::number_type_refused();
+            return Err(ApiError::bad_request(format!(
+                "mobileNumber is a {kind} number{}; this server sends codes to mobile numbers only",
+                if kind == NumberKind::Unknown {
+                    " (its type is unknown)"
+                } else {
+                    ""
+                }
+            )));
         }
         if let Some(allowed) = &account.settings.allowed_country_codes
             && !allowed.contains(&destination.country_code())
@@ -223,6 +332,8 @@ impl SendRequest {
                 .get("langId")
                 .map(|l| l.chars().take(35).collect::<String>()),
             email,
+            kind: SendKind::Normal,
+            test_code: None,
         })
     }
 }
@@ -246,10 +357,30 @@ pub async fn send(
 ) -> Result<SendResult, ApiError> {
     let settings = &state.settings;
     let now = state.clock.now_ms();
-    let code = OtpCode::generate(req.otp_length, &mut rand::rng());
-    let text = message_text(state, account, &req, &req.flow, &code);
+    let (code, text) = match &req.test_code {
+        // Nothing is queued for a test number, so no text holds its code.
+        Some(fixed) => (
+            OtpCode::parse(fixed).map_err(|e| ApiError::internal(&e))?,
+            String::new(),
+        ),
+        None => {
+            let code = OtpCode::generate(req.otp_length, &mut rand::rng());
+            let text = message_text(state, account, &req, &req.flow, &code);
+            (code, text)
+        }
+    };
     let expires_at = now + i64::from(req.timeout_secs) * 1000;
-    let fallbacks = fallback_steps(state, account, &req, &code, now, expires_at);
+    let fallbacks = if req.kind == SendKind::TestNumber {
+        Vec::new()
+    } else {
+        fallback_steps(state, account, &req, &code, now, expires_at)
+    };
+    let prefix = fraud::prefix_of(
+        &req.destination.e164_digits(),
+        req.destination.country_code(),
+        settings.fraud.prefix_strip_digits,
+    );
+    let policy = settings.fraud.policy();
     let limits = SendLimits {
         per_number_max: account
             .settings
@@ -281,12 +412,17 @@ pub async fn send(
             lang: req.lang.clone(),
             fallbacks: fallbacks.clone(),
             limits,
+            prefix: prefix.clone(),
+            fraud: policy,
+            kind: req.kind,
         };
         return match state.store.verification_create(new).await {
             Err(StoreError::Conflict(_)) => continue,
             Err(e) => Err(e.into()),
             Ok(CreateOutcome::Created(v)) => {
-                state.delivery.notify();
+                if req.kind != SendKind::TestNumber {
+                    state.delivery.notify();
+                }
                 tracing::info!(
                     verification = v.id.get(),
                     customer = %v.customer_id,
@@ -310,6 +446,44 @@ pub async fn send(
             )),
             Ok(CreateOutcome::AccountUnavailable) => {
                 Err(ApiError::unauthorized("the account is disabled"))
+            }
+            Ok(CreateOutcome::TestCreditsRestricted) => Err(ApiError::new(
+                ResponseCode::InsufficientBalance,
+                "test credits pay only for this account's own verified numbers (add yours in \
+                 the console) and the server's test numbers; this send needs paid credits",
+            )),
+            Ok(CreateOutcome::Blocked {
+                kind,
+                retry_after_secs,
+                reason,
+                new_block,
+            }) => {
+                crate::metrics::fraud_refused(kind);
+                if let Some(scope) = new_block {
+                    crate::metrics::fraud_block(scope);
+                    tracing::warn!(
+                        customer = %account.customer_id,
+                        to = %req.destination.masked(),
+                        scope = scope.as_str(),
+                        key = %if scope == fraud::BlockScope::Prefix {
+                            prefix.clone()
+                        } else {
+                            fraud::country_key(account.customer_id.as_str(), req.destination.country_code())
+                        },
+                        retry_after_secs,
+                        %reason,
+                        "fraud guard: block started"
+                    );
+                } else {
+                    tracing::info!(
+                        customer = %account.customer_id,
+                        to = %req.destination.masked(),
+                        kind = kind.as_str(),
+                        retry_after_secs,
+                        "fraud defence refused a send"
+                    );
+                }
+                Err(ApiError::rate_limited(reason, retry_after_secs))
             }
         };
     }
@@ -503,6 +677,19 @@ pub async fn validate(
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
     let code = OtpCode::parse(params.required("code")?)
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    validate_code(state, account, id, &code).await
+}
+
+/// [`validate`] after parsing: also the console's own-number check.
+///
+/// # Errors
+/// As [`validate`].
+pub async fn validate_code(
+    state: &AppState,
+    account: &Account,
+    id: VerificationId,
+    code: &OtpCode,
+) -> Result<Verification, ApiError> {
     let limits = &state.settings.limits;
     // Each pass reads the verification, decides, and writes only if nobody
     // else wrote in between; a lost race re-reads. Bounded: every lost race

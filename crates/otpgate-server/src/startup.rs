@@ -20,8 +20,10 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::auth::{KeyCache, Throttle};
+use crate::auth::{Hasher, KeyCache};
+use crate::client::Client;
 use crate::config::Settings;
+use crate::limits::{KnownClients, Throttle};
 use crate::params::BodyLimit;
 use crate::routes;
 use crate::state::{AppState, Inner};
@@ -100,12 +102,26 @@ impl Application {
             .await
             .with_context(|| format!("failed to bind {}", settings.listen))?;
 
-        let dummy_hash = crate::auth::hash_password("otpgate-dummy-password").await?;
+        let a = &settings.auth;
+        let hasher = Hasher::new(
+            if a.max_concurrent_hashes == 0 {
+                Hasher::default_running()
+            } else {
+                a.max_concurrent_hashes
+            },
+            a.hash_queue,
+            Duration::from_millis(a.hash_wait_ms),
+        );
+        let dummy_hash = hasher
+            .hash("otpgate-dummy-password")
+            .await
+            .map_err(|_| anyhow::anyhow!("the password hasher did not start"))??;
+        let proxies = settings.proxies().map_err(anyhow::Error::msg)?;
         let state = AppState::new(Inner {
-            token_throttle: Throttle::new(
-                settings.token.max_failures,
-                settings.token.failure_window_secs,
-            ),
+            token_throttle: Throttle::new(settings.token.failure_window_secs),
+            token_known: KnownClients::new(settings.auth.known_client_secs),
+            hasher,
+            proxies,
             signer: TokenSigner::new(token_secret, settings.token.lifetime_secs),
             code_key: CodeKey::new(code_key),
             key_cache: KeyCache::new(),
@@ -147,15 +163,20 @@ impl Application {
     /// When serving fails.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let worker: JoinHandle<()> = tokio::spawn(self.delivery.clone().run(shutdown.clone()));
+        let housekeeping = tokio::spawn(housekeeping(self.state.clone(), shutdown.clone()));
         let app = app(self.state.clone());
-        let s = shutdown.clone();
-        axum::serve(
-            self.listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(async move { s.cancelled().await })
-        .await
-        .context("server failed")?;
+        let h = &self.state.settings.http;
+        let limits = crate::conn::ConnLimits {
+            header_timeout: Duration::from_secs(h.header_timeout_secs),
+            idle_timeout: Duration::from_secs(h.idle_timeout_secs),
+            max_connections: h.max_connections,
+            max_header_bytes: h.max_header_bytes,
+        };
+        // In-flight requests end within the request timeout; a little more
+        // for their responses to be written.
+        let drain = Duration::from_millis(h.request_timeout_ms) + Duration::from_secs(5);
+        crate::conn::serve(self.listener, app, limits, shutdown.clone(), drain).await;
+        let _ = housekeeping.await;
         // The server returns once in-flight requests are done; the worker
         // sees the same signal and finishes its round.
         shutdown.cancel();
@@ -167,11 +188,63 @@ impl Application {
 /// The full router with its layers.
 pub fn app(state: AppState) -> Router {
     let limit = BodyLimit(state.settings.http.max_body_bytes);
+    let max_params = crate::params::MaxParams(state.settings.http.max_params);
     let timeout = Duration::from_millis(state.settings.http.request_timeout_ms);
+    let proxies = state.proxies.clone();
     routes::router(state).layer(middleware::from_fn(move |mut req: Request, next: Next| {
+        // The client as throttles and logs see it: the peer, or what a
+        // trusted proxy says it is.
+        if let Some(peer) = req
+            .extensions()
+            .get::<axum::extract::ConnectInfo<SocketAddr>>()
+            .map(|c| c.0.ip())
+        {
+            let ip = proxies.client_ip(peer, req.headers());
+            req.extensions_mut().insert(Client::new(ip));
+        }
         req.extensions_mut().insert(limit);
+        req.extensions_mut().insert(max_params);
         async move { run_with_timeout(req, next, timeout).await }
     }))
+}
+
+/// Periodic work beside serving: scrubbing delivered texts from the
+/// store's files (`delivery.scrub_secs`) and the development inbox's
+/// retention (`inbox.retention_secs`).
+async fn housekeeping(state: AppState, shutdown: CancellationToken) {
+    let scrub_every = state.settings.delivery.scrub_secs;
+    let retention = state.settings.inbox.retention_secs;
+    let retention_ms = i64::try_from(retention.saturating_mul(1000)).unwrap_or(i64::MAX);
+    // Often enough that a message outlives its retention by a small
+    // fraction of it; at most once a minute.
+    let purge_every_ms = (retention / 10).clamp(1, 60) * 1000;
+    let mut next_scrub = 0u64;
+    let mut next_purge = 0u64;
+    let started = std::time::Instant::now();
+    loop {
+        let now = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        if scrub_every > 0 && now >= next_scrub {
+            next_scrub = now + scrub_every * 1000;
+            if let Err(e) = state.store.scrub().await {
+                tracing::debug!(error = %e, "store scrub did not finish; it is retried");
+            }
+        }
+        if retention > 0 && now >= next_purge {
+            next_purge = now + purge_every_ms;
+            let before = state.clock.now_ms().saturating_sub(retention_ms);
+            match state.store.inbox_purge(before).await {
+                Ok(0) => {}
+                Ok(n) => {
+                    tracing::info!(deleted = n, "inbox: messages past their retention deleted")
+                }
+                Err(e) => tracing::warn!(error = %e, "inbox: deleting old messages failed"),
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_millis(500)) => {}
+            () = shutdown.cancelled() => return,
+        }
+    }
 }
 
 /// Answers 503 in the contract's envelope when a request outlives the

@@ -6,8 +6,10 @@ use otpgate_core::{Clock, CodeKey, TokenSigner};
 use otpgate_sms::Delivery;
 use otpgate_store::Store;
 
-use crate::auth::{KeyCache, Throttle};
+use crate::auth::{Hasher, KeyCache};
+use crate::client::ProxyConfig;
 use crate::config::Settings;
+use crate::limits::{KnownClients, Throttle};
 
 #[derive(Clone)]
 pub struct AppState(Arc<Inner>);
@@ -19,8 +21,15 @@ pub struct Inner {
     pub signer: TokenSigner,
     pub code_key: CodeKey,
     pub delivery: Arc<Delivery>,
+    /// Failed token requests (see [`crate::limits`]).
     pub token_throttle: Throttle,
+    /// Clients that got a token per customerId lately.
+    pub token_known: KnownClients,
     pub key_cache: KeyCache,
+    /// The bound on concurrent password hashing.
+    pub hasher: Hasher,
+    /// Trusted proxies, for the client address.
+    pub proxies: ProxyConfig,
     /// An Argon2 hash of nothing in particular, verified against when the
     /// customerId is unknown so that answer takes as long as a wrong key.
     pub dummy_hash: String,

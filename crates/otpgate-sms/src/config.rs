@@ -48,6 +48,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use otpgate_core::fraud::NumberKind;
 use otpgate_core::{Clock, SecretString};
 use otpgate_store::Store;
 use serde::Deserialize;
@@ -396,9 +397,10 @@ pub struct HttpConfig {
     /// without it. Prefer `receipt_token_env`. The presets put it into the
     /// callback URL they hand the gateway; for a generic channel, put
     /// `token=…` into the callback URL you give your gateway. Without a
-    /// token, anyone who can reach the endpoint can mark this channel's
-    /// messages undeliverable (failing and refunding them), and otpgate
-    /// warns about it at start. A URL-safe value (`openssl rand -hex 32`)
+    /// token the channel's callbacks are refused, unless
+    /// `receipts_unauthenticated` opts out (then anyone who can reach the
+    /// endpoint can mark this channel's messages undeliverable, failing and
+    /// refunding them, and otpgate warns about it at start). A URL-safe value (`openssl rand -hex 32`)
     /// is easiest to paste into gateway consoles; any other is
     /// percent-encoded where otpgate builds the URL.
     #[serde(default)]
@@ -406,6 +408,13 @@ pub struct HttpConfig {
     /// Name of the environment variable holding `receipt_token`.
     #[serde(default)]
     pub receipt_token_env: Option<String>,
+    /// Accept this channel's delivery callbacks without a token. Off by
+    /// default: a channel without `receipt_token` then has its callbacks
+    /// refused (401), since anyone who can reach `/receipts/{channel}` could
+    /// otherwise mark its messages undeliverable. For gateways that cannot
+    /// carry a token, behind a firewall that only lets the gateway through.
+    #[serde(default)]
+    pub receipts_unauthenticated: bool,
 }
 
 /// `[[routes]]`: which channels, in failover order, take which messages.
@@ -421,6 +430,12 @@ pub struct RouteConfig {
     /// Channel names, tried in order: a channel that is unavailable or
     /// fails transiently passes the message to the next at once.
     pub channels: Vec<String>,
+    /// Number types this route sends to beyond mobile numbers (which every
+    /// route takes): `fixed_line`, `voip`, `toll_free`, `premium_rate`,
+    /// `shared_cost`, `personal_number`, `pager`, `uan`, `voicemail`,
+    /// `unknown`. Empty: mobile only (the fraud defence's default).
+    #[serde(default)]
+    pub number_types: Vec<String>,
     /// A fallback workflow (extension): up to two more flows for a message
     /// this route takes. Each step's message is queued with the first and
     /// goes `after_secs` after the send (or at once when the steps before
@@ -484,9 +499,13 @@ pub enum ReceiptAuth {
     /// them in `deliver_sm`, the inbox has none), so the endpoint has
     /// nothing to accept for it: a callback naming it can only be forged.
     NotHttp,
-    /// An HTTP channel without `receipt_token`: callbacks are accepted
-    /// unauthenticated, as before tokens existed ([`build`] warns).
+    /// An HTTP or voice channel without `receipt_token` that set
+    /// `receipts_unauthenticated`: callbacks are accepted unauthenticated
+    /// ([`build`] warns).
     Open,
+    /// An HTTP or voice channel without `receipt_token` that did not opt
+    /// out: callbacks are refused.
+    NoToken,
     /// Callbacks must carry a `token` parameter equal to this.
     Token(SecretString),
 }
@@ -507,11 +526,13 @@ pub fn receipt_auth(
     Ok(match channel {
         ChannelConfig::Http(c) => match receipt_token(name, c, env)? {
             Some(t) => ReceiptAuth::Token(t),
-            None => ReceiptAuth::Open,
+            None if c.receipts_unauthenticated => ReceiptAuth::Open,
+            None => ReceiptAuth::NoToken,
         },
         ChannelConfig::Voice(c) => match crate::voice::receipt_token(name, c, env)? {
             Some(t) => ReceiptAuth::Token(t),
-            None => ReceiptAuth::Open,
+            None if c.receipts_unauthenticated => ReceiptAuth::Open,
+            None => ReceiptAuth::NoToken,
         },
         // WhatsApp statuses come to `/webhooks/whatsapp/{channel}`, signed;
         // SMTP has no receipts.
@@ -603,6 +624,18 @@ pub fn build_table(
             vec![inbox],
         ));
     }
+    for (i, r) in config.routes.iter().enumerate() {
+        if let Some(name) = r
+            .number_types
+            .iter()
+            .find(|n| NumberKind::parse(n).is_none())
+        {
+            return Err(ConfigError::UnknownNumberType {
+                route: i,
+                name: name.clone(),
+            });
+        }
+    }
     // Check everything that needs no I/O before starting any session.
     check_routes(config)?;
     let needs_runtime = config
@@ -637,18 +670,34 @@ pub fn build_table(
                  so its messages are never marked delivered"
             );
         }
-        let open = match ch {
-            ChannelConfig::Http(c) => c.receipt_token.is_none() && c.receipt_token_env.is_none(),
-            ChannelConfig::Voice(c) => c.receipt_token.is_none() && c.receipt_token_env.is_none(),
-            _ => false,
+        // A receipt-taking channel as (has no token, opted out of needing
+        // one, asks its gateway for callbacks).
+        let tokenless = match ch {
+            ChannelConfig::Http(c) => Some((
+                c.receipt_token.is_none() && c.receipt_token_env.is_none(),
+                c.receipts_unauthenticated,
+                c.receipt_url.is_some(),
+            )),
+            ChannelConfig::Voice(c) => Some((
+                c.receipt_token.is_none() && c.receipt_token_env.is_none(),
+                c.receipts_unauthenticated,
+                c.receipt_url.is_some(),
+            )),
+            _ => None,
         };
-        if open {
-            tracing::warn!(
+        match tokenless {
+            Some((true, true, _)) => tracing::warn!(
                 channel = %name,
-                "delivery receipts for this channel are unauthenticated: anyone who can \
-                 reach /receipts/{name} can mark its messages undeliverable; set \
-                 receipt_token_env (or receipt_token)"
-            );
+                "delivery receipts for this channel are unauthenticated \
+                 (receipts_unauthenticated): anyone who can reach /receipts/{name} \
+                 can mark its messages undeliverable"
+            ),
+            Some((true, false, true)) => tracing::warn!(
+                channel = %name,
+                "this channel has no receipt_token: its delivery callbacks are \
+                 refused; set receipt_token_env (or receipt_token)"
+            ),
+            _ => {}
         }
     }
     let receipts = Arc::new(StoreReceipts::new(store.clone(), clock.clone()));
@@ -682,6 +731,11 @@ pub fn build_table(
                     .map(|f| f.to_ascii_uppercase())
                     .collect(),
                 channels: r.channels.iter().map(|n| by_name[n].clone()).collect(),
+                number_types: r
+                    .number_types
+                    .iter()
+                    .filter_map(|n| NumberKind::parse(n))
+                    .collect(),
                 fallback: r
                     .fallback
                     .iter()

@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use otpgate_core::fraud::NumberKind;
 use otpgate_store::OutboxMessage;
 
 use crate::channel::Channel;
@@ -16,6 +17,8 @@ pub struct Route {
     /// Upper-case; empty matches any flow.
     pub flow_types: Vec<String>,
     pub channels: Vec<Arc<dyn Channel>>,
+    /// Number types taken beyond those accepted by default (mobile).
+    pub number_types: Vec<NumberKind>,
     /// The fallback workflow's later steps, in order.
     pub fallback: Vec<FallbackStep>,
 }
@@ -37,6 +40,7 @@ impl Route {
             country_codes: Vec::new(),
             flow_types: Vec::new(),
             channels,
+            number_types: Vec::new(),
             fallback: Vec::new(),
         }
     }
@@ -85,6 +89,15 @@ impl Router for RouteTable {
         self.routes
             .iter()
             .any(|r| r.matches(country_code, flow_type) && !r.channels.is_empty())
+    }
+
+    fn allows_number_type(&self, country_code: u16, flow_type: &str, kind: NumberKind) -> bool {
+        kind.accepted_by_default()
+            || self
+                .routes
+                .iter()
+                .find(|r| r.matches(country_code, flow_type))
+                .is_some_and(|r| r.number_types.contains(&kind))
     }
 
     fn fallback(&self, country_code: u16, flow_type: &str) -> Vec<FallbackStep> {
@@ -137,18 +150,21 @@ mod tests {
                     country_codes: vec![],
                     flow_types: vec!["WHATSAPP".into()],
                     channels: vec![w.clone()],
+                    number_types: vec![],
                     fallback: vec![],
                 },
                 Route {
                     country_codes: vec![91, 44],
                     flow_types: vec!["SMS".into()],
                     channels: vec![a.clone(), b.clone()],
+                    number_types: vec![NumberKind::FixedLine],
                     fallback: vec![],
                 },
                 Route {
                     country_codes: vec![],
                     flow_types: vec!["SMS".into()],
                     channels: vec![b.clone()],
+                    number_types: vec![],
                     fallback: vec![],
                 },
             ],
@@ -157,6 +173,11 @@ mod tests {
         assert_eq!(names(&t.select(91, "SMS")), ["a", "b"]);
         assert_eq!(names(&t.select(44, "sms")), ["a", "b"]);
         assert_eq!(names(&t.select(1, "SMS")), ["b"]);
+        // Fixed lines only where the first matching route opts in.
+        assert!(t.allows_number_type(91, "SMS", NumberKind::FixedLine));
+        assert!(!t.allows_number_type(1, "SMS", NumberKind::FixedLine));
+        assert!(t.allows_number_type(1, "SMS", NumberKind::FixedLineOrMobile));
+        assert!(!t.allows_number_type(44, "SMS", NumberKind::PremiumRate));
         assert_eq!(names(&t.select(91, "WHATSAPP")), ["w"]);
         assert!(t.select(91, "RCS").is_empty());
         assert!(t.accepts(1, "SMS"));

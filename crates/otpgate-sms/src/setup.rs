@@ -21,6 +21,8 @@ pub enum ConfigError {
     EmptyRoute(usize),
     #[error("channel names must not be empty")]
     EmptyName,
+    #[error("route {route}: unknown number type {name:?}")]
+    UnknownNumberType { route: usize, name: String },
     #[error(
         "{0} channels are configured but no [[routes]]: add routes to say which to use, in which order"
     )]

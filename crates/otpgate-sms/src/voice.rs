@@ -79,6 +79,10 @@ pub struct VoiceConfig {
     pub receipt_token: Option<SecretString>,
     #[serde(default)]
     pub receipt_token_env: Option<String>,
+    /// Accept status callbacks without a token (off: refused with 401), as
+    /// for HTTP channels.
+    #[serde(default)]
+    pub receipts_unauthenticated: bool,
     /// Whole-request timeout; default 10000.
     #[serde(default = "default_timeout_ms")]
     pub timeout_ms: u64,

@@ -68,6 +68,17 @@ pub trait Router: Send + Sync + 'static {
     fn accepts(&self, _country_code: u16, _flow_type: &str) -> bool {
         true
     }
+    /// Whether a number of this type may be sent to: mobile numbers always;
+    /// others only where the route opts in (`number_types`), so fixed-line,
+    /// premium-rate and the like are refused by default (fraud defence).
+    fn allows_number_type(
+        &self,
+        _country_code: u16,
+        _flow_type: &str,
+        kind: otpgate_core::fraud::NumberKind,
+    ) -> bool {
+        kind.accepted_by_default()
+    }
     /// The fallback workflow of the route that takes this dialing code and
     /// flow: the later steps the server queues with the first.
     fn fallback(&self, _country_code: u16, _flow_type: &str) -> Vec<crate::router::FallbackStep> {

@@ -192,6 +192,7 @@ async fn run(case: &Case, file: &PathBuf, length: Duration) -> Result<Outcome, S
             country: None,
             credits: i64::MAX / 2,
             test_credits: 0,
+            settings: Default::default(),
             created_at: T0,
         })
         .await
@@ -264,6 +265,9 @@ fn request(customer: &CustomerId, n: u64) -> Result<NewVerification, String> {
             wrong_code_window_ms: 3_600_000,
             per_account_per_second: None,
         },
+        prefix: format!("9198{:04}", (n / 10_000) % 10_000),
+        fraud: otpgate_core::fraud::FraudPolicy::off(),
+        kind: otpgate_store::SendKind::Normal,
     })
 }
 

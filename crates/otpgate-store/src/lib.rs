@@ -224,6 +224,49 @@ pub trait Store: Send + Sync + 'static {
         id: VerificationId,
     ) -> StoreResult<Option<OutboxMessage>>;
 
+    // ---- fraud defence ---------------------------------------------------
+
+    /// Blocks whose `until` lies after `now`, latest first (at most `limit`).
+    async fn fraud_blocks_active(&self, now: i64, limit: u32) -> StoreResult<Vec<FraudBlock>>;
+
+    /// Ends an active block now; counting for the guard restarts from now.
+    /// Returns whether a block was active.
+    async fn fraud_block_lift(
+        &self,
+        scope: otpgate_core::fraud::BlockScope,
+        key: &str,
+        now: i64,
+    ) -> StoreResult<bool>;
+
+    async fn safe_list(&self) -> StoreResult<Vec<SafeEntry>>;
+    /// Adds (or renotes) an entry of E.164 digits.
+    async fn safe_list_add(&self, entry: &str, note: &str, now: i64) -> StoreResult<()>;
+    async fn safe_list_remove(&self, entry: &str) -> StoreResult<bool>;
+
+    /// The account's verified own numbers, oldest first.
+    async fn own_numbers(&self, customer: &CustomerId) -> StoreResult<Vec<OwnNumber>>;
+    /// Marks the own-number verification `id` as proved, if it is the
+    /// account's, was sent as one ([`SendKind::OwnNumber`]) and is completed.
+    async fn own_number_confirm(
+        &self,
+        customer: &CustomerId,
+        id: VerificationId,
+        now: i64,
+    ) -> StoreResult<bool>;
+    async fn own_number_remove(
+        &self,
+        customer: &CustomerId,
+        destination: &str,
+    ) -> StoreResult<bool>;
+
+    /// Sends and completions since `since` by dialing code and by prefix,
+    /// the `limit` with the most sends of each.
+    async fn conversion_report(
+        &self,
+        since: i64,
+        limit: u32,
+    ) -> StoreResult<(Vec<ConversionRow>, Vec<ConversionRow>)>;
+
     /// Every outbox row of a verification, one per step of its workflow,
     /// in step order (the console's log shows each attempt and its channel).
     async fn outbox_attempts(&self, id: VerificationId) -> StoreResult<Vec<OutboxMessage>>;
@@ -241,4 +284,17 @@ pub trait Store: Send + Sync + 'static {
         to: Option<&str>,
         limit: u32,
     ) -> StoreResult<Vec<InboxEntry>>;
+
+    /// Deletes the inbox messages stored before `before_ms` (their
+    /// retention is over); returns how many.
+    async fn inbox_purge(&self, before_ms: i64) -> StoreResult<u64>;
+
+    /// Moves what overwritten and deleted rows (delivered messages' texts)
+    /// left behind out of the store's files. SQLite: a `TRUNCATE`
+    /// checkpoint, after which the WAL is empty (deleted content is zeroed
+    /// in the database file by `secure_delete`). Elsewhere a no-op: a
+    /// server database's files are its operator's to manage.
+    async fn scrub(&self) -> StoreResult<()> {
+        Ok(())
+    }
 }

@@ -1,6 +1,7 @@
 //! The records the store keeps and the requests it takes. Plain data: the
 //! rules that produce and read them live in `otpgate-core` and the server.
 
+use otpgate_core::fraud::{BlockScope, FraudPolicy, RefusalKind};
 use otpgate_core::{
     CodeHash, CustomerId, DeliveryStatus, PhoneNumber, VerificationId, VerificationState,
 };
@@ -33,6 +34,8 @@ pub struct NewAccount {
     pub country: Option<String>,
     pub credits: i64,
     pub test_credits: i64,
+    /// Its settings from the start (a console sign-up's own country only).
+    pub settings: AccountSettings,
     pub created_at: i64,
 }
 
@@ -98,6 +101,25 @@ pub struct NewVerification {
     /// delivered first. Not charged: a verification costs its price once.
     pub fallbacks: Vec<NewFallback>,
     pub limits: SendLimits,
+    /// The destination's prefix as the conversion guard counts it
+    /// (`otpgate_core::fraud::prefix_of`).
+    pub prefix: String,
+    /// The fraud defences' thresholds (`otpgate_core::fraud::decide_send`).
+    pub fraud: FraudPolicy,
+    pub kind: SendKind,
+}
+
+/// What a send is for; decides who may pay and whether a message goes out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SendKind {
+    /// An API send: test credits pay only for the account's verified numbers.
+    Normal,
+    /// The account verifying a number as its own (console): test credits
+    /// may pay, at most `max_per_day` such sends per account per day.
+    OwnNumber { max_per_day: u32 },
+    /// A configured test number: nothing leaves the server, nothing is
+    /// charged, no fraud check applies (there is nothing to pump).
+    TestNumber,
 }
 
 /// A later step of a fallback workflow, its text rendered at send time (the
@@ -126,6 +148,56 @@ pub enum CreateOutcome {
     InsufficientBalance,
     /// The account is missing or disabled (the caller answers 401).
     AccountUnavailable,
+    /// 402: only test credits would pay, and they pay only for the
+    /// account's own verified numbers.
+    TestCreditsRestricted,
+    /// 800: a fraud defence refused the send (a cap, or a block). Nothing
+    /// was charged or queued; a block the send itself triggered was stored.
+    Blocked {
+        kind: RefusalKind,
+        retry_after_secs: u64,
+        reason: String,
+        /// The block this send recorded, if it triggered one.
+        new_block: Option<BlockScope>,
+    },
+}
+
+/// A fraud-guard block as stored (active or not).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FraudBlock {
+    pub scope: BlockScope,
+    /// The prefix digits, or `CUSTOMER:CC` for an (account, country) block.
+    pub key: String,
+    pub reason: String,
+    pub strikes: u32,
+    pub until: i64,
+    pub lifted_at: Option<i64>,
+    pub created_at: i64,
+}
+
+/// A safe-list entry: E.164 digits of a number or of a prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SafeEntry {
+    pub entry: String,
+    pub note: String,
+    pub created_at: i64,
+}
+
+/// A number an account proved is its own (test credits pay for it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OwnNumber {
+    /// E.164 digits.
+    pub destination: String,
+    pub verified_at: i64,
+}
+
+/// Sends and completions of one country or prefix, for the console.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConversionRow {
+    /// The dialing code, or the prefix digits.
+    pub key: String,
+    pub sent: u64,
+    pub completed: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

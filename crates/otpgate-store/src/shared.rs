@@ -5,7 +5,47 @@
 
 use otpgate_core::{CustomerId, DeliveryStatus, PhoneNumber, VerificationId};
 
-use crate::{AccountSettings, DailyStats, StoreError, StoreResult};
+use otpgate_core::fraud::{self, BlockScope};
+
+use crate::{AccountSettings, CreateOutcome, DailyStats, NewVerification, StoreError, StoreResult};
+
+/// The key a block of `scope` has for this send.
+pub(crate) fn block_key(req: &NewVerification, scope: BlockScope) -> String {
+    match scope {
+        BlockScope::Prefix => req.prefix.clone(),
+        BlockScope::Country => {
+            fraud::country_key(req.customer_id.as_str(), req.destination.country_code())
+        }
+    }
+}
+
+/// A send refused by a cap or an active block.
+pub(crate) fn refused(r: fraud::Refusal, now: i64) -> CreateOutcome {
+    CreateOutcome::Blocked {
+        kind: r.kind,
+        retry_after_secs: retry_after_secs(r.until_ms.saturating_sub(now)),
+        reason: r.reason,
+        new_block: None,
+    }
+}
+
+/// A send refused by the block it just triggered (and the store recorded).
+pub(crate) fn new_block(b: fraud::NewBlock, now: i64) -> CreateOutcome {
+    CreateOutcome::Blocked {
+        kind: match b.scope {
+            BlockScope::Prefix => fraud::RefusalKind::PrefixBlocked,
+            BlockScope::Country => fraud::RefusalKind::CountryBlocked,
+        },
+        retry_after_secs: retry_after_secs(b.until_ms.saturating_sub(now)),
+        reason: fraud::blocked_text(b.scope, &b.reason),
+        new_block: Some(b.scope),
+    }
+}
+
+/// Decodes a stored block scope.
+pub(crate) fn scope(s: &str) -> StoreResult<BlockScope> {
+    BlockScope::parse(s).ok_or_else(|| corrupt("block scope"))
+}
 
 /// Longest error text kept per message: enough to diagnose, bounded so a
 /// chatty gateway cannot grow rows without limit.

@@ -77,6 +77,7 @@ pub async fn customer(settings: Settings, cmd: CustomerCommand) -> anyhow::Resul
                     email,
                     country,
                     credits,
+                    settings: Default::default(),
                 },
             )
             .await?;

@@ -44,6 +44,11 @@ pub async fn run(
         settings.channels.clear();
         settings.routes.clear();
     }
+    if settings.dev {
+        // Every message goes to the inbox, so test credits cannot buy a
+        // real SMS: let the demo account's test credits pay for any number.
+        settings.fraud.test_credits_verified_only = false;
+    }
     let store = otpgate_server::store::open(&settings).await?;
     let dev = settings.dev;
     let app =
@@ -91,6 +96,7 @@ async fn print_dev_banner(
                     email: Some(DEMO_EMAIL.into()),
                     country: Some("IN".into()),
                     credits: None,
+                    settings: Default::default(),
                 },
             )
             .await?

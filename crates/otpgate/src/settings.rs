@@ -1,6 +1,7 @@
 //! Layered configuration for every command: defaults, then the TOML file
 //! (`--config` / `OTPGATE_CONFIG`), then `OTPGATE_` environment variables
-//! (`OTPGATE_TOKEN__LIFETIME_SECS` sets `token.lifetime_secs`), then flags.
+//! (`OTPGATE_TOKEN__LIFETIME_SECS` sets `token.lifetime_secs`; a list
+//! setting takes comma-separated values), then flags.
 //! An environment variable that names no setting is warned about and
 //! ignored rather than silently dropped.
 
@@ -58,6 +59,20 @@ pub fn load(file: Option<&Path>) -> anyhow::Result<(Settings, Vec<String>)> {
             .is_ok()
             || {
                 insert(&mut candidate, &path, Value::String(raw.clone()));
+                Value::Table(candidate.clone())
+                    .try_into::<Settings>()
+                    .is_ok()
+            }
+            || {
+                // A list of strings, comma-separated
+                // (`OTPGATE_HTTP__TRUSTED_PROXIES=10.0.0.0/8,192.0.2.1`).
+                let items = raw
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(|s| Value::String(s.to_owned()))
+                    .collect();
+                insert(&mut candidate, &path, Value::Array(items));
                 Value::Table(candidate.clone())
                     .try_into::<Settings>()
                     .is_ok()

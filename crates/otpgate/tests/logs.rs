@@ -14,7 +14,7 @@ use common::{PASSWORD, TempDir, create_account, inbox_code, open_store, start, t
 async fn a_flow_at_trace_level_logs_no_password_key_token_or_code() {
     let dir = TempDir::new("logs");
     let db = dir.sqlite_url();
-    let cid = create_account(&db, None);
+    let cid = create_account(&db, Some(1000));
     let server = start(&["--database", &db], &[("OTPGATE_LOG", "trace")]);
     let http = reqwest::Client::new();
     let base = &server.base;

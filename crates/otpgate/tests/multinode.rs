@@ -29,7 +29,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use common::{BIN, PASSWORD, Server, TempDir, code_in, create_account, start, token};
+use common::{BIN, PASSWORD, Server, TempDir, code_in, create_account, readyz, start, token};
 use otpgate_core::{CustomerId, DeliveryStatus, VerificationId};
 use otpgate_store::Store;
 use otpgate_store::testkit::{TempPostgres, TestkitError, require_services};
@@ -207,7 +207,7 @@ async fn three_nodes_on_one_database_behave_as_one_service() {
     let bases: Vec<String> = nodes.iter().map(|n| n.base.clone()).collect();
     let http = http();
     let store = open_store(&db).await;
-    let cid = create_account(&db, None);
+    let cid = create_account(&db, Some(1000));
 
     // The token secret lives in the database: a token from any node is
     // accepted by every node. (505 for an unknown id is past the token
@@ -397,7 +397,7 @@ async fn a_password_change_revokes_tokens_on_every_node_at_once() {
     let db = pg.fresh_database();
     let nodes = start_nodes(&db, 3, "revoke", &[]);
     let http = http();
-    let cid = create_account(&db, None);
+    let cid = create_account(&db, Some(1000));
     let old = token(&http, &nodes[0].base, &cid).await;
     // Each node has checked the old password once, so each has it in its
     // key cache: the change must beat the caches too.
@@ -529,18 +529,12 @@ reconnect_min_ms = 100
     // two of its polls, once its SMPP bind is up.
     let api = node("api-only", "0", "100");
     let http = http();
-    let cid = create_account(&db, None);
+    let cid = create_account(&db, Some(1000));
     let t = token(&http, &api.base, &cid).await;
     let mut a = node("node-a", "64", "4000");
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let (_, ready) = status_json(
-            http.get(format!("{}/readyz", a.base))
-                .send()
-                .await
-                .expect("readyz"),
-        )
-        .await;
+        let (_, ready) = status_json(readyz(&http, &a.base).send().await.expect("readyz")).await;
         if ready["channels"][0]["up"] == true {
             break;
         }
@@ -573,13 +567,7 @@ reconnect_min_ms = 100
         tokio::time::sleep(Duration::from_millis(25)).await;
     };
     assert_eq!(sim.submits().len(), 8, "the window caps what A submitted");
-    let (_, ready) = status_json(
-        http.get(format!("{}/readyz", a.base))
-            .send()
-            .await
-            .expect("readyz"),
-    )
-    .await;
+    let (_, ready) = status_json(readyz(&http, &a.base).send().await.expect("readyz")).await;
     assert_eq!(ready["outbox"]["inFlight"], 10, "{ready}");
 
     // SIGKILL: no shutdown hook releases anything.
@@ -692,7 +680,7 @@ async fn postgres_down_is_a_prompt_503_and_the_same_nodes_recover_when_it_return
         ],
     );
     let http = http();
-    let cid = create_account(&db, None);
+    let cid = create_account(&db, Some(1000));
     let t = token(&http, &nodes[0].base, &cid).await;
     let store = open_store(&db).await;
     let (_, body) = send(&http, &nodes[0].base, &t, &number(5, 0)).await;
@@ -741,8 +729,7 @@ async fn postgres_down_is_a_prompt_503_and_the_same_nodes_recover_when_it_return
             assert_eq!((status, &body["status"]), (503, &503.into()), "{body}");
 
             let started = Instant::now();
-            let (status, body) =
-                status_json(http.get(format!("{base}/readyz")).send().await.unwrap()).await;
+            let (status, body) = status_json(readyz(&http, base).send().await.unwrap()).await;
             let took = started.elapsed();
             assert!(took < bound, "readyz on {base} took {took:?}");
             slowest = slowest.max(took);
@@ -763,7 +750,7 @@ async fn postgres_down_is_a_prompt_503_and_the_same_nodes_recover_when_it_return
     for n in &nodes {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let r = http.get(format!("{}/readyz", n.base)).send().await;
+            let r = readyz(&http, &n.base).send().await;
             if r.is_ok_and(|r| r.status() == 200) {
                 break;
             }
@@ -874,4 +861,40 @@ async fn a_node_refuses_a_database_whose_schema_is_newer_than_it_knows() {
         .await
         .unwrap();
     assert_eq!(max, newer);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pumping_spread_over_three_nodes_is_blocked_within_the_same_bounds() {
+    let test = "pumping_spread_over_three_nodes_is_blocked_within_the_same_bounds";
+    let Some(pg) = server(test) else { return };
+    let db = pg.fresh_database();
+    let nodes = start_nodes(&db, 3, "pump", &[]);
+    let bases: Vec<String> = nodes.iter().map(|n| n.base.clone()).collect();
+    let http = http();
+    let cid = create_account(&db, Some(100_000));
+    let t = token(&http, &bases[0], &cid).await;
+    let store = open_store(&db).await;
+    // The attack's and the legitimate sends go round-robin over the nodes:
+    // the counts and the block live in the database, so every node sees
+    // every other node's sends.
+    let p = common::pumping::run(&bases, &t, store.clone()).await;
+    common::pumping::assert_bounds(&p);
+    let account = store
+        .account_get(&CustomerId::parse(&cid).unwrap())
+        .await
+        .unwrap()
+        .expect("account");
+    let accepted = i64::try_from(p.attack_accepted + p.legit_accepted).unwrap();
+    assert_eq!(
+        account.credits,
+        100_000 - accepted,
+        "refused sends cost nothing"
+    );
+    let blocks = store
+        .fraud_blocks_active(now_ms(), 10)
+        .await
+        .expect("blocks");
+    assert_eq!(blocks.len(), 1, "{blocks:?}");
+    assert_eq!(blocks[0].key, common::pumping::ATTACK_PREFIX);
+    drop(nodes);
 }

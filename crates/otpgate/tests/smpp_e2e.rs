@@ -1,8 +1,9 @@
 //! End to end over SMPP 3.4: the real `otpgate serve` with an SMPP channel
 //! pointed at the SMSC simulator (`tools/smsc-sim`, on the npm `smpp`
 //! package). A send through the API reaches the simulator as `submit_sm`,
-//! the code read from the delivered text validates, and the simulator's
-//! delivery receipt shows up as the message's status.
+//! the code read from the delivered text validates, the simulator's
+//! delivery receipt shows up as the message's status, and the delivered
+//! texts are then in none of the database's files.
 
 mod common;
 
@@ -45,11 +46,15 @@ reconnect_min_ms = 100
     )
     .unwrap();
     let db = dir.sqlite_url();
-    let cid = create_account(&db, None);
+    let cid = create_account(&db, Some(1000));
     let server = start(
         &["--config", config.to_str().unwrap(), "--database", &db],
-        &[("E2E_SMSC_PASSWORD", sim::PASSWORD)],
+        &[
+            ("E2E_SMSC_PASSWORD", sim::PASSWORD),
+            ("OTPGATE_DELIVERY__SCRUB_SECS", "1"),
+        ],
     );
+    let mut texts = Vec::new();
     let http = reqwest::Client::new();
     let t = token(&http, &server.base, &cid).await;
     let store = open_store(&db).await;
@@ -84,6 +89,7 @@ reconnect_min_ms = 100
             );
         }
         let code = code_in(text, 6);
+        texts.push(text.to_owned());
 
         let r = validate(&http, &server.base, &t, &id, &code).await;
         assert_eq!(r["responseCode"], 200, "{r}");
@@ -106,6 +112,34 @@ reconnect_min_ms = 100
             assert!(Instant::now() < deadline, "receipt never recorded: {m:?}");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    // Delivered: once the WAL is checkpointed (`delivery.scrub_secs`), the
+    // code-bearing texts are in none of the database's files.
+    let db_path = dir.0.join("otpgate.db");
+    let on_disk = || -> Vec<String> {
+        let mut found = Vec::new();
+        for suffix in ["", "-wal", "-shm", "-journal"] {
+            let p = format!("{}{suffix}", db_path.display());
+            let Ok(bytes) = std::fs::read(&p) else {
+                continue;
+            };
+            for t in &texts {
+                if bytes.windows(t.len()).any(|w| w == t.as_bytes()) {
+                    found.push(format!("{t:?} in {p}"));
+                }
+            }
+        }
+        found
+    };
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let found = on_disk();
+        if found.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still on disk: {found:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     drop(server);
 }

@@ -1,8 +1,10 @@
 //! Sign-up, log-in and log-out. Log-in takes the e-mail or the customerId,
-//! checks the password with Argon2id, and is throttled per login name and
-//! per client address like token requests (`auth::Throttle`); a successful
-//! one always starts a new session (a fresh id, so a planted cookie is
-//! worthless).
+//! checks the password with Argon2id, and is throttled like token requests
+//! ([`crate::limits`]: reserved before the check, per address and per
+//! name and address, per name alone only for addresses that have not
+//! logged in with it lately); a successful one always starts a new session
+//! (a fresh id, so a planted cookie is worthless). Sign-ups are counted per
+//! address, also reserved before the work.
 
 use askama::Template;
 use axum::extract::{RawQuery, State};
@@ -12,11 +14,13 @@ use otpgate_core::CustomerId;
 use serde::Deserialize;
 
 use super::error::{render, render_status};
-use super::extract::{ClientAddr, Posted, PrePosted, query};
+use super::extract::{Posted, PrePosted, query};
 use super::session::{self, PRE_COOKIE, PRE_MAX_AGE_SECS, Principal, SESSION_COOKIE, Session};
 use super::views::Chrome;
 use super::{Console, PageError};
 use crate::accounts::{self, AccountError, MAX_PASSWORD, NewAccountRequest};
+use crate::client::Client;
+use crate::limits::{self, Key};
 
 #[derive(Template)]
 #[template(path = "console/login.html")]
@@ -133,39 +137,57 @@ pub async fn login_form(
 pub async fn login(
     State(console): State<Console>,
     headers: HeaderMap,
-    ClientAddr(addr): ClientAddr,
+    client: Client,
     PrePosted(form): PrePosted<LoginForm>,
 ) -> Result<Response, PageError> {
     let now = console.now();
     let name = form.login.trim().to_owned();
-    let by_name = format!("l:{}", name.to_ascii_lowercase());
-    let by_addr = format!("a:{addr}");
-    for key in [&by_name, &by_addr] {
-        if let Some(wait) = console.login_throttle.blocked(key, now) {
+    let lname = limits::name_key(&name.to_ascii_lowercase());
+    let c = &console.app.settings.console;
+    let mut keys = vec![
+        (Key::Client(client.key), c.max_login_failures),
+        (
+            Key::LoginFrom(lname.clone(), client.key),
+            c.max_login_failures,
+        ),
+    ];
+    if !console.login_known.knows(&lname, client.key, now) {
+        keys.push((Key::Login(lname.clone()), c.max_login_failures_per_name));
+    }
+    let attempt = match console.login_throttle.reserve(&keys, now) {
+        Ok(a) => a,
+        Err(r) => {
+            limits::audit("console-login", &client, &lname, "throttled");
+            let minutes = r.retry_after.div_ceil(60);
             let mut resp = login_refused(
                 &console,
                 &headers,
                 &name,
                 StatusCode::TOO_MANY_REQUESTS,
                 format!(
-                    "Too many failed log-ins. Try again in {} minute{}.",
-                    wait.div_ceil(60),
-                    if wait.div_ceil(60) == 1 { "" } else { "s" }
+                    "Too many failed log-ins. Try again in {minutes} minute{}.",
+                    if minutes == 1 { "" } else { "s" }
                 ),
             )
             .await?;
-            if let Ok(v) = HeaderValue::from_str(&wait.to_string()) {
+            if let Ok(v) = HeaderValue::from_str(&r.retry_after.to_string()) {
                 resp.headers_mut().insert(header::RETRY_AFTER, v);
             }
             return Ok(resp);
         }
-    }
+    };
 
-    let principal = authenticate(&console, &name, &form.password).await?;
+    let principal = match authenticate(&console, &name, &form.password).await {
+        Ok(p) => p,
+        Err(PageError::Busy) => {
+            limits::audit("console-login", &client, &lname, "password hasher busy");
+            return Err(PageError::Busy);
+        }
+        Err(e) => return Err(e),
+    };
     let Some(principal) = principal else {
-        console.login_throttle.fail(&by_name, now);
-        console.login_throttle.fail(&by_addr, now);
-        tracing::info!(client = %addr, "console log-in failed");
+        attempt.record();
+        limits::audit("console-login", &client, &lname, "wrong name or password");
         return login_refused(
             &console,
             &headers,
@@ -175,13 +197,15 @@ pub async fn login(
         )
         .await;
     };
+    drop(attempt);
+    console.login_known.remember(&lname, client.key, now);
     let home = match &principal {
         Principal::Operator => {
-            tracing::info!(client = %addr, "console operator log-in");
+            tracing::info!(client = %client.ip, "console operator log-in");
             "/console/operators"
         }
         Principal::Account { id, .. } => {
-            tracing::info!(customer = %id, client = %addr, "console log-in");
+            tracing::info!(customer = %id, client = %client.ip, "console log-in");
             "/console/dashboard"
         }
     };
@@ -221,12 +245,13 @@ async fn authenticate(
     if pw.is_empty() || pw.len() > MAX_PASSWORD {
         return Ok(None);
     }
+    let hasher = &console.app.hasher;
     let admin = &console.app.settings.console.admin_email;
     if !admin.trim().is_empty()
         && name.eq_ignore_ascii_case(admin.trim())
         && let Some(hash) = console.admin_hash().await
     {
-        let ok = crate::auth::verify_password(hash, pw).await;
+        let ok = hasher.verify(hash, pw).await.map_err(|_| PageError::Busy)?;
         return Ok(ok.then_some(Principal::Operator));
     }
     let store = &console.app.store;
@@ -236,10 +261,16 @@ async fn authenticate(
         Err(_) => None,
     };
     let Some(account) = account else {
-        let _ = crate::auth::verify_password(&console.app.dummy_hash, pw).await;
+        let _ = hasher
+            .verify(&console.app.dummy_hash, pw)
+            .await
+            .map_err(|_| PageError::Busy)?;
         return Ok(None);
     };
-    let ok = crate::auth::verify_password(&account.password_hash, pw).await;
+    let ok = hasher
+        .verify(&account.password_hash, pw)
+        .await
+        .map_err(|_| PageError::Busy)?;
     Ok((ok && !account.disabled).then_some(Principal::Account {
         id: account.customer_id,
         epoch: account.token_epoch,
@@ -305,12 +336,12 @@ pub async fn signup_form(
 pub async fn signup(
     State(console): State<Console>,
     headers: HeaderMap,
-    ClientAddr(addr): ClientAddr,
+    client: Client,
     PrePosted(form): PrePosted<SignupForm>,
 ) -> Result<Response, PageError> {
     let settings = &console.app.settings;
     let now = console.now();
-    let by_addr = format!("s:{addr}");
+    let mut attempt = None;
     let mut errors = Vec::new();
     let mut status = StatusCode::UNPROCESSABLE_ENTITY;
     let email = form.email.trim().to_owned();
@@ -318,10 +349,18 @@ pub async fn signup(
     if !settings.console.signup {
         errors.push("Sign-up is closed on this server. Ask its operator for an account.".into());
         status = StatusCode::FORBIDDEN;
-    } else if let Some(wait) = console.signup_throttle.blocked(&by_addr, now) {
+    } else if let Err(r) = console
+        .signup_throttle
+        .reserve(
+            &[(Key::Signup(client.key), settings.console.signups_per_hour)],
+            now,
+        )
+        .map(|a| attempt = Some(a))
+    {
+        limits::audit("console-signup", &client, &email, "throttled");
         errors.push(format!(
             "Too many sign-ups from here. Try again in {} minutes.",
-            wait.div_ceil(60)
+            r.retry_after.div_ceil(60)
         ));
         status = StatusCode::TOO_MANY_REQUESTS;
     } else {
@@ -335,24 +374,46 @@ pub async fn signup(
             errors.push("The two passwords differ.".into());
         }
     }
+    // Geo permission by default: a sign-up sends only to its own country
+    // until the account (Settings) or an operator widens it.
+    let mut initial = otpgate_store::AccountSettings::default();
+    if errors.is_empty() && settings.fraud.signup_own_country_only {
+        let shaped = (country.len() == 2 && country.bytes().all(|b| b.is_ascii_uppercase()))
+            || ((1..=3).contains(&country.len()) && country.bytes().all(|b| b.is_ascii_digit()));
+        match otpgate_core::dialing_code_of(&country) {
+            Some(cc) => initial.allowed_country_codes = Some(vec![cc]),
+            // A malformed country is explained by the account check below.
+            None if !shaped => {}
+            None => errors.push(
+                "That country is not known here: write its 2-letter code (IN, GB) or its dialing code (91, 44)."
+                    .into(),
+            ),
+        }
+    }
     if errors.is_empty() {
         let req = NewAccountRequest {
             password: form.password,
             email: Some(email.clone()),
             country: Some(country.clone()),
             credits: None,
+            settings: initial,
         };
-        match accounts::create(
+        // Creating an account hashes its password: within the hasher's
+        // bound like every other hash a stranger can cause.
+        let created = accounts::create_with(
             console.app.store.as_ref(),
             console.app.clock.as_ref(),
             settings,
             req,
+            Some(&console.app.hasher),
         )
-        .await
-        {
+        .await;
+        match created {
             Ok(account) => {
-                console.signup_throttle.fail(&by_addr, now);
-                tracing::info!(customer = %account.customer_id, client = %addr, "console sign-up");
+                if let Some(a) = attempt.take() {
+                    a.record();
+                }
+                tracing::info!(customer = %account.customer_id, client = %client.ip, "console sign-up");
                 let (session, cookies) = open_session(
                     &console,
                     &headers,
@@ -385,8 +446,14 @@ pub async fn signup(
                 ));
             }
             Err(AccountError::Store(e)) => return Err(e.into()),
+            Err(AccountError::Busy) => return Err(PageError::Busy),
             Err(AccountError::Internal(e)) => return Err(PageError::internal(&e)),
             Err(AccountError::EmailTaken) => {
+                // Counted like a sign-up: asking which e-mails have
+                // accounts costs a stranger a sign-up each.
+                if let Some(a) = attempt.take() {
+                    a.record();
+                }
                 errors.push("An account with this e-mail exists. Log in instead.".into());
                 status = StatusCode::CONFLICT;
             }

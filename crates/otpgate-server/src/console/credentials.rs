@@ -14,6 +14,7 @@ use super::error::{render, render_status};
 use super::extract::{AccountCtx, Posted, query};
 use super::{Console, PageError};
 use crate::accounts::{self, AccountError, MAX_PASSWORD, MIN_PASSWORD};
+use crate::limits::Key;
 
 #[derive(Template)]
 #[template(path = "console/credentials.html")]
@@ -140,32 +141,44 @@ pub async fn change_password(
 ) -> Result<Response, PageError> {
     let now = console.now();
     let id = &ctx.account.customer_id;
-    let key = format!("p:{id}");
     let refuse = |status: StatusCode, error: String| {
         render_status(
             status,
             &credentials_page(&console, &ctx, &headers, "", error),
         )
     };
-    if let Some(wait) = console.login_throttle.blocked(&key, now) {
-        return Ok(refuse(
-            StatusCode::TOO_MANY_REQUESTS,
-            format!(
-                "Too many wrong passwords. Try again in {} minutes.",
-                wait.div_ceil(60)
-            ),
-        ));
-    }
+    let c = &console.app.settings.console;
+    let attempt = match console.login_throttle.reserve(
+        &[(Key::Password(id.to_string()), c.max_login_failures)],
+        now,
+    ) {
+        Ok(a) => a,
+        Err(r) => {
+            return Ok(refuse(
+                StatusCode::TOO_MANY_REQUESTS,
+                format!(
+                    "Too many wrong passwords. Try again in {} minutes.",
+                    r.retry_after.div_ceil(60)
+                ),
+            ));
+        }
+    };
     let current_ok = !form.current.is_empty()
         && form.current.len() <= MAX_PASSWORD
-        && crate::auth::verify_password(&ctx.account.password_hash, form.current.as_bytes()).await;
+        && console
+            .app
+            .hasher
+            .verify(&ctx.account.password_hash, form.current.as_bytes())
+            .await
+            .map_err(|_| PageError::Busy)?;
     if !current_ok {
-        console.login_throttle.fail(&key, now);
+        attempt.record();
         return Ok(refuse(
             StatusCode::UNPROCESSABLE_ENTITY,
             "The current password is wrong; nothing was changed.".into(),
         ));
     }
+    drop(attempt);
     if form.new != form.confirm {
         return Ok(refuse(
             StatusCode::UNPROCESSABLE_ENTITY,

@@ -23,6 +23,8 @@ pub enum PageError {
     TooLarge,
     /// Too many attempts; retry after this many seconds.
     Throttled(u64),
+    /// The password hasher is full: try again in a second.
+    Busy,
     Unavailable,
     Internal,
 }
@@ -78,6 +80,11 @@ impl IntoResponse for PageError {
                 "Too many attempts",
                 "Too many attempts from here. Wait a few minutes and try again.",
             ),
+            Self::Busy => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Busy",
+                "The server is busy checking passwords; nothing was checked. Try again in a moment.",
+            ),
             Self::Unavailable => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "Unavailable",
@@ -94,7 +101,12 @@ impl IntoResponse for PageError {
             text,
         };
         let mut resp = render_status(status, &page);
-        if let Self::Throttled(secs) = self
+        let retry = match self {
+            Self::Throttled(secs) => Some(secs),
+            Self::Busy => Some(1),
+            _ => None,
+        };
+        if let Some(secs) = retry
             && let Ok(v) = HeaderValue::from_str(&secs.to_string())
         {
             resp.headers_mut().insert(header::RETRY_AFTER, v);

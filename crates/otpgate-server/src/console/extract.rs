@@ -4,10 +4,8 @@
 //! runs when the form carries this session's CSRF token ([`PrePosted`] for
 //! the log-in and sign-up forms, which come before any session).
 
-use std::net::SocketAddr;
-
 use axum::body::Bytes;
-use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request};
+use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, header};
 use otpgate_store::Account;
@@ -111,23 +109,6 @@ impl FromRequestParts<Console> for OperatorCtx {
             Principal::Operator => Ok(Self { session }),
             Principal::Account { .. } => Err(PageError::NotFound),
         }
-    }
-}
-
-/// The client's address, for throttling (`unknown` when served without
-/// connection info, as in-process tests do).
-pub struct ClientAddr(pub String);
-
-impl<S: Send + Sync> FromRequestParts<S> for ClientAddr {
-    type Rejection = std::convert::Infallible;
-
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        Ok(Self(
-            parts
-                .extensions
-                .get::<ConnectInfo<SocketAddr>>()
-                .map_or_else(|| "unknown".to_owned(), |c| c.0.ip().to_string()),
-        ))
     }
 }
 

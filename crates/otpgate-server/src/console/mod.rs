@@ -15,8 +15,10 @@ mod credentials;
 mod dashboard;
 mod error;
 mod extract;
+mod fraud;
 mod inbox;
 mod log;
+mod numbers;
 mod operators;
 mod session;
 mod settings;
@@ -33,7 +35,7 @@ use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use tokio::sync::OnceCell;
 
-use crate::auth::Throttle;
+use crate::limits::{KnownClients, Throttle};
 use crate::state::AppState;
 
 pub use error::PageError;
@@ -51,9 +53,11 @@ pub struct Console(Arc<Inner>);
 pub struct Inner {
     pub app: AppState,
     pub sessions: Sessions,
-    /// Failed log-ins (and wrong current passwords) per login name and
-    /// per client address.
+    /// Failed log-ins (and wrong current passwords) per login name, per
+    /// client address and per both (see [`crate::limits`]).
     pub login_throttle: Throttle,
+    /// Addresses that logged in with a name lately.
+    pub login_known: KnownClients,
     /// Sign-ups per client address per hour.
     pub signup_throttle: Throttle,
     /// HMAC key of pre-session form tokens, kept in the database so every
@@ -76,8 +80,9 @@ impl Console {
         let c = &app.settings.console;
         Self(Arc::new(Inner {
             sessions: Sessions::new(c.session_idle_secs, c.session_max_secs),
-            login_throttle: Throttle::new(c.max_login_failures, c.login_failure_window_secs),
-            signup_throttle: Throttle::new(c.signups_per_hour, 3600),
+            login_throttle: Throttle::new(c.login_failure_window_secs),
+            login_known: KnownClients::new(app.settings.auth.known_client_secs),
+            signup_throttle: Throttle::new(3600),
             form_key: OnceCell::new(),
             admin_hash: OnceCell::new(),
             app,
@@ -153,6 +158,13 @@ pub fn router(app: &AppState) -> Router<AppState> {
         .route("/credentials/password", post(credentials::change_password))
         .route("/settings", get(settings::page).post(settings::save))
         .route("/inbox", get(inbox::page))
+        .route("/numbers", get(numbers::page))
+        .route("/numbers/send", post(numbers::send))
+        .route("/numbers/confirm", post(numbers::confirm))
+        .route("/numbers/remove", post(numbers::remove))
+        .route("/fraud", get(fraud::page))
+        .route("/fraud/lift", post(fraud::lift))
+        .route("/fraud/safe", post(fraud::safe))
         .route("/operators", get(operators::page))
         .route("/operators/credits", post(operators::add_credits))
         .route("/operators/disabled", post(operators::set_disabled))

@@ -6,8 +6,9 @@
 //! A receipt can fail a verification (validate answers 700) and refund it,
 //! so a channel with a `receipt_token` takes only callbacks whose `token`
 //! parameter equals it: anything else is refused with 401 before the store
-//! is touched. A channel without one accepts any callback (the SMS crate
-//! warns about it at start), and a channel that is not HTTP takes none: its
+//! is touched. A channel without one refuses every callback (401) unless it
+//! opted out with `receipts_unauthenticated = true` (the SMS crate warns
+//! about that at start), and a channel that is not HTTP takes none: its
 //! receipts never come this way, so one naming it can only be forged.
 
 use axum::Router;
@@ -51,6 +52,16 @@ async fn receipt(
     match auth {
         ReceiptAuth::NotHttp => return Err(no_such_channel()),
         ReceiptAuth::Open => {}
+        ReceiptAuth::NoToken => {
+            tracing::warn!(
+                channel = %channel,
+                "delivery receipt refused: the channel has no receipt_token"
+            );
+            return Err(ApiError::unauthorized(
+                "this channel has no receipt_token, so its receipts are refused \
+                 (set receipt_token, or receipts_unauthenticated = true)",
+            ));
+        }
         ReceiptAuth::Token(expected) => {
             // The raw value, untrimmed: a token is compared as configured.
             let given = params

@@ -1,14 +1,13 @@
 //! `GET /auth/v1/authentication/token` (contract §1).
 
-use std::net::SocketAddr;
-
 use axum::Router;
-use axum::extract::{ConnectInfo, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
 use axum::routing::get;
 use otpgate_api::{TokenResponse, paths};
 
+use crate::client::Client;
 use crate::error::{ApiError, TokenApiError, json};
 use crate::params::Params;
 use crate::service;
@@ -21,11 +20,10 @@ pub fn router() -> Router<AppState> {
 
 async fn token(
     State(state): State<AppState>,
-    ConnectInfo(client): ConnectInfo<SocketAddr>,
+    client: Client,
     params: Result<Params, ApiError>,
 ) -> Result<Response, TokenApiError> {
     let params = params?;
-    let client = client.ip().to_string();
     let token = service::issue_token(&state, &params, &client).await?;
     Ok(json(
         StatusCode::OK,

@@ -13,6 +13,7 @@ use otpgate_api::{
 };
 
 use crate::auth::authenticate;
+use crate::client::Client;
 use crate::error::{ApiError, json};
 use crate::params::Params;
 use crate::service::{self, SendRequest, SendResult};
@@ -34,10 +35,11 @@ pub fn router() -> Router<AppState> {
 
 async fn send(
     State(state): State<AppState>,
+    client: Client,
     headers: HeaderMap,
     params: Result<Params, ApiError>,
 ) -> Result<Response, ApiError> {
-    let account = authenticate(&state, &headers).await?;
+    let account = authenticate(&state, &headers, &client).await?;
     let req = SendRequest::parse(&state, &account, &params?)?;
     let timeout = req.timeout_secs;
     match service::send(&state, &account, req).await? {
@@ -65,27 +67,30 @@ async fn send(
 
 async fn validate_v2(
     state: State<AppState>,
+    client: Client,
     headers: HeaderMap,
     params: Result<Params, ApiError>,
 ) -> Result<Response, ApiError> {
-    validate(state, headers, params, Version::V2).await
+    validate(state, client, headers, params, Version::V2).await
 }
 
 async fn validate_v3(
     state: State<AppState>,
+    client: Client,
     headers: HeaderMap,
     params: Result<Params, ApiError>,
 ) -> Result<Response, ApiError> {
-    validate(state, headers, params, Version::V3).await
+    validate(state, client, headers, params, Version::V3).await
 }
 
 async fn validate(
     State(state): State<AppState>,
+    client: Client,
     headers: HeaderMap,
     params: Result<Params, ApiError>,
     version: Version,
 ) -> Result<Response, ApiError> {
-    let account = authenticate(&state, &headers).await?;
+    let account = authenticate(&state, &headers, &client).await?;
     let v = service::validate(&state, &account, &params?).await?;
     let id = match version {
         Version::V2 => WireId::string(v.id.get()),

@@ -287,10 +287,36 @@ async fn form_bodies_are_accepted_and_the_query_wins() {
 }
 
 async fn health_and_readiness_answer() {
-    let app = spawn_app().await;
+    const HEALTH_TOKEN: &str = "health-token-of-at-least-32-bytes-0123";
+    let mut settings = test_settings();
+    settings.health.token = Some(otpgate_core::SecretString::new(HEALTH_TOKEN));
+    let app = spawn_app_with(settings).await;
     let r = resp(reqwest::get(app.url("/healthz")).await.unwrap()).await;
     assert_eq!(r.status, StatusCode::OK);
+    // A stranger learns ready or not, and nothing about channels.
     let r = resp(reqwest::get(app.url("/readyz")).await.unwrap()).await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    assert_eq!(r.body, serde_json::json!({"status": "ready"}));
+    for wrong in ["Bearer nope", "Bearer ", HEALTH_TOKEN] {
+        let r = app
+            .http
+            .get(app.url("/readyz"))
+            .header("authorization", wrong)
+            .send()
+            .await
+            .unwrap();
+        let r = resp(r).await;
+        assert_eq!(r.body, serde_json::json!({"status": "ready"}), "{wrong}");
+    }
+    // The operator, with the token, gets the detail.
+    let r = app
+        .http
+        .get(app.url("/readyz"))
+        .header("authorization", format!("Bearer {HEALTH_TOKEN}"))
+        .send()
+        .await
+        .unwrap();
+    let r = resp(r).await;
     assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
     assert_eq!(r.body["store"]["ok"], true);
     assert_eq!(r.body["channels"][0]["name"], "inbox");

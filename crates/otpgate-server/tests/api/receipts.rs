@@ -118,7 +118,15 @@ fn with_channels(toml: &str) -> otpgate_server::Settings {
 }
 
 fn twilio(port: u16, token: Option<&str>) -> otpgate_server::Settings {
-    let token = token.map_or(String::new(), |t| format!("receipt_token = {t:?}\n"));
+    twilio_with(port, token, false)
+}
+
+/// `open`: `receipts_unauthenticated = true`.
+fn twilio_with(port: u16, token: Option<&str>, open: bool) -> otpgate_server::Settings {
+    let mut token = token.map_or(String::new(), |t| format!("receipt_token = {t:?}\n"));
+    if open {
+        token.push_str("receipts_unauthenticated = true\n");
+    }
     with_channels(&format!(
         r#"
 [channels.twilio]
@@ -325,9 +333,34 @@ receipt_token = {TOKEN:?}
     assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{bare}: {:?}", r.body);
 }
 
-async fn without_a_token_receipts_are_accepted_as_before() {
+async fn without_a_token_receipts_are_refused_unless_the_channel_opts_out() {
     let gw = StubGateway::start().await;
     let app = spawn_app_with(twilio(gw.port, None)).await;
+    let (id, sent) = send_and_wait_sent(&app, "9876500305").await;
+    let sid = sent.gateway_id.expect("the gateway's sid");
+    let r = post_form(
+        &app,
+        &app.url("/receipts/twilio"),
+        &[("MessageSid", &sid), ("MessageStatus", "undelivered")],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{:?}", r.body);
+    assert!(
+        r.body["errorMessage"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("receipts_unauthenticated"),
+        "{:?}",
+        r.body
+    );
+    assert_eq!(
+        outbox(&app, &id).await.status,
+        DeliveryStatus::Sent,
+        "a refused receipt changes nothing"
+    );
+    drop(app);
+
+    let app = spawn_app_with(twilio_with(gw.port, None, true)).await;
     let (id, sent) = send_and_wait_sent(&app, "9876500304").await;
     assert_eq!(
         gw.last().get("StatusCallback"),
@@ -365,6 +398,6 @@ crate::both_stores!(
     a_receipt_without_the_right_token_gets_401_and_changes_nothing,
     the_right_token_records_a_delivery,
     kannels_dlr_url_authenticates_once_kannel_fills_it,
-    without_a_token_receipts_are_accepted_as_before,
+    without_a_token_receipts_are_refused_unless_the_channel_opts_out,
     channels_that_take_no_http_receipts_are_not_found,
 );

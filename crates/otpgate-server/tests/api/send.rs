@@ -223,6 +223,49 @@ async fn a_country_the_account_may_not_send_to_gets_511() {
     assert_eq!(r.code(), 200, "{:?}", r.body);
 }
 
+async fn server_wide_blocked_countries_get_511_and_blocked_prefixes_400() {
+    let mut settings = test_settings();
+    settings.fraud.blocked_country_codes = vec![44];
+    settings.fraud.blocked_prefixes = vec!["+9198765".into()];
+    let app = spawn_app_with(settings).await;
+    let t = app.token().await;
+    let r = app
+        .send(
+            Version::V3,
+            &t,
+            &[
+                ("countryCode", "44"),
+                ("mobileNumber", "7400123456"),
+                ("flowType", "SMS"),
+            ],
+        )
+        .await;
+    assert_eq!(r.code(), 511, "{:?}", r.body);
+    assert!(
+        r.body["errorMessage"]
+            .as_str()
+            .unwrap()
+            .contains("does not send to that country")
+    );
+    let r = app.send(Version::V3, &t, &refs(&sms("9876500031"))).await;
+    assert_eq!(
+        (r.status, r.code()),
+        (StatusCode::BAD_REQUEST, 400),
+        "{:?}",
+        r.body
+    );
+    assert!(
+        r.body["errorMessage"]
+            .as_str()
+            .unwrap()
+            .contains("+9198765"),
+        "{:?}",
+        r.body
+    );
+    let r = app.send(Version::V3, &t, &refs(&sms("9812300031"))).await;
+    assert_eq!(r.code(), 200, "{:?}", r.body);
+}
+
 async fn flows_without_a_channel_get_400() {
     let app = spawn_app().await;
     let t = app.token().await;
@@ -365,7 +408,41 @@ async fn the_per_account_rate_limit_gets_800_when_configured() {
     app.send_ok(Version::V3, &t, "9876500082").await;
 }
 
+async fn the_inbox_forgets_messages_after_its_retention() {
+    let mut s = test_settings();
+    s.inbox.retention_secs = 10;
+    let app = spawn_app_with(s).await;
+    let t = app.token().await;
+    let kept = app.send_ok(Version::V3, &t, "9876500090").await;
+    let _ = app.code_for(&kept).await;
+    app.clock.advance_ms(5_000);
+    let young = app.send_ok(Version::V3, &t, "9876500091").await;
+    let _ = app.code_for(&young).await;
+    // The first is now past 10 s, the second 5 s old.
+    app.clock.advance_ms(6_000);
+    let ids = |entries: &[otpgate_store::InboxEntry]| -> Vec<String> {
+        entries
+            .iter()
+            .filter_map(|e| e.verification_id.map(|v| v.get().to_string()))
+            .collect()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let left = ids(&app.store.inbox_list(None, None, 100).await.unwrap());
+        if !left.contains(&kept) {
+            assert_eq!(left, vec![young.clone()], "only the expired one goes");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the expired message is still in the inbox"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
 crate::both_stores!(
+    the_inbox_forgets_messages_after_its_retention,
     send_returns_the_contracts_shape_on_both_versions,
     otp_length_and_timeout_are_honoured,
     out_of_range_length_and_timeout_get_400,
@@ -373,6 +450,7 @@ crate::both_stores!(
     a_completed_verification_does_not_block_a_new_send,
     unknown_dialing_code_gets_511_and_invalid_number_400,
     a_country_the_account_may_not_send_to_gets_511,
+    server_wide_blocked_countries_get_511_and_blocked_prefixes_400,
     flows_without_a_channel_get_400,
     customer_id_other_than_the_tokens_gets_501,
     no_credits_gets_402_and_test_credits_are_spent_first,

@@ -130,6 +130,56 @@ async fn repeated_failures_are_throttled_with_429_and_retry_after() {
     app.token().await;
 }
 
+/// A guesser spread over many addresses (here: named by a trusted proxy)
+/// blocks the customerId for new addresses once it passes
+/// `token.max_failures_per_customer`, but the address the owner got a token
+/// from keeps working.
+async fn a_distributed_guesser_leaves_the_owners_usual_address_working() {
+    let mut s = test_settings();
+    s.http.trusted_proxies = vec!["127.0.0.1".into()];
+    s.token.max_failures_per_customer = 5;
+    let app = spawn_app_with(s).await;
+    let cid = app.account.customer_id.as_str().to_owned();
+    let from = |xff: String, key: &'static str| {
+        let (http, url, cid) = (
+            app.http.clone(),
+            app.url(otpgate_api::paths::TOKEN),
+            cid.clone(),
+        );
+        async move {
+            resp(
+                http.get(url)
+                    .query(&[("customerId", cid.as_str()), ("key", &STANDARD.encode(key))])
+                    .header("x-forwarded-for", xff)
+                    .send()
+                    .await
+                    .expect("request"),
+            )
+            .await
+        }
+    };
+    let owner = "198.51.100.7".to_owned();
+    assert_eq!(from(owner.clone(), PASSWORD).await.status, StatusCode::OK);
+    for i in 0..5 {
+        let r = from(format!("203.0.113.{i}"), "wrong password").await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{i}");
+    }
+    let r = from("203.0.113.99".into(), PASSWORD).await;
+    assert_eq!(
+        r.status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "a new address is refused for this customerId now: {:?}",
+        r.body
+    );
+    let r = from(owner, PASSWORD).await;
+    assert_eq!(
+        r.status,
+        StatusCode::OK,
+        "the owner's address: {:?}",
+        r.body
+    );
+}
+
 async fn expired_token_gets_401_on_both_versions() {
     let app = spawn_app().await;
     let t = app.token().await;
@@ -246,6 +296,7 @@ crate::both_stores!(
     missing_parameters_and_bad_base64_get_400_with_status_and_error,
     wrong_key_unknown_customer_and_disabled_account_get_the_same_401,
     repeated_failures_are_throttled_with_429_and_retry_after,
+    a_distributed_guesser_leaves_the_owners_usual_address_working,
     expired_token_gets_401_on_both_versions,
     changing_the_password_revokes_earlier_tokens,
     forged_alg_none_and_tampered_tokens_get_401,

@@ -203,6 +203,7 @@ async fn settings_apply(b: &Browser, app: &ConsoleApp) {
             email: Some("brand@example.com".into()),
             country: Some("GB".into()),
             credits: None,
+            settings: Default::default(),
         },
     )
     .await

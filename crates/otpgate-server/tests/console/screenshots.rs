@@ -37,6 +37,7 @@ async fn fill_history(app: &ConsoleApp) -> String {
             email: Some("app.developer@example.com".into()),
             country: Some("IN".into()),
             credits: None,
+            settings: Default::default(),
         },
     )
     .await

@@ -52,9 +52,13 @@ async fn a_form_posted_without_its_csrf_token_is_refused_with_403() {
         .await
         .expect("get")
         .expect("account");
+    // As sign-up left them: its own country only.
     assert_eq!(
         account.settings,
-        AccountSettings::default(),
+        AccountSettings {
+            allowed_country_codes: Some(vec![91]),
+            ..AccountSettings::default()
+        },
         "a refused form changed settings"
     );
 

@@ -237,6 +237,7 @@ impl Db {
                 country: Some("IN".into()),
                 credits: 0,
                 test_credits: 10,
+                settings: Default::default(),
                 created_at: clock.now_ms(),
             })
             .await
@@ -284,6 +285,9 @@ impl Db {
                 wrong_code_window_ms: 3_600_000,
                 per_account_per_second: None,
             },
+            prefix: String::new(),
+            fraud: otpgate_core::fraud::FraudPolicy::off(),
+            kind: otpgate_store::SendKind::Normal,
         };
         match self.store.verification_create(req).await.expect("create") {
             CreateOutcome::Created(v) => v,

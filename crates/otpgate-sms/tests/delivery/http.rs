@@ -428,6 +428,10 @@ receipt_token = "ignored: the variable wins"
 [channels.open]
 type = "http"
 url = "http://gw.example/send"
+receipts_unauthenticated = true
+[channels.closed]
+type = "http"
+url = "http://gw.example/send"
 [channels.dev]
 type = "inbox"
 [channels.smsc]
@@ -444,6 +448,10 @@ channels = ["inline"]
     assert!(matches!(auth("inline"), ReceiptAuth::Token(t) if t.expose() == "t0k"));
     assert!(matches!(auth("from-env"), ReceiptAuth::Token(t) if t.expose() == RECEIPT_TOKEN));
     assert!(matches!(auth("open"), ReceiptAuth::Open));
+    assert!(
+        matches!(auth("closed"), ReceiptAuth::NoToken),
+        "no token and no opt-out: refused"
+    );
     assert!(matches!(auth("dev"), ReceiptAuth::NotHttp));
     assert!(matches!(auth("smsc"), ReceiptAuth::NotHttp));
     // Neither the parsed configuration nor the answer shows the token.

@@ -34,10 +34,15 @@ const MIGRATIONS: &[Migration] = &[
         name: "outbox steps",
         sql: include_str!("../../migrations/postgres/0002_outbox_steps.sql"),
     },
+    Migration {
+        version: 3,
+        name: "fraud defence",
+        sql: include_str!("../../migrations/postgres/0003_fraud_defence.sql"),
+    },
 ];
 
 /// The newest schema this build knows.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 /// Key of the advisory lock that serialises migrations across nodes
 /// ("otpgate" in ASCII, then a 1).

@@ -24,7 +24,10 @@ mod error;
 mod migrate;
 mod rows;
 
-use crate::shared::{clip, email_key, fill_days, id_i64, retry_after_secs, stats_days, to_u64};
+use crate::shared::{
+    self, clip, email_key, fill_days, id_i64, retry_after_secs, stats_days, to_u64,
+};
+use otpgate_core::fraud::{self, ChargeRefusal, SendVerdict};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -38,9 +41,10 @@ pub use migrate::SCHEMA_VERSION;
 use self::error::{db_err, timed_out};
 use self::rows::{account_columns, outbox_columns, verification_columns};
 use crate::{
-    Account, AccountSettings, ChannelStats, CreateOutcome, DailyStats, InboxEntry, NewAccount,
-    NewVerification, OutboxDepth, OutboxMessage, SentInfo, Store, StoreError, StoreResult,
-    ValidationAction, Verification, VerificationFilter,
+    Account, AccountSettings, ChannelStats, ConversionRow, CreateOutcome, DailyStats, FraudBlock,
+    InboxEntry, NewAccount, NewVerification, OutboxDepth, OutboxMessage, OwnNumber, SafeEntry,
+    SendKind, SentInfo, Store, StoreError, StoreResult, ValidationAction, Verification,
+    VerificationFilter,
 };
 
 /// Connection settings of a [`PostgresStore`].
@@ -223,6 +227,131 @@ impl PostgresStore {
     }
 }
 
+/// The first key of the two-key advisory locks that serialise sends to one
+/// prefix ("otpg" in ASCII); the second is the prefix's `hashtext`. Two-key
+/// locks never collide with the one-key migration lock.
+const PREFIX_LOCK_SPACE: i32 = 0x6f74_7067;
+
+/// What the fraud defences weigh for this send (see `decide_send`), in one
+/// statement; and whether the destination is one of the account's verified
+/// numbers, and how many own-number sends it made in the last day.
+async fn fraud_facts(
+    tx: &mut PgConnection,
+    req: &NewVerification,
+    destination: &str,
+) -> StoreResult<(fraud::SendFacts, bool, u32)> {
+    let now = req.created_at;
+    let row = sqlx::query(
+        "with acct as (
+             select count(*) filter (where created_at > $3) as hour_n,
+                    coalesce(sum(cost) filter (where created_at > $3), 0)::bigint as hour_c,
+                    min(created_at) filter (where created_at > $3) as hour_oldest,
+                    count(*) as day_n, coalesce(sum(cost), 0)::bigint as day_c,
+                    min(created_at) as day_oldest
+               from verifications where customer_id = $1 and created_at > $4
+         ),
+         pb as (select reason, strikes, blocked_until from fraud_blocks
+                 where scope = 'prefix' and key = $5),
+         cb as (select reason, strikes, blocked_until from fraud_blocks
+                 where scope = 'country' and key = $6)
+         select acct.*,
+                (select count(*) from verifications
+                  where destination = $7 and created_at > $4) as dest_n,
+                (select min(created_at) from verifications
+                  where destination = $7 and created_at > $4) as dest_oldest,
+                exists (select 1 from safe_list
+                         where left($7, length(entry)) = entry) as safe,
+                (select reason from pb) as pb_reason,
+                (select strikes from pb) as pb_strikes,
+                (select blocked_until from pb) as pb_until,
+                (select reason from cb) as cb_reason,
+                (select strikes from cb) as cb_strikes,
+                (select blocked_until from cb) as cb_until,
+                (select count(*) from verifications
+                  where prefix = $5
+                    and created_at > greatest($8, coalesce((select blocked_until from pb), 0))
+                ) as p_sent,
+                (select count(*) from verifications
+                  where prefix = $5 and state = 'completed'
+                    and created_at > greatest($8, coalesce((select blocked_until from pb), 0))
+                ) as p_done,
+                (select count(*) from verifications
+                  where customer_id = $1 and country_code = $2 and prefix is not null
+                    and created_at > greatest($9, coalesce((select blocked_until from cb), 0))
+                ) as c_sent,
+                (select count(*) from verifications
+                  where customer_id = $1 and country_code = $2 and state = 'completed'
+                    and prefix is not null and created_at > greatest($9, coalesce((select blocked_until from cb), 0))
+                ) as c_done,
+                exists (select 1 from own_numbers
+                         where customer_id = $1 and destination = $7
+                           and verified_at is not null) as own_verified,
+                (select count(*) from own_numbers
+                  where customer_id = $1 and created_at > $4) as own_today
+           from acct",
+    )
+    .bind(req.customer_id.as_str())
+    .bind(i32::from(req.destination.country_code()))
+    .bind(now - fraud::HOUR_MS)
+    .bind(now - fraud::DAY_MS)
+    .bind(&req.prefix)
+    .bind(shared::block_key(req, fraud::BlockScope::Country))
+    .bind(destination)
+    .bind(now - req.fraud.prefix.window_ms)
+    .bind(now - req.fraud.country.window_ms)
+    .fetch_one(&mut *tx)
+    .await
+    .map_err(db_err)?;
+    let get = |name: &str| -> StoreResult<i64> { row.try_get::<i64, _>(name).map_err(db_err) };
+    let opt = |name: &str| -> StoreResult<Option<i64>> {
+        row.try_get::<Option<i64>, _>(name).map_err(db_err)
+    };
+    let flag = |name: &str| -> StoreResult<bool> { row.try_get::<bool, _>(name).map_err(db_err) };
+    let n = |name: &str| -> StoreResult<u32> { shared::count(get(name)?, "count") };
+    let block = |reason: &str, strikes: &str, until: &str| -> StoreResult<_> {
+        let reason: Option<String> = row.try_get(reason).map_err(db_err)?;
+        let strikes: Option<i32> = row.try_get(strikes).map_err(db_err)?;
+        Ok(match (reason, strikes, opt(until)?) {
+            (Some(reason), Some(strikes), Some(until)) => Some(fraud::BlockRecord {
+                until_ms: until,
+                strikes: shared::count(i64::from(strikes), "strikes")?,
+                reason,
+            }),
+            _ => None,
+        })
+    };
+    let facts = fraud::SendFacts {
+        price: req.price,
+        account_hour: fraud::Usage {
+            messages: n("hour_n")?,
+            credits: get("hour_c")?,
+            oldest_ms: opt("hour_oldest")?,
+        },
+        account_day: fraud::Usage {
+            messages: n("day_n")?,
+            credits: get("day_c")?,
+            oldest_ms: opt("day_oldest")?,
+        },
+        destination_day: fraud::Usage {
+            messages: n("dest_n")?,
+            credits: 0,
+            oldest_ms: opt("dest_oldest")?,
+        },
+        safe_listed: flag("safe")?,
+        prefix_block: block("pb_reason", "pb_strikes", "pb_until")?,
+        country_block: block("cb_reason", "cb_strikes", "cb_until")?,
+        prefix: fraud::Conversion {
+            sent: n("p_sent")?,
+            completed: n("p_done")?,
+        },
+        country: fraud::Conversion {
+            sent: n("c_sent")?,
+            completed: n("c_done")?,
+        },
+    };
+    Ok((facts, flag("own_verified")?, n("own_today")?))
+}
+
 /// `u32` counters are stored as `integer`; a value past its range (a
 /// configuration of billions of attempts) is as good as unlimited.
 fn int(n: u32) -> i32 {
@@ -236,6 +365,8 @@ enum Checked {
     Charge {
         cost: i64,
         cost_test: i64,
+        /// The guard counts this send (see `counted` in `create_checks`).
+        counted: bool,
     },
 }
 
@@ -333,8 +464,9 @@ const WRITE: &str = concat!(
              id, customer_id, country_code, national, destination, flow_type, code_hash,
              otp_length, state, wrong_attempts, max_attempts, created_at, expires_at,
              transaction_id, cost, cost_test, delivery
+             , prefix
          ) values ($1, $2, $3, $4, $5, $6, $7, $8, 'pending', 0, $9, $10, $11, $12, $13,
-                   $14, 'queued')
+                   $14, $19, $18)
          on conflict (id) do nothing
          returning ",
     verification_columns!(),
@@ -354,7 +486,11 @@ const WRITE: &str = concat!(
          )
          select id, customer_id, 0, $16, $17, $15, 'queued', 0, created_at, created_at,
                 created_at
-           from inserted
+           from inserted where $20
+     ),
+     own as (
+         insert into own_numbers (verification_id, customer_id, destination, created_at)
+         select id, customer_id, $5, created_at from inserted where $21
      )
      select * from inserted"
 );
@@ -453,17 +589,83 @@ impl PostgresStore {
             return Ok(rate_limited(at, wrong_window, now));
         }
 
-        // Contract §5: test credits first, never below zero. The balance is
-        // the locked row's, so no other send can spend it in between.
-        let price = req.price;
-        let cost_test = test_credits.clamp(0, price);
-        if credits < price - cost_test {
-            return Ok(refused(CreateOutcome::InsufficientBalance));
+        // The fraud defences: caps, blocks and the conversion guard, read
+        // under the account's lock (and the prefix's, below), so concurrent
+        // sends on any node cannot overshoot a cap; the rule is the core's.
+        let mut test_usable =
+            !req.fraud.test_credits_verified_only || matches!(req.kind, SendKind::OwnNumber { .. });
+        // Whether the guard counts this send: not for a safe-listed
+        // destination or a test number (their prefix is stored as null), so
+        // trusted traffic never pushes its country towards a block.
+        let mut counted = false;
+        if req.kind != SendKind::TestNumber {
+            // Sends to one prefix from different accounts serialise here, so
+            // the prefix guard and the per-number cap hold across accounts
+            // too. Always taken after the account's row lock, never before:
+            // no two sends can wait on each other in a cycle. A statement of
+            // its own, so the facts below are read after it is granted.
+            sqlx::query("select pg_advisory_xact_lock($1, hashtext($2))")
+                .bind(PREFIX_LOCK_SPACE)
+                .bind(&req.prefix)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err)?;
+            let (facts, own_verified, own_today) = fraud_facts(tx, req, destination).await?;
+            counted = !facts.safe_listed;
+            if let SendKind::OwnNumber { max_per_day } = req.kind
+                && own_today >= max_per_day
+            {
+                return Ok(refused(CreateOutcome::RateLimited {
+                    retry_after_secs: 3600,
+                }));
+            }
+            test_usable |= own_verified;
+            match fraud::decide_send(&facts, &req.fraud, now) {
+                SendVerdict::Allow => {}
+                SendVerdict::Refuse(r) => return Ok(refused(shared::refused(r, now))),
+                SendVerdict::Block(b) => {
+                    sqlx::query(
+                        "insert into fraud_blocks (scope, key, reason, strikes, blocked_until,
+                                                   lifted_at, created_at, updated_at)
+                         values ($1, $2, $3, $4, $5, null, $6, $6)
+                         on conflict (scope, key) do update
+                            set reason = excluded.reason, strikes = excluded.strikes,
+                                blocked_until = excluded.blocked_until, lifted_at = null,
+                                updated_at = excluded.updated_at",
+                    )
+                    .bind(b.scope.as_str())
+                    .bind(shared::block_key(req, b.scope))
+                    .bind(&b.reason)
+                    .bind(int(b.strikes))
+                    .bind(b.until_ms)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db_err)?;
+                    return Ok(refused(shared::new_block(b, now)));
+                }
+            }
         }
-        Ok(Checked::Charge {
-            cost: price,
-            cost_test,
-        })
+
+        // Contract §5: test credits first (where they may pay), never below
+        // zero. The balance is the locked row's, so no other send can spend
+        // it in between.
+        let price = if req.kind == SendKind::TestNumber {
+            0
+        } else {
+            req.price
+        };
+        match fraud::charge(price, credits, test_credits, test_usable) {
+            Ok((cost, cost_test)) => Ok(Checked::Charge {
+                cost,
+                cost_test,
+                counted,
+            }),
+            Err(ChargeRefusal::Insufficient) => Ok(refused(CreateOutcome::InsufficientBalance)),
+            Err(ChargeRefusal::TestCreditsRestricted) => {
+                Ok(refused(CreateOutcome::TestCreditsRestricted))
+            }
+        }
     }
 
     async fn create_in(
@@ -471,9 +673,13 @@ impl PostgresStore {
         req: &NewVerification,
     ) -> StoreResult<Result<Verification, CreateOutcome>> {
         let destination = req.destination.e164_digits();
-        let (cost, cost_test) = match Self::create_checks(tx, req, &destination).await? {
+        let (cost, cost_test, counted) = match Self::create_checks(tx, req, &destination).await? {
             Checked::Refused(outcome) => return Ok(Err(*outcome)),
-            Checked::Charge { cost, cost_test } => (cost, cost_test),
+            Checked::Charge {
+                cost,
+                cost_test,
+                counted,
+            } => (cost, cost_test, counted),
         };
         let row = sqlx::query(WRITE)
             .bind(id_i64(req.id))
@@ -493,6 +699,15 @@ impl PostgresStore {
             .bind(&req.message_text)
             .bind(&req.address)
             .bind(&req.lang)
+            .bind(counted.then_some(&req.prefix))
+            .bind(if req.kind == SendKind::TestNumber {
+                "sent"
+            } else {
+                "queued"
+            })
+            // A test number's message never leaves the server: no outbox row.
+            .bind(req.kind != SendKind::TestNumber)
+            .bind(matches!(req.kind, SendKind::OwnNumber { .. }))
             .fetch_optional(&mut *tx)
             .await
             .map_err(db_err)?;
@@ -501,7 +716,14 @@ impl PostgresStore {
                 "verification id already exists".into(),
             ));
         };
-        for (i, f) in req.fallbacks.iter().enumerate() {
+        // A test number's message (and any fallback step) never leaves the
+        // server.
+        let fallbacks = if req.kind == SendKind::TestNumber {
+            &[][..]
+        } else {
+            &req.fallbacks[..]
+        };
+        for (i, f) in fallbacks.iter().enumerate() {
             sqlx::query(
                 "insert into outbox (
                      verification_id, customer_id, step, flow_type, address, lang, text,
@@ -572,7 +794,7 @@ impl Store for PostgresStore {
                 "insert into accounts (
                     customer_id, password_hash, email, email_key, country, credits,
                     test_credits, token_epoch, disabled, settings, created_at
-                 ) values ($1, $2, $3, $4, $5, $6, $7, 0, false, '{}'::jsonb, $8)
+                 ) values ($1, $2, $3, $4, $5, $6, $7, 0, false, $9::jsonb, $8)
                  returning ",
                 account_columns!()
             ))
@@ -584,6 +806,7 @@ impl Store for PostgresStore {
             .bind(new.credits)
             .bind(new.test_credits)
             .bind(new.created_at)
+            .bind(crate::shared::settings_json(&new.settings)?)
             .fetch_one(&self.pool)
             .await
             .map_err(|e| match db_err(e) {
@@ -731,6 +954,16 @@ impl Store for PostgresStore {
                 Ok(v) => {
                     tx.commit().await.map_err(db_err)?;
                     Ok(CreateOutcome::Created(v))
+                }
+                Err(
+                    refused @ CreateOutcome::Blocked {
+                        new_block: Some(_), ..
+                    },
+                ) => {
+                    // The block this send triggered is kept; nothing else
+                    // was written.
+                    tx.commit().await.map_err(db_err)?;
+                    Ok(refused)
                 }
                 Err(refused) => {
                     // Release the account lock now rather than when the
@@ -1236,6 +1469,225 @@ impl Store for PostgresStore {
         .await
     }
 
+    async fn fraud_blocks_active(&self, now: i64, limit: u32) -> StoreResult<Vec<FraudBlock>> {
+        self.guarded(async {
+            let found: Vec<(String, String, String, i32, i64, Option<i64>, i64)> = sqlx::query_as(
+                "select scope, key, reason, strikes, blocked_until, lifted_at, created_at
+                       from fraud_blocks where blocked_until > $1
+                      order by updated_at desc limit $2",
+            )
+            .bind(now)
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_err)?;
+            found
+                .into_iter()
+                .map(
+                    |(scope, key, reason, strikes, until, lifted_at, created_at)| {
+                        Ok(FraudBlock {
+                            scope: shared::scope(&scope)?,
+                            key,
+                            reason,
+                            strikes: shared::count(i64::from(strikes), "strikes")?,
+                            until,
+                            lifted_at,
+                            created_at,
+                        })
+                    },
+                )
+                .collect()
+        })
+        .await
+    }
+
+    async fn fraud_block_lift(
+        &self,
+        scope: otpgate_core::fraud::BlockScope,
+        key: &str,
+        now: i64,
+    ) -> StoreResult<bool> {
+        self.guarded(async {
+            let done = sqlx::query(
+                "update fraud_blocks
+                    set blocked_until = $3, lifted_at = $3, updated_at = $3
+                  where scope = $1 and key = $2 and blocked_until > $3",
+            )
+            .bind(scope.as_str())
+            .bind(key)
+            .bind(now)
+            .execute(&self.pool)
+            .await
+            .map_err(db_err)?;
+            Ok(done.rows_affected() > 0)
+        })
+        .await
+    }
+
+    async fn safe_list(&self) -> StoreResult<Vec<SafeEntry>> {
+        self.guarded(async {
+            let found: Vec<(String, String, i64)> =
+                sqlx::query_as("select entry, note, created_at from safe_list order by entry")
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(db_err)?;
+            Ok(found
+                .into_iter()
+                .map(|(entry, note, created_at)| SafeEntry {
+                    entry,
+                    note,
+                    created_at,
+                })
+                .collect())
+        })
+        .await
+    }
+
+    async fn safe_list_add(&self, entry: &str, note: &str, now: i64) -> StoreResult<()> {
+        self.guarded(async {
+            sqlx::query(
+                "insert into safe_list (entry, note, created_at) values ($1, $2, $3)
+                 on conflict (entry) do update set note = excluded.note",
+            )
+            .bind(entry)
+            .bind(note)
+            .bind(now)
+            .execute(&self.pool)
+            .await
+            .map_err(db_err)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn safe_list_remove(&self, entry: &str) -> StoreResult<bool> {
+        self.guarded(async {
+            let done = sqlx::query("delete from safe_list where entry = $1")
+                .bind(entry)
+                .execute(&self.pool)
+                .await
+                .map_err(db_err)?;
+            Ok(done.rows_affected() > 0)
+        })
+        .await
+    }
+
+    async fn own_numbers(&self, customer: &CustomerId) -> StoreResult<Vec<OwnNumber>> {
+        self.guarded(async {
+            let found: Vec<(String, i64)> = sqlx::query_as(
+                "select destination, min(verified_at) from own_numbers
+                  where customer_id = $1 and verified_at is not null
+                  group by destination order by 2",
+            )
+            .bind(customer.as_str())
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_err)?;
+            Ok(found
+                .into_iter()
+                .map(|(destination, verified_at)| OwnNumber {
+                    destination,
+                    verified_at,
+                })
+                .collect())
+        })
+        .await
+    }
+
+    async fn own_number_confirm(
+        &self,
+        customer: &CustomerId,
+        id: VerificationId,
+        now: i64,
+    ) -> StoreResult<bool> {
+        self.guarded(async {
+            let done = sqlx::query(
+                "update own_numbers set verified_at = $3
+                  where verification_id = $1 and customer_id = $2 and verified_at is null
+                    and exists (select 1 from verifications v
+                                 where v.id = $1 and v.state = 'completed')",
+            )
+            .bind(id_i64(id))
+            .bind(customer.as_str())
+            .bind(now)
+            .execute(&self.pool)
+            .await
+            .map_err(db_err)?;
+            Ok(done.rows_affected() > 0)
+        })
+        .await
+    }
+
+    async fn own_number_remove(
+        &self,
+        customer: &CustomerId,
+        destination: &str,
+    ) -> StoreResult<bool> {
+        self.guarded(async {
+            // The rows stay (they count against the day's own-number sends);
+            // only the proof is withdrawn.
+            let done = sqlx::query(
+                "update own_numbers set verified_at = null
+                  where customer_id = $1 and destination = $2 and verified_at is not null",
+            )
+            .bind(customer.as_str())
+            .bind(destination)
+            .execute(&self.pool)
+            .await
+            .map_err(db_err)?;
+            Ok(done.rows_affected() > 0)
+        })
+        .await
+    }
+
+    async fn conversion_report(
+        &self,
+        since: i64,
+        limit: u32,
+    ) -> StoreResult<(Vec<ConversionRow>, Vec<ConversionRow>)> {
+        self.guarded(async {
+            let by_country: Vec<(i32, i64, i64)> = sqlx::query_as(
+                "select country_code, count(*), count(*) filter (where state = 'completed')
+                   from verifications where created_at > $1
+                  group by country_code order by 2 desc, 1 limit $2",
+            )
+            .bind(since)
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_err)?;
+            let by_prefix: Vec<(String, i64, i64)> = sqlx::query_as(
+                "select prefix, count(*), count(*) filter (where state = 'completed')
+                   from verifications where created_at > $1 and prefix is not null
+                  group by prefix order by 2 desc, 1 limit $2",
+            )
+            .bind(since)
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_err)?;
+            Ok((
+                by_country
+                    .into_iter()
+                    .map(|(cc, sent, completed)| ConversionRow {
+                        key: cc.to_string(),
+                        sent: to_u64(sent),
+                        completed: to_u64(completed),
+                    })
+                    .collect(),
+                by_prefix
+                    .into_iter()
+                    .map(|(key, sent, completed)| ConversionRow {
+                        key,
+                        sent: to_u64(sent),
+                        completed: to_u64(completed),
+                    })
+                    .collect(),
+            ))
+        })
+        .await
+    }
+
     async fn outbox_attempts(&self, id: VerificationId) -> StoreResult<Vec<OutboxMessage>> {
         self.guarded(async {
             let rows = sqlx::query(concat!(
@@ -1294,6 +1746,18 @@ impl Store for PostgresStore {
             .await
             .map_err(db_err)?;
             rows.iter().map(rows::inbox_entry).collect()
+        })
+        .await
+    }
+
+    async fn inbox_purge(&self, before_ms: i64) -> StoreResult<u64> {
+        self.guarded(async {
+            let r = sqlx::query("delete from inbox where created_at < $1")
+                .bind(before_ms)
+                .execute(&self.pool)
+                .await
+                .map_err(db_err)?;
+            Ok(r.rows_affected())
         })
         .await
     }

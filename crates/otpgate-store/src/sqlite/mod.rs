@@ -23,7 +23,7 @@ mod writer;
 
 pub use writer::WriteStats;
 
-use crate::shared::{email_key, fill_days, id_i64, settings_json, stats_days, to_u64};
+use crate::shared::{self, email_key, fill_days, id_i64, settings_json, stats_days, to_u64};
 use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
@@ -39,9 +39,9 @@ use sqlx::sqlite::{
 };
 
 use crate::{
-    Account, AccountSettings, ChannelStats, CreateOutcome, DailyStats, InboxEntry, NewAccount,
-    NewVerification, OutboxDepth, OutboxMessage, SentInfo, Store, StoreError, StoreResult,
-    ValidationAction, Verification, VerificationFilter,
+    Account, AccountSettings, ChannelStats, ConversionRow, CreateOutcome, DailyStats, FraudBlock,
+    InboxEntry, NewAccount, NewVerification, OutboxDepth, OutboxMessage, OwnNumber, SafeEntry,
+    SentInfo, Store, StoreError, StoreResult, ValidationAction, Verification, VerificationFilter,
 };
 use rows::{account_columns, outbox_columns, verification_columns};
 
@@ -62,10 +62,15 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "outbox steps",
         include_str!("../../migrations/sqlite/0003_outbox_steps.sql"),
     ),
+    (
+        4,
+        "fraud defence",
+        include_str!("../../migrations/sqlite/0004_fraud_defence.sql"),
+    ),
 ];
 
 /// The schema version this build migrates to (the newest migration).
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 4;
 const _: () = assert!(MIGRATIONS[MIGRATIONS.len() - 1].0 == SCHEMA_VERSION);
 
 /// How long a statement waits for another process's write lock before the
@@ -91,6 +96,8 @@ pub struct SqliteStore {
     write_pool: SqlitePool,
     /// Reads only; for an in-memory database, the write pool itself.
     reader: SqlitePool,
+    /// An in-memory database: no files to restrict or scrub.
+    memory: bool,
 }
 
 impl SqliteStore {
@@ -109,10 +116,12 @@ impl SqliteStore {
             return Self::open_path(location).await;
         }
         let memory = location == "sqlite::memory:" || location.contains("mode=memory");
+        // Read-only: nothing to create or restrict (the file is its owner's).
+        let own_files = !memory && !location.contains("mode=ro");
         let opts = SqliteConnectOptions::from_str(location)
             .map_err(|e| StoreError::Unavailable(format!("bad SQLite URL: {e}")))?
             .create_if_missing(true);
-        Self::build(opts, memory, MAX_BATCH).await
+        Self::build(opts, memory, own_files, MAX_BATCH).await
     }
 
     /// Opens (creating if needed) the database file at `path`; for paths
@@ -137,7 +146,7 @@ impl SqliteStore {
         let opts = SqliteConnectOptions::new()
             .filename(path)
             .create_if_missing(true);
-        Self::build(opts, false, max_batch).await
+        Self::build(opts, false, true, max_batch).await
     }
 
     /// A private database in memory, gone when the store is dropped; for
@@ -152,10 +161,17 @@ impl SqliteStore {
     async fn build(
         opts: SqliteConnectOptions,
         memory: bool,
+        own_files: bool,
         max_batch: usize,
     ) -> StoreResult<Self> {
+        if own_files {
+            restrict_files(opts.get_filename())?;
+        }
         let opts = opts
             .foreign_keys(true)
+            // Freed content (a delivered message's text, set to null) is
+            // overwritten with zeros rather than left in free space.
+            .pragma("secure_delete", "on")
             .busy_timeout(BUSY_TIMEOUT)
             // FULL: a commit is on disk before a send answers 200, so it
             // survives a power cut, not only a crash (contract §2).
@@ -203,6 +219,7 @@ impl SqliteStore {
             writer,
             write_pool,
             reader,
+            memory,
         })
     }
 
@@ -247,6 +264,49 @@ impl SqliteStore {
     {
         self.writer.write(|_| true, op).await
     }
+}
+
+/// Creates the database file readable by its owner only (0600), or
+/// restricts an existing one and its WAL and shared-memory files: they hold
+/// the token signing secret, the code key and account password hashes.
+/// SQLite creates the WAL and shared-memory files with the database file's
+/// mode.
+fn restrict_files(path: &Path) -> StoreResult<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        if path.as_os_str().is_empty() || path == Path::new(":memory:") {
+            return Ok(());
+        }
+        if !path.exists() {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .mode(0o600)
+                .open(path)
+                .map_err(|e| {
+                    StoreError::Unavailable(format!("cannot create {}: {e}", path.display()))
+                })?;
+        }
+        for suffix in ["", "-wal", "-shm", "-journal"] {
+            let mut p = path.as_os_str().to_owned();
+            p.push(suffix);
+            let p = std::path::PathBuf::from(p);
+            if let Ok(m) = std::fs::metadata(&p)
+                && m.permissions().mode() & 0o077 != 0
+                // Only the file's owner may change its mode; a file of
+                // someone else's is left to its owner, with a warning.
+                && let Err(e) = std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600))
+            {
+                tracing::warn!(file = %p.display(), error = %e,
+                    "could not restrict a database file to its owner");
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+    Ok(())
 }
 
 async fn migrate(pool: &SqlitePool) -> StoreResult<()> {
@@ -300,7 +360,14 @@ async fn migrate(pool: &SqlitePool) -> StoreResult<()> {
 /// Whether an error opening a fresh file is another opener having got there
 /// first, so trying again will succeed.
 fn lost_race(message: &str) -> bool {
-    message.contains("already exists") || message.contains("database is locked")
+    // `duplicate column name`: an `alter table … add column` another
+    // opener's migration already applied. A migration whose statements all
+    // succeed a second time (a table rebuilt under a new name) fails only on
+    // recording its version; its transaction, and so the repeat, rolls back.
+    message.contains("already exists")
+        || message.contains("database is locked")
+        || message.contains("duplicate column name")
+        || message.contains("UNIQUE constraint failed: _sqlx_migrations.version")
 }
 
 /// Maps a SQLx error to the store's: faults of reaching the database become
@@ -382,7 +449,7 @@ impl Store for SqliteStore {
     }
 
     async fn account_create(&self, new: NewAccount) -> StoreResult<Account> {
-        let settings = AccountSettings::default();
+        let settings = new.settings.clone();
         let settings_text = settings_json(&settings)?;
         let row = new.clone();
         let result = self
@@ -591,9 +658,20 @@ impl Store for SqliteStore {
 
     async fn verification_create(&self, req: NewVerification) -> StoreResult<CreateOutcome> {
         // Only a `Created` keeps its changes (contract §2: a refused send
-        // charges nothing); today the refusals decide before writing, and
-        // rolling them back keeps that true whatever `send::create` becomes.
-        let created = |o: &CreateOutcome| matches!(o, CreateOutcome::Created(_));
+        // charges nothing), and a refusal that recorded the block it
+        // triggered (which charged nothing either); the other refusals
+        // decide before writing, and rolling them back keeps that true
+        // whatever `send::create` becomes.
+        let created = |o: &CreateOutcome| {
+            matches!(
+                o,
+                CreateOutcome::Created(_)
+                    | CreateOutcome::Blocked {
+                        new_block: Some(_),
+                        ..
+                    }
+            )
+        };
         self.writer
             .write(created, move |conn| Box::pin(send::create(conn, req)))
             .await
@@ -908,6 +986,227 @@ impl Store for SqliteStore {
         .transpose()
     }
 
+    async fn fraud_blocks_active(&self, now: i64, limit: u32) -> StoreResult<Vec<FraudBlock>> {
+        let found: Vec<(String, String, String, i64, i64, Option<i64>, i64)> = sqlx::query_as(
+            "select scope, key, reason, strikes, blocked_until, lifted_at, created_at
+               from fraud_blocks where blocked_until > ?1
+              order by updated_at desc limit ?2",
+        )
+        .bind(now)
+        .bind(limit)
+        .fetch_all(&self.reader)
+        .await
+        .map_err(db)?;
+        found
+            .into_iter()
+            .map(
+                |(scope, key, reason, strikes, until, lifted_at, created_at)| {
+                    Ok(FraudBlock {
+                        scope: shared::scope(&scope)?,
+                        key,
+                        reason,
+                        strikes: shared::count(strikes, "strikes")?,
+                        until,
+                        lifted_at,
+                        created_at,
+                    })
+                },
+            )
+            .collect()
+    }
+
+    async fn fraud_block_lift(
+        &self,
+        scope: otpgate_core::fraud::BlockScope,
+        key: &str,
+        now: i64,
+    ) -> StoreResult<bool> {
+        let key = key.to_owned();
+        self.write(move |conn| {
+            Box::pin(async move {
+                let done = sqlx::query(
+                    "update fraud_blocks
+                        set blocked_until = ?3, lifted_at = ?3, updated_at = ?3
+                      where scope = ?1 and key = ?2 and blocked_until > ?3",
+                )
+                .bind(scope.as_str())
+                .bind(key)
+                .bind(now)
+                .execute(&mut *conn)
+                .await
+                .map_err(db)?;
+                Ok(done.rows_affected() > 0)
+            })
+        })
+        .await
+    }
+
+    async fn safe_list(&self) -> StoreResult<Vec<SafeEntry>> {
+        let found: Vec<(String, String, i64)> =
+            sqlx::query_as("select entry, note, created_at from safe_list order by entry")
+                .fetch_all(&self.reader)
+                .await
+                .map_err(db)?;
+        Ok(found
+            .into_iter()
+            .map(|(entry, note, created_at)| SafeEntry {
+                entry,
+                note,
+                created_at,
+            })
+            .collect())
+    }
+
+    async fn safe_list_add(&self, entry: &str, note: &str, now: i64) -> StoreResult<()> {
+        let (entry, note) = (entry.to_owned(), note.to_owned());
+        self.write(move |conn| {
+            Box::pin(async move {
+                sqlx::query(
+                    "insert into safe_list (entry, note, created_at) values (?1, ?2, ?3)
+                     on conflict (entry) do update set note = excluded.note",
+                )
+                .bind(entry)
+                .bind(note)
+                .bind(now)
+                .execute(&mut *conn)
+                .await
+                .map_err(db)?;
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    async fn safe_list_remove(&self, entry: &str) -> StoreResult<bool> {
+        let entry = entry.to_owned();
+        self.write(move |conn| {
+            Box::pin(async move {
+                let done = sqlx::query("delete from safe_list where entry = ?1")
+                    .bind(entry)
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(db)?;
+                Ok(done.rows_affected() > 0)
+            })
+        })
+        .await
+    }
+
+    async fn own_numbers(&self, customer: &CustomerId) -> StoreResult<Vec<OwnNumber>> {
+        let found: Vec<(String, i64)> = sqlx::query_as(
+            "select destination, min(verified_at) from own_numbers
+              where customer_id = ?1 and verified_at is not null
+              group by destination order by 2",
+        )
+        .bind(customer.as_str())
+        .fetch_all(&self.reader)
+        .await
+        .map_err(db)?;
+        Ok(found
+            .into_iter()
+            .map(|(destination, verified_at)| OwnNumber {
+                destination,
+                verified_at,
+            })
+            .collect())
+    }
+
+    async fn own_number_confirm(
+        &self,
+        customer: &CustomerId,
+        id: VerificationId,
+        now: i64,
+    ) -> StoreResult<bool> {
+        let customer = customer.clone();
+        self.write(move |conn| {
+            Box::pin(async move {
+                let done = sqlx::query(
+                    "update own_numbers set verified_at = ?3
+                      where verification_id = ?1 and customer_id = ?2 and verified_at is null
+                        and exists (select 1 from verifications v
+                                     where v.id = ?1 and v.state = 'completed')",
+                )
+                .bind(id_i64(id))
+                .bind(customer.as_str())
+                .bind(now)
+                .execute(&mut *conn)
+                .await
+                .map_err(db)?;
+                Ok(done.rows_affected() > 0)
+            })
+        })
+        .await
+    }
+
+    async fn own_number_remove(
+        &self,
+        customer: &CustomerId,
+        destination: &str,
+    ) -> StoreResult<bool> {
+        let (customer, destination) = (customer.clone(), destination.to_owned());
+        self.write(move |conn| {
+            Box::pin(async move {
+                // The rows stay (they count against the day's own-number
+                // sends); only the proof is withdrawn.
+                let done = sqlx::query(
+                    "update own_numbers set verified_at = null
+                      where customer_id = ?1 and destination = ?2 and verified_at is not null",
+                )
+                .bind(customer.as_str())
+                .bind(destination)
+                .execute(&mut *conn)
+                .await
+                .map_err(db)?;
+                Ok(done.rows_affected() > 0)
+            })
+        })
+        .await
+    }
+
+    async fn conversion_report(
+        &self,
+        since: i64,
+        limit: u32,
+    ) -> StoreResult<(Vec<ConversionRow>, Vec<ConversionRow>)> {
+        let by_country: Vec<(i64, i64, i64)> = sqlx::query_as(
+            "select country_code, count(*), sum(state = 'completed') from verifications
+              where created_at > ?1 group by country_code order by 2 desc, 1 limit ?2",
+        )
+        .bind(since)
+        .bind(limit)
+        .fetch_all(&self.reader)
+        .await
+        .map_err(db)?;
+        let by_prefix: Vec<(String, i64, i64)> = sqlx::query_as(
+            "select prefix, count(*), sum(state = 'completed') from verifications
+              where created_at > ?1 and prefix is not null
+              group by prefix order by 2 desc, 1 limit ?2",
+        )
+        .bind(since)
+        .bind(limit)
+        .fetch_all(&self.reader)
+        .await
+        .map_err(db)?;
+        Ok((
+            by_country
+                .into_iter()
+                .map(|(cc, sent, completed)| ConversionRow {
+                    key: cc.to_string(),
+                    sent: to_u64(sent),
+                    completed: to_u64(completed),
+                })
+                .collect(),
+            by_prefix
+                .into_iter()
+                .map(|(key, sent, completed)| ConversionRow {
+                    key,
+                    sent: to_u64(sent),
+                    completed: to_u64(completed),
+                })
+                .collect(),
+        ))
+    }
+
     async fn outbox_attempts(&self, id: VerificationId) -> StoreResult<Vec<OutboxMessage>> {
         sqlx::query(concat!(
             "select ",
@@ -967,6 +1266,40 @@ impl Store for SqliteStore {
         .iter()
         .map(rows::inbox_entry)
         .collect()
+    }
+
+    async fn inbox_purge(&self, before_ms: i64) -> StoreResult<u64> {
+        self.write(move |conn| {
+            Box::pin(async move {
+                let r = sqlx::query("delete from inbox where created_at < ?1")
+                    .bind(before_ms)
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(db)?;
+                Ok(r.rows_affected())
+            })
+        })
+        .await
+    }
+
+    async fn scrub(&self) -> StoreResult<()> {
+        if self.memory {
+            return Ok(());
+        }
+        // On a reader connection: the checkpoint takes the write lock itself
+        // (waiting on the busy timeout) and leaves the writer's batching
+        // alone. `TRUNCATE` empties the WAL, where old page images (texts
+        // since set to null) would otherwise linger until overwritten.
+        let (busy, _, _): (i64, i64, i64) = sqlx::query_as("pragma wal_checkpoint(truncate)")
+            .fetch_one(&self.reader)
+            .await
+            .map_err(db)?;
+        if busy != 0 {
+            return Err(StoreError::Unavailable(
+                "the WAL checkpoint was blocked by a reader; it is retried".into(),
+            ));
+        }
+        Ok(())
     }
 }
 

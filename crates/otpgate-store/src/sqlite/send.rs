@@ -3,12 +3,16 @@
 //! connection, inside the batch's `begin immediate` transaction (and its own
 //! savepoint), which keeps it only if it returns `Created`.
 
+use otpgate_core::fraud::{self, ChargeRefusal, SendVerdict};
 use otpgate_core::{DeliveryStatus, VerificationState};
+use sqlx::Row;
 use sqlx::sqlite::SqliteConnection;
 
 use super::{db, rows, rows::verification_columns};
-use crate::shared::{id_i64, retry_after_secs};
-use crate::{CreateOutcome, NewVerification, SendLimits, StoreError, StoreResult, Verification};
+use crate::shared::{self, id_i64, retry_after_secs};
+use crate::{
+    CreateOutcome, NewVerification, SendKind, SendLimits, StoreError, StoreResult, Verification,
+};
 
 pub(super) async fn create(
     conn: &mut SqliteConnection,
@@ -56,12 +60,68 @@ pub(super) async fn create(
         return Ok(CreateOutcome::RateLimited { retry_after_secs });
     }
 
-    // Test credits are spent first (contract §5).
-    let from_test = test_credits.min(req.price);
-    let from_paid = req.price - from_test;
-    if credits < from_paid {
-        return Ok(CreateOutcome::InsufficientBalance);
+    // The fraud defences (caps, blocks, the conversion guard): the facts
+    // are read here, in the same write transaction as the charge, so no
+    // concurrent send can slip past a cap; the rule is the core's.
+    let mut test_usable =
+        !req.fraud.test_credits_verified_only || matches!(req.kind, SendKind::OwnNumber { .. });
+    // Whether the guard counts this send: not for a safe-listed
+    // destination or a test number (their prefix is stored as null), so
+    // trusted traffic never pushes its country towards a block.
+    let mut counted = false;
+    if req.kind != SendKind::TestNumber {
+        let (facts, own_verified, own_sent_today) = facts(conn, &req, &destination).await?;
+        counted = !facts.safe_listed;
+        if let SendKind::OwnNumber { max_per_day } = req.kind
+            && own_sent_today >= max_per_day
+        {
+            return Ok(CreateOutcome::RateLimited {
+                retry_after_secs: 3600,
+            });
+        }
+        test_usable |= own_verified;
+        match fraud::decide_send(&facts, &req.fraud, now) {
+            SendVerdict::Allow => {}
+            SendVerdict::Refuse(r) => return Ok(shared::refused(r, now)),
+            SendVerdict::Block(b) => {
+                let key = shared::block_key(&req, b.scope);
+                sqlx::query(
+                    "insert into fraud_blocks (scope, key, reason, strikes, blocked_until,
+                                               lifted_at, created_at, updated_at)
+                     values (?1, ?2, ?3, ?4, ?5, null, ?6, ?6)
+                     on conflict (scope, key) do update
+                        set reason = excluded.reason, strikes = excluded.strikes,
+                            blocked_until = excluded.blocked_until, lifted_at = null,
+                            updated_at = excluded.updated_at",
+                )
+                .bind(b.scope.as_str())
+                .bind(&key)
+                .bind(&b.reason)
+                .bind(b.strikes)
+                .bind(b.until_ms)
+                .bind(now)
+                .execute(&mut *conn)
+                .await
+                .map_err(db)?;
+                return Ok(shared::new_block(b, now));
+            }
+        }
     }
+
+    // Test credits are spent first (contract §5), where they may pay.
+    let price = if req.kind == SendKind::TestNumber {
+        0
+    } else {
+        req.price
+    };
+    let (cost, from_test) = match fraud::charge(price, credits, test_credits, test_usable) {
+        Ok(c) => c,
+        Err(ChargeRefusal::Insufficient) => return Ok(CreateOutcome::InsufficientBalance),
+        Err(ChargeRefusal::TestCreditsRestricted) => {
+            return Ok(CreateOutcome::TestCreditsRestricted);
+        }
+    };
+    let from_paid = cost - from_test;
     sqlx::query(
         "update accounts set test_credits = test_credits - ?2, credits = credits - ?3
          where customer_id = ?1",
@@ -87,9 +147,13 @@ pub(super) async fn create(
         expires_at: req.expires_at,
         completed_at: None,
         transaction_id: req.transaction_id,
-        cost: req.price,
+        cost,
         cost_test: from_test,
-        delivery: DeliveryStatus::Queued,
+        delivery: if req.kind == SendKind::TestNumber {
+            DeliveryStatus::Sent
+        } else {
+            DeliveryStatus::Queued
+        },
         channel: None,
         gateway_id: None,
         delivery_detail: None,
@@ -98,9 +162,9 @@ pub(super) async fn create(
         "insert into verifications
              (id, customer_id, country_code, national, destination, flow_type, code_hash,
               otp_length, state, wrong_attempts, max_attempts, created_at, expires_at,
-              transaction_id, cost, cost_test, delivery)
+              transaction_id, cost, cost_test, delivery, prefix)
          values (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'pending', 0, ?9, ?10, ?11, ?12, ?13, ?14,
-                 'queued')",
+                 ?15, ?16)",
     )
     .bind(id_i64(v.id))
     .bind(v.customer_id.as_str())
@@ -116,12 +180,31 @@ pub(super) async fn create(
     .bind(&v.transaction_id)
     .bind(v.cost)
     .bind(v.cost_test)
+    .bind(v.delivery.as_str())
+    .bind(counted.then_some(&req.prefix))
     .execute(&mut *conn)
     .await
     .map_err(|e| match db(e) {
         StoreError::Conflict(_) => StoreError::Conflict("verification id already exists".into()),
         e => e,
     })?;
+    if let SendKind::OwnNumber { .. } = req.kind {
+        sqlx::query(
+            "insert into own_numbers (verification_id, customer_id, destination, created_at)
+             values (?1, ?2, ?3, ?4)",
+        )
+        .bind(id_i64(v.id))
+        .bind(v.customer_id.as_str())
+        .bind(&destination)
+        .bind(now)
+        .execute(&mut *conn)
+        .await
+        .map_err(db)?;
+    }
+    if req.kind == SendKind::TestNumber {
+        // A test number's message never leaves the server: no outbox row.
+        return Ok(CreateOutcome::Created(v));
+    }
     sqlx::query(
         "insert into outbox (verification_id, step, address, lang, text, status,
                              next_attempt_at, created_at, updated_at)
@@ -154,6 +237,129 @@ pub(super) async fn create(
         .map_err(db)?;
     }
     Ok(CreateOutcome::Created(v))
+}
+
+/// What the fraud defences weigh for this send, in one statement; and
+/// whether the destination is one of the account's verified numbers, and
+/// how many own-number sends the account made in the last day.
+async fn facts(
+    conn: &mut SqliteConnection,
+    req: &NewVerification,
+    destination: &str,
+) -> StoreResult<(fraud::SendFacts, bool, u32)> {
+    let now = req.created_at;
+    let customer = req.customer_id.as_str();
+    let country_key = shared::block_key(req, fraud::BlockScope::Country);
+    let row = sqlx::query(
+        "with acct as (
+             select count(*) filter (where created_at > ?3) as hour_n,
+                    coalesce(sum(cost) filter (where created_at > ?3), 0) as hour_c,
+                    min(created_at) filter (where created_at > ?3) as hour_oldest,
+                    count(*) as day_n, coalesce(sum(cost), 0) as day_c,
+                    min(created_at) as day_oldest
+               from verifications where customer_id = ?1 and created_at > ?4
+         ),
+         pb as (select reason, strikes, blocked_until from fraud_blocks
+                 where scope = 'prefix' and key = ?5),
+         cb as (select reason, strikes, blocked_until from fraud_blocks
+                 where scope = 'country' and key = ?6)
+         select acct.*,
+                (select count(*) from verifications
+                  where destination = ?7 and created_at > ?4) as dest_n,
+                (select min(created_at) from verifications
+                  where destination = ?7 and created_at > ?4) as dest_oldest,
+                exists (select 1 from safe_list
+                         where substr(?7, 1, length(entry)) = entry) as safe,
+                (select reason from pb) as pb_reason,
+                (select strikes from pb) as pb_strikes,
+                (select blocked_until from pb) as pb_until,
+                (select reason from cb) as cb_reason,
+                (select strikes from cb) as cb_strikes,
+                (select blocked_until from cb) as cb_until,
+                (select count(*) from verifications
+                  where prefix = ?5
+                    and created_at > max(?8, coalesce((select blocked_until from pb), 0))
+                ) as p_sent,
+                (select count(*) from verifications
+                  where prefix = ?5 and state = 'completed'
+                    and created_at > max(?8, coalesce((select blocked_until from pb), 0))
+                ) as p_done,
+                (select count(*) from verifications
+                  where customer_id = ?1 and country_code = ?2 and prefix is not null
+                    and created_at > max(?9, coalesce((select blocked_until from cb), 0))
+                ) as c_sent,
+                (select count(*) from verifications
+                  where customer_id = ?1 and country_code = ?2 and state = 'completed'
+                    and prefix is not null and created_at > max(?9, coalesce((select blocked_until from cb), 0))
+                ) as c_done,
+                exists (select 1 from own_numbers
+                         where customer_id = ?1 and destination = ?7
+                           and verified_at is not null) as own_verified,
+                (select count(*) from own_numbers
+                  where customer_id = ?1 and created_at > ?4) as own_today
+           from acct",
+    )
+    .bind(customer)
+    .bind(req.destination.country_code())
+    .bind(now - fraud::HOUR_MS)
+    .bind(now - fraud::DAY_MS)
+    .bind(&req.prefix)
+    .bind(&country_key)
+    .bind(destination)
+    .bind(now - req.fraud.prefix.window_ms)
+    .bind(now - req.fraud.country.window_ms)
+    .fetch_one(&mut *conn)
+    .await
+    .map_err(db)?;
+    let get = |name: &str| -> StoreResult<i64> { row.try_get::<i64, _>(name).map_err(db) };
+    let opt = |name: &str| -> StoreResult<Option<i64>> {
+        row.try_get::<Option<i64>, _>(name).map_err(db)
+    };
+    let block = |reason: &str, strikes: &str, until: &str| -> StoreResult<_> {
+        let reason: Option<String> = row.try_get(reason).map_err(db)?;
+        Ok(match (reason, opt(strikes)?, opt(until)?) {
+            (Some(reason), Some(strikes), Some(until)) => Some(fraud::BlockRecord {
+                until_ms: until,
+                strikes: shared::count(strikes, "strikes")?,
+                reason,
+            }),
+            _ => None,
+        })
+    };
+    let facts = fraud::SendFacts {
+        price: req.price,
+        account_hour: fraud::Usage {
+            messages: shared::count(get("hour_n")?, "count")?,
+            credits: get("hour_c")?,
+            oldest_ms: opt("hour_oldest")?,
+        },
+        account_day: fraud::Usage {
+            messages: shared::count(get("day_n")?, "count")?,
+            credits: get("day_c")?,
+            oldest_ms: opt("day_oldest")?,
+        },
+        destination_day: fraud::Usage {
+            messages: shared::count(get("dest_n")?, "count")?,
+            credits: 0,
+            oldest_ms: opt("dest_oldest")?,
+        },
+        safe_listed: get("safe")? != 0,
+        prefix_block: block("pb_reason", "pb_strikes", "pb_until")?,
+        country_block: block("cb_reason", "cb_strikes", "cb_until")?,
+        prefix: fraud::Conversion {
+            sent: shared::count(get("p_sent")?, "count")?,
+            completed: shared::count(get("p_done")?, "count")?,
+        },
+        country: fraud::Conversion {
+            sent: shared::count(get("c_sent")?, "count")?,
+            completed: shared::count(get("c_done")?, "count")?,
+        },
+    };
+    Ok((
+        facts,
+        get("own_verified")? != 0,
+        shared::count(get("own_today")?, "count")?,
+    ))
 }
 
 /// The seconds until a send would be allowed, if a limit refuses it now.

@@ -22,6 +22,7 @@ async fn accounts_round_trip_and_collide_on_id_and_on_email_in_any_case(db: Test
         country: Some("IN".into()),
         credits: 7,
         test_credits: 3,
+        settings: Default::default(),
         created_at: T0,
     };
     let made = store.account_create(new.clone()).await.unwrap();
@@ -96,6 +97,7 @@ async fn accounts_list_newest_first_in_pages(db: TestDb) {
                 country: None,
                 credits: 0,
                 test_credits: 0,
+                settings: Default::default(),
                 created_at: T0 + i64::try_from(n).unwrap(),
             })
             .await

@@ -44,6 +44,7 @@ pub async fn account(store: &impl AsStore, id: &CustomerId, credits: i64, test_c
             country: Some("IN".into()),
             credits,
             test_credits,
+            settings: Default::default(),
             created_at: T0,
         })
         .await
@@ -80,6 +81,9 @@ pub fn send(id: u64, customer: &CustomerId, to: &PhoneNumber, now: i64) -> NewVe
         lang: None,
         fallbacks: Vec::new(),
         limits: roomy_limits(),
+        prefix: otpgate_core::fraud::prefix_of(&to.e164_digits(), to.country_code(), 4),
+        fraud: otpgate_core::fraud::FraudPolicy::off(),
+        kind: otpgate_store::SendKind::Normal,
     }
 }
 

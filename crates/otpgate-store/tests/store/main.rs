@@ -16,6 +16,7 @@ mod helpers;
 
 mod accounts;
 mod console;
+mod fraud;
 mod opening;
 mod outbox;
 mod postgres_only;

@@ -312,3 +312,83 @@ async fn a_send_whose_caller_gave_up_before_it_began_is_not_written() {
     assert_eq!(store.verification_get(&c, vid(7)).await.unwrap(), None);
     assert_eq!(balance(&store, &c).await, (5, 0));
 }
+
+// ---- upgrades ------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn a_database_made_at_schema_2_migrates_and_keeps_its_data() {
+    use sqlx::migrate::{Migration, MigrationType, Migrator};
+    use sqlx::{SqlSafeStr, sqlite::SqliteConnectOptions};
+    let dir = TempDir::new();
+    // The schema as the build before the fraud defence left it: its two
+    // migrations, recorded as sqlx records them, and a verification.
+    let old = [
+        (
+            1,
+            "init",
+            include_str!("../../migrations/sqlite/0001_init.sql"),
+        ),
+        (
+            2,
+            "outbox failed index",
+            include_str!("../../migrations/sqlite/0002_outbox_failed_index.sql"),
+        ),
+    ];
+    let pool = sqlx::SqlitePool::connect_with(
+        SqliteConnectOptions::new()
+            .filename(dir.db())
+            .create_if_missing(true),
+    )
+    .await
+    .unwrap();
+    Migrator::with_migrations(
+        old.iter()
+            .map(|&(v, d, sql)| {
+                Migration::new(
+                    v,
+                    d.into(),
+                    MigrationType::Simple,
+                    sql.into_sql_str(),
+                    false,
+                )
+            })
+            .collect(),
+    )
+    .run(&pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "insert into accounts (customer_id, password_hash, credits, test_credits, created_at)
+         values (?1, 'x', 7, 0, ?2)",
+    )
+    .bind(cid(1).as_str())
+    .bind(T0)
+    .execute(&pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "insert into verifications (id, customer_id, country_code, national, destination,
+             flow_type, code_hash, otp_length, state, max_attempts, created_at, expires_at,
+             transaction_id, cost, cost_test, delivery)
+         values (42, ?1, 91, '9876543210', '919876543210', 'SMS', zeroblob(32), 4,
+                 'pending', 5, ?2, ?3, 'tx', 1, 0, 'queued')",
+    )
+    .bind(cid(1).as_str())
+    .bind(T0)
+    .bind(T0 + 60_000)
+    .execute(&pool)
+    .await
+    .unwrap();
+    pool.close().await;
+
+    let store = open(&dir.db()).await;
+    assert_eq!(
+        store.schema_version().await.unwrap(),
+        otpgate_store::sqlite::SCHEMA_VERSION
+    );
+    let v = store.verification_get(&cid(1), vid(42)).await.unwrap();
+    assert_eq!(v.map(|v| v.cost), Some(1), "the old verification is kept");
+    assert_eq!(balance(&store, &cid(1)).await, (7, 0));
+    created(&store, send(43, &cid(1), &phone(43), T0 + 1)).await;
+    assert_eq!(balance(&store, &cid(1)).await, (6, 0));
+}

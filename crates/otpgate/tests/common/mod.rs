@@ -12,8 +12,13 @@ use std::time::Duration;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 
+pub mod pumping;
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_otpgate");
 pub const PASSWORD: &str = "binary test password";
+/// `health.token` of every server [`start`] runs: `/readyz` shows its
+/// detail only with it ([`readyz`]).
+pub const HEALTH_TOKEN: &str = "binary-test-health-token-0123456789abcdef";
 
 /// A directory removed on drop.
 pub struct TempDir(pub PathBuf);
@@ -96,6 +101,7 @@ pub fn start(args: &[&str], envs: &[(&str, &str)]) -> Server {
     cmd.args(["serve", "--listen", "127.0.0.1:0"])
         .args(args)
         .env("OTPGATE_LOG", "info")
+        .env("OTPGATE_HEALTH__TOKEN", HEALTH_TOKEN)
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
     for (k, v) in envs {
@@ -134,6 +140,12 @@ pub fn start(args: &[&str], envs: &[(&str, &str)]) -> Server {
         log,
         reader: Some(reader),
     }
+}
+
+/// `GET {base}/readyz` as the operator (with the health token), for its
+/// detail.
+pub fn readyz(http: &reqwest::Client, base: &str) -> reqwest::RequestBuilder {
+    http.get(format!("{base}/readyz")).bearer_auth(HEALTH_TOKEN)
 }
 
 /// `otpgate customer create … --json`; returns the customerId.
