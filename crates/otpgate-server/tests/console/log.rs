@@ -118,7 +118,7 @@ async fn the_log_pages_newest_first_and_filters_by_number_status_and_date() {
 /// bound cuts where it should, and a day between holds only its own sends.
 #[tokio::test]
 async fn the_log_filters_by_date_across_days() {
-    let app = spawn().await;
+    let app = spawn_with(test_settings()).await;
     let mut v = Visitor::new(&app);
     let (_, id) = v.sign_up("dates@example.com", PASSWORD).await;
     let token = app.token(&id, PASSWORD).await;
