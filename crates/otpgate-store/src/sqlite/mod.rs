@@ -251,6 +251,12 @@ impl SqliteStore {
         self.writer.stats()
     }
 
+    /// Writes waiting in the writer's queue for a batch to take them up
+    /// (a backlog gauge; tests use it to know a write is queued).
+    pub fn write_queue_len(&self) -> usize {
+        self.writer.queued()
+    }
+
     /// Closes both pools, waiting for connections in use to come back.
     /// Writes after this fail as `Unavailable`.
     pub async fn close(&self) {

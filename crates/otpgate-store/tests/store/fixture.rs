@@ -159,6 +159,39 @@ impl TestDb {
         }
     }
 
+    /// The migration history: (rows, distinct versions, distinct times of
+    /// application). On PostgreSQL one opener applies every missing
+    /// migration in one transaction, stamping each row with the same time.
+    pub async fn migration_history(&self) -> (i64, i64, i64) {
+        use sqlx::Connection;
+        match &self.location {
+            Location::Sqlite(dir) => {
+                let url = format!("sqlite://{}", dir.db().display());
+                let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
+                let (rows, versions): (i64, i64) = sqlx::query_as(
+                    "select count(*), count(distinct version) from _sqlx_migrations where success",
+                )
+                .fetch_one(&mut conn)
+                .await
+                .unwrap();
+                conn.close().await.unwrap();
+                (rows, versions, 1)
+            }
+            Location::Postgres(url) => {
+                let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
+                let counts: (i64, i64, i64) = sqlx::query_as(
+                    "select count(*), count(distinct version), count(distinct created_at)
+                     from schema_version",
+                )
+                .fetch_one(&mut conn)
+                .await
+                .unwrap();
+                conn.close().await.unwrap();
+                counts
+            }
+        }
+    }
+
     /// Leaves the database as a later otpgate would, with a migration this
     /// build does not have, and returns the version it recorded. Every
     /// handle should be closed first.

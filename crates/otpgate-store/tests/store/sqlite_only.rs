@@ -293,6 +293,14 @@ async fn a_send_whose_caller_gave_up_before_it_began_is_not_written() {
     let req = send(7, &c, &phone(7), T0);
     let abandoned = tokio::spawn(async move { s.verification_create(req).await });
     settle().await;
+    // The send is queued behind the plug, waiting for the writer (else the
+    // test would prove nothing: a send never handed over is not written).
+    assert_eq!(
+        store.write_queue_len(),
+        1,
+        "the send is waiting for the writer"
+    );
+    assert!(!abandoned.is_finished());
     // A request timeout dropping the call while it waits for the writer.
     abandoned.abort();
     assert!(abandoned.await.unwrap_err().is_cancelled());
