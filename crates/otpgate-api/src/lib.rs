@@ -1,4 +1,4 @@
-//! The Verify Now wire contract (`shared/spec/verifynow-api.md`) as Rust types:
+//! The Verify Now wire contract (`docs/api.md`) as Rust types:
 //! the response envelopes, their `data` objects and the response codes. The
 //! server serialises them and the SDK deserialises them, so the two cannot
 //! drift. Deserialisation is lenient in the ways the hosted service is known
@@ -21,6 +21,12 @@ pub mod paths {
     pub const SEND_V3: &str = "/verification/v3/send";
     pub const VALIDATE_V2: &str = "/verification/v2/verification/validateOtp";
     pub const VALIDATE_V3: &str = "/verification/v3/validateOtp";
+    /// Extension: the state and delivery of one verification.
+    pub const STATUS_V2: &str = "/verification/v2/verification/status";
+    /// Extension: as [`STATUS_V2`].
+    pub const STATUS_V3: &str = "/verification/v3/status";
+    /// Extension: this server's OpenAPI description.
+    pub const OPENAPI: &str = "/openapi.json";
 }
 
 /// The header that carries the token (case-insensitive on the wire).
@@ -116,6 +122,45 @@ pub struct PendingData {
     pub timeout: Option<WireSeconds>,
 }
 
+/// Extension: `data` of the status endpoint, for clients that poll. Ids are
+/// as on validate (a number on v3, a string on v2).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StatusData {
+    pub verification_id: WireId,
+    #[serde(default)]
+    pub mobile_number: Option<String>,
+    /// `VERIFICATION_PENDING`, `VERIFICATION_COMPLETED`,
+    /// `VERIFICATION_EXPIRED`, `VERIFICATION_FAILED`,
+    /// `VERIFICATION_CANCELLED` or `VERIFICATION_BLOCKED` (no attempts left).
+    pub verification_status: String,
+    /// `QUEUED`, `SENT`, `DELIVERED`, `UNDELIVERABLE`, `EXPIRED`,
+    /// `REJECTED` or `FAILED`: what is known of the message.
+    pub delivery_status: String,
+    /// The channel that took the message, once one has.
+    #[serde(default)]
+    pub channel: Option<String>,
+    #[serde(default)]
+    pub flow_type: Option<String>,
+    /// Wrong codes the verification still takes.
+    pub attempts_left: u32,
+    /// Seconds of validity left (0 once expired), as a string like send's.
+    pub timeout: WireSeconds,
+    /// Milliseconds since the Unix epoch.
+    pub created_at: i64,
+    pub expires_at: i64,
+    #[serde(default)]
+    pub completed_at: Option<i64>,
+    #[serde(default, serialize_with = "code::as_string")]
+    pub response_code: Option<ResponseCode>,
+    #[serde(default)]
+    pub error_message: Option<String>,
+    #[serde(default)]
+    pub transaction_id: Option<String>,
+    #[serde(default)]
+    pub reference_id: Option<String>,
+}
+
 /// A send response's `data`: success or the 506 pointer. Untagged because the
 /// wire carries no tag; the envelope's `responseCode` tells which it is.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -128,6 +173,7 @@ pub enum SendResponseData {
 pub type SendResponse = Envelope<SendData>;
 pub type PendingResponse = Envelope<PendingData>;
 pub type ValidateResponse = Envelope<ValidateData>;
+pub type StatusResponse = Envelope<StatusData>;
 
 /// `verificationStatus` of a completed validation.
 pub const VERIFICATION_COMPLETED: &str = "VERIFICATION_COMPLETED";

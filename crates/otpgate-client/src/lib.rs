@@ -1,6 +1,6 @@
 //! A Rust SDK for Verify Now OTP APIs: otpgate (self-hosted) and Message
 //! Central's hosted service alike, following the wire contract in
-//! `shared/spec/verifynow-api.md`.
+//! `docs/api.md`.
 //!
 //! The client fetches, caches and refreshes its auth token by itself, turns
 //! every response shape the hosted service is known to send into a typed

@@ -43,10 +43,22 @@ impl VerificationId {
         }
     }
 
-    /// A random id: unguessable, and it says nothing of how many
+    /// The default width of new ids: below 2^31, so they fit the signed
+    /// 32-bit integers clients in the wild keep them in (contract §2).
+    pub const DEFAULT_BITS: u8 = 31;
+
+    /// A random id in 1..2^53: unguessable, and it says nothing of how many
     /// verifications the server has made.
     pub fn generate<R: CryptoRng + ?Sized>(rng: &mut R) -> Self {
-        Self(rng.random_range(1..Self::LIMIT))
+        Self::generate_bits(rng, 53)
+    }
+
+    /// A random id in 1..2^`bits` (`bits` clamped to 1..=53), uniform, so it
+    /// is as unguessable as that range allows. Uniqueness is the store's:
+    /// it tries another candidate when one is taken.
+    pub fn generate_bits<R: CryptoRng + ?Sized>(rng: &mut R, bits: u8) -> Self {
+        let limit = 1u64 << bits.clamp(1, 53);
+        Self(rng.random_range(1..limit.max(2)))
     }
 
     pub fn get(self) -> u64 {

@@ -43,6 +43,7 @@ pub struct Settings {
     pub metrics: MetricsSettings,
     /// Webhook events.
     pub events: EventSettings,
+    pub retention: RetentionSettings,
     /// The web console under `/console`.
     pub console: ConsoleSettings,
     /// SMS channels (`[channels.NAME]`); none configured means the
@@ -136,6 +137,10 @@ pub struct OtpSettings {
     /// HMAC key for stored codes (hex or text). Generated and kept in the
     /// database when empty, like the token secret.
     pub code_key: Option<SecretString>,
+    /// New verification ids are drawn from 1..2^`id_bits`: 31 (the
+    /// default) fits a signed 32-bit integer, 53 a JavaScript number. Ids
+    /// issued under another setting stay valid.
+    pub id_bits: u8,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -328,6 +333,58 @@ pub struct HttpSettings {
     pub trusted_proxies: Vec<String>,
     /// `x-forwarded-for` or `forwarded` (RFC 7239).
     pub client_ip_header: String,
+    /// Origins (`https://app.example.com`) whose browser pages may call the
+    /// API; their CORS preflights are answered. Empty (the default): no
+    /// CORS headers at all. A TOML list, or one comma-separated string (for
+    /// `OTPGATE_HTTP__CORS_ORIGINS`).
+    #[serde(deserialize_with = "list_or_csv")]
+    pub cors_origins: Vec<String>,
+    /// How long a browser may cache a preflight's answer.
+    pub cors_max_age_secs: u64,
+}
+
+/// How long personal data is kept, and the sweep that deletes it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetentionSettings {
+    /// Verifications (with their phone numbers), their outbox rows and inbox
+    /// rows older than this many days are deleted; the daily counts stay.
+    pub days: u32,
+    /// How often each node sweeps.
+    pub sweep_interval_secs: u64,
+    /// Rows deleted per statement: a sweep of a large backlog runs as many
+    /// short transactions, not one long one.
+    pub batch: u32,
+}
+
+impl Default for RetentionSettings {
+    fn default() -> Self {
+        Self {
+            days: 90,
+            sweep_interval_secs: 3600,
+            batch: 1000,
+        }
+    }
+}
+
+/// A list from TOML, or from one comma-separated string (an environment
+/// variable cannot hold a list).
+fn list_or_csv<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Either {
+        List(Vec<String>),
+        Csv(String),
+    }
+    Ok(match Either::deserialize(d)? {
+        Either::List(v) => v,
+        Either::Csv(s) => s
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect(),
+    })
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -444,6 +501,7 @@ impl Default for Settings {
             postgres: PostgresSettings::default(),
             metrics: MetricsSettings::default(),
             events: EventSettings::default(),
+            retention: RetentionSettings::default(),
             channels: BTreeMap::new(),
             routes: Vec::new(),
             console: ConsoleSettings::default(),
@@ -521,6 +579,7 @@ impl Default for OtpSettings {
             max_timeout_secs: 300,
             max_attempts: 5,
             code_key: None,
+            id_bits: otpgate_core::VerificationId::DEFAULT_BITS,
         }
     }
 }
@@ -580,6 +639,8 @@ impl Default for HttpSettings {
             max_params: 256,
             trusted_proxies: Vec::new(),
             client_ip_header: "x-forwarded-for".into(),
+            cors_origins: Vec::new(),
+            cors_max_age_secs: 600,
         }
     }
 }
@@ -696,6 +757,45 @@ impl Settings {
         if f.max_conversion_percent > 100 {
             return Err("fraud.max_conversion_percent must be 0 to 100".into());
         }
+        if !(31..=53).contains(&self.otp.id_bits) {
+            return Err("otp.id_bits must be 31 to 53".into());
+        }
+        if self.retention.days == 0
+            || self.retention.sweep_interval_secs == 0
+            || self.retention.batch == 0
+        {
+            return Err(
+                "retention.days, retention.sweep_interval_secs and retention.batch must be positive"
+                    .into(),
+            );
+        }
+        // The send limits count the verifications in their windows: were
+        // those deleted sooner, a window would forget sends and wrong codes
+        // and let a guesser past the limit.
+        let kept_secs = u64::from(self.retention.days) * 86_400;
+        if kept_secs < u64::from(self.limits.wrong_code_window_secs)
+            || kept_secs < u64::from(self.limits.per_number_window_secs)
+        {
+            return Err(
+                "retention.days must cover limits.wrong_code_window_secs and \
+                 limits.per_number_window_secs"
+                    .into(),
+            );
+        }
+        for o in &self.http.cors_origins {
+            // An origin is scheme://host[:port], compared byte for byte
+            // with the browser's `Origin`: no path, no trailing slash.
+            let rest = o
+                .strip_prefix("https://")
+                .or_else(|| o.strip_prefix("http://"));
+            if rest.is_none_or(|r| r.is_empty() || r.contains('/'))
+                || axum::http::HeaderValue::from_str(o).is_err()
+            {
+                return Err(format!(
+                    "http.cors_origins: {o:?} is not an origin like https://app.example.com"
+                ));
+            }
+        }
         if self.pricing.default_price < 0 || self.pricing.by_country_code.values().any(|p| *p < 0) {
             return Err("prices must not be negative".into());
         }
@@ -750,5 +850,51 @@ impl Settings {
     /// A sentence naming the setting.
     pub fn proxies(&self) -> Result<crate::client::ProxyConfig, String> {
         crate::client::ProxyConfig::parse(&self.http.trusted_proxies, &self.http.client_ip_header)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(toml_text: &str) -> Settings {
+        toml::from_str(toml_text).expect("settings")
+    }
+
+    #[test]
+    fn cors_origins_are_a_list_or_one_comma_separated_string() {
+        let list =
+            parse("[http]\ncors_origins = [\"https://a.example\", \"http://b.example:3000\"]");
+        assert_eq!(
+            list.http.cors_origins,
+            ["https://a.example", "http://b.example:3000"]
+        );
+        let csv = parse("[http]\ncors_origins = \"https://a.example, http://b.example:3000\"");
+        assert_eq!(csv.http.cors_origins, list.http.cors_origins);
+        assert!(list.validate().is_ok());
+        assert!(Settings::default().http.cors_origins.is_empty());
+        for bad in ["https://a.example/", "a.example", "https://", "*"] {
+            let mut s = Settings::default();
+            s.http.cors_origins = vec![bad.into()];
+            assert!(s.validate().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn id_bits_and_retention_are_checked() {
+        let mut s = Settings::default();
+        assert_eq!((s.otp.id_bits, s.retention.days), (31, 90));
+        s.otp.id_bits = 30;
+        assert!(s.validate().is_err());
+        s.otp.id_bits = 53;
+        assert!(s.validate().is_ok());
+        s.retention.days = 0;
+        assert!(s.validate().is_err());
+        // One day covers the default one-day wrong-code window; a longer
+        // window needs a longer retention.
+        s.retention.days = 1;
+        assert!(s.validate().is_ok());
+        s.limits.wrong_code_window_secs = 2 * 86_400;
+        assert!(s.validate().is_err());
     }
 }

@@ -1,6 +1,6 @@
-//! Request parameters (contract "Conventions"): from the query string, and as
-//! an extension from an `application/x-www-form-urlencoded` body, the query
-//! winning on conflict. Any other body (clients send `{}`) is read, bounded,
+//! Request parameters (contract "Conventions"): from the query string, and
+//! from an `application/x-www-form-urlencoded` or `multipart/form-data` body
+//! (the latter read in `multipart`), the query winning on conflict. Any other body (clients send `{}`) is read, bounded,
 //! and ignored. A parameter given twice, bad percent-encoding and non-UTF-8
 //! are refused with a reason rather than guessed at. Parsing runs before
 //! authentication, so it is linear in the input and stops at
@@ -169,6 +169,12 @@ impl<S: Send + Sync> FromRequest<S> for Params {
                     .to_ascii_lowercase()
                     .starts_with("application/x-www-form-urlencoded")
             });
+        let multipart = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(crate::multipart::boundary)
+            .transpose()?;
         let mut params = Params::parse_at_most(req.uri().query().unwrap_or("").as_bytes(), max)?;
         let body: Bytes = axum::body::to_bytes(req.into_body(), limit)
             .await
@@ -181,6 +187,11 @@ impl<S: Send + Sync> FromRequest<S> for Params {
             })?;
         if is_form {
             params.fill_from(Params::parse_at_most(&body, max)?, max)?;
+        } else if let Some(boundary) = multipart {
+            // Read in `multipart` (names unique, parts bounded there), then
+            // merged as a form body's are.
+            let fields = crate::multipart::text_fields(body, boundary).await?;
+            params.fill_from(Params(fields), max)?;
         }
         Ok(params)
     }

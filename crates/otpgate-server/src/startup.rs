@@ -216,6 +216,8 @@ impl Application {
             })
         });
         let housekeeping = tokio::spawn(housekeeping(self.state.clone(), shutdown.clone()));
+        let sweeper: JoinHandle<()> =
+            tokio::spawn(crate::retention::run(self.state.clone(), shutdown.clone()));
         let app = app(self.state.clone());
         let h = &self.state.settings.http;
         let limits = crate::conn::ConnLimits {
@@ -239,6 +241,7 @@ impl Application {
         if let Some(m) = metrics_server {
             let _ = tokio::time::timeout(Duration::from_secs(5), m).await;
         }
+        let _ = tokio::time::timeout(Duration::from_secs(5), sweeper).await;
         Ok(())
     }
 }
@@ -249,21 +252,24 @@ pub fn app(state: AppState) -> Router {
     let max_params = crate::params::MaxParams(state.settings.http.max_params);
     let timeout = Duration::from_millis(state.settings.http.request_timeout_ms);
     let proxies = state.proxies.clone();
-    routes::router(state).layer(middleware::from_fn(move |mut req: Request, next: Next| {
-        // The client as throttles and logs see it: the peer, or what a
-        // trusted proxy says it is.
-        if let Some(peer) = req
-            .extensions()
-            .get::<axum::extract::ConnectInfo<SocketAddr>>()
-            .map(|c| c.0.ip())
-        {
-            let ip = proxies.client_ip(peer, req.headers());
-            req.extensions_mut().insert(Client::new(ip));
-        }
-        req.extensions_mut().insert(limit);
-        req.extensions_mut().insert(max_params);
-        async move { run_with_timeout(req, next, timeout).await }
-    }))
+    let http = state.settings.http.clone();
+    let router =
+        routes::router(state).layer(middleware::from_fn(move |mut req: Request, next: Next| {
+            // The client as throttles and logs see it: the peer, or what a
+            // trusted proxy says it is.
+            if let Some(peer) = req
+                .extensions()
+                .get::<axum::extract::ConnectInfo<SocketAddr>>()
+                .map(|c| c.0.ip())
+            {
+                let ip = proxies.client_ip(peer, req.headers());
+                req.extensions_mut().insert(Client::new(ip));
+            }
+            req.extensions_mut().insert(limit);
+            req.extensions_mut().insert(max_params);
+            async move { run_with_timeout(req, next, timeout).await }
+        }));
+    crate::cors::layer(router, &http)
 }
 
 /// Periodic work beside serving: scrubbing delivered texts from the

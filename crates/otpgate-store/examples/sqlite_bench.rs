@@ -248,6 +248,7 @@ fn request(customer: &CustomerId, n: u64) -> Result<NewVerification, String> {
         destination: PhoneNumber::from_trusted_parts(91, format!("98{:08}", n % 100_000_000)),
         flow_type: "SMS".into(),
         code_hash: CodeHash([7; 32]),
+        spare_ids: Vec::new(),
         otp_length: 4,
         max_attempts: 5,
         created_at: T0,

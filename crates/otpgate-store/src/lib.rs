@@ -140,8 +140,11 @@ pub trait Store: Send + Sync + 'static {
         offset: u32,
     ) -> StoreResult<Vec<Verification>>;
 
-    /// Sends and completions per UTC day over `[since, until)`, oldest first,
-    /// days without sends included as zero rows.
+    /// Sends and completions per UTC day, oldest first, for every day that
+    /// overlaps `[since, until)` (whole days: the counts are kept per day),
+    /// days without sends included as zero rows. Read from the daily
+    /// aggregate the store maintains, so days whose verifications retention
+    /// has deleted keep their counts.
     async fn daily_stats(
         &self,
         customer: &CustomerId,
@@ -156,6 +159,15 @@ pub trait Store: Send + Sync + 'static {
         since: i64,
         until: i64,
     ) -> StoreResult<Vec<ChannelStats>>;
+
+    // ---- retention -----------------------------------------------------
+
+    /// Deletes at most `max` verifications created before `cutoff` (their
+    /// outbox rows with them) and at most `max` inbox rows created before
+    /// it; the daily aggregates stay. Safe to run on several nodes at once
+    /// (each deletes what it finds; rows another node is deleting are
+    /// skipped). Callers repeat while a full batch came back.
+    async fn purge_before(&self, cutoff: i64, max: u32) -> StoreResult<Purged>;
 
     // ---- outbox --------------------------------------------------------
 

@@ -75,11 +75,18 @@ pub struct SendLimits {
 
 #[derive(Debug, Clone)]
 pub struct NewVerification {
+    /// The id to store under, with `code_hash` (the hash binds the code to
+    /// its id).
     pub id: VerificationId,
     pub customer_id: CustomerId,
     pub destination: PhoneNumber,
     pub flow_type: String,
     pub code_hash: CodeHash,
+    /// Further (id, hash of the same code under that id) candidates, tried
+    /// in order inside the same transaction when an id is already taken:
+    /// random ids in a 31-bit space do collide once many verifications are
+    /// stored, and a collision must cost a retry, not the send.
+    pub spare_ids: Vec<(VerificationId, CodeHash)>,
     pub otp_length: u8,
     pub max_attempts: u32,
     pub created_at: i64,
@@ -257,6 +264,30 @@ pub struct VerificationFilter {
     pub until: Option<i64>,
 }
 
+/// What one retention sweep deleted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Purged {
+    /// Verifications (with their phone numbers and outbox rows).
+    pub verifications: u64,
+    /// Outbox rows (delivered or abandoned messages).
+    pub outbox: u64,
+    /// Development inbox rows.
+    pub inbox: u64,
+    /// Webhook events (of the purged verifications, and any older than the
+    /// cutoff).
+    pub events: u64,
+}
+
+impl Purged {
+    /// Whether nothing was deleted.
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+/// Per UTC day of one account: kept in a table of its own, maintained by
+/// every send and completion, so it outlives the verifications retention
+/// deletes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DailyStats {
     /// Midnight UTC of the day, in ms.

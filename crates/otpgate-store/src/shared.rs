@@ -98,19 +98,20 @@ pub(crate) const DAY_MS: i64 = 86_400_000;
 pub(crate) const MAX_STATS_DAYS: i64 = 3660;
 
 /// The UTC days `daily_stats` reports for `[since, until)`: the first and
-/// last day numbers and the (possibly later) start to query from; `None`
-/// for an empty range.
-pub(crate) fn stats_days(since: i64, until: i64) -> Option<(i64, i64, i64)> {
+/// last day numbers (every day the range overlaps, at most
+/// [`MAX_STATS_DAYS`] of them, the latest); `None` for an empty range.
+pub(crate) fn stats_days(since: i64, until: i64) -> Option<(i64, i64)> {
     if until <= since {
         return None;
     }
     let last_day = (until - 1).div_euclid(DAY_MS);
     let first_day = since.div_euclid(DAY_MS).max(last_day - MAX_STATS_DAYS + 1);
-    Some((
-        first_day,
-        last_day,
-        since.max(first_day.saturating_mul(DAY_MS)),
-    ))
+    Some((first_day, last_day))
+}
+
+/// The UTC day number (days since the Unix epoch, floor division) of `ms`.
+pub(crate) fn day_of(ms: i64) -> i64 {
+    ms.div_euclid(DAY_MS)
 }
 
 /// One row per day from `first_day` to `last_day`, taking (day, sends,
@@ -317,14 +318,14 @@ mod tests {
     #[test]
     fn day_grid_fills_gaps_and_caps_its_width() {
         assert_eq!(stats_days(5, 5), None);
-        let (first, last, since) = stats_days(DAY_MS + 5, 3 * DAY_MS).unwrap();
-        assert_eq!((first, last, since), (1, 2, DAY_MS + 5));
+        let (first, last) = stats_days(DAY_MS + 5, 3 * DAY_MS).unwrap();
+        assert_eq!((first, last), (1, 2));
+        assert_eq!((day_of(-1), day_of(0), day_of(DAY_MS)), (-1, 0, 1));
         let rows = fill_days(first, last, vec![(2, 3, 1)]);
         assert_eq!(rows.len(), 2);
         assert_eq!((rows[0].sends, rows[1].sends, rows[1].completed), (0, 3, 1));
-        let (first, last, since) = stats_days(i64::MIN, i64::MAX).unwrap();
+        let (first, last) = stats_days(i64::MIN, i64::MAX).unwrap();
         assert_eq!(last - first + 1, MAX_STATS_DAYS);
-        assert_eq!(since, first * DAY_MS);
     }
 }
 

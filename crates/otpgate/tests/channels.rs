@@ -321,7 +321,7 @@ impl Setup {
         let (standin, port) = StandIn::start().await;
         let config = config(&dir, port, smtp);
         let db = dir.sqlite_url();
-        let cid = create_account(&db, None);
+        let cid = create_account(&db, Some(1000));
         let server = Self::serve(&config, &db);
         let http = reqwest::Client::new();
         let token = token(&http, &server.base, &cid).await;
@@ -974,7 +974,7 @@ channels = ["mail"]
     )
     .unwrap();
     let db = dir.sqlite_url();
-    let cid = create_account(&db, None);
+    let cid = create_account(&db, Some(1000));
     let server = start(
         &["--config", config.to_str().unwrap(), "--database", &db],
         &[("E2E_SMTP_PASSWORD", "smtp password")],

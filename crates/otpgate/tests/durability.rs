@@ -86,6 +86,29 @@ async fn every_send_that_got_200_survives_kill_9_and_is_delivered_after_restart(
         acked.len()
     );
 
+    // The claim is about messages acknowledged but not yet delivered: show
+    // that the kill left some (the dead server's database, read before the
+    // restart), or the test would prove only that sent messages stay sent.
+    let store = open_store(&db).await;
+    let mut undelivered = 0;
+    for (id, _) in &acked {
+        let vid = otpgate_core::VerificationId::parse(id).unwrap();
+        let m = store.outbox_for_verification(vid).await.unwrap();
+        if m.is_none_or(|m| m.status == otpgate_core::DeliveryStatus::Queued) {
+            undelivered += 1;
+        }
+    }
+    assert!(
+        undelivered > 0,
+        "all {} acknowledged sends were delivered before the kill",
+        acked.len()
+    );
+    eprintln!(
+        "{undelivered} of {} acknowledged sends were undelivered at the kill",
+        acked.len()
+    );
+    drop(store);
+
     let server = serve(&db);
     // The token survives the restart: the signing secret is in the database.
     let http = reqwest::Client::new();

@@ -291,8 +291,30 @@ mod tests {
             assert!(x >= f64::from(c.left) && x < f64::from(c.right), "{}", b.x);
             assert!(h >= 0.0 && y >= 0.0 && y + h <= f64::from(c.baseline) + 0.1);
         }
-        // The top tick is at least the largest value.
-        assert!(c.ticks.last().unwrap().label >= 8);
+        // The top tick is at least the largest value (8) and a round number
+        // not far above it, so the busiest day's bar fills most of the plot.
+        let top = c.ticks.last().unwrap();
+        assert!((8..=10).contains(&top.label), "top tick {}", top.label);
+        // Every bar's height is its value on that scale: day i's pair is
+        // sends then completed.
+        let plot_h = f64::from(c.baseline) - top.y.parse::<f64>().unwrap();
+        for (j, b) in c.bars.iter().enumerate() {
+            let d = &days[j / 2];
+            let value = if j % 2 == 0 { d.sends } else { d.completed };
+            let want = value as f64 / top.label as f64 * plot_h;
+            let h: f64 = b.h.parse().unwrap();
+            assert!(
+                (h - want).abs() < 0.06,
+                "bar {j}: height {h}, want {want:.1}"
+            );
+            assert_eq!(b.kind, if j % 2 == 0 { "sends" } else { "done" });
+        }
+        let tallest = c
+            .bars
+            .iter()
+            .map(|b| b.h.parse::<f64>().unwrap())
+            .fold(0.0, f64::max);
+        assert!(tallest >= 0.8 * plot_h, "tallest bar {tallest} of {plot_h}");
         // Labels a week apart, the last one today's.
         assert_eq!(c.labels.len(), 5);
         assert_eq!(c.labels.last().unwrap().text, short_date(29 * DAY_MS));

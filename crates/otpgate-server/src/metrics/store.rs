@@ -230,6 +230,17 @@ impl Store for MeteredStore {
         .await
     }
 
+    async fn purge_before(&self, cutoff: i64, max: u32) -> StoreResult<Purged> {
+        self.timed("purge_before", self.inner.purge_before(cutoff, max))
+            .await
+    }
+
+    // Forwarded, not left to the trait's no-op default: SQLite's scrub
+    // empties the WAL.
+    async fn scrub(&self) -> StoreResult<()> {
+        self.timed("scrub", self.inner.scrub()).await
+    }
+
     async fn outbox_claim(
         &self,
         worker: &str,

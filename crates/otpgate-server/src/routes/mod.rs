@@ -3,6 +3,7 @@
 //! contract's envelope.
 
 mod health;
+pub mod openapi;
 mod receipts;
 mod token;
 mod verification;
@@ -21,7 +22,8 @@ pub fn router(state: AppState) -> Router {
         .merge(verification::router())
         .merge(health::router())
         .merge(receipts::router())
-        .merge(whatsapp::router());
+        .merge(whatsapp::router())
+        .merge(openapi::router());
     if state.settings.metrics.enabled && state.settings.metrics.listen.trim().is_empty() {
         router = router.merge(crate::metrics::router());
     }

@@ -1,6 +1,6 @@
-//! Send (§2) and validate (§3) on both the v2 and v3 paths. The only
-//! difference between versions is validate's `verificationId`: a string on
-//! v2, a number on v3.
+//! Send (§2), validate (§3) and status (an extension) on both the v2 and v3
+//! paths. The only difference between versions is the `verificationId` of
+//! validate and status: a string on v2, a number on v3.
 
 use axum::Router;
 use axum::extract::State;
@@ -8,8 +8,8 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use axum::routing::{get, post};
 use otpgate_api::{
-    Envelope, ResponseCode, SendData, VERIFICATION_COMPLETED, ValidateData, WireId, WireSeconds,
-    paths,
+    Envelope, ResponseCode, SendData, StatusData, VERIFICATION_COMPLETED, ValidateData, WireId,
+    WireSeconds, paths,
 };
 
 use crate::auth::authenticate;
@@ -31,6 +31,61 @@ pub fn router() -> Router<AppState> {
         .route(paths::SEND_V3, post(send))
         .route(paths::VALIDATE_V2, get(validate_v2).post(validate_v2))
         .route(paths::VALIDATE_V3, get(validate_v3).post(validate_v3))
+        .route(paths::STATUS_V2, get(status_v2).post(status_v2))
+        .route(paths::STATUS_V3, get(status_v3).post(status_v3))
+}
+
+async fn status_v2(
+    state: State<AppState>,
+    client: Client,
+    headers: HeaderMap,
+    params: Result<Params, ApiError>,
+) -> Result<Response, ApiError> {
+    status(state, client, headers, params, Version::V2).await
+}
+
+async fn status_v3(
+    state: State<AppState>,
+    client: Client,
+    headers: HeaderMap,
+    params: Result<Params, ApiError>,
+) -> Result<Response, ApiError> {
+    status(state, client, headers, params, Version::V3).await
+}
+
+/// Read-only: polling it changes nothing, so a client may poll as often as
+/// its token allows; each poll is one indexed read.
+async fn status(
+    State(state): State<AppState>,
+    client: Client,
+    headers: HeaderMap,
+    params: Result<Params, ApiError>,
+    version: Version,
+) -> Result<Response, ApiError> {
+    let account = authenticate(&state, &headers, &client).await?;
+    let v = service::status(&state, &account, &params?).await?;
+    let now = state.clock.now_ms();
+    let left_ms = (v.expires_at - now).max(0);
+    Ok(success(StatusData {
+        verification_id: match version {
+            Version::V2 => WireId::string(v.id.get()),
+            Version::V3 => WireId::number(v.id.get()),
+        },
+        mobile_number: Some(v.destination.national().to_owned()),
+        verification_status: service::status_name(&v, now).to_owned(),
+        delivery_status: v.delivery.as_str().to_ascii_uppercase(),
+        channel: v.channel.clone(),
+        flow_type: Some(v.flow_type.clone()),
+        attempts_left: v.max_attempts.saturating_sub(v.wrong_attempts),
+        timeout: WireSeconds(u64::try_from(left_ms).unwrap_or(0).div_ceil(1000)),
+        created_at: v.created_at,
+        expires_at: v.expires_at,
+        completed_at: v.completed_at,
+        response_code: Some(ResponseCode::Success),
+        error_message: None,
+        transaction_id: Some(v.transaction_id.clone()),
+        reference_id: Some(v.transaction_id.clone()),
+    }))
 }
 
 async fn send(

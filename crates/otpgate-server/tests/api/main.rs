@@ -5,6 +5,8 @@
 mod helpers;
 
 mod bad_input;
+mod extensions;
+mod openapi;
 mod receipts;
 mod send;
 mod token;

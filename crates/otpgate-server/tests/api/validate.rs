@@ -140,8 +140,9 @@ async fn unknown_ids_and_other_accounts_ids_get_the_same_505() {
 }
 
 /// A gateway that refuses every message for good, as one would an invalid
-/// destination.
-struct RejectAll;
+/// destination, once the test lets it (one permit per message): until then
+/// the charge can be seen on the account.
+struct RejectAll(std::sync::Arc<tokio::sync::Semaphore>);
 
 #[async_trait::async_trait]
 impl otpgate_sms::Channel for RejectAll {
@@ -152,6 +153,7 @@ impl otpgate_sms::Channel for RejectAll {
         &self,
         _msg: &otpgate_sms::Outgoing,
     ) -> Result<otpgate_sms::Accepted, otpgate_sms::ChannelError> {
+        self.0.acquire().await.expect("gate open").forget();
         Err(otpgate_sms::ChannelError::Permanent(
             "invalid destination".into(),
         ))
@@ -167,15 +169,21 @@ impl otpgate_sms::Channel for RejectAll {
 }
 
 async fn a_failed_delivery_gets_700_and_refunds_the_charge() {
-    let router = otpgate_sms::worker::SingleRoute(vec![std::sync::Arc::new(RejectAll)]);
+    let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
+    let router =
+        otpgate_sms::worker::SingleRoute(vec![std::sync::Arc::new(RejectAll(gate.clone()))]);
     let app = spawn_app_routed(test_settings(), Some(std::sync::Arc::new(router))).await;
     let t = app.token().await;
-    let before = app
-        .store
-        .account_get(&app.account.customer_id)
-        .await
-        .unwrap()
-        .unwrap();
+    let balance = || async {
+        let a = app
+            .store
+            .account_get(&app.account.customer_id)
+            .await
+            .unwrap()
+            .unwrap();
+        a.test_credits + a.credits
+    };
+    let before = balance().await;
     for v in BOTH {
         let national = if v == Version::V2 {
             "9876500150"
@@ -184,6 +192,16 @@ async fn a_failed_delivery_gets_700_and_refunds_the_charge() {
         };
         let id = app.send_ok(v, &t, national).await;
         let vid = VerificationId::parse(&id).unwrap();
+        // The gateway has not answered yet: the send is charged.
+        let charged = app
+            .store
+            .verification_get(&app.account.customer_id, vid)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(charged.cost, 1, "{charged:?}");
+        assert_eq!(balance().await, before - 1, "one credit charged on send");
+        gate.add_permits(1);
         let mut status = None;
         for _ in 0..300 {
             let m = app
@@ -204,17 +222,16 @@ async fn a_failed_delivery_gets_700_and_refunds_the_charge() {
         assert_eq!(r.code(), 700, "{:?}", r.body);
         assert_eq!(r.body["message"], "VERIFICATION_FAILED");
         assert_eq!(r.status, StatusCode::BAD_REQUEST);
+        // The refund came with the failure, before the next send.
+        let refunded = app
+            .store
+            .verification_get(&app.account.customer_id, vid)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(refunded.cost, 0, "{refunded:?}");
+        assert_eq!(balance().await, before, "the credit is back");
     }
-    let after = app
-        .store
-        .account_get(&app.account.customer_id)
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(
-        after.test_credits + after.credits,
-        before.test_credits + before.credits
-    );
 }
 
 async fn precedence_completed_beats_expired() {

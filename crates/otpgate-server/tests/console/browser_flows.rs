@@ -4,7 +4,6 @@
 use std::panic::AssertUnwindSafe;
 use std::time::Duration;
 
-use fantoccini::Locator;
 use futures::FutureExt;
 use otpgate_server::accounts::{self, NewAccountRequest};
 use reqwest::StatusCode;
@@ -142,13 +141,36 @@ async fn signup_to_completed(b: &Browser, app: &ConsoleApp) {
     let channel = b.text("#channels tbody tr").await;
     assert!(channel.starts_with("inbox"), "{channel}");
     assert!(channel.contains("100.0%"), "{channel}");
-    // The chart drew today's pair of bars.
-    let bars = b
-        .client
-        .find_all(Locator::Css("svg rect.bar.done"))
-        .await
-        .expect("bars");
-    assert_eq!(bars.len(), 30);
+    // The chart drew today's pair of bars: of the 30 days' bars of each
+    // kind, only the last (today's) has a height.
+    for kind in ["sends", "done"] {
+        let heights = b
+            .client
+            .execute(
+                &format!(
+                    "return Array.from(document.querySelectorAll('svg rect.bar.{kind}'))\
+                     .map(r => parseFloat(r.getAttribute('height')));"
+                ),
+                vec![],
+            )
+            .await
+            .expect("bar heights");
+        let heights: Vec<f64> = heights
+            .as_array()
+            .expect("an array")
+            .iter()
+            .map(|h| h.as_f64().expect("a height"))
+            .collect();
+        assert_eq!(heights.len(), 30, "{kind}: {heights:?}");
+        assert!(
+            heights[29] > 0.0,
+            "{kind}: today's bar is flat: {heights:?}"
+        );
+        assert!(
+            heights[..29].iter().all(|h| *h == 0.0),
+            "{kind}: a bar on a day without sends: {heights:?}"
+        );
+    }
 
     b.goto(&app.url("/console/log")).await;
     assert_eq!(
@@ -341,7 +363,35 @@ async fn injected_script_is_inert(b: &Browser, app: &ConsoleApp) {
     let selector = format!("li[data-verification=\"{vid}\"] .text");
     assert!(b.text(&selector).await.contains(EVIL_BRAND));
     assert_inert(b, "inbox").await;
-    tokio::time::sleep(Duration::from_millis(4500)).await;
+    // Mark the list, then wait until htmx has swapped it for a fresh one
+    // (the mark is gone): the refresh is seen, not assumed after a sleep.
+    b.client
+        .execute(
+            "document.getElementById('inbox-list').dataset.stale = '1'; return 0;",
+            vec![],
+        )
+        .await
+        .expect("mark the list");
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let stale = b
+            .client
+            .execute(
+                "const l = document.getElementById('inbox-list'); \
+                 return l === null || l.dataset.stale === '1';",
+                vec![],
+            )
+            .await
+            .expect("look at the list");
+        if stale == serde_json::json!(false) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "htmx never refreshed the inbox list"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     assert!(b.text(&selector).await.contains(EVIL_BRAND));
     assert_inert(b, "inbox after a refresh").await;
     let html = v.get("/console/inbox").await.body;

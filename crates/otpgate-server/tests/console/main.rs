@@ -9,6 +9,7 @@ mod helpers;
 mod accounts;
 mod browser_flows;
 mod log;
+mod retention;
 mod screenshots;
 mod security;
 mod webhooks;

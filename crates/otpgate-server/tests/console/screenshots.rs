@@ -80,20 +80,21 @@ async fn shoot(b: &Browser, name: &str) {
     std::fs::create_dir_all(&dir).expect("dir");
     for (size, label) in [(DESKTOP, "desktop"), (PHONE, "phone")] {
         b.resize(size).await;
-        let width: i64 = b
-            .client
-            .execute("return document.documentElement.clientWidth;", vec![])
-            .await
-            .expect("width")
-            .as_i64()
-            .unwrap_or(0);
-        let scroll: i64 = b
-            .client
-            .execute("return document.documentElement.scrollWidth;", vec![])
-            .await
-            .expect("scroll width")
-            .as_i64()
-            .unwrap_or(0);
+        // A measurement that fails (no number back) fails the test rather
+        // than becoming 0 ≤ 0.
+        let measure = |js: &'static str| async move {
+            let v = b.client.execute(js, vec![]).await.expect(js);
+            v.as_i64()
+                .filter(|n| *n > 0)
+                .unwrap_or_else(|| panic!("{name} at {label}: `{js}` gave {v}, not a size"))
+        };
+        let width = measure("return document.documentElement.clientWidth;").await;
+        let scroll = measure("return document.documentElement.scrollWidth;").await;
+        assert!(
+            width <= i64::from(size.0) && width >= i64::from(size.0) / 2,
+            "{name} at {label}: a {width}px viewport in a {}px window",
+            size.0
+        );
         assert!(
             scroll <= width,
             "{name} at {label}: the page is {scroll}px wide in a {width}px window"
@@ -113,8 +114,9 @@ async fn shoot(b: &Browser, name: &str) {
             dims[i]
                 .as_u64()
                 .and_then(|v| u32::try_from(v).ok())
-                .unwrap_or(0)
+                .unwrap_or_else(|| panic!("{name} at {label}: height measured as {dims}"))
         };
+        assert!(px(0) > 0, "{name} at {label}: the page has no height");
         b.resize((size.0, (px(0) + px(1)).clamp(size.1, 5000)))
             .await;
         b.screenshot(&format!("pages/{name}-{label}-full")).await;

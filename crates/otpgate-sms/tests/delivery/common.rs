@@ -268,6 +268,7 @@ impl Db {
             destination: PhoneNumber::parse(country_code, national).expect("a valid number"),
             flow_type: "SMS".into(),
             code_hash: CodeHash([7; 32]),
+            spare_ids: Vec::new(),
             otp_length: 4,
             max_attempts: 5,
             created_at: now,

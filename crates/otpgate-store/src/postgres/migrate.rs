@@ -41,13 +41,18 @@ const MIGRATIONS: &[Migration] = &[
     },
     Migration {
         version: 4,
+        name: "daily stats and retention",
+        sql: include_str!("../../migrations/postgres/0004_daily_stats_retention.sql"),
+    },
+    Migration {
+        version: 5,
         name: "events",
-        sql: include_str!("../../migrations/postgres/0004_events.sql"),
+        sql: include_str!("../../migrations/postgres/0005_events.sql"),
     },
 ];
 
 /// The newest schema this build knows.
-pub const SCHEMA_VERSION: i64 = 4;
+pub const SCHEMA_VERSION: i64 = 5;
 
 /// Key of the advisory lock that serialises migrations across nodes
 /// ("otpgate" in ASCII, then a 1).

@@ -26,8 +26,9 @@ mod migrate;
 mod rows;
 
 use crate::shared::{
-    self, EventRecordRow, attempts_detail, clip, created_detail, delivery_detail, email_key,
-    event_record, event_record_columns, fill_days, id_i64, retry_after_secs, stats_days, to_u64,
+    self, EventRecordRow, attempts_detail, clip, created_detail, day_of, delivery_detail,
+    email_key, event_record, event_record_columns, fill_days, id_i64, retry_after_secs, stats_days,
+    to_u64,
 };
 use otpgate_core::fraud::{self, ChargeRefusal, SendVerdict};
 use std::str::FromStr;
@@ -45,8 +46,8 @@ use self::rows::{account_columns, outbox_columns, verification_columns};
 use crate::{
     Account, AccountSettings, ChannelStats, ConversionRow, CreateOutcome, DailyStats, EventAttempt,
     EventBacklog, EventKind, EventRecord, FraudBlock, InboxEntry, NewAccount, NewVerification,
-    OutboxDepth, OutboxMessage, OwnNumber, PendingEvent, SafeEntry, SendKind, SentInfo, Store,
-    StoreError, StoreResult, ValidationAction, Verification, VerificationFilter, Webhook,
+    OutboxDepth, OutboxMessage, OwnNumber, PendingEvent, Purged, SafeEntry, SendKind, SentInfo,
+    Store, StoreError, StoreResult, ValidationAction, Verification, VerificationFilter, Webhook,
 };
 
 /// Connection settings of a [`PostgresStore`].
@@ -504,6 +505,11 @@ const WRITE: &str = concat!(
     ", i.customer_id, i.id, 'verification.created', $22, 'pending', 0,
                 i.created_at, i.created_at, i.created_at
            from inserted i join webhooks w on w.customer_id = i.customer_id
+     ),
+     counted as (
+         insert into daily_stats (customer_id, day, sends, completed, created_at)
+         select customer_id, $23, 1, 0, created_at from inserted
+         on conflict (customer_id, day) do update set sends = daily_stats.sends + 1
      )
      select * from inserted"
 );
@@ -694,40 +700,52 @@ impl PostgresStore {
                 counted,
             } => (cost, cost_test, counted),
         };
-        let row = sqlx::query(WRITE)
-            .bind(id_i64(req.id))
-            .bind(req.customer_id.as_str())
-            .bind(i32::from(req.destination.country_code()))
-            .bind(req.destination.national())
-            .bind(&destination)
-            .bind(&req.flow_type)
-            .bind(&req.code_hash.0[..])
-            .bind(i16::from(req.otp_length))
-            .bind(int(req.max_attempts))
-            .bind(req.created_at)
-            .bind(req.expires_at)
-            .bind(&req.transaction_id)
-            .bind(cost)
-            .bind(cost_test)
-            .bind(&req.message_text)
-            .bind(&req.address)
-            .bind(&req.lang)
-            .bind(counted.then_some(&req.prefix))
-            .bind(if req.kind == SendKind::TestNumber {
-                "sent"
-            } else {
-                "queued"
-            })
-            // A test number's message never leaves the server: no outbox row.
-            .bind(req.kind != SendKind::TestNumber)
-            .bind(matches!(req.kind, SendKind::OwnNumber { .. }))
-            .bind(created_detail(req))
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(db_err)?;
-        let Some(row) = row else {
+        // The first candidate id not yet taken: a taken one writes nothing
+        // (`on conflict do nothing`) and leaves the transaction usable.
+        let candidates = std::iter::once((req.id, &req.code_hash))
+            .chain(req.spare_ids.iter().map(|(i, h)| (*i, h)));
+        let mut stored = None;
+        for (id, code_hash) in candidates {
+            let row = sqlx::query(WRITE)
+                .bind(id_i64(id))
+                .bind(req.customer_id.as_str())
+                .bind(i32::from(req.destination.country_code()))
+                .bind(req.destination.national())
+                .bind(&destination)
+                .bind(&req.flow_type)
+                .bind(&code_hash.0[..])
+                .bind(i16::from(req.otp_length))
+                .bind(int(req.max_attempts))
+                .bind(req.created_at)
+                .bind(req.expires_at)
+                .bind(&req.transaction_id)
+                .bind(cost)
+                .bind(cost_test)
+                .bind(&req.message_text)
+                .bind(&req.address)
+                .bind(&req.lang)
+                .bind(counted.then_some(&req.prefix))
+                .bind(if req.kind == SendKind::TestNumber {
+                    "sent"
+                } else {
+                    "queued"
+                })
+                // A test number's message never leaves the server: no outbox row.
+                .bind(req.kind != SendKind::TestNumber)
+                .bind(matches!(req.kind, SendKind::OwnNumber { .. }))
+                .bind(created_detail(req))
+                .bind(day_of(req.created_at))
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(db_err)?;
+            if let Some(row) = row {
+                stored = Some((id, row));
+                break;
+            }
+        }
+        let Some((id, row)) = stored else {
             return Err(StoreError::Conflict(
-                "verification id already exists".into(),
+                "every candidate verification id is taken".into(),
             ));
         };
         // A test number's message (and any fallback step) never leaves the
@@ -744,7 +762,7 @@ impl PostgresStore {
                      status, attempts, next_attempt_at, created_at, updated_at
                  ) values ($1, $2, $3, $4, $5, $6, $7, 'queued', 0, $8, $9, $9)",
             )
-            .bind(id_i64(req.id))
+            .bind(id_i64(id))
             .bind(req.customer_id.as_str())
             .bind(i32::try_from(i + 1).unwrap_or(i32::MAX))
             .bind(&f.flow_type)
@@ -1024,11 +1042,11 @@ impl Store for PostgresStore {
             return Ok(false);
         };
         // One statement each, so the verification's write, the held
-        // fallback steps' cancellation and the event happen together or not
-        // at all: a completed verification's held steps are not needed, one
-        // killed by this wrong code must not have its code sent again, and
-        // `completed` (or `failed`, on the wrong code that spends the last
-        // attempt) is queued for the account's webhook.
+        // fallback steps' cancellation, the day's count and the event happen
+        // together or not at all: a completed verification's held steps are
+        // not needed, one killed by this wrong code must not have its code
+        // sent again, and `completed` (or `failed`, on the wrong code that
+        // spends the last attempt) is queued for the account's webhook.
         let (sql, detail) = match action {
             ValidationAction::Complete => (
                 concat!(
@@ -1036,7 +1054,7 @@ impl Store for PostgresStore {
                          update verifications set state = 'completed', completed_at = $4
                           where id = $1 and customer_id = $2 and state = 'pending'
                             and wrong_attempts = $3
-                         returning id, customer_id, true as done
+                         returning id, customer_id, created_at, true as done
                      ),
                      held as (
                          update outbox o
@@ -1044,6 +1062,14 @@ impl Store for PostgresStore {
                                 lease_until = null, updated_at = $4
                            from v
                           where v.done and o.verification_id = v.id and o.status = 'queued'
+                     ),
+                     counted as (
+                         insert into daily_stats (customer_id, day, sends, completed, created_at)
+                         select customer_id, floor(created_at::numeric / 86400000)::bigint, 0, 1,
+                                $4
+                           from v
+                         on conflict (customer_id, day) do update
+                            set completed = daily_stats.completed + 1
                      ),
                      e as (
                          insert into events (event_id, customer_id, verification_id, kind,
@@ -1172,28 +1198,95 @@ impl Store for PostgresStore {
         since: i64,
         until: i64,
     ) -> StoreResult<Vec<DailyStats>> {
-        let Some((first_day, last_day, since)) = stats_days(since, until) else {
+        let Some((first_day, last_day)) = stats_days(since, until) else {
             return Ok(Vec::new());
         };
         self.guarded(async {
             // Completions are counted on the day of their send, so a day's
             // `completed` never exceeds its `sends` (a conversion rate), as
-            // on SQLite. `day` is floor division, also before 1970.
+            // on SQLite.
             let found: Vec<(i64, i64, i64)> = sqlx::query_as(
-                "select floor(created_at::numeric / 86400000)::bigint as day,
-                        count(*),
-                        count(*) filter (where state = 'completed')
-                   from verifications
-                  where customer_id = $1 and created_at >= $2 and created_at < $3
-                  group by day order by day",
+                "select day, sends, completed from daily_stats
+                  where customer_id = $1 and day >= $2 and day <= $3
+                  order by day",
             )
             .bind(customer.as_str())
-            .bind(since)
-            .bind(until)
+            .bind(first_day)
+            .bind(last_day)
             .fetch_all(&self.pool)
             .await
             .map_err(db_err)?;
             Ok(fill_days(first_day, last_day, found))
+        })
+        .await
+    }
+
+    async fn purge_before(&self, cutoff: i64, max: u32) -> StoreResult<Purged> {
+        self.guarded(async {
+            // `skip locked`: another node sweeping at the same moment takes
+            // other rows instead of waiting for these. The outbox rows go in
+            // the same statement as the verifications they reference (the
+            // foreign key is checked at its end), as do own-number records.
+            // Their events (webhook deliveries) go with them too.
+            let (verifications, outbox, gone_events): (i64, i64, i64) = sqlx::query_as(
+                "with doomed as (
+                     select id from verifications where created_at < $1
+                      order by created_at, id limit $2
+                      for update skip locked
+                 ),
+                 gone_outbox as (
+                     delete from outbox o using doomed d where o.verification_id = d.id
+                     returning 1
+                 ),
+                 gone_own as (
+                     delete from own_numbers n using doomed d where n.verification_id = d.id
+                 ),
+                 gone_events as (
+                     delete from events e using doomed d where e.verification_id = d.id
+                     returning 1
+                 ),
+                 gone as (
+                     delete from verifications v using doomed d where v.id = d.id
+                     returning 1
+                 )
+                 select (select count(*) from gone), (select count(*) from gone_outbox),
+                        (select count(*) from gone_events)",
+            )
+            .bind(cutoff)
+            .bind(i64::from(max))
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db_err)?;
+            let inbox = sqlx::query(
+                "delete from inbox where id in
+                     (select id from inbox where created_at < $1
+                       order by created_at, id limit $2 for update skip locked)",
+            )
+            .bind(cutoff)
+            .bind(i64::from(max))
+            .execute(&self.pool)
+            .await
+            .map_err(db_err)?
+            .rows_affected();
+            // Events older than the cutoff whose verification is already
+            // gone: an event never outlives retention either.
+            let old_events = sqlx::query(
+                "delete from events where id in
+                     (select id from events where created_at < $1
+                       order by created_at, id limit $2 for update skip locked)",
+            )
+            .bind(cutoff)
+            .bind(i64::from(max))
+            .execute(&self.pool)
+            .await
+            .map_err(db_err)?
+            .rows_affected();
+            Ok(Purged {
+                verifications: to_u64(verifications),
+                outbox: to_u64(outbox),
+                inbox,
+                events: to_u64(gone_events) + old_events,
+            })
         })
         .await
     }

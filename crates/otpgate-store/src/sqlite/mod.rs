@@ -45,8 +45,8 @@ use sqlx::sqlite::{
 use crate::{
     Account, AccountSettings, ChannelStats, ConversionRow, CreateOutcome, DailyStats, EventAttempt,
     EventBacklog, EventKind, EventRecord, FraudBlock, InboxEntry, NewAccount, NewVerification,
-    OutboxDepth, OutboxMessage, OwnNumber, PendingEvent, SafeEntry, SentInfo, Store, StoreError,
-    StoreResult, ValidationAction, Verification, VerificationFilter, Webhook,
+    OutboxDepth, OutboxMessage, OwnNumber, PendingEvent, Purged, SafeEntry, SentInfo, Store,
+    StoreError, StoreResult, ValidationAction, Verification, VerificationFilter, Webhook,
 };
 use rows::{account_columns, outbox_columns, verification_columns};
 
@@ -74,13 +74,18 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     ),
     (
         5,
+        "daily stats and retention",
+        include_str!("../../migrations/sqlite/0005_daily_stats_retention.sql"),
+    ),
+    (
+        6,
         "events",
-        include_str!("../../migrations/sqlite/0005_events.sql"),
+        include_str!("../../migrations/sqlite/0006_events.sql"),
     ),
 ];
 
 /// The schema version this build migrates to (the newest migration).
-pub const SCHEMA_VERSION: i64 = 5;
+pub const SCHEMA_VERSION: i64 = 6;
 const _: () = assert!(MIGRATIONS[MIGRATIONS.len() - 1].0 == SCHEMA_VERSION);
 
 /// How long a statement waits for another process's write lock before the
@@ -185,7 +190,12 @@ impl SqliteStore {
             .busy_timeout(BUSY_TIMEOUT)
             // FULL: a commit is on disk before a send answers 200, so it
             // survives a power cut, not only a crash (contract §2).
-            .synchronous(SqliteSynchronous::Full);
+            .synchronous(SqliteSynchronous::Full)
+            // Deleted rows are overwritten with zeros, not only unlinked:
+            // retention must remove phone numbers from the file itself, and
+            // erased message texts (they held codes) must not linger in
+            // free pages. It costs writes on deletes only.
+            .pragma("secure_delete", "on");
         let writer_opts = if memory {
             opts.clone()
         } else {
@@ -248,6 +258,12 @@ impl SqliteStore {
     /// How many writes this store has run, in how many commits.
     pub fn write_stats(&self) -> WriteStats {
         self.writer.stats()
+    }
+
+    /// Writes waiting in the writer's queue for a batch to take them up
+    /// (a backlog gauge; tests use it to know a write is queued).
+    pub fn write_queue_len(&self) -> usize {
+        self.writer.queued()
     }
 
     /// Closes both pools, waiting for connections in use to come back.
@@ -359,6 +375,87 @@ async fn migrate(pool: &SqlitePool) -> StoreResult<()> {
         Err(MigrateError::Execute(e)) => Err(db(e)),
         Err(e) => Err(StoreError::Internal(format!("migration failed: {e}"))),
     }
+}
+
+/// One retention batch, in one write: the oldest `max` verifications
+/// created before `cutoff`, their outbox rows first (they reference them),
+/// then inbox rows. Both deletes of verifications pick the same rows: the
+/// same ordered query inside one transaction.
+async fn purge(conn: &mut SqliteConnection, cutoff: i64, max: u32) -> StoreResult<Purged> {
+    let outbox = sqlx::query(
+        "delete from outbox where verification_id in
+             (select id from verifications where created_at < ?1
+              order by created_at, id limit ?2)",
+    )
+    .bind(cutoff)
+    .bind(max)
+    .execute(&mut *conn)
+    .await
+    .map_err(db)?
+    .rows_affected();
+    // Own-number records reference their verification (and hold the number).
+    sqlx::query(
+        "delete from own_numbers where verification_id in
+             (select id from verifications where created_at < ?1
+              order by created_at, id limit ?2)",
+    )
+    .bind(cutoff)
+    .bind(max)
+    .execute(&mut *conn)
+    .await
+    .map_err(db)?;
+    // Their events (webhook deliveries name the verification), before the
+    // verifications the selection reads.
+    let mut events = sqlx::query(
+        "delete from events where verification_id in
+             (select id from verifications where created_at < ?1
+              order by created_at, id limit ?2)",
+    )
+    .bind(cutoff)
+    .bind(max)
+    .execute(&mut *conn)
+    .await
+    .map_err(db)?
+    .rows_affected();
+    let verifications = sqlx::query(
+        "delete from verifications where id in
+             (select id from verifications where created_at < ?1
+              order by created_at, id limit ?2)",
+    )
+    .bind(cutoff)
+    .bind(max)
+    .execute(&mut *conn)
+    .await
+    .map_err(db)?
+    .rows_affected();
+    let inbox = sqlx::query(
+        "delete from inbox where id in
+             (select id from inbox where created_at < ?1 order by created_at, id limit ?2)",
+    )
+    .bind(cutoff)
+    .bind(max)
+    .execute(&mut *conn)
+    .await
+    .map_err(db)?
+    .rows_affected();
+    // Events older than the cutoff whose verification is already gone (or
+    // not yet swept): an event never outlives retention either.
+    events += sqlx::query(
+        "delete from events where id in
+             (select id from events where created_at < ?1 order by created_at, id limit ?2)",
+    )
+    .bind(cutoff)
+    .bind(max)
+    .execute(&mut *conn)
+    .await
+    .map_err(db)?
+    .rows_affected();
+    Ok(Purged {
+        verifications,
+        outbox,
+        inbox,
+        events,
+    })
 }
 
 /// Whether an error opening a fresh file is another opener having got there
@@ -748,6 +845,22 @@ impl Store for SqliteStore {
                 };
                 match action {
                     ValidationAction::Complete => {
+                        // Counted on the day of its send, in the same write.
+                        sqlx::query(
+                            "insert into daily_stats (customer_id, day, sends, completed, created_at)
+                             select customer_id,
+                                    (created_at - ((created_at % 86400000) + 86400000) % 86400000)
+                                        / 86400000,
+                                    0, 1, ?2
+                               from verifications where id = ?1
+                             on conflict (customer_id, day) do update
+                                set completed = completed + 1",
+                        )
+                        .bind(id_i64(id))
+                        .bind(now)
+                        .execute(&mut *conn)
+                        .await
+                        .map_err(db)?;
                         // Fallback steps still held carry the code: not needed.
                         outbox::cancel_queued(conn, id_i64(id), now).await?;
                         events::emit(conn, id_i64(id), EventKind::Completed, "{}", now).await?;
@@ -829,22 +942,19 @@ impl Store for SqliteStore {
         since: i64,
         until: i64,
     ) -> StoreResult<Vec<DailyStats>> {
-        let Some((first_day, last_day, since)) = stats_days(since, until) else {
+        let Some((first_day, last_day)) = stats_days(since, until) else {
             return Ok(Vec::new());
         };
         // Completions are counted on the day of their send, so a day's
         // `completed` never exceeds its `sends` (a conversion rate).
         let found: Vec<(i64, i64, i64)> = sqlx::query_as(
-            "select (created_at - ((created_at % 86400000) + 86400000) % 86400000) / 86400000
-                        as day,
-                    count(*), sum(state = 'completed')
-             from verifications
-             where customer_id = ?1 and created_at >= ?2 and created_at < ?3
-             group by day order by day",
+            "select day, sends, completed from daily_stats
+             where customer_id = ?1 and day >= ?2 and day <= ?3
+             order by day",
         )
         .bind(customer.as_str())
-        .bind(since)
-        .bind(until)
+        .bind(first_day)
+        .bind(last_day)
         .fetch_all(&self.reader)
         .await
         .map_err(db)?;
@@ -883,6 +993,11 @@ impl Store for SqliteStore {
                 failed: to_u64(failed),
             })
             .collect())
+    }
+
+    async fn purge_before(&self, cutoff: i64, max: u32) -> StoreResult<Purged> {
+        self.write(move |conn| Box::pin(async move { purge(conn, cutoff, max).await }))
+            .await
     }
 
     async fn outbox_claim(

@@ -10,7 +10,7 @@ use sqlx::Row;
 use sqlx::sqlite::SqliteConnection;
 
 use super::{db, rows, rows::verification_columns};
-use crate::shared::{self, created_detail, id_i64, retry_after_secs};
+use crate::shared::{self, created_detail, day_of, id_i64, retry_after_secs};
 use crate::{
     CreateOutcome, EventKind, NewVerification, SendKind, SendLimits, StoreError, StoreResult,
     Verification,
@@ -136,12 +136,72 @@ pub(super) async fn create(
     .await
     .map_err(db)?;
 
+    let delivery = if req.kind == SendKind::TestNumber {
+        DeliveryStatus::Sent
+    } else {
+        DeliveryStatus::Queued
+    };
+    // The first candidate id not yet taken; `on conflict do nothing` leaves
+    // the transaction usable after a taken one (on both backends alike).
+    let candidates =
+        std::iter::once((req.id, req.code_hash.clone())).chain(req.spare_ids.iter().cloned());
+    let mut stored = None;
+    for (id, code_hash) in candidates {
+        let done = sqlx::query(
+            "insert into verifications
+                 (id, customer_id, country_code, national, destination, flow_type, code_hash,
+                  otp_length, state, wrong_attempts, max_attempts, created_at, expires_at,
+                  transaction_id, cost, cost_test, delivery, prefix)
+             values (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'pending', 0, ?9, ?10, ?11, ?12, ?13, ?14,
+                     ?15, ?16)
+             on conflict (id) do nothing",
+        )
+        .bind(id_i64(id))
+        .bind(customer)
+        .bind(req.destination.country_code())
+        .bind(req.destination.national())
+        .bind(&destination)
+        .bind(&req.flow_type)
+        .bind(&code_hash.0[..])
+        .bind(req.otp_length)
+        .bind(req.max_attempts)
+        .bind(now)
+        .bind(req.expires_at)
+        .bind(&req.transaction_id)
+        .bind(cost)
+        .bind(from_test)
+        .bind(delivery.as_str())
+        .bind(counted.then_some(&req.prefix))
+        .execute(&mut *conn)
+        .await
+        .map_err(db)?;
+        if done.rows_affected() == 1 {
+            stored = Some((id, code_hash));
+            break;
+        }
+    }
+    let Some((id, code_hash)) = stored else {
+        return Err(StoreError::Conflict(
+            "every candidate verification id is taken".into(),
+        ));
+    };
+    sqlx::query(
+        "insert into daily_stats (customer_id, day, sends, completed, created_at)
+         values (?1, ?2, 1, 0, ?3)
+         on conflict (customer_id, day) do update set sends = sends + 1",
+    )
+    .bind(customer)
+    .bind(day_of(now))
+    .bind(now)
+    .execute(&mut *conn)
+    .await
+    .map_err(db)?;
     let v = Verification {
-        id: req.id,
-        customer_id: req.customer_id,
-        destination: req.destination,
-        flow_type: req.flow_type,
-        code_hash: req.code_hash,
+        id,
+        customer_id: req.customer_id.clone(),
+        destination: req.destination.clone(),
+        flow_type: req.flow_type.clone(),
+        code_hash,
         otp_length: req.otp_length,
         state: VerificationState::Pending,
         wrong_attempts: 0,
@@ -149,48 +209,14 @@ pub(super) async fn create(
         created_at: now,
         expires_at: req.expires_at,
         completed_at: None,
-        transaction_id: req.transaction_id,
+        transaction_id: req.transaction_id.clone(),
         cost,
         cost_test: from_test,
-        delivery: if req.kind == SendKind::TestNumber {
-            DeliveryStatus::Sent
-        } else {
-            DeliveryStatus::Queued
-        },
+        delivery,
         channel: None,
         gateway_id: None,
         delivery_detail: None,
     };
-    sqlx::query(
-        "insert into verifications
-             (id, customer_id, country_code, national, destination, flow_type, code_hash,
-              otp_length, state, wrong_attempts, max_attempts, created_at, expires_at,
-              transaction_id, cost, cost_test, delivery, prefix)
-         values (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'pending', 0, ?9, ?10, ?11, ?12, ?13, ?14,
-                 ?15, ?16)",
-    )
-    .bind(id_i64(v.id))
-    .bind(v.customer_id.as_str())
-    .bind(v.destination.country_code())
-    .bind(v.destination.national())
-    .bind(&destination)
-    .bind(&v.flow_type)
-    .bind(&v.code_hash.0[..])
-    .bind(v.otp_length)
-    .bind(v.max_attempts)
-    .bind(v.created_at)
-    .bind(v.expires_at)
-    .bind(&v.transaction_id)
-    .bind(v.cost)
-    .bind(v.cost_test)
-    .bind(v.delivery.as_str())
-    .bind(counted.then_some(&req.prefix))
-    .execute(&mut *conn)
-    .await
-    .map_err(|e| match db(e) {
-        StoreError::Conflict(_) => StoreError::Conflict("verification id already exists".into()),
-        e => e,
-    })?;
     if let SendKind::OwnNumber { .. } = req.kind {
         sqlx::query(
             "insert into own_numbers (verification_id, customer_id, destination, created_at)

@@ -123,6 +123,11 @@ impl Writer {
             .unwrap_or_else(|_| Err(StoreError::Unavailable("the SQLite writer stopped".into())))
     }
 
+    /// Jobs sent and not yet received by the writer task.
+    pub(super) fn queued(&self) -> usize {
+        self.queue.max_capacity() - self.queue.capacity()
+    }
+
     pub(super) fn stats(&self) -> WriteStats {
         WriteStats {
             writes: self.counters.writes.load(Ordering::Relaxed),

@@ -159,6 +159,39 @@ impl TestDb {
         }
     }
 
+    /// The migration history: (rows, distinct versions, distinct times of
+    /// application). On PostgreSQL one opener applies every missing
+    /// migration in one transaction, stamping each row with the same time.
+    pub async fn migration_history(&self) -> (i64, i64, i64) {
+        use sqlx::Connection;
+        match &self.location {
+            Location::Sqlite(dir) => {
+                let url = format!("sqlite://{}", dir.db().display());
+                let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
+                let (rows, versions): (i64, i64) = sqlx::query_as(
+                    "select count(*), count(distinct version) from _sqlx_migrations where success",
+                )
+                .fetch_one(&mut conn)
+                .await
+                .unwrap();
+                conn.close().await.unwrap();
+                (rows, versions, 1)
+            }
+            Location::Postgres(url) => {
+                let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
+                let counts: (i64, i64, i64) = sqlx::query_as(
+                    "select count(*), count(distinct version), count(distinct created_at)
+                     from schema_version",
+                )
+                .fetch_one(&mut conn)
+                .await
+                .unwrap();
+                conn.close().await.unwrap();
+                counts
+            }
+        }
+    }
+
     /// Leaves the database as a later otpgate would, with a migration this
     /// build does not have, and returns the version it recorded. Every
     /// handle should be closed first.
@@ -199,7 +232,8 @@ impl TestDb {
 
 impl TestDb {
     /// Leaves the database as the build before events made it (SQLite
-    /// schema 3, PostgreSQL schema 2), holding account `C-…1` (5 credits)
+    /// schema 5, PostgreSQL schema 4: main's daily stats and retention
+    /// included), holding account `C-…1` (5 credits)
     /// and its pending verification 42 created at `T0`, written by that
     /// schema's own SQL. Nothing may have opened it yet.
     pub async fn make_as_before_events(&self) {
@@ -235,6 +269,16 @@ impl TestDb {
                         "outbox steps",
                         include_str!("../../migrations/sqlite/0003_outbox_steps.sql"),
                     ),
+                    (
+                        4,
+                        "fraud defence",
+                        include_str!("../../migrations/sqlite/0004_fraud_defence.sql"),
+                    ),
+                    (
+                        5,
+                        "daily stats and retention",
+                        include_str!("../../migrations/sqlite/0005_daily_stats_retention.sql"),
+                    ),
                 ];
                 let migrations = old
                     .iter()
@@ -266,16 +310,18 @@ impl TestDb {
                     .execute(&mut conn)
                     .await
                     .unwrap();
-                sqlx::raw_sql(include_str!(
-                    "../../migrations/postgres/0002_outbox_steps.sql"
-                ))
-                .execute(&mut conn)
-                .await
-                .unwrap();
+                for sql in [
+                    include_str!("../../migrations/postgres/0002_outbox_steps.sql"),
+                    include_str!("../../migrations/postgres/0003_fraud_defence.sql"),
+                    include_str!("../../migrations/postgres/0004_daily_stats_retention.sql"),
+                ] {
+                    sqlx::raw_sql(sql).execute(&mut conn).await.unwrap();
+                }
                 sqlx::raw_sql(
                     "create table schema_version (version bigint primary key, name text not null,
                                                   created_at bigint not null);
-                     insert into schema_version values (1, 'init', 0), (2, 'outbox steps', 0);",
+                     insert into schema_version values (1, 'init', 0), (2, 'outbox steps', 0),
+                         (3, 'fraud defence', 0), (4, 'daily stats and retention', 0);",
                 )
                 .execute(&mut conn)
                 .await

@@ -70,6 +70,7 @@ pub fn send(id: u64, customer: &CustomerId, to: &PhoneNumber, now: i64) -> NewVe
         destination: to.clone(),
         flow_type: "SMS".into(),
         code_hash: CodeHash([7; 32]),
+        spare_ids: Vec::new(),
         otp_length: 4,
         max_attempts: 5,
         created_at: now,

@@ -21,6 +21,7 @@ mod fraud;
 mod opening;
 mod outbox;
 mod postgres_only;
+mod retention;
 mod sends;
 mod sqlite_only;
 mod validation;

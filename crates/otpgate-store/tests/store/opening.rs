@@ -66,17 +66,29 @@ async fn a_fresh_database_is_migrated_and_reopening_keeps_the_data(db: TestDb) {
 }
 
 async fn nodes_starting_together_migrate_once_and_all_come_up(db: TestDb) {
+    const NODES: usize = 6;
     let db = std::sync::Arc::new(db);
-    let tasks: Vec<_> = (0..6)
+    // All six wait at the barrier, then open at once: they race for real.
+    let start = std::sync::Arc::new(tokio::sync::Barrier::new(NODES));
+    let tasks: Vec<_> = (0..NODES)
         .map(|_| {
-            let db = db.clone();
-            tokio::spawn(async move { db.try_open().await })
+            let (db, start) = (db.clone(), start.clone());
+            tokio::spawn(async move {
+                start.wait().await;
+                db.try_open().await
+            })
         })
         .collect();
+    let mut nodes = Vec::new();
     for t in tasks {
         let node = t.await.unwrap().expect("every node opens the database");
         assert_eq!(node.schema_version().await, db.backend.schema_version());
+        nodes.push(node);
     }
+    // Each migration is recorded once, every one of them is there, and (on
+    // PostgreSQL, where the row says when) one opener applied them all.
+    let version = db.backend.schema_version();
+    assert_eq!(db.migration_history().await, (version, version, 1));
 }
 
 async fn a_database_migrated_by_a_newer_build_is_refused(db: TestDb) {

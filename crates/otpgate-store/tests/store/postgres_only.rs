@@ -297,3 +297,69 @@ async fn a_schema_1_database_keeps_its_outbox_rows_as_first_steps() {
     assert_eq!(steps.len(), 1);
     assert_eq!(steps[0].status, otpgate_core::DeliveryStatus::Sent);
 }
+
+/// A database made by the build before the daily aggregate (schema 1) opens,
+/// migrates, and its dashboard counts come back from the backfill.
+#[tokio::test]
+async fn a_schema_1_database_is_backfilled_into_the_daily_counts() {
+    let test = "postgres_only::a_schema_1_database_is_backfilled_into_the_daily_counts";
+    let Some(db) = TestDb::postgres(test).await else {
+        return;
+    };
+    {
+        // The schema and rows as the earlier build left them.
+        let mut conn = sqlx::PgConnection::connect(db.url()).await.unwrap();
+        sqlx::raw_sql(include_str!("../../migrations/postgres/0001_init.sql"))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        sqlx::raw_sql(
+            "create table schema_version (version bigint primary key, name text not null,
+                                          created_at bigint not null);
+             insert into schema_version values (1, 'init', 0);
+             insert into accounts (customer_id, password_hash, credits, test_credits, created_at)
+                  values ('C-000000000000001', 'x', 10, 0, 0);",
+        )
+        .execute(&mut conn)
+        .await
+        .unwrap();
+        let day0 = T0 - T0.rem_euclid(DAY);
+        for (id, at, state) in [
+            (1i64, day0 + 1, "completed"),
+            (2, day0 + 2, "pending"),
+            (3, day0 + DAY + 3, "completed"),
+        ] {
+            sqlx::query(
+                "insert into verifications (id, customer_id, country_code, national, destination,
+                     flow_type, code_hash, otp_length, state, max_attempts, created_at,
+                     expires_at, transaction_id, cost, cost_test, delivery)
+                 values ($1, 'C-000000000000001', 91, '9876500001', '919876500001', 'SMS',
+                     decode(repeat('00', 32), 'hex'), 4, $3, 5, $2, $2 + 60000, 'tx', 1, 0, 'sent')",
+            )
+            .bind(id)
+            .bind(at)
+            .bind(state)
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        }
+        conn.close().await.unwrap();
+    }
+    let store = db.open().await;
+    assert_eq!(store.schema_version().await, SCHEMA_VERSION);
+    let day0 = T0 - T0.rem_euclid(DAY);
+    let stats = store
+        .daily_stats(&cid(1), day0, day0 + 2 * DAY)
+        .await
+        .unwrap();
+    let counts: Vec<_> = stats.iter().map(|d| (d.sends, d.completed)).collect();
+    assert_eq!(counts, [(2, 1), (1, 1)]);
+    // The old rows are all still there.
+    assert!(
+        store
+            .verification_get(&cid(1), vid(2))
+            .await
+            .unwrap()
+            .is_some()
+    );
+}

@@ -293,6 +293,14 @@ async fn a_send_whose_caller_gave_up_before_it_began_is_not_written() {
     let req = send(7, &c, &phone(7), T0);
     let abandoned = tokio::spawn(async move { s.verification_create(req).await });
     settle().await;
+    // The send is queued behind the plug, waiting for the writer (else the
+    // test would prove nothing: a send never handed over is not written).
+    assert_eq!(
+        store.write_queue_len(),
+        1,
+        "the send is waiting for the writer"
+    );
+    assert!(!abandoned.is_finished());
     // A request timeout dropping the call while it waits for the writer.
     abandoned.abort();
     assert!(abandoned.await.unwrap_err().is_cancelled());
@@ -383,4 +391,148 @@ async fn a_database_made_at_schema_2_migrates_and_keeps_its_data() {
     assert_eq!(balance(&store, &cid(1)).await, (7, 0));
     created(&store, send(43, &cid(1), &phone(43), T0 + 1)).await;
     assert_eq!(balance(&store, &cid(1)).await, (6, 0));
+}
+
+// ---- upgrades ----------------------------------------------------------------------------
+
+/// A file made by the build before the daily aggregate (schema 2) opens,
+/// migrates, and its dashboard counts come back from the backfill.
+#[tokio::test]
+async fn a_schema_2_file_is_backfilled_into_the_daily_counts() {
+    use sqlx::SqlSafeStr;
+    use sqlx::migrate::{Migration, MigrationType, Migrator};
+    let dir = TempDir::new();
+    {
+        // Migrated as the earlier build did (sqlx's migrator, same SQL).
+        let opts = sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(dir.db())
+            .create_if_missing(true);
+        let pool = sqlx::SqlitePool::connect_with(opts).await.unwrap();
+        let old = [
+            (
+                1,
+                "init",
+                include_str!("../../migrations/sqlite/0001_init.sql"),
+            ),
+            (
+                2,
+                "outbox failed index",
+                include_str!("../../migrations/sqlite/0002_outbox_failed_index.sql"),
+            ),
+        ];
+        let migrations = old
+            .iter()
+            .map(|&(v, d, sql)| {
+                Migration::new(
+                    v,
+                    d.into(),
+                    MigrationType::Simple,
+                    sql.into_sql_str(),
+                    false,
+                )
+            })
+            .collect();
+        Migrator::with_migrations(migrations)
+            .run(&pool)
+            .await
+            .unwrap();
+        sqlx::query(
+            "insert into accounts (customer_id, password_hash, credits, test_credits, created_at)
+             values ('C-000000000000001', 'x', 10, 0, 0)",
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
+        let day0 = T0 - T0.rem_euclid(DAY);
+        for (id, at, state) in [
+            (1i64, day0 + 1, "completed"),
+            (2, day0 + 2, "pending"),
+            (3, day0 + DAY + 3, "completed"),
+        ] {
+            sqlx::query(
+                "insert into verifications (id, customer_id, country_code, national, destination,
+                     flow_type, code_hash, otp_length, state, max_attempts, created_at,
+                     expires_at, transaction_id, cost, cost_test, delivery)
+                 values (?1, 'C-000000000000001', 91, '9876500001', '919876500001', 'SMS',
+                     zeroblob(32), 4, ?3, 5, ?2, ?2 + 60000, 'tx', 1, 0, 'sent')",
+            )
+            .bind(id)
+            .bind(at)
+            .bind(state)
+            .execute(&pool)
+            .await
+            .unwrap();
+        }
+        pool.close().await;
+    }
+    let store = open(&dir.db()).await;
+    assert_eq!(
+        store.schema_version().await.unwrap(),
+        otpgate_store::sqlite::SCHEMA_VERSION
+    );
+    let day0 = T0 - T0.rem_euclid(DAY);
+    let stats = store
+        .daily_stats(&cid(1), day0, day0 + 2 * DAY)
+        .await
+        .unwrap();
+    let counts: Vec<_> = stats.iter().map(|d| (d.sends, d.completed)).collect();
+    assert_eq!(counts, [(2, 1), (1, 1)]);
+    assert!(
+        store
+            .verification_get(&cid(1), vid(2))
+            .await
+            .unwrap()
+            .is_some()
+    );
+}
+
+/// Retention deletes numbers from the file itself, not only from view:
+/// deleted rows' bytes are overwritten (`secure_delete`), so after a
+/// checkpoint the number is nowhere in the database file or its WAL.
+#[tokio::test]
+async fn a_purged_number_is_nowhere_in_the_file() {
+    let dir = TempDir::new();
+    let store = open(&dir.db()).await;
+    let c = cid(1);
+    account(&store, &c, 10, 0).await;
+    // A number no other row holds.
+    let to = otpgate_core::PhoneNumber::parse("91", "9812345678").unwrap();
+    let v = created(&store, send(7, &c, &to, T0)).await;
+    store
+        .inbox_put(&otpgate_store::InboxEntry {
+            customer_id: Some(c.clone()),
+            destination: to.e164_digits(),
+            text: "4821 is your code".into(),
+            verification_id: Some(v.id),
+            created_at: T0,
+        })
+        .await
+        .unwrap();
+    let file_holds = |needle: &[u8]| {
+        ["otpgate.db", "otpgate.db-wal"].iter().any(|f| {
+            std::fs::read(dir.path().join(f))
+                .map(|bytes| bytes.windows(needle.len()).any(|w| w == needle))
+                .unwrap_or(false)
+        })
+    };
+    let checkpoint = || async {
+        let opts = sqlx::sqlite::SqliteConnectOptions::new().filename(dir.db());
+        let mut conn = sqlx::ConnectOptions::connect(&opts).await.unwrap();
+        sqlx::query("pragma wal_checkpoint(truncate)")
+            .execute(&mut conn)
+            .await
+            .unwrap();
+    };
+    checkpoint().await;
+    assert!(
+        file_holds(b"9812345678"),
+        "the test looks for the wrong bytes"
+    );
+    let p = store.purge_before(T0 + DAY, 100).await.unwrap();
+    assert_eq!((p.verifications, p.inbox), (1, 1));
+    checkpoint().await;
+    assert!(
+        !file_holds(b"9812345678"),
+        "the purged number is still in the file"
+    );
 }

@@ -56,11 +56,34 @@ pub struct Server {
     pub base: String,
     /// Every line the server logged so far.
     pub log: Arc<Mutex<Vec<String>>>,
+    /// The thread copying stderr into `log`; it ends when the server exits.
+    reader: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Server {
     pub fn log_text(&self) -> String {
         self.log.lock().map(|l| l.join("\n")).unwrap_or_default()
+    }
+
+    /// Stops the server (SIGTERM: a graceful shutdown, so it writes out its
+    /// last lines), waits for it to exit and for its stderr to reach its end,
+    /// and returns everything it logged.
+    #[allow(dead_code)] // not every test binary using `common` needs it
+    pub fn stop_and_log(mut self) -> String {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while self.child.try_wait().ok().flatten().is_none() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the server did not exit on SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if let Some(r) = self.reader.take() {
+            r.join().expect("log reader");
+        }
+        self.log_text()
     }
 }
 
@@ -89,7 +112,7 @@ pub fn start(args: &[&str], envs: &[(&str, &str)]) -> Server {
     let (tx, rx) = std::sync::mpsc::channel();
     let log: Arc<Mutex<Vec<String>>> = Arc::default();
     let sink = log.clone();
-    std::thread::spawn(move || {
+    let reader = std::thread::spawn(move || {
         let mut sent = false;
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
             if let Ok(mut l) = sink.lock() {
@@ -111,7 +134,12 @@ pub fn start(args: &[&str], envs: &[(&str, &str)]) -> Server {
     let base = rx.recv_timeout(Duration::from_secs(60)).expect(
         "otpgate serve did not report its address (set OTPGATE_TEST_SERVER_LOG=1 to see its log)",
     );
-    Server { child, base, log }
+    Server {
+        child,
+        base,
+        log,
+        reader: Some(reader),
+    }
 }
 
 /// `GET {base}/readyz` as the operator (with the health token), for its
