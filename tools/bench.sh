@@ -1,18 +1,30 @@
 #!/usr/bin/env bash
 # Benchmarks otpgate end to end, on SQLite and on PostgreSQL in the same run:
-# a release build, one node per backend (PostgreSQL is a throwaway server
-# started here, fsync on), and `otpgate bench` against each — after a 3 s
-# warm-up (and `analyze` on PostgreSQL) — a /healthz
-# baseline phase, then C virtual users doing token → send → code from the
-# inbox → validate for D seconds. Measures and prints; asserts nothing.
-# Usage: tools/bench.sh [CONCURRENCY] [SECONDS]   (as root; bounded)
+# a release build, one node per backend (SQLite with synchronous=FULL, as
+# always; PostgreSQL a throwaway server started here, fsync on), delivery
+# running (the inbox channel), and `otpgate bench` against each after a
+# short warm-up (and `analyze` on PostgreSQL): /healthz as the baseline,
+# sends (C connections, one account, distinct valid numbers) with the
+# outbox's drain time and the server's RSS, validations of those codes, and
+# full flows (U users: token → send → code → validate). Prints a table per
+# backend and writes all figures to target/bench/latest.json (the previous
+# run's moves to target/bench/previous.json). Measures; asserts nothing.
+#
+# Usage: tools/bench.sh [SECONDS_PER_PHASE] [CONNECTIONS] [FLOW_USERS]
+#   (as root, for `runuser postgres`; defaults 8, 64, 16; 127.0.0.1 only)
+# PERF_DATA=FILE also records the SQLite server with `perf record -g`
+# during an extra send phase before the measured one.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-C=${1:-16}
-D=${2:-10}
+D=${1:-8}
+C=${2:-64}
+U=${3:-16}
 
 cargo build --release -p otpgate --quiet
 BIN=$PWD/target/release/otpgate
+OUT=$PWD/target/bench
+mkdir -p "$OUT"
+[ -f "$OUT/latest.json" ] && mv "$OUT/latest.json" "$OUT/previous.json"
 W=$(mktemp -d /tmp/otpgate-bench.XXXXXX)
 chmod 755 "$W"
 PGBIN=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
@@ -42,9 +54,12 @@ for backend in sqlite postgres; do
   esac
   CID=$("$BIN" customer create --password 'bench password' --credits 100000000 --database "$DB")
   # One account sending far more than the fraud defence's caps allow: caps
-  # off (0), the guard on. The caps' queries still run on every send.
+  # off (0), and the conversion guard off, since the send phase validates
+  # none of its codes until the validate phase. The defence's queries still
+  # run on every send.
   OTPGATE_FRAUD__ACCOUNT_HOUR_MESSAGES=0 OTPGATE_FRAUD__ACCOUNT_DAY_MESSAGES=0 \
   OTPGATE_FRAUD__ACCOUNT_HOUR_CREDITS=0 OTPGATE_FRAUD__ACCOUNT_DAY_CREDITS=0 \
+  OTPGATE_FRAUD__GUARD=false \
   OTPGATE_LOG=info "$BIN" serve --listen 127.0.0.1:0 --database "$DB" 2>"$W/$backend.log" >/dev/null &
   SERVER_PID=$!
   URL=""
@@ -54,17 +69,32 @@ for backend in sqlite postgres; do
     sleep 0.1
   done
   [ -n "$URL" ] || { echo "the $backend server did not start"; cat "$W/$backend.log"; exit 1; }
+  bench() {
+    "$BIN" bench --url "$URL" --customer-id "$CID" --password 'bench password' \
+      --inbox-database "$DB" --server-pid "$SERVER_PID" "$@"
+  }
   # A short warm-up, then fresh planner statistics, so both backends are
   # measured in steady state (on a brand-new PostgreSQL table the planner
   # has no statistics yet and may pick a poor index until autovacuum runs).
-  "$BIN" bench --url "$URL" --customer-id "$CID" --password 'bench password' \
-    --inbox-database "$DB" -c "$C" -d 3 --baseline 0 >/dev/null
+  bench -u "$U" -d 2 --phases flows >/dev/null
   if [ "$backend" = postgres ]; then
     psql -q -h 127.0.0.1 -p "$PORT" -U postgres -d otpgate_bench -c analyze
   fi
-  echo "=== $backend ($URL)"
-  "$BIN" bench --url "$URL" --customer-id "$CID" --password 'bench password' \
-    --inbox-database "$DB" -c "$C" -d "$D" --baseline 5
+  if [ "$backend" = sqlite ] && [ -n "${PERF_DATA:-}" ]; then
+    perf record -g -o "$PERF_DATA" -p "$SERVER_PID" -- sleep "$D" 2>/dev/null &
+    PERF_PID=$!
+    bench -c "$C" -d "$D" --phases send >/dev/null
+    wait "$PERF_PID" || true
+  fi
+  echo
+  bench -c "$C" -u "$U" -d "$D" --label "$backend" --json "$OUT/latest.json"
   kill "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null || true
   SERVER_PID=""
 done
+
+python3 - "$OUT/latest.json" <<'EOF'
+import json, sys
+runs = json.load(open(sys.argv[1]))
+s, p = (runs[k]["phases"]["flows"]["per_sec"] for k in ("sqlite", "postgres"))
+print(f"\nflows/s: postgres {p:.1f} / sqlite {s:.1f} = {p / s:.2f}")
+EOF

@@ -1,10 +1,26 @@
-//! `otpgate bench`: C concurrent virtual users, each looping token → send →
-//! read the code from the inbox → validate for D seconds against a running
-//! server, after a baseline phase of `GET /healthz` with the same
-//! concurrency, so every figure comes with a ratio from the same run. It
-//! measures and prints; it asserts nothing.
+//! `otpgate bench`: measures a running server in phases, each against the
+//! same server's `GET /healthz` from the same run, so every figure comes
+//! with a ratio that does not depend on how busy the machine is:
+//!
+//! - `healthz`: the baseline, C connections for D seconds;
+//! - `send`: C connections sending for one account to distinct valid
+//!   numbers for D seconds; then the time until the outbox is empty
+//!   (delivery keeping up), and the server's RSS idle and under the sends;
+//! - `validate`: C connections validating the codes of those sends (read
+//!   from the inbox channel), each right code used once;
+//! - `flows`: U virtual users each looping token → send → code from the
+//!   inbox → validate for D seconds.
+//!
+//! It prints a table and, with `--json FILE`, adds its figures under
+//! `--label` to that file (an object of runs by label) for comparison
+//! between runs. Every phase is bounded in time and count; it measures and
+//! prints, and asserts nothing.
 
+use std::collections::HashMap;
+use std::future::Future;
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -13,7 +29,12 @@ use base64::engine::general_purpose::STANDARD;
 use clap::Args;
 use otpgate_store::Store;
 use rand::RngExt;
-use tokio::sync::Mutex;
+use serde_json::{Value, json};
+
+/// Requests one phase makes at most, whatever its duration.
+const MAX_PER_PHASE: u64 = 500_000;
+/// The longest the bench waits for the outbox to empty after the sends.
+const DRAIN_LIMIT: Duration = Duration::from_secs(30);
 
 #[derive(Args)]
 pub struct BenchArgs {
@@ -24,29 +45,225 @@ pub struct BenchArgs {
     customer_id: String,
     #[arg(long, env = "OTPGATE_PASSWORD")]
     password: String,
-    /// Database of the server (to read codes from its inbox channel).
+    /// Database of the server (to read codes from its inbox channel and the
+    /// outbox's depth).
     #[arg(long = "inbox-database")]
     inbox_database: String,
-    /// Concurrent virtual users.
-    #[arg(long, short = 'c', default_value_t = 8)]
-    concurrency: usize,
-    /// Seconds of the flow phase.
-    #[arg(long, short = 'd', default_value_t = 10)]
+    /// Connections of the healthz, send and validate phases.
+    #[arg(long, short = 'c', default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    concurrency: u16,
+    /// Virtual users of the flows phase.
+    #[arg(long, short = 'u', default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    users: u16,
+    /// Seconds of each timed phase (1 to 60).
+    #[arg(long, short = 'd', default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=60))]
     duration: u64,
-    /// Seconds of the /healthz baseline phase (0 to skip).
-    #[arg(long, default_value_t = 5)]
-    baseline: u64,
+    /// Phases to run, in this order.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "healthz,send,validate,flows"
+    )]
+    phases: Vec<String>,
+    /// The server's process id, for its resident memory (Linux `/proc`).
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// Name of this run in the JSON file (e.g. the backend).
+    #[arg(long, default_value = "run")]
+    label: String,
+    /// Adds this run's figures to FILE (created if missing).
+    #[arg(long)]
+    json: Option<PathBuf>,
 }
 
-#[derive(Default)]
-struct Samples {
-    healthz: Vec<u64>,
-    token: Vec<u64>,
-    send: Vec<u64>,
-    inbox: Vec<u64>,
-    validate: Vec<u64>,
-    flows: u64,
+/// One phase's latencies (µs) and how long it ran.
+struct Phase {
+    latencies: Vec<u64>,
     errors: u64,
+    secs: f64,
+}
+
+impl Phase {
+    fn rps(&self) -> f64 {
+        self.latencies.len() as f64 / self.secs.max(0.001)
+    }
+
+    fn json(&mut self, baseline: Option<f64>) -> Value {
+        let rps = self.rps();
+        json!({
+            "count": self.latencies.len(),
+            "errors": self.errors,
+            "seconds": round(self.secs),
+            "per_sec": round(rps),
+            "ratio_to_healthz": baseline.filter(|b| *b > 0.0).map(|b| round(rps / b)),
+            "p50_ms": round(pct(&mut self.latencies, 0.50)),
+            "p99_ms": round(pct(&mut self.latencies, 0.99)),
+        })
+    }
+}
+
+struct Bench {
+    http: reqwest::Client,
+    base: String,
+    cid: String,
+    key: String,
+    store: Arc<dyn Store>,
+    /// Distinct national numbers for every send of the run.
+    next_number: AtomicU64,
+}
+
+impl Bench {
+    async fn token(&self) -> anyhow::Result<String> {
+        let body: Value = self
+            .http
+            .get(format!("{}/auth/v1/authentication/token", self.base))
+            .query(&[
+                ("customerId", self.cid.as_str()),
+                ("key", self.key.as_str()),
+            ])
+            .send()
+            .await?
+            .json()
+            .await?;
+        Ok(body["token"]
+            .as_str()
+            .with_context(|| format!("no token: {body}"))?
+            .to_owned())
+    }
+
+    /// A send to a number no other send of this run uses; its
+    /// verification id and the destination's E.164 digits.
+    async fn send(&self, token: &str) -> anyhow::Result<(String, String)> {
+        let n = self.next_number.fetch_add(1, Ordering::Relaxed) % 100_000_000;
+        let national = format!("98{n:08}");
+        let body: Value = self
+            .http
+            .post(format!("{}/verification/v3/send", self.base))
+            .header("authToken", token)
+            .query(&[
+                ("countryCode", "91"),
+                ("mobileNumber", national.as_str()),
+                ("flowType", "SMS"),
+                ("otpLength", "6"),
+            ])
+            .send()
+            .await?
+            .json()
+            .await?;
+        let id = body["data"]["verificationId"]
+            .as_str()
+            .with_context(|| format!("send failed: {body}"))?
+            .to_owned();
+        Ok((id, format!("91{national}")))
+    }
+
+    async fn validate(&self, token: &str, id: &str, code: &str) -> anyhow::Result<()> {
+        let body: Value = self
+            .http
+            .get(format!("{}/verification/v3/validateOtp", self.base))
+            .header("authToken", token)
+            .query(&[("verificationId", id), ("code", code)])
+            .send()
+            .await?
+            .json()
+            .await?;
+        anyhow::ensure!(body["responseCode"] == 200, "validate failed: {body}");
+        Ok(())
+    }
+
+    /// The code of verification `id`, once delivery has put it in the inbox.
+    async fn code_from_inbox(&self, to: &str, id: &str) -> anyhow::Result<String> {
+        let t = Instant::now();
+        loop {
+            let entries = self.store.inbox_list(None, Some(to), 5).await?;
+            let hit = entries
+                .iter()
+                .find(|e| e.verification_id.is_some_and(|v| v.get().to_string() == id));
+            if let Some(e) = hit {
+                return code_in(&e.text);
+            }
+            anyhow::ensure!(
+                t.elapsed() < Duration::from_secs(10),
+                "message never reached the inbox"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// token → send → code → validate.
+    async fn flow(&self) -> anyhow::Result<()> {
+        let token = self.token().await?;
+        let (id, to) = self.send(&token).await?;
+        let code = self.code_from_inbox(&to, &id).await?;
+        self.validate(&token, &id, &code).await
+    }
+
+    /// Queued or in-flight messages in the outbox.
+    async fn undelivered(&self) -> anyhow::Result<u64> {
+        let d = self.store.outbox_depth().await?;
+        Ok(d.queued + d.in_flight)
+    }
+}
+
+/// The code in a message's text (the bench asks for 6 digits).
+fn code_in(text: &str) -> anyhow::Result<String> {
+    Ok(text
+        .split(|c: char| !c.is_ascii_digit())
+        .find(|w| w.len() == 6)
+        .context("no code in the message")?
+        .to_owned())
+}
+
+/// Runs `job` on `workers` tasks until `secs` have passed, `MAX_PER_PHASE`
+/// jobs have run, or a job answers `Ok(false)` (no work left), timing each.
+async fn load<F, Fut>(workers: usize, secs: u64, job: F) -> Phase
+where
+    F: Fn() -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = anyhow::Result<bool>> + Send,
+{
+    let started = Instant::now();
+    let until = started + Duration::from_secs(secs);
+    let budget = Arc::new(AtomicU64::new(MAX_PER_PHASE));
+    let printed = Arc::new(AtomicUsize::new(0));
+    let tasks: Vec<_> = (0..workers)
+        .map(|_| {
+            let (job, budget, printed) = (job.clone(), budget.clone(), printed.clone());
+            tokio::spawn(async move {
+                let (mut ok, mut errors) = (Vec::new(), 0u64);
+                while Instant::now() < until
+                    && budget
+                        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| b.checked_sub(1))
+                        .is_ok()
+                {
+                    let t = Instant::now();
+                    match job().await {
+                        Ok(true) => ok.push(micros(t)),
+                        Ok(false) => break,
+                        Err(e) => {
+                            errors += 1;
+                            if printed.fetch_add(1, Ordering::Relaxed) < 3 {
+                                eprintln!("request failed: {e:#}");
+                            }
+                        }
+                    }
+                }
+                (ok, errors)
+            })
+        })
+        .collect();
+    let mut phase = Phase {
+        latencies: Vec::new(),
+        errors: 0,
+        secs: 0.0,
+    };
+    for t in tasks {
+        if let Ok((ok, errors)) = t.await {
+            phase.latencies.extend(ok);
+            phase.errors += errors;
+        }
+    }
+    phase.secs = started.elapsed().as_secs_f64();
+    phase
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<u8> {
@@ -55,189 +272,255 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<u8> {
         ..Default::default()
     };
     let store = otpgate_server::store::open(&settings).await?;
+    let c = usize::from(args.concurrency);
     let http = reqwest::Client::builder()
-        .pool_max_idle_per_host(args.concurrency * 2)
+        .pool_max_idle_per_host(c.max(usize::from(args.users)) * 2)
+        .timeout(Duration::from_secs(20))
         .build()
         .context("failed to build the HTTP client")?;
-    let base = args.url.trim_end_matches('/').to_owned();
-    let samples = Arc::new(Mutex::new(Samples::default()));
+    let bench = Arc::new(Bench {
+        http,
+        base: args.url.trim_end_matches('/').to_owned(),
+        cid: args.customer_id.clone(),
+        key: STANDARD.encode(args.password.as_bytes()),
+        store,
+        // A random start, so runs against one database use new numbers.
+        next_number: AtomicU64::new(rand::rng().random_range(0..100_000_000)),
+    });
+    let d = args.duration;
+    let load_before = load_average();
+    let rss_idle = args.server_pid.and_then(rss_kb);
+    let mut report = serde_json::Map::new();
+    let mut rows: Vec<(String, Phase)> = Vec::new();
+    let mut notes = Vec::new();
+    let mut sent: Vec<String> = Vec::new();
 
-    if args.baseline > 0 {
-        let until = Instant::now() + Duration::from_secs(args.baseline);
-        let mut tasks = Vec::new();
-        for _ in 0..args.concurrency {
-            let (http, base, samples) = (http.clone(), base.clone(), samples.clone());
-            tasks.push(tokio::spawn(async move {
-                let mut mine = Vec::new();
-                while Instant::now() < until {
-                    let t = Instant::now();
-                    if http.get(format!("{base}/healthz")).send().await.is_ok() {
-                        mine.push(micros(t));
+    for phase in &args.phases {
+        match phase.as_str() {
+            "healthz" => {
+                let b = bench.clone();
+                let p = load(c, d, move || {
+                    let b = b.clone();
+                    async move {
+                        let r = b.http.get(format!("{}/healthz", b.base)).send().await?;
+                        anyhow::ensure!(r.status().is_success(), "healthz: {}", r.status());
+                        Ok(true)
                     }
-                }
-                samples.lock().await.healthz.extend(mine);
-            }));
-        }
-        for t in tasks {
-            let _ = t.await;
-        }
-    }
-
-    let key = STANDARD.encode(args.password.as_bytes());
-    let started = Instant::now();
-    let until = started + Duration::from_secs(args.duration);
-    let mut tasks = Vec::new();
-    for _ in 0..args.concurrency {
-        let (http, base, samples, store) =
-            (http.clone(), base.clone(), samples.clone(), store.clone());
-        let (cid, key) = (args.customer_id.clone(), key.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut local = Samples::default();
-            while Instant::now() < until {
-                match flow(&http, &base, &cid, &key, store.as_ref(), &mut local).await {
-                    Ok(()) => local.flows += 1,
-                    Err(e) => {
-                        local.errors += 1;
-                        if local.errors <= 3 {
-                            eprintln!("flow failed: {e:#}");
-                        }
-                    }
-                }
+                })
+                .await;
+                rows.push(("healthz".into(), p));
             }
-            let mut s = samples.lock().await;
-            s.token.extend(local.token);
-            s.send.extend(local.send);
-            s.inbox.extend(local.inbox);
-            s.validate.extend(local.validate);
-            s.flows += local.flows;
-            s.errors += local.errors;
-        }));
+            "send" => {
+                let token: Arc<str> = bench.token().await?.into();
+                let out = Arc::new(std::sync::Mutex::new(Vec::new()));
+                let (b, o) = (bench.clone(), out.clone());
+                let sampler = args.server_pid.map(|pid| tokio::spawn(peak_rss(pid, d)));
+                let p = load(c, d, move || {
+                    let (b, o, token) = (b.clone(), o.clone(), token.clone());
+                    async move {
+                        let (id, _) = b.send(&token).await?;
+                        o.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.push(id);
+                        Ok(true)
+                    }
+                })
+                .await;
+                let stopped = Instant::now();
+                let at_stop = bench.undelivered().await?;
+                let drained = loop {
+                    if bench.undelivered().await? == 0 {
+                        break Some(stopped.elapsed());
+                    }
+                    if stopped.elapsed() > DRAIN_LIMIT {
+                        break None;
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                };
+                let peak = match sampler {
+                    Some(s) => s.await.ok().flatten(),
+                    None => None,
+                };
+                report.insert(
+                    "drain".into(),
+                    json!({
+                        "undelivered_at_stop": at_stop,
+                        "seconds": drained.map(|t| round(t.as_secs_f64())),
+                    }),
+                );
+                report.insert("rss_send_peak_mb".into(), json!(peak.map(mb)));
+                notes.push(format!(
+                    "outbox: {at_stop} of {} sends undelivered when the sends stopped; empty after {}",
+                    p.latencies.len(),
+                    drained.map_or(format!("more than {}s", DRAIN_LIMIT.as_secs()), |t| {
+                        format!("{:.2}s", t.as_secs_f64())
+                    })
+                ));
+                if let Some(peak) = peak {
+                    notes.push(format!("rss under the sends: peak {:.1} MB", mb(peak)));
+                }
+                sent = std::mem::take(&mut *out.lock().map_err(|_| anyhow::anyhow!("poisoned"))?);
+                rows.push(("send".into(), p));
+            }
+            "validate" => {
+                let codes = codes_of(&bench, &sent).await?;
+                let work = Arc::new(std::sync::Mutex::new(codes));
+                let token: Arc<str> = bench.token().await?.into();
+                let b = bench.clone();
+                let p = load(c, d, move || {
+                    let (b, work, token) = (b.clone(), work.clone(), token.clone());
+                    async move {
+                        let next = work.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.pop();
+                        let Some((id, code)) = next else {
+                            return Ok(false);
+                        };
+                        b.validate(&token, &id, &code).await?;
+                        Ok(true)
+                    }
+                })
+                .await;
+                if p.latencies.len() < sent.len() {
+                    notes.push(format!(
+                        "validate: {} of {} codes used before the phase's time ran out",
+                        p.latencies.len(),
+                        sent.len()
+                    ));
+                }
+                rows.push(("validate".into(), p));
+            }
+            "flows" => {
+                let b = bench.clone();
+                let p = load(usize::from(args.users), d, move || {
+                    let b = b.clone();
+                    async move { b.flow().await.map(|()| true) }
+                })
+                .await;
+                rows.push(("flows".into(), p));
+            }
+            other => anyhow::bail!("unknown phase {other} (healthz, send, validate, flows)"),
+        }
     }
-    for t in tasks {
-        let _ = t.await;
-    }
-    let elapsed = started.elapsed().as_secs_f64();
-    let mut s = std::mem::take(&mut *samples.lock().await);
-    #[allow(clippy::cast_precision_loss)]
-    let flows_per_sec = s.flows as f64 / elapsed;
+
+    let load_after = load_average();
+    let baseline = rows
+        .iter()
+        .find(|(n, _)| n == "healthz")
+        .map(|(_, p)| p.rps());
     println!(
-        "otpgate bench: {} virtual users, {:.1}s, {} flows ({:.1} flows/s), {} errors",
-        args.concurrency, elapsed, s.flows, flows_per_sec, s.errors
+        "otpgate bench [{}]: {} connections ({} flow users), {d}s per phase, load average {} → {}",
+        args.label,
+        args.concurrency,
+        args.users,
+        load_before.as_deref().unwrap_or("?"),
+        load_after.as_deref().unwrap_or("?"),
     );
     println!(
-        "{:<10} {:>8} {:>10} {:>10} {:>10}",
-        "endpoint", "count", "req/s", "p50 ms", "p99 ms"
+        "{:<10} {:>8} {:>7} {:>10} {:>9} {:>9} {:>9}",
+        "phase", "count", "errors", "req/s", "×healthz", "p50 ms", "p99 ms"
     );
-    let healthz_p50 = pct(&mut s.healthz, 0.50);
-    #[allow(clippy::cast_precision_loss)]
-    let healthz_rps = s.healthz.len() as f64 / (args.baseline.max(1)) as f64;
-    let rows: [(&str, &mut Vec<u64>, f64); 5] = [
-        ("healthz", &mut s.healthz, args.baseline.max(1) as f64),
-        ("token", &mut s.token, elapsed),
-        ("send", &mut s.send, elapsed),
-        ("inbox", &mut s.inbox, elapsed),
-        ("validate", &mut s.validate, elapsed),
-    ];
-    for (name, v, secs) in rows {
-        #[allow(clippy::cast_precision_loss)]
-        let rps = v.len() as f64 / secs;
+    let mut phases = serde_json::Map::new();
+    for (name, mut p) in rows {
+        let j = p.json(baseline);
         println!(
-            "{name:<10} {:>8} {:>10.1} {:>10.2} {:>10.2}",
-            v.len(),
-            rps,
-            pct(v, 0.50),
-            pct(v, 0.99)
+            "{name:<10} {:>8} {:>7} {:>10.1} {:>9} {:>9.2} {:>9.2}",
+            p.latencies.len(),
+            p.errors,
+            p.rps(),
+            j["ratio_to_healthz"]
+                .as_f64()
+                .map_or("-".into(), |r| format!("{r:.3}")),
+            pct(&mut p.latencies, 0.50),
+            pct(&mut p.latencies, 0.99),
         );
+        phases.insert(name, j);
     }
-    if args.baseline > 0 && healthz_rps > 0.0 {
-        println!(
-            "ratio: flows/s ÷ healthz req/s = {:.4}; send p50 ÷ healthz p50 = {:.1}; validate p50 ÷ healthz p50 = {:.1}",
-            flows_per_sec / healthz_rps,
-            pct(&mut s.send, 0.50) / healthz_p50.max(0.001),
-            pct(&mut s.validate, 0.50) / healthz_p50.max(0.001),
-        );
+    if let Some(idle) = rss_idle {
+        notes.insert(0, format!("rss idle: {:.1} MB", mb(idle)));
+    }
+    for n in &notes {
+        println!("{n}");
+    }
+    report.insert("phases".into(), Value::Object(phases));
+    report.insert("connections".into(), json!(args.concurrency));
+    report.insert("flow_users".into(), json!(args.users));
+    report.insert("seconds_per_phase".into(), json!(d));
+    report.insert("load_average_before".into(), json!(load_before));
+    report.insert("load_average_after".into(), json!(load_after));
+    report.insert("rss_idle_mb".into(), json!(rss_idle.map(mb)));
+    if let Some(path) = &args.json {
+        save(path, &args.label, Value::Object(report))?;
     }
     Ok(0)
 }
 
-async fn flow(
-    http: &reqwest::Client,
-    base: &str,
-    cid: &str,
-    key: &str,
-    store: &dyn Store,
-    s: &mut Samples,
-) -> anyhow::Result<()> {
-    let t = Instant::now();
-    let body: serde_json::Value = http
-        .get(format!("{base}/auth/v1/authentication/token"))
-        .query(&[("customerId", cid), ("key", key)])
-        .send()
-        .await?
-        .json()
-        .await?;
-    s.token.push(micros(t));
-    let token = body["token"]
-        .as_str()
-        .with_context(|| format!("no token: {body}"))?
-        .to_owned();
-
-    let national = format!("98{:08}", rand::rng().random_range(0..100_000_000u32));
-    let t = Instant::now();
-    let body: serde_json::Value = http
-        .post(format!("{base}/verification/v3/send"))
-        .header("authToken", &token)
-        .query(&[
-            ("countryCode", "91"),
-            ("mobileNumber", national.as_str()),
-            ("flowType", "SMS"),
-            ("otpLength", "6"),
-        ])
-        .send()
-        .await?
-        .json()
-        .await?;
-    s.send.push(micros(t));
-    let id = body["data"]["verificationId"]
-        .as_str()
-        .with_context(|| format!("send failed: {body}"))?
-        .to_owned();
-
-    let t = Instant::now();
-    let to = format!("91{national}");
-    let code = loop {
-        let entries = store.inbox_list(None, Some(&to), 5).await?;
-        let hit = entries
-            .iter()
-            .find(|e| e.verification_id.is_some_and(|v| v.get().to_string() == id));
-        if let Some(e) = hit {
-            break e
-                .text
-                .split(|c: char| !c.is_ascii_digit())
-                .find(|w| w.len() == 6)
-                .context("no code in the message")?
-                .to_owned();
+/// The codes of `sent` from the inbox, as (verification id, code); sends
+/// whose message is not there are left out.
+async fn codes_of(bench: &Bench, sent: &[String]) -> anyhow::Result<Vec<(String, String)>> {
+    let cid = otpgate_core::CustomerId::parse(&bench.cid).context("bad customer id")?;
+    let limit = u32::try_from(sent.len() + 1000).unwrap_or(u32::MAX);
+    let entries = bench.store.inbox_list(Some(&cid), None, limit).await?;
+    let mut by_id = HashMap::with_capacity(entries.len());
+    for e in entries {
+        if let (Some(v), Ok(code)) = (e.verification_id, code_in(&e.text)) {
+            by_id.insert(v.get().to_string(), code);
         }
-        anyhow::ensure!(
-            t.elapsed() < Duration::from_secs(10),
-            "message never reached the inbox"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    };
-    s.inbox.push(micros(t));
+    }
+    Ok(sent
+        .iter()
+        .filter_map(|id| by_id.get(id).map(|code| (id.clone(), code.clone())))
+        .collect())
+}
 
-    let t = Instant::now();
-    let body: serde_json::Value = http
-        .get(format!("{base}/verification/v3/validateOtp"))
-        .header("authToken", &token)
-        .query(&[("verificationId", id.as_str()), ("code", code.as_str())])
-        .send()
-        .await?
-        .json()
-        .await?;
-    s.validate.push(micros(t));
-    anyhow::ensure!(body["responseCode"] == 200, "validate failed: {body}");
+/// Adds `run` under `label` to the JSON object in `path`.
+fn save(path: &PathBuf, label: &str, run: Value) -> anyhow::Result<()> {
+    let mut all = std::fs::read(path)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+        .filter(Value::is_object)
+        .unwrap_or_else(|| json!({}));
+    all[label] = run;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).ok();
+    }
+    std::fs::write(path, serde_json::to_vec_pretty(&all)?)
+        .with_context(|| format!("failed to write {}", path.display()))?;
+    println!("figures added to {} as {label:?}", path.display());
     Ok(())
+}
+
+/// The server's highest resident memory over `secs`, sampled every 100 ms.
+async fn peak_rss(pid: u32, secs: u64) -> Option<u64> {
+    let until = Instant::now() + Duration::from_secs(secs);
+    let mut peak = None;
+    while Instant::now() < until {
+        peak = peak.max(rss_kb(pid));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    peak
+}
+
+/// Resident memory of process `pid` in kB, from `/proc`.
+fn rss_kb(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// The 1-, 5- and 15-minute load averages.
+fn load_average() -> Option<String> {
+    let s = std::fs::read_to_string("/proc/loadavg").ok()?;
+    Some(s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+}
+
+fn mb(kb: u64) -> f64 {
+    round(kb as f64 / 1024.0)
+}
+
+fn round(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
 }
 
 fn micros(t: Instant) -> u64 {
