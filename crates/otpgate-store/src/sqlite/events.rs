@@ -4,9 +4,9 @@
 //! the console's operations, each one write of the writer's batch.
 
 use otpgate_core::SecretString;
-use sqlx::sqlite::SqliteConnection;
+use rusqlite::{Connection, params};
 
-use super::db;
+use super::writer::{all, exec, one, opt, tuple};
 use crate::shared::{
     PendingEventRow, clip, customer_id, event_outcome, pending_event, pending_event_columns,
 };
@@ -14,8 +14,8 @@ use crate::{EventAttempt, EventKind, PendingEvent, StoreError, StoreResult, Webh
 
 /// Queues `kind` for the verification `verification_id` if its account has a
 /// webhook; a second write of the same (verification, kind) is ignored.
-pub(super) async fn emit(
-    conn: &mut SqliteConnection,
+pub(super) fn emit(
+    conn: &Connection,
     verification_id: i64,
     kind: EventKind,
     detail: &str,
@@ -23,7 +23,8 @@ pub(super) async fn emit(
 ) -> StoreResult<()> {
     // `where` is needed before `on conflict` in an insert … select (SQLite's
     // parser would otherwise read `on` as a join).
-    sqlx::query(
+    exec(
+        conn,
         "insert into events (event_id, customer_id, verification_id, kind, detail, status,
                              attempts, next_attempt_at, created_at, updated_at)
          select 'evt_' || lower(hex(randomblob(12))), v.customer_id, v.id, ?2, ?3, 'pending',
@@ -31,14 +32,8 @@ pub(super) async fn emit(
            from verifications v join webhooks w on w.customer_id = v.customer_id
           where v.id = ?1
          on conflict do nothing",
-    )
-    .bind(verification_id)
-    .bind(kind.as_str())
-    .bind(detail)
-    .bind(now)
-    .execute(&mut *conn)
-    .await
-    .map_err(db)?;
+        params![verification_id, kind.as_str(), detail, now],
+    )?;
     Ok(())
 }
 
@@ -55,45 +50,44 @@ pub(super) fn webhook(row: WebhookRow) -> StoreResult<Webhook> {
     })
 }
 
-pub(super) async fn set_webhook(
-    conn: &mut SqliteConnection,
+pub(super) fn set_webhook(
+    conn: &Connection,
     customer: &str,
     url: &str,
     secret: &str,
     now: i64,
 ) -> StoreResult<Webhook> {
-    let exists: Option<i64> = sqlx::query_scalar("select 1 from accounts where customer_id = ?1")
-        .bind(customer)
-        .fetch_optional(&mut *conn)
-        .await
-        .map_err(db)?;
+    let exists = opt(
+        conn,
+        "select 1 from accounts where customer_id = ?1",
+        [customer],
+        |_| Ok(()),
+    )?;
     if exists.is_none() {
         return Err(StoreError::NotFound);
     }
-    let row: WebhookRow = sqlx::query_as(
+    let row: WebhookRow = opt(
+        conn,
         "insert into webhooks (customer_id, url, secret, created_at, updated_at)
          values (?1, ?2, ?3, ?4, ?4)
          on conflict (customer_id) do update set url = ?2, secret = ?3, updated_at = ?4
          returning customer_id, url, secret, created_at, updated_at",
-    )
-    .bind(customer)
-    .bind(url)
-    .bind(secret)
-    .bind(now)
-    .fetch_one(&mut *conn)
-    .await
-    .map_err(db)?;
+        params![customer, url, secret, now],
+        tuple,
+    )?
+    .ok_or(StoreError::NotFound)?;
     webhook(row)
 }
 
-pub(super) async fn claim(
-    conn: &mut SqliteConnection,
+pub(super) fn claim(
+    conn: &Connection,
     worker: &str,
     max: u32,
     lease_ms: i64,
     now: i64,
 ) -> StoreResult<Vec<PendingEvent>> {
-    let ids: Vec<i64> = sqlx::query_scalar(
+    let ids: Vec<i64> = all(
+        conn,
         "update events
             set lease_owner = ?1, lease_until = ?2 + ?3, attempts = attempts + 1, updated_at = ?2
           where id in (select id from events
@@ -101,80 +95,75 @@ pub(super) async fn claim(
                           and (lease_until is null or lease_until <= ?2)
                         order by next_attempt_at, id limit ?4)
          returning id",
-    )
-    .bind(worker)
-    .bind(now)
-    .bind(lease_ms)
-    .bind(max)
-    .fetch_all(&mut *conn)
-    .await
-    .map_err(db)?;
+        params![worker, now, lease_ms, max],
+        |r| super::rows::get(r, "id"),
+    )?;
     if ids.is_empty() {
         return Ok(Vec::new());
     }
     let ids = serde_json::to_string(&ids).map_err(|e| StoreError::Internal(e.to_string()))?;
-    let rows: Vec<PendingEventRow> = sqlx::query_as(concat!(
-        "select ",
-        pending_event_columns!(),
-        " from events e left join webhooks w on w.customer_id = e.customer_id
-          where e.id in (select value from json_each(?1))
-          order by e.next_attempt_at, e.id"
-    ))
-    .bind(ids)
-    .fetch_all(&mut *conn)
-    .await
-    .map_err(db)?;
+    let rows: Vec<PendingEventRow> = all(
+        conn,
+        concat!(
+            "select ",
+            pending_event_columns!(),
+            " from events e left join webhooks w on w.customer_id = e.customer_id
+              where e.id in (select value from json_each(?1))
+              order by e.next_attempt_at, e.id"
+        ),
+        [ids],
+        tuple,
+    )?;
     rows.into_iter().map(pending_event).collect()
 }
 
-pub(super) async fn record(
-    conn: &mut SqliteConnection,
+pub(super) fn record(
+    conn: &Connection,
     id: i64,
     worker: &str,
     attempt: &EventAttempt,
     now: i64,
 ) -> StoreResult<bool> {
     let (status, next, delivered_at) = event_outcome(attempt, now);
-    let done = sqlx::query(
+    let done = exec(
+        conn,
         "update events
             set status = ?3, next_attempt_at = coalesce(?4, next_attempt_at),
                 response_status = ?5, response = ?6, delivered_at = ?7,
                 lease_owner = null, lease_until = null, updated_at = ?8
           where id = ?1 and lease_owner = ?2 and status = 'pending'",
-    )
-    .bind(id)
-    .bind(worker)
-    .bind(status)
-    .bind(next)
-    .bind(attempt.response_status.map(i64::from))
-    .bind(clip(&attempt.response))
-    .bind(delivered_at)
-    .bind(now)
-    .execute(&mut *conn)
-    .await
-    .map_err(db)?;
-    Ok(done.rows_affected() == 1)
+        params![
+            id,
+            worker,
+            status,
+            next,
+            attempt.response_status.map(i64::from),
+            clip(&attempt.response),
+            delivered_at,
+            now
+        ],
+    )?;
+    Ok(done == 1)
 }
 
-pub(super) async fn sweep_expired(conn: &mut SqliteConnection, now: i64) -> StoreResult<u64> {
+pub(super) fn sweep_expired(conn: &Connection, now: i64) -> StoreResult<u64> {
     // Where the last sweep stopped; before the first, the oldest webhook's
     // creation (no verification expiring before it can have had a
     // `created` event).
-    let from: i64 = sqlx::query_scalar(
+    let from: i64 = one(
+        conn,
         "select coalesce((select until from event_sweeps where name = 'expired'),
                          (select min(created_at) from webhooks), ?1)",
-    )
-    .bind(now)
-    .fetch_one(&mut *conn)
-    .await
-    .map_err(db)?;
+        [now],
+    )?;
     if from >= now {
         if from == now {
-            upsert_sweep(conn, now).await?;
+            upsert_sweep(conn, now)?;
         }
         return Ok(0);
     }
-    let done = sqlx::query(
+    let done = exec(
+        conn,
         "insert into events (event_id, customer_id, verification_id, kind, detail, status,
                              attempts, next_attempt_at, created_at, updated_at)
          select 'evt_' || lower(hex(randomblob(12))), v.customer_id, v.id,
@@ -186,24 +175,18 @@ pub(super) async fn sweep_expired(conn: &mut SqliteConnection, now: i64) -> Stor
                          where c.verification_id = v.id and c.kind = 'verification.created')
             and exists (select 1 from webhooks w where w.customer_id = v.customer_id)
          on conflict do nothing",
-    )
-    .bind(from)
-    .bind(now)
-    .execute(&mut *conn)
-    .await
-    .map_err(db)?;
-    upsert_sweep(conn, now).await?;
-    Ok(done.rows_affected())
+        [from, now],
+    )?;
+    upsert_sweep(conn, now)?;
+    Ok(u64::try_from(done).unwrap_or(u64::MAX))
 }
 
-async fn upsert_sweep(conn: &mut SqliteConnection, now: i64) -> StoreResult<()> {
-    sqlx::query(
+fn upsert_sweep(conn: &Connection, now: i64) -> StoreResult<()> {
+    exec(
+        conn,
         "insert into event_sweeps (name, until) values ('expired', ?1)
          on conflict (name) do update set until = max(until, ?1)",
-    )
-    .bind(now)
-    .execute(&mut *conn)
-    .await
-    .map_err(db)?;
+        [now],
+    )?;
     Ok(())
 }

@@ -2,14 +2,16 @@
 //!
 //! SQLite lets one connection write at a time. Rather than let several
 //! connections fight over that lock (and back off on `SQLITE_BUSY`), all
-//! writes go to one task that owns the one write connection (`writer`): it
-//! runs the writes queued at any moment in one transaction, each in its own
-//! savepoint, and commits them with one fsync (group commit). Reads use a
-//! separate pool and run beside the writer (WAL mode). Every write
-//! transaction still starts with `begin immediate`, which takes the write
-//! lock up front: another process on the same file (the CLI beside a running
-//! server, a second node) then waits on the busy timeout instead of failing
-//! half-way through a read-then-write.
+//! writes go to one thread that owns the one write connection (`writer`):
+//! it runs the writes queued at any moment in one transaction, each in its
+//! own savepoint, and commits them with one fsync (group commit). Each write
+//! is a synchronous closure over the connection with cached prepared
+//! statements, handed to the thread once. Reads use a few separate
+//! connections on tokio's blocking threads and run beside the writer (WAL
+//! mode). Every write transaction still starts with `begin immediate`,
+//! which takes the write lock up front: another process on the same file
+//! (the CLI beside a running server, a second node) then waits on the busy
+//! timeout instead of failing half-way through a read-then-write.
 //!
 //! Each guarantee the contract puts on the store — 506, rate limits, charge
 //! and outbox row in one commit (contract §2, §5), exactly-once completion
@@ -28,19 +30,14 @@ use crate::shared::{
     self, EventRecordRow, attempts_detail, email_key, event_record, event_record_columns,
     fill_days, id_i64, settings_json, stats_days, to_u64,
 };
-use std::path::Path;
-use std::str::FromStr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use futures::future::BoxFuture;
 use otpgate_core::{CustomerId, DeliveryStatus, VerificationId};
-use sqlx::SqlSafeStr;
-use sqlx::migrate::{MigrateError, Migration, MigrationType, Migrator};
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
-    SqliteSynchronous,
-};
+use rusqlite::{Connection, OpenFlags, params};
+use sha2::{Digest, Sha384};
 
 use crate::{
     Account, AccountSettings, ChannelStats, ConversionRow, CreateOutcome, DailyStats, EventAttempt,
@@ -49,6 +46,7 @@ use crate::{
     StoreError, StoreResult, ValidationAction, Verification, VerificationFilter, Webhook,
 };
 use rows::{account_columns, outbox_columns, verification_columns};
+use writer::{Readers, all, exec, one, opt, sq, tuple};
 
 /// The schema, in order. Embedded so the binary carries its own schema.
 const MIGRATIONS: &[(i64, &str, &str)] = &[
@@ -91,36 +89,107 @@ const _: () = assert!(MIGRATIONS[MIGRATIONS.len() - 1].0 == SCHEMA_VERSION);
 /// How long a statement waits for another process's write lock before the
 /// store reports itself unavailable (503).
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long a request waits for a connection of its pool, or for its write
-/// to be taken up by the writer.
+/// How long a request waits for a reader connection, or for its write to be
+/// taken up by the writer.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
 /// The most writes committed together. Past a few dozen the fsync is no
 /// longer what a batch waits on, and a bound keeps one batch's transaction
 /// (and the wait of the callers queued behind it) short.
 pub const MAX_BATCH: usize = 128;
 /// Read connections beside the one writer.
-const READERS: u32 = 4;
+const READERS: usize = 4;
+/// Prepared statements each connection keeps (the store has about 80).
+const STATEMENT_CACHE: usize = 128;
 
 /// The SQLite [`Store`].
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
-    /// Runs every write, in batches, on `write_pool`'s connection.
+    /// Runs every write, in batches, on the write connection's thread.
     writer: writer::Writer,
-    /// Exactly one connection, used by the writer task (and, before it
-    /// starts, by migrations).
-    write_pool: SqlitePool,
-    /// Reads only; for an in-memory database, the write pool itself.
-    reader: SqlitePool,
+    /// Reads; `None` for an in-memory database, read through the writer.
+    readers: Option<Arc<Readers>>,
     /// An in-memory database: no files to restrict or scrub.
     memory: bool,
+}
+
+/// Where a store's database is.
+struct Location {
+    /// `None`: in memory.
+    path: Option<PathBuf>,
+    read_only: bool,
+}
+
+impl Location {
+    /// A URL as the server's configuration writes it: `sqlite://FILE`,
+    /// `sqlite:FILE`, `sqlite::memory:`, with `?mode=ro|rw|rwc|memory`.
+    fn parse(url: &str) -> StoreResult<Self> {
+        let bad = |why: &str| StoreError::Unavailable(format!("bad SQLite URL {url:?}: {why}"));
+        let rest = url
+            .strip_prefix("sqlite:")
+            .ok_or_else(|| bad("no sqlite: scheme"))?;
+        let rest = rest.strip_prefix("//").unwrap_or(rest);
+        let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
+        let mut location = Self {
+            path: (path != ":memory:").then(|| PathBuf::from(path)),
+            read_only: false,
+        };
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            match pair {
+                "mode=ro" => location.read_only = true,
+                "mode=rw" | "mode=rwc" => {}
+                "mode=memory" => location.path = None,
+                other => return Err(bad(&format!("unknown option {other}"))),
+            }
+        }
+        if location.path.as_deref() == Some(Path::new("")) {
+            return Err(bad("no file name"));
+        }
+        Ok(location)
+    }
+
+    /// A new connection, set up as every connection of the store is.
+    fn connect(&self, wal: bool) -> StoreResult<Connection> {
+        let conn = match &self.path {
+            None => Connection::open_in_memory(),
+            Some(path) => {
+                let mut flags = OpenFlags::SQLITE_OPEN_NO_MUTEX;
+                flags |= if self.read_only {
+                    OpenFlags::SQLITE_OPEN_READ_ONLY
+                } else {
+                    OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE
+                };
+                Connection::open_with_flags(path, flags)
+            }
+        }
+        .map_err(|e| StoreError::Unavailable(format!("cannot open the SQLite database: {e}")))?;
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(sq)?;
+        conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+        conn.execute_batch(
+            // FULL: a commit is on disk before a send answers 200, so it
+            // survives a power cut, not only a crash (contract §2).
+            // secure_delete: deleted rows and freed content (a delivered
+            // message's text, set to null) are overwritten with zeros, not
+            // only unlinked: retention must remove phone numbers from the
+            // file itself, and erased texts (they held codes) must not
+            // linger in free pages. It costs writes on deletes only.
+            "pragma foreign_keys = on; pragma synchronous = full; pragma secure_delete = on;",
+        )
+        .map_err(sq)?;
+        if wal && self.path.is_some() && !self.read_only {
+            let _mode: String = conn
+                .query_row("pragma journal_mode = wal", [], |r| r.get(0))
+                .map_err(sq)?;
+        }
+        Ok(conn)
+    }
 }
 
 impl SqliteStore {
     /// Opens the database `location` names, creating the file if needed,
     /// and brings its schema up to date. `location` is a URL as the server's
     /// configuration writes it — `sqlite://path/to/otpgate.db`,
-    /// `sqlite:otpgate.db`, `sqlite::memory:` (SQLx's query options such as
-    /// `?mode=ro` apply) — or a plain file path.
+    /// `sqlite:otpgate.db`, `sqlite::memory:` (`?mode=ro` opens read-only)
+    /// — or a plain file path.
     ///
     /// # Errors
     /// [`StoreError::Unavailable`] when the file cannot be opened or created
@@ -130,13 +199,7 @@ impl SqliteStore {
         if !location.starts_with("sqlite:") {
             return Self::open_path(location).await;
         }
-        let memory = location == "sqlite::memory:" || location.contains("mode=memory");
-        // Read-only: nothing to create or restrict (the file is its owner's).
-        let own_files = !memory && !location.contains("mode=ro");
-        let opts = SqliteConnectOptions::from_str(location)
-            .map_err(|e| StoreError::Unavailable(format!("bad SQLite URL: {e}")))?
-            .create_if_missing(true);
-        Self::build(opts, memory, own_files, MAX_BATCH).await
+        Self::build(Location::parse(location)?, MAX_BATCH).await
     }
 
     /// Opens (creating if needed) the database file at `path`; for paths
@@ -158,10 +221,11 @@ impl SqliteStore {
         path: impl AsRef<Path>,
         max_batch: usize,
     ) -> StoreResult<Self> {
-        let opts = SqliteConnectOptions::new()
-            .filename(path)
-            .create_if_missing(true);
-        Self::build(opts, false, true, max_batch).await
+        let location = Location {
+            path: Some(path.as_ref().to_owned()),
+            read_only: false,
+        };
+        Self::build(location, max_batch).await
     }
 
     /// A private database in memory, gone when the store is dropped; for
@@ -173,72 +237,39 @@ impl SqliteStore {
         Self::open("sqlite::memory:").await
     }
 
-    async fn build(
-        opts: SqliteConnectOptions,
-        memory: bool,
-        own_files: bool,
-        max_batch: usize,
-    ) -> StoreResult<Self> {
-        if own_files {
-            restrict_files(opts.get_filename())?;
-        }
-        let opts = opts
-            .foreign_keys(true)
-            // Freed content (a delivered message's text, set to null) is
-            // overwritten with zeros rather than left in free space.
-            .pragma("secure_delete", "on")
-            .busy_timeout(BUSY_TIMEOUT)
-            // FULL: a commit is on disk before a send answers 200, so it
-            // survives a power cut, not only a crash (contract §2).
-            .synchronous(SqliteSynchronous::Full)
-            // Deleted rows are overwritten with zeros, not only unlinked:
-            // retention must remove phone numbers from the file itself, and
-            // erased message texts (they held codes) must not linger in
-            // free pages. It costs writes on deletes only.
-            .pragma("secure_delete", "on");
-        let writer_opts = if memory {
-            opts.clone()
-        } else {
-            opts.clone().journal_mode(SqliteJournalMode::Wal)
-        };
-        let mut writer = SqlitePoolOptions::new()
-            .max_connections(1)
-            .acquire_timeout(ACQUIRE_TIMEOUT);
-        if memory {
-            // An in-memory database lives as long as its connection.
-            writer = writer
-                .min_connections(1)
-                .idle_timeout(None)
-                .max_lifetime(None);
+    async fn build(location: Location, max_batch: usize) -> StoreResult<Self> {
+        // Opening and migrating block on the file (and on other openers'
+        // locks): off the async threads.
+        tokio::task::spawn_blocking(move || Self::build_blocking(location, max_batch))
+            .await
+            .map_err(|e| StoreError::Internal(format!("opening SQLite failed: {e}")))?
+    }
+
+    fn build_blocking(location: Location, max_batch: usize) -> StoreResult<Self> {
+        let memory = location.path.is_none();
+        if let Some(path) = &location.path
+            && !location.read_only
+        {
+            restrict_files(path)?;
         }
         // Switching a fresh file to WAL can meet another opener doing the
         // same, which SQLite reports as locked at once: try again briefly.
         let mut attempt = 0u64;
-        let write_pool = loop {
-            match writer.clone().connect_with(writer_opts.clone()).await {
+        let conn = loop {
+            match location.connect(true) {
                 Err(e) if attempt < 40 && lost_race(&e.to_string()) => {
                     attempt += 1;
-                    tokio::time::sleep(Duration::from_millis(10 + attempt * 5)).await;
+                    std::thread::sleep(Duration::from_millis(10 + attempt * 5));
                 }
-                other => break other.map_err(db)?,
+                other => break other?,
             }
         };
-        migrate(&write_pool).await?;
-        let reader = if memory {
-            write_pool.clone()
-        } else {
-            SqlitePoolOptions::new()
-                .max_connections(READERS)
-                .acquire_timeout(ACQUIRE_TIMEOUT)
-                .connect_with(opts)
-                .await
-                .map_err(db)?
-        };
-        let writer = writer::Writer::start(write_pool.clone(), max_batch, ACQUIRE_TIMEOUT);
+        migrate(&conn)?;
+        let readers = (!memory)
+            .then(|| Readers::new(READERS, ACQUIRE_TIMEOUT, move || location.connect(false)));
         Ok(Self {
-            writer,
-            write_pool,
-            reader,
+            writer: writer::Writer::start(conn, max_batch, ACQUIRE_TIMEOUT)?,
+            readers,
             memory,
         })
     }
@@ -249,10 +280,14 @@ impl SqliteStore {
     /// # Errors
     /// As any read.
     pub async fn schema_version(&self) -> StoreResult<i64> {
-        sqlx::query_scalar("select coalesce(max(version), 0) from _sqlx_migrations where success")
-            .fetch_one(&self.reader)
-            .await
-            .map_err(db)
+        self.read(|c| {
+            one(
+                c,
+                "select coalesce(max(version), 0) from _sqlx_migrations where success",
+                [],
+            )
+        })
+        .await
     }
 
     /// How many writes this store has run, in how many commits.
@@ -266,11 +301,13 @@ impl SqliteStore {
         self.writer.queued()
     }
 
-    /// Closes both pools, waiting for connections in use to come back.
-    /// Writes after this fail as `Unavailable`.
+    /// Closes the connections, after the writes queued before this.
+    /// Reads and writes after this fail as `Unavailable`.
     pub async fn close(&self) {
-        self.reader.close().await;
-        self.write_pool.close().await;
+        if let Some(r) = &self.readers {
+            r.close();
+        }
+        self.writer.close().await;
     }
 
     /// Runs `op` as one write of the writer's next batch, and keeps its
@@ -278,11 +315,22 @@ impl SqliteStore {
     async fn write<T, F>(&self, op: F) -> StoreResult<T>
     where
         T: Send + 'static,
-        F: for<'c> FnOnce(&'c mut SqliteConnection) -> BoxFuture<'c, StoreResult<T>>
-            + Send
-            + 'static,
+        F: FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
     {
         self.writer.write(|_| true, op).await
+    }
+
+    /// Runs `op` on a reader connection (in memory: on the writer's,
+    /// between batches).
+    async fn read<T, F>(&self, op: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
+    {
+        match &self.readers {
+            Some(r) => r.read(op).await,
+            None => self.writer.read(op).await,
+        }
     }
 }
 
@@ -329,51 +377,84 @@ fn restrict_files(path: &Path) -> StoreResult<()> {
     Ok(())
 }
 
-async fn migrate(pool: &SqlitePool) -> StoreResult<()> {
-    let migrations = MIGRATIONS
-        .iter()
-        .map(|&(version, description, sql)| {
-            Migration::new(
-                version,
-                description.into(),
-                MigrationType::Simple,
-                sql.into_sql_str(),
-                false,
-            )
-        })
-        .collect();
-    let migrator = Migrator::with_migrations(migrations);
-    // SQLx takes no lock for SQLite migrations: processes opening a fresh
-    // file together each see "not applied"; all but the first then fail on
-    // `create table` once the first commits, or with SQLITE_BUSY when their
-    // read transaction cannot be upgraded to a write (SQLite answers that at
-    // once, without the busy timeout). The winner's migration is recorded,
-    // so running again finds it applied and goes on.
-    let mut result = migrator.run(pool).await;
-    for attempt in 0..40u64 {
-        match &result {
-            Err(e) if lost_race(&e.to_string()) => {
-                tokio::time::sleep(Duration::from_millis(10 + attempt * 5)).await;
-                result = migrator.run(pool).await;
-            }
-            _ => break,
-        }
+/// The versions recorded in `_sqlx_migrations` (empty before the first).
+fn applied(conn: &Connection) -> StoreResult<Vec<i64>> {
+    let exists: i64 = one(
+        conn,
+        "select count(*) from sqlite_master where type = 'table' and name = '_sqlx_migrations'",
+        [],
+    )?;
+    if exists == 0 {
+        return Ok(Vec::new());
     }
-    match result {
-        Ok(()) => Ok(()),
-        Err(MigrateError::VersionMissing(found)) => {
-            let newest: Option<i64> =
-                sqlx::query_scalar("select max(version) from _sqlx_migrations")
-                    .fetch_one(pool)
-                    .await
-                    .map_err(db)?;
-            Err(StoreError::SchemaTooNew {
-                found: newest.unwrap_or(found).max(found),
-                known: SCHEMA_VERSION,
-            })
+    all(
+        conn,
+        "select version from _sqlx_migrations where success order by version",
+        [],
+        |r| rows::get(r, "version"),
+    )
+}
+
+/// Brings the schema up to date. Migrations are recorded in
+/// `_sqlx_migrations` as earlier builds (which migrated through SQLx)
+/// recorded them, checksum included, so a database of any earlier build
+/// opens. The pending ones run in one `begin immediate` transaction, after
+/// looking again under the write lock: processes opening a fresh file
+/// together wait for each other (busy timeout), and each migration runs
+/// once.
+fn migrate(conn: &Connection) -> StoreResult<()> {
+    let too_new = |found: &[i64]| match found.iter().max() {
+        Some(&newest) if newest > SCHEMA_VERSION => Err(StoreError::SchemaTooNew {
+            found: newest,
+            known: SCHEMA_VERSION,
+        }),
+        _ => Ok(()),
+    };
+    let done = applied(conn)?;
+    too_new(&done)?;
+    if MIGRATIONS.iter().all(|(v, _, _)| done.contains(v)) {
+        return Ok(());
+    }
+    conn.execute_batch("begin immediate").map_err(sq)?;
+    let result = (|| {
+        conn.execute_batch(
+            "create table if not exists _sqlx_migrations (
+                 version bigint primary key,
+                 description text not null,
+                 installed_on timestamp not null default current_timestamp,
+                 success boolean not null,
+                 checksum blob not null,
+                 execution_time bigint not null
+             )",
+        )
+        .map_err(sq)?;
+        let done = applied(conn)?;
+        too_new(&done)?;
+        for &(version, description, sql) in MIGRATIONS {
+            if done.contains(&version) {
+                continue;
+            }
+            let started = std::time::Instant::now();
+            conn.execute_batch(sql).map_err(|e| {
+                StoreError::Internal(format!("migration {version} ({description}) failed: {e}"))
+            })?;
+            let nanos = i64::try_from(started.elapsed().as_nanos()).unwrap_or(i64::MAX);
+            exec(
+                conn,
+                "insert into _sqlx_migrations (version, description, success, checksum,
+                                               execution_time)
+                 values (?1, ?2, true, ?3, ?4)",
+                params![version, description, &Sha384::digest(sql)[..], nanos],
+            )?;
         }
-        Err(MigrateError::Execute(e)) => Err(db(e)),
-        Err(e) => Err(StoreError::Internal(format!("migration failed: {e}"))),
+        Ok(())
+    })();
+    match result {
+        Ok(()) => conn.execute_batch("commit").map_err(sq),
+        Err(e) => {
+            let _ = conn.execute_batch("rollback");
+            Err(e)
+        }
     }
 }
 
@@ -381,75 +462,29 @@ async fn migrate(pool: &SqlitePool) -> StoreResult<()> {
 /// created before `cutoff`, their outbox rows first (they reference them),
 /// then inbox rows. Both deletes of verifications pick the same rows: the
 /// same ordered query inside one transaction.
-async fn purge(conn: &mut SqliteConnection, cutoff: i64, max: u32) -> StoreResult<Purged> {
-    let outbox = sqlx::query(
-        "delete from outbox where verification_id in
+fn purge(conn: &Connection, cutoff: i64, max: u32) -> StoreResult<Purged> {
+    let del = |sql: &str| exec(conn, sql, params![cutoff, max]).map(count);
+    let outbox = del("delete from outbox where verification_id in
              (select id from verifications where created_at < ?1
-              order by created_at, id limit ?2)",
-    )
-    .bind(cutoff)
-    .bind(max)
-    .execute(&mut *conn)
-    .await
-    .map_err(db)?
-    .rows_affected();
+              order by created_at, id limit ?2)")?;
     // Own-number records reference their verification (and hold the number).
-    sqlx::query(
-        "delete from own_numbers where verification_id in
+    del("delete from own_numbers where verification_id in
              (select id from verifications where created_at < ?1
-              order by created_at, id limit ?2)",
-    )
-    .bind(cutoff)
-    .bind(max)
-    .execute(&mut *conn)
-    .await
-    .map_err(db)?;
+              order by created_at, id limit ?2)")?;
     // Their events (webhook deliveries name the verification), before the
     // verifications the selection reads.
-    let mut events = sqlx::query(
-        "delete from events where verification_id in
+    let mut events = del("delete from events where verification_id in
              (select id from verifications where created_at < ?1
-              order by created_at, id limit ?2)",
-    )
-    .bind(cutoff)
-    .bind(max)
-    .execute(&mut *conn)
-    .await
-    .map_err(db)?
-    .rows_affected();
-    let verifications = sqlx::query(
-        "delete from verifications where id in
+              order by created_at, id limit ?2)")?;
+    let verifications = del("delete from verifications where id in
              (select id from verifications where created_at < ?1
-              order by created_at, id limit ?2)",
-    )
-    .bind(cutoff)
-    .bind(max)
-    .execute(&mut *conn)
-    .await
-    .map_err(db)?
-    .rows_affected();
-    let inbox = sqlx::query(
-        "delete from inbox where id in
-             (select id from inbox where created_at < ?1 order by created_at, id limit ?2)",
-    )
-    .bind(cutoff)
-    .bind(max)
-    .execute(&mut *conn)
-    .await
-    .map_err(db)?
-    .rows_affected();
+              order by created_at, id limit ?2)")?;
+    let inbox = del("delete from inbox where id in
+             (select id from inbox where created_at < ?1 order by created_at, id limit ?2)")?;
     // Events older than the cutoff whose verification is already gone (or
     // not yet swept): an event never outlives retention either.
-    events += sqlx::query(
-        "delete from events where id in
-             (select id from events where created_at < ?1 order by created_at, id limit ?2)",
-    )
-    .bind(cutoff)
-    .bind(max)
-    .execute(&mut *conn)
-    .await
-    .map_err(db)?
-    .rows_affected();
+    events += del("delete from events where id in
+             (select id from events where created_at < ?1 order by created_at, id limit ?2)")?;
     Ok(Purged {
         verifications,
         outbox,
@@ -458,68 +493,28 @@ async fn purge(conn: &mut SqliteConnection, cutoff: i64, max: u32) -> StoreResul
     })
 }
 
-/// Whether an error opening a fresh file is another opener having got there
-/// first, so trying again will succeed. A migration that can run twice (a
-/// table rebuild, as 3 is) fails only when its version is recorded; that
-/// insert is in the migration's own transaction, so the loser's run was
-/// rolled back whole.
-fn lost_race(message: &str) -> bool {
-    // `duplicate column name`: an `alter table … add column` another
-    // opener's migration already applied. A migration whose statements all
-    // succeed a second time (a table rebuilt under a new name) fails only on
-    // recording its version; its transaction, and so the repeat, rolls back.
-    message.contains("already exists")
-        || message.contains("database is locked")
-        || message.contains("duplicate column name")
-        || message.contains("UNIQUE constraint failed: _sqlx_migrations.version")
+/// Rows a statement changed, as the store counts them.
+fn count(n: usize) -> u64 {
+    u64::try_from(n).unwrap_or(u64::MAX)
 }
 
-/// Maps a SQLx error to the store's: faults of reaching the database become
-/// `Unavailable` (503: nothing was written), key collisions `Conflict`, the
-/// rest `Internal`.
-pub(crate) fn db(e: sqlx::Error) -> StoreError {
-    use sqlx::Error as E;
-    match &e {
-        E::PoolTimedOut | E::PoolClosed | E::WorkerCrashed | E::Io(_) => {
-            StoreError::Unavailable(e.to_string())
-        }
-        E::Database(d) if d.is_unique_violation() => StoreError::Conflict(d.message().to_owned()),
-        E::Database(d) => {
-            // Primary result codes (the low byte of the extended code) that
-            // mean the file could not be used, not that the statement was
-            // wrong: BUSY, LOCKED, NOMEM, READONLY, IOERR, FULL, CANTOPEN.
-            let primary = d
-                .code()
-                .and_then(|c| c.parse::<i32>().ok())
-                .map(|c| c & 0xff);
-            if matches!(primary, Some(5 | 6 | 7 | 8 | 10 | 13 | 14)) {
-                StoreError::Unavailable(e.to_string())
-            } else {
-                StoreError::Internal(e.to_string())
-            }
-        }
-        _ => StoreError::Internal(e.to_string()),
-    }
+/// Whether an error opening a fresh file is another opener having got there
+/// first, so trying again will succeed.
+fn lost_race(message: &str) -> bool {
+    message.contains("database is locked")
 }
 
 /// The account an `update accounts … returning` statement changed, or
 /// `NotFound` when it matched none.
-fn updated(row: Result<Option<sqlx::sqlite::SqliteRow>, sqlx::Error>) -> StoreResult<Account> {
-    row.map_err(db)?
-        .as_ref()
-        .map(rows::account)
-        .transpose()?
-        .ok_or(StoreError::NotFound)
+fn updated(conn: &Connection, sql: &str, p: impl rusqlite::Params) -> StoreResult<Account> {
+    opt(conn, sql, p, rows::account)?.ok_or(StoreError::NotFound)
 }
 
 #[async_trait]
 impl Store for SqliteStore {
     async fn ping(&self) -> StoreResult<()> {
-        sqlx::query("select 1")
-            .execute(&self.reader)
+        self.read(|c| one::<i64>(c, "select 1", []).map(|_| ()))
             .await
-            .map_err(db)?;
-        Ok(())
     }
 
     fn backend(&self) -> &'static str {
@@ -528,26 +523,17 @@ impl Store for SqliteStore {
 
     async fn secret_get_or_init(&self, name: &str, candidate: &[u8]) -> StoreResult<Vec<u8>> {
         let (name, candidate) = (name.to_owned(), candidate.to_vec());
-        self.write(move |conn| {
-            Box::pin(async move {
-                // The trait passes no clock and the time is only informational
-                // here, so the database's own clock stamps it.
-                sqlx::query(
-                    "insert into secrets (name, value, created_at)
-                     values (?1, ?2, cast(unixepoch('subsec') * 1000 as integer))
-                     on conflict (name) do nothing",
-                )
-                .bind(&name)
-                .bind(candidate)
-                .execute(&mut *conn)
-                .await
-                .map_err(db)?;
-                sqlx::query_scalar("select value from secrets where name = ?1")
-                    .bind(&name)
-                    .fetch_one(&mut *conn)
-                    .await
-                    .map_err(db)
-            })
+        self.write(move |c| {
+            // The trait passes no clock and the time is only informational
+            // here, so the database's own clock stamps it.
+            exec(
+                c,
+                "insert into secrets (name, value, created_at)
+                 values (?1, ?2, cast(unixepoch('subsec') * 1000 as integer))
+                 on conflict (name) do nothing",
+                params![name, candidate],
+            )?;
+            one(c, "select value from secrets where name = ?1", [name])
         })
         .await
     }
@@ -557,27 +543,25 @@ impl Store for SqliteStore {
         let settings_text = settings_json(&settings)?;
         let row = new.clone();
         let result = self
-            .write(move |conn| {
-                Box::pin(async move {
-                    sqlx::query(
-                        "insert into accounts (customer_id, password_hash, email, email_key,
-                                               country, credits, test_credits, settings,
-                                               created_at)
-                         values (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-                    )
-                    .bind(row.customer_id.as_str())
-                    .bind(&row.password_hash)
-                    .bind(&row.email)
-                    .bind(row.email.as_deref().map(email_key))
-                    .bind(&row.country)
-                    .bind(row.credits)
-                    .bind(row.test_credits)
-                    .bind(settings_text)
-                    .bind(row.created_at)
-                    .execute(&mut *conn)
-                    .await
-                    .map_err(db)
-                })
+            .write(move |c| {
+                exec(
+                    c,
+                    "insert into accounts (customer_id, password_hash, email, email_key,
+                                           country, credits, test_credits, settings,
+                                           created_at)
+                     values (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                    params![
+                        row.customer_id.as_str(),
+                        row.password_hash,
+                        row.email,
+                        row.email.as_deref().map(email_key),
+                        row.country,
+                        row.credits,
+                        row.test_credits,
+                        settings_text,
+                        row.created_at
+                    ],
+                )
             })
             .await;
         match result {
@@ -605,49 +589,53 @@ impl Store for SqliteStore {
     }
 
     async fn account_get(&self, id: &CustomerId) -> StoreResult<Option<Account>> {
-        sqlx::query(concat!(
-            "select ",
-            account_columns!(),
-            " from accounts where customer_id = ?1"
-        ))
-        .bind(id.as_str())
-        .fetch_optional(&self.reader)
+        let id = id.clone();
+        self.read(move |c| {
+            opt(
+                c,
+                concat!(
+                    "select ",
+                    account_columns!(),
+                    " from accounts where customer_id = ?1"
+                ),
+                [id.as_str()],
+                rows::account,
+            )
+        })
         .await
-        .map_err(db)?
-        .as_ref()
-        .map(rows::account)
-        .transpose()
     }
 
     async fn account_by_email(&self, email: &str) -> StoreResult<Option<Account>> {
-        sqlx::query(concat!(
-            "select ",
-            account_columns!(),
-            " from accounts where email_key = ?1"
-        ))
-        .bind(email_key(email))
-        .fetch_optional(&self.reader)
+        let key = email_key(email);
+        self.read(move |c| {
+            opt(
+                c,
+                concat!(
+                    "select ",
+                    account_columns!(),
+                    " from accounts where email_key = ?1"
+                ),
+                [key],
+                rows::account,
+            )
+        })
         .await
-        .map_err(db)?
-        .as_ref()
-        .map(rows::account)
-        .transpose()
     }
 
     async fn account_list(&self, limit: u32, offset: u32) -> StoreResult<Vec<Account>> {
-        sqlx::query(concat!(
-            "select ",
-            account_columns!(),
-            " from accounts order by created_at desc, customer_id desc limit ?1 offset ?2"
-        ))
-        .bind(limit)
-        .bind(offset)
-        .fetch_all(&self.reader)
+        self.read(move |c| {
+            all(
+                c,
+                concat!(
+                    "select ",
+                    account_columns!(),
+                    " from accounts order by created_at desc, customer_id desc limit ?1 offset ?2"
+                ),
+                [limit, offset],
+                rows::account,
+            )
+        })
         .await
-        .map_err(db)?
-        .iter()
-        .map(rows::account)
-        .collect()
     }
 
     async fn account_add_credits(&self, id: &CustomerId, credits: i64) -> StoreResult<Account> {
@@ -655,26 +643,22 @@ impl Store for SqliteStore {
         // REAL, where Rust saturates; being one write keeps the read and the
         // write together.
         let id = id.clone();
-        self.write(move |conn| {
-            Box::pin(async move {
-                let balance: Option<i64> =
-                    sqlx::query_scalar("select credits from accounts where customer_id = ?1")
-                        .bind(id.as_str())
-                        .fetch_optional(&mut *conn)
-                        .await
-                        .map_err(db)?;
-                let balance = balance.ok_or(StoreError::NotFound)?;
-                let row = sqlx::query(concat!(
+        self.write(move |c| {
+            let balance: i64 = opt(
+                c,
+                "select credits from accounts where customer_id = ?1",
+                [id.as_str()],
+                |r| rows::get(r, "credits"),
+            )?
+            .ok_or(StoreError::NotFound)?;
+            updated(
+                c,
+                concat!(
                     "update accounts set credits = ?2 where customer_id = ?1 returning ",
                     account_columns!()
-                ))
-                .bind(id.as_str())
-                .bind(balance.saturating_add(credits).max(0))
-                .fetch_one(&mut *conn)
-                .await
-                .map_err(db)?;
-                rows::account(&row)
-            })
+                ),
+                params![id.as_str(), balance.saturating_add(credits).max(0)],
+            )
         })
         .await
     }
@@ -685,55 +669,47 @@ impl Store for SqliteStore {
         password_hash: &str,
     ) -> StoreResult<Account> {
         let (id, password_hash) = (id.clone(), password_hash.to_owned());
-        self.write(move |conn| {
-            Box::pin(async move {
-                let row = sqlx::query(concat!(
+        self.write(move |c| {
+            updated(
+                c,
+                concat!(
                     "update accounts set password_hash = ?2, token_epoch = token_epoch + 1
                      where customer_id = ?1 returning ",
                     account_columns!()
-                ))
-                .bind(id.as_str())
-                .bind(password_hash)
-                .fetch_optional(&mut *conn)
-                .await;
-                updated(row)
-            })
+                ),
+                params![id.as_str(), password_hash],
+            )
         })
         .await
     }
 
     async fn account_revoke_tokens(&self, id: &CustomerId) -> StoreResult<Account> {
         let id = id.clone();
-        self.write(move |conn| {
-            Box::pin(async move {
-                let row = sqlx::query(concat!(
+        self.write(move |c| {
+            updated(
+                c,
+                concat!(
                     "update accounts set token_epoch = token_epoch + 1
                      where customer_id = ?1 returning ",
                     account_columns!()
-                ))
-                .bind(id.as_str())
-                .fetch_optional(&mut *conn)
-                .await;
-                updated(row)
-            })
+                ),
+                [id.as_str()],
+            )
         })
         .await
     }
 
     async fn account_set_disabled(&self, id: &CustomerId, disabled: bool) -> StoreResult<Account> {
         let id = id.clone();
-        self.write(move |conn| {
-            Box::pin(async move {
-                let row = sqlx::query(concat!(
+        self.write(move |c| {
+            updated(
+                c,
+                concat!(
                     "update accounts set disabled = ?2 where customer_id = ?1 returning ",
                     account_columns!()
-                ))
-                .bind(id.as_str())
-                .bind(disabled)
-                .fetch_optional(&mut *conn)
-                .await;
-                updated(row)
-            })
+                ),
+                params![id.as_str(), disabled],
+            )
         })
         .await
     }
@@ -744,18 +720,15 @@ impl Store for SqliteStore {
         settings: &AccountSettings,
     ) -> StoreResult<Account> {
         let (id, settings) = (id.clone(), settings_json(settings)?);
-        self.write(move |conn| {
-            Box::pin(async move {
-                let row = sqlx::query(concat!(
+        self.write(move |c| {
+            updated(
+                c,
+                concat!(
                     "update accounts set settings = ?2 where customer_id = ?1 returning ",
                     account_columns!()
-                ))
-                .bind(id.as_str())
-                .bind(settings)
-                .fetch_optional(&mut *conn)
-                .await;
-                updated(row)
-            })
+                ),
+                params![id.as_str(), settings],
+            )
         })
         .await
     }
@@ -777,7 +750,7 @@ impl Store for SqliteStore {
             )
         };
         self.writer
-            .write(created, move |conn| Box::pin(send::create(conn, req)))
+            .write(created, move |c| send::create(c, req))
             .await
     }
 
@@ -786,19 +759,20 @@ impl Store for SqliteStore {
         customer: &CustomerId,
         id: VerificationId,
     ) -> StoreResult<Option<Verification>> {
-        sqlx::query(concat!(
-            "select ",
-            verification_columns!(),
-            " from verifications where id = ?1 and customer_id = ?2"
-        ))
-        .bind(id_i64(id))
-        .bind(customer.as_str())
-        .fetch_optional(&self.reader)
+        let customer = customer.clone();
+        self.read(move |c| {
+            opt(
+                c,
+                concat!(
+                    "select ",
+                    verification_columns!(),
+                    " from verifications where id = ?1 and customer_id = ?2"
+                ),
+                params![id_i64(id), customer.as_str()],
+                rows::verification,
+            )
+        })
         .await
-        .map_err(db)?
-        .as_ref()
-        .map(rows::verification)
-        .transpose()
     }
 
     async fn verification_apply(
@@ -813,70 +787,62 @@ impl Store for SqliteStore {
         // row, only the first to write still finds its condition true
         // (contract §3: exactly one 200).
         let customer = customer.clone();
-        self.write(move |conn| {
-            Box::pin(async move {
-                // The event of the change commits with it: `completed`, or
-                // `failed` on the wrong code that spends the last attempt.
-                let query = match action {
-                    ValidationAction::Complete => sqlx::query_as(
-                        "update verifications set state = 'completed', completed_at = ?4
-                         where id = ?1 and customer_id = ?2 and state = 'pending'
-                           and wrong_attempts = ?3
-                         returning wrong_attempts, max_attempts",
-                    )
-                    .bind(id_i64(id))
-                    .bind(customer.as_str())
-                    .bind(expected_wrong_attempts)
-                    .bind(now),
-                    ValidationAction::Wrong => sqlx::query_as(
-                        "update verifications set wrong_attempts = wrong_attempts + 1
-                         where id = ?1 and customer_id = ?2 and state = 'pending'
-                           and wrong_attempts = ?3
-                         returning wrong_attempts, max_attempts",
-                    )
-                    .bind(id_i64(id))
-                    .bind(customer.as_str())
-                    .bind(expected_wrong_attempts),
-                };
-                let done: Option<(i64, i64)> =
-                    query.fetch_optional(&mut *conn).await.map_err(db)?;
-                let Some((wrong, max)) = done else {
-                    return Ok(false);
-                };
-                match action {
-                    ValidationAction::Complete => {
-                        // Counted on the day of its send, in the same write.
-                        sqlx::query(
-                            "insert into daily_stats (customer_id, day, sends, completed, created_at)
-                             select customer_id,
-                                    (created_at - ((created_at % 86400000) + 86400000) % 86400000)
-                                        / 86400000,
-                                    0, 1, ?2
-                               from verifications where id = ?1
-                             on conflict (customer_id, day) do update
-                                set completed = completed + 1",
-                        )
-                        .bind(id_i64(id))
-                        .bind(now)
-                        .execute(&mut *conn)
-                        .await
-                        .map_err(db)?;
-                        // Fallback steps still held carry the code: not needed.
-                        outbox::cancel_queued(conn, id_i64(id), now).await?;
-                        events::emit(conn, id_i64(id), EventKind::Completed, "{}", now).await?;
-                    }
-                    ValidationAction::Wrong => {
-                        // A verification just killed by wrong codes must not
-                        // have its code sent again by a held step.
-                        outbox::cancel_queued_if_dead(conn, id_i64(id), now).await?;
-                        if wrong >= max {
-                            let d = attempts_detail();
-                            events::emit(conn, id_i64(id), EventKind::Failed, &d, now).await?;
-                        }
+        self.write(move |c| {
+            let vid = id_i64(id);
+            // The event of the change commits with it: `completed`, or
+            // `failed` on the wrong code that spends the last attempt.
+            let done: Option<(i64, i64)> = match action {
+                ValidationAction::Complete => opt(
+                    c,
+                    "update verifications set state = 'completed', completed_at = ?4
+                     where id = ?1 and customer_id = ?2 and state = 'pending'
+                       and wrong_attempts = ?3
+                     returning wrong_attempts, max_attempts",
+                    params![vid, customer.as_str(), expected_wrong_attempts, now],
+                    tuple,
+                )?,
+                ValidationAction::Wrong => opt(
+                    c,
+                    "update verifications set wrong_attempts = wrong_attempts + 1
+                     where id = ?1 and customer_id = ?2 and state = 'pending'
+                       and wrong_attempts = ?3
+                     returning wrong_attempts, max_attempts",
+                    params![vid, customer.as_str(), expected_wrong_attempts],
+                    tuple,
+                )?,
+            };
+            let Some((wrong, max)) = done else {
+                return Ok(false);
+            };
+            match action {
+                ValidationAction::Complete => {
+                    // Counted on the day of its send, in the same write.
+                    exec(
+                        c,
+                        "insert into daily_stats (customer_id, day, sends, completed, created_at)
+                         select customer_id,
+                                (created_at - ((created_at % 86400000) + 86400000) % 86400000)
+                                    / 86400000,
+                                0, 1, ?2
+                           from verifications where id = ?1
+                         on conflict (customer_id, day) do update
+                            set completed = completed + 1",
+                        [vid, now],
+                    )?;
+                    // Fallback steps still held carry the code: not needed.
+                    outbox::cancel_queued(c, vid, now)?;
+                    events::emit(c, vid, EventKind::Completed, "{}", now)?;
+                }
+                ValidationAction::Wrong => {
+                    // A verification just killed by wrong codes must not
+                    // have its code sent again by a held step.
+                    outbox::cancel_queued_if_dead(c, vid, now)?;
+                    if wrong >= max {
+                        events::emit(c, vid, EventKind::Failed, &attempts_detail(), now)?;
                     }
                 }
-                Ok(true)
-            })
+            }
+            Ok(true)
         })
         .await
     }
@@ -887,16 +853,17 @@ impl Store for SqliteStore {
         destination_e164: &str,
         since: i64,
     ) -> StoreResult<u32> {
-        let n: i64 = sqlx::query_scalar(
-            "select coalesce(sum(wrong_attempts), 0) from verifications
-             where customer_id = ?1 and destination = ?2 and created_at >= ?3",
-        )
-        .bind(customer.as_str())
-        .bind(destination_e164)
-        .bind(since)
-        .fetch_one(&self.reader)
-        .await
-        .map_err(db)?;
+        let (customer, destination) = (customer.clone(), destination_e164.to_owned());
+        let n: i64 = self
+            .read(move |c| {
+                one(
+                    c,
+                    "select coalesce(sum(wrong_attempts), 0) from verifications
+                     where customer_id = ?1 and destination = ?2 and created_at >= ?3",
+                    params![customer.as_str(), destination, since],
+                )
+            })
+            .await?;
         Ok(u32::try_from(n).unwrap_or(u32::MAX))
     }
 
@@ -907,33 +874,37 @@ impl Store for SqliteStore {
         limit: u32,
         offset: u32,
     ) -> StoreResult<Vec<Verification>> {
+        let (customer, filter) = (customer.clone(), filter.clone());
         // `instr`, not `like`: a number filter holding `%` or `_` must match
         // itself, not act as a pattern.
-        sqlx::query(concat!(
-            "select ",
-            verification_columns!(),
-            " from verifications
-             where customer_id = ?1
-               and (?2 is null or instr(destination, ?2) > 0)
-               and (?3 is null or state = ?3)
-               and (?4 is null or created_at >= ?4)
-               and (?5 is null or created_at < ?5)
-             order by created_at desc, id desc
-             limit ?6 offset ?7"
-        ))
-        .bind(customer.as_str())
-        .bind(filter.number.as_deref())
-        .bind(filter.state.map(|s| s.as_str()))
-        .bind(filter.since)
-        .bind(filter.until)
-        .bind(limit)
-        .bind(offset)
-        .fetch_all(&self.reader)
+        self.read(move |c| {
+            all(
+                c,
+                concat!(
+                    "select ",
+                    verification_columns!(),
+                    " from verifications
+                     where customer_id = ?1
+                       and (?2 is null or instr(destination, ?2) > 0)
+                       and (?3 is null or state = ?3)
+                       and (?4 is null or created_at >= ?4)
+                       and (?5 is null or created_at < ?5)
+                     order by created_at desc, id desc
+                     limit ?6 offset ?7"
+                ),
+                params![
+                    customer.as_str(),
+                    filter.number,
+                    filter.state.map(|s| s.as_str()),
+                    filter.since,
+                    filter.until,
+                    limit,
+                    offset
+                ],
+                rows::verification,
+            )
+        })
         .await
-        .map_err(db)?
-        .iter()
-        .map(rows::verification)
-        .collect()
     }
 
     async fn daily_stats(
@@ -945,19 +916,21 @@ impl Store for SqliteStore {
         let Some((first_day, last_day)) = stats_days(since, until) else {
             return Ok(Vec::new());
         };
+        let customer = customer.clone();
         // Completions are counted on the day of their send, so a day's
         // `completed` never exceeds its `sends` (a conversion rate).
-        let found: Vec<(i64, i64, i64)> = sqlx::query_as(
-            "select day, sends, completed from daily_stats
-             where customer_id = ?1 and day >= ?2 and day <= ?3
-             order by day",
-        )
-        .bind(customer.as_str())
-        .bind(first_day)
-        .bind(last_day)
-        .fetch_all(&self.reader)
-        .await
-        .map_err(db)?;
+        let found: Vec<(i64, i64, i64)> = self
+            .read(move |c| {
+                all(
+                    c,
+                    "select day, sends, completed from daily_stats
+                     where customer_id = ?1 and day >= ?2 and day <= ?3
+                     order by day",
+                    params![customer.as_str(), first_day, last_day],
+                    tuple,
+                )
+            })
+            .await?;
         Ok(fill_days(first_day, last_day, found))
     }
 
@@ -967,23 +940,25 @@ impl Store for SqliteStore {
         since: i64,
         until: i64,
     ) -> StoreResult<Vec<ChannelStats>> {
+        let customer = customer.clone();
         // A message that failed before any channel took it has no channel;
         // it is counted under "" so failures are not lost from the totals.
-        let found: Vec<(String, i64, i64, i64)> = sqlx::query_as(
-            "select coalesce(o.channel, '') as channel, count(*),
-                    sum(o.status in ('sent', 'delivered')),
-                    sum(o.status in ('failed', 'undeliverable', 'expired', 'rejected'))
-             from outbox o join verifications v on v.id = o.verification_id
-             where v.customer_id = ?1 and v.created_at >= ?2 and v.created_at < ?3
-               and o.attempts > 0
-             group by 1 order by 1",
-        )
-        .bind(customer.as_str())
-        .bind(since)
-        .bind(until)
-        .fetch_all(&self.reader)
-        .await
-        .map_err(db)?;
+        let found: Vec<(String, i64, i64, i64)> = self
+            .read(move |c| {
+                all(
+                    c,
+                    "select coalesce(o.channel, '') as channel, count(*),
+                            sum(o.status in ('sent', 'delivered')),
+                            sum(o.status in ('failed', 'undeliverable', 'expired', 'rejected'))
+                     from outbox o join verifications v on v.id = o.verification_id
+                     where v.customer_id = ?1 and v.created_at >= ?2 and v.created_at < ?3
+                       and o.attempts > 0
+                     group by 1 order by 1",
+                    params![customer.as_str(), since, until],
+                    tuple,
+                )
+            })
+            .await?;
         Ok(found
             .into_iter()
             .map(|(channel, attempted, succeeded, failed)| ChannelStats {
@@ -996,8 +971,7 @@ impl Store for SqliteStore {
     }
 
     async fn purge_before(&self, cutoff: i64, max: u32) -> StoreResult<Purged> {
-        self.write(move |conn| Box::pin(async move { purge(conn, cutoff, max).await }))
-            .await
+        self.write(move |c| purge(c, cutoff, max)).await
     }
 
     async fn outbox_claim(
@@ -1008,10 +982,8 @@ impl Store for SqliteStore {
         now: i64,
     ) -> StoreResult<Vec<OutboxMessage>> {
         let worker = worker.to_owned();
-        self.write(move |conn| {
-            Box::pin(async move { outbox::claim(conn, &worker, max, lease_ms, now).await })
-        })
-        .await
+        self.write(move |c| outbox::claim(c, &worker, max, lease_ms, now))
+            .await
     }
 
     async fn outbox_sent(
@@ -1022,10 +994,8 @@ impl Store for SqliteStore {
         now: i64,
     ) -> StoreResult<bool> {
         let (worker, sent) = (worker.to_owned(), sent.clone());
-        self.write(move |conn| {
-            Box::pin(async move { outbox::sent(conn, message_id, &worker, &sent, now).await })
-        })
-        .await
+        self.write(move |c| outbox::sent(c, message_id, &worker, &sent, now))
+            .await
     }
 
     async fn outbox_retry(
@@ -1037,12 +1007,8 @@ impl Store for SqliteStore {
         now: i64,
     ) -> StoreResult<bool> {
         let (worker, error) = (worker.to_owned(), error.to_owned());
-        self.write(move |conn| {
-            Box::pin(async move {
-                outbox::retry(conn, message_id, &worker, next_attempt_at, &error, now).await
-            })
-        })
-        .await
+        self.write(move |c| outbox::retry(c, message_id, &worker, next_attempt_at, &error, now))
+            .await
     }
 
     async fn outbox_failed(
@@ -1053,10 +1019,8 @@ impl Store for SqliteStore {
         now: i64,
     ) -> StoreResult<bool> {
         let (worker, error) = (worker.to_owned(), error.to_owned());
-        self.write(move |conn| {
-            Box::pin(async move { outbox::failed(conn, message_id, &worker, &error, now).await })
-        })
-        .await
+        self.write(move |c| outbox::failed(c, message_id, &worker, &error, now))
+            .await
     }
 
     async fn outbox_receipt(
@@ -1069,33 +1033,31 @@ impl Store for SqliteStore {
     ) -> StoreResult<Option<i64>> {
         let (channel, gateway_id, detail) =
             (channel.to_owned(), gateway_id.to_owned(), detail.to_owned());
-        self.write(move |conn| {
-            Box::pin(async move {
-                outbox::receipt(conn, &channel, &gateway_id, status, &detail, now).await
-            })
-        })
-        .await
+        self.write(move |c| outbox::receipt(c, &channel, &gateway_id, status, &detail, now))
+            .await
     }
 
     async fn outbox_depth(&self) -> StoreResult<OutboxDepth> {
         // The trait passes no clock, so "in flight" means "has a lease
         // holder": a dead worker's expired lease counts until it is claimed
-        // again.
-        let (queued, in_flight, oldest): (i64, i64, Option<i64>) = sqlx::query_as(
-            "select coalesce(sum(lease_owner is null), 0),
-                    coalesce(sum(lease_owner is not null), 0), min(created_at)
-             from outbox where status = 'queued'",
-        )
-        .fetch_one(&self.reader)
-        .await
-        .map_err(db)?;
-        // Failed in the outbox: given up by a worker (or a receipt saying
-        // so); a message a gateway took and a receipt later called
+        // again. Failed in the outbox: given up by a worker (or a receipt
+        // saying so); a message a gateway took and a receipt later called
         // undeliverable is a delivery outcome, counted in channel stats.
-        let failed: i64 = sqlx::query_scalar("select count(*) from outbox where status = 'failed'")
-            .fetch_one(&self.reader)
-            .await
-            .map_err(db)?;
+        let (queued, in_flight, oldest, failed): (i64, i64, Option<i64>, i64) = self
+            .read(|c| {
+                let (q, f, o): (i64, i64, Option<i64>) = opt(
+                    c,
+                    "select coalesce(sum(lease_owner is null), 0),
+                            coalesce(sum(lease_owner is not null), 0), min(created_at)
+                     from outbox where status = 'queued'",
+                    [],
+                    tuple,
+                )?
+                .unwrap_or_default();
+                let failed = one(c, "select count(*) from outbox where status = 'failed'", [])?;
+                Ok((q, f, o, failed))
+            })
+            .await?;
         Ok(OutboxDepth {
             queued: to_u64(queued),
             in_flight: to_u64(in_flight),
@@ -1108,32 +1070,36 @@ impl Store for SqliteStore {
         &self,
         id: VerificationId,
     ) -> StoreResult<Option<OutboxMessage>> {
-        sqlx::query(concat!(
-            "select ",
-            outbox_columns!(),
-            " from outbox o join verifications v on v.id = o.verification_id
-             where o.verification_id = ?1 and o.step = 0"
-        ))
-        .bind(id_i64(id))
-        .fetch_optional(&self.reader)
+        self.read(move |c| {
+            opt(
+                c,
+                concat!(
+                    "select ",
+                    outbox_columns!(),
+                    " from outbox o join verifications v on v.id = o.verification_id
+                     where o.verification_id = ?1 and o.step = 0"
+                ),
+                [id_i64(id)],
+                rows::outbox_message,
+            )
+        })
         .await
-        .map_err(db)?
-        .as_ref()
-        .map(rows::outbox_message)
-        .transpose()
     }
 
     async fn fraud_blocks_active(&self, now: i64, limit: u32) -> StoreResult<Vec<FraudBlock>> {
-        let found: Vec<(String, String, String, i64, i64, Option<i64>, i64)> = sqlx::query_as(
-            "select scope, key, reason, strikes, blocked_until, lifted_at, created_at
-               from fraud_blocks where blocked_until > ?1
-              order by updated_at desc limit ?2",
-        )
-        .bind(now)
-        .bind(limit)
-        .fetch_all(&self.reader)
-        .await
-        .map_err(db)?;
+        type Row = (String, String, String, i64, i64, Option<i64>, i64);
+        let found: Vec<Row> = self
+            .read(move |c| {
+                all(
+                    c,
+                    "select scope, key, reason, strikes, blocked_until, lifted_at, created_at
+                       from fraud_blocks where blocked_until > ?1
+                      order by updated_at desc limit ?2",
+                    params![now, limit],
+                    tuple,
+                )
+            })
+            .await?;
         found
             .into_iter()
             .map(
@@ -1159,31 +1125,30 @@ impl Store for SqliteStore {
         now: i64,
     ) -> StoreResult<bool> {
         let key = key.to_owned();
-        self.write(move |conn| {
-            Box::pin(async move {
-                let done = sqlx::query(
-                    "update fraud_blocks
-                        set blocked_until = ?3, lifted_at = ?3, updated_at = ?3
-                      where scope = ?1 and key = ?2 and blocked_until > ?3",
-                )
-                .bind(scope.as_str())
-                .bind(key)
-                .bind(now)
-                .execute(&mut *conn)
-                .await
-                .map_err(db)?;
-                Ok(done.rows_affected() > 0)
-            })
+        self.write(move |c| {
+            exec(
+                c,
+                "update fraud_blocks
+                    set blocked_until = ?3, lifted_at = ?3, updated_at = ?3
+                  where scope = ?1 and key = ?2 and blocked_until > ?3",
+                params![scope.as_str(), key, now],
+            )
+            .map(|n| n > 0)
         })
         .await
     }
 
     async fn safe_list(&self) -> StoreResult<Vec<SafeEntry>> {
-        let found: Vec<(String, String, i64)> =
-            sqlx::query_as("select entry, note, created_at from safe_list order by entry")
-                .fetch_all(&self.reader)
-                .await
-                .map_err(db)?;
+        let found: Vec<(String, String, i64)> = self
+            .read(|c| {
+                all(
+                    c,
+                    "select entry, note, created_at from safe_list order by entry",
+                    [],
+                    tuple,
+                )
+            })
+            .await?;
         Ok(found
             .into_iter()
             .map(|(entry, note, created_at)| SafeEntry {
@@ -1196,49 +1161,40 @@ impl Store for SqliteStore {
 
     async fn safe_list_add(&self, entry: &str, note: &str, now: i64) -> StoreResult<()> {
         let (entry, note) = (entry.to_owned(), note.to_owned());
-        self.write(move |conn| {
-            Box::pin(async move {
-                sqlx::query(
-                    "insert into safe_list (entry, note, created_at) values (?1, ?2, ?3)
-                     on conflict (entry) do update set note = excluded.note",
-                )
-                .bind(entry)
-                .bind(note)
-                .bind(now)
-                .execute(&mut *conn)
-                .await
-                .map_err(db)?;
-                Ok(())
-            })
+        self.write(move |c| {
+            exec(
+                c,
+                "insert into safe_list (entry, note, created_at) values (?1, ?2, ?3)
+                 on conflict (entry) do update set note = excluded.note",
+                params![entry, note, now],
+            )
+            .map(|_| ())
         })
         .await
     }
 
     async fn safe_list_remove(&self, entry: &str) -> StoreResult<bool> {
         let entry = entry.to_owned();
-        self.write(move |conn| {
-            Box::pin(async move {
-                let done = sqlx::query("delete from safe_list where entry = ?1")
-                    .bind(entry)
-                    .execute(&mut *conn)
-                    .await
-                    .map_err(db)?;
-                Ok(done.rows_affected() > 0)
-            })
+        self.write(move |c| {
+            exec(c, "delete from safe_list where entry = ?1", [entry]).map(|n| n > 0)
         })
         .await
     }
 
     async fn own_numbers(&self, customer: &CustomerId) -> StoreResult<Vec<OwnNumber>> {
-        let found: Vec<(String, i64)> = sqlx::query_as(
-            "select destination, min(verified_at) from own_numbers
-              where customer_id = ?1 and verified_at is not null
-              group by destination order by 2",
-        )
-        .bind(customer.as_str())
-        .fetch_all(&self.reader)
-        .await
-        .map_err(db)?;
+        let customer = customer.clone();
+        let found: Vec<(String, i64)> = self
+            .read(move |c| {
+                all(
+                    c,
+                    "select destination, min(verified_at) from own_numbers
+                      where customer_id = ?1 and verified_at is not null
+                      group by destination order by 2",
+                    [customer.as_str()],
+                    tuple,
+                )
+            })
+            .await?;
         Ok(found
             .into_iter()
             .map(|(destination, verified_at)| OwnNumber {
@@ -1255,22 +1211,16 @@ impl Store for SqliteStore {
         now: i64,
     ) -> StoreResult<bool> {
         let customer = customer.clone();
-        self.write(move |conn| {
-            Box::pin(async move {
-                let done = sqlx::query(
-                    "update own_numbers set verified_at = ?3
-                      where verification_id = ?1 and customer_id = ?2 and verified_at is null
-                        and exists (select 1 from verifications v
-                                     where v.id = ?1 and v.state = 'completed')",
-                )
-                .bind(id_i64(id))
-                .bind(customer.as_str())
-                .bind(now)
-                .execute(&mut *conn)
-                .await
-                .map_err(db)?;
-                Ok(done.rows_affected() > 0)
-            })
+        self.write(move |c| {
+            exec(
+                c,
+                "update own_numbers set verified_at = ?3
+                  where verification_id = ?1 and customer_id = ?2 and verified_at is null
+                    and exists (select 1 from verifications v
+                                 where v.id = ?1 and v.state = 'completed')",
+                params![id_i64(id), customer.as_str(), now],
+            )
+            .map(|n| n > 0)
         })
         .await
     }
@@ -1281,21 +1231,16 @@ impl Store for SqliteStore {
         destination: &str,
     ) -> StoreResult<bool> {
         let (customer, destination) = (customer.clone(), destination.to_owned());
-        self.write(move |conn| {
-            Box::pin(async move {
-                // The rows stay (they count against the day's own-number
-                // sends); only the proof is withdrawn.
-                let done = sqlx::query(
-                    "update own_numbers set verified_at = null
-                      where customer_id = ?1 and destination = ?2 and verified_at is not null",
-                )
-                .bind(customer.as_str())
-                .bind(destination)
-                .execute(&mut *conn)
-                .await
-                .map_err(db)?;
-                Ok(done.rows_affected() > 0)
-            })
+        self.write(move |c| {
+            // The rows stay (they count against the day's own-number
+            // sends); only the proof is withdrawn.
+            exec(
+                c,
+                "update own_numbers set verified_at = null
+                  where customer_id = ?1 and destination = ?2 and verified_at is not null",
+                params![customer.as_str(), destination],
+            )
+            .map(|n| n > 0)
         })
         .await
     }
@@ -1305,70 +1250,71 @@ impl Store for SqliteStore {
         since: i64,
         limit: u32,
     ) -> StoreResult<(Vec<ConversionRow>, Vec<ConversionRow>)> {
-        let by_country: Vec<(i64, i64, i64)> = sqlx::query_as(
-            "select country_code, count(*), sum(state = 'completed') from verifications
-              where created_at > ?1 group by country_code order by 2 desc, 1 limit ?2",
-        )
-        .bind(since)
-        .bind(limit)
-        .fetch_all(&self.reader)
-        .await
-        .map_err(db)?;
-        let by_prefix: Vec<(String, i64, i64)> = sqlx::query_as(
-            "select prefix, count(*), sum(state = 'completed') from verifications
-              where created_at > ?1 and prefix is not null
-              group by prefix order by 2 desc, 1 limit ?2",
-        )
-        .bind(since)
-        .bind(limit)
-        .fetch_all(&self.reader)
-        .await
-        .map_err(db)?;
+        type Rows<K> = Vec<(K, i64, i64)>;
+        let (by_country, by_prefix): (Rows<i64>, Rows<String>) = self
+            .read(move |c| {
+                let by_country = all(
+                    c,
+                    "select country_code, count(*), sum(state = 'completed') from verifications
+                      where created_at > ?1 group by country_code order by 2 desc, 1 limit ?2",
+                    params![since, limit],
+                    tuple,
+                )?;
+                let by_prefix = all(
+                    c,
+                    "select prefix, count(*), sum(state = 'completed') from verifications
+                      where created_at > ?1 and prefix is not null
+                      group by prefix order by 2 desc, 1 limit ?2",
+                    params![since, limit],
+                    tuple,
+                )?;
+                Ok((by_country, by_prefix))
+            })
+            .await?;
+        let row = |(key, sent, completed): (String, i64, i64)| ConversionRow {
+            key,
+            sent: to_u64(sent),
+            completed: to_u64(completed),
+        };
         Ok((
             by_country
                 .into_iter()
-                .map(|(cc, sent, completed)| ConversionRow {
-                    key: cc.to_string(),
-                    sent: to_u64(sent),
-                    completed: to_u64(completed),
-                })
+                .map(|(cc, sent, done)| row((cc.to_string(), sent, done)))
                 .collect(),
-            by_prefix
-                .into_iter()
-                .map(|(key, sent, completed)| ConversionRow {
-                    key,
-                    sent: to_u64(sent),
-                    completed: to_u64(completed),
-                })
-                .collect(),
+            by_prefix.into_iter().map(row).collect(),
         ))
     }
 
     async fn outbox_attempts(&self, id: VerificationId) -> StoreResult<Vec<OutboxMessage>> {
-        sqlx::query(concat!(
-            "select ",
-            outbox_columns!(),
-            " from outbox o join verifications v on v.id = o.verification_id
-             where o.verification_id = ?1 order by o.step"
-        ))
-        .bind(id_i64(id))
-        .fetch_all(&self.reader)
+        self.read(move |c| {
+            all(
+                c,
+                concat!(
+                    "select ",
+                    outbox_columns!(),
+                    " from outbox o join verifications v on v.id = o.verification_id
+                     where o.verification_id = ?1 order by o.step"
+                ),
+                [id_i64(id)],
+                rows::outbox_message,
+            )
+        })
         .await
-        .map_err(db)?
-        .iter()
-        .map(rows::outbox_message)
-        .collect()
     }
 
     async fn webhook_get(&self, customer: &CustomerId) -> StoreResult<Option<Webhook>> {
-        let row: Option<events::WebhookRow> = sqlx::query_as(
-            "select customer_id, url, secret, created_at, updated_at from webhooks
-             where customer_id = ?1",
-        )
-        .bind(customer.as_str())
-        .fetch_optional(&self.reader)
-        .await
-        .map_err(db)?;
+        let customer = customer.clone();
+        let row: Option<events::WebhookRow> = self
+            .read(move |c| {
+                opt(
+                    c,
+                    "select customer_id, url, secret, created_at, updated_at from webhooks
+                     where customer_id = ?1",
+                    [customer.as_str()],
+                    tuple,
+                )
+            })
+            .await?;
         row.map(events::webhook).transpose()
     }
 
@@ -1380,25 +1326,19 @@ impl Store for SqliteStore {
         now: i64,
     ) -> StoreResult<Webhook> {
         let (customer, url, secret) = (customer.clone(), url.to_owned(), secret.to_owned());
-        self.write(move |conn| {
-            Box::pin(async move {
-                events::set_webhook(conn, customer.as_str(), &url, &secret, now).await
-            })
-        })
-        .await
+        self.write(move |c| events::set_webhook(c, customer.as_str(), &url, &secret, now))
+            .await
     }
 
     async fn webhook_delete(&self, customer: &CustomerId) -> StoreResult<()> {
         let customer = customer.clone();
-        self.write(move |conn| {
-            Box::pin(async move {
-                sqlx::query("delete from webhooks where customer_id = ?1")
-                    .bind(customer.as_str())
-                    .execute(&mut *conn)
-                    .await
-                    .map_err(db)?;
-                Ok(())
-            })
+        self.write(move |c| {
+            exec(
+                c,
+                "delete from webhooks where customer_id = ?1",
+                [customer.as_str()],
+            )
+            .map(|_| ())
         })
         .await
     }
@@ -1411,10 +1351,8 @@ impl Store for SqliteStore {
         now: i64,
     ) -> StoreResult<Vec<PendingEvent>> {
         let worker = worker.to_owned();
-        self.write(move |conn| {
-            Box::pin(async move { events::claim(conn, &worker, max, lease_ms, now).await })
-        })
-        .await
+        self.write(move |c| events::claim(c, &worker, max, lease_ms, now))
+            .await
     }
 
     async fn event_record(
@@ -1425,38 +1363,46 @@ impl Store for SqliteStore {
         now: i64,
     ) -> StoreResult<bool> {
         let (worker, attempt) = (worker.to_owned(), attempt.clone());
-        self.write(move |conn| {
-            Box::pin(async move { events::record(conn, id, &worker, &attempt, now).await })
-        })
-        .await
-    }
-
-    async fn events_sweep_expired(&self, now: i64) -> StoreResult<u64> {
-        self.write(move |conn| Box::pin(async move { events::sweep_expired(conn, now).await }))
+        self.write(move |c| events::record(c, id, &worker, &attempt, now))
             .await
     }
 
+    async fn events_sweep_expired(&self, now: i64) -> StoreResult<u64> {
+        self.write(move |c| events::sweep_expired(c, now)).await
+    }
+
     async fn event_list(&self, customer: &CustomerId, limit: u32) -> StoreResult<Vec<EventRecord>> {
-        let rows: Vec<EventRecordRow> = sqlx::query_as(concat!(
-            "select ",
-            event_record_columns!(),
-            " from events where customer_id = ?1
-             order by created_at desc, id desc limit ?2"
-        ))
-        .bind(customer.as_str())
-        .bind(limit)
-        .fetch_all(&self.reader)
-        .await
-        .map_err(db)?;
+        let customer = customer.clone();
+        let rows: Vec<EventRecordRow> = self
+            .read(move |c| {
+                all(
+                    c,
+                    concat!(
+                        "select ",
+                        event_record_columns!(),
+                        " from events where customer_id = ?1
+                         order by created_at desc, id desc limit ?2"
+                    ),
+                    params![customer.as_str(), limit],
+                    tuple,
+                )
+            })
+            .await?;
         rows.into_iter().map(event_record).collect()
     }
 
     async fn event_backlog(&self) -> StoreResult<EventBacklog> {
-        let (pending, oldest): (i64, Option<i64>) =
-            sqlx::query_as("select count(*), min(created_at) from events where status = 'pending'")
-                .fetch_one(&self.reader)
-                .await
-                .map_err(db)?;
+        let (pending, oldest): (i64, Option<i64>) = self
+            .read(|c| {
+                opt(
+                    c,
+                    "select count(*), min(created_at) from events where status = 'pending'",
+                    [],
+                    tuple,
+                )
+                .map(Option::unwrap_or_default)
+            })
+            .await?;
         Ok(EventBacklog {
             pending: to_u64(pending),
             oldest_at: oldest,
@@ -1465,23 +1411,21 @@ impl Store for SqliteStore {
 
     async fn inbox_put(&self, msg: &InboxEntry) -> StoreResult<()> {
         let msg = msg.clone();
-        self.write(move |conn| {
-            Box::pin(async move {
-                sqlx::query(
-                    "insert into inbox (customer_id, destination, text, verification_id,
-                                        created_at)
-                     values (?1, ?2, ?3, ?4, ?5)",
-                )
-                .bind(msg.customer_id.as_ref().map(CustomerId::as_str))
-                .bind(&msg.destination)
-                .bind(&msg.text)
-                .bind(msg.verification_id.map(id_i64))
-                .bind(msg.created_at)
-                .execute(&mut *conn)
-                .await
-                .map_err(db)?;
-                Ok(())
-            })
+        self.write(move |c| {
+            exec(
+                c,
+                "insert into inbox (customer_id, destination, text, verification_id,
+                                    created_at)
+                 values (?1, ?2, ?3, ?4, ?5)",
+                params![
+                    msg.customer_id.as_ref().map(CustomerId::as_str),
+                    msg.destination,
+                    msg.text,
+                    msg.verification_id.map(id_i64),
+                    msg.created_at
+                ],
+            )
+            .map(|_| ())
         })
         .await
     }
@@ -1492,32 +1436,23 @@ impl Store for SqliteStore {
         to: Option<&str>,
         limit: u32,
     ) -> StoreResult<Vec<InboxEntry>> {
-        sqlx::query(
-            "select customer_id, destination, text, verification_id, created_at from inbox
-             where (?1 is null or customer_id = ?1) and (?2 is null or destination = ?2)
-             order by created_at desc, id desc limit ?3",
-        )
-        .bind(customer.map(CustomerId::as_str))
-        .bind(to)
-        .bind(limit)
-        .fetch_all(&self.reader)
+        let (customer, to) = (customer.cloned(), to.map(str::to_owned));
+        self.read(move |c| {
+            all(
+                c,
+                "select customer_id, destination, text, verification_id, created_at from inbox
+                 where (?1 is null or customer_id = ?1) and (?2 is null or destination = ?2)
+                 order by created_at desc, id desc limit ?3",
+                params![customer.as_ref().map(CustomerId::as_str), to, limit],
+                rows::inbox_entry,
+            )
+        })
         .await
-        .map_err(db)?
-        .iter()
-        .map(rows::inbox_entry)
-        .collect()
     }
 
     async fn inbox_purge(&self, before_ms: i64) -> StoreResult<u64> {
-        self.write(move |conn| {
-            Box::pin(async move {
-                let r = sqlx::query("delete from inbox where created_at < ?1")
-                    .bind(before_ms)
-                    .execute(&mut *conn)
-                    .await
-                    .map_err(db)?;
-                Ok(r.rows_affected())
-            })
+        self.write(move |c| {
+            exec(c, "delete from inbox where created_at < ?1", [before_ms]).map(count)
         })
         .await
     }
@@ -1530,10 +1465,12 @@ impl Store for SqliteStore {
         // (waiting on the busy timeout) and leaves the writer's batching
         // alone. `TRUNCATE` empties the WAL, where old page images (texts
         // since set to null) would otherwise linger until overwritten.
-        let (busy, _, _): (i64, i64, i64) = sqlx::query_as("pragma wal_checkpoint(truncate)")
-            .fetch_one(&self.reader)
-            .await
-            .map_err(db)?;
+        let (busy, _, _): (i64, i64, i64) = self
+            .read(|c| {
+                opt(c, "pragma wal_checkpoint(truncate)", [], tuple)?
+                    .ok_or_else(|| StoreError::Internal("no checkpoint result".into()))
+            })
+            .await?;
         if busy != 0 {
             return Err(StoreError::Unavailable(
                 "the WAL checkpoint was blocked by a reader; it is retried".into(),
@@ -1546,6 +1483,9 @@ impl Store for SqliteStore {
 #[cfg(test)]
 mod upgrade_tests {
     use super::*;
+    use sqlx::SqlSafeStr;
+    use sqlx::migrate::{Migration, MigrationType, Migrator};
+    use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
 
     /// A database migrated by a build before fallback steps (schema 2), with
     /// a queued and a sent message, opens under this build: the rows keep

@@ -8,20 +8,22 @@
 //! the lease, so a worker presumed dead cannot overwrite its successor's.
 
 use otpgate_core::{DeliveryStatus, VerificationState};
-use sqlx::sqlite::SqliteConnection;
+use rusqlite::{Connection, params};
 
-use super::{db, events, rows, rows::outbox_columns};
+use super::writer::{all, exec, opt, tuple};
+use super::{events, rows, rows::outbox_columns};
 use crate::shared::{clip, delivery_detail};
 use crate::{EventKind, OutboxMessage, SentInfo, StoreResult};
 
-pub(super) async fn claim(
-    conn: &mut SqliteConnection,
+pub(super) fn claim(
+    conn: &Connection,
     worker: &str,
     max: u32,
     lease_ms: i64,
     now: i64,
 ) -> StoreResult<Vec<OutboxMessage>> {
-    let ids: Vec<i64> = sqlx::query_scalar(
+    let ids: Vec<i64> = all(
+        conn,
         "update outbox
          set lease_owner = ?1, lease_until = ?2 + ?3, attempts = attempts + 1, updated_at = ?2
          where id in (select id from outbox
@@ -29,91 +31,75 @@ pub(super) async fn claim(
                         and (lease_until is null or lease_until <= ?2)
                       order by next_attempt_at, id limit ?4)
          returning id",
-    )
-    .bind(worker)
-    .bind(now)
-    .bind(lease_ms)
-    .bind(max)
-    .fetch_all(&mut *conn)
-    .await
-    .map_err(db)?;
+        params![worker, now, lease_ms, max],
+        |r| rows::get(r, "id"),
+    )?;
     if ids.is_empty() {
         return Ok(Vec::new());
     }
     // `returning` cannot join, so the claimed rows are read back by id.
     let ids =
         serde_json::to_string(&ids).map_err(|e| crate::StoreError::Internal(e.to_string()))?;
-    let claimed = sqlx::query(concat!(
-        "select ",
-        outbox_columns!(),
-        " from outbox o join verifications v on v.id = o.verification_id
-         where o.id in (select value from json_each(?1))
-         order by o.next_attempt_at, o.id"
-    ))
-    .bind(ids)
-    .fetch_all(&mut *conn)
-    .await
-    .map_err(db)?
-    .iter()
-    .map(rows::outbox_message)
-    .collect::<StoreResult<Vec<_>>>()?;
-    Ok(claimed)
+    all(
+        conn,
+        concat!(
+            "select ",
+            outbox_columns!(),
+            " from outbox o join verifications v on v.id = o.verification_id
+             where o.id in (select value from json_each(?1))
+             order by o.next_attempt_at, o.id"
+        ),
+        [ids],
+        rows::outbox_message,
+    )
 }
 
-pub(super) async fn sent(
-    conn: &mut SqliteConnection,
+/// Runs a lease-releasing `update … returning verification_id`: the
+/// verification's id, or `None` if the worker no longer held the lease.
+fn release(conn: &Connection, sql: &str, p: impl rusqlite::Params) -> StoreResult<Option<i64>> {
+    opt(conn, sql, p, |r| rows::get(r, "verification_id"))
+}
+
+pub(super) fn sent(
+    conn: &Connection,
     message_id: i64,
     worker: &str,
     sent: &SentInfo,
     now: i64,
 ) -> StoreResult<bool> {
-    let released: Option<i64> = sqlx::query_scalar(
+    let Some(vid) = release(
+        conn,
         "update outbox
              set status = 'sent', text = null, channel = ?3, gateway_id = ?4,
                  lease_owner = null, lease_until = null, updated_at = ?5
              where id = ?1 and lease_owner = ?2 and status = 'queued'
              returning verification_id",
-    )
-    .bind(message_id)
-    .bind(worker)
-    .bind(&sent.channel)
-    .bind(&sent.gateway_id)
-    .bind(now)
-    .fetch_optional(&mut *conn)
-    .await
-    .map_err(db)?;
-    let Some(vid) = released else {
+        params![message_id, worker, sent.channel, sent.gateway_id, now],
+    )?
+    else {
         return Ok(false);
     };
     // A later step went out: an earlier one still retrying is not needed
     // any more (the code is on its way by the later flow).
-    sqlx::query(
+    exec(
+        conn,
         "update outbox set status = 'cancelled', text = null, lease_owner = null,
                            lease_until = null, updated_at = ?3
          where verification_id = ?1 and status = 'queued'
            and step < (select step from outbox where id = ?2)",
-    )
-    .bind(vid)
-    .bind(message_id)
-    .bind(now)
-    .execute(&mut *conn)
-    .await
-    .map_err(db)?;
-    sqlx::query(
+        params![vid, message_id, now],
+    )?;
+    exec(
+        conn,
         "update verifications set delivery = 'sent', channel = ?2, gateway_id = ?3
          where id = ?1",
-    )
-    .bind(vid)
-    .bind(&sent.channel)
-    .bind(&sent.gateway_id)
-    .execute(&mut *conn)
-    .await
-    .map_err(db)?;
+        params![vid, sent.channel, sent.gateway_id],
+    )?;
     Ok(true)
 }
 
-pub(super) async fn retry(
-    conn: &mut SqliteConnection,
+pub(super) fn retry(
+    conn: &Connection,
     message_id: i64,
     worker: &str,
     next_attempt_at: i64,
@@ -121,79 +107,72 @@ pub(super) async fn retry(
     now: i64,
 ) -> StoreResult<bool> {
     let error = clip(error);
-    let released: Option<i64> = sqlx::query_scalar(
+    let Some(vid) = release(
+        conn,
         "update outbox
              set next_attempt_at = ?3, last_error = ?4,
                  lease_owner = null, lease_until = null, updated_at = ?5
              where id = ?1 and lease_owner = ?2 and status = 'queued'
              returning verification_id",
-    )
-    .bind(message_id)
-    .bind(worker)
-    .bind(next_attempt_at)
-    .bind(error)
-    .bind(now)
-    .fetch_optional(&mut *conn)
-    .await
-    .map_err(db)?;
-    let Some(vid) = released else {
+        params![message_id, worker, next_attempt_at, error, now],
+    )?
+    else {
         return Ok(false);
     };
-    sqlx::query("update verifications set delivery_detail = ?2 where id = ?1")
-        .bind(vid)
-        .bind(error)
-        .execute(&mut *conn)
-        .await
-        .map_err(db)?;
+    set_detail(conn, vid, error)?;
     Ok(true)
 }
 
-pub(super) async fn failed(
-    conn: &mut SqliteConnection,
+fn set_detail(conn: &Connection, vid: i64, detail: &str) -> StoreResult<()> {
+    exec(
+        conn,
+        "update verifications set delivery_detail = ?2 where id = ?1",
+        params![vid, detail],
+    )?;
+    Ok(())
+}
+
+pub(super) fn failed(
+    conn: &Connection,
     message_id: i64,
     worker: &str,
     error: &str,
     now: i64,
 ) -> StoreResult<bool> {
     let error = clip(error);
-    let released: Option<i64> = sqlx::query_scalar(
+    let Some(vid) = release(
+        conn,
         "update outbox
              set status = 'failed', text = null, last_error = ?3,
                  lease_owner = null, lease_until = null, updated_at = ?4
              where id = ?1 and lease_owner = ?2 and status = 'queued'
              returning verification_id",
-    )
-    .bind(message_id)
-    .bind(worker)
-    .bind(error)
-    .bind(now)
-    .fetch_optional(&mut *conn)
-    .await
-    .map_err(db)?;
-    let Some(vid) = released else {
+        params![message_id, worker, error, now],
+    )?
+    else {
         return Ok(false);
     };
-    step_failed(conn, vid, message_id, DeliveryStatus::Failed, error, now).await?;
+    step_failed(conn, vid, message_id, DeliveryStatus::Failed, error, now)?;
     Ok(true)
 }
 
 /// Step `message_id` of verification `vid` will not deliver: wake the next
 /// held step of its workflow, and fail the verification only when no step
 /// is left that could still bring the code.
-async fn step_failed(
-    conn: &mut SqliteConnection,
+fn step_failed(
+    conn: &Connection,
     vid: i64,
     message_id: i64,
     delivery: DeliveryStatus,
     detail: &str,
     now: i64,
 ) -> StoreResult<()> {
-    let steps: Vec<(i64, i64, String)> =
-        sqlx::query_as("select id, step, status from outbox where verification_id = ?1")
-            .bind(vid)
-            .fetch_all(&mut *conn)
-            .await
-            .map_err(db)?;
+    let steps: Vec<(i64, i64, String)> = all(
+        conn,
+        "select id, step, status from outbox where verification_id = ?1",
+        [vid],
+        tuple,
+    )?;
     let mut this = 0;
     let mut others = Vec::with_capacity(steps.len());
     for (id, step, status) in steps {
@@ -206,51 +185,35 @@ async fn step_failed(
     }
     let verdict = crate::shared::step_failed(this, &others);
     if let Some(next) = verdict.wake {
-        sqlx::query(
+        exec(
+            conn,
             "update outbox set next_attempt_at = min(next_attempt_at, ?2), updated_at = ?2
              where id = ?1 and status = 'queued'",
-        )
-        .bind(next)
-        .bind(now)
-        .execute(&mut *conn)
-        .await
-        .map_err(db)?;
+            params![next, now],
+        )?;
     }
     if verdict.fail_verification {
-        fail_and_refund(conn, vid, delivery, detail, now).await
+        fail_and_refund(conn, vid, delivery, detail, now)
     } else {
-        sqlx::query("update verifications set delivery_detail = ?2 where id = ?1")
-            .bind(vid)
-            .bind(detail)
-            .execute(&mut *conn)
-            .await
-            .map_err(db)?;
-        Ok(())
+        set_detail(conn, vid, detail)
     }
 }
 
 /// An outbox row's result made the rest of its workflow unnecessary:
 /// every other step still queued is cancelled and its text erased.
-pub(super) async fn cancel_queued(
-    conn: &mut SqliteConnection,
-    vid: i64,
-    now: i64,
-) -> StoreResult<()> {
-    sqlx::query(
+pub(super) fn cancel_queued(conn: &Connection, vid: i64, now: i64) -> StoreResult<()> {
+    exec(
+        conn,
         "update outbox set status = 'cancelled', text = null, lease_owner = null,
                            lease_until = null, updated_at = ?2
          where verification_id = ?1 and status = 'queued'",
-    )
-    .bind(vid)
-    .bind(now)
-    .execute(&mut *conn)
-    .await
-    .map_err(db)?;
+        [vid, now],
+    )?;
     Ok(())
 }
 
-pub(super) async fn receipt(
-    conn: &mut SqliteConnection,
+pub(super) fn receipt(
+    conn: &Connection,
     channel: &str,
     gateway_id: &str,
     status: DeliveryStatus,
@@ -261,18 +224,14 @@ pub(super) async fn receipt(
     // A receipt saying "queued" tells nothing new about the message's fate:
     // its detail is kept, its status is not moved backwards.
     let new_status = (status != DeliveryStatus::Queued).then(|| status.as_str());
-    let matched: Vec<(i64, i64, i64)> = sqlx::query_as(
+    let matched: Vec<(i64, i64, i64)> = all(
+        conn,
         "update outbox set status = coalesce(?3, status), updated_at = ?4
          where channel = ?1 and gateway_id = ?2
          returning verification_id, id, created_at",
-    )
-    .bind(channel)
-    .bind(gateway_id)
-    .bind(new_status)
-    .bind(now)
-    .fetch_all(&mut *conn)
-    .await
-    .map_err(db)?;
+        params![channel, gateway_id, new_status, now],
+        tuple,
+    )?;
     let permanent = matches!(
         status,
         DeliveryStatus::Undeliverable
@@ -282,24 +241,20 @@ pub(super) async fn receipt(
     );
     for &(vid, message_id, _) in &matched {
         if permanent {
-            step_failed(conn, vid, message_id, status, detail, now).await?;
+            step_failed(conn, vid, message_id, status, detail, now)?;
         } else {
             if status == DeliveryStatus::Delivered {
                 // The code arrived: the workflow's later steps must not go.
-                cancel_queued(conn, vid, now).await?;
+                cancel_queued(conn, vid, now)?;
                 let d = delivery_detail(None, status, detail);
-                events::emit(conn, vid, EventKind::Delivered, &d, now).await?;
+                events::emit(conn, vid, EventKind::Delivered, &d, now)?;
             }
-            sqlx::query(
+            exec(
+                conn,
                 "update verifications set delivery = coalesce(?2, delivery), delivery_detail = ?3
                  where id = ?1",
-            )
-            .bind(vid)
-            .bind(new_status)
-            .bind(detail)
-            .execute(&mut *conn)
-            .await
-            .map_err(db)?;
+                params![vid, new_status, detail],
+            )?;
         }
     }
     Ok(matched.first().map(|&(_, _, accepted_at)| accepted_at))
@@ -310,74 +265,57 @@ pub(super) async fn receipt(
 /// its `verification.failed` event is queued,
 /// once — a second failure finds it no longer pending. A verification already
 /// completed keeps its state and its charge: its code evidently arrived.
-async fn fail_and_refund(
-    conn: &mut SqliteConnection,
+fn fail_and_refund(
+    conn: &Connection,
     verification_id: i64,
     delivery: DeliveryStatus,
     detail: &str,
     now: i64,
 ) -> StoreResult<()> {
     // Read first: `returning` would give the cost after it was zeroed.
-    let (customer, state, cost, cost_test): (String, String, i64, i64) = sqlx::query_as(
+    let (customer, state, cost, cost_test): (String, String, i64, i64) = opt(
+        conn,
         "select customer_id, state, cost, cost_test from verifications where id = ?1",
-    )
-    .bind(verification_id)
-    .fetch_one(&mut *conn)
-    .await
-    .map_err(db)?;
+        [verification_id],
+        tuple,
+    )?
+    .ok_or(crate::StoreError::NotFound)?;
     if state != VerificationState::Pending.as_str() {
-        sqlx::query("update verifications set delivery = ?2, delivery_detail = ?3 where id = ?1")
-            .bind(verification_id)
-            .bind(delivery.as_str())
-            .bind(detail)
-            .execute(&mut *conn)
-            .await
-            .map_err(db)?;
+        exec(
+            conn,
+            "update verifications set delivery = ?2, delivery_detail = ?3 where id = ?1",
+            params![verification_id, delivery.as_str(), detail],
+        )?;
         return Ok(());
     }
-    sqlx::query(
+    exec(
+        conn,
         "update verifications
          set state = 'failed', cost = 0, cost_test = 0, delivery = ?2, delivery_detail = ?3
          where id = ?1",
-    )
-    .bind(verification_id)
-    .bind(delivery.as_str())
-    .bind(detail)
-    .execute(&mut *conn)
-    .await
-    .map_err(db)?;
-    sqlx::query(
+        params![verification_id, delivery.as_str(), detail],
+    )?;
+    exec(
+        conn,
         "update accounts set test_credits = test_credits + ?2, credits = credits + ?3
          where customer_id = ?1",
-    )
-    .bind(customer)
-    .bind(cost_test)
-    .bind(cost - cost_test)
-    .execute(&mut *conn)
-    .await
-    .map_err(db)?;
+        params![customer, cost_test, cost - cost_test],
+    )?;
     let d = delivery_detail(Some("undeliverable"), delivery, detail);
-    events::emit(conn, verification_id, EventKind::Failed, &d, now).await
+    events::emit(conn, verification_id, EventKind::Failed, &d, now)
 }
 
 /// [`cancel_queued`] for a verification whose wrong codes used up its
 /// attempts.
-pub(super) async fn cancel_queued_if_dead(
-    conn: &mut SqliteConnection,
-    vid: i64,
-    now: i64,
-) -> StoreResult<()> {
-    sqlx::query(
+pub(super) fn cancel_queued_if_dead(conn: &Connection, vid: i64, now: i64) -> StoreResult<()> {
+    exec(
+        conn,
         "update outbox set status = 'cancelled', text = null, lease_owner = null,
                            lease_until = null, updated_at = ?2
          where verification_id = ?1 and status = 'queued'
            and exists (select 1 from verifications
                        where id = ?1 and wrong_attempts >= max_attempts)",
-    )
-    .bind(vid)
-    .bind(now)
-    .execute(&mut *conn)
-    .await
-    .map_err(db)?;
+        [vid, now],
+    )?;
     Ok(())
 }

@@ -4,10 +4,10 @@
 
 use crate::shared::{corrupt, count, customer_id, delivery, phone, verification_id};
 use otpgate_core::{CodeHash, PhoneNumber, VerificationState};
-use sqlx::Row;
-use sqlx::sqlite::SqliteRow;
+use rusqlite::Row;
+use rusqlite::types::FromSql;
 
-use super::db;
+use super::writer::sq;
 use crate::{Account, AccountSettings, InboxEntry, OutboxMessage, StoreResult};
 
 /// The columns [`account`] reads, for `select` and `returning`.
@@ -39,19 +39,16 @@ macro_rules! outbox_columns {
 
 pub(crate) use {account_columns, outbox_columns, verification_columns};
 
-fn get<'r, T>(row: &'r SqliteRow, col: &str) -> StoreResult<T>
-where
-    T: sqlx::Decode<'r, sqlx::Sqlite> + sqlx::Type<sqlx::Sqlite>,
-{
-    row.try_get(col).map_err(db)
+pub(super) fn get<T: FromSql>(row: &Row<'_>, col: &str) -> StoreResult<T> {
+    row.get(col).map_err(sq)
 }
 
-fn destination(row: &SqliteRow) -> StoreResult<PhoneNumber> {
+fn destination(row: &Row<'_>) -> StoreResult<PhoneNumber> {
     let cc: i64 = get(row, "country_code")?;
     phone(cc, get(row, "national")?)
 }
 
-pub(super) fn account(row: &SqliteRow) -> StoreResult<Account> {
+pub(super) fn account(row: &Row<'_>) -> StoreResult<Account> {
     let settings: String = get(row, "settings")?;
     let settings: AccountSettings =
         serde_json::from_str(&settings).map_err(|_| corrupt("account settings"))?;
@@ -69,7 +66,7 @@ pub(super) fn account(row: &SqliteRow) -> StoreResult<Account> {
     })
 }
 
-pub(super) fn verification(row: &SqliteRow) -> StoreResult<crate::Verification> {
+pub(super) fn verification(row: &Row<'_>) -> StoreResult<crate::Verification> {
     let code_hash: Vec<u8> = get(row, "code_hash")?;
     let otp_length: i64 = get(row, "otp_length")?;
     let state: String = get(row, "state")?;
@@ -96,7 +93,7 @@ pub(super) fn verification(row: &SqliteRow) -> StoreResult<crate::Verification> 
     })
 }
 
-pub(super) fn outbox_message(row: &SqliteRow) -> StoreResult<OutboxMessage> {
+pub(super) fn outbox_message(row: &Row<'_>) -> StoreResult<OutboxMessage> {
     Ok(OutboxMessage {
         id: get(row, "id")?,
         verification_id: verification_id(get(row, "verification_id")?)?,
@@ -118,7 +115,7 @@ pub(super) fn outbox_message(row: &SqliteRow) -> StoreResult<OutboxMessage> {
     })
 }
 
-pub(super) fn inbox_entry(row: &SqliteRow) -> StoreResult<InboxEntry> {
+pub(super) fn inbox_entry(row: &Row<'_>) -> StoreResult<InboxEntry> {
     let customer: Option<String> = get(row, "customer_id")?;
     let vid: Option<i64> = get(row, "verification_id")?;
     Ok(InboxEntry {

@@ -6,20 +6,17 @@
 
 use otpgate_core::fraud::{self, ChargeRefusal, SendVerdict};
 use otpgate_core::{DeliveryStatus, VerificationState};
-use sqlx::Row;
-use sqlx::sqlite::SqliteConnection;
+use rusqlite::{Connection, params};
 
-use super::{db, rows, rows::verification_columns};
+use super::writer::{all, exec, one, opt, tuple};
+use super::{rows, rows::verification_columns};
 use crate::shared::{self, created_detail, day_of, id_i64, retry_after_secs};
 use crate::{
     CreateOutcome, EventKind, NewVerification, SendKind, SendLimits, StoreError, StoreResult,
     Verification,
 };
 
-pub(super) async fn create(
-    conn: &mut SqliteConnection,
-    req: NewVerification,
-) -> StoreResult<CreateOutcome> {
+pub(super) fn create(conn: &Connection, req: NewVerification) -> StoreResult<CreateOutcome> {
     if req.price < 0 {
         return Err(StoreError::Internal("negative price".into()));
     }
@@ -28,38 +25,36 @@ pub(super) async fn create(
     let customer = req.customer_id.as_str();
     let destination = req.destination.e164_digits();
 
-    let account: Option<(i64, i64, bool)> = sqlx::query_as(
+    let account: Option<(i64, i64, bool)> = opt(
+        conn,
         "select credits, test_credits, disabled from accounts where customer_id = ?1",
-    )
-    .bind(customer)
-    .fetch_optional(&mut *conn)
-    .await
-    .map_err(db)?;
+        [customer],
+        tuple,
+    )?;
     let Some((credits, test_credits, false)) = account else {
         return Ok(CreateOutcome::AccountUnavailable);
     };
 
     // 506 first: a client that resends while its code is still valid gets
     // the pending verification back, whatever the limits say.
-    let pending = sqlx::query(concat!(
-        "select ",
-        verification_columns!(),
-        " from verifications
-         where customer_id = ?1 and destination = ?2 and state = 'pending'
-           and expires_at > ?3 and wrong_attempts < max_attempts
-         order by created_at desc limit 1"
-    ))
-    .bind(customer)
-    .bind(&destination)
-    .bind(now)
-    .fetch_optional(&mut *conn)
-    .await
-    .map_err(db)?;
-    if let Some(row) = pending {
-        return Ok(CreateOutcome::AlreadyPending(rows::verification(&row)?));
+    let pending = opt(
+        conn,
+        concat!(
+            "select ",
+            verification_columns!(),
+            " from verifications
+             where customer_id = ?1 and destination = ?2 and state = 'pending'
+               and expires_at > ?3 and wrong_attempts < max_attempts
+             order by created_at desc limit 1"
+        ),
+        params![customer, destination, now],
+        rows::verification,
+    )?;
+    if let Some(v) = pending {
+        return Ok(CreateOutcome::AlreadyPending(v));
     }
 
-    if let Some(retry_after_secs) = limited(conn, &req.limits, customer, &destination, now).await? {
+    if let Some(retry_after_secs) = limited(conn, &req.limits, customer, &destination, now)? {
         return Ok(CreateOutcome::RateLimited { retry_after_secs });
     }
 
@@ -73,7 +68,7 @@ pub(super) async fn create(
     // trusted traffic never pushes its country towards a block.
     let mut counted = false;
     if req.kind != SendKind::TestNumber {
-        let (facts, own_verified, own_sent_today) = facts(conn, &req, &destination).await?;
+        let (facts, own_verified, own_sent_today) = facts(conn, &req, &destination)?;
         counted = !facts.safe_listed;
         if let SendKind::OwnNumber { max_per_day } = req.kind
             && own_sent_today >= max_per_day
@@ -88,7 +83,8 @@ pub(super) async fn create(
             SendVerdict::Refuse(r) => return Ok(shared::refused(r, now)),
             SendVerdict::Block(b) => {
                 let key = shared::block_key(&req, b.scope);
-                sqlx::query(
+                exec(
+                    conn,
                     "insert into fraud_blocks (scope, key, reason, strikes, blocked_until,
                                                lifted_at, created_at, updated_at)
                      values (?1, ?2, ?3, ?4, ?5, null, ?6, ?6)
@@ -96,16 +92,8 @@ pub(super) async fn create(
                         set reason = excluded.reason, strikes = excluded.strikes,
                             blocked_until = excluded.blocked_until, lifted_at = null,
                             updated_at = excluded.updated_at",
-                )
-                .bind(b.scope.as_str())
-                .bind(&key)
-                .bind(&b.reason)
-                .bind(b.strikes)
-                .bind(b.until_ms)
-                .bind(now)
-                .execute(&mut *conn)
-                .await
-                .map_err(db)?;
+                    params![b.scope.as_str(), key, b.reason, b.strikes, b.until_ms, now],
+                )?;
                 return Ok(shared::new_block(b, now));
             }
         }
@@ -125,16 +113,12 @@ pub(super) async fn create(
         }
     };
     let from_paid = cost - from_test;
-    sqlx::query(
+    exec(
+        conn,
         "update accounts set test_credits = test_credits - ?2, credits = credits - ?3
          where customer_id = ?1",
-    )
-    .bind(customer)
-    .bind(from_test)
-    .bind(from_paid)
-    .execute(&mut *conn)
-    .await
-    .map_err(db)?;
+        params![customer, from_test, from_paid],
+    )?;
 
     let delivery = if req.kind == SendKind::TestNumber {
         DeliveryStatus::Sent
@@ -147,7 +131,8 @@ pub(super) async fn create(
         std::iter::once((req.id, req.code_hash.clone())).chain(req.spare_ids.iter().cloned());
     let mut stored = None;
     for (id, code_hash) in candidates {
-        let done = sqlx::query(
+        let done = exec(
+            conn,
             "insert into verifications
                  (id, customer_id, country_code, national, destination, flow_type, code_hash,
                   otp_length, state, wrong_attempts, max_attempts, created_at, expires_at,
@@ -155,27 +140,26 @@ pub(super) async fn create(
              values (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'pending', 0, ?9, ?10, ?11, ?12, ?13, ?14,
                      ?15, ?16)
              on conflict (id) do nothing",
-        )
-        .bind(id_i64(id))
-        .bind(customer)
-        .bind(req.destination.country_code())
-        .bind(req.destination.national())
-        .bind(&destination)
-        .bind(&req.flow_type)
-        .bind(&code_hash.0[..])
-        .bind(req.otp_length)
-        .bind(req.max_attempts)
-        .bind(now)
-        .bind(req.expires_at)
-        .bind(&req.transaction_id)
-        .bind(cost)
-        .bind(from_test)
-        .bind(delivery.as_str())
-        .bind(counted.then_some(&req.prefix))
-        .execute(&mut *conn)
-        .await
-        .map_err(db)?;
-        if done.rows_affected() == 1 {
+            params![
+                id_i64(id),
+                customer,
+                req.destination.country_code(),
+                req.destination.national(),
+                destination,
+                req.flow_type,
+                &code_hash.0[..],
+                req.otp_length,
+                req.max_attempts,
+                now,
+                req.expires_at,
+                req.transaction_id,
+                cost,
+                from_test,
+                delivery.as_str(),
+                counted.then_some(&req.prefix),
+            ],
+        )?;
+        if done == 1 {
             stored = Some((id, code_hash));
             break;
         }
@@ -185,17 +169,13 @@ pub(super) async fn create(
             "every candidate verification id is taken".into(),
         ));
     };
-    sqlx::query(
+    exec(
+        conn,
         "insert into daily_stats (customer_id, day, sends, completed, created_at)
          values (?1, ?2, 1, 0, ?3)
          on conflict (customer_id, day) do update set sends = sends + 1",
-    )
-    .bind(customer)
-    .bind(day_of(now))
-    .bind(now)
-    .execute(&mut *conn)
-    .await
-    .map_err(db)?;
+        params![customer, day_of(now), now],
+    )?;
     let v = Verification {
         id,
         customer_id: req.customer_id.clone(),
@@ -218,198 +198,190 @@ pub(super) async fn create(
         delivery_detail: None,
     };
     if let SendKind::OwnNumber { .. } = req.kind {
-        sqlx::query(
+        exec(
+            conn,
             "insert into own_numbers (verification_id, customer_id, destination, created_at)
              values (?1, ?2, ?3, ?4)",
-        )
-        .bind(id_i64(v.id))
-        .bind(v.customer_id.as_str())
-        .bind(&destination)
-        .bind(now)
-        .execute(&mut *conn)
-        .await
-        .map_err(db)?;
+            params![id_i64(v.id), v.customer_id.as_str(), destination, now],
+        )?;
     }
     if req.kind == SendKind::TestNumber {
         // A test number's message never leaves the server: no outbox row.
         return Ok(CreateOutcome::Created(v));
     }
-    sqlx::query(
+    exec(
+        conn,
         "insert into outbox (verification_id, step, address, lang, text, status,
                              next_attempt_at, created_at, updated_at)
          values (?1, 0, ?2, ?3, ?4, 'queued', ?5, ?5, ?5)",
-    )
-    .bind(id_i64(v.id))
-    .bind(&req.address)
-    .bind(&req.lang)
-    .bind(&req.message_text)
-    .bind(now)
-    .execute(&mut *conn)
-    .await
-    .map_err(db)?;
+        params![id_i64(v.id), req.address, req.lang, req.message_text, now],
+    )?;
     for (i, f) in req.fallbacks.iter().enumerate() {
-        sqlx::query(
+        exec(
+            conn,
             "insert into outbox (verification_id, step, flow_type, address, lang, text, status,
                                  next_attempt_at, created_at, updated_at)
              values (?1, ?2, ?3, ?4, ?5, ?6, 'queued', ?7, ?8, ?8)",
-        )
-        .bind(id_i64(v.id))
-        .bind(i64::try_from(i + 1).unwrap_or(i64::MAX))
-        .bind(&f.flow_type)
-        .bind(&f.address)
-        .bind(&req.lang)
-        .bind(&f.text)
-        .bind(f.due_at)
-        .bind(now)
-        .execute(&mut *conn)
-        .await
-        .map_err(db)?;
+            params![
+                id_i64(v.id),
+                i64::try_from(i + 1).unwrap_or(i64::MAX),
+                f.flow_type,
+                f.address,
+                req.lang,
+                f.text,
+                f.due_at,
+                now
+            ],
+        )?;
     }
-    super::events::emit(conn, id_i64(v.id), EventKind::Created, &detail, now).await?;
+    super::events::emit(conn, id_i64(v.id), EventKind::Created, &detail, now)?;
     Ok(CreateOutcome::Created(v))
 }
 
-/// What the fraud defences weigh for this send, in one statement; and
-/// whether the destination is one of the account's verified numbers, and
-/// how many own-number sends the account made in the last day.
-async fn facts(
-    conn: &mut SqliteConnection,
+/// What the fraud defences weigh for this send; and whether the destination
+/// is one of the account's verified numbers, and how many own-number sends
+/// the account made in the last day.
+///
+/// Each fact is its own cached statement, read only when the policy weighs
+/// it: a cap that is off (0) or a guard that is off costs nothing. The
+/// counts of an account's sends scan its sends in the window (index only,
+/// through `verifications_by_customer_cost`), so they cost more as the
+/// window fills; the caps bound how full it gets.
+fn facts(
+    conn: &Connection,
     req: &NewVerification,
     destination: &str,
 ) -> StoreResult<(fraud::SendFacts, bool, u32)> {
     let now = req.created_at;
     let customer = req.customer_id.as_str();
-    let country_key = shared::block_key(req, fraud::BlockScope::Country);
-    let row = sqlx::query(
-        "with acct as (
-             select count(*) filter (where created_at > ?3) as hour_n,
-                    coalesce(sum(cost) filter (where created_at > ?3), 0) as hour_c,
-                    min(created_at) filter (where created_at > ?3) as hour_oldest,
-                    count(*) as day_n, coalesce(sum(cost), 0) as day_c,
-                    min(created_at) as day_oldest
-               from verifications where customer_id = ?1 and created_at > ?4
-         ),
-         pb as (select reason, strikes, blocked_until from fraud_blocks
-                 where scope = 'prefix' and key = ?5),
-         cb as (select reason, strikes, blocked_until from fraud_blocks
-                 where scope = 'country' and key = ?6)
-         select acct.*,
-                (select count(*) from verifications
-                  where destination = ?7 and created_at > ?4) as dest_n,
-                (select min(created_at) from verifications
-                  where destination = ?7 and created_at > ?4) as dest_oldest,
-                exists (select 1 from safe_list
-                         where substr(?7, 1, length(entry)) = entry) as safe,
-                (select reason from pb) as pb_reason,
-                (select strikes from pb) as pb_strikes,
-                (select blocked_until from pb) as pb_until,
-                (select reason from cb) as cb_reason,
-                (select strikes from cb) as cb_strikes,
-                (select blocked_until from cb) as cb_until,
-                (select count(*) from verifications
-                  where prefix = ?5
-                    and created_at > max(?8, coalesce((select blocked_until from pb), 0))
-                ) as p_sent,
-                (select count(*) from verifications
-                  where prefix = ?5 and state = 'completed'
-                    and created_at > max(?8, coalesce((select blocked_until from pb), 0))
-                ) as p_done,
-                (select count(*) from verifications
-                  where customer_id = ?1 and country_code = ?2 and prefix is not null
-                    and created_at > max(?9, coalesce((select blocked_until from cb), 0))
-                ) as c_sent,
-                (select count(*) from verifications
-                  where customer_id = ?1 and country_code = ?2 and state = 'completed'
-                    and prefix is not null and created_at > max(?9, coalesce((select blocked_until from cb), 0))
-                ) as c_done,
-                exists (select 1 from own_numbers
-                         where customer_id = ?1 and destination = ?7
-                           and verified_at is not null) as own_verified,
-                (select count(*) from own_numbers
-                  where customer_id = ?1 and created_at > ?4) as own_today
-           from acct",
-    )
-    .bind(customer)
-    .bind(req.destination.country_code())
-    .bind(now - fraud::HOUR_MS)
-    .bind(now - fraud::DAY_MS)
-    .bind(&req.prefix)
-    .bind(&country_key)
-    .bind(destination)
-    .bind(now - req.fraud.prefix.window_ms)
-    .bind(now - req.fraud.country.window_ms)
-    .fetch_one(&mut *conn)
-    .await
-    .map_err(db)?;
-    let get = |name: &str| -> StoreResult<i64> { row.try_get::<i64, _>(name).map_err(db) };
-    let opt = |name: &str| -> StoreResult<Option<i64>> {
-        row.try_get::<Option<i64>, _>(name).map_err(db)
-    };
-    let block = |reason: &str, strikes: &str, until: &str| -> StoreResult<_> {
-        let reason: Option<String> = row.try_get(reason).map_err(db)?;
-        Ok(match (reason, opt(strikes)?, opt(until)?) {
-            (Some(reason), Some(strikes), Some(until)) => Some(fraud::BlockRecord {
-                until_ms: until,
-                strikes: shared::count(strikes, "strikes")?,
-                reason,
-            }),
-            _ => None,
+    let caps = &req.fraud.caps;
+    let usage = |sql: &str, key: &str, since: i64, on: bool| -> StoreResult<fraud::Usage> {
+        if !on {
+            return Ok(fraud::Usage::default());
+        }
+        let (n, credits, oldest_ms): (i64, i64, Option<i64>) =
+            opt(conn, sql, params![key, since], tuple)?.unwrap_or_default();
+        Ok(fraud::Usage {
+            messages: shared::count(n, "count")?,
+            credits,
+            oldest_ms,
         })
     };
-    let facts = fraud::SendFacts {
+    let account = "select count(*), coalesce(sum(cost), 0), min(created_at) from verifications
+                    where customer_id = ?1 and created_at > ?2";
+    let account_hour = usage(
+        account,
+        customer,
+        now - fraud::HOUR_MS,
+        caps.account_hour_messages > 0 || caps.account_hour_credits > 0,
+    )?;
+    let account_day = usage(
+        account,
+        customer,
+        now - fraud::DAY_MS,
+        caps.account_day_messages > 0 || caps.account_day_credits > 0,
+    )?;
+    let destination_day = usage(
+        "select count(*), 0, min(created_at) from verifications
+          where destination = ?1 and created_at > ?2",
+        destination,
+        now - fraud::DAY_MS,
+        caps.destination_day_messages > 0,
+    )?;
+    let safe_listed = one::<bool>(
+        conn,
+        "select exists (select 1 from safe_list where substr(?1, 1, length(entry)) = entry)",
+        [destination],
+    )?;
+    let mut facts = fraud::SendFacts {
         price: req.price,
-        account_hour: fraud::Usage {
-            messages: shared::count(get("hour_n")?, "count")?,
-            credits: get("hour_c")?,
-            oldest_ms: opt("hour_oldest")?,
-        },
-        account_day: fraud::Usage {
-            messages: shared::count(get("day_n")?, "count")?,
-            credits: get("day_c")?,
-            oldest_ms: opt("day_oldest")?,
-        },
-        destination_day: fraud::Usage {
-            messages: shared::count(get("dest_n")?, "count")?,
-            credits: 0,
-            oldest_ms: opt("dest_oldest")?,
-        },
-        safe_listed: get("safe")? != 0,
-        prefix_block: block("pb_reason", "pb_strikes", "pb_until")?,
-        country_block: block("cb_reason", "cb_strikes", "cb_until")?,
-        prefix: fraud::Conversion {
-            sent: shared::count(get("p_sent")?, "count")?,
-            completed: shared::count(get("p_done")?, "count")?,
-        },
-        country: fraud::Conversion {
-            sent: shared::count(get("c_sent")?, "count")?,
-            completed: shared::count(get("c_done")?, "count")?,
-        },
+        account_hour,
+        account_day,
+        destination_day,
+        safe_listed,
+        prefix_block: None,
+        country_block: None,
+        prefix: fraud::Conversion::default(),
+        country: fraud::Conversion::default(),
     };
-    Ok((
-        facts,
-        get("own_verified")? != 0,
-        shared::count(get("own_today")?, "count")?,
-    ))
+    if req.fraud.guard && !safe_listed {
+        let block = |scope: fraud::BlockScope, key: &str| {
+            opt(
+                conn,
+                "select reason, strikes, blocked_until from fraud_blocks
+                  where scope = ?1 and key = ?2",
+                params![scope.as_str(), key],
+                |r| {
+                    let (reason, strikes, until_ms): (String, i64, i64) = tuple(r)?;
+                    Ok(fraud::BlockRecord {
+                        until_ms,
+                        strikes: shared::count(strikes, "strikes")?,
+                        reason,
+                    })
+                },
+            )
+        };
+        // A key's conversion counts afresh from the end of its last block.
+        let since = |window_ms: i64, b: &Option<fraud::BlockRecord>| {
+            (now - window_ms).max(b.as_ref().map_or(0, |b| b.until_ms))
+        };
+        let conversion = |sql: &str, p: &[&dyn rusqlite::ToSql]| -> StoreResult<_> {
+            let (sent, completed): (i64, i64) = opt(conn, sql, p, tuple)?.unwrap_or_default();
+            Ok(fraud::Conversion {
+                sent: shared::count(sent, "count")?,
+                completed: shared::count(completed, "count")?,
+            })
+        };
+        facts.prefix_block = block(fraud::BlockScope::Prefix, &req.prefix)?;
+        let country_key = shared::block_key(req, fraud::BlockScope::Country);
+        facts.country_block = block(fraud::BlockScope::Country, &country_key)?;
+        facts.prefix = conversion(
+            "select count(*), coalesce(sum(state = 'completed'), 0) from verifications
+              where prefix = ?1 and created_at > ?2",
+            params![
+                req.prefix,
+                since(req.fraud.prefix.window_ms, &facts.prefix_block)
+            ],
+        )?;
+        facts.country = conversion(
+            "select count(*), coalesce(sum(state = 'completed'), 0) from verifications
+              where customer_id = ?1 and country_code = ?2 and prefix is not null
+                and created_at > ?3",
+            params![
+                customer,
+                req.destination.country_code(),
+                since(req.fraud.country.window_ms, &facts.country_block)
+            ],
+        )?;
+    }
+    let (own_verified, own_today): (bool, i64) = opt(
+        conn,
+        "select exists (select 1 from own_numbers
+                         where customer_id = ?1 and destination = ?2
+                           and verified_at is not null),
+                (select count(*) from own_numbers where customer_id = ?1 and created_at > ?3)",
+        params![customer, destination, now - fraud::DAY_MS],
+        tuple,
+    )?
+    .unwrap_or_default();
+    Ok((facts, own_verified, shared::count(own_today, "count")?))
 }
 
 /// The seconds until a send would be allowed, if a limit refuses it now.
-async fn limited(
-    conn: &mut SqliteConnection,
+fn limited(
+    conn: &Connection,
     limits: &SendLimits,
     customer: &str,
     destination: &str,
     now: i64,
 ) -> StoreResult<Option<u64>> {
     if let Some(per_second) = limits.per_account_per_second {
-        let recent: i64 = sqlx::query_scalar(
+        let recent: i64 = one(
+            conn,
             "select count(*) from verifications
              where customer_id = ?1 and created_at > ?2 - 1000 and created_at <= ?2",
-        )
-        .bind(customer)
-        .bind(now)
-        .fetch_one(&mut *conn)
-        .await
-        .map_err(db)?;
+            params![customer, now],
+        )?;
         if recent >= i64::from(per_second) {
             return Ok(Some(1));
         }
@@ -421,19 +393,20 @@ async fn limited(
     if limits.per_number_max == 0 {
         return Ok(Some(retry_after_secs(window)));
     }
-    let blocking: Option<i64> = sqlx::query_scalar(
+    let blocking: Option<i64> = opt(
+        conn,
         "select created_at from verifications
          where customer_id = ?1 and destination = ?2 and created_at > ?3 - ?4
          order by created_at desc limit 1 offset ?5",
-    )
-    .bind(customer)
-    .bind(destination)
-    .bind(now)
-    .bind(window)
-    .bind(limits.per_number_max - 1)
-    .fetch_optional(&mut *conn)
-    .await
-    .map_err(db)?;
+        params![
+            customer,
+            destination,
+            now,
+            window,
+            limits.per_number_max - 1
+        ],
+        |r| rows::get(r, "created_at"),
+    )?;
     if let Some(at) = blocking {
         return Ok(Some(retry_after_secs(
             at.saturating_add(window).saturating_sub(now),
@@ -444,19 +417,15 @@ async fn limited(
     if limits.wrong_code_max == 0 {
         return Ok(Some(retry_after_secs(window)));
     }
-    let wrong: Vec<(i64, i64)> = sqlx::query_as(
+    let wrong: Vec<(i64, i64)> = all(
+        conn,
         "select created_at, wrong_attempts from verifications
          where customer_id = ?1 and destination = ?2 and created_at > ?3 - ?4
            and wrong_attempts > 0
          order by created_at desc",
-    )
-    .bind(customer)
-    .bind(destination)
-    .bind(now)
-    .bind(window)
-    .fetch_all(&mut *conn)
-    .await
-    .map_err(db)?;
+        params![customer, destination, now, window],
+        tuple,
+    )?;
     Ok(wrong_code_block(&wrong, limits.wrong_code_max)
         .map(|at| retry_after_secs(at.saturating_add(window).saturating_sub(now))))
 }
