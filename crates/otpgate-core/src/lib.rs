@@ -9,6 +9,7 @@ pub mod customer;
 pub mod fraud;
 pub mod phone;
 pub mod secret;
+pub mod send;
 pub mod token;
 pub mod verification;
 

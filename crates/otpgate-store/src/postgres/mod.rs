@@ -27,15 +27,15 @@ mod rows;
 
 use crate::shared::{
     self, EventRecordRow, attempts_detail, clip, created_detail, day_of, delivery_detail,
-    email_key, event_record, event_record_columns, fill_days, id_i64, retry_after_secs, stats_days,
-    to_u64,
+    email_key, event_record, event_record_columns, fill_days, id_i64, stats_days, to_u64,
 };
-use otpgate_core::fraud::{self, ChargeRefusal, SendVerdict};
+use otpgate_core::fraud;
+use otpgate_core::send;
 use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use otpgate_core::{CustomerId, DeliveryStatus, VerificationId};
+use otpgate_core::{CustomerId, DeliveryStatus, VerificationId, VerificationState};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection, PgConnection, Row};
 
@@ -44,10 +44,11 @@ pub use migrate::SCHEMA_VERSION;
 use self::error::{db_err, timed_out};
 use self::rows::{account_columns, outbox_columns, verification_columns};
 use crate::{
-    Account, AccountSettings, ChannelStats, ConversionRow, CreateOutcome, DailyStats, EventAttempt,
-    EventBacklog, EventKind, EventRecord, FraudBlock, InboxEntry, NewAccount, NewVerification,
-    OutboxDepth, OutboxMessage, OwnNumber, PendingEvent, Purged, SafeEntry, SendKind, SentInfo,
-    Store, StoreError, StoreResult, ValidationAction, Verification, VerificationFilter, Webhook,
+    Account, AccountSettings, AccountStore, ChannelStats, ConversionRow, CreateOutcome, DailyStats,
+    EventAttempt, EventBacklog, EventKind, EventRecord, EventStore, FraudBlock, FraudStore,
+    InboxEntry, InboxStore, NewAccount, NewVerification, OutboxDepth, OutboxMessage, OutboxStore,
+    OwnNumber, PendingEvent, Purged, SafeEntry, SendKind, SentInfo, StoreError, StoreResult,
+    SystemStore, ValidationAction, Verification, VerificationFilter, VerificationStore, Webhook,
 };
 
 /// Connection settings of a [`PostgresStore`].
@@ -242,7 +243,7 @@ async fn fraud_facts(
     tx: &mut PgConnection,
     req: &NewVerification,
     destination: &str,
-) -> StoreResult<(fraud::SendFacts, bool, u32)> {
+) -> StoreResult<send::GuardFacts> {
     let now = req.created_at;
     let row = sqlx::query(
         "with acct as (
@@ -275,7 +276,7 @@ async fn fraud_facts(
                     and created_at > greatest($8, coalesce((select blocked_until from pb), 0))
                 ) as p_sent,
                 (select count(*) from verifications
-                  where prefix = $5 and state = 'completed'
+                  where prefix = $5 and state = $10
                     and created_at > greatest($8, coalesce((select blocked_until from pb), 0))
                 ) as p_done,
                 (select count(*) from verifications
@@ -283,7 +284,7 @@ async fn fraud_facts(
                     and created_at > greatest($9, coalesce((select blocked_until from cb), 0))
                 ) as c_sent,
                 (select count(*) from verifications
-                  where customer_id = $1 and country_code = $2 and state = 'completed'
+                  where customer_id = $1 and country_code = $2 and state = $10
                     and prefix is not null and created_at > greatest($9, coalesce((select blocked_until from cb), 0))
                 ) as c_done,
                 exists (select 1 from own_numbers
@@ -302,6 +303,7 @@ async fn fraud_facts(
     .bind(destination)
     .bind(now - req.fraud.prefix.window_ms)
     .bind(now - req.fraud.country.window_ms)
+    .bind(VerificationState::Completed.as_str())
     .fetch_one(&mut *tx)
     .await
     .map_err(db_err)?;
@@ -352,7 +354,11 @@ async fn fraud_facts(
             completed: n("c_done")?,
         },
     };
-    Ok((facts, flag("own_verified")?, n("own_today")?))
+    Ok(send::GuardFacts {
+        fraud: facts,
+        own_verified: flag("own_verified")?,
+        own_sent_today: n("own_today")?,
+    })
 }
 
 /// `u32` counters are stored as `integer`; a value past its range (a
@@ -375,13 +381,6 @@ enum Checked {
 
 fn refused(outcome: CreateOutcome) -> Checked {
     Checked::Refused(Box::new(outcome))
-}
-
-/// Retry-After for a refusal that lasts until `at` plus `window`.
-fn rate_limited(at: i64, window: i64, now: i64) -> Checked {
-    refused(CreateOutcome::RateLimited {
-        retry_after_secs: retry_after_secs(at.saturating_add(window).saturating_sub(now)),
-    })
 }
 
 /// Everything the 506 check and the rate limits of contract §2 need, in
@@ -408,7 +407,8 @@ fn rate_limited(at: i64, window: i64, now: i64) -> Checked {
 ///   `wrong_codes_since` counts them.
 ///
 /// Parameters: customer, destination, now, per-number window start,
-/// per-number offset, wrong-code window start, wrong-code budget.
+/// per-number offset, wrong-code window start, wrong-code budget, the
+/// pending state's name (bound from the core).
 macro_rules! checks_sql {
     ($recent:literal) => {
         concat!(
@@ -435,7 +435,7 @@ macro_rules! checks_sql {
                left join (select ",
             verification_columns!(),
             " from verifications
-                           where customer_id = $1 and destination = $2 and state = 'pending'
+                           where customer_id = $1 and destination = $2 and state = $8
                              and expires_at > $3 and wrong_attempts < max_attempts
                            order by created_at desc, id desc limit 1
                          ) pending on true"
@@ -447,14 +447,14 @@ macro_rules! checks_sql {
 const CHECKS: &str = checks_sql!("null::bigint");
 
 /// The checks for an account with a per-second limit, which also count its
-/// sends since `$8`. A statement of its own rather than a count that a
+/// sends since `$9`. A statement of its own rather than a count that a
 /// parameter switches off: PostgreSQL would price the count into that
 /// statement's generic plan, find custom plans much cheaper, and so plan it
 /// afresh on every send. Without the limit (the default) a send runs
 /// [`CHECKS`], whose one cached plan serves every send.
 const CHECKS_COUNTING_RECENT: &str = checks_sql!(
     "(select count(*) from verifications
-       where customer_id = $1 and created_at > $8 and created_at <= $3)"
+       where customer_id = $1 and created_at > $9 and created_at <= $3)"
 );
 
 /// The writes of an accepted send, in one statement. The charge, the
@@ -546,7 +546,11 @@ impl PostgresStore {
         .await
         .map_err(db_err)?;
         let Some((credits, test_credits, false)) = account else {
-            return Ok(refused(CreateOutcome::AccountUnavailable));
+            return Ok(refused(shared::refusal(
+                send::Refused::AccountUnavailable,
+                None,
+                now,
+            )?));
         };
 
         let number_window = limits.per_number_window_ms.max(0);
@@ -561,63 +565,49 @@ impl PostgresStore {
         .bind(destination)
         .bind(now)
         .bind(now.saturating_sub(number_window))
-        // A maximum of 0 refuses below before this offset is looked at;
-        // `max(1)` only keeps it legal.
+        // A maximum of 0 refuses before this offset matters; `max(1)` only
+        // keeps it legal.
         .bind(i64::from(limits.per_number_max.max(1)) - 1)
         .bind(now.saturating_sub(wrong_window))
-        .bind(i64::from(limits.wrong_code_max));
+        .bind(i64::from(limits.wrong_code_max))
+        .bind(VerificationState::Pending.as_str());
         if counting {
             checks = checks.bind(now.saturating_sub(1000));
         }
         let row = checks.fetch_one(&mut *tx).await.map_err(db_err)?;
 
-        // 506: a live verification to this destination.
-        let pending: Option<i64> = row.try_get("id").map_err(db_err)?;
-        if pending.is_some() {
-            return Ok(refused(CreateOutcome::AlreadyPending(rows::verification(
-                &row,
-            )?)));
-        }
-
-        if let Some(per_second) = limits.per_account_per_second {
-            let recent: i64 = row.try_get("recent").map_err(db_err)?;
-            if recent >= i64::from(per_second) {
-                return Ok(refused(CreateOutcome::RateLimited {
-                    retry_after_secs: 1,
-                }));
-            }
-        }
-
-        // Per number: full while the `per_number_max`-th newest send to this
-        // destination is inside the window.
-        if limits.per_number_max == 0 {
-            return Ok(rate_limited(now, number_window, now));
-        }
-        let number_block_at: Option<i64> = row.try_get("number_block_at").map_err(db_err)?;
-        if let Some(at) = number_block_at {
-            return Ok(rate_limited(at, number_window, now));
-        }
-
-        // The wrong-code budget across this destination's verifications in
-        // the window.
-        if limits.wrong_code_max == 0 {
-            return Ok(rate_limited(now, wrong_window, now));
-        }
-        let wrong_block_at: Option<i64> = row.try_get("wrong_block_at").map_err(db_err)?;
-        if let Some(at) = wrong_block_at {
-            return Ok(rate_limited(at, wrong_window, now));
+        // The core decides (`otpgate_core::send`); this only reads facts.
+        let pending_id: Option<i64> = row.try_get("id").map_err(db_err)?;
+        let pending = pending_id
+            .is_some()
+            .then(|| rows::verification(&row))
+            .transpose()?;
+        let recent: Option<i64> = if counting {
+            row.try_get("recent").map_err(db_err)?
+        } else {
+            None
+        };
+        let gate = send::GateFacts {
+            account: Some(send::Balance {
+                credits,
+                test_credits,
+            }),
+            pending: pending.is_some(),
+            recent: recent.map(|n| u32::try_from(n).unwrap_or(u32::MAX)),
+            number_block_at: row.try_get("number_block_at").map_err(db_err)?,
+            wrong_block_at: row.try_get("wrong_block_at").map_err(db_err)?,
+        };
+        let terms = shared::terms(req);
+        if let Err(r) = send::gate(&terms, &gate, now) {
+            return Ok(refused(shared::refusal(r, pending, now)?));
         }
 
         // The fraud defences: caps, blocks and the conversion guard, read
         // under the account's lock (and the prefix's, below), so concurrent
-        // sends on any node cannot overshoot a cap; the rule is the core's.
-        let mut test_usable =
-            !req.fraud.test_credits_verified_only || matches!(req.kind, SendKind::OwnNumber { .. });
-        // Whether the guard counts this send: not for a safe-listed
-        // destination or a test number (their prefix is stored as null), so
-        // trusted traffic never pushes its country towards a block.
-        let mut counted = false;
-        if req.kind != SendKind::TestNumber {
+        // sends on any node cannot overshoot a cap.
+        let guard = if req.kind == SendKind::TestNumber {
+            send::GuardFacts::default()
+        } else {
             // Sends to one prefix from different accounts serialise here, so
             // the prefix guard and the per-number cap hold across accounts
             // too. Always taken after the account's row lock, never before:
@@ -629,61 +619,42 @@ impl PostgresStore {
                 .execute(&mut *tx)
                 .await
                 .map_err(db_err)?;
-            let (facts, own_verified, own_today) = fraud_facts(tx, req, destination).await?;
-            counted = !facts.safe_listed;
-            if let SendKind::OwnNumber { max_per_day } = req.kind
-                && own_today >= max_per_day
-            {
-                return Ok(refused(CreateOutcome::RateLimited {
-                    retry_after_secs: 3600,
-                }));
-            }
-            test_usable |= own_verified;
-            match fraud::decide_send(&facts, &req.fraud, now) {
-                SendVerdict::Allow => {}
-                SendVerdict::Refuse(r) => return Ok(refused(shared::refused(r, now))),
-                SendVerdict::Block(b) => {
-                    sqlx::query(
-                        "insert into fraud_blocks (scope, key, reason, strikes, blocked_until,
-                                                   lifted_at, created_at, updated_at)
-                         values ($1, $2, $3, $4, $5, null, $6, $6)
-                         on conflict (scope, key) do update
-                            set reason = excluded.reason, strikes = excluded.strikes,
-                                blocked_until = excluded.blocked_until, lifted_at = null,
-                                updated_at = excluded.updated_at",
-                    )
-                    .bind(b.scope.as_str())
-                    .bind(shared::block_key(req, b.scope))
-                    .bind(&b.reason)
-                    .bind(int(b.strikes))
-                    .bind(b.until_ms)
-                    .bind(now)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(db_err)?;
-                    return Ok(refused(shared::new_block(b, now)));
-                }
-            }
-        }
-
-        // Contract §5: test credits first (where they may pay), never below
-        // zero. The balance is the locked row's, so no other send can spend
-        // it in between.
-        let price = if req.kind == SendKind::TestNumber {
-            0
-        } else {
-            req.price
+            fraud_facts(tx, req, destination).await?
         };
-        match fraud::charge(price, credits, test_credits, test_usable) {
-            Ok((cost, cost_test)) => Ok(Checked::Charge {
-                cost,
-                cost_test,
-                counted,
+        // The balance is the locked row's, so no other send can spend it in
+        // between.
+        match send::decide(&terms, &gate, &guard, now) {
+            Ok(c) => Ok(Checked::Charge {
+                cost: c.cost,
+                cost_test: c.cost_test,
+                counted: c.counted,
             }),
-            Err(ChargeRefusal::Insufficient) => Ok(refused(CreateOutcome::InsufficientBalance)),
-            Err(ChargeRefusal::TestCreditsRestricted) => {
-                Ok(refused(CreateOutcome::TestCreditsRestricted))
+            Err(send::Refused::Block(b)) => {
+                sqlx::query(
+                    "insert into fraud_blocks (scope, key, reason, strikes, blocked_until,
+                                               lifted_at, created_at, updated_at)
+                     values ($1, $2, $3, $4, $5, null, $6, $6)
+                     on conflict (scope, key) do update
+                        set reason = excluded.reason, strikes = excluded.strikes,
+                            blocked_until = excluded.blocked_until, lifted_at = null,
+                            updated_at = excluded.updated_at",
+                )
+                .bind(b.scope.as_str())
+                .bind(shared::block_key(req, b.scope))
+                .bind(&b.reason)
+                .bind(int(b.strikes))
+                .bind(b.until_ms)
+                .bind(now)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err)?;
+                Ok(refused(shared::refusal(
+                    send::Refused::Block(b),
+                    None,
+                    now,
+                )?))
             }
+            Err(r) => Ok(refused(shared::refusal(r, None, now)?)),
         }
     }
 
@@ -780,7 +751,7 @@ impl PostgresStore {
 }
 
 #[async_trait]
-impl Store for PostgresStore {
+impl SystemStore for PostgresStore {
     async fn ping(&self) -> StoreResult<()> {
         self.guarded(async {
             sqlx::query("select 1")
@@ -820,6 +791,84 @@ impl Store for PostgresStore {
         .await
     }
 
+    async fn purge_before(&self, cutoff: i64, max: u32) -> StoreResult<Purged> {
+        self.guarded(async {
+            // `skip locked`: another node sweeping at the same moment takes
+            // other rows instead of waiting for these. The outbox rows go in
+            // the same statement as the verifications they reference (the
+            // foreign key is checked at its end), as do own-number records.
+            // Their events (webhook deliveries) go with them too.
+            let (verifications, outbox, gone_events): (i64, i64, i64) = sqlx::query_as(
+                "with doomed as (
+                     select id from verifications where created_at < $1
+                      order by created_at, id limit $2
+                      for update skip locked
+                 ),
+                 gone_outbox as (
+                     delete from outbox o using doomed d where o.verification_id = d.id
+                     returning 1
+                 ),
+                 gone_own as (
+                     delete from own_numbers n using doomed d where n.verification_id = d.id
+                 ),
+                 gone_events as (
+                     delete from events e using doomed d where e.verification_id = d.id
+                     returning 1
+                 ),
+                 gone as (
+                     delete from verifications v using doomed d where v.id = d.id
+                     returning 1
+                 )
+                 select (select count(*) from gone), (select count(*) from gone_outbox),
+                        (select count(*) from gone_events)",
+            )
+            .bind(cutoff)
+            .bind(i64::from(max))
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db_err)?;
+            let inbox = sqlx::query(
+                "delete from inbox where id in
+                     (select id from inbox where created_at < $1
+                       order by created_at, id limit $2 for update skip locked)",
+            )
+            .bind(cutoff)
+            .bind(i64::from(max))
+            .execute(&self.pool)
+            .await
+            .map_err(db_err)?
+            .rows_affected();
+            // Events older than the cutoff whose verification is already
+            // gone: an event never outlives retention either.
+            let old_events = sqlx::query(
+                "delete from events where id in
+                     (select id from events where created_at < $1
+                       order by created_at, id limit $2 for update skip locked)",
+            )
+            .bind(cutoff)
+            .bind(i64::from(max))
+            .execute(&self.pool)
+            .await
+            .map_err(db_err)?
+            .rows_affected();
+            Ok(Purged {
+                verifications: to_u64(verifications),
+                outbox: to_u64(outbox),
+                inbox,
+                events: to_u64(gone_events) + old_events,
+            })
+        })
+        .await
+    }
+
+    async fn scrub(&self) -> StoreResult<()> {
+        // A server database's files are its operator's to manage.
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl AccountStore for PostgresStore {
     async fn account_create(&self, new: NewAccount) -> StoreResult<Account> {
         self.guarded(async {
             let row = sqlx::query(concat!(
@@ -978,7 +1027,10 @@ impl Store for PostgresStore {
         )
         .await
     }
+}
 
+#[async_trait]
+impl VerificationStore for PostgresStore {
     async fn verification_create(&self, req: NewVerification) -> StoreResult<CreateOutcome> {
         self.guarded(async {
             let mut tx = self.pool.begin().await.map_err(db_err)?;
@@ -1221,76 +1273,6 @@ impl Store for PostgresStore {
         .await
     }
 
-    async fn purge_before(&self, cutoff: i64, max: u32) -> StoreResult<Purged> {
-        self.guarded(async {
-            // `skip locked`: another node sweeping at the same moment takes
-            // other rows instead of waiting for these. The outbox rows go in
-            // the same statement as the verifications they reference (the
-            // foreign key is checked at its end), as do own-number records.
-            // Their events (webhook deliveries) go with them too.
-            let (verifications, outbox, gone_events): (i64, i64, i64) = sqlx::query_as(
-                "with doomed as (
-                     select id from verifications where created_at < $1
-                      order by created_at, id limit $2
-                      for update skip locked
-                 ),
-                 gone_outbox as (
-                     delete from outbox o using doomed d where o.verification_id = d.id
-                     returning 1
-                 ),
-                 gone_own as (
-                     delete from own_numbers n using doomed d where n.verification_id = d.id
-                 ),
-                 gone_events as (
-                     delete from events e using doomed d where e.verification_id = d.id
-                     returning 1
-                 ),
-                 gone as (
-                     delete from verifications v using doomed d where v.id = d.id
-                     returning 1
-                 )
-                 select (select count(*) from gone), (select count(*) from gone_outbox),
-                        (select count(*) from gone_events)",
-            )
-            .bind(cutoff)
-            .bind(i64::from(max))
-            .fetch_one(&self.pool)
-            .await
-            .map_err(db_err)?;
-            let inbox = sqlx::query(
-                "delete from inbox where id in
-                     (select id from inbox where created_at < $1
-                       order by created_at, id limit $2 for update skip locked)",
-            )
-            .bind(cutoff)
-            .bind(i64::from(max))
-            .execute(&self.pool)
-            .await
-            .map_err(db_err)?
-            .rows_affected();
-            // Events older than the cutoff whose verification is already
-            // gone: an event never outlives retention either.
-            let old_events = sqlx::query(
-                "delete from events where id in
-                     (select id from events where created_at < $1
-                       order by created_at, id limit $2 for update skip locked)",
-            )
-            .bind(cutoff)
-            .bind(i64::from(max))
-            .execute(&self.pool)
-            .await
-            .map_err(db_err)?
-            .rows_affected();
-            Ok(Purged {
-                verifications: to_u64(verifications),
-                outbox: to_u64(outbox),
-                inbox,
-                events: to_u64(gone_events) + old_events,
-            })
-        })
-        .await
-    }
-
     async fn channel_stats(
         &self,
         customer: &CustomerId,
@@ -1303,9 +1285,8 @@ impl Store for PostgresStore {
             // totals (as on SQLite).
             let rows: Vec<(String, i64, i64, i64)> = sqlx::query_as(
                 "select coalesce(channel, '') as ch, count(*),
-                        count(*) filter (where status in ('sent', 'delivered')),
-                        count(*) filter (where status in
-                            ('failed', 'undeliverable', 'expired', 'rejected'))
+                        count(*) filter (where status = any($4)),
+                        count(*) filter (where status = any($5))
                    from outbox
                   where customer_id = $1 and created_at >= $2 and created_at < $3
                     and attempts > 0
@@ -1314,6 +1295,8 @@ impl Store for PostgresStore {
             .bind(customer.as_str())
             .bind(since)
             .bind(until)
+            .bind(shared::status_names(&DeliveryStatus::SUCCEEDED))
+            .bind(shared::status_names(&DeliveryStatus::FINAL_FAILURES))
             .fetch_all(&self.pool)
             .await
             .map_err(db_err)?;
@@ -1329,7 +1312,10 @@ impl Store for PostgresStore {
         })
         .await
     }
+}
 
+#[async_trait]
+impl OutboxStore for PostgresStore {
     async fn outbox_claim(
         &self,
         worker: &str,
@@ -1519,13 +1505,7 @@ impl Store for PostgresStore {
         // A receipt saying "queued" tells nothing new about the message's
         // fate: its detail is kept, its status is not moved backwards.
         let new_status = (status != DeliveryStatus::Queued).then(|| status.as_str());
-        let permanent = matches!(
-            status,
-            DeliveryStatus::Undeliverable
-                | DeliveryStatus::Expired
-                | DeliveryStatus::Rejected
-                | DeliveryStatus::Failed
-        );
+        let permanent = status.is_final_failure();
         self.guarded(async {
             let mut tx = self.pool.begin().await.map_err(db_err)?;
             let matched: Vec<(i64, i64, i64)> = sqlx::query_as(
@@ -1612,6 +1592,86 @@ impl Store for PostgresStore {
         .await
     }
 
+    async fn outbox_attempts(&self, id: VerificationId) -> StoreResult<Vec<OutboxMessage>> {
+        self.guarded(async {
+            let rows = sqlx::query(concat!(
+                "select ",
+                outbox_columns!(),
+                " from outbox o join verifications v on v.id = o.verification_id
+                  where o.verification_id = $1 order by o.step"
+            ))
+            .bind(id_i64(id))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_err)?;
+            rows.iter().map(rows::outbox_message).collect()
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl InboxStore for PostgresStore {
+    async fn inbox_put(&self, msg: &InboxEntry) -> StoreResult<()> {
+        self.guarded(async {
+            sqlx::query(
+                "insert into inbox (customer_id, destination, text, verification_id, created_at)
+                 values ($1, $2, $3, $4, $5)",
+            )
+            .bind(msg.customer_id.as_ref().map(CustomerId::as_str))
+            .bind(&msg.destination)
+            .bind(&msg.text)
+            .bind(msg.verification_id.map(id_i64))
+            .bind(msg.created_at)
+            .execute(&self.pool)
+            .await
+            .map_err(db_err)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn inbox_list(
+        &self,
+        customer: Option<&CustomerId>,
+        to: Option<&str>,
+        limit: u32,
+    ) -> StoreResult<Vec<InboxEntry>> {
+        self.guarded(async {
+            let rows = sqlx::query(
+                "select customer_id, destination, text, verification_id, created_at
+                   from inbox
+                  where ($1::text is null or customer_id = $1)
+                    and ($2::text is null or destination = $2)
+                  order by created_at desc, id desc
+                  limit $3",
+            )
+            .bind(customer.map(CustomerId::as_str))
+            .bind(to)
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_err)?;
+            rows.iter().map(rows::inbox_entry).collect()
+        })
+        .await
+    }
+
+    async fn inbox_purge(&self, before_ms: i64) -> StoreResult<u64> {
+        self.guarded(async {
+            let r = sqlx::query("delete from inbox where created_at < $1")
+                .bind(before_ms)
+                .execute(&self.pool)
+                .await
+                .map_err(db_err)?;
+            Ok(r.rows_affected())
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl FraudStore for PostgresStore {
     async fn fraud_blocks_active(&self, now: i64, limit: u32) -> StoreResult<Vec<FraudBlock>> {
         self.guarded(async {
             let found: Vec<(String, String, String, i32, i64, Option<i64>, i64)> = sqlx::query_as(
@@ -1830,24 +1890,10 @@ impl Store for PostgresStore {
         })
         .await
     }
+}
 
-    async fn outbox_attempts(&self, id: VerificationId) -> StoreResult<Vec<OutboxMessage>> {
-        self.guarded(async {
-            let rows = sqlx::query(concat!(
-                "select ",
-                outbox_columns!(),
-                " from outbox o join verifications v on v.id = o.verification_id
-                  where o.verification_id = $1 order by o.step"
-            ))
-            .bind(id_i64(id))
-            .fetch_all(&self.pool)
-            .await
-            .map_err(db_err)?;
-            rows.iter().map(rows::outbox_message).collect()
-        })
-        .await
-    }
-
+#[async_trait]
+impl EventStore for PostgresStore {
     async fn webhook_get(&self, customer: &CustomerId) -> StoreResult<Option<Webhook>> {
         self.guarded(async {
             let row: Option<events::WebhookRow> = sqlx::query_as(
@@ -1963,63 +2009,6 @@ impl Store for PostgresStore {
         })
         .await
     }
-
-    async fn inbox_put(&self, msg: &InboxEntry) -> StoreResult<()> {
-        self.guarded(async {
-            sqlx::query(
-                "insert into inbox (customer_id, destination, text, verification_id, created_at)
-                 values ($1, $2, $3, $4, $5)",
-            )
-            .bind(msg.customer_id.as_ref().map(CustomerId::as_str))
-            .bind(&msg.destination)
-            .bind(&msg.text)
-            .bind(msg.verification_id.map(id_i64))
-            .bind(msg.created_at)
-            .execute(&self.pool)
-            .await
-            .map_err(db_err)?;
-            Ok(())
-        })
-        .await
-    }
-
-    async fn inbox_list(
-        &self,
-        customer: Option<&CustomerId>,
-        to: Option<&str>,
-        limit: u32,
-    ) -> StoreResult<Vec<InboxEntry>> {
-        self.guarded(async {
-            let rows = sqlx::query(
-                "select customer_id, destination, text, verification_id, created_at
-                   from inbox
-                  where ($1::text is null or customer_id = $1)
-                    and ($2::text is null or destination = $2)
-                  order by created_at desc, id desc
-                  limit $3",
-            )
-            .bind(customer.map(CustomerId::as_str))
-            .bind(to)
-            .bind(i64::from(limit))
-            .fetch_all(&self.pool)
-            .await
-            .map_err(db_err)?;
-            rows.iter().map(rows::inbox_entry).collect()
-        })
-        .await
-    }
-
-    async fn inbox_purge(&self, before_ms: i64) -> StoreResult<u64> {
-        self.guarded(async {
-            let r = sqlx::query("delete from inbox where created_at < $1")
-                .bind(before_ms)
-                .execute(&self.pool)
-                .await
-                .map_err(db_err)?;
-            Ok(r.rows_affected())
-        })
-        .await
-    }
 }
 
 /// Step `message_id` of `verification` will not deliver: wake the next held
@@ -2114,7 +2103,10 @@ async fn fail_and_refund(
     .fetch_one(&mut *tx)
     .await
     .map_err(db_err)?;
-    if state != "pending" {
+    let state = VerificationState::parse(&state).ok_or_else(|| shared::corrupt("state"))?;
+    let send::Undeliverable::FailAndRefund(refund) =
+        send::undeliverable(state, send::Charged { cost, cost_test })
+    else {
         sqlx::query("update verifications set delivery = $2, delivery_detail = $3 where id = $1")
             .bind(verification)
             .bind(delivery.as_str())
@@ -2123,28 +2115,29 @@ async fn fail_and_refund(
             .await
             .map_err(db_err)?;
         return Ok(());
-    }
+    };
     sqlx::query(
         "update verifications
-            set state = 'failed', cost = 0, cost_test = 0, delivery = $2,
+            set state = $4, cost = 0, cost_test = 0, delivery = $2,
                 delivery_detail = $3
           where id = $1",
     )
     .bind(verification)
     .bind(delivery.as_str())
     .bind(detail)
+    .bind(VerificationState::Failed.as_str())
     .execute(&mut *tx)
     .await
     .map_err(db_err)?;
-    if cost > 0 {
+    if !refund.is_empty() {
         sqlx::query(
             "update accounts
                 set test_credits = test_credits + $2, credits = credits + $3
               where customer_id = $1",
         )
         .bind(customer)
-        .bind(cost_test)
-        .bind(cost - cost_test)
+        .bind(refund.test_credits)
+        .bind(refund.credits)
         .execute(&mut *tx)
         .await
         .map_err(db_err)?;

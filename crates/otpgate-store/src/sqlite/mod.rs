@@ -40,10 +40,11 @@ use rusqlite::{Connection, OpenFlags, params};
 use sha2::{Digest, Sha384};
 
 use crate::{
-    Account, AccountSettings, ChannelStats, ConversionRow, CreateOutcome, DailyStats, EventAttempt,
-    EventBacklog, EventKind, EventRecord, FraudBlock, InboxEntry, NewAccount, NewVerification,
-    OutboxDepth, OutboxMessage, OwnNumber, PendingEvent, Purged, SafeEntry, SentInfo, Store,
-    StoreError, StoreResult, ValidationAction, Verification, VerificationFilter, Webhook,
+    Account, AccountSettings, AccountStore, ChannelStats, ConversionRow, CreateOutcome, DailyStats,
+    EventAttempt, EventBacklog, EventKind, EventRecord, EventStore, FraudBlock, FraudStore,
+    InboxEntry, InboxStore, NewAccount, NewVerification, OutboxDepth, OutboxMessage, OutboxStore,
+    OwnNumber, PendingEvent, Purged, SafeEntry, SentInfo, StoreError, StoreResult, SystemStore,
+    ValidationAction, Verification, VerificationFilter, VerificationStore, Webhook,
 };
 use rows::{account_columns, outbox_columns, verification_columns};
 use writer::{Readers, all, exec, one, opt, sq, tuple};
@@ -511,7 +512,7 @@ fn updated(conn: &Connection, sql: &str, p: impl rusqlite::Params) -> StoreResul
 }
 
 #[async_trait]
-impl Store for SqliteStore {
+impl SystemStore for SqliteStore {
     async fn ping(&self) -> StoreResult<()> {
         self.read(|c| one::<i64>(c, "select 1", []).map(|_| ()))
             .await
@@ -538,6 +539,35 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn purge_before(&self, cutoff: i64, max: u32) -> StoreResult<Purged> {
+        self.write(move |c| purge(c, cutoff, max)).await
+    }
+
+    async fn scrub(&self) -> StoreResult<()> {
+        if self.memory {
+            return Ok(());
+        }
+        // On a reader connection: the checkpoint takes the write lock itself
+        // (waiting on the busy timeout) and leaves the writer's batching
+        // alone. `TRUNCATE` empties the WAL, where old page images (texts
+        // since set to null) would otherwise linger until overwritten.
+        let (busy, _, _): (i64, i64, i64) = self
+            .read(|c| {
+                opt(c, "pragma wal_checkpoint(truncate)", [], tuple)?
+                    .ok_or_else(|| StoreError::Internal("no checkpoint result".into()))
+            })
+            .await?;
+        if busy != 0 {
+            return Err(StoreError::Unavailable(
+                "the WAL checkpoint was blocked by a reader; it is retried".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl AccountStore for SqliteStore {
     async fn account_create(&self, new: NewAccount) -> StoreResult<Account> {
         let settings = new.settings.clone();
         let settings_text = settings_json(&settings)?;
@@ -732,7 +762,10 @@ impl Store for SqliteStore {
         })
         .await
     }
+}
 
+#[async_trait]
+impl VerificationStore for SqliteStore {
     async fn verification_create(&self, req: NewVerification) -> StoreResult<CreateOutcome> {
         // Only a `Created` keeps its changes (contract §2: a refused send
         // charges nothing), and a refusal that recorded the block it
@@ -948,13 +981,19 @@ impl Store for SqliteStore {
                 all(
                     c,
                     "select coalesce(o.channel, '') as channel, count(*),
-                            sum(o.status in ('sent', 'delivered')),
-                            sum(o.status in ('failed', 'undeliverable', 'expired', 'rejected'))
+                            sum(o.status in (select value from json_each(?4))),
+                            sum(o.status in (select value from json_each(?5)))
                      from outbox o join verifications v on v.id = o.verification_id
                      where v.customer_id = ?1 and v.created_at >= ?2 and v.created_at < ?3
                        and o.attempts > 0
                      group by 1 order by 1",
-                    params![customer.as_str(), since, until],
+                    params![
+                        customer.as_str(),
+                        since,
+                        until,
+                        shared::status_names_json(&DeliveryStatus::SUCCEEDED),
+                        shared::status_names_json(&DeliveryStatus::FINAL_FAILURES)
+                    ],
                     tuple,
                 )
             })
@@ -969,11 +1008,10 @@ impl Store for SqliteStore {
             })
             .collect())
     }
+}
 
-    async fn purge_before(&self, cutoff: i64, max: u32) -> StoreResult<Purged> {
-        self.write(move |c| purge(c, cutoff, max)).await
-    }
-
+#[async_trait]
+impl OutboxStore for SqliteStore {
     async fn outbox_claim(
         &self,
         worker: &str,
@@ -1086,6 +1124,77 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn outbox_attempts(&self, id: VerificationId) -> StoreResult<Vec<OutboxMessage>> {
+        self.read(move |c| {
+            all(
+                c,
+                concat!(
+                    "select ",
+                    outbox_columns!(),
+                    " from outbox o join verifications v on v.id = o.verification_id
+                     where o.verification_id = ?1 order by o.step"
+                ),
+                [id_i64(id)],
+                rows::outbox_message,
+            )
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl InboxStore for SqliteStore {
+    async fn inbox_put(&self, msg: &InboxEntry) -> StoreResult<()> {
+        let msg = msg.clone();
+        self.write(move |c| {
+            exec(
+                c,
+                "insert into inbox (customer_id, destination, text, verification_id,
+                                    created_at)
+                 values (?1, ?2, ?3, ?4, ?5)",
+                params![
+                    msg.customer_id.as_ref().map(CustomerId::as_str),
+                    msg.destination,
+                    msg.text,
+                    msg.verification_id.map(id_i64),
+                    msg.created_at
+                ],
+            )
+            .map(|_| ())
+        })
+        .await
+    }
+
+    async fn inbox_list(
+        &self,
+        customer: Option<&CustomerId>,
+        to: Option<&str>,
+        limit: u32,
+    ) -> StoreResult<Vec<InboxEntry>> {
+        let (customer, to) = (customer.cloned(), to.map(str::to_owned));
+        self.read(move |c| {
+            all(
+                c,
+                "select customer_id, destination, text, verification_id, created_at from inbox
+                 where (?1 is null or customer_id = ?1) and (?2 is null or destination = ?2)
+                 order by created_at desc, id desc limit ?3",
+                params![customer.as_ref().map(CustomerId::as_str), to, limit],
+                rows::inbox_entry,
+            )
+        })
+        .await
+    }
+
+    async fn inbox_purge(&self, before_ms: i64) -> StoreResult<u64> {
+        self.write(move |c| {
+            exec(c, "delete from inbox where created_at < ?1", [before_ms]).map(count)
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl FraudStore for SqliteStore {
     async fn fraud_blocks_active(&self, now: i64, limit: u32) -> StoreResult<Vec<FraudBlock>> {
         type Row = (String, String, String, i64, i64, Option<i64>, i64);
         let found: Vec<Row> = self
@@ -1284,24 +1393,10 @@ impl Store for SqliteStore {
             by_prefix.into_iter().map(row).collect(),
         ))
     }
+}
 
-    async fn outbox_attempts(&self, id: VerificationId) -> StoreResult<Vec<OutboxMessage>> {
-        self.read(move |c| {
-            all(
-                c,
-                concat!(
-                    "select ",
-                    outbox_columns!(),
-                    " from outbox o join verifications v on v.id = o.verification_id
-                     where o.verification_id = ?1 order by o.step"
-                ),
-                [id_i64(id)],
-                rows::outbox_message,
-            )
-        })
-        .await
-    }
-
+#[async_trait]
+impl EventStore for SqliteStore {
     async fn webhook_get(&self, customer: &CustomerId) -> StoreResult<Option<Webhook>> {
         let customer = customer.clone();
         let row: Option<events::WebhookRow> = self
@@ -1407,76 +1502,6 @@ impl Store for SqliteStore {
             pending: to_u64(pending),
             oldest_at: oldest,
         })
-    }
-
-    async fn inbox_put(&self, msg: &InboxEntry) -> StoreResult<()> {
-        let msg = msg.clone();
-        self.write(move |c| {
-            exec(
-                c,
-                "insert into inbox (customer_id, destination, text, verification_id,
-                                    created_at)
-                 values (?1, ?2, ?3, ?4, ?5)",
-                params![
-                    msg.customer_id.as_ref().map(CustomerId::as_str),
-                    msg.destination,
-                    msg.text,
-                    msg.verification_id.map(id_i64),
-                    msg.created_at
-                ],
-            )
-            .map(|_| ())
-        })
-        .await
-    }
-
-    async fn inbox_list(
-        &self,
-        customer: Option<&CustomerId>,
-        to: Option<&str>,
-        limit: u32,
-    ) -> StoreResult<Vec<InboxEntry>> {
-        let (customer, to) = (customer.cloned(), to.map(str::to_owned));
-        self.read(move |c| {
-            all(
-                c,
-                "select customer_id, destination, text, verification_id, created_at from inbox
-                 where (?1 is null or customer_id = ?1) and (?2 is null or destination = ?2)
-                 order by created_at desc, id desc limit ?3",
-                params![customer.as_ref().map(CustomerId::as_str), to, limit],
-                rows::inbox_entry,
-            )
-        })
-        .await
-    }
-
-    async fn inbox_purge(&self, before_ms: i64) -> StoreResult<u64> {
-        self.write(move |c| {
-            exec(c, "delete from inbox where created_at < ?1", [before_ms]).map(count)
-        })
-        .await
-    }
-
-    async fn scrub(&self) -> StoreResult<()> {
-        if self.memory {
-            return Ok(());
-        }
-        // On a reader connection: the checkpoint takes the write lock itself
-        // (waiting on the busy timeout) and leaves the writer's batching
-        // alone. `TRUNCATE` empties the WAL, where old page images (texts
-        // since set to null) would otherwise linger until overwritten.
-        let (busy, _, _): (i64, i64, i64) = self
-            .read(|c| {
-                opt(c, "pragma wal_checkpoint(truncate)", [], tuple)?
-                    .ok_or_else(|| StoreError::Internal("no checkpoint result".into()))
-            })
-            .await?;
-        if busy != 0 {
-            return Err(StoreError::Unavailable(
-                "the WAL checkpoint was blocked by a reader; it is retried".into(),
-            ));
-        }
-        Ok(())
     }
 }
 

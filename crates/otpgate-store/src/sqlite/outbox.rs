@@ -7,6 +7,7 @@
 //! past its expiry; a result is recorded only by the worker that still holds
 //! the lease, so a worker presumed dead cannot overwrite its successor's.
 
+use otpgate_core::send;
 use otpgate_core::{DeliveryStatus, VerificationState};
 use rusqlite::{Connection, params};
 
@@ -232,13 +233,7 @@ pub(super) fn receipt(
         params![channel, gateway_id, new_status, now],
         tuple,
     )?;
-    let permanent = matches!(
-        status,
-        DeliveryStatus::Undeliverable
-            | DeliveryStatus::Expired
-            | DeliveryStatus::Rejected
-            | DeliveryStatus::Failed
-    );
+    let permanent = status.is_final_failure();
     for &(vid, message_id, _) in &matched {
         if permanent {
             step_failed(conn, vid, message_id, status, detail, now)?;
@@ -280,26 +275,34 @@ fn fail_and_refund(
         tuple,
     )?
     .ok_or(crate::StoreError::NotFound)?;
-    if state != VerificationState::Pending.as_str() {
+    let state = VerificationState::parse(&state).ok_or_else(|| crate::shared::corrupt("state"))?;
+    let send::Undeliverable::FailAndRefund(refund) =
+        send::undeliverable(state, send::Charged { cost, cost_test })
+    else {
         exec(
             conn,
             "update verifications set delivery = ?2, delivery_detail = ?3 where id = ?1",
             params![verification_id, delivery.as_str(), detail],
         )?;
         return Ok(());
-    }
+    };
     exec(
         conn,
         "update verifications
-         set state = 'failed', cost = 0, cost_test = 0, delivery = ?2, delivery_detail = ?3
+         set state = ?4, cost = 0, cost_test = 0, delivery = ?2, delivery_detail = ?3
          where id = ?1",
-        params![verification_id, delivery.as_str(), detail],
+        params![
+            verification_id,
+            delivery.as_str(),
+            detail,
+            VerificationState::Failed.as_str()
+        ],
     )?;
     exec(
         conn,
         "update accounts set test_credits = test_credits + ?2, credits = credits + ?3
          where customer_id = ?1",
-        params![customer, cost_test, cost - cost_test],
+        params![customer, refund.test_credits, refund.credits],
     )?;
     let d = delivery_detail(Some("undeliverable"), delivery, detail);
     events::emit(conn, verification_id, EventKind::Failed, &d, now)

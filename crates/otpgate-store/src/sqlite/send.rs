@@ -4,13 +4,14 @@
 //! connection, inside the batch's `begin immediate` transaction (and its own
 //! savepoint), which keeps it only if it returns `Created`.
 
-use otpgate_core::fraud::{self, ChargeRefusal, SendVerdict};
+use otpgate_core::fraud;
+use otpgate_core::send;
 use otpgate_core::{DeliveryStatus, VerificationState};
 use rusqlite::{Connection, params};
 
 use super::writer::{all, exec, one, opt, tuple};
 use super::{rows, rows::verification_columns};
-use crate::shared::{self, created_detail, day_of, id_i64, retry_after_secs};
+use crate::shared::{self, created_detail, day_of, id_i64};
 use crate::{
     CreateOutcome, EventKind, NewVerification, SendKind, SendLimits, StoreError, StoreResult,
     Verification,
@@ -31,86 +32,77 @@ pub(super) fn create(conn: &Connection, req: NewVerification) -> StoreResult<Cre
         [customer],
         tuple,
     )?;
-    let Some((credits, test_credits, false)) = account else {
-        return Ok(CreateOutcome::AccountUnavailable);
+    let account = match account {
+        Some((credits, test_credits, false)) => Some(send::Balance {
+            credits,
+            test_credits,
+        }),
+        _ => None,
     };
 
-    // 506 first: a client that resends while its code is still valid gets
-    // the pending verification back, whatever the limits say.
-    let pending = opt(
-        conn,
-        concat!(
-            "select ",
-            verification_columns!(),
-            " from verifications
-             where customer_id = ?1 and destination = ?2 and state = 'pending'
-               and expires_at > ?3 and wrong_attempts < max_attempts
-             order by created_at desc limit 1"
-        ),
-        params![customer, destination, now],
-        rows::verification,
-    )?;
-    if let Some(v) = pending {
-        return Ok(CreateOutcome::AlreadyPending(v));
-    }
-
-    if let Some(retry_after_secs) = limited(conn, &req.limits, customer, &destination, now)? {
-        return Ok(CreateOutcome::RateLimited { retry_after_secs });
-    }
-
-    // The fraud defences (caps, blocks, the conversion guard): the facts
-    // are read here, in the same write transaction as the charge, so no
-    // concurrent send can slip past a cap; the rule is the core's.
-    let mut test_usable =
-        !req.fraud.test_credits_verified_only || matches!(req.kind, SendKind::OwnNumber { .. });
-    // Whether the guard counts this send: not for a safe-listed
-    // destination or a test number (their prefix is stored as null), so
-    // trusted traffic never pushes its country towards a block.
-    let mut counted = false;
-    if req.kind != SendKind::TestNumber {
-        let (facts, own_verified, own_sent_today) = facts(conn, &req, &destination)?;
-        counted = !facts.safe_listed;
-        if let SendKind::OwnNumber { max_per_day } = req.kind
-            && own_sent_today >= max_per_day
-        {
-            return Ok(CreateOutcome::RateLimited {
-                retry_after_secs: 3600,
-            });
-        }
-        test_usable |= own_verified;
-        match fraud::decide_send(&facts, &req.fraud, now) {
-            SendVerdict::Allow => {}
-            SendVerdict::Refuse(r) => return Ok(shared::refused(r, now)),
-            SendVerdict::Block(b) => {
-                let key = shared::block_key(&req, b.scope);
-                exec(
-                    conn,
-                    "insert into fraud_blocks (scope, key, reason, strikes, blocked_until,
-                                               lifted_at, created_at, updated_at)
-                     values (?1, ?2, ?3, ?4, ?5, null, ?6, ?6)
-                     on conflict (scope, key) do update
-                        set reason = excluded.reason, strikes = excluded.strikes,
-                            blocked_until = excluded.blocked_until, lifted_at = null,
-                            updated_at = excluded.updated_at",
-                    params![b.scope.as_str(), key, b.reason, b.strikes, b.until_ms, now],
-                )?;
-                return Ok(shared::new_block(b, now));
-            }
-        }
-    }
-
-    // Test credits are spent first (contract §5), where they may pay.
-    let price = if req.kind == SendKind::TestNumber {
-        0
+    // The facts the core's decision weighs (`otpgate_core::send`), read in
+    // its order; what an earlier fact already refuses is not read.
+    let pending = if account.is_some() {
+        opt(
+            conn,
+            concat!(
+                "select ",
+                verification_columns!(),
+                " from verifications
+                 where customer_id = ?1 and destination = ?2 and state = ?4
+                   and expires_at > ?3 and wrong_attempts < max_attempts
+                 order by created_at desc limit 1"
+            ),
+            params![
+                customer,
+                destination,
+                now,
+                VerificationState::Pending.as_str()
+            ],
+            rows::verification,
+        )?
     } else {
-        req.price
+        None
     };
-    let (cost, from_test) = match fraud::charge(price, credits, test_credits, test_usable) {
-        Ok(c) => c,
-        Err(ChargeRefusal::Insufficient) => return Ok(CreateOutcome::InsufficientBalance),
-        Err(ChargeRefusal::TestCreditsRestricted) => {
-            return Ok(CreateOutcome::TestCreditsRestricted);
+    let mut gate = send::GateFacts {
+        account,
+        pending: pending.is_some(),
+        ..send::GateFacts::default()
+    };
+    if account.is_some() && pending.is_none() {
+        limit_facts(conn, &req.limits, customer, &destination, now, &mut gate)?;
+    }
+    let terms = shared::terms(&req);
+    if let Err(refused) = send::gate(&terms, &gate, now) {
+        return shared::refusal(refused, pending, now);
+    }
+
+    // The fraud defences' facts (caps, blocks, the conversion guard) are
+    // read here, in the same write transaction as the charge, so no
+    // concurrent send can slip past a cap.
+    let guard = if req.kind == SendKind::TestNumber {
+        send::GuardFacts::default()
+    } else {
+        facts(conn, &req, &destination)?
+    };
+    let (cost, from_test, counted) = match send::decide(&terms, &gate, &guard, now) {
+        Ok(c) => (c.cost, c.cost_test, c.counted),
+        Err(send::Refused::Block(b)) => {
+            let key = shared::block_key(&req, b.scope);
+            exec(
+                conn,
+                "insert into fraud_blocks (scope, key, reason, strikes, blocked_until,
+                                           lifted_at, created_at, updated_at)
+                 values (?1, ?2, ?3, ?4, ?5, null, ?6, ?6)
+                 on conflict (scope, key) do update
+                    set reason = excluded.reason, strikes = excluded.strikes,
+                        blocked_until = excluded.blocked_until, lifted_at = null,
+                        updated_at = excluded.updated_at",
+                params![b.scope.as_str(), key, b.reason, b.strikes, b.until_ms, now],
+            )?;
+            return shared::refusal(send::Refused::Block(b), None, now);
         }
+        Err(refused) => return shared::refusal(refused, None, now),
     };
     let from_paid = cost - from_test;
     exec(
@@ -251,7 +243,7 @@ fn facts(
     conn: &Connection,
     req: &NewVerification,
     destination: &str,
-) -> StoreResult<(fraud::SendFacts, bool, u32)> {
+) -> StoreResult<send::GuardFacts> {
     let now = req.created_at;
     let customer = req.customer_id.as_str();
     let caps = &req.fraud.caps;
@@ -332,6 +324,7 @@ fn facts(
                 completed: shared::count(completed, "count")?,
             })
         };
+        let completed = VerificationState::Completed.as_str();
         facts.prefix_block = block(fraud::BlockScope::Prefix, &req.prefix)?;
         let country_key = shared::block_key(req, fraud::BlockScope::Country);
         facts.country_block = block(fraud::BlockScope::Country, &country_key)?;
@@ -344,13 +337,14 @@ fn facts(
             ],
         )?;
         facts.country = conversion(
-            "select count(*), coalesce(sum(state = 'completed'), 0) from verifications
+            "select count(*), coalesce(sum(state = ?4), 0) from verifications
               where customer_id = ?1 and country_code = ?2 and prefix is not null
                 and created_at > ?3",
             params![
                 customer,
                 req.destination.country_code(),
-                since(req.fraud.country.window_ms, &facts.country_block)
+                since(req.fraud.country.window_ms, &facts.country_block),
+                completed
             ],
         )?;
     }
@@ -364,17 +358,23 @@ fn facts(
         tuple,
     )?
     .unwrap_or_default();
-    Ok((facts, own_verified, shared::count(own_today, "count")?))
+    Ok(send::GuardFacts {
+        fraud: facts,
+        own_verified,
+        own_sent_today: shared::count(own_today, "count")?,
+    })
 }
 
-/// The seconds until a send would be allowed, if a limit refuses it now.
-fn limited(
+/// The rate limits' facts ([`send::GateFacts`]): only those the limits
+/// configured need, and none past the first that already refuses.
+fn limit_facts(
     conn: &Connection,
     limits: &SendLimits,
     customer: &str,
     destination: &str,
     now: i64,
-) -> StoreResult<Option<u64>> {
+    gate: &mut send::GateFacts,
+) -> StoreResult<()> {
     if let Some(per_second) = limits.per_account_per_second {
         let recent: i64 = one(
             conn,
@@ -382,18 +382,15 @@ fn limited(
              where customer_id = ?1 and created_at > ?2 - 1000 and created_at <= ?2",
             params![customer, now],
         )?;
+        gate.recent = Some(u32::try_from(recent).unwrap_or(u32::MAX));
         if recent >= i64::from(per_second) {
-            return Ok(Some(1));
+            return Ok(());
         }
     }
-
-    // The per-number limit is full when the `per_number_max`-th newest send
-    // is still inside the window; it frees up when that one leaves it.
-    let window = limits.per_number_window_ms;
     if limits.per_number_max == 0 {
-        return Ok(Some(retry_after_secs(window)));
+        return Ok(());
     }
-    let blocking: Option<i64> = opt(
+    gate.number_block_at = opt(
         conn,
         "select created_at from verifications
          where customer_id = ?1 and destination = ?2 and created_at > ?3 - ?4
@@ -402,20 +399,13 @@ fn limited(
             customer,
             destination,
             now,
-            window,
+            limits.per_number_window_ms,
             limits.per_number_max - 1
         ],
         |r| rows::get(r, "created_at"),
     )?;
-    if let Some(at) = blocking {
-        return Ok(Some(retry_after_secs(
-            at.saturating_add(window).saturating_sub(now),
-        )));
-    }
-
-    let window = limits.wrong_code_window_ms;
-    if limits.wrong_code_max == 0 {
-        return Ok(Some(retry_after_secs(window)));
+    if gate.number_block_at.is_some() || limits.wrong_code_max == 0 {
+        return Ok(());
     }
     let wrong: Vec<(i64, i64)> = all(
         conn,
@@ -423,45 +413,9 @@ fn limited(
          where customer_id = ?1 and destination = ?2 and created_at > ?3 - ?4
            and wrong_attempts > 0
          order by created_at desc",
-        params![customer, destination, now, window],
+        params![customer, destination, now, limits.wrong_code_window_ms],
         tuple,
     )?;
-    Ok(wrong_code_block(&wrong, limits.wrong_code_max)
-        .map(|at| retry_after_secs(at.saturating_add(window).saturating_sub(now))))
-}
-
-/// Given (created_at, wrong attempts) of the window's verifications, newest
-/// first, the `created_at` of the verification whose leaving the window
-/// brings the wrong codes back under `max` (at least 1); `None` when already
-/// under it.
-/// Wrong codes count against the window by their verification's send time,
-/// as [`crate::Store::wrong_codes_since`] counts them.
-fn wrong_code_block(newest_first: &[(i64, i64)], max: u32) -> Option<i64> {
-    let max = i64::from(max);
-    let mut sum = 0i64;
-    for &(at, wrong) in newest_first {
-        sum = sum.saturating_add(wrong);
-        if sum >= max {
-            return Some(at);
-        }
-    }
-    None
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn wrong_code_budget_frees_when_enough_old_codes_leave_the_window() {
-        // Newest first: 2 wrong at t=300, 1 at t=200, 3 at t=100.
-        let rows = [(300, 2), (200, 1), (100, 3)];
-        assert_eq!(wrong_code_block(&rows, 7), None);
-        // 6 wrong, max 6: the oldest must leave for the sum to drop to 3.
-        assert_eq!(wrong_code_block(&rows, 6), Some(100));
-        // max 3: only once t=200 has left are we under (2 < 3).
-        assert_eq!(wrong_code_block(&rows, 3), Some(200));
-        assert_eq!(wrong_code_block(&rows, 2), Some(300));
-        assert_eq!(wrong_code_block(&[], 5), None);
-    }
+    gate.wrong_block_at = send::wrong_code_block(&wrong, limits.wrong_code_max);
+    Ok(())
 }
