@@ -110,6 +110,8 @@ struct Bench {
     store: Arc<dyn Store>,
     /// Distinct national numbers for every send of the run.
     next_number: AtomicU64,
+    /// Each step's latency (µs) in the flows: token, send, inbox, validate.
+    steps: std::sync::Mutex<[Vec<u64>; 4]>,
 }
 
 impl Bench {
@@ -192,10 +194,26 @@ impl Bench {
 
     /// token → send → code → validate.
     async fn flow(&self) -> anyhow::Result<()> {
+        let mut t = Instant::now();
+        let mut times = [0; 4];
+        let mut lap = |i: usize| {
+            times[i] = micros(t);
+            t = Instant::now();
+        };
         let token = self.token().await?;
+        lap(0);
         let (id, to) = self.send(&token).await?;
+        lap(1);
         let code = self.code_from_inbox(&to, &id).await?;
-        self.validate(&token, &id, &code).await
+        lap(2);
+        self.validate(&token, &id, &code).await?;
+        lap(3);
+        if let Ok(mut steps) = self.steps.lock() {
+            for (v, x) in steps.iter_mut().zip(times) {
+                v.push(x);
+            }
+        }
+        Ok(())
     }
 
     /// Queued or in-flight messages in the outbox.
@@ -286,6 +304,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<u8> {
         store,
         // A random start, so runs against one database use new numbers.
         next_number: AtomicU64::new(rand::rng().random_range(0..100_000_000)),
+        steps: std::sync::Mutex::new(Default::default()),
     });
     let d = args.duration;
     let load_before = load_average();
@@ -393,6 +412,25 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<u8> {
                     async move { b.flow().await.map(|()| true) }
                 })
                 .await;
+                let mut steps = std::mem::take(
+                    &mut *bench
+                        .steps
+                        .lock()
+                        .map_err(|_| anyhow::anyhow!("poisoned"))?,
+                );
+                let names = ["token", "send", "inbox", "validate"];
+                let mut parts = Vec::new();
+                let mut j = serde_json::Map::new();
+                for (name, v) in names.iter().zip(steps.iter_mut()) {
+                    let (p50, p99) = (pct(v, 0.50), pct(v, 0.99));
+                    parts.push(format!("{name} {p50:.2}/{p99:.2}"));
+                    j.insert(
+                        (*name).into(),
+                        json!({ "p50_ms": round(p50), "p99_ms": round(p99) }),
+                    );
+                }
+                notes.push(format!("flow steps, p50/p99 ms: {}", parts.join(", ")));
+                report.insert("flow_steps".into(), Value::Object(j));
                 rows.push(("flows".into(), p));
             }
             other => anyhow::bail!("unknown phase {other} (healthz, send, validate, flows)"),

@@ -101,6 +101,8 @@ pub const MAX_BATCH: usize = 128;
 const READERS: usize = 4;
 /// Prepared statements each connection keeps (the store has about 80).
 const STATEMENT_CACHE: usize = 128;
+/// How often the checkpointer copies the WAL into the database file.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
 
 /// The SQLite [`Store`].
 #[derive(Debug, Clone)]
@@ -111,6 +113,9 @@ pub struct SqliteStore {
     readers: Option<Arc<Readers>>,
     /// An in-memory database: no files to restrict or scrub.
     memory: bool,
+    /// Stops the checkpointer thread when the last clone is dropped or the
+    /// store is closed; `None` without a WAL (in memory, read-only).
+    checkpointer: Option<Arc<std::sync::Mutex<Option<std::sync::mpsc::Sender<()>>>>>,
 }
 
 /// Where a store's database is.
@@ -266,12 +271,22 @@ impl SqliteStore {
             }
         };
         migrate(&conn)?;
+        let checkpointer = if memory || location.read_only {
+            None
+        } else {
+            // The checkpointer thread checkpoints instead (see there).
+            conn.execute_batch("pragma wal_autocheckpoint = 0")
+                .map_err(sq)?;
+            let stop = writer::start_checkpointer(location.connect(false)?, CHECKPOINT_EVERY)?;
+            Some(Arc::new(std::sync::Mutex::new(Some(stop))))
+        };
         let readers = (!memory)
             .then(|| Readers::new(READERS, ACQUIRE_TIMEOUT, move || location.connect(false)));
         Ok(Self {
             writer: writer::Writer::start(conn, max_batch, ACQUIRE_TIMEOUT)?,
             readers,
             memory,
+            checkpointer,
         })
     }
 
@@ -307,6 +322,11 @@ impl SqliteStore {
     pub async fn close(&self) {
         if let Some(r) = &self.readers {
             r.close();
+        }
+        if let Some(c) = &self.checkpointer
+            && let Ok(mut stop) = c.lock()
+        {
+            stop.take();
         }
         self.writer.close().await;
     }

@@ -252,6 +252,36 @@ impl Readers {
     }
 }
 
+/// Copies committed pages from the WAL into the database file on a thread
+/// of its own, every `every`, until the returned sender is dropped.
+///
+/// Why: SQLite otherwise checkpoints inside the COMMIT that fills the WAL
+/// past 1,000 pages, on the writer's thread: under load that is several
+/// times a second, each copying megabytes and fsyncing the file while every
+/// queued write waits. A passive checkpoint waits for no reader or writer,
+/// so here it runs beside the writer (whose own automatic checkpoint is
+/// off); a commit is durable once its WAL frames are fsync'd, as before.
+pub(super) fn start_checkpointer(
+    conn: Connection,
+    every: Duration,
+) -> StoreResult<std::sync::mpsc::Sender<()>> {
+    let (stop, stopped) = std::sync::mpsc::channel::<()>();
+    std::thread::Builder::new()
+        .name("otpgate-sqlite-checkpoint".into())
+        .spawn(move || {
+            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(every)
+            {
+                if let Err(e) = conn.query_row("pragma wal_checkpoint(passive)", [], |_| Ok(())) {
+                    tracing::warn!(error = %e, "SQLite WAL checkpoint failed; it is retried");
+                }
+            }
+        })
+        .map_err(|e| {
+            StoreError::Unavailable(format!("cannot start the SQLite checkpointer: {e}"))
+        })?;
+    Ok(stop)
+}
+
 /// Maps a SQLite error to the store's: faults of reaching the database
 /// become `Unavailable` (503: nothing was written), key collisions
 /// `Conflict`, the rest `Internal`.
