@@ -227,22 +227,23 @@ pub(super) async fn create(
     }
     sqlx::query(
         "insert into outbox (verification_id, step, address, lang, text, status,
-                             next_attempt_at, created_at, updated_at)
-         values (?1, 0, ?2, ?3, ?4, 'queued', ?5, ?5, ?5)",
+                             next_attempt_at, created_at, updated_at, customer_id)
+         values (?1, 0, ?2, ?3, ?4, 'queued', ?5, ?5, ?5, ?6)",
     )
     .bind(id_i64(v.id))
     .bind(&req.address)
     .bind(&req.lang)
     .bind(&req.message_text)
     .bind(now)
+    .bind(customer)
     .execute(&mut *conn)
     .await
     .map_err(db)?;
     for (i, f) in req.fallbacks.iter().enumerate() {
         sqlx::query(
             "insert into outbox (verification_id, step, flow_type, address, lang, text, status,
-                                 next_attempt_at, created_at, updated_at)
-             values (?1, ?2, ?3, ?4, ?5, ?6, 'queued', ?7, ?8, ?8)",
+                                 next_attempt_at, created_at, updated_at, customer_id)
+             values (?1, ?2, ?3, ?4, ?5, ?6, 'queued', ?7, ?8, ?8, ?9)",
         )
         .bind(id_i64(v.id))
         .bind(i64::try_from(i + 1).unwrap_or(i64::MAX))
@@ -252,6 +253,7 @@ pub(super) async fn create(
         .bind(&f.text)
         .bind(f.due_at)
         .bind(now)
+        .bind(customer)
         .execute(&mut *conn)
         .await
         .map_err(db)?;
