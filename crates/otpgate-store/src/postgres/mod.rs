@@ -51,6 +51,25 @@ use crate::{
     VerificationStore, Webhook,
 };
 
+/// `update accounts set SET where customer_id = $1`, the row back as an
+/// [`Account`]: `update_account!(self, id, "SET", $2, $3…)`.
+macro_rules! update_account {
+    ($store:ident, $id:expr, $set:literal $(, $bind:expr)* $(,)?) => {
+        $store
+            .account_update(
+                sqlx::query(concat!(
+                    "update accounts set ",
+                    $set,
+                    " where customer_id = $1 returning ",
+                    account_columns!()
+                ))
+                .bind($id.as_str())
+                $(.bind($bind))*,
+            )
+            .await
+    };
+}
+
 /// Connection settings of a [`PostgresStore`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PgOptions {
@@ -76,7 +95,7 @@ impl Default for PgOptions {
     }
 }
 
-/// [`Store`] on PostgreSQL. Cheap to clone (it is a pool handle).
+/// [`crate::Store`] on PostgreSQL. Cheap to clone (it is a pool handle).
 #[derive(Clone)]
 pub struct PostgresStore {
     pool: PgPool,
@@ -213,7 +232,8 @@ impl PostgresStore {
         }
     }
 
-    /// Updates one account and returns it; [`StoreError::NotFound`] when it
+    /// Runs an `update accounts … returning` of one account (see
+    /// `update_account!`) and returns it; [`StoreError::NotFound`] when it
     /// does not exist.
     async fn account_update(
         &self,
@@ -436,18 +456,12 @@ impl AccountStore for PostgresStore {
     async fn account_add_credits(&self, id: &CustomerId, credits: i64) -> StoreResult<Account> {
         // In numeric, so neither a huge grant nor a huge removal overflows:
         // the result is clamped to [0, i64::MAX].
-        self.account_update(
-            sqlx::query(concat!(
-                "update accounts
-                 set credits = least(greatest(credits::numeric + $2, 0),
-                                     9223372036854775807)::bigint
-                 where customer_id = $1 returning ",
-                account_columns!()
-            ))
-            .bind(id.as_str())
-            .bind(credits),
+        update_account!(
+            self,
+            id,
+            "credits = least(greatest(credits::numeric + $2, 0), 9223372036854775807)::bigint",
+            credits
         )
-        .await
     }
 
     async fn account_set_password(
@@ -455,40 +469,20 @@ impl AccountStore for PostgresStore {
         id: &CustomerId,
         password_hash: &str,
     ) -> StoreResult<Account> {
-        self.account_update(
-            sqlx::query(concat!(
-                "update accounts set password_hash = $2, token_epoch = token_epoch + 1
-                 where customer_id = $1 returning ",
-                account_columns!()
-            ))
-            .bind(id.as_str())
-            .bind(password_hash),
+        update_account!(
+            self,
+            id,
+            "password_hash = $2, token_epoch = token_epoch + 1",
+            password_hash
         )
-        .await
     }
 
     async fn account_revoke_tokens(&self, id: &CustomerId) -> StoreResult<Account> {
-        self.account_update(
-            sqlx::query(concat!(
-                "update accounts set token_epoch = token_epoch + 1
-                 where customer_id = $1 returning ",
-                account_columns!()
-            ))
-            .bind(id.as_str()),
-        )
-        .await
+        update_account!(self, id, "token_epoch = token_epoch + 1")
     }
 
     async fn account_set_disabled(&self, id: &CustomerId, disabled: bool) -> StoreResult<Account> {
-        self.account_update(
-            sqlx::query(concat!(
-                "update accounts set disabled = $2 where customer_id = $1 returning ",
-                account_columns!()
-            ))
-            .bind(id.as_str())
-            .bind(disabled),
-        )
-        .await
+        update_account!(self, id, "disabled = $2", disabled)
     }
 
     async fn account_set_settings(
@@ -498,15 +492,7 @@ impl AccountStore for PostgresStore {
     ) -> StoreResult<Account> {
         let json = serde_json::to_string(settings)
             .map_err(|e| StoreError::Internal(format!("encode settings: {e}")))?;
-        self.account_update(
-            sqlx::query(concat!(
-                "update accounts set settings = $2::jsonb where customer_id = $1 returning ",
-                account_columns!()
-            ))
-            .bind(id.as_str())
-            .bind(json),
-        )
-        .await
+        update_account!(self, id, "settings = $2::jsonb", json)
     }
 }
 

@@ -327,9 +327,9 @@ const WRITE: &str = concat!(
 );
 
 impl PostgresStore {
-    /// The checks of contract §2 and §5 in the order the [`Store`] trait
-    /// documents, in two statements: the account row's lock, then
-    /// `CHECKS`. The order of outcomes is decided here, from one row, so
+    /// The checks of contract §2 and §5: the facts read in two statements
+    /// (the account row's lock, then `CHECKS`), then the prefix's lock and
+    /// the fraud facts. The order of outcomes is `otpgate_core::send`'s, so
     /// the SQL need not encode it.
     async fn create_checks(
         tx: &mut PgConnection,

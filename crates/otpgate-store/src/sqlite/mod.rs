@@ -109,7 +109,7 @@ pub const MAX_BATCH: usize = 128;
 /// Read connections beside the one writer.
 const READERS: u32 = 4;
 
-/// The SQLite [`Store`].
+/// The SQLite [`crate::Store`].
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     /// Runs every write, in batches, on `write_pool`'s connection.
