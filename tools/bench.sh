@@ -78,6 +78,10 @@ for backend in sqlite postgres; do
     sleep 0.1
   done
   [ -n "$URL" ] || { echo "the $backend server did not start"; cat "$W/$backend.log"; exit 1; }
+  # Before any request: the bench's own idle figure comes after the
+  # warm-up, once a password check has given the hashing thread its Argon2
+  # memory (19 MiB, kept).
+  echo "[$backend] rss at start: $(awk '/VmRSS/ {printf "%.1f MB", $2 / 1024}' /proc/$SERVER_PID/status)"
   bench() {
     "$BIN" bench --url "$URL" --customer-id "$CID" --password 'bench password' \
       --inbox-database "$DB" --server-pid "$SERVER_PID" "$@"

@@ -531,8 +531,8 @@ mod tests {
     prop_compose! {
         fn any_terms()(
             price in 0i64..50, kind in any_kind(),
-            per_number_max in 0u32..4, wrong_code_max in 0u32..4,
-            per_second in proptest::option::of(0u32..4),
+            per_number_max in 0u32..8, wrong_code_max in 0u32..8,
+            per_second in proptest::option::weighted(0.3, 0u32..4),
             verified_only in any::<bool>(), guard in any::<bool>(),
             hour_cap in 0u32..5, credit_cap in 0i64..60,
         ) -> SendTerms {
@@ -563,11 +563,14 @@ mod tests {
 
     prop_compose! {
         fn any_gate(now: i64)(
-            account in proptest::option::of((0i64..100, -5i64..100)),
-            pending in any::<bool>(),
+            // Weighted towards sends the gate lets through, so the later
+            // stages are reached often; negative test balances (corruption)
+            // included.
+            account in proptest::option::weighted(0.9, (0i64..100, -20i64..100)),
+            pending in proptest::bool::weighted(0.2),
             recent in proptest::option::of(0u32..5),
-            number_block_at in proptest::option::of((now - 60_000)..=now),
-            wrong_block_at in proptest::option::of((now - 120_000)..=now),
+            number_block_at in proptest::option::weighted(0.15, (now - 60_000)..=now),
+            wrong_block_at in proptest::option::weighted(0.15, (now - 120_000)..=now),
         ) -> GateFacts {
             GateFacts {
                 account: account.map(|(credits, test_credits)| Balance { credits, test_credits }),

@@ -14,7 +14,9 @@
 
 mod model;
 mod observed;
+mod open;
 pub mod postgres;
+mod records;
 mod shared;
 pub mod sqlite;
 #[cfg(feature = "testkit")]
@@ -22,6 +24,7 @@ pub mod testkit;
 
 pub use model::*;
 pub use observed::{Observed, Observer};
+pub use open::{OpenError, open};
 
 use async_trait::async_trait;
 use otpgate_core::fraud::BlockScope;

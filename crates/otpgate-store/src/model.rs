@@ -115,7 +115,7 @@ pub struct NewFallback {
     pub due_at: i64,
 }
 
-/// Result of [`crate::Store::verification_create`].
+/// Result of [`crate::VerificationStore::verification_create`].
 #[derive(Debug, Clone)]
 pub enum CreateOutcome {
     Created(Verification),

@@ -8,7 +8,8 @@ use otpgate_core::VerificationState;
 use otpgate_core::send::wrong_code_block;
 use sqlx::Row;
 
-use super::{CHECKS, CHECKS_COUNTING_RECENT, PgOptions, PostgresStore};
+use super::send::{CHECKS, CHECKS_COUNTING_RECENT};
+use super::{PgOptions, PostgresStore};
 use crate::testkit::{TempPostgres, require_services};
 
 /// A small deterministic generator, so a failure replays.

@@ -204,16 +204,23 @@ pub(super) fn create(conn: &Connection, req: NewVerification) -> StoreResult<Cre
     exec(
         conn,
         "insert into outbox (verification_id, step, address, lang, text, status,
-                             next_attempt_at, created_at, updated_at)
-         values (?1, 0, ?2, ?3, ?4, 'queued', ?5, ?5, ?5)",
-        params![id_i64(v.id), req.address, req.lang, req.message_text, now],
+                             next_attempt_at, created_at, updated_at, customer_id)
+         values (?1, 0, ?2, ?3, ?4, 'queued', ?5, ?5, ?5, ?6)",
+        params![
+            id_i64(v.id),
+            req.address,
+            req.lang,
+            req.message_text,
+            now,
+            customer
+        ],
     )?;
     for (i, f) in req.fallbacks.iter().enumerate() {
         exec(
             conn,
             "insert into outbox (verification_id, step, flow_type, address, lang, text, status,
-                                 next_attempt_at, created_at, updated_at)
-             values (?1, ?2, ?3, ?4, ?5, ?6, 'queued', ?7, ?8, ?8)",
+                                 next_attempt_at, created_at, updated_at, customer_id)
+             values (?1, ?2, ?3, ?4, ?5, ?6, 'queued', ?7, ?8, ?8, ?9)",
             params![
                 id_i64(v.id),
                 i64::try_from(i + 1).unwrap_or(i64::MAX),
@@ -222,7 +229,8 @@ pub(super) fn create(conn: &Connection, req: NewVerification) -> StoreResult<Cre
                 req.lang,
                 f.text,
                 f.due_at,
-                now
+                now,
+                customer
             ],
         )?;
     }
