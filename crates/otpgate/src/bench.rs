@@ -11,6 +11,9 @@ use anyhow::Context;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use clap::Args;
+use otpgate_api::{
+    AUTH_TOKEN_HEADER, SendRequest, ToParams, TokenRequest, ValidateRequest, paths,
+};
 use otpgate_store::Store;
 use rand::RngExt;
 use tokio::sync::Mutex;
@@ -170,8 +173,15 @@ async fn flow(
 ) -> anyhow::Result<()> {
     let t = Instant::now();
     let body: serde_json::Value = http
-        .get(format!("{base}/auth/v1/authentication/token"))
-        .query(&[("customerId", cid), ("key", key)])
+        .get(format!("{base}{}", paths::TOKEN))
+        .query(
+            &TokenRequest {
+                customer_id: Some(cid.to_owned()),
+                key: Some(key.to_owned()),
+                ..TokenRequest::default()
+            }
+            .to_params(),
+        )
         .send()
         .await?
         .json()
@@ -185,14 +195,18 @@ async fn flow(
     let national = format!("98{:08}", rand::rng().random_range(0..100_000_000u32));
     let t = Instant::now();
     let body: serde_json::Value = http
-        .post(format!("{base}/verification/v3/send"))
-        .header("authToken", &token)
-        .query(&[
-            ("countryCode", "91"),
-            ("mobileNumber", national.as_str()),
-            ("flowType", "SMS"),
-            ("otpLength", "6"),
-        ])
+        .post(format!("{base}{}", paths::SEND_V3))
+        .header(AUTH_TOKEN_HEADER, &token)
+        .query(
+            &SendRequest {
+                country_code: Some("91".into()),
+                mobile_number: Some(national.clone()),
+                flow_type: Some("SMS".into()),
+                otp_length: Some("6".into()),
+                ..SendRequest::default()
+            }
+            .to_params(),
+        )
         .send()
         .await?
         .json()
@@ -228,9 +242,16 @@ async fn flow(
 
     let t = Instant::now();
     let body: serde_json::Value = http
-        .get(format!("{base}/verification/v3/validateOtp"))
-        .header("authToken", &token)
-        .query(&[("verificationId", id.as_str()), ("code", code.as_str())])
+        .get(format!("{base}{}", paths::VALIDATE_V3))
+        .header(AUTH_TOKEN_HEADER, &token)
+        .query(
+            &ValidateRequest {
+                verification_id: Some(id.clone()),
+                code: Some(code.clone()),
+                customer_id: None,
+            }
+            .to_params(),
+        )
         .send()
         .await?
         .json()
