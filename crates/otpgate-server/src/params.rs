@@ -96,6 +96,11 @@ impl Params {
             .filter(|v| !v.is_empty())
     }
 
+    /// The wire request these parameters make (blank values are absent).
+    pub fn read<R: otpgate_api::FromParams>(&self) -> R {
+        R::from_params(|name| self.get(name).map(str::to_owned))
+    }
+
     /// # Errors
     /// 400 `"<name> is required"`.
     pub fn required(&self, name: &str) -> Result<&str, ApiError> {

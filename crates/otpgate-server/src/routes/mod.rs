@@ -2,6 +2,7 @@
 //! fallbacks that keep even unknown paths and wrong methods in the
 //! contract's envelope.
 
+mod envelope;
 mod health;
 pub mod openapi;
 mod receipts;
