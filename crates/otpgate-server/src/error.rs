@@ -176,7 +176,9 @@ pub fn json<T: serde::Serialize>(status: StatusCode, body: &T) -> Response {
     }
 }
 
-fn add_retry_after(resp: &mut Response, secs: Option<u64>) {
+/// Sets `Retry-After` to `secs` (whole seconds, as [`crate::limits::retry_after_secs`]
+/// rounds them), when there is a wait to tell.
+pub fn add_retry_after(resp: &mut Response, secs: Option<u64>) {
     if let Some(s) = secs
         && let Ok(v) = HeaderValue::from_str(&s.to_string())
     {

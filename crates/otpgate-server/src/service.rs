@@ -165,11 +165,7 @@ pub enum SendError {
 
 /// The validity range of the server's settings.
 pub fn timeout_range(state: &AppState) -> TimeoutRange {
-    let otp = &state.settings.otp;
-    TimeoutRange {
-        min: otp.min_timeout_secs,
-        max: otp.max_timeout_secs,
-    }
+    state.settings.otp.timeout_range()
 }
 
 /// The policy step of a send: the token's account must be the request's

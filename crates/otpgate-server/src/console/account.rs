@@ -170,9 +170,7 @@ pub async fn login(
                 ),
             )
             .await?;
-            if let Ok(v) = HeaderValue::from_str(&r.retry_after.to_string()) {
-                resp.headers_mut().insert(header::RETRY_AFTER, v);
-            }
+            crate::error::add_retry_after(&mut resp, Some(r.retry_after));
             return Ok(resp);
         }
     };

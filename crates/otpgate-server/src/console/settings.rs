@@ -8,7 +8,7 @@ use askama::Template;
 use axum::extract::{RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
-use otpgate_core::is_known_country_code;
+use otpgate_core::{OtpLength, TimeoutRange, is_known_country_code};
 use otpgate_store::AccountSettings;
 use serde::Deserialize;
 
@@ -97,11 +97,7 @@ impl SettingsForm {
 
     /// The settings this form asks for, or every reason it cannot be
     /// taken. An empty field means "the server default".
-    pub fn parse(
-        &self,
-        min_timeout: u32,
-        max_timeout: u32,
-    ) -> Result<AccountSettings, Vec<String>> {
+    pub fn parse(&self, range: TimeoutRange) -> Result<AccountSettings, Vec<String>> {
         let mut errors = Vec::new();
         let brand = self.brand_name.trim();
         if brand.chars().count() > MAX_BRAND_CHARS {
@@ -114,11 +110,12 @@ impl SettingsForm {
         }
         let timeout = match self.default_timeout_secs.trim() {
             "" => None,
-            t => match t.parse::<u32>() {
-                Ok(v) if (min_timeout..=max_timeout).contains(&v) => Some(v),
-                _ => {
+            t => match range.parse(t) {
+                Ok(v) => Some(v),
+                Err(_) => {
                     errors.push(format!(
-                        "Validity must be a whole number of seconds from {min_timeout} to {max_timeout}."
+                        "Validity must be a whole number of seconds from {} to {}.",
+                        range.min, range.max
                     ));
                     None
                 }
@@ -126,10 +123,14 @@ impl SettingsForm {
         };
         let length = match self.default_otp_length.trim() {
             "" => None,
-            t => match t.parse::<u8>() {
-                Ok(v) if (4..=8).contains(&v) => Some(v),
-                _ => {
-                    errors.push("Code length must be 4 to 8 digits.".into());
+            t => match OtpLength::parse(t) {
+                Ok(v) => Some(v.get()),
+                Err(_) => {
+                    errors.push(format!(
+                        "Code length must be {} to {} digits.",
+                        OtpLength::MIN,
+                        OtpLength::MAX
+                    ));
                     None
                 }
             },
@@ -210,8 +211,7 @@ pub async fn save(
     ctx: AccountCtx,
     Posted(form): Posted<SettingsForm>,
 ) -> Result<Response, PageError> {
-    let otp = &console.app.settings.otp;
-    match form.parse(otp.min_timeout_secs, otp.max_timeout_secs) {
+    match form.parse(crate::service::timeout_range(&console.app)) {
         Ok(settings) => {
             console
                 .app
@@ -239,6 +239,8 @@ pub async fn save(
 mod tests {
     use super::*;
 
+    const RANGE: TimeoutRange = TimeoutRange { min: 20, max: 300 };
+
     fn form(
         brand: &str,
         timeout: &str,
@@ -257,14 +259,14 @@ mod tests {
 
     #[test]
     fn empty_fields_mean_server_defaults() {
-        let s = form(" ", "", "", " , ", "").parse(20, 300).expect("valid");
+        let s = form(" ", "", "", " , ", "").parse(RANGE).expect("valid");
         assert_eq!(s, AccountSettings::default());
     }
 
     #[test]
     fn values_are_parsed_sorted_and_deduplicated() {
         let s = form(" Acme ", "120", "6", "+91, 44 91", "3")
-            .parse(20, 300)
+            .parse(RANGE)
             .expect("valid");
         assert_eq!(s.brand_name.as_deref(), Some("Acme"));
         assert_eq!(s.default_timeout_secs, Some(120));
@@ -281,10 +283,10 @@ mod tests {
     #[test]
     fn every_bad_value_is_reported() {
         let errors = form(&"x".repeat(81), "10", "9", "91, 999, abc", "0")
-            .parse(20, 300)
+            .parse(RANGE)
             .expect_err("invalid");
         assert_eq!(errors.len(), 6, "{errors:?}");
-        let errors = form("a\nb", "", "", "", "").parse(20, 300).expect_err("x");
+        let errors = form("a\nb", "", "", "", "").parse(RANGE).expect_err("x");
         assert_eq!(errors.len(), 1);
     }
 
@@ -292,7 +294,7 @@ mod tests {
     fn markup_in_the_brand_is_kept_as_text() {
         // Escaping is the template's job; the value itself is allowed.
         let s = form("<b>Acme</b>", "", "", "", "")
-            .parse(20, 300)
+            .parse(RANGE)
             .expect("ok");
         assert_eq!(s.brand_name.as_deref(), Some("<b>Acme</b>"));
     }
