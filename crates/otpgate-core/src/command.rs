@@ -469,8 +469,16 @@ mod tests {
                 .ends_with("SMS, WHATSAPP, RCS, SAUTH, VOICE, EMAIL")
         );
         for (k, v, e) in [
-            ("otpLength", "9", RequestError::Code(CodeError::LengthOutOfRange)),
-            ("otpLength", "six", RequestError::Code(CodeError::LengthOutOfRange)),
+            (
+                "otpLength",
+                "9",
+                RequestError::Code(CodeError::LengthOutOfRange),
+            ),
+            (
+                "otpLength",
+                "six",
+                RequestError::Code(CodeError::LengthOutOfRange),
+            ),
             ("timeout", "60.5", RequestError::Timeout),
             ("timeout", "-5", RequestError::Timeout),
         ] {
@@ -502,11 +510,20 @@ mod tests {
         assert_eq!((plan.otp_length.get(), plan.timeout_secs), (8, 30));
         let long = "x".repeat(100);
         p.push(("langId", &long));
-        let lang = send(&p).unwrap().plan(&account, OPEN).unwrap().lang.unwrap();
+        let lang = send(&p)
+            .unwrap()
+            .plan(&account, OPEN)
+            .unwrap()
+            .lang
+            .unwrap();
         assert_eq!(lang.len(), 35);
         p[4].1 = "301";
         assert_eq!(
-            send(&p).unwrap().plan(&account, OPEN).unwrap_err().to_string(),
+            send(&p)
+                .unwrap()
+                .plan(&account, OPEN)
+                .unwrap_err()
+                .to_string(),
             "timeout must be a whole number of seconds from 20 to 300"
         );
     }

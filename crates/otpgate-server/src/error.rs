@@ -47,7 +47,7 @@ impl ApiError {
         e
     }
 
-    /// The password hasher is full (see `auth::Hasher`): nothing was
+    /// The password hasher is full (see `password::Hasher`): nothing was
     /// checked; try again in a second.
     pub fn busy() -> Self {
         let mut e = Self::new(

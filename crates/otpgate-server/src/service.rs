@@ -3,12 +3,12 @@
 //! commands (parsed from the wire in `routes/`) and answer with their own
 //! error enums, which `routes/` maps to the contract's envelope.
 
-use otpgate_core::{FlowType, fraud};
 use otpgate_core::{
     CustomerId, Decision, OtpCode, RouteFacts, SendCommand, SendPlan, SendRefusal, SendRules,
     StatusCommand, TimeoutRange, TokenCommand, ValidateCommand, VerificationId, VerificationView,
     command::customer_matches, decide,
 };
+use otpgate_core::{FlowType, fraud};
 use otpgate_store::{
     Account, CreateOutcome, NewFallback, NewVerification, SendKind, SendLimits, StoreError,
     ValidationAction, Verification,
@@ -29,7 +29,7 @@ pub enum TokenRefusal {
     /// account, so the endpoint does not tell which accounts exist.
     #[error("invalid customerId or key, or the account is disabled")]
     BadCredentials,
-    /// The password hasher is full (see `auth::Hasher`): nothing was checked.
+    /// The password hasher is full (see `password::Hasher`): nothing was checked.
     #[error("the server is busy checking passwords")]
     Busy,
     #[error(transparent)]
@@ -71,7 +71,7 @@ pub async fn issue_token(
         Ok(a) => a,
         Err(r) => {
             state.metrics.token_failure("throttled");
-            limits::audit("token", client, &name, "throttled");
+            limits::audit("token", client.ip, &name, "throttled");
             return Err(TokenRefusal::Throttled {
                 retry_after_secs: r.retry_after,
             });
@@ -80,11 +80,11 @@ pub async fn issue_token(
     let refuse = |attempt: limits::Attempt<'_>, reason: &str| {
         state.metrics.token_failure("bad_credentials");
         attempt.record();
-        limits::audit("token", client, &name, reason);
+        limits::audit("token", client.ip, &name, reason);
         TokenRefusal::BadCredentials
     };
     let busy = |_| {
-        limits::audit("token", client, &name, "password hasher busy");
+        limits::audit("token", client.ip, &name, "password hasher busy");
         TokenRefusal::Busy
     };
 
@@ -187,7 +187,11 @@ pub fn plan_send(
         return Err(SendError::WrongCustomer);
     }
     let is_email = cmd.flow == otpgate_core::FlowType::Email;
-    cmd.email = match cmd.email.take().map(|e| otpgate_sms::email::parse_address(&e)) {
+    cmd.email = match cmd
+        .email
+        .take()
+        .map(|e| otpgate_sms::email::parse_address(&e))
+    {
         Some(Ok(a)) => Some(a),
         Some(Err(reason)) if is_email => return Err(SendError::BadEmail(reason)),
         _ => None,

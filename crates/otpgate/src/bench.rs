@@ -11,9 +11,7 @@ use anyhow::Context;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use clap::Args;
-use otpgate_api::{
-    AUTH_TOKEN_HEADER, SendRequest, ToParams, TokenRequest, ValidateRequest, paths,
-};
+use otpgate_api::{AUTH_TOKEN_HEADER, SendRequest, ToParams, TokenRequest, ValidateRequest, paths};
 use otpgate_store::Store;
 use rand::RngExt;
 use tokio::sync::Mutex;

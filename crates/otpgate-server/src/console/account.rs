@@ -157,7 +157,7 @@ pub async fn login(
     let attempt = match console.login_throttle.reserve(&keys, now) {
         Ok(a) => a,
         Err(r) => {
-            limits::audit("console-login", &client, &lname, "throttled");
+            limits::audit("console-login", client.ip, &lname, "throttled");
             let minutes = r.retry_after.div_ceil(60);
             let mut resp = login_refused(
                 &console,
@@ -178,14 +178,14 @@ pub async fn login(
     let principal = match authenticate(&console, &name, &form.password).await {
         Ok(p) => p,
         Err(PageError::Busy) => {
-            limits::audit("console-login", &client, &lname, "password hasher busy");
+            limits::audit("console-login", client.ip, &lname, "password hasher busy");
             return Err(PageError::Busy);
         }
         Err(e) => return Err(e),
     };
     let Some(principal) = principal else {
         attempt.record();
-        limits::audit("console-login", &client, &lname, "wrong name or password");
+        limits::audit("console-login", client.ip, &lname, "wrong name or password");
         return login_refused(
             &console,
             &headers,
@@ -355,7 +355,7 @@ pub async fn signup(
         )
         .map(|a| attempt = Some(a))
     {
-        limits::audit("console-signup", &client, &email, "throttled");
+        limits::audit("console-signup", client.ip, &email, "throttled");
         errors.push(format!(
             "Too many sign-ups from here. Try again in {} minutes.",
             r.retry_after.div_ceil(60)

@@ -11,8 +11,8 @@ use serde::Deserialize;
 
 use super::error::render;
 use super::extract::{OperatorCtx, Posted, query};
-use super::time::datetime;
 use super::{Console, PageError};
+use crate::time::datetime;
 
 /// Rows of each conversion table.
 const TOP: u32 = 50;

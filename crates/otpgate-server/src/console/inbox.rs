@@ -11,8 +11,8 @@ use otpgate_core::PhoneNumber;
 
 use super::error::render;
 use super::extract::{AccountCtx, wants_fragment};
-use super::time::datetime;
 use super::{Console, PageError};
+use crate::time::datetime;
 
 /// Messages shown: the newest.
 const SHOWN: u32 = 50;

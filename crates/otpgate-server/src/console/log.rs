@@ -15,8 +15,8 @@ use serde::{Deserialize, Serialize};
 
 use super::error::render;
 use super::extract::{AccountCtx, query, wants_fragment};
-use super::time::{DAY_MS, datetime, parse_date};
 use super::{Console, PageError};
+use crate::time::{DAY_MS, datetime, parse_date};
 
 /// Rows per page.
 const PAGE: u32 = 25;

@@ -17,9 +17,9 @@ use serde::Deserialize;
 
 use super::error::{render, render_status};
 use super::extract::{AccountCtx, Posted, query};
-use super::time::datetime;
 use super::{Console, PageError};
 use crate::service::{self, SendError, SendResult};
+use crate::time::datetime;
 
 #[derive(Template)]
 #[template(path = "console/numbers.html")]

@@ -2,7 +2,7 @@
 //! default validity and code length, the countries it may send to (others
 //! get 511) and the per-number send limit. The API's send path reads them
 //! on every send, so a change here applies to the next one. The page also
-//! holds the account's webhook (see `webhooks.rs`).
+//! shows the account's webhook (its forms are handled in `webhooks.rs`).
 
 use askama::Template;
 use axum::extract::{RawQuery, State};
@@ -29,7 +29,7 @@ pub(super) struct SettingsPage {
     errors: Vec<String>,
     saved: bool,
     defaults: Defaults,
-    webhook: super::webhooks::WebhookView,
+    webhook: WebhookView,
 }
 
 /// The page with the account's settings as stored and `webhook` as given
@@ -37,7 +37,7 @@ pub(super) struct SettingsPage {
 pub(super) fn page_with_webhook(
     console: &Console,
     ctx: &AccountCtx,
-    webhook: super::webhooks::WebhookView,
+    webhook: WebhookView,
 ) -> SettingsPage {
     SettingsPage {
         chrome: ctx.chrome(console, "Settings", "settings"),
@@ -47,6 +47,32 @@ pub(super) fn page_with_webhook(
         defaults: defaults(console),
         webhook,
     }
+}
+
+/// The webhook part of the Settings page.
+#[derive(Debug, Clone, Default)]
+pub struct WebhookView {
+    pub url: String,
+    /// The full `whsec_` secret, shown to the account that owns it.
+    pub secret: String,
+    pub errors: Vec<String>,
+}
+
+/// The webhook of `ctx`'s account, as the Settings page shows it.
+///
+/// # Errors
+/// The store's.
+pub async fn webhook_view(console: &Console, ctx: &AccountCtx) -> Result<WebhookView, PageError> {
+    let hook = console
+        .app
+        .store
+        .webhook_get(&ctx.account.customer_id)
+        .await?;
+    Ok(hook.map_or_else(WebhookView::default, |h| WebhookView {
+        url: h.url,
+        secret: h.secret.expose().to_owned(),
+        errors: Vec::new(),
+    }))
 }
 
 /// Server-wide values that apply where the account sets none.
@@ -195,7 +221,7 @@ pub async fn page(
     RawQuery(raw): RawQuery,
 ) -> Result<Response, PageError> {
     let flags: Flags = query(raw.as_deref());
-    let webhook = super::webhooks::view(&console, &ctx).await?;
+    let webhook = webhook_view(&console, &ctx).await?;
     Ok(render(&SettingsPage {
         chrome: ctx.chrome(&console, "Settings", "settings"),
         form: SettingsForm::from_settings(&ctx.account.settings),
@@ -229,7 +255,7 @@ pub async fn save(
                 errors,
                 saved: false,
                 defaults: defaults(&console),
-                webhook: super::webhooks::view(&console, &ctx).await?,
+                webhook: webhook_view(&console, &ctx).await?,
             },
         )),
     }

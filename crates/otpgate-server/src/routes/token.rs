@@ -28,7 +28,7 @@ async fn token(
     let cmd = TokenCommand::try_from(params?.read::<TokenRequest>()).map_err(|e| {
         if let RequestError::KeyNotBase64 { customer_id } = &e {
             let name = service::token_name(customer_id);
-            limits::audit("token", &client, &name, "key is not base64");
+            limits::audit("token", client.ip, &name, "key is not base64");
         }
         request_error(e, service::timeout_range(&state))
     })?;

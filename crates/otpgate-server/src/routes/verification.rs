@@ -10,8 +10,8 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use axum::routing::{get, post};
 use otpgate_api::{
-    Envelope, PendingData, ResponseCode, SendData, SendRequest, StatusData,
-    VERIFICATION_COMPLETED, ValidateData, ValidateRequest, WireId, WireSeconds, paths,
+    Envelope, PendingData, ResponseCode, SendData, SendRequest, StatusData, VERIFICATION_COMPLETED,
+    ValidateData, ValidateRequest, WireId, WireSeconds, paths,
 };
 use otpgate_core::{SendCommand, StatusCommand, ValidateCommand};
 use otpgate_store::{SendKind, Verification};
