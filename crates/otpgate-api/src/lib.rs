@@ -13,7 +13,7 @@ mod request;
 
 pub use code::ResponseCode;
 pub use flex::{WireId, WireSeconds};
-pub use request::{FromParams, SendRequest, ToParams, TokenRequest, ValidateRequest, param};
+pub use request::{FlowType, SendRequest, TokenRequest, ValidateRequest, WireRequest, param};
 
 use serde::{Deserialize, Serialize};
 

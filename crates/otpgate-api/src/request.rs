@@ -1,9 +1,12 @@
 //! The requests of the contract (§1–§3) as the wire carries them: every
 //! parameter as text, present or not. The parameter names are spelled here
-//! once ([`param`]); the server reads a request with [`FromParams`], the SDK
-//! and the bench write one with [`ToParams`], so the two sides cannot spell
-//! a name differently. Meaning (digits, ranges, defaults) is the core's
+//! once ([`param`]) and each request lists its fields beside them once
+//! ([`WireRequest`]): the server reads requests and the SDK and the bench
+//! write them through that one list, so no side can spell a name
+//! differently. Meaning (digits, ranges, defaults) is the core's
 //! business: these types only carry what was sent.
+
+use std::fmt;
 
 /// The wire names of the contract's parameters.
 pub mod param {
@@ -22,25 +25,82 @@ pub mod param {
     pub const CODE: &str = "code";
 }
 
-/// A request read from named parameters: `get` answers a name with its
-/// value, or `None` when it is absent (the server also treats a blank value
-/// as absent).
-pub trait FromParams: Sized {
-    fn from_params(get: impl Fn(&'static str) -> Option<String>) -> Self;
+/// The channel a code travels on (`flowType`, contract §2): the hosted
+/// service's values and otpgate's extensions (`VOICE`, `EMAIL`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum FlowType {
+    #[default]
+    Sms,
+    WhatsApp,
+    Rcs,
+    Sauth,
+    Voice,
+    Email,
 }
 
-/// A request as the parameters to send, in the order the contract lists
-/// them; absent ones are left out.
-pub trait ToParams {
-    fn to_params(&self) -> Vec<(&'static str, String)>;
+impl FlowType {
+    pub const ALL: [FlowType; 6] = [
+        Self::Sms,
+        Self::WhatsApp,
+        Self::Rcs,
+        Self::Sauth,
+        Self::Voice,
+        Self::Email,
+    ];
+
+    /// The wire value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Sms => "SMS",
+            Self::WhatsApp => "WHATSAPP",
+            Self::Rcs => "RCS",
+            Self::Sauth => "SAUTH",
+            Self::Voice => "VOICE",
+            Self::Email => "EMAIL",
+        }
+    }
+
+    /// The wire value in any case (`sms`, `Sms`).
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|f| f.as_str().eq_ignore_ascii_case(s.trim()))
+    }
 }
 
-/// The present ones of `fields`, in order.
-fn present(fields: &[(&'static str, &Option<String>)]) -> Vec<(&'static str, String)> {
-    fields
-        .iter()
-        .filter_map(|(name, value)| value.as_ref().map(|v| (*name, v.clone())))
-        .collect()
+impl fmt::Display for FlowType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A request as named parameters. Each request lists its fields once,
+/// beside their wire names ([`WireRequest::fields`]); the server reads one
+/// with [`WireRequest::from_params`], the SDK and the bench write one with
+/// [`WireRequest::to_params`].
+pub trait WireRequest: Default + Clone {
+    /// Each parameter's wire name beside its field, in the contract's order.
+    fn fields(&mut self) -> Vec<(&'static str, &mut Option<String>)>;
+
+    /// The request `get` answers: a name's value, or `None` when it is
+    /// absent (the server also treats a blank value as absent).
+    fn from_params(get: impl Fn(&'static str) -> Option<String>) -> Self {
+        let mut r = Self::default();
+        for (name, field) in r.fields() {
+            *field = get(name);
+        }
+        r
+    }
+
+    /// The parameters to send, in order; absent ones are left out.
+    fn to_params(&self) -> Vec<(&'static str, String)> {
+        let mut r = self.clone();
+        r.fields()
+            .into_iter()
+            .filter_map(|(name, value)| value.take().map(|v| (name, v)))
+            .collect()
+    }
 }
 
 /// §1: `GET /auth/v1/authentication/token`.
@@ -57,27 +117,15 @@ pub struct TokenRequest {
     pub email: Option<String>,
 }
 
-impl FromParams for TokenRequest {
-    fn from_params(get: impl Fn(&'static str) -> Option<String>) -> Self {
-        Self {
-            customer_id: get(param::CUSTOMER_ID),
-            key: get(param::KEY),
-            scope: get(param::SCOPE),
-            country: get(param::COUNTRY),
-            email: get(param::EMAIL),
-        }
-    }
-}
-
-impl ToParams for TokenRequest {
-    fn to_params(&self) -> Vec<(&'static str, String)> {
-        present(&[
-            (param::CUSTOMER_ID, &self.customer_id),
-            (param::KEY, &self.key),
-            (param::SCOPE, &self.scope),
-            (param::COUNTRY, &self.country),
-            (param::EMAIL, &self.email),
-        ])
+impl WireRequest for TokenRequest {
+    fn fields(&mut self) -> Vec<(&'static str, &mut Option<String>)> {
+        vec![
+            (param::CUSTOMER_ID, &mut self.customer_id),
+            (param::KEY, &mut self.key),
+            (param::SCOPE, &mut self.scope),
+            (param::COUNTRY, &mut self.country),
+            (param::EMAIL, &mut self.email),
+        ]
     }
 }
 
@@ -96,8 +144,8 @@ pub struct SendRequest {
     pub customer_id: Option<String>,
 }
 
-impl std::fmt::Debug for SendRequest {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+impl fmt::Debug for SendRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // Numbers and addresses are the end user's: not in debug output.
         f.debug_struct("SendRequest")
             .field("country_code", &self.country_code)
@@ -110,33 +158,18 @@ impl std::fmt::Debug for SendRequest {
     }
 }
 
-impl FromParams for SendRequest {
-    fn from_params(get: impl Fn(&'static str) -> Option<String>) -> Self {
-        Self {
-            country_code: get(param::COUNTRY_CODE),
-            mobile_number: get(param::MOBILE_NUMBER),
-            flow_type: get(param::FLOW_TYPE),
-            otp_length: get(param::OTP_LENGTH),
-            timeout: get(param::TIMEOUT),
-            lang_id: get(param::LANG_ID),
-            email: get(param::EMAIL),
-            customer_id: get(param::CUSTOMER_ID),
-        }
-    }
-}
-
-impl ToParams for SendRequest {
-    fn to_params(&self) -> Vec<(&'static str, String)> {
-        present(&[
-            (param::COUNTRY_CODE, &self.country_code),
-            (param::MOBILE_NUMBER, &self.mobile_number),
-            (param::FLOW_TYPE, &self.flow_type),
-            (param::OTP_LENGTH, &self.otp_length),
-            (param::TIMEOUT, &self.timeout),
-            (param::LANG_ID, &self.lang_id),
-            (param::EMAIL, &self.email),
-            (param::CUSTOMER_ID, &self.customer_id),
-        ])
+impl WireRequest for SendRequest {
+    fn fields(&mut self) -> Vec<(&'static str, &mut Option<String>)> {
+        vec![
+            (param::COUNTRY_CODE, &mut self.country_code),
+            (param::MOBILE_NUMBER, &mut self.mobile_number),
+            (param::FLOW_TYPE, &mut self.flow_type),
+            (param::OTP_LENGTH, &mut self.otp_length),
+            (param::TIMEOUT, &mut self.timeout),
+            (param::LANG_ID, &mut self.lang_id),
+            (param::EMAIL, &mut self.email),
+            (param::CUSTOMER_ID, &mut self.customer_id),
+        ]
     }
 }
 
@@ -150,8 +183,8 @@ pub struct ValidateRequest {
     pub customer_id: Option<String>,
 }
 
-impl std::fmt::Debug for ValidateRequest {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+impl fmt::Debug for ValidateRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // The code is a secret until used: never in debug output.
         f.debug_struct("ValidateRequest")
             .field("verification_id", &self.verification_id)
@@ -160,23 +193,13 @@ impl std::fmt::Debug for ValidateRequest {
     }
 }
 
-impl FromParams for ValidateRequest {
-    fn from_params(get: impl Fn(&'static str) -> Option<String>) -> Self {
-        Self {
-            verification_id: get(param::VERIFICATION_ID),
-            code: get(param::CODE),
-            customer_id: get(param::CUSTOMER_ID),
-        }
-    }
-}
-
-impl ToParams for ValidateRequest {
-    fn to_params(&self) -> Vec<(&'static str, String)> {
-        present(&[
-            (param::VERIFICATION_ID, &self.verification_id),
-            (param::CODE, &self.code),
-            (param::CUSTOMER_ID, &self.customer_id),
-        ])
+impl WireRequest for ValidateRequest {
+    fn fields(&mut self) -> Vec<(&'static str, &mut Option<String>)> {
+        vec![
+            (param::VERIFICATION_ID, &mut self.verification_id),
+            (param::CODE, &mut self.code),
+            (param::CUSTOMER_ID, &mut self.customer_id),
+        ]
     }
 }
 
@@ -186,7 +209,7 @@ mod tests {
 
     use super::*;
 
-    fn round_trip<R: FromParams + ToParams + PartialEq + std::fmt::Debug>(r: &R) {
+    fn round_trip<R: WireRequest + PartialEq + fmt::Debug>(r: &R) {
         let map: HashMap<&str, String> = r.to_params().into_iter().collect();
         let back = R::from_params(|n| map.get(n).cloned());
         assert_eq!(&back, r);

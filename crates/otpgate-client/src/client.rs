@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use otpgate_api::{
-    AUTH_TOKEN_HEADER, SendRequest, ToParams, TokenRequest, ValidateRequest, param, paths,
+    AUTH_TOKEN_HEADER, SendRequest, TokenRequest, ValidateRequest, WireRequest, param, paths,
 };
 use reqwest::header::{CONTENT_TYPE, RETRY_AFTER};
 use reqwest::{RequestBuilder, Url};

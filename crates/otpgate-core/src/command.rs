@@ -8,60 +8,13 @@ use std::fmt;
 
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD};
+pub use otpgate_api::FlowType;
 use otpgate_api::{SendRequest, TokenRequest, ValidateRequest, param};
 
 use crate::code::{CodeError, OtpCode, OtpLength};
 use crate::fraud::NumberKind;
 use crate::phone::{PhoneError, PhoneNumber};
 use crate::verification::{VerificationId, VerificationIdError};
-
-/// The channel a code travels on (`flowType`, contract §2): the hosted
-/// service's values and otpgate's extensions (`VOICE`, `EMAIL`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum FlowType {
-    Sms,
-    WhatsApp,
-    Rcs,
-    Sauth,
-    Voice,
-    Email,
-}
-
-impl FlowType {
-    pub const ALL: [FlowType; 6] = [
-        Self::Sms,
-        Self::WhatsApp,
-        Self::Rcs,
-        Self::Sauth,
-        Self::Voice,
-        Self::Email,
-    ];
-
-    /// The wire value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Sms => "SMS",
-            Self::WhatsApp => "WHATSAPP",
-            Self::Rcs => "RCS",
-            Self::Sauth => "SAUTH",
-            Self::Voice => "VOICE",
-            Self::Email => "EMAIL",
-        }
-    }
-
-    /// The wire value in any case (`sms`, `Sms`).
-    pub fn parse(s: &str) -> Option<Self> {
-        Self::ALL
-            .into_iter()
-            .find(|f| f.as_str().eq_ignore_ascii_case(s.trim()))
-    }
-}
-
-impl fmt::Display for FlowType {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
 
 /// The validity a send may ask for, in whole seconds (`otp.min_timeout_secs`
 /// to `otp.max_timeout_secs`): the one rule the API and the console's
@@ -426,7 +379,7 @@ mod tests {
                 .find(|(k, _)| *k == n)
                 .map(|(_, v)| (*v).to_owned())
         };
-        SendCommand::try_from(<SendRequest as otpgate_api::FromParams>::from_params(get))
+        SendCommand::try_from(<SendRequest as otpgate_api::WireRequest>::from_params(get))
     }
 
     const BASE: [(&str, &str); 3] = [

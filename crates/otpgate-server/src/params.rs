@@ -97,7 +97,7 @@ impl Params {
     }
 
     /// The wire request these parameters make (blank values are absent).
-    pub fn read<R: otpgate_api::FromParams>(&self) -> R {
+    pub fn read<R: otpgate_api::WireRequest>(&self) -> R {
         R::from_params(|name| self.get(name).map(str::to_owned))
     }
 

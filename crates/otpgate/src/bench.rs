@@ -11,7 +11,9 @@ use anyhow::Context;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use clap::Args;
-use otpgate_api::{AUTH_TOKEN_HEADER, SendRequest, ToParams, TokenRequest, ValidateRequest, paths};
+use otpgate_api::{
+    AUTH_TOKEN_HEADER, SendRequest, TokenRequest, ValidateRequest, WireRequest, paths,
+};
 use otpgate_store::Store;
 use rand::RngExt;
 use tokio::sync::Mutex;

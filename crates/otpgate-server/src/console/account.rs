@@ -7,14 +7,14 @@
 //! address, also reserved before the work.
 
 use askama::Template;
-use axum::extract::{RawQuery, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use otpgate_core::CustomerId;
 use serde::Deserialize;
 
 use super::error::{render, render_status};
-use super::extract::{Posted, PrePosted, query};
+use super::extract::{Lenient, Posted, PrePosted};
 use super::session::{self, PRE_COOKIE, PRE_MAX_AGE_SECS, Principal, SESSION_COOKIE, Session};
 use super::views::Chrome;
 use super::{Console, PageError};
@@ -112,12 +112,11 @@ fn logged_in(console: &Console, headers: &HeaderMap) -> bool {
 pub async fn login_form(
     State(console): State<Console>,
     headers: HeaderMap,
-    RawQuery(raw): RawQuery,
+    Lenient(q): Lenient<LoginQuery>,
 ) -> Result<Response, PageError> {
     if logged_in(&console, &headers) {
         return Ok(Redirect::to("/console").into_response());
     }
-    let q: LoginQuery = query(raw.as_deref());
     let (csrf, cookie) = pre_session(&console, &headers).await?;
     let page = LoginPage {
         chrome: Chrome::bare("Log in"),

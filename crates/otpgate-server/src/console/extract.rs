@@ -195,9 +195,20 @@ fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, PageError> {
         .map_err(|_| PageError::BadRequest("That form could not be read."))
 }
 
-/// A query string as `T`; anything unreadable reads as the defaults (a
+/// The query string as `T`; anything unreadable reads as the defaults (a
 /// mangled filter shows the unfiltered page rather than an error).
-pub fn query<T: DeserializeOwned + Default>(raw: Option<&str>) -> T {
-    raw.and_then(|q| serde_urlencoded::from_str(q).ok())
-        .unwrap_or_default()
+pub struct Lenient<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned + Default> FromRequestParts<S> for Lenient<T> {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        Ok(Self(
+            parts
+                .uri
+                .query()
+                .and_then(|q| serde_urlencoded::from_str(q).ok())
+                .unwrap_or_default(),
+        ))
+    }
 }

@@ -6,7 +6,7 @@
 //! not read here.
 
 use askama::Template;
-use axum::extract::{RawQuery, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::Response;
 use otpgate_core::{DeliveryStatus, VerificationState};
@@ -14,7 +14,7 @@ use otpgate_store::{Verification, VerificationFilter};
 use serde::{Deserialize, Serialize};
 
 use super::error::render;
-use super::extract::{AccountCtx, query, wants_fragment};
+use super::extract::{AccountCtx, Lenient, wants_fragment};
 use super::{Console, PageError};
 use crate::time::{DAY_MS, datetime, parse_date};
 
@@ -206,9 +206,8 @@ pub async fn page(
     State(console): State<Console>,
     ctx: AccountCtx,
     headers: HeaderMap,
-    RawQuery(raw): RawQuery,
+    Lenient(q): Lenient<LogQuery>,
 ) -> Result<Response, PageError> {
-    let q: LogQuery = query(raw.as_deref());
     let (filter, note) = q.to_filter();
     let page = q.page();
     let mut found = console

@@ -7,7 +7,7 @@
 //! out per account per day.
 
 use askama::Template;
-use axum::extract::{RawQuery, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
 use otpgate_api::SendRequest;
@@ -16,7 +16,7 @@ use otpgate_store::SendKind;
 use serde::Deserialize;
 
 use super::error::{render, render_status};
-use super::extract::{AccountCtx, Posted, query};
+use super::extract::{AccountCtx, Lenient, Posted};
 use super::{Console, PageError};
 use crate::service::{self, SendError, SendResult};
 use crate::time::datetime;
@@ -43,7 +43,7 @@ struct Row {
 
 #[derive(Deserialize, Default)]
 #[serde(default)]
-struct Flags {
+pub struct Flags {
     sent: String,
     done: String,
 }
@@ -110,9 +110,8 @@ async fn build(
 pub async fn page(
     State(console): State<Console>,
     ctx: AccountCtx,
-    RawQuery(raw): RawQuery,
+    Lenient(flags): Lenient<Flags>,
 ) -> Result<Response, PageError> {
-    let flags: Flags = query(raw.as_deref());
     let mut page = build(&console, &ctx, VerificationId::parse(&flags.sent).ok()).await?;
     page.notice = match flags.done.as_str() {
         "verified" => "Number verified: test credits now pay for messages to it.",

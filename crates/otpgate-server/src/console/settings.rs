@@ -5,7 +5,7 @@
 //! shows the account's webhook (its forms are handled in `webhooks.rs`).
 
 use askama::Template;
-use axum::extract::{RawQuery, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
 use otpgate_core::{OtpLength, TimeoutRange, is_known_country_code};
@@ -13,7 +13,7 @@ use otpgate_store::AccountSettings;
 use serde::Deserialize;
 
 use super::error::{render, render_status};
-use super::extract::{AccountCtx, Posted, query};
+use super::extract::{AccountCtx, Lenient, Posted};
 use super::{Console, PageError};
 
 /// Longest brand name: it goes into every SMS, where length is money.
@@ -99,7 +99,7 @@ pub struct SettingsForm {
 
 #[derive(Deserialize, Default)]
 #[serde(default)]
-struct Flags {
+pub struct Flags {
     saved: Option<String>,
 }
 
@@ -218,9 +218,8 @@ fn defaults(console: &Console) -> Defaults {
 pub async fn page(
     State(console): State<Console>,
     ctx: AccountCtx,
-    RawQuery(raw): RawQuery,
+    Lenient(flags): Lenient<Flags>,
 ) -> Result<Response, PageError> {
-    let flags: Flags = query(raw.as_deref());
     let webhook = webhook_view(&console, &ctx).await?;
     Ok(render(&SettingsPage {
         chrome: ctx.chrome(&console, "Settings", "settings"),
