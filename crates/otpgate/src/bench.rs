@@ -12,7 +12,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use clap::Args;
 use otpgate_api::{
-    AUTH_TOKEN_HEADER, SendRequest, TokenRequest, ValidateRequest, WireRequest, paths,
+    AUTH_TOKEN_HEADER, FlowType, SendRequest, TokenRequest, ValidateRequest, WireRequest, paths,
 };
 use otpgate_store::Store;
 use rand::RngExt;
@@ -172,20 +172,12 @@ async fn flow(
     s: &mut Samples,
 ) -> anyhow::Result<()> {
     let t = Instant::now();
-    let body: serde_json::Value = http
-        .get(format!("{base}{}", paths::TOKEN))
-        .query(
-            &TokenRequest {
-                customer_id: Some(cid.to_owned()),
-                key: Some(key.to_owned()),
-                ..TokenRequest::default()
-            }
-            .to_params(),
-        )
-        .send()
-        .await?
-        .json()
-        .await?;
+    let token_request = TokenRequest {
+        customer_id: Some(cid.to_owned()),
+        key: Some(key.to_owned()),
+        ..TokenRequest::default()
+    };
+    let body = call(http.get(format!("{base}{}", paths::TOKEN)), &token_request).await?;
     s.token.push(micros(t));
     let token = body["token"]
         .as_str()
@@ -194,23 +186,15 @@ async fn flow(
 
     let national = format!("98{:08}", rand::rng().random_range(0..100_000_000u32));
     let t = Instant::now();
-    let body: serde_json::Value = http
-        .post(format!("{base}{}", paths::SEND_V3))
-        .header(AUTH_TOKEN_HEADER, &token)
-        .query(
-            &SendRequest {
-                country_code: Some("91".into()),
-                mobile_number: Some(national.clone()),
-                flow_type: Some("SMS".into()),
-                otp_length: Some("6".into()),
-                ..SendRequest::default()
-            }
-            .to_params(),
-        )
-        .send()
-        .await?
-        .json()
-        .await?;
+    let send = SendRequest {
+        country_code: Some("91".into()),
+        mobile_number: Some(national.clone()),
+        flow_type: Some(FlowType::Sms.as_str().into()),
+        otp_length: Some("6".into()),
+        ..SendRequest::default()
+    };
+    let url = format!("{base}{}", paths::SEND_V3);
+    let body = call(http.post(url).header(AUTH_TOKEN_HEADER, &token), &send).await?;
     s.send.push(micros(t));
     let id = body["data"]["verificationId"]
         .as_str()
@@ -241,24 +225,30 @@ async fn flow(
     s.inbox.push(micros(t));
 
     let t = Instant::now();
-    let body: serde_json::Value = http
-        .get(format!("{base}{}", paths::VALIDATE_V3))
-        .header(AUTH_TOKEN_HEADER, &token)
-        .query(
-            &ValidateRequest {
-                verification_id: Some(id.clone()),
-                code: Some(code.clone()),
-                customer_id: None,
-            }
-            .to_params(),
-        )
-        .send()
-        .await?
-        .json()
-        .await?;
+    let validate = ValidateRequest {
+        verification_id: Some(id),
+        code: Some(code),
+        customer_id: None,
+    };
+    let url = format!("{base}{}", paths::VALIDATE_V3);
+    let body = call(http.get(url).header(AUTH_TOKEN_HEADER, &token), &validate).await?;
     s.validate.push(micros(t));
     anyhow::ensure!(body["responseCode"] == 200, "validate failed: {body}");
     Ok(())
+}
+
+/// One call of the contract: `request`'s parameters in the query, the JSON
+/// answer back.
+async fn call(
+    http: reqwest::RequestBuilder,
+    request: &impl WireRequest,
+) -> anyhow::Result<serde_json::Value> {
+    Ok(http
+        .query(&request.to_params())
+        .send()
+        .await?
+        .json()
+        .await?)
 }
 
 fn micros(t: Instant) -> u64 {

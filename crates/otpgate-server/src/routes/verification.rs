@@ -11,10 +11,10 @@ use axum::response::Response;
 use axum::routing::{get, post};
 use otpgate_api::{
     Envelope, PendingData, ResponseCode, SendData, SendRequest, StatusData, VERIFICATION_COMPLETED,
-    ValidateData, ValidateRequest, WireId, WireSeconds, paths,
+    ValidateData, ValidateRequest, WireId, WireRequest, WireSeconds, paths,
 };
-use otpgate_core::{SendCommand, StatusCommand, ValidateCommand};
-use otpgate_store::{SendKind, Verification};
+use otpgate_core::{RequestError, SendCommand, StatusCommand, ValidateCommand};
+use otpgate_store::{Account, SendKind, Verification};
 
 use super::envelope::request_error;
 use crate::auth::authenticate;
@@ -56,6 +56,21 @@ pub fn router() -> Router<AppState> {
         .route(paths::STATUS_V3, get(status::<V3>).post(status::<V3>))
 }
 
+/// Authenticates the caller, then parses its request `R` into the command
+/// `C`: the outer error is the caller's (token, parameters), the inner one
+/// the request's.
+async fn begin<R: WireRequest, C: TryFrom<R, Error = RequestError>>(
+    state: &AppState,
+    client: Client,
+    headers: HeaderMap,
+    params: Result<Params, ApiError>,
+) -> Result<(Account, Result<C, ApiError>), ApiError> {
+    let account = authenticate(state, &headers, &client).await?;
+    let cmd = C::try_from(params?.read::<R>())
+        .map_err(|e| request_error(e, service::timeout_range(state)));
+    Ok((account, cmd))
+}
+
 /// Seconds of validity left in `ms`, rounded up (0 once expired): the
 /// `timeout` of status and of the 506 body.
 fn seconds_left(ms: i64) -> WireSeconds {
@@ -70,10 +85,9 @@ async fn status<I: IdStyle>(
     headers: HeaderMap,
     params: Result<Params, ApiError>,
 ) -> Result<Response, ApiError> {
-    let account = authenticate(&state, &headers, &client).await?;
-    let cmd = StatusCommand::try_from(params?.read::<ValidateRequest>())
-        .map_err(|e| request_error(e, service::timeout_range(&state)))?;
-    let v = service::status(&state, &account, &cmd).await?;
+    let (account, cmd) =
+        begin::<ValidateRequest, StatusCommand>(&state, client, headers, params).await?;
+    let v = service::status(&state, &account, &cmd?).await?;
     let now = state.clock.now_ms();
     Ok(success(StatusData {
         verification_id: I::wire(v.id.get()),
@@ -114,10 +128,8 @@ async fn send(
     headers: HeaderMap,
     params: Result<Params, ApiError>,
 ) -> Result<Response, ApiError> {
-    let account = authenticate(&state, &headers, &client).await?;
-    let cmd = SendCommand::try_from(params?.read::<SendRequest>())
-        .map_err(|e| request_error(e, service::timeout_range(&state)))?;
-    let plan = service::plan_send(&state, &account, cmd)?;
+    let (account, cmd) = begin::<SendRequest, SendCommand>(&state, client, headers, params).await?;
+    let plan = service::plan_send(&state, &account, cmd?)?;
     let timeout = plan.timeout_secs;
     Ok(
         match service::send(&state, &account, plan, SendKind::Normal).await? {
@@ -164,11 +176,9 @@ async fn validate<I: IdStyle>(
     headers: HeaderMap,
     params: Result<Params, ApiError>,
 ) -> Result<Response, ApiError> {
-    let account = authenticate(&state, &headers, &client).await?;
-    let cmd = ValidateCommand::try_from(params?.read::<ValidateRequest>()).map_err(|e| {
-        service::validation_unparsed(&state);
-        request_error(e, service::timeout_range(&state))
-    })?;
+    let (account, cmd) =
+        begin::<ValidateRequest, ValidateCommand>(&state, client, headers, params).await?;
+    let cmd = cmd.inspect_err(|_| service::validation_unparsed(&state))?;
     let v = service::validate(&state, &account, &cmd).await?;
     Ok(success(ValidateData {
         verification_id: I::wire(v.id.get()),
