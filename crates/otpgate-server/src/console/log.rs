@@ -7,14 +7,14 @@
 
 use askama::Template;
 use axum::extract::State;
-use axum::http::{HeaderMap, HeaderValue, header};
+use axum::http::HeaderMap;
 use axum::response::Response;
 use otpgate_core::{DeliveryStatus, VerificationState};
 use otpgate_store::{Verification, VerificationFilter};
 use serde::{Deserialize, Serialize};
 
 use super::error::render;
-use super::extract::{AccountCtx, Lenient, wants_fragment};
+use super::extract::{AccountCtx, Lenient, page_or_fragment};
 use super::{Console, PageError};
 use crate::time::{DAY_MS, datetime, parse_date};
 
@@ -245,18 +245,19 @@ pub async fn page(
         },
         note,
     };
-    let mut resp = if wants_fragment(&headers) {
-        render(&LogFragment { table })
-    } else {
-        render(&LogPage {
-            chrome: ctx.chrome(&console, "Verification log", "log"),
-            filter: q,
-            table,
-        })
-    };
-    resp.headers_mut()
-        .insert(header::VARY, HeaderValue::from_static("HX-Request"));
-    Ok(resp)
+    let chrome = ctx.chrome(&console, "Verification log", "log");
+    Ok(page_or_fragment(
+        &headers,
+        table,
+        |table| render(&LogFragment { table }),
+        |table| {
+            render(&LogPage {
+                chrome,
+                filter: q,
+                table,
+            })
+        },
+    ))
 }
 
 #[cfg(test)]

@@ -5,8 +5,10 @@
 //! service function, and builds the response (the 506 body included).
 
 use axum::Router;
-use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use std::marker::PhantomData;
+
+use axum::extract::{FromRequest, FromRequestParts, Request, State};
+use axum::http::StatusCode;
 use axum::response::Response;
 use axum::routing::{get, post};
 use otpgate_api::{
@@ -56,19 +58,36 @@ pub fn router() -> Router<AppState> {
         .route(paths::STATUS_V3, get(status::<V3>).post(status::<V3>))
 }
 
-/// Authenticates the caller, then parses its request `R` into the command
-/// `C`: the outer error is the caller's (token, parameters), the inner one
-/// the request's.
-async fn begin<R: WireRequest, C: TryFrom<R, Error = RequestError>>(
-    state: &AppState,
-    client: Client,
-    headers: HeaderMap,
-    params: Result<Params, ApiError>,
-) -> Result<(Account, Result<C, ApiError>), ApiError> {
-    let account = authenticate(state, &headers, &client).await?;
-    let cmd = C::try_from(params?.read::<R>())
-        .map_err(|e| request_error(e, service::timeout_range(state)));
-    Ok((account, cmd))
+/// A call of an authenticated endpoint: its account, and its request `R`
+/// parsed into the command `C` (or why it could not be). The parameters are
+/// read before the token is checked, as every endpoint reads them.
+struct Call<R, C> {
+    account: Account,
+    cmd: Result<C, ApiError>,
+    request: PhantomData<R>,
+}
+
+impl<R, C> FromRequest<AppState> for Call<R, C>
+where
+    R: WireRequest + Send,
+    C: TryFrom<R, Error = RequestError> + Send,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
+        let (mut parts, body) = req.into_parts();
+        let Ok(client) = Client::from_request_parts(&mut parts, state).await;
+        let headers = parts.headers.clone();
+        let params = Params::from_request(Request::from_parts(parts, body), state).await;
+        let account = authenticate(state, &headers, &client).await?;
+        let cmd = C::try_from(params?.read::<R>())
+            .map_err(|e| request_error(e, service::timeout_range(state)));
+        Ok(Self {
+            account,
+            cmd,
+            request: PhantomData,
+        })
+    }
 }
 
 /// Seconds of validity left in `ms`, rounded up (0 once expired): the
@@ -81,13 +100,9 @@ fn seconds_left(ms: i64) -> WireSeconds {
 /// its token allows; each poll is one indexed read.
 async fn status<I: IdStyle>(
     State(state): State<AppState>,
-    client: Client,
-    headers: HeaderMap,
-    params: Result<Params, ApiError>,
+    call: Call<ValidateRequest, StatusCommand>,
 ) -> Result<Response, ApiError> {
-    let (account, cmd) =
-        begin::<ValidateRequest, StatusCommand>(&state, client, headers, params).await?;
-    let v = service::status(&state, &account, &cmd?).await?;
+    let v = service::status(&state, &call.account, &call.cmd?).await?;
     let now = state.clock.now_ms();
     Ok(success(StatusData {
         verification_id: I::wire(v.id.get()),
@@ -124,12 +139,10 @@ fn status_name(v: &Verification, now: i64) -> &'static str {
 
 async fn send(
     State(state): State<AppState>,
-    client: Client,
-    headers: HeaderMap,
-    params: Result<Params, ApiError>,
+    call: Call<SendRequest, SendCommand>,
 ) -> Result<Response, ApiError> {
-    let (account, cmd) = begin::<SendRequest, SendCommand>(&state, client, headers, params).await?;
-    let plan = service::plan_send(&state, &account, cmd?)?;
+    let account = call.account;
+    let plan = service::plan_send(&state, &account, call.cmd?)?;
     let timeout = plan.timeout_secs;
     Ok(
         match service::send(&state, &account, plan, SendKind::Normal).await? {
@@ -172,14 +185,12 @@ fn pending(v: &Verification, left_ms: i64) -> Response {
 
 async fn validate<I: IdStyle>(
     State(state): State<AppState>,
-    client: Client,
-    headers: HeaderMap,
-    params: Result<Params, ApiError>,
+    call: Call<ValidateRequest, ValidateCommand>,
 ) -> Result<Response, ApiError> {
-    let (account, cmd) =
-        begin::<ValidateRequest, ValidateCommand>(&state, client, headers, params).await?;
-    let cmd = cmd.inspect_err(|_| service::validation_unparsed(&state))?;
-    let v = service::validate(&state, &account, &cmd).await?;
+    let cmd = call
+        .cmd
+        .inspect_err(|_| service::validation_unparsed(&state))?;
+    let v = service::validate(&state, &call.account, &cmd).await?;
     Ok(success(ValidateData {
         verification_id: I::wire(v.id.get()),
         mobile_number: Some(v.destination.national().to_owned()),
