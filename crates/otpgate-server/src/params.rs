@@ -100,13 +100,6 @@ impl Params {
     pub fn read<R: otpgate_api::WireRequest>(&self) -> R {
         R::from_params(|name| self.get(name).map(str::to_owned))
     }
-
-    /// # Errors
-    /// 400 `"<name> is required"`.
-    pub fn required(&self, name: &str) -> Result<&str, ApiError> {
-        self.get(name)
-            .ok_or_else(|| ApiError::bad_request(format!("{name} is required")))
-    }
 }
 
 /// Parameters accepted when the router sets no `MaxParams`.
@@ -212,7 +205,6 @@ mod tests {
         assert_eq!(p.get("a"), Some("x y"));
         assert_eq!(p.get("b"), Some("+91"));
         assert_eq!(p.get("c"), None);
-        assert!(p.required("c").is_err());
     }
 
     #[test]
