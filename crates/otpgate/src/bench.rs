@@ -27,6 +27,9 @@ use anyhow::Context;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use clap::Args;
+use otpgate_api::{
+    AUTH_TOKEN_HEADER, FlowType, SendRequest, TokenRequest, ValidateRequest, WireRequest, paths,
+};
 use otpgate_store::Store;
 use rand::RngExt;
 use serde_json::{Value, json};
@@ -116,17 +119,13 @@ struct Bench {
 
 impl Bench {
     async fn token(&self) -> anyhow::Result<String> {
-        let body: Value = self
-            .http
-            .get(format!("{}/auth/v1/authentication/token", self.base))
-            .query(&[
-                ("customerId", self.cid.as_str()),
-                ("key", self.key.as_str()),
-            ])
-            .send()
-            .await?
-            .json()
-            .await?;
+        let request = TokenRequest {
+            customer_id: Some(self.cid.clone()),
+            key: Some(self.key.clone()),
+            ..TokenRequest::default()
+        };
+        let url = format!("{}{}", self.base, paths::TOKEN);
+        let body = call(self.http.get(url), &request).await?;
         Ok(body["token"]
             .as_str()
             .with_context(|| format!("no token: {body}"))?
@@ -138,20 +137,19 @@ impl Bench {
     async fn send(&self, token: &str) -> anyhow::Result<(String, String)> {
         let n = self.next_number.fetch_add(1, Ordering::Relaxed) % 100_000_000;
         let national = format!("98{n:08}");
-        let body: Value = self
-            .http
-            .post(format!("{}/verification/v3/send", self.base))
-            .header("authToken", token)
-            .query(&[
-                ("countryCode", "91"),
-                ("mobileNumber", national.as_str()),
-                ("flowType", "SMS"),
-                ("otpLength", "6"),
-            ])
-            .send()
-            .await?
-            .json()
-            .await?;
+        let request = SendRequest {
+            country_code: Some("91".into()),
+            mobile_number: Some(national.clone()),
+            flow_type: Some(FlowType::Sms.as_str().into()),
+            otp_length: Some("6".into()),
+            ..SendRequest::default()
+        };
+        let url = format!("{}{}", self.base, paths::SEND_V3);
+        let body = call(
+            self.http.post(url).header(AUTH_TOKEN_HEADER, token),
+            &request,
+        )
+        .await?;
         let id = body["data"]["verificationId"]
             .as_str()
             .with_context(|| format!("send failed: {body}"))?
@@ -160,15 +158,17 @@ impl Bench {
     }
 
     async fn validate(&self, token: &str, id: &str, code: &str) -> anyhow::Result<()> {
-        let body: Value = self
-            .http
-            .get(format!("{}/verification/v3/validateOtp", self.base))
-            .header("authToken", token)
-            .query(&[("verificationId", id), ("code", code)])
-            .send()
-            .await?
-            .json()
-            .await?;
+        let request = ValidateRequest {
+            verification_id: Some(id.to_owned()),
+            code: Some(code.to_owned()),
+            customer_id: None,
+        };
+        let url = format!("{}{}", self.base, paths::VALIDATE_V3);
+        let body = call(
+            self.http.get(url).header(AUTH_TOKEN_HEADER, token),
+            &request,
+        )
+        .await?;
         anyhow::ensure!(body["responseCode"] == 200, "validate failed: {body}");
         Ok(())
     }
@@ -221,6 +221,17 @@ impl Bench {
         let d = self.store.outbox_depth().await?;
         Ok(d.queued + d.in_flight)
     }
+}
+
+/// One call of the contract: `request`'s parameters in the query, the JSON
+/// answer back.
+async fn call(http: reqwest::RequestBuilder, request: &impl WireRequest) -> anyhow::Result<Value> {
+    Ok(http
+        .query(&request.to_params())
+        .send()
+        .await?
+        .json()
+        .await?)
 }
 
 /// The code in a message's text (the bench asks for 6 digits).
