@@ -10,7 +10,7 @@
 //! fallback step after it goes when its delay is up.
 
 use std::path::PathBuf;
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -22,7 +22,9 @@ use otpgate_core::SecretString;
 use serde::{Deserialize, Serialize};
 
 use crate::channel::{Accepted, Channel, ChannelError, ChannelHealth, Outgoing};
-use crate::setup::{ConfigError, EnvLookup, expand_env, secret};
+use crate::setup::{
+    ChannelSetup, ConfigError, EnvLookup, StartContext, Starter, expand_env, secret,
+};
 
 /// How the SMTP connection is protected.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -69,6 +71,16 @@ pub struct EmailConfig {
 
 fn default_timeout_ms() -> u64 {
     10_000
+}
+
+// SMTP has no receipts.
+impl ChannelSetup for EmailConfig {
+    fn prepare(&self, name: &str, env: EnvLookup<'_>) -> Result<Starter, ConfigError> {
+        let settings = prepare(name, self, env)?;
+        Ok(Box::new(move |name: &str, _: &StartContext| {
+            Arc::new(EmailChannel::new(name, settings)) as Arc<dyn Channel>
+        }))
+    }
 }
 
 /// What the server queues for one e-mail.

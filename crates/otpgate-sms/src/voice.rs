@@ -23,7 +23,7 @@
 //! `flow_types = ["VOICE"]`: its `{text}` is the same rendered text.
 
 use std::collections::BTreeMap;
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -31,7 +31,10 @@ use otpgate_core::SecretString;
 use serde::Deserialize;
 
 use crate::channel::{Accepted, Channel, ChannelError, ChannelHealth, Outgoing};
-use crate::setup::{ConfigError, EnvLookup, expand_env, secret};
+use crate::setup::{
+    CallbackAuth, ChannelSetup, ConfigError, EnvLookup, ReceiptAuth, StartContext, Starter,
+    expand_env, secret,
+};
 
 /// The voice APIs otpgate knows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -121,28 +124,32 @@ impl std::fmt::Debug for VoiceSettings {
     }
 }
 
-/// The receipt token of a voice channel, if it has one.
-///
-/// # Errors
-/// [`ConfigError`] for an unset variable or an empty token.
-pub fn receipt_token(
-    name: &str,
-    c: &VoiceConfig,
-    env: EnvLookup<'_>,
-) -> Result<Option<SecretString>, ConfigError> {
-    let t = secret(
-        name,
-        c.receipt_token.as_ref(),
-        c.receipt_token_env.as_deref(),
-        env,
-    )?;
-    if t.as_ref().is_some_and(SecretString::is_empty) {
-        return Err(ConfigError::invalid(
-            name,
-            "receipt_token must not be empty",
-        ));
+impl VoiceConfig {
+    fn callback_auth(&self) -> CallbackAuth<'_> {
+        CallbackAuth {
+            token: self.receipt_token.as_ref(),
+            token_env: self.receipt_token_env.as_deref(),
+            unauthenticated: self.receipts_unauthenticated,
+            asks_for_callbacks: self.receipt_url.is_some(),
+        }
     }
-    Ok(t)
+}
+
+impl ChannelSetup for VoiceConfig {
+    fn prepare(&self, name: &str, env: EnvLookup<'_>) -> Result<Starter, ConfigError> {
+        let settings = prepare(name, self, env)?;
+        Ok(Box::new(move |name: &str, _: &StartContext| {
+            Arc::new(VoiceChannel::new(name, settings)) as Arc<dyn Channel>
+        }))
+    }
+
+    fn receipt_auth(&self, name: &str, env: EnvLookup<'_>) -> Result<ReceiptAuth, ConfigError> {
+        self.callback_auth().receipt_auth(name, env)
+    }
+
+    fn warn(&self, name: &str) {
+        self.callback_auth().warn(name);
+    }
 }
 
 /// Checks a `[channels.NAME]` voice table and resolves its secrets.
@@ -184,7 +191,7 @@ pub fn prepare(
         base.trim_end_matches('/')
     );
     reqwest::Url::parse(&endpoint).map_err(|e| bad(&format!("url: {e}")))?;
-    let token_q = receipt_token(name, c, env)?;
+    let token_q = c.callback_auth().token(name, env)?;
     let callback = match &c.receipt_url {
         Some(u) => {
             if !name

@@ -29,7 +29,7 @@
 //! and [`parse_webhook`] reads `entry[].changes[].value.statuses[]`.
 
 use std::collections::BTreeMap;
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -40,7 +40,9 @@ use sha2::Sha256;
 
 use crate::channel::{Accepted, Channel, ChannelError, ChannelHealth, Outgoing};
 use crate::receipt::Receipt;
-use crate::setup::{ConfigError, EnvLookup, expand_env, secret};
+use crate::setup::{
+    ChannelSetup, ConfigError, EnvLookup, StartContext, Starter, expand_env, secret,
+};
 
 /// `type = "whatsapp"`: the WhatsApp Business Cloud API.
 #[derive(Debug, Clone, Deserialize)]
@@ -95,6 +97,27 @@ fn default_language() -> String {
 }
 fn default_timeout_ms() -> u64 {
     10_000
+}
+
+impl ChannelSetup for WhatsappConfig {
+    fn prepare(&self, name: &str, env: EnvLookup<'_>) -> Result<Starter, ConfigError> {
+        let settings = prepare(name, self, env)?;
+        Ok(Box::new(move |name: &str, _: &StartContext| {
+            Arc::new(WhatsappChannel::new(name, settings)) as Arc<dyn Channel>
+        }))
+    }
+
+    // Statuses come to `/webhooks/whatsapp/{channel}`, signed with the app
+    // secret, not to `/receipts`.
+    fn warn(&self, name: &str) {
+        if self.app_secret.is_none() && self.app_secret_env.is_none() {
+            tracing::warn!(
+                channel = %name,
+                "this WhatsApp channel has no app_secret: its webhook refuses every status, \
+                 so its messages are never marked delivered"
+            );
+        }
+    }
 }
 
 /// A checked WhatsApp configuration, secrets resolved.

@@ -39,7 +39,9 @@ impl Logged {
                 if echo {
                     eprintln!("[child] {line}");
                 }
-                sink.lock().unwrap_or_else(PoisonError::into_inner).push(line);
+                sink.lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .push(line);
             }
         });
         Self {
@@ -102,7 +104,10 @@ impl Logged {
         let _ = Command::new("kill").args(["-TERM", &pid]).status();
         let deadline = Instant::now() + Duration::from_secs(20);
         while self.child.try_wait().ok().flatten().is_none() {
-            assert!(Instant::now() < deadline, "the child did not exit on SIGTERM");
+            assert!(
+                Instant::now() < deadline,
+                "the child did not exit on SIGTERM"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
         if let Some(r) = self.reader.take() {

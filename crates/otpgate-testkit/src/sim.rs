@@ -173,7 +173,12 @@ impl Simulator {
     ///
     /// # Panics
     /// After `limit`, listing the events seen.
-    pub async fn wait_for(&self, kind: &str, pred: impl Fn(&Value) -> bool, limit: Duration) -> Value {
+    pub async fn wait_for(
+        &self,
+        kind: &str,
+        pred: impl Fn(&Value) -> bool,
+        limit: Duration,
+    ) -> Value {
         let deadline = tokio::time::Instant::now() + limit;
         loop {
             let notified = self.changed.notified();
