@@ -65,7 +65,8 @@ fn ensure_installed() -> Result<(), String> {
 pub struct Simulator {
     child: Child,
     stdin: Option<ChildStdin>,
-    port: u16,
+    /// Where it listens (also [`Simulator::port`]).
+    pub port: u16,
     events: Arc<Mutex<Vec<Value>>>,
     changed: Arc<Notify>,
 }

@@ -6,12 +6,13 @@ use std::time::Duration;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use otpgate_core::{Clock, ManualClock, SystemClock};
-use otpgate_server::accounts::{self, NewAccountRequest};
-use otpgate_server::{Application, Settings};
+use otpgate_server::Settings;
 use otpgate_store::{Account, Store};
+use otpgate_testkit::{TempPostgres, skip_or_fail};
 use reqwest::StatusCode;
 use serde_json::Value;
-use tokio_util::sync::CancellationToken;
+
+pub use crate::common::{Running, TempDir, run_app, test_settings};
 
 pub const PASSWORD: &str = "correct horse battery";
 
@@ -33,11 +34,10 @@ tokio::task_local! {
 /// installed and services are not required.
 pub async fn run_on<F: std::future::Future<Output = ()>>(backend: Backend, name: &str, test: F) {
     if backend == Backend::Postgres
-        && let Err(e) = otpgate_store::testkit::TempPostgres::shared()
+        && let Err(e) = TempPostgres::shared()
     {
-        if e.is_missing() && !otpgate_store::testkit::require_services() {
-            println!("SKIPPED postgres::{name}: {e}");
-            return;
+        if e.is_missing() {
+            return skip_or_fail(&format!("postgres::{name}"), e).unwrap_or(());
         }
         panic!("postgres::{name}: {e}");
     }
@@ -96,44 +96,8 @@ pub struct TestApp {
     pub clock: ManualClock,
     pub settings: Settings,
     pub account: Account,
-    shutdown: CancellationToken,
+    _running: Running,
     _dir: TempDir,
-}
-
-/// A directory removed on drop.
-pub struct TempDir(pub std::path::PathBuf);
-
-impl TempDir {
-    pub fn new(prefix: &str) -> Self {
-        let p = std::env::temp_dir().join(format!(
-            "{prefix}-{}-{}",
-            std::process::id(),
-            uuid::Uuid::new_v4()
-        ));
-        std::fs::create_dir_all(&p).expect("create temp dir");
-        Self(p)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-pub fn test_settings() -> Settings {
-    let mut s = Settings {
-        listen: "127.0.0.1:0".into(),
-        ..Settings::default()
-    };
-    s.delivery.poll_ms = 20;
-    s.delivery.retry_base_ms = 50;
-    // These suites test the contract and the console with accounts that
-    // start on test credits and send to numbers they never verified; the
-    // rule that test credits pay only for verified numbers has its own
-    // tests, against the binary with default settings (otpgate/tests/fraud.rs).
-    s.fraud.test_credits_verified_only = false;
-    s
 }
 
 pub async fn spawn_app() -> TestApp {
@@ -149,37 +113,24 @@ pub async fn spawn_app_routed(
     mut settings: Settings,
     router: Option<Arc<dyn otpgate_sms::worker::Router>>,
 ) -> TestApp {
-    let dir = TempDir::new("otpgate-api");
+    let dir = TempDir::new("api");
     settings.database_url = match BACKEND.try_with(|b| *b).unwrap_or(Backend::Sqlite) {
-        Backend::Sqlite => format!("sqlite://{}", dir.0.join("otpgate.db").display()),
-        Backend::Postgres => otpgate_store::testkit::TempPostgres::shared()
+        Backend::Sqlite => dir.sqlite_url(),
+        Backend::Postgres => TempPostgres::shared()
             .expect("throwaway PostgreSQL")
             .fresh_database(),
     };
-    let store = otpgate_server::store::open(&settings)
-        .await
-        .expect("open store");
     let clock = ManualClock::new(SystemClock.now_ms());
-    let app = Application::build_with_router(
-        settings.clone(),
-        store.clone(),
-        Arc::new(clock.clone()),
-        router,
-    )
-    .await
-    .expect("build app");
-    let base = format!("http://127.0.0.1:{}", app.port());
-    let shutdown = CancellationToken::new();
-    tokio::spawn(app.run_until_stopped(shutdown.clone()));
-    let account = create_account(&store, &clock, &settings, None).await;
+    let running = run_app(settings, Arc::new(clock.clone()), router).await;
+    let account = create_account(&running.store, &clock, &running.settings, None).await;
     TestApp {
-        base,
+        base: running.base.clone(),
         http: reqwest::Client::new(),
-        store,
+        store: running.store.clone(),
         clock,
-        settings,
+        settings: running.settings.clone(),
         account,
-        shutdown,
+        _running: running,
         _dir: dir,
     }
 }
@@ -190,20 +141,7 @@ pub async fn create_account(
     settings: &Settings,
     credits: Option<i64>,
 ) -> Account {
-    accounts::create(
-        store.as_ref(),
-        clock,
-        settings,
-        NewAccountRequest {
-            password: PASSWORD.into(),
-            email: None,
-            country: Some("IN".into()),
-            credits,
-            settings: Default::default(),
-        },
-    )
-    .await
-    .expect("create account")
+    crate::common::create_account(store.as_ref(), clock, settings, PASSWORD, credits).await
 }
 
 /// A response as a test looks at it.
@@ -361,8 +299,3 @@ impl TestApp {
     }
 }
 
-impl Drop for TestApp {
-    fn drop(&mut self) {
-        self.shutdown.cancel();
-    }
-}

@@ -5,6 +5,8 @@
 
 mod browser;
 mod helpers;
+#[path = "../common/mod.rs"]
+mod common;
 
 mod accounts;
 mod browser_flows;

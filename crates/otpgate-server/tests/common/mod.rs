@@ -1,0 +1,104 @@
+//! What the server's test binaries (`api`, `console`, `ops`) and the SDK's
+//! tests against it (`otpgate/tests/cli_client.rs`, through `#[path]`)
+//! share on top of `otpgate-testkit`: test settings, the real
+//! `Application` in-process on port 0 with a fresh database, and accounts.
+//!
+//! A source module rather than a crate: a crate holding these helpers would
+//! depend on `otpgate-server` and be a dev-dependency of it, a cycle.
+#![allow(dead_code)] // each binary uses its part
+
+use std::sync::Arc;
+
+use otpgate_core::Clock;
+use otpgate_server::accounts::{self, NewAccountRequest};
+use otpgate_server::{Application, Settings};
+use otpgate_store::{Account, Store};
+use tokio_util::sync::CancellationToken;
+
+pub use otpgate_testkit::TempDir;
+
+/// Settings for a test server: port 0, a delivery worker that polls fast
+/// and retries soon.
+pub fn test_settings() -> Settings {
+    let mut s = Settings {
+        listen: "127.0.0.1:0".into(),
+        ..Settings::default()
+    };
+    s.delivery.poll_ms = 20;
+    s.delivery.retry_base_ms = 50;
+    // These suites test the contract, the console and the SDK with accounts
+    // that start on test credits and send to numbers they never verified;
+    // the rule that test credits pay only for verified numbers has its own
+    // tests, against the binary with default settings (otpgate/tests/fraud.rs).
+    s.fraud.test_credits_verified_only = false;
+    s
+}
+
+/// The real server running in-process, stopped on drop.
+pub struct Running {
+    pub base: String,
+    pub port: u16,
+    pub metrics_port: Option<u16>,
+    pub store: Arc<dyn Store>,
+    pub settings: Settings,
+    shutdown: CancellationToken,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// Opens the store of `settings.database_url` as the server does, builds
+/// the application (with `router` instead of the configured channels, if
+/// given) and runs it.
+pub async fn run_app(
+    settings: Settings,
+    clock: Arc<dyn Clock>,
+    router: Option<Arc<dyn otpgate_sms::Router>>,
+) -> Running {
+    let store = otpgate_server::store::open(&settings)
+        .await
+        .expect("open store");
+    let app = Application::build_with_router(settings.clone(), store.clone(), clock, router)
+        .await
+        .expect("build app");
+    let port = app.port();
+    let metrics_port = app.metrics_port();
+    let shutdown = CancellationToken::new();
+    tokio::spawn(app.run_until_stopped(shutdown.clone()));
+    Running {
+        base: format!("http://127.0.0.1:{port}"),
+        port,
+        metrics_port,
+        store,
+        settings,
+        shutdown,
+    }
+}
+
+/// A new account with `password`, country IN, and `credits` (else the
+/// server's starting test credits).
+pub async fn create_account(
+    store: &dyn Store,
+    clock: &dyn Clock,
+    settings: &Settings,
+    password: &str,
+    credits: Option<i64>,
+) -> Account {
+    accounts::create(
+        store,
+        clock,
+        settings,
+        NewAccountRequest {
+            password: password.into(),
+            email: None,
+            country: Some("IN".into()),
+            credits,
+            settings: Default::default(),
+        },
+    )
+    .await
+    .expect("create account")
+}
