@@ -19,7 +19,6 @@
 //! prints `SKIPPED` and passes, unless `OTPGATE_REQUIRE_SERVICES` is set.
 
 mod common;
-mod sim;
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
@@ -29,12 +28,13 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use common::{BIN, PASSWORD, Server, TempDir, code_in, create_account, readyz, start, token};
+use common::{
+    BIN, PASSWORD, Server, Simulator, TempDir, code_in, create_account, readyz, sim, start, token,
+};
 use otpgate_core::{CustomerId, DeliveryStatus, VerificationId};
 use otpgate_store::Store;
-use otpgate_store::testkit::{TempPostgres, TestkitError, require_services};
+use otpgate_testkit::{TempPostgres, TestkitError, require_services};
 use serde_json::Value;
-use sim::Simulator;
 use tokio::sync::Barrier;
 
 /// The two load tests (the mixed load of three nodes, the pumping scenario)
@@ -562,17 +562,17 @@ reconnect_min_ms = 100
             .values()
             .filter(|r| r.held_by("node-a") && r.attempts == 1)
             .count();
-        if held == 10 && sim.submits().len() >= 8 {
+        if held == 10 && sim.accepted_submits().len() >= 8 {
             break rows;
         }
         assert!(
             Instant::now() < deadline,
             "node A never held all ten: {rows:?}, {} submits",
-            sim.submits().len()
+            sim.accepted_submits().len()
         );
         tokio::time::sleep(Duration::from_millis(25)).await;
     };
-    assert_eq!(sim.submits().len(), 8, "the window caps what A submitted");
+    assert_eq!(sim.accepted_submits().len(), 8, "the window caps what A submitted");
     let (_, ready) = status_json(readyz(&http, &a.base).send().await.expect("readyz")).await;
     assert_eq!(ready["outbox"]["inFlight"], 10, "{ready}");
 
@@ -600,7 +600,7 @@ reconnect_min_ms = 100
         let lease_until = leases[&vid].lease_until.expect("lease_until");
         let deadline = Instant::now() + Duration::from_secs(60);
         let submit = loop {
-            let found = sim.submits().into_iter().find(|s| {
+            let found = sim.accepted_submits().into_iter().find(|s| {
                 s["destination_addr"] == dest.as_str()
                     && s["t"].as_i64().is_some_and(|t| t >= killed_at)
             });
@@ -642,7 +642,7 @@ reconnect_min_ms = 100
     }
     // At least once: the eight A submitted reach the SMSC twice, the two
     // that waited for the window once.
-    let submits = sim.submits();
+    let submits = sim.accepted_submits();
     for (id, national) in &sent {
         let dest = format!("91{national}");
         let n = submits

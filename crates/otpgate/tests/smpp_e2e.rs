@@ -7,13 +7,12 @@
 
 mod common;
 
-mod sim;
-
 use std::time::{Duration, Instant};
 
-use common::{TempDir, code_in, create_account, open_store, start, token, validate};
+use common::{
+    Simulator, TempDir, code_in, create_account, open_store, sim, start, token, validate,
+};
 use otpgate_core::{DeliveryStatus, VerificationId};
-use sim::Simulator;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_code_sent_over_smpp_validates_and_its_receipt_is_recorded() {

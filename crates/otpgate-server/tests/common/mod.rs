@@ -5,7 +5,7 @@
 //!
 //! A source module rather than a crate: a crate holding these helpers would
 //! depend on `otpgate-server` and be a dev-dependency of it, a cycle.
-#![allow(dead_code)] // each binary uses its part
+#![allow(dead_code, unused_imports)] // each binary uses its part
 
 use std::sync::Arc;
 

@@ -2,7 +2,7 @@
 //! ephemeral port (reading the address it logs), create accounts with the
 //! CLI, get tokens; with what every test crate shares (temporary
 //! directories, the SMSC simulator) re-exported from `otpgate-testkit`.
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)] // each test binary uses its part
 
 use std::process::Command;
 use std::time::Duration;
@@ -71,32 +71,29 @@ pub fn readyz(http: &reqwest::Client, base: &str) -> reqwest::RequestBuilder {
     http.get(format!("{base}/readyz")).bearer_auth(HEALTH_TOKEN)
 }
 
-/// `otpgate customer create … --json`; returns the customerId.
+/// A command for the binary with none of the caller's `OTPGATE_` variables.
+pub fn otpgate() -> Command {
+    let mut c = Command::new(BIN);
+    otpgate_testkit::process::without_otpgate_env(&mut c).env("NO_COLOR", "1");
+    c
+}
+
+/// `otpgate customer create … --json` with [`PASSWORD`]; returns the
+/// customerId.
 pub fn create_account(db: &str, credits: Option<i64>) -> String {
-    let mut args = vec![
-        "customer",
-        "create",
-        "--password",
-        PASSWORD,
-        "--json",
-        "--database",
-        db,
-    ];
-    let c;
+    create_account_with(PASSWORD, db, credits)
+}
+
+/// [`create_account`] with another password.
+pub fn create_account_with(password: &str, db: &str, credits: Option<i64>) -> String {
+    let mut cmd = otpgate();
+    cmd.args(["customer", "create", "--password", password, "--json"])
+        .args(["--database", db]);
     if let Some(n) = credits {
-        c = n.to_string();
-        args.extend(["--credits", c.as_str()]);
+        cmd.args(["--credits", &n.to_string()]);
     }
-    let out = Command::new(BIN)
-        .args(&args)
-        .output()
-        .expect("run customer create");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let out = otpgate_testkit::process::output_ok(&mut cmd);
+    let v: serde_json::Value = serde_json::from_slice(&out).expect("json");
     v["customerId"].as_str().expect("customerId").to_owned()
 }
 
