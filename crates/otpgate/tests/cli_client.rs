@@ -367,7 +367,12 @@ impl otpgate_sms::Channel for RejectAll {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sdk_reads_a_failed_delivery_as_failed() {
     let router = otpgate_sms::SingleRoute(vec![Arc::new(RejectAll)]);
-    let server = start_server(test_settings(), Arc::new(SystemClock), Some(Arc::new(router))).await;
+    let server = start_server(
+        test_settings(),
+        Arc::new(SystemClock),
+        Some(Arc::new(router)),
+    )
+    .await;
     let client = server.client();
     let id = sent_id(&client.send(sms("9876500020")).await.unwrap());
     let vid = VerificationId::parse(&id.to_string()).unwrap();

@@ -572,7 +572,11 @@ reconnect_min_ms = 100
         );
         tokio::time::sleep(Duration::from_millis(25)).await;
     };
-    assert_eq!(sim.accepted_submits().len(), 8, "the window caps what A submitted");
+    assert_eq!(
+        sim.accepted_submits().len(),
+        8,
+        "the window caps what A submitted"
+    );
     let (_, ready) = status_json(readyz(&http, &a.base).send().await.expect("readyz")).await;
     assert_eq!(ready["outbox"]["inFlight"], 10, "{ready}");
 

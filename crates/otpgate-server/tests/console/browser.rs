@@ -36,7 +36,6 @@ pub struct Browser {
     _turn: MutexGuard<'static, ()>,
 }
 
-
 /// Where screenshots go: `<workspace>/target/console-screenshots/`.
 pub fn screenshot_dir() -> PathBuf {
     let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(
@@ -47,7 +46,6 @@ pub fn screenshot_dir() -> PathBuf {
     std::fs::create_dir_all(&dir).expect("create screenshot dir");
     dir
 }
-
 
 impl Browser {
     /// A browser for test `name`, or `None` (after printing why) when

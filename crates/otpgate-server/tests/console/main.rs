@@ -4,9 +4,9 @@
 //! Chromium through chromedriver and save a screenshot when they fail.
 
 mod browser;
-mod helpers;
 #[path = "../common/mod.rs"]
 mod common;
+mod helpers;
 
 mod accounts;
 mod browser_flows;

@@ -30,8 +30,11 @@ pub struct Db {
 impl Db {
     pub async fn new() -> Db {
         let dir = TempDir::new("sms");
-        let store: Arc<dyn Store> =
-            Arc::new(SqliteStore::open(&dir.sqlite_url()).await.expect("open SQLite"));
+        let store: Arc<dyn Store> = Arc::new(
+            SqliteStore::open(&dir.sqlite_url())
+                .await
+                .expect("open SQLite"),
+        );
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
         let customer = CustomerId::parse("C-0000000000000A1").unwrap();
         store

@@ -226,8 +226,7 @@ async fn receipts_are_read_from_text_and_from_tlvs() {
                 "--receipt-delay-ms",
                 "20",
             ],
-        )
-        else {
+        ) else {
             return;
         };
         let (ch, sink) = bound(settings(sim.port())).await;

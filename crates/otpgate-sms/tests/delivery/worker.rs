@@ -175,8 +175,7 @@ async fn a_delivery_receipt_updates_the_status_and_keeps_the_smsc_message_id() {
     let Some(sim) = Sim::start(
         "receipt",
         &["--receipt-delay-ms", "100", "--id-format", "dec"],
-    )
-    else {
+    ) else {
         return;
     };
     let db = Db::new().await;
@@ -221,8 +220,7 @@ async fn an_undeliverable_receipt_fails_and_refunds_the_verification() {
             "--receipt-mode",
             "tlv",
         ],
-    )
-    else {
+    ) else {
         return;
     };
     let db = Db::new().await;
