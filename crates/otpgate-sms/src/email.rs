@@ -10,7 +10,7 @@
 //! fallback step after it goes when its delay is up.
 
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -22,6 +22,7 @@ use otpgate_core::SecretString;
 use serde::{Deserialize, Serialize};
 
 use crate::channel::{Accepted, Channel, ChannelError, ChannelHealth, Outgoing};
+use crate::gateway::{Health, Liveness};
 use crate::setup::{
     ChannelSetup, ConfigError, EnvLookup, StartContext, Starter, expand_env, secret,
 };
@@ -200,7 +201,7 @@ pub fn prepare(
 pub struct EmailChannel {
     name: String,
     s: EmailSettings,
-    last_error: Mutex<Option<String>>,
+    health: Health,
 }
 
 impl EmailChannel {
@@ -208,7 +209,7 @@ impl EmailChannel {
         Self {
             name: name.into(),
             s: settings,
-            last_error: Mutex::new(None),
+            health: Health::new("email", Liveness::Always),
         }
     }
 
@@ -261,27 +262,11 @@ impl Channel for EmailChannel {
     }
 
     async fn send(&self, msg: &Outgoing) -> Result<Accepted, ChannelError> {
-        let r = self.deliver(msg).await;
-        if let Err(e) = &r {
-            *self
-                .last_error
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner) = Some(e.to_string());
-        }
-        r
+        self.health.note(self.deliver(msg).await)
     }
 
     fn health(&self) -> ChannelHealth {
-        ChannelHealth {
-            name: self.name.clone(),
-            kind: "email",
-            up: true,
-            last_error: self
-                .last_error
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .clone(),
-        }
+        self.health.of(&self.name)
     }
 }
 

@@ -19,7 +19,7 @@
 //! the URL.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -29,6 +29,7 @@ use serde::Deserialize;
 use tracing::debug;
 
 use crate::channel::{Accepted, Channel, ChannelError, ChannelHealth, Outgoing};
+use crate::gateway::{Health, Liveness, refused, request_failed};
 use crate::setup::{
     CallbackAuth, ChannelSetup, ConfigError, EnvLookup, ReceiptAuth, StartContext, Starter,
     expand_env, secret,
@@ -622,17 +623,11 @@ fn json_scalar(v: &serde_json::Value) -> Option<String> {
     }
 }
 
-#[derive(Default)]
-struct State {
-    up: bool,
-    last_error: Option<String>,
-}
-
 /// An HTTP SMS API; see the module docs.
 pub struct HttpChannel {
     name: String,
     s: HttpSettings,
-    state: Mutex<State>,
+    health: Health,
 }
 
 impl HttpChannel {
@@ -640,26 +635,7 @@ impl HttpChannel {
         Self {
             name: name.into(),
             s: settings,
-            // Reachable until shown otherwise: an HTTP API has no session.
-            state: Mutex::new(State {
-                up: true,
-                last_error: None,
-            }),
-        }
-    }
-
-    fn note(&self, r: &Result<Accepted, ChannelError>) {
-        let mut st = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        match r {
-            Ok(_) => st.up = true,
-            Err(ChannelError::Unavailable(e)) => {
-                st.up = false;
-                st.last_error = Some(e.clone());
-            }
-            Err(ChannelError::Transient(e) | ChannelError::Permanent(e)) => {
-                st.up = true;
-                st.last_error = Some(e.clone());
-            }
+            health: Health::new("http", Liveness::LastResult),
         }
     }
 
@@ -724,17 +700,12 @@ impl HttpChannel {
     }
 
     async fn deliver(&self, msg: &Outgoing) -> Result<Accepted, ChannelError> {
-        let resp = self.request(msg).send().await.map_err(|e| {
-            // Without the URL: it may carry credentials (Kannel's password).
-            let e = e.without_url();
-            if e.is_timeout() {
-                ChannelError::Transient(format!("gateway timed out: {e}"))
-            } else if e.is_connect() {
-                ChannelError::Unavailable(format!("cannot reach the gateway: {e}"))
-            } else {
-                ChannelError::Transient(format!("request failed: {e}"))
-            }
-        })?;
+        // Without the URL: it may carry credentials (Kannel's password).
+        let resp = self
+            .request(msg)
+            .send()
+            .await
+            .map_err(|e| request_failed(e, "gateway"))?;
         let code = resp.status().as_u16();
         let listed = if self.s.success_status.is_empty() {
             resp.status().is_success()
@@ -742,12 +713,11 @@ impl HttpChannel {
             self.s.success_status.contains(&code)
         };
         if !listed {
-            let what = format!("gateway answered HTTP {code}");
             return Err(match code {
-                408 | 425 | 429 | 500..=599 => ChannelError::Transient(what),
-                401 | 403 => ChannelError::Unavailable(format!("{what}: check the credentials")),
-                200..=299 => ChannelError::Transient(what),
-                _ => ChannelError::Permanent(what),
+                // A 2xx the channel does not list: retried, as the gateway
+                // may mean "later".
+                200..=299 => ChannelError::Transient(format!("gateway answered HTTP {code}")),
+                _ => refused(code, "gateway", "credentials"),
             });
         }
         let reference = msg.message_id.to_string();
@@ -801,18 +771,11 @@ impl Channel for HttpChannel {
             ok = r.is_ok(),
             "HTTP gateway answered"
         );
-        self.note(&r);
-        r
+        self.health.note(r)
     }
 
     fn health(&self) -> ChannelHealth {
-        let st = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        ChannelHealth {
-            name: self.name.clone(),
-            kind: "http",
-            up: st.up,
-            last_error: st.last_error.clone(),
-        }
+        self.health.of(&self.name)
     }
 }
 

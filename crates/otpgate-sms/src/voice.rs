@@ -23,7 +23,7 @@
 //! `flow_types = ["VOICE"]`: its `{text}` is the same rendered text.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -31,6 +31,7 @@ use otpgate_core::SecretString;
 use serde::Deserialize;
 
 use crate::channel::{Accepted, Channel, ChannelError, ChannelHealth, Outgoing};
+use crate::gateway::{Health, Liveness, refused, request_failed};
 use crate::setup::{
     CallbackAuth, ChannelSetup, ConfigError, EnvLookup, ReceiptAuth, StartContext, Starter,
     expand_env, secret,
@@ -252,7 +253,7 @@ fn xml_escape(s: &str) -> String {
 pub struct VoiceChannel {
     name: String,
     s: VoiceSettings,
-    last_error: Mutex<Option<String>>,
+    health: Health,
 }
 
 impl VoiceChannel {
@@ -260,7 +261,7 @@ impl VoiceChannel {
         Self {
             name: name.into(),
             s: settings,
-            last_error: Mutex::new(None),
+            health: Health::new("voice", Liveness::Always),
         }
     }
 
@@ -304,24 +305,10 @@ impl VoiceChannel {
             .form(&form)
             .send()
             .await
-            .map_err(|e| {
-                let e = e.without_url();
-                if e.is_timeout() {
-                    ChannelError::Transient(format!("voice API timed out: {e}"))
-                } else if e.is_connect() {
-                    ChannelError::Unavailable(format!("cannot reach the voice API: {e}"))
-                } else {
-                    ChannelError::Transient(format!("request failed: {e}"))
-                }
-            })?;
+            .map_err(|e| request_failed(e, "voice API"))?;
         let code = resp.status().as_u16();
         if !resp.status().is_success() {
-            let what = format!("voice API answered HTTP {code}");
-            return Err(match code {
-                408 | 425 | 429 | 500..=599 => ChannelError::Transient(what),
-                401 | 403 => ChannelError::Unavailable(format!("{what}: check the credentials")),
-                _ => ChannelError::Permanent(what),
-            });
+            return Err(refused(code, "voice API", "credentials"));
         }
         let json: Option<serde_json::Value> = resp.json().await.ok();
         let sid = json
@@ -344,27 +331,11 @@ impl Channel for VoiceChannel {
     }
 
     async fn send(&self, msg: &Outgoing) -> Result<Accepted, ChannelError> {
-        let r = self.deliver(msg).await;
-        if let Err(e) = &r {
-            *self
-                .last_error
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner) = Some(e.to_string());
-        }
-        r
+        self.health.note(self.deliver(msg).await)
     }
 
     fn health(&self) -> ChannelHealth {
-        ChannelHealth {
-            name: self.name.clone(),
-            kind: "voice",
-            up: true,
-            last_error: self
-                .last_error
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .clone(),
-        }
+        self.health.of(&self.name)
     }
 }
 

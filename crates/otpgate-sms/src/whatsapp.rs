@@ -29,7 +29,7 @@
 //! and [`parse_webhook`] reads `entry[].changes[].value.statuses[]`.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -39,6 +39,7 @@ use serde::Deserialize;
 use sha2::Sha256;
 
 use crate::channel::{Accepted, Channel, ChannelError, ChannelHealth, Outgoing};
+use crate::gateway::{Health, Liveness, refused, request_failed};
 use crate::receipt::Receipt;
 use crate::setup::{
     ChannelSetup, ConfigError, EnvLookup, StartContext, Starter, expand_env, secret,
@@ -341,17 +342,11 @@ pub fn parse_webhook(body: &[u8]) -> Result<Vec<Receipt>, &'static str> {
     Ok(out)
 }
 
-#[derive(Default)]
-struct State {
-    up: bool,
-    last_error: Option<String>,
-}
-
 /// See the module docs.
 pub struct WhatsappChannel {
     name: String,
     s: WhatsappSettings,
-    state: Mutex<State>,
+    health: Health,
 }
 
 impl WhatsappChannel {
@@ -359,10 +354,7 @@ impl WhatsappChannel {
         Self {
             name: name.into(),
             s: settings,
-            state: Mutex::new(State {
-                up: true,
-                last_error: None,
-            }),
+            health: Health::new("whatsapp", Liveness::LastSuccess),
         }
     }
 
@@ -410,24 +402,9 @@ impl WhatsappChannel {
             .json(&self.body(msg))
             .send()
             .await
-            .map_err(|e| {
-                let e = e.without_url();
-                if e.is_timeout() {
-                    ChannelError::Transient(format!("Cloud API timed out: {e}"))
-                } else if e.is_connect() {
-                    ChannelError::Unavailable(format!("cannot reach the Cloud API: {e}"))
-                } else {
-                    ChannelError::Transient(format!("request failed: {e}"))
-                }
-            })?;
-        let code = resp.status().as_u16();
+            .map_err(|e| request_failed(e, "Cloud API"))?;
         if !resp.status().is_success() {
-            let what = format!("Cloud API answered HTTP {code}");
-            return Err(match code {
-                408 | 425 | 429 | 500..=599 => ChannelError::Transient(what),
-                401 | 403 => ChannelError::Unavailable(format!("{what}: check the access token")),
-                _ => ChannelError::Permanent(what),
-            });
+            return Err(refused(resp.status().as_u16(), "Cloud API", "access token"));
         }
         let json: serde_json::Value = resp
             .json()
@@ -453,29 +430,11 @@ impl Channel for WhatsappChannel {
     }
 
     async fn send(&self, msg: &Outgoing) -> Result<Accepted, ChannelError> {
-        let r = self.deliver(msg).await;
-        let mut st = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        match &r {
-            Ok(_) => st.up = true,
-            Err(ChannelError::Unavailable(e)) => {
-                st.up = false;
-                st.last_error = Some(e.clone());
-            }
-            Err(ChannelError::Transient(e) | ChannelError::Permanent(e)) => {
-                st.last_error = Some(e.clone());
-            }
-        }
-        r
+        self.health.note(self.deliver(msg).await)
     }
 
     fn health(&self) -> ChannelHealth {
-        let st = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        ChannelHealth {
-            name: self.name.clone(),
-            kind: "whatsapp",
-            up: st.up,
-            last_error: st.last_error.clone(),
-        }
+        self.health.of(&self.name)
     }
 }
 
