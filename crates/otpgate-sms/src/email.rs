@@ -13,7 +13,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use lettre::message::{Mailbox, MultiPart, SinglePart, header::ContentType};
 use lettre::transport::smtp::authentication::Credentials;
 use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
@@ -21,8 +20,8 @@ use lettre::{Address, AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executo
 use otpgate_core::SecretString;
 use serde::{Deserialize, Serialize};
 
-use crate::channel::{Accepted, Channel, ChannelError, ChannelHealth, Outgoing};
-use crate::gateway::{Health, Liveness};
+use crate::channel::{Accepted, Channel, ChannelError, Outgoing};
+use crate::gateway::{Health, Liveness, per_request_channel};
 use crate::setup::{
     ChannelSetup, ConfigError, EnvLookup, StartContext, Starter, expand_env, secret,
 };
@@ -255,20 +254,7 @@ impl EmailChannel {
     }
 }
 
-#[async_trait]
-impl Channel for EmailChannel {
-    fn name(&self) -> &str {
-        &self.name
-    }
-
-    async fn send(&self, msg: &Outgoing) -> Result<Accepted, ChannelError> {
-        self.health.note(self.deliver(msg).await)
-    }
-
-    fn health(&self) -> ChannelHealth {
-        self.health.of(&self.name)
-    }
-}
+per_request_channel!(EmailChannel);
 
 #[cfg(test)]
 mod tests {

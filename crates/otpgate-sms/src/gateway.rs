@@ -95,3 +95,30 @@ impl Health {
         }
     }
 }
+
+/// Implements [`Channel`](crate::channel::Channel) for a per-request channel
+/// type with fields `name: String` and `health: Health` and an
+/// `async fn deliver(&self, &Outgoing) -> Result<Accepted, ChannelError>`:
+/// each send goes through `deliver` and its result into the health.
+macro_rules! per_request_channel {
+    ($ty:ty) => {
+        #[async_trait::async_trait]
+        impl $crate::channel::Channel for $ty {
+            fn name(&self) -> &str {
+                &self.name
+            }
+
+            async fn send(
+                &self,
+                msg: &$crate::channel::Outgoing,
+            ) -> Result<$crate::channel::Accepted, $crate::channel::ChannelError> {
+                self.health.note(self.deliver(msg).await)
+            }
+
+            fn health(&self) -> $crate::channel::ChannelHealth {
+                self.health.of(&self.name)
+            }
+        }
+    };
+}
+pub(crate) use per_request_channel;

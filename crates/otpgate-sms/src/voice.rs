@@ -26,12 +26,11 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use otpgate_core::SecretString;
 use serde::Deserialize;
 
-use crate::channel::{Accepted, Channel, ChannelError, ChannelHealth, Outgoing};
-use crate::gateway::{Health, Liveness, refused, request_failed};
+use crate::channel::{Accepted, Channel, ChannelError, Outgoing};
+use crate::gateway::{Health, Liveness, per_request_channel, refused, request_failed};
 use crate::setup::{
     CallbackAuth, ChannelSetup, ConfigError, EnvLookup, ReceiptAuth, StartContext, Starter,
     expand_env, secret,
@@ -324,20 +323,7 @@ impl VoiceChannel {
     }
 }
 
-#[async_trait]
-impl Channel for VoiceChannel {
-    fn name(&self) -> &str {
-        &self.name
-    }
-
-    async fn send(&self, msg: &Outgoing) -> Result<Accepted, ChannelError> {
-        self.health.note(self.deliver(msg).await)
-    }
-
-    fn health(&self) -> ChannelHealth {
-        self.health.of(&self.name)
-    }
-}
+per_request_channel!(VoiceChannel);
 
 #[cfg(test)]
 mod tests {

@@ -32,14 +32,13 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use hmac::{Hmac, KeyInit, Mac};
 use otpgate_core::{DeliveryStatus, SecretString};
 use serde::Deserialize;
 use sha2::Sha256;
 
-use crate::channel::{Accepted, Channel, ChannelError, ChannelHealth, Outgoing};
-use crate::gateway::{Health, Liveness, refused, request_failed};
+use crate::channel::{Accepted, Channel, ChannelError, Outgoing};
+use crate::gateway::{Health, Liveness, per_request_channel, refused, request_failed};
 use crate::receipt::Receipt;
 use crate::setup::{
     ChannelSetup, ConfigError, EnvLookup, StartContext, Starter, expand_env, secret,
@@ -423,20 +422,7 @@ impl WhatsappChannel {
     }
 }
 
-#[async_trait]
-impl Channel for WhatsappChannel {
-    fn name(&self) -> &str {
-        &self.name
-    }
-
-    async fn send(&self, msg: &Outgoing) -> Result<Accepted, ChannelError> {
-        self.health.note(self.deliver(msg).await)
-    }
-
-    fn health(&self) -> ChannelHealth {
-        self.health.of(&self.name)
-    }
-}
+per_request_channel!(WhatsappChannel);
 
 #[cfg(test)]
 mod tests {
