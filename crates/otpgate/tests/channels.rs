@@ -16,7 +16,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use common::{
-    Server, TempDir, code_in, create_account, open_store, require_services, start, token,
+    ReplyJson, Server, TempDir, code_in, create_account, open_store, require_services, start, token,
 };
 use hmac::{Hmac, KeyInit, Mac};
 use otpgate_core::{DeliveryStatus, VerificationId};
@@ -349,12 +349,8 @@ impl Setup {
             .post(format!("{}/verification/v3/send", self.server.base))
             .header("authToken", &self.token)
             .query(params)
-            .send()
+            .reply_json()
             .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
     }
 
     async fn validate(&self, id: &str, code: &str) -> serde_json::Value {
@@ -802,12 +798,8 @@ async fn with_sms_working_no_whatsapp_message_is_sent() {
             ("id", "sms-1"),
             ("status", "delivered"),
         ])
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .reply_json()
+        .await;
     assert_eq!(r["status"], "recorded", "{r}");
     assert!(
         sent_at.elapsed() < Duration::from_secs(FALLBACK_AFTER_SECS),
@@ -990,12 +982,8 @@ channels = ["mail"]
             ("flowType", "EMAIL"),
             ("email", "tls@example.com"),
         ])
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .reply_json()
+        .await;
     let id = id_of(&v);
     let mail = sink
         .wait_for("tls@example.com", Duration::from_secs(15))

@@ -29,7 +29,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use common::{
-    BIN, PASSWORD, Server, Simulator, TempDir, code_in, create_account, readyz, sim, start, token,
+    BIN, PASSWORD, Server, Simulator, TempDir, code_in, create_account, open_store, readyz, sim,
+    start, token,
 };
 use otpgate_core::{CustomerId, DeliveryStatus, VerificationId};
 use otpgate_store::Store;
@@ -88,17 +89,6 @@ fn start_nodes(db: &str, n: usize, tag: &str, extra: &[(&str, &str)]) -> Vec<Ser
             .map(|h| h.join().expect("start a node"))
             .collect()
     })
-}
-
-/// The store, as a node opens it, for reading the inbox and balances.
-async fn open_store(db: &str) -> Arc<dyn Store> {
-    let settings = otpgate_server::Settings {
-        database_url: db.to_owned(),
-        ..Default::default()
-    };
-    otpgate_server::store::open(&settings)
-        .await
-        .expect("open the store")
 }
 
 async fn raw_db(db: &str) -> sqlx::PgConnection {

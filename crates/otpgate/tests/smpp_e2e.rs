@@ -10,7 +10,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{
-    Simulator, TempDir, code_in, create_account, open_store, sim, start, token, validate,
+    ReplyJson, Simulator, TempDir, code_in, create_account, open_store, sim, start, token, validate,
 };
 use otpgate_core::{DeliveryStatus, VerificationId};
 
@@ -69,12 +69,8 @@ reconnect_min_ms = 100
                 ("otpLength", "6"),
                 ("langId", lang),
             ])
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+            .reply_json()
+            .await;
         assert_eq!(v["responseCode"], 200, "{v}");
         let id = v["data"]["verificationId"].as_str().unwrap().to_owned();
 

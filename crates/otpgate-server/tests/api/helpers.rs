@@ -1,7 +1,6 @@
 //! `spawn_app()` and request helpers shared by every API test.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
@@ -12,7 +11,7 @@ use otpgate_testkit::{TempPostgres, skip_or_fail};
 use reqwest::StatusCode;
 use serde_json::Value;
 
-pub use crate::common::{Running, TempDir, run_app, test_settings};
+pub use crate::common::{Running, TempDir, code_in, inbox_message, run_app, test_settings};
 
 pub const PASSWORD: &str = "correct horse battery";
 
@@ -263,26 +262,7 @@ impl TestApp {
     /// The code of verification `id`, read from the inbox channel once the
     /// delivery worker has put it there.
     pub async fn code_for(&self, id: &str) -> String {
-        for _ in 0..500 {
-            let entries = self
-                .store
-                .inbox_list(None, None, 1000)
-                .await
-                .expect("inbox");
-            if let Some(e) = entries
-                .iter()
-                .find(|e| e.verification_id.map(|v| v.get().to_string()).as_deref() == Some(id))
-            {
-                return e
-                    .text
-                    .split(|c: char| !c.is_ascii_digit())
-                    .find(|w| (4..=8).contains(&w.len()))
-                    .expect("a code in the text")
-                    .to_owned();
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        panic!("verification {id} never reached the inbox");
+        code_in(&inbox_message(self.store.as_ref(), id).await.text)
     }
 
     /// A code that is certainly not `code` (same length).

@@ -8,11 +8,12 @@
 #![allow(dead_code, unused_imports)] // each binary uses its part
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use otpgate_core::Clock;
 use otpgate_server::accounts::{self, NewAccountRequest};
 use otpgate_server::{Application, Settings};
-use otpgate_store::{Account, Store};
+use otpgate_store::{Account, InboxEntry, Store};
 use tokio_util::sync::CancellationToken;
 
 pub use otpgate_testkit::TempDir;
@@ -101,4 +102,28 @@ pub async fn create_account(
     )
     .await
     .expect("create account")
+}
+
+/// The inbox message of verification `id`, once the delivery worker has put
+/// it there (waits up to 5 s).
+pub async fn inbox_message(store: &dyn Store, id: &str) -> InboxEntry {
+    for _ in 0..500 {
+        let entries = store.inbox_list(None, None, 1000).await.expect("inbox");
+        if let Some(e) = entries
+            .into_iter()
+            .find(|e| e.verification_id.map(|v| v.get().to_string()).as_deref() == Some(id))
+        {
+            return e;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("verification {id} never reached the inbox");
+}
+
+/// The first run of 4 to 8 digits in a message: the code.
+pub fn code_in(text: &str) -> String {
+    text.split(|c: char| !c.is_ascii_digit())
+        .find(|w| (4..=8).contains(&w.len()))
+        .expect("a code in the text")
+        .to_owned()
 }

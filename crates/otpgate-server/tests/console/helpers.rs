@@ -15,7 +15,7 @@ use reqwest::StatusCode;
 use reqwest::header::HeaderMap;
 use serde_json::Value;
 
-pub use crate::common::{Running, TempDir, run_app};
+pub use crate::common::{Running, TempDir, code_in, run_app};
 
 pub const PASSWORD: &str = "correct horse battery";
 pub const ADMIN_EMAIL: &str = "ops@otpgate.test";
@@ -152,21 +152,7 @@ impl ConsoleApp {
 
     /// The inbox message of verification `id`, once delivered.
     pub async fn inbox_message(&self, id: &str) -> InboxEntry {
-        for _ in 0..500 {
-            let entries = self
-                .store
-                .inbox_list(None, None, 1000)
-                .await
-                .expect("inbox");
-            if let Some(e) = entries
-                .into_iter()
-                .find(|e| e.verification_id.map(|v| v.get().to_string()).as_deref() == Some(id))
-            {
-                return e;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        panic!("verification {id} never reached the inbox");
+        crate::common::inbox_message(self.store.as_ref(), id).await
     }
 
     /// Waits until verification `id`'s message left the outbox queue.
@@ -186,14 +172,6 @@ impl ConsoleApp {
         }
         panic!("verification {id} never left the queue");
     }
-}
-
-/// The first run of 4 to 8 digits in a message: the code.
-pub fn code_in(text: &str) -> String {
-    text.split(|c: char| !c.is_ascii_digit())
-        .find(|w| (4..=8).contains(&w.len()))
-        .expect("a code in the text")
-        .to_owned()
 }
 
 /// A console page as a test sees it.

@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use crate::common::{Running, TempDir, create_account, run_app};
 use crate::sim::Simulator;
+use otpgate_testkit::http::ReplyJson;
 
 pub const PASSWORD: &str = "correct horse battery";
 
@@ -83,12 +84,8 @@ pub async fn start(settings: Settings) -> Server {
             ("customerId", account.customer_id.as_str()),
             ("key", &STANDARD.encode(PASSWORD)),
         ])
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .reply_json()
+        .await;
     let token = token["token"].as_str().expect("token").to_owned();
     Server {
         base: running.base.clone(),
@@ -114,12 +111,8 @@ impl Server {
                 ("flowType", "SMS"),
                 ("timeout", timeout),
             ])
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+            .reply_json()
+            .await;
         assert_eq!(v["responseCode"], 200, "{v}");
         v["data"]["verificationId"].as_str().unwrap().to_owned()
     }
@@ -131,12 +124,8 @@ impl Server {
             .get(format!("{}/verification/v3/validateOtp", self.base))
             .header("authToken", &self.token)
             .query(&[("verificationId", id), ("code", code)])
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+            .reply_json()
+            .await;
         v["responseCode"].as_i64().unwrap_or(-1)
     }
 }

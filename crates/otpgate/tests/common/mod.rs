@@ -12,6 +12,7 @@ use base64::engine::general_purpose::STANDARD;
 
 pub mod pumping;
 
+pub use otpgate_testkit::http::ReplyJson;
 pub use otpgate_testkit::process::Logged;
 pub use otpgate_testkit::sim::{self, Simulator};
 pub use otpgate_testkit::{TempDir, require_services};
@@ -101,12 +102,8 @@ pub async fn token(http: &reqwest::Client, base: &str, cid: &str) -> String {
     let v: serde_json::Value = http
         .get(format!("{base}/auth/v1/authentication/token"))
         .query(&[("customerId", cid), ("key", &STANDARD.encode(PASSWORD))])
-        .send()
-        .await
-        .expect("token request")
-        .json()
-        .await
-        .expect("token json");
+        .reply_json()
+        .await;
     v["token"]
         .as_str()
         .unwrap_or_else(|| panic!("no token: {v}"))
@@ -169,10 +166,6 @@ pub async fn validate(
     http.get(format!("{base}/verification/v3/validateOtp"))
         .header("authToken", token)
         .query(&[("verificationId", id), ("code", code)])
-        .send()
+        .reply_json()
         .await
-        .expect("validate request")
-        .json()
-        .await
-        .expect("validate json")
 }
