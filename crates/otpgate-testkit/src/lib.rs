@@ -80,6 +80,16 @@ impl TempDir {
         self.0.join(name)
     }
 
+    /// Writes `contents` to file `name` in it; the file's path.
+    ///
+    /// # Panics
+    /// When the file cannot be written.
+    pub fn write(&self, name: &str, contents: impl AsRef<[u8]>) -> PathBuf {
+        let path = self.join(name);
+        std::fs::write(&path, contents).unwrap_or_else(|e| panic!("write {name}: {e}"));
+        path
+    }
+
     /// The database file tests use in it (`otpgate.db`).
     pub fn db(&self) -> PathBuf {
         self.join("otpgate.db")

@@ -229,9 +229,8 @@ impl SmtpSink {
 
 /// Every channel kind, each on its own route; SMS falls back to WhatsApp.
 fn config(dir: &TempDir, standin: u16, smtp: u16) -> PathBuf {
-    let path = dir.0.join("otpgate.toml");
-    std::fs::write(
-        &path,
+    let path = dir.write(
+        "otpgate.toml",
         format!(
             r#"
 [message.flows.EMAIL]
@@ -289,8 +288,7 @@ channels = ["sms"]
 fallback = [{{ flow = "WHATSAPP", after_secs = {FALLBACK_AFTER_SECS} }}]
 "#
         ),
-    )
-    .unwrap();
+    );
     path
 }
 
@@ -941,9 +939,8 @@ async fn an_email_goes_over_starttls_with_smtp_auth() {
     ) else {
         return;
     };
-    let config = dir.0.join("otpgate.toml");
-    std::fs::write(
-        &config,
+    let config = dir.write(
+        "otpgate.toml",
         format!(
             r#"
 [channels.mail]
@@ -963,8 +960,7 @@ channels = ["mail"]
             port = sink.port,
             ca = ca.display(),
         ),
-    )
-    .unwrap();
+    );
     let db = dir.sqlite_url();
     let cid = create_account(&db, Some(1000));
     let server = start(

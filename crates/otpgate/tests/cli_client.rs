@@ -9,10 +9,8 @@
 //! SQLite file each) behind a small TCP relay that counts token requests and
 //! 401 answers on the wire. CLI tests run the built binary.
 
-use std::future::Future;
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -30,7 +28,7 @@ mod common;
 mod server_common;
 
 use common::{Logged, TempDir, create_account_with, otpgate};
-use server_common::{Running, run_app, test_settings};
+use server_common::{RejectAll, Running, run_app, test_settings};
 
 const PASSWORD: &str = "client test password";
 
@@ -322,51 +320,9 @@ async fn sdk_reuses_a_pending_verification_from_a_506() {
     assert_ne!(next, first);
 }
 
-/// A gateway that refuses every message for good. Written out by hand
-/// (what `#[async_trait]` would generate) because this crate does not
-/// depend on `async-trait`.
-struct RejectAll;
-
-impl otpgate_sms::Channel for RejectAll {
-    fn name(&self) -> &str {
-        "reject-all"
-    }
-
-    fn send<'a, 'b, 'f>(
-        &'a self,
-        _msg: &'b otpgate_sms::Outgoing,
-    ) -> Pin<
-        Box<
-            dyn Future<Output = Result<otpgate_sms::Accepted, otpgate_sms::ChannelError>>
-                + Send
-                + 'f,
-        >,
-    >
-    where
-        'a: 'f,
-        'b: 'f,
-        Self: 'f,
-    {
-        Box::pin(async {
-            Err(otpgate_sms::ChannelError::Permanent(
-                "invalid destination".into(),
-            ))
-        })
-    }
-
-    fn health(&self) -> otpgate_sms::ChannelHealth {
-        otpgate_sms::ChannelHealth {
-            name: "reject-all".into(),
-            kind: "test",
-            up: true,
-            last_error: None,
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sdk_reads_a_failed_delivery_as_failed() {
-    let router = otpgate_sms::SingleRoute(vec![Arc::new(RejectAll)]);
+    let router = otpgate_sms::SingleRoute(vec![Arc::new(RejectAll(None))]);
     let server = start_server(
         test_settings(),
         Arc::new(SystemClock),

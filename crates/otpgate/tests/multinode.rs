@@ -29,8 +29,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use common::{
-    BIN, PASSWORD, Server, Simulator, TempDir, code_in, create_account, open_store, readyz, sim,
-    start, token,
+    BIN, PASSWORD, Server, Simulator, TempDir, code_in, create_account, open_store, readyz, start,
+    token,
 };
 use otpgate_core::{CustomerId, DeliveryStatus, VerificationId};
 use otpgate_store::Store;
@@ -480,30 +480,16 @@ async fn a_node_killed_mid_delivery_loses_nothing_another_delivers_after_the_lea
     };
     let db = pg.fresh_database();
     let dir = TempDir::new("multinode-kill");
-    let config = dir.0.join("otpgate.toml");
     // A window of 8: of 10 claimed messages, 8 are at the SMSC awaiting a
     // response and 2 wait for a window slot when the node dies.
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-[channels.smsc]
-type = "smpp"
-host = "127.0.0.1"
-port = {port}
-system_id = "{sid}"
-password = "{pw}"
-source_addr = "OTPGATE"
-window = 8
-request_timeout_ms = 60000
-reconnect_min_ms = 100
-"#,
-            port = sim.port,
-            sid = sim::SYSTEM_ID,
-            pw = sim::PASSWORD,
+    let config = dir.write(
+        "otpgate.toml",
+        otpgate_testkit::settings::smpp_channel(
+            "smsc",
+            sim.port,
+            "window = 8\nrequest_timeout_ms = 60000",
         ),
-    )
-    .unwrap();
+    );
     let cfg = config.to_str().unwrap();
     let lease_ms = 3000i64;
     let lease = lease_ms.to_string();

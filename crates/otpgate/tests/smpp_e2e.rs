@@ -21,9 +21,8 @@ async fn a_code_sent_over_smpp_validates_and_its_receipt_is_recorded() {
         return;
     };
     let dir = TempDir::new("smpp-e2e");
-    let config = dir.0.join("otpgate.toml");
-    std::fs::write(
-        &config,
+    let config = dir.write(
+        "otpgate.toml",
         format!(
             r#"
 [message.templates]
@@ -42,8 +41,7 @@ reconnect_min_ms = 100
             port = sim.port,
             sid = sim::SYSTEM_ID,
         ),
-    )
-    .unwrap();
+    );
     let db = dir.sqlite_url();
     let cid = create_account(&db, Some(1000));
     let server = start(

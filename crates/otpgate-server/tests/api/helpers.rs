@@ -11,7 +11,9 @@ use otpgate_testkit::{TempPostgres, skip_or_fail};
 use reqwest::StatusCode;
 use serde_json::Value;
 
-pub use crate::common::{Running, TempDir, code_in, inbox_message, run_app, test_settings};
+pub use crate::common::{
+    RejectAll, Running, TempDir, code_in, inbox_message, run_app, test_settings,
+};
 
 pub const PASSWORD: &str = "correct horse battery";
 
@@ -226,19 +228,29 @@ impl TestApp {
         .await
     }
 
+    /// An SMS send to `+<country_code> <national>` with defaults.
+    pub async fn send_to(
+        &self,
+        v: Version,
+        token: &str,
+        country_code: &str,
+        national: &str,
+    ) -> Resp {
+        self.send(
+            v,
+            token,
+            &[
+                ("countryCode", country_code),
+                ("mobileNumber", national),
+                ("flowType", "SMS"),
+            ],
+        )
+        .await
+    }
+
     /// Sends to `+91 <national>` with defaults; asserts success; returns the id.
     pub async fn send_ok(&self, v: Version, token: &str, national: &str) -> String {
-        let r = self
-            .send(
-                v,
-                token,
-                &[
-                    ("countryCode", "91"),
-                    ("mobileNumber", national),
-                    ("flowType", "SMS"),
-                ],
-            )
-            .await;
+        let r = self.send_to(v, token, "91", national).await;
         assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
         r.body["data"]["verificationId"]
             .as_str()

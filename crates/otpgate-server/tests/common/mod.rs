@@ -127,3 +127,51 @@ pub fn code_in(text: &str) -> String {
         .expect("a code in the text")
         .to_owned()
 }
+
+/// A gateway that refuses every message for good, as one would an invalid
+/// destination. With a gate, each refusal waits for a permit the test hands
+/// out, so what comes before it (the charge) can be seen first. Written out
+/// by hand (what `#[async_trait]` would generate): not every crate whose
+/// tests use this module depends on `async-trait`.
+pub struct RejectAll(pub Option<Arc<tokio::sync::Semaphore>>);
+
+impl otpgate_sms::Channel for RejectAll {
+    fn name(&self) -> &str {
+        "reject-all"
+    }
+
+    fn send<'a, 'b, 'f>(
+        &'a self,
+        _msg: &'b otpgate_sms::Outgoing,
+    ) -> std::pin::Pin<
+        Box<
+            dyn std::future::Future<
+                    Output = Result<otpgate_sms::Accepted, otpgate_sms::ChannelError>,
+                > + Send
+                + 'f,
+        >,
+    >
+    where
+        'a: 'f,
+        'b: 'f,
+        Self: 'f,
+    {
+        Box::pin(async move {
+            if let Some(gate) = &self.0 {
+                gate.acquire().await.expect("gate open").forget();
+            }
+            Err(otpgate_sms::ChannelError::Permanent(
+                "invalid destination".into(),
+            ))
+        })
+    }
+
+    fn health(&self) -> otpgate_sms::ChannelHealth {
+        otpgate_sms::ChannelHealth {
+            name: "reject-all".into(),
+            kind: "test",
+            up: true,
+            last_error: None,
+        }
+    }
+}

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use otpgate_core::{Clock, CodeHash, CustomerId, PhoneNumber, SystemClock, VerificationId};
 use otpgate_sms::config::{SmsConfig, build_table};
-use otpgate_sms::{Delivery, DeliveryConfig, RouteTable, Router};
+use otpgate_sms::{Delivery, DeliveryConfig, Outgoing, RouteTable, Router};
 use otpgate_store::sqlite::SqliteStore;
 use otpgate_store::{
     CreateOutcome, NewAccount, NewVerification, OutboxMessage, SendLimits, Store, Verification,
@@ -207,6 +207,21 @@ impl Worker {
     pub async fn stop(self) {
         self.shutdown.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(10), self.task).await;
+    }
+}
+
+/// A message to `+91 9876543210` for a channel's `send`.
+pub fn outgoing(message_id: i64, verification_id: u64, text: &str) -> Outgoing {
+    Outgoing {
+        message_id,
+        verification_id: VerificationId::new(verification_id).unwrap(),
+        customer_id: CustomerId::parse("C-0000000000000A1").unwrap(),
+        destination: PhoneNumber::parse("91", "9876543210").unwrap(),
+        flow_type: "SMS".into(),
+        step: 0,
+        address: None,
+        lang: None,
+        text: text.into(),
     }
 }
 

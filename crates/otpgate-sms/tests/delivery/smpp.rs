@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use otpgate_core::{CustomerId, PhoneNumber, VerificationId};
+use otpgate_core::PhoneNumber;
 use otpgate_sms::receipt::{Receipt, ReceiptSink};
 use otpgate_sms::smpp::SmppSettings;
 use otpgate_sms::{Channel, ChannelError, Outgoing, SmppChannel};
@@ -35,17 +35,7 @@ fn settings(port: u16) -> SmppSettings {
 }
 
 fn msg(n: i64, text: &str) -> Outgoing {
-    Outgoing {
-        message_id: n,
-        verification_id: VerificationId::new(n as u64 + 1).unwrap(),
-        customer_id: CustomerId::parse("C-0000000000000A1").unwrap(),
-        destination: PhoneNumber::parse("91", "9876543210").unwrap(),
-        flow_type: "SMS".into(),
-        step: 0,
-        address: None,
-        lang: None,
-        text: text.into(),
-    }
+    crate::common::outgoing(n, n as u64 + 1, text)
 }
 
 async fn bound(settings: SmppSettings) -> (SmppChannel, Arc<Collected>) {
