@@ -40,7 +40,7 @@
 //! Secrets (`password`, `auth_token`, `receipt_token`, header values) may
 //! come from the environment: `password_env = "VAR"`, or `${VAR}` inside
 //! header, query, field and URL values. They are resolved once, in [`build`],
-//! and held as [`SecretString`]s or sensitive header values; logs carry names
+//! and held as [`SecretString`](otpgate_core::SecretString)s or sensitive header values; logs carry names
 //! and lengths only.
 //!
 //! An HTTP channel's `receipt_token` authenticates its gateway's delivery

@@ -15,14 +15,12 @@ pub trait ReplyJson {
 }
 
 impl ReplyJson for reqwest::RequestBuilder {
-    fn reply_json(self) -> impl Future<Output = Value> + Send {
-        async move {
-            self.send()
-                .await
-                .expect("the request reaches the server")
-                .json()
-                .await
-                .expect("a JSON body")
-        }
+    async fn reply_json(self) -> Value {
+        self.send()
+            .await
+            .expect("the request reaches the server")
+            .json()
+            .await
+            .expect("a JSON body")
     }
 }

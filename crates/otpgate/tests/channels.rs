@@ -229,7 +229,7 @@ impl SmtpSink {
 
 /// Every channel kind, each on its own route; SMS falls back to WhatsApp.
 fn config(dir: &TempDir, standin: u16, smtp: u16) -> PathBuf {
-    let path = dir.write(
+    dir.write(
         "otpgate.toml",
         format!(
             r#"
@@ -288,8 +288,7 @@ channels = ["sms"]
 fallback = [{{ flow = "WHATSAPP", after_secs = {FALLBACK_AFTER_SECS} }}]
 "#
         ),
-    );
-    path
+    )
 }
 
 const ENVS: [(&str, &str); 5] = [

@@ -107,14 +107,7 @@ async fn status_json(r: reqwest::Response) -> (u16, Value) {
 }
 
 async fn send(http: &reqwest::Client, base: &str, token: &str, national: &str) -> (u16, Value) {
-    let r = http
-        .post(format!("{base}/verification/v3/send"))
-        .header("authToken", token)
-        .query(&[
-            ("countryCode", "91"),
-            ("mobileNumber", national),
-            ("flowType", "SMS"),
-        ])
+    let r = common::send_request(http, base, token, "91", national)
         .send()
         .await
         .expect("send request");
@@ -319,14 +312,7 @@ async fn three_nodes_on_one_database_behave_as_one_service() {
         assert_eq!(r["responseCode"], 200, "round {round}: {r}");
     }
     for base in &bases {
-        let r = http
-            .post(format!("{base}/verification/v3/send"))
-            .header("authToken", &t)
-            .query(&[
-                ("countryCode", "91"),
-                ("mobileNumber", national),
-                ("flowType", "SMS"),
-            ])
+        let r = common::send_request(&http, base, &t, "91", national)
             .send()
             .await
             .expect("send request");

@@ -155,6 +155,23 @@ pub async fn inbox_code(
     }
 }
 
+/// `POST /verification/v3/send` of an SMS to `+<cc> <national>`, to be sent.
+pub fn send_request(
+    http: &reqwest::Client,
+    base: &str,
+    token: &str,
+    cc: &str,
+    national: &str,
+) -> reqwest::RequestBuilder {
+    http.post(format!("{base}/verification/v3/send"))
+        .header("authToken", token)
+        .query(&[
+            ("countryCode", cc),
+            ("mobileNumber", national),
+            ("flowType", "SMS"),
+        ])
+}
+
 /// `GET /verification/v3/validateOtp`; the response body.
 pub async fn validate(
     http: &reqwest::Client,
