@@ -1,5 +1,6 @@
-//! The Verify Now wire contract (`docs/api.md`) as Rust types:
-//! the response envelopes, their `data` objects and the response codes. The
+//! The Verify Now wire contract (`docs/api.md`) as Rust types: the
+//! requests and their parameter names, the response envelopes, their `data`
+//! objects and the response codes. The
 //! server serialises them and the SDK deserialises them, so the two cannot
 //! drift. Deserialisation is lenient in the ways the hosted service is known
 //! to vary (ids as strings or numbers, `timeout` as `"60"` or `"60.0"`, fields
@@ -8,9 +9,11 @@
 
 mod code;
 mod flex;
+mod request;
 
 pub use code::ResponseCode;
 pub use flex::{WireId, WireSeconds};
+pub use request::{FlowType, SendRequest, TokenRequest, ValidateRequest, WireRequest, param};
 
 use serde::{Deserialize, Serialize};
 

@@ -20,7 +20,9 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use otpgate_api::{AUTH_TOKEN_HEADER, paths};
+use otpgate_api::{
+    AUTH_TOKEN_HEADER, SendRequest, TokenRequest, ValidateRequest, WireRequest, param, paths,
+};
 use reqwest::header::{CONTENT_TYPE, RETRY_AFTER};
 use reqwest::{RequestBuilder, Url};
 use tokio::sync::Mutex;
@@ -443,18 +445,15 @@ impl Client {
             ApiVersion::V3 => paths::SEND_V3,
         };
         let country = request.country_code.trim();
-        let country = country.strip_prefix('+').unwrap_or(country);
-        let mut query: Vec<(&str, String)> = vec![
-            ("countryCode", country.to_owned()),
-            ("mobileNumber", request.mobile_number.trim().to_owned()),
-            ("flowType", request.flow.as_str().to_owned()),
-        ];
-        if let Some(n) = request.otp_length {
-            query.push(("otpLength", n.to_string()));
-        }
-        if let Some(t) = request.timeout {
-            query.push(("timeout", t.as_secs().to_string()));
-        }
+        let wire = SendRequest {
+            country_code: Some(country.strip_prefix('+').unwrap_or(country).to_owned()),
+            mobile_number: Some(request.mobile_number.trim().to_owned()),
+            flow_type: Some(request.flow.as_str().to_owned()),
+            otp_length: request.otp_length.map(|n| n.to_string()),
+            timeout: request.timeout.map(|t| t.as_secs().to_string()),
+            ..SendRequest::default()
+        };
+        let query = wire.to_params();
         let url = self.inner.url(path);
         self.inner
             .authorized(
@@ -520,10 +519,12 @@ impl Client {
             ApiVersion::V3 => paths::VALIDATE_V3,
         };
         let url = self.inner.url(path);
-        let query = [
-            ("verificationId", verification_id.to_string()),
-            ("code", code.trim().to_owned()),
-        ];
+        let query = ValidateRequest {
+            verification_id: Some(verification_id.to_string()),
+            code: Some(code.trim().to_owned()),
+            customer_id: None,
+        }
+        .to_params();
         self.inner
             .authorized(
                 Retry::ConnectFailed,
@@ -546,7 +547,7 @@ fn customer_param(inner: &Inner, token: &AuthToken) -> Vec<(&'static str, String
         .customer_id
         .clone()
         .or_else(|| token.subject())
-        .map(|id| vec![("customerId", id)])
+        .map(|id| vec![(param::CUSTOMER_ID, id)])
         .unwrap_or_default()
 }
 
@@ -592,17 +593,14 @@ impl Inner {
             ));
         };
         let url = self.url(paths::TOKEN);
-        let mut query: Vec<(&str, &str)> = vec![
-            ("customerId", &creds.customer_id),
-            ("key", &creds.key.0),
-            ("scope", "NEW"),
-        ];
-        if let Some(c) = &self.country {
-            query.push(("country", c));
+        let query = TokenRequest {
+            customer_id: Some(creds.customer_id.clone()),
+            key: Some(creds.key.0.to_string()),
+            scope: Some("NEW".into()),
+            country: self.country.clone(),
+            email: self.email.clone(),
         }
-        if let Some(e) = &self.email {
-            query.push(("email", e));
-        }
+        .to_params();
         let result = self
             .execute(Retry::ConnectionLost, |http| http.get(&url).query(&query))
             .await

@@ -223,12 +223,7 @@ pub(crate) fn send(raw: &RawResponse, requested_mobile: &str) -> Result<SendOutc
     };
     match p.code {
         ResponseCode::Success => {
-            let data = p
-                .data
-                .as_ref()
-                .ok_or_else(|| unexpected(raw, "a successful send without `data`"))?;
-            let d: SendData = serde_json::from_value(data.clone())
-                .map_err(|e| unexpected(raw, format!("send `data` does not decode: {e}")))?;
+            let d: SendData = data_of(raw, &p, "a successful send without `data`", "send")?;
             Ok(SendOutcome::Sent(Sent {
                 verification_id: d.verification_id.get(),
                 mobile_number: d
@@ -240,14 +235,12 @@ pub(crate) fn send(raw: &RawResponse, requested_mobile: &str) -> Result<SendOutc
             }))
         }
         ResponseCode::RequestAlreadyExists => {
-            let data = p.data.as_ref().ok_or_else(|| {
-                unexpected(
-                    raw,
-                    "506 without `data`: the pending verification is unknown",
-                )
-            })?;
-            let d: PendingData = serde_json::from_value(data.clone())
-                .map_err(|e| unexpected(raw, format!("506 `data` does not decode: {e}")))?;
+            let d: PendingData = data_of(
+                raw,
+                &p,
+                "506 without `data`: the pending verification is unknown",
+                "506",
+            )?;
             Ok(SendOutcome::AlreadyPending {
                 verification_id: d.verification_id.get(),
                 seconds_left: d.timeout.map(|s| s.0),
@@ -255,6 +248,19 @@ pub(crate) fn send(raw: &RawResponse, requested_mobile: &str) -> Result<SendOutc
         }
         _ => Err(failure(raw, &p)),
     }
+}
+
+/// The `data` of `p` as `T`: `missing` when there is none, `what` names it
+/// when it does not decode.
+fn data_of<T: serde::de::DeserializeOwned>(
+    raw: &RawResponse,
+    p: &Parsed,
+    missing: &str,
+    what: &str,
+) -> Result<T> {
+    let data = p.data.as_ref().ok_or_else(|| unexpected(raw, missing))?;
+    serde_json::from_value(data.clone())
+        .map_err(|e| unexpected(raw, format!("{what} `data` does not decode: {e}")))
 }
 
 /// Contract §3 and §4.

@@ -16,28 +16,9 @@ pub enum ApiVersion {
     V3,
 }
 
-/// The channel the code travels on (`flowType`, contract §2).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-#[non_exhaustive]
-pub enum Flow {
-    #[default]
-    Sms,
-    WhatsApp,
-    Rcs,
-    Sauth,
-}
-
-impl Flow {
-    /// The wire value of `flowType`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Sms => "SMS",
-            Self::WhatsApp => "WHATSAPP",
-            Self::Rcs => "RCS",
-            Self::Sauth => "SAUTH",
-        }
-    }
-}
+/// The channel the code travels on (`flowType`, contract §2): the wire
+/// crate's own enum, so the SDK and the server spell the values once.
+pub use otpgate_api::FlowType as Flow;
 
 /// A request to send a code (contract §2).
 ///

@@ -66,7 +66,7 @@ pub async fn create_with(
     clock: &dyn Clock,
     settings: &Settings,
     req: NewAccountRequest,
-    hasher: Option<&crate::auth::Hasher>,
+    hasher: Option<&crate::password::Hasher>,
 ) -> Result<Account, AccountError> {
     check_password(&req.password)?;
     let email = req
@@ -97,7 +97,7 @@ pub async fn create_with(
             .hash(&req.password)
             .await
             .map_err(|_| AccountError::Busy)?,
-        None => crate::auth::hash_password(&req.password).await,
+        None => crate::password::hash_password(&req.password).await,
     }
     .map_err(|e| AccountError::Internal(e.to_string()))?;
     let (credits, test_credits) = match req.credits {
@@ -134,7 +134,7 @@ pub async fn set_password(
     password: &str,
 ) -> Result<Account, AccountError> {
     check_password(password)?;
-    let hash = crate::auth::hash_password(password)
+    let hash = crate::password::hash_password(password)
         .await
         .map_err(|e| AccountError::Internal(e.to_string()))?;
     match store.account_set_password(id, &hash).await {

@@ -570,6 +570,16 @@ impl Default for TokenSettings {
     }
 }
 
+impl OtpSettings {
+    /// The validity a send may ask for.
+    pub fn timeout_range(&self) -> otpgate_core::TimeoutRange {
+        otpgate_core::TimeoutRange {
+            min: self.min_timeout_secs,
+            max: self.max_timeout_secs,
+        }
+    }
+}
+
 impl Default for OtpSettings {
     fn default() -> Self {
         Self {
@@ -695,12 +705,14 @@ impl Settings {
     /// # Errors
     /// A sentence naming the setting and what is wrong with it.
     pub fn validate(&self) -> Result<(), String> {
-        if !(4..=8).contains(&self.otp.default_length) {
+        if otpgate_core::OtpLength::new(self.otp.default_length).is_err() {
             return Err("otp.default_length must be 4 to 8".into());
         }
         if self.otp.min_timeout_secs > self.otp.max_timeout_secs
-            || !(self.otp.min_timeout_secs..=self.otp.max_timeout_secs)
-                .contains(&self.otp.default_timeout_secs)
+            || !self
+                .otp
+                .timeout_range()
+                .contains(self.otp.default_timeout_secs)
         {
             return Err(
                 "otp.default_timeout_secs must lie within otp.min_timeout_secs..=otp.max_timeout_secs"
@@ -733,7 +745,10 @@ impl Settings {
                     "fraud.test_numbers: {number:?} is not a valid number in E.164 digits"
                 ));
             }
-            if !(4..=8).contains(&code.len()) || !code.bytes().all(|b| b.is_ascii_digit()) {
+            let length = u8::try_from(code.len()).unwrap_or(0);
+            if otpgate_core::OtpLength::new(length).is_err()
+                || !code.bytes().all(|b| b.is_ascii_digit())
+            {
                 return Err(format!(
                     "fraud.test_numbers: the code of {number:?} must be 4 to 8 digits"
                 ));

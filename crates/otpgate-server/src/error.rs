@@ -1,11 +1,12 @@
 //! The HTTP layer's one error type per envelope. Each carries the contract's
 //! response code and a reason for the client; internal causes are logged
 //! here with their chain and never sent (contract §4: a failure has no
-//! `data`, except 506).
+//! `data`; the one that does, 506, is built with the send response in
+//! `routes/verification.rs`).
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use otpgate_api::{Envelope, PendingData, ResponseCode};
+use otpgate_api::{Envelope, ResponseCode};
 use otpgate_store::StoreError;
 
 /// A failure on the send and validate endpoints (and the fallbacks).
@@ -19,7 +20,6 @@ pub struct ApiError {
     pub message: Option<&'static str>,
     pub reason: String,
     pub retry_after: Option<u64>,
-    pub pending: Option<Box<PendingData>>,
 }
 
 impl ApiError {
@@ -30,7 +30,6 @@ impl ApiError {
             message: None,
             reason: reason.into(),
             retry_after: None,
-            pending: None,
         }
     }
 
@@ -48,7 +47,7 @@ impl ApiError {
         e
     }
 
-    /// The password hasher is full (see `auth::Hasher`): nothing was
+    /// The password hasher is full (see `password::Hasher`): nothing was
     /// checked; try again in a second.
     pub fn busy() -> Self {
         let mut e = Self::new(
@@ -99,26 +98,15 @@ impl IntoResponse for ApiError {
             .message
             .unwrap_or_else(|| self.code.message())
             .to_owned();
-        let mut resp = match self.pending {
-            Some(data) => json(
-                status,
-                &Envelope {
-                    response_code: self.code,
-                    message,
-                    data: Some(*data),
-                    error_message: None,
-                },
-            ),
-            None => json(
-                status,
-                &Envelope::<()> {
-                    response_code: self.code,
-                    message,
-                    data: None,
-                    error_message: Some(self.reason),
-                },
-            ),
-        };
+        let mut resp = json(
+            status,
+            &Envelope::<()> {
+                response_code: self.code,
+                message,
+                data: None,
+                error_message: Some(self.reason),
+            },
+        );
         add_retry_after(&mut resp, self.retry_after);
         resp
     }
@@ -188,7 +176,9 @@ pub fn json<T: serde::Serialize>(status: StatusCode, body: &T) -> Response {
     }
 }
 
-fn add_retry_after(resp: &mut Response, secs: Option<u64>) {
+/// Sets `Retry-After` to `secs` (whole seconds, as [`crate::limits::retry_after_secs`]
+/// rounds them), when there is a wait to tell.
+pub fn add_retry_after(resp: &mut Response, secs: Option<u64>) {
     if let Some(s) = secs
         && let Ok(v) = HeaderValue::from_str(&s.to_string())
     {

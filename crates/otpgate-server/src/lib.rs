@@ -15,12 +15,14 @@ pub mod limits;
 pub mod metrics;
 pub mod multipart;
 pub mod params;
+pub mod password;
 pub mod retention;
 pub mod routes;
 pub mod service;
 pub mod startup;
 pub mod state;
 pub mod store;
+pub mod time;
 
 pub use config::Settings;
 pub use startup::Application;

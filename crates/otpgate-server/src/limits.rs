@@ -295,11 +295,11 @@ pub fn name_digest(name: &str) -> String {
 /// The audit line of a refused credential: what was tried (`token`,
 /// `console-login`, …), from which address, for which name (as a digest),
 /// and why it was refused. Never the secret.
-pub fn audit(what: &'static str, client: &crate::client::Client, name: &str, reason: &str) {
+pub fn audit(what: &'static str, client: IpAddr, name: &str, reason: &str) {
     tracing::warn!(
         target: "otpgate::audit",
         what,
-        client = %client.ip,
+        client = %client,
         name = %name_digest(name),
         reason,
         "credential refused"

@@ -96,11 +96,9 @@ impl Params {
             .filter(|v| !v.is_empty())
     }
 
-    /// # Errors
-    /// 400 `"<name> is required"`.
-    pub fn required(&self, name: &str) -> Result<&str, ApiError> {
-        self.get(name)
-            .ok_or_else(|| ApiError::bad_request(format!("{name} is required")))
+    /// The wire request these parameters make (blank values are absent).
+    pub fn read<R: otpgate_api::WireRequest>(&self) -> R {
+        R::from_params(|name| self.get(name).map(str::to_owned))
     }
 }
 
@@ -207,7 +205,6 @@ mod tests {
         assert_eq!(p.get("a"), Some("x y"));
         assert_eq!(p.get("b"), Some("+91"));
         assert_eq!(p.get("c"), None);
-        assert!(p.required("c").is_err());
     }
 
     #[test]

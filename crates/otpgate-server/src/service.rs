@@ -1,31 +1,45 @@
 //! The three operations of the contract, free of HTTP: issue a token (§1),
-//! send a code (§2, §5) and validate one (§3, §4). Handlers parse the wire
-//! into the typed requests here and map the results back.
+//! send a code (§2, §5) and validate one (§3, §4). They take the core's
+//! commands (parsed from the wire in `routes/`) and answer with their own
+//! error enums, which `routes/` maps to the contract's envelope.
 
-use base64::Engine;
-use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD};
-use otpgate_api::{PendingData, ResponseCode, VERIFICATION_COMPLETED, WireId, WireSeconds};
-use otpgate_core::fraud::{self, NumberKind};
 use otpgate_core::{
-    CustomerId, Decision, OtpCode, OtpLength, PhoneError, PhoneNumber, VerificationId,
-    VerificationView, decide,
+    CustomerId, Decision, OtpCode, RouteFacts, SendCommand, SendPlan, SendRefusal, SendRules,
+    StatusCommand, TimeoutRange, TokenCommand, ValidateCommand, VerificationId, VerificationView,
+    command::customer_matches, decide,
 };
+use otpgate_core::{FlowType, fraud};
 use otpgate_store::{
     Account, CreateOutcome, NewFallback, NewVerification, SendKind, SendLimits, StoreError,
     ValidationAction, Verification,
 };
 
 use crate::client::Client;
-use crate::error::ApiError;
 use crate::limits::{self, Key};
-use crate::params::Params;
 use crate::state::AppState;
 
-/// Flows the hosted service knows, and otpgate's extensions (`VOICE`,
-/// `EMAIL`); only those with a route are enabled.
-const KNOWN_FLOWS: &[&str] = &["SMS", "WHATSAPP", "RCS", "SAUTH", "VOICE", "EMAIL"];
-
 // ---- §1 token -----------------------------------------------------------
+
+/// Why no token was issued.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenRefusal {
+    #[error("too many failed token requests; try again later")]
+    Throttled { retry_after_secs: u64 },
+    /// One answer for an unknown customerId, a wrong key and a disabled
+    /// account, so the endpoint does not tell which accounts exist.
+    #[error("invalid customerId or key, or the account is disabled")]
+    BadCredentials,
+    /// The password hasher is full (see `password::Hasher`): nothing was checked.
+    #[error("the server is busy checking passwords")]
+    Busy,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// A customerId as the token throttles and audit lines keep it.
+pub fn token_name(customer_id: &str) -> String {
+    limits::name_key(&customer_id.to_ascii_uppercase())
+}
 
 /// Issues a token for `customerId` + `key`. Each attempt is reserved in
 /// the throttle before its key is checked (see [`crate::limits`]): per
@@ -33,27 +47,17 @@ const KNOWN_FLOWS: &[&str] = &["SMS", "WHATSAPP", "RCS", "SAUTH", "VOICE", "EMAI
 /// and per customerId alone with `token.max_failures_per_customer` unless
 /// this address got a token for it lately. Every refusal is logged as an
 /// audit line with the address and a digest of the customerId, never the
-/// key.
+/// key (a key that is not base64 is audited where the request is parsed).
 ///
 /// # Errors
-/// 400 for missing parameters or bad base64, 401 for any wrong credential
-/// (one message for all), 429 when throttled, 503 when the password hasher
-/// is full.
+/// [`TokenRefusal`].
 pub async fn issue_token(
     state: &AppState,
-    params: &Params,
+    cmd: TokenCommand,
     client: &Client,
-) -> Result<String, ApiError> {
-    let customer = params.required("customerId")?;
-    let key_b64 = params.required("key")?;
-    let name = limits::name_key(&customer.to_ascii_uppercase());
-    let Some(key) = decode_key(key_b64) else {
-        limits::audit("token", client, &name, "key is not base64");
-        return Err(ApiError::bad_request(
-            "key must be the base64 of the password",
-        ));
-    };
-
+) -> Result<String, TokenRefusal> {
+    let name = token_name(&cmd.customer_id);
+    let key = cmd.key;
     let now = state.clock.now_ms();
     let t = &state.settings.token;
     let mut keys = vec![
@@ -67,25 +71,24 @@ pub async fn issue_token(
         Ok(a) => a,
         Err(r) => {
             state.metrics.token_failure("throttled");
-            limits::audit("token", client, &name, "throttled");
-            return Err(ApiError::rate_limited(
-                "too many failed token requests; try again later",
-                r.retry_after,
-            ));
+            limits::audit("token", client.ip, &name, "throttled");
+            return Err(TokenRefusal::Throttled {
+                retry_after_secs: r.retry_after,
+            });
         }
     };
     let refuse = |attempt: limits::Attempt<'_>, reason: &str| {
         state.metrics.token_failure("bad_credentials");
         attempt.record();
-        limits::audit("token", client, &name, reason);
-        ApiError::unauthorized("invalid customerId or key, or the account is disabled")
+        limits::audit("token", client.ip, &name, reason);
+        TokenRefusal::BadCredentials
     };
     let busy = |_| {
-        limits::audit("token", client, &name, "password hasher busy");
-        ApiError::busy()
+        limits::audit("token", client.ip, &name, "password hasher busy");
+        TokenRefusal::Busy
     };
 
-    let account = match CustomerId::parse(customer) {
+    let account = match CustomerId::parse(&cmd.customer_id) {
         Ok(id) => state.store.account_get(&id).await?,
         Err(_) => None,
     };
@@ -126,248 +129,147 @@ pub async fn issue_token(
     ))
 }
 
-/// Standard base64 with or without padding (contract §1).
-fn decode_key(s: &str) -> Option<Vec<u8>> {
-    if s.len() > 1024 {
-        return None;
-    }
-    STANDARD
-        .decode(s)
-        .or_else(|_| STANDARD_NO_PAD.decode(s))
-        .ok()
-        .filter(|k| !k.is_empty())
-}
-
-// ---- customerId -----------------------------------------------------------
-
-/// `customerId`, when given, must be the token's account (contract §2, 501).
-///
-/// # Errors
-/// 501 otherwise.
-pub fn check_customer_param(params: &Params, account: &Account) -> Result<(), ApiError> {
-    match params.get("customerId") {
-        Some(c) if c != account.customer_id.as_str() => Err(ApiError::new(
-            ResponseCode::InvalidCustomerId,
-            "customerId is not the account of authToken",
-        )),
-        _ => Ok(()),
-    }
-}
-
 // ---- §2 send ---------------------------------------------------------------
 
-/// A send request after parsing.
-#[derive(Debug)]
-pub struct SendRequest {
-    pub destination: PhoneNumber,
-    pub flow: String,
-    pub otp_length: OtpLength,
-    pub timeout_secs: u32,
-    pub lang: Option<String>,
-    /// The `email` parameter, checked; required for the `EMAIL` flow. An
-    /// invalid one on another flow is ignored (the contract accepts it
-    /// unchecked), and a fallback step to `EMAIL` is then left out.
-    pub email: Option<String>,
-    /// What the send is for: set to [`SendKind::TestNumber`] for a
-    /// configured test number here, to [`SendKind::OwnNumber`] by the
-    /// console's own-number page.
-    pub kind: SendKind,
-    /// A test number's fixed code.
-    pub test_code: Option<String>,
+/// Why a send did not go.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    #[error("customerId is not the account of authToken")]
+    WrongCustomer,
+    /// The `email` parameter of an `EMAIL` send is not an address.
+    #[error("{0}")]
+    BadEmail(&'static str),
+    #[error(transparent)]
+    Refused(#[from] SendRefusal),
+    /// A send limit or the fraud defence; retry after the seconds given.
+    #[error("{reason}")]
+    RateLimited {
+        reason: String,
+        retry_after_secs: u64,
+    },
+    #[error("the account's credits do not cover this message")]
+    InsufficientBalance,
+    #[error(
+        "test credits pay only for this account's own verified numbers (add yours in \
+         the console) and the server's test numbers; this send needs paid credits"
+    )]
+    TestCreditsRestricted,
+    #[error("the account is disabled")]
+    AccountDisabled,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A fault of the server's own (logged where it is answered).
+    #[error("{0}")]
+    Internal(String),
 }
 
-impl SendRequest {
-    /// # Errors
-    /// 400 / 501 / 511 with the reason, as the contract's table says.
-    pub fn parse(state: &AppState, account: &Account, params: &Params) -> Result<Self, ApiError> {
-        check_customer_param(params, account)?;
-        let cfg = &state.settings.otp;
-        let country_code = params.required("countryCode")?;
-        let mobile = params.required("mobileNumber")?;
-        let flow = params.required("flowType")?.to_ascii_uppercase();
-        if !KNOWN_FLOWS.contains(&flow.as_str()) {
-            return Err(ApiError::bad_request(format!(
-                "flowType must be one of {}",
-                KNOWN_FLOWS.join(", ")
-            )));
-        }
-        let email = match params.get("email").filter(|e| !e.trim().is_empty()) {
-            Some(e) => match otpgate_sms::email::parse_address(e) {
-                Ok(a) => Some(a),
-                Err(reason) if flow == "EMAIL" => return Err(ApiError::bad_request(reason)),
-                Err(_) => None,
-            },
-            None if flow == "EMAIL" => {
-                return Err(ApiError::bad_request(
-                    "flowType EMAIL needs the email parameter",
-                ));
-            }
-            None => None,
-        };
-        let destination = PhoneNumber::parse(country_code, mobile).map_err(|e| match e {
-            PhoneError::UnknownCountryCode => {
-                ApiError::new(ResponseCode::InvalidCountryCode, e.to_string())
-            }
-            _ => ApiError::bad_request(e.to_string()),
-        })?;
-        let fraud = &state.settings.fraud;
-        let e164 = destination.e164_digits();
-        // A test number never leaves the server, so nothing below (routes,
-        // number types, geo) concerns it; its code is fixed.
-        if let Some(code) = fraud.test_code(&e164) {
-            let otp_length = OtpLength::new(u8::try_from(code.len()).unwrap_or(0))
-                .map_err(|e| ApiError::internal(&e))?;
-            return Ok(Self {
-                destination,
-                flow,
-                otp_length,
-                timeout_secs: account
-                    .settings
-                    .default_timeout_secs
-                    .unwrap_or(cfg.default_timeout_secs),
-                lang: None,
-                email: None,
-                kind: SendKind::TestNumber,
-                test_code: Some(code.to_owned()),
-            });
-        }
-        if fraud
-            .blocked_country_codes
-            .contains(&destination.country_code())
-        {
-            return Err(ApiError::new(
-                ResponseCode::InvalidCountryCode,
-                "this server does not send to that country",
-            ));
-        }
-        if let Some(p) = fraud
-            .blocked_prefixes
-            .iter()
-            .map(|p| p.trim_start_matches('+'))
-            .find(|p| e164.starts_with(p))
-        {
-            return Err(ApiError::bad_request(format!(
-                "this server does not send to numbers starting +{p}"
-            )));
-        }
-        // A flow is enabled where a configured route serves it; with no
-        // channels configured, only SMS is, through the development inbox.
-        let unconfigured = state.settings.channels.is_empty();
-        if (unconfigured && flow != "SMS")
-            || !state
-                .delivery
-                .router()
-                .accepts(destination.country_code(), &flow)
-        {
-            return Err(if flow == "SMS" {
-                ApiError::new(
-                    ResponseCode::InvalidCountryCode,
-                    "no SMS route serves this country",
-                )
-            } else {
-                ApiError::bad_request(format!("flowType {flow} is not enabled on this server"))
-            });
-        }
-        // Only mobile numbers (and those the plan cannot tell from mobile,
-        // such as all of +1), unless the route opts in: premium-rate,
-        // fixed-line, toll-free, shared-cost and VoIP ranges are where
-        // pumped traffic terminates.
-        let kind = destination.kind();
-        // (An EMAIL flow's code goes to an address; the number only keys it.)
-        if flow != "EMAIL"
-            && !state
-                .delivery
-                .router()
-                .allows_number_type(destination.country_code(), &flow, kind)
-        {
-            crate::metrics::number_type_refused();
-            return Err(ApiError::bad_request(format!(
-                "mobileNumber is a {kind} number{}; this server sends codes to mobile numbers only",
-                if kind == NumberKind::Unknown {
-                    " (its type is unknown)"
-                } else {
-                    ""
-                }
-            )));
-        }
-        if let Some(allowed) = &account.settings.allowed_country_codes
-            && !allowed.contains(&destination.country_code())
-        {
-            return Err(ApiError::new(
-                ResponseCode::InvalidCountryCode,
-                "this account may not send to that country",
-            ));
-        }
-        let otp_length = match params.get("otpLength") {
-            Some(s) => OtpLength::parse(s).map_err(|e| ApiError::bad_request(e.to_string()))?,
-            None => account
-                .settings
-                .default_otp_length
-                .and_then(|n| OtpLength::new(n).ok())
-                .unwrap_or(OtpLength::new(cfg.default_length).unwrap_or(OtpLength::DEFAULT)),
-        };
-        let range = cfg.min_timeout_secs..=cfg.max_timeout_secs;
-        let timeout_secs = match params.get("timeout") {
-            Some(s) => s
-                .parse::<u32>()
-                .ok()
-                .filter(|t| range.contains(t))
-                .ok_or_else(|| {
-                    ApiError::bad_request(format!(
-                        "timeout must be a whole number of seconds from {} to {}",
-                        cfg.min_timeout_secs, cfg.max_timeout_secs
-                    ))
-                })?,
-            None => account
-                .settings
-                .default_timeout_secs
-                .filter(|t| range.contains(t))
-                .unwrap_or(cfg.default_timeout_secs),
-        };
-        Ok(Self {
-            destination,
-            flow,
-            otp_length,
-            timeout_secs,
-            // Bounded: it is stored with each outbox row.
-            lang: params
-                .get("langId")
-                .map(|l| l.chars().take(35).collect::<String>()),
-            email,
-            kind: SendKind::Normal,
-            test_code: None,
-        })
+/// The validity range of the server's settings.
+pub fn timeout_range(state: &AppState) -> TimeoutRange {
+    state.settings.otp.timeout_range()
+}
+
+/// The policy step of a send: the token's account must be the request's
+/// `customerId`; an `EMAIL` send needs a valid address (any other flow
+/// drops an invalid one, which the contract accepts unchecked, and its
+/// fallback step to `EMAIL` is left out); then routing is asked about the
+/// destination and flow, and the core's rules ([`SendCommand::plan`]) apply
+/// the server's and the account's defaults.
+///
+/// # Errors
+/// [`SendError::WrongCustomer`], [`SendError::BadEmail`],
+/// [`SendError::Refused`].
+pub fn plan_send(
+    state: &AppState,
+    account: &Account,
+    mut cmd: SendCommand,
+) -> Result<SendPlan, SendError> {
+    if !customer_matches(cmd.customer_id.as_deref(), &account.customer_id) {
+        return Err(SendError::WrongCustomer);
     }
+    let is_email = cmd.flow == otpgate_core::FlowType::Email;
+    cmd.email = match cmd
+        .email
+        .take()
+        .map(|e| otpgate_sms::email::parse_address(&e))
+    {
+        Some(Ok(a)) => Some(a),
+        Some(Err(reason)) if is_email => return Err(SendError::BadEmail(reason)),
+        _ => None,
+    };
+    let settings = &state.settings;
+    let cc = cmd.destination.country_code();
+    let flow = cmd.flow.as_str();
+    // A flow is enabled where a configured route serves it; with no
+    // channels configured, only SMS is, through the development inbox.
+    // Only mobile numbers (and those the plan cannot tell from mobile, such
+    // as all of +1) pass unless the route opts in: premium-rate,
+    // fixed-line, toll-free, shared-cost and VoIP ranges are where pumped
+    // traffic terminates.
+    let router = state.delivery.router();
+    let route = RouteFacts {
+        flow_served: (!settings.channels.is_empty() || cmd.flow == otpgate_core::FlowType::Sms)
+            && router.accepts(cc, flow),
+        number_type_allowed: router.allows_number_type(cc, flow, cmd.destination.kind()),
+    };
+    let e164 = cmd.destination.e164_digits();
+    let rules = SendRules {
+        server_length: otpgate_core::OtpLength::new(settings.otp.default_length)
+            .unwrap_or(otpgate_core::OtpLength::DEFAULT),
+        server_timeout_secs: settings.otp.default_timeout_secs,
+        timeout_range: timeout_range(state),
+        account_length: account.settings.default_otp_length,
+        account_timeout_secs: account.settings.default_timeout_secs,
+        allowed_country_codes: account.settings.allowed_country_codes.as_deref(),
+        blocked_country_codes: &settings.fraud.blocked_country_codes,
+        blocked_prefixes: &settings.fraud.blocked_prefixes,
+        test_code: settings.fraud.test_code(&e164),
+    };
+    cmd.plan(&rules, route).map_err(|e| {
+        if matches!(e, SendRefusal::NumberType(_)) {
+            crate::metrics::number_type_refused();
+        }
+        SendError::Refused(e)
+    })
 }
 
 /// What a send produced.
 pub enum SendResult {
     Created(Verification),
-    /// 506: the pending verification and the seconds it has left.
-    Pending(Verification, u64),
+    /// 506: the pending verification and the milliseconds it has left.
+    Pending(Verification, i64),
 }
 
 /// Creates a verification, charges for it and queues its message, in one
 /// store transaction.
 ///
+/// store transaction. `kind` is what the send is for ([`SendKind::Normal`]
+/// from the API, [`SendKind::OwnNumber`] from the console's own-number
+/// page); a plan for a test number is always [`SendKind::TestNumber`].
+///
 /// # Errors
-/// 402, 800 (with Retry-After), 401 for a disabled account, 503/500.
+/// [`SendError`]: a limit, credits, a disabled account, the store.
 pub async fn send(
     state: &AppState,
     account: &Account,
-    req: SendRequest,
-) -> Result<SendResult, ApiError> {
-    let country = req.destination.country_code();
-    let result = create(state, account, req).await;
+    plan: SendPlan,
+    kind: SendKind,
+) -> Result<SendResult, SendError> {
+    let kind = if plan.test_code.is_some() {
+        SendKind::TestNumber
+    } else {
+        kind
+    };
+    let country = plan.destination.country_code();
+    let result = create(state, account, &plan, kind).await;
     let outcome = match &result {
         Ok(SendResult::Created(_)) => "created",
         Ok(SendResult::Pending(..)) => "pending",
-        Err(e) => match e.code {
-            ResponseCode::MaximumLimitReached => "rate_limited",
-            ResponseCode::InsufficientBalance => "insufficient_balance",
-            ResponseCode::Unauthorized => "refused",
-            _ => "error",
-        },
+        Err(SendError::RateLimited { .. }) => "rate_limited",
+        Err(SendError::InsufficientBalance | SendError::TestCreditsRestricted) => {
+            "insufficient_balance"
+        }
+        Err(SendError::AccountDisabled) => "refused",
+        Err(_) => "error",
     };
     state.metrics.send(outcome, country);
     if matches!(result, Ok(SendResult::Created(_))) {
@@ -379,27 +281,28 @@ pub async fn send(
 async fn create(
     state: &AppState,
     account: &Account,
-    req: SendRequest,
-) -> Result<SendResult, ApiError> {
+    req: &SendPlan,
+    kind: SendKind,
+) -> Result<SendResult, SendError> {
     let settings = &state.settings;
     let now = state.clock.now_ms();
     let (code, text) = match &req.test_code {
         // Nothing is queued for a test number, so no text holds its code.
         Some(fixed) => (
-            OtpCode::parse(fixed).map_err(|e| ApiError::internal(&e))?,
+            OtpCode::parse(fixed).map_err(|e| SendError::Internal(e.to_string()))?,
             String::new(),
         ),
         None => {
             let code = OtpCode::generate(req.otp_length, &mut rand::rng());
-            let text = message_text(state, account, &req, &req.flow, &code);
+            let text = message_text(state, account, req, req.flow.as_str(), &code);
             (code, text)
         }
     };
     let expires_at = now + i64::from(req.timeout_secs) * 1000;
-    let fallbacks = if req.kind == SendKind::TestNumber {
+    let fallbacks = if kind == SendKind::TestNumber {
         Vec::new()
     } else {
-        fallback_steps(state, account, &req, &code, now, expires_at)
+        fallback_steps(state, account, req, &code, now, expires_at)
     };
     let prefix = fraud::prefix_of(
         &req.destination.e164_digits(),
@@ -439,7 +342,7 @@ async fn create(
             id,
             customer_id: account.customer_id.clone(),
             destination: req.destination.clone(),
-            flow_type: req.flow.clone(),
+            flow_type: req.flow.as_str().to_owned(),
             code_hash,
             spare_ids,
             otp_length: req.otp_length.get(),
@@ -449,19 +352,21 @@ async fn create(
             transaction_id: uuid::Uuid::new_v4().to_string(),
             price: settings.price_for(req.destination.country_code()),
             message_text: text.clone(),
-            address: (req.flow == "EMAIL").then(|| req.email.clone()).flatten(),
+            address: (req.flow == FlowType::Email)
+                .then(|| req.email.clone())
+                .flatten(),
             lang: req.lang.clone(),
             fallbacks: fallbacks.clone(),
             limits,
             prefix: prefix.clone(),
             fraud: policy,
-            kind: req.kind,
+            kind,
         };
         return match state.store.verification_create(new).await {
             Err(StoreError::Conflict(_)) => continue,
-            Err(e) => Err(e.into()),
+            Err(e) => Err(SendError::Store(e)),
             Ok(CreateOutcome::Created(v)) => {
-                if req.kind != SendKind::TestNumber {
+                if kind != SendKind::TestNumber {
                     state.delivery.notify();
                 }
                 tracing::info!(
@@ -474,25 +379,15 @@ async fn create(
             }
             Ok(CreateOutcome::AlreadyPending(v)) => {
                 let left_ms = (v.expires_at - now).max(0);
-                let left = u64::try_from((left_ms + 999) / 1000).unwrap_or(0);
-                Ok(SendResult::Pending(v, left))
+                Ok(SendResult::Pending(v, left_ms))
             }
-            Ok(CreateOutcome::RateLimited { retry_after_secs }) => Err(ApiError::rate_limited(
-                "send limit for this number reached; try again later",
+            Ok(CreateOutcome::RateLimited { retry_after_secs }) => Err(SendError::RateLimited {
+                reason: "send limit for this number reached; try again later".into(),
                 retry_after_secs,
-            )),
-            Ok(CreateOutcome::InsufficientBalance) => Err(ApiError::new(
-                ResponseCode::InsufficientBalance,
-                "the account's credits do not cover this message",
-            )),
-            Ok(CreateOutcome::AccountUnavailable) => {
-                Err(ApiError::unauthorized("the account is disabled"))
-            }
-            Ok(CreateOutcome::TestCreditsRestricted) => Err(ApiError::new(
-                ResponseCode::InsufficientBalance,
-                "test credits pay only for this account's own verified numbers (add yours in \
-                 the console) and the server's test numbers; this send needs paid credits",
-            )),
+            }),
+            Ok(CreateOutcome::InsufficientBalance) => Err(SendError::InsufficientBalance),
+            Ok(CreateOutcome::AccountUnavailable) => Err(SendError::AccountDisabled),
+            Ok(CreateOutcome::TestCreditsRestricted) => Err(SendError::TestCreditsRestricted),
             Ok(CreateOutcome::Blocked {
                 kind,
                 retry_after_secs,
@@ -524,12 +419,15 @@ async fn create(
                         "fraud defence refused a send"
                     );
                 }
-                Err(ApiError::rate_limited(reason, retry_after_secs))
+                Err(SendError::RateLimited {
+                    reason,
+                    retry_after_secs,
+                })
             }
         };
     }
-    Err(ApiError::internal(
-        &"three sets of candidate verification ids all taken",
+    Err(SendError::Internal(
+        "three sets of candidate verification ids all taken".into(),
     ))
 }
 
@@ -541,7 +439,7 @@ async fn create(
 fn fallback_steps(
     state: &AppState,
     account: &Account,
-    req: &SendRequest,
+    req: &SendPlan,
     code: &OtpCode,
     now: i64,
     expires_at: i64,
@@ -549,9 +447,9 @@ fn fallback_steps(
     let router = state.delivery.router();
     let cc = req.destination.country_code();
     router
-        .fallback(cc, &req.flow)
+        .fallback(cc, req.flow.as_str())
         .into_iter()
-        .filter(|f| f.flow_type != req.flow && router.accepts(cc, &f.flow_type))
+        .filter(|f| f.flow_type != req.flow.as_str() && router.accepts(cc, &f.flow_type))
         .filter(|f| f.flow_type != "EMAIL" || req.email.is_some())
         .map(|f| NewFallback {
             text: message_text(state, account, req, &f.flow_type, code),
@@ -578,7 +476,7 @@ const EMAIL_HTML: &str = "<p><strong>{code}</strong> is your {brand} verificatio
 fn message_text(
     state: &AppState,
     account: &Account,
-    req: &SendRequest,
+    req: &SendPlan,
     flow: &str,
     code: &OtpCode,
 ) -> String {
@@ -689,70 +587,88 @@ fn html_escape(s: &str) -> String {
     out
 }
 
-/// The 506 body (contract §4, "506 in detail").
-pub fn pending_data(v: &Verification, seconds_left: u64) -> PendingData {
-    PendingData {
-        verification_id: WireId::string(v.id.get()),
-        mobile_number: Some(v.destination.national().to_owned()),
-        response_code: Some(ResponseCode::RequestAlreadyExists),
-        error_message: Some(ResponseCode::RequestAlreadyExists.message().to_owned()),
-        timeout: Some(WireSeconds(seconds_left)),
-    }
-}
-
 // ---- §3 validate -------------------------------------------------------------
+
+/// Why a validation (or a status poll) did not succeed, by the contract's
+/// precedence.
+#[derive(Debug, thiserror::Error)]
+pub enum ValidateError {
+    #[error("customerId is not the account of authToken")]
+    WrongCustomer,
+    /// An unknown id and another account's are one answer.
+    #[error("no such verification for this account")]
+    NotFound,
+    #[error("this verification was already completed")]
+    AlreadyVerified,
+    #[error("too many wrong codes; request a new code")]
+    TooManyAttempts { retry_after_secs: u64 },
+    #[error("the code has expired; request a new one")]
+    Expired,
+    #[error("the code could not be delivered; request a new one")]
+    Failed,
+    #[error("wrong code; {attempts_left} attempt{} left", if *attempts_left == 1 { "" } else { "s" })]
+    Wrong { attempts_left: u32 },
+    #[error("too much contention on this verification; try again")]
+    Contention,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
 
 /// Validates `code` for one of `account`'s verifications; `Ok` only for
 /// the one validation that completed it.
 ///
 /// # Errors
-/// The contract's failure codes, by its precedence: 505, 703, 800, 705, 700,
-/// 702; and 400 for malformed parameters.
+/// [`ValidateError`], by the contract's precedence: 501, 505, 703, 800, 705,
+/// 700, 702.
 pub async fn validate(
     state: &AppState,
     account: &Account,
-    params: &Params,
-) -> Result<Verification, ApiError> {
-    let result = check(state, account, params).await;
+    cmd: &ValidateCommand,
+) -> Result<Verification, ValidateError> {
+    let result = if customer_matches(cmd.customer_id.as_deref(), &account.customer_id) {
+        validate_code(state, account, cmd.id, &cmd.code).await
+    } else {
+        Err(ValidateError::WrongCustomer)
+    };
     let outcome = match &result {
         Ok(v) => {
             state.metrics.completed(v.destination.country_code());
             state.events.notify();
             "completed"
         }
-        Err(e) => match e.code {
-            ResponseCode::WrongOtpProvided => {
+        Err(e) => {
+            if matches!(e, ValidateError::Wrong { .. }) {
                 // The last wrong code queues `verification.failed`.
                 state.events.notify();
-                "wrong_code"
             }
-            ResponseCode::AlreadyVerified => "already_verified",
-            ResponseCode::MaximumLimitReached => "too_many_attempts",
-            ResponseCode::VerificationExpired => "expired",
-            ResponseCode::VerificationFailed => "failed",
-            ResponseCode::InvalidVerificationId => "not_found",
-            ResponseCode::BadRequest | ResponseCode::InvalidCustomerId => "invalid",
-            _ => "error",
-        },
+            validation_outcome(e)
+        }
     };
     state.metrics.validation(outcome);
     result
 }
 
-async fn check(
-    state: &AppState,
-    account: &Account,
-    params: &Params,
-) -> Result<Verification, ApiError> {
-    check_customer_param(params, account)?;
-    let id = VerificationId::parse(params.required("verificationId")?)
-        .map_err(|e| ApiError::bad_request(e.to_string()))?;
-    let code = OtpCode::parse(params.required("code")?)
-        .map_err(|e| ApiError::bad_request(e.to_string()))?;
-    validate_code(state, account, id, &code).await
+/// The metrics label of a failed validation.
+fn validation_outcome(e: &ValidateError) -> &'static str {
+    match e {
+        ValidateError::Wrong { .. } => "wrong_code",
+        ValidateError::AlreadyVerified => "already_verified",
+        ValidateError::TooManyAttempts { .. } => "too_many_attempts",
+        ValidateError::Expired => "expired",
+        ValidateError::Failed => "failed",
+        ValidateError::NotFound => "not_found",
+        ValidateError::WrongCustomer => "invalid",
+        ValidateError::Contention | ValidateError::Store(_) => "error",
+    }
 }
 
-/// [`validate`] after parsing: also the console's own-number check.
+/// A validation the edge could not parse, counted as the others are.
+pub fn validation_unparsed(state: &AppState) {
+    state.metrics.validation("invalid");
+}
+
+/// [`validate`] after the customerId check: also the console's own-number
+/// check.
 ///
 /// # Errors
 /// As [`validate`].
@@ -761,8 +677,8 @@ pub async fn validate_code(
     account: &Account,
     id: VerificationId,
     code: &OtpCode,
-) -> Result<Verification, ApiError> {
-    let limits = &state.settings.limits;
+) -> Result<Verification, ValidateError> {
+    let rules = &state.settings.limits;
     // Each pass reads the verification, decides, and writes only if nobody
     // else wrote in between; a lost race re-reads. Bounded: every lost race
     // means another validation made progress.
@@ -772,22 +688,17 @@ pub async fn validate_code(
             .store
             .verification_get(&account.customer_id, id)
             .await?
-            .ok_or_else(|| {
-                ApiError::new(
-                    ResponseCode::InvalidVerificationId,
-                    "no such verification for this account",
-                )
-            })?;
+            .ok_or(ValidateError::NotFound)?;
         let budget_spent = v.state == otpgate_core::VerificationState::Pending
             && state
                 .store
                 .wrong_codes_since(
                     &account.customer_id,
                     &v.destination.e164_digits(),
-                    now - i64::from(limits.wrong_code_window_secs) * 1000,
+                    now - i64::from(rules.wrong_code_window_secs) * 1000,
                 )
                 .await?
-                >= limits.wrong_code_max;
+                >= rules.wrong_code_max;
         let view = VerificationView {
             state: v.state,
             expires_at_ms: v.expires_at,
@@ -801,31 +712,14 @@ pub async fn validate_code(
         let action = match decision {
             Decision::Complete => ValidationAction::Complete,
             Decision::Wrong { .. } => ValidationAction::Wrong,
-            Decision::AlreadyVerified => {
-                return Err(ApiError::new(
-                    ResponseCode::AlreadyVerified,
-                    "this verification was already completed",
-                ));
-            }
+            Decision::AlreadyVerified => return Err(ValidateError::AlreadyVerified),
             Decision::TooManyAttempts => {
-                let wait = u64::try_from((v.expires_at - now).max(1000) / 1000).unwrap_or(1);
-                return Err(ApiError::rate_limited(
-                    "too many wrong codes; request a new code",
-                    wait,
-                ));
+                return Err(ValidateError::TooManyAttempts {
+                    retry_after_secs: limits::retry_after_secs(v.expires_at - now),
+                });
             }
-            Decision::Expired => {
-                return Err(ApiError::new(
-                    ResponseCode::VerificationExpired,
-                    "the code has expired; request a new one",
-                ));
-            }
-            Decision::Failed => {
-                return Err(ApiError::new(
-                    ResponseCode::VerificationFailed,
-                    "the code could not be delivered; request a new one",
-                ));
-            }
+            Decision::Expired => return Err(ValidateError::Expired),
+            Decision::Failed => return Err(ValidateError::Failed),
         };
         let applied = state
             .store
@@ -835,23 +729,14 @@ pub async fn validate_code(
             continue;
         }
         return match decision {
-            Decision::Wrong { attempts_left } => Err(ApiError::new(
-                ResponseCode::WrongOtpProvided,
-                format!(
-                    "wrong code; {attempts_left} attempt{} left",
-                    if attempts_left == 1 { "" } else { "s" }
-                ),
-            )),
+            Decision::Wrong { attempts_left } => Err(ValidateError::Wrong { attempts_left }),
             _ => {
                 tracing::info!(verification = id.get(), customer = %account.customer_id, "verification completed");
                 Ok(v)
             }
         };
     }
-    Err(ApiError::new(
-        ResponseCode::ServiceUnavailable,
-        "too much contention on this verification; try again",
-    ))
+    Err(ValidateError::Contention)
 }
 
 /// Candidate ids a send offers the store beyond its first.
@@ -862,38 +747,20 @@ const SPARE_IDS: usize = 7;
 /// One of `account`'s verifications, for the status endpoint.
 ///
 /// # Errors
-/// 400 for a malformed id, 501 for another customerId, 505 for an unknown
-/// id or another account's (indistinguishable, as on validate).
+/// [`ValidateError::WrongCustomer`] for another customerId,
+/// [`ValidateError::NotFound`] for an unknown id or another account's
+/// (indistinguishable, as on validate).
 pub async fn status(
     state: &AppState,
     account: &Account,
-    params: &Params,
-) -> Result<Verification, ApiError> {
-    check_customer_param(params, account)?;
-    let id = VerificationId::parse(params.required("verificationId")?)
-        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    cmd: &StatusCommand,
+) -> Result<Verification, ValidateError> {
+    if !customer_matches(cmd.customer_id.as_deref(), &account.customer_id) {
+        return Err(ValidateError::WrongCustomer);
+    }
     state
         .store
-        .verification_get(&account.customer_id, id)
+        .verification_get(&account.customer_id, cmd.id)
         .await?
-        .ok_or_else(|| {
-            ApiError::new(
-                ResponseCode::InvalidVerificationId,
-                "no such verification for this account",
-            )
-        })
-}
-
-/// The `verificationStatus` a verification has at `now`, by validate's
-/// precedence (703 → 800 → 705 → 700): what a validation now would answer.
-pub fn status_name(v: &Verification, now: i64) -> &'static str {
-    use otpgate_core::VerificationState as S;
-    match v.state {
-        S::Completed => VERIFICATION_COMPLETED,
-        _ if v.wrong_attempts >= v.max_attempts => "VERIFICATION_BLOCKED",
-        _ if now >= v.expires_at => "VERIFICATION_EXPIRED",
-        S::Failed => "VERIFICATION_FAILED",
-        S::Cancelled => "VERIFICATION_CANCELLED",
-        S::Pending => "VERIFICATION_PENDING",
-    }
+        .ok_or(ValidateError::NotFound)
 }

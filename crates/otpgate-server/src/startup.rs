@@ -20,7 +20,6 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::auth::{Hasher, KeyCache};
 use crate::client::Client;
 use crate::config::Settings;
 use crate::events::Events;
@@ -28,6 +27,7 @@ use crate::limits::{KnownClients, Throttle};
 use crate::metrics::Metrics;
 use crate::metrics::store::metered;
 use crate::params::BodyLimit;
+use crate::password::{Hasher, KeyCache};
 use crate::routes;
 use crate::state::{AppState, Inner};
 
@@ -208,7 +208,7 @@ impl Application {
             .then(|| tokio::spawn(self.state.events.clone().run(shutdown.clone())));
         let metrics_server = self.metrics_listener.map(|l| {
             let s = shutdown.clone();
-            let app = crate::metrics::router().with_state(self.state.clone());
+            let app = crate::routes::scrape::router().with_state(self.state.clone());
             tokio::spawn(async move {
                 axum::serve(l, app)
                     .with_graceful_shutdown(async move { s.cancelled().await })

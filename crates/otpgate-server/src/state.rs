@@ -6,12 +6,12 @@ use otpgate_core::{Clock, CodeKey, TokenSigner};
 use otpgate_sms::Delivery;
 use otpgate_store::Store;
 
-use crate::auth::{Hasher, KeyCache};
 use crate::client::ProxyConfig;
 use crate::config::Settings;
 use crate::events::Events;
 use crate::limits::{KnownClients, Throttle};
 use crate::metrics::Metrics;
+use crate::password::{Hasher, KeyCache};
 
 #[derive(Clone)]
 pub struct AppState(Arc<Inner>);

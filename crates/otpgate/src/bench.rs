@@ -11,6 +11,9 @@ use anyhow::Context;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use clap::Args;
+use otpgate_api::{
+    AUTH_TOKEN_HEADER, FlowType, SendRequest, TokenRequest, ValidateRequest, WireRequest, paths,
+};
 use otpgate_store::Store;
 use rand::RngExt;
 use tokio::sync::Mutex;
@@ -169,13 +172,12 @@ async fn flow(
     s: &mut Samples,
 ) -> anyhow::Result<()> {
     let t = Instant::now();
-    let body: serde_json::Value = http
-        .get(format!("{base}/auth/v1/authentication/token"))
-        .query(&[("customerId", cid), ("key", key)])
-        .send()
-        .await?
-        .json()
-        .await?;
+    let token_request = TokenRequest {
+        customer_id: Some(cid.to_owned()),
+        key: Some(key.to_owned()),
+        ..TokenRequest::default()
+    };
+    let body = call(http.get(format!("{base}{}", paths::TOKEN)), &token_request).await?;
     s.token.push(micros(t));
     let token = body["token"]
         .as_str()
@@ -184,19 +186,15 @@ async fn flow(
 
     let national = format!("98{:08}", rand::rng().random_range(0..100_000_000u32));
     let t = Instant::now();
-    let body: serde_json::Value = http
-        .post(format!("{base}/verification/v3/send"))
-        .header("authToken", &token)
-        .query(&[
-            ("countryCode", "91"),
-            ("mobileNumber", national.as_str()),
-            ("flowType", "SMS"),
-            ("otpLength", "6"),
-        ])
-        .send()
-        .await?
-        .json()
-        .await?;
+    let send = SendRequest {
+        country_code: Some("91".into()),
+        mobile_number: Some(national.clone()),
+        flow_type: Some(FlowType::Sms.as_str().into()),
+        otp_length: Some("6".into()),
+        ..SendRequest::default()
+    };
+    let url = format!("{base}{}", paths::SEND_V3);
+    let body = call(http.post(url).header(AUTH_TOKEN_HEADER, &token), &send).await?;
     s.send.push(micros(t));
     let id = body["data"]["verificationId"]
         .as_str()
@@ -227,17 +225,30 @@ async fn flow(
     s.inbox.push(micros(t));
 
     let t = Instant::now();
-    let body: serde_json::Value = http
-        .get(format!("{base}/verification/v3/validateOtp"))
-        .header("authToken", &token)
-        .query(&[("verificationId", id.as_str()), ("code", code.as_str())])
-        .send()
-        .await?
-        .json()
-        .await?;
+    let validate = ValidateRequest {
+        verification_id: Some(id),
+        code: Some(code),
+        customer_id: None,
+    };
+    let url = format!("{base}{}", paths::VALIDATE_V3);
+    let body = call(http.get(url).header(AUTH_TOKEN_HEADER, &token), &validate).await?;
     s.validate.push(micros(t));
     anyhow::ensure!(body["responseCode"] == 200, "validate failed: {body}");
     Ok(())
+}
+
+/// One call of the contract: `request`'s parameters in the query, the JSON
+/// answer back.
+async fn call(
+    http: reqwest::RequestBuilder,
+    request: &impl WireRequest,
+) -> anyhow::Result<serde_json::Value> {
+    Ok(http
+        .query(&request.to_params())
+        .send()
+        .await?
+        .json()
+        .await?)
 }
 
 fn micros(t: Instant) -> u64 {

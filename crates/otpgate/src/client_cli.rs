@@ -262,12 +262,8 @@ fn human_duration(d: Duration) -> String {
 }
 
 async fn send(args: SendArgs) -> u8 {
-    let to = match phone(&args.send.to) {
-        Ok(p) => p,
-        Err(code) => return code,
-    };
-    let client = match client(&args.conn) {
-        Ok(c) => c,
+    let (to, client) = match phone(&args.send.to).and_then(|to| Ok((to, client(&args.conn)?))) {
+        Ok(pair) => pair,
         Err(code) => return code,
     };
     match client.send_raw(&send_request(&args.send, &to)).await {
@@ -363,12 +359,8 @@ async fn validate(args: ValidateArgs) -> u8 {
 const MAX_LINE: u64 = 256;
 
 async fn verify(args: VerifyArgs) -> u8 {
-    let to = match phone(&args.send.to) {
-        Ok(p) => p,
-        Err(code) => return code,
-    };
-    let client = match client(&args.conn) {
-        Ok(c) => c,
+    let (to, client) = match phone(&args.send.to).and_then(|to| Ok((to, client(&args.conn)?))) {
+        Ok(pair) => pair,
         Err(code) => return code,
     };
     let id = match client.send(send_request(&args.send, &to)).await {

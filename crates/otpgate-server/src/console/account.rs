@@ -7,14 +7,14 @@
 //! address, also reserved before the work.
 
 use askama::Template;
-use axum::extract::{RawQuery, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use otpgate_core::CustomerId;
 use serde::Deserialize;
 
 use super::error::{render, render_status};
-use super::extract::{Posted, PrePosted, query};
+use super::extract::{Lenient, Posted, PrePosted};
 use super::session::{self, PRE_COOKIE, PRE_MAX_AGE_SECS, Principal, SESSION_COOKIE, Session};
 use super::views::Chrome;
 use super::{Console, PageError};
@@ -112,12 +112,11 @@ fn logged_in(console: &Console, headers: &HeaderMap) -> bool {
 pub async fn login_form(
     State(console): State<Console>,
     headers: HeaderMap,
-    RawQuery(raw): RawQuery,
+    Lenient(q): Lenient<LoginQuery>,
 ) -> Result<Response, PageError> {
     if logged_in(&console, &headers) {
         return Ok(Redirect::to("/console").into_response());
     }
-    let q: LoginQuery = query(raw.as_deref());
     let (csrf, cookie) = pre_session(&console, &headers).await?;
     let page = LoginPage {
         chrome: Chrome::bare("Log in"),
@@ -157,7 +156,7 @@ pub async fn login(
     let attempt = match console.login_throttle.reserve(&keys, now) {
         Ok(a) => a,
         Err(r) => {
-            limits::audit("console-login", &client, &lname, "throttled");
+            limits::audit("console-login", client.ip, &lname, "throttled");
             let minutes = r.retry_after.div_ceil(60);
             let mut resp = login_refused(
                 &console,
@@ -170,9 +169,7 @@ pub async fn login(
                 ),
             )
             .await?;
-            if let Ok(v) = HeaderValue::from_str(&r.retry_after.to_string()) {
-                resp.headers_mut().insert(header::RETRY_AFTER, v);
-            }
+            crate::error::add_retry_after(&mut resp, Some(r.retry_after));
             return Ok(resp);
         }
     };
@@ -180,14 +177,14 @@ pub async fn login(
     let principal = match authenticate(&console, &name, &form.password).await {
         Ok(p) => p,
         Err(PageError::Busy) => {
-            limits::audit("console-login", &client, &lname, "password hasher busy");
+            limits::audit("console-login", client.ip, &lname, "password hasher busy");
             return Err(PageError::Busy);
         }
         Err(e) => return Err(e),
     };
     let Some(principal) = principal else {
         attempt.record();
-        limits::audit("console-login", &client, &lname, "wrong name or password");
+        limits::audit("console-login", client.ip, &lname, "wrong name or password");
         return login_refused(
             &console,
             &headers,
@@ -357,7 +354,7 @@ pub async fn signup(
         )
         .map(|a| attempt = Some(a))
     {
-        limits::audit("console-signup", &client, &email, "throttled");
+        limits::audit("console-signup", client.ip, &email, "throttled");
         errors.push(format!(
             "Too many sign-ups from here. Try again in {} minutes.",
             r.retry_after.div_ceil(60)

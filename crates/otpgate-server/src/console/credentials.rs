@@ -4,14 +4,14 @@
 //! and so does every other console session of the account).
 
 use askama::Template;
-use axum::extract::{RawQuery, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use otpgate_api::paths;
 use serde::Deserialize;
 
 use super::error::{render, render_status};
-use super::extract::{AccountCtx, Posted, query};
+use super::extract::{AccountCtx, Lenient, Posted};
 use super::{Console, PageError};
 use crate::accounts::{self, AccountError, MAX_PASSWORD, MIN_PASSWORD};
 use crate::limits::Key;
@@ -39,7 +39,7 @@ pub struct PasswordForm {
 
 #[derive(Deserialize, Default)]
 #[serde(default)]
-struct Flags {
+pub struct Flags {
     changed: Option<String>,
 }
 
@@ -116,9 +116,8 @@ pub async fn page(
     State(console): State<Console>,
     ctx: AccountCtx,
     headers: HeaderMap,
-    RawQuery(raw): RawQuery,
+    Lenient(flags): Lenient<Flags>,
 ) -> Response {
-    let flags: Flags = query(raw.as_deref());
     let notice = if flags.changed.is_some() {
         "Password changed. Every token issued before now is revoked: request a new token with the new key."
     } else {

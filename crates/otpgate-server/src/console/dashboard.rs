@@ -9,8 +9,8 @@ use otpgate_store::{ChannelStats, DailyStats};
 
 use super::error::render;
 use super::extract::AccountCtx;
-use super::time::{DAY_MS, date, day_start, short_date};
 use super::{Console, PageError};
+use crate::time::{DAY_MS, date, day_start, short_date};
 
 /// Days the chart and the month totals cover, today included.
 const DAYS: i64 = 30;

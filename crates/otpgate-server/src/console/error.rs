@@ -3,7 +3,7 @@
 //! here and never shown.
 
 use askama::Template;
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::StatusCode;
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use otpgate_store::StoreError;
 
@@ -106,11 +106,7 @@ impl IntoResponse for PageError {
             Self::Busy => Some(1),
             _ => None,
         };
-        if let Some(secs) = retry
-            && let Ok(v) = HeaderValue::from_str(&secs.to_string())
-        {
-            resp.headers_mut().insert(header::RETRY_AFTER, v);
-        }
+        crate::error::add_retry_after(&mut resp, retry);
         resp
     }
 }

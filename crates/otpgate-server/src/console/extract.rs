@@ -7,7 +7,8 @@
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, header};
+use axum::http::{HeaderMap, HeaderValue, header};
+use axum::response::Response;
 use otpgate_store::Account;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
@@ -114,8 +115,27 @@ impl FromRequestParts<Console> for OperatorCtx {
 
 /// Whether htmx asked for a fragment (and not for a whole page to restore
 /// history).
-pub fn wants_fragment(headers: &HeaderMap) -> bool {
+fn wants_fragment(headers: &HeaderMap) -> bool {
     headers.contains_key("hx-request") && !headers.contains_key("hx-history-restore-request")
+}
+
+/// `part` rendered as the fragment when htmx asked for one, else as the
+/// whole page; either way with `Vary: HX-Request`, so a cache keeps the two
+/// apart.
+pub fn page_or_fragment<T>(
+    headers: &HeaderMap,
+    part: T,
+    fragment: impl FnOnce(T) -> Response,
+    page: impl FnOnce(T) -> Response,
+) -> Response {
+    let mut resp = if wants_fragment(headers) {
+        fragment(part)
+    } else {
+        page(part)
+    };
+    resp.headers_mut()
+        .insert(header::VARY, HeaderValue::from_static("HX-Request"));
+    resp
 }
 
 #[derive(Deserialize)]
@@ -195,9 +215,20 @@ fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, PageError> {
         .map_err(|_| PageError::BadRequest("That form could not be read."))
 }
 
-/// A query string as `T`; anything unreadable reads as the defaults (a
+/// The query string as `T`; anything unreadable reads as the defaults (a
 /// mangled filter shows the unfiltered page rather than an error).
-pub fn query<T: DeserializeOwned + Default>(raw: Option<&str>) -> T {
-    raw.and_then(|q| serde_urlencoded::from_str(q).ok())
-        .unwrap_or_default()
+pub struct Lenient<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned + Default> FromRequestParts<S> for Lenient<T> {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        Ok(Self(
+            parts
+                .uri
+                .query()
+                .and_then(|q| serde_urlencoded::from_str(q).ok())
+                .unwrap_or_default(),
+        ))
+    }
 }

@@ -4,15 +4,15 @@
 //! numbers and prefixes the conversion guard never blocks.
 
 use askama::Template;
-use axum::extract::{RawQuery, State};
+use axum::extract::State;
 use axum::response::{IntoResponse, Redirect, Response};
 use otpgate_core::fraud::BlockScope;
 use serde::Deserialize;
 
 use super::error::render;
-use super::extract::{OperatorCtx, Posted, query};
-use super::time::datetime;
+use super::extract::{Lenient, OperatorCtx, Posted};
 use super::{Console, PageError};
+use crate::time::datetime;
 
 /// Rows of each conversion table.
 const TOP: u32 = 50;
@@ -54,7 +54,7 @@ struct Safe {
 
 #[derive(Deserialize, Default)]
 #[serde(default)]
-struct Flags {
+pub struct Flags {
     done: String,
 }
 
@@ -91,9 +91,8 @@ fn conv(rows: Vec<otpgate_store::ConversionRow>) -> Vec<Conv> {
 pub async fn page(
     State(console): State<Console>,
     ctx: OperatorCtx,
-    RawQuery(raw): RawQuery,
+    Lenient(flags): Lenient<Flags>,
 ) -> Result<Response, PageError> {
-    let flags: Flags = query(raw.as_deref());
     let now = console.now();
     let store = &console.app.store;
     let (countries, prefixes) = store

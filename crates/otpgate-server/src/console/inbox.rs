@@ -5,14 +5,14 @@
 
 use askama::Template;
 use axum::extract::State;
-use axum::http::{HeaderMap, HeaderValue, header};
+use axum::http::HeaderMap;
 use axum::response::Response;
 use otpgate_core::PhoneNumber;
 
 use super::error::render;
-use super::extract::{AccountCtx, wants_fragment};
-use super::time::datetime;
+use super::extract::{AccountCtx, page_or_fragment};
 use super::{Console, PageError};
+use crate::time::datetime;
 
 /// Messages shown: the newest.
 const SHOWN: u32 = 50;
@@ -79,17 +79,13 @@ pub async fn page(
         Vec::new()
     };
     let inbox = InboxList { enabled, messages };
-    let mut resp = if wants_fragment(&headers) {
-        render(&InboxFragment { inbox })
-    } else {
-        render(&InboxPage {
-            chrome: ctx.chrome(&console, "Sandbox inbox", "inbox"),
-            inbox,
-        })
-    };
-    resp.headers_mut()
-        .insert(header::VARY, HeaderValue::from_static("HX-Request"));
-    Ok(resp)
+    let chrome = ctx.chrome(&console, "Sandbox inbox", "inbox");
+    Ok(page_or_fragment(
+        &headers,
+        inbox,
+        |inbox| render(&InboxFragment { inbox }),
+        |inbox| render(&InboxPage { chrome, inbox }),
+    ))
 }
 
 #[cfg(test)]

@@ -6,17 +6,17 @@
 //! not read here.
 
 use askama::Template;
-use axum::extract::{RawQuery, State};
-use axum::http::{HeaderMap, HeaderValue, header};
+use axum::extract::State;
+use axum::http::HeaderMap;
 use axum::response::Response;
 use otpgate_core::{DeliveryStatus, VerificationState};
 use otpgate_store::{Verification, VerificationFilter};
 use serde::{Deserialize, Serialize};
 
 use super::error::render;
-use super::extract::{AccountCtx, query, wants_fragment};
-use super::time::{DAY_MS, datetime, parse_date};
+use super::extract::{AccountCtx, Lenient, page_or_fragment};
 use super::{Console, PageError};
+use crate::time::{DAY_MS, datetime, parse_date};
 
 /// Rows per page.
 const PAGE: u32 = 25;
@@ -206,9 +206,8 @@ pub async fn page(
     State(console): State<Console>,
     ctx: AccountCtx,
     headers: HeaderMap,
-    RawQuery(raw): RawQuery,
+    Lenient(q): Lenient<LogQuery>,
 ) -> Result<Response, PageError> {
-    let q: LogQuery = query(raw.as_deref());
     let (filter, note) = q.to_filter();
     let page = q.page();
     let mut found = console
@@ -246,18 +245,19 @@ pub async fn page(
         },
         note,
     };
-    let mut resp = if wants_fragment(&headers) {
-        render(&LogFragment { table })
-    } else {
-        render(&LogPage {
-            chrome: ctx.chrome(&console, "Verification log", "log"),
-            filter: q,
-            table,
-        })
-    };
-    resp.headers_mut()
-        .insert(header::VARY, HeaderValue::from_static("HX-Request"));
-    Ok(resp)
+    let chrome = ctx.chrome(&console, "Verification log", "log");
+    Ok(page_or_fragment(
+        &headers,
+        table,
+        |table| render(&LogFragment { table }),
+        |table| {
+            render(&LogPage {
+                chrome,
+                filter: q,
+                table,
+            })
+        },
+    ))
 }
 
 #[cfg(test)]

@@ -23,7 +23,6 @@ mod numbers;
 mod operators;
 mod session;
 mod settings;
-mod time;
 mod views;
 mod webhooks;
 
@@ -42,7 +41,6 @@ use crate::state::AppState;
 
 pub use error::PageError;
 pub use session::{Principal, Session, Sessions};
-pub(crate) use time::civil_from_days;
 
 /// The policy every console response carries: scripts, styles and images
 /// only from this server, no inline script or style, no framing, forms
@@ -134,7 +132,7 @@ impl Console {
                 if pw.expose().starts_with("$argon2") {
                     return Some(pw.expose().to_owned());
                 }
-                match crate::auth::hash_password(pw.expose()).await {
+                match crate::password::hash_password(pw.expose()).await {
                     Ok(h) => Some(h),
                     Err(e) => {
                         tracing::error!(error = %e, "console: hashing the operator password failed");

@@ -7,19 +7,19 @@
 //! out per account per day.
 
 use askama::Template;
-use axum::extract::{RawQuery, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
-use otpgate_core::{OtpCode, VerificationId};
+use otpgate_api::SendRequest;
+use otpgate_core::{FlowType, OtpCode, SendCommand, VerificationId};
 use otpgate_store::SendKind;
 use serde::Deserialize;
 
 use super::error::{render, render_status};
-use super::extract::{AccountCtx, Posted, query};
-use super::time::datetime;
+use super::extract::{AccountCtx, Lenient, Posted};
 use super::{Console, PageError};
-use crate::params::Params;
-use crate::service::{self, SendRequest, SendResult};
+use crate::service::{self, SendError, SendResult};
+use crate::time::datetime;
 
 #[derive(Template)]
 #[template(path = "console/numbers.html")]
@@ -43,7 +43,7 @@ struct Row {
 
 #[derive(Deserialize, Default)]
 #[serde(default)]
-struct Flags {
+pub struct Flags {
     sent: String,
     done: String,
 }
@@ -110,9 +110,8 @@ async fn build(
 pub async fn page(
     State(console): State<Console>,
     ctx: AccountCtx,
-    RawQuery(raw): RawQuery,
+    Lenient(flags): Lenient<Flags>,
 ) -> Result<Response, PageError> {
-    let flags: Flags = query(raw.as_deref());
     let mut page = build(&console, &ctx, VerificationId::parse(&flags.sent).ok()).await?;
     page.notice = match flags.done.as_str() {
         "verified" => "Number verified: test credits now pay for messages to it.",
@@ -157,23 +156,29 @@ pub async fn send(
         );
         return refused(&console, &ctx, None, Some(&form), text).await;
     }
-    let params = Params::from_pairs(vec![
-        ("countryCode".into(), form.country_code.trim().to_owned()),
-        ("mobileNumber".into(), form.mobile_number.trim().to_owned()),
-        ("flowType".into(), "SMS".into()),
-    ]);
-    let mut req = match SendRequest::parse(&console.app, &ctx.account, &params) {
-        Ok(r) => r,
-        Err(e) => return refused(&console, &ctx, None, Some(&form), e.reason).await,
+    let nonblank = |s: &str| Some(s.trim().to_owned()).filter(|s| !s.is_empty());
+    let wire = SendRequest {
+        country_code: nonblank(&form.country_code),
+        mobile_number: nonblank(&form.mobile_number),
+        flow_type: Some(FlowType::Sms.as_str().to_owned()),
+        ..SendRequest::default()
     };
-    if req.kind == SendKind::TestNumber {
+    let plan = match SendCommand::try_from(wire)
+        .map_err(|e| e.to_string())
+        .and_then(|cmd| {
+            service::plan_send(&console.app, &ctx.account, cmd).map_err(|e| e.to_string())
+        }) {
+        Ok(p) => p,
+        Err(reason) => return refused(&console, &ctx, None, Some(&form), reason).await,
+    };
+    if plan.test_code.is_some() {
         let text = "That is one of this server's test numbers; it needs no verifying.".into();
         return refused(&console, &ctx, None, Some(&form), text).await;
     }
-    req.kind = SendKind::OwnNumber {
+    let kind = SendKind::OwnNumber {
         max_per_day: fraud.own_number_sends_per_day,
     };
-    match service::send(&console.app, &ctx.account, req).await {
+    match service::send(&console.app, &ctx.account, plan, kind).await {
         Ok(SendResult::Created(v)) => {
             tracing::info!(customer = %ctx.account.customer_id, to = %v.destination.masked(), "console: own-number code sent");
             Ok(Redirect::to(&format!("/console/numbers?sent={}", v.id)).into_response())
@@ -182,14 +187,14 @@ pub async fn send(
             let text = "A code to this number is still valid: type it below, or wait until it expires to ask for a new one.".into();
             refused(&console, &ctx, Some(v.id), Some(&form), text).await
         }
-        Err(e) if e.code == otpgate_api::ResponseCode::MaximumLimitReached => {
+        Err(e @ SendError::RateLimited { .. }) => {
             let text = format!(
-                "Not now: {}. At most {} own-number codes go out per account per day.",
-                e.reason, fraud.own_number_sends_per_day
+                "Not now: {e}. At most {} own-number codes go out per account per day.",
+                fraud.own_number_sends_per_day
             );
             refused(&console, &ctx, None, Some(&form), text).await
         }
-        Err(e) => refused(&console, &ctx, None, Some(&form), e.reason).await,
+        Err(e) => refused(&console, &ctx, None, Some(&form), e.to_string()).await,
     }
 }
 
@@ -206,7 +211,7 @@ pub async fn confirm(
     };
     match service::validate_code(&console.app, &ctx.account, id, &code).await {
         Ok(_) => {}
-        Err(e) => return refused(&console, &ctx, Some(id), None, e.reason).await,
+        Err(e) => return refused(&console, &ctx, Some(id), None, e.to_string()).await,
     }
     let store = &console.app.store;
     if !store

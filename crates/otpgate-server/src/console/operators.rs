@@ -3,16 +3,16 @@
 //! the account's console sessions and makes its tokens answer 401.
 
 use askama::Template;
-use axum::extract::{RawQuery, State};
+use axum::extract::State;
 use axum::response::{IntoResponse, Redirect, Response};
 use otpgate_core::CustomerId;
 use otpgate_store::StoreError;
 use serde::Deserialize;
 
 use super::error::render;
-use super::extract::{OperatorCtx, Posted, query};
-use super::time::datetime;
+use super::extract::{Lenient, OperatorCtx, Posted};
 use super::{Console, PageError};
+use crate::time::datetime;
 
 /// Accounts per page.
 const PAGE: u32 = 50;
@@ -42,7 +42,7 @@ struct Row {
 
 #[derive(Deserialize, Default)]
 #[serde(default)]
-struct PageQuery {
+pub struct PageQuery {
     page: String,
     done: String,
     id: String,
@@ -71,9 +71,8 @@ fn page_of(s: &str) -> u32 {
 pub async fn page(
     State(console): State<Console>,
     ctx: OperatorCtx,
-    RawQuery(raw): RawQuery,
+    Lenient(q): Lenient<PageQuery>,
 ) -> Result<Response, PageError> {
-    let q: PageQuery = query(raw.as_deref());
     let page = page_of(&q.page);
     let mut found = console
         .app

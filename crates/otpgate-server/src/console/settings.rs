@@ -2,18 +2,18 @@
 //! default validity and code length, the countries it may send to (others
 //! get 511) and the per-number send limit. The API's send path reads them
 //! on every send, so a change here applies to the next one. The page also
-//! holds the account's webhook (see `webhooks.rs`).
+//! shows the account's webhook (its forms are handled in `webhooks.rs`).
 
 use askama::Template;
-use axum::extract::{RawQuery, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
-use otpgate_core::is_known_country_code;
+use otpgate_core::{OtpLength, TimeoutRange, is_known_country_code};
 use otpgate_store::AccountSettings;
 use serde::Deserialize;
 
 use super::error::{render, render_status};
-use super::extract::{AccountCtx, Posted, query};
+use super::extract::{AccountCtx, Lenient, Posted};
 use super::{Console, PageError};
 
 /// Longest brand name: it goes into every SMS, where length is money.
@@ -29,7 +29,7 @@ pub(super) struct SettingsPage {
     errors: Vec<String>,
     saved: bool,
     defaults: Defaults,
-    webhook: super::webhooks::WebhookView,
+    webhook: WebhookView,
 }
 
 /// The page with the account's settings as stored and `webhook` as given
@@ -37,7 +37,7 @@ pub(super) struct SettingsPage {
 pub(super) fn page_with_webhook(
     console: &Console,
     ctx: &AccountCtx,
-    webhook: super::webhooks::WebhookView,
+    webhook: WebhookView,
 ) -> SettingsPage {
     SettingsPage {
         chrome: ctx.chrome(console, "Settings", "settings"),
@@ -47,6 +47,32 @@ pub(super) fn page_with_webhook(
         defaults: defaults(console),
         webhook,
     }
+}
+
+/// The webhook part of the Settings page.
+#[derive(Debug, Clone, Default)]
+pub struct WebhookView {
+    pub url: String,
+    /// The full `whsec_` secret, shown to the account that owns it.
+    pub secret: String,
+    pub errors: Vec<String>,
+}
+
+/// The webhook of `ctx`'s account, as the Settings page shows it.
+///
+/// # Errors
+/// The store's.
+pub async fn webhook_view(console: &Console, ctx: &AccountCtx) -> Result<WebhookView, PageError> {
+    let hook = console
+        .app
+        .store
+        .webhook_get(&ctx.account.customer_id)
+        .await?;
+    Ok(hook.map_or_else(WebhookView::default, |h| WebhookView {
+        url: h.url,
+        secret: h.secret.expose().to_owned(),
+        errors: Vec::new(),
+    }))
 }
 
 /// Server-wide values that apply where the account sets none.
@@ -73,7 +99,7 @@ pub struct SettingsForm {
 
 #[derive(Deserialize, Default)]
 #[serde(default)]
-struct Flags {
+pub struct Flags {
     saved: Option<String>,
 }
 
@@ -97,11 +123,7 @@ impl SettingsForm {
 
     /// The settings this form asks for, or every reason it cannot be
     /// taken. An empty field means "the server default".
-    pub fn parse(
-        &self,
-        min_timeout: u32,
-        max_timeout: u32,
-    ) -> Result<AccountSettings, Vec<String>> {
+    pub fn parse(&self, range: TimeoutRange) -> Result<AccountSettings, Vec<String>> {
         let mut errors = Vec::new();
         let brand = self.brand_name.trim();
         if brand.chars().count() > MAX_BRAND_CHARS {
@@ -114,11 +136,12 @@ impl SettingsForm {
         }
         let timeout = match self.default_timeout_secs.trim() {
             "" => None,
-            t => match t.parse::<u32>() {
-                Ok(v) if (min_timeout..=max_timeout).contains(&v) => Some(v),
-                _ => {
+            t => match range.parse(t) {
+                Ok(v) => Some(v),
+                Err(_) => {
                     errors.push(format!(
-                        "Validity must be a whole number of seconds from {min_timeout} to {max_timeout}."
+                        "Validity must be a whole number of seconds from {} to {}.",
+                        range.min, range.max
                     ));
                     None
                 }
@@ -126,10 +149,14 @@ impl SettingsForm {
         };
         let length = match self.default_otp_length.trim() {
             "" => None,
-            t => match t.parse::<u8>() {
-                Ok(v) if (4..=8).contains(&v) => Some(v),
-                _ => {
-                    errors.push("Code length must be 4 to 8 digits.".into());
+            t => match OtpLength::parse(t) {
+                Ok(v) => Some(v.get()),
+                Err(_) => {
+                    errors.push(format!(
+                        "Code length must be {} to {} digits.",
+                        OtpLength::MIN,
+                        OtpLength::MAX
+                    ));
                     None
                 }
             },
@@ -191,10 +218,9 @@ fn defaults(console: &Console) -> Defaults {
 pub async fn page(
     State(console): State<Console>,
     ctx: AccountCtx,
-    RawQuery(raw): RawQuery,
+    Lenient(flags): Lenient<Flags>,
 ) -> Result<Response, PageError> {
-    let flags: Flags = query(raw.as_deref());
-    let webhook = super::webhooks::view(&console, &ctx).await?;
+    let webhook = webhook_view(&console, &ctx).await?;
     Ok(render(&SettingsPage {
         chrome: ctx.chrome(&console, "Settings", "settings"),
         form: SettingsForm::from_settings(&ctx.account.settings),
@@ -210,8 +236,7 @@ pub async fn save(
     ctx: AccountCtx,
     Posted(form): Posted<SettingsForm>,
 ) -> Result<Response, PageError> {
-    let otp = &console.app.settings.otp;
-    match form.parse(otp.min_timeout_secs, otp.max_timeout_secs) {
+    match form.parse(crate::service::timeout_range(&console.app)) {
         Ok(settings) => {
             console
                 .app
@@ -229,7 +254,7 @@ pub async fn save(
                 errors,
                 saved: false,
                 defaults: defaults(&console),
-                webhook: super::webhooks::view(&console, &ctx).await?,
+                webhook: webhook_view(&console, &ctx).await?,
             },
         )),
     }
@@ -238,6 +263,8 @@ pub async fn save(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const RANGE: TimeoutRange = TimeoutRange { min: 20, max: 300 };
 
     fn form(
         brand: &str,
@@ -257,14 +284,14 @@ mod tests {
 
     #[test]
     fn empty_fields_mean_server_defaults() {
-        let s = form(" ", "", "", " , ", "").parse(20, 300).expect("valid");
+        let s = form(" ", "", "", " , ", "").parse(RANGE).expect("valid");
         assert_eq!(s, AccountSettings::default());
     }
 
     #[test]
     fn values_are_parsed_sorted_and_deduplicated() {
         let s = form(" Acme ", "120", "6", "+91, 44 91", "3")
-            .parse(20, 300)
+            .parse(RANGE)
             .expect("valid");
         assert_eq!(s.brand_name.as_deref(), Some("Acme"));
         assert_eq!(s.default_timeout_secs, Some(120));
@@ -281,10 +308,10 @@ mod tests {
     #[test]
     fn every_bad_value_is_reported() {
         let errors = form(&"x".repeat(81), "10", "9", "91, 999, abc", "0")
-            .parse(20, 300)
+            .parse(RANGE)
             .expect_err("invalid");
         assert_eq!(errors.len(), 6, "{errors:?}");
-        let errors = form("a\nb", "", "", "", "").parse(20, 300).expect_err("x");
+        let errors = form("a\nb", "", "", "", "").parse(RANGE).expect_err("x");
         assert_eq!(errors.len(), 1);
     }
 
@@ -292,7 +319,7 @@ mod tests {
     fn markup_in_the_brand_is_kept_as_text() {
         // Escaping is the template's job; the value itself is allowed.
         let s = form("<b>Acme</b>", "", "", "", "")
-            .parse(20, 300)
+            .parse(RANGE)
             .expect("ok");
         assert_eq!(s.brand_name.as_deref(), Some("<b>Acme</b>"));
     }

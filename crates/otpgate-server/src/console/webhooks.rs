@@ -10,37 +10,12 @@ use serde::Deserialize;
 
 use super::error::{render, render_status};
 use super::extract::{AccountCtx, Posted};
+use super::settings::{WebhookView, page_with_webhook};
 use super::{Console, PageError};
 use crate::events::{sign, target};
 
 /// How many events the Events page lists.
 const PAGE_EVENTS: u32 = 100;
-
-/// The webhook part of the Settings page.
-#[derive(Debug, Clone, Default)]
-pub struct WebhookView {
-    pub url: String,
-    /// The full `whsec_` secret, shown to the account that owns it.
-    pub secret: String,
-    pub errors: Vec<String>,
-}
-
-/// The webhook of `ctx`'s account, as the Settings page shows it.
-///
-/// # Errors
-/// The store's.
-pub async fn view(console: &Console, ctx: &AccountCtx) -> Result<WebhookView, PageError> {
-    let hook = console
-        .app
-        .store
-        .webhook_get(&ctx.account.customer_id)
-        .await?;
-    Ok(hook.map_or_else(WebhookView::default, |h| WebhookView {
-        url: h.url,
-        secret: h.secret.expose().to_owned(),
-        errors: Vec::new(),
-    }))
-}
 
 #[derive(Debug, Deserialize, Default)]
 #[serde(default)]
@@ -91,7 +66,7 @@ pub async fn save(
                 Err(why) => {
                     return Ok(render_status(
                         StatusCode::UNPROCESSABLE_ENTITY,
-                        &super::settings::page_with_webhook(
+                        &page_with_webhook(
                             &console,
                             &ctx,
                             WebhookView {
@@ -139,7 +114,7 @@ pub async fn page(State(console): State<Console>, ctx: AccountCtx) -> Result<Res
         .await?
         .into_iter()
         .map(|e| EventRow {
-            created: super::time::datetime(e.created_at),
+            created: crate::time::datetime(e.created_at),
             kind: e.kind.as_str(),
             verification: e.verification_id.to_string(),
             id: e.event_id,

@@ -310,33 +310,8 @@ pub fn body(ev: &PendingEvent) -> String {
     }
     serde_json::json!({
         "type": ev.kind.as_str(),
-        "timestamp": rfc3339(ev.created_at),
+        "timestamp": crate::time::rfc3339(ev.created_at),
         "data": data,
     })
     .to_string()
-}
-
-/// `ms` since the epoch as `2026-12-01T07:40:00.123Z`.
-fn rfc3339(ms: i64) -> String {
-    let secs = ms.div_euclid(1000);
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    let (y, m, d) = crate::console::civil_from_days(days);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        ms.rem_euclid(1000)
-    )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn timestamps_are_rfc3339_utc() {
-        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
-        assert_eq!(rfc3339(1_764_100_000_123), "2025-11-25T19:46:40.123Z");
-    }
 }

@@ -23,11 +23,6 @@ use std::sync::LazyLock;
 use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
-use axum::Router;
-use axum::extract::State;
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use otpgate_core::DeliveryStatus;
 use otpgate_core::fraud::{BlockScope, RefusalKind};
 use otpgate_store::Store;
@@ -37,10 +32,6 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
-use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
-
-use crate::state::AppState;
 
 /// The exposition's content type (the encoder writes OpenMetrics text).
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -431,49 +422,6 @@ pub fn fraud_block(scope: BlockScope) {
 /// A send was refused for its number type.
 pub fn number_type_refused() {
     FRAUD.number_type.inc();
-}
-
-/// `/metrics`, for the API listener or a listener of its own.
-pub fn router() -> Router<AppState> {
-    Router::new().route("/metrics", get(scrape))
-}
-
-async fn scrape(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    if let Some(token) = state
-        .settings
-        .metrics
-        .bearer_token
-        .as_ref()
-        .filter(|t| !t.is_empty())
-    {
-        let given = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .unwrap_or("");
-        // Digests first, so the comparison's time says nothing of length.
-        let ok: bool = Sha256::digest(given.as_bytes())
-            .ct_eq(&Sha256::digest(token.expose().as_bytes()))
-            .into();
-        if !ok {
-            return (
-                StatusCode::UNAUTHORIZED,
-                [(header::WWW_AUTHENTICATE, "Bearer")],
-                "a bearer token is required\n",
-            )
-                .into_response();
-        }
-    }
-    let body = state
-        .metrics
-        .render(state.store.as_ref(), state.clock.now_ms())
-        .await;
-    let mut resp = body.into_response();
-    resp.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
-    resp.headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    resp
 }
 
 #[cfg(test)]

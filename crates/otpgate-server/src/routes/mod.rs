@@ -2,9 +2,11 @@
 //! fallbacks that keep even unknown paths and wrong methods in the
 //! contract's envelope.
 
+mod envelope;
 mod health;
 pub mod openapi;
 mod receipts;
+pub mod scrape;
 mod token;
 mod verification;
 mod whatsapp;
@@ -25,7 +27,7 @@ pub fn router(state: AppState) -> Router {
         .merge(whatsapp::router())
         .merge(openapi::router());
     if state.settings.metrics.enabled && state.settings.metrics.listen.trim().is_empty() {
-        router = router.merge(crate::metrics::router());
+        router = router.merge(scrape::router());
     }
     if state.settings.console.enabled {
         router = router

@@ -1,5 +1,6 @@
-//! Dates for the console: milliseconds since the epoch to UTC text and back.
-//! The console shows UTC throughout, as the stats are grouped by UTC day;
+//! Dates for the console and the webhook payloads: milliseconds since the
+//! epoch to UTC text and back. The console shows UTC throughout, as the
+//! stats are grouped by UTC day;
 //! a date library for a dozen lines of civil-calendar arithmetic is not
 //! worth its weight (algorithms from Howard Hinnant's "chrono-compatible
 //! low-level date algorithms").
@@ -7,7 +8,7 @@
 pub const DAY_MS: i64 = 86_400_000;
 
 /// Days since 1970-01-01 to (year, month, day).
-pub(crate) fn civil_from_days(z: i64) -> (i64, u32, u32) {
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
     let z = z + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z.rem_euclid(146_097);
@@ -51,6 +52,15 @@ pub fn datetime(ms: i64) -> String {
         secs / 3600,
         secs / 60 % 60,
         secs % 60
+    )
+}
+
+/// `2026-12-01T07:40:00.123Z`, as webhook payloads carry it.
+pub fn rfc3339(ms: i64) -> String {
+    format!(
+        "{}.{:03}Z",
+        datetime(ms).replacen(' ', "T", 1),
+        ms.rem_euclid(1000)
     )
 }
 
@@ -98,6 +108,9 @@ mod tests {
         assert_eq!(date(951_782_400_000), "2000-02-29");
         assert_eq!(short_date(951_782_400_000), "02-29");
         assert_eq!(datetime(-1000), "1969-12-31 23:59:59");
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339(1_764_100_000_123), "2025-11-25T19:46:40.123Z");
+        assert_eq!(rfc3339(-1), "1969-12-31T23:59:59.999Z");
     }
 
     #[test]

@@ -1,0 +1,264 @@
+//! The requests of the contract (§1–§3) as the wire carries them: every
+//! parameter as text, present or not. The parameter names are spelled here
+//! once ([`param`]) and each request lists its fields beside them once
+//! ([`WireRequest`]): the server reads requests and the SDK and the bench
+//! write them through that one list, so no side can spell a name
+//! differently. Meaning (digits, ranges, defaults) is the core's
+//! business: these types only carry what was sent.
+
+use std::fmt;
+
+/// The wire names of the contract's parameters.
+pub mod param {
+    pub const CUSTOMER_ID: &str = "customerId";
+    pub const KEY: &str = "key";
+    pub const COUNTRY: &str = "country";
+    pub const EMAIL: &str = "email";
+    pub const SCOPE: &str = "scope";
+    pub const COUNTRY_CODE: &str = "countryCode";
+    pub const MOBILE_NUMBER: &str = "mobileNumber";
+    pub const FLOW_TYPE: &str = "flowType";
+    pub const OTP_LENGTH: &str = "otpLength";
+    pub const TIMEOUT: &str = "timeout";
+    pub const LANG_ID: &str = "langId";
+    pub const VERIFICATION_ID: &str = "verificationId";
+    pub const CODE: &str = "code";
+}
+
+/// The channel a code travels on (`flowType`, contract §2): the hosted
+/// service's values and otpgate's extensions (`VOICE`, `EMAIL`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum FlowType {
+    #[default]
+    Sms,
+    WhatsApp,
+    Rcs,
+    Sauth,
+    Voice,
+    Email,
+}
+
+impl FlowType {
+    pub const ALL: [FlowType; 6] = [
+        Self::Sms,
+        Self::WhatsApp,
+        Self::Rcs,
+        Self::Sauth,
+        Self::Voice,
+        Self::Email,
+    ];
+
+    /// The wire value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Sms => "SMS",
+            Self::WhatsApp => "WHATSAPP",
+            Self::Rcs => "RCS",
+            Self::Sauth => "SAUTH",
+            Self::Voice => "VOICE",
+            Self::Email => "EMAIL",
+        }
+    }
+
+    /// The wire value in any case (`sms`, `Sms`).
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|f| f.as_str().eq_ignore_ascii_case(s.trim()))
+    }
+}
+
+impl fmt::Display for FlowType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A request as named parameters. Each request lists its fields once,
+/// beside their wire names ([`WireRequest::fields`]); the server reads one
+/// with [`WireRequest::from_params`], the SDK and the bench write one with
+/// [`WireRequest::to_params`].
+pub trait WireRequest: Default + Clone {
+    /// Each parameter's wire name beside its field, in the contract's order.
+    fn fields(&mut self) -> Vec<(&'static str, &mut Option<String>)>;
+
+    /// The request `get` answers: a name's value, or `None` when it is
+    /// absent (the server also treats a blank value as absent).
+    fn from_params(get: impl Fn(&'static str) -> Option<String>) -> Self {
+        let mut r = Self::default();
+        for (name, field) in r.fields() {
+            *field = get(name);
+        }
+        r
+    }
+
+    /// The parameters to send, in order; absent ones are left out.
+    fn to_params(&self) -> Vec<(&'static str, String)> {
+        let mut r = self.clone();
+        r.fields()
+            .into_iter()
+            .filter_map(|(name, value)| value.take().map(|v| (name, v)))
+            .collect()
+    }
+}
+
+/// §1: `GET /auth/v1/authentication/token`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TokenRequest {
+    pub customer_id: Option<String>,
+    /// Base64 of the account's password.
+    pub key: Option<String>,
+    /// `NEW` asks for a fresh token (every request gets one).
+    pub scope: Option<String>,
+    /// Accepted, not checked.
+    pub country: Option<String>,
+    /// Accepted, not checked.
+    pub email: Option<String>,
+}
+
+impl WireRequest for TokenRequest {
+    fn fields(&mut self) -> Vec<(&'static str, &mut Option<String>)> {
+        vec![
+            (param::CUSTOMER_ID, &mut self.customer_id),
+            (param::KEY, &mut self.key),
+            (param::SCOPE, &mut self.scope),
+            (param::COUNTRY, &mut self.country),
+            (param::EMAIL, &mut self.email),
+        ]
+    }
+}
+
+/// §2: `POST …/send`.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct SendRequest {
+    pub country_code: Option<String>,
+    pub mobile_number: Option<String>,
+    pub flow_type: Option<String>,
+    pub otp_length: Option<String>,
+    /// Extension: validity in seconds.
+    pub timeout: Option<String>,
+    pub lang_id: Option<String>,
+    pub email: Option<String>,
+    /// When present, must be the token's account.
+    pub customer_id: Option<String>,
+}
+
+impl fmt::Debug for SendRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Numbers and addresses are the end user's: not in debug output.
+        f.debug_struct("SendRequest")
+            .field("country_code", &self.country_code)
+            .field("flow_type", &self.flow_type)
+            .field("otp_length", &self.otp_length)
+            .field("timeout", &self.timeout)
+            .field("lang_id", &self.lang_id)
+            .field("customer_id", &self.customer_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl WireRequest for SendRequest {
+    fn fields(&mut self) -> Vec<(&'static str, &mut Option<String>)> {
+        vec![
+            (param::COUNTRY_CODE, &mut self.country_code),
+            (param::MOBILE_NUMBER, &mut self.mobile_number),
+            (param::FLOW_TYPE, &mut self.flow_type),
+            (param::OTP_LENGTH, &mut self.otp_length),
+            (param::TIMEOUT, &mut self.timeout),
+            (param::LANG_ID, &mut self.lang_id),
+            (param::EMAIL, &mut self.email),
+            (param::CUSTOMER_ID, &mut self.customer_id),
+        ]
+    }
+}
+
+/// §3: `…/validateOtp`; also the status extension, which takes the same
+/// parameters but `code`.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct ValidateRequest {
+    pub verification_id: Option<String>,
+    pub code: Option<String>,
+    /// When present, must be the token's account.
+    pub customer_id: Option<String>,
+}
+
+impl fmt::Debug for ValidateRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The code is a secret until used: never in debug output.
+        f.debug_struct("ValidateRequest")
+            .field("verification_id", &self.verification_id)
+            .field("customer_id", &self.customer_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl WireRequest for ValidateRequest {
+    fn fields(&mut self) -> Vec<(&'static str, &mut Option<String>)> {
+        vec![
+            (param::VERIFICATION_ID, &mut self.verification_id),
+            (param::CODE, &mut self.code),
+            (param::CUSTOMER_ID, &mut self.customer_id),
+        ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn round_trip<R: WireRequest + PartialEq + fmt::Debug>(r: &R) {
+        let map: HashMap<&str, String> = r.to_params().into_iter().collect();
+        let back = R::from_params(|n| map.get(n).cloned());
+        assert_eq!(&back, r);
+    }
+
+    #[test]
+    fn requests_round_trip_through_their_parameters() {
+        round_trip(&SendRequest {
+            country_code: Some("91".into()),
+            mobile_number: Some("9876543210".into()),
+            flow_type: Some("SMS".into()),
+            otp_length: Some("6".into()),
+            timeout: Some("120".into()),
+            lang_id: Some("en".into()),
+            email: Some("a@example.com".into()),
+            customer_id: Some("C-6D16D900FA3044F".into()),
+        });
+        round_trip(&ValidateRequest {
+            verification_id: Some("5915384".into()),
+            code: Some("1234".into()),
+            customer_id: None,
+        });
+        round_trip(&TokenRequest {
+            customer_id: Some("C-6D16D900FA3044F".into()),
+            key: Some("cw==".into()),
+            scope: Some("NEW".into()),
+            country: None,
+            email: None,
+        });
+    }
+
+    #[test]
+    fn the_wire_names_are_the_contracts() {
+        let send = SendRequest {
+            otp_length: Some("6".into()),
+            country_code: Some("91".into()),
+            ..SendRequest::default()
+        };
+        assert_eq!(
+            send.to_params(),
+            vec![("countryCode", "91".into()), ("otpLength", "6".into())]
+        );
+        let debug = format!(
+            "{:?}",
+            ValidateRequest {
+                code: Some("4711".into()),
+                ..ValidateRequest::default()
+            }
+        );
+        assert!(!debug.contains("4711"), "{debug}");
+    }
+}
