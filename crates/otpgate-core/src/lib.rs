@@ -11,6 +11,7 @@ pub mod customer;
 pub mod fraud;
 pub mod phone;
 pub mod secret;
+pub mod send;
 pub mod token;
 pub mod verification;
 

@@ -124,6 +124,28 @@ pub enum DeliveryStatus {
 }
 
 impl DeliveryStatus {
+    /// A gateway took the message (the channel statistics' "succeeded").
+    pub const SUCCEEDED: [Self; 2] = [Self::Sent, Self::Delivered];
+    /// The message will not arrive by this step: a receipt in one of these
+    /// fails the step (and, with no other step left, its verification).
+    pub const FINAL_FAILURES: [Self; 4] = [
+        Self::Undeliverable,
+        Self::Expired,
+        Self::Rejected,
+        Self::Failed,
+    ];
+
+    /// See [`Self::FINAL_FAILURES`].
+    pub fn is_final_failure(self) -> bool {
+        Self::FINAL_FAILURES.contains(&self)
+    }
+
+    /// A step in this status may still bring the code (queued, out with a
+    /// gateway, or delivered), so its verification is not failed yet.
+    pub fn may_still_arrive(self) -> bool {
+        matches!(self, Self::Queued | Self::Sent | Self::Delivered)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Queued => "queued",

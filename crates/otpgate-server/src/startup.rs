@@ -25,7 +25,7 @@ use crate::config::Settings;
 use crate::events::Events;
 use crate::limits::{KnownClients, Throttle};
 use crate::metrics::Metrics;
-use crate::metrics::store::MeteredStore;
+use crate::metrics::store::metered;
 use crate::params::BodyLimit;
 use crate::password::{Hasher, KeyCache};
 use crate::routes;
@@ -79,7 +79,7 @@ impl Application {
         // Everything below (the SMS channels' receipts included) uses the
         // store through the metrics wrapper.
         let metrics = Arc::new(Metrics::new());
-        let store: Arc<dyn Store> = Arc::new(MeteredStore::new(store, metrics.clone()));
+        let store: Arc<dyn Store> = Arc::new(metered(store, metrics.clone()));
 
         let token_secret = secret_bytes(&store, "token_secret", settings.token.secret.as_ref())
             .await

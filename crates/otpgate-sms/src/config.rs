@@ -51,7 +51,7 @@ use std::sync::Arc;
 
 use otpgate_core::Clock;
 use otpgate_core::fraud::NumberKind;
-use otpgate_store::Store;
+use otpgate_store::DeliveryStore;
 use serde::Deserialize;
 
 use crate::channel::Channel;
@@ -246,7 +246,7 @@ pub fn receipt_auth(
 /// malformed URLs or templates, impossible SMPP settings.
 pub fn build(
     config: &SmsConfig,
-    store: Arc<dyn Store>,
+    store: Arc<dyn DeliveryStore>,
     clock: Arc<dyn Clock>,
 ) -> Result<Arc<dyn Router>, ConfigError> {
     build_with_env(config, store, clock, &|k| std::env::var(k).ok())
@@ -258,7 +258,7 @@ pub fn build(
 /// As [`build`].
 pub fn build_with_env(
     config: &SmsConfig,
-    store: Arc<dyn Store>,
+    store: Arc<dyn DeliveryStore>,
     clock: Arc<dyn Clock>,
     env: EnvLookup<'_>,
 ) -> Result<Arc<dyn Router>, ConfigError> {
@@ -271,7 +271,7 @@ pub fn build_with_env(
 /// As [`build`].
 pub fn build_table(
     config: &SmsConfig,
-    store: Arc<dyn Store>,
+    store: Arc<dyn DeliveryStore>,
     clock: Arc<dyn Clock>,
     env: EnvLookup<'_>,
 ) -> Result<RouteTable, ConfigError> {

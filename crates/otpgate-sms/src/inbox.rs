@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use otpgate_core::Clock;
-use otpgate_store::{InboxEntry, Store};
+use otpgate_store::{InboxEntry, InboxStore};
 use serde::Deserialize;
 
 use crate::channel::{Accepted, Channel, ChannelError, ChannelHealth, Outgoing};
@@ -30,12 +30,12 @@ impl ChannelSetup for InboxConfig {
 
 pub struct InboxChannel {
     name: String,
-    store: Arc<dyn Store>,
+    store: Arc<dyn InboxStore>,
     clock: Arc<dyn Clock>,
 }
 
 impl InboxChannel {
-    pub fn new(name: impl Into<String>, store: Arc<dyn Store>, clock: Arc<dyn Clock>) -> Self {
+    pub fn new(name: impl Into<String>, store: Arc<dyn InboxStore>, clock: Arc<dyn Clock>) -> Self {
         Self {
             name: name.into(),
             store,

@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use otpgate_core::{Clock, DeliveryStatus};
-use otpgate_store::{Store, StoreError};
+use otpgate_store::{OutboxStore, StoreError};
 use tracing::{debug, info};
 
 /// What a receipt tells, whatever carried it.
@@ -44,12 +44,12 @@ pub trait ReceiptSink: Send + Sync + 'static {
 
 /// The sink that writes to the store.
 pub struct StoreReceipts {
-    store: Arc<dyn Store>,
+    store: Arc<dyn OutboxStore>,
     clock: Arc<dyn Clock>,
 }
 
 impl StoreReceipts {
-    pub fn new(store: Arc<dyn Store>, clock: Arc<dyn Clock>) -> Self {
+    pub fn new(store: Arc<dyn OutboxStore>, clock: Arc<dyn Clock>) -> Self {
         Self { store, clock }
     }
 }
@@ -62,7 +62,7 @@ impl ReceiptSink for StoreReceipts {
 }
 
 async fn record(
-    store: &dyn Store,
+    store: &dyn OutboxStore,
     clock: &dyn Clock,
     channel: &str,
     receipt: &Receipt,
@@ -122,7 +122,7 @@ pub fn alternate_ids(id: &str) -> Vec<String> {
 /// # Errors
 /// The store's error: the caller answers 503 so the sender retries.
 pub async fn record_receipts(
-    store: &dyn Store,
+    store: &dyn OutboxStore,
     clock: &dyn Clock,
     channel: &str,
     receipts: &[Receipt],
@@ -177,7 +177,7 @@ pub enum ReceiptError {
 /// # Errors
 /// [`ReceiptError`], see above.
 pub async fn handle_http_receipt(
-    store: &dyn Store,
+    store: &dyn OutboxStore,
     clock: &dyn Clock,
     channel: &str,
     params: &[(String, String)],

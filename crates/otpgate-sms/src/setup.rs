@@ -9,7 +9,7 @@
 use std::sync::Arc;
 
 use otpgate_core::{Clock, SecretString};
-use otpgate_store::Store;
+use otpgate_store::DeliveryStore;
 
 use crate::channel::Channel;
 use crate::receipt::ReceiptSink;
@@ -51,7 +51,7 @@ pub type Starter = Box<dyn FnOnce(&str, &StartContext) -> Arc<dyn Channel>>;
 
 /// What starting a channel may use beyond its own settings.
 pub struct StartContext {
-    pub store: Arc<dyn Store>,
+    pub store: Arc<dyn DeliveryStore>,
     pub clock: Arc<dyn Clock>,
     /// Where channels that bring receipts in themselves (SMPP's
     /// `deliver_sm`) record them.

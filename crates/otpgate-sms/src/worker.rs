@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use otpgate_core::Clock;
-use otpgate_store::{OutboxDepth, OutboxMessage, SentInfo, Store};
+use otpgate_store::{OutboxDepth, OutboxMessage, OutboxStore, SentInfo};
 use rand::RngExt;
 use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -100,7 +100,7 @@ impl Router for SingleRoute {
 }
 
 pub struct Delivery {
-    store: Arc<dyn Store>,
+    store: Arc<dyn OutboxStore>,
     clock: Arc<dyn Clock>,
     router: Arc<dyn Router>,
     config: DeliveryConfig,
@@ -110,7 +110,7 @@ pub struct Delivery {
 
 impl Delivery {
     pub fn new(
-        store: Arc<dyn Store>,
+        store: Arc<dyn OutboxStore>,
         clock: Arc<dyn Clock>,
         router: Arc<dyn Router>,
         config: DeliveryConfig,
@@ -120,7 +120,7 @@ impl Delivery {
 
     /// As [`Delivery::new`], telling `observer` of every attempt.
     pub fn observed(
-        store: Arc<dyn Store>,
+        store: Arc<dyn OutboxStore>,
         clock: Arc<dyn Clock>,
         router: Arc<dyn Router>,
         config: DeliveryConfig,

@@ -24,8 +24,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use otpgate_core::{CodeHash, CustomerId, PhoneNumber, VerificationId};
+use otpgate_store::prelude::*;
 use otpgate_store::sqlite::{MAX_BATCH, SqliteStore};
-use otpgate_store::{CreateOutcome, NewAccount, NewVerification, SendLimits, Store};
+use otpgate_store::{CreateOutcome, NewAccount, NewVerification, SendLimits};
 
 const T0: i64 = 1_764_100_000_000;
 const SENDERS: [usize; 2] = [1, 64];

@@ -56,22 +56,9 @@ pub struct Account {
     pub created_at: i64,
 }
 
-/// Limits checked inside [`crate::Store::verification_create`]'s transaction,
-/// so they hold across nodes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SendLimits {
-    /// At most this many verifications per (account, destination) per
-    /// `per_number_window_ms`.
-    pub per_number_max: u32,
-    pub per_number_window_ms: i64,
-    /// At most this many wrong codes per (account, destination) over
-    /// `wrong_code_window_ms`, across verifications; past it sends are
-    /// refused (and validations answer 800, decided by the caller).
-    pub wrong_code_max: u32,
-    pub wrong_code_window_ms: i64,
-    /// At most this many sends per account per second; `None` is no limit.
-    pub per_account_per_second: Option<u32>,
-}
+// The send's limits and kind are the core's (`otpgate_core::send`), where
+// the decision that reads them lives.
+pub use otpgate_core::send::{SendKind, SendLimits};
 
 #[derive(Debug, Clone)]
 pub struct NewVerification {
@@ -116,19 +103,6 @@ pub struct NewVerification {
     pub kind: SendKind,
 }
 
-/// What a send is for; decides who may pay and whether a message goes out.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SendKind {
-    /// An API send: test credits pay only for the account's verified numbers.
-    Normal,
-    /// The account verifying a number as its own (console): test credits
-    /// may pay, at most `max_per_day` such sends per account per day.
-    OwnNumber { max_per_day: u32 },
-    /// A configured test number: nothing leaves the server, nothing is
-    /// charged, no fraud check applies (there is nothing to pump).
-    TestNumber,
-}
-
 /// A later step of a fallback workflow, its text rendered at send time (the
 /// code is not stored anywhere else in plaintext).
 #[derive(Debug, Clone)]
@@ -141,7 +115,7 @@ pub struct NewFallback {
     pub due_at: i64,
 }
 
-/// Result of [`crate::Store::verification_create`].
+/// Result of [`crate::VerificationStore::verification_create`].
 #[derive(Debug, Clone)]
 pub enum CreateOutcome {
     Created(Verification),

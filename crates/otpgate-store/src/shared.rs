@@ -6,10 +6,11 @@
 use otpgate_core::{CustomerId, DeliveryStatus, PhoneNumber, SecretString, VerificationId};
 
 use otpgate_core::fraud::{self, BlockScope};
+use otpgate_core::send;
 
 use crate::{
     AccountSettings, CreateOutcome, DailyStats, EventAttempt, EventKind, EventOutcome, EventRecord,
-    NewVerification, PendingEvent, StoreError, StoreResult,
+    NewVerification, PendingEvent, StoreError, StoreResult, Verification,
 };
 
 /// The key a block of `scope` has for this send.
@@ -22,27 +23,50 @@ pub(crate) fn block_key(req: &NewVerification, scope: BlockScope) -> String {
     }
 }
 
-/// A send refused by a cap or an active block.
-pub(crate) fn refused(r: fraud::Refusal, now: i64) -> CreateOutcome {
-    CreateOutcome::Blocked {
-        kind: r.kind,
-        retry_after_secs: retry_after_secs(r.until_ms.saturating_sub(now)),
-        reason: r.reason,
-        new_block: None,
+/// The terms [`send::decide`] weighs for this request.
+pub(crate) fn terms(req: &NewVerification) -> send::SendTerms {
+    send::SendTerms {
+        price: req.price,
+        kind: req.kind,
+        limits: req.limits,
+        fraud: req.fraud,
     }
 }
 
-/// A send refused by the block it just triggered (and the store recorded).
-pub(crate) fn new_block(b: fraud::NewBlock, now: i64) -> CreateOutcome {
-    CreateOutcome::Blocked {
-        kind: match b.scope {
-            BlockScope::Prefix => fraud::RefusalKind::PrefixBlocked,
-            BlockScope::Country => fraud::RefusalKind::CountryBlocked,
+/// The outcome of a refused send. `pending` is the verification the backend
+/// read for 506; a block (`Refused::Block`) must have been recorded first.
+pub(crate) fn refusal(
+    refused: send::Refused,
+    pending: Option<Verification>,
+    now: i64,
+) -> StoreResult<CreateOutcome> {
+    use send::Refused as R;
+    Ok(match refused {
+        R::AccountUnavailable => CreateOutcome::AccountUnavailable,
+        R::AlreadyPending => CreateOutcome::AlreadyPending(
+            pending.ok_or_else(|| StoreError::Internal("506 without its verification".into()))?,
+        ),
+        R::RateLimited { wait_ms } => CreateOutcome::RateLimited {
+            retry_after_secs: retry_after_secs(wait_ms),
         },
-        retry_after_secs: retry_after_secs(b.until_ms.saturating_sub(now)),
-        reason: fraud::blocked_text(b.scope, &b.reason),
-        new_block: Some(b.scope),
-    }
+        R::Fraud(r) => CreateOutcome::Blocked {
+            kind: r.kind,
+            retry_after_secs: retry_after_secs(r.until_ms.saturating_sub(now)),
+            reason: r.reason,
+            new_block: None,
+        },
+        R::Block(b) => CreateOutcome::Blocked {
+            kind: match b.scope {
+                BlockScope::Prefix => fraud::RefusalKind::PrefixBlocked,
+                BlockScope::Country => fraud::RefusalKind::CountryBlocked,
+            },
+            retry_after_secs: retry_after_secs(b.until_ms.saturating_sub(now)),
+            reason: fraud::blocked_text(b.scope, &b.reason),
+            new_block: Some(b.scope),
+        },
+        R::InsufficientBalance => CreateOutcome::InsufficientBalance,
+        R::TestCreditsRestricted => CreateOutcome::TestCreditsRestricted,
+    })
 }
 
 /// Decodes a stored block scope.
@@ -135,6 +159,17 @@ pub(crate) fn fill_days(
             }
         })
         .collect()
+}
+
+/// A status group of the core ([`DeliveryStatus::SUCCEEDED`], …) as the
+/// names the database stores, to bind rather than spell in SQL.
+pub(crate) fn status_names(group: &[DeliveryStatus]) -> Vec<&'static str> {
+    group.iter().map(|s| s.as_str()).collect()
+}
+
+/// [`status_names`] as a JSON array, for SQLite's `json_each`.
+pub(crate) fn status_names_json(group: &[DeliveryStatus]) -> String {
+    serde_json::Value::from(status_names(group)).to_string()
 }
 
 pub(crate) fn corrupt(what: &str) -> StoreError {
@@ -349,13 +384,9 @@ pub(crate) fn step_failed(step: u32, others: &[(i64, u32, DeliveryStatus)]) -> S
         .filter(|(_, s, st)| *s > step && *st == DeliveryStatus::Queued)
         .min_by_key(|(_, s, _)| *s)
         .map(|(id, _, _)| *id);
-    let alive = others.iter().any(|(_, s, st)| {
-        *s != step
-            && matches!(
-                st,
-                DeliveryStatus::Queued | DeliveryStatus::Sent | DeliveryStatus::Delivered
-            )
-    });
+    let alive = others
+        .iter()
+        .any(|(_, s, st)| *s != step && st.may_still_arrive());
     StepFailed {
         wake,
         fail_verification: !alive,

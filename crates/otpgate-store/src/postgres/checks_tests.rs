@@ -2,38 +2,15 @@
 //! rules, on a throwaway PostgreSQL: the per-number and wrong-code limits
 //! moved into one query, and the cases the contract suite does not reach
 //! (send times that tie, a budget reached inside a tie) are checked here.
+//! The reference is the core's `send::wrong_code_block`, which SQLite runs.
 
+use otpgate_core::VerificationState;
+use otpgate_core::send::wrong_code_block;
 use sqlx::Row;
 
-use super::{CHECKS, CHECKS_COUNTING_RECENT, PgOptions, PostgresStore};
+use super::send::{CHECKS, CHECKS_COUNTING_RECENT};
+use super::{PgOptions, PostgresStore};
 use crate::testkit::{TempPostgres, require_services};
-
-/// Given (created_at, wrong attempts) of the window's verifications, newest
-/// first, the `created_at` of the one whose leaving the window brings the
-/// wrong codes back under `max`; `None` when already under it. (What the
-/// store computed in Rust before the checks became one query.)
-fn wrong_code_block(newest_first: &[(i64, i32)], max: u32) -> Option<i64> {
-    let max = i64::from(max);
-    let mut sum = 0i64;
-    for &(at, wrong) in newest_first {
-        sum = sum.saturating_add(i64::from(wrong));
-        if sum >= max {
-            return Some(at);
-        }
-    }
-    None
-}
-
-#[test]
-fn the_reference_frees_the_budget_when_enough_old_codes_leave_the_window() {
-    // Newest first: 2 wrong at t=300, 1 at t=200, 3 at t=100.
-    let rows = [(300, 2), (200, 1), (100, 3)];
-    assert_eq!(wrong_code_block(&rows, 7), None);
-    assert_eq!(wrong_code_block(&rows, 6), Some(100));
-    assert_eq!(wrong_code_block(&rows, 3), Some(200));
-    assert_eq!(wrong_code_block(&rows, 2), Some(300));
-    assert_eq!(wrong_code_block(&[], 5), None);
-}
 
 /// A small deterministic generator, so a failure replays.
 struct Lcg(u64);
@@ -115,7 +92,11 @@ async fn the_checks_query_blocks_where_the_rules_say_even_with_ties() {
             }
         }
         ours.sort_by_key(|v| std::cmp::Reverse(v.0));
-        let with_wrong: Vec<_> = ours.iter().copied().filter(|&(_, w)| w > 0).collect();
+        let with_wrong: Vec<(i64, i64)> = ours
+            .iter()
+            .filter(|&&(_, w)| w > 0)
+            .map(|&(at, w)| (at, i64::from(w)))
+            .collect();
         let total: i64 = ours.iter().map(|&(_, w)| i64::from(w)).sum();
         let sends = u32::try_from(ours.len()).unwrap();
 
@@ -136,7 +117,8 @@ async fn the_checks_query_blocks_where_the_rules_say_even_with_ties() {
                 .bind(NOW - WINDOW)
                 .bind(i64::from(max) - 1)
                 .bind(NOW - WINDOW)
-                .bind(i64::from(max));
+                .bind(i64::from(max))
+                .bind(VerificationState::Pending.as_str());
                 if counting {
                     query = query.bind(NOW - 1000);
                 }

@@ -21,38 +21,40 @@ struct Migration {
     sql: &'static str,
 }
 
+/// Builds the list from (version, name, file under `migrations/postgres`).
+macro_rules! migrations {
+    ($(($version:literal, $name:literal, $file:literal)),* $(,)?) => {
+        &[$(Migration {
+            version: $version,
+            name: $name,
+            sql: include_str!(concat!("../../migrations/postgres/", $file)),
+        }),*]
+    };
+}
+
 /// In order; a new migration gets the next version and is never edited
 /// once released.
-const MIGRATIONS: &[Migration] = &[
-    Migration {
-        version: 1,
-        name: "init",
-        sql: include_str!("../../migrations/postgres/0001_init.sql"),
-    },
-    Migration {
-        version: 2,
-        name: "outbox steps",
-        sql: include_str!("../../migrations/postgres/0002_outbox_steps.sql"),
-    },
-    Migration {
-        version: 3,
-        name: "fraud defence",
-        sql: include_str!("../../migrations/postgres/0003_fraud_defence.sql"),
-    },
-    Migration {
-        version: 4,
-        name: "daily stats and retention",
-        sql: include_str!("../../migrations/postgres/0004_daily_stats_retention.sql"),
-    },
-    Migration {
-        version: 5,
-        name: "events",
-        sql: include_str!("../../migrations/postgres/0005_events.sql"),
-    },
+const MIGRATIONS: &[Migration] = migrations![
+    (1, "init", "0001_init.sql"),
+    (2, "outbox steps", "0002_outbox_steps.sql"),
+    (3, "fraud defence", "0003_fraud_defence.sql"),
+    (
+        4,
+        "daily stats and retention",
+        "0004_daily_stats_retention.sql"
+    ),
+    (5, "events", "0005_events.sql"),
+    (6, "schema parity", "0006_schema_parity.sql"),
 ];
 
 /// The newest schema this build knows.
-pub const SCHEMA_VERSION: i64 = 5;
+pub const SCHEMA_VERSION: i64 = 6;
+
+/// The migrations as (version, name, SQL), in order: for tests that make a
+/// database as an earlier build did.
+pub fn migrations() -> impl Iterator<Item = (i64, &'static str, &'static str)> {
+    MIGRATIONS.iter().map(|m| (m.version, m.name, m.sql))
+}
 
 /// Key of the advisory lock that serialises migrations across nodes
 /// ("otpgate" in ASCII, then a 1).

@@ -23,32 +23,52 @@ mod checks_tests;
 mod error;
 mod events;
 mod migrate;
+mod outbox;
 mod rows;
+mod send;
 
 use crate::shared::{
-    self, EventRecordRow, attempts_detail, clip, created_detail, day_of, delivery_detail,
-    email_key, event_record, event_record_columns, fill_days, id_i64, retry_after_secs, stats_days,
-    to_u64,
+    self, EventRecordRow, attempts_detail, email_key, event_record, event_record_columns,
+    fill_days, id_i64, stats_days, to_u64,
 };
-use otpgate_core::fraud::{self, ChargeRefusal, SendVerdict};
 use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use otpgate_core::{CustomerId, DeliveryStatus, VerificationId};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
-use sqlx::{ConnectOptions, Connection, PgConnection, Row};
+use sqlx::{ConnectOptions, Connection, PgConnection};
 
-pub use migrate::SCHEMA_VERSION;
+pub use migrate::{SCHEMA_VERSION, migrations};
 
 use self::error::{db_err, timed_out};
-use self::rows::{account_columns, outbox_columns, verification_columns};
+use self::rows::{account_columns, verification_columns};
 use crate::{
-    Account, AccountSettings, ChannelStats, ConversionRow, CreateOutcome, DailyStats, EventAttempt,
-    EventBacklog, EventKind, EventRecord, FraudBlock, InboxEntry, NewAccount, NewVerification,
-    OutboxDepth, OutboxMessage, OwnNumber, PendingEvent, Purged, SafeEntry, SendKind, SentInfo,
-    Store, StoreError, StoreResult, ValidationAction, Verification, VerificationFilter, Webhook,
+    Account, AccountSettings, AccountStore, ChannelStats, ConversionRow, CreateOutcome, DailyStats,
+    EventAttempt, EventBacklog, EventRecord, EventStore, FraudBlock, FraudStore, InboxEntry,
+    InboxStore, NewAccount, NewVerification, OwnNumber, PendingEvent, Purged, SafeEntry,
+    StoreError, StoreResult, SystemStore, ValidationAction, Verification, VerificationFilter,
+    VerificationStore, Webhook,
 };
+
+/// `update accounts set SET where customer_id = $1`, the row back as an
+/// [`Account`]: `update_account!(self, id, "SET", $2, $3…)`.
+macro_rules! update_account {
+    ($store:ident, $id:expr, $set:literal $(, $bind:expr)* $(,)?) => {
+        $store
+            .account_update(
+                sqlx::query(concat!(
+                    "update accounts set ",
+                    $set,
+                    " where customer_id = $1 returning ",
+                    account_columns!()
+                ))
+                .bind($id.as_str())
+                $(.bind($bind))*,
+            )
+            .await
+    };
+}
 
 /// Connection settings of a [`PostgresStore`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,7 +95,7 @@ impl Default for PgOptions {
     }
 }
 
-/// [`Store`] on PostgreSQL. Cheap to clone (it is a pool handle).
+/// [`crate::Store`] on PostgreSQL. Cheap to clone (it is a pool handle).
 #[derive(Clone)]
 pub struct PostgresStore {
     pool: PgPool,
@@ -212,7 +232,8 @@ impl PostgresStore {
         }
     }
 
-    /// Updates one account and returns it; [`StoreError::NotFound`] when it
+    /// Runs an `update accounts … returning` of one account (see
+    /// `update_account!`) and returns it; [`StoreError::NotFound`] when it
     /// does not exist.
     async fn account_update(
         &self,
@@ -230,557 +251,8 @@ impl PostgresStore {
     }
 }
 
-/// The first key of the two-key advisory locks that serialise sends to one
-/// prefix ("otpg" in ASCII); the second is the prefix's `hashtext`. Two-key
-/// locks never collide with the one-key migration lock.
-const PREFIX_LOCK_SPACE: i32 = 0x6f74_7067;
-
-/// What the fraud defences weigh for this send (see `decide_send`), in one
-/// statement; and whether the destination is one of the account's verified
-/// numbers, and how many own-number sends it made in the last day.
-async fn fraud_facts(
-    tx: &mut PgConnection,
-    req: &NewVerification,
-    destination: &str,
-) -> StoreResult<(fraud::SendFacts, bool, u32)> {
-    let now = req.created_at;
-    let row = sqlx::query(
-        "with acct as (
-             select count(*) filter (where created_at > $3) as hour_n,
-                    coalesce(sum(cost) filter (where created_at > $3), 0)::bigint as hour_c,
-                    min(created_at) filter (where created_at > $3) as hour_oldest,
-                    count(*) as day_n, coalesce(sum(cost), 0)::bigint as day_c,
-                    min(created_at) as day_oldest
-               from verifications where customer_id = $1 and created_at > $4
-         ),
-         pb as (select reason, strikes, blocked_until from fraud_blocks
-                 where scope = 'prefix' and key = $5),
-         cb as (select reason, strikes, blocked_until from fraud_blocks
-                 where scope = 'country' and key = $6)
-         select acct.*,
-                (select count(*) from verifications
-                  where destination = $7 and created_at > $4) as dest_n,
-                (select min(created_at) from verifications
-                  where destination = $7 and created_at > $4) as dest_oldest,
-                exists (select 1 from safe_list
-                         where left($7, length(entry)) = entry) as safe,
-                (select reason from pb) as pb_reason,
-                (select strikes from pb) as pb_strikes,
-                (select blocked_until from pb) as pb_until,
-                (select reason from cb) as cb_reason,
-                (select strikes from cb) as cb_strikes,
-                (select blocked_until from cb) as cb_until,
-                (select count(*) from verifications
-                  where prefix = $5
-                    and created_at > greatest($8, coalesce((select blocked_until from pb), 0))
-                ) as p_sent,
-                (select count(*) from verifications
-                  where prefix = $5 and state = 'completed'
-                    and created_at > greatest($8, coalesce((select blocked_until from pb), 0))
-                ) as p_done,
-                (select count(*) from verifications
-                  where customer_id = $1 and country_code = $2 and prefix is not null
-                    and created_at > greatest($9, coalesce((select blocked_until from cb), 0))
-                ) as c_sent,
-                (select count(*) from verifications
-                  where customer_id = $1 and country_code = $2 and state = 'completed'
-                    and prefix is not null and created_at > greatest($9, coalesce((select blocked_until from cb), 0))
-                ) as c_done,
-                exists (select 1 from own_numbers
-                         where customer_id = $1 and destination = $7
-                           and verified_at is not null) as own_verified,
-                (select count(*) from own_numbers
-                  where customer_id = $1 and created_at > $4) as own_today
-           from acct",
-    )
-    .bind(req.customer_id.as_str())
-    .bind(i32::from(req.destination.country_code()))
-    .bind(now - fraud::HOUR_MS)
-    .bind(now - fraud::DAY_MS)
-    .bind(&req.prefix)
-    .bind(shared::block_key(req, fraud::BlockScope::Country))
-    .bind(destination)
-    .bind(now - req.fraud.prefix.window_ms)
-    .bind(now - req.fraud.country.window_ms)
-    .fetch_one(&mut *tx)
-    .await
-    .map_err(db_err)?;
-    let get = |name: &str| -> StoreResult<i64> { row.try_get::<i64, _>(name).map_err(db_err) };
-    let opt = |name: &str| -> StoreResult<Option<i64>> {
-        row.try_get::<Option<i64>, _>(name).map_err(db_err)
-    };
-    let flag = |name: &str| -> StoreResult<bool> { row.try_get::<bool, _>(name).map_err(db_err) };
-    let n = |name: &str| -> StoreResult<u32> { shared::count(get(name)?, "count") };
-    let block = |reason: &str, strikes: &str, until: &str| -> StoreResult<_> {
-        let reason: Option<String> = row.try_get(reason).map_err(db_err)?;
-        let strikes: Option<i32> = row.try_get(strikes).map_err(db_err)?;
-        Ok(match (reason, strikes, opt(until)?) {
-            (Some(reason), Some(strikes), Some(until)) => Some(fraud::BlockRecord {
-                until_ms: until,
-                strikes: shared::count(i64::from(strikes), "strikes")?,
-                reason,
-            }),
-            _ => None,
-        })
-    };
-    let facts = fraud::SendFacts {
-        price: req.price,
-        account_hour: fraud::Usage {
-            messages: n("hour_n")?,
-            credits: get("hour_c")?,
-            oldest_ms: opt("hour_oldest")?,
-        },
-        account_day: fraud::Usage {
-            messages: n("day_n")?,
-            credits: get("day_c")?,
-            oldest_ms: opt("day_oldest")?,
-        },
-        destination_day: fraud::Usage {
-            messages: n("dest_n")?,
-            credits: 0,
-            oldest_ms: opt("dest_oldest")?,
-        },
-        safe_listed: flag("safe")?,
-        prefix_block: block("pb_reason", "pb_strikes", "pb_until")?,
-        country_block: block("cb_reason", "cb_strikes", "cb_until")?,
-        prefix: fraud::Conversion {
-            sent: n("p_sent")?,
-            completed: n("p_done")?,
-        },
-        country: fraud::Conversion {
-            sent: n("c_sent")?,
-            completed: n("c_done")?,
-        },
-    };
-    Ok((facts, flag("own_verified")?, n("own_today")?))
-}
-
-/// `u32` counters are stored as `integer`; a value past its range (a
-/// configuration of billions of attempts) is as good as unlimited.
-fn int(n: u32) -> i32 {
-    i32::try_from(n).unwrap_or(i32::MAX)
-}
-
-/// What a send's checks decided, before anything is written.
-enum Checked {
-    /// Boxed: a refusal is the rare, larger case.
-    Refused(Box<CreateOutcome>),
-    Charge {
-        cost: i64,
-        cost_test: i64,
-        /// The guard counts this send (see `counted` in `create_checks`).
-        counted: bool,
-    },
-}
-
-fn refused(outcome: CreateOutcome) -> Checked {
-    Checked::Refused(Box::new(outcome))
-}
-
-/// Retry-After for a refusal that lasts until `at` plus `window`.
-fn rate_limited(at: i64, window: i64, now: i64) -> Checked {
-    refused(CreateOutcome::RateLimited {
-        retry_after_secs: retry_after_secs(at.saturating_add(window).saturating_sub(now)),
-    })
-}
-
-/// Everything the 506 check and the rate limits of contract §2 need, in
-/// one statement: the round trips of a send are made while it holds its
-/// account's lock, so each one costs every other send of the account too.
-///
-/// Its snapshot must be taken after the lock is granted (it is a statement
-/// of its own, after `select … for update`): a statement that waited for
-/// the lock itself would see only the locked row afresh, and these
-/// subqueries as they were before the send it waited for committed.
-///
-/// One row: the pending verification's columns (all null when there is
-/// none), then
-/// - `recent`: sends of the account in the last second (see
-///   [`CHECKS_COUNTING_RECENT`]);
-/// - `number_block_at`: `created_at` of the `per_number_max`-th newest send
-///   to the destination in its window; room opens when it leaves;
-/// - `wrong_block_at`: `created_at` of the newest verification at which the
-///   wrong codes of it and of those newer reach the budget; the budget frees
-///   when it leaves the window. The window function's default frame takes
-///   in peers (equal `created_at`), which changes no answer: the send time
-///   that first reaches the budget is the same whichever order ties are in.
-///   Wrong codes count by their verification's send time, as
-///   `wrong_codes_since` counts them.
-///
-/// Parameters: customer, destination, now, per-number window start,
-/// per-number offset, wrong-code window start, wrong-code budget.
-macro_rules! checks_sql {
-    ($recent:literal) => {
-        concat!(
-            "select pending.*, limits.*
-               from (select ",
-            $recent,
-            " as recent,
-                       (select created_at from verifications
-                         where customer_id = $1 and destination = $2 and created_at > $4
-                         order by created_at desc limit 1 offset $5
-                       ) as number_block_at,
-                       (select created_at
-                          from (select created_at,
-                                       sum(wrong_attempts) over (order by created_at desc)
-                                           as wrong
-                                  from verifications
-                                 where customer_id = $1 and destination = $2
-                                   and created_at > $6 and wrong_attempts > 0
-                               ) newest_first
-                         where wrong >= $7
-                         order by created_at desc limit 1
-                       ) as wrong_block_at
-                    ) limits
-               left join (select ",
-            verification_columns!(),
-            " from verifications
-                           where customer_id = $1 and destination = $2 and state = 'pending'
-                             and expires_at > $3 and wrong_attempts < max_attempts
-                           order by created_at desc, id desc limit 1
-                         ) pending on true"
-        )
-    };
-}
-
-/// The checks for an account without a per-second limit.
-const CHECKS: &str = checks_sql!("null::bigint");
-
-/// The checks for an account with a per-second limit, which also count its
-/// sends since `$8`. A statement of its own rather than a count that a
-/// parameter switches off: PostgreSQL would price the count into that
-/// statement's generic plan, find custom plans much cheaper, and so plan it
-/// afresh on every send. Without the limit (the default) a send runs
-/// [`CHECKS`], whose one cached plan serves every send.
-const CHECKS_COUNTING_RECENT: &str = checks_sql!(
-    "(select count(*) from verifications
-       where customer_id = $1 and created_at > $8 and created_at <= $3)"
-);
-
-/// The writes of an accepted send, in one statement. The charge, the
-/// outbox row and (for an account with a webhook) the `created` event hang off the inserted verification, so an id that is
-/// already taken (`on conflict do nothing`) writes nothing at all; the
-/// caller then reports a conflict and drops the transaction, as before.
-const WRITE: &str = concat!(
-    "with inserted as (
-         insert into verifications (
-             id, customer_id, country_code, national, destination, flow_type, code_hash,
-             otp_length, state, wrong_attempts, max_attempts, created_at, expires_at,
-             transaction_id, cost, cost_test, delivery
-             , prefix
-         ) values ($1, $2, $3, $4, $5, $6, $7, $8, 'pending', 0, $9, $10, $11, $12, $13,
-                   $14, $19, $18)
-         on conflict (id) do nothing
-         returning ",
-    verification_columns!(),
-    "
-     ),
-     charged as (
-         update accounts a
-            set credits = a.credits - (i.cost - i.cost_test),
-                test_credits = a.test_credits - i.cost_test
-           from inserted i
-          where a.customer_id = i.customer_id
-     ),
-     queued as (
-         insert into outbox (
-             verification_id, customer_id, step, address, lang, text, status, attempts,
-             next_attempt_at, created_at, updated_at
-         )
-         select id, customer_id, 0, $16, $17, $15, 'queued', 0, created_at, created_at,
-                created_at
-           from inserted where $20
-     ),
-     own as (
-         insert into own_numbers (verification_id, customer_id, destination, created_at)
-         select id, customer_id, $5, created_at from inserted where $21
-     ),
-     evented as (
-         insert into events (
-             event_id, customer_id, verification_id, kind, detail, status, attempts,
-             next_attempt_at, created_at, updated_at
-         )
-         select ",
-    events::new_event_id!(),
-    ", i.customer_id, i.id, 'verification.created', $22, 'pending', 0,
-                i.created_at, i.created_at, i.created_at
-           from inserted i join webhooks w on w.customer_id = i.customer_id
-     ),
-     counted as (
-         insert into daily_stats (customer_id, day, sends, completed, created_at)
-         select customer_id, $23, 1, 0, created_at from inserted
-         on conflict (customer_id, day) do update set sends = daily_stats.sends + 1
-     )
-     select * from inserted"
-);
-
-impl PostgresStore {
-    /// The checks of contract §2 and §5 in the order the [`Store`] trait
-    /// documents, in two statements: the account row's lock, then
-    /// `CHECKS`. The order of outcomes is decided here, from one row, so
-    /// the SQL need not encode it.
-    async fn create_checks(
-        tx: &mut PgConnection,
-        req: &NewVerification,
-        destination: &str,
-    ) -> StoreResult<Checked> {
-        let now = req.created_at;
-        let customer = req.customer_id.as_str();
-        let limits = &req.limits;
-        if req.price < 0 {
-            // The server's price table is validated at start-up; a negative
-            // price here is a bug, and would mint credit.
-            return Err(StoreError::Internal("negative price".into()));
-        }
-
-        // The lock that serialises the sends of one account across nodes: a
-        // statement of its own, as `checks_sql!` explains. The row it returns
-        // is read afresh once the lock is granted, so the balance and the
-        // disabled flag are current.
-        let account: Option<(i64, i64, bool)> = sqlx::query_as(
-            "select credits, test_credits, disabled from accounts
-             where customer_id = $1 for update",
-        )
-        .bind(customer)
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(db_err)?;
-        let Some((credits, test_credits, false)) = account else {
-            return Ok(refused(CreateOutcome::AccountUnavailable));
-        };
-
-        let number_window = limits.per_number_window_ms.max(0);
-        let wrong_window = limits.wrong_code_window_ms.max(0);
-        let counting = limits.per_account_per_second.is_some();
-        let mut checks = sqlx::query(if counting {
-            CHECKS_COUNTING_RECENT
-        } else {
-            CHECKS
-        })
-        .bind(customer)
-        .bind(destination)
-        .bind(now)
-        .bind(now.saturating_sub(number_window))
-        // A maximum of 0 refuses below before this offset is looked at;
-        // `max(1)` only keeps it legal.
-        .bind(i64::from(limits.per_number_max.max(1)) - 1)
-        .bind(now.saturating_sub(wrong_window))
-        .bind(i64::from(limits.wrong_code_max));
-        if counting {
-            checks = checks.bind(now.saturating_sub(1000));
-        }
-        let row = checks.fetch_one(&mut *tx).await.map_err(db_err)?;
-
-        // 506: a live verification to this destination.
-        let pending: Option<i64> = row.try_get("id").map_err(db_err)?;
-        if pending.is_some() {
-            return Ok(refused(CreateOutcome::AlreadyPending(rows::verification(
-                &row,
-            )?)));
-        }
-
-        if let Some(per_second) = limits.per_account_per_second {
-            let recent: i64 = row.try_get("recent").map_err(db_err)?;
-            if recent >= i64::from(per_second) {
-                return Ok(refused(CreateOutcome::RateLimited {
-                    retry_after_secs: 1,
-                }));
-            }
-        }
-
-        // Per number: full while the `per_number_max`-th newest send to this
-        // destination is inside the window.
-        if limits.per_number_max == 0 {
-            return Ok(rate_limited(now, number_window, now));
-        }
-        let number_block_at: Option<i64> = row.try_get("number_block_at").map_err(db_err)?;
-        if let Some(at) = number_block_at {
-            return Ok(rate_limited(at, number_window, now));
-        }
-
-        // The wrong-code budget across this destination's verifications in
-        // the window.
-        if limits.wrong_code_max == 0 {
-            return Ok(rate_limited(now, wrong_window, now));
-        }
-        let wrong_block_at: Option<i64> = row.try_get("wrong_block_at").map_err(db_err)?;
-        if let Some(at) = wrong_block_at {
-            return Ok(rate_limited(at, wrong_window, now));
-        }
-
-        // The fraud defences: caps, blocks and the conversion guard, read
-        // under the account's lock (and the prefix's, below), so concurrent
-        // sends on any node cannot overshoot a cap; the rule is the core's.
-        let mut test_usable =
-            !req.fraud.test_credits_verified_only || matches!(req.kind, SendKind::OwnNumber { .. });
-        // Whether the guard counts this send: not for a safe-listed
-        // destination or a test number (their prefix is stored as null), so
-        // trusted traffic never pushes its country towards a block.
-        let mut counted = false;
-        if req.kind != SendKind::TestNumber {
-            // Sends to one prefix from different accounts serialise here, so
-            // the prefix guard and the per-number cap hold across accounts
-            // too. Always taken after the account's row lock, never before:
-            // no two sends can wait on each other in a cycle. A statement of
-            // its own, so the facts below are read after it is granted.
-            sqlx::query("select pg_advisory_xact_lock($1, hashtext($2))")
-                .bind(PREFIX_LOCK_SPACE)
-                .bind(&req.prefix)
-                .execute(&mut *tx)
-                .await
-                .map_err(db_err)?;
-            let (facts, own_verified, own_today) = fraud_facts(tx, req, destination).await?;
-            counted = !facts.safe_listed;
-            if let SendKind::OwnNumber { max_per_day } = req.kind
-                && own_today >= max_per_day
-            {
-                return Ok(refused(CreateOutcome::RateLimited {
-                    retry_after_secs: 3600,
-                }));
-            }
-            test_usable |= own_verified;
-            match fraud::decide_send(&facts, &req.fraud, now) {
-                SendVerdict::Allow => {}
-                SendVerdict::Refuse(r) => return Ok(refused(shared::refused(r, now))),
-                SendVerdict::Block(b) => {
-                    sqlx::query(
-                        "insert into fraud_blocks (scope, key, reason, strikes, blocked_until,
-                                                   lifted_at, created_at, updated_at)
-                         values ($1, $2, $3, $4, $5, null, $6, $6)
-                         on conflict (scope, key) do update
-                            set reason = excluded.reason, strikes = excluded.strikes,
-                                blocked_until = excluded.blocked_until, lifted_at = null,
-                                updated_at = excluded.updated_at",
-                    )
-                    .bind(b.scope.as_str())
-                    .bind(shared::block_key(req, b.scope))
-                    .bind(&b.reason)
-                    .bind(int(b.strikes))
-                    .bind(b.until_ms)
-                    .bind(now)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(db_err)?;
-                    return Ok(refused(shared::new_block(b, now)));
-                }
-            }
-        }
-
-        // Contract §5: test credits first (where they may pay), never below
-        // zero. The balance is the locked row's, so no other send can spend
-        // it in between.
-        let price = if req.kind == SendKind::TestNumber {
-            0
-        } else {
-            req.price
-        };
-        match fraud::charge(price, credits, test_credits, test_usable) {
-            Ok((cost, cost_test)) => Ok(Checked::Charge {
-                cost,
-                cost_test,
-                counted,
-            }),
-            Err(ChargeRefusal::Insufficient) => Ok(refused(CreateOutcome::InsufficientBalance)),
-            Err(ChargeRefusal::TestCreditsRestricted) => {
-                Ok(refused(CreateOutcome::TestCreditsRestricted))
-            }
-        }
-    }
-
-    async fn create_in(
-        tx: &mut PgConnection,
-        req: &NewVerification,
-    ) -> StoreResult<Result<Verification, CreateOutcome>> {
-        let destination = req.destination.e164_digits();
-        let (cost, cost_test, counted) = match Self::create_checks(tx, req, &destination).await? {
-            Checked::Refused(outcome) => return Ok(Err(*outcome)),
-            Checked::Charge {
-                cost,
-                cost_test,
-                counted,
-            } => (cost, cost_test, counted),
-        };
-        // The first candidate id not yet taken: a taken one writes nothing
-        // (`on conflict do nothing`) and leaves the transaction usable.
-        let candidates = std::iter::once((req.id, &req.code_hash))
-            .chain(req.spare_ids.iter().map(|(i, h)| (*i, h)));
-        let mut stored = None;
-        for (id, code_hash) in candidates {
-            let row = sqlx::query(WRITE)
-                .bind(id_i64(id))
-                .bind(req.customer_id.as_str())
-                .bind(i32::from(req.destination.country_code()))
-                .bind(req.destination.national())
-                .bind(&destination)
-                .bind(&req.flow_type)
-                .bind(&code_hash.0[..])
-                .bind(i16::from(req.otp_length))
-                .bind(int(req.max_attempts))
-                .bind(req.created_at)
-                .bind(req.expires_at)
-                .bind(&req.transaction_id)
-                .bind(cost)
-                .bind(cost_test)
-                .bind(&req.message_text)
-                .bind(&req.address)
-                .bind(&req.lang)
-                .bind(counted.then_some(&req.prefix))
-                .bind(if req.kind == SendKind::TestNumber {
-                    "sent"
-                } else {
-                    "queued"
-                })
-                // A test number's message never leaves the server: no outbox row.
-                .bind(req.kind != SendKind::TestNumber)
-                .bind(matches!(req.kind, SendKind::OwnNumber { .. }))
-                .bind(created_detail(req))
-                .bind(day_of(req.created_at))
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(db_err)?;
-            if let Some(row) = row {
-                stored = Some((id, row));
-                break;
-            }
-        }
-        let Some((id, row)) = stored else {
-            return Err(StoreError::Conflict(
-                "every candidate verification id is taken".into(),
-            ));
-        };
-        // A test number's message (and any fallback step) never leaves the
-        // server.
-        let fallbacks = if req.kind == SendKind::TestNumber {
-            &[][..]
-        } else {
-            &req.fallbacks[..]
-        };
-        for (i, f) in fallbacks.iter().enumerate() {
-            sqlx::query(
-                "insert into outbox (
-                     verification_id, customer_id, step, flow_type, address, lang, text,
-                     status, attempts, next_attempt_at, created_at, updated_at
-                 ) values ($1, $2, $3, $4, $5, $6, $7, 'queued', 0, $8, $9, $9)",
-            )
-            .bind(id_i64(id))
-            .bind(req.customer_id.as_str())
-            .bind(i32::try_from(i + 1).unwrap_or(i32::MAX))
-            .bind(&f.flow_type)
-            .bind(&f.address)
-            .bind(&req.lang)
-            .bind(&f.text)
-            .bind(f.due_at)
-            .bind(req.created_at)
-            .execute(&mut *tx)
-            .await
-            .map_err(db_err)?;
-        }
-        Ok(Ok(rows::verification(&row)?))
-    }
-}
-
 #[async_trait]
-impl Store for PostgresStore {
+impl SystemStore for PostgresStore {
     async fn ping(&self) -> StoreResult<()> {
         self.guarded(async {
             sqlx::query("select 1")
@@ -820,6 +292,84 @@ impl Store for PostgresStore {
         .await
     }
 
+    async fn purge_before(&self, cutoff: i64, max: u32) -> StoreResult<Purged> {
+        self.guarded(async {
+            // `skip locked`: another node sweeping at the same moment takes
+            // other rows instead of waiting for these. The outbox rows go in
+            // the same statement as the verifications they reference (the
+            // foreign key is checked at its end), as do own-number records.
+            // Their events (webhook deliveries) go with them too.
+            let (verifications, outbox, gone_events): (i64, i64, i64) = sqlx::query_as(
+                "with doomed as (
+                     select id from verifications where created_at < $1
+                      order by created_at, id limit $2
+                      for update skip locked
+                 ),
+                 gone_outbox as (
+                     delete from outbox o using doomed d where o.verification_id = d.id
+                     returning 1
+                 ),
+                 gone_own as (
+                     delete from own_numbers n using doomed d where n.verification_id = d.id
+                 ),
+                 gone_events as (
+                     delete from events e using doomed d where e.verification_id = d.id
+                     returning 1
+                 ),
+                 gone as (
+                     delete from verifications v using doomed d where v.id = d.id
+                     returning 1
+                 )
+                 select (select count(*) from gone), (select count(*) from gone_outbox),
+                        (select count(*) from gone_events)",
+            )
+            .bind(cutoff)
+            .bind(i64::from(max))
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db_err)?;
+            let inbox = sqlx::query(
+                "delete from inbox where id in
+                     (select id from inbox where created_at < $1
+                       order by created_at, id limit $2 for update skip locked)",
+            )
+            .bind(cutoff)
+            .bind(i64::from(max))
+            .execute(&self.pool)
+            .await
+            .map_err(db_err)?
+            .rows_affected();
+            // Events older than the cutoff whose verification is already
+            // gone: an event never outlives retention either.
+            let old_events = sqlx::query(
+                "delete from events where id in
+                     (select id from events where created_at < $1
+                       order by created_at, id limit $2 for update skip locked)",
+            )
+            .bind(cutoff)
+            .bind(i64::from(max))
+            .execute(&self.pool)
+            .await
+            .map_err(db_err)?
+            .rows_affected();
+            Ok(Purged {
+                verifications: to_u64(verifications),
+                outbox: to_u64(outbox),
+                inbox,
+                events: to_u64(gone_events) + old_events,
+            })
+        })
+        .await
+    }
+
+    async fn scrub(&self) -> StoreResult<()> {
+        // A server database's files are its operator's to manage.
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl AccountStore for PostgresStore {
     async fn account_create(&self, new: NewAccount) -> StoreResult<Account> {
         self.guarded(async {
             let row = sqlx::query(concat!(
@@ -906,18 +456,12 @@ impl Store for PostgresStore {
     async fn account_add_credits(&self, id: &CustomerId, credits: i64) -> StoreResult<Account> {
         // In numeric, so neither a huge grant nor a huge removal overflows:
         // the result is clamped to [0, i64::MAX].
-        self.account_update(
-            sqlx::query(concat!(
-                "update accounts
-                 set credits = least(greatest(credits::numeric + $2, 0),
-                                     9223372036854775807)::bigint
-                 where customer_id = $1 returning ",
-                account_columns!()
-            ))
-            .bind(id.as_str())
-            .bind(credits),
+        update_account!(
+            self,
+            id,
+            "credits = least(greatest(credits::numeric + $2, 0), 9223372036854775807)::bigint",
+            credits
         )
-        .await
     }
 
     async fn account_set_password(
@@ -925,40 +469,20 @@ impl Store for PostgresStore {
         id: &CustomerId,
         password_hash: &str,
     ) -> StoreResult<Account> {
-        self.account_update(
-            sqlx::query(concat!(
-                "update accounts set password_hash = $2, token_epoch = token_epoch + 1
-                 where customer_id = $1 returning ",
-                account_columns!()
-            ))
-            .bind(id.as_str())
-            .bind(password_hash),
+        update_account!(
+            self,
+            id,
+            "password_hash = $2, token_epoch = token_epoch + 1",
+            password_hash
         )
-        .await
     }
 
     async fn account_revoke_tokens(&self, id: &CustomerId) -> StoreResult<Account> {
-        self.account_update(
-            sqlx::query(concat!(
-                "update accounts set token_epoch = token_epoch + 1
-                 where customer_id = $1 returning ",
-                account_columns!()
-            ))
-            .bind(id.as_str()),
-        )
-        .await
+        update_account!(self, id, "token_epoch = token_epoch + 1")
     }
 
     async fn account_set_disabled(&self, id: &CustomerId, disabled: bool) -> StoreResult<Account> {
-        self.account_update(
-            sqlx::query(concat!(
-                "update accounts set disabled = $2 where customer_id = $1 returning ",
-                account_columns!()
-            ))
-            .bind(id.as_str())
-            .bind(disabled),
-        )
-        .await
+        update_account!(self, id, "disabled = $2", disabled)
     }
 
     async fn account_set_settings(
@@ -968,44 +492,14 @@ impl Store for PostgresStore {
     ) -> StoreResult<Account> {
         let json = serde_json::to_string(settings)
             .map_err(|e| StoreError::Internal(format!("encode settings: {e}")))?;
-        self.account_update(
-            sqlx::query(concat!(
-                "update accounts set settings = $2::jsonb where customer_id = $1 returning ",
-                account_columns!()
-            ))
-            .bind(id.as_str())
-            .bind(json),
-        )
-        .await
+        update_account!(self, id, "settings = $2::jsonb", json)
     }
+}
 
+#[async_trait]
+impl VerificationStore for PostgresStore {
     async fn verification_create(&self, req: NewVerification) -> StoreResult<CreateOutcome> {
-        self.guarded(async {
-            let mut tx = self.pool.begin().await.map_err(db_err)?;
-            match Self::create_in(&mut tx, &req).await? {
-                Ok(v) => {
-                    tx.commit().await.map_err(db_err)?;
-                    Ok(CreateOutcome::Created(v))
-                }
-                Err(
-                    refused @ CreateOutcome::Blocked {
-                        new_block: Some(_), ..
-                    },
-                ) => {
-                    // The block this send triggered is kept; nothing else
-                    // was written.
-                    tx.commit().await.map_err(db_err)?;
-                    Ok(refused)
-                }
-                Err(refused) => {
-                    // Release the account lock now rather than when the
-                    // pool gets round to it.
-                    tx.rollback().await.map_err(db_err)?;
-                    Ok(refused)
-                }
-            }
-        })
-        .await
+        self.guarded(send::create(&self.pool, &req)).await
     }
 
     async fn verification_get(
@@ -1221,76 +715,6 @@ impl Store for PostgresStore {
         .await
     }
 
-    async fn purge_before(&self, cutoff: i64, max: u32) -> StoreResult<Purged> {
-        self.guarded(async {
-            // `skip locked`: another node sweeping at the same moment takes
-            // other rows instead of waiting for these. The outbox rows go in
-            // the same statement as the verifications they reference (the
-            // foreign key is checked at its end), as do own-number records.
-            // Their events (webhook deliveries) go with them too.
-            let (verifications, outbox, gone_events): (i64, i64, i64) = sqlx::query_as(
-                "with doomed as (
-                     select id from verifications where created_at < $1
-                      order by created_at, id limit $2
-                      for update skip locked
-                 ),
-                 gone_outbox as (
-                     delete from outbox o using doomed d where o.verification_id = d.id
-                     returning 1
-                 ),
-                 gone_own as (
-                     delete from own_numbers n using doomed d where n.verification_id = d.id
-                 ),
-                 gone_events as (
-                     delete from events e using doomed d where e.verification_id = d.id
-                     returning 1
-                 ),
-                 gone as (
-                     delete from verifications v using doomed d where v.id = d.id
-                     returning 1
-                 )
-                 select (select count(*) from gone), (select count(*) from gone_outbox),
-                        (select count(*) from gone_events)",
-            )
-            .bind(cutoff)
-            .bind(i64::from(max))
-            .fetch_one(&self.pool)
-            .await
-            .map_err(db_err)?;
-            let inbox = sqlx::query(
-                "delete from inbox where id in
-                     (select id from inbox where created_at < $1
-                       order by created_at, id limit $2 for update skip locked)",
-            )
-            .bind(cutoff)
-            .bind(i64::from(max))
-            .execute(&self.pool)
-            .await
-            .map_err(db_err)?
-            .rows_affected();
-            // Events older than the cutoff whose verification is already
-            // gone: an event never outlives retention either.
-            let old_events = sqlx::query(
-                "delete from events where id in
-                     (select id from events where created_at < $1
-                       order by created_at, id limit $2 for update skip locked)",
-            )
-            .bind(cutoff)
-            .bind(i64::from(max))
-            .execute(&self.pool)
-            .await
-            .map_err(db_err)?
-            .rows_affected();
-            Ok(Purged {
-                verifications: to_u64(verifications),
-                outbox: to_u64(outbox),
-                inbox,
-                events: to_u64(gone_events) + old_events,
-            })
-        })
-        .await
-    }
-
     async fn channel_stats(
         &self,
         customer: &CustomerId,
@@ -1303,9 +727,8 @@ impl Store for PostgresStore {
             // totals (as on SQLite).
             let rows: Vec<(String, i64, i64, i64)> = sqlx::query_as(
                 "select coalesce(channel, '') as ch, count(*),
-                        count(*) filter (where status in ('sent', 'delivered')),
-                        count(*) filter (where status in
-                            ('failed', 'undeliverable', 'expired', 'rejected'))
+                        count(*) filter (where status = any($4)),
+                        count(*) filter (where status = any($5))
                    from outbox
                   where customer_id = $1 and created_at >= $2 and created_at < $3
                     and attempts > 0
@@ -1314,6 +737,8 @@ impl Store for PostgresStore {
             .bind(customer.as_str())
             .bind(since)
             .bind(until)
+            .bind(shared::status_names(&DeliveryStatus::SUCCEEDED))
+            .bind(shared::status_names(&DeliveryStatus::FINAL_FAILURES))
             .fetch_all(&self.pool)
             .await
             .map_err(db_err)?;
@@ -1329,289 +754,70 @@ impl Store for PostgresStore {
         })
         .await
     }
+}
 
-    async fn outbox_claim(
-        &self,
-        worker: &str,
-        max: u32,
-        lease_ms: i64,
-        now: i64,
-    ) -> StoreResult<Vec<OutboxMessage>> {
-        if max == 0 {
-            return Ok(Vec::new());
-        }
+#[async_trait]
+impl InboxStore for PostgresStore {
+    async fn inbox_put(&self, msg: &InboxEntry) -> StoreResult<()> {
         self.guarded(async {
-            // `skip locked`: rows another node is claiming right now are
-            // passed over instead of waited for, and each row's predicate is
-            // re-checked once locked, so a row claimed and committed by
-            // someone else in the meantime is not taken twice.
-            let rows = sqlx::query(concat!(
-                "with due as (
-                     select id from outbox
-                      where status = 'queued' and next_attempt_at <= $1
-                        and (lease_until is null or lease_until <= $1)
-                      order by next_attempt_at, id
-                      limit $2
-                      for update skip locked
-                 )
-                 update outbox o
-                    set lease_owner = $3, lease_until = $4, attempts = o.attempts + 1,
-                        updated_at = $1
-                   from due, verifications v
-                  where o.id = due.id and v.id = o.verification_id
-                 returning ",
-                outbox_columns!()
-            ))
-            .bind(now)
-            .bind(i64::from(max))
-            .bind(worker)
-            .bind(now.saturating_add(lease_ms.max(0)))
+            sqlx::query(
+                "insert into inbox (customer_id, destination, text, verification_id, created_at)
+                 values ($1, $2, $3, $4, $5)",
+            )
+            .bind(msg.customer_id.as_ref().map(CustomerId::as_str))
+            .bind(&msg.destination)
+            .bind(&msg.text)
+            .bind(msg.verification_id.map(id_i64))
+            .bind(msg.created_at)
+            .execute(&self.pool)
+            .await
+            .map_err(db_err)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn inbox_list(
+        &self,
+        customer: Option<&CustomerId>,
+        to: Option<&str>,
+        limit: u32,
+    ) -> StoreResult<Vec<InboxEntry>> {
+        self.guarded(async {
+            let rows = sqlx::query(
+                "select customer_id, destination, text, verification_id, created_at
+                   from inbox
+                  where ($1::text is null or customer_id = $1)
+                    and ($2::text is null or destination = $2)
+                  order by created_at desc, id desc
+                  limit $3",
+            )
+            .bind(customer.map(CustomerId::as_str))
+            .bind(to)
+            .bind(i64::from(limit))
             .fetch_all(&self.pool)
             .await
             .map_err(db_err)?;
-            let mut out = rows
-                .iter()
-                .map(rows::outbox_message)
-                .collect::<StoreResult<Vec<_>>>()?;
-            out.sort_by_key(|m| (m.next_attempt_at, m.id));
-            Ok(out)
+            rows.iter().map(rows::inbox_entry).collect()
         })
         .await
     }
 
-    async fn outbox_sent(
-        &self,
-        message_id: i64,
-        worker: &str,
-        sent: &SentInfo,
-        now: i64,
-    ) -> StoreResult<bool> {
+    async fn inbox_purge(&self, before_ms: i64) -> StoreResult<u64> {
         self.guarded(async {
-            // One statement: the outbox row (only while `worker` still holds
-            // it) and its verification change together or not at all.
-            let changed: Option<i64> = sqlx::query_scalar(
-                "with o as (
-                     update outbox
-                        set status = 'sent', text = null, channel = $3, gateway_id = $4,
-                            lease_owner = null, lease_until = null, updated_at = $5
-                      where id = $1 and lease_owner = $2 and status = 'queued'
-                      returning verification_id, step
-                 ),
-                 -- A later step went out: an earlier one still retrying is
-                 -- not needed any more.
-                 earlier as (
-                     update outbox x
-                        set status = 'cancelled', text = null, lease_owner = null,
-                            lease_until = null, updated_at = $5
-                       from o
-                      where x.verification_id = o.verification_id and x.status = 'queued'
-                        and x.step < o.step
-                 )
-                 update verifications v
-                    set delivery = 'sent', channel = $3, gateway_id = $4
-                   from o where v.id = o.verification_id
-                 returning v.id",
-            )
-            .bind(message_id)
-            .bind(worker)
-            .bind(&sent.channel)
-            .bind(&sent.gateway_id)
-            .bind(now)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(db_err)?;
-            Ok(changed.is_some())
+            let r = sqlx::query("delete from inbox where created_at < $1")
+                .bind(before_ms)
+                .execute(&self.pool)
+                .await
+                .map_err(db_err)?;
+            Ok(r.rows_affected())
         })
         .await
     }
+}
 
-    async fn outbox_retry(
-        &self,
-        message_id: i64,
-        worker: &str,
-        next_attempt_at: i64,
-        error: &str,
-        now: i64,
-    ) -> StoreResult<bool> {
-        let error = clip(error);
-        self.guarded(async {
-            // The last error is also shown on the verification (console,
-            // support) while the message waits for its next attempt.
-            let changed: Option<i64> = sqlx::query_scalar(
-                "with o as (
-                     update outbox
-                        set lease_owner = null, lease_until = null, next_attempt_at = $3,
-                            last_error = $4, updated_at = $5
-                      where id = $1 and lease_owner = $2 and status = 'queued'
-                      returning verification_id
-                 )
-                 update verifications v set delivery_detail = $4
-                   from o where v.id = o.verification_id
-                 returning v.id",
-            )
-            .bind(message_id)
-            .bind(worker)
-            .bind(next_attempt_at)
-            .bind(error)
-            .bind(now)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(db_err)?;
-            Ok(changed.is_some())
-        })
-        .await
-    }
-
-    async fn outbox_failed(
-        &self,
-        message_id: i64,
-        worker: &str,
-        error: &str,
-        now: i64,
-    ) -> StoreResult<bool> {
-        let error = clip(error);
-        self.guarded(async {
-            let mut tx = self.pool.begin().await.map_err(db_err)?;
-            // The queued -> failed transition happens once, so the refund
-            // does too.
-            let verification: Option<i64> = sqlx::query_scalar(
-                "update outbox
-                    set status = 'failed', text = null, last_error = $3,
-                        lease_owner = null, lease_until = null, updated_at = $4
-                  where id = $1 and lease_owner = $2 and status = 'queued'
-                  returning verification_id",
-            )
-            .bind(message_id)
-            .bind(worker)
-            .bind(error)
-            .bind(now)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(db_err)?;
-            let Some(verification) = verification else {
-                tx.rollback().await.map_err(db_err)?;
-                return Ok(false);
-            };
-            step_failed(
-                &mut tx,
-                verification,
-                message_id,
-                DeliveryStatus::Failed,
-                error,
-                now,
-            )
-            .await?;
-            tx.commit().await.map_err(db_err)?;
-            Ok(true)
-        })
-        .await
-    }
-
-    async fn outbox_receipt(
-        &self,
-        channel: &str,
-        gateway_id: &str,
-        status: DeliveryStatus,
-        detail: &str,
-        now: i64,
-    ) -> StoreResult<Option<i64>> {
-        let detail = clip(detail);
-        // A receipt saying "queued" tells nothing new about the message's
-        // fate: its detail is kept, its status is not moved backwards.
-        let new_status = (status != DeliveryStatus::Queued).then(|| status.as_str());
-        let permanent = matches!(
-            status,
-            DeliveryStatus::Undeliverable
-                | DeliveryStatus::Expired
-                | DeliveryStatus::Rejected
-                | DeliveryStatus::Failed
-        );
-        self.guarded(async {
-            let mut tx = self.pool.begin().await.map_err(db_err)?;
-            let matched: Vec<(i64, i64, i64)> = sqlx::query_as(
-                "update outbox set status = coalesce($3, status), updated_at = $4
-                  where channel = $1 and gateway_id = $2
-                  returning verification_id, id, created_at",
-            )
-            .bind(channel)
-            .bind(gateway_id)
-            .bind(new_status)
-            .bind(now)
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(db_err)?;
-            for &(verification, message_id, _) in &matched {
-                if permanent {
-                    step_failed(&mut tx, verification, message_id, status, detail, now).await?;
-                } else {
-                    if status == DeliveryStatus::Delivered {
-                        // The code arrived: the workflow's later steps must
-                        // not go.
-                        cancel_queued(&mut tx, verification, now).await?;
-                        let d = delivery_detail(None, status, detail);
-                        events::emit(&mut tx, verification, EventKind::Delivered, &d, now).await?;
-                    }
-                    sqlx::query(
-                        "update verifications
-                            set delivery = coalesce($2, delivery), delivery_detail = $3
-                          where id = $1",
-                    )
-                    .bind(verification)
-                    .bind(new_status)
-                    .bind(detail)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(db_err)?;
-                }
-            }
-            tx.commit().await.map_err(db_err)?;
-            Ok(matched.first().map(|&(_, _, accepted_at)| accepted_at))
-        })
-        .await
-    }
-
-    async fn outbox_depth(&self) -> StoreResult<OutboxDepth> {
-        self.guarded(async {
-            let (queued, in_flight, failed, oldest): (i64, i64, i64, Option<i64>) = sqlx::query_as(
-                "select count(*) filter (where status = 'queued' and lease_owner is null),
-                        count(*) filter (where status = 'queued' and lease_owner is not null),
-                        count(*) filter (where status = 'failed'),
-                        min(created_at) filter (where status = 'queued')
-                   from outbox",
-            )
-            .fetch_one(&self.pool)
-            .await
-            .map_err(db_err)?;
-            Ok(OutboxDepth {
-                queued: to_u64(queued),
-                in_flight: to_u64(in_flight),
-                failed: to_u64(failed),
-                oldest_queued_at: oldest,
-            })
-        })
-        .await
-    }
-
-    async fn outbox_for_verification(
-        &self,
-        id: VerificationId,
-    ) -> StoreResult<Option<OutboxMessage>> {
-        self.guarded(async {
-            let row = sqlx::query(concat!(
-                "select ",
-                outbox_columns!(),
-                " from outbox o join verifications v on v.id = o.verification_id
-                  where o.verification_id = $1 and o.step = 0"
-            ))
-            .bind(id_i64(id))
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(db_err)?;
-            row.as_ref().map(rows::outbox_message).transpose()
-        })
-        .await
-    }
-
+#[async_trait]
+impl FraudStore for PostgresStore {
     async fn fraud_blocks_active(&self, now: i64, limit: u32) -> StoreResult<Vec<FraudBlock>> {
         self.guarded(async {
             let found: Vec<(String, String, String, i32, i64, Option<i64>, i64)> = sqlx::query_as(
@@ -1830,24 +1036,10 @@ impl Store for PostgresStore {
         })
         .await
     }
+}
 
-    async fn outbox_attempts(&self, id: VerificationId) -> StoreResult<Vec<OutboxMessage>> {
-        self.guarded(async {
-            let rows = sqlx::query(concat!(
-                "select ",
-                outbox_columns!(),
-                " from outbox o join verifications v on v.id = o.verification_id
-                  where o.verification_id = $1 order by o.step"
-            ))
-            .bind(id_i64(id))
-            .fetch_all(&self.pool)
-            .await
-            .map_err(db_err)?;
-            rows.iter().map(rows::outbox_message).collect()
-        })
-        .await
-    }
-
+#[async_trait]
+impl EventStore for PostgresStore {
     async fn webhook_get(&self, customer: &CustomerId) -> StoreResult<Option<Webhook>> {
         self.guarded(async {
             let row: Option<events::WebhookRow> = sqlx::query_as(
@@ -1963,194 +1155,6 @@ impl Store for PostgresStore {
         })
         .await
     }
-
-    async fn inbox_put(&self, msg: &InboxEntry) -> StoreResult<()> {
-        self.guarded(async {
-            sqlx::query(
-                "insert into inbox (customer_id, destination, text, verification_id, created_at)
-                 values ($1, $2, $3, $4, $5)",
-            )
-            .bind(msg.customer_id.as_ref().map(CustomerId::as_str))
-            .bind(&msg.destination)
-            .bind(&msg.text)
-            .bind(msg.verification_id.map(id_i64))
-            .bind(msg.created_at)
-            .execute(&self.pool)
-            .await
-            .map_err(db_err)?;
-            Ok(())
-        })
-        .await
-    }
-
-    async fn inbox_list(
-        &self,
-        customer: Option<&CustomerId>,
-        to: Option<&str>,
-        limit: u32,
-    ) -> StoreResult<Vec<InboxEntry>> {
-        self.guarded(async {
-            let rows = sqlx::query(
-                "select customer_id, destination, text, verification_id, created_at
-                   from inbox
-                  where ($1::text is null or customer_id = $1)
-                    and ($2::text is null or destination = $2)
-                  order by created_at desc, id desc
-                  limit $3",
-            )
-            .bind(customer.map(CustomerId::as_str))
-            .bind(to)
-            .bind(i64::from(limit))
-            .fetch_all(&self.pool)
-            .await
-            .map_err(db_err)?;
-            rows.iter().map(rows::inbox_entry).collect()
-        })
-        .await
-    }
-
-    async fn inbox_purge(&self, before_ms: i64) -> StoreResult<u64> {
-        self.guarded(async {
-            let r = sqlx::query("delete from inbox where created_at < $1")
-                .bind(before_ms)
-                .execute(&self.pool)
-                .await
-                .map_err(db_err)?;
-            Ok(r.rows_affected())
-        })
-        .await
-    }
-}
-
-/// Step `message_id` of `verification` will not deliver: wake the next held
-/// step of its workflow, and fail the verification only when no step is left
-/// that could still bring the code (the verdict is
-/// [`crate::shared::step_failed`], shared with SQLite).
-async fn step_failed(
-    tx: &mut PgConnection,
-    verification: i64,
-    message_id: i64,
-    delivery: DeliveryStatus,
-    detail: &str,
-    now: i64,
-) -> StoreResult<()> {
-    let steps: Vec<(i64, i32, String)> =
-        sqlx::query_as("select id, step, status from outbox where verification_id = $1 for update")
-            .bind(verification)
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(db_err)?;
-    let mut this = 0;
-    let mut others = Vec::with_capacity(steps.len());
-    for (id, step, status) in steps {
-        let step = crate::shared::count(step.into(), "step")?;
-        if id == message_id {
-            this = step;
-        } else {
-            others.push((id, step, crate::shared::delivery(&status)?));
-        }
-    }
-    let verdict = crate::shared::step_failed(this, &others);
-    if let Some(next) = verdict.wake {
-        sqlx::query(
-            "update outbox set next_attempt_at = least(next_attempt_at, $2), updated_at = $2
-              where id = $1 and status = 'queued'",
-        )
-        .bind(next)
-        .bind(now)
-        .execute(&mut *tx)
-        .await
-        .map_err(db_err)?;
-    }
-    if verdict.fail_verification {
-        fail_and_refund(tx, verification, delivery, detail, now).await
-    } else {
-        sqlx::query("update verifications set delivery_detail = $2 where id = $1")
-            .bind(verification)
-            .bind(detail)
-            .execute(&mut *tx)
-            .await
-            .map_err(db_err)?;
-        Ok(())
-    }
-}
-
-/// The rest of a workflow became unnecessary: every step of `verification`
-/// still queued is cancelled and its text erased.
-async fn cancel_queued(tx: &mut PgConnection, verification: i64, now: i64) -> StoreResult<()> {
-    sqlx::query(
-        "update outbox
-            set status = 'cancelled', text = null, lease_owner = null, lease_until = null,
-                updated_at = $2
-          where verification_id = $1 and status = 'queued'",
-    )
-    .bind(verification)
-    .bind(now)
-    .execute(&mut *tx)
-    .await
-    .map_err(db_err)?;
-    Ok(())
-}
-
-/// The message will never arrive: a pending verification fails (700 on
-/// validate) and its charge goes back where it came from (contract §5),
-/// once: a second failure finds it no longer pending. A verification already
-/// completed keeps its state and its charge, since its code evidently
-/// arrived.
-async fn fail_and_refund(
-    tx: &mut PgConnection,
-    verification: i64,
-    delivery: DeliveryStatus,
-    detail: &str,
-    now: i64,
-) -> StoreResult<()> {
-    // Locked and read first: the update below zeroes the cost, and the
-    // refund needs it as it was.
-    let (customer, state, cost, cost_test): (String, String, i64, i64) = sqlx::query_as(
-        "select customer_id, state, cost, cost_test from verifications
-          where id = $1 for update",
-    )
-    .bind(verification)
-    .fetch_one(&mut *tx)
-    .await
-    .map_err(db_err)?;
-    if state != "pending" {
-        sqlx::query("update verifications set delivery = $2, delivery_detail = $3 where id = $1")
-            .bind(verification)
-            .bind(delivery.as_str())
-            .bind(detail)
-            .execute(&mut *tx)
-            .await
-            .map_err(db_err)?;
-        return Ok(());
-    }
-    sqlx::query(
-        "update verifications
-            set state = 'failed', cost = 0, cost_test = 0, delivery = $2,
-                delivery_detail = $3
-          where id = $1",
-    )
-    .bind(verification)
-    .bind(delivery.as_str())
-    .bind(detail)
-    .execute(&mut *tx)
-    .await
-    .map_err(db_err)?;
-    if cost > 0 {
-        sqlx::query(
-            "update accounts
-                set test_credits = test_credits + $2, credits = credits + $3
-              where customer_id = $1",
-        )
-        .bind(customer)
-        .bind(cost_test)
-        .bind(cost - cost_test)
-        .execute(&mut *tx)
-        .await
-        .map_err(db_err)?;
-    }
-    let d = delivery_detail(Some("undeliverable"), delivery, detail);
-    events::emit(tx, verification, EventKind::Failed, &d, now).await
 }
 
 #[cfg(test)]

@@ -1,14 +1,6 @@
-//! Turning PostgreSQL rows back into the store's records. Every value was
-//! checked on its way in, so a value that does not parse on the way out is
-//! corruption (or a bug) and becomes [`StoreError::Internal`], never a panic.
-
-use crate::shared::{corrupt, count, customer_id, delivery, phone, verification_id};
-use otpgate_core::{CodeHash, PhoneNumber, VerificationState};
-use sqlx::postgres::PgRow;
-use sqlx::{Decode, Postgres, Row, Type};
-
-use super::error::db_err;
-use crate::{Account, AccountSettings, InboxEntry, OutboxMessage, StoreResult, Verification};
+//! The columns PostgreSQL rows are read with, and how such a row reads an
+//! integer (of three widths); the records are decoded by `crate::records`,
+//! as on SQLite.
 
 /// The columns [`verification`] reads, in `select` order.
 macro_rules! verification_columns {
@@ -41,95 +33,24 @@ macro_rules! outbox_columns {
 }
 pub(crate) use outbox_columns;
 
-fn get<'r, T>(row: &'r PgRow, col: &str) -> StoreResult<T>
-where
-    T: Decode<'r, Postgres> + Type<Postgres>,
-{
-    row.try_get(col).map_err(db_err)
-}
-
-fn destination(row: &PgRow) -> StoreResult<PhoneNumber> {
-    let cc: i32 = get(row, "country_code")?;
-    phone(cc.into(), get(row, "national")?)
-}
-
-pub(crate) fn verification(row: &PgRow) -> StoreResult<Verification> {
-    let hash: Vec<u8> = get(row, "code_hash")?;
-    let otp_length: i16 = get(row, "otp_length")?;
-    let state: String = get(row, "state")?;
-    let delivery_status: String = get(row, "delivery")?;
-    Ok(Verification {
-        id: verification_id(get(row, "id")?)?,
-        customer_id: customer_id(&get::<String>(row, "customer_id")?)?,
-        destination: destination(row)?,
-        flow_type: get(row, "flow_type")?,
-        code_hash: CodeHash::from_slice(&hash).map_err(|_| corrupt("code hash"))?,
-        otp_length: u8::try_from(otp_length).map_err(|_| corrupt("otp length"))?,
-        state: VerificationState::parse(&state).ok_or_else(|| corrupt("state"))?,
-        wrong_attempts: count(get::<i32>(row, "wrong_attempts")?.into(), "wrong attempts")?,
-        max_attempts: count(get::<i32>(row, "max_attempts")?.into(), "max attempts")?,
-        created_at: get(row, "created_at")?,
-        expires_at: get(row, "expires_at")?,
-        completed_at: get(row, "completed_at")?,
-        transaction_id: get(row, "transaction_id")?,
-        cost: get(row, "cost")?,
-        cost_test: get(row, "cost_test")?,
-        delivery: delivery(&delivery_status)?,
-        channel: get(row, "channel")?,
-        gateway_id: get(row, "gateway_id")?,
-        delivery_detail: get(row, "delivery_detail")?,
+// The decoders are the store's (`crate::records`); this says how a row of
+// this backend reads an integer.
+crate::records::stored_row!(sqlx::postgres::PgRow, |row, col| {
+    use sqlx::{Column as _, Row as _, TypeInfo as _};
+    let unreadable = |e: sqlx::Error| crate::records::unreadable(col, &e);
+    let column = row.try_column(col).map_err(unreadable)?;
+    // PostgreSQL keeps counters narrower than the i64 the records hold.
+    Ok(match column.type_info().name() {
+        "INT2" => row
+            .try_get::<Option<i16>, _>(col)
+            .map_err(unreadable)?
+            .map(i64::from),
+        "INT4" => row
+            .try_get::<Option<i32>, _>(col)
+            .map_err(unreadable)?
+            .map(i64::from),
+        _ => row.try_get::<Option<i64>, _>(col).map_err(unreadable)?,
     })
-}
+});
 
-pub(crate) fn account(row: &PgRow) -> StoreResult<Account> {
-    let settings: String = get(row, "settings")?;
-    let settings: AccountSettings =
-        serde_json::from_str(&settings).map_err(|_| corrupt("account settings"))?;
-    Ok(Account {
-        customer_id: customer_id(&get::<String>(row, "customer_id")?)?,
-        password_hash: get(row, "password_hash")?,
-        email: get(row, "email")?,
-        country: get(row, "country")?,
-        credits: get(row, "credits")?,
-        test_credits: get(row, "test_credits")?,
-        token_epoch: get(row, "token_epoch")?,
-        disabled: get(row, "disabled")?,
-        settings,
-        created_at: get(row, "created_at")?,
-    })
-}
-
-pub(crate) fn outbox_message(row: &PgRow) -> StoreResult<OutboxMessage> {
-    let status: String = get(row, "status")?;
-    Ok(OutboxMessage {
-        id: get(row, "id")?,
-        verification_id: verification_id(get(row, "verification_id")?)?,
-        customer_id: customer_id(&get::<String>(row, "customer_id")?)?,
-        destination: destination(row)?,
-        flow_type: get(row, "flow_type")?,
-        step: count(get::<i32>(row, "step")?.into(), "step")?,
-        address: get(row, "address")?,
-        lang: get(row, "lang")?,
-        text: get(row, "text")?,
-        status: delivery(&status)?,
-        attempts: count(get::<i32>(row, "attempts")?.into(), "attempts")?,
-        next_attempt_at: get(row, "next_attempt_at")?,
-        expires_at: get(row, "expires_at")?,
-        channel: get(row, "channel")?,
-        gateway_id: get(row, "gateway_id")?,
-        last_error: get(row, "last_error")?,
-        created_at: get(row, "created_at")?,
-    })
-}
-
-pub(crate) fn inbox_entry(row: &PgRow) -> StoreResult<InboxEntry> {
-    let customer: Option<String> = get(row, "customer_id")?;
-    let vid: Option<i64> = get(row, "verification_id")?;
-    Ok(InboxEntry {
-        customer_id: customer.as_deref().map(customer_id).transpose()?,
-        destination: get(row, "destination")?,
-        text: get(row, "text")?,
-        verification_id: vid.map(verification_id).transpose()?,
-        created_at: get(row, "created_at")?,
-    })
-}
+pub(crate) use crate::records::{account, inbox_entry, outbox_message, verification};

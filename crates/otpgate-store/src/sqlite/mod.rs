@@ -43,15 +43,18 @@ use sqlx::sqlite::{
 };
 
 use crate::{
-    Account, AccountSettings, ChannelStats, ConversionRow, CreateOutcome, DailyStats, EventAttempt,
-    EventBacklog, EventKind, EventRecord, FraudBlock, InboxEntry, NewAccount, NewVerification,
-    OutboxDepth, OutboxMessage, OwnNumber, PendingEvent, Purged, SafeEntry, SentInfo, Store,
-    StoreError, StoreResult, ValidationAction, Verification, VerificationFilter, Webhook,
+    Account, AccountSettings, AccountStore, ChannelStats, ConversionRow, CreateOutcome, DailyStats,
+    EventAttempt, EventBacklog, EventKind, EventRecord, EventStore, FraudBlock, FraudStore,
+    InboxEntry, InboxStore, NewAccount, NewVerification, OutboxDepth, OutboxMessage, OutboxStore,
+    OwnNumber, PendingEvent, Purged, SafeEntry, SentInfo, StoreError, StoreResult, SystemStore,
+    ValidationAction, Verification, VerificationFilter, VerificationStore, Webhook,
 };
 use rows::{account_columns, outbox_columns, verification_columns};
 
-/// The schema, in order. Embedded so the binary carries its own schema.
-const MIGRATIONS: &[(i64, &str, &str)] = &[
+/// The schema, in order: (version, name, SQL). Embedded so the binary
+/// carries its own schema; public so tests can make a database as an earlier
+/// build did.
+pub const MIGRATIONS: &[(i64, &str, &str)] = &[
     (
         1,
         "init",
@@ -82,10 +85,15 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "events",
         include_str!("../../migrations/sqlite/0006_events.sql"),
     ),
+    (
+        7,
+        "schema parity",
+        include_str!("../../migrations/sqlite/0007_schema_parity.sql"),
+    ),
 ];
 
 /// The schema version this build migrates to (the newest migration).
-pub const SCHEMA_VERSION: i64 = 6;
+pub const SCHEMA_VERSION: i64 = 7;
 const _: () = assert!(MIGRATIONS[MIGRATIONS.len() - 1].0 == SCHEMA_VERSION);
 
 /// How long a statement waits for another process's write lock before the
@@ -101,7 +109,7 @@ pub const MAX_BATCH: usize = 128;
 /// Read connections beside the one writer.
 const READERS: u32 = 4;
 
-/// The SQLite [`Store`].
+/// The SQLite [`crate::Store`].
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     /// Runs every write, in batches, on `write_pool`'s connection.
@@ -513,7 +521,7 @@ fn updated(row: Result<Option<sqlx::sqlite::SqliteRow>, sqlx::Error>) -> StoreRe
 }
 
 #[async_trait]
-impl Store for SqliteStore {
+impl SystemStore for SqliteStore {
     async fn ping(&self) -> StoreResult<()> {
         sqlx::query("select 1")
             .execute(&self.reader)
@@ -552,6 +560,34 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn purge_before(&self, cutoff: i64, max: u32) -> StoreResult<Purged> {
+        self.write(move |conn| Box::pin(async move { purge(conn, cutoff, max).await }))
+            .await
+    }
+
+    async fn scrub(&self) -> StoreResult<()> {
+        if self.memory {
+            return Ok(());
+        }
+        // On a reader connection: the checkpoint takes the write lock itself
+        // (waiting on the busy timeout) and leaves the writer's batching
+        // alone. `TRUNCATE` empties the WAL, where old page images (texts
+        // since set to null) would otherwise linger until overwritten.
+        let (busy, _, _): (i64, i64, i64) = sqlx::query_as("pragma wal_checkpoint(truncate)")
+            .fetch_one(&self.reader)
+            .await
+            .map_err(db)?;
+        if busy != 0 {
+            return Err(StoreError::Unavailable(
+                "the WAL checkpoint was blocked by a reader; it is retried".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl AccountStore for SqliteStore {
     async fn account_create(&self, new: NewAccount) -> StoreResult<Account> {
         let settings = new.settings.clone();
         let settings_text = settings_json(&settings)?;
@@ -759,7 +795,10 @@ impl Store for SqliteStore {
         })
         .await
     }
+}
 
+#[async_trait]
+impl VerificationStore for SqliteStore {
     async fn verification_create(&self, req: NewVerification) -> StoreResult<CreateOutcome> {
         // Only a `Created` keeps its changes (contract §2: a refused send
         // charges nothing), and a refusal that recorded the block it
@@ -971,16 +1010,18 @@ impl Store for SqliteStore {
         // it is counted under "" so failures are not lost from the totals.
         let found: Vec<(String, i64, i64, i64)> = sqlx::query_as(
             "select coalesce(o.channel, '') as channel, count(*),
-                    sum(o.status in ('sent', 'delivered')),
-                    sum(o.status in ('failed', 'undeliverable', 'expired', 'rejected'))
-             from outbox o join verifications v on v.id = o.verification_id
-             where v.customer_id = ?1 and v.created_at >= ?2 and v.created_at < ?3
+                    sum(o.status in (select value from json_each(?4))),
+                    sum(o.status in (select value from json_each(?5)))
+             from outbox o
+             where o.customer_id = ?1 and o.created_at >= ?2 and o.created_at < ?3
                and o.attempts > 0
              group by 1 order by 1",
         )
         .bind(customer.as_str())
         .bind(since)
         .bind(until)
+        .bind(shared::status_names_json(&DeliveryStatus::SUCCEEDED))
+        .bind(shared::status_names_json(&DeliveryStatus::FINAL_FAILURES))
         .fetch_all(&self.reader)
         .await
         .map_err(db)?;
@@ -994,12 +1035,10 @@ impl Store for SqliteStore {
             })
             .collect())
     }
+}
 
-    async fn purge_before(&self, cutoff: i64, max: u32) -> StoreResult<Purged> {
-        self.write(move |conn| Box::pin(async move { purge(conn, cutoff, max).await }))
-            .await
-    }
-
+#[async_trait]
+impl OutboxStore for SqliteStore {
     async fn outbox_claim(
         &self,
         worker: &str,
@@ -1123,6 +1162,87 @@ impl Store for SqliteStore {
         .transpose()
     }
 
+    async fn outbox_attempts(&self, id: VerificationId) -> StoreResult<Vec<OutboxMessage>> {
+        sqlx::query(concat!(
+            "select ",
+            outbox_columns!(),
+            " from outbox o join verifications v on v.id = o.verification_id
+             where o.verification_id = ?1 order by o.step"
+        ))
+        .bind(id_i64(id))
+        .fetch_all(&self.reader)
+        .await
+        .map_err(db)?
+        .iter()
+        .map(rows::outbox_message)
+        .collect()
+    }
+}
+
+#[async_trait]
+impl InboxStore for SqliteStore {
+    async fn inbox_put(&self, msg: &InboxEntry) -> StoreResult<()> {
+        let msg = msg.clone();
+        self.write(move |conn| {
+            Box::pin(async move {
+                sqlx::query(
+                    "insert into inbox (customer_id, destination, text, verification_id,
+                                        created_at)
+                     values (?1, ?2, ?3, ?4, ?5)",
+                )
+                .bind(msg.customer_id.as_ref().map(CustomerId::as_str))
+                .bind(&msg.destination)
+                .bind(&msg.text)
+                .bind(msg.verification_id.map(id_i64))
+                .bind(msg.created_at)
+                .execute(&mut *conn)
+                .await
+                .map_err(db)?;
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    async fn inbox_list(
+        &self,
+        customer: Option<&CustomerId>,
+        to: Option<&str>,
+        limit: u32,
+    ) -> StoreResult<Vec<InboxEntry>> {
+        sqlx::query(
+            "select customer_id, destination, text, verification_id, created_at from inbox
+             where (?1 is null or customer_id = ?1) and (?2 is null or destination = ?2)
+             order by created_at desc, id desc limit ?3",
+        )
+        .bind(customer.map(CustomerId::as_str))
+        .bind(to)
+        .bind(limit)
+        .fetch_all(&self.reader)
+        .await
+        .map_err(db)?
+        .iter()
+        .map(rows::inbox_entry)
+        .collect()
+    }
+
+    async fn inbox_purge(&self, before_ms: i64) -> StoreResult<u64> {
+        self.write(move |conn| {
+            Box::pin(async move {
+                let r = sqlx::query("delete from inbox where created_at < ?1")
+                    .bind(before_ms)
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(db)?;
+                Ok(r.rows_affected())
+            })
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl FraudStore for SqliteStore {
     async fn fraud_blocks_active(&self, now: i64, limit: u32) -> StoreResult<Vec<FraudBlock>> {
         let found: Vec<(String, String, String, i64, i64, Option<i64>, i64)> = sqlx::query_as(
             "select scope, key, reason, strikes, blocked_until, lifted_at, created_at
@@ -1343,23 +1463,10 @@ impl Store for SqliteStore {
                 .collect(),
         ))
     }
+}
 
-    async fn outbox_attempts(&self, id: VerificationId) -> StoreResult<Vec<OutboxMessage>> {
-        sqlx::query(concat!(
-            "select ",
-            outbox_columns!(),
-            " from outbox o join verifications v on v.id = o.verification_id
-             where o.verification_id = ?1 order by o.step"
-        ))
-        .bind(id_i64(id))
-        .fetch_all(&self.reader)
-        .await
-        .map_err(db)?
-        .iter()
-        .map(rows::outbox_message)
-        .collect()
-    }
-
+#[async_trait]
+impl EventStore for SqliteStore {
     async fn webhook_get(&self, customer: &CustomerId) -> StoreResult<Option<Webhook>> {
         let row: Option<events::WebhookRow> = sqlx::query_as(
             "select customer_id, url, secret, created_at, updated_at from webhooks
@@ -1461,85 +1568,6 @@ impl Store for SqliteStore {
             pending: to_u64(pending),
             oldest_at: oldest,
         })
-    }
-
-    async fn inbox_put(&self, msg: &InboxEntry) -> StoreResult<()> {
-        let msg = msg.clone();
-        self.write(move |conn| {
-            Box::pin(async move {
-                sqlx::query(
-                    "insert into inbox (customer_id, destination, text, verification_id,
-                                        created_at)
-                     values (?1, ?2, ?3, ?4, ?5)",
-                )
-                .bind(msg.customer_id.as_ref().map(CustomerId::as_str))
-                .bind(&msg.destination)
-                .bind(&msg.text)
-                .bind(msg.verification_id.map(id_i64))
-                .bind(msg.created_at)
-                .execute(&mut *conn)
-                .await
-                .map_err(db)?;
-                Ok(())
-            })
-        })
-        .await
-    }
-
-    async fn inbox_list(
-        &self,
-        customer: Option<&CustomerId>,
-        to: Option<&str>,
-        limit: u32,
-    ) -> StoreResult<Vec<InboxEntry>> {
-        sqlx::query(
-            "select customer_id, destination, text, verification_id, created_at from inbox
-             where (?1 is null or customer_id = ?1) and (?2 is null or destination = ?2)
-             order by created_at desc, id desc limit ?3",
-        )
-        .bind(customer.map(CustomerId::as_str))
-        .bind(to)
-        .bind(limit)
-        .fetch_all(&self.reader)
-        .await
-        .map_err(db)?
-        .iter()
-        .map(rows::inbox_entry)
-        .collect()
-    }
-
-    async fn inbox_purge(&self, before_ms: i64) -> StoreResult<u64> {
-        self.write(move |conn| {
-            Box::pin(async move {
-                let r = sqlx::query("delete from inbox where created_at < ?1")
-                    .bind(before_ms)
-                    .execute(&mut *conn)
-                    .await
-                    .map_err(db)?;
-                Ok(r.rows_affected())
-            })
-        })
-        .await
-    }
-
-    async fn scrub(&self) -> StoreResult<()> {
-        if self.memory {
-            return Ok(());
-        }
-        // On a reader connection: the checkpoint takes the write lock itself
-        // (waiting on the busy timeout) and leaves the writer's batching
-        // alone. `TRUNCATE` empties the WAL, where old page images (texts
-        // since set to null) would otherwise linger until overwritten.
-        let (busy, _, _): (i64, i64, i64) = sqlx::query_as("pragma wal_checkpoint(truncate)")
-            .fetch_one(&self.reader)
-            .await
-            .map_err(db)?;
-        if busy != 0 {
-            return Err(StoreError::Unavailable(
-                "the WAL checkpoint was blocked by a reader; it is retried".into(),
-            ));
-        }
-        Ok(())
     }
 }
 

@@ -7,6 +7,7 @@
 //! past its expiry; a result is recorded only by the worker that still holds
 //! the lease, so a worker presumed dead cannot overwrite its successor's.
 
+use otpgate_core::send;
 use otpgate_core::{DeliveryStatus, VerificationState};
 use sqlx::sqlite::SqliteConnection;
 
@@ -273,13 +274,7 @@ pub(super) async fn receipt(
     .fetch_all(&mut *conn)
     .await
     .map_err(db)?;
-    let permanent = matches!(
-        status,
-        DeliveryStatus::Undeliverable
-            | DeliveryStatus::Expired
-            | DeliveryStatus::Rejected
-            | DeliveryStatus::Failed
-    );
+    let permanent = status.is_final_failure();
     for &(vid, message_id, _) in &matched {
         if permanent {
             step_failed(conn, vid, message_id, status, detail, now).await?;
@@ -325,7 +320,10 @@ async fn fail_and_refund(
     .fetch_one(&mut *conn)
     .await
     .map_err(db)?;
-    if state != VerificationState::Pending.as_str() {
+    let state = VerificationState::parse(&state).ok_or_else(|| crate::shared::corrupt("state"))?;
+    let send::Undeliverable::FailAndRefund(refund) =
+        send::undeliverable(state, send::Charged { cost, cost_test })
+    else {
         sqlx::query("update verifications set delivery = ?2, delivery_detail = ?3 where id = ?1")
             .bind(verification_id)
             .bind(delivery.as_str())
@@ -334,15 +332,16 @@ async fn fail_and_refund(
             .await
             .map_err(db)?;
         return Ok(());
-    }
+    };
     sqlx::query(
         "update verifications
-         set state = 'failed', cost = 0, cost_test = 0, delivery = ?2, delivery_detail = ?3
+         set state = ?4, cost = 0, cost_test = 0, delivery = ?2, delivery_detail = ?3
          where id = ?1",
     )
     .bind(verification_id)
     .bind(delivery.as_str())
     .bind(detail)
+    .bind(VerificationState::Failed.as_str())
     .execute(&mut *conn)
     .await
     .map_err(db)?;
@@ -351,8 +350,8 @@ async fn fail_and_refund(
          where customer_id = ?1",
     )
     .bind(customer)
-    .bind(cost_test)
-    .bind(cost - cost_test)
+    .bind(refund.test_credits)
+    .bind(refund.credits)
     .execute(&mut *conn)
     .await
     .map_err(db)?;

@@ -4,13 +4,14 @@
 //! connection, inside the batch's `begin immediate` transaction (and its own
 //! savepoint), which keeps it only if it returns `Created`.
 
-use otpgate_core::fraud::{self, ChargeRefusal, SendVerdict};
+use otpgate_core::fraud;
+use otpgate_core::send;
 use otpgate_core::{DeliveryStatus, VerificationState};
 use sqlx::Row;
 use sqlx::sqlite::SqliteConnection;
 
 use super::{db, rows, rows::verification_columns};
-use crate::shared::{self, created_detail, day_of, id_i64, retry_after_secs};
+use crate::shared::{self, created_detail, day_of, id_i64};
 use crate::{
     CreateOutcome, EventKind, NewVerification, SendKind, SendLimits, StoreError, StoreResult,
     Verification,
@@ -35,94 +36,84 @@ pub(super) async fn create(
     .fetch_optional(&mut *conn)
     .await
     .map_err(db)?;
-    let Some((credits, test_credits, false)) = account else {
-        return Ok(CreateOutcome::AccountUnavailable);
+    let account = match account {
+        Some((credits, test_credits, false)) => Some(send::Balance {
+            credits,
+            test_credits,
+        }),
+        _ => None,
     };
 
-    // 506 first: a client that resends while its code is still valid gets
-    // the pending verification back, whatever the limits say.
-    let pending = sqlx::query(concat!(
-        "select ",
-        verification_columns!(),
-        " from verifications
-         where customer_id = ?1 and destination = ?2 and state = 'pending'
-           and expires_at > ?3 and wrong_attempts < max_attempts
-         order by created_at desc limit 1"
-    ))
-    .bind(customer)
-    .bind(&destination)
-    .bind(now)
-    .fetch_optional(&mut *conn)
-    .await
-    .map_err(db)?;
-    if let Some(row) = pending {
-        return Ok(CreateOutcome::AlreadyPending(rows::verification(&row)?));
-    }
-
-    if let Some(retry_after_secs) = limited(conn, &req.limits, customer, &destination, now).await? {
-        return Ok(CreateOutcome::RateLimited { retry_after_secs });
-    }
-
-    // The fraud defences (caps, blocks, the conversion guard): the facts
-    // are read here, in the same write transaction as the charge, so no
-    // concurrent send can slip past a cap; the rule is the core's.
-    let mut test_usable =
-        !req.fraud.test_credits_verified_only || matches!(req.kind, SendKind::OwnNumber { .. });
-    // Whether the guard counts this send: not for a safe-listed
-    // destination or a test number (their prefix is stored as null), so
-    // trusted traffic never pushes its country towards a block.
-    let mut counted = false;
-    if req.kind != SendKind::TestNumber {
-        let (facts, own_verified, own_sent_today) = facts(conn, &req, &destination).await?;
-        counted = !facts.safe_listed;
-        if let SendKind::OwnNumber { max_per_day } = req.kind
-            && own_sent_today >= max_per_day
-        {
-            return Ok(CreateOutcome::RateLimited {
-                retry_after_secs: 3600,
-            });
-        }
-        test_usable |= own_verified;
-        match fraud::decide_send(&facts, &req.fraud, now) {
-            SendVerdict::Allow => {}
-            SendVerdict::Refuse(r) => return Ok(shared::refused(r, now)),
-            SendVerdict::Block(b) => {
-                let key = shared::block_key(&req, b.scope);
-                sqlx::query(
-                    "insert into fraud_blocks (scope, key, reason, strikes, blocked_until,
-                                               lifted_at, created_at, updated_at)
-                     values (?1, ?2, ?3, ?4, ?5, null, ?6, ?6)
-                     on conflict (scope, key) do update
-                        set reason = excluded.reason, strikes = excluded.strikes,
-                            blocked_until = excluded.blocked_until, lifted_at = null,
-                            updated_at = excluded.updated_at",
-                )
-                .bind(b.scope.as_str())
-                .bind(&key)
-                .bind(&b.reason)
-                .bind(b.strikes)
-                .bind(b.until_ms)
-                .bind(now)
-                .execute(&mut *conn)
-                .await
-                .map_err(db)?;
-                return Ok(shared::new_block(b, now));
-            }
-        }
-    }
-
-    // Test credits are spent first (contract §5), where they may pay.
-    let price = if req.kind == SendKind::TestNumber {
-        0
+    // The facts the core's decision weighs (`otpgate_core::send`), read in
+    // its order; what an earlier fact already refuses is not read.
+    let pending = if account.is_some() {
+        sqlx::query(concat!(
+            "select ",
+            verification_columns!(),
+            " from verifications
+             where customer_id = ?1 and destination = ?2 and state = ?4
+               and expires_at > ?3 and wrong_attempts < max_attempts
+             order by created_at desc limit 1"
+        ))
+        .bind(customer)
+        .bind(&destination)
+        .bind(now)
+        .bind(VerificationState::Pending.as_str())
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(db)?
+        .as_ref()
+        .map(rows::verification)
+        .transpose()?
     } else {
-        req.price
+        None
     };
-    let (cost, from_test) = match fraud::charge(price, credits, test_credits, test_usable) {
-        Ok(c) => c,
-        Err(ChargeRefusal::Insufficient) => return Ok(CreateOutcome::InsufficientBalance),
-        Err(ChargeRefusal::TestCreditsRestricted) => {
-            return Ok(CreateOutcome::TestCreditsRestricted);
+    let mut gate = send::GateFacts {
+        account,
+        pending: pending.is_some(),
+        ..send::GateFacts::default()
+    };
+    if account.is_some() && pending.is_none() {
+        limit_facts(conn, &req.limits, customer, &destination, now, &mut gate).await?;
+    }
+    let terms = shared::terms(&req);
+    if let Err(refused) = send::gate(&terms, &gate, now) {
+        return shared::refusal(refused, pending, now);
+    }
+
+    // The fraud defences' facts (caps, blocks, the conversion guard) are
+    // read here, in the same write transaction as the charge, so no
+    // concurrent send can slip past a cap.
+    let guard = if req.kind == SendKind::TestNumber {
+        send::GuardFacts::default()
+    } else {
+        facts(conn, &req, &destination).await?
+    };
+    let (cost, from_test, counted) = match send::decide(&terms, &gate, &guard, now) {
+        Ok(c) => (c.cost, c.cost_test, c.counted),
+        Err(send::Refused::Block(b)) => {
+            let key = shared::block_key(&req, b.scope);
+            sqlx::query(
+                "insert into fraud_blocks (scope, key, reason, strikes, blocked_until,
+                                           lifted_at, created_at, updated_at)
+                 values (?1, ?2, ?3, ?4, ?5, null, ?6, ?6)
+                 on conflict (scope, key) do update
+                    set reason = excluded.reason, strikes = excluded.strikes,
+                        blocked_until = excluded.blocked_until, lifted_at = null,
+                        updated_at = excluded.updated_at",
+            )
+            .bind(b.scope.as_str())
+            .bind(&key)
+            .bind(&b.reason)
+            .bind(b.strikes)
+            .bind(b.until_ms)
+            .bind(now)
+            .execute(&mut *conn)
+            .await
+            .map_err(db)?;
+            return shared::refusal(send::Refused::Block(b), None, now);
         }
+        Err(refused) => return shared::refusal(refused, None, now),
     };
     let from_paid = cost - from_test;
     sqlx::query(
@@ -236,22 +227,23 @@ pub(super) async fn create(
     }
     sqlx::query(
         "insert into outbox (verification_id, step, address, lang, text, status,
-                             next_attempt_at, created_at, updated_at)
-         values (?1, 0, ?2, ?3, ?4, 'queued', ?5, ?5, ?5)",
+                             next_attempt_at, created_at, updated_at, customer_id)
+         values (?1, 0, ?2, ?3, ?4, 'queued', ?5, ?5, ?5, ?6)",
     )
     .bind(id_i64(v.id))
     .bind(&req.address)
     .bind(&req.lang)
     .bind(&req.message_text)
     .bind(now)
+    .bind(customer)
     .execute(&mut *conn)
     .await
     .map_err(db)?;
     for (i, f) in req.fallbacks.iter().enumerate() {
         sqlx::query(
             "insert into outbox (verification_id, step, flow_type, address, lang, text, status,
-                                 next_attempt_at, created_at, updated_at)
-             values (?1, ?2, ?3, ?4, ?5, ?6, 'queued', ?7, ?8, ?8)",
+                                 next_attempt_at, created_at, updated_at, customer_id)
+             values (?1, ?2, ?3, ?4, ?5, ?6, 'queued', ?7, ?8, ?8, ?9)",
         )
         .bind(id_i64(v.id))
         .bind(i64::try_from(i + 1).unwrap_or(i64::MAX))
@@ -261,6 +253,7 @@ pub(super) async fn create(
         .bind(&f.text)
         .bind(f.due_at)
         .bind(now)
+        .bind(customer)
         .execute(&mut *conn)
         .await
         .map_err(db)?;
@@ -276,7 +269,7 @@ async fn facts(
     conn: &mut SqliteConnection,
     req: &NewVerification,
     destination: &str,
-) -> StoreResult<(fraud::SendFacts, bool, u32)> {
+) -> StoreResult<send::GuardFacts> {
     let now = req.created_at;
     let customer = req.customer_id.as_str();
     let country_key = shared::block_key(req, fraud::BlockScope::Country);
@@ -311,7 +304,7 @@ async fn facts(
                     and created_at > max(?8, coalesce((select blocked_until from pb), 0))
                 ) as p_sent,
                 (select count(*) from verifications
-                  where prefix = ?5 and state = 'completed'
+                  where prefix = ?5 and state = ?10
                     and created_at > max(?8, coalesce((select blocked_until from pb), 0))
                 ) as p_done,
                 (select count(*) from verifications
@@ -319,7 +312,7 @@ async fn facts(
                     and created_at > max(?9, coalesce((select blocked_until from cb), 0))
                 ) as c_sent,
                 (select count(*) from verifications
-                  where customer_id = ?1 and country_code = ?2 and state = 'completed'
+                  where customer_id = ?1 and country_code = ?2 and state = ?10
                     and prefix is not null and created_at > max(?9, coalesce((select blocked_until from cb), 0))
                 ) as c_done,
                 exists (select 1 from own_numbers
@@ -338,6 +331,7 @@ async fn facts(
     .bind(destination)
     .bind(now - req.fraud.prefix.window_ms)
     .bind(now - req.fraud.country.window_ms)
+    .bind(VerificationState::Completed.as_str())
     .fetch_one(&mut *conn)
     .await
     .map_err(db)?;
@@ -385,21 +379,23 @@ async fn facts(
             completed: shared::count(get("c_done")?, "count")?,
         },
     };
-    Ok((
-        facts,
-        get("own_verified")? != 0,
-        shared::count(get("own_today")?, "count")?,
-    ))
+    Ok(send::GuardFacts {
+        fraud: facts,
+        own_verified: get("own_verified")? != 0,
+        own_sent_today: shared::count(get("own_today")?, "count")?,
+    })
 }
 
-/// The seconds until a send would be allowed, if a limit refuses it now.
-async fn limited(
+/// The rate limits' facts ([`send::GateFacts`]): only those the limits
+/// configured need, and none past the first that already refuses.
+async fn limit_facts(
     conn: &mut SqliteConnection,
     limits: &SendLimits,
     customer: &str,
     destination: &str,
     now: i64,
-) -> StoreResult<Option<u64>> {
+    gate: &mut send::GateFacts,
+) -> StoreResult<()> {
     if let Some(per_second) = limits.per_account_per_second {
         let recent: i64 = sqlx::query_scalar(
             "select count(*) from verifications
@@ -410,18 +406,15 @@ async fn limited(
         .fetch_one(&mut *conn)
         .await
         .map_err(db)?;
+        gate.recent = Some(u32::try_from(recent).unwrap_or(u32::MAX));
         if recent >= i64::from(per_second) {
-            return Ok(Some(1));
+            return Ok(());
         }
     }
-
-    // The per-number limit is full when the `per_number_max`-th newest send
-    // is still inside the window; it frees up when that one leaves it.
-    let window = limits.per_number_window_ms;
     if limits.per_number_max == 0 {
-        return Ok(Some(retry_after_secs(window)));
+        return Ok(());
     }
-    let blocking: Option<i64> = sqlx::query_scalar(
+    gate.number_block_at = sqlx::query_scalar(
         "select created_at from verifications
          where customer_id = ?1 and destination = ?2 and created_at > ?3 - ?4
          order by created_at desc limit 1 offset ?5",
@@ -429,20 +422,13 @@ async fn limited(
     .bind(customer)
     .bind(destination)
     .bind(now)
-    .bind(window)
+    .bind(limits.per_number_window_ms)
     .bind(limits.per_number_max - 1)
     .fetch_optional(&mut *conn)
     .await
     .map_err(db)?;
-    if let Some(at) = blocking {
-        return Ok(Some(retry_after_secs(
-            at.saturating_add(window).saturating_sub(now),
-        )));
-    }
-
-    let window = limits.wrong_code_window_ms;
-    if limits.wrong_code_max == 0 {
-        return Ok(Some(retry_after_secs(window)));
+    if gate.number_block_at.is_some() || limits.wrong_code_max == 0 {
+        return Ok(());
     }
     let wrong: Vec<(i64, i64)> = sqlx::query_as(
         "select created_at, wrong_attempts from verifications
@@ -453,46 +439,10 @@ async fn limited(
     .bind(customer)
     .bind(destination)
     .bind(now)
-    .bind(window)
+    .bind(limits.wrong_code_window_ms)
     .fetch_all(&mut *conn)
     .await
     .map_err(db)?;
-    Ok(wrong_code_block(&wrong, limits.wrong_code_max)
-        .map(|at| retry_after_secs(at.saturating_add(window).saturating_sub(now))))
-}
-
-/// Given (created_at, wrong attempts) of the window's verifications, newest
-/// first, the `created_at` of the verification whose leaving the window
-/// brings the wrong codes back under `max` (at least 1); `None` when already
-/// under it.
-/// Wrong codes count against the window by their verification's send time,
-/// as [`crate::Store::wrong_codes_since`] counts them.
-fn wrong_code_block(newest_first: &[(i64, i64)], max: u32) -> Option<i64> {
-    let max = i64::from(max);
-    let mut sum = 0i64;
-    for &(at, wrong) in newest_first {
-        sum = sum.saturating_add(wrong);
-        if sum >= max {
-            return Some(at);
-        }
-    }
-    None
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn wrong_code_budget_frees_when_enough_old_codes_leave_the_window() {
-        // Newest first: 2 wrong at t=300, 1 at t=200, 3 at t=100.
-        let rows = [(300, 2), (200, 1), (100, 3)];
-        assert_eq!(wrong_code_block(&rows, 7), None);
-        // 6 wrong, max 6: the oldest must leave for the sum to drop to 3.
-        assert_eq!(wrong_code_block(&rows, 6), Some(100));
-        // max 3: only once t=200 has left are we under (2 < 3).
-        assert_eq!(wrong_code_block(&rows, 3), Some(200));
-        assert_eq!(wrong_code_block(&rows, 2), Some(300));
-        assert_eq!(wrong_code_block(&[], 5), None);
-    }
+    gate.wrong_block_at = send::wrong_code_block(&wrong, limits.wrong_code_max);
+    Ok(())
 }

@@ -228,6 +228,91 @@ impl TestDb {
 }
 
 impl TestDb {
+    /// The database's URL for a plain SQL connection (`sqlite://…` or
+    /// `postgres://…`), for tests that read the schema itself.
+    pub fn sql_url(&self) -> String {
+        match &self.location {
+            Location::Sqlite(dir) => format!("sqlite://{}?mode=rwc", dir.db().display()),
+            Location::Postgres(url) => url.clone(),
+        }
+    }
+
+    /// Leaves the database as the build before this one made it: every
+    /// migration but this build's newest, applied as that build applied
+    /// them. Nothing may have opened it yet.
+    pub async fn make_as_previous_build(&self) {
+        use sqlx::Connection;
+        match &self.location {
+            Location::Sqlite(_) => {
+                use sqlx::SqlSafeStr;
+                use sqlx::migrate::{Migration, MigrationType, Migrator};
+                let pool = sqlx::SqlitePool::connect(&self.sql_url()).await.unwrap();
+                let previous = sqlite::MIGRATIONS[..sqlite::MIGRATIONS.len() - 1]
+                    .iter()
+                    .map(|&(v, d, sql)| {
+                        let sql = sql.into_sql_str();
+                        Migration::new(v, d.into(), MigrationType::Simple, sql, false)
+                    })
+                    .collect();
+                Migrator::with_migrations(previous)
+                    .run(&pool)
+                    .await
+                    .unwrap();
+                pool.close().await;
+            }
+            Location::Postgres(url) => {
+                let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
+                sqlx::raw_sql(
+                    "create table schema_version (version bigint primary key, name text not null,
+                                                  created_at bigint not null)",
+                )
+                .execute(&mut conn)
+                .await
+                .unwrap();
+                for (version, name, sql) in
+                    postgres::migrations().filter(|m| m.0 < postgres::SCHEMA_VERSION)
+                {
+                    sqlx::raw_sql(sql).execute(&mut conn).await.unwrap();
+                    sqlx::query("insert into schema_version values ($1, $2, 0)")
+                        .bind(version)
+                        .bind(name)
+                        .execute(&mut conn)
+                        .await
+                        .unwrap();
+                }
+                conn.close().await.unwrap();
+            }
+        }
+    }
+
+    /// Runs `sql` (statements in the dialect both backends share) on the
+    /// database directly, as an earlier build's own writes would.
+    pub async fn execute(&self, sql: &str) {
+        use sqlx::Connection;
+        match &self.location {
+            Location::Sqlite(_) => {
+                let mut conn = sqlx::SqliteConnection::connect(&self.sql_url())
+                    .await
+                    .unwrap();
+                sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned()))
+                    .execute(&mut conn)
+                    .await
+                    .unwrap();
+                conn.close().await.unwrap();
+            }
+            Location::Postgres(url) => {
+                let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
+                sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned()))
+                    .execute(&mut conn)
+                    .await
+                    .unwrap();
+                conn.close().await.unwrap();
+            }
+        }
+    }
+}
+
+impl TestDb {
     /// Leaves the database as the build before events made it (SQLite
     /// schema 5, PostgreSQL schema 4: main's daily stats and retention
     /// included), holding account `C-…1` (5 credits)

@@ -22,6 +22,7 @@ mod opening;
 mod outbox;
 mod postgres_only;
 mod retention;
+mod schema;
 mod sends;
 mod sqlite_only;
 mod validation;

@@ -12,7 +12,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use otpgate_store::postgres::{self, PgOptions, PostgresStore, SCHEMA_VERSION};
-use otpgate_store::{CreateOutcome, Store, StoreError};
+use otpgate_store::prelude::*;
+use otpgate_store::{CreateOutcome, StoreError};
 use otpgate_testkit::TempPostgres;
 use sqlx::Connection;
 

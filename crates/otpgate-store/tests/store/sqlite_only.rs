@@ -4,8 +4,9 @@
 
 use std::path::Path;
 
+use otpgate_store::prelude::*;
 use otpgate_store::sqlite::{MAX_BATCH, SqliteStore, WriteStats};
-use otpgate_store::{CreateOutcome, Store, StoreError, VerificationFilter};
+use otpgate_store::{CreateOutcome, StoreError, VerificationFilter};
 
 use crate::fixture::TempDir;
 use crate::helpers::*;

@@ -1,0 +1,450 @@
+//! The outbox on PostgreSQL: leases by `for update skip locked` (so two
+//! nodes never lease one message and neither waits for the other's rows),
+//! the results workers and receipts record, and what a failed step does to
+//! its workflow and its verification (the verdicts are the core's and
+//! `shared`'s, as on SQLite).
+//!
+//! A result is recorded only by the worker that still holds the lease, so a
+//! worker presumed dead cannot overwrite its successor's.
+
+use async_trait::async_trait;
+use otpgate_core::send;
+use otpgate_core::{DeliveryStatus, VerificationId, VerificationState};
+use sqlx::PgConnection;
+
+use super::error::db_err;
+use super::rows::{self, outbox_columns};
+use super::{PostgresStore, events};
+use crate::shared::{self, clip, delivery_detail, id_i64, to_u64};
+use crate::{EventKind, OutboxDepth, OutboxMessage, OutboxStore, SentInfo, StoreResult};
+
+#[async_trait]
+impl OutboxStore for PostgresStore {
+    async fn outbox_claim(
+        &self,
+        worker: &str,
+        max: u32,
+        lease_ms: i64,
+        now: i64,
+    ) -> StoreResult<Vec<OutboxMessage>> {
+        if max == 0 {
+            return Ok(Vec::new());
+        }
+        self.guarded(async {
+            // `skip locked`: rows another node is claiming right now are
+            // passed over instead of waited for, and each row's predicate is
+            // re-checked once locked, so a row claimed and committed by
+            // someone else in the meantime is not taken twice.
+            let rows = sqlx::query(concat!(
+                "with due as (
+                     select id from outbox
+                      where status = 'queued' and next_attempt_at <= $1
+                        and (lease_until is null or lease_until <= $1)
+                      order by next_attempt_at, id
+                      limit $2
+                      for update skip locked
+                 )
+                 update outbox o
+                    set lease_owner = $3, lease_until = $4, attempts = o.attempts + 1,
+                        updated_at = $1
+                   from due, verifications v
+                  where o.id = due.id and v.id = o.verification_id
+                 returning ",
+                outbox_columns!()
+            ))
+            .bind(now)
+            .bind(i64::from(max))
+            .bind(worker)
+            .bind(now.saturating_add(lease_ms.max(0)))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_err)?;
+            let mut out = rows
+                .iter()
+                .map(rows::outbox_message)
+                .collect::<StoreResult<Vec<_>>>()?;
+            out.sort_by_key(|m| (m.next_attempt_at, m.id));
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn outbox_sent(
+        &self,
+        message_id: i64,
+        worker: &str,
+        sent: &SentInfo,
+        now: i64,
+    ) -> StoreResult<bool> {
+        self.guarded(async {
+            // One statement: the outbox row (only while `worker` still holds
+            // it) and its verification change together or not at all.
+            let changed: Option<i64> = sqlx::query_scalar(
+                "with o as (
+                     update outbox
+                        set status = 'sent', text = null, channel = $3, gateway_id = $4,
+                            lease_owner = null, lease_until = null, updated_at = $5
+                      where id = $1 and lease_owner = $2 and status = 'queued'
+                      returning verification_id, step
+                 ),
+                 -- A later step went out: an earlier one still retrying is
+                 -- not needed any more.
+                 earlier as (
+                     update outbox x
+                        set status = 'cancelled', text = null, lease_owner = null,
+                            lease_until = null, updated_at = $5
+                       from o
+                      where x.verification_id = o.verification_id and x.status = 'queued'
+                        and x.step < o.step
+                 )
+                 update verifications v
+                    set delivery = 'sent', channel = $3, gateway_id = $4
+                   from o where v.id = o.verification_id
+                 returning v.id",
+            )
+            .bind(message_id)
+            .bind(worker)
+            .bind(&sent.channel)
+            .bind(&sent.gateway_id)
+            .bind(now)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_err)?;
+            Ok(changed.is_some())
+        })
+        .await
+    }
+
+    async fn outbox_retry(
+        &self,
+        message_id: i64,
+        worker: &str,
+        next_attempt_at: i64,
+        error: &str,
+        now: i64,
+    ) -> StoreResult<bool> {
+        let error = clip(error);
+        self.guarded(async {
+            // The last error is also shown on the verification (console,
+            // support) while the message waits for its next attempt.
+            let changed: Option<i64> = sqlx::query_scalar(
+                "with o as (
+                     update outbox
+                        set lease_owner = null, lease_until = null, next_attempt_at = $3,
+                            last_error = $4, updated_at = $5
+                      where id = $1 and lease_owner = $2 and status = 'queued'
+                      returning verification_id
+                 )
+                 update verifications v set delivery_detail = $4
+                   from o where v.id = o.verification_id
+                 returning v.id",
+            )
+            .bind(message_id)
+            .bind(worker)
+            .bind(next_attempt_at)
+            .bind(error)
+            .bind(now)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_err)?;
+            Ok(changed.is_some())
+        })
+        .await
+    }
+
+    async fn outbox_failed(
+        &self,
+        message_id: i64,
+        worker: &str,
+        error: &str,
+        now: i64,
+    ) -> StoreResult<bool> {
+        let error = clip(error);
+        self.guarded(async {
+            let mut tx = self.pool.begin().await.map_err(db_err)?;
+            // The queued -> failed transition happens once, so the refund
+            // does too.
+            let verification: Option<i64> = sqlx::query_scalar(
+                "update outbox
+                    set status = 'failed', text = null, last_error = $3,
+                        lease_owner = null, lease_until = null, updated_at = $4
+                  where id = $1 and lease_owner = $2 and status = 'queued'
+                  returning verification_id",
+            )
+            .bind(message_id)
+            .bind(worker)
+            .bind(error)
+            .bind(now)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db_err)?;
+            let Some(verification) = verification else {
+                tx.rollback().await.map_err(db_err)?;
+                return Ok(false);
+            };
+            step_failed(
+                &mut tx,
+                verification,
+                message_id,
+                DeliveryStatus::Failed,
+                error,
+                now,
+            )
+            .await?;
+            tx.commit().await.map_err(db_err)?;
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn outbox_receipt(
+        &self,
+        channel: &str,
+        gateway_id: &str,
+        status: DeliveryStatus,
+        detail: &str,
+        now: i64,
+    ) -> StoreResult<Option<i64>> {
+        let detail = clip(detail);
+        // A receipt saying "queued" tells nothing new about the message's
+        // fate: its detail is kept, its status is not moved backwards.
+        let new_status = (status != DeliveryStatus::Queued).then(|| status.as_str());
+        let permanent = status.is_final_failure();
+        self.guarded(async {
+            let mut tx = self.pool.begin().await.map_err(db_err)?;
+            let matched: Vec<(i64, i64, i64)> = sqlx::query_as(
+                "update outbox set status = coalesce($3, status), updated_at = $4
+                  where channel = $1 and gateway_id = $2
+                  returning verification_id, id, created_at",
+            )
+            .bind(channel)
+            .bind(gateway_id)
+            .bind(new_status)
+            .bind(now)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(db_err)?;
+            for &(verification, message_id, _) in &matched {
+                if permanent {
+                    step_failed(&mut tx, verification, message_id, status, detail, now).await?;
+                } else {
+                    if status == DeliveryStatus::Delivered {
+                        // The code arrived: the workflow's later steps must
+                        // not go.
+                        cancel_queued(&mut tx, verification, now).await?;
+                        let d = delivery_detail(None, status, detail);
+                        events::emit(&mut tx, verification, EventKind::Delivered, &d, now).await?;
+                    }
+                    sqlx::query(
+                        "update verifications
+                            set delivery = coalesce($2, delivery), delivery_detail = $3
+                          where id = $1",
+                    )
+                    .bind(verification)
+                    .bind(new_status)
+                    .bind(detail)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db_err)?;
+                }
+            }
+            tx.commit().await.map_err(db_err)?;
+            Ok(matched.first().map(|&(_, _, accepted_at)| accepted_at))
+        })
+        .await
+    }
+
+    async fn outbox_depth(&self) -> StoreResult<OutboxDepth> {
+        self.guarded(async {
+            let (queued, in_flight, failed, oldest): (i64, i64, i64, Option<i64>) = sqlx::query_as(
+                "select count(*) filter (where status = 'queued' and lease_owner is null),
+                        count(*) filter (where status = 'queued' and lease_owner is not null),
+                        count(*) filter (where status = 'failed'),
+                        min(created_at) filter (where status = 'queued')
+                   from outbox",
+            )
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db_err)?;
+            Ok(OutboxDepth {
+                queued: to_u64(queued),
+                in_flight: to_u64(in_flight),
+                failed: to_u64(failed),
+                oldest_queued_at: oldest,
+            })
+        })
+        .await
+    }
+
+    async fn outbox_for_verification(
+        &self,
+        id: VerificationId,
+    ) -> StoreResult<Option<OutboxMessage>> {
+        self.guarded(async {
+            let row = sqlx::query(concat!(
+                "select ",
+                outbox_columns!(),
+                " from outbox o join verifications v on v.id = o.verification_id
+                  where o.verification_id = $1 and o.step = 0"
+            ))
+            .bind(id_i64(id))
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_err)?;
+            row.as_ref().map(rows::outbox_message).transpose()
+        })
+        .await
+    }
+
+    async fn outbox_attempts(&self, id: VerificationId) -> StoreResult<Vec<OutboxMessage>> {
+        self.guarded(async {
+            let rows = sqlx::query(concat!(
+                "select ",
+                outbox_columns!(),
+                " from outbox o join verifications v on v.id = o.verification_id
+                  where o.verification_id = $1 order by o.step"
+            ))
+            .bind(id_i64(id))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_err)?;
+            rows.iter().map(rows::outbox_message).collect()
+        })
+        .await
+    }
+}
+
+/// Step `message_id` of `verification` will not deliver: wake the next held
+/// step of its workflow, and fail the verification only when no step is left
+/// that could still bring the code (the verdict is
+/// [`crate::shared::step_failed`], shared with SQLite).
+async fn step_failed(
+    tx: &mut PgConnection,
+    verification: i64,
+    message_id: i64,
+    delivery: DeliveryStatus,
+    detail: &str,
+    now: i64,
+) -> StoreResult<()> {
+    let steps: Vec<(i64, i32, String)> =
+        sqlx::query_as("select id, step, status from outbox where verification_id = $1 for update")
+            .bind(verification)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(db_err)?;
+    let mut this = 0;
+    let mut others = Vec::with_capacity(steps.len());
+    for (id, step, status) in steps {
+        let step = crate::shared::count(step.into(), "step")?;
+        if id == message_id {
+            this = step;
+        } else {
+            others.push((id, step, crate::shared::delivery(&status)?));
+        }
+    }
+    let verdict = crate::shared::step_failed(this, &others);
+    if let Some(next) = verdict.wake {
+        sqlx::query(
+            "update outbox set next_attempt_at = least(next_attempt_at, $2), updated_at = $2
+              where id = $1 and status = 'queued'",
+        )
+        .bind(next)
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err)?;
+    }
+    if verdict.fail_verification {
+        fail_and_refund(tx, verification, delivery, detail, now).await
+    } else {
+        sqlx::query("update verifications set delivery_detail = $2 where id = $1")
+            .bind(verification)
+            .bind(detail)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        Ok(())
+    }
+}
+
+/// The rest of a workflow became unnecessary: every step of `verification`
+/// still queued is cancelled and its text erased.
+async fn cancel_queued(tx: &mut PgConnection, verification: i64, now: i64) -> StoreResult<()> {
+    sqlx::query(
+        "update outbox
+            set status = 'cancelled', text = null, lease_owner = null, lease_until = null,
+                updated_at = $2
+          where verification_id = $1 and status = 'queued'",
+    )
+    .bind(verification)
+    .bind(now)
+    .execute(&mut *tx)
+    .await
+    .map_err(db_err)?;
+    Ok(())
+}
+
+/// The message will never arrive: a pending verification fails (700 on
+/// validate) and its charge goes back where it came from (contract §5),
+/// once: a second failure finds it no longer pending. A verification already
+/// completed keeps its state and its charge, since its code evidently
+/// arrived.
+async fn fail_and_refund(
+    tx: &mut PgConnection,
+    verification: i64,
+    delivery: DeliveryStatus,
+    detail: &str,
+    now: i64,
+) -> StoreResult<()> {
+    // Locked and read first: the update below zeroes the cost, and the
+    // refund needs it as it was.
+    let (customer, state, cost, cost_test): (String, String, i64, i64) = sqlx::query_as(
+        "select customer_id, state, cost, cost_test from verifications
+          where id = $1 for update",
+    )
+    .bind(verification)
+    .fetch_one(&mut *tx)
+    .await
+    .map_err(db_err)?;
+    let state = VerificationState::parse(&state).ok_or_else(|| shared::corrupt("state"))?;
+    let send::Undeliverable::FailAndRefund(refund) =
+        send::undeliverable(state, send::Charged { cost, cost_test })
+    else {
+        sqlx::query("update verifications set delivery = $2, delivery_detail = $3 where id = $1")
+            .bind(verification)
+            .bind(delivery.as_str())
+            .bind(detail)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        return Ok(());
+    };
+    sqlx::query(
+        "update verifications
+            set state = $4, cost = 0, cost_test = 0, delivery = $2,
+                delivery_detail = $3
+          where id = $1",
+    )
+    .bind(verification)
+    .bind(delivery.as_str())
+    .bind(detail)
+    .bind(VerificationState::Failed.as_str())
+    .execute(&mut *tx)
+    .await
+    .map_err(db_err)?;
+    if !refund.is_empty() {
+        sqlx::query(
+            "update accounts
+                set test_credits = test_credits + $2, credits = credits + $3
+              where customer_id = $1",
+        )
+        .bind(customer)
+        .bind(refund.test_credits)
+        .bind(refund.credits)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err)?;
+    }
+    let d = delivery_detail(Some("undeliverable"), delivery, detail);
+    events::emit(tx, verification, EventKind::Failed, &d, now).await
+}

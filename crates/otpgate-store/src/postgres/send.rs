@@ -1,0 +1,563 @@
+//! A send (contract §2 and §5) on PostgreSQL: the account's row lock, the
+//! checks in one statement, the prefix's advisory lock and the fraud facts,
+//! the core's decision (`otpgate_core::send`), then the writes of an accepted
+//! send in one statement — all in one transaction, which commits only a
+//! `Created` send or a block the send itself triggered.
+
+use otpgate_core::VerificationState;
+use otpgate_core::fraud;
+use otpgate_core::send;
+use sqlx::postgres::PgPool;
+use sqlx::{PgConnection, Row};
+
+use super::error::db_err;
+use super::rows::{self, verification_columns};
+use super::{PostgresStore, events};
+use crate::shared::{self, created_detail, day_of, id_i64};
+use crate::{CreateOutcome, NewVerification, SendKind, StoreError, StoreResult, Verification};
+
+/// Runs one send in its own transaction.
+pub(super) async fn create(pool: &PgPool, req: &NewVerification) -> StoreResult<CreateOutcome> {
+    let mut tx = pool.begin().await.map_err(db_err)?;
+    match PostgresStore::create_in(&mut tx, req).await? {
+        Ok(v) => {
+            tx.commit().await.map_err(db_err)?;
+            Ok(CreateOutcome::Created(v))
+        }
+        Err(
+            refused @ CreateOutcome::Blocked {
+                new_block: Some(_), ..
+            },
+        ) => {
+            // The block this send triggered is kept; nothing else
+            // was written.
+            tx.commit().await.map_err(db_err)?;
+            Ok(refused)
+        }
+        Err(refused) => {
+            // Release the account lock now rather than when the
+            // pool gets round to it.
+            tx.rollback().await.map_err(db_err)?;
+            Ok(refused)
+        }
+    }
+}
+
+/// The first key of the two-key advisory locks that serialise sends to one
+/// prefix ("otpg" in ASCII); the second is the prefix's `hashtext`. Two-key
+/// locks never collide with the one-key migration lock.
+const PREFIX_LOCK_SPACE: i32 = 0x6f74_7067;
+
+/// What the fraud defences weigh for this send (see `decide_send`), in one
+/// statement; and whether the destination is one of the account's verified
+/// numbers, and how many own-number sends it made in the last day.
+async fn fraud_facts(
+    tx: &mut PgConnection,
+    req: &NewVerification,
+    destination: &str,
+) -> StoreResult<send::GuardFacts> {
+    let now = req.created_at;
+    let row = sqlx::query(
+        "with acct as (
+             select count(*) filter (where created_at > $3) as hour_n,
+                    coalesce(sum(cost) filter (where created_at > $3), 0)::bigint as hour_c,
+                    min(created_at) filter (where created_at > $3) as hour_oldest,
+                    count(*) as day_n, coalesce(sum(cost), 0)::bigint as day_c,
+                    min(created_at) as day_oldest
+               from verifications where customer_id = $1 and created_at > $4
+         ),
+         pb as (select reason, strikes, blocked_until from fraud_blocks
+                 where scope = 'prefix' and key = $5),
+         cb as (select reason, strikes, blocked_until from fraud_blocks
+                 where scope = 'country' and key = $6)
+         select acct.*,
+                (select count(*) from verifications
+                  where destination = $7 and created_at > $4) as dest_n,
+                (select min(created_at) from verifications
+                  where destination = $7 and created_at > $4) as dest_oldest,
+                exists (select 1 from safe_list
+                         where left($7, length(entry)) = entry) as safe,
+                (select reason from pb) as pb_reason,
+                (select strikes from pb) as pb_strikes,
+                (select blocked_until from pb) as pb_until,
+                (select reason from cb) as cb_reason,
+                (select strikes from cb) as cb_strikes,
+                (select blocked_until from cb) as cb_until,
+                (select count(*) from verifications
+                  where prefix = $5
+                    and created_at > greatest($8, coalesce((select blocked_until from pb), 0))
+                ) as p_sent,
+                (select count(*) from verifications
+                  where prefix = $5 and state = $10
+                    and created_at > greatest($8, coalesce((select blocked_until from pb), 0))
+                ) as p_done,
+                (select count(*) from verifications
+                  where customer_id = $1 and country_code = $2 and prefix is not null
+                    and created_at > greatest($9, coalesce((select blocked_until from cb), 0))
+                ) as c_sent,
+                (select count(*) from verifications
+                  where customer_id = $1 and country_code = $2 and state = $10
+                    and prefix is not null and created_at > greatest($9, coalesce((select blocked_until from cb), 0))
+                ) as c_done,
+                exists (select 1 from own_numbers
+                         where customer_id = $1 and destination = $7
+                           and verified_at is not null) as own_verified,
+                (select count(*) from own_numbers
+                  where customer_id = $1 and created_at > $4) as own_today
+           from acct",
+    )
+    .bind(req.customer_id.as_str())
+    .bind(i32::from(req.destination.country_code()))
+    .bind(now - fraud::HOUR_MS)
+    .bind(now - fraud::DAY_MS)
+    .bind(&req.prefix)
+    .bind(shared::block_key(req, fraud::BlockScope::Country))
+    .bind(destination)
+    .bind(now - req.fraud.prefix.window_ms)
+    .bind(now - req.fraud.country.window_ms)
+    .bind(VerificationState::Completed.as_str())
+    .fetch_one(&mut *tx)
+    .await
+    .map_err(db_err)?;
+    let get = |name: &str| -> StoreResult<i64> { row.try_get::<i64, _>(name).map_err(db_err) };
+    let opt = |name: &str| -> StoreResult<Option<i64>> {
+        row.try_get::<Option<i64>, _>(name).map_err(db_err)
+    };
+    let flag = |name: &str| -> StoreResult<bool> { row.try_get::<bool, _>(name).map_err(db_err) };
+    let n = |name: &str| -> StoreResult<u32> { shared::count(get(name)?, "count") };
+    let block = |reason: &str, strikes: &str, until: &str| -> StoreResult<_> {
+        let reason: Option<String> = row.try_get(reason).map_err(db_err)?;
+        let strikes: Option<i32> = row.try_get(strikes).map_err(db_err)?;
+        Ok(match (reason, strikes, opt(until)?) {
+            (Some(reason), Some(strikes), Some(until)) => Some(fraud::BlockRecord {
+                until_ms: until,
+                strikes: shared::count(i64::from(strikes), "strikes")?,
+                reason,
+            }),
+            _ => None,
+        })
+    };
+    let facts = fraud::SendFacts {
+        price: req.price,
+        account_hour: fraud::Usage {
+            messages: n("hour_n")?,
+            credits: get("hour_c")?,
+            oldest_ms: opt("hour_oldest")?,
+        },
+        account_day: fraud::Usage {
+            messages: n("day_n")?,
+            credits: get("day_c")?,
+            oldest_ms: opt("day_oldest")?,
+        },
+        destination_day: fraud::Usage {
+            messages: n("dest_n")?,
+            credits: 0,
+            oldest_ms: opt("dest_oldest")?,
+        },
+        safe_listed: flag("safe")?,
+        prefix_block: block("pb_reason", "pb_strikes", "pb_until")?,
+        country_block: block("cb_reason", "cb_strikes", "cb_until")?,
+        prefix: fraud::Conversion {
+            sent: n("p_sent")?,
+            completed: n("p_done")?,
+        },
+        country: fraud::Conversion {
+            sent: n("c_sent")?,
+            completed: n("c_done")?,
+        },
+    };
+    Ok(send::GuardFacts {
+        fraud: facts,
+        own_verified: flag("own_verified")?,
+        own_sent_today: n("own_today")?,
+    })
+}
+
+/// `u32` counters are stored as `integer`; a value past its range (a
+/// configuration of billions of attempts) is as good as unlimited.
+fn int(n: u32) -> i32 {
+    i32::try_from(n).unwrap_or(i32::MAX)
+}
+
+/// What a send's checks decided, before anything is written.
+enum Checked {
+    /// Boxed: a refusal is the rare, larger case.
+    Refused(Box<CreateOutcome>),
+    Charge {
+        cost: i64,
+        cost_test: i64,
+        /// The guard counts this send (see `counted` in `create_checks`).
+        counted: bool,
+    },
+}
+
+fn refused(outcome: CreateOutcome) -> Checked {
+    Checked::Refused(Box::new(outcome))
+}
+
+/// Everything the 506 check and the rate limits of contract §2 need, in
+/// one statement: the round trips of a send are made while it holds its
+/// account's lock, so each one costs every other send of the account too.
+///
+/// Its snapshot must be taken after the lock is granted (it is a statement
+/// of its own, after `select … for update`): a statement that waited for
+/// the lock itself would see only the locked row afresh, and these
+/// subqueries as they were before the send it waited for committed.
+///
+/// One row: the pending verification's columns (all null when there is
+/// none), then
+/// - `recent`: sends of the account in the last second (see
+///   [`CHECKS_COUNTING_RECENT`]);
+/// - `number_block_at`: `created_at` of the `per_number_max`-th newest send
+///   to the destination in its window; room opens when it leaves;
+/// - `wrong_block_at`: `created_at` of the newest verification at which the
+///   wrong codes of it and of those newer reach the budget; the budget frees
+///   when it leaves the window. The window function's default frame takes
+///   in peers (equal `created_at`), which changes no answer: the send time
+///   that first reaches the budget is the same whichever order ties are in.
+///   Wrong codes count by their verification's send time, as
+///   `wrong_codes_since` counts them.
+///
+/// Parameters: customer, destination, now, per-number window start,
+/// per-number offset, wrong-code window start, wrong-code budget, the
+/// pending state's name (bound from the core).
+macro_rules! checks_sql {
+    ($recent:literal) => {
+        concat!(
+            "select pending.*, limits.*
+               from (select ",
+            $recent,
+            " as recent,
+                       (select created_at from verifications
+                         where customer_id = $1 and destination = $2 and created_at > $4
+                         order by created_at desc limit 1 offset $5
+                       ) as number_block_at,
+                       (select created_at
+                          from (select created_at,
+                                       sum(wrong_attempts) over (order by created_at desc)
+                                           as wrong
+                                  from verifications
+                                 where customer_id = $1 and destination = $2
+                                   and created_at > $6 and wrong_attempts > 0
+                               ) newest_first
+                         where wrong >= $7
+                         order by created_at desc limit 1
+                       ) as wrong_block_at
+                    ) limits
+               left join (select ",
+            verification_columns!(),
+            " from verifications
+                           where customer_id = $1 and destination = $2 and state = $8
+                             and expires_at > $3 and wrong_attempts < max_attempts
+                           order by created_at desc, id desc limit 1
+                         ) pending on true"
+        )
+    };
+}
+
+/// The checks for an account without a per-second limit.
+pub(super) const CHECKS: &str = checks_sql!("null::bigint");
+
+/// The checks for an account with a per-second limit, which also count its
+/// sends since `$9`. A statement of its own rather than a count that a
+/// parameter switches off: PostgreSQL would price the count into that
+/// statement's generic plan, find custom plans much cheaper, and so plan it
+/// afresh on every send. Without the limit (the default) a send runs
+/// [`CHECKS`], whose one cached plan serves every send.
+pub(super) const CHECKS_COUNTING_RECENT: &str = checks_sql!(
+    "(select count(*) from verifications
+       where customer_id = $1 and created_at > $9 and created_at <= $3)"
+);
+
+/// The writes of an accepted send, in one statement. The charge, the
+/// outbox row and (for an account with a webhook) the `created` event hang off the inserted verification, so an id that is
+/// already taken (`on conflict do nothing`) writes nothing at all; the
+/// caller then reports a conflict and drops the transaction, as before.
+const WRITE: &str = concat!(
+    "with inserted as (
+         insert into verifications (
+             id, customer_id, country_code, national, destination, flow_type, code_hash,
+             otp_length, state, wrong_attempts, max_attempts, created_at, expires_at,
+             transaction_id, cost, cost_test, delivery
+             , prefix
+         ) values ($1, $2, $3, $4, $5, $6, $7, $8, 'pending', 0, $9, $10, $11, $12, $13,
+                   $14, $19, $18)
+         on conflict (id) do nothing
+         returning ",
+    verification_columns!(),
+    "
+     ),
+     charged as (
+         update accounts a
+            set credits = a.credits - (i.cost - i.cost_test),
+                test_credits = a.test_credits - i.cost_test
+           from inserted i
+          where a.customer_id = i.customer_id
+     ),
+     queued as (
+         insert into outbox (
+             verification_id, customer_id, step, address, lang, text, status, attempts,
+             next_attempt_at, created_at, updated_at
+         )
+         select id, customer_id, 0, $16, $17, $15, 'queued', 0, created_at, created_at,
+                created_at
+           from inserted where $20
+     ),
+     own as (
+         insert into own_numbers (verification_id, customer_id, destination, created_at)
+         select id, customer_id, $5, created_at from inserted where $21
+     ),
+     evented as (
+         insert into events (
+             event_id, customer_id, verification_id, kind, detail, status, attempts,
+             next_attempt_at, created_at, updated_at
+         )
+         select ",
+    events::new_event_id!(),
+    ", i.customer_id, i.id, 'verification.created', $22, 'pending', 0,
+                i.created_at, i.created_at, i.created_at
+           from inserted i join webhooks w on w.customer_id = i.customer_id
+     ),
+     counted as (
+         insert into daily_stats (customer_id, day, sends, completed, created_at)
+         select customer_id, $23, 1, 0, created_at from inserted
+         on conflict (customer_id, day) do update set sends = daily_stats.sends + 1
+     )
+     select * from inserted"
+);
+
+impl PostgresStore {
+    /// The checks of contract §2 and §5: the facts read in two statements
+    /// (the account row's lock, then `CHECKS`), then the prefix's lock and
+    /// the fraud facts. The order of outcomes is `otpgate_core::send`'s, so
+    /// the SQL need not encode it.
+    async fn create_checks(
+        tx: &mut PgConnection,
+        req: &NewVerification,
+        destination: &str,
+    ) -> StoreResult<Checked> {
+        let now = req.created_at;
+        let customer = req.customer_id.as_str();
+        let limits = &req.limits;
+        if req.price < 0 {
+            // The server's price table is validated at start-up; a negative
+            // price here is a bug, and would mint credit.
+            return Err(StoreError::Internal("negative price".into()));
+        }
+
+        // The lock that serialises the sends of one account across nodes: a
+        // statement of its own, as `checks_sql!` explains. The row it returns
+        // is read afresh once the lock is granted, so the balance and the
+        // disabled flag are current.
+        let account: Option<(i64, i64, bool)> = sqlx::query_as(
+            "select credits, test_credits, disabled from accounts
+             where customer_id = $1 for update",
+        )
+        .bind(customer)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db_err)?;
+        let Some((credits, test_credits, false)) = account else {
+            return Ok(refused(shared::refusal(
+                send::Refused::AccountUnavailable,
+                None,
+                now,
+            )?));
+        };
+
+        let number_window = limits.per_number_window_ms.max(0);
+        let wrong_window = limits.wrong_code_window_ms.max(0);
+        let counting = limits.per_account_per_second.is_some();
+        let mut checks = sqlx::query(if counting {
+            CHECKS_COUNTING_RECENT
+        } else {
+            CHECKS
+        })
+        .bind(customer)
+        .bind(destination)
+        .bind(now)
+        .bind(now.saturating_sub(number_window))
+        // A maximum of 0 refuses before this offset matters; `max(1)` only
+        // keeps it legal.
+        .bind(i64::from(limits.per_number_max.max(1)) - 1)
+        .bind(now.saturating_sub(wrong_window))
+        .bind(i64::from(limits.wrong_code_max))
+        .bind(VerificationState::Pending.as_str());
+        if counting {
+            checks = checks.bind(now.saturating_sub(1000));
+        }
+        let row = checks.fetch_one(&mut *tx).await.map_err(db_err)?;
+
+        // The core decides (`otpgate_core::send`); this only reads facts.
+        let pending_id: Option<i64> = row.try_get("id").map_err(db_err)?;
+        let pending = pending_id
+            .is_some()
+            .then(|| rows::verification(&row))
+            .transpose()?;
+        let recent: Option<i64> = if counting {
+            row.try_get("recent").map_err(db_err)?
+        } else {
+            None
+        };
+        let gate = send::GateFacts {
+            account: Some(send::Balance {
+                credits,
+                test_credits,
+            }),
+            pending: pending.is_some(),
+            recent: recent.map(|n| u32::try_from(n).unwrap_or(u32::MAX)),
+            number_block_at: row.try_get("number_block_at").map_err(db_err)?,
+            wrong_block_at: row.try_get("wrong_block_at").map_err(db_err)?,
+        };
+        let terms = shared::terms(req);
+        if let Err(r) = send::gate(&terms, &gate, now) {
+            return Ok(refused(shared::refusal(r, pending, now)?));
+        }
+
+        // The fraud defences: caps, blocks and the conversion guard, read
+        // under the account's lock (and the prefix's, below), so concurrent
+        // sends on any node cannot overshoot a cap.
+        let guard = if req.kind == SendKind::TestNumber {
+            send::GuardFacts::default()
+        } else {
+            // Sends to one prefix from different accounts serialise here, so
+            // the prefix guard and the per-number cap hold across accounts
+            // too. Always taken after the account's row lock, never before:
+            // no two sends can wait on each other in a cycle. A statement of
+            // its own, so the facts below are read after it is granted.
+            sqlx::query("select pg_advisory_xact_lock($1, hashtext($2))")
+                .bind(PREFIX_LOCK_SPACE)
+                .bind(&req.prefix)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err)?;
+            fraud_facts(tx, req, destination).await?
+        };
+        // The balance is the locked row's, so no other send can spend it in
+        // between.
+        match send::decide(&terms, &gate, &guard, now) {
+            Ok(c) => Ok(Checked::Charge {
+                cost: c.cost,
+                cost_test: c.cost_test,
+                counted: c.counted,
+            }),
+            Err(send::Refused::Block(b)) => {
+                sqlx::query(
+                    "insert into fraud_blocks (scope, key, reason, strikes, blocked_until,
+                                               lifted_at, created_at, updated_at)
+                     values ($1, $2, $3, $4, $5, null, $6, $6)
+                     on conflict (scope, key) do update
+                        set reason = excluded.reason, strikes = excluded.strikes,
+                            blocked_until = excluded.blocked_until, lifted_at = null,
+                            updated_at = excluded.updated_at",
+                )
+                .bind(b.scope.as_str())
+                .bind(shared::block_key(req, b.scope))
+                .bind(&b.reason)
+                .bind(int(b.strikes))
+                .bind(b.until_ms)
+                .bind(now)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err)?;
+                Ok(refused(shared::refusal(
+                    send::Refused::Block(b),
+                    None,
+                    now,
+                )?))
+            }
+            Err(r) => Ok(refused(shared::refusal(r, None, now)?)),
+        }
+    }
+
+    async fn create_in(
+        tx: &mut PgConnection,
+        req: &NewVerification,
+    ) -> StoreResult<Result<Verification, CreateOutcome>> {
+        let destination = req.destination.e164_digits();
+        let (cost, cost_test, counted) = match Self::create_checks(tx, req, &destination).await? {
+            Checked::Refused(outcome) => return Ok(Err(*outcome)),
+            Checked::Charge {
+                cost,
+                cost_test,
+                counted,
+            } => (cost, cost_test, counted),
+        };
+        // The first candidate id not yet taken: a taken one writes nothing
+        // (`on conflict do nothing`) and leaves the transaction usable.
+        let candidates = std::iter::once((req.id, &req.code_hash))
+            .chain(req.spare_ids.iter().map(|(i, h)| (*i, h)));
+        let mut stored = None;
+        for (id, code_hash) in candidates {
+            let row = sqlx::query(WRITE)
+                .bind(id_i64(id))
+                .bind(req.customer_id.as_str())
+                .bind(i32::from(req.destination.country_code()))
+                .bind(req.destination.national())
+                .bind(&destination)
+                .bind(&req.flow_type)
+                .bind(&code_hash.0[..])
+                .bind(i16::from(req.otp_length))
+                .bind(int(req.max_attempts))
+                .bind(req.created_at)
+                .bind(req.expires_at)
+                .bind(&req.transaction_id)
+                .bind(cost)
+                .bind(cost_test)
+                .bind(&req.message_text)
+                .bind(&req.address)
+                .bind(&req.lang)
+                .bind(counted.then_some(&req.prefix))
+                .bind(if req.kind == SendKind::TestNumber {
+                    "sent"
+                } else {
+                    "queued"
+                })
+                // A test number's message never leaves the server: no outbox row.
+                .bind(req.kind != SendKind::TestNumber)
+                .bind(matches!(req.kind, SendKind::OwnNumber { .. }))
+                .bind(created_detail(req))
+                .bind(day_of(req.created_at))
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(db_err)?;
+            if let Some(row) = row {
+                stored = Some((id, row));
+                break;
+            }
+        }
+        let Some((id, row)) = stored else {
+            return Err(StoreError::Conflict(
+                "every candidate verification id is taken".into(),
+            ));
+        };
+        // A test number's message (and any fallback step) never leaves the
+        // server.
+        let fallbacks = if req.kind == SendKind::TestNumber {
+            &[][..]
+        } else {
+            &req.fallbacks[..]
+        };
+        for (i, f) in fallbacks.iter().enumerate() {
+            sqlx::query(
+                "insert into outbox (
+                     verification_id, customer_id, step, flow_type, address, lang, text,
+                     status, attempts, next_attempt_at, created_at, updated_at
+                 ) values ($1, $2, $3, $4, $5, $6, $7, 'queued', 0, $8, $9, $9)",
+            )
+            .bind(id_i64(id))
+            .bind(req.customer_id.as_str())
+            .bind(i32::try_from(i + 1).unwrap_or(i32::MAX))
+            .bind(&f.flow_type)
+            .bind(&f.address)
+            .bind(&req.lang)
+            .bind(&f.text)
+            .bind(f.due_at)
+            .bind(req.created_at)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        }
+        Ok(Ok(rows::verification(&row)?))
+    }
+}
