@@ -826,8 +826,7 @@ impl reqwest::dns::Resolve for CountingResolver {
 
 /// A loopback address where nothing listens: connecting is refused.
 async fn refused_addr() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    l.local_addr().unwrap()
+    SocketAddr::from(([127, 0, 0, 1], otpgate_testkit::free_port()))
 }
 
 fn via_resolver(plan: Vec<SocketAddr>) -> (Arc<CountingResolver>, ClientBuilder) {

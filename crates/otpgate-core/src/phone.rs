@@ -225,26 +225,20 @@ mod tests {
 
     #[test]
     fn unknown_dialing_code_and_invalid_numbers_are_told_apart() {
-        assert_eq!(
-            PhoneNumber::parse("999", "9876543210"),
-            Err(PhoneError::UnknownCountryCode)
-        );
-        assert_eq!(
-            PhoneNumber::parse("91", "12"),
-            Err(PhoneError::InvalidNumber)
-        );
-        assert_eq!(
-            PhoneNumber::parse("9a", "9876543210"),
-            Err(PhoneError::MalformedCountryCode)
-        );
-        assert_eq!(
-            PhoneNumber::parse("91", "98765x3210"),
-            Err(PhoneError::MalformedNumber)
-        );
-        assert_eq!(
-            PhoneNumber::parse("91", &"9".repeat(10_000)),
-            Err(PhoneError::MalformedNumber)
-        );
+        let long = "9".repeat(10_000);
+        for (code, number, want) in [
+            ("999", "9876543210", PhoneError::UnknownCountryCode),
+            ("91", "12", PhoneError::InvalidNumber),
+            ("9a", "9876543210", PhoneError::MalformedCountryCode),
+            ("91", "98765x3210", PhoneError::MalformedNumber),
+            ("91", long.as_str(), PhoneError::MalformedNumber),
+        ] {
+            assert_eq!(
+                PhoneNumber::parse(code, number),
+                Err(want),
+                "{code} {number:.20}"
+            );
+        }
     }
 
     #[test]

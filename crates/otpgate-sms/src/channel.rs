@@ -47,6 +47,15 @@ pub enum ChannelError {
     Permanent(String),
 }
 
+impl ChannelError {
+    /// The reason, without the kind.
+    pub fn reason(&self) -> &str {
+        match self {
+            Self::Transient(r) | Self::Unavailable(r) | Self::Permanent(r) => r,
+        }
+    }
+}
+
 /// A channel's health for `/readyz` and logs.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct ChannelHealth {

@@ -3,9 +3,11 @@
 //! ordered `[[routes]]` list (each optionally with a `fallback` workflow), and
 //! [`build`], which checks them and turns them into a [`Router`].
 //!
-//! The newer channel types own their configuration and constructor in their
-//! modules ([`crate::whatsapp`], [`crate::voice`], [`crate::email`]), which
-//! depend on [`crate::setup`] only; this module adds one enum arm each.
+//! This module is the channel registry: every channel type owns its
+//! configuration type and constructor in its module (implementing
+//! [`ChannelSetup`] from [`crate::setup`], the only part of the
+//! configuration layer a channel depends on); [`ChannelConfig`] adds one
+//! arm each.
 //!
 //! Complete examples live in `crates/otpgate-sms/examples/` (`smpp.toml`,
 //! `http.toml`, `channels.toml`, `fallback.toml`); a short one:
@@ -38,32 +40,34 @@
 //! Secrets (`password`, `auth_token`, `receipt_token`, header values) may
 //! come from the environment: `password_env = "VAR"`, or `${VAR}` inside
 //! header, query, field and URL values. They are resolved once, in [`build`],
-//! and held as [`SecretString`]s or sensitive header values; logs carry names
+//! and held as [`SecretString`](otpgate_core::SecretString)s or sensitive header values; logs carry names
 //! and lengths only.
 //!
 //! An HTTP channel's `receipt_token` authenticates its gateway's delivery
 //! callbacks; the server learns how to check them from [`receipt_auth`].
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::sync::Arc;
 
+use otpgate_core::Clock;
 use otpgate_core::fraud::NumberKind;
-use otpgate_core::{Clock, SecretString};
 use otpgate_store::DeliveryStore;
 use serde::Deserialize;
 
 use crate::channel::Channel;
-use crate::email::{EmailChannel, EmailConfig};
-use crate::http::HttpChannel;
+pub use crate::email::EmailConfig;
+pub use crate::http::{BodyKind, HttpConfig, HttpMethod, HttpPreset};
 use crate::inbox::InboxChannel;
+pub use crate::inbox::InboxConfig;
 use crate::receipt::StoreReceipts;
 use crate::router::{Route, RouteTable};
-pub use crate::setup::{ConfigError, EnvLookup};
-pub(crate) use crate::setup::{expand_env, secret};
-use crate::smpp::SmppChannel;
-use crate::voice::{VoiceChannel, VoiceConfig};
-use crate::whatsapp::{WhatsappChannel, WhatsappConfig};
+#[cfg(test)]
+use crate::setup::expand_env;
+pub use crate::setup::{ChannelSetup, ConfigError, EnvLookup, ReceiptAuth};
+use crate::setup::{StartContext, Starter};
+pub use crate::smpp::{BindMode, SmppConfig};
+pub use crate::voice::VoiceConfig;
+pub use crate::whatsapp::WhatsappConfig;
 use crate::worker::Router;
 
 /// Channels and routes. Empty (no `[channels]` at all) means one `inbox`
@@ -128,293 +132,51 @@ impl SmsConfig {
     pub fn validate(&self, env: EnvLookup<'_>) -> Result<(), ConfigError> {
         check_routes(self)?;
         for (name, ch) in &self.channels {
-            match ch {
-                ChannelConfig::Inbox(_) => {}
-                ChannelConfig::Smpp(c) => {
-                    crate::smpp::prepare(name, c, env)?;
-                }
-                ChannelConfig::Http(c) => {
-                    crate::http::prepare(name, c, env)?;
-                }
-                ChannelConfig::Whatsapp(c) => {
-                    crate::whatsapp::prepare(name, c, env)?;
-                }
-                ChannelConfig::Voice(c) => {
-                    crate::voice::prepare(name, c, env)?;
-                }
-                ChannelConfig::Email(c) => {
-                    crate::email::prepare(name, c, env)?;
-                }
-            }
+            // Prepared only to be checked: nothing starts.
+            drop(ch.setup().prepare(name, env)?);
         }
         Ok(())
     }
 }
 
-/// One channel, tagged by `type`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(tag = "type", rename_all = "lowercase")]
-pub enum ChannelConfig {
+/// The channel registry: declares [`ChannelConfig`] (one variant per
+/// channel type, its config type owned by the channel's module) and
+/// dispatches each to that type's [`ChannelSetup`]. A new channel is its
+/// module plus one line here.
+macro_rules! channel_registry {
+    ($($(#[$doc:meta])* $variant:ident($config:ty),)*) => {
+        /// One channel, tagged by `type`.
+        #[derive(Debug, Clone, Deserialize)]
+        #[serde(tag = "type", rename_all = "lowercase")]
+        pub enum ChannelConfig {
+            $($(#[$doc])* $variant(Box<$config>),)*
+        }
+
+        impl ChannelConfig {
+            /// What the channel's own module does with its table.
+            pub fn setup(&self) -> &dyn ChannelSetup {
+                match self {
+                    $(Self::$variant(c) => c.as_ref(),)*
+                }
+            }
+        }
+    };
+}
+
+channel_registry! {
     /// Stores messages for `otpgate inbox` and the console sandbox instead of
     /// sending them: development and tests.
-    Inbox(InboxConfig),
+    Inbox(crate::inbox::InboxConfig),
     /// An SMSC over SMPP 3.4.
-    Smpp(Box<SmppConfig>),
+    Smpp(crate::smpp::SmppConfig),
     /// An HTTP SMS API (generic, or a `preset`).
-    Http(Box<HttpConfig>),
+    Http(crate::http::HttpConfig),
     /// The WhatsApp Business Cloud API's authentication templates.
-    Whatsapp(Box<WhatsappConfig>),
+    Whatsapp(crate::whatsapp::WhatsappConfig),
     /// A programmable-voice API that calls and reads the code out.
-    Voice(Box<VoiceConfig>),
+    Voice(crate::voice::VoiceConfig),
     /// SMTP, for the `EMAIL` flow.
-    Email(Box<EmailConfig>),
-}
-
-/// `type = "inbox"` takes no settings.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct InboxConfig {}
-
-/// How to bind (SMPP 3.4 §2.2).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum BindMode {
-    /// One `bind_transceiver` carries submits and receipts.
-    #[default]
-    Transceiver,
-    /// A `bind_transmitter` for submits plus a `bind_receiver` for receipts,
-    /// for SMSCs that do not offer transceiver binds.
-    #[serde(alias = "transmitter+receiver", alias = "tx+rx")]
-    TransmitterReceiver,
-}
-
-/// `type = "smpp"`: an SMSC reached over SMPP 3.4.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SmppConfig {
-    /// SMSC host name or address.
-    pub host: String,
-    /// SMSC port; default 2775 (the IANA port for SMPP).
-    #[serde(default = "defaults::smpp_port")]
-    pub port: u16,
-    /// Connect over TLS; the certificate is checked against the system's
-    /// roots (plus `tls_ca_file`) and `tls_server_name` (default `host`).
-    #[serde(default)]
-    pub tls: bool,
-    /// A PEM file with extra CA certificates to trust (a private SMSC CA).
-    #[serde(default)]
-    pub tls_ca_file: Option<PathBuf>,
-    /// The name the SMSC's certificate must carry, when not `host`.
-    #[serde(default)]
-    pub tls_server_name: Option<String>,
-    /// `system_id` of the bind, at most 15 characters.
-    pub system_id: String,
-    /// Bind password, at most 8 characters. Prefer `password_env`.
-    #[serde(default)]
-    pub password: Option<SecretString>,
-    /// Name of the environment variable holding the bind password.
-    #[serde(default)]
-    pub password_env: Option<String>,
-    /// `system_type` of the bind (often empty; some SMSCs want e.g. "OTP").
-    #[serde(default)]
-    pub system_type: String,
-    /// `transceiver` (default) or `transmitter_receiver`.
-    #[serde(default)]
-    pub bind: BindMode,
-    /// Sender: an alphanumeric name (at most 11 characters), a short code or
-    /// a number (`+4477…` or digits).
-    pub source_addr: String,
-    /// Sender TON; default detected from `source_addr`: alphanumeric → 5,
-    /// `+` or 10+ digits → 1 (international), shorter digits → 0 (unknown).
-    #[serde(default)]
-    pub source_ton: Option<u8>,
-    /// Sender NPI; default detected: alphanumeric → 0, digits → 1 (E.164).
-    #[serde(default)]
-    pub source_npi: Option<u8>,
-    /// `service_type` of each `submit_sm` (usually empty).
-    #[serde(default)]
-    pub service_type: String,
-    /// Outstanding `submit_sm` per bind before a send waits; default 10.
-    #[serde(default = "defaults::window")]
-    pub window: u32,
-    /// Cap on `submit_sm` per second per bind (the SMSC's contracted TPS);
-    /// none by default.
-    #[serde(default)]
-    pub max_per_second: Option<u32>,
-    /// Send `enquire_link` after this long without traffic; default 30000.
-    #[serde(default = "defaults::enquire_link_ms")]
-    pub enquire_link_ms: u64,
-    /// TCP connect + TLS + bind must finish within this; default 10000.
-    #[serde(default = "defaults::connect_timeout_ms")]
-    pub connect_timeout_ms: u64,
-    /// How long a `submit_sm` waits for its `submit_sm_resp` (and for a
-    /// window slot); past it the send is retried later. Default 10000.
-    #[serde(default = "defaults::request_timeout_ms")]
-    pub request_timeout_ms: u64,
-    /// Reconnect delay after a failure, doubling up to `reconnect_max_ms`
-    /// (with jitter); defaults 1000 and 30000.
-    #[serde(default = "defaults::reconnect_min_ms")]
-    pub reconnect_min_ms: u64,
-    #[serde(default = "defaults::reconnect_max_ms")]
-    pub reconnect_max_ms: u64,
-    /// Ask for delivery receipts (`registered_delivery` = 1); default true.
-    #[serde(default = "defaults::yes")]
-    pub registered_delivery: bool,
-}
-
-/// HTTP method of a gateway request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "UPPERCASE")]
-pub enum HttpMethod {
-    Get,
-    Post,
-    Put,
-}
-
-/// How `fields` travel.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum BodyKind {
-    /// No body (`fields` must be empty; use `query`).
-    None,
-    /// `fields` as a flat JSON object of strings, or `json_template`.
-    Json,
-    /// `fields` as `application/x-www-form-urlencoded`.
-    Form,
-}
-
-/// Gateways whose request shape otpgate knows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum HttpPreset {
-    /// Kannel's `sendsms` interface: `GET {url}/cgi-bin/sendsms?username=…
-    /// &password=…&from=…&to=…&text=…&dlr-mask=…&dlr-url=…`; success 202
-    /// or 200. Needs `url` (Kannel's sendsms base, e.g.
-    /// `http://kannel:13013`), `username`, `password`/`password_env`. The
-    /// `dlr-url` (with `receipt_url`) is `{receipt_url}/receipts/{channel}
-    /// ?ref=…&status=%d&answer=%A`, plus `&token=…` with `receipt_token`.
-    Kannel,
-    /// Twilio's Messages API: `POST {url}/2010-04-01/Accounts/{account_sid}/
-    /// Messages.json`, form `To`, `From`, `Body` (+ `StatusCallback`
-    /// `{receipt_url}/receipts/{channel}`, with `?token=…` when
-    /// `receipt_token` is set), basic auth `account_sid:auth_token`, id from
-    /// `sid`, success 201 or 200. `url` defaults to `https://api.twilio.com`.
-    Twilio,
-}
-
-/// `type = "http"`: an HTTP SMS API.
-///
-/// Values of `url`, `headers`, `query`, `fields` and `json_template` may hold
-/// placeholders, filled per message: `{to}` (E.164 with `+`), `{to_digits}`
-/// (E.164 digits), `{text}`, `{from}` (this channel's `from`), `{reference}`
-/// (otpgate's message id, unique per message: use it as the client
-/// reference). They may also hold `${ENV_VAR}`, filled once at start.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct HttpConfig {
-    /// Fills the request shape and defaults of a known gateway; explicit
-    /// settings below still win where given.
-    #[serde(default)]
-    pub preset: Option<HttpPreset>,
-    /// The request URL (with a preset: the gateway's base URL).
-    #[serde(default)]
-    pub url: Option<String>,
-    /// Default POST (Kannel: GET).
-    #[serde(default)]
-    pub method: Option<HttpMethod>,
-    /// Extra request headers; values are secret-masked in logs.
-    #[serde(default)]
-    pub headers: BTreeMap<String, String>,
-    /// Query-string parameters added to `url`.
-    #[serde(default)]
-    pub query: BTreeMap<String, String>,
-    /// Body encoding: `json` (default for POST/PUT), `form`, or `none`
-    /// (default for GET).
-    #[serde(default)]
-    pub body: Option<BodyKind>,
-    /// Body fields (JSON object of strings, or form pairs).
-    #[serde(default)]
-    pub fields: BTreeMap<String, String>,
-    /// A whole JSON body instead of `fields`, for nested shapes; placeholder
-    /// values are JSON-escaped, so write them inside quotes:
-    /// `{"messages":[{"to":"{to}","body":"{text}"}]}`.
-    #[serde(default)]
-    pub json_template: Option<String>,
-    /// The sender, for `{from}` (Kannel's `from`, Twilio's `From`).
-    #[serde(default)]
-    pub from: Option<String>,
-    /// HTTP basic auth user (Twilio preset: `account_sid`).
-    #[serde(default)]
-    pub basic_auth_user: Option<String>,
-    /// HTTP basic auth password; may be `${ENV_VAR}`.
-    #[serde(default)]
-    pub basic_auth_password: Option<SecretString>,
-    /// Status codes meaning "accepted"; empty = any 2xx (Kannel: 200, 202;
-    /// Twilio: 200, 201).
-    #[serde(default)]
-    pub success_status: Vec<u16>,
-    /// Dotted path to the gateway's message id in a JSON response
-    /// (`sid`, `messages.0.id`); without it the `{reference}` is the id.
-    #[serde(default)]
-    pub id_field: Option<String>,
-    /// Dotted path to a JSON field that must be `true` (or equal
-    /// `success_value`) for the message to count as accepted; a response
-    /// that fails it is a permanent refusal.
-    #[serde(default)]
-    pub success_field: Option<String>,
-    #[serde(default)]
-    pub success_value: Option<String>,
-    /// Whole-request timeout; default 10000. A timeout is retried later.
-    #[serde(default = "defaults::http_timeout_ms")]
-    pub timeout_ms: u64,
-    /// Kannel: `username` of the sendsms user.
-    #[serde(default)]
-    pub username: Option<String>,
-    /// Kannel: the sendsms user's password (prefer `password_env`).
-    #[serde(default)]
-    pub password: Option<SecretString>,
-    #[serde(default)]
-    pub password_env: Option<String>,
-    /// Kannel: `dlr-mask`; default 19 (delivered, undelivered, SMSC reject).
-    #[serde(default)]
-    pub dlr_mask: Option<u8>,
-    /// Twilio: the account SID (`AC…`).
-    #[serde(default)]
-    pub account_sid: Option<String>,
-    /// Twilio: the auth token (prefer `auth_token_env`).
-    #[serde(default)]
-    pub auth_token: Option<SecretString>,
-    #[serde(default)]
-    pub auth_token_env: Option<String>,
-    /// Public base URL of this otpgate (e.g. `https://otp.example.com`);
-    /// when set, presets ask the gateway to report delivery to
-    /// `{receipt_url}/receipts/{channel}` (Kannel `dlr-url`, Twilio
-    /// `StatusCallback`), with `token=…` when `receipt_token` is set.
-    #[serde(default)]
-    pub receipt_url: Option<String>,
-    /// A shared secret every delivery callback for this channel must carry
-    /// as its `token` parameter; `/receipts/{channel}` answers 401 to one
-    /// without it. Prefer `receipt_token_env`. The presets put it into the
-    /// callback URL they hand the gateway; for a generic channel, put
-    /// `token=…` into the callback URL you give your gateway. Without a
-    /// token the channel's callbacks are refused, unless
-    /// `receipts_unauthenticated` opts out (then anyone who can reach the
-    /// endpoint can mark this channel's messages undeliverable, failing and
-    /// refunding them, and otpgate warns about it at start). A URL-safe value (`openssl rand -hex 32`)
-    /// is easiest to paste into gateway consoles; any other is
-    /// percent-encoded where otpgate builds the URL.
-    #[serde(default)]
-    pub receipt_token: Option<SecretString>,
-    /// Name of the environment variable holding `receipt_token`.
-    #[serde(default)]
-    pub receipt_token_env: Option<String>,
-    /// Accept this channel's delivery callbacks without a token. Off by
-    /// default: a channel without `receipt_token` then has its callbacks
-    /// refused (401), since anyone who can reach `/receipts/{channel}` could
-    /// otherwise mark its messages undeliverable. For gateways that cannot
-    /// carry a token, behind a firewall that only lets the gateway through.
-    #[serde(default)]
-    pub receipts_unauthenticated: bool,
+    Email(crate::email::EmailConfig),
 }
 
 /// `[[routes]]`: which channels, in failover order, take which messages.
@@ -460,56 +222,6 @@ pub struct FallbackConfig {
 /// Most fallback steps per route (three flows in all).
 pub const MAX_FALLBACK_STEPS: usize = 2;
 
-mod defaults {
-    pub fn smpp_port() -> u16 {
-        2775
-    }
-    pub fn window() -> u32 {
-        10
-    }
-    pub fn enquire_link_ms() -> u64 {
-        30_000
-    }
-    pub fn connect_timeout_ms() -> u64 {
-        10_000
-    }
-    pub fn request_timeout_ms() -> u64 {
-        10_000
-    }
-    pub fn reconnect_min_ms() -> u64 {
-        1_000
-    }
-    pub fn reconnect_max_ms() -> u64 {
-        30_000
-    }
-    pub fn http_timeout_ms() -> u64 {
-        10_000
-    }
-    pub fn yes() -> bool {
-        true
-    }
-}
-
-/// How `/receipts/{channel}` must treat a callback for one channel: what the
-/// server needs to know about a channel's receipts, without reading the
-/// channel's configuration itself.
-#[derive(Debug, Clone)]
-pub enum ReceiptAuth {
-    /// Not an HTTP channel. Its receipts never arrive over HTTP (SMPP brings
-    /// them in `deliver_sm`, the inbox has none), so the endpoint has
-    /// nothing to accept for it: a callback naming it can only be forged.
-    NotHttp,
-    /// An HTTP or voice channel without `receipt_token` that set
-    /// `receipts_unauthenticated`: callbacks are accepted unauthenticated
-    /// ([`build`] warns).
-    Open,
-    /// An HTTP or voice channel without `receipt_token` that did not opt
-    /// out: callbacks are refused.
-    NoToken,
-    /// Callbacks must carry a `token` parameter equal to this.
-    Token(SecretString),
-}
-
 /// The receipt authentication of channel `name`, its token resolved from
 /// `receipt_token` or `receipt_token_env`. Cheap (one environment lookup at
 /// most), so a caller may resolve it per callback; [`build`] has already
@@ -523,50 +235,7 @@ pub fn receipt_auth(
     channel: &ChannelConfig,
     env: EnvLookup<'_>,
 ) -> Result<ReceiptAuth, ConfigError> {
-    Ok(match channel {
-        ChannelConfig::Http(c) => match receipt_token(name, c, env)? {
-            Some(t) => ReceiptAuth::Token(t),
-            None if c.receipts_unauthenticated => ReceiptAuth::Open,
-            None => ReceiptAuth::NoToken,
-        },
-        ChannelConfig::Voice(c) => match crate::voice::receipt_token(name, c, env)? {
-            Some(t) => ReceiptAuth::Token(t),
-            None if c.receipts_unauthenticated => ReceiptAuth::Open,
-            None => ReceiptAuth::NoToken,
-        },
-        // WhatsApp statuses come to `/webhooks/whatsapp/{channel}`, signed;
-        // SMTP has no receipts.
-        ChannelConfig::Inbox(_)
-        | ChannelConfig::Smpp(_)
-        | ChannelConfig::Whatsapp(_)
-        | ChannelConfig::Email(_) => ReceiptAuth::NotHttp,
-    })
-}
-
-/// An HTTP channel's resolved receipt token, if it has one.
-///
-/// # Errors
-/// As [`receipt_auth`].
-pub(crate) fn receipt_token(
-    name: &str,
-    c: &HttpConfig,
-    env: EnvLookup<'_>,
-) -> Result<Option<SecretString>, ConfigError> {
-    let token = secret(
-        name,
-        c.receipt_token.as_ref(),
-        c.receipt_token_env.as_deref(),
-        env,
-    )?;
-    // An empty token would let `token=` through: refuse it rather than
-    // guess whether "no authentication" was meant.
-    if token.as_ref().is_some_and(SecretString::is_empty) {
-        return Err(ConfigError::invalid(
-            name,
-            "receipt_token must not be empty",
-        ));
-    }
-    Ok(token)
+    channel.setup().receipt_auth(name, env)
 }
 
 /// Checks `config`, starts its channels (SMPP sessions begin binding in the
@@ -638,85 +307,29 @@ pub fn build_table(
     }
     // Check everything that needs no I/O before starting any session.
     check_routes(config)?;
-    let needs_runtime = config
-        .channels
-        .values()
-        .any(|c| matches!(c, ChannelConfig::Smpp(_)));
+    let needs_runtime = config.channels.values().any(|c| c.setup().needs_runtime());
     if needs_runtime && tokio::runtime::Handle::try_current().is_err() {
         return Err(ConfigError::NoRuntime);
     }
-    let mut prepared: Vec<(String, Prepared)> = Vec::new();
+    let mut prepared: Vec<(String, Starter)> = Vec::new();
     for (name, ch) in &config.channels {
-        let p = match ch {
-            ChannelConfig::Inbox(_) => Prepared::Inbox,
-            ChannelConfig::Smpp(c) => Prepared::Smpp(crate::smpp::prepare(name, c, env)?),
-            ChannelConfig::Http(c) => Prepared::Http(crate::http::prepare(name, c, env)?),
-            ChannelConfig::Whatsapp(c) => {
-                Prepared::Whatsapp(crate::whatsapp::prepare(name, c, env)?)
-            }
-            ChannelConfig::Voice(c) => Prepared::Voice(crate::voice::prepare(name, c, env)?),
-            ChannelConfig::Email(c) => Prepared::Email(crate::email::prepare(name, c, env)?),
-        };
-        prepared.push((name.clone(), p));
+        prepared.push((name.clone(), ch.setup().prepare(name, env)?));
     }
     for (name, ch) in &config.channels {
-        if let ChannelConfig::Whatsapp(c) = ch
-            && c.app_secret.is_none()
-            && c.app_secret_env.is_none()
-        {
-            tracing::warn!(
-                channel = %name,
-                "this WhatsApp channel has no app_secret: its webhook refuses every status, \
-                 so its messages are never marked delivered"
-            );
-        }
-        // A receipt-taking channel as (has no token, opted out of needing
-        // one, asks its gateway for callbacks).
-        let tokenless = match ch {
-            ChannelConfig::Http(c) => Some((
-                c.receipt_token.is_none() && c.receipt_token_env.is_none(),
-                c.receipts_unauthenticated,
-                c.receipt_url.is_some(),
-            )),
-            ChannelConfig::Voice(c) => Some((
-                c.receipt_token.is_none() && c.receipt_token_env.is_none(),
-                c.receipts_unauthenticated,
-                c.receipt_url.is_some(),
-            )),
-            _ => None,
-        };
-        match tokenless {
-            Some((true, true, _)) => tracing::warn!(
-                channel = %name,
-                "delivery receipts for this channel are unauthenticated \
-                 (receipts_unauthenticated): anyone who can reach /receipts/{name} \
-                 can mark its messages undeliverable"
-            ),
-            Some((true, false, true)) => tracing::warn!(
-                channel = %name,
-                "this channel has no receipt_token: its delivery callbacks are \
-                 refused; set receipt_token_env (or receipt_token)"
-            ),
-            _ => {}
-        }
+        ch.setup().warn(name);
     }
-    let receipts = Arc::new(StoreReceipts::new(store.clone(), clock.clone()));
-    let mut by_name: BTreeMap<String, Arc<dyn Channel>> = BTreeMap::new();
-    for (name, p) in prepared {
-        let ch: Arc<dyn Channel> = match p {
-            Prepared::Inbox => Arc::new(InboxChannel::new(
-                name.clone(),
-                store.clone(),
-                clock.clone(),
-            )),
-            Prepared::Smpp(s) => Arc::new(SmppChannel::start(name.clone(), s, receipts.clone())),
-            Prepared::Http(h) => Arc::new(HttpChannel::new(name.clone(), h)),
-            Prepared::Whatsapp(w) => Arc::new(WhatsappChannel::new(name.clone(), w)),
-            Prepared::Voice(v) => Arc::new(VoiceChannel::new(name.clone(), v)),
-            Prepared::Email(e) => Arc::new(EmailChannel::new(name.clone(), e)),
-        };
-        by_name.insert(name, ch);
-    }
+    let ctx = StartContext {
+        receipts: Arc::new(StoreReceipts::new(store.clone(), clock.clone())),
+        store,
+        clock,
+    };
+    let by_name: BTreeMap<String, Arc<dyn Channel>> = prepared
+        .into_iter()
+        .map(|(name, start)| {
+            let ch = start(&name, &ctx);
+            (name, ch)
+        })
+        .collect();
     let routes = if config.routes.is_empty() {
         vec![Route::any(by_name.values().cloned().collect())]
     } else {
@@ -748,15 +361,6 @@ pub fn build_table(
             .collect()
     };
     Ok(RouteTable::new(routes, by_name.into_values().collect()))
-}
-
-enum Prepared {
-    Inbox,
-    Smpp(crate::smpp::SmppSettings),
-    Http(crate::http::HttpSettings),
-    Whatsapp(crate::whatsapp::WhatsappSettings),
-    Voice(crate::voice::VoiceSettings),
-    Email(crate::email::EmailSettings),
 }
 
 fn check_routes(config: &SmsConfig) -> Result<(), ConfigError> {

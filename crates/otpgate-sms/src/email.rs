@@ -10,10 +10,9 @@
 //! fallback step after it goes when its delay is up.
 
 use std::path::PathBuf;
-use std::sync::{Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use lettre::message::{Mailbox, MultiPart, SinglePart, header::ContentType};
 use lettre::transport::smtp::authentication::Credentials;
 use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
@@ -21,8 +20,11 @@ use lettre::{Address, AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executo
 use otpgate_core::SecretString;
 use serde::{Deserialize, Serialize};
 
-use crate::channel::{Accepted, Channel, ChannelError, ChannelHealth, Outgoing};
-use crate::setup::{ConfigError, EnvLookup, expand_env, secret};
+use crate::channel::{Accepted, Channel, ChannelError, Outgoing};
+use crate::gateway::{Health, Liveness, per_request_channel};
+use crate::setup::{
+    ChannelSetup, ConfigError, EnvLookup, StartContext, Starter, expand_env, secret,
+};
 
 /// How the SMTP connection is protected.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -69,6 +71,16 @@ pub struct EmailConfig {
 
 fn default_timeout_ms() -> u64 {
     10_000
+}
+
+// SMTP has no receipts.
+impl ChannelSetup for EmailConfig {
+    fn prepare(&self, name: &str, env: EnvLookup<'_>) -> Result<Starter, ConfigError> {
+        let settings = prepare(name, self, env)?;
+        Ok(Box::new(move |name: &str, _: &StartContext| {
+            Arc::new(EmailChannel::new(name, settings)) as Arc<dyn Channel>
+        }))
+    }
 }
 
 /// What the server queues for one e-mail.
@@ -188,7 +200,7 @@ pub fn prepare(
 pub struct EmailChannel {
     name: String,
     s: EmailSettings,
-    last_error: Mutex<Option<String>>,
+    health: Health,
 }
 
 impl EmailChannel {
@@ -196,7 +208,7 @@ impl EmailChannel {
         Self {
             name: name.into(),
             s: settings,
-            last_error: Mutex::new(None),
+            health: Health::new("email", Liveness::Always),
         }
     }
 
@@ -242,36 +254,7 @@ impl EmailChannel {
     }
 }
 
-#[async_trait]
-impl Channel for EmailChannel {
-    fn name(&self) -> &str {
-        &self.name
-    }
-
-    async fn send(&self, msg: &Outgoing) -> Result<Accepted, ChannelError> {
-        let r = self.deliver(msg).await;
-        if let Err(e) = &r {
-            *self
-                .last_error
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner) = Some(e.to_string());
-        }
-        r
-    }
-
-    fn health(&self) -> ChannelHealth {
-        ChannelHealth {
-            name: self.name.clone(),
-            kind: "email",
-            up: true,
-            last_error: self
-                .last_error
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .clone(),
-        }
-    }
-}
+per_request_channel!(EmailChannel);
 
 #[cfg(test)]
 mod tests {

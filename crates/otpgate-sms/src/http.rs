@@ -18,17 +18,210 @@
 //! `Debug` shows by name only and which errors leave out, as they leave out
 //! the URL.
 
-use std::sync::{Mutex, PoisonError};
+use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use otpgate_core::SecretString;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+use serde::Deserialize;
 use tracing::debug;
 
 use crate::channel::{Accepted, Channel, ChannelError, ChannelHealth, Outgoing};
-use crate::config::{BodyKind, ConfigError, EnvLookup, HttpConfig, HttpMethod, HttpPreset};
+use crate::gateway::{Health, Liveness, refused, request_failed};
+use crate::setup::{
+    CallbackAuth, ChannelSetup, ConfigError, EnvLookup, ReceiptAuth, StartContext, Starter,
+    expand_env, secret,
+};
 use crate::smpp::coding;
+
+/// HTTP method of a gateway request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum HttpMethod {
+    Get,
+    Post,
+    Put,
+}
+
+/// How `fields` travel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BodyKind {
+    /// No body (`fields` must be empty; use `query`).
+    None,
+    /// `fields` as a flat JSON object of strings, or `json_template`.
+    Json,
+    /// `fields` as `application/x-www-form-urlencoded`.
+    Form,
+}
+
+/// Gateways whose request shape otpgate knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HttpPreset {
+    /// Kannel's `sendsms` interface: `GET {url}/cgi-bin/sendsms?username=…
+    /// &password=…&from=…&to=…&text=…&dlr-mask=…&dlr-url=…`; success 202
+    /// or 200. Needs `url` (Kannel's sendsms base, e.g.
+    /// `http://kannel:13013`), `username`, `password`/`password_env`. The
+    /// `dlr-url` (with `receipt_url`) is `{receipt_url}/receipts/{channel}
+    /// ?ref=…&status=%d&answer=%A`, plus `&token=…` with `receipt_token`.
+    Kannel,
+    /// Twilio's Messages API: `POST {url}/2010-04-01/Accounts/{account_sid}/
+    /// Messages.json`, form `To`, `From`, `Body` (+ `StatusCallback`
+    /// `{receipt_url}/receipts/{channel}`, with `?token=…` when
+    /// `receipt_token` is set), basic auth `account_sid:auth_token`, id from
+    /// `sid`, success 201 or 200. `url` defaults to `https://api.twilio.com`.
+    Twilio,
+}
+
+/// `type = "http"`: an HTTP SMS API.
+///
+/// Values of `url`, `headers`, `query`, `fields` and `json_template` may hold
+/// placeholders, filled per message: `{to}` (E.164 with `+`), `{to_digits}`
+/// (E.164 digits), `{text}`, `{from}` (this channel's `from`), `{reference}`
+/// (otpgate's message id, unique per message: use it as the client
+/// reference). They may also hold `${ENV_VAR}`, filled once at start.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Fills the request shape and defaults of a known gateway; explicit
+    /// settings below still win where given.
+    #[serde(default)]
+    pub preset: Option<HttpPreset>,
+    /// The request URL (with a preset: the gateway's base URL).
+    #[serde(default)]
+    pub url: Option<String>,
+    /// Default POST (Kannel: GET).
+    #[serde(default)]
+    pub method: Option<HttpMethod>,
+    /// Extra request headers; values are secret-masked in logs.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// Query-string parameters added to `url`.
+    #[serde(default)]
+    pub query: BTreeMap<String, String>,
+    /// Body encoding: `json` (default for POST/PUT), `form`, or `none`
+    /// (default for GET).
+    #[serde(default)]
+    pub body: Option<BodyKind>,
+    /// Body fields (JSON object of strings, or form pairs).
+    #[serde(default)]
+    pub fields: BTreeMap<String, String>,
+    /// A whole JSON body instead of `fields`, for nested shapes; placeholder
+    /// values are JSON-escaped, so write them inside quotes:
+    /// `{"messages":[{"to":"{to}","body":"{text}"}]}`.
+    #[serde(default)]
+    pub json_template: Option<String>,
+    /// The sender, for `{from}` (Kannel's `from`, Twilio's `From`).
+    #[serde(default)]
+    pub from: Option<String>,
+    /// HTTP basic auth user (Twilio preset: `account_sid`).
+    #[serde(default)]
+    pub basic_auth_user: Option<String>,
+    /// HTTP basic auth password; may be `${ENV_VAR}`.
+    #[serde(default)]
+    pub basic_auth_password: Option<SecretString>,
+    /// Status codes meaning "accepted"; empty = any 2xx (Kannel: 200, 202;
+    /// Twilio: 200, 201).
+    #[serde(default)]
+    pub success_status: Vec<u16>,
+    /// Dotted path to the gateway's message id in a JSON response
+    /// (`sid`, `messages.0.id`); without it the `{reference}` is the id.
+    #[serde(default)]
+    pub id_field: Option<String>,
+    /// Dotted path to a JSON field that must be `true` (or equal
+    /// `success_value`) for the message to count as accepted; a response
+    /// that fails it is a permanent refusal.
+    #[serde(default)]
+    pub success_field: Option<String>,
+    #[serde(default)]
+    pub success_value: Option<String>,
+    /// Whole-request timeout; default 10000. A timeout is retried later.
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Kannel: `username` of the sendsms user.
+    #[serde(default)]
+    pub username: Option<String>,
+    /// Kannel: the sendsms user's password (prefer `password_env`).
+    #[serde(default)]
+    pub password: Option<SecretString>,
+    #[serde(default)]
+    pub password_env: Option<String>,
+    /// Kannel: `dlr-mask`; default 19 (delivered, undelivered, SMSC reject).
+    #[serde(default)]
+    pub dlr_mask: Option<u8>,
+    /// Twilio: the account SID (`AC…`).
+    #[serde(default)]
+    pub account_sid: Option<String>,
+    /// Twilio: the auth token (prefer `auth_token_env`).
+    #[serde(default)]
+    pub auth_token: Option<SecretString>,
+    #[serde(default)]
+    pub auth_token_env: Option<String>,
+    /// Public base URL of this otpgate (e.g. `https://otp.example.com`);
+    /// when set, presets ask the gateway to report delivery to
+    /// `{receipt_url}/receipts/{channel}` (Kannel `dlr-url`, Twilio
+    /// `StatusCallback`), with `token=…` when `receipt_token` is set.
+    #[serde(default)]
+    pub receipt_url: Option<String>,
+    /// A shared secret every delivery callback for this channel must carry
+    /// as its `token` parameter; `/receipts/{channel}` answers 401 to one
+    /// without it. Prefer `receipt_token_env`. The presets put it into the
+    /// callback URL they hand the gateway; for a generic channel, put
+    /// `token=…` into the callback URL you give your gateway. Without a
+    /// token the channel's callbacks are refused, unless
+    /// `receipts_unauthenticated` opts out (then anyone who can reach the
+    /// endpoint can mark this channel's messages undeliverable, failing and
+    /// refunding them, and otpgate warns about it at start). A URL-safe value (`openssl rand -hex 32`)
+    /// is easiest to paste into gateway consoles; any other is
+    /// percent-encoded where otpgate builds the URL.
+    #[serde(default)]
+    pub receipt_token: Option<SecretString>,
+    /// Name of the environment variable holding `receipt_token`.
+    #[serde(default)]
+    pub receipt_token_env: Option<String>,
+    /// Accept this channel's delivery callbacks without a token. Off by
+    /// default: a channel without `receipt_token` then has its callbacks
+    /// refused (401), since anyone who can reach `/receipts/{channel}` could
+    /// otherwise mark its messages undeliverable. For gateways that cannot
+    /// carry a token, behind a firewall that only lets the gateway through.
+    #[serde(default)]
+    pub receipts_unauthenticated: bool,
+}
+
+fn default_timeout_ms() -> u64 {
+    10_000
+}
+
+impl HttpConfig {
+    fn callback_auth(&self) -> CallbackAuth<'_> {
+        CallbackAuth {
+            token: self.receipt_token.as_ref(),
+            token_env: self.receipt_token_env.as_deref(),
+            unauthenticated: self.receipts_unauthenticated,
+            asks_for_callbacks: self.receipt_url.is_some(),
+        }
+    }
+}
+
+impl ChannelSetup for HttpConfig {
+    fn prepare(&self, name: &str, env: EnvLookup<'_>) -> Result<Starter, ConfigError> {
+        let settings = prepare(name, self, env)?;
+        Ok(Box::new(move |name: &str, _: &StartContext| {
+            Arc::new(HttpChannel::new(name, settings)) as Arc<dyn Channel>
+        }))
+    }
+
+    fn receipt_auth(&self, name: &str, env: EnvLookup<'_>) -> Result<ReceiptAuth, ConfigError> {
+        self.callback_auth().receipt_auth(name, env)
+    }
+
+    fn warn(&self, name: &str) {
+        self.callback_auth().warn(name);
+    }
+}
 
 /// A checked HTTP channel configuration, secrets resolved.
 #[derive(Clone)]
@@ -89,7 +282,7 @@ pub fn prepare(
     env: EnvLookup<'_>,
 ) -> Result<HttpSettings, ConfigError> {
     let bad = |r: String| ConfigError::invalid(name, r);
-    let expand = |s: &str| crate::config::expand_env(name, s, env);
+    let expand = |s: &str| expand_env(name, s, env);
 
     let mut query: Vec<(String, String)> = Vec::new();
     let mut fields: Vec<(String, String)> = Vec::new();
@@ -102,7 +295,9 @@ pub fn prepare(
         .map(|u| format!("{}/receipts/{}", u.trim_end_matches('/'), name));
     // Percent-encoded once, for the callback URL's own query string; each
     // preset adds what its gateway's handling of that URL needs.
-    let receipt_token = crate::config::receipt_token(name, c, env)?
+    let receipt_token = c
+        .callback_auth()
+        .token(name, env)?
         .map(|t| SecretString::new(url_escape(t.expose())));
     if receipt_base.is_some()
         && !name
@@ -129,9 +324,8 @@ pub fn prepare(
                 .username
                 .as_deref()
                 .ok_or_else(|| bad("the kannel preset needs username".into()))?;
-            let pass =
-                crate::config::secret(name, c.password.as_ref(), c.password_env.as_deref(), env)?
-                    .ok_or_else(|| bad("the kannel preset needs password or password_env".into()))?;
+            let pass = secret(name, c.password.as_ref(), c.password_env.as_deref(), env)?
+                .ok_or_else(|| bad("the kannel preset needs password or password_env".into()))?;
             query.push(("username".into(), expand(user)?));
             query.push(("password".into(), pass.expose().to_owned()));
             if c.from.is_some() {
@@ -180,7 +374,7 @@ pub fn prepare(
             if sid.is_empty() || !sid.bytes().all(|b| b.is_ascii_alphanumeric()) {
                 return Err(bad("account_sid must be letters and digits".into()));
             }
-            let token = crate::config::secret(
+            let token = secret(
                 name,
                 c.auth_token.as_ref(),
                 c.auth_token_env.as_deref(),
@@ -252,8 +446,7 @@ pub fn prepare(
     if basic_auth.is_none()
         && let Some(user) = &c.basic_auth_user
     {
-        let pass = crate::config::secret(name, c.basic_auth_password.as_ref(), None, env)?
-            .unwrap_or_default();
+        let pass = secret(name, c.basic_auth_password.as_ref(), None, env)?.unwrap_or_default();
         basic_auth = Some((expand(user)?, pass));
     }
     let json_template = c.json_template.as_deref().map(expand).transpose()?;
@@ -430,17 +623,11 @@ fn json_scalar(v: &serde_json::Value) -> Option<String> {
     }
 }
 
-#[derive(Default)]
-struct State {
-    up: bool,
-    last_error: Option<String>,
-}
-
 /// An HTTP SMS API; see the module docs.
 pub struct HttpChannel {
     name: String,
     s: HttpSettings,
-    state: Mutex<State>,
+    health: Health,
 }
 
 impl HttpChannel {
@@ -448,26 +635,7 @@ impl HttpChannel {
         Self {
             name: name.into(),
             s: settings,
-            // Reachable until shown otherwise: an HTTP API has no session.
-            state: Mutex::new(State {
-                up: true,
-                last_error: None,
-            }),
-        }
-    }
-
-    fn note(&self, r: &Result<Accepted, ChannelError>) {
-        let mut st = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        match r {
-            Ok(_) => st.up = true,
-            Err(ChannelError::Unavailable(e)) => {
-                st.up = false;
-                st.last_error = Some(e.clone());
-            }
-            Err(ChannelError::Transient(e) | ChannelError::Permanent(e)) => {
-                st.up = true;
-                st.last_error = Some(e.clone());
-            }
+            health: Health::new("http", Liveness::LastResult),
         }
     }
 
@@ -532,17 +700,12 @@ impl HttpChannel {
     }
 
     async fn deliver(&self, msg: &Outgoing) -> Result<Accepted, ChannelError> {
-        let resp = self.request(msg).send().await.map_err(|e| {
-            // Without the URL: it may carry credentials (Kannel's password).
-            let e = e.without_url();
-            if e.is_timeout() {
-                ChannelError::Transient(format!("gateway timed out: {e}"))
-            } else if e.is_connect() {
-                ChannelError::Unavailable(format!("cannot reach the gateway: {e}"))
-            } else {
-                ChannelError::Transient(format!("request failed: {e}"))
-            }
-        })?;
+        // Without the URL: it may carry credentials (Kannel's password).
+        let resp = self
+            .request(msg)
+            .send()
+            .await
+            .map_err(|e| request_failed(e, "gateway"))?;
         let code = resp.status().as_u16();
         let listed = if self.s.success_status.is_empty() {
             resp.status().is_success()
@@ -550,12 +713,11 @@ impl HttpChannel {
             self.s.success_status.contains(&code)
         };
         if !listed {
-            let what = format!("gateway answered HTTP {code}");
             return Err(match code {
-                408 | 425 | 429 | 500..=599 => ChannelError::Transient(what),
-                401 | 403 => ChannelError::Unavailable(format!("{what}: check the credentials")),
-                200..=299 => ChannelError::Transient(what),
-                _ => ChannelError::Permanent(what),
+                // A 2xx the channel does not list: retried, as the gateway
+                // may mean "later".
+                200..=299 => ChannelError::Transient(format!("gateway answered HTTP {code}")),
+                _ => refused(code, "gateway", "credentials"),
             });
         }
         let reference = msg.message_id.to_string();
@@ -609,18 +771,11 @@ impl Channel for HttpChannel {
             ok = r.is_ok(),
             "HTTP gateway answered"
         );
-        self.note(&r);
-        r
+        self.health.note(r)
     }
 
     fn health(&self) -> ChannelHealth {
-        let st = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        ChannelHealth {
-            name: self.name.clone(),
-            kind: "http",
-            up: st.up,
-            last_error: st.last_error.clone(),
-        }
+        self.health.of(&self.name)
     }
 }
 

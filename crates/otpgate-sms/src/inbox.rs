@@ -6,8 +6,27 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use otpgate_core::Clock;
 use otpgate_store::{InboxEntry, InboxStore};
+use serde::Deserialize;
 
 use crate::channel::{Accepted, Channel, ChannelError, ChannelHealth, Outgoing};
+use crate::setup::{ChannelSetup, ConfigError, EnvLookup, StartContext, Starter};
+
+/// `type = "inbox"` takes no settings.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InboxConfig {}
+
+impl ChannelSetup for InboxConfig {
+    fn prepare(&self, _name: &str, _env: EnvLookup<'_>) -> Result<Starter, ConfigError> {
+        Ok(Box::new(|name: &str, ctx: &StartContext| {
+            Arc::new(InboxChannel::new(
+                name,
+                ctx.store.clone(),
+                ctx.clock.clone(),
+            )) as Arc<dyn Channel>
+        }))
+    }
+}
 
 pub struct InboxChannel {
     name: String,

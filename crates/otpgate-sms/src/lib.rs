@@ -16,6 +16,7 @@
 pub mod channel;
 pub mod config;
 pub mod email;
+pub mod gateway;
 pub mod http;
 pub mod inbox;
 pub mod observe;

@@ -1,10 +1,147 @@
-//! What every channel's constructor needs from the configuration layer,
-//! apart from the channel table itself: the error type, the environment
-//! lookup and secret resolution. Channel modules depend on this module, and
-//! only `config` depends on the channel modules (one enum arm each), so a
-//! new channel adds no import cycle.
+//! The channel registry's contract: what every channel module implements
+//! for its own config type ([`ChannelSetup`]: check, start, receipts,
+//! warnings) and what it needs from the configuration layer (the error
+//! type, the environment lookup, secret and receipt-token resolution).
+//! Channel modules depend on this module, and only `config` depends on the
+//! channel modules (one enum arm each), so a new channel is one file and
+//! one arm, and adds no import cycle.
 
-use otpgate_core::SecretString;
+use std::sync::Arc;
+
+use otpgate_core::{Clock, SecretString};
+use otpgate_store::DeliveryStore;
+
+use crate::channel::Channel;
+use crate::receipt::ReceiptSink;
+
+/// What a channel's configuration type does for the registry
+/// (`config::ChannelConfig`), each in the channel's own module.
+pub trait ChannelSetup {
+    /// Checks the `[channels.NAME]` table and resolves its secrets,
+    /// starting nothing, and returns what starts the channel. [`build`]
+    /// prepares every channel before it starts any.
+    ///
+    /// [`build`]: crate::config::build
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the channel.
+    fn prepare(&self, name: &str, env: EnvLookup<'_>) -> Result<Starter, ConfigError>;
+
+    /// How `/receipts/{channel}` must treat a callback for this channel;
+    /// by default there is none to accept ([`ReceiptAuth::NotHttp`]).
+    ///
+    /// # Errors
+    /// [`ConfigError`] when the receipt token cannot be resolved.
+    fn receipt_auth(&self, _name: &str, _env: EnvLookup<'_>) -> Result<ReceiptAuth, ConfigError> {
+        Ok(ReceiptAuth::NotHttp)
+    }
+
+    /// Logs, at start, what about this configuration an operator should
+    /// know (a channel whose receipts anyone could forge, or none can pass).
+    fn warn(&self, _name: &str) {}
+
+    /// Whether starting it needs a tokio runtime (background sessions).
+    fn needs_runtime(&self) -> bool {
+        false
+    }
+}
+
+/// Starts one prepared channel under its name.
+pub type Starter = Box<dyn FnOnce(&str, &StartContext) -> Arc<dyn Channel>>;
+
+/// What starting a channel may use beyond its own settings.
+pub struct StartContext {
+    pub store: Arc<dyn DeliveryStore>,
+    pub clock: Arc<dyn Clock>,
+    /// Where channels that bring receipts in themselves (SMPP's
+    /// `deliver_sm`) record them.
+    pub receipts: Arc<dyn ReceiptSink>,
+}
+
+/// How `/receipts/{channel}` must treat a callback for one channel: what the
+/// server needs to know about a channel's receipts, without reading the
+/// channel's configuration itself.
+#[derive(Debug, Clone)]
+pub enum ReceiptAuth {
+    /// Not an HTTP channel. Its receipts never arrive over HTTP (SMPP brings
+    /// them in `deliver_sm`, the inbox has none), so the endpoint has
+    /// nothing to accept for it: a callback naming it can only be forged.
+    NotHttp,
+    /// An HTTP or voice channel without `receipt_token` that set
+    /// `receipts_unauthenticated`: callbacks are accepted unauthenticated
+    /// (`build` warns).
+    Open,
+    /// An HTTP or voice channel without `receipt_token` that did not opt
+    /// out: callbacks are refused.
+    NoToken,
+    /// Callbacks must carry a `token` parameter equal to this.
+    Token(SecretString),
+}
+
+/// The receipt settings HTTP and voice channels share (`receipt_token`,
+/// `receipt_token_env`, `receipts_unauthenticated`, `receipt_url`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct CallbackAuth<'a> {
+    pub token: Option<&'a SecretString>,
+    pub token_env: Option<&'a str>,
+    pub unauthenticated: bool,
+    /// Whether the channel asks its gateway for callbacks.
+    pub asks_for_callbacks: bool,
+}
+
+impl CallbackAuth<'_> {
+    /// The resolved receipt token, if the channel has one.
+    ///
+    /// # Errors
+    /// [`ConfigError::MissingEnv`] when `receipt_token_env` names an unset
+    /// variable, [`ConfigError::Invalid`] when the token is empty.
+    pub fn token(
+        &self,
+        name: &str,
+        env: EnvLookup<'_>,
+    ) -> Result<Option<SecretString>, ConfigError> {
+        let token = secret(name, self.token, self.token_env, env)?;
+        // An empty token would let `token=` through: refuse it rather than
+        // guess whether "no authentication" was meant.
+        if token.as_ref().is_some_and(SecretString::is_empty) {
+            return Err(ConfigError::invalid(
+                name,
+                "receipt_token must not be empty",
+            ));
+        }
+        Ok(token)
+    }
+
+    /// # Errors
+    /// As [`CallbackAuth::token`].
+    pub fn receipt_auth(&self, name: &str, env: EnvLookup<'_>) -> Result<ReceiptAuth, ConfigError> {
+        Ok(match self.token(name, env)? {
+            Some(t) => ReceiptAuth::Token(t),
+            None if self.unauthenticated => ReceiptAuth::Open,
+            None => ReceiptAuth::NoToken,
+        })
+    }
+
+    pub fn warn(&self, name: &str) {
+        if self.token.is_some() || self.token_env.is_some() {
+            return;
+        }
+        if self.unauthenticated {
+            tracing::warn!(
+                channel = %name,
+                "delivery receipts for this channel are unauthenticated \
+                 (receipts_unauthenticated): anyone who can reach /receipts/{name} \
+                 can mark its messages undeliverable"
+            );
+        } else if self.asks_for_callbacks {
+            tracing::warn!(
+                channel = %name,
+                "this channel has no receipt_token: its delivery callbacks are \
+                 refused; set receipt_token_env (or receipt_token)"
+            );
+        }
+    }
+}
 
 /// What is wrong with the configuration.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

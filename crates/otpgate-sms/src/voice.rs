@@ -23,15 +23,18 @@
 //! `flow_types = ["VOICE"]`: its `{text}` is the same rendered text.
 
 use std::collections::BTreeMap;
-use std::sync::{Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use otpgate_core::SecretString;
 use serde::Deserialize;
 
-use crate::channel::{Accepted, Channel, ChannelError, ChannelHealth, Outgoing};
-use crate::setup::{ConfigError, EnvLookup, expand_env, secret};
+use crate::channel::{Accepted, Channel, ChannelError, Outgoing};
+use crate::gateway::{Health, Liveness, per_request_channel, refused, request_failed};
+use crate::setup::{
+    CallbackAuth, ChannelSetup, ConfigError, EnvLookup, ReceiptAuth, StartContext, Starter,
+    expand_env, secret,
+};
 
 /// The voice APIs otpgate knows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -121,28 +124,32 @@ impl std::fmt::Debug for VoiceSettings {
     }
 }
 
-/// The receipt token of a voice channel, if it has one.
-///
-/// # Errors
-/// [`ConfigError`] for an unset variable or an empty token.
-pub fn receipt_token(
-    name: &str,
-    c: &VoiceConfig,
-    env: EnvLookup<'_>,
-) -> Result<Option<SecretString>, ConfigError> {
-    let t = secret(
-        name,
-        c.receipt_token.as_ref(),
-        c.receipt_token_env.as_deref(),
-        env,
-    )?;
-    if t.as_ref().is_some_and(SecretString::is_empty) {
-        return Err(ConfigError::invalid(
-            name,
-            "receipt_token must not be empty",
-        ));
+impl VoiceConfig {
+    fn callback_auth(&self) -> CallbackAuth<'_> {
+        CallbackAuth {
+            token: self.receipt_token.as_ref(),
+            token_env: self.receipt_token_env.as_deref(),
+            unauthenticated: self.receipts_unauthenticated,
+            asks_for_callbacks: self.receipt_url.is_some(),
+        }
     }
-    Ok(t)
+}
+
+impl ChannelSetup for VoiceConfig {
+    fn prepare(&self, name: &str, env: EnvLookup<'_>) -> Result<Starter, ConfigError> {
+        let settings = prepare(name, self, env)?;
+        Ok(Box::new(move |name: &str, _: &StartContext| {
+            Arc::new(VoiceChannel::new(name, settings)) as Arc<dyn Channel>
+        }))
+    }
+
+    fn receipt_auth(&self, name: &str, env: EnvLookup<'_>) -> Result<ReceiptAuth, ConfigError> {
+        self.callback_auth().receipt_auth(name, env)
+    }
+
+    fn warn(&self, name: &str) {
+        self.callback_auth().warn(name);
+    }
 }
 
 /// Checks a `[channels.NAME]` voice table and resolves its secrets.
@@ -184,7 +191,7 @@ pub fn prepare(
         base.trim_end_matches('/')
     );
     reqwest::Url::parse(&endpoint).map_err(|e| bad(&format!("url: {e}")))?;
-    let token_q = receipt_token(name, c, env)?;
+    let token_q = c.callback_auth().token(name, env)?;
     let callback = match &c.receipt_url {
         Some(u) => {
             if !name
@@ -245,7 +252,7 @@ fn xml_escape(s: &str) -> String {
 pub struct VoiceChannel {
     name: String,
     s: VoiceSettings,
-    last_error: Mutex<Option<String>>,
+    health: Health,
 }
 
 impl VoiceChannel {
@@ -253,7 +260,7 @@ impl VoiceChannel {
         Self {
             name: name.into(),
             s: settings,
-            last_error: Mutex::new(None),
+            health: Health::new("voice", Liveness::Always),
         }
     }
 
@@ -297,24 +304,10 @@ impl VoiceChannel {
             .form(&form)
             .send()
             .await
-            .map_err(|e| {
-                let e = e.without_url();
-                if e.is_timeout() {
-                    ChannelError::Transient(format!("voice API timed out: {e}"))
-                } else if e.is_connect() {
-                    ChannelError::Unavailable(format!("cannot reach the voice API: {e}"))
-                } else {
-                    ChannelError::Transient(format!("request failed: {e}"))
-                }
-            })?;
+            .map_err(|e| request_failed(e, "voice API"))?;
         let code = resp.status().as_u16();
         if !resp.status().is_success() {
-            let what = format!("voice API answered HTTP {code}");
-            return Err(match code {
-                408 | 425 | 429 | 500..=599 => ChannelError::Transient(what),
-                401 | 403 => ChannelError::Unavailable(format!("{what}: check the credentials")),
-                _ => ChannelError::Permanent(what),
-            });
+            return Err(refused(code, "voice API", "credentials"));
         }
         let json: Option<serde_json::Value> = resp.json().await.ok();
         let sid = json
@@ -330,36 +323,7 @@ impl VoiceChannel {
     }
 }
 
-#[async_trait]
-impl Channel for VoiceChannel {
-    fn name(&self) -> &str {
-        &self.name
-    }
-
-    async fn send(&self, msg: &Outgoing) -> Result<Accepted, ChannelError> {
-        let r = self.deliver(msg).await;
-        if let Err(e) = &r {
-            *self
-                .last_error
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner) = Some(e.to_string());
-        }
-        r
-    }
-
-    fn health(&self) -> ChannelHealth {
-        ChannelHealth {
-            name: self.name.clone(),
-            kind: "voice",
-            up: true,
-            last_error: self
-                .last_error
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .clone(),
-        }
-    }
-}
+per_request_channel!(VoiceChannel);
 
 #[cfg(test)]
 mod tests {

@@ -29,18 +29,20 @@
 //! and [`parse_webhook`] reads `entry[].changes[].value.statuses[]`.
 
 use std::collections::BTreeMap;
-use std::sync::{Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use hmac::{Hmac, KeyInit, Mac};
 use otpgate_core::{DeliveryStatus, SecretString};
 use serde::Deserialize;
 use sha2::Sha256;
 
-use crate::channel::{Accepted, Channel, ChannelError, ChannelHealth, Outgoing};
+use crate::channel::{Accepted, Channel, ChannelError, Outgoing};
+use crate::gateway::{Health, Liveness, per_request_channel, refused, request_failed};
 use crate::receipt::Receipt;
-use crate::setup::{ConfigError, EnvLookup, expand_env, secret};
+use crate::setup::{
+    ChannelSetup, ConfigError, EnvLookup, StartContext, Starter, expand_env, secret,
+};
 
 /// `type = "whatsapp"`: the WhatsApp Business Cloud API.
 #[derive(Debug, Clone, Deserialize)]
@@ -95,6 +97,27 @@ fn default_language() -> String {
 }
 fn default_timeout_ms() -> u64 {
     10_000
+}
+
+impl ChannelSetup for WhatsappConfig {
+    fn prepare(&self, name: &str, env: EnvLookup<'_>) -> Result<Starter, ConfigError> {
+        let settings = prepare(name, self, env)?;
+        Ok(Box::new(move |name: &str, _: &StartContext| {
+            Arc::new(WhatsappChannel::new(name, settings)) as Arc<dyn Channel>
+        }))
+    }
+
+    // Statuses come to `/webhooks/whatsapp/{channel}`, signed with the app
+    // secret, not to `/receipts`.
+    fn warn(&self, name: &str) {
+        if self.app_secret.is_none() && self.app_secret_env.is_none() {
+            tracing::warn!(
+                channel = %name,
+                "this WhatsApp channel has no app_secret: its webhook refuses every status, \
+                 so its messages are never marked delivered"
+            );
+        }
+    }
 }
 
 /// A checked WhatsApp configuration, secrets resolved.
@@ -318,17 +341,11 @@ pub fn parse_webhook(body: &[u8]) -> Result<Vec<Receipt>, &'static str> {
     Ok(out)
 }
 
-#[derive(Default)]
-struct State {
-    up: bool,
-    last_error: Option<String>,
-}
-
 /// See the module docs.
 pub struct WhatsappChannel {
     name: String,
     s: WhatsappSettings,
-    state: Mutex<State>,
+    health: Health,
 }
 
 impl WhatsappChannel {
@@ -336,10 +353,7 @@ impl WhatsappChannel {
         Self {
             name: name.into(),
             s: settings,
-            state: Mutex::new(State {
-                up: true,
-                last_error: None,
-            }),
+            health: Health::new("whatsapp", Liveness::LastSuccess),
         }
     }
 
@@ -387,24 +401,9 @@ impl WhatsappChannel {
             .json(&self.body(msg))
             .send()
             .await
-            .map_err(|e| {
-                let e = e.without_url();
-                if e.is_timeout() {
-                    ChannelError::Transient(format!("Cloud API timed out: {e}"))
-                } else if e.is_connect() {
-                    ChannelError::Unavailable(format!("cannot reach the Cloud API: {e}"))
-                } else {
-                    ChannelError::Transient(format!("request failed: {e}"))
-                }
-            })?;
-        let code = resp.status().as_u16();
+            .map_err(|e| request_failed(e, "Cloud API"))?;
         if !resp.status().is_success() {
-            let what = format!("Cloud API answered HTTP {code}");
-            return Err(match code {
-                408 | 425 | 429 | 500..=599 => ChannelError::Transient(what),
-                401 | 403 => ChannelError::Unavailable(format!("{what}: check the access token")),
-                _ => ChannelError::Permanent(what),
-            });
+            return Err(refused(resp.status().as_u16(), "Cloud API", "access token"));
         }
         let json: serde_json::Value = resp
             .json()
@@ -423,38 +422,7 @@ impl WhatsappChannel {
     }
 }
 
-#[async_trait]
-impl Channel for WhatsappChannel {
-    fn name(&self) -> &str {
-        &self.name
-    }
-
-    async fn send(&self, msg: &Outgoing) -> Result<Accepted, ChannelError> {
-        let r = self.deliver(msg).await;
-        let mut st = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        match &r {
-            Ok(_) => st.up = true,
-            Err(ChannelError::Unavailable(e)) => {
-                st.up = false;
-                st.last_error = Some(e.clone());
-            }
-            Err(ChannelError::Transient(e) | ChannelError::Permanent(e)) => {
-                st.last_error = Some(e.clone());
-            }
-        }
-        r
-    }
-
-    fn health(&self) -> ChannelHealth {
-        let st = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        ChannelHealth {
-            name: self.name.clone(),
-            kind: "whatsapp",
-            up: st.up,
-            last_error: st.last_error.clone(),
-        }
-    }
-}
+per_request_channel!(WhatsappChannel);
 
 #[cfg(test)]
 mod tests {

@@ -8,6 +8,7 @@ use clap::{Args, Subcommand};
 use otpgate_core::{CustomerId, SystemClock};
 use otpgate_server::Settings;
 use otpgate_server::accounts::{self, NewAccountRequest};
+use otpgate_server::time::datetime;
 use otpgate_store::Account;
 use serde_json::json;
 
@@ -163,12 +164,7 @@ pub async fn inbox(settings: Settings, args: InboxArgs) -> anyhow::Result<u8> {
         println!("(the inbox is empty)");
     } else {
         for e in &entries {
-            println!(
-                "{}  +{}  {}",
-                format_ms(e.created_at),
-                e.destination,
-                e.text
-            );
+            println!("{}  +{}  {}", datetime(e.created_at), e.destination, e.text);
         }
     }
     Ok(0)
@@ -178,37 +174,4 @@ pub async fn migrate(settings: Settings) -> anyhow::Result<u8> {
     let store: Arc<dyn otpgate_store::Store> = otpgate_server::store::open(&settings).await?;
     println!("{} schema is up to date", store.backend());
     Ok(0)
-}
-
-/// `YYYY-MM-DD HH:MM:SS` UTC from epoch milliseconds (civil-from-days, so no
-/// date crate is needed for one column).
-pub fn format_ms(ms: i64) -> String {
-    let secs = ms.div_euclid(1000);
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn formats_epoch_millis_as_utc() {
-        assert_eq!(super::format_ms(0), "1970-01-01 00:00:00");
-        assert_eq!(super::format_ms(1_764_100_000_000), "2025-11-25 19:46:40");
-        assert_eq!(super::format_ms(951_782_400_000), "2000-02-29 00:00:00");
-    }
 }

@@ -16,7 +16,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use common::{
-    Server, TempDir, code_in, create_account, open_store, require_services, start, token,
+    ReplyJson, Server, TempDir, code_in, create_account, open_store, require_services, start, token,
 };
 use hmac::{Hmac, KeyInit, Mac};
 use otpgate_core::{DeliveryStatus, VerificationId};
@@ -229,9 +229,8 @@ impl SmtpSink {
 
 /// Every channel kind, each on its own route; SMS falls back to WhatsApp.
 fn config(dir: &TempDir, standin: u16, smtp: u16) -> PathBuf {
-    let path = dir.0.join("otpgate.toml");
-    std::fs::write(
-        &path,
+    dir.write(
+        "otpgate.toml",
         format!(
             r#"
 [message.flows.EMAIL]
@@ -290,8 +289,6 @@ fallback = [{{ flow = "WHATSAPP", after_secs = {FALLBACK_AFTER_SECS} }}]
 "#
         ),
     )
-    .unwrap();
-    path
 }
 
 const ENVS: [(&str, &str); 5] = [
@@ -349,12 +346,8 @@ impl Setup {
             .post(format!("{}/verification/v3/send", self.server.base))
             .header("authToken", &self.token)
             .query(params)
-            .send()
+            .reply_json()
             .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
     }
 
     async fn validate(&self, id: &str, code: &str) -> serde_json::Value {
@@ -802,12 +795,8 @@ async fn with_sms_working_no_whatsapp_message_is_sent() {
             ("id", "sms-1"),
             ("status", "delivered"),
         ])
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .reply_json()
+        .await;
     assert_eq!(r["status"], "recorded", "{r}");
     assert!(
         sent_at.elapsed() < Duration::from_secs(FALLBACK_AFTER_SECS),
@@ -949,9 +938,8 @@ async fn an_email_goes_over_starttls_with_smtp_auth() {
     ) else {
         return;
     };
-    let config = dir.0.join("otpgate.toml");
-    std::fs::write(
-        &config,
+    let config = dir.write(
+        "otpgate.toml",
         format!(
             r#"
 [channels.mail]
@@ -971,8 +959,7 @@ channels = ["mail"]
             port = sink.port,
             ca = ca.display(),
         ),
-    )
-    .unwrap();
+    );
     let db = dir.sqlite_url();
     let cid = create_account(&db, Some(1000));
     let server = start(
@@ -990,12 +977,8 @@ channels = ["mail"]
             ("flowType", "EMAIL"),
             ("email", "tls@example.com"),
         ])
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .reply_json()
+        .await;
     let id = id_of(&v);
     let mail = sink
         .wait_for("tls@example.com", Duration::from_secs(15))

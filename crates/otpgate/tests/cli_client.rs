@@ -9,55 +9,30 @@
 //! SQLite file each) behind a small TCP relay that counts token requests and
 //! 401 answers on the wire. CLI tests run the built binary.
 
-use std::future::Future;
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
-use std::pin::Pin;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use otpgate_client::{Client, ClientBuilder, Error, SendOtp, SendOutcome, Validation};
 use otpgate_core::{Clock, CustomerId, ManualClock, SystemClock, VerificationId};
-use otpgate_server::accounts::{self, NewAccountRequest};
-use otpgate_server::{Application, Settings};
+use otpgate_server::{Settings, accounts};
 use otpgate_store::Store;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio_util::sync::CancellationToken;
 
-const BIN: &str = env!("CARGO_BIN_EXE_otpgate");
+mod common;
+#[path = "../../otpgate-server/tests/common/mod.rs"]
+mod server_common;
+
+use common::{Logged, TempDir, create_account_with, otpgate};
+use server_common::{RejectAll, Running, run_app, test_settings};
+
 const PASSWORD: &str = "client test password";
 
 // ---- support ------------------------------------------------------------------
-
-/// A directory removed on drop.
-struct TempDir(std::path::PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> Self {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let p = std::env::temp_dir().join(format!(
-            "otpgate-cli-client-{tag}-{}-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::SeqCst),
-            SystemClock.now_ms()
-        ));
-        std::fs::create_dir_all(&p).expect("create temp dir");
-        Self(p)
-    }
-
-    fn database(&self) -> String {
-        format!("sqlite://{}", self.0.join("otpgate.db").display())
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// Counts, on the wire, what passes between the SDK and the server.
 #[derive(Default)]
@@ -151,27 +126,8 @@ struct Server {
     store: Arc<dyn Store>,
     settings: Settings,
     customer: CustomerId,
-    shutdown: CancellationToken,
+    _running: Running,
     _dir: TempDir,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.shutdown.cancel();
-    }
-}
-
-fn settings() -> Settings {
-    let mut s = Settings {
-        listen: "127.0.0.1:0".into(),
-        ..Settings::default()
-    };
-    s.delivery.poll_ms = 20;
-    s.delivery.retry_base_ms = 50;
-    // The SDK's tests send from an account on test credits to numbers it
-    // never verified; that rule has its own tests (tests/fraud.rs).
-    s.fraud.test_credits_verified_only = false;
-    s
 }
 
 async fn start_server(
@@ -180,24 +136,15 @@ async fn start_server(
     router: Option<Arc<dyn otpgate_sms::Router>>,
 ) -> Server {
     let dir = TempDir::new("sdk");
-    settings.database_url = dir.database();
-    let store = otpgate_server::store::open(&settings)
-        .await
-        .expect("open store");
-    let app =
-        Application::build_with_router(settings.clone(), store.clone(), clock.clone(), router)
-            .await
-            .expect("build the server");
-    let addr = SocketAddr::from(([127, 0, 0, 1], app.port()));
-    let shutdown = CancellationToken::new();
-    tokio::spawn(app.run_until_stopped(shutdown.clone()));
-    let customer = new_account(&store, &settings, None).await;
+    settings.database_url = dir.sqlite_url();
+    let running = run_app(settings, clock, router).await;
+    let customer = new_account(&running.store, &running.settings, None).await;
     Server {
-        addr,
-        store,
-        settings,
+        addr: SocketAddr::from(([127, 0, 0, 1], running.port)),
+        store: running.store.clone(),
+        settings: running.settings.clone(),
         customer,
-        shutdown,
+        _running: running,
         _dir: dir,
     }
 }
@@ -207,21 +154,9 @@ async fn new_account(
     settings: &Settings,
     credits: Option<i64>,
 ) -> CustomerId {
-    accounts::create(
-        store.as_ref(),
-        &SystemClock,
-        settings,
-        NewAccountRequest {
-            password: PASSWORD.into(),
-            email: None,
-            country: Some("IN".into()),
-            credits,
-            settings: Default::default(),
-        },
-    )
-    .await
-    .expect("create account")
-    .customer_id
+    server_common::create_account(store.as_ref(), &SystemClock, settings, PASSWORD, credits)
+        .await
+        .customer_id
 }
 
 impl Server {
@@ -287,7 +222,7 @@ fn sent_id(out: &SendOutcome) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sdk_reads_every_validation_outcome_the_server_gives() {
     let clock = ManualClock::new(SystemClock.now_ms());
-    let server = start_server(settings(), Arc::new(clock.clone()), None).await;
+    let server = start_server(test_settings(), Arc::new(clock.clone()), None).await;
     let client = server.client();
 
     // Verified, then already verified; a wrong code first.
@@ -349,7 +284,7 @@ async fn sdk_reads_every_validation_outcome_the_server_gives() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sdk_reuses_a_pending_verification_from_a_506() {
-    let server = start_server(settings(), Arc::new(SystemClock), None).await;
+    let server = start_server(test_settings(), Arc::new(SystemClock), None).await;
     let client = server.client();
     let req = sms("9876500010").with_otp_length(6);
     let first = sent_id(&client.send(req.clone()).await.unwrap());
@@ -385,52 +320,15 @@ async fn sdk_reuses_a_pending_verification_from_a_506() {
     assert_ne!(next, first);
 }
 
-/// A gateway that refuses every message for good. Written out by hand
-/// (what `#[async_trait]` would generate) because this crate does not
-/// depend on `async-trait`.
-struct RejectAll;
-
-impl otpgate_sms::Channel for RejectAll {
-    fn name(&self) -> &str {
-        "reject-all"
-    }
-
-    fn send<'a, 'b, 'f>(
-        &'a self,
-        _msg: &'b otpgate_sms::Outgoing,
-    ) -> Pin<
-        Box<
-            dyn Future<Output = Result<otpgate_sms::Accepted, otpgate_sms::ChannelError>>
-                + Send
-                + 'f,
-        >,
-    >
-    where
-        'a: 'f,
-        'b: 'f,
-        Self: 'f,
-    {
-        Box::pin(async {
-            Err(otpgate_sms::ChannelError::Permanent(
-                "invalid destination".into(),
-            ))
-        })
-    }
-
-    fn health(&self) -> otpgate_sms::ChannelHealth {
-        otpgate_sms::ChannelHealth {
-            name: "reject-all".into(),
-            kind: "test",
-            up: true,
-            last_error: None,
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sdk_reads_a_failed_delivery_as_failed() {
-    let router = otpgate_sms::SingleRoute(vec![Arc::new(RejectAll)]);
-    let server = start_server(settings(), Arc::new(SystemClock), Some(Arc::new(router))).await;
+    let router = otpgate_sms::SingleRoute(vec![Arc::new(RejectAll(None))]);
+    let server = start_server(
+        test_settings(),
+        Arc::new(SystemClock),
+        Some(Arc::new(router)),
+    )
+    .await;
     let client = server.client();
     let id = sent_id(&client.send(sms("9876500020")).await.unwrap());
     let vid = VerificationId::parse(&id.to_string()).unwrap();
@@ -451,7 +349,7 @@ async fn sdk_reads_a_failed_delivery_as_failed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sdk_errors_are_typed_as_the_server_answers() {
-    let mut s = settings();
+    let mut s = test_settings();
     s.limits.per_number_max = 1;
     let server = start_server(s, Arc::new(SystemClock), None).await;
     let client = server.client();
@@ -504,7 +402,7 @@ async fn sdk_errors_are_typed_as_the_server_answers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twenty_concurrent_sdk_calls_fetch_exactly_one_token() {
-    let server = start_server(settings(), Arc::new(SystemClock), None).await;
+    let server = start_server(test_settings(), Arc::new(SystemClock), None).await;
     let (relay, counts) = counting_relay(server.addr).await;
     let client = server.builder_for(relay, &server.customer).build().unwrap();
     let mut calls = tokio::task::JoinSet::new();
@@ -521,7 +419,7 @@ async fn twenty_concurrent_sdk_calls_fetch_exactly_one_token() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_short_lived_token_is_refreshed_before_it_expires() {
-    let mut s = settings();
+    let mut s = test_settings();
     // Four seconds: fresh for the first two (half the life), then replaced.
     s.token.lifetime_secs = 4;
     let server = start_server(s, Arc::new(SystemClock), None).await;
@@ -552,7 +450,7 @@ async fn a_short_lived_token_is_refreshed_before_it_expires() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revoked_token_costs_one_401_one_refresh_and_one_retry() {
-    let server = start_server(settings(), Arc::new(SystemClock), None).await;
+    let server = start_server(test_settings(), Arc::new(SystemClock), None).await;
     let (relay, counts) = counting_relay(server.addr).await;
     let client = server.builder_for(relay, &server.customer).build().unwrap();
     client.token().await.unwrap();
@@ -569,7 +467,7 @@ async fn a_revoked_token_costs_one_401_one_refresh_and_one_retry() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_v2_paths_work_the_same() {
-    let server = start_server(settings(), Arc::new(SystemClock), None).await;
+    let server = start_server(test_settings(), Arc::new(SystemClock), None).await;
     let client = server
         .builder_for(server.addr, &server.customer)
         .api_version(otpgate_client::ApiVersion::V2)
@@ -591,81 +489,30 @@ async fn the_v2_paths_work_the_same() {
 /// `otpgate serve --dev` on an ephemeral port, with one account made by
 /// `otpgate customer create`.
 struct DevServer {
-    child: Child,
     url: String,
     database: String,
     customer: String,
+    _run: Logged,
     _dir: TempDir,
-}
-
-impl Drop for DevServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A command for the binary with none of the caller's `OTPGATE_` variables.
-fn otpgate() -> Command {
-    let mut c = Command::new(BIN);
-    for (k, _) in std::env::vars() {
-        if k.starts_with("OTPGATE_") {
-            c.env_remove(k);
-        }
-    }
-    c.env("NO_COLOR", "1");
-    c
 }
 
 fn start_dev_server() -> DevServer {
     let dir = TempDir::new("bin");
-    let database = dir.database();
-    let out = otpgate()
-        .args(["customer", "create", "--password", PASSWORD, "--json"])
-        .args(["--database", &database])
-        .output()
-        .expect("run otpgate customer create");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let database = dir.sqlite_url();
+    let customer = create_account_with(PASSWORD, &database, None);
+    let mut run = Logged::spawn(
+        otpgate()
+            .args(["serve", "--dev", "--listen", "127.0.0.1:0"])
+            .args(["--database", &database])
+            .env("OTPGATE_LOG", "info")
+            .env("OTPGATE_DELIVERY__POLL_MS", "20"),
     );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("customer json");
-    let customer = v["customerId"].as_str().expect("customerId").to_owned();
-
-    let mut child = otpgate()
-        .args(["serve", "--dev", "--listen", "127.0.0.1:0"])
-        .args(["--database", &database])
-        .env("OTPGATE_LOG", "info")
-        .env("OTPGATE_DELIVERY__POLL_MS", "20")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start otpgate serve --dev");
-    let stderr = child.stderr.take().expect("stderr");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut sent = false;
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if !sent && let Some(i) = line.find("address=http://") {
-                let addr: String = line[i + "address=".len()..]
-                    .chars()
-                    .take_while(|c| !c.is_whitespace())
-                    .collect();
-                let _ = tx.send(addr);
-                sent = true;
-            }
-        }
-    });
-    let url = rx
-        .recv_timeout(Duration::from_secs(60))
-        .expect("otpgate serve did not report its address");
+    let url = run.wait_for_address(Duration::from_secs(60));
     DevServer {
-        child,
         url,
         database,
         customer,
+        _run: run,
         _dir: dir,
     }
 }

@@ -30,14 +30,7 @@ async fn send(
     cc: &str,
     national: &str,
 ) -> (u16, Option<String>, Value) {
-    let r = http
-        .post(format!("{base}/verification/v3/send"))
-        .header("authToken", token)
-        .query(&[
-            ("countryCode", cc),
-            ("mobileNumber", national),
-            ("flowType", "SMS"),
-        ])
+    let r = common::send_request(http, base, token, cc, national)
         .send()
         .await
         .expect("send request");

@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
-use common::{PASSWORD, TempDir, create_account, inbox_code, open_store, start, token, validate};
+use common::{
+    PASSWORD, ReplyJson, TempDir, create_account, inbox_code, open_store, start, token, validate,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flow_at_trace_level_logs_no_password_key_token_or_code() {
@@ -37,12 +39,8 @@ async fn a_flow_at_trace_level_logs_no_password_key_token_or_code() {
             ("flowType", "SMS"),
             ("otpLength", "8"),
         ])
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .reply_json()
+        .await;
     let id = v["data"]["verificationId"].as_str().unwrap().to_owned();
     let store = open_store(&db).await;
     let code = inbox_code(

@@ -19,7 +19,6 @@
 //! prints `SKIPPED` and passes, unless `OTPGATE_REQUIRE_SERVICES` is set.
 
 mod common;
-mod sim;
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
@@ -29,12 +28,14 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use common::{BIN, PASSWORD, Server, TempDir, code_in, create_account, readyz, start, token};
+use common::{
+    BIN, PASSWORD, Server, Simulator, TempDir, code_in, create_account, open_store, readyz, start,
+    token,
+};
 use otpgate_core::{CustomerId, DeliveryStatus, VerificationId};
 use otpgate_store::Store;
-use otpgate_store::testkit::{TempPostgres, TestkitError, require_services};
+use otpgate_testkit::{TempPostgres, TestkitError, require_services};
 use serde_json::Value;
-use sim::Simulator;
 use tokio::sync::Barrier;
 
 /// The two load tests (the mixed load of three nodes, the pumping scenario)
@@ -90,17 +91,6 @@ fn start_nodes(db: &str, n: usize, tag: &str, extra: &[(&str, &str)]) -> Vec<Ser
     })
 }
 
-/// The store, as a node opens it, for reading the inbox and balances.
-async fn open_store(db: &str) -> Arc<dyn Store> {
-    let settings = otpgate_server::Settings {
-        database_url: db.to_owned(),
-        ..Default::default()
-    };
-    otpgate_server::store::open(&settings)
-        .await
-        .expect("open the store")
-}
-
 async fn raw_db(db: &str) -> sqlx::PgConnection {
     use sqlx::Connection;
     tokio::time::timeout(Duration::from_secs(10), sqlx::PgConnection::connect(db))
@@ -117,14 +107,7 @@ async fn status_json(r: reqwest::Response) -> (u16, Value) {
 }
 
 async fn send(http: &reqwest::Client, base: &str, token: &str, national: &str) -> (u16, Value) {
-    let r = http
-        .post(format!("{base}/verification/v3/send"))
-        .header("authToken", token)
-        .query(&[
-            ("countryCode", "91"),
-            ("mobileNumber", national),
-            ("flowType", "SMS"),
-        ])
+    let r = common::send_request(http, base, token, "91", national)
         .send()
         .await
         .expect("send request");
@@ -329,14 +312,7 @@ async fn three_nodes_on_one_database_behave_as_one_service() {
         assert_eq!(r["responseCode"], 200, "round {round}: {r}");
     }
     for base in &bases {
-        let r = http
-            .post(format!("{base}/verification/v3/send"))
-            .header("authToken", &t)
-            .query(&[
-                ("countryCode", "91"),
-                ("mobileNumber", national),
-                ("flowType", "SMS"),
-            ])
+        let r = common::send_request(&http, base, &t, "91", national)
             .send()
             .await
             .expect("send request");
@@ -490,30 +466,16 @@ async fn a_node_killed_mid_delivery_loses_nothing_another_delivers_after_the_lea
     };
     let db = pg.fresh_database();
     let dir = TempDir::new("multinode-kill");
-    let config = dir.0.join("otpgate.toml");
     // A window of 8: of 10 claimed messages, 8 are at the SMSC awaiting a
     // response and 2 wait for a window slot when the node dies.
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-[channels.smsc]
-type = "smpp"
-host = "127.0.0.1"
-port = {port}
-system_id = "{sid}"
-password = "{pw}"
-source_addr = "OTPGATE"
-window = 8
-request_timeout_ms = 60000
-reconnect_min_ms = 100
-"#,
-            port = sim.port,
-            sid = sim::SYSTEM_ID,
-            pw = sim::PASSWORD,
+    let config = dir.write(
+        "otpgate.toml",
+        otpgate_testkit::settings::smpp_channel(
+            "smsc",
+            sim.port,
+            "window = 8\nrequest_timeout_ms = 60000",
         ),
-    )
-    .unwrap();
+    );
     let cfg = config.to_str().unwrap();
     let lease_ms = 3000i64;
     let lease = lease_ms.to_string();
@@ -562,17 +524,21 @@ reconnect_min_ms = 100
             .values()
             .filter(|r| r.held_by("node-a") && r.attempts == 1)
             .count();
-        if held == 10 && sim.submits().len() >= 8 {
+        if held == 10 && sim.accepted_submits().len() >= 8 {
             break rows;
         }
         assert!(
             Instant::now() < deadline,
             "node A never held all ten: {rows:?}, {} submits",
-            sim.submits().len()
+            sim.accepted_submits().len()
         );
         tokio::time::sleep(Duration::from_millis(25)).await;
     };
-    assert_eq!(sim.submits().len(), 8, "the window caps what A submitted");
+    assert_eq!(
+        sim.accepted_submits().len(),
+        8,
+        "the window caps what A submitted"
+    );
     let (_, ready) = status_json(readyz(&http, &a.base).send().await.expect("readyz")).await;
     assert_eq!(ready["outbox"]["inFlight"], 10, "{ready}");
 
@@ -600,7 +566,7 @@ reconnect_min_ms = 100
         let lease_until = leases[&vid].lease_until.expect("lease_until");
         let deadline = Instant::now() + Duration::from_secs(60);
         let submit = loop {
-            let found = sim.submits().into_iter().find(|s| {
+            let found = sim.accepted_submits().into_iter().find(|s| {
                 s["destination_addr"] == dest.as_str()
                     && s["t"].as_i64().is_some_and(|t| t >= killed_at)
             });
@@ -642,7 +608,7 @@ reconnect_min_ms = 100
     }
     // At least once: the eight A submitted reach the SMSC twice, the two
     // that waited for the window once.
-    let submits = sim.submits();
+    let submits = sim.accepted_submits();
     for (id, national) in &sent {
         let dest = format!("91{national}");
         let n = submits

@@ -7,13 +7,12 @@
 
 mod common;
 
-mod sim;
-
 use std::time::{Duration, Instant};
 
-use common::{TempDir, code_in, create_account, open_store, start, token, validate};
+use common::{
+    ReplyJson, Simulator, TempDir, code_in, create_account, open_store, sim, start, token, validate,
+};
 use otpgate_core::{DeliveryStatus, VerificationId};
-use sim::Simulator;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_code_sent_over_smpp_validates_and_its_receipt_is_recorded() {
@@ -22,9 +21,8 @@ async fn a_code_sent_over_smpp_validates_and_its_receipt_is_recorded() {
         return;
     };
     let dir = TempDir::new("smpp-e2e");
-    let config = dir.0.join("otpgate.toml");
-    std::fs::write(
-        &config,
+    let config = dir.write(
+        "otpgate.toml",
         format!(
             r#"
 [message.templates]
@@ -43,8 +41,7 @@ reconnect_min_ms = 100
             port = sim.port,
             sid = sim::SYSTEM_ID,
         ),
-    )
-    .unwrap();
+    );
     let db = dir.sqlite_url();
     let cid = create_account(&db, Some(1000));
     let server = start(
@@ -70,12 +67,8 @@ reconnect_min_ms = 100
                 ("otpLength", "6"),
                 ("langId", lang),
             ])
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+            .reply_json()
+            .await;
         assert_eq!(v["responseCode"], 200, "{v}");
         let id = v["data"]["verificationId"].as_str().unwrap().to_owned();
 

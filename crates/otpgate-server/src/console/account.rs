@@ -13,7 +13,7 @@ use axum::response::{IntoResponse, Redirect, Response};
 use otpgate_core::CustomerId;
 use serde::Deserialize;
 
-use super::error::{render, render_status};
+use super::error::render_status;
 use super::extract::{Lenient, Posted, PrePosted};
 use super::session::{self, PRE_COOKIE, PRE_MAX_AGE_SECS, Principal, SESSION_COOKIE, Session};
 use super::views::Chrome;
@@ -95,6 +95,18 @@ async fn pre_session(
     Ok((token, cookie))
 }
 
+/// A form page before a session (log-in, sign-up): the page gets this
+/// visitor's pre-session token, the response the cookie that carries it.
+async fn form_page<T: Template>(
+    console: &Console,
+    headers: &HeaderMap,
+    status: StatusCode,
+    page: impl FnOnce(String) -> T,
+) -> Result<Response, PageError> {
+    let (csrf, cookie) = pre_session(console, headers).await?;
+    Ok(with_cookies(render_status(status, &page(csrf)), [cookie]))
+}
+
 fn with_cookies(mut resp: Response, cookies: impl IntoIterator<Item = HeaderValue>) -> Response {
     for c in cookies {
         resp.headers_mut().append(header::SET_COOKIE, c);
@@ -102,11 +114,17 @@ fn with_cookies(mut resp: Response, cookies: impl IntoIterator<Item = HeaderValu
     resp
 }
 
-/// Already logged in: the log-in and sign-up pages lead home instead.
-fn logged_in(console: &Console, headers: &HeaderMap) -> bool {
-    session::cookie(headers, SESSION_COOKIE)
-        .and_then(|c| console.sessions.get(c, console.now()))
-        .is_some()
+/// The log-in or sign-up form as first shown; a visitor already logged in
+/// is led home instead.
+async fn blank_form<T: Template>(
+    console: &Console,
+    headers: &HeaderMap,
+    page: impl FnOnce(String) -> T,
+) -> Result<Response, PageError> {
+    if console.session(headers).is_some() {
+        return Ok(Redirect::to("/console").into_response());
+    }
+    form_page(console, headers, StatusCode::OK, page).await
 }
 
 pub async fn login_form(
@@ -114,23 +132,20 @@ pub async fn login_form(
     headers: HeaderMap,
     Lenient(q): Lenient<LoginQuery>,
 ) -> Result<Response, PageError> {
-    if logged_in(&console, &headers) {
-        return Ok(Redirect::to("/console").into_response());
-    }
-    let (csrf, cookie) = pre_session(&console, &headers).await?;
-    let page = LoginPage {
+    let notice = if q.out.is_some() {
+        "You are logged out."
+    } else {
+        ""
+    };
+    blank_form(&console, &headers, |csrf| LoginPage {
         chrome: Chrome::bare("Log in"),
         csrf,
         login: String::new(),
         error: String::new(),
-        notice: if q.out.is_some() {
-            "You are logged out."
-        } else {
-            ""
-        },
+        notice,
         signup: console.app.settings.console.signup,
-    };
-    Ok(with_cookies(render(&page), [cookie]))
+    })
+    .await
 }
 
 pub async fn login(
@@ -218,16 +233,15 @@ async fn login_refused(
     status: StatusCode,
     error: String,
 ) -> Result<Response, PageError> {
-    let (csrf, cookie) = pre_session(console, headers).await?;
-    let page = LoginPage {
+    form_page(console, headers, status, |csrf| LoginPage {
         chrome: Chrome::bare("Log in"),
         csrf,
         login: name.to_owned(),
         error,
         notice: "",
         signup: console.app.settings.console.signup,
-    };
-    Ok(with_cookies(render_status(status, &page), [cookie]))
+    })
+    .await
 }
 
 /// The principal for a login name and password, if they match an enabled
@@ -315,19 +329,15 @@ pub async fn signup_form(
     State(console): State<Console>,
     headers: HeaderMap,
 ) -> Result<Response, PageError> {
-    if logged_in(&console, &headers) {
-        return Ok(Redirect::to("/console").into_response());
-    }
-    let (csrf, cookie) = pre_session(&console, &headers).await?;
-    let page = SignupPage {
+    blank_form(&console, &headers, |csrf| SignupPage {
         chrome: Chrome::bare("Sign up"),
         csrf,
         email: String::new(),
         country: String::new(),
         errors: Vec::new(),
         open: console.app.settings.console.signup,
-    };
-    Ok(with_cookies(render(&page), [cookie]))
+    })
+    .await
 }
 
 pub async fn signup(
@@ -467,14 +477,13 @@ pub async fn signup(
             Err(AccountError::NotFound) => return Err(PageError::Internal),
         }
     }
-    let (csrf, cookie) = pre_session(&console, &headers).await?;
-    let page = SignupPage {
+    form_page(&console, &headers, status, |csrf| SignupPage {
         chrome: Chrome::bare("Sign up"),
         csrf,
         email,
         country,
         errors,
         open: settings.console.signup,
-    };
-    Ok(with_cookies(render_status(status, &page), [cookie]))
+    })
+    .await
 }

@@ -36,9 +36,7 @@ struct Totals {
 
 impl Totals {
     fn of<'a>(days: impl IntoIterator<Item = &'a DailyStats>) -> Self {
-        let (sends, completed) = days
-            .into_iter()
-            .fold((0, 0), |(s, c), d| (s + d.sends, c + d.completed));
+        let (sends, completed) = sums(days);
         Self {
             sends,
             completed,
@@ -99,6 +97,12 @@ pub struct Label {
     pub text: String,
     /// `middle`, or `end` for today's, which would overhang the plot.
     pub anchor: &'static str,
+}
+
+/// Sends and completions over `days`.
+fn sums<'a>(days: impl IntoIterator<Item = &'a DailyStats>) -> (u64, u64) {
+    days.into_iter()
+        .fold((0, 0), |(s, c), d| (s + d.sends, c + d.completed))
 }
 
 fn percent(part: u64, whole: u64) -> String {
@@ -185,9 +189,7 @@ pub fn chart(days: &[DailyStats]) -> Chart {
             label: k.saturating_mul(step),
         })
         .collect();
-    let (sends, completed) = days
-        .iter()
-        .fold((0, 0), |(s, c), d| (s + d.sends, c + d.completed));
+    let (sends, completed) = sums(days);
     Chart {
         width,
         height,

@@ -103,9 +103,7 @@ impl FromRequestParts<Console> for OperatorCtx {
     type Rejection = PageError;
 
     async fn from_request_parts(parts: &mut Parts, console: &Console) -> Result<Self, PageError> {
-        let session = session::cookie(&parts.headers, SESSION_COOKIE)
-            .and_then(|c| console.sessions.get(c, console.now()))
-            .ok_or(PageError::Login)?;
+        let session = console.session(&parts.headers).ok_or(PageError::Login)?;
         match session.principal {
             Principal::Operator => Ok(Self { session }),
             Principal::Account { .. } => Err(PageError::NotFound),
@@ -152,16 +150,10 @@ impl<T: DeserializeOwned> FromRequest<Console> for Posted<T> {
 
     async fn from_request(req: Request, console: &Console) -> Result<Self, PageError> {
         let (parts, body) = req.into_parts();
-        let session = session::cookie(&parts.headers, SESSION_COOKIE)
-            .and_then(|c| console.sessions.get(c, console.now()))
-            .ok_or(PageError::Login)?;
-        let bytes = form_body(&parts.headers, body).await?;
-        let CsrfField { csrf } = parse(&bytes)?;
-        if !session::tokens_match(&session.csrf, &csrf) {
-            tracing::warn!("console: form refused: CSRF token missing or wrong");
-            return Err(PageError::Csrf);
-        }
-        Ok(Self(parse(&bytes)?))
+        let session = console.session(&parts.headers).ok_or(PageError::Login)?;
+        checked(&parts.headers, body, async { Ok(session.csrf) })
+            .await
+            .map(Self)
     }
 }
 
@@ -176,19 +168,32 @@ impl<T: DeserializeOwned> FromRequest<Console> for PrePosted<T> {
         let nonce = session::cookie(&parts.headers, PRE_COOKIE)
             .filter(|n| session::plausible_nonce(n))
             .map(str::to_owned);
-        let bytes = form_body(&parts.headers, body).await?;
-        let CsrfField { csrf } = parse(&bytes)?;
-        let Some(nonce) = nonce else {
-            tracing::warn!("console: form refused: no pre-session cookie");
-            return Err(PageError::Csrf);
+        let expected = async {
+            let Some(nonce) = nonce else {
+                tracing::warn!("console: form refused: no pre-session cookie");
+                return Err(PageError::Csrf);
+            };
+            Ok(session::pre_token(console.form_key().await?, &nonce))
         };
-        let expected = session::pre_token(console.form_key().await?, &nonce);
-        if !session::tokens_match(&expected, &csrf) {
-            tracing::warn!("console: form refused: CSRF token missing or wrong");
-            return Err(PageError::Csrf);
-        }
-        Ok(Self(parse(&bytes)?))
+        checked(&parts.headers, body, expected).await.map(Self)
     }
+}
+
+/// The posted form, once its `csrf` field matches the token `expected`
+/// yields (awaited only after the body is read, so a body the console did
+/// not send is refused as such first).
+async fn checked<T: DeserializeOwned>(
+    headers: &HeaderMap,
+    body: axum::body::Body,
+    expected: impl Future<Output = Result<String, PageError>>,
+) -> Result<T, PageError> {
+    let bytes = form_body(headers, body).await?;
+    let CsrfField { csrf } = parse(&bytes)?;
+    if !session::tokens_match(&expected.await?, &csrf) {
+        tracing::warn!("console: form refused: CSRF token missing or wrong");
+        return Err(PageError::Csrf);
+    }
+    parse(&bytes)
 }
 
 async fn form_body(headers: &HeaderMap, body: axum::body::Body) -> Result<Bytes, PageError> {

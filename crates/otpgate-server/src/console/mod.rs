@@ -94,6 +94,12 @@ impl Console {
         self.app.clock.now_ms()
     }
 
+    /// The live session this request's cookie names, if any.
+    pub fn session(&self, headers: &HeaderMap) -> Option<session::Session> {
+        session::cookie(headers, session::SESSION_COOKIE)
+            .and_then(|c| self.sessions.get(c, self.now()))
+    }
+
     pub fn secure_cookies(&self) -> bool {
         self.app.settings.console.secure_cookies
     }
@@ -185,11 +191,7 @@ pub fn trailing_slash() -> axum::routing::MethodRouter<AppState> {
 
 /// `/console`: the home page of whoever is logged in, else the log-in page.
 async fn index(State(console): State<Console>, headers: HeaderMap) -> Response {
-    let now = console.now();
-    let to = match session::cookie(&headers, session::SESSION_COOKIE)
-        .and_then(|c| console.sessions.get(c, now))
-        .map(|s| s.principal)
-    {
+    let to = match console.session(&headers).map(|s| s.principal) {
         Some(Principal::Operator) => "/console/operators",
         Some(Principal::Account { .. }) => "/console/dashboard",
         None => "/console/login",

@@ -142,18 +142,9 @@ pub async fn add_credits(
         .ok_or(PageError::BadRequest(
             "Credits must be a whole number other than zero, at most a billion either way.",
         ))?;
-    match console.app.store.account_add_credits(&id, amount).await {
-        Ok(a) => {
-            tracing::info!(customer = %id, amount, balance = a.credits, "console: operator changed credits");
-        }
-        Err(StoreError::NotFound) => return Err(PageError::NotFound),
-        Err(e) => return Err(e.into()),
-    }
-    Ok(Redirect::to(&format!(
-        "/console/operators?page={}&done=credits&id={id}",
-        page_of(&form.page)
-    ))
-    .into_response())
+    let a = known(console.app.store.account_add_credits(&id, amount).await)?;
+    tracing::info!(customer = %id, amount, balance = a.credits, "console: operator changed credits");
+    Ok(back(&form.page, "credits", &id))
 }
 
 pub async fn set_disabled(
@@ -167,19 +158,29 @@ pub async fn set_disabled(
         "false" => false,
         _ => return Err(PageError::BadRequest("Say whether to disable or enable.")),
     };
-    match console.app.store.account_set_disabled(&id, disabled).await {
-        Ok(_) => {}
-        Err(StoreError::NotFound) => return Err(PageError::NotFound),
-        Err(e) => return Err(e.into()),
-    }
+    known(console.app.store.account_set_disabled(&id, disabled).await)?;
     if disabled {
         console.sessions.end_account(&id);
     }
     tracing::info!(customer = %id, disabled, "console: operator changed account state");
-    Ok(Redirect::to(&format!(
-        "/console/operators?page={}&done={}&id={id}",
-        page_of(&form.page),
-        if disabled { "disabled" } else { "enabled" }
+    let done = if disabled { "disabled" } else { "enabled" };
+    Ok(back(&form.page, done, &id))
+}
+
+/// An account an action names that is not there is a 404, not a 500.
+fn known<T>(r: Result<T, StoreError>) -> Result<T, PageError> {
+    r.map_err(|e| match e {
+        StoreError::NotFound => PageError::NotFound,
+        e => e.into(),
+    })
+}
+
+/// After an action: back to the page of accounts it was taken on, saying
+/// what was done to which account.
+fn back(page: &str, done: &str, id: &CustomerId) -> Response {
+    Redirect::to(&format!(
+        "/console/operators?page={}&done={done}&id={id}",
+        page_of(page)
     ))
-    .into_response())
+    .into_response()
 }

@@ -1,17 +1,19 @@
 //! `spawn_app()` and request helpers shared by every API test.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use otpgate_core::{Clock, ManualClock, SystemClock};
-use otpgate_server::accounts::{self, NewAccountRequest};
-use otpgate_server::{Application, Settings};
+use otpgate_server::Settings;
 use otpgate_store::{Account, Store};
+use otpgate_testkit::{TempPostgres, skip_or_fail};
 use reqwest::StatusCode;
 use serde_json::Value;
-use tokio_util::sync::CancellationToken;
+
+pub use crate::common::{
+    RejectAll, Running, TempDir, code_in, inbox_message, run_app, test_settings,
+};
 
 pub const PASSWORD: &str = "correct horse battery";
 
@@ -33,11 +35,10 @@ tokio::task_local! {
 /// installed and services are not required.
 pub async fn run_on<F: std::future::Future<Output = ()>>(backend: Backend, name: &str, test: F) {
     if backend == Backend::Postgres
-        && let Err(e) = otpgate_store::testkit::TempPostgres::shared()
+        && let Err(e) = TempPostgres::shared()
     {
-        if e.is_missing() && !otpgate_store::testkit::require_services() {
-            println!("SKIPPED postgres::{name}: {e}");
-            return;
+        if e.is_missing() {
+            return skip_or_fail(&format!("postgres::{name}"), e).unwrap_or(());
         }
         panic!("postgres::{name}: {e}");
     }
@@ -96,44 +97,8 @@ pub struct TestApp {
     pub clock: ManualClock,
     pub settings: Settings,
     pub account: Account,
-    shutdown: CancellationToken,
+    _running: Running,
     _dir: TempDir,
-}
-
-/// A directory removed on drop.
-pub struct TempDir(pub std::path::PathBuf);
-
-impl TempDir {
-    pub fn new(prefix: &str) -> Self {
-        let p = std::env::temp_dir().join(format!(
-            "{prefix}-{}-{}",
-            std::process::id(),
-            uuid::Uuid::new_v4()
-        ));
-        std::fs::create_dir_all(&p).expect("create temp dir");
-        Self(p)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-pub fn test_settings() -> Settings {
-    let mut s = Settings {
-        listen: "127.0.0.1:0".into(),
-        ..Settings::default()
-    };
-    s.delivery.poll_ms = 20;
-    s.delivery.retry_base_ms = 50;
-    // These suites test the contract and the console with accounts that
-    // start on test credits and send to numbers they never verified; the
-    // rule that test credits pay only for verified numbers has its own
-    // tests, against the binary with default settings (otpgate/tests/fraud.rs).
-    s.fraud.test_credits_verified_only = false;
-    s
 }
 
 pub async fn spawn_app() -> TestApp {
@@ -149,37 +114,24 @@ pub async fn spawn_app_routed(
     mut settings: Settings,
     router: Option<Arc<dyn otpgate_sms::worker::Router>>,
 ) -> TestApp {
-    let dir = TempDir::new("otpgate-api");
+    let dir = TempDir::new("api");
     settings.database_url = match BACKEND.try_with(|b| *b).unwrap_or(Backend::Sqlite) {
-        Backend::Sqlite => format!("sqlite://{}", dir.0.join("otpgate.db").display()),
-        Backend::Postgres => otpgate_store::testkit::TempPostgres::shared()
+        Backend::Sqlite => dir.sqlite_url(),
+        Backend::Postgres => TempPostgres::shared()
             .expect("throwaway PostgreSQL")
             .fresh_database(),
     };
-    let store = otpgate_server::store::open(&settings)
-        .await
-        .expect("open store");
     let clock = ManualClock::new(SystemClock.now_ms());
-    let app = Application::build_with_router(
-        settings.clone(),
-        store.clone(),
-        Arc::new(clock.clone()),
-        router,
-    )
-    .await
-    .expect("build app");
-    let base = format!("http://127.0.0.1:{}", app.port());
-    let shutdown = CancellationToken::new();
-    tokio::spawn(app.run_until_stopped(shutdown.clone()));
-    let account = create_account(&store, &clock, &settings, None).await;
+    let running = run_app(settings, Arc::new(clock.clone()), router).await;
+    let account = create_account(&running.store, &clock, &running.settings, None).await;
     TestApp {
-        base,
+        base: running.base.clone(),
         http: reqwest::Client::new(),
-        store,
+        store: running.store.clone(),
         clock,
-        settings,
+        settings: running.settings.clone(),
         account,
-        shutdown,
+        _running: running,
         _dir: dir,
     }
 }
@@ -190,20 +142,7 @@ pub async fn create_account(
     settings: &Settings,
     credits: Option<i64>,
 ) -> Account {
-    accounts::create(
-        store.as_ref(),
-        clock,
-        settings,
-        NewAccountRequest {
-            password: PASSWORD.into(),
-            email: None,
-            country: Some("IN".into()),
-            credits,
-            settings: Default::default(),
-        },
-    )
-    .await
-    .expect("create account")
+    crate::common::create_account(store.as_ref(), clock, settings, PASSWORD, credits).await
 }
 
 /// A response as a test looks at it.
@@ -289,19 +228,29 @@ impl TestApp {
         .await
     }
 
+    /// An SMS send to `+<country_code> <national>` with defaults.
+    pub async fn send_to(
+        &self,
+        v: Version,
+        token: &str,
+        country_code: &str,
+        national: &str,
+    ) -> Resp {
+        self.send(
+            v,
+            token,
+            &[
+                ("countryCode", country_code),
+                ("mobileNumber", national),
+                ("flowType", "SMS"),
+            ],
+        )
+        .await
+    }
+
     /// Sends to `+91 <national>` with defaults; asserts success; returns the id.
     pub async fn send_ok(&self, v: Version, token: &str, national: &str) -> String {
-        let r = self
-            .send(
-                v,
-                token,
-                &[
-                    ("countryCode", "91"),
-                    ("mobileNumber", national),
-                    ("flowType", "SMS"),
-                ],
-            )
-            .await;
+        let r = self.send_to(v, token, "91", national).await;
         assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
         r.body["data"]["verificationId"]
             .as_str()
@@ -325,26 +274,7 @@ impl TestApp {
     /// The code of verification `id`, read from the inbox channel once the
     /// delivery worker has put it there.
     pub async fn code_for(&self, id: &str) -> String {
-        for _ in 0..500 {
-            let entries = self
-                .store
-                .inbox_list(None, None, 1000)
-                .await
-                .expect("inbox");
-            if let Some(e) = entries
-                .iter()
-                .find(|e| e.verification_id.map(|v| v.get().to_string()).as_deref() == Some(id))
-            {
-                return e
-                    .text
-                    .split(|c: char| !c.is_ascii_digit())
-                    .find(|w| (4..=8).contains(&w.len()))
-                    .expect("a code in the text")
-                    .to_owned();
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        panic!("verification {id} never reached the inbox");
+        code_in(&inbox_message(self.store.as_ref(), id).await.text)
     }
 
     /// A code that is certainly not `code` (same length).
@@ -358,11 +288,5 @@ impl TestApp {
                 }
             })
             .collect()
-    }
-}
-
-impl Drop for TestApp {
-    fn drop(&mut self) {
-        self.shutdown.cancel();
     }
 }

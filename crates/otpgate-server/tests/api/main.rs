@@ -3,6 +3,8 @@
 
 #[macro_use]
 mod helpers;
+#[path = "../common/mod.rs"]
+mod common;
 
 mod bad_input;
 mod extensions;

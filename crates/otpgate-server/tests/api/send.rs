@@ -150,43 +150,13 @@ async fn unknown_dialing_code_gets_511_and_invalid_number_400() {
     let app = spawn_app().await;
     let t = app.token().await;
     for v in BOTH {
-        let r = app
-            .send(
-                v,
-                &t,
-                &[
-                    ("countryCode", "999"),
-                    ("mobileNumber", "9876543210"),
-                    ("flowType", "SMS"),
-                ],
-            )
-            .await;
+        let r = app.send_to(v, &t, "999", "9876543210").await;
         assert_eq!(r.code(), 511, "{:?}", r.body);
         assert_eq!(r.status, StatusCode::BAD_REQUEST);
         assert_eq!(r.body["message"], "INVALID_COUNTRY_CODE");
-        let r = app
-            .send(
-                v,
-                &t,
-                &[
-                    ("countryCode", "91"),
-                    ("mobileNumber", "12345"),
-                    ("flowType", "SMS"),
-                ],
-            )
-            .await;
+        let r = app.send_to(v, &t, "91", "12345").await;
         assert_eq!(r.code(), 400, "{:?}", r.body);
-        let r = app
-            .send(
-                v,
-                &t,
-                &[
-                    ("countryCode", "+91"),
-                    ("mobileNumber", "098765-43210"),
-                    ("flowType", "SMS"),
-                ],
-            )
-            .await;
+        let r = app.send_to(v, &t, "+91", "098765-43210").await;
         assert_eq!(
             r.code(),
             if v == Version::V2 { 200 } else { 506 },
@@ -209,17 +179,7 @@ async fn a_country_the_account_may_not_send_to_gets_511() {
     let t = app.token().await;
     let r = app.send(Version::V3, &t, &refs(&sms("9876500030"))).await;
     assert_eq!(r.code(), 511, "{:?}", r.body);
-    let r = app
-        .send(
-            Version::V3,
-            &t,
-            &[
-                ("countryCode", "44"),
-                ("mobileNumber", "7400123456"),
-                ("flowType", "SMS"),
-            ],
-        )
-        .await;
+    let r = app.send_to(Version::V3, &t, "44", "7400123456").await;
     assert_eq!(r.code(), 200, "{:?}", r.body);
 }
 
@@ -229,17 +189,7 @@ async fn server_wide_blocked_countries_get_511_and_blocked_prefixes_400() {
     settings.fraud.blocked_prefixes = vec!["+9198765".into()];
     let app = spawn_app_with(settings).await;
     let t = app.token().await;
-    let r = app
-        .send(
-            Version::V3,
-            &t,
-            &[
-                ("countryCode", "44"),
-                ("mobileNumber", "7400123456"),
-                ("flowType", "SMS"),
-            ],
-        )
-        .await;
+    let r = app.send_to(Version::V3, &t, "44", "7400123456").await;
     assert_eq!(r.code(), 511, "{:?}", r.body);
     assert!(
         r.body["errorMessage"]

@@ -185,17 +185,7 @@ async fn expired_token_gets_401_on_both_versions() {
     let t = app.token().await;
     app.clock.advance_ms(7 * 24 * 3600 * 1000 + 1000);
     for v in BOTH {
-        let r = app
-            .send(
-                v,
-                &t,
-                &[
-                    ("countryCode", "91"),
-                    ("mobileNumber", "9876543210"),
-                    ("flowType", "SMS"),
-                ],
-            )
-            .await;
+        let r = app.send_to(v, &t, "91", "9876543210").await;
         assert_eq!(r.status, StatusCode::UNAUTHORIZED);
         assert_eq!(r.code(), 401);
         assert!(r.body.get("data").is_none());

@@ -139,39 +139,10 @@ async fn unknown_ids_and_other_accounts_ids_get_the_same_505() {
     );
 }
 
-/// A gateway that refuses every message for good, as one would an invalid
-/// destination, once the test lets it (one permit per message): until then
-/// the charge can be seen on the account.
-struct RejectAll(std::sync::Arc<tokio::sync::Semaphore>);
-
-#[async_trait::async_trait]
-impl otpgate_sms::Channel for RejectAll {
-    fn name(&self) -> &str {
-        "reject-all"
-    }
-    async fn send(
-        &self,
-        _msg: &otpgate_sms::Outgoing,
-    ) -> Result<otpgate_sms::Accepted, otpgate_sms::ChannelError> {
-        self.0.acquire().await.expect("gate open").forget();
-        Err(otpgate_sms::ChannelError::Permanent(
-            "invalid destination".into(),
-        ))
-    }
-    fn health(&self) -> otpgate_sms::ChannelHealth {
-        otpgate_sms::ChannelHealth {
-            name: "reject-all".into(),
-            kind: "test",
-            up: true,
-            last_error: None,
-        }
-    }
-}
-
 async fn a_failed_delivery_gets_700_and_refunds_the_charge() {
     let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
     let router =
-        otpgate_sms::worker::SingleRoute(vec![std::sync::Arc::new(RejectAll(gate.clone()))]);
+        otpgate_sms::worker::SingleRoute(vec![std::sync::Arc::new(RejectAll(Some(gate.clone())))]);
     let app = spawn_app_routed(test_settings(), Some(std::sync::Arc::new(router))).await;
     let t = app.token().await;
     let balance = || async {
@@ -316,17 +287,7 @@ async fn the_wrong_code_budget_across_verifications_gets_800() {
     // and so is a new send.
     assert_eq!(app.validate(Version::V3, &t, &id, &code).await.code(), 800);
     app.clock.advance_ms(61_000);
-    let r = app
-        .send(
-            Version::V3,
-            &t,
-            &[
-                ("countryCode", "91"),
-                ("mobileNumber", "9876500200"),
-                ("flowType", "SMS"),
-            ],
-        )
-        .await;
+    let r = app.send_to(Version::V3, &t, "91", "9876500200").await;
     assert_eq!(r.code(), 800, "{:?}", r.body);
 }
 

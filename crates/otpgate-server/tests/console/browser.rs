@@ -6,7 +6,6 @@
 //! `target/console-screenshots/`.
 
 use std::any::Any;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -18,6 +17,7 @@ use tokio::process::{Child, Command};
 use tokio::sync::{Mutex, MutexGuard};
 
 use crate::helpers::TempDir;
+use otpgate_testkit::{free_port, require_services};
 
 pub const CHROMIUM: &str = "/usr/bin/chromium";
 pub const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
@@ -36,10 +36,6 @@ pub struct Browser {
     _turn: MutexGuard<'static, ()>,
 }
 
-fn require_services() -> bool {
-    std::env::var("OTPGATE_REQUIRE_SERVICES").is_ok_and(|v| !v.is_empty() && v != "0")
-}
-
 /// Where screenshots go: `<workspace>/target/console-screenshots/`.
 pub fn screenshot_dir() -> PathBuf {
     let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(
@@ -49,13 +45,6 @@ pub fn screenshot_dir() -> PathBuf {
     let dir = target.join("console-screenshots");
     std::fs::create_dir_all(&dir).expect("create screenshot dir");
     dir
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
 }
 
 impl Browser {
@@ -85,7 +74,7 @@ impl Browser {
             .kill_on_drop(true)
             .spawn()
             .unwrap_or_else(|e| panic!("{name}: failed to start chromedriver: {e}"));
-        let profile = TempDir::new("otpgate-chromium");
+        let profile = TempDir::new("chromium");
         let caps = json!({
             "browserName": "chrome",
             "goog:chromeOptions": {

@@ -9,53 +9,24 @@ use std::time::Duration;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use otpgate_core::{Clock, ManualClock, SystemClock};
-use otpgate_server::{Application, Settings};
+use otpgate_server::Settings;
 use otpgate_store::{InboxEntry, Store};
 use reqwest::StatusCode;
 use reqwest::header::HeaderMap;
 use serde_json::Value;
-use tokio_util::sync::CancellationToken;
+
+pub use crate::common::{Running, TempDir, code_in, run_app};
 
 pub const PASSWORD: &str = "correct horse battery";
 pub const ADMIN_EMAIL: &str = "ops@otpgate.test";
 pub const ADMIN_PASSWORD: &str = "operator password 1";
 
+/// The shared test settings, with the console's operator account.
 pub fn test_settings() -> Settings {
-    let mut s = Settings {
-        listen: "127.0.0.1:0".into(),
-        ..Settings::default()
-    };
-    s.delivery.poll_ms = 20;
-    s.delivery.retry_base_ms = 50;
+    let mut s = crate::common::test_settings();
     s.console.admin_email = ADMIN_EMAIL.into();
     s.console.admin_password = Some(otpgate_core::SecretString::new(ADMIN_PASSWORD));
-    // These suites test the contract and the console with accounts that
-    // start on test credits and send to numbers they never verified; the
-    // rule that test credits pay only for verified numbers has its own
-    // tests, against the binary with default settings (otpgate/tests/fraud.rs).
-    s.fraud.test_credits_verified_only = false;
     s
-}
-
-/// A directory removed on drop.
-pub struct TempDir(pub std::path::PathBuf);
-
-impl TempDir {
-    pub fn new(prefix: &str) -> Self {
-        let p = std::env::temp_dir().join(format!(
-            "{prefix}-{}-{}",
-            std::process::id(),
-            uuid::Uuid::new_v4()
-        ));
-        std::fs::create_dir_all(&p).expect("create temp dir");
-        Self(p)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 pub struct ConsoleApp {
@@ -64,7 +35,7 @@ pub struct ConsoleApp {
     pub clock: ManualClock,
     pub settings: Settings,
     pub api: reqwest::Client,
-    shutdown: CancellationToken,
+    _running: Running,
     _dir: TempDir,
 }
 
@@ -78,32 +49,18 @@ pub async fn spawn_with(settings: Settings) -> ConsoleApp {
 
 /// With the clock starting at `start_ms` (tests that fill past days).
 pub async fn spawn_at(mut settings: Settings, start_ms: i64) -> ConsoleApp {
-    let dir = TempDir::new("otpgate-console");
-    settings.database_url = format!("sqlite://{}", dir.0.join("otpgate.db").display());
-    let store = otpgate_server::store::open(&settings)
-        .await
-        .expect("open store");
+    let dir = TempDir::new("console");
+    settings.database_url = dir.sqlite_url();
     let clock = ManualClock::new(start_ms);
-    let app = Application::build_with(settings.clone(), store.clone(), Arc::new(clock.clone()))
-        .await
-        .expect("build app");
-    let base = format!("http://127.0.0.1:{}", app.port());
-    let shutdown = CancellationToken::new();
-    tokio::spawn(app.run_until_stopped(shutdown.clone()));
+    let running = run_app(settings, Arc::new(clock.clone()), None).await;
     ConsoleApp {
-        base,
-        store,
+        base: running.base.clone(),
+        store: running.store.clone(),
         clock,
-        settings,
+        settings: running.settings.clone(),
         api: reqwest::Client::new(),
-        shutdown,
+        _running: running,
         _dir: dir,
-    }
-}
-
-impl Drop for ConsoleApp {
-    fn drop(&mut self) {
-        self.shutdown.cancel();
     }
 }
 
@@ -195,21 +152,7 @@ impl ConsoleApp {
 
     /// The inbox message of verification `id`, once delivered.
     pub async fn inbox_message(&self, id: &str) -> InboxEntry {
-        for _ in 0..500 {
-            let entries = self
-                .store
-                .inbox_list(None, None, 1000)
-                .await
-                .expect("inbox");
-            if let Some(e) = entries
-                .into_iter()
-                .find(|e| e.verification_id.map(|v| v.get().to_string()).as_deref() == Some(id))
-            {
-                return e;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        panic!("verification {id} never reached the inbox");
+        crate::common::inbox_message(self.store.as_ref(), id).await
     }
 
     /// Waits until verification `id`'s message left the outbox queue.
@@ -229,14 +172,6 @@ impl ConsoleApp {
         }
         panic!("verification {id} never left the queue");
     }
-}
-
-/// The first run of 4 to 8 digits in a message: the code.
-pub fn code_in(text: &str) -> String {
-    text.split(|c: char| !c.is_ascii_digit())
-        .find(|w| (4..=8).contains(&w.len()))
-        .expect("a code in the text")
-        .to_owned()
 }
 
 /// A console page as a test sees it.

@@ -4,6 +4,8 @@
 //! Chromium through chromedriver and save a screenshot when they fail.
 
 mod browser;
+#[path = "../common/mod.rs"]
+mod common;
 mod helpers;
 
 mod accounts;

@@ -13,36 +13,17 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use hmac::{Hmac, KeyInit, Mac};
 use otpgate_core::{Clock, SystemClock};
-use otpgate_server::accounts::{self, NewAccountRequest};
-use otpgate_server::{Application, Settings};
+use otpgate_server::Settings;
 use otpgate_store::{Account, Store};
 use sha2::Sha256;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::sim::{self, Simulator};
+pub use crate::common::{Running, TempDir, create_account, run_app};
+use crate::sim::Simulator;
+use otpgate_testkit::http::ReplyJson;
 
 pub const PASSWORD: &str = "correct horse battery";
-
-pub struct TempDir(pub std::path::PathBuf);
-
-impl TempDir {
-    pub fn new(prefix: &str) -> Self {
-        let p = std::env::temp_dir().join(format!(
-            "{prefix}-{}-{}",
-            std::process::id(),
-            uuid::Uuid::new_v4()
-        ));
-        std::fs::create_dir_all(&p).expect("create temp dir");
-        Self(p)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// Settings with one SMPP channel `smsc` to the simulator on `port`, fast
 /// delivery and webhook timings, and webhooks allowed to loopback.
@@ -68,18 +49,9 @@ timeout_ms = 2000
 lease_ms = 5000
 allow_private_addresses = true
 
-[channels.smsc]
-type = "smpp"
-host = "127.0.0.1"
-port = {port}
-system_id = "{sid}"
-password = "{pw}"
-source_addr = "OTPGATE"
-reconnect_min_ms = 100
-"#,
-        db = dir.0.join("otpgate.db").display(),
-        sid = sim::SYSTEM_ID,
-        pw = sim::PASSWORD,
+{channel}"#,
+        db = dir.db().display(),
+        channel = otpgate_testkit::settings::smpp_channel("smsc", port, ""),
     );
     toml::from_str(&toml).expect("test settings")
 }
@@ -91,63 +63,38 @@ pub struct Server {
     pub account: Account,
     pub token: String,
     pub http: reqwest::Client,
-    shutdown: CancellationToken,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.shutdown.cancel();
-    }
+    _running: Running,
 }
 
 pub async fn start(settings: Settings) -> Server {
-    let store = otpgate_server::store::open(&settings)
-        .await
-        .expect("open store");
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let app = Application::build_with(settings.clone(), store.clone(), clock.clone())
-        .await
-        .expect("build app");
-    let base = format!("http://127.0.0.1:{}", app.port());
-    let metrics_port = app.metrics_port();
-    let shutdown = CancellationToken::new();
-    tokio::spawn(app.run_until_stopped(shutdown.clone()));
-    let account = accounts::create(
-        store.as_ref(),
+    let running = run_app(settings, clock.clone(), None).await;
+    let account = create_account(
+        running.store.as_ref(),
         clock.as_ref(),
-        &settings,
-        NewAccountRequest {
-            password: PASSWORD.into(),
-            email: None,
-            country: Some("IN".into()),
-            credits: Some(1000),
-            settings: Default::default(),
-        },
+        &running.settings,
+        PASSWORD,
+        Some(1000),
     )
-    .await
-    .expect("create account");
+    .await;
     let http = reqwest::Client::new();
     let token: serde_json::Value = http
-        .get(format!("{base}{}", otpgate_api::paths::TOKEN))
+        .get(format!("{}{}", running.base, otpgate_api::paths::TOKEN))
         .query(&[
             ("customerId", account.customer_id.as_str()),
             ("key", &STANDARD.encode(PASSWORD)),
         ])
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .reply_json()
+        .await;
     let token = token["token"].as_str().expect("token").to_owned();
     Server {
-        base,
-        metrics_port,
-        store,
+        base: running.base.clone(),
+        metrics_port: running.metrics_port,
+        store: running.store.clone(),
         account,
         token,
         http,
-        shutdown,
+        _running: running,
     }
 }
 
@@ -164,12 +111,8 @@ impl Server {
                 ("flowType", "SMS"),
                 ("timeout", timeout),
             ])
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+            .reply_json()
+            .await;
         assert_eq!(v["responseCode"], 200, "{v}");
         v["data"]["verificationId"].as_str().unwrap().to_owned()
     }
@@ -181,12 +124,8 @@ impl Server {
             .get(format!("{}/verification/v3/validateOtp", self.base))
             .header("authToken", &self.token)
             .query(&[("verificationId", id), ("code", code)])
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+            .reply_json()
+            .await;
         v["responseCode"].as_i64().unwrap_or(-1)
     }
 }

@@ -15,6 +15,7 @@
 //! only. What otpgate needs of SMPP is small enough to own.
 
 pub mod coding;
+mod config;
 pub mod dlr;
 pub mod pdu;
 pub mod session;
@@ -31,8 +32,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::channel::{Accepted, Channel, ChannelError, ChannelHealth, Outgoing};
-use crate::config::{BindMode, ConfigError, EnvLookup, SmppConfig};
+pub use config::{BindMode, SmppConfig};
+
 use crate::receipt::ReceiptSink;
+use crate::setup::{ChannelSetup, ConfigError, EnvLookup, StartContext, Starter, secret};
 use pdu::{Bind, Body, ShortMessage, status};
 use session::{BindKind, DeliverHandler, Session, SessionConfig, SessionError, TlsSettings};
 
@@ -122,8 +125,7 @@ pub fn prepare(
         return Err(bad("system_type must be at most 12 characters"));
     }
     let password =
-        crate::config::secret(name, c.password.as_ref(), c.password_env.as_deref(), env)?
-            .unwrap_or_default();
+        secret(name, c.password.as_ref(), c.password_env.as_deref(), env)?.unwrap_or_default();
     if password.expose().len() > 8 {
         return Err(bad(
             "password must be at most 8 characters (SMPP 3.4 §4.1.1)",
@@ -173,6 +175,20 @@ pub fn prepare(
         reconnect_max: Duration::from_millis(c.reconnect_max_ms),
         registered_delivery: c.registered_delivery,
     })
+}
+
+impl ChannelSetup for SmppConfig {
+    fn prepare(&self, name: &str, env: EnvLookup<'_>) -> Result<Starter, ConfigError> {
+        let settings = prepare(name, self, env)?;
+        Ok(Box::new(move |name: &str, ctx: &StartContext| {
+            Arc::new(SmppChannel::start(name, settings, ctx.receipts.clone())) as Arc<dyn Channel>
+        }))
+    }
+
+    /// Sessions bind in the background.
+    fn needs_runtime(&self) -> bool {
+        true
+    }
 }
 
 /// Detects the sender's TON/NPI (§5.2.5, §5.2.6) and normalises it.

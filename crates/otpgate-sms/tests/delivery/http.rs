@@ -12,7 +12,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::IntoResponse;
 use base64::Engine;
-use otpgate_core::{CustomerId, DeliveryStatus, PhoneNumber, VerificationId};
+use otpgate_core::DeliveryStatus;
 use otpgate_sms::config::{ConfigError, ReceiptAuth, SmsConfig, build_table, receipt_auth};
 use otpgate_sms::{
     Channel, ChannelError, Outgoing, ReceiptError, ReceiptOutcome, Router, handle_http_receipt,
@@ -113,17 +113,7 @@ fn pairs(s: &str) -> BTreeMap<String, String> {
 }
 
 fn msg(id: i64, text: &str) -> Outgoing {
-    Outgoing {
-        message_id: id,
-        verification_id: VerificationId::new(7).unwrap(),
-        customer_id: CustomerId::parse("C-0000000000000A1").unwrap(),
-        destination: PhoneNumber::parse("91", "9876543210").unwrap(),
-        flow_type: "SMS".into(),
-        step: 0,
-        address: None,
-        lang: None,
-        text: text.into(),
-    }
+    crate::common::outgoing(id, 7, text)
 }
 
 fn env(k: &str) -> Option<String> {

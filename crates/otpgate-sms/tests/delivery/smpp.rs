@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use otpgate_core::{CustomerId, PhoneNumber, VerificationId};
+use otpgate_core::PhoneNumber;
 use otpgate_sms::receipt::{Receipt, ReceiptSink};
 use otpgate_sms::smpp::SmppSettings;
 use otpgate_sms::{Channel, ChannelError, Outgoing, SmppChannel};
@@ -35,17 +35,7 @@ fn settings(port: u16) -> SmppSettings {
 }
 
 fn msg(n: i64, text: &str) -> Outgoing {
-    Outgoing {
-        message_id: n,
-        verification_id: VerificationId::new(n as u64 + 1).unwrap(),
-        customer_id: CustomerId::parse("C-0000000000000A1").unwrap(),
-        destination: PhoneNumber::parse("91", "9876543210").unwrap(),
-        flow_type: "SMS".into(),
-        step: 0,
-        address: None,
-        lang: None,
-        text: text.into(),
-    }
+    crate::common::outgoing(n, n as u64 + 1, text)
 }
 
 async fn bound(settings: SmppSettings) -> (SmppChannel, Arc<Collected>) {
@@ -61,7 +51,7 @@ async fn bound(settings: SmppSettings) -> (SmppChannel, Arc<Collected>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gsm_text_goes_as_data_coding_0_and_other_scripts_as_ucs2_intact() {
-    let Some(sim) = Sim::start("gsm_and_ucs2", &[]).await else {
+    let Some(sim) = Sim::start("gsm_and_ucs2", &[]) else {
         return;
     };
     let (ch, _) = bound(settings(sim.port())).await;
@@ -95,12 +85,12 @@ async fn gsm_text_goes_as_data_coding_0_and_other_scripts_as_ucs2_intact() {
     assert_eq!(bind["mode"], "transceiver");
     assert_eq!(bind["interface_version"], 0x34, "binds as SMPP 3.4");
     ch.close().await;
-    sim.stop().await;
+    sim.stop();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_text_longer_than_one_sms_is_refused_permanently_without_submitting() {
-    let Some(sim) = Sim::start("long_text", &[]).await else {
+    let Some(sim) = Sim::start("long_text", &[]) else {
         return;
     };
     let (ch, _) = bound(settings(sim.port())).await;
@@ -116,12 +106,12 @@ async fn a_text_longer_than_one_sms_is_refused_permanently_without_submitting() 
     );
     assert!(sim.submits().is_empty());
     ch.close().await;
-    sim.stop().await;
+    sim.stop();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn command_statuses_are_classified_for_the_worker() {
-    let Some(mut sim) = Sim::start("statuses", &["--throttle", "1", "--reject-prefix", "44"]).await
+    let Some(mut sim) = Sim::start("statuses", &["--throttle", "1", "--reject-prefix", "44"])
     else {
         return;
     };
@@ -131,7 +121,7 @@ async fn command_statuses_are_classified_for_the_worker() {
         matches!(&e, ChannelError::Transient(t) if t.contains("ESME_RTHROTTLED")),
         "{e:?}"
     );
-    sim.control("queue-full 1").await;
+    sim.send_line("queue-full 1");
     sim.wait_for("control", |_| true, Duration::from_secs(2))
         .await;
     let e = ch.send(&msg(2, "code 2")).await.unwrap_err();
@@ -148,14 +138,14 @@ async fn command_statuses_are_classified_for_the_worker() {
     );
     assert!(ch.send(&msg(4, "code 4")).await.is_ok());
     ch.close().await;
-    sim.stop().await;
+    sim.stop();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_window_bounds_outstanding_submits() {
     // Each submit_sm_resp comes 300 ms late: with a window of 2, six
     // concurrent sends need three rounds; with a window of 6, one.
-    let Some(sim) = Sim::start("window", &["--delay-ms", "300"]).await else {
+    let Some(sim) = Sim::start("window", &["--delay-ms", "300"]) else {
         return;
     };
     // Window 2 needs ≥ 3 × 300 ms; window 6 about 300 ms (≤ 850 even on a
@@ -175,12 +165,12 @@ async fn the_window_bounds_outstanding_submits() {
         );
         ch.close().await;
     }
-    sim.stop().await;
+    sim.stop();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_rate_cap_spaces_submits_per_bind() {
-    let Some(sim) = Sim::start("rate_cap", &[]).await else {
+    let Some(sim) = Sim::start("rate_cap", &[]) else {
         return;
     };
     let mut s = settings(sim.port());
@@ -202,7 +192,7 @@ async fn the_rate_cap_spaces_submits_per_bind() {
     // Loose on the receiving side: a loaded simulator reads in bursts.
     assert!(span >= 300, "the simulator saw them within {span} ms");
     ch.close().await;
-    sim.stop().await;
+    sim.stop();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -226,9 +216,7 @@ async fn receipts_are_read_from_text_and_from_tlvs() {
                 "--receipt-delay-ms",
                 "20",
             ],
-        )
-        .await
-        else {
+        ) else {
             return;
         };
         let (ch, sink) = bound(settings(sim.port())).await;
@@ -245,13 +233,13 @@ async fn receipts_are_read_from_text_and_from_tlvs() {
         assert_eq!(r.status, Some(want), "{mode}");
         assert!(r.detail.contains(stat), "{mode}: {}", r.detail);
         ch.close().await;
-        sim.stop().await;
+        sim.stop();
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dropped_bind_fails_in_flight_sends_fast_and_reconnects() {
-    let Some(mut sim) = Sim::start("drop", &["--delay-ms", "2500"]).await else {
+    let Some(mut sim) = Sim::start("drop", &["--delay-ms", "2500"]) else {
         return;
     };
     let (ch, _) = bound(settings(sim.port())).await;
@@ -260,7 +248,7 @@ async fn a_dropped_bind_fails_in_flight_sends_fast_and_reconnects() {
     let (r, ()) = tokio::join!(ch.send(&m), async {
         sim.wait_for("submit", |_| true, Duration::from_secs(3))
             .await;
-        sim.control("drop").await;
+        sim.send_line("drop");
     });
     let err = r.unwrap_err();
     assert!(matches!(err, ChannelError::Unavailable(_)), "{err:?}");
@@ -269,7 +257,7 @@ async fn a_dropped_bind_fails_in_flight_sends_fast_and_reconnects() {
         "the in-flight send waited {:?} instead of failing with the link",
         t.elapsed()
     );
-    sim.control("delay-ms 0").await;
+    sim.send_line("delay-ms 0");
     sim.wait_for(
         "control",
         |c| c["cmd"] == "delay-ms",
@@ -284,12 +272,12 @@ async fn a_dropped_bind_fails_in_flight_sends_fast_and_reconnects() {
     assert!(ch.send(&msg(2, "again")).await.is_ok());
     assert_eq!(sim.of_kind("bind").len(), 2, "bound twice");
     ch.close().await;
-    sim.stop().await;
+    sim.stop();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_bind_shows_in_health_and_sends_are_unavailable() {
-    let Some(sim) = Sim::start("bad_password", &["--password", "other"]).await else {
+    let Some(sim) = Sim::start("bad_password", &["--password", "other"]) else {
         return;
     };
     let ch = SmppChannel::start("smsc", settings(sim.port()), Arc::new(Collected::default()));
@@ -304,12 +292,12 @@ async fn a_refused_bind_shows_in_health_and_sends_are_unavailable() {
     let err = ch.send(&msg(1, "code")).await.unwrap_err();
     assert!(matches!(err, ChannelError::Unavailable(_)), "{err:?}");
     ch.close().await;
-    sim.stop().await;
+    sim.stop();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_binds_send_enquire_link_and_close_unbinds() {
-    let Some(sim) = Sim::start("keepalive", &[]).await else {
+    let Some(sim) = Sim::start("keepalive", &[]) else {
         return;
     };
     let mut s = settings(sim.port());
@@ -322,12 +310,12 @@ async fn idle_binds_send_enquire_link_and_close_unbinds() {
     sim.wait_for("unbind", |_| true, Duration::from_secs(3))
         .await;
     assert!(!ch.health().up);
-    sim.stop().await;
+    sim.stop();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transmitter_and_receiver_binds_carry_submits_and_receipts() {
-    let Some(sim) = Sim::start("tx_rx", &["--receipt-delay-ms", "20"]).await else {
+    let Some(sim) = Sim::start("tx_rx", &["--receipt-delay-ms", "20"]) else {
         return;
     };
     let mut s = settings(sim.port());
@@ -352,14 +340,14 @@ async fn transmitter_and_receiver_binds_carry_submits_and_receipts() {
     assert_eq!(got.len(), 1);
     assert_eq!(Some(&got[0].1.gateway_id), acc.gateway_id.as_ref());
     ch.close().await;
-    sim.stop().await;
+    sim.stop();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_binds_verify_the_smsc_certificate() {
     // A test CA and a leaf for 127.0.0.1 signed by it, made with the
     // openssl CLI (webpki wants a real chain: a CA is no server certificate).
-    let dir = crate::common::TempDir::new();
+    let dir = otpgate_testkit::TempDir::new("sms");
     let p = |f: &str| dir.0.join(f).to_str().unwrap().to_owned();
     let (key, cert) = (p("key.pem"), p("cert.pem"));
     std::fs::write(
@@ -417,7 +405,7 @@ async fn tls_binds_verify_the_smsc_certificate() {
         let made = std::process::Command::new("openssl").args(args).output();
         if !made.as_ref().is_ok_and(|o| o.status.success()) {
             let why = "the openssl CLI cannot make test certificates";
-            if crate::common::services_required() {
+            if otpgate_testkit::require_services() {
                 panic!("tls_binds_verify_the_smsc_certificate: {why}: {made:?}");
             }
             println!("SKIPPED tls_binds_verify_the_smsc_certificate: {why}");
@@ -425,7 +413,7 @@ async fn tls_binds_verify_the_smsc_certificate() {
         }
     }
     let ca = p("ca.pem");
-    let Some(sim) = Sim::start("tls", &["--tls-key", &key, "--tls-cert", &cert]).await else {
+    let Some(sim) = Sim::start("tls", &["--tls-key", &key, "--tls-cert", &cert]) else {
         return;
     };
     let toml = |ca: &str| {
@@ -462,7 +450,7 @@ async fn tls_binds_verify_the_smsc_certificate() {
     let e = ch.health().last_error.unwrap_or_default();
     assert!(e.contains("TLS"), "{e}");
     ch.close().await;
-    sim.stop().await;
+    sim.stop();
 }
 
 /// A hand-rolled SMSC that binds anyone, then sends what the test says.

@@ -34,7 +34,7 @@ async fn a_message_sent_while_the_smsc_is_down_stays_queued_and_goes_out_when_it
     assert_eq!(db.verification(&v).await.state, VerificationState::Pending);
     assert!(!worker.delivery.health()[0].up);
 
-    let Some(sim) = Sim::start_on("smsc_down_then_up", port, &[]).await else {
+    let Some(sim) = Sim::start_on("smsc_down_then_up", port, &[]) else {
         worker.stop().await;
         return;
     };
@@ -48,12 +48,12 @@ async fn a_message_sent_while_the_smsc_is_down_stays_queued_and_goes_out_when_it
     assert_eq!(m.gateway_id.as_deref(), submit["message_id"].as_str());
     assert!(worker.delivery.health()[0].up);
     worker.stop().await;
-    sim.stop().await;
+    sim.stop();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn throttling_is_retried_with_growing_backoff_until_delivered() {
-    let Some(sim) = Sim::start("throttle", &["--throttle", "3"]).await else {
+    let Some(sim) = Sim::start("throttle", &["--throttle", "3"]) else {
         return;
     };
     let db = Db::new().await;
@@ -88,12 +88,12 @@ async fn throttling_is_retried_with_growing_backoff_until_delivered() {
     }
     assert_eq!(submits[3]["text"], "Your code is 1111");
     worker.stop().await;
-    sim.stop().await;
+    sim.stop();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rejected_destination_fails_the_verification_and_refunds_it() {
-    let Some(sim) = Sim::start("reject", &["--reject-prefix", "91"]).await else {
+    let Some(sim) = Sim::start("reject", &["--reject-prefix", "91"]) else {
         return;
     };
     let db = Db::new().await;
@@ -120,12 +120,12 @@ async fn a_rejected_destination_fails_the_verification_and_refunds_it() {
     assert_eq!(db.test_credits().await, 10, "refunded");
     assert_eq!(sim.submits().len(), 1);
     worker.stop().await;
-    sim.stop().await;
+    sim.stop();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failover_delivers_through_the_second_channel_when_the_first_is_down() {
-    let Some(sim) = Sim::start("failover", &[]).await else {
+    let Some(sim) = Sim::start("failover", &[]) else {
         return;
     };
     let db = Db::new().await;
@@ -167,7 +167,7 @@ channels = ["smsc-a", "smsc-b"]
     assert!(m.last_error.unwrap_or_default().contains("no route"));
     assert_eq!(db.test_credits().await, before);
     worker.stop().await;
-    sim.stop().await;
+    sim.stop();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -175,9 +175,7 @@ async fn a_delivery_receipt_updates_the_status_and_keeps_the_smsc_message_id() {
     let Some(sim) = Sim::start(
         "receipt",
         &["--receipt-delay-ms", "100", "--id-format", "dec"],
-    )
-    .await
-    else {
+    ) else {
         return;
     };
     let db = Db::new().await;
@@ -207,7 +205,7 @@ async fn a_delivery_receipt_updates_the_status_and_keeps_the_smsc_message_id() {
     let depth = worker.delivery.queue_depth().await.unwrap();
     assert_eq!((depth.queued, depth.in_flight), (0, 0));
     worker.stop().await;
-    sim.stop().await;
+    sim.stop();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -222,9 +220,7 @@ async fn an_undeliverable_receipt_fails_and_refunds_the_verification() {
             "--receipt-mode",
             "tlv",
         ],
-    )
-    .await
-    else {
+    ) else {
         return;
     };
     let db = Db::new().await;
@@ -244,7 +240,7 @@ async fn an_undeliverable_receipt_fails_and_refunds_the_verification() {
     assert_eq!(ver.state, VerificationState::Failed);
     assert_eq!(db.test_credits().await, 10, "refunded");
     worker.stop().await;
-    sim.stop().await;
+    sim.stop();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -252,7 +248,7 @@ async fn a_slow_gateway_holds_only_its_own_messages() {
     // The SMSC takes 2 s to answer each submit_sm (within the channel's 3 s
     // request timeout); messages to other countries go to the inbox and must
     // not wait behind it.
-    let Some(sim) = Sim::start("slow_gateway", &["--delay-ms", "2000"]).await else {
+    let Some(sim) = Sim::start("slow_gateway", &["--delay-ms", "2000"]) else {
         return;
     };
     let db = Db::new().await;
@@ -293,5 +289,5 @@ async fn a_slow_gateway_holds_only_its_own_messages() {
         .await;
     assert_eq!(m.channel.as_deref(), Some("smsc"));
     worker.stop().await;
-    sim.stop().await;
+    sim.stop();
 }

@@ -8,15 +8,12 @@
 //! another `PostgresStore` with a pool of its own), as another process or
 //! another node would open it.
 
-use std::io::Write;
 use std::ops::Deref;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering};
 
 use otpgate_store::postgres::{self, PgOptions, PostgresStore};
 use otpgate_store::sqlite::{self, SqliteStore};
-use otpgate_store::testkit::{TempPostgres, TestkitError, require_services};
 use otpgate_store::{Store, StoreResult};
+use otpgate_testkit::{TempPostgres, TestkitError};
 
 /// Turns each listed `async fn name(db: TestDb)` of the calling module into
 /// two tests, `sqlite::name` and `postgres::name`, each with a fresh
@@ -99,7 +96,7 @@ impl TestDb {
     /// is set, or when an installed PostgreSQL fails.
     pub async fn fresh(backend: Backend, test: &str) -> Option<Self> {
         let location = match backend {
-            Backend::Sqlite => Location::Sqlite(TempDir::new()),
+            Backend::Sqlite => Location::Sqlite(TempDir::new("store")),
             Backend::Postgres => Location::Postgres(fresh_postgres_database(test).await?),
         };
         Some(Self { backend, location })
@@ -487,11 +484,8 @@ async fn fresh_postgres_database(test: &str) -> Option<String> {
 /// `None` after printing `SKIPPED <test>: <why>` when PostgreSQL is only
 /// missing and services are not required; otherwise a panic.
 pub fn skip_or_fail<T>(test: &str, e: &TestkitError) -> Option<T> {
-    if e.is_missing() && !require_services() {
-        // Straight to stdout: the harness captures `println!` of a test
-        // that passes, and a skip must be seen.
-        let _ = writeln!(std::io::stdout(), "SKIPPED {}: {e}", short(test));
-        None
+    if e.is_missing() {
+        otpgate_testkit::skip_or_fail(short(test), e)
     } else {
         panic!("{}: {e}", short(test))
     }
@@ -502,34 +496,4 @@ fn short(test: &str) -> &str {
     test.strip_prefix("store::").unwrap_or(test)
 }
 
-/// A directory removed when the test ends, so every test has its own file.
-pub struct TempDir(PathBuf);
-
-impl TempDir {
-    pub fn new() -> Self {
-        static N: AtomicU32 = AtomicU32::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "otpgate-store-test-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("create a temporary directory");
-        Self(dir)
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.0
-    }
-
-    /// The database file in it.
-    pub fn db(&self) -> PathBuf {
-        self.0.join("otpgate.db")
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+pub use otpgate_testkit::TempDir;

@@ -2,7 +2,7 @@
 //! server (contract §2–§5 as the store enforces them) is written once, against
 //! `dyn Store`, and `both_backends!` runs each of those tests on SQLite (a
 //! file in a fresh directory) and on PostgreSQL (a fresh database on a
-//! throwaway server, see `otpgate_store::testkit`): `accounts::sqlite::…` and
+//! throwaway server, see `otpgate_testkit::postgres`): `accounts::sqlite::…` and
 //! `accounts::postgres::…`. "Several nodes" are several handles on one
 //! database: `SqliteStore`s on one file, or pools on one PostgreSQL database.
 //! What only one backend has lives in `sqlite_only` and `postgres_only`.

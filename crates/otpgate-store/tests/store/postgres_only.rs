@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use otpgate_store::postgres::{self, PgOptions, PostgresStore, SCHEMA_VERSION};
 use otpgate_store::prelude::*;
-use otpgate_store::testkit::TempPostgres;
 use otpgate_store::{CreateOutcome, StoreError};
+use otpgate_testkit::TempPostgres;
 use sqlx::Connection;
 
 use crate::fixture::{TestDb, skip_or_fail};

@@ -21,7 +21,7 @@ async fn open(path: &Path) -> SqliteStore {
 
 #[tokio::test]
 async fn open_takes_the_servers_urls_and_plain_paths() {
-    let dir = TempDir::new();
+    let dir = TempDir::new("store");
     let url = format!("sqlite://{}", dir.db().display());
     let by_url = SqliteStore::open(&url).await.unwrap();
     account(&by_url, &cid(1), 1, 0).await;
@@ -39,7 +39,7 @@ async fn open_takes_the_servers_urls_and_plain_paths() {
 
 #[tokio::test]
 async fn a_file_that_cannot_be_created_is_unavailable() {
-    let dir = TempDir::new();
+    let dir = TempDir::new("store");
     let err = SqliteStore::open_path(dir.path().join("no/such/dir/otpgate.db"))
         .await
         .unwrap_err();
@@ -88,7 +88,7 @@ fn delta(after: WriteStats, before: WriteStats) -> WriteStats {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hundred_concurrent_sends_all_commit_and_are_there_after_reopening() {
-    let dir = TempDir::new();
+    let dir = TempDir::new("store");
     let store = open(&dir.db()).await;
     let c = cid(1);
     account(&store, &c, 150, 50).await;
@@ -128,7 +128,7 @@ async fn two_hundred_concurrent_sends_all_commit_and_are_there_after_reopening()
 
 #[tokio::test]
 async fn a_failing_or_refused_send_in_a_batch_leaves_no_trace_and_spares_the_others() {
-    let dir = TempDir::new();
+    let dir = TempDir::new("store");
     let store = open(&dir.db()).await;
     let c = cid(1);
     account(&store, &c, 10, 0).await;
@@ -237,7 +237,7 @@ async fn a_failing_or_refused_send_in_a_batch_leaves_no_trace_and_spares_the_oth
 #[tokio::test]
 async fn concurrent_writes_share_commits_unless_batches_are_limited_to_one() {
     for max_batch in [MAX_BATCH, 1] {
-        let dir = TempDir::new();
+        let dir = TempDir::new("store");
         let store = SqliteStore::open_path_with_max_batch(dir.db(), max_batch)
             .await
             .unwrap();
@@ -282,7 +282,7 @@ async fn concurrent_writes_share_commits_unless_batches_are_limited_to_one() {
 
 #[tokio::test]
 async fn a_send_whose_caller_gave_up_before_it_began_is_not_written() {
-    let dir = TempDir::new();
+    let dir = TempDir::new("store");
     let store = open(&dir.db()).await;
     let c = cid(1);
     account(&store, &c, 5, 0).await;
@@ -320,7 +320,7 @@ async fn a_send_whose_caller_gave_up_before_it_began_is_not_written() {
 async fn a_database_made_at_schema_2_migrates_and_keeps_its_data() {
     use sqlx::migrate::{Migration, MigrationType, Migrator};
     use sqlx::{SqlSafeStr, sqlite::SqliteConnectOptions};
-    let dir = TempDir::new();
+    let dir = TempDir::new("store");
     // The schema as the build before the fraud defence left it: its two
     // migrations, recorded as sqlx records them, and a verification.
     let old = [
@@ -402,7 +402,7 @@ async fn a_database_made_at_schema_2_migrates_and_keeps_its_data() {
 async fn a_schema_2_file_is_backfilled_into_the_daily_counts() {
     use sqlx::SqlSafeStr;
     use sqlx::migrate::{Migration, MigrationType, Migrator};
-    let dir = TempDir::new();
+    let dir = TempDir::new("store");
     {
         // Migrated as the earlier build did (sqlx's migrator, same SQL).
         let opts = sqlx::sqlite::SqliteConnectOptions::new()
@@ -492,7 +492,7 @@ async fn a_schema_2_file_is_backfilled_into_the_daily_counts() {
 /// checkpoint the number is nowhere in the database file or its WAL.
 #[tokio::test]
 async fn a_purged_number_is_nowhere_in_the_file() {
-    let dir = TempDir::new();
+    let dir = TempDir::new("store");
     let store = open(&dir.db()).await;
     let c = cid(1);
     account(&store, &c, 10, 0).await;

@@ -1,12 +1,10 @@
 //! Helpers for tests that run the real `otpgate` binary: start `serve` on an
 //! ephemeral port (reading the address it logs), create accounts with the
-//! CLI, get tokens, and temporary directories.
-#![allow(dead_code)]
+//! CLI, get tokens; with what every test crate shares (temporary
+//! directories, the SMSC simulator) re-exported from `otpgate-testkit`.
+#![allow(dead_code, unused_imports)] // each test binary uses its part
 
-use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::Command;
 use std::time::Duration;
 
 use base64::Engine;
@@ -14,83 +12,41 @@ use base64::engine::general_purpose::STANDARD;
 
 pub mod pumping;
 
+pub use otpgate_testkit::http::ReplyJson;
+pub use otpgate_testkit::process::Logged;
+pub use otpgate_testkit::sim::{self, Simulator};
+pub use otpgate_testkit::{TempDir, require_services};
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_otpgate");
 pub const PASSWORD: &str = "binary test password";
 /// `health.token` of every server [`start`] runs: `/readyz` shows its
 /// detail only with it ([`readyz`]).
 pub const HEALTH_TOKEN: &str = "binary-test-health-token-0123456789abcdef";
 
-/// A directory removed on drop.
-pub struct TempDir(pub PathBuf);
-
-impl TempDir {
-    pub fn new(tag: &str) -> Self {
-        let p = std::env::temp_dir().join(format!(
-            "otpgate-{tag}-{}-{}",
-            std::process::id(),
-            rand_suffix()
-        ));
-        std::fs::create_dir_all(&p).expect("create temp dir");
-        Self(p)
-    }
-
-    pub fn sqlite_url(&self) -> String {
-        format!("sqlite://{}", self.0.join("otpgate.db").display())
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn rand_suffix() -> u64 {
-    use std::hash::{BuildHasher, RandomState};
-    RandomState::new().hash_one(std::time::SystemTime::now())
-}
-
-/// A running `otpgate serve`; killed (SIGKILL) on drop.
+/// A running `otpgate serve`: its address, and the process with its log
+/// (killed on drop; `.child` for a `kill -9`).
 pub struct Server {
-    pub child: Child,
     pub base: String,
-    /// Every line the server logged so far.
-    pub log: Arc<Mutex<Vec<String>>>,
-    /// The thread copying stderr into `log`; it ends when the server exits.
-    reader: Option<std::thread::JoinHandle<()>>,
+    run: Logged,
+}
+
+impl std::ops::Deref for Server {
+    type Target = Logged;
+    fn deref(&self) -> &Logged {
+        &self.run
+    }
+}
+
+impl std::ops::DerefMut for Server {
+    fn deref_mut(&mut self) -> &mut Logged {
+        &mut self.run
+    }
 }
 
 impl Server {
-    pub fn log_text(&self) -> String {
-        self.log.lock().map(|l| l.join("\n")).unwrap_or_default()
-    }
-
-    /// Stops the server (SIGTERM: a graceful shutdown, so it writes out its
-    /// last lines), waits for it to exit and for its stderr to reach its end,
-    /// and returns everything it logged.
-    #[allow(dead_code)] // not every test binary using `common` needs it
-    pub fn stop_and_log(mut self) -> String {
-        let pid = self.child.id().to_string();
-        let _ = Command::new("kill").args(["-TERM", &pid]).status();
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        while self.child.try_wait().ok().flatten().is_none() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the server did not exit on SIGTERM"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        if let Some(r) = self.reader.take() {
-            r.join().expect("log reader");
-        }
-        self.log_text()
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+    /// Stops the server gracefully (SIGTERM) and returns all it logged.
+    pub fn stop_and_log(self) -> String {
+        self.run.stop_and_log()
     }
 }
 
@@ -101,45 +57,13 @@ pub fn start(args: &[&str], envs: &[(&str, &str)]) -> Server {
     cmd.args(["serve", "--listen", "127.0.0.1:0"])
         .args(args)
         .env("OTPGATE_LOG", "info")
-        .env("OTPGATE_HEALTH__TOKEN", HEALTH_TOKEN)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
+        .env("OTPGATE_HEALTH__TOKEN", HEALTH_TOKEN);
     for (k, v) in envs {
         cmd.env(k, v);
     }
-    let mut child = cmd.spawn().expect("start otpgate serve");
-    let stderr = child.stderr.take().expect("stderr");
-    let (tx, rx) = std::sync::mpsc::channel();
-    let log: Arc<Mutex<Vec<String>>> = Arc::default();
-    let sink = log.clone();
-    let reader = std::thread::spawn(move || {
-        let mut sent = false;
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Ok(mut l) = sink.lock() {
-                l.push(line.clone());
-            }
-            if !sent && let Some(i) = line.find("address=http://") {
-                let addr: String = line[i + "address=".len()..]
-                    .chars()
-                    .take_while(|c| !c.is_whitespace())
-                    .collect();
-                let _ = tx.send(addr);
-                sent = true;
-            }
-            if std::env::var_os("OTPGATE_TEST_SERVER_LOG").is_some() {
-                eprintln!("[server] {line}");
-            }
-        }
-    });
-    let base = rx.recv_timeout(Duration::from_secs(60)).expect(
-        "otpgate serve did not report its address (set OTPGATE_TEST_SERVER_LOG=1 to see its log)",
-    );
-    Server {
-        child,
-        base,
-        log,
-        reader: Some(reader),
-    }
+    let mut run = Logged::spawn(&mut cmd);
+    let base = run.wait_for_address(Duration::from_secs(60));
+    Server { base, run }
 }
 
 /// `GET {base}/readyz` as the operator (with the health token), for its
@@ -148,32 +72,29 @@ pub fn readyz(http: &reqwest::Client, base: &str) -> reqwest::RequestBuilder {
     http.get(format!("{base}/readyz")).bearer_auth(HEALTH_TOKEN)
 }
 
-/// `otpgate customer create … --json`; returns the customerId.
+/// A command for the binary with none of the caller's `OTPGATE_` variables.
+pub fn otpgate() -> Command {
+    let mut c = Command::new(BIN);
+    otpgate_testkit::process::without_otpgate_env(&mut c).env("NO_COLOR", "1");
+    c
+}
+
+/// `otpgate customer create … --json` with [`PASSWORD`]; returns the
+/// customerId.
 pub fn create_account(db: &str, credits: Option<i64>) -> String {
-    let mut args = vec![
-        "customer",
-        "create",
-        "--password",
-        PASSWORD,
-        "--json",
-        "--database",
-        db,
-    ];
-    let c;
+    create_account_with(PASSWORD, db, credits)
+}
+
+/// [`create_account`] with another password.
+pub fn create_account_with(password: &str, db: &str, credits: Option<i64>) -> String {
+    let mut cmd = otpgate();
+    cmd.args(["customer", "create", "--password", password, "--json"])
+        .args(["--database", db]);
     if let Some(n) = credits {
-        c = n.to_string();
-        args.extend(["--credits", c.as_str()]);
+        cmd.args(["--credits", &n.to_string()]);
     }
-    let out = Command::new(BIN)
-        .args(&args)
-        .output()
-        .expect("run customer create");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let out = otpgate_testkit::process::output_ok(&mut cmd);
+    let v: serde_json::Value = serde_json::from_slice(&out).expect("json");
     v["customerId"].as_str().expect("customerId").to_owned()
 }
 
@@ -181,12 +102,8 @@ pub async fn token(http: &reqwest::Client, base: &str, cid: &str) -> String {
     let v: serde_json::Value = http
         .get(format!("{base}/auth/v1/authentication/token"))
         .query(&[("customerId", cid), ("key", &STANDARD.encode(PASSWORD))])
-        .send()
-        .await
-        .expect("token request")
-        .json()
-        .await
-        .expect("token json");
+        .reply_json()
+        .await;
     v["token"]
         .as_str()
         .unwrap_or_else(|| panic!("no token: {v}"))
@@ -199,12 +116,6 @@ pub fn code_in(text: &str, len: usize) -> String {
         .find(|w| w.len() == len)
         .unwrap_or_else(|| panic!("no {len}-digit code in the message"))
         .to_owned()
-}
-
-/// Whether a missing external program must fail the test (CI) rather than
-/// skip it (plain `cargo test`).
-pub fn require_services() -> bool {
-    std::env::var("OTPGATE_REQUIRE_SERVICES").is_ok_and(|v| !v.is_empty() && v != "0")
 }
 
 /// The store behind `db`, opened as the server opens it.
@@ -244,6 +155,23 @@ pub async fn inbox_code(
     }
 }
 
+/// `POST /verification/v3/send` of an SMS to `+<cc> <national>`, to be sent.
+pub fn send_request(
+    http: &reqwest::Client,
+    base: &str,
+    token: &str,
+    cc: &str,
+    national: &str,
+) -> reqwest::RequestBuilder {
+    http.post(format!("{base}/verification/v3/send"))
+        .header("authToken", token)
+        .query(&[
+            ("countryCode", cc),
+            ("mobileNumber", national),
+            ("flowType", "SMS"),
+        ])
+}
+
 /// `GET /verification/v3/validateOtp`; the response body.
 pub async fn validate(
     http: &reqwest::Client,
@@ -255,10 +183,6 @@ pub async fn validate(
     http.get(format!("{base}/verification/v3/validateOtp"))
         .header("authToken", token)
         .query(&[("verificationId", id), ("code", code)])
-        .send()
+        .reply_json()
         .await
-        .expect("validate request")
-        .json()
-        .await
-        .expect("validate json")
 }

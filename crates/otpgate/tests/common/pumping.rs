@@ -36,14 +36,7 @@ pub struct Pumped {
 pub const ATTACK_PREFIX: &str = "91987650";
 
 async fn send(http: &reqwest::Client, base: &str, token: &str, national: &str) -> (u16, Value) {
-    match http
-        .post(format!("{base}/verification/v3/send"))
-        .header("authToken", token)
-        .query(&[
-            ("countryCode", "91"),
-            ("mobileNumber", national),
-            ("flowType", "SMS"),
-        ])
+    match super::send_request(http, base, token, "91", national)
         .send()
         .await
     {
