@@ -68,9 +68,24 @@ impl Db {
         text: &str,
         valid_ms: i64,
     ) -> Verification {
+        let req = self.request(country_code, national, text, valid_ms);
+        match self.store.verification_create(req).await.expect("create") {
+            CreateOutcome::Created(v) => v,
+            other => panic!("expected Created, got {other:?}"),
+        }
+    }
+
+    /// The send [`Db::queue`] makes, not yet made.
+    pub fn request(
+        &self,
+        country_code: &str,
+        national: &str,
+        text: &str,
+        valid_ms: i64,
+    ) -> NewVerification {
         let n = self.next_id.fetch_add(1, Ordering::Relaxed);
         let now = self.clock.now_ms();
-        let req = NewVerification {
+        NewVerification {
             id: VerificationId::new(1000 + u64::from(n)).unwrap(),
             customer_id: self.customer.clone(),
             destination: PhoneNumber::parse(country_code, national).expect("a valid number"),
@@ -97,10 +112,6 @@ impl Db {
             prefix: String::new(),
             fraud: otpgate_core::fraud::FraudPolicy::off(),
             kind: otpgate_store::SendKind::Normal,
-        };
-        match self.store.verification_create(req).await.expect("create") {
-            CreateOutcome::Created(v) => v,
-            other => panic!("expected Created, got {other:?}"),
         }
     }
 
