@@ -10,7 +10,6 @@
 //! fallback step after it goes when its delay is up.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use lettre::message::{Mailbox, MultiPart, SinglePart, header::ContentType};
@@ -20,11 +19,9 @@ use lettre::{Address, AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executo
 use otpgate_core::SecretString;
 use serde::{Deserialize, Serialize};
 
-use crate::channel::{Accepted, Channel, ChannelError, Outgoing};
+use crate::channel::{Accepted, ChannelError, Outgoing};
 use crate::gateway::{Health, Liveness, per_request_channel};
-use crate::setup::{
-    ChannelSetup, ConfigError, EnvLookup, StartContext, Starter, expand_env, secret,
-};
+use crate::setup::{ChannelSetup, ConfigError, EnvLookup, Starter, expand_env, secret, start_with};
 
 /// How the SMTP connection is protected.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -65,21 +62,15 @@ pub struct EmailConfig {
     /// The sender, `otp@example.com` or `Example <otp@example.com>`.
     pub from: String,
     /// Connect-and-send timeout; default 10000.
-    #[serde(default = "default_timeout_ms")]
+    #[serde(default = "crate::setup::default_timeout_ms")]
     pub timeout_ms: u64,
-}
-
-fn default_timeout_ms() -> u64 {
-    10_000
 }
 
 // SMTP has no receipts.
 impl ChannelSetup for EmailConfig {
     fn prepare(&self, name: &str, env: EnvLookup<'_>) -> Result<Starter, ConfigError> {
         let settings = prepare(name, self, env)?;
-        Ok(Box::new(move |name: &str, _: &StartContext| {
-            Arc::new(EmailChannel::new(name, settings)) as Arc<dyn Channel>
-        }))
+        Ok(start_with(settings, |name, s| EmailChannel::new(name, s)))
     }
 }
 

@@ -27,18 +27,35 @@ pub trait ChannelSetup {
     /// [`ConfigError`] naming the channel.
     fn prepare(&self, name: &str, env: EnvLookup<'_>) -> Result<Starter, ConfigError>;
 
-    /// How `/receipts/{channel}` must treat a callback for this channel;
-    /// by default there is none to accept ([`ReceiptAuth::NotHttp`]).
+    /// The receipt settings of a channel whose gateway calls
+    /// `/receipts/{channel}` back (declared with `with_receipt_settings!`);
+    /// `None`, the default, for one whose receipts never arrive over HTTP.
+    /// [`ChannelSetup::receipt_auth`] and [`ChannelSetup::warn`] follow them.
+    fn callbacks(&self) -> Option<CallbackAuth<'_>> {
+        None
+    }
+
+    /// How `/receipts/{channel}` must treat a callback for this channel: as
+    /// its [`ChannelSetup::callbacks`] say, or, without them, there is none
+    /// to accept ([`ReceiptAuth::NotHttp`]).
     ///
     /// # Errors
     /// [`ConfigError`] when the receipt token cannot be resolved.
-    fn receipt_auth(&self, _name: &str, _env: EnvLookup<'_>) -> Result<ReceiptAuth, ConfigError> {
-        Ok(ReceiptAuth::NotHttp)
+    fn receipt_auth(&self, name: &str, env: EnvLookup<'_>) -> Result<ReceiptAuth, ConfigError> {
+        match self.callbacks() {
+            Some(c) => c.receipt_auth(name, env),
+            None => Ok(ReceiptAuth::NotHttp),
+        }
     }
 
     /// Logs, at start, what about this configuration an operator should
-    /// know (a channel whose receipts anyone could forge, or none can pass).
-    fn warn(&self, _name: &str) {}
+    /// know (a channel whose receipts anyone could forge, or none can pass);
+    /// by default what its [`ChannelSetup::callbacks`] call for.
+    fn warn(&self, name: &str) {
+        if let Some(c) = self.callbacks() {
+            c.warn(name);
+        }
+    }
 
     /// Whether starting it needs a tokio runtime (background sessions).
     fn needs_runtime(&self) -> bool {
@@ -48,6 +65,22 @@ pub trait ChannelSetup {
 
 /// Starts one prepared channel under its name.
 pub type Starter = Box<dyn FnOnce(&str, &StartContext) -> Arc<dyn Channel>>;
+
+/// The [`Starter`] of a channel that needs nothing but its prepared
+/// `settings` (every per-request channel).
+pub(crate) fn start_with<S, C>(settings: S, new: impl FnOnce(&str, S) -> C + 'static) -> Starter
+where
+    S: 'static,
+    C: Channel + 'static,
+{
+    Box::new(move |name: &str, _: &StartContext| Arc::new(new(name, settings)) as Arc<dyn Channel>)
+}
+
+/// The default `timeout_ms` of the per-request channels (HTTP, WhatsApp,
+/// voice, e-mail).
+pub(crate) fn default_timeout_ms() -> u64 {
+    10_000
+}
 
 /// What starting a channel may use beyond its own settings.
 pub struct StartContext {
@@ -78,10 +111,67 @@ pub enum ReceiptAuth {
     Token(SecretString),
 }
 
+/// Declares a channel's config struct (`pub struct Name { own fields }`,
+/// with its attributes) followed by the receipt settings HTTP and voice
+/// channels share (`receipt_url`, `receipt_token`, `receipt_token_env`,
+/// `receipts_unauthenticated`), and `callback_auth()`, their
+/// [`CallbackAuth`]. A macro because the table must keep
+/// `deny_unknown_fields`, which `serde(flatten)` does not work with.
+macro_rules! with_receipt_settings {
+    ($(#[$attr:meta])* pub struct $name:ident { $($fields:tt)* }) => {
+        $(#[$attr])*
+        pub struct $name {
+            $($fields)*
+            /// Public base URL of this otpgate (e.g. `https://otp.example.com`);
+            /// when set, the channel asks its gateway to report delivery to
+            /// `{receipt_url}/receipts/{channel}` (Kannel `dlr-url`, Twilio
+            /// `StatusCallback`), with `token=…` when `receipt_token` is set.
+            #[serde(default)]
+            pub receipt_url: Option<String>,
+            /// A shared secret every delivery callback for this channel must carry
+            /// as its `token` parameter; `/receipts/{channel}` answers 401 to one
+            /// without it. Prefer `receipt_token_env`. The presets and the voice
+            /// channel put it into the callback URL they hand the gateway; for a
+            /// generic HTTP channel, put `token=…` into the callback URL you give
+            /// your gateway. Without a token the channel's callbacks are refused,
+            /// unless `receipts_unauthenticated` opts out (then anyone who can
+            /// reach the endpoint can mark this channel's messages undeliverable,
+            /// failing and refunding them, and otpgate warns about it at start).
+            /// A URL-safe value (`openssl rand -hex 32`) is easiest to paste into
+            /// gateway consoles; any other is percent-encoded where otpgate
+            /// builds the URL.
+            #[serde(default)]
+            pub receipt_token: Option<::otpgate_core::SecretString>,
+            /// Name of the environment variable holding `receipt_token`.
+            #[serde(default)]
+            pub receipt_token_env: Option<String>,
+            /// Accept this channel's delivery callbacks without a token. Off by
+            /// default: a channel without `receipt_token` then has its callbacks
+            /// refused (401), since anyone who can reach `/receipts/{channel}` could
+            /// otherwise mark its messages undeliverable. For gateways that cannot
+            /// carry a token, behind a firewall that only lets the gateway through.
+            #[serde(default)]
+            pub receipts_unauthenticated: bool,
+        }
+
+        impl $name {
+            fn callback_auth(&self) -> $crate::setup::CallbackAuth<'_> {
+                $crate::setup::CallbackAuth {
+                    token: self.receipt_token.as_ref(),
+                    token_env: self.receipt_token_env.as_deref(),
+                    unauthenticated: self.receipts_unauthenticated,
+                    asks_for_callbacks: self.receipt_url.is_some(),
+                }
+            }
+        }
+    };
+}
+pub(crate) use with_receipt_settings;
+
 /// The receipt settings HTTP and voice channels share (`receipt_token`,
 /// `receipt_token_env`, `receipts_unauthenticated`, `receipt_url`).
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct CallbackAuth<'a> {
+pub struct CallbackAuth<'a> {
     pub token: Option<&'a SecretString>,
     pub token_env: Option<&'a str>,
     pub unauthenticated: bool,

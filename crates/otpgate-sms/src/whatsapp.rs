@@ -29,20 +29,16 @@
 //! and [`parse_webhook`] reads `entry[].changes[].value.statuses[]`.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
-use std::time::Duration;
 
 use hmac::{Hmac, KeyInit, Mac};
 use otpgate_core::{DeliveryStatus, SecretString};
 use serde::Deserialize;
 use sha2::Sha256;
 
-use crate::channel::{Accepted, Channel, ChannelError, Outgoing};
-use crate::gateway::{Health, Liveness, per_request_channel, refused, request_failed};
+use crate::channel::{Accepted, ChannelError, Outgoing};
+use crate::gateway::{Health, Liveness, http_client, per_request_channel, refused, request_failed};
 use crate::receipt::Receipt;
-use crate::setup::{
-    ChannelSetup, ConfigError, EnvLookup, StartContext, Starter, expand_env, secret,
-};
+use crate::setup::{ChannelSetup, ConfigError, EnvLookup, Starter, expand_env, secret, start_with};
 
 /// `type = "whatsapp"`: the WhatsApp Business Cloud API.
 #[derive(Debug, Clone, Deserialize)]
@@ -85,7 +81,7 @@ pub struct WhatsappConfig {
     #[serde(default)]
     pub verify_token_env: Option<String>,
     /// Whole-request timeout; default 10000.
-    #[serde(default = "default_timeout_ms")]
+    #[serde(default = "crate::setup::default_timeout_ms")]
     pub timeout_ms: u64,
 }
 
@@ -95,15 +91,12 @@ fn default_version() -> String {
 fn default_language() -> String {
     "en_US".into()
 }
-fn default_timeout_ms() -> u64 {
-    10_000
-}
 
 impl ChannelSetup for WhatsappConfig {
     fn prepare(&self, name: &str, env: EnvLookup<'_>) -> Result<Starter, ConfigError> {
         let settings = prepare(name, self, env)?;
-        Ok(Box::new(move |name: &str, _: &StartContext| {
-            Arc::new(WhatsappChannel::new(name, settings)) as Arc<dyn Channel>
+        Ok(start_with(settings, |name, s| {
+            WhatsappChannel::new(name, s)
         }))
     }
 
@@ -193,11 +186,7 @@ pub fn prepare(
         c.api_version
     );
     reqwest::Url::parse(&endpoint).map_err(|e| bad(&format!("url: {e}")))?;
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_millis(c.timeout_ms.max(1)))
-        .connect_timeout(Duration::from_millis(c.timeout_ms.clamp(1, 10_000)))
-        .build()
-        .map_err(|e| bad(&format!("HTTP client: {e}")))?;
+    let client = http_client(name, c.timeout_ms)?;
     Ok(WhatsappSettings {
         client,
         endpoint,
@@ -226,18 +215,11 @@ pub fn webhook_secrets(
     c: &WhatsappConfig,
     env: EnvLookup<'_>,
 ) -> Result<WebhookSecrets, ConfigError> {
-    let app_secret = secret(
-        name,
-        c.app_secret.as_ref(),
-        c.app_secret_env.as_deref(),
-        env,
-    )?;
-    let verify_token = secret(
-        name,
-        c.verify_token.as_ref(),
-        c.verify_token_env.as_deref(),
-        env,
-    )?;
+    let resolve = |inline: &Option<SecretString>, var: &Option<String>| {
+        secret(name, inline.as_ref(), var.as_deref(), env)
+    };
+    let app_secret = resolve(&c.app_secret, &c.app_secret_env)?;
+    let verify_token = resolve(&c.verify_token, &c.verify_token_env)?;
     if app_secret.as_ref().is_some_and(SecretString::is_empty)
         || verify_token.as_ref().is_some_and(SecretString::is_empty)
     {
