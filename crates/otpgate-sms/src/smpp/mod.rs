@@ -702,35 +702,26 @@ mod tests {
 
     #[test]
     fn status_classes() {
-        assert!(matches!(
-            classify(status::ESME_RTHROTTLED),
-            ChannelError::Transient(_)
-        ));
-        assert!(matches!(
-            classify(status::ESME_RMSGQFUL),
-            ChannelError::Transient(_)
-        ));
-        assert!(matches!(
-            classify(status::ESME_RINVDSTADR),
-            ChannelError::Permanent(_)
-        ));
-        assert!(matches!(
-            classify(status::ESME_RINVSRCADR),
-            ChannelError::Permanent(_)
-        ));
-        assert!(matches!(
-            classify(status::ESME_RINVMSGLEN),
-            ChannelError::Permanent(_)
-        ));
-        assert!(matches!(
-            classify(status::ESME_RSYSERR),
-            ChannelError::Transient(_)
-        ));
-        assert!(matches!(
-            classify(status::ESME_RINVBNDSTS),
-            ChannelError::Unavailable(_)
-        ));
-        assert!(matches!(classify(0x0400), ChannelError::Transient(_)));
+        let transient = ChannelError::Transient(String::new());
+        let permanent = ChannelError::Permanent(String::new());
+        let unavailable = ChannelError::Unavailable(String::new());
+        for (code, class) in [
+            (status::ESME_RTHROTTLED, &transient),
+            (status::ESME_RMSGQFUL, &transient),
+            (status::ESME_RINVDSTADR, &permanent),
+            (status::ESME_RINVSRCADR, &permanent),
+            (status::ESME_RINVMSGLEN, &permanent),
+            (status::ESME_RSYSERR, &transient),
+            (status::ESME_RINVBNDSTS, &unavailable),
+            (0x0400, &transient),
+        ] {
+            let got = classify(code);
+            assert_eq!(
+                std::mem::discriminant(&got),
+                std::mem::discriminant(class),
+                "status {code:#x}: {got:?}"
+            );
+        }
     }
 
     #[tokio::test]
