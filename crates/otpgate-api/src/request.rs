@@ -105,13 +105,16 @@ pub trait WireRequest: Default + Clone {
 
 /// Declares a request type: each field, an `Option<String>`, beside the
 /// [`param`] it travels as, and from that one list its
-/// [`WireRequest::fields`], in the order written (the contract's).
+/// [`WireRequest::fields`], in the order written (the contract's). With a
+/// `debug:` list, its `Debug` shows those fields only (the rest may be the
+/// end user's or a secret).
 macro_rules! wire_request {
     (
         $(#[$attr:meta])*
         pub struct $name:ident {
             $($(#[$doc:meta])* $field:ident: $param:ident,)*
         }
+        $(debug: $($shown:ident),+;)?
     ) => {
         $(#[$attr])*
         pub struct $name {
@@ -123,6 +126,16 @@ macro_rules! wire_request {
                 vec![$((param::$param, &mut self.$field),)*]
             }
         }
+
+        $(
+            impl fmt::Debug for $name {
+                fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                    f.debug_struct(stringify!($name))
+                        $(.field(stringify!($shown), &self.$shown))+
+                        .finish_non_exhaustive()
+                }
+            }
+        )?
     };
 }
 
@@ -157,20 +170,8 @@ wire_request! {
         /// When present, must be the token's account.
         customer_id: CUSTOMER_ID,
     }
-}
-
-impl fmt::Debug for SendRequest {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // Numbers and addresses are the end user's: not in debug output.
-        f.debug_struct("SendRequest")
-            .field("country_code", &self.country_code)
-            .field("flow_type", &self.flow_type)
-            .field("otp_length", &self.otp_length)
-            .field("timeout", &self.timeout)
-            .field("lang_id", &self.lang_id)
-            .field("customer_id", &self.customer_id)
-            .finish_non_exhaustive()
-    }
+    // Numbers and addresses are the end user's: not in debug output.
+    debug: country_code, flow_type, otp_length, timeout, lang_id, customer_id;
 }
 
 wire_request! {
@@ -183,16 +184,8 @@ wire_request! {
         /// When present, must be the token's account.
         customer_id: CUSTOMER_ID,
     }
-}
-
-impl fmt::Debug for ValidateRequest {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // The code is a secret until used: never in debug output.
-        f.debug_struct("ValidateRequest")
-            .field("verification_id", &self.verification_id)
-            .field("customer_id", &self.customer_id)
-            .finish_non_exhaustive()
-    }
+    // The code is a secret until used: never in debug output.
+    debug: verification_id, customer_id;
 }
 
 #[cfg(test)]
