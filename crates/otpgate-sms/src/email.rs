@@ -16,12 +16,13 @@ use lettre::message::{Mailbox, MultiPart, SinglePart, header::ContentType};
 use lettre::transport::smtp::authentication::Credentials;
 use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
 use lettre::{Address, AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
-use otpgate_core::SecretString;
 use serde::{Deserialize, Serialize};
 
 use crate::channel::{Accepted, ChannelError, Outgoing};
 use crate::gateway::{Health, Liveness, per_request_channel};
-use crate::setup::{ChannelSetup, ConfigError, EnvLookup, Starter, expand_env, secret, start_with};
+use crate::setup::{
+    ChannelSetup, ConfigError, EnvLookup, Starter, channel_config, expand_env, secret, start_with,
+};
 
 /// How the SMTP connection is protected.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -37,33 +38,34 @@ pub enum SmtpSecurity {
     None,
 }
 
-/// `type = "email"`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct EmailConfig {
-    /// SMTP server host name.
-    pub host: String,
-    /// Default by `security`: 587, 465 or 25.
-    #[serde(default)]
-    pub port: Option<u16>,
-    #[serde(default)]
-    pub security: SmtpSecurity,
-    /// A PEM file with an extra CA certificate to trust.
-    #[serde(default)]
-    pub tls_ca_file: Option<PathBuf>,
-    /// SMTP AUTH user; none means no authentication.
-    #[serde(default)]
-    pub username: Option<String>,
-    /// Prefer `password_env`.
-    #[serde(default)]
-    pub password: Option<SecretString>,
-    #[serde(default)]
-    pub password_env: Option<String>,
-    /// The sender, `otp@example.com` or `Example <otp@example.com>`.
-    pub from: String,
-    /// Connect-and-send timeout; default 10000.
-    #[serde(default = "crate::setup::default_timeout_ms")]
-    pub timeout_ms: u64,
+channel_config! {
+    /// `type = "email"`.
+    #[derive(Debug, Clone, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct EmailConfig {
+        /// SMTP server host name.
+        pub host: String,
+        /// Default by `security`: 587, 465 or 25.
+        #[serde(default)]
+        pub port: Option<u16>,
+        #[serde(default)]
+        pub security: SmtpSecurity,
+        /// A PEM file with an extra CA certificate to trust.
+        #[serde(default)]
+        pub tls_ca_file: Option<PathBuf>,
+        /// SMTP AUTH user; none means no authentication.
+        #[serde(default)]
+        pub username: Option<String>,
+        /// The sender, `otp@example.com` or `Example <otp@example.com>`.
+        pub from: String,
+        /// Connect-and-send timeout; default 10000.
+        #[serde(default = "crate::setup::default_timeout_ms")]
+        pub timeout_ms: u64,
+    }
+    secrets {
+        /// The SMTP AUTH password.
+        password / password_env,
+    }
 }
 
 // SMTP has no receipts.

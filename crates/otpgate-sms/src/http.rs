@@ -29,8 +29,8 @@ use tracing::debug;
 use crate::channel::{Accepted, Channel, ChannelError, ChannelHealth, Outgoing};
 use crate::gateway::{Health, Liveness, http_client, refused, request_failed};
 use crate::setup::{
-    CallbackAuth, ChannelSetup, ConfigError, EnvLookup, Starter, expand_env, secret, start_with,
-    with_receipt_settings,
+    CallbackAuth, ChannelSetup, ConfigError, EnvLookup, Starter, channel_config, expand_env,
+    secret, start_with,
 };
 use crate::smpp::coding;
 
@@ -74,7 +74,7 @@ pub enum HttpPreset {
     Twilio,
 }
 
-with_receipt_settings! {
+channel_config! {
     /// `type = "http"`: an HTTP SMS API.
     ///
     /// Values of `url`, `headers`, `query`, `fields` and `json_template` may hold
@@ -143,23 +143,20 @@ with_receipt_settings! {
         /// Kannel: `username` of the sendsms user.
         #[serde(default)]
         pub username: Option<String>,
-        /// Kannel: the sendsms user's password (prefer `password_env`).
-        #[serde(default)]
-        pub password: Option<SecretString>,
-        #[serde(default)]
-        pub password_env: Option<String>,
         /// Kannel: `dlr-mask`; default 19 (delivered, undelivered, SMSC reject).
         #[serde(default)]
         pub dlr_mask: Option<u8>,
         /// Twilio: the account SID (`AC…`).
         #[serde(default)]
         pub account_sid: Option<String>,
-        /// Twilio: the auth token (prefer `auth_token_env`).
-        #[serde(default)]
-        pub auth_token: Option<SecretString>,
-        #[serde(default)]
-        pub auth_token_env: Option<String>,
     }
+    secrets {
+        /// Kannel: the sendsms user's password.
+        password / password_env,
+        /// Twilio: the auth token.
+        auth_token / auth_token_env,
+    }
+    with receipts
 }
 
 impl ChannelSetup for HttpConfig {

@@ -28,7 +28,7 @@ pub trait ChannelSetup {
     fn prepare(&self, name: &str, env: EnvLookup<'_>) -> Result<Starter, ConfigError>;
 
     /// The receipt settings of a channel whose gateway calls
-    /// `/receipts/{channel}` back (declared with `with_receipt_settings!`);
+    /// `/receipts/{channel}` back (declared `with receipts` by `channel_config!`);
     /// `None`, the default, for one whose receipts never arrive over HTTP.
     /// [`ChannelSetup::receipt_auth`] and [`ChannelSetup::warn`] follow them.
     fn callbacks(&self) -> Option<CallbackAuth<'_>> {
@@ -111,47 +111,55 @@ pub enum ReceiptAuth {
     Token(SecretString),
 }
 
-/// Declares a channel's config struct (`pub struct Name { own fields }`,
-/// with its attributes) followed by the receipt settings HTTP and voice
-/// channels share (`receipt_url`, `receipt_token`, `receipt_token_env`,
-/// `receipts_unauthenticated`), and `callback_auth()`, their
-/// [`CallbackAuth`]. A macro because the table must keep
+/// Declares a channel's config struct: its attributes and own fields as
+/// written, then each of its `secrets { name / name_env, }` as the two
+/// settings every secret has (given inline, or by the name of an
+/// environment variable, which wins; both resolved by [`secret`]), and,
+/// after `with receipts`, the receipt settings HTTP and voice channels share
+/// (`receipt_url`, `receipt_token`/`receipt_token_env`,
+/// `receipts_unauthenticated`) with `callback_auth()`, their
+/// [`CallbackAuth`]. A macro because every channel table keeps
 /// `deny_unknown_fields`, which `serde(flatten)` does not work with.
-macro_rules! with_receipt_settings {
-    ($(#[$attr:meta])* pub struct $name:ident { $($fields:tt)* }) => {
-        $(#[$attr])*
-        pub struct $name {
-            $($fields)*
-            /// Public base URL of this otpgate (e.g. `https://otp.example.com`);
-            /// when set, the channel asks its gateway to report delivery to
-            /// `{receipt_url}/receipts/{channel}` (Kannel `dlr-url`, Twilio
-            /// `StatusCallback`), with `token=…` when `receipt_token` is set.
-            #[serde(default)]
-            pub receipt_url: Option<String>,
-            /// A shared secret every delivery callback for this channel must carry
-            /// as its `token` parameter; `/receipts/{channel}` answers 401 to one
-            /// without it. Prefer `receipt_token_env`. The presets and the voice
-            /// channel put it into the callback URL they hand the gateway; for a
-            /// generic HTTP channel, put `token=…` into the callback URL you give
-            /// your gateway. Without a token the channel's callbacks are refused,
-            /// unless `receipts_unauthenticated` opts out (then anyone who can
-            /// reach the endpoint can mark this channel's messages undeliverable,
-            /// failing and refunding them, and otpgate warns about it at start).
-            /// A URL-safe value (`openssl rand -hex 32`) is easiest to paste into
-            /// gateway consoles; any other is percent-encoded where otpgate
-            /// builds the URL.
-            #[serde(default)]
-            pub receipt_token: Option<::otpgate_core::SecretString>,
-            /// Name of the environment variable holding `receipt_token`.
-            #[serde(default)]
-            pub receipt_token_env: Option<String>,
-            /// Accept this channel's delivery callbacks without a token. Off by
-            /// default: a channel without `receipt_token` then has its callbacks
-            /// refused (401), since anyone who can reach `/receipts/{channel}` could
-            /// otherwise mark its messages undeliverable. For gateways that cannot
-            /// carry a token, behind a firewall that only lets the gateway through.
-            #[serde(default)]
-            pub receipts_unauthenticated: bool,
+macro_rules! channel_config {
+    (
+        $(#[$attr:meta])*
+        pub struct $name:ident { $($fields:tt)* }
+        secrets { $($(#[$doc:meta])* $secret:ident / $secret_env:ident,)* }
+        with receipts
+    ) => {
+        $crate::setup::channel_config! {
+            $(#[$attr])*
+            pub struct $name {
+                $($fields)*
+                /// Public base URL of this otpgate (e.g. `https://otp.example.com`);
+                /// when set, the channel asks its gateway to report delivery to
+                /// `{receipt_url}/receipts/{channel}` (Kannel `dlr-url`, Twilio
+                /// `StatusCallback`), with `token=…` when `receipt_token` is set.
+                #[serde(default)]
+                pub receipt_url: Option<String>,
+                /// Accept this channel's delivery callbacks without a token. Off by
+                /// default: a channel without `receipt_token` then has its callbacks
+                /// refused (401), since anyone who can reach `/receipts/{channel}` could
+                /// otherwise mark its messages undeliverable. For gateways that cannot
+                /// carry a token, behind a firewall that only lets the gateway through.
+                #[serde(default)]
+                pub receipts_unauthenticated: bool,
+            }
+            secrets {
+                $($(#[$doc])* $secret / $secret_env,)*
+                /// A shared secret every delivery callback for this channel must carry
+                /// as its `token` parameter; `/receipts/{channel}` answers 401 to one
+                /// without it. The presets and the voice channel put it into the
+                /// callback URL they hand the gateway; for a generic HTTP channel, put
+                /// `token=…` into the callback URL you give your gateway. Without a
+                /// token the channel's callbacks are refused, unless
+                /// `receipts_unauthenticated` opts out (then anyone who can reach the
+                /// endpoint can mark this channel's messages undeliverable, failing and
+                /// refunding them, and otpgate warns about it at start). A URL-safe
+                /// value (`openssl rand -hex 32`) is easiest to paste into gateway
+                /// consoles; any other is percent-encoded where otpgate builds the URL.
+                receipt_token / receipt_token_env,
+            }
         }
 
         impl $name {
@@ -165,8 +173,31 @@ macro_rules! with_receipt_settings {
             }
         }
     };
+    (
+        $(#[$attr:meta])*
+        pub struct $name:ident { $($fields:tt)* }
+        secrets { $($(#[$doc:meta])* $secret:ident / $secret_env:ident,)* }
+    ) => {
+        $(#[$attr])*
+        pub struct $name {
+            $($fields)*
+            $(
+                $(#[$doc])*
+                #[doc = concat!("Prefer `", stringify!($secret_env), "`.")]
+                #[serde(default)]
+                pub $secret: Option<::otpgate_core::SecretString>,
+                #[doc = concat!(
+                    "The name of the environment variable holding `",
+                    stringify!($secret),
+                    "` (it wins when both are set).",
+                )]
+                #[serde(default)]
+                pub $secret_env: Option<String>,
+            )*
+        }
+    };
 }
-pub(crate) use with_receipt_settings;
+pub(crate) use channel_config;
 
 /// The receipt settings HTTP and voice channels share (`receipt_token`,
 /// `receipt_token_env`, `receipts_unauthenticated`, `receipt_url`).

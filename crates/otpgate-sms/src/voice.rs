@@ -30,8 +30,8 @@ use serde::Deserialize;
 use crate::channel::{Accepted, ChannelError, Outgoing};
 use crate::gateway::{Health, Liveness, http_client, per_request_channel, refused, request_failed};
 use crate::setup::{
-    CallbackAuth, ChannelSetup, ConfigError, EnvLookup, Starter, expand_env, secret, start_with,
-    with_receipt_settings,
+    CallbackAuth, ChannelSetup, ConfigError, EnvLookup, Starter, channel_config, expand_env,
+    secret, start_with,
 };
 
 /// The voice APIs otpgate knows.
@@ -42,7 +42,7 @@ pub enum VoicePreset {
     Twilio,
 }
 
-with_receipt_settings! {
+channel_config! {
     /// `type = "voice"`.
     #[derive(Debug, Clone, Deserialize)]
     #[serde(deny_unknown_fields)]
@@ -52,10 +52,6 @@ with_receipt_settings! {
         #[serde(default)]
         pub url: Option<String>,
         pub account_sid: String,
-        #[serde(default)]
-        pub auth_token: Option<SecretString>,
-        #[serde(default)]
-        pub auth_token_env: Option<String>,
         /// The calling number (E.164).
         pub from: String,
         /// How many times the text is said; default 3 (1 to 5).
@@ -75,6 +71,11 @@ with_receipt_settings! {
         #[serde(default = "crate::setup::default_timeout_ms")]
         pub timeout_ms: u64,
     }
+    secrets {
+        /// The account's auth token.
+        auth_token / auth_token_env,
+    }
+    with receipts
 }
 
 fn default_repeat() -> u8 {

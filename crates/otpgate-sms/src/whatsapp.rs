@@ -38,51 +38,47 @@ use sha2::Sha256;
 use crate::channel::{Accepted, ChannelError, Outgoing};
 use crate::gateway::{Health, Liveness, http_client, per_request_channel, refused, request_failed};
 use crate::receipt::Receipt;
-use crate::setup::{ChannelSetup, ConfigError, EnvLookup, Starter, expand_env, secret, start_with};
+use crate::setup::{
+    ChannelSetup, ConfigError, EnvLookup, Starter, channel_config, expand_env, secret, start_with,
+};
 
-/// `type = "whatsapp"`: the WhatsApp Business Cloud API.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct WhatsappConfig {
-    /// The Graph API base URL; default `https://graph.facebook.com`.
-    #[serde(default)]
-    pub url: Option<String>,
-    /// Graph API version in the path; default `v21.0`.
-    #[serde(default = "default_version")]
-    pub api_version: String,
-    /// The sending number's id (WhatsApp Manager → API setup).
-    pub phone_number_id: String,
-    /// A system user's access token. Prefer `access_token_env`.
-    #[serde(default)]
-    pub access_token: Option<SecretString>,
-    #[serde(default)]
-    pub access_token_env: Option<String>,
-    /// The approved authentication template's name.
-    pub template: String,
-    /// The template language used when `languages` has none for the
-    /// request's `langId`; default `en_US`.
-    #[serde(default = "default_language")]
-    pub language: String,
-    /// `langId` → template language (`fr = "fr"`, `pt = "pt_BR"`).
-    #[serde(default)]
-    pub languages: BTreeMap<String, String>,
-    /// The Meta app's secret, which signs the status webhook. Without it the
-    /// webhook refuses every call (statuses can then not mark messages
-    /// delivered, so a fallback always goes after its delay). Prefer
-    /// `app_secret_env`.
-    #[serde(default)]
-    pub app_secret: Option<SecretString>,
-    #[serde(default)]
-    pub app_secret_env: Option<String>,
-    /// The token Meta echoes when the webhook is registered
-    /// (`GET …?hub.mode=subscribe&hub.verify_token=…&hub.challenge=…`).
-    #[serde(default)]
-    pub verify_token: Option<SecretString>,
-    #[serde(default)]
-    pub verify_token_env: Option<String>,
-    /// Whole-request timeout; default 10000.
-    #[serde(default = "crate::setup::default_timeout_ms")]
-    pub timeout_ms: u64,
+channel_config! {
+    /// `type = "whatsapp"`: the WhatsApp Business Cloud API.
+    #[derive(Debug, Clone, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct WhatsappConfig {
+        /// The Graph API base URL; default `https://graph.facebook.com`.
+        #[serde(default)]
+        pub url: Option<String>,
+        /// Graph API version in the path; default `v21.0`.
+        #[serde(default = "default_version")]
+        pub api_version: String,
+        /// The sending number's id (WhatsApp Manager → API setup).
+        pub phone_number_id: String,
+        /// The approved authentication template's name.
+        pub template: String,
+        /// The template language used when `languages` has none for the
+        /// request's `langId`; default `en_US`.
+        #[serde(default = "default_language")]
+        pub language: String,
+        /// `langId` → template language (`fr = "fr"`, `pt = "pt_BR"`).
+        #[serde(default)]
+        pub languages: BTreeMap<String, String>,
+        /// Whole-request timeout; default 10000.
+        #[serde(default = "crate::setup::default_timeout_ms")]
+        pub timeout_ms: u64,
+    }
+    secrets {
+        /// A system user's access token.
+        access_token / access_token_env,
+        /// The Meta app's secret, which signs the status webhook. Without it the
+        /// webhook refuses every call (statuses can then not mark messages
+        /// delivered, so a fallback always goes after its delay).
+        app_secret / app_secret_env,
+        /// The token Meta echoes when the webhook is registered
+        /// (`GET …?hub.mode=subscribe&hub.verify_token=…&hub.challenge=…`).
+        verify_token / verify_token_env,
+    }
 }
 
 fn default_version() -> String {
