@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use crate::channel::{Accepted, ChannelError, Outgoing};
 use crate::gateway::{Health, Liveness, per_request_channel};
 use crate::setup::{
-    ChannelSetup, ConfigError, EnvLookup, Starter, channel_config, expand_env, secret, start_with,
+    ChannelSetup, ConfigError, EnvLookup, Starter, channel_config, expand_env, start_with,
 };
 
 /// How the SMTP connection is protected.
@@ -149,7 +149,7 @@ pub fn prepare(
         SmtpSecurity::Tls => 465,
         SmtpSecurity::None => 25,
     });
-    let password = secret(name, c.password.as_ref(), c.password_env.as_deref(), env)?;
+    let password = c.password().resolve(name, env)?;
     if c.security == SmtpSecurity::None && c.username.is_some() {
         return Err(bad(
             "security = \"none\" would send the SMTP password in the clear".into(),

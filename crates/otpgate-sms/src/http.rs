@@ -262,7 +262,9 @@ pub fn prepare(
                 .username
                 .as_deref()
                 .ok_or_else(|| bad("the kannel preset needs username".into()))?;
-            let pass = secret(name, c.password.as_ref(), c.password_env.as_deref(), env)?
+            let pass = c
+                .password()
+                .resolve(name, env)?
                 .ok_or_else(|| bad("the kannel preset needs password or password_env".into()))?;
             query.push(("username".into(), expand(user)?));
             query.push(("password".into(), pass.expose().to_owned()));
@@ -312,13 +314,9 @@ pub fn prepare(
             if sid.is_empty() || !sid.bytes().all(|b| b.is_ascii_alphanumeric()) {
                 return Err(bad("account_sid must be letters and digits".into()));
             }
-            let token = secret(
-                name,
-                c.auth_token.as_ref(),
-                c.auth_token_env.as_deref(),
-                env,
-            )?
-            .ok_or_else(|| bad("the twilio preset needs auth_token or auth_token_env".into()))?;
+            let token = c.auth_token().resolve(name, env)?.ok_or_else(|| {
+                bad("the twilio preset needs auth_token or auth_token_env".into())
+            })?;
             if c.from.is_none() {
                 return Err(bad(
                     "the twilio preset needs from (a number or a Messaging Service SID)".into(),

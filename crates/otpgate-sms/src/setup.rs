@@ -165,8 +165,7 @@ macro_rules! channel_config {
         impl $name {
             fn callback_auth(&self) -> $crate::setup::CallbackAuth<'_> {
                 $crate::setup::CallbackAuth {
-                    token: self.receipt_token.as_ref(),
-                    token_env: self.receipt_token_env.as_deref(),
+                    token: self.receipt_token(),
                     unauthenticated: self.receipts_unauthenticated,
                     asks_for_callbacks: self.receipt_url.is_some(),
                 }
@@ -195,6 +194,22 @@ macro_rules! channel_config {
                 pub $secret_env: Option<String>,
             )*
         }
+
+        impl $name {
+            $(
+                #[doc = concat!(
+                    "`", stringify!($secret), "`, given inline or by `",
+                    stringify!($secret_env), "`.",
+                )]
+                pub(crate) fn $secret(&self) -> $crate::setup::SecretSetting<'_> {
+                    $crate::setup::SecretSetting {
+                        setting: stringify!($secret),
+                        inline: self.$secret.as_ref(),
+                        env_name: self.$secret_env.as_deref(),
+                    }
+                }
+            )*
+        }
     };
 }
 pub(crate) use channel_config;
@@ -203,8 +218,7 @@ pub(crate) use channel_config;
 /// `receipt_token_env`, `receipts_unauthenticated`, `receipt_url`).
 #[derive(Debug, Clone, Copy)]
 pub struct CallbackAuth<'a> {
-    pub token: Option<&'a SecretString>,
-    pub token_env: Option<&'a str>,
+    pub token: SecretSetting<'a>,
     pub unauthenticated: bool,
     /// Whether the channel asks its gateway for callbacks.
     pub asks_for_callbacks: bool,
@@ -221,7 +235,7 @@ impl CallbackAuth<'_> {
         name: &str,
         env: EnvLookup<'_>,
     ) -> Result<Option<SecretString>, ConfigError> {
-        let token = secret(name, self.token, self.token_env, env)?;
+        let token = self.token.resolve(name, env)?;
         // An empty token would let `token=` through: refuse it rather than
         // guess whether "no authentication" was meant.
         if token.as_ref().is_some_and(SecretString::is_empty) {
@@ -244,7 +258,7 @@ impl CallbackAuth<'_> {
     }
 
     pub fn warn(&self, name: &str) {
-        if self.token.is_some() || self.token_env.is_some() {
+        if self.token.is_given() {
             return;
         }
         if self.unauthenticated {
@@ -331,6 +345,53 @@ pub(crate) fn expand_env(
     }
     out.push_str(rest);
     Ok(out)
+}
+
+/// One secret setting of a channel's table (declared in `secrets` by
+/// `channel_config!`): given inline, or by the name of an environment
+/// variable.
+#[derive(Debug, Clone, Copy)]
+pub struct SecretSetting<'a> {
+    /// The setting's name (`password`), for errors.
+    pub setting: &'static str,
+    pub inline: Option<&'a SecretString>,
+    pub env_name: Option<&'a str>,
+}
+
+impl SecretSetting<'_> {
+    /// Whether either form is set.
+    pub fn is_given(&self) -> bool {
+        self.inline.is_some() || self.env_name.is_some()
+    }
+
+    /// Its value, if given ([`secret`]).
+    ///
+    /// # Errors
+    /// [`ConfigError::MissingEnv`] when the variable is unset.
+    pub(crate) fn resolve(
+        &self,
+        channel: &str,
+        env: EnvLookup<'_>,
+    ) -> Result<Option<SecretString>, ConfigError> {
+        secret(channel, self.inline, self.env_name, env)
+    }
+
+    /// Its value, which the channel cannot do without.
+    ///
+    /// # Errors
+    /// As [`SecretSetting::resolve`], and [`ConfigError::Invalid`] ("needs
+    /// `setting` or `setting_env`") when it is absent or empty.
+    pub(crate) fn required(
+        &self,
+        channel: &str,
+        env: EnvLookup<'_>,
+    ) -> Result<SecretString, ConfigError> {
+        self.resolve(channel, env)?
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| {
+                ConfigError::invalid(channel, format!("needs {0} or {0}_env", self.setting))
+            })
+    }
 }
 
 /// A secret given inline or by environment variable name (the latter wins

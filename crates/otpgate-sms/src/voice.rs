@@ -31,7 +31,7 @@ use crate::channel::{Accepted, ChannelError, Outgoing};
 use crate::gateway::{Health, Liveness, http_client, per_request_channel, refused, request_failed};
 use crate::setup::{
     CallbackAuth, ChannelSetup, ConfigError, EnvLookup, Starter, channel_config, expand_env,
-    secret, start_with,
+    start_with,
 };
 
 /// The voice APIs otpgate knows.
@@ -134,14 +134,7 @@ pub fn prepare(
     if sid.is_empty() || !sid.bytes().all(|b| b.is_ascii_alphanumeric()) {
         return Err(bad("account_sid must be letters and digits"));
     }
-    let token = secret(
-        name,
-        c.auth_token.as_ref(),
-        c.auth_token_env.as_deref(),
-        env,
-    )?
-    .filter(|t| !t.is_empty())
-    .ok_or_else(|| bad("needs auth_token or auth_token_env"))?;
+    let token = c.auth_token().required(name, env)?;
     if c.from.trim().is_empty() {
         return Err(bad("needs from (the calling number)"));
     }

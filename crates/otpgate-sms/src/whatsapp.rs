@@ -39,7 +39,7 @@ use crate::channel::{Accepted, ChannelError, Outgoing};
 use crate::gateway::{Health, Liveness, http_client, per_request_channel, refused, request_failed};
 use crate::receipt::Receipt;
 use crate::setup::{
-    ChannelSetup, ConfigError, EnvLookup, Starter, channel_config, expand_env, secret, start_with,
+    ChannelSetup, ConfigError, EnvLookup, Starter, channel_config, expand_env, start_with,
 };
 
 channel_config! {
@@ -99,7 +99,7 @@ impl ChannelSetup for WhatsappConfig {
     // Statuses come to `/webhooks/whatsapp/{channel}`, signed with the app
     // secret, not to `/receipts`.
     fn warn(&self, name: &str) {
-        if self.app_secret.is_none() && self.app_secret_env.is_none() {
+        if !self.app_secret().is_given() {
             tracing::warn!(
                 channel = %name,
                 "this WhatsApp channel has no app_secret: its webhook refuses every status, \
@@ -163,14 +163,7 @@ pub fn prepare(
             return Err(bad("template languages look like en_US or fr"));
         }
     }
-    let token = secret(
-        name,
-        c.access_token.as_ref(),
-        c.access_token_env.as_deref(),
-        env,
-    )?
-    .filter(|t| !t.is_empty())
-    .ok_or_else(|| bad("needs access_token or access_token_env"))?;
+    let token = c.access_token().required(name, env)?;
     // The webhook's secrets are resolved per call by the server; resolving
     // them here too refuses a missing variable at start.
     webhook_secrets(name, c, env)?;
@@ -211,11 +204,8 @@ pub fn webhook_secrets(
     c: &WhatsappConfig,
     env: EnvLookup<'_>,
 ) -> Result<WebhookSecrets, ConfigError> {
-    let resolve = |inline: &Option<SecretString>, var: &Option<String>| {
-        secret(name, inline.as_ref(), var.as_deref(), env)
-    };
-    let app_secret = resolve(&c.app_secret, &c.app_secret_env)?;
-    let verify_token = resolve(&c.verify_token, &c.verify_token_env)?;
+    let app_secret = c.app_secret().resolve(name, env)?;
+    let verify_token = c.verify_token().resolve(name, env)?;
     if app_secret.as_ref().is_some_and(SecretString::is_empty)
         || verify_token.as_ref().is_some_and(SecretString::is_empty)
     {

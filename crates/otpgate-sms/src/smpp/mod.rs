@@ -35,7 +35,7 @@ use crate::channel::{Accepted, Channel, ChannelError, ChannelHealth, Outgoing};
 pub use config::{BindMode, SmppConfig};
 
 use crate::receipt::ReceiptSink;
-use crate::setup::{ChannelSetup, ConfigError, EnvLookup, StartContext, Starter, secret};
+use crate::setup::{ChannelSetup, ConfigError, EnvLookup, StartContext, Starter};
 use pdu::{Bind, Body, ShortMessage, status};
 use session::{BindKind, DeliverHandler, Session, SessionConfig, SessionError, TlsSettings};
 
@@ -124,8 +124,7 @@ pub fn prepare(
     if c.system_type.len() > 12 {
         return Err(bad("system_type must be at most 12 characters"));
     }
-    let password =
-        secret(name, c.password.as_ref(), c.password_env.as_deref(), env)?.unwrap_or_default();
+    let password = c.password().resolve(name, env)?.unwrap_or_default();
     if password.expose().len() > 8 {
         return Err(bad(
             "password must be at most 8 characters (SMPP 3.4 §4.1.1)",
