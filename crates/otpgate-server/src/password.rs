@@ -4,6 +4,8 @@
 //! throttles on failed attempts are in [`crate::limits`].
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::RecvTimeoutError;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -59,6 +61,8 @@ pub struct Hasher {
     jobs: std::sync::mpsc::SyncSender<Job>,
     running: usize,
     max_wait: Duration,
+    /// Hashing threads holding their Argon2 memory right now.
+    holding: Arc<AtomicUsize>,
 }
 
 /// The hasher is full: answer 503 with `Retry-After: 1`.
@@ -76,11 +80,26 @@ struct Job {
 /// A job's work: given the thread's memory, or `None` to give up.
 type Work = Box<dyn FnOnce(Option<&mut [Block]>) + Send>;
 
+/// How long a hashing thread keeps its Argon2 memory without a hash to run.
+const IDLE: Duration = Duration::from_secs(2);
+
 /// Argon2's working memory for the default parameters (19 MiB), allocated
-/// once per hashing thread and reused: allocating it per hash let the
-/// allocator keep freed copies in several arenas.
+/// by each hashing thread at its first hash and reused while it stays busy:
+/// allocating it per hash let the allocator keep freed copies in several
+/// arenas.
+///
+/// Reserved larger than glibc's largest mmap threshold (32 MiB on 64-bit),
+/// so that the allocation is always a mapping of its own, which freeing
+/// returns to the OS. At 19 MiB glibc serves it from an arena, and keeps it
+/// there after the free, once an earlier free has raised its threshold past
+/// 19 MiB. Only the blocks a hash uses are ever touched, so only they are
+/// resident.
 fn hash_memory() -> Vec<Block> {
-    vec![Block::new(); Params::DEFAULT.block_count()]
+    const RESERVE_BYTES: usize = 33 << 20;
+    let blocks = Params::DEFAULT.block_count();
+    let mut mem = Vec::with_capacity((RESERVE_BYTES / std::mem::size_of::<Block>()).max(blocks));
+    mem.resize(blocks, Block::new());
+    mem
 }
 
 /// Checks `password` against a PHC string in `mem` (or, for parameters
@@ -155,25 +174,40 @@ impl Hasher {
         // while it runs.
         let (tx, rx) = std::sync::mpsc::sync_channel::<Job>(queued);
         let rx = Arc::new(Mutex::new(rx));
+        let holding = Arc::new(AtomicUsize::new(0));
         for i in 0..running {
             let rx = rx.clone();
+            let held = holding.clone();
             std::thread::Builder::new()
                 .name(format!("otpgate-hash-{i}"))
                 .spawn(move || {
-                    // Allocated at the first hash, then kept.
+                    // Allocated at the first hash, kept while hashes keep
+                    // coming, given back after `IDLE` without one (19 MiB
+                    // is most of an idle server's memory).
                     let mut mem: Vec<Block> = Vec::new();
                     loop {
                         let job = {
                             let rx = rx.lock().unwrap_or_else(|p| p.into_inner());
-                            rx.recv()
+                            rx.recv_timeout(IDLE)
                         };
-                        // All senders gone: the server is gone.
-                        let Ok(job) = job else { return };
+                        let job = match job {
+                            Ok(job) => job,
+                            Err(RecvTimeoutError::Timeout) => {
+                                if !mem.is_empty() {
+                                    mem = Vec::new();
+                                    held.fetch_sub(1, Ordering::Relaxed);
+                                }
+                                continue;
+                            }
+                            // All senders gone: the server is gone.
+                            Err(RecvTimeoutError::Disconnected) => return,
+                        };
                         // Waited too long: the caller has been told it is
                         // busy, or is about to be; do not spend the hash.
                         let fresh = job.queued_at.elapsed() < max_wait;
                         if fresh && mem.is_empty() {
                             mem = hash_memory();
+                            held.fetch_add(1, Ordering::Relaxed);
                         }
                         (job.work)(fresh.then_some(mem.as_mut_slice()));
                     }
@@ -184,7 +218,14 @@ impl Hasher {
             jobs: tx,
             running,
             max_wait,
+            holding,
         }
+    }
+
+    /// Hashing threads holding Argon2 memory now (each gives it back after
+    /// two seconds without a hash).
+    pub fn holding_memory(&self) -> usize {
+        self.holding.load(Ordering::Relaxed)
     }
 
     /// The default for `auth.max_concurrent_hashes`: one per core but one
@@ -321,6 +362,28 @@ mod tests {
         .unwrap()
         .to_string();
         assert!(h.verify(&strong, b"pw").await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn an_idle_hashing_thread_gives_its_memory_back() {
+        let h = Hasher::new(2, 4, Duration::from_secs(5));
+        assert_eq!(h.holding_memory(), 0, "nothing is allocated before a hash");
+        let phc = h.hash("a password").await.unwrap().unwrap();
+        assert_eq!(h.holding_memory(), 1);
+        // Busy, the memory is kept from one hash to the next.
+        for _ in 0..3 {
+            tokio::time::sleep(IDLE / 4).await;
+            assert!(h.verify(&phc, b"a password").await.unwrap());
+            assert!(h.holding_memory() >= 1);
+        }
+        let deadline = std::time::Instant::now() + IDLE * 3;
+        while h.holding_memory() > 0 {
+            assert!(std::time::Instant::now() < deadline, "still held");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // And taken again for the next hash.
+        assert!(h.verify(&phc, b"a password").await.unwrap());
+        assert_eq!(h.holding_memory(), 1);
     }
 
     #[tokio::test]
