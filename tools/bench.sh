@@ -99,6 +99,10 @@ for backend in sqlite postgres; do
     bench -c "$C" -d "$D" --phases send >/dev/null
     wait "$PERF_PID" || true
   fi
+  # Idle means idle: the measured run reads the server's idle RSS first,
+  # 3 s after the warm-up's last request (a hashing thread gives its Argon2
+  # memory back after 2 s without a check).
+  sleep 3
   echo
   bench -c "$C" -u "$U" -d "$D" --label "$backend" --json "$OUT/latest.json"
   kill "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null || true
