@@ -10,10 +10,13 @@
 
 use std::ops::Deref;
 
+use otpgate_core::CustomerId;
 use otpgate_store::postgres::{self, PgOptions, PostgresStore};
 use otpgate_store::sqlite::{self, SqliteStore};
 use otpgate_store::{Store, StoreResult};
 use otpgate_testkit::{TempPostgres, TestkitError};
+
+use crate::helpers::{account, cid};
 
 /// Turns each listed `async fn name(db: TestDb)` of the calling module into
 /// two tests, `sqlite::name` and `postgres::name`, each with a fresh
@@ -113,6 +116,29 @@ impl TestDb {
     /// When it cannot be opened; [`TestDb::try_open`] returns the error.
     pub async fn open(&self) -> Node {
         self.try_open().await.expect("open the test database")
+    }
+
+    /// Opens a handle, as [`TestDb::open`], holding account `cid(1)` with
+    /// these balances (see [`account`](crate::helpers::account)).
+    pub async fn open_with_account(&self, credits: i64, test_credits: i64) -> (Node, CustomerId) {
+        let store = self.open().await;
+        let c = cid(1);
+        account(&store, &c, credits, test_credits).await;
+        (store, c)
+    }
+
+    /// `n` nodes, as [`TestDb::nodes`], and account `cid(1)` with these
+    /// balances, made through the first.
+    pub async fn nodes_with_account(
+        &self,
+        n: usize,
+        credits: i64,
+        test_credits: i64,
+    ) -> (Vec<Node>, CustomerId) {
+        let nodes = self.nodes(n).await;
+        let c = cid(1);
+        account(&nodes[0], &c, credits, test_credits).await;
+        (nodes, c)
     }
 
     /// Opens another handle on this database.

@@ -1,9 +1,14 @@
 //! Records the tests make and read: ids, numbers, accounts, sends.
 
+use std::sync::Arc;
+
 use otpgate_core::{CodeHash, CustomerId, PhoneNumber, VerificationId};
 use otpgate_store::{
     CreateOutcome, NewAccount, NewVerification, OutboxMessage, SendLimits, Store, Verification,
 };
+use tokio::sync::Barrier;
+
+use crate::fixture::Node;
 
 /// What the helpers make records through: a concrete store, or a test
 /// database's [`Node`](crate::fixture::Node).
@@ -94,6 +99,57 @@ pub async fn created(store: &impl AsStore, req: NewVerification) -> Verification
         CreateOutcome::Created(v) => v,
         other => panic!("expected Created, got {other:?}"),
     }
+}
+
+/// Verification `id` of `customer`, which must exist.
+pub async fn verification(
+    store: &impl AsStore,
+    customer: &CustomerId,
+    id: VerificationId,
+) -> Verification {
+    store
+        .as_store()
+        .verification_get(customer, id)
+        .await
+        .unwrap()
+        .unwrap_or_else(|| panic!("{customer:?} has no verification {}", id.get()))
+}
+
+/// Whether `customer` can read a verification `id`.
+pub async fn has_verification(
+    store: &impl AsStore,
+    customer: &CustomerId,
+    id: VerificationId,
+) -> bool {
+    store
+        .as_store()
+        .verification_get(customer, id)
+        .await
+        .unwrap()
+        .is_some()
+}
+
+/// Runs `task(node, i)` for every `i` in `0..n`, task `i` on node
+/// `i % nodes.len()`, each in its own tokio task and all released together
+/// by one barrier, so the races between nodes are real. Their results, in
+/// the order of `i`.
+pub async fn at_once<T, F, Fut>(nodes: &[Node], n: usize, task: F) -> Vec<T>
+where
+    F: Fn(Node, usize) -> Fut,
+    Fut: Future<Output = T> + Send + 'static,
+    T: Send + 'static,
+{
+    let barrier = Arc::new(Barrier::new(n));
+    let tasks: Vec<_> = (0..n)
+        .map(|i| {
+            let (barrier, work) = (barrier.clone(), task(nodes[i % nodes.len()].clone(), i));
+            tokio::spawn(async move {
+                barrier.wait().await;
+                work.await
+            })
+        })
+        .collect();
+    futures::future::try_join_all(tasks).await.unwrap()
 }
 
 /// Paid and test credits of `id`.

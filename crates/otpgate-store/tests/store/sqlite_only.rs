@@ -212,12 +212,7 @@ async fn a_failing_or_refused_send_in_a_batch_leaves_no_trace_and_spares_the_oth
         "the colliding send left a row"
     );
     assert_eq!(
-        store
-            .verification_get(&c, vid(42))
-            .await
-            .unwrap()
-            .unwrap()
-            .destination,
+        verification(&store, &c, vid(42)).await.destination,
         phone(2),
         "the id's first owner is untouched"
     );
@@ -478,13 +473,7 @@ async fn a_schema_2_file_is_backfilled_into_the_daily_counts() {
         .unwrap();
     let counts: Vec<_> = stats.iter().map(|d| (d.sends, d.completed)).collect();
     assert_eq!(counts, [(2, 1), (1, 1)]);
-    assert!(
-        store
-            .verification_get(&cid(1), vid(2))
-            .await
-            .unwrap()
-            .is_some()
-    );
+    assert!(has_verification(&store, &cid(1), vid(2)).await);
 }
 
 /// Retention deletes numbers from the file itself, not only from view:
