@@ -25,6 +25,33 @@ impl<S: Store> AsStore for S {
 pub const T0: i64 = 1_764_100_000_000;
 pub const DAY: i64 = 86_400_000;
 
+/// The start of `T0`'s UTC day.
+pub const DAY0: i64 = T0 - T0.rem_euclid(DAY);
+
+/// Account 1's verifications in a database an earlier build made before the
+/// daily counts, as (id, created at, state): two on `DAY0`, one of them
+/// completed, and one completed the day after.
+pub const BEFORE_DAILY_COUNTS: [(i64, i64, &str); 3] = [
+    (1, DAY0 + 1, "completed"),
+    (2, DAY0 + 2, "pending"),
+    (3, DAY0 + DAY + 3, "completed"),
+];
+
+/// Asserts that account 1's daily counts came back from the rows of
+/// [`BEFORE_DAILY_COUNTS`], and that those rows are all still there.
+pub async fn assert_backfilled_daily_counts(store: &impl AsStore) {
+    let stats = store
+        .as_store()
+        .daily_stats(&cid(1), DAY0, DAY0 + 2 * DAY)
+        .await
+        .unwrap();
+    let counts: Vec<_> = stats.iter().map(|d| (d.sends, d.completed)).collect();
+    assert_eq!(counts, [(2, 1), (1, 1)]);
+    for (id, _, _) in BEFORE_DAILY_COUNTS {
+        assert!(has_verification(store, &cid(1), vid(id.try_into().unwrap())).await);
+    }
+}
+
 pub fn cid(n: u64) -> CustomerId {
     CustomerId::parse(&format!("C-{n:015X}")).unwrap()
 }

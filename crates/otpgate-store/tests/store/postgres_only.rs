@@ -17,7 +17,7 @@ use otpgate_store::{CreateOutcome, StoreError};
 use otpgate_testkit::TempPostgres;
 use sqlx::Connection;
 
-use crate::fixture::{TestDb, skip_or_fail};
+use crate::fixture::{TestDb, pg_at_schema, skip_or_fail};
 use crate::helpers::*;
 
 const TEN_S: Duration = Duration::from_secs(10);
@@ -253,16 +253,9 @@ async fn a_schema_1_database_keeps_its_outbox_rows_as_first_steps() {
     let Some(db) = TestDb::postgres(test).await else {
         return;
     };
-    let mut conn = sqlx::PgConnection::connect(db.url()).await.unwrap();
-    sqlx::raw_sql(include_str!("../../migrations/postgres/0001_init.sql"))
-        .execute(&mut conn)
-        .await
-        .unwrap();
+    let mut conn = pg_at_schema(db.url(), 1).await;
     sqlx::raw_sql(
-        "create table schema_version (version bigint primary key, name text not null,
-                                      created_at bigint not null);
-         insert into schema_version values (1, 'init', 0);
-         insert into accounts (customer_id, password_hash, credits, test_credits, created_at)
+        "insert into accounts (customer_id, password_hash, credits, test_credits, created_at)
              values ('C-000000000000001', 'x', 5, 0, 1);
          insert into verifications (id, customer_id, country_code, national, destination,
              flow_type, code_hash, otp_length, state, wrong_attempts, max_attempts, created_at,
@@ -309,27 +302,15 @@ async fn a_schema_1_database_is_backfilled_into_the_daily_counts() {
     };
     {
         // The schema and rows as the earlier build left them.
-        let mut conn = sqlx::PgConnection::connect(db.url()).await.unwrap();
-        sqlx::raw_sql(include_str!("../../migrations/postgres/0001_init.sql"))
-            .execute(&mut conn)
-            .await
-            .unwrap();
+        let mut conn = pg_at_schema(db.url(), 1).await;
         sqlx::raw_sql(
-            "create table schema_version (version bigint primary key, name text not null,
-                                          created_at bigint not null);
-             insert into schema_version values (1, 'init', 0);
-             insert into accounts (customer_id, password_hash, credits, test_credits, created_at)
+            "insert into accounts (customer_id, password_hash, credits, test_credits, created_at)
                   values ('C-000000000000001', 'x', 10, 0, 0);",
         )
         .execute(&mut conn)
         .await
         .unwrap();
-        let day0 = T0 - T0.rem_euclid(DAY);
-        for (id, at, state) in [
-            (1i64, day0 + 1, "completed"),
-            (2, day0 + 2, "pending"),
-            (3, day0 + DAY + 3, "completed"),
-        ] {
+        for (id, at, state) in BEFORE_DAILY_COUNTS {
             sqlx::query(
                 "insert into verifications (id, customer_id, country_code, national, destination,
                      flow_type, code_hash, otp_length, state, max_attempts, created_at,
@@ -348,13 +329,5 @@ async fn a_schema_1_database_is_backfilled_into_the_daily_counts() {
     }
     let store = db.open().await;
     assert_eq!(store.schema_version().await, SCHEMA_VERSION);
-    let day0 = T0 - T0.rem_euclid(DAY);
-    let stats = store
-        .daily_stats(&cid(1), day0, day0 + 2 * DAY)
-        .await
-        .unwrap();
-    let counts: Vec<_> = stats.iter().map(|d| (d.sends, d.completed)).collect();
-    assert_eq!(counts, [(2, 1), (1, 1)]);
-    // The old rows are all still there.
-    assert!(has_verification(&store, &cid(1), vid(2)).await);
+    assert_backfilled_daily_counts(&store).await;
 }

@@ -8,13 +8,24 @@ use otpgate_store::prelude::*;
 use otpgate_store::sqlite::{MAX_BATCH, SqliteStore, WriteStats};
 use otpgate_store::{CreateOutcome, StoreError, VerificationFilter};
 
-use crate::fixture::TempDir;
+use crate::fixture::{TempDir, sqlite_at_schema};
 use crate::helpers::*;
 
 async fn open(path: &Path) -> SqliteStore {
     SqliteStore::open_path(path)
         .await
         .expect("open a fresh database")
+}
+
+/// Opens the file at `path`, which an earlier build made: it must migrate
+/// to this build's schema.
+async fn open_migrated(path: &Path) -> SqliteStore {
+    let store = open(path).await;
+    assert_eq!(
+        store.schema_version().await.unwrap(),
+        otpgate_store::sqlite::SCHEMA_VERSION
+    );
+    store
 }
 
 // ---- opening ---------------------------------------------------------------------------
@@ -313,46 +324,10 @@ async fn a_send_whose_caller_gave_up_before_it_began_is_not_written() {
 
 #[tokio::test]
 async fn a_database_made_at_schema_2_migrates_and_keeps_its_data() {
-    use sqlx::migrate::{Migration, MigrationType, Migrator};
-    use sqlx::{SqlSafeStr, sqlite::SqliteConnectOptions};
     let dir = TempDir::new("store");
     // The schema as the build before the fraud defence left it: its two
     // migrations, recorded as sqlx records them, and a verification.
-    let old = [
-        (
-            1,
-            "init",
-            include_str!("../../migrations/sqlite/0001_init.sql"),
-        ),
-        (
-            2,
-            "outbox failed index",
-            include_str!("../../migrations/sqlite/0002_outbox_failed_index.sql"),
-        ),
-    ];
-    let pool = sqlx::SqlitePool::connect_with(
-        SqliteConnectOptions::new()
-            .filename(dir.db())
-            .create_if_missing(true),
-    )
-    .await
-    .unwrap();
-    Migrator::with_migrations(
-        old.iter()
-            .map(|&(v, d, sql)| {
-                Migration::new(
-                    v,
-                    d.into(),
-                    MigrationType::Simple,
-                    sql.into_sql_str(),
-                    false,
-                )
-            })
-            .collect(),
-    )
-    .run(&pool)
-    .await
-    .unwrap();
+    let pool = sqlite_at_schema(&dir.db(), 2).await;
     sqlx::query(
         "insert into accounts (customer_id, password_hash, credits, test_credits, created_at)
          values (?1, 'x', 7, 0, ?2)",
@@ -377,11 +352,7 @@ async fn a_database_made_at_schema_2_migrates_and_keeps_its_data() {
     .unwrap();
     pool.close().await;
 
-    let store = open(&dir.db()).await;
-    assert_eq!(
-        store.schema_version().await.unwrap(),
-        otpgate_store::sqlite::SCHEMA_VERSION
-    );
+    let store = open_migrated(&dir.db()).await;
     let v = store.verification_get(&cid(1), vid(42)).await.unwrap();
     assert_eq!(v.map(|v| v.cost), Some(1), "the old verification is kept");
     assert_eq!(balance(&store, &cid(1)).await, (7, 0));
@@ -395,43 +366,10 @@ async fn a_database_made_at_schema_2_migrates_and_keeps_its_data() {
 /// migrates, and its dashboard counts come back from the backfill.
 #[tokio::test]
 async fn a_schema_2_file_is_backfilled_into_the_daily_counts() {
-    use sqlx::SqlSafeStr;
-    use sqlx::migrate::{Migration, MigrationType, Migrator};
     let dir = TempDir::new("store");
     {
         // Migrated as the earlier build did (sqlx's migrator, same SQL).
-        let opts = sqlx::sqlite::SqliteConnectOptions::new()
-            .filename(dir.db())
-            .create_if_missing(true);
-        let pool = sqlx::SqlitePool::connect_with(opts).await.unwrap();
-        let old = [
-            (
-                1,
-                "init",
-                include_str!("../../migrations/sqlite/0001_init.sql"),
-            ),
-            (
-                2,
-                "outbox failed index",
-                include_str!("../../migrations/sqlite/0002_outbox_failed_index.sql"),
-            ),
-        ];
-        let migrations = old
-            .iter()
-            .map(|&(v, d, sql)| {
-                Migration::new(
-                    v,
-                    d.into(),
-                    MigrationType::Simple,
-                    sql.into_sql_str(),
-                    false,
-                )
-            })
-            .collect();
-        Migrator::with_migrations(migrations)
-            .run(&pool)
-            .await
-            .unwrap();
+        let pool = sqlite_at_schema(&dir.db(), 2).await;
         sqlx::query(
             "insert into accounts (customer_id, password_hash, credits, test_credits, created_at)
              values ('C-000000000000001', 'x', 10, 0, 0)",
@@ -439,12 +377,7 @@ async fn a_schema_2_file_is_backfilled_into_the_daily_counts() {
         .execute(&pool)
         .await
         .unwrap();
-        let day0 = T0 - T0.rem_euclid(DAY);
-        for (id, at, state) in [
-            (1i64, day0 + 1, "completed"),
-            (2, day0 + 2, "pending"),
-            (3, day0 + DAY + 3, "completed"),
-        ] {
+        for (id, at, state) in BEFORE_DAILY_COUNTS {
             sqlx::query(
                 "insert into verifications (id, customer_id, country_code, national, destination,
                      flow_type, code_hash, otp_length, state, max_attempts, created_at,
@@ -461,19 +394,8 @@ async fn a_schema_2_file_is_backfilled_into_the_daily_counts() {
         }
         pool.close().await;
     }
-    let store = open(&dir.db()).await;
-    assert_eq!(
-        store.schema_version().await.unwrap(),
-        otpgate_store::sqlite::SCHEMA_VERSION
-    );
-    let day0 = T0 - T0.rem_euclid(DAY);
-    let stats = store
-        .daily_stats(&cid(1), day0, day0 + 2 * DAY)
-        .await
-        .unwrap();
-    let counts: Vec<_> = stats.iter().map(|d| (d.sends, d.completed)).collect();
-    assert_eq!(counts, [(2, 1), (1, 1)]);
-    assert!(has_verification(&store, &cid(1), vid(2)).await);
+    let store = open_migrated(&dir.db()).await;
+    assert_backfilled_daily_counts(&store).await;
 }
 
 /// Retention deletes numbers from the file itself, not only from view:
