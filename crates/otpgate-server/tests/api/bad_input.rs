@@ -244,12 +244,7 @@ async fn a_table_of_bad_inputs_gets_only_4xx_with_a_reason() {
         assert!(body.get("data").is_none(), "{}: {text}", c.name);
     }
     // Nothing above created a verification or charged anything.
-    let a = app
-        .store
-        .account_get(&app.account.customer_id)
-        .await
-        .unwrap()
-        .unwrap();
+    let a = app.account_now().await;
     assert_eq!(a.test_credits, app.settings.accounts.test_credits);
     assert!(
         app.store

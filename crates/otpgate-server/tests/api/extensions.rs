@@ -41,8 +41,7 @@ async fn status_follows_a_verification_from_pending_to_completed_on_both_version
     let t = app.token().await;
     for (i, v) in BOTH.into_iter().enumerate() {
         let national = format!("987650000{i}");
-        let id = app.send_ok(v, &t, &national).await;
-        let code = app.code_for(&id).await;
+        let (id, code) = app.sent_code(v, &t, &national).await;
         // Delivered to the inbox: the worker has recorded it as sent.
         let mut r = status(&app, v, &t, &id).await;
         for _ in 0..200 {
@@ -86,8 +85,7 @@ async fn status_follows_a_verification_from_pending_to_completed_on_both_version
         assert_eq!(app.validate(v, &t, &id, &code).await.code(), 703);
     }
     // Blocked and expired, as validate would answer them (800, then 705).
-    let id = app.send_ok(Version::V3, &t, "9876500009").await;
-    let code = app.code_for(&id).await;
+    let (id, code) = app.sent_code(Version::V3, &t, "9876500009").await;
     for _ in 0..5 {
         let r = app
             .validate(Version::V3, &t, &id, &TestApp::wrong(&code))

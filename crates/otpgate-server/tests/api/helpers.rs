@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use otpgate_core::{Clock, ManualClock, SystemClock};
+use otpgate_core::{Clock, CustomerId, ManualClock, SystemClock};
 use otpgate_server::Settings;
 use otpgate_store::{Account, Store};
 use otpgate_testkit::{TempPostgres, skip_or_fail};
@@ -88,6 +88,17 @@ impl Version {
     }
 }
 
+impl Version {
+    /// `v2` on version 2, `v3` on version 3: what a test sends where it
+    /// needs one value per version (a number of its own, say).
+    pub fn pick<T>(self, v2: T, v3: T) -> T {
+        match self {
+            Version::V2 => v2,
+            Version::V3 => v3,
+        }
+    }
+}
+
 pub const BOTH: [Version; 2] = [Version::V2, Version::V3];
 
 pub struct TestApp {
@@ -103,6 +114,13 @@ pub struct TestApp {
 
 pub async fn spawn_app() -> TestApp {
     spawn_app_with(test_settings()).await
+}
+
+/// With the test settings as `tune` changes them.
+pub async fn spawn_app_tuned(tune: impl FnOnce(&mut Settings)) -> TestApp {
+    let mut s = test_settings();
+    tune(&mut s);
+    spawn_app_with(s).await
 }
 
 pub async fn spawn_app_with(settings: Settings) -> TestApp {
@@ -188,10 +206,7 @@ impl TestApp {
 
     pub async fn token_for(&self, account: &Account) -> String {
         let r = self
-            .token_request(&[
-                ("customerId", account.customer_id.as_str()),
-                ("key", &STANDARD.encode(PASSWORD)),
-            ])
+            .token_with(account.customer_id.as_str(), PASSWORD)
             .await;
         assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
         r.body["token"].as_str().expect("token").to_owned()
@@ -199,6 +214,43 @@ impl TestApp {
 
     pub async fn token(&self) -> String {
         self.token_for(&self.account).await
+    }
+
+    /// A token request for `customer` with `password` as its key.
+    pub async fn token_with(&self, customer: &str, password: &str) -> Resp {
+        self.token_request(&[
+            ("customerId", customer),
+            ("key", &STANDARD.encode(password)),
+        ])
+        .await
+    }
+
+    /// A token request for the test account with `password` as its key.
+    pub async fn login(&self, password: &str) -> Resp {
+        self.token_with(self.account.customer_id.as_str(), password)
+            .await
+    }
+
+    /// The test account as the store holds it now.
+    pub async fn account_now(&self) -> Account {
+        self.account_of(&self.account.customer_id).await
+    }
+
+    /// Account `id` as the store holds it now; it must exist.
+    pub async fn account_of(&self, id: &CustomerId) -> Account {
+        self.store
+            .account_get(id)
+            .await
+            .unwrap()
+            .expect("the account exists")
+    }
+
+    /// Sends to `+91 <national>` with defaults, which must succeed, and waits
+    /// for its code in the inbox: (verification id, code).
+    pub async fn sent_code(&self, v: Version, token: &str, national: &str) -> (String, String) {
+        let id = self.send_ok(v, token, national).await;
+        let code = self.code_for(&id).await;
+        (id, code)
     }
 
     pub async fn token_request(&self, params: &[(&str, &str)]) -> Resp {

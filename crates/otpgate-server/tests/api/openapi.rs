@@ -126,11 +126,7 @@ async fn every_response_of_a_flow_matches_the_openapi_document() {
                 otpgate_api::paths::STATUS_V3,
             ),
         };
-        let national = if v == Version::V2 {
-            "9876512340"
-        } else {
-            "9876512341"
-        };
+        let national = v.pick("9876512340", "9876512341");
         let q = [
             ("countryCode", "91"),
             ("mobileNumber", national),

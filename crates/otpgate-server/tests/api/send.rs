@@ -96,18 +96,9 @@ async fn a_second_send_while_pending_gets_506_with_the_pending_id_and_costs_noth
     let app = spawn_app().await;
     let t = app.token().await;
     for v in BOTH {
-        let national = if v == Version::V2 {
-            "9876500010"
-        } else {
-            "9876500011"
-        };
+        let national = v.pick("9876500010", "9876500011");
         let id = app.send_ok(v, &t, national).await;
-        let before = app
-            .store
-            .account_get(&app.account.customer_id)
-            .await
-            .unwrap()
-            .unwrap();
+        let before = app.account_now().await;
         app.clock.advance_ms(19_000);
         let r = app.send(v, &t, &refs(&sms(national))).await;
         assert_eq!(r.status, StatusCode::BAD_REQUEST);
@@ -119,12 +110,7 @@ async fn a_second_send_while_pending_gets_506_with_the_pending_id_and_costs_noth
         assert_eq!(d["responseCode"], "506");
         assert_eq!(d["errorMessage"], "REQUEST_ALREADY_EXISTS");
         assert_eq!(d["timeout"], "41");
-        let after = app
-            .store
-            .account_get(&app.account.customer_id)
-            .await
-            .unwrap()
-            .unwrap();
+        let after = app.account_now().await;
         assert_eq!(
             before.test_credits + before.credits,
             after.test_credits + after.credits
@@ -139,8 +125,7 @@ async fn a_second_send_while_pending_gets_506_with_the_pending_id_and_costs_noth
 async fn a_completed_verification_does_not_block_a_new_send() {
     let app = spawn_app().await;
     let t = app.token().await;
-    let id = app.send_ok(Version::V3, &t, "9876500020").await;
-    let code = app.code_for(&id).await;
+    let (id, code) = app.sent_code(Version::V3, &t, "9876500020").await;
     assert_eq!(app.validate(Version::V3, &t, &id, &code).await.code(), 200);
     let again = app.send_ok(Version::V3, &t, "9876500020").await;
     assert_ne!(again, id);
@@ -273,19 +258,9 @@ async fn no_credits_gets_402_and_test_credits_are_spent_first() {
     }
 
     let t = app.token().await;
-    let before = app
-        .store
-        .account_get(&app.account.customer_id)
-        .await
-        .unwrap()
-        .unwrap();
+    let before = app.account_now().await;
     app.send_ok(Version::V3, &t, "9876500062").await;
-    let after = app
-        .store
-        .account_get(&app.account.customer_id)
-        .await
-        .unwrap()
-        .unwrap();
+    let after = app.account_now().await;
     assert_eq!(after.test_credits, before.test_credits - 1);
     assert_eq!(after.credits, before.credits);
 }
@@ -306,12 +281,7 @@ async fn concurrent_sends_never_drive_the_balance_below_zero() {
     let codes = futures::future::join_all(sends).await;
     assert_eq!(codes.iter().filter(|c| **c == 200).count(), 7, "{codes:?}");
     assert_eq!(codes.iter().filter(|c| **c == 402).count(), 23, "{codes:?}");
-    let a = app
-        .store
-        .account_get(&acct.customer_id)
-        .await
-        .unwrap()
-        .unwrap();
+    let a = app.account_of(&acct.customer_id).await;
     assert_eq!(a.credits, 0);
 }
 
@@ -345,9 +315,7 @@ async fn the_per_number_limit_gets_800_with_retry_after() {
 }
 
 async fn the_per_account_rate_limit_gets_800_when_configured() {
-    let mut s = test_settings();
-    s.limits.per_account_per_second = 2;
-    let app = spawn_app_with(s).await;
+    let app = spawn_app_tuned(|s| s.limits.per_account_per_second = 2).await;
     let t = app.token().await;
     app.send_ok(Version::V3, &t, "9876500080").await;
     app.send_ok(Version::V3, &t, "9876500081").await;
@@ -359,15 +327,11 @@ async fn the_per_account_rate_limit_gets_800_when_configured() {
 }
 
 async fn the_inbox_forgets_messages_after_its_retention() {
-    let mut s = test_settings();
-    s.inbox.retention_secs = 10;
-    let app = spawn_app_with(s).await;
+    let app = spawn_app_tuned(|s| s.inbox.retention_secs = 10).await;
     let t = app.token().await;
-    let kept = app.send_ok(Version::V3, &t, "9876500090").await;
-    let _ = app.code_for(&kept).await;
+    let (kept, _) = app.sent_code(Version::V3, &t, "9876500090").await;
     app.clock.advance_ms(5_000);
-    let young = app.send_ok(Version::V3, &t, "9876500091").await;
-    let _ = app.code_for(&young).await;
+    let (young, _) = app.sent_code(Version::V3, &t, "9876500091").await;
     // The first is now past 10 s, the second 5 s old.
     app.clock.advance_ms(6_000);
     let ids = |entries: &[otpgate_store::InboxEntry]| -> Vec<String> {

@@ -11,8 +11,7 @@ async fn right_code_gives_200_with_string_id_on_v2_and_number_on_v3() {
     let t = app.token().await;
     for (i, v) in BOTH.into_iter().enumerate() {
         let national = format!("987650010{i}");
-        let id = app.send_ok(v, &t, &national).await;
-        let code = app.code_for(&id).await;
+        let (id, code) = app.sent_code(v, &t, &national).await;
         let r = app.validate(v, &t, &id, &code).await;
         assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
         assert_eq!(r.body["responseCode"], 200);
@@ -40,8 +39,7 @@ async fn right_code_gives_200_with_string_id_on_v2_and_number_on_v3() {
 async fn post_is_accepted_on_validate() {
     let app = spawn_app().await;
     let t = app.token().await;
-    let id = app.send_ok(Version::V3, &t, "9876500110").await;
-    let code = app.code_for(&id).await;
+    let (id, code) = app.sent_code(Version::V3, &t, "9876500110").await;
     let r = resp(
         app.http
             .post(app.url(Version::V3.validate_path()))
@@ -59,13 +57,8 @@ async fn five_wrong_codes_count_down_then_800_even_for_the_right_code() {
     let app = spawn_app().await;
     let t = app.token().await;
     for v in BOTH {
-        let national = if v == Version::V2 {
-            "9876500120"
-        } else {
-            "9876500121"
-        };
-        let id = app.send_ok(v, &t, national).await;
-        let code = app.code_for(&id).await;
+        let national = v.pick("9876500120", "9876500121");
+        let (id, code) = app.sent_code(v, &t, national).await;
         let wrong = TestApp::wrong(&code);
         for left in (0..5).rev() {
             let r = app.validate(v, &t, &id, &wrong).await;
@@ -91,13 +84,8 @@ async fn an_expired_code_gets_705_and_a_wrong_code_never_extends_validity() {
     let app = spawn_app().await;
     let t = app.token().await;
     for v in BOTH {
-        let national = if v == Version::V2 {
-            "9876500130"
-        } else {
-            "9876500131"
-        };
-        let id = app.send_ok(v, &t, national).await;
-        let code = app.code_for(&id).await;
+        let national = v.pick("9876500130", "9876500131");
+        let (id, code) = app.sent_code(v, &t, national).await;
         app.clock.advance_ms(59_000);
         assert_eq!(
             app.validate(v, &t, &id, &TestApp::wrong(&code))
@@ -146,21 +134,12 @@ async fn a_failed_delivery_gets_700_and_refunds_the_charge() {
     let app = spawn_app_routed(test_settings(), Some(std::sync::Arc::new(router))).await;
     let t = app.token().await;
     let balance = || async {
-        let a = app
-            .store
-            .account_get(&app.account.customer_id)
-            .await
-            .unwrap()
-            .unwrap();
+        let a = app.account_now().await;
         a.test_credits + a.credits
     };
     let before = balance().await;
     for v in BOTH {
-        let national = if v == Version::V2 {
-            "9876500150"
-        } else {
-            "9876500151"
-        };
+        let national = v.pick("9876500150", "9876500151");
         let id = app.send_ok(v, &t, national).await;
         let vid = VerificationId::parse(&id).unwrap();
         // The gateway has not answered yet: the send is charged.
@@ -208,8 +187,7 @@ async fn a_failed_delivery_gets_700_and_refunds_the_charge() {
 async fn precedence_completed_beats_expired() {
     let app = spawn_app().await;
     let t = app.token().await;
-    let id = app.send_ok(Version::V3, &t, "9876500160").await;
-    let code = app.code_for(&id).await;
+    let (id, code) = app.sent_code(Version::V3, &t, "9876500160").await;
     assert_eq!(app.validate(Version::V3, &t, &id, &code).await.code(), 200);
     app.clock.advance_ms(3_600_000);
     assert_eq!(app.validate(Version::V3, &t, &id, &code).await.code(), 703);
@@ -218,8 +196,7 @@ async fn precedence_completed_beats_expired() {
 async fn precedence_dead_beats_expired() {
     let app = spawn_app().await;
     let t = app.token().await;
-    let id = app.send_ok(Version::V2, &t, "9876500170").await;
-    let code = app.code_for(&id).await;
+    let (id, code) = app.sent_code(Version::V2, &t, "9876500170").await;
     for _ in 0..5 {
         app.validate(Version::V2, &t, &id, &TestApp::wrong(&code))
             .await;
@@ -231,8 +208,7 @@ async fn precedence_dead_beats_expired() {
 async fn twenty_concurrent_right_codes_give_exactly_one_200() {
     let app = spawn_app().await;
     let t = app.token().await;
-    let id = app.send_ok(Version::V3, &t, "9876500180").await;
-    let code = app.code_for(&id).await;
+    let (id, code) = app.sent_code(Version::V3, &t, "9876500180").await;
     let tries = (0..20).map(|i| {
         let v = if i % 2 == 0 { Version::V2 } else { Version::V3 };
         let (app, t, id, code) = (&app, &t, &id, &code);
@@ -246,8 +222,7 @@ async fn twenty_concurrent_right_codes_give_exactly_one_200() {
 async fn concurrent_wrong_codes_never_exceed_the_attempt_limit() {
     let app = spawn_app().await;
     let t = app.token().await;
-    let id = app.send_ok(Version::V3, &t, "9876500190").await;
-    let code = app.code_for(&id).await;
+    let (id, code) = app.sent_code(Version::V3, &t, "9876500190").await;
     let wrong = TestApp::wrong(&code);
     let tries = (0..20).map(|_| {
         let (app, t, id, wrong) = (&app, &t, &id, &wrong);
@@ -259,12 +234,9 @@ async fn concurrent_wrong_codes_never_exceed_the_attempt_limit() {
 }
 
 async fn the_wrong_code_budget_across_verifications_gets_800() {
-    let mut s = test_settings();
-    s.limits.wrong_code_max = 7;
-    let app = spawn_app_with(s).await;
+    let app = spawn_app_tuned(|s| s.limits.wrong_code_max = 7).await;
     let t = app.token().await;
-    let id = app.send_ok(Version::V3, &t, "9876500200").await;
-    let code = app.code_for(&id).await;
+    let (id, code) = app.sent_code(Version::V3, &t, "9876500200").await;
     for _ in 0..5 {
         assert_eq!(
             app.validate(Version::V3, &t, &id, &TestApp::wrong(&code))
@@ -273,8 +245,7 @@ async fn the_wrong_code_budget_across_verifications_gets_800() {
             702
         );
     }
-    let id = app.send_ok(Version::V3, &t, "9876500200").await;
-    let code = app.code_for(&id).await;
+    let (id, code) = app.sent_code(Version::V3, &t, "9876500200").await;
     for _ in 0..2 {
         assert_eq!(
             app.validate(Version::V3, &t, &id, &TestApp::wrong(&code))

@@ -306,33 +306,23 @@ async fn a_sent_message_loses_its_text_and_receipts_update_its_verification(db: 
     assert!(claim(&store, "w", 10, T0 + 100_000).await.is_empty());
 
     // A receipt finds its message by (channel, gateway id), both.
+    let delivered = |channel, gw, detail, at| {
+        store.outbox_receipt(channel, gw, DeliveryStatus::Delivered, detail, at)
+    };
     assert!(
-        store
-            .outbox_receipt("smpp-b", "gw-77", DeliveryStatus::Delivered, "", T0)
+        delivered("smpp-b", "gw-77", "", T0)
             .await
             .unwrap()
             .is_none()
     );
     assert!(
-        store
-            .outbox_receipt("smpp-a", "gw-78", DeliveryStatus::Delivered, "", T0)
+        delivered("smpp-a", "gw-78", "", T0)
             .await
             .unwrap()
             .is_none()
     );
-    assert!(
-        store
-            .outbox_receipt(
-                "smpp-a",
-                "gw-77",
-                DeliveryStatus::Delivered,
-                "DELIVRD",
-                T0 + 20
-            )
-            .await
-            .unwrap()
-            .is_some()
-    );
+    let found = delivered("smpp-a", "gw-77", "DELIVRD", T0 + 20).await;
+    assert!(found.unwrap().is_some());
     let v = verification(&store, &c, vid(1)).await;
     assert_eq!(v.delivery, DeliveryStatus::Delivered);
     assert_eq!(v.delivery_detail.as_deref(), Some("DELIVRD"));
