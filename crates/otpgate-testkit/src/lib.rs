@@ -1,15 +1,19 @@
 //! Shared support for otpgate's tests, used as a dev-dependency by every
 //! test crate: [`TempDir`], [`free_port`], [`require_services`] and
 //! [`skip_or_fail`], a throwaway PostgreSQL ([`postgres`]), the SMSC
-//! simulator ([`sim`]), child processes that log ([`process`]), JSON
-//! answers ([`http`]) and the channel tables tests configure ([`settings`]).
+//! simulator ([`sim`]), child processes that log ([`process`]), a console
+//! user without a browser ([`console`]), JSON
+//! answers ([`http`]), what Kannel does to a callback URL ([`kannel`]) and
+//! the channel tables tests configure ([`settings`]).
 //!
 //! It depends on no otpgate crate, so any crate's tests can use it without
 //! a dev-dependency cycle; what needs otpgate's own types stays with the
 //! tests of the crate that owns them.
 #![forbid(unsafe_code)]
 
+pub mod console;
 pub mod http;
+pub mod kannel;
 pub mod postgres;
 pub mod process;
 pub mod settings;

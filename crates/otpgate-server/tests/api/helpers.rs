@@ -116,6 +116,13 @@ pub async fn spawn_app() -> TestApp {
     spawn_app_with(test_settings()).await
 }
 
+/// [`spawn_app`] and a token of its test account.
+pub async fn spawn_app_signed_in() -> (TestApp, String) {
+    let app = spawn_app().await;
+    let token = app.token().await;
+    (app, token)
+}
+
 /// With the test settings as `tune` changes them.
 pub async fn spawn_app_tuned(tune: impl FnOnce(&mut Settings)) -> TestApp {
     let mut s = test_settings();
@@ -176,6 +183,16 @@ impl Resp {
     pub fn code(&self) -> i64 {
         self.body["responseCode"].as_i64().unwrap_or(-1)
     }
+
+    /// The reason of an error envelope, or "" when it has none.
+    pub fn error_message(&self) -> &str {
+        self.body["errorMessage"].as_str().unwrap_or_default()
+    }
+}
+
+/// Sends `req` and reads its answer.
+pub async fn call(req: reqwest::RequestBuilder) -> Resp {
+    resp(req.send().await.expect("request")).await
 }
 
 pub async fn resp(r: reqwest::Response) -> Resp {
@@ -216,6 +233,11 @@ impl TestApp {
         self.token_for(&self.account).await
     }
 
+    /// A POST to `path` authenticated with `token`.
+    pub fn post_as(&self, path: &str, token: &str) -> reqwest::RequestBuilder {
+        self.http.post(self.url(path)).header("authToken", token)
+    }
+
     /// A token request for `customer` with `password` as its key.
     pub async fn token_with(&self, customer: &str, password: &str) -> Resp {
         self.token_request(&[
@@ -254,28 +276,20 @@ impl TestApp {
     }
 
     pub async fn token_request(&self, params: &[(&str, &str)]) -> Resp {
-        resp(
+        call(
             self.http
                 .get(self.url(otpgate_api::paths::TOKEN))
-                .query(params)
-                .send()
-                .await
-                .expect("request"),
+                .query(params),
         )
         .await
     }
 
     pub async fn send(&self, v: Version, token: &str, params: &[(&str, &str)]) -> Resp {
-        resp(
-            self.http
-                .post(self.url(v.send_path()))
-                .header("authToken", token)
+        call(
+            self.post_as(v.send_path(), token)
                 .header("content-type", "application/json")
                 .body("{}")
-                .query(params)
-                .send()
-                .await
-                .expect("request"),
+                .query(params),
         )
         .await
     }
@@ -311,14 +325,11 @@ impl TestApp {
     }
 
     pub async fn validate(&self, v: Version, token: &str, id: &str, code: &str) -> Resp {
-        resp(
+        call(
             self.http
                 .get(self.url(v.validate_path()))
                 .header("authToken", token)
-                .query(&[("verificationId", id), ("code", code)])
-                .send()
-                .await
-                .expect("request"),
+                .query(&[("verificationId", id), ("code", code)]),
         )
         .await
     }

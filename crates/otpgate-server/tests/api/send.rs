@@ -18,8 +18,7 @@ fn refs<'a>(p: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
 }
 
 async fn send_returns_the_contracts_shape_on_both_versions() {
-    let app = spawn_app().await;
-    let t = app.token().await;
+    let (app, t) = spawn_app_signed_in().await;
     for (i, v) in BOTH.into_iter().enumerate() {
         let national = format!("987654321{i}");
         let r = app.send(v, &t, &refs(&sms(&national))).await;
@@ -45,8 +44,7 @@ async fn send_returns_the_contracts_shape_on_both_versions() {
 }
 
 async fn otp_length_and_timeout_are_honoured() {
-    let app = spawn_app().await;
-    let t = app.token().await;
+    let (app, t) = spawn_app_signed_in().await;
     let mut p = sms("9876500001");
     p.push(("otpLength", "8".into()));
     p.push(("timeout", "120".into()));
@@ -68,8 +66,7 @@ async fn otp_length_and_timeout_are_honoured() {
 }
 
 async fn out_of_range_length_and_timeout_get_400() {
-    let app = spawn_app().await;
-    let t = app.token().await;
+    let (app, t) = spawn_app_signed_in().await;
     for (k, v) in [
         ("otpLength", "3"),
         ("otpLength", "9"),
@@ -84,17 +81,12 @@ async fn out_of_range_length_and_timeout_get_400() {
         assert_eq!(r.status, StatusCode::BAD_REQUEST, "{k}={v}");
         assert_eq!(r.code(), 400);
         assert!(r.body.get("data").is_none());
-        assert!(
-            r.body["errorMessage"].as_str().unwrap().contains(k),
-            "{:?}",
-            r.body
-        );
+        assert!(r.error_message().contains(k), "{:?}", r.body);
     }
 }
 
 async fn a_second_send_while_pending_gets_506_with_the_pending_id_and_costs_nothing() {
-    let app = spawn_app().await;
-    let t = app.token().await;
+    let (app, t) = spawn_app_signed_in().await;
     for v in BOTH {
         let national = v.pick("9876500010", "9876500011");
         let id = app.send_ok(v, &t, national).await;
@@ -123,8 +115,7 @@ async fn a_second_send_while_pending_gets_506_with_the_pending_id_and_costs_noth
 }
 
 async fn a_completed_verification_does_not_block_a_new_send() {
-    let app = spawn_app().await;
-    let t = app.token().await;
+    let (app, t) = spawn_app_signed_in().await;
     let (id, code) = app.sent_code(Version::V3, &t, "9876500020").await;
     assert_eq!(app.validate(Version::V3, &t, &id, &code).await.code(), 200);
     let again = app.send_ok(Version::V3, &t, "9876500020").await;
@@ -132,8 +123,7 @@ async fn a_completed_verification_does_not_block_a_new_send() {
 }
 
 async fn unknown_dialing_code_gets_511_and_invalid_number_400() {
-    let app = spawn_app().await;
-    let t = app.token().await;
+    let (app, t) = spawn_app_signed_in().await;
     for v in BOTH {
         let r = app.send_to(v, &t, "999", "9876543210").await;
         assert_eq!(r.code(), 511, "{:?}", r.body);
@@ -176,12 +166,7 @@ async fn server_wide_blocked_countries_get_511_and_blocked_prefixes_400() {
     let t = app.token().await;
     let r = app.send_to(Version::V3, &t, "44", "7400123456").await;
     assert_eq!(r.code(), 511, "{:?}", r.body);
-    assert!(
-        r.body["errorMessage"]
-            .as_str()
-            .unwrap()
-            .contains("does not send to that country")
-    );
+    assert!(r.error_message().contains("does not send to that country"));
     let r = app.send(Version::V3, &t, &refs(&sms("9876500031"))).await;
     assert_eq!(
         (r.status, r.code()),
@@ -189,21 +174,13 @@ async fn server_wide_blocked_countries_get_511_and_blocked_prefixes_400() {
         "{:?}",
         r.body
     );
-    assert!(
-        r.body["errorMessage"]
-            .as_str()
-            .unwrap()
-            .contains("+9198765"),
-        "{:?}",
-        r.body
-    );
+    assert!(r.error_message().contains("+9198765"), "{:?}", r.body);
     let r = app.send(Version::V3, &t, &refs(&sms("9812300031"))).await;
     assert_eq!(r.code(), 200, "{:?}", r.body);
 }
 
 async fn flows_without_a_channel_get_400() {
-    let app = spawn_app().await;
-    let t = app.token().await;
+    let (app, t) = spawn_app_signed_in().await;
     for flow in ["WHATSAPP", "RCS", "SAUTH", "PIGEON"] {
         let r = app
             .send(
@@ -217,18 +194,12 @@ async fn flows_without_a_channel_get_400() {
             )
             .await;
         assert_eq!(r.code(), 400, "{flow}");
-        assert!(
-            r.body["errorMessage"]
-                .as_str()
-                .unwrap()
-                .contains("flowType")
-        );
+        assert!(r.error_message().contains("flowType"));
     }
 }
 
 async fn customer_id_other_than_the_tokens_gets_501() {
-    let app = spawn_app().await;
-    let t = app.token().await;
+    let (app, t) = spawn_app_signed_in().await;
     for v in BOTH {
         let mut p = sms("9876500050");
         p.push(("customerId", "C-0000000000000AB".into()));
@@ -286,8 +257,7 @@ async fn concurrent_sends_never_drive_the_balance_below_zero() {
 }
 
 async fn the_per_number_limit_gets_800_with_retry_after() {
-    let app = spawn_app().await;
-    let t = app.token().await;
+    let (app, t) = spawn_app_signed_in().await;
     let max = app.settings.limits.per_number_max;
     for _ in 0..max {
         app.send_ok(Version::V3, &t, "9876500070").await;

@@ -8,8 +8,7 @@ use reqwest::StatusCode;
 use crate::helpers::*;
 
 async fn token_is_an_hs512_jwt_with_sub_iat_exp() {
-    let app = spawn_app().await;
-    let t = app.token().await;
+    let (app, t) = spawn_app_signed_in().await;
     let parts: Vec<&str> = t.split('.').collect();
     assert_eq!(parts.len(), 3);
     let header = URL_SAFE_NO_PAD.decode(parts[0]).unwrap();
@@ -117,13 +116,10 @@ async fn a_distributed_guesser_leaves_the_owners_usual_address_working() {
             cid.clone(),
         );
         async move {
-            resp(
+            call(
                 http.get(url)
                     .query(&[("customerId", cid.as_str()), ("key", &STANDARD.encode(key))])
-                    .header("x-forwarded-for", xff)
-                    .send()
-                    .await
-                    .expect("request"),
+                    .header("x-forwarded-for", xff),
             )
             .await
         }
@@ -151,15 +147,14 @@ async fn a_distributed_guesser_leaves_the_owners_usual_address_working() {
 }
 
 async fn expired_token_gets_401_on_both_versions() {
-    let app = spawn_app().await;
-    let t = app.token().await;
+    let (app, t) = spawn_app_signed_in().await;
     app.clock.advance_ms(7 * 24 * 3600 * 1000 + 1000);
     for v in BOTH {
         let r = app.send_to(v, &t, "91", "9876543210").await;
         assert_eq!(r.status, StatusCode::UNAUTHORIZED);
         assert_eq!(r.code(), 401);
         assert!(r.body.get("data").is_none());
-        assert!(r.body["errorMessage"].as_str().unwrap().contains("expired"));
+        assert!(r.error_message().contains("expired"));
     }
 }
 
@@ -183,8 +178,7 @@ async fn changing_the_password_revokes_earlier_tokens() {
 }
 
 async fn forged_alg_none_and_tampered_tokens_get_401() {
-    let app = spawn_app().await;
-    let t = app.token().await;
+    let (app, t) = spawn_app_signed_in().await;
     let parts: Vec<&str> = t.split('.').collect();
     let none = format!(
         "{}.{}.",
@@ -210,30 +204,23 @@ async fn forged_alg_none_and_tampered_tokens_get_401() {
         assert_eq!(r.code(), 401);
     }
     // No header at all.
-    let r = resp(
+    let r = call(
         app.http
             .get(app.url(Version::V3.validate_path()))
-            .query(&[("verificationId", "1"), ("code", "1234")])
-            .send()
-            .await
-            .unwrap(),
+            .query(&[("verificationId", "1"), ("code", "1234")]),
     )
     .await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
 }
 
 async fn header_name_is_case_insensitive() {
-    let app = spawn_app().await;
-    let t = app.token().await;
+    let (app, t) = spawn_app_signed_in().await;
     for name in ["AuthToken", "authtoken", "AUTHTOKEN"] {
-        let r = resp(
+        let r = call(
             app.http
                 .get(app.url(Version::V3.validate_path()))
                 .header(name, &t)
-                .query(&[("verificationId", "1"), ("code", "1234")])
-                .send()
-                .await
-                .unwrap(),
+                .query(&[("verificationId", "1"), ("code", "1234")]),
         )
         .await;
         assert_eq!(r.code(), 505, "{name}");

@@ -7,8 +7,7 @@ use reqwest::StatusCode;
 use crate::helpers::*;
 
 async fn right_code_gives_200_with_string_id_on_v2_and_number_on_v3() {
-    let app = spawn_app().await;
-    let t = app.token().await;
+    let (app, t) = spawn_app_signed_in().await;
     for (i, v) in BOTH.into_iter().enumerate() {
         let national = format!("987650010{i}");
         let (id, code) = app.sent_code(v, &t, &national).await;
@@ -37,25 +36,18 @@ async fn right_code_gives_200_with_string_id_on_v2_and_number_on_v3() {
 }
 
 async fn post_is_accepted_on_validate() {
-    let app = spawn_app().await;
-    let t = app.token().await;
+    let (app, t) = spawn_app_signed_in().await;
     let (id, code) = app.sent_code(Version::V3, &t, "9876500110").await;
-    let r = resp(
-        app.http
-            .post(app.url(Version::V3.validate_path()))
-            .header("authToken", &t)
-            .form(&[("verificationId", id.as_str()), ("code", code.as_str())])
-            .send()
-            .await
-            .unwrap(),
+    let r = call(
+        app.post_as(Version::V3.validate_path(), &t)
+            .form(&[("verificationId", id.as_str()), ("code", code.as_str())]),
     )
     .await;
     assert_eq!(r.code(), 200, "{:?}", r.body);
 }
 
 async fn five_wrong_codes_count_down_then_800_even_for_the_right_code() {
-    let app = spawn_app().await;
-    let t = app.token().await;
+    let (app, t) = spawn_app_signed_in().await;
     for v in BOTH {
         let national = v.pick("9876500120", "9876500121");
         let (id, code) = app.sent_code(v, &t, national).await;
@@ -81,8 +73,7 @@ async fn five_wrong_codes_count_down_then_800_even_for_the_right_code() {
 }
 
 async fn an_expired_code_gets_705_and_a_wrong_code_never_extends_validity() {
-    let app = spawn_app().await;
-    let t = app.token().await;
+    let (app, t) = spawn_app_signed_in().await;
     for v in BOTH {
         let national = v.pick("9876500130", "9876500131");
         let (id, code) = app.sent_code(v, &t, national).await;
@@ -102,8 +93,7 @@ async fn an_expired_code_gets_705_and_a_wrong_code_never_extends_validity() {
 }
 
 async fn unknown_ids_and_other_accounts_ids_get_the_same_505() {
-    let app = spawn_app().await;
-    let t = app.token().await;
+    let (app, t) = spawn_app_signed_in().await;
     let other = create_account(&app.store, &app.clock, &app.settings, None).await;
     let other_t = app.token_for(&other).await;
     let theirs = app.send_ok(Version::V3, &other_t, "9876500140").await;
@@ -185,8 +175,7 @@ async fn a_failed_delivery_gets_700_and_refunds_the_charge() {
 }
 
 async fn precedence_completed_beats_expired() {
-    let app = spawn_app().await;
-    let t = app.token().await;
+    let (app, t) = spawn_app_signed_in().await;
     let (id, code) = app.sent_code(Version::V3, &t, "9876500160").await;
     assert_eq!(app.validate(Version::V3, &t, &id, &code).await.code(), 200);
     app.clock.advance_ms(3_600_000);
@@ -194,8 +183,7 @@ async fn precedence_completed_beats_expired() {
 }
 
 async fn precedence_dead_beats_expired() {
-    let app = spawn_app().await;
-    let t = app.token().await;
+    let (app, t) = spawn_app_signed_in().await;
     let (id, code) = app.sent_code(Version::V2, &t, "9876500170").await;
     for _ in 0..5 {
         app.validate(Version::V2, &t, &id, &TestApp::wrong(&code))
@@ -206,8 +194,7 @@ async fn precedence_dead_beats_expired() {
 }
 
 async fn twenty_concurrent_right_codes_give_exactly_one_200() {
-    let app = spawn_app().await;
-    let t = app.token().await;
+    let (app, t) = spawn_app_signed_in().await;
     let (id, code) = app.sent_code(Version::V3, &t, "9876500180").await;
     let tries = (0..20).map(|i| {
         let v = if i % 2 == 0 { Version::V2 } else { Version::V3 };
@@ -220,8 +207,7 @@ async fn twenty_concurrent_right_codes_give_exactly_one_200() {
 }
 
 async fn concurrent_wrong_codes_never_exceed_the_attempt_limit() {
-    let app = spawn_app().await;
-    let t = app.token().await;
+    let (app, t) = spawn_app_signed_in().await;
     let (id, code) = app.sent_code(Version::V3, &t, "9876500190").await;
     let wrong = TestApp::wrong(&code);
     let tries = (0..20).map(|_| {
@@ -263,10 +249,9 @@ async fn the_wrong_code_budget_across_verifications_gets_800() {
 }
 
 async fn customer_id_other_than_the_tokens_gets_501_on_validate() {
-    let app = spawn_app().await;
-    let t = app.token().await;
+    let (app, t) = spawn_app_signed_in().await;
     for v in BOTH {
-        let r = resp(
+        let r = call(
             app.http
                 .get(app.url(v.validate_path()))
                 .header("authToken", &t)
@@ -274,10 +259,7 @@ async fn customer_id_other_than_the_tokens_gets_501_on_validate() {
                     ("verificationId", "1"),
                     ("code", "1234"),
                     ("customerId", "C-0000000000000AB"),
-                ])
-                .send()
-                .await
-                .unwrap(),
+                ]),
         )
         .await;
         assert_eq!(r.code(), 501, "{:?}", r.body);

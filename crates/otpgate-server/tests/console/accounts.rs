@@ -11,7 +11,7 @@ use crate::helpers::{
 #[tokio::test]
 async fn sign_up_gives_a_customer_id_test_credits_and_a_session() {
     let app = spawn().await;
-    let mut v = Visitor::new(&app);
+    let mut v = Visitor::new(&app.base);
     let (welcome, id) = v.sign_up("new@example.com", PASSWORD).await;
     let id = CustomerId::parse(&id).expect("a customerId on the welcome page");
     assert_eq!(welcome.text_of("test-credits").as_deref(), Some("100"));
@@ -38,7 +38,7 @@ async fn sign_up_gives_a_customer_id_test_credits_and_a_session() {
 #[tokio::test]
 async fn sign_up_explains_what_is_wrong_and_keeps_what_was_typed() {
     let app = spawn().await;
-    let mut v = Visitor::new(&app);
+    let mut v = Visitor::new(&app.base);
     let csrf = v.get("/console/signup").await.csrf();
     let post = |email: &'static str,
                 pw: &'static str,
@@ -95,7 +95,7 @@ async fn sign_up_explains_what_is_wrong_and_keeps_what_was_typed() {
         }
     }
     v.sign_up("taken@example.com", PASSWORD).await;
-    let mut w = Visitor::new(&app);
+    let mut w = Visitor::new(&app.base);
     let csrf = w.get("/console/signup").await.csrf();
     let r = w
         .post(
@@ -118,7 +118,7 @@ async fn sign_up_can_be_closed_and_is_limited_per_address() {
     let mut s = test_settings();
     s.console.signup = false;
     let app = spawn_with(s).await;
-    let mut v = Visitor::new(&app);
+    let mut v = Visitor::new(&app.base);
     let page = v.get("/console/signup").await;
     assert!(page.body.contains("Sign-up is closed"));
     assert!(!page.body.contains("action=\"/console/signup\""));
@@ -149,11 +149,11 @@ async fn sign_up_can_be_closed_and_is_limited_per_address() {
     s.console.signups_per_hour = 2;
     let app = spawn_with(s).await;
     for n in 0..2 {
-        Visitor::new(&app)
+        Visitor::new(&app.base)
             .sign_up(&format!("u{n}@example.com"), PASSWORD)
             .await;
     }
-    let mut v = Visitor::new(&app);
+    let mut v = Visitor::new(&app.base);
     let csrf = v.get("/console/signup").await.csrf();
     let r = v
         .post(
@@ -173,10 +173,10 @@ async fn sign_up_can_be_closed_and_is_limited_per_address() {
 #[tokio::test]
 async fn changing_the_password_revokes_tokens_and_other_sessions() {
     let app = spawn().await;
-    let mut mine = Visitor::new(&app);
+    let mut mine = Visitor::new(&app.base);
     let (_, id) = mine.sign_up("rotate@example.com", PASSWORD).await;
     // A second session, logged in by customerId (lower case works too).
-    let mut other = Visitor::new(&app);
+    let mut other = Visitor::new(&app.base);
     let r = other.log_in(&id.to_ascii_lowercase(), PASSWORD).await;
     assert_eq!(r.location(), Some("/console/dashboard"));
     let old_token = app.token(&id, PASSWORD).await;
@@ -265,7 +265,7 @@ async fn changing_the_password_revokes_tokens_and_other_sessions() {
 #[tokio::test]
 async fn the_operator_lists_accounts_adds_credits_and_disables_one() {
     let app = spawn().await;
-    let mut user = Visitor::new(&app);
+    let mut user = Visitor::new(&app.base);
     let (_, id) = user.sign_up("customer@example.com", PASSWORD).await;
     let cid = CustomerId::parse(&id).expect("id");
 
@@ -275,7 +275,7 @@ async fn the_operator_lists_accounts_adds_credits_and_disables_one() {
         StatusCode::NOT_FOUND
     );
 
-    let mut ops = Visitor::new(&app);
+    let mut ops = Visitor::new(&app.base);
     assert_eq!(
         ops.log_in(ADMIN_EMAIL, "wrong").await.status,
         StatusCode::UNAUTHORIZED
@@ -408,7 +408,7 @@ async fn without_an_operator_configured_nobody_logs_in_as_one() {
     let mut s = test_settings();
     s.console.admin_password = None;
     let app = spawn_with(s).await;
-    let mut v = Visitor::new(&app);
+    let mut v = Visitor::new(&app.base);
     let r = v.log_in(ADMIN_EMAIL, ADMIN_PASSWORD).await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
     assert_eq!(
@@ -422,7 +422,7 @@ async fn a_server_without_the_console_serves_no_console() {
     let mut s = test_settings();
     s.console.enabled = false;
     let app = spawn_with(s).await;
-    let mut v = Visitor::new(&app);
+    let mut v = Visitor::new(&app.base);
     for path in ["/console", "/console/login", "/console/assets/htmx.min.js"] {
         let r = v.get(path).await;
         assert_eq!(r.status, StatusCode::NOT_FOUND, "{path}");

@@ -313,7 +313,7 @@ async fn assert_inert(b: &Browser, page: &str) {
 async fn injected_script_is_inert(b: &Browser, app: &ConsoleApp) {
     // Sign up with a script for an e-mail (the form's type=email would stop
     // a browser, so the form is posted directly).
-    let mut v = Visitor::new(app);
+    let mut v = Visitor::new(&app.base);
     let (_, id) = v.sign_up(EVIL_EMAIL, PASSWORD).await;
 
     // The server's HTML has it escaped.

@@ -21,7 +21,7 @@ async fn the_log_pages_newest_first_and_filters_by_number_status_and_date() {
     let mut settings = test_settings();
     settings.fraud.guard = false;
     let app = spawn_with(settings).await;
-    let mut v = Visitor::new(&app);
+    let mut v = Visitor::new(&app.base);
     let (_, id) = v.sign_up("log@example.com", PASSWORD).await;
     let token = app.token(&id, PASSWORD).await;
     let mut sent = Vec::new();
@@ -119,7 +119,7 @@ async fn the_log_pages_newest_first_and_filters_by_number_status_and_date() {
 #[tokio::test]
 async fn the_log_filters_by_date_across_days() {
     let app = spawn_with(test_settings()).await;
-    let mut v = Visitor::new(&app);
+    let mut v = Visitor::new(&app.base);
     let (_, id) = v.sign_up("dates@example.com", PASSWORD).await;
     let token = app.token(&id, PASSWORD).await;
     // Three days, two sends a day; each send's date as the console writes it.
@@ -136,7 +136,7 @@ async fn the_log_filters_by_date_across_days() {
         app.clock.advance_ms(86_400_000);
     }
     // The console session has expired over those days: sign in afresh.
-    let mut v = Visitor::new(&app);
+    let mut v = Visitor::new(&app.base);
     v.log_in("dates@example.com", PASSWORD).await;
     let mut days: Vec<String> = sent.iter().map(|(_, d)| d.clone()).collect();
     days.dedup();
@@ -203,7 +203,7 @@ channels = ["wa-inbox"]
     settings.channels = sms.channels;
     settings.routes = sms.routes;
     let app = crate::helpers::spawn_with(settings).await;
-    let mut v = Visitor::new(&app);
+    let mut v = Visitor::new(&app.base);
     let (_, cid) = v.sign_up("steps@example.com", PASSWORD).await;
     let token = app.token(&cid, PASSWORD).await;
     let id = app.send_ok(&token, "91", "9876500001").await;

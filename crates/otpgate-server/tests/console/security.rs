@@ -11,7 +11,7 @@ use otpgate_store::AccountSettings;
 #[tokio::test]
 async fn a_form_posted_without_its_csrf_token_is_refused_with_403() {
     let app = spawn().await;
-    let mut v = Visitor::new(&app);
+    let mut v = Visitor::new(&app.base);
     let (_, id) = v.sign_up("csrf@example.com", PASSWORD).await;
     let fields = [("brand_name", "Evil"), ("allowed_country_codes", "1")];
 
@@ -35,7 +35,7 @@ async fn a_form_posted_without_its_csrf_token_is_refused_with_403() {
     assert_eq!(wrong.status, StatusCode::FORBIDDEN);
 
     // Another session's token is no good here either.
-    let mut other = Visitor::new(&app);
+    let mut other = Visitor::new(&app.base);
     other.sign_up("other@example.com", PASSWORD).await;
     let theirs = other.get("/console/settings").await.csrf();
     let borrowed = v
@@ -77,7 +77,7 @@ async fn a_form_posted_without_its_csrf_token_is_refused_with_403() {
         let r = v.post(path, &fields).await;
         assert_eq!(r.status, StatusCode::FORBIDDEN, "{path}");
     }
-    let mut anon = Visitor::new(&app);
+    let mut anon = Visitor::new(&app.base);
     let _ = anon.get("/console/login").await;
     for (path, fields) in [
         (
@@ -110,9 +110,9 @@ async fn a_form_posted_without_its_csrf_token_is_refused_with_403() {
 #[tokio::test]
 async fn operator_forms_need_the_token_too() {
     let app = spawn().await;
-    let mut user = Visitor::new(&app);
+    let mut user = Visitor::new(&app.base);
     let (_, id) = user.sign_up("victim@example.com", PASSWORD).await;
-    let mut ops = Visitor::new(&app);
+    let mut ops = Visitor::new(&app.base);
     let r = ops
         .log_in(crate::helpers::ADMIN_EMAIL, crate::helpers::ADMIN_PASSWORD)
         .await;
@@ -162,7 +162,7 @@ fn assert_hardened(page: &crate::helpers::Page) {
 #[tokio::test]
 async fn cookies_are_httponly_samesite_strict_and_pages_carry_the_policy() {
     let app = spawn().await;
-    let mut v = Visitor::new(&app);
+    let mut v = Visitor::new(&app.base);
     let login = v.get("/console/login").await;
     assert_eq!(login.status, StatusCode::OK);
     assert_hardened(&login);
@@ -220,7 +220,7 @@ async fn cookies_are_httponly_samesite_strict_and_pages_carry_the_policy() {
         Some("/console/dashboard")
     );
     assert_eq!(
-        Visitor::new(&app).get("/console").await.location(),
+        Visitor::new(&app.base).get("/console").await.location(),
         Some("/console/login")
     );
     assert_eq!(v.get("/console/").await.location(), Some("/console"));
@@ -241,7 +241,7 @@ async fn cookies_are_httponly_samesite_strict_and_pages_carry_the_policy() {
     let mut s = test_settings();
     s.console.secure_cookies = true;
     let tls = spawn_with(s).await;
-    let mut v = Visitor::new(&tls);
+    let mut v = Visitor::new(&tls.base);
     let login = v.get("/console/login").await;
     assert!(login.set_cookies().iter().all(|c| c.contains("; Secure")));
     let (welcome, _) = v.sign_up("tls@example.com", PASSWORD).await;
@@ -253,10 +253,10 @@ async fn log_ins_are_throttled_after_repeated_failures() {
     let mut s = test_settings();
     s.console.max_login_failures = 3;
     let app = spawn_with(s).await;
-    let mut user = Visitor::new(&app);
+    let mut user = Visitor::new(&app.base);
     let (_, id) = user.sign_up("throttle@example.com", PASSWORD).await;
 
-    let mut v = Visitor::new(&app);
+    let mut v = Visitor::new(&app.base);
     for _ in 0..3 {
         let r = v.log_in("throttle@example.com", "wrong password").await;
         assert_eq!(r.status, StatusCode::UNAUTHORIZED);
@@ -286,9 +286,9 @@ async fn log_ins_are_throttled_after_repeated_failures() {
 #[tokio::test]
 async fn unknown_names_and_wrong_passwords_get_the_same_answer() {
     let app = spawn().await;
-    let mut user = Visitor::new(&app);
+    let mut user = Visitor::new(&app.base);
     user.sign_up("same@example.com", PASSWORD).await;
-    let mut v = Visitor::new(&app);
+    let mut v = Visitor::new(&app.base);
     let wrong = v.log_in("same@example.com", "not the password").await;
     let unknown = v.log_in("nobody@example.com", "not the password").await;
     let bad_id = v.log_in("C-000000000000000", "not the password").await;
@@ -307,7 +307,7 @@ async fn sessions_end_when_idle_when_too_old_and_at_log_out() {
     s.console.session_idle_secs = 600;
     s.console.session_max_secs = 900;
     let app = spawn_with(s).await;
-    let mut v = Visitor::new(&app);
+    let mut v = Visitor::new(&app.base);
     v.sign_up("idle@example.com", PASSWORD).await;
     assert_eq!(v.get("/console/dashboard").await.status, StatusCode::OK);
 
@@ -350,9 +350,9 @@ async fn sessions_end_when_idle_when_too_old_and_at_log_out() {
 #[tokio::test]
 async fn one_accounts_log_and_inbox_never_show_anothers_rows() {
     let app = spawn().await;
-    let mut a = Visitor::new(&app);
+    let mut a = Visitor::new(&app.base);
     let (_, a_id) = a.sign_up("alice@example.com", PASSWORD).await;
-    let mut b = Visitor::new(&app);
+    let mut b = Visitor::new(&app.base);
     let (_, b_id) = b.sign_up("bob@example.com", PASSWORD).await;
     let a_token = app.token(&a_id, PASSWORD).await;
     let b_token = app.token(&b_id, PASSWORD).await;

@@ -10,7 +10,7 @@ use crate::helpers::{PASSWORD, Visitor, spawn};
 #[tokio::test]
 async fn a_webhook_is_set_rotated_and_removed_from_the_settings_page() {
     let app = spawn().await;
-    let mut v = Visitor::new(&app);
+    let mut v = Visitor::new(&app.base);
     let (_, id) = v.sign_up("hooks@example.com", PASSWORD).await;
     let customer = otpgate_core::CustomerId::parse(&id).unwrap();
 
@@ -87,7 +87,7 @@ async fn a_webhook_is_set_rotated_and_removed_from_the_settings_page() {
         events.body
     );
     assert!(events.body.contains(&vid));
-    let mut other = Visitor::new(&app);
+    let mut other = Visitor::new(&app.base);
     other.sign_up("other@example.com", PASSWORD).await;
     let theirs = other.get("/console/events").await;
     assert!(!theirs.body.contains(&vid));

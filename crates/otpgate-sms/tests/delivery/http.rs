@@ -17,6 +17,7 @@ use otpgate_sms::config::{ConfigError, ReceiptAuth, SmsConfig, build_table, rece
 use otpgate_sms::{
     Channel, ChannelError, Outgoing, ReceiptError, ReceiptOutcome, Router, handle_http_receipt,
 };
+use otpgate_testkit::kannel::kannel_fills;
 
 use crate::common::{Db, Worker, free_port};
 
@@ -247,44 +248,18 @@ async fn the_twilio_preset_posts_the_messages_api_form_with_basic_auth() {
     assert!(r.query.is_empty());
 }
 
-/// What Kannel's smsbox does to a `dlr-url` when it calls back
-/// (`urltrans_fill_escape_codes`), for the escapes a percent-encoded byte
-/// could collide with: `%d` becomes the report type, `%A` the SMSC's answer
-/// (URL-encoded), `%B`/`%D`/`%F` billing, meta-data and foreign id (empty
-/// here), `%C` the charset, `%%` a literal `%`; any other `%X` stays.
-fn kannel_fills(dlr_url: &str, report_type: u8, answer: &str) -> String {
-    let encode = |s: &str| -> String {
-        s.bytes()
-            .map(|b| {
-                if b.is_ascii_alphanumeric() {
-                    char::from(b).to_string()
-                } else {
-                    format!("%{b:02X}")
-                }
-            })
-            .collect()
-    };
-    let mut out = String::new();
-    let mut chars = dlr_url.chars();
-    while let Some(c) = chars.next() {
-        if c != '%' {
-            out.push(c);
-            continue;
-        }
-        match chars.next() {
-            Some('d') => out.push_str(&report_type.to_string()),
-            Some('A') => out.push_str(&encode(answer)),
-            Some('B' | 'D' | 'F') => {}
-            Some('C') => out.push_str("UTF-8"),
-            Some('%') => out.push('%'),
-            Some(other) => {
-                out.push('%');
-                out.push(other);
+/// `s` URL-encoded as Kannel encodes the SMSC's answer into `%A`: every
+/// byte but ASCII letters and digits as `%XX`.
+fn kannel_encoded(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() {
+                char::from(b).to_string()
+            } else {
+                format!("%{b:02X}")
             }
-            None => out.push('%'),
-        }
-    }
-    out
+        })
+        .collect()
 }
 
 #[tokio::test]
@@ -328,7 +303,8 @@ async fn the_kannel_preset_puts_the_receipt_token_into_the_dlr_url_encoded_for_k
     );
 
     // When Kannel calls back, the token arrives as configured.
-    let callback = kannel_fills(dlr, 2, "NACK/0x0000000b/Invalid Destination Address");
+    let answer = kannel_encoded("NACK/0x0000000b/Invalid Destination Address");
+    let callback = kannel_fills(dlr, 2, &answer);
     assert!(
         callback.contains(&format!("&token={RECEIPT_TOKEN_ENCODED}")),
         "{callback}"
