@@ -158,15 +158,16 @@ impl Visitor {
     /// Signs up through the form, with the token the form carries; the
     /// answer as it is.
     pub async fn try_sign_up(&mut self, email: &str, password: &str) -> Page {
-        let form = self.get("/console/signup").await;
-        assert_eq!(form.status, StatusCode::OK);
-        self.post_sign_up(&form.csrf(), email, password).await
+        let csrf = self.get("/console/signup").await.csrf();
+        self.post_sign_up(&csrf, email, password).await
     }
 
-    /// Signs up through the form, which must succeed; returns the welcome
-    /// page and the new customerId.
+    /// Signs up through the form, which must be offered and must succeed;
+    /// returns the welcome page and the new customerId.
     pub async fn sign_up(&mut self, email: &str, password: &str) -> (Page, String) {
-        let page = self.try_sign_up(email, password).await;
+        let form = self.get("/console/signup").await;
+        assert_eq!(form.status, StatusCode::OK);
+        let page = self.post_sign_up(&form.csrf(), email, password).await;
         assert_eq!(page.status, StatusCode::CREATED, "{}", page.body);
         let id = page
             .text_of("customer-id")

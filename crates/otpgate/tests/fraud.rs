@@ -6,11 +6,11 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use common::{TempDir, create_account, inbox_code, open_store, start, token, validate};
 use otpgate_core::{CustomerId, VerificationId};
+use otpgate_testkit::console::Visitor;
 use serde_json::Value;
 
 const OPERATOR: &str = "ops@example.com";
@@ -43,128 +43,6 @@ async fn send(
     (status, retry, r.json().await.unwrap_or(Value::Null))
 }
 
-/// A console user: keeps its cookies, follows no redirects.
-struct Visitor {
-    http: reqwest::Client,
-    base: String,
-    cookies: BTreeMap<String, String>,
-}
-
-struct Page {
-    status: u16,
-    location: String,
-    body: String,
-}
-
-impl Page {
-    fn csrf(&self) -> String {
-        let (_, rest) = self
-            .body
-            .split_once("name=\"csrf\" value=\"")
-            .unwrap_or_else(|| panic!("no CSRF field in {}", self.body));
-        rest.split('"').next().unwrap_or_default().to_owned()
-    }
-
-    fn text_of(&self, id: &str) -> Option<String> {
-        let (_, rest) = self.body.split_once(&format!("id=\"{id}\""))?;
-        let (_, rest) = rest.split_once('>')?;
-        rest.split_once('<').map(|(t, _)| t.trim().to_owned())
-    }
-}
-
-impl Visitor {
-    fn new(base: &str) -> Self {
-        Self {
-            http: reqwest::Client::builder()
-                .redirect(reqwest::redirect::Policy::none())
-                .timeout(Duration::from_secs(30))
-                .build()
-                .expect("client"),
-            base: base.to_owned(),
-            cookies: BTreeMap::new(),
-        }
-    }
-
-    async fn finish(&mut self, r: reqwest::Response) -> Page {
-        let status = r.status().as_u16();
-        for c in r
-            .headers()
-            .get_all("set-cookie")
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-        {
-            if let Some((k, v)) = c.split(';').next().and_then(|p| p.split_once('=')) {
-                if v.is_empty() || c.contains("Max-Age=0") {
-                    self.cookies.remove(k);
-                } else {
-                    self.cookies.insert(k.to_owned(), v.to_owned());
-                }
-            }
-        }
-        let location = r
-            .headers()
-            .get("location")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_owned();
-        Page {
-            status,
-            location,
-            body: r.text().await.unwrap_or_default(),
-        }
-    }
-
-    fn cookie(&self) -> String {
-        self.cookies
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect::<Vec<_>>()
-            .join("; ")
-    }
-
-    async fn get(&mut self, path: &str) -> Page {
-        let r = self
-            .http
-            .get(format!("{}{path}", self.base))
-            .header("cookie", self.cookie())
-            .send()
-            .await
-            .expect("get");
-        self.finish(r).await
-    }
-
-    async fn post(&mut self, path: &str, fields: &[(&str, &str)]) -> Page {
-        let r = self
-            .http
-            .post(format!("{}{path}", self.base))
-            .header("cookie", self.cookie())
-            .form(fields)
-            .send()
-            .await
-            .expect("post");
-        self.finish(r).await
-    }
-
-    /// Posts a form of `page` with the CSRF token it carries.
-    async fn submit(&mut self, page: &str, action: &str, fields: &[(&str, &str)]) -> Page {
-        let csrf = self.get(page).await.csrf();
-        let mut all = vec![("csrf", csrf.as_str())];
-        all.extend_from_slice(fields);
-        self.post(action, &all).await
-    }
-
-    async fn log_in(&mut self, login: &str, password: &str) {
-        let csrf = self.get("/console/login").await.csrf();
-        let r = self
-            .post(
-                "/console/login",
-                &[("csrf", &csrf), ("login", login), ("password", password)],
-            )
-            .await;
-        assert_eq!(r.status, 303, "log-in: {}", r.body);
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_signups_test_credits_pay_only_for_its_verified_number_and_test_numbers_send_nothing() {
     let dir = TempDir::new("fraud-credits");
@@ -179,21 +57,7 @@ async fn a_signups_test_credits_pay_only_for_its_verified_number_and_test_number
 
     // A console sign-up in India, as an attacker would make one.
     let mut v = Visitor::new(&base);
-    let csrf = v.get("/console/signup").await.csrf();
-    let welcome = v
-        .post(
-            "/console/signup",
-            &[
-                ("csrf", &csrf),
-                ("email", "signup@example.com"),
-                ("password", common::PASSWORD),
-                ("confirm", common::PASSWORD),
-                ("country", "IN"),
-            ],
-        )
-        .await;
-    assert_eq!(welcome.status, 201, "{}", welcome.body);
-    let cid = welcome.text_of("customer-id").expect("customerId");
+    let (_, cid) = v.sign_up("signup@example.com", common::PASSWORD).await;
     let customer = CustomerId::parse(&cid).expect("a customerId");
     let t = token(&http, &base, &cid).await;
     let credits = || async {
@@ -231,8 +95,8 @@ async fn a_signups_test_credits_pay_only_for_its_verified_number_and_test_number
         .await;
     assert_eq!(sent.status, 303, "{}", sent.body);
     let id = sent
-        .location
-        .split_once("sent=")
+        .location()
+        .and_then(|to| to.split_once("sent="))
         .map(|(_, id)| id.to_owned())
         .expect("the pending verification in the redirect");
     let code = inbox_code(
@@ -404,7 +268,8 @@ async fn a_safe_listed_prefix_is_not_blocked_and_a_lifted_block_lets_the_next_se
     let t = token(&http, &base, &cid).await;
     let store = open_store(&db).await;
     let mut ops = Visitor::new(&base);
-    ops.log_in(OPERATOR, OPERATOR_PASSWORD).await;
+    let r = ops.log_in(OPERATOR, OPERATOR_PASSWORD).await;
+    assert_eq!(r.status, 303, "log-in: {}", r.body);
     let r = ops
         .submit(
             "/console/fraud",
@@ -504,8 +369,8 @@ async fn a_safe_listed_prefix_is_not_blocked_and_a_lifted_block_lets_the_next_se
         )
         .await;
     assert_eq!(
-        (r.status, r.location.as_str()),
-        (303, "/console/fraud?done=lifted")
+        (r.status.as_u16(), r.location()),
+        (303, Some("/console/fraud?done=lifted"))
     );
     let (status, _, body) = send(&http, &base, &t, "91", "9876529998").await;
     assert_eq!(status, 200, "after the lift: {body}");

@@ -96,19 +96,7 @@ async fn sign_up_explains_what_is_wrong_and_keeps_what_was_typed() {
     }
     v.sign_up("taken@example.com", PASSWORD).await;
     let mut w = Visitor::new(&app.base);
-    let csrf = w.get("/console/signup").await.csrf();
-    let r = w
-        .post(
-            "/console/signup",
-            &[
-                ("csrf", &csrf),
-                ("email", "TAKEN@example.com"),
-                ("password", PASSWORD),
-                ("confirm", PASSWORD),
-                ("country", "IN"),
-            ],
-        )
-        .await;
+    let r = w.try_sign_up("TAKEN@example.com", PASSWORD).await;
     assert_eq!(r.status, StatusCode::CONFLICT);
     assert!(r.body.contains("An account with this e-mail exists"));
 }
@@ -124,18 +112,7 @@ async fn sign_up_can_be_closed_and_is_limited_per_address() {
     assert!(!page.body.contains("action=\"/console/signup\""));
     // A valid pre-session token (from the log-in form) does not open it.
     let csrf = v.get("/console/login").await.csrf();
-    let r = v
-        .post(
-            "/console/signup",
-            &[
-                ("csrf", &csrf),
-                ("email", "a@example.com"),
-                ("password", PASSWORD),
-                ("confirm", PASSWORD),
-                ("country", "IN"),
-            ],
-        )
-        .await;
+    let r = v.post_sign_up(&csrf, "a@example.com", PASSWORD).await;
     assert_eq!(r.status, StatusCode::FORBIDDEN);
     assert!(
         app.store
@@ -154,19 +131,7 @@ async fn sign_up_can_be_closed_and_is_limited_per_address() {
             .await;
     }
     let mut v = Visitor::new(&app.base);
-    let csrf = v.get("/console/signup").await.csrf();
-    let r = v
-        .post(
-            "/console/signup",
-            &[
-                ("csrf", &csrf),
-                ("email", "u3@example.com"),
-                ("password", PASSWORD),
-                ("confirm", PASSWORD),
-                ("country", "IN"),
-            ],
-        )
-        .await;
+    let r = v.try_sign_up("u3@example.com", PASSWORD).await;
     assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
 }
 
