@@ -629,12 +629,8 @@ channels = ["kannel"]
     let worker = Worker::start(&db, table);
     let wait = Duration::from_secs(10);
 
-    let v = db
-        .queue("91", "9876543210", "Your code is 1357", 60_000)
-        .await;
-    let m = db
-        .wait_outbox(&v, "sent", |m| m.status == DeliveryStatus::Sent, wait)
-        .await;
+    let v = db.queue("91", "9876543210", "Your code is 1357").await;
+    let m = db.wait_status(&v, DeliveryStatus::Sent, wait).await;
     assert_eq!(m.gateway_id.as_deref(), Some("SM0999"));
     let p = |kv: &[(&str, &str)]| -> Vec<(String, String)> {
         kv.iter().map(|(k, v)| ((*k).into(), (*v).into())).collect()
@@ -670,12 +666,8 @@ channels = ["kannel"]
     ));
 
     // Kannel: the reference in dlr-url finds the message.
-    let uk = db
-        .queue("44", "7400123456", "Your code is 2468", 60_000)
-        .await;
-    let m = db
-        .wait_outbox(&uk, "sent", |m| m.status == DeliveryStatus::Sent, wait)
-        .await;
+    let uk = db.queue("44", "7400123456", "Your code is 2468").await;
+    let m = db.wait_status(&uk, DeliveryStatus::Sent, wait).await;
     let reference = m.id.to_string();
     assert_eq!(m.gateway_id.as_deref(), Some(reference.as_str()));
     let dlr = kgw.last().query["dlr-url"].clone();
