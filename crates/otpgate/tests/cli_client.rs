@@ -543,16 +543,15 @@ impl DevServer {
     fn code_from_inbox(&self, to: &str, id: &str) -> String {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let out = otpgate()
-                .args(["inbox", "--to", to, "--json", "--database", &self.database])
-                .output()
-                .expect("run otpgate inbox");
-            assert!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            let rows: serde_json::Value = serde_json::from_slice(&out.stdout).expect("inbox json");
+            let out = otpgate_testkit::process::output_ok(otpgate().args([
+                "inbox",
+                "--to",
+                to,
+                "--json",
+                "--database",
+                &self.database,
+            ]));
+            let rows: serde_json::Value = serde_json::from_slice(&out).expect("inbox json");
             let found = rows.as_array().and_then(|rows| {
                 rows.iter()
                     .find(|r| r["verificationId"].as_str() == Some(id))

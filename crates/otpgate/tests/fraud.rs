@@ -258,10 +258,7 @@ async fn a_safe_listed_prefix_is_not_blocked_and_a_lifted_block_lets_the_next_se
     let cid = create_account(&db, Some(10_000));
     let server = start(
         &["--database", &db],
-        &[
-            ("OTPGATE_CONSOLE__ADMIN_EMAIL", OPERATOR),
-            ("OTPGATE_CONSOLE__ADMIN_PASSWORD", OPERATOR_PASSWORD),
-        ],
+        &common::operator(OPERATOR, OPERATOR_PASSWORD),
     );
     let base = server.base.clone();
     let http = http();

@@ -26,8 +26,6 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD;
 use common::{
     BIN, PASSWORD, Server, Simulator, TempDir, code_in, create_account, open_store, readyz, start,
     token,
@@ -362,16 +360,6 @@ async fn three_nodes_on_one_database_behave_as_one_service() {
 }
 
 /// A token request with an explicit password.
-async fn token_with(http: &reqwest::Client, base: &str, cid: &str, pw: &str) -> (u16, Value) {
-    let r = http
-        .get(format!("{base}/auth/v1/authentication/token"))
-        .query(&[("customerId", cid), ("key", &STANDARD.encode(pw))])
-        .send()
-        .await
-        .expect("token request");
-    status_json(r).await
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_password_change_revokes_tokens_on_every_node_at_once() {
     let test = "a_password_change_revokes_tokens_on_every_node_at_once";
@@ -384,18 +372,13 @@ async fn a_password_change_revokes_tokens_on_every_node_at_once() {
     // Each node has checked the old password once, so each has it in its
     // key cache: the change must beat the caches too.
     for n in &nodes {
-        let (status, _) = token_with(&http, &n.base, &cid, PASSWORD).await;
+        let (status, _) = common::token_status(&http, &n.base, &cid, PASSWORD).await;
         assert_eq!(status, 200);
     }
-    let out = Command::new(BIN)
-        .args(["customer", "set-password", &cid, "--password", "a new one"])
-        .args(["--database", &db])
-        .output()
-        .expect("run customer set-password");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    otpgate_testkit::process::output_ok(
+        Command::new(BIN)
+            .args(["customer", "set-password", &cid, "--password", "a new one"])
+            .args(["--database", &db]),
     );
     for n in &nodes {
         let (status, body) = validate(&http, &n.base, &old, "4242424242", "1234").await;
@@ -405,10 +388,10 @@ async fn a_password_change_revokes_tokens_on_every_node_at_once() {
             "old token on {}: {body}",
             n.base
         );
-        let (status, body) = token_with(&http, &n.base, &cid, PASSWORD).await;
+        let (status, body) = common::token_status(&http, &n.base, &cid, PASSWORD).await;
         assert_eq!(status, 401, "old password on {}: {body}", n.base);
     }
-    let (status, body) = token_with(&http, &nodes[2].base, &cid, "a new one").await;
+    let (status, body) = common::token_status(&http, &nodes[2].base, &cid, "a new one").await;
     assert_eq!(status, 200, "{body}");
     let fresh = body["token"].as_str().expect("token").to_owned();
     let (_, body) = validate(&http, &nodes[0].base, &fresh, "4242424242", "1234").await;
@@ -696,7 +679,7 @@ async fn postgres_down_is_a_prompt_503_and_the_same_nodes_recover_when_it_return
             );
 
             let started = Instant::now();
-            let (status, body) = token_with(&http, base, &cid, PASSWORD).await;
+            let (status, body) = common::token_status(&http, base, &cid, PASSWORD).await;
             let took = started.elapsed();
             assert!(took < bound, "token on {base} took {took:?}");
             slowest = slowest.max(took);
@@ -735,7 +718,7 @@ async fn postgres_down_is_a_prompt_503_and_the_same_nodes_recover_when_it_return
     // What was sent before the outage validates on the other node.
     let (status, body) = validate(&http, &nodes[1].base, &t, &before, &before_code).await;
     assert_eq!(status, 200, "{body}");
-    let (status, _) = token_with(&http, &nodes[1].base, &cid, PASSWORD).await;
+    let (status, _) = common::token_status(&http, &nodes[1].base, &cid, PASSWORD).await;
     assert_eq!(status, 200);
     // New sends work, and their messages are delivered (the workers came
     // back too).

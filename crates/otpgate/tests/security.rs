@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use common::{PASSWORD, Server, TempDir, create_account, start};
+use common::{PASSWORD, Server, TempDir, create_account, start, token_status};
 use futures::future::join_all;
 use serde_json::Value;
 
@@ -85,15 +85,14 @@ async fn probe_healthz(base: &str, until: Instant) -> Vec<Duration> {
     out
 }
 
-async fn token_status(http: &reqwest::Client, base: &str, cid: &str, key: &str) -> (u16, Value) {
-    let r = http
-        .get(format!("{base}/auth/v1/authentication/token"))
-        .query(&[("customerId", cid), ("key", &STANDARD.encode(key))])
+/// Asserts that `server` still answers `/healthz` with 200.
+async fn assert_serves(server: &Server) {
+    let r = http()
+        .get(format!("{}/healthz", server.base))
         .send()
         .await
-        .expect("token request");
-    let status = r.status().as_u16();
-    (status, r.json().await.unwrap_or(Value::Null))
+        .unwrap();
+    assert_eq!(r.status(), 200);
 }
 
 /// 200 concurrent token requests for unknown customerIds, in waves for
@@ -256,10 +255,7 @@ async fn parallel_guessing_is_counted_before_checking_and_owners_keep_access() {
     let cid = create_account(&db, None);
     let server = start(
         &["--database", &db],
-        &[
-            ("OTPGATE_CONSOLE__ADMIN_EMAIL", OPS_EMAIL),
-            ("OTPGATE_CONSOLE__ADMIN_PASSWORD", OPS_PASSWORD),
-        ],
+        &common::operator(OPS_EMAIL, OPS_PASSWORD),
     );
     let base = server.base.clone();
     let attacker = http();
@@ -476,12 +472,7 @@ async fn slow_headers_are_closed_within_the_timeout() {
         "a trickling client was held {trickled:?}"
     );
     // And the server serves on.
-    let r = http()
-        .get(format!("{}/healthz", server.base))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    assert_serves(&server).await;
 }
 
 /// Past `http.max_connections`, a new connection is answered 503 in the
@@ -518,12 +509,7 @@ async fn connections_past_the_cap_are_refused_and_idle_ones_closed() {
         "idle connections held {took:?}"
     );
     // Their places are free again.
-    let r = http()
-        .get(format!("{}/healthz", server.base))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    assert_serves(&server).await;
 }
 
 /// Sends `raw` on a fresh connection and reads the whole answer.

@@ -110,6 +110,33 @@ pub async fn token(http: &reqwest::Client, base: &str, cid: &str) -> String {
         .to_owned()
 }
 
+/// A token request for `cid` with `key` (base64-encoded here): the status
+/// and the JSON body (`null` when there is none).
+pub async fn token_status(
+    http: &reqwest::Client,
+    base: &str,
+    cid: &str,
+    key: &str,
+) -> (u16, serde_json::Value) {
+    let r = http
+        .get(format!("{base}/auth/v1/authentication/token"))
+        .query(&[("customerId", cid), ("key", &STANDARD.encode(key))])
+        .send()
+        .await
+        .expect("token request");
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(serde_json::Value::Null))
+}
+
+/// The environment that makes `email` (with `password`) the console's
+/// operator, for [`start`].
+pub fn operator<'a>(email: &'a str, password: &'a str) -> [(&'static str, &'a str); 2] {
+    [
+        ("OTPGATE_CONSOLE__ADMIN_EMAIL", email),
+        ("OTPGATE_CONSOLE__ADMIN_PASSWORD", password),
+    ]
+}
+
 /// The first run of `len` digits in a message text: the code.
 pub fn code_in(text: &str, len: usize) -> String {
     text.split(|c: char| !c.is_ascii_digit())
