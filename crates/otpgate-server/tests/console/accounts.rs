@@ -5,7 +5,7 @@ use otpgate_core::CustomerId;
 use reqwest::StatusCode;
 
 use crate::helpers::{
-    ADMIN_EMAIL, ADMIN_PASSWORD, PASSWORD, Visitor, spawn, spawn_with, test_settings,
+    ADMIN_EMAIL, ADMIN_PASSWORD, PASSWORD, Page, Visitor, spawn, spawn_with, test_settings,
 };
 
 #[tokio::test]
@@ -138,8 +138,7 @@ async fn sign_up_can_be_closed_and_is_limited_per_address() {
 #[tokio::test]
 async fn changing_the_password_revokes_tokens_and_other_sessions() {
     let app = spawn().await;
-    let mut mine = Visitor::new(&app.base);
-    let (_, id) = mine.sign_up("rotate@example.com", PASSWORD).await;
+    let (mut mine, id) = app.signed_up("rotate@example.com").await;
     // A second session, logged in by customerId (lower case works too).
     let mut other = Visitor::new(&app.base);
     let r = other.log_in(&id.to_ascii_lowercase(), PASSWORD).await;
@@ -155,17 +154,7 @@ async fn changing_the_password_revokes_tokens_and_other_sessions() {
     assert_eq!(page.text_of("customer-id").as_deref(), Some(id.as_str()));
 
     // A wrong current password changes nothing.
-    let r = mine
-        .submit(
-            "/console/credentials",
-            "/console/credentials/password",
-            &[
-                ("current", "not it at all"),
-                ("new", "brand new password"),
-                ("confirm", "brand new password"),
-            ],
-        )
-        .await;
+    let r = change_password(&mut mine, "not it at all", "brand new password").await;
     assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
     assert!(r.body.contains("The current password is wrong"));
     assert_eq!(
@@ -173,17 +162,7 @@ async fn changing_the_password_revokes_tokens_and_other_sessions() {
         StatusCode::OK
     );
 
-    let r = mine
-        .submit(
-            "/console/credentials",
-            "/console/credentials/password",
-            &[
-                ("current", PASSWORD),
-                ("new", "brand new password"),
-                ("confirm", "brand new password"),
-            ],
-        )
-        .await;
+    let r = change_password(&mut mine, PASSWORD, "brand new password").await;
     assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
     assert_eq!(r.location(), Some("/console/credentials?changed=1"));
     let after = mine.get("/console/credentials?changed=1").await;
@@ -230,8 +209,7 @@ async fn changing_the_password_revokes_tokens_and_other_sessions() {
 #[tokio::test]
 async fn the_operator_lists_accounts_adds_credits_and_disables_one() {
     let app = spawn().await;
-    let mut user = Visitor::new(&app.base);
-    let (_, id) = user.sign_up("customer@example.com", PASSWORD).await;
+    let (mut user, id) = app.signed_up("customer@example.com").await;
     let cid = CustomerId::parse(&id).expect("id");
 
     // Customers do not see the operators' page.
@@ -259,13 +237,7 @@ async fn the_operator_lists_accounts_adds_credits_and_disables_one() {
     assert!(list.body.contains(&format!("data-customer=\"{id}\"")));
     assert!(list.body.contains("customer@example.com"));
 
-    let r = ops
-        .submit(
-            "/console/operators",
-            "/console/operators/credits",
-            &[("customer_id", &id), ("amount", "250")],
-        )
-        .await;
+    let r = grant_credits(&mut ops, &id, "250").await;
     assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
     let account = app
         .store
@@ -276,13 +248,7 @@ async fn the_operator_lists_accounts_adds_credits_and_disables_one() {
     assert_eq!(account.credits, 250);
     let page = ops.get(r.location().expect("location")).await;
     assert!(page.body.contains(&format!("Credits of {id} changed.")));
-    let r = ops
-        .submit(
-            "/console/operators",
-            "/console/operators/credits",
-            &[("customer_id", &id), ("amount", "-50")],
-        )
-        .await;
+    let r = grant_credits(&mut ops, &id, "-50").await;
     assert_eq!(r.status, StatusCode::SEE_OTHER);
     assert_eq!(
         app.store
@@ -294,34 +260,16 @@ async fn the_operator_lists_accounts_adds_credits_and_disables_one() {
         200
     );
     for bad in ["0", "ten", "99999999999"] {
-        let r = ops
-            .submit(
-                "/console/operators",
-                "/console/operators/credits",
-                &[("customer_id", &id), ("amount", bad)],
-            )
-            .await;
+        let r = grant_credits(&mut ops, &id, bad).await;
         assert_eq!(r.status, StatusCode::BAD_REQUEST, "{bad}");
     }
-    let r = ops
-        .submit(
-            "/console/operators",
-            "/console/operators/credits",
-            &[("customer_id", "C-000000000000000"), ("amount", "5")],
-        )
-        .await;
+    let r = grant_credits(&mut ops, "C-000000000000000", "5").await;
     assert_eq!(r.status, StatusCode::NOT_FOUND);
 
     // Disabling: the API refuses its tokens, its console session ends, it
     // cannot log in; enabling undoes it.
     let token = app.token(&id, PASSWORD).await;
-    let r = ops
-        .submit(
-            "/console/operators",
-            "/console/operators/disabled",
-            &[("customer_id", &id), ("disabled", "true")],
-        )
-        .await;
+    let r = set_disabled(&mut ops, &id, "true").await;
     assert_eq!(r.status, StatusCode::SEE_OTHER);
     assert!(
         app.store
@@ -350,13 +298,7 @@ async fn the_operator_lists_accounts_adds_credits_and_disables_one() {
     let list = ops.get("/console/operators").await;
     assert!(list.body.contains("disabled"));
 
-    let r = ops
-        .submit(
-            "/console/operators",
-            "/console/operators/disabled",
-            &[("customer_id", &id), ("disabled", "false")],
-        )
-        .await;
+    let r = set_disabled(&mut ops, &id, "false").await;
     assert_eq!(r.status, StatusCode::SEE_OTHER);
     assert_eq!(
         user.log_in(&id, PASSWORD).await.status,
@@ -397,4 +339,31 @@ async fn a_server_without_the_console_serves_no_console() {
             r.body
         );
     }
+}
+
+/// Posts the Credentials page's password form, the new password confirmed.
+async fn change_password(v: &mut Visitor, current: &str, new: &str) -> Page {
+    let fields = [("current", current), ("new", new), ("confirm", new)];
+    v.submit(
+        "/console/credentials",
+        "/console/credentials/password",
+        &fields,
+    )
+    .await
+}
+
+/// The operator adds `amount` (a signed number, as typed) to `customer`'s
+/// credits through the Operators page.
+async fn grant_credits(ops: &mut Visitor, customer: &str, amount: &str) -> Page {
+    let fields = [("customer_id", customer), ("amount", amount)];
+    ops.submit("/console/operators", "/console/operators/credits", &fields)
+        .await
+}
+
+/// The operator disables (`"true"`) or enables (`"false"`) `customer`
+/// through the Operators page.
+async fn set_disabled(ops: &mut Visitor, customer: &str, disabled: &str) -> Page {
+    let fields = [("customer_id", customer), ("disabled", disabled)];
+    ops.submit("/console/operators", "/console/operators/disabled", &fields)
+        .await
 }

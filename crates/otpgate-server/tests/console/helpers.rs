@@ -86,6 +86,33 @@ async fn api(r: reqwest::Response) -> Api {
 }
 
 impl ConsoleApp {
+    /// A new visitor signed up through the form as `email` with
+    /// [`PASSWORD`], and its customerId.
+    pub async fn signed_up(&self, email: &str) -> (Visitor, String) {
+        let mut v = Visitor::new(&self.base);
+        let (_, id) = v.sign_up(email, PASSWORD).await;
+        (v, id)
+    }
+
+    /// Creates an account for `email` in `country` with [`PASSWORD`] and
+    /// the defaults a sign-up gets, as the server's account code does.
+    pub async fn create_account(&self, email: &str, country: &str) -> otpgate_store::Account {
+        otpgate_server::accounts::create(
+            self.store.as_ref(),
+            &self.clock,
+            &self.settings,
+            otpgate_server::accounts::NewAccountRequest {
+                password: PASSWORD.into(),
+                email: Some(email.into()),
+                country: Some(country.into()),
+                credits: None,
+                settings: Default::default(),
+            },
+        )
+        .await
+        .expect("account")
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }

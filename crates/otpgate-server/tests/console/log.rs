@@ -21,8 +21,7 @@ async fn the_log_pages_newest_first_and_filters_by_number_status_and_date() {
     let mut settings = test_settings();
     settings.fraud.guard = false;
     let app = spawn_with(settings).await;
-    let mut v = Visitor::new(&app.base);
-    let (_, id) = v.sign_up("log@example.com", PASSWORD).await;
+    let (mut v, id) = app.signed_up("log@example.com").await;
     let token = app.token(&id, PASSWORD).await;
     let mut sent = Vec::new();
     for n in 0..30 {
@@ -119,8 +118,7 @@ async fn the_log_pages_newest_first_and_filters_by_number_status_and_date() {
 #[tokio::test]
 async fn the_log_filters_by_date_across_days() {
     let app = spawn_with(test_settings()).await;
-    let mut v = Visitor::new(&app.base);
-    let (_, id) = v.sign_up("dates@example.com", PASSWORD).await;
+    let (_, id) = app.signed_up("dates@example.com").await;
     let token = app.token(&id, PASSWORD).await;
     // Three days, two sends a day; each send's date as the console writes it.
     let mut sent: Vec<(String, String)> = Vec::new();
@@ -203,8 +201,7 @@ channels = ["wa-inbox"]
     settings.channels = sms.channels;
     settings.routes = sms.routes;
     let app = crate::helpers::spawn_with(settings).await;
-    let mut v = Visitor::new(&app.base);
-    let (_, cid) = v.sign_up("steps@example.com", PASSWORD).await;
+    let (mut v, cid) = app.signed_up("steps@example.com").await;
     let token = app.token(&cid, PASSWORD).await;
     let id = app.send_ok(&token, "91", "9876500001").await;
     app.delivered(&id).await;

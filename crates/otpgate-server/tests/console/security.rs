@@ -11,8 +11,7 @@ use otpgate_store::AccountSettings;
 #[tokio::test]
 async fn a_form_posted_without_its_csrf_token_is_refused_with_403() {
     let app = spawn().await;
-    let mut v = Visitor::new(&app.base);
-    let (_, id) = v.sign_up("csrf@example.com", PASSWORD).await;
+    let (mut v, id) = app.signed_up("csrf@example.com").await;
     let fields = [("brand_name", "Evil"), ("allowed_country_codes", "1")];
 
     let none = v.post("/console/settings", &fields).await;
@@ -110,8 +109,7 @@ async fn a_form_posted_without_its_csrf_token_is_refused_with_403() {
 #[tokio::test]
 async fn operator_forms_need_the_token_too() {
     let app = spawn().await;
-    let mut user = Visitor::new(&app.base);
-    let (_, id) = user.sign_up("victim@example.com", PASSWORD).await;
+    let (_, id) = app.signed_up("victim@example.com").await;
     let mut ops = Visitor::new(&app.base);
     let r = ops
         .log_in(crate::helpers::ADMIN_EMAIL, crate::helpers::ADMIN_PASSWORD)
@@ -253,8 +251,7 @@ async fn log_ins_are_throttled_after_repeated_failures() {
     let mut s = test_settings();
     s.console.max_login_failures = 3;
     let app = spawn_with(s).await;
-    let mut user = Visitor::new(&app.base);
-    let (_, id) = user.sign_up("throttle@example.com", PASSWORD).await;
+    let (_, id) = app.signed_up("throttle@example.com").await;
 
     let mut v = Visitor::new(&app.base);
     for _ in 0..3 {
@@ -350,10 +347,8 @@ async fn sessions_end_when_idle_when_too_old_and_at_log_out() {
 #[tokio::test]
 async fn one_accounts_log_and_inbox_never_show_anothers_rows() {
     let app = spawn().await;
-    let mut a = Visitor::new(&app.base);
-    let (_, a_id) = a.sign_up("alice@example.com", PASSWORD).await;
-    let mut b = Visitor::new(&app.base);
-    let (_, b_id) = b.sign_up("bob@example.com", PASSWORD).await;
+    let (mut a, a_id) = app.signed_up("alice@example.com").await;
+    let (mut b, b_id) = app.signed_up("bob@example.com").await;
     let a_token = app.token(&a_id, PASSWORD).await;
     let b_token = app.token(&b_id, PASSWORD).await;
     let a_vid = app.send_ok(&a_token, "91", "9876500001").await;
