@@ -12,6 +12,15 @@ use otpgate_server::events::sign;
 use crate::sim::Simulator;
 use crate::support::*;
 
+/// The simulator as the event tests run it: receipts 100 ms after each
+/// submit, numbers under +91 99999 rejected for good.
+fn events_sim(test: &str) -> Option<Simulator> {
+    Simulator::start(
+        test,
+        &["--receipt-delay-ms", "100", "--reject-prefix", "9199999"],
+    )
+}
+
 /// Three verifications: one completed, one whose message the SMSC rejects,
 /// one left to expire. Returns (id, the events it must produce).
 async fn flow(server: &Server, sim: &Simulator) -> Vec<(String, Vec<&'static str>)> {
@@ -78,27 +87,12 @@ fn expected_map(flow: &[(String, Vec<&'static str>)]) -> BTreeMap<String, BTreeS
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_receiver_gets_every_event_of_a_flow_each_validly_signed() {
     let test = "a_receiver_gets_every_event_of_a_flow_each_validly_signed";
-    let Some(sim) = Simulator::start(
-        test,
-        &["--receipt-delay-ms", "100", "--reject-prefix", "9199999"],
-    ) else {
+    let Some(sim) = events_sim(test) else {
         return;
     };
     let dir = TempDir::new("ops-events");
     let server = start(settings(sim.port, &dir)).await;
-    let receiver = Receiver::start(0).await;
-    let secret = sign::new_secret();
-    receiver.set_secret(&secret);
-    server
-        .store
-        .webhook_set(
-            &server.account.customer_id,
-            &receiver.url(),
-            &secret,
-            SystemClock.now_ms(),
-        )
-        .await
-        .unwrap();
+    let (receiver, secret) = server.webhook_receiver().await;
 
     let flow = flow(&server, &sim).await;
     let expected = expected_map(&flow);
@@ -187,10 +181,7 @@ async fn a_receiver_gets_every_event_of_a_flow_each_validly_signed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_receiver_down_for_30_s_gets_every_event_with_the_same_ids_once_up() {
     let test = "a_receiver_down_for_30_s_gets_every_event_with_the_same_ids_once_up";
-    let Some(sim) = Simulator::start(
-        test,
-        &["--receipt-delay-ms", "100", "--reject-prefix", "9199999"],
-    ) else {
+    let Some(sim) = events_sim(test) else {
         return;
     };
     let dir = TempDir::new("ops-events-down");
