@@ -380,34 +380,35 @@ async fn a_506_without_data_is_unexpected_and_keeps_the_body() {
 async fn send_failures_are_typed_by_cause() {
     let app = StandIn::start().await;
     let client = app.client();
+    // The send's error when the stand-in answers `status` with `body`.
+    let refused = async |status, body| {
+        app.push_send(canned(status, body));
+        client.send(sms()).await.unwrap_err()
+    };
 
-    app.push_send(canned(
-        400,
-        r#"{"responseCode":400,"message":"BAD_REQUEST","errorMessage":"mobileNumber is not a valid number for countryCode"}"#,
-    ));
-    let e = client.send(sms()).await.unwrap_err();
+    let e = refused(400, r#"{"responseCode":400,"message":"BAD_REQUEST","errorMessage":"mobileNumber is not a valid number for countryCode"}"#).await;
     assert!(
         matches!(&e, Error::InvalidInput { code: ResponseCode::BadRequest, message, .. }
             if message == "mobileNumber is not a valid number for countryCode"),
         "{e:?}"
     );
 
-    app.push_send(canned(
+    let e = refused(
         400,
         r#"{"responseCode":501,"message":"INVALID_CUSTOMER_ID"}"#,
-    ));
-    let e = client.send(sms()).await.unwrap_err();
+    )
+    .await;
     assert!(
         matches!(&e, Error::InvalidInput { code: ResponseCode::InvalidCustomerId, message, .. }
             if message == "INVALID_CUSTOMER_ID"),
         "{e:?}"
     );
 
-    app.push_send(canned(
+    let e = refused(
         400,
         r#"{"responseCode":511,"message":"INVALID_COUNTRY_CODE","data":null}"#,
-    ));
-    let e = client.send(sms()).await.unwrap_err();
+    )
+    .await;
     assert!(
         matches!(
             &e,
@@ -419,11 +420,7 @@ async fn send_failures_are_typed_by_cause() {
         "{e:?}"
     );
 
-    app.push_send(canned(
-        402,
-        r#"{"responseCode":402,"message":"INSUFFICIENT_BALANCE","errorMessage":"credits do not cover this message"}"#,
-    ));
-    let e = client.send(sms()).await.unwrap_err();
+    let e = refused(402, r#"{"responseCode":402,"message":"INSUFFICIENT_BALANCE","errorMessage":"credits do not cover this message"}"#).await;
     assert!(
         matches!(&e, Error::InsufficientBalance { message, .. } if message == "credits do not cover this message"),
         "{e:?}"
@@ -441,11 +438,11 @@ async fn send_failures_are_typed_by_cause() {
     );
     assert!(e.to_string().contains("retry after 30 s"), "{e}");
 
-    app.push_send(canned(
+    let e = refused(
         503,
         r#"{"responseCode":503,"message":"SERVICE_UNAVAILABLE"}"#,
-    ));
-    let e = client.send(sms()).await.unwrap_err();
+    )
+    .await;
     assert!(
         matches!(
             &e,
@@ -458,23 +455,21 @@ async fn send_failures_are_typed_by_cause() {
         "{e:?}"
     );
 
-    app.push_send(canned(502, "<html>Bad Gateway</html>"));
-    let e = client.send(sms()).await.unwrap_err();
+    let e = refused(502, "<html>Bad Gateway</html>").await;
     assert!(matches!(&e, Error::Server { status: 502, .. }), "{e:?}");
     assert_eq!(e.body(), Some("<html>Bad Gateway</html>"));
 
-    app.push_send(canned(200, r#"{"unexpected":true}"#));
-    let e = client.send(sms()).await.unwrap_err();
+    let e = refused(200, r#"{"unexpected":true}"#).await;
     assert!(
         matches!(&e, Error::Unexpected { status: 200, body, .. } if body == r#"{"unexpected":true}"#),
         "{e:?}"
     );
 
-    app.push_send(canned(
+    let e = refused(
         400,
         r#"{"responseCode":702,"message":"WRONG_OTP_PROVIDED"}"#,
-    ));
-    let e = client.send(sms()).await.unwrap_err();
+    )
+    .await;
     assert!(matches!(&e, Error::Unexpected { .. }), "{e:?}");
     // Every one of these was a single request: no failure is retried.
     assert_eq!(app.sends(), 9);
@@ -667,6 +662,18 @@ async fn token_failures_inside_http_200_and_rate_limits_are_typed() {
 
 // ---- token caching and refresh -------------------------------------------------
 
+/// Validates ids 1000 to 1019 at once through `client`; each must verify.
+async fn twenty_concurrent_validations_verify(client: &Client) {
+    let mut calls = tokio::task::JoinSet::new();
+    for i in 0..20u64 {
+        let c = client.clone();
+        calls.spawn(async move { c.validate(1000 + i, "1234").await });
+    }
+    while let Some(r) = calls.join_next().await {
+        assert_eq!(r.unwrap().unwrap(), Validation::Verified);
+    }
+}
+
 #[tokio::test]
 async fn a_401_on_send_triggers_exactly_one_refresh_and_one_retry() {
     let app = StandIn::start().await;
@@ -703,14 +710,7 @@ async fn twenty_concurrent_calls_trigger_exactly_one_token_fetch() {
     let app = StandIn::start().await;
     *app.s.token_delay.lock().unwrap() = Duration::from_millis(200);
     let client = app.client();
-    let mut calls = tokio::task::JoinSet::new();
-    for i in 0..20u64 {
-        let c = client.clone();
-        calls.spawn(async move { c.validate(1000 + i, "1234").await });
-    }
-    while let Some(r) = calls.join_next().await {
-        assert_eq!(r.unwrap().unwrap(), Validation::Verified);
-    }
+    twenty_concurrent_validations_verify(&client).await;
     assert_eq!(app.token_fetches(), 1);
     assert_eq!(app.validates(), 20);
 }
@@ -722,14 +722,7 @@ async fn twenty_concurrent_401s_share_one_refresh() {
     client.token().await.unwrap();
     app.revoke_all_tokens();
     *app.s.token_delay.lock().unwrap() = Duration::from_millis(100);
-    let mut calls = tokio::task::JoinSet::new();
-    for i in 0..20u64 {
-        let c = client.clone();
-        calls.spawn(async move { c.validate(1000 + i, "1234").await });
-    }
-    while let Some(r) = calls.join_next().await {
-        assert_eq!(r.unwrap().unwrap(), Validation::Verified);
-    }
+    twenty_concurrent_validations_verify(&client).await;
     assert_eq!(app.token_fetches(), 2, "the first token and one refresh");
 }
 
