@@ -192,6 +192,13 @@ struct StandIn {
 }
 
 impl StandIn {
+    /// A stand-in and a client of it.
+    async fn with_client() -> (Self, Client) {
+        let app = Self::start().await;
+        let client = app.client();
+        (app, client)
+    }
+
     async fn start() -> Self {
         let s = Arc::new(Script::default());
         let app = Router::new().fallback(handle).with_state(s.clone());
@@ -273,8 +280,7 @@ fn sms() -> SendOtp {
 
 #[tokio::test]
 async fn send_decodes_the_contract_sample_and_sends_parameters_in_the_query() {
-    let app = StandIn::start().await;
-    let client = app.client();
+    let (app, client) = StandIn::with_client().await;
     let req = SendOtp::sms("+91", "9876543210")
         .with_otp_length(6)
         .with_timeout(Duration::from_secs(120));
@@ -378,8 +384,7 @@ async fn a_506_without_data_is_unexpected_and_keeps_the_body() {
 
 #[tokio::test]
 async fn send_failures_are_typed_by_cause() {
-    let app = StandIn::start().await;
-    let client = app.client();
+    let (app, client) = StandIn::with_client().await;
     // The send's error when the stand-in answers `status` with `body`.
     let refused = async |status, body| {
         app.push_send(canned(status, body));
@@ -504,8 +509,7 @@ async fn validate_decodes_the_v3_and_v2_samples() {
 
 #[tokio::test]
 async fn validate_failures_decode_with_or_without_data() {
-    let app = StandIn::start().await;
-    let client = app.client();
+    let (app, client) = StandIn::with_client().await;
     let cases: &[(u16, &str, Validation)] = &[
         (
             400,
@@ -676,8 +680,7 @@ async fn twenty_concurrent_validations_verify(client: &Client) {
 
 #[tokio::test]
 async fn a_401_on_send_triggers_exactly_one_refresh_and_one_retry() {
-    let app = StandIn::start().await;
-    let client = app.client();
+    let (app, client) = StandIn::with_client().await;
     client.token().await.unwrap();
     assert_eq!(app.token_fetches(), 1);
     app.revoke_all_tokens();
@@ -696,8 +699,7 @@ async fn a_401_on_send_triggers_exactly_one_refresh_and_one_retry() {
 
 #[tokio::test]
 async fn a_second_401_is_returned_not_retried_again() {
-    let app = StandIn::start().await;
-    let client = app.client();
+    let (app, client) = StandIn::with_client().await;
     app.s.refuse_all.store(true, Ordering::SeqCst);
     let e = client.send(sms()).await.unwrap_err();
     assert!(matches!(e, Error::Unauthorized { .. }), "{e:?}");
@@ -717,8 +719,7 @@ async fn twenty_concurrent_calls_trigger_exactly_one_token_fetch() {
 
 #[tokio::test]
 async fn twenty_concurrent_401s_share_one_refresh() {
-    let app = StandIn::start().await;
-    let client = app.client();
+    let (app, client) = StandIn::with_client().await;
     client.token().await.unwrap();
     app.revoke_all_tokens();
     *app.s.token_delay.lock().unwrap() = Duration::from_millis(100);
@@ -750,8 +751,7 @@ async fn the_token_is_refreshed_ahead_of_its_exp() {
 
 #[tokio::test]
 async fn an_opaque_token_is_cached_until_a_401() {
-    let app = StandIn::start().await;
-    let client = app.client();
+    let (app, client) = StandIn::with_client().await;
     for i in 0..3 {
         client.validate(i, "1234").await.unwrap();
     }
@@ -868,8 +868,9 @@ async fn hang_up_server() -> (SocketAddr, Arc<AtomicUsize>) {
     (addr, accepted)
 }
 
-#[tokio::test]
-async fn send_is_never_retried_when_the_connection_breaks_off() {
+/// A client (with a given token, two connection retries) of a
+/// [`hang_up_server`], and the server's count of accepted connections.
+async fn hung_up_on() -> (Client, Arc<AtomicUsize>) {
     let (addr, accepted) = hang_up_server().await;
     let client = Client::builder()
         .base_url(format!("http://{addr}"))
@@ -877,6 +878,12 @@ async fn send_is_never_retried_when_the_connection_breaks_off() {
         .connect_retries(2, Duration::from_millis(10))
         .build()
         .unwrap();
+    (client, accepted)
+}
+
+#[tokio::test]
+async fn send_is_never_retried_when_the_connection_breaks_off() {
+    let (client, accepted) = hung_up_on().await;
     let e = client.send(sms()).await.unwrap_err();
     assert!(e.is_transport(), "{e:?}");
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -885,13 +892,7 @@ async fn send_is_never_retried_when_the_connection_breaks_off() {
 
 #[tokio::test]
 async fn validate_is_not_retried_once_the_request_may_have_arrived() {
-    let (addr, accepted) = hang_up_server().await;
-    let client = Client::builder()
-        .base_url(format!("http://{addr}"))
-        .auth_token("opaque")
-        .connect_retries(2, Duration::from_millis(10))
-        .build()
-        .unwrap();
+    let (client, accepted) = hung_up_on().await;
     let e = client.validate(1, "1234").await.unwrap_err();
     assert!(e.is_transport(), "{e:?}");
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -988,8 +989,7 @@ async fn neither_password_nor_key_nor_token_appear_in_debug_or_errors() {
     assert!(e.is_transport());
     assert!(!text.contains(&key), "the token URL leaked: {text}");
 
-    let app = StandIn::start().await;
-    let client = app.client();
+    let (_app, client) = StandIn::with_client().await;
     let reply = client.fetch_token().await.unwrap();
     let token = reply.value.expose().to_owned();
     assert!(!format!("{reply:?}").contains(&token));
