@@ -1,6 +1,8 @@
 //! The channel tables tests put into `otpgate.toml` (or parse into the
 //! server's settings): one place for the SMPP channel every suite points at
-//! the simulator, so its bind credentials and fast reconnects agree.
+//! the simulator, so its bind credentials and fast reconnects agree, and for
+//! the Twilio channel the SMS crate's and the server's tests point at their
+//! stand-in gateways.
 
 use crate::sim;
 
@@ -22,5 +24,22 @@ reconnect_min_ms = 100
 "#,
         sid = sim::SYSTEM_ID,
         pw = sim::PASSWORD,
+    )
+}
+
+/// A `[channels.twilio]` table of the Twilio preset for a stand-in gateway
+/// on `port` (account `AC123`, sender `+15005550006`); `extra` lines (its
+/// auth token and receipt settings) go into the table.
+pub fn twilio_channel(port: u16, extra: &str) -> String {
+    format!(
+        r#"
+[channels.twilio]
+type = "http"
+preset = "twilio"
+url = "http://127.0.0.1:{port}"
+account_sid = "AC123"
+from = "+15005550006"
+{extra}
+"#
     )
 }

@@ -128,18 +128,8 @@ fn twilio_with(port: u16, token: Option<&str>, open: bool) -> otpgate_server::Se
     if open {
         token.push_str("receipts_unauthenticated = true\n");
     }
-    with_channels(&format!(
-        r#"
-[channels.twilio]
-type = "http"
-preset = "twilio"
-url = "http://127.0.0.1:{port}"
-account_sid = "AC123"
-auth_token = "tw-auth"
-from = "+15005550006"
-receipt_url = "{PUBLIC}"
-{token}"#
-    ))
+    let extra = format!("auth_token = \"tw-auth\"\nreceipt_url = \"{PUBLIC}\"\n{token}");
+    with_channels(&otpgate_testkit::settings::twilio_channel(port, &extra))
 }
 
 /// Sends through the API and waits until the gateway has accepted it.

@@ -157,18 +157,29 @@ receipt_url = "https://otp.example.com/"
 }
 
 fn twilio(port: u16) -> String {
-    format!(
-        r#"
-[channels.twilio]
-type = "http"
-preset = "twilio"
-url = "http://127.0.0.1:{port}"
-account_sid = "AC123"
-auth_token_env = "TW_TOKEN"
-from = "+15005550006"
-receipt_url = "https://otp.example.com"
-"#
+    otpgate_testkit::settings::twilio_channel(
+        port,
+        "auth_token_env = \"TW_TOKEN\"\nreceipt_url = \"https://otp.example.com\"",
     )
+}
+
+/// The query the Kannel preset (as [`kannel`] configures it) sends for
+/// message 42, "Your code is 1234", with `dlr_url` as its receipt URL.
+fn kannel_sendsms(dlr_url: &str) -> BTreeMap<String, String> {
+    [
+        ("username", "otp"),
+        ("password", "s3cret"),
+        ("from", "OTPGATE"),
+        ("to", "+919876543210"),
+        ("text", "Your code is 1234"),
+        ("charset", "UTF-8"),
+        ("coding", "0"),
+        ("dlr-mask", "19"),
+        ("dlr-url", dlr_url),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect()
 }
 
 #[tokio::test]
@@ -188,24 +199,8 @@ async fn the_kannel_preset_sends_exactly_a_sendsms_request() {
     let r = gw.last();
     assert_eq!(r.method, Method::GET);
     assert_eq!(r.path, "/cgi-bin/sendsms");
-    let want: BTreeMap<String, String> = [
-        ("username", "otp"),
-        ("password", "s3cret"),
-        ("from", "OTPGATE"),
-        ("to", "+919876543210"),
-        ("text", "Your code is 1234"),
-        ("charset", "UTF-8"),
-        ("coding", "0"),
-        ("dlr-mask", "19"),
-        (
-            "dlr-url",
-            "https://otp.example.com/receipts/kannel?ref=42&status=%d&answer=%A",
-        ),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v.to_owned()))
-    .collect();
-    assert_eq!(r.query, want);
+    let dlr = "https://otp.example.com/receipts/kannel?ref=42&status=%d&answer=%A";
+    assert_eq!(r.query, kannel_sendsms(dlr));
     assert!(r.body.is_empty());
 
     // Text outside GSM 03.38 asks Kannel for UCS-2.
@@ -278,21 +273,7 @@ async fn the_kannel_preset_puts_the_receipt_token_into_the_dlr_url_encoded_for_k
     // Kannel's escape codes.
     let dlr = "https://otp.example.com/receipts/kannel?ref=42&status=%d&answer=%A\
                &token=a%%2Bb%%2Fc%%3Dd%%26e%%25f%%20%%C3%%A9";
-    let want: BTreeMap<String, String> = [
-        ("username", "otp"),
-        ("password", "s3cret"),
-        ("from", "OTPGATE"),
-        ("to", "+919876543210"),
-        ("text", "Your code is 1234"),
-        ("charset", "UTF-8"),
-        ("coding", "0"),
-        ("dlr-mask", "19"),
-        ("dlr-url", dlr),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v.to_owned()))
-    .collect();
-    assert_eq!(r.query, want);
+    assert_eq!(r.query, kannel_sendsms(dlr));
     // And the whole dlr-url is itself encoded once more as a query value.
     assert!(
         r.raw_query.contains(
