@@ -1,7 +1,7 @@
 //! The channel tables tests put into `otpgate.toml` (or parse into the
 //! server's settings): one place for the SMPP channel every suite points at
 //! the simulator, so its bind credentials and fast reconnects agree, and for
-//! the Twilio channel the SMS crate's and the server's tests point at their
+//! the Kannel and Twilio channels the SMS crate's and the server's tests point at their
 //! stand-in gateways.
 
 use crate::sim;
@@ -39,6 +39,23 @@ preset = "twilio"
 url = "http://127.0.0.1:{port}"
 account_sid = "AC123"
 from = "+15005550006"
+{extra}
+"#
+    )
+}
+
+/// A `[channels.kannel]` table of the Kannel preset for a stand-in gateway
+/// on `port` (user `otp`, sender `OTPGATE`); `extra` lines (its password
+/// and receipt settings) go into the table.
+pub fn kannel_channel(port: u16, extra: &str) -> String {
+    format!(
+        r#"
+[channels.kannel]
+type = "http"
+preset = "kannel"
+url = "http://127.0.0.1:{port}"
+username = "otp"
+from = "OTPGATE"
 {extra}
 "#
     )

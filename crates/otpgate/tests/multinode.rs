@@ -50,6 +50,26 @@ fn server(test: &str) -> Option<&'static TempPostgres> {
     }
 }
 
+/// For the load tests: their turn (see [`LOAD`]), a fresh database, three
+/// nodes started on it at once (racing to migrate it) with log tag `tag`,
+/// and their addresses; `None` as [`server`] says.
+async fn three_nodes(
+    test: &str,
+    tag: &str,
+) -> Option<(
+    tokio::sync::MutexGuard<'static, ()>,
+    String,
+    Vec<Server>,
+    Vec<String>,
+)> {
+    let pg = server(test)?;
+    let turn = LOAD.lock().await;
+    let db = pg.fresh_database();
+    let nodes = start_nodes(&db, 3, tag, &[]);
+    let bases = nodes.iter().map(|n| n.base.clone()).collect();
+    Some((turn, db, nodes, bases))
+}
+
 fn skip_or_fail<T>(test: &str, e: &TestkitError) -> Option<T> {
     if e.is_missing() && !require_services() {
         println!("SKIPPED {test}: {e}");
@@ -186,12 +206,10 @@ fn now_ms() -> i64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_nodes_on_one_database_behave_as_one_service() {
     let test = "three_nodes_on_one_database_behave_as_one_service";
-    let Some(pg) = server(test) else { return };
-    let _turn = LOAD.lock().await;
-    let db = pg.fresh_database();
-    // Three nodes racing to migrate an empty database; only one may.
-    let nodes = start_nodes(&db, 3, "load", &[]);
-    let bases: Vec<String> = nodes.iter().map(|n| n.base.clone()).collect();
+    // The three nodes raced to migrate the empty database; only one may have.
+    let Some((_turn, db, _nodes, bases)) = three_nodes(test, "load").await else {
+        return;
+    };
     let http = http();
     let store = open_store(&db).await;
     let cid = create_account(&db, Some(1000));
@@ -823,11 +841,9 @@ async fn a_node_refuses_a_database_whose_schema_is_newer_than_it_knows() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn pumping_spread_over_three_nodes_is_blocked_within_the_same_bounds() {
     let test = "pumping_spread_over_three_nodes_is_blocked_within_the_same_bounds";
-    let Some(pg) = server(test) else { return };
-    let _turn = LOAD.lock().await;
-    let db = pg.fresh_database();
-    let nodes = start_nodes(&db, 3, "pump", &[]);
-    let bases: Vec<String> = nodes.iter().map(|n| n.base.clone()).collect();
+    let Some((_turn, db, nodes, bases)) = three_nodes(test, "pump").await else {
+        return;
+    };
     let http = http();
     let cid = create_account(&db, Some(100_000));
     let t = token(&http, &bases[0], &cid).await;

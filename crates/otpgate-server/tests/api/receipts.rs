@@ -266,20 +266,9 @@ async fn the_right_token_records_a_delivery() {
 
 async fn kannels_dlr_url_authenticates_once_kannel_fills_it() {
     let gw = StubGateway::start().await;
-    let settings = with_channels(&format!(
-        r#"
-[channels.kannel]
-type = "http"
-preset = "kannel"
-url = "http://127.0.0.1:{port}"
-username = "otp"
-password = "kannel-pw"
-from = "OTPGATE"
-receipt_url = "{PUBLIC}"
-receipt_token = {TOKEN:?}
-"#,
-        port = gw.port
-    ));
+    let extra =
+        format!("password = \"kannel-pw\"\nreceipt_url = \"{PUBLIC}\"\nreceipt_token = {TOKEN:?}");
+    let settings = with_channels(&otpgate_testkit::settings::kannel_channel(gw.port, &extra));
     let app = spawn_app_with(settings).await;
     let (id, sent) = send_and_wait_sent(&app, "9876500303").await;
     let dlr = gw.last().get("dlr-url");

@@ -20,12 +20,7 @@ async fn sign_up_gives_a_customer_id_test_credits_and_a_session() {
     let curl = welcome.text_of("curl-token").expect("curl");
     assert!(curl.contains(&format!("customerId={id}")), "{curl}");
     assert!(curl.contains(&app.base), "{curl}");
-    let account = app
-        .store
-        .account_get(&id)
-        .await
-        .expect("get")
-        .expect("stored");
+    let account = app.account(&id).await;
     assert_eq!(account.email.as_deref(), Some("new@example.com"));
     assert_eq!(account.country.as_deref(), Some("IN"));
     assert!(account.password_hash.starts_with("$argon2id$"));
@@ -239,26 +234,13 @@ async fn the_operator_lists_accounts_adds_credits_and_disables_one() {
 
     let r = grant_credits(&mut ops, &id, "250").await;
     assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
-    let account = app
-        .store
-        .account_get(&cid)
-        .await
-        .expect("get")
-        .expect("account");
+    let account = app.account(&cid).await;
     assert_eq!(account.credits, 250);
     let page = ops.get(r.location().expect("location")).await;
     assert!(page.body.contains(&format!("Credits of {id} changed.")));
     let r = grant_credits(&mut ops, &id, "-50").await;
     assert_eq!(r.status, StatusCode::SEE_OTHER);
-    assert_eq!(
-        app.store
-            .account_get(&cid)
-            .await
-            .expect("get")
-            .expect("a")
-            .credits,
-        200
-    );
+    assert_eq!(app.account(&cid).await.credits, 200);
     for bad in ["0", "ten", "99999999999"] {
         let r = grant_credits(&mut ops, &id, bad).await;
         assert_eq!(r.status, StatusCode::BAD_REQUEST, "{bad}");
@@ -271,14 +253,7 @@ async fn the_operator_lists_accounts_adds_credits_and_disables_one() {
     let token = app.token(&id, PASSWORD).await;
     let r = set_disabled(&mut ops, &id, "true").await;
     assert_eq!(r.status, StatusCode::SEE_OTHER);
-    assert!(
-        app.store
-            .account_get(&cid)
-            .await
-            .expect("get")
-            .expect("a")
-            .disabled
-    );
+    assert!(app.account(&cid).await.disabled);
     assert_eq!(
         app.send(&token, "91", "9876543210").await.status,
         StatusCode::UNAUTHORIZED

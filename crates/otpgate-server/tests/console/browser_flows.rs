@@ -203,12 +203,7 @@ async fn settings_apply(b: &Browser, app: &ConsoleApp) {
     b.fill("allowed_country_codes", "44").await;
     b.click("form.settings button[type=submit]").await;
     assert!(b.text(".notice").await.starts_with("Saved"));
-    let stored = app
-        .store
-        .account_get(&account.customer_id)
-        .await
-        .expect("get")
-        .expect("account");
+    let stored = app.account(&account.customer_id).await;
     assert_eq!(stored.settings.brand_name.as_deref(), Some("Acme Sandbox"));
     assert_eq!(stored.settings.allowed_country_codes, Some(vec![44]));
 

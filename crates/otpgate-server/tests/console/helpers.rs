@@ -86,6 +86,15 @@ async fn api(r: reqwest::Response) -> Api {
 }
 
 impl ConsoleApp {
+    /// Account `id` as the store holds it now; it must exist.
+    pub async fn account(&self, id: &otpgate_core::CustomerId) -> otpgate_store::Account {
+        self.store
+            .account_get(id)
+            .await
+            .expect("get")
+            .expect("the account exists")
+    }
+
     /// A new visitor signed up through the form as `email` with
     /// [`PASSWORD`], and its customerId.
     pub async fn signed_up(&self, email: &str) -> (Visitor, String) {

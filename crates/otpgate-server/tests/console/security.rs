@@ -46,11 +46,8 @@ async fn a_form_posted_without_its_csrf_token_is_refused_with_403() {
     assert_eq!(borrowed.status, StatusCode::FORBIDDEN);
 
     let account = app
-        .store
-        .account_get(&otpgate_core::CustomerId::parse(&id).expect("id"))
-        .await
-        .expect("get")
-        .expect("account");
+        .account(&otpgate_core::CustomerId::parse(&id).expect("id"))
+        .await;
     // As sign-up left them: its own country only.
     assert_eq!(
         account.settings,
@@ -132,11 +129,8 @@ async fn operator_forms_need_the_token_too() {
         );
     }
     let a = app
-        .store
-        .account_get(&otpgate_core::CustomerId::parse(&id).expect("id"))
-        .await
-        .expect("get")
-        .expect("account");
+        .account(&otpgate_core::CustomerId::parse(&id).expect("id"))
+        .await;
     assert_eq!(a.credits, 0);
     assert!(!a.disabled);
 }

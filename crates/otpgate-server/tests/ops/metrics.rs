@@ -98,18 +98,7 @@ async fn every_series_moves_during_a_flow_over_smpp() {
     let id = server.send("9876500001", "60").await;
     let code = code_sent_to(&sim, "9876500001");
     server.send("9999900002", "60").await;
-    eventually(10, "the receipt", async || {
-        server
-            .store
-            .verification_get(
-                &server.account.customer_id,
-                otpgate_core::VerificationId::parse(&id).unwrap(),
-            )
-            .await
-            .unwrap()
-            .is_some_and(|v| v.delivery == otpgate_core::DeliveryStatus::Delivered)
-    })
-    .await;
+    server.wait_delivered(&id, 10, "the receipt").await;
     let wrong_code = if code.starts_with('1') { "2" } else { "1" }.repeat(code.len());
     assert_eq!(server.validate(&id, &wrong_code).await, 702);
     assert_eq!(server.validate(&id, &code).await, 200);

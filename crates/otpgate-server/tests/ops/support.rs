@@ -125,6 +125,20 @@ impl Server {
         (receiver, secret)
     }
 
+    /// Waits up to `secs` until verification `id` is marked delivered (its
+    /// receipt came); `what` names the wait in the failure.
+    pub async fn wait_delivered(&self, id: &str, secs: u64, what: &str) {
+        let id = otpgate_core::VerificationId::parse(id).unwrap();
+        eventually(secs, what, async || {
+            self.store
+                .verification_get(&self.account.customer_id, id)
+                .await
+                .unwrap()
+                .is_some_and(|v| v.delivery == otpgate_core::DeliveryStatus::Delivered)
+        })
+        .await;
+    }
+
     /// Sends to `+91 <national>`; returns the verification id.
     pub async fn send(&self, national: &str, timeout: &str) -> String {
         let v: serde_json::Value = self

@@ -142,17 +142,9 @@ fn channel(db: &Db, toml: &str) -> Arc<dyn Channel> {
 }
 
 fn kannel(port: u16) -> String {
-    format!(
-        r#"
-[channels.kannel]
-type = "http"
-preset = "kannel"
-url = "http://127.0.0.1:{port}"
-username = "otp"
-password_env = "KANNEL_PASS"
-from = "OTPGATE"
-receipt_url = "https://otp.example.com/"
-"#
+    otpgate_testkit::settings::kannel_channel(
+        port,
+        "password_env = \"KANNEL_PASS\"\nreceipt_url = \"https://otp.example.com/\"",
     )
 }
 
