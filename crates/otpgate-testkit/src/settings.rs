@@ -31,32 +31,28 @@ reconnect_min_ms = 100
 /// on `port` (account `AC123`, sender `+15005550006`); `extra` lines (its
 /// auth token and receipt settings) go into the table.
 pub fn twilio_channel(port: u16, extra: &str) -> String {
-    format!(
-        r#"
-[channels.twilio]
-type = "http"
-preset = "twilio"
-url = "http://127.0.0.1:{port}"
-account_sid = "AC123"
-from = "+15005550006"
-{extra}
-"#
-    )
+    let lines = format!("account_sid = \"AC123\"\nfrom = \"+15005550006\"\n{extra}");
+    preset_channel("twilio", port, &lines)
 }
 
 /// A `[channels.kannel]` table of the Kannel preset for a stand-in gateway
 /// on `port` (user `otp`, sender `OTPGATE`); `extra` lines (its password
 /// and receipt settings) go into the table.
 pub fn kannel_channel(port: u16, extra: &str) -> String {
+    let lines = format!("username = \"otp\"\nfrom = \"OTPGATE\"\n{extra}");
+    preset_channel("kannel", port, &lines)
+}
+
+/// A `[channels.PRESET]` table of `type = "http"` with that preset, sending
+/// to `127.0.0.1:port`, with `lines` in it.
+fn preset_channel(preset: &str, port: u16, lines: &str) -> String {
     format!(
         r#"
-[channels.kannel]
+[channels.{preset}]
 type = "http"
-preset = "kannel"
+preset = "{preset}"
 url = "http://127.0.0.1:{port}"
-username = "otp"
-from = "OTPGATE"
-{extra}
+{lines}
 "#
     )
 }

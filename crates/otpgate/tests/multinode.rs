@@ -70,6 +70,22 @@ async fn three_nodes(
     Some((turn, db, nodes, bases))
 }
 
+/// How many of `tasks` answered each `status/responseCode`; `what` names a
+/// task that panicked.
+async fn tally(
+    tasks: Vec<tokio::task::JoinHandle<(u16, Value)>>,
+    what: &str,
+) -> HashMap<String, usize> {
+    let mut outcomes = HashMap::new();
+    for task in tasks {
+        let (status, body) = task.await.expect(what);
+        *outcomes
+            .entry(format!("{status}/{}", body["responseCode"]))
+            .or_default() += 1;
+    }
+    outcomes
+}
+
 fn skip_or_fail<T>(test: &str, e: &TestkitError) -> Option<T> {
     if e.is_missing() && !require_services() {
         println!("SKIPPED {test}: {e}");
@@ -285,13 +301,7 @@ async fn three_nodes_on_one_database_behave_as_one_service() {
             validate(&http, &base, &t, &id, &code).await
         }));
     }
-    let mut outcomes: HashMap<String, usize> = HashMap::new();
-    for task in tasks {
-        let (status, body) = task.await.expect("validate task");
-        *outcomes
-            .entry(format!("{status}/{}", body["responseCode"]))
-            .or_default() += 1;
-    }
+    let outcomes = tally(tasks, "validate task").await;
     assert_eq!(outcomes.get("200/200"), Some(&1), "{outcomes:?}");
     assert_eq!(outcomes.get("400/703"), Some(&19), "{outcomes:?}");
     assert_eq!(outcomes.len(), 2, "{outcomes:?}");
@@ -359,13 +369,7 @@ async fn three_nodes_on_one_database_behave_as_one_service() {
             send(&http, &base, &tp, &number(3, i)).await
         }));
     }
-    let mut outcomes: HashMap<String, usize> = HashMap::new();
-    for task in tasks {
-        let (status, body) = task.await.expect("send task");
-        *outcomes
-            .entry(format!("{status}/{}", body["responseCode"]))
-            .or_default() += 1;
-    }
+    let outcomes = tally(tasks, "send task").await;
     assert_eq!(outcomes.get("200/200"), Some(&10), "{outcomes:?}");
     assert_eq!(outcomes.get("402/402"), Some(&20), "{outcomes:?}");
     assert_eq!(outcomes.len(), 2, "{outcomes:?}");

@@ -6,7 +6,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use otpgate_core::{Clock, CustomerId, ManualClock, SystemClock};
 use otpgate_server::Settings;
-use otpgate_store::{Account, Store};
+use otpgate_store::{Account, Store, Verification};
 use otpgate_testkit::{TempPostgres, skip_or_fail};
 use reqwest::StatusCode;
 use serde_json::Value;
@@ -251,6 +251,16 @@ impl TestApp {
     pub async fn login(&self, password: &str) -> Resp {
         self.token_with(self.account.customer_id.as_str(), password)
             .await
+    }
+
+    /// The test account's verification `id` as the store holds it now; it
+    /// must exist.
+    pub async fn verification_now(&self, id: otpgate_core::VerificationId) -> Verification {
+        self.store
+            .verification_get(&self.account.customer_id, id)
+            .await
+            .unwrap()
+            .expect("the verification exists")
     }
 
     /// The test account as the store holds it now.

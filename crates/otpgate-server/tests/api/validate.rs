@@ -133,12 +133,7 @@ async fn a_failed_delivery_gets_700_and_refunds_the_charge() {
         let id = app.send_ok(v, &t, national).await;
         let vid = VerificationId::parse(&id).unwrap();
         // The gateway has not answered yet: the send is charged.
-        let charged = app
-            .store
-            .verification_get(&app.account.customer_id, vid)
-            .await
-            .unwrap()
-            .unwrap();
+        let charged = app.verification_now(vid).await;
         assert_eq!(charged.cost, 1, "{charged:?}");
         assert_eq!(balance().await, before - 1, "one credit charged on send");
         gate.add_permits(1);
@@ -163,12 +158,7 @@ async fn a_failed_delivery_gets_700_and_refunds_the_charge() {
         assert_eq!(r.body["message"], "VERIFICATION_FAILED");
         assert_eq!(r.status, StatusCode::BAD_REQUEST);
         // The refund came with the failure, before the next send.
-        let refunded = app
-            .store
-            .verification_get(&app.account.customer_id, vid)
-            .await
-            .unwrap()
-            .unwrap();
+        let refunded = app.verification_now(vid).await;
         assert_eq!(refunded.cost, 0, "{refunded:?}");
         assert_eq!(balance().await, before, "the credit is back");
     }

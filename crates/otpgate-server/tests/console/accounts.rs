@@ -4,9 +4,7 @@
 use otpgate_core::CustomerId;
 use reqwest::StatusCode;
 
-use crate::helpers::{
-    ADMIN_EMAIL, ADMIN_PASSWORD, PASSWORD, Page, Visitor, spawn, spawn_with, test_settings,
-};
+use crate::helpers::{ADMIN_EMAIL, ADMIN_PASSWORD, PASSWORD, Page, Visitor, spawn, spawn_tuned};
 
 #[tokio::test]
 async fn sign_up_gives_a_customer_id_test_credits_and_a_session() {
@@ -98,9 +96,7 @@ async fn sign_up_explains_what_is_wrong_and_keeps_what_was_typed() {
 
 #[tokio::test]
 async fn sign_up_can_be_closed_and_is_limited_per_address() {
-    let mut s = test_settings();
-    s.console.signup = false;
-    let app = spawn_with(s).await;
+    let app = spawn_tuned(|s| s.console.signup = false).await;
     let mut v = Visitor::new(&app.base);
     let page = v.get("/console/signup").await;
     assert!(page.body.contains("Sign-up is closed"));
@@ -117,9 +113,7 @@ async fn sign_up_can_be_closed_and_is_limited_per_address() {
             .is_none()
     );
 
-    let mut s = test_settings();
-    s.console.signups_per_hour = 2;
-    let app = spawn_with(s).await;
+    let app = spawn_tuned(|s| s.console.signups_per_hour = 2).await;
     for n in 0..2 {
         Visitor::new(&app.base)
             .sign_up(&format!("u{n}@example.com"), PASSWORD)
@@ -287,9 +281,7 @@ async fn the_operator_lists_accounts_adds_credits_and_disables_one() {
 
 #[tokio::test]
 async fn without_an_operator_configured_nobody_logs_in_as_one() {
-    let mut s = test_settings();
-    s.console.admin_password = None;
-    let app = spawn_with(s).await;
+    let app = spawn_tuned(|s| s.console.admin_password = None).await;
     let mut v = Visitor::new(&app.base);
     let r = v.log_in(ADMIN_EMAIL, ADMIN_PASSWORD).await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
@@ -301,9 +293,7 @@ async fn without_an_operator_configured_nobody_logs_in_as_one() {
 
 #[tokio::test]
 async fn a_server_without_the_console_serves_no_console() {
-    let mut s = test_settings();
-    s.console.enabled = false;
-    let app = spawn_with(s).await;
+    let app = spawn_tuned(|s| s.console.enabled = false).await;
     let mut v = Visitor::new(&app.base);
     for path in ["/console", "/console/login", "/console/assets/htmx.min.js"] {
         let r = v.get(path).await;

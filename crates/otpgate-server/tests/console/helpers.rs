@@ -42,6 +42,13 @@ pub async fn spawn() -> ConsoleApp {
     spawn_with(test_settings()).await
 }
 
+/// [`spawn_with`] the test settings as `tune` changes them.
+pub async fn spawn_tuned(tune: impl FnOnce(&mut Settings)) -> ConsoleApp {
+    let mut s = test_settings();
+    tune(&mut s);
+    spawn_with(s).await
+}
+
 pub async fn spawn_with(settings: Settings) -> ConsoleApp {
     spawn_at(settings, SystemClock.now_ms()).await
 }

@@ -4,7 +4,7 @@
 use otpgate_core::Clock;
 use reqwest::StatusCode;
 
-use crate::helpers::{PASSWORD, Visitor, code_in, spawn_with, test_settings};
+use crate::helpers::{PASSWORD, Visitor, code_in, spawn_tuned, spawn_with, test_settings};
 
 /// The verification ids of a log page's rows, in order.
 fn ids(body: &str) -> Vec<String> {
@@ -18,9 +18,7 @@ fn ids(body: &str) -> Vec<String> {
 async fn the_log_pages_newest_first_and_filters_by_number_status_and_date() {
     // Thirty unvalidated sends to one prefix: the fraud guard would block
     // them after twenty, and this test is about the log.
-    let mut settings = test_settings();
-    settings.fraud.guard = false;
-    let app = spawn_with(settings).await;
+    let app = spawn_tuned(|s| s.fraud.guard = false).await;
     let (mut v, id) = app.signed_up("log@example.com").await;
     let token = app.token(&id, PASSWORD).await;
     let mut sent = Vec::new();

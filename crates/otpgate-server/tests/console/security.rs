@@ -4,7 +4,7 @@
 
 use reqwest::StatusCode;
 
-use crate::helpers::{PASSWORD, Visitor, spawn, spawn_with, test_settings};
+use crate::helpers::{PASSWORD, Visitor, spawn, spawn_tuned, spawn_with, test_settings};
 use otpgate_server::console::CONTENT_SECURITY_POLICY;
 use otpgate_store::AccountSettings;
 
@@ -242,9 +242,7 @@ async fn cookies_are_httponly_samesite_strict_and_pages_carry_the_policy() {
 
 #[tokio::test]
 async fn log_ins_are_throttled_after_repeated_failures() {
-    let mut s = test_settings();
-    s.console.max_login_failures = 3;
-    let app = spawn_with(s).await;
+    let app = spawn_tuned(|s| s.console.max_login_failures = 3).await;
     let (_, id) = app.signed_up("throttle@example.com").await;
 
     let mut v = Visitor::new(&app.base);
