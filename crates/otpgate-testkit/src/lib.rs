@@ -53,6 +53,21 @@ pub fn skipped(test: &str, why: impl std::fmt::Display) {
 #[derive(Debug)]
 pub struct TempDir(pub PathBuf);
 
+/// A path under the system's temporary directory that no other test of any
+/// process has used: `otpgate-<tag>-<pid>-<n>-<nanos>`.
+pub(crate) fn unique_temp_path(tag: &str) -> PathBuf {
+    static N: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    std::env::temp_dir().join(format!(
+        "otpgate-{tag}-{}-{}-{nanos}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ))
+}
+
 impl TempDir {
     /// A new empty directory under the system's temporary directory, named
     /// `otpgate-<tag>-<pid>-<n>-<nanos>` so that neither parallel tests nor
@@ -61,16 +76,7 @@ impl TempDir {
     /// # Panics
     /// When the directory cannot be created.
     pub fn new(tag: &str) -> Self {
-        static N: AtomicU64 = AtomicU64::new(0);
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
-        let dir = std::env::temp_dir().join(format!(
-            "otpgate-{tag}-{}-{}-{nanos}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
+        let dir = unique_temp_path(tag);
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("create a temporary directory");
         Self(dir)

@@ -912,14 +912,7 @@ async fn a_delivered_code_leaves_no_trace_in_the_database_files() {
     );
     let http = http();
     let token = common::token(&http, &server.base, &cid).await;
-    let r = http
-        .post(format!("{}/verification/v3/send", server.base))
-        .header("authToken", &token)
-        .query(&[
-            ("countryCode", "91"),
-            ("mobileNumber", "9876543210"),
-            ("flowType", "SMS"),
-        ])
+    let r = common::send_request(&http, &server.base, &token, "91", "9876543210")
         .send()
         .await
         .unwrap();

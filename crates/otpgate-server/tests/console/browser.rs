@@ -18,7 +18,7 @@ use serde_json::json;
 use tokio::process::{Child, Command};
 use tokio::sync::{Mutex, MutexGuard};
 
-use crate::helpers::{ConsoleApp, TempDir};
+use crate::helpers::{ConsoleApp, PASSWORD, TempDir};
 use otpgate_testkit::{free_port, require_services};
 
 pub const CHROMIUM: &str = "/usr/bin/chromium";
@@ -133,6 +133,17 @@ impl Browser {
         let app = app.await;
         let outcome = AssertUnwindSafe(flow(&b, &app)).catch_unwind().await;
         b.finish(outcome).await;
+    }
+
+    /// Fills the sign-up form on the current page (`email`, [`PASSWORD`]
+    /// twice, country IN) and submits it.
+    pub async fn fill_sign_up(&self, email: &str) {
+        self.fill("email", email).await;
+        self.fill("password", PASSWORD).await;
+        self.fill("confirm", PASSWORD).await;
+        self.fill("country", "IN").await;
+        self.click("form[action=\"/console/signup\"] button[type=submit]")
+            .await;
     }
 
     /// Ends the test: on a panic, saves a screenshot first; then closes the

@@ -21,12 +21,7 @@ async fn sign_up_send_see_delivery_read_inbox_validate_and_count_it() {
 async fn signup_to_completed(b: &Browser, app: &ConsoleApp) {
     // Sign up in the browser; the welcome page shows the customerId once.
     b.goto(&app.url("/console/signup")).await;
-    b.fill("email", "dev@example.com").await;
-    b.fill("password", PASSWORD).await;
-    b.fill("confirm", PASSWORD).await;
-    b.fill("country", "IN").await;
-    b.click("form[action=\"/console/signup\"] button[type=submit]")
-        .await;
+    b.fill_sign_up("dev@example.com").await;
     let id = b.text("#customer-id").await;
     assert!(id.starts_with("C-") && id.len() == 17, "{id}");
     assert_eq!(b.text("#test-credits").await, "100");

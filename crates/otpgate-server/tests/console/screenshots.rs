@@ -116,12 +116,7 @@ async fn pages(b: &Browser, app: &ConsoleApp) {
     shoot(b, "login").await;
     b.goto(&app.url("/console/signup")).await;
     shoot(b, "signup").await;
-    b.fill("email", "new.user@example.com").await;
-    b.fill("password", PASSWORD).await;
-    b.fill("confirm", PASSWORD).await;
-    b.fill("country", "IN").await;
-    b.click("form[action=\"/console/signup\"] button[type=submit]")
-        .await;
+    b.fill_sign_up("new.user@example.com").await;
     b.find("#customer-id").await;
     shoot(b, "welcome").await;
     b.click("form.logout button").await;
