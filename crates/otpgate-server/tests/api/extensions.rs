@@ -63,7 +63,7 @@ async fn status_follows_a_verification_from_pending_to_completed_on_both_version
         assert_eq!(d["timeout"], "60");
         assert!(d["completedAt"].is_null());
 
-        let wrong = app.validate(v, &t, &id, &TestApp::wrong(&code)).await;
+        let wrong = app.validate_wrong(v, &t, &id, &code).await;
         assert_eq!(wrong.code(), 702);
         let r = status(&app, v, &t, &id).await;
         assert_eq!(r.body["data"]["attemptsLeft"], 4);
@@ -83,9 +83,7 @@ async fn status_follows_a_verification_from_pending_to_completed_on_both_version
     // Blocked and expired, as validate would answer them (800, then 705).
     let (id, code) = app.sent_code(Version::V3, &t, "9876500009").await;
     for _ in 0..5 {
-        let r = app
-            .validate(Version::V3, &t, &id, &TestApp::wrong(&code))
-            .await;
+        let r = app.validate_wrong(Version::V3, &t, &id, &code).await;
         assert_eq!(r.code(), 702);
     }
     let r = status(&app, Version::V3, &t, &id).await;

@@ -344,6 +344,11 @@ impl TestApp {
         .await
     }
 
+    /// A validation of `id` with a code that is certainly not `code`.
+    pub async fn validate_wrong(&self, v: Version, token: &str, id: &str, code: &str) -> Resp {
+        self.validate(v, token, id, &Self::wrong(code)).await
+    }
+
     /// The code of verification `id`, read from the inbox channel once the
     /// delivery worker has put it there.
     pub async fn code_for(&self, id: &str) -> String {

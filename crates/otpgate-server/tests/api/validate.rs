@@ -78,12 +78,7 @@ async fn an_expired_code_gets_705_and_a_wrong_code_never_extends_validity() {
         let national = v.pick("9876500130", "9876500131");
         let (id, code) = app.sent_code(v, &t, national).await;
         app.clock.advance_ms(59_000);
-        assert_eq!(
-            app.validate(v, &t, &id, &TestApp::wrong(&code))
-                .await
-                .code(),
-            702
-        );
+        assert_eq!(app.validate_wrong(v, &t, &id, &code).await.code(), 702);
         app.clock.advance_ms(1_000);
         let r = app.validate(v, &t, &id, &code).await;
         assert_eq!(r.code(), 705, "{:?}", r.body);
@@ -176,8 +171,7 @@ async fn precedence_dead_beats_expired() {
     let (app, t) = spawn_app_signed_in().await;
     let (id, code) = app.sent_code(Version::V2, &t, "9876500170").await;
     for _ in 0..5 {
-        app.validate(Version::V2, &t, &id, &TestApp::wrong(&code))
-            .await;
+        app.validate_wrong(Version::V2, &t, &id, &code).await;
     }
     app.clock.advance_ms(3_600_000);
     assert_eq!(app.validate(Version::V2, &t, &id, &code).await.code(), 800);
@@ -212,24 +206,18 @@ async fn concurrent_wrong_codes_never_exceed_the_attempt_limit() {
 async fn the_wrong_code_budget_across_verifications_gets_800() {
     let app = spawn_app_tuned(|s| s.limits.wrong_code_max = 7).await;
     let t = app.token().await;
-    let (id, code) = app.sent_code(Version::V3, &t, "9876500200").await;
-    for _ in 0..5 {
-        assert_eq!(
-            app.validate(Version::V3, &t, &id, &TestApp::wrong(&code))
-                .await
-                .code(),
-            702
-        );
-    }
-    let (id, code) = app.sent_code(Version::V3, &t, "9876500200").await;
-    for _ in 0..2 {
-        assert_eq!(
-            app.validate(Version::V3, &t, &id, &TestApp::wrong(&code))
-                .await
-                .code(),
-            702
-        );
-    }
+    // A new verification to the number and `n` wrong codes for it, each
+    // answered 702; its (id, code).
+    let wrong_codes = async |n| {
+        let (id, code) = app.sent_code(Version::V3, &t, "9876500200").await;
+        for _ in 0..n {
+            let r = app.validate_wrong(Version::V3, &t, &id, &code).await;
+            assert_eq!(r.code(), 702);
+        }
+        (id, code)
+    };
+    wrong_codes(5).await;
+    let (id, code) = wrong_codes(2).await;
     // Seven wrong codes for this number: even the right one is refused now,
     // and so is a new send.
     assert_eq!(app.validate(Version::V3, &t, &id, &code).await.code(), 800);

@@ -8,6 +8,11 @@ use crate::helpers::{PASSWORD, Visitor, spawn, spawn_tuned, spawn_with, test_set
 use otpgate_server::console::CONTENT_SECURITY_POLICY;
 use otpgate_store::AccountSettings;
 
+/// `fields` with `csrf` as the form's token, first.
+fn with_csrf<'a>(csrf: &'a str, fields: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
+    [&[("csrf", csrf)][..], fields].concat()
+}
+
 #[tokio::test]
 async fn a_form_posted_without_its_csrf_token_is_refused_with_403() {
     let app = spawn().await;
@@ -17,19 +22,11 @@ async fn a_form_posted_without_its_csrf_token_is_refused_with_403() {
     let none = v.post("/console/settings", &fields).await;
     assert_eq!(none.status, StatusCode::FORBIDDEN);
     assert!(none.body.contains("Form refused"));
-    let empty = v
-        .post(
-            "/console/settings",
-            &[&[("csrf", "")][..], &fields].concat(),
-        )
-        .await;
+    let empty = v.post("/console/settings", &with_csrf("", &fields)).await;
     assert_eq!(empty.status, StatusCode::FORBIDDEN);
     let forged = "A".repeat(43);
     let wrong = v
-        .post(
-            "/console/settings",
-            &[&[("csrf", forged.as_str())][..], &fields].concat(),
-        )
+        .post("/console/settings", &with_csrf(&forged, &fields))
         .await;
     assert_eq!(wrong.status, StatusCode::FORBIDDEN);
 
@@ -38,10 +35,7 @@ async fn a_form_posted_without_its_csrf_token_is_refused_with_403() {
     other.sign_up("other@example.com", PASSWORD).await;
     let theirs = other.get("/console/settings").await.csrf();
     let borrowed = v
-        .post(
-            "/console/settings",
-            &[&[("csrf", theirs.as_str())][..], &fields].concat(),
-        )
+        .post("/console/settings", &with_csrf(&theirs, &fields))
         .await;
     assert_eq!(borrowed.status, StatusCode::FORBIDDEN);
 
