@@ -754,14 +754,7 @@ async fn with_sms_black_holed_the_code_arrives_by_whatsapp_after_the_delay() {
     // Validate is unchanged: the original id, the code from WhatsApp; the
     // account was charged once.
     assert_eq!(s.validate(&id, &wa_code).await["responseCode"], 200);
-    let v = store
-        .verification_get(
-            &otpgate_core::CustomerId::parse(&s.cid).unwrap(),
-            VerificationId::parse(&id).unwrap(),
-        )
-        .await
-        .unwrap()
-        .unwrap();
+    let v = common::verification_of(store.as_ref(), &s.cid, &id).await;
     assert_eq!(v.cost, 1, "one verification, one charge");
 }
 

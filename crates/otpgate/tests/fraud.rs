@@ -219,11 +219,7 @@ async fn premium_rate_and_fixed_line_numbers_get_400_with_the_reason() {
         assert_eq!(status, 200, "+{cc} {national}: {body}");
     }
     let store = open_store(&db).await;
-    let a = store
-        .account_get(&CustomerId::parse(&cid).unwrap())
-        .await
-        .unwrap()
-        .unwrap();
+    let a = common::account_of(store.as_ref(), &cid).await;
     assert_eq!(a.credits, 97, "refused numbers cost nothing");
 }
 
@@ -242,11 +238,7 @@ async fn pumping_one_prefix_is_blocked_early_while_legitimate_traffic_flows() {
     let log = server.log_text();
     assert!(log.contains("fraud guard: block started"), "{log}");
     // Nothing was charged for the refused sends.
-    let a = store
-        .account_get(&CustomerId::parse(&cid).unwrap())
-        .await
-        .unwrap()
-        .unwrap();
+    let a = common::account_of(store.as_ref(), &cid).await;
     let accepted = i64::try_from(p.attack_accepted + p.legit_accepted).unwrap();
     assert_eq!(a.credits, 100_000 - accepted);
 }
@@ -288,12 +280,7 @@ async fn a_safe_listed_prefix_is_not_blocked_and_a_lifted_block_lets_the_next_se
 
     // On another prefix the guard blocks it: 800, Retry-After, a reason
     // naming the block; nothing charged, nothing sent.
-    let before = store
-        .account_get(&CustomerId::parse(&cid).unwrap())
-        .await
-        .unwrap()
-        .unwrap()
-        .credits;
+    let before = common::account_of(store.as_ref(), &cid).await.credits;
     let started = Instant::now();
     let mut accepted = 0i64;
     let mut blocked = None;
@@ -330,12 +317,7 @@ async fn a_safe_listed_prefix_is_not_blocked_and_a_lifted_block_lets_the_next_se
     let (status, _, _) = send(&http, &base, &t, "91", "9876529999").await;
     assert_eq!(status, 429);
     tokio::time::sleep(Duration::from_millis(800)).await;
-    let after = store
-        .account_get(&CustomerId::parse(&cid).unwrap())
-        .await
-        .unwrap()
-        .unwrap()
-        .credits;
+    let after = common::account_of(store.as_ref(), &cid).await.credits;
     assert_eq!(before - after, accepted, "refused sends cost nothing");
     let delivered = store
         .inbox_list(None, None, 1000)

@@ -373,11 +373,7 @@ async fn three_nodes_on_one_database_behave_as_one_service() {
     assert_eq!(outcomes.get("200/200"), Some(&10), "{outcomes:?}");
     assert_eq!(outcomes.get("402/402"), Some(&20), "{outcomes:?}");
     assert_eq!(outcomes.len(), 2, "{outcomes:?}");
-    let account = store
-        .account_get(&CustomerId::parse(&poor).unwrap())
-        .await
-        .unwrap()
-        .expect("account");
+    let account = common::account_of(store.as_ref(), &poor).await;
     assert_eq!((account.credits, account.test_credits), (0, 0));
 }
 
@@ -857,11 +853,7 @@ async fn pumping_spread_over_three_nodes_is_blocked_within_the_same_bounds() {
     // every other node's sends.
     let p = common::pumping::run(&bases, &t, store.clone()).await;
     common::pumping::assert_bounds(&p);
-    let account = store
-        .account_get(&CustomerId::parse(&cid).unwrap())
-        .await
-        .unwrap()
-        .expect("account");
+    let account = common::account_of(store.as_ref(), &cid).await;
     let accepted = i64::try_from(p.attack_accepted + p.legit_accepted).unwrap();
     assert_eq!(
         account.credits,

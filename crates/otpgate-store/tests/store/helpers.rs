@@ -4,7 +4,8 @@ use std::sync::Arc;
 
 use otpgate_core::{CodeHash, CustomerId, PhoneNumber, VerificationId};
 use otpgate_store::{
-    CreateOutcome, NewAccount, NewVerification, OutboxMessage, SendLimits, Store, Verification,
+    CreateOutcome, NewAccount, NewVerification, OutboxMessage, SendLimits, Store, ValidationAction,
+    Verification,
 };
 use tokio::sync::Barrier;
 
@@ -177,6 +178,22 @@ where
         })
         .collect();
     futures::future::try_join_all(tasks).await.unwrap()
+}
+
+/// Completes `customer`'s verification `id`, whose caller read `wrong`
+/// wrong attempts, at `at`; whether the write applied.
+pub async fn completes(
+    store: &impl AsStore,
+    customer: &CustomerId,
+    id: VerificationId,
+    wrong: u32,
+    at: i64,
+) -> bool {
+    store
+        .as_store()
+        .verification_apply(customer, id, wrong, ValidationAction::Complete, at)
+        .await
+        .unwrap()
 }
 
 /// Paid and test credits of `id`.

@@ -117,12 +117,7 @@ async fn a_failed_step_wakes_the_next_and_only_the_last_failure_fails_and_refund
 async fn completion_or_death_by_wrong_codes_cancels_held_steps(db: TestDb) {
     let store = db.open().await;
     let c = with_fallback(&store).await;
-    assert!(
-        store
-            .verification_apply(&c, vid(1), 0, ValidationAction::Complete, T0 + 1)
-            .await
-            .unwrap()
-    );
+    assert!(completes(&store, &c, vid(1), 0, T0 + 1).await);
     let all = steps(&store).await;
     assert!(
         all.iter()
@@ -430,12 +425,7 @@ async fn an_undeliverable_receipt_refunds_a_pending_verification_once_but_not_a_
     }
     assert_eq!(balance(&store, &c).await, (10, 0));
     // Verification 2 completed: its code evidently arrived.
-    assert!(
-        store
-            .verification_apply(&c, vid(2), 0, ValidationAction::Complete, T0 + 2)
-            .await
-            .unwrap()
-    );
+    assert!(completes(&store, &c, vid(2), 0, T0 + 2).await);
     for _ in 0..2 {
         for gw in ["g1", "g2"] {
             assert!(

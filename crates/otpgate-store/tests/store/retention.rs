@@ -7,7 +7,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use otpgate_core::{CodeHash, VerificationId};
-use otpgate_store::{InboxEntry, Purged, ValidationAction};
+use otpgate_store::{InboxEntry, Purged};
 
 use crate::fixture::TestDb;
 use crate::helpers::*;
@@ -123,12 +123,7 @@ async fn purging_deletes_old_verifications_messages_and_inbox_rows_but_keeps_dai
     ] {
         let v = created(&store, send(u64::from(n), &c, &phone(n), at)).await;
         if complete {
-            assert!(
-                store
-                    .verification_apply(&c, v.id, 0, ValidationAction::Complete, at + 5)
-                    .await
-                    .unwrap()
-            );
+            assert!(completes(&store, &c, v.id, 0, at + 5).await);
         }
         store
             .inbox_put(&InboxEntry {
@@ -194,12 +189,7 @@ async fn purging_deletes_old_verifications_messages_and_inbox_rows_but_keeps_dai
     // ...while the counts of their day stay, and keep counting.
     let after = store.daily_stats(&c, day0, day0 + 2 * DAY).await.unwrap();
     assert_eq!(counts(after), [(3, 2), (1, 0)]);
-    assert!(
-        store
-            .verification_apply(&c, vid(4), 0, ValidationAction::Complete, day0 + DAY + 20)
-            .await
-            .unwrap()
-    );
+    assert!(completes(&store, &c, vid(4), 0, day0 + DAY + 20).await);
     let last = store.daily_stats(&c, day0, day0 + 2 * DAY).await.unwrap();
     assert_eq!(counts(last), [(3, 2), (1, 1)]);
     // A freed id can be issued again.

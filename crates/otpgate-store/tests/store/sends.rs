@@ -106,12 +106,7 @@ async fn a_send_while_one_is_pending_returns_it_and_a_resend_after_it_ends_creat
     // Expired: a resend creates a new one.
     let second = created(&store, send(5, &c, &to, T0 + 60_000)).await;
     // Completed: likewise.
-    assert!(
-        store
-            .verification_apply(&c, second.id, 0, ValidationAction::Complete, T0 + 61_000)
-            .await
-            .unwrap()
-    );
+    assert!(completes(&store, &c, second.id, 0, T0 + 61_000).await);
     let third = created(&store, send(6, &c, &to, T0 + 62_000)).await;
     // Dead (all attempts wrong): likewise.
     for n in 0..5 {
@@ -142,12 +137,7 @@ async fn the_per_number_limit_refuses_until_the_oldest_send_leaves_the_window(db
         req.expires_at = at + 1_000;
         let v = created(&store, req).await;
         if completed {
-            assert!(
-                store
-                    .verification_apply(&c, v.id, 0, ValidationAction::Complete, at)
-                    .await
-                    .unwrap()
-            );
+            assert!(completes(&store, &c, v.id, 0, at).await);
         }
     }
     let mut req = send(4, &c, &to, T0 + 2_500);
@@ -222,12 +212,7 @@ async fn wrong_codes_count_across_verifications_and_a_spent_budget_refuses_sends
             );
         }
         if complete {
-            assert!(
-                store
-                    .verification_apply(&c, v.id, 2, ValidationAction::Complete, at + 2)
-                    .await
-                    .unwrap()
-            );
+            assert!(completes(&store, &c, v.id, 2, at + 2).await);
         }
     }
     let dest = to.e164_digits();

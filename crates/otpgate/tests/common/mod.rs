@@ -156,6 +156,32 @@ pub async fn open_store(db: &str) -> std::sync::Arc<dyn otpgate_store::Store> {
         .expect("open the store")
 }
 
+/// Account `cid` as `store` holds it now; it must exist.
+pub async fn account_of(store: &dyn otpgate_store::Store, cid: &str) -> otpgate_store::Account {
+    let id = otpgate_core::CustomerId::parse(cid).expect("a customerId");
+    store
+        .account_get(&id)
+        .await
+        .expect("read the account")
+        .expect("the account exists")
+}
+
+/// Verification `id` of account `cid` as `store` holds it now; it must
+/// exist.
+pub async fn verification_of(
+    store: &dyn otpgate_store::Store,
+    cid: &str,
+    id: &str,
+) -> otpgate_store::Verification {
+    let customer = otpgate_core::CustomerId::parse(cid).expect("a customerId");
+    let id = otpgate_core::VerificationId::parse(id).expect("a verification id");
+    store
+        .verification_get(&customer, id)
+        .await
+        .expect("read the verification")
+        .expect("the verification exists")
+}
+
 /// The `len`-digit code of verification `id` (to `to`, E.164 digits), read
 /// from the inbox channel once the message is there; waits up to `wait`.
 pub async fn inbox_code(
