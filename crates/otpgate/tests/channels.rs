@@ -350,6 +350,23 @@ impl Setup {
             .await
     }
 
+    /// A send of `flow` to `+<cc> <national>`, with `extra` parameters.
+    async fn send_flow(
+        &self,
+        cc: &str,
+        national: &str,
+        flow: &str,
+        extra: &[(&str, &str)],
+    ) -> serde_json::Value {
+        let mut params = vec![
+            ("countryCode", cc),
+            ("mobileNumber", national),
+            ("flowType", flow),
+        ];
+        params.extend_from_slice(extra);
+        self.send(&params).await
+    }
+
     async fn validate(&self, id: &str, code: &str) -> serde_json::Value {
         common::validate(&self.http, &self.server.base, &self.token, id, code).await
     }
@@ -407,13 +424,12 @@ async fn wait_status(db: &str, id: &str, want: DeliveryStatus) {
 async fn a_whatsapp_send_reaches_the_cloud_api_and_only_a_signed_status_marks_it_delivered() {
     let s = Setup::new("wa", None).await;
     let v = s
-        .send(&[
-            ("countryCode", "91"),
-            ("mobileNumber", "9876543210"),
-            ("flowType", "WHATSAPP"),
-            ("otpLength", "6"),
-            ("langId", "fr"),
-        ])
+        .send_flow(
+            "91",
+            "9876543210",
+            "WHATSAPP",
+            &[("otpLength", "6"), ("langId", "fr")],
+        )
         .await;
     let id = id_of(&v);
     let req = s
@@ -518,12 +534,7 @@ async fn a_whatsapp_send_reaches_the_cloud_api_and_only_a_signed_status_marks_it
 async fn a_voice_send_reaches_the_calls_api_with_twiml_that_speaks_the_code() {
     let s = Setup::new("voice", None).await;
     let v = s
-        .send(&[
-            ("countryCode", "44"),
-            ("mobileNumber", "7911123456"),
-            ("flowType", "VOICE"),
-            ("otpLength", "4"),
-        ])
+        .send_flow("44", "7911123456", "VOICE", &[("otpLength", "4")])
         .await;
     let id = id_of(&v);
     let req = s
@@ -648,13 +659,7 @@ async fn an_email_send_arrives_at_the_smtp_server_in_the_templates_language() {
 async fn a_flow_with_no_route_gets_400_with_the_reason() {
     let s = Setup::new("noroute", None).await;
     for flow in ["RCS", "SAUTH"] {
-        let v = s
-            .send(&[
-                ("countryCode", "91"),
-                ("mobileNumber", "9876543210"),
-                ("flowType", flow),
-            ])
-            .await;
+        let v = s.send_flow("91", "9876543210", flow, &[]).await;
         assert_eq!(v["responseCode"], 400, "{v}");
         assert_eq!(
             v["errorMessage"],
@@ -662,13 +667,7 @@ async fn a_flow_with_no_route_gets_400_with_the_reason() {
             "{v}"
         );
     }
-    let v = s
-        .send(&[
-            ("countryCode", "91"),
-            ("mobileNumber", "9876543210"),
-            ("flowType", "PIGEON"),
-        ])
-        .await;
+    let v = s.send_flow("91", "9876543210", "PIGEON", &[]).await;
     assert_eq!(v["responseCode"], 400, "{v}");
     assert!(v["errorMessage"].as_str().unwrap().contains("EMAIL"), "{v}");
     assert!(s.standin.seen("").is_empty(), "nothing was sent");
@@ -682,13 +681,8 @@ async fn with_sms_black_holed_the_code_arrives_by_whatsapp_after_the_delay() {
     let s = Setup::new("fallback-hole", None).await;
     let sent_at = Instant::now();
     let id = id_of(
-        &s.send(&[
-            ("countryCode", "91"),
-            ("mobileNumber", "9876543212"),
-            ("flowType", "SMS"),
-            ("otpLength", "6"),
-        ])
-        .await,
+        &s.send_flow("91", "9876543212", "SMS", &[("otpLength", "6")])
+            .await,
     );
     let sms = s
         .standin
@@ -765,13 +759,8 @@ async fn with_sms_working_no_whatsapp_message_is_sent() {
     let s = Setup::new("fallback-ok", None).await;
     let sent_at = Instant::now();
     let id = id_of(
-        &s.send(&[
-            ("countryCode", "91"),
-            ("mobileNumber", "9876543213"),
-            ("flowType", "SMS"),
-            ("otpLength", "6"),
-        ])
-        .await,
+        &s.send_flow("91", "9876543213", "SMS", &[("otpLength", "6")])
+            .await,
     );
     let sms = s
         .standin
@@ -815,13 +804,8 @@ async fn with_sms_working_no_whatsapp_message_is_sent() {
 async fn a_fallback_survives_a_crash_between_attempts() {
     let mut s = Setup::new("fallback-crash", None).await;
     let id = id_of(
-        &s.send(&[
-            ("countryCode", "91"),
-            ("mobileNumber", "9876543214"),
-            ("flowType", "SMS"),
-            ("otpLength", "6"),
-        ])
-        .await,
+        &s.send_flow("91", "9876543214", "SMS", &[("otpLength", "6")])
+            .await,
     );
     s.standin
         .wait_for("/sms", "919876543214", Duration::from_secs(10))

@@ -240,6 +240,26 @@ fn tally(statuses: &[u16]) -> std::collections::BTreeMap<u16, usize> {
     m
 }
 
+/// 60 concurrent posts of the console form on `page` from `http`, all with
+/// one pre-session, post `i` with `fields(i)`: how many got each status.
+async fn console_flood(
+    http: &reqwest::Client,
+    base: &str,
+    page: &str,
+    fields: impl Fn(usize) -> Vec<(&'static str, String)>,
+) -> std::collections::BTreeMap<u16, usize> {
+    let form = console_form(http, base, page).await;
+    let posts = (0..60).map(|i| {
+        let (http, base, form, fields) = (http.clone(), base.to_owned(), form.clone(), fields(i));
+        let page = page.to_owned();
+        async move {
+            let fields: Vec<(&str, &str)> = fields.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            console_post(&http, &base, &page, &form, &fields).await
+        }
+    });
+    tally(&join_all(posts).await)
+}
+
 /// 60 concurrent wrong keys for one customerId from one address: at most
 /// 10 are checked (401), the rest get 429, and each refusal leaves an
 /// audit line without the key. The same for the console's log-in (the
@@ -281,22 +301,13 @@ async fn parallel_guessing_is_counted_before_checking_and_owners_keep_access() {
     assert!(body["token"].is_string(), "{body}");
 
     // Console log-in as the operator.
-    let form = console_form(&attacker, &base, "login").await;
-    let tries = (0..60).map(|i| {
-        let (http, base, form) = (attacker.clone(), base.clone(), form.clone());
-        async move {
-            let pw = format!("wrong password {i}");
-            console_post(
-                &http,
-                &base,
-                "login",
-                &form,
-                &[("login", OPS_EMAIL), ("password", &pw)],
-            )
-            .await
-        }
-    });
-    let t = tally(&join_all(tries).await);
+    let t = console_flood(&attacker, &base, "login", |i| {
+        vec![
+            ("login", OPS_EMAIL.to_owned()),
+            ("password", format!("wrong password {i}")),
+        ]
+    })
+    .await;
     println!("FIGURES console log-in: 60 concurrent wrong passwords answered {t:?}");
     assert_eq!(t.get(&401), Some(&10), "{t:?}");
     assert_eq!(t.get(&429), Some(&50), "{t:?}");
@@ -313,27 +324,15 @@ async fn parallel_guessing_is_counted_before_checking_and_owners_keep_access() {
     assert_eq!(status, 303, "the operator logs in from another address");
 
     // Sign-ups: 10 per address per hour.
-    let form = console_form(&attacker, &base, "signup").await;
-    let signups = (0..60).map(|i| {
-        let (http, base, form) = (attacker.clone(), base.clone(), form.clone());
-        async move {
-            let email = format!("signup{i}@example.com");
-            console_post(
-                &http,
-                &base,
-                "signup",
-                &form,
-                &[
-                    ("email", &email),
-                    ("password", "a signup password"),
-                    ("confirm", "a signup password"),
-                    ("country", "IN"),
-                ],
-            )
-            .await
-        }
-    });
-    let t = tally(&join_all(signups).await);
+    let t = console_flood(&attacker, &base, "signup", |i| {
+        vec![
+            ("email", format!("signup{i}@example.com")),
+            ("password", "a signup password".to_owned()),
+            ("confirm", "a signup password".to_owned()),
+            ("country", "IN".to_owned()),
+        ]
+    })
+    .await;
     println!("FIGURES console sign-up: 60 concurrent sign-ups answered {t:?}");
     assert_eq!(t.get(&201), Some(&10), "{t:?}");
     assert_eq!(t.get(&429), Some(&50), "{t:?}");

@@ -159,11 +159,7 @@ pub async fn open_store(db: &str) -> std::sync::Arc<dyn otpgate_store::Store> {
 /// Account `cid` as `store` holds it now; it must exist.
 pub async fn account_of(store: &dyn otpgate_store::Store, cid: &str) -> otpgate_store::Account {
     let id = otpgate_core::CustomerId::parse(cid).expect("a customerId");
-    store
-        .account_get(&id)
-        .await
-        .expect("read the account")
-        .expect("the account exists")
+    found(store.account_get(&id).await, "the account")
 }
 
 /// Verification `id` of account `cid` as `store` holds it now; it must
@@ -175,11 +171,17 @@ pub async fn verification_of(
 ) -> otpgate_store::Verification {
     let customer = otpgate_core::CustomerId::parse(cid).expect("a customerId");
     let id = otpgate_core::VerificationId::parse(id).expect("a verification id");
-    store
-        .verification_get(&customer, id)
-        .await
-        .expect("read the verification")
-        .expect("the verification exists")
+    found(
+        store.verification_get(&customer, id).await,
+        "the verification",
+    )
+}
+
+/// What a store lookup found; a panic naming `what` when the read failed
+/// or found nothing.
+fn found<T>(read: otpgate_store::StoreResult<Option<T>>, what: &str) -> T {
+    read.unwrap_or_else(|e| panic!("read {what}: {e}"))
+        .unwrap_or_else(|| panic!("{what} does not exist"))
 }
 
 /// The `len`-digit code of verification `id` (to `to`, E.164 digits), read
