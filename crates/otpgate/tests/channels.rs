@@ -350,6 +350,19 @@ impl Setup {
             .await
     }
 
+    /// A six-digit SMS send to `+91 <national>`, which must succeed, and
+    /// the request it made of the SMS gateway: (id, request).
+    async fn send_sms(&self, national: &str) -> (String, Seen) {
+        let v = self.send_flow("91", national, "SMS", &[("otpLength", "6")]);
+        let id = id_of(&v.await);
+        let to = format!("91{national}");
+        let sms = self
+            .standin
+            .wait_for("/sms", &to, Duration::from_secs(10))
+            .await;
+        (id, sms)
+    }
+
     /// A send of `flow` to `+<cc> <national>`, with `extra` parameters.
     async fn send_flow(
         &self,
@@ -680,14 +693,7 @@ async fn a_flow_with_no_route_gets_400_with_the_reason() {
 async fn with_sms_black_holed_the_code_arrives_by_whatsapp_after_the_delay() {
     let s = Setup::new("fallback-hole", None).await;
     let sent_at = Instant::now();
-    let id = id_of(
-        &s.send_flow("91", "9876543212", "SMS", &[("otpLength", "6")])
-            .await,
-    );
-    let sms = s
-        .standin
-        .wait_for("/sms", "919876543212", Duration::from_secs(10))
-        .await;
+    let (id, sms) = s.send_sms("9876543212").await;
     let sms_code = code_in(sms.json()["text"].as_str().unwrap(), 6);
     let wa = s
         .standin
@@ -758,14 +764,7 @@ async fn with_sms_black_holed_the_code_arrives_by_whatsapp_after_the_delay() {
 async fn with_sms_working_no_whatsapp_message_is_sent() {
     let s = Setup::new("fallback-ok", None).await;
     let sent_at = Instant::now();
-    let id = id_of(
-        &s.send_flow("91", "9876543213", "SMS", &[("otpLength", "6")])
-            .await,
-    );
-    let sms = s
-        .standin
-        .wait_for("/sms", "919876543213", Duration::from_secs(10))
-        .await;
+    let (id, sms) = s.send_sms("9876543213").await;
     let code = code_in(sms.json()["text"].as_str().unwrap(), 6);
     wait_status(&s.db, &id, DeliveryStatus::Sent).await;
     // The gateway's delivery receipt, as its callback would send it.
@@ -803,13 +802,7 @@ async fn with_sms_working_no_whatsapp_message_is_sent() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fallback_survives_a_crash_between_attempts() {
     let mut s = Setup::new("fallback-crash", None).await;
-    let id = id_of(
-        &s.send_flow("91", "9876543214", "SMS", &[("otpLength", "6")])
-            .await,
-    );
-    s.standin
-        .wait_for("/sms", "919876543214", Duration::from_secs(10))
-        .await;
+    let (id, _) = s.send_sms("9876543214").await;
     // SIGKILL before the WhatsApp step is due, then a fresh process.
     s.server.child.kill().unwrap();
     s.server.child.wait().unwrap();

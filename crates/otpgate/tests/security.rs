@@ -511,6 +511,21 @@ async fn connections_past_the_cap_are_refused_and_idle_ones_closed() {
     assert_serves(&server).await;
 }
 
+/// The body of the HTTP message `text` once all of it (as its
+/// `content-length` says; none means empty) is there; `None` before.
+fn whole_body(text: &str) -> Option<&str> {
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    let len = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length:")
+                .and_then(|v| v.trim().parse::<usize>().ok())
+        })
+        .unwrap_or(0);
+    (body.len() >= len).then_some(body)
+}
+
 /// Sends `raw` on a fresh connection and reads the whole answer.
 fn exchange(addr: &str, raw: &[u8]) -> (String, Duration) {
     let mut s = TcpStream::connect(addr).expect("connect");
@@ -524,19 +539,8 @@ fn exchange(addr: &str, raw: &[u8]) -> (String, Duration) {
             Ok(0) | Err(_) => break,
             Ok(n) => {
                 out.extend_from_slice(&buf[..n]);
-                let text = String::from_utf8_lossy(&out);
-                if let Some((head, body)) = text.split_once("\r\n\r\n") {
-                    let len = head
-                        .lines()
-                        .find_map(|l| {
-                            l.to_ascii_lowercase()
-                                .strip_prefix("content-length:")
-                                .map(|v| v.trim().parse::<usize>().unwrap_or(0))
-                        })
-                        .unwrap_or(0);
-                    if body.len() >= len {
-                        break;
-                    }
+                if whole_body(&String::from_utf8_lossy(&out)).is_some() {
+                    break;
                 }
             }
         }
@@ -826,20 +830,9 @@ impl Gateway {
                             return;
                         }
                         req.extend_from_slice(&buf[..n]);
-                        let text = String::from_utf8_lossy(&req).into_owned();
-                        if let Some((head, body)) = text.split_once("\r\n\r\n") {
-                            let len = head
-                                .lines()
-                                .find_map(|l| {
-                                    l.to_ascii_lowercase()
-                                        .strip_prefix("content-length:")
-                                        .and_then(|v| v.trim().parse::<usize>().ok())
-                                })
-                                .unwrap_or(0);
-                            if body.len() >= len {
-                                b.lock().unwrap().push(body.to_owned());
-                                break;
-                            }
+                        if let Some(body) = whole_body(&String::from_utf8_lossy(&req)) {
+                            b.lock().unwrap().push(body.to_owned());
+                            break;
                         }
                     }
                     if let Ok(p) = r.acquire().await {
