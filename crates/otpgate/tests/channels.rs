@@ -353,14 +353,28 @@ impl Setup {
     /// A six-digit SMS send to `+91 <national>`, which must succeed, and
     /// the request it made of the SMS gateway: (id, request).
     async fn send_sms(&self, national: &str) -> (String, Seen) {
-        let v = self.send_flow("91", national, "SMS", &[("otpLength", "6")]);
-        let id = id_of(&v.await);
-        let to = format!("91{national}");
-        let sms = self
+        self.send_caught("91", national, "SMS", &[("otpLength", "6")], "/sms")
+            .await
+    }
+
+    /// A send of `flow` to `+<cc> <national>` (with `extra` parameters),
+    /// which must succeed, and the request it made of the stand-in at a
+    /// path containing `path`: (id, request).
+    async fn send_caught(
+        &self,
+        cc: &str,
+        national: &str,
+        flow: &str,
+        extra: &[(&str, &str)],
+        path: &str,
+    ) -> (String, Seen) {
+        let id = id_of(&self.send_flow(cc, national, flow, extra).await);
+        let to = format!("{cc}{national}");
+        let req = self
             .standin
-            .wait_for("/sms", &to, Duration::from_secs(10))
+            .wait_for(path, &to, Duration::from_secs(10))
             .await;
-        (id, sms)
+        (id, req)
     }
 
     /// A send of `flow` to `+<cc> <national>`, with `extra` parameters.
@@ -436,18 +450,14 @@ async fn wait_status(db: &str, id: &str, want: DeliveryStatus) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_whatsapp_send_reaches_the_cloud_api_and_only_a_signed_status_marks_it_delivered() {
     let s = Setup::new("wa", None).await;
-    let v = s
-        .send_flow(
+    let (id, req) = s
+        .send_caught(
             "91",
             "9876543210",
             "WHATSAPP",
             &[("otpLength", "6"), ("langId", "fr")],
+            "/messages",
         )
-        .await;
-    let id = id_of(&v);
-    let req = s
-        .standin
-        .wait_for("/messages", "919876543210", Duration::from_secs(10))
         .await;
 
     // The exact request the preset documents.
@@ -546,13 +556,14 @@ async fn a_whatsapp_send_reaches_the_cloud_api_and_only_a_signed_status_marks_it
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_voice_send_reaches_the_calls_api_with_twiml_that_speaks_the_code() {
     let s = Setup::new("voice", None).await;
-    let v = s
-        .send_flow("44", "7911123456", "VOICE", &[("otpLength", "4")])
-        .await;
-    let id = id_of(&v);
-    let req = s
-        .standin
-        .wait_for("/Calls.json", "447911123456", Duration::from_secs(10))
+    let (id, req) = s
+        .send_caught(
+            "44",
+            "7911123456",
+            "VOICE",
+            &[("otpLength", "4")],
+            "/Calls.json",
+        )
         .await;
     assert_eq!(req.method, Method::POST);
     assert_eq!(
