@@ -107,24 +107,17 @@ async fn a_signups_test_credits_pay_only_for_its_verified_number_and_test_number
         Duration::from_secs(20),
     )
     .await;
+    // The confirm form on the page the redirect named, with `typed`.
     let page = format!("/console/numbers?sent={id}");
-    let wrong = v
-        .submit(
-            &page,
-            "/console/numbers/confirm",
-            &[("verification_id", &id), ("code", "0000")],
-        )
-        .await;
+    let confirm = async |v: &mut Visitor, typed: &str| {
+        let fields = [("verification_id", id.as_str()), ("code", typed)];
+        v.submit(&page, "/console/numbers/confirm", &fields).await
+    };
+    let wrong = confirm(&mut v, "0000").await;
     if code != "0000" {
         assert_eq!(wrong.status, 422, "a wrong code verifies nothing");
     }
-    let done = v
-        .submit(
-            &page,
-            "/console/numbers/confirm",
-            &[("verification_id", &id), ("code", &code)],
-        )
-        .await;
+    let done = confirm(&mut v, &code).await;
     assert_eq!(done.status, 303, "{}", done.body);
     let listed = v.get("/console/numbers").await;
     assert!(listed.body.contains("+919876501234"), "{}", listed.body);
