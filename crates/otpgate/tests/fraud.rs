@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use common::{TempDir, create_account, inbox_code, open_store, start, token, validate};
 use otpgate_core::{CustomerId, VerificationId};
-use otpgate_testkit::console::Visitor;
+use otpgate_testkit::console::{Page, Visitor};
 use serde_json::Value;
 
 const OPERATOR: &str = "ops@example.com";
@@ -41,6 +41,12 @@ async fn send(
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
     (status, retry, r.json().await.unwrap_or(Value::Null))
+}
+
+/// Posts the form `action` of the console's Fraud page (as the operator).
+async fn fraud_form(ops: &mut Visitor, action: &str, fields: &[(&str, &str)]) -> Page {
+    let action = format!("/console/fraud/{action}");
+    ops.submit("/console/fraud", &action, fields).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -252,13 +258,12 @@ async fn a_safe_listed_prefix_is_not_blocked_and_a_lifted_block_lets_the_next_se
     let mut ops = Visitor::new(&base);
     let r = ops.log_in(OPERATOR, OPERATOR_PASSWORD).await;
     assert_eq!(r.status, 303, "log-in: {}", r.body);
-    let r = ops
-        .submit(
-            "/console/fraud",
-            "/console/fraud/safe",
-            &[("entry", "+91 987651"), ("note", "our own test SIMs")],
-        )
-        .await;
+    let r = fraud_form(
+        &mut ops,
+        "safe",
+        &[("entry", "+91 987651"), ("note", "our own test SIMs")],
+    )
+    .await;
     assert_eq!(r.status, 303, "{}", r.body);
     assert!(ops.get("/console/fraud").await.body.contains("+91987651"));
 
@@ -333,13 +338,12 @@ async fn a_safe_listed_prefix_is_not_blocked_and_a_lifted_block_lets_the_next_se
         !page.body.contains("data-key=\"91987651\""),
         "the safe prefix is not blocked"
     );
-    let r = ops
-        .submit(
-            "/console/fraud",
-            "/console/fraud/lift",
-            &[("scope", "prefix"), ("key", "91987652")],
-        )
-        .await;
+    let r = fraud_form(
+        &mut ops,
+        "lift",
+        &[("scope", "prefix"), ("key", "91987652")],
+    )
+    .await;
     assert_eq!(
         (r.status.as_u16(), r.location()),
         (303, Some("/console/fraud?done=lifted"))
