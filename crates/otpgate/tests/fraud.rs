@@ -105,14 +105,12 @@ async fn a_signups_test_credits_pay_only_for_its_verified_number_and_test_number
         .and_then(|to| to.split_once("sent="))
         .map(|(_, id)| id.to_owned())
         .expect("the pending verification in the redirect");
-    let code = inbox_code(
-        store.as_ref(),
-        "919876501234",
-        &id,
-        4,
-        Duration::from_secs(20),
-    )
-    .await;
+    // The code of verification `id` to the account's own number.
+    let own_code = async |id: &str| {
+        let wait = Duration::from_secs(20);
+        inbox_code(store.as_ref(), "919876501234", id, 4, wait).await
+    };
+    let code = own_code(&id).await;
     // The confirm form on the page the redirect named, with `typed`.
     let page = format!("/console/numbers?sent={id}");
     let confirm = async |v: &mut Visitor, typed: &str| {
@@ -137,14 +135,7 @@ async fn a_signups_test_credits_pay_only_for_its_verified_number_and_test_number
     let (status, _, body) = send(&http, &base, &t, "91", "9876501234").await;
     assert_eq!(status, 200, "{body}");
     let id = body["data"]["verificationId"].as_str().unwrap().to_owned();
-    let code = inbox_code(
-        store.as_ref(),
-        "919876501234",
-        &id,
-        4,
-        Duration::from_secs(20),
-    )
-    .await;
+    let code = own_code(&id).await;
     assert_eq!(
         validate(&http, &base, &t, &id, &code).await["responseCode"],
         200
