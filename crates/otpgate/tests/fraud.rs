@@ -8,7 +8,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{TempDir, create_account, inbox_code, open_store, start, token, validate};
+use common::{TempDir, inbox_code, open_store, start, token, validate};
 use otpgate_core::{CustomerId, VerificationId};
 use otpgate_testkit::console::{Page, Visitor};
 use serde_json::Value;
@@ -176,10 +176,7 @@ async fn a_signups_test_credits_pay_only_for_its_verified_number_and_test_number
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn premium_rate_and_fixed_line_numbers_get_400_with_the_reason() {
-    let dir = TempDir::new("fraud-types");
-    let db = dir.sqlite_url();
-    let cid = create_account(&db, Some(100));
-    let server = start(&["--database", &db], &[]);
+    let (_dir, db, cid, server) = common::serve_sqlite("fraud-types", Some(100), &[]);
     let http = http();
     let t = token(&http, &server.base, &cid).await;
     for (cc, national, kind) in [
@@ -215,10 +212,7 @@ async fn premium_rate_and_fixed_line_numbers_get_400_with_the_reason() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn pumping_one_prefix_is_blocked_early_while_legitimate_traffic_flows() {
-    let dir = TempDir::new("fraud-pumping");
-    let db = dir.sqlite_url();
-    let cid = create_account(&db, Some(100_000));
-    let server = start(&["--database", &db], &[]);
+    let (_dir, db, cid, server) = common::serve_sqlite("fraud-pumping", Some(100_000), &[]);
     let http = http();
     let t = token(&http, &server.base, &cid).await;
     let store = open_store(&db).await;
@@ -235,11 +229,9 @@ async fn pumping_one_prefix_is_blocked_early_while_legitimate_traffic_flows() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_safe_listed_prefix_is_not_blocked_and_a_lifted_block_lets_the_next_send_through() {
-    let dir = TempDir::new("fraud-operator");
-    let db = dir.sqlite_url();
-    let cid = create_account(&db, Some(10_000));
-    let server = start(
-        &["--database", &db],
+    let (_dir, db, cid, server) = common::serve_sqlite(
+        "fraud-operator",
+        Some(10_000),
         &common::operator(OPERATOR, OPERATOR_PASSWORD),
     );
     let base = server.base.clone();

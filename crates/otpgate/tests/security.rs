@@ -270,11 +270,9 @@ async fn parallel_guessing_is_counted_before_checking_and_owners_keep_access() {
     let _serial = SERIAL.lock().await;
     const OPS_EMAIL: &str = "ops@example.com";
     const OPS_PASSWORD: &str = "operator password 1234";
-    let dir = TempDir::new("sec-guess");
-    let db = dir.sqlite_url();
-    let cid = create_account(&db, None);
-    let server = start(
-        &["--database", &db],
+    let (_dir, _db, cid, server) = common::serve_sqlite(
+        "sec-guess",
+        None,
         &common::operator(OPS_EMAIL, OPS_PASSWORD),
     );
     let base = server.base.clone();

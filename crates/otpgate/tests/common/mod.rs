@@ -66,6 +66,22 @@ pub fn start(args: &[&str], envs: &[(&str, &str)]) -> Server {
     Server { base, run }
 }
 
+/// A fresh SQLite database in a directory of its own (tagged `tag`), an
+/// account on it with `credits` ([`create_account`]), and [`start`] on it
+/// with `envs`: (the directory, the database URL, the customerId, the
+/// server).
+pub fn serve_sqlite(
+    tag: &str,
+    credits: Option<i64>,
+    envs: &[(&str, &str)],
+) -> (TempDir, String, String, Server) {
+    let dir = TempDir::new(tag);
+    let db = dir.sqlite_url();
+    let cid = create_account(&db, credits);
+    let server = start(&["--database", &db], envs);
+    (dir, db, cid, server)
+}
+
 /// `GET {base}/readyz` as the operator (with the health token), for its
 /// detail.
 pub fn readyz(http: &reqwest::Client, base: &str) -> reqwest::RequestBuilder {
