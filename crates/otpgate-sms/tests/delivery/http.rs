@@ -135,6 +135,16 @@ const RECEIPT_TOKEN: &str = "a+b/c=d&e%f é";
 /// [`RECEIPT_TOKEN`] percent-encoded once, as a query value.
 const RECEIPT_TOKEN_ENCODED: &str = "a%2Bb%2Fc%3Dd%26e%25f%20%C3%A9";
 
+/// A channel table with the receipt token taken from `RECEIPT_TOKEN`.
+fn with_receipt_token(table: String) -> String {
+    table + "receipt_token_env = \"RECEIPT_TOKEN\"\n"
+}
+
+/// Sends message `id` with `text` through `ch`, which must accept it.
+async fn accepted(ch: &Arc<dyn Channel>, id: i64, text: &str) -> otpgate_sms::Accepted {
+    ch.send(&msg(id, text)).await.expect("accepted")
+}
+
 fn channel(db: &Db, toml: &str) -> Arc<dyn Channel> {
     let cfg = SmsConfig::from_toml(toml).expect("valid TOML");
     let table = build_table(&cfg, db.store.clone(), db.clock.clone(), &env).expect("valid config");
@@ -179,10 +189,7 @@ async fn the_kannel_preset_sends_exactly_a_sendsms_request() {
     let gw = Gateway::start(202, "0: Accepted for delivery").await;
     let db = Db::new().await;
     let ch = channel(&db, &kannel(gw.port));
-    let acc = ch
-        .send(&msg(42, "Your code is 1234"))
-        .await
-        .expect("accepted");
+    let acc = accepted(&ch, 42, "Your code is 1234").await;
     assert_eq!(
         acc.gateway_id.as_deref(),
         Some("42"),
@@ -207,10 +214,7 @@ async fn the_twilio_preset_posts_the_messages_api_form_with_basic_auth() {
     let gw = Gateway::start(201, r#"{"sid":"SM0123","status":"queued"}"#).await;
     let db = Db::new().await;
     let ch = channel(&db, &twilio(gw.port));
-    let acc = ch
-        .send(&msg(5, "Your code is 9876"))
-        .await
-        .expect("accepted");
+    let acc = accepted(&ch, 5, "Your code is 9876").await;
     assert_eq!(acc.gateway_id.as_deref(), Some("SM0123"));
     let r = gw.last();
     assert_eq!(r.method, Method::POST);
@@ -253,11 +257,9 @@ fn kannel_encoded(s: &str) -> String {
 async fn the_kannel_preset_puts_the_receipt_token_into_the_dlr_url_encoded_for_kannel() {
     let gw = Gateway::start(202, "0: Accepted for delivery").await;
     let db = Db::new().await;
-    let toml = format!("{}receipt_token_env = \"RECEIPT_TOKEN\"\n", kannel(gw.port));
+    let toml = with_receipt_token(kannel(gw.port));
     let ch = channel(&db, &toml);
-    ch.send(&msg(42, "Your code is 1234"))
-        .await
-        .expect("accepted");
+    accepted(&ch, 42, "Your code is 1234").await;
     let r = gw.last();
     assert_eq!(r.method, Method::GET);
     assert_eq!(r.path, "/cgi-bin/sendsms");
@@ -293,13 +295,7 @@ async fn the_kannel_preset_puts_the_receipt_token_into_the_dlr_url_encoded_for_k
     assert_eq!(got["answer"], "NACK/0x0000000b/Invalid Destination Address");
 
     // The token, like the password, stays out of errors and health.
-    let down = channel(
-        &db,
-        &format!(
-            "{}receipt_token_env = \"RECEIPT_TOKEN\"\n",
-            kannel(free_port())
-        ),
-    );
+    let down = channel(&db, &with_receipt_token(kannel(free_port())));
     let e = down.send(&msg(1, "x")).await.unwrap_err();
     for secret in [RECEIPT_TOKEN, RECEIPT_TOKEN_ENCODED, "a%%2Bb"] {
         assert!(!e.to_string().contains(secret), "{e}");
@@ -318,11 +314,9 @@ async fn the_kannel_preset_puts_the_receipt_token_into_the_dlr_url_encoded_for_k
 async fn the_twilio_preset_puts_the_receipt_token_into_the_status_callback() {
     let gw = Gateway::start(201, r#"{"sid":"SM0123","status":"queued"}"#).await;
     let db = Db::new().await;
-    let toml = format!("{}receipt_token_env = \"RECEIPT_TOKEN\"\n", twilio(gw.port));
+    let toml = with_receipt_token(twilio(gw.port));
     let ch = channel(&db, &toml);
-    ch.send(&msg(5, "Your code is 9876"))
-        .await
-        .expect("accepted");
+    accepted(&ch, 5, "Your code is 9876").await;
     let r = gw.last();
     assert_eq!(r.method, Method::POST);
     assert_eq!(r.path, "/2010-04-01/Accounts/AC123/Messages.json");
