@@ -244,16 +244,23 @@ impl Drop for Relay {
     }
 }
 
+/// A fresh database for `test` as the build at schema 1 left it, and a
+/// connection to it; `None` when the test is skipped.
+async fn schema_1_database(test: &str) -> Option<(TestDb, sqlx::PgConnection)> {
+    let db = TestDb::postgres(test).await?;
+    let conn = pg_at_schema(db.url(), 1).await;
+    Some((db, conn))
+}
+
 /// A database at schema 1 (before fallback steps), with a queued message,
 /// migrates when a node opens it: the row keeps its id and becomes step 0
 /// of its verification's flow, and is claimed and sent as before.
 #[tokio::test]
 async fn a_schema_1_database_keeps_its_outbox_rows_as_first_steps() {
     let test = "postgres_only::a_schema_1_database_keeps_its_outbox_rows_as_first_steps";
-    let Some(db) = TestDb::postgres(test).await else {
+    let Some((db, mut conn)) = schema_1_database(test).await else {
         return;
     };
-    let mut conn = pg_at_schema(db.url(), 1).await;
     sqlx::raw_sql(
         "insert into accounts (customer_id, password_hash, credits, test_credits, created_at)
              values ('C-000000000000001', 'x', 5, 0, 1);
@@ -297,12 +304,11 @@ async fn a_schema_1_database_keeps_its_outbox_rows_as_first_steps() {
 #[tokio::test]
 async fn a_schema_1_database_is_backfilled_into_the_daily_counts() {
     let test = "postgres_only::a_schema_1_database_is_backfilled_into_the_daily_counts";
-    let Some(db) = TestDb::postgres(test).await else {
+    let Some((db, mut conn)) = schema_1_database(test).await else {
         return;
     };
     {
-        // The schema and rows as the earlier build left them.
-        let mut conn = pg_at_schema(db.url(), 1).await;
+        // The rows as the earlier build left them.
         sqlx::raw_sql(
             "insert into accounts (customer_id, password_hash, credits, test_credits, created_at)
                   values ('C-000000000000001', 'x', 10, 0, 0);",

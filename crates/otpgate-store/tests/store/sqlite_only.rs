@@ -320,14 +320,21 @@ async fn a_send_whose_caller_gave_up_before_it_began_is_not_written() {
     assert_eq!(balance(&store, &c).await, (5, 0));
 }
 
+/// A database file in a fresh directory as the build at schema 2 left it
+/// (its migrations applied by sqlx's migrator), and a pool on it.
+async fn schema_2_file() -> (TempDir, sqlx::SqlitePool) {
+    let dir = TempDir::new("store");
+    let pool = sqlite_at_schema(&dir.db(), 2).await;
+    (dir, pool)
+}
+
 // ---- upgrades ------------------------------------------------------------------------------
 
 #[tokio::test]
 async fn a_database_made_at_schema_2_migrates_and_keeps_its_data() {
-    let dir = TempDir::new("store");
     // The schema as the build before the fraud defence left it: its two
     // migrations, recorded as sqlx records them, and a verification.
-    let pool = sqlite_at_schema(&dir.db(), 2).await;
+    let (dir, pool) = schema_2_file().await;
     sqlx::query(
         "insert into accounts (customer_id, password_hash, credits, test_credits, created_at)
          values (?1, 'x', 7, 0, ?2)",
@@ -366,10 +373,9 @@ async fn a_database_made_at_schema_2_migrates_and_keeps_its_data() {
 /// migrates, and its dashboard counts come back from the backfill.
 #[tokio::test]
 async fn a_schema_2_file_is_backfilled_into_the_daily_counts() {
-    let dir = TempDir::new("store");
+    // Migrated as the earlier build did (sqlx's migrator, same SQL).
+    let (dir, pool) = schema_2_file().await;
     {
-        // Migrated as the earlier build did (sqlx's migrator, same SQL).
-        let pool = sqlite_at_schema(&dir.db(), 2).await;
         sqlx::query(
             "insert into accounts (customer_id, password_hash, credits, test_credits, created_at)
              values ('C-000000000000001', 'x', 10, 0, 0)",
