@@ -17,6 +17,19 @@ async fn open(path: &Path) -> SqliteStore {
         .expect("open a fresh database")
 }
 
+/// A fresh file in a directory of its own, opened, with account `cid(1)`
+/// holding these balances: (the directory, the store, the account).
+async fn fresh_with_account(
+    credits: i64,
+    test_credits: i64,
+) -> (TempDir, SqliteStore, otpgate_core::CustomerId) {
+    let dir = TempDir::new("store");
+    let store = open(&dir.db()).await;
+    let c = cid(1);
+    account(&store, &c, credits, test_credits).await;
+    (dir, store, c)
+}
+
 /// Opens the file at `path`, which an earlier build made: it must migrate
 /// to this build's schema.
 async fn open_migrated(path: &Path) -> SqliteStore {
@@ -99,10 +112,7 @@ fn delta(after: WriteStats, before: WriteStats) -> WriteStats {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hundred_concurrent_sends_all_commit_and_are_there_after_reopening() {
-    let dir = TempDir::new("store");
-    let store = open(&dir.db()).await;
-    let c = cid(1);
-    account(&store, &c, 150, 50).await;
+    let (dir, store, c) = fresh_with_account(150, 50).await;
     let tasks: Vec<_> = (1..=200u32)
         .map(|n| {
             let s = store.clone();
@@ -139,10 +149,7 @@ async fn two_hundred_concurrent_sends_all_commit_and_are_there_after_reopening()
 
 #[tokio::test]
 async fn a_failing_or_refused_send_in_a_batch_leaves_no_trace_and_spares_the_others() {
-    let dir = TempDir::new("store");
-    let store = open(&dir.db()).await;
-    let c = cid(1);
-    account(&store, &c, 10, 0).await;
+    let (dir, store, c) = fresh_with_account(10, 0).await;
     account(&store, &cid(2), 0, 0).await;
     let pending = created(&store, send(1, &c, &phone(1), T0)).await;
     created(&store, send(42, &c, &phone(2), T0)).await;
@@ -288,10 +295,7 @@ async fn concurrent_writes_share_commits_unless_batches_are_limited_to_one() {
 
 #[tokio::test]
 async fn a_send_whose_caller_gave_up_before_it_began_is_not_written() {
-    let dir = TempDir::new("store");
-    let store = open(&dir.db()).await;
-    let c = cid(1);
-    account(&store, &c, 5, 0).await;
+    let (dir, store, c) = fresh_with_account(5, 0).await;
     let lock = WriteLock::take(&dir.db()).await;
     let s = store.clone();
     let plug = tokio::spawn(async move { s.account_add_credits(&cid(1), 0).await });
@@ -409,10 +413,7 @@ async fn a_schema_2_file_is_backfilled_into_the_daily_counts() {
 /// checkpoint the number is nowhere in the database file or its WAL.
 #[tokio::test]
 async fn a_purged_number_is_nowhere_in_the_file() {
-    let dir = TempDir::new("store");
-    let store = open(&dir.db()).await;
-    let c = cid(1);
-    account(&store, &c, 10, 0).await;
+    let (dir, store, c) = fresh_with_account(10, 0).await;
     // A number no other row holds.
     let to = otpgate_core::PhoneNumber::parse("91", "9812345678").unwrap();
     let v = created(&store, send(7, &c, &to, T0)).await;
