@@ -784,20 +784,29 @@ impl InboxStore for PostgresStore {
         limit: u32,
     ) -> StoreResult<Vec<InboxEntry>> {
         self.guarded(async {
-            let rows = sqlx::query(
+            // By number, a plain `destination = $2` so that the planner
+            // takes the destination index (see the SQLite store).
+            let sql = if to.is_some() {
+                "select customer_id, destination, text, verification_id, created_at
+                   from inbox
+                  where destination = $2 and ($1::text is null or customer_id = $1)
+                  order by created_at desc, id desc
+                  limit $3"
+            } else {
                 "select customer_id, destination, text, verification_id, created_at
                    from inbox
                   where ($1::text is null or customer_id = $1)
-                    and ($2::text is null or destination = $2)
+                    and ($2::text is null)
                   order by created_at desc, id desc
-                  limit $3",
-            )
-            .bind(customer.map(CustomerId::as_str))
-            .bind(to)
-            .bind(i64::from(limit))
-            .fetch_all(&self.pool)
-            .await
-            .map_err(db_err)?;
+                  limit $3"
+            };
+            let rows = sqlx::query(sql)
+                .bind(customer.map(CustomerId::as_str))
+                .bind(to)
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db_err)?;
             rows.iter().map(rows::inbox_entry).collect()
         })
         .await

@@ -1199,12 +1199,24 @@ impl InboxStore for SqliteStore {
         limit: u32,
     ) -> StoreResult<Vec<InboxEntry>> {
         let (customer, to) = (customer.cloned(), to.map(str::to_owned));
+        // By number, a plain `destination = ?` so that the planner takes
+        // the destination index: `(?2 is null or destination = ?2)` cannot
+        // use it, and scanning the whole inbox newest first for one number
+        // cost a full scan per lookup (what `otpgate inbox --to` and the
+        // bench's flows poll).
+        let sql = if to.is_some() {
+            "select customer_id, destination, text, verification_id, created_at from inbox
+             where destination = ?2 and (?1 is null or customer_id = ?1)
+             order by created_at desc, id desc limit ?3"
+        } else {
+            "select customer_id, destination, text, verification_id, created_at from inbox
+             where (?1 is null or customer_id = ?1)
+             order by created_at desc, id desc limit ?3"
+        };
         self.read(move |c| {
             all(
                 c,
-                "select customer_id, destination, text, verification_id, created_at from inbox
-                 where (?1 is null or customer_id = ?1) and (?2 is null or destination = ?2)
-                 order by created_at desc, id desc limit ?3",
+                sql,
                 params![customer.as_ref().map(CustomerId::as_str), to, limit],
                 rows::inbox_entry,
             )
