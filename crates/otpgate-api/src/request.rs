@@ -103,104 +103,91 @@ pub trait WireRequest: Default + Clone {
     }
 }
 
-/// §1: `GET /auth/v1/authentication/token`.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct TokenRequest {
-    pub customer_id: Option<String>,
-    /// Base64 of the account's password.
-    pub key: Option<String>,
-    /// `NEW` asks for a fresh token (every request gets one).
-    pub scope: Option<String>,
-    /// Accepted, not checked.
-    pub country: Option<String>,
-    /// Accepted, not checked.
-    pub email: Option<String>,
+/// Declares a request type: each field, an `Option<String>`, beside the
+/// [`param`] it travels as, and from that one list its
+/// [`WireRequest::fields`], in the order written (the contract's). With a
+/// `debug:` list, its `Debug` shows those fields only (the rest may be the
+/// end user's or a secret).
+macro_rules! wire_request {
+    (
+        $(#[$attr:meta])*
+        pub struct $name:ident {
+            $($(#[$doc:meta])* $field:ident: $param:ident,)*
+        }
+        $(debug: $($shown:ident),+;)?
+    ) => {
+        $(#[$attr])*
+        pub struct $name {
+            $($(#[$doc])* pub $field: Option<String>,)*
+        }
+
+        impl WireRequest for $name {
+            fn fields(&mut self) -> Vec<(&'static str, &mut Option<String>)> {
+                vec![$((param::$param, &mut self.$field),)*]
+            }
+        }
+
+        $(
+            impl fmt::Debug for $name {
+                fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                    f.debug_struct(stringify!($name))
+                        $(.field(stringify!($shown), &self.$shown))+
+                        .finish_non_exhaustive()
+                }
+            }
+        )?
+    };
 }
 
-impl WireRequest for TokenRequest {
-    fn fields(&mut self) -> Vec<(&'static str, &mut Option<String>)> {
-        vec![
-            (param::CUSTOMER_ID, &mut self.customer_id),
-            (param::KEY, &mut self.key),
-            (param::SCOPE, &mut self.scope),
-            (param::COUNTRY, &mut self.country),
-            (param::EMAIL, &mut self.email),
-        ]
+wire_request! {
+    /// §1: `GET /auth/v1/authentication/token`.
+    #[derive(Clone, Default, PartialEq, Eq)]
+    pub struct TokenRequest {
+        customer_id: CUSTOMER_ID,
+        /// Base64 of the account's password.
+        key: KEY,
+        /// `NEW` asks for a fresh token (every request gets one).
+        scope: SCOPE,
+        /// Accepted, not checked.
+        country: COUNTRY,
+        /// Accepted, not checked.
+        email: EMAIL,
     }
+    // The key is the account's password: never in debug output.
+    debug: customer_id, scope, country;
 }
 
-/// §2: `POST …/send`.
-#[derive(Clone, Default, PartialEq, Eq)]
-pub struct SendRequest {
-    pub country_code: Option<String>,
-    pub mobile_number: Option<String>,
-    pub flow_type: Option<String>,
-    pub otp_length: Option<String>,
-    /// Extension: validity in seconds.
-    pub timeout: Option<String>,
-    pub lang_id: Option<String>,
-    pub email: Option<String>,
-    /// When present, must be the token's account.
-    pub customer_id: Option<String>,
-}
-
-impl fmt::Debug for SendRequest {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // Numbers and addresses are the end user's: not in debug output.
-        f.debug_struct("SendRequest")
-            .field("country_code", &self.country_code)
-            .field("flow_type", &self.flow_type)
-            .field("otp_length", &self.otp_length)
-            .field("timeout", &self.timeout)
-            .field("lang_id", &self.lang_id)
-            .field("customer_id", &self.customer_id)
-            .finish_non_exhaustive()
+wire_request! {
+    /// §2: `POST …/send`.
+    #[derive(Clone, Default, PartialEq, Eq)]
+    pub struct SendRequest {
+        country_code: COUNTRY_CODE,
+        mobile_number: MOBILE_NUMBER,
+        flow_type: FLOW_TYPE,
+        otp_length: OTP_LENGTH,
+        /// Extension: validity in seconds.
+        timeout: TIMEOUT,
+        lang_id: LANG_ID,
+        email: EMAIL,
+        /// When present, must be the token's account.
+        customer_id: CUSTOMER_ID,
     }
+    // Numbers and addresses are the end user's: not in debug output.
+    debug: country_code, flow_type, otp_length, timeout, lang_id, customer_id;
 }
 
-impl WireRequest for SendRequest {
-    fn fields(&mut self) -> Vec<(&'static str, &mut Option<String>)> {
-        vec![
-            (param::COUNTRY_CODE, &mut self.country_code),
-            (param::MOBILE_NUMBER, &mut self.mobile_number),
-            (param::FLOW_TYPE, &mut self.flow_type),
-            (param::OTP_LENGTH, &mut self.otp_length),
-            (param::TIMEOUT, &mut self.timeout),
-            (param::LANG_ID, &mut self.lang_id),
-            (param::EMAIL, &mut self.email),
-            (param::CUSTOMER_ID, &mut self.customer_id),
-        ]
+wire_request! {
+    /// §3: `…/validateOtp`; also the status extension, which takes the same
+    /// parameters but `code`.
+    #[derive(Clone, Default, PartialEq, Eq)]
+    pub struct ValidateRequest {
+        verification_id: VERIFICATION_ID,
+        code: CODE,
+        /// When present, must be the token's account.
+        customer_id: CUSTOMER_ID,
     }
-}
-
-/// §3: `…/validateOtp`; also the status extension, which takes the same
-/// parameters but `code`.
-#[derive(Clone, Default, PartialEq, Eq)]
-pub struct ValidateRequest {
-    pub verification_id: Option<String>,
-    pub code: Option<String>,
-    /// When present, must be the token's account.
-    pub customer_id: Option<String>,
-}
-
-impl fmt::Debug for ValidateRequest {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // The code is a secret until used: never in debug output.
-        f.debug_struct("ValidateRequest")
-            .field("verification_id", &self.verification_id)
-            .field("customer_id", &self.customer_id)
-            .finish_non_exhaustive()
-    }
-}
-
-impl WireRequest for ValidateRequest {
-    fn fields(&mut self) -> Vec<(&'static str, &mut Option<String>)> {
-        vec![
-            (param::VERIFICATION_ID, &mut self.verification_id),
-            (param::CODE, &mut self.code),
-            (param::CUSTOMER_ID, &mut self.customer_id),
-        ]
-    }
+    // The code is a secret until used: never in debug output.
+    debug: verification_id, customer_id;
 }
 
 #[cfg(test)]
@@ -208,6 +195,36 @@ mod tests {
     use std::collections::HashMap;
 
     use super::*;
+
+    #[test]
+    fn debug_output_leaves_out_secrets_and_the_end_users_details() {
+        let token = TokenRequest {
+            customer_id: Some("C-1".into()),
+            key: Some("c2VjcmV0IHBhc3N3b3Jk".into()),
+            email: Some("owner@example.com".into()),
+            ..TokenRequest::default()
+        };
+        let send = SendRequest {
+            mobile_number: Some("9876543210".into()),
+            email: Some("user@example.com".into()),
+            ..SendRequest::default()
+        };
+        let validate = ValidateRequest {
+            code: Some("4817".into()),
+            ..ValidateRequest::default()
+        };
+        let shown = format!("{token:?} {send:?} {validate:?}");
+        assert!(shown.contains("C-1"), "{shown}");
+        for secret in [
+            "c2VjcmV0IHBhc3N3b3Jk",
+            "owner@",
+            "9876543210",
+            "user@",
+            "4817",
+        ] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+    }
 
     fn round_trip<R: WireRequest + PartialEq + fmt::Debug>(r: &R) {
         let map: HashMap<&str, String> = r.to_params().into_iter().collect();

@@ -343,33 +343,28 @@ pub fn decide_send(facts: &SendFacts, policy: &FraudPolicy, now_ms: i64) -> Send
             reason,
         })
     };
-    let h = facts.account_hour;
-    if (caps.account_hour_messages > 0 && h.messages >= caps.account_hour_messages)
-        || (caps.account_hour_credits > 0
-            && h.credits.saturating_add(facts.price) > caps.account_hour_credits)
-    {
-        return refuse(
-            RefusalKind::AccountHourlyCap,
-            cap_hit(h, HOUR_MS, now_ms),
-            format!(
-                "the account's hourly cap is reached ({} messages / {} credits in the last hour; caps {} / {})",
-                h.messages, h.credits, caps.account_hour_messages, caps.account_hour_credits
-            ),
-        );
-    }
-    let d = facts.account_day;
-    if (caps.account_day_messages > 0 && d.messages >= caps.account_day_messages)
-        || (caps.account_day_credits > 0
-            && d.credits.saturating_add(facts.price) > caps.account_day_credits)
-    {
-        return refuse(
-            RefusalKind::AccountDailyCap,
-            cap_hit(d, DAY_MS, now_ms),
-            format!(
-                "the account's daily cap is reached ({} messages / {} credits in the last 24 h; caps {} / {})",
-                d.messages, d.credits, caps.account_day_messages, caps.account_day_credits
-            ),
-        );
+    // The account's two windows, by one rule: the message cap is reached, or
+    // this send's price would pass the credit cap (0 turns either off).
+    #[rustfmt::skip]
+    let account_windows = [
+        (RefusalKind::AccountHourlyCap, "hourly", "the last hour", facts.account_hour, HOUR_MS,
+         caps.account_hour_messages, caps.account_hour_credits),
+        (RefusalKind::AccountDailyCap, "daily", "the last 24 h", facts.account_day, DAY_MS,
+         caps.account_day_messages, caps.account_day_credits),
+    ];
+    for (kind, cap, period, used, window_ms, max_messages, max_credits) in account_windows {
+        if (max_messages > 0 && used.messages >= max_messages)
+            || (max_credits > 0 && used.credits.saturating_add(facts.price) > max_credits)
+        {
+            return refuse(
+                kind,
+                cap_hit(used, window_ms, now_ms),
+                format!(
+                    "the account's {cap} cap is reached ({} messages / {} credits in {period}; caps {max_messages} / {max_credits})",
+                    used.messages, used.credits
+                ),
+            );
+        }
     }
     let n = facts.destination_day;
     if caps.destination_day_messages > 0 && n.messages >= caps.destination_day_messages {

@@ -362,13 +362,37 @@ async fn create(
             fraud: policy,
             kind,
         };
-        return match state.store.verification_create(new).await {
+        // A slot of this node's worker, if one is free: the message is then
+        // stored leased to it and handed over at once, with no claim.
+        let reservation = if kind == SendKind::TestNumber {
+            None
+        } else {
+            state.delivery.reserve(now)
+        };
+        let created = match &reservation {
+            Some(r) => state.store.verification_create_leased(new, r.lease()).await,
+            None => state
+                .store
+                .verification_create(new)
+                .await
+                .map(|o| (o, None)),
+        };
+        return match created.map(|(outcome, msg)| {
+            match (reservation, msg) {
+                (Some(r), Some(msg)) => r.hand(msg),
+                // Queued unleased (a test number has no message at all).
+                _ if kind != SendKind::TestNumber
+                    && matches!(outcome, CreateOutcome::Created(_)) =>
+                {
+                    state.delivery.notify();
+                }
+                _ => {}
+            }
+            outcome
+        }) {
             Err(StoreError::Conflict(_)) => continue,
             Err(e) => Err(SendError::Store(e)),
             Ok(CreateOutcome::Created(v)) => {
-                if kind != SendKind::TestNumber {
-                    state.delivery.notify();
-                }
                 tracing::info!(
                     verification = v.id.get(),
                     customer = %v.customer_id,

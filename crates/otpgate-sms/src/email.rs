@@ -10,20 +10,18 @@
 //! fallback step after it goes when its delay is up.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use lettre::message::{Mailbox, MultiPart, SinglePart, header::ContentType};
 use lettre::transport::smtp::authentication::Credentials;
 use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
 use lettre::{Address, AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
-use otpgate_core::SecretString;
 use serde::{Deserialize, Serialize};
 
-use crate::channel::{Accepted, Channel, ChannelError, Outgoing};
+use crate::channel::{Accepted, ChannelError, Outgoing};
 use crate::gateway::{Health, Liveness, per_request_channel};
 use crate::setup::{
-    ChannelSetup, ConfigError, EnvLookup, StartContext, Starter, expand_env, secret,
+    ChannelSetup, ConfigError, EnvLookup, Starter, channel_config, expand_env, start_with,
 };
 
 /// How the SMTP connection is protected.
@@ -40,46 +38,41 @@ pub enum SmtpSecurity {
     None,
 }
 
-/// `type = "email"`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct EmailConfig {
-    /// SMTP server host name.
-    pub host: String,
-    /// Default by `security`: 587, 465 or 25.
-    #[serde(default)]
-    pub port: Option<u16>,
-    #[serde(default)]
-    pub security: SmtpSecurity,
-    /// A PEM file with an extra CA certificate to trust.
-    #[serde(default)]
-    pub tls_ca_file: Option<PathBuf>,
-    /// SMTP AUTH user; none means no authentication.
-    #[serde(default)]
-    pub username: Option<String>,
-    /// Prefer `password_env`.
-    #[serde(default)]
-    pub password: Option<SecretString>,
-    #[serde(default)]
-    pub password_env: Option<String>,
-    /// The sender, `otp@example.com` or `Example <otp@example.com>`.
-    pub from: String,
-    /// Connect-and-send timeout; default 10000.
-    #[serde(default = "default_timeout_ms")]
-    pub timeout_ms: u64,
-}
-
-fn default_timeout_ms() -> u64 {
-    10_000
+channel_config! {
+    /// `type = "email"`.
+    #[derive(Debug, Clone, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct EmailConfig {
+        /// SMTP server host name.
+        pub host: String,
+        /// Default by `security`: 587, 465 or 25.
+        #[serde(default)]
+        pub port: Option<u16>,
+        #[serde(default)]
+        pub security: SmtpSecurity,
+        /// A PEM file with an extra CA certificate to trust.
+        #[serde(default)]
+        pub tls_ca_file: Option<PathBuf>,
+        /// SMTP AUTH user; none means no authentication.
+        #[serde(default)]
+        pub username: Option<String>,
+        /// The sender, `otp@example.com` or `Example <otp@example.com>`.
+        pub from: String,
+        /// Connect-and-send timeout; default 10000.
+        #[serde(default = "crate::setup::default_timeout_ms")]
+        pub timeout_ms: u64,
+    }
+    secrets {
+        /// The SMTP AUTH password.
+        password / password_env,
+    }
 }
 
 // SMTP has no receipts.
 impl ChannelSetup for EmailConfig {
     fn prepare(&self, name: &str, env: EnvLookup<'_>) -> Result<Starter, ConfigError> {
         let settings = prepare(name, self, env)?;
-        Ok(Box::new(move |name: &str, _: &StartContext| {
-            Arc::new(EmailChannel::new(name, settings)) as Arc<dyn Channel>
-        }))
+        Ok(start_with(settings, |name, s| EmailChannel::new(name, s)))
     }
 }
 
@@ -156,7 +149,7 @@ pub fn prepare(
         SmtpSecurity::Tls => 465,
         SmtpSecurity::None => 25,
     });
-    let password = secret(name, c.password.as_ref(), c.password_env.as_deref(), env)?;
+    let password = c.password().resolve(name, env)?;
     if c.security == SmtpSecurity::None && c.username.is_some() {
         return Err(bad(
             "security = \"none\" would send the SMTP password in the clear".into(),

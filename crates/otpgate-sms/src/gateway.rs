@@ -4,7 +4,23 @@
 
 use std::sync::{Mutex, PoisonError};
 
+use std::time::Duration;
+
 use crate::channel::{Accepted, ChannelError, ChannelHealth};
+use crate::setup::ConfigError;
+
+/// The client of a per-request channel `channel`: `timeout_ms` bounds the
+/// whole request, and connecting too, up to 10 s at most.
+///
+/// # Errors
+/// [`ConfigError::Invalid`] when the client cannot be built (no TLS roots).
+pub(crate) fn http_client(channel: &str, timeout_ms: u64) -> Result<reqwest::Client, ConfigError> {
+    reqwest::Client::builder()
+        .timeout(Duration::from_millis(timeout_ms.max(1)))
+        .connect_timeout(Duration::from_millis(timeout_ms.clamp(1, 10_000)))
+        .build()
+        .map_err(|e| ConfigError::invalid(channel, format!("HTTP client: {e}")))
+}
 
 /// A request that got no answer: a timeout is retried later, a failed
 /// connection means the API cannot be reached now (fail over), anything

@@ -19,8 +19,6 @@
 //! the URL.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
-use std::time::Duration;
 
 use async_trait::async_trait;
 use otpgate_core::SecretString;
@@ -29,10 +27,10 @@ use serde::Deserialize;
 use tracing::debug;
 
 use crate::channel::{Accepted, Channel, ChannelError, ChannelHealth, Outgoing};
-use crate::gateway::{Health, Liveness, refused, request_failed};
+use crate::gateway::{Health, Liveness, http_client, refused, request_failed};
 use crate::setup::{
-    CallbackAuth, ChannelSetup, ConfigError, EnvLookup, ReceiptAuth, StartContext, Starter,
-    expand_env, secret,
+    CallbackAuth, ChannelSetup, ConfigError, EnvLookup, Starter, channel_config, expand_env,
+    secret, start_with,
 };
 use crate::smpp::coding;
 
@@ -76,150 +74,99 @@ pub enum HttpPreset {
     Twilio,
 }
 
-/// `type = "http"`: an HTTP SMS API.
-///
-/// Values of `url`, `headers`, `query`, `fields` and `json_template` may hold
-/// placeholders, filled per message: `{to}` (E.164 with `+`), `{to_digits}`
-/// (E.164 digits), `{text}`, `{from}` (this channel's `from`), `{reference}`
-/// (otpgate's message id, unique per message: use it as the client
-/// reference). They may also hold `${ENV_VAR}`, filled once at start.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct HttpConfig {
-    /// Fills the request shape and defaults of a known gateway; explicit
-    /// settings below still win where given.
-    #[serde(default)]
-    pub preset: Option<HttpPreset>,
-    /// The request URL (with a preset: the gateway's base URL).
-    #[serde(default)]
-    pub url: Option<String>,
-    /// Default POST (Kannel: GET).
-    #[serde(default)]
-    pub method: Option<HttpMethod>,
-    /// Extra request headers; values are secret-masked in logs.
-    #[serde(default)]
-    pub headers: BTreeMap<String, String>,
-    /// Query-string parameters added to `url`.
-    #[serde(default)]
-    pub query: BTreeMap<String, String>,
-    /// Body encoding: `json` (default for POST/PUT), `form`, or `none`
-    /// (default for GET).
-    #[serde(default)]
-    pub body: Option<BodyKind>,
-    /// Body fields (JSON object of strings, or form pairs).
-    #[serde(default)]
-    pub fields: BTreeMap<String, String>,
-    /// A whole JSON body instead of `fields`, for nested shapes; placeholder
-    /// values are JSON-escaped, so write them inside quotes:
-    /// `{"messages":[{"to":"{to}","body":"{text}"}]}`.
-    #[serde(default)]
-    pub json_template: Option<String>,
-    /// The sender, for `{from}` (Kannel's `from`, Twilio's `From`).
-    #[serde(default)]
-    pub from: Option<String>,
-    /// HTTP basic auth user (Twilio preset: `account_sid`).
-    #[serde(default)]
-    pub basic_auth_user: Option<String>,
-    /// HTTP basic auth password; may be `${ENV_VAR}`.
-    #[serde(default)]
-    pub basic_auth_password: Option<SecretString>,
-    /// Status codes meaning "accepted"; empty = any 2xx (Kannel: 200, 202;
-    /// Twilio: 200, 201).
-    #[serde(default)]
-    pub success_status: Vec<u16>,
-    /// Dotted path to the gateway's message id in a JSON response
-    /// (`sid`, `messages.0.id`); without it the `{reference}` is the id.
-    #[serde(default)]
-    pub id_field: Option<String>,
-    /// Dotted path to a JSON field that must be `true` (or equal
-    /// `success_value`) for the message to count as accepted; a response
-    /// that fails it is a permanent refusal.
-    #[serde(default)]
-    pub success_field: Option<String>,
-    #[serde(default)]
-    pub success_value: Option<String>,
-    /// Whole-request timeout; default 10000. A timeout is retried later.
-    #[serde(default = "default_timeout_ms")]
-    pub timeout_ms: u64,
-    /// Kannel: `username` of the sendsms user.
-    #[serde(default)]
-    pub username: Option<String>,
-    /// Kannel: the sendsms user's password (prefer `password_env`).
-    #[serde(default)]
-    pub password: Option<SecretString>,
-    #[serde(default)]
-    pub password_env: Option<String>,
-    /// Kannel: `dlr-mask`; default 19 (delivered, undelivered, SMSC reject).
-    #[serde(default)]
-    pub dlr_mask: Option<u8>,
-    /// Twilio: the account SID (`AC…`).
-    #[serde(default)]
-    pub account_sid: Option<String>,
-    /// Twilio: the auth token (prefer `auth_token_env`).
-    #[serde(default)]
-    pub auth_token: Option<SecretString>,
-    #[serde(default)]
-    pub auth_token_env: Option<String>,
-    /// Public base URL of this otpgate (e.g. `https://otp.example.com`);
-    /// when set, presets ask the gateway to report delivery to
-    /// `{receipt_url}/receipts/{channel}` (Kannel `dlr-url`, Twilio
-    /// `StatusCallback`), with `token=…` when `receipt_token` is set.
-    #[serde(default)]
-    pub receipt_url: Option<String>,
-    /// A shared secret every delivery callback for this channel must carry
-    /// as its `token` parameter; `/receipts/{channel}` answers 401 to one
-    /// without it. Prefer `receipt_token_env`. The presets put it into the
-    /// callback URL they hand the gateway; for a generic channel, put
-    /// `token=…` into the callback URL you give your gateway. Without a
-    /// token the channel's callbacks are refused, unless
-    /// `receipts_unauthenticated` opts out (then anyone who can reach the
-    /// endpoint can mark this channel's messages undeliverable, failing and
-    /// refunding them, and otpgate warns about it at start). A URL-safe value (`openssl rand -hex 32`)
-    /// is easiest to paste into gateway consoles; any other is
-    /// percent-encoded where otpgate builds the URL.
-    #[serde(default)]
-    pub receipt_token: Option<SecretString>,
-    /// Name of the environment variable holding `receipt_token`.
-    #[serde(default)]
-    pub receipt_token_env: Option<String>,
-    /// Accept this channel's delivery callbacks without a token. Off by
-    /// default: a channel without `receipt_token` then has its callbacks
-    /// refused (401), since anyone who can reach `/receipts/{channel}` could
-    /// otherwise mark its messages undeliverable. For gateways that cannot
-    /// carry a token, behind a firewall that only lets the gateway through.
-    #[serde(default)]
-    pub receipts_unauthenticated: bool,
-}
-
-fn default_timeout_ms() -> u64 {
-    10_000
-}
-
-impl HttpConfig {
-    fn callback_auth(&self) -> CallbackAuth<'_> {
-        CallbackAuth {
-            token: self.receipt_token.as_ref(),
-            token_env: self.receipt_token_env.as_deref(),
-            unauthenticated: self.receipts_unauthenticated,
-            asks_for_callbacks: self.receipt_url.is_some(),
-        }
+channel_config! {
+    /// `type = "http"`: an HTTP SMS API.
+    ///
+    /// Values of `url`, `headers`, `query`, `fields` and `json_template` may hold
+    /// placeholders, filled per message: `{to}` (E.164 with `+`), `{to_digits}`
+    /// (E.164 digits), `{text}`, `{from}` (this channel's `from`), `{reference}`
+    /// (otpgate's message id, unique per message: use it as the client
+    /// reference). They may also hold `${ENV_VAR}`, filled once at start.
+    #[derive(Debug, Clone, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct HttpConfig {
+        /// Fills the request shape and defaults of a known gateway; explicit
+        /// settings below still win where given.
+        #[serde(default)]
+        pub preset: Option<HttpPreset>,
+        /// The request URL (with a preset: the gateway's base URL).
+        #[serde(default)]
+        pub url: Option<String>,
+        /// Default POST (Kannel: GET).
+        #[serde(default)]
+        pub method: Option<HttpMethod>,
+        /// Extra request headers; values are secret-masked in logs.
+        #[serde(default)]
+        pub headers: BTreeMap<String, String>,
+        /// Query-string parameters added to `url`.
+        #[serde(default)]
+        pub query: BTreeMap<String, String>,
+        /// Body encoding: `json` (default for POST/PUT), `form`, or `none`
+        /// (default for GET).
+        #[serde(default)]
+        pub body: Option<BodyKind>,
+        /// Body fields (JSON object of strings, or form pairs).
+        #[serde(default)]
+        pub fields: BTreeMap<String, String>,
+        /// A whole JSON body instead of `fields`, for nested shapes; placeholder
+        /// values are JSON-escaped, so write them inside quotes:
+        /// `{"messages":[{"to":"{to}","body":"{text}"}]}`.
+        #[serde(default)]
+        pub json_template: Option<String>,
+        /// The sender, for `{from}` (Kannel's `from`, Twilio's `From`).
+        #[serde(default)]
+        pub from: Option<String>,
+        /// HTTP basic auth user (Twilio preset: `account_sid`).
+        #[serde(default)]
+        pub basic_auth_user: Option<String>,
+        /// HTTP basic auth password; may be `${ENV_VAR}`.
+        #[serde(default)]
+        pub basic_auth_password: Option<SecretString>,
+        /// Status codes meaning "accepted"; empty = any 2xx (Kannel: 200, 202;
+        /// Twilio: 200, 201).
+        #[serde(default)]
+        pub success_status: Vec<u16>,
+        /// Dotted path to the gateway's message id in a JSON response
+        /// (`sid`, `messages.0.id`); without it the `{reference}` is the id.
+        #[serde(default)]
+        pub id_field: Option<String>,
+        /// Dotted path to a JSON field that must be `true` (or equal
+        /// `success_value`) for the message to count as accepted; a response
+        /// that fails it is a permanent refusal.
+        #[serde(default)]
+        pub success_field: Option<String>,
+        #[serde(default)]
+        pub success_value: Option<String>,
+        /// Whole-request timeout; default 10000. A timeout is retried later.
+        #[serde(default = "crate::setup::default_timeout_ms")]
+        pub timeout_ms: u64,
+        /// Kannel: `username` of the sendsms user.
+        #[serde(default)]
+        pub username: Option<String>,
+        /// Kannel: `dlr-mask`; default 19 (delivered, undelivered, SMSC reject).
+        #[serde(default)]
+        pub dlr_mask: Option<u8>,
+        /// Twilio: the account SID (`AC…`).
+        #[serde(default)]
+        pub account_sid: Option<String>,
     }
+    secrets {
+        /// Kannel: the sendsms user's password.
+        password / password_env,
+        /// Twilio: the auth token.
+        auth_token / auth_token_env,
+    }
+    with receipts
 }
 
 impl ChannelSetup for HttpConfig {
     fn prepare(&self, name: &str, env: EnvLookup<'_>) -> Result<Starter, ConfigError> {
         let settings = prepare(name, self, env)?;
-        Ok(Box::new(move |name: &str, _: &StartContext| {
-            Arc::new(HttpChannel::new(name, settings)) as Arc<dyn Channel>
-        }))
+        Ok(start_with(settings, |name, s| HttpChannel::new(name, s)))
     }
 
-    fn receipt_auth(&self, name: &str, env: EnvLookup<'_>) -> Result<ReceiptAuth, ConfigError> {
-        self.callback_auth().receipt_auth(name, env)
-    }
-
-    fn warn(&self, name: &str) {
-        self.callback_auth().warn(name);
+    fn callbacks(&self) -> Option<CallbackAuth<'_>> {
+        Some(self.callback_auth())
     }
 }
 
@@ -247,25 +194,16 @@ impl std::fmt::Debug for HttpSettings {
         // Header, query and field values may hold credentials: names only.
         f.debug_struct("HttpSettings")
             .field("method", &self.method)
-            .field(
-                "headers",
-                &self
-                    .headers
-                    .iter()
-                    .map(|(k, _)| k.as_str())
-                    .collect::<Vec<_>>(),
-            )
-            .field(
-                "query",
-                &self
-                    .query
-                    .iter()
-                    .map(|(k, _)| k.as_str())
-                    .collect::<Vec<_>>(),
-            )
+            .field("headers", &names(&self.headers))
+            .field("query", &names(&self.query))
             .field("body", &self.body)
             .finish_non_exhaustive()
     }
+}
+
+/// The names of `pairs`, for debug output that must not show their values.
+fn names<K: AsRef<str>, V>(pairs: &[(K, V)]) -> Vec<&str> {
+    pairs.iter().map(|(k, _)| k.as_ref()).collect()
 }
 
 const PLACEHOLDERS: [&str; 6] = ["to", "to_digits", "text", "from", "reference", "coding"];
@@ -324,7 +262,9 @@ pub fn prepare(
                 .username
                 .as_deref()
                 .ok_or_else(|| bad("the kannel preset needs username".into()))?;
-            let pass = secret(name, c.password.as_ref(), c.password_env.as_deref(), env)?
+            let pass = c
+                .password()
+                .resolve(name, env)?
                 .ok_or_else(|| bad("the kannel preset needs password or password_env".into()))?;
             query.push(("username".into(), expand(user)?));
             query.push(("password".into(), pass.expose().to_owned()));
@@ -374,13 +314,9 @@ pub fn prepare(
             if sid.is_empty() || !sid.bytes().all(|b| b.is_ascii_alphanumeric()) {
                 return Err(bad("account_sid must be letters and digits".into()));
             }
-            let token = secret(
-                name,
-                c.auth_token.as_ref(),
-                c.auth_token_env.as_deref(),
-                env,
-            )?
-            .ok_or_else(|| bad("the twilio preset needs auth_token or auth_token_env".into()))?;
+            let token = c.auth_token().resolve(name, env)?.ok_or_else(|| {
+                bad("the twilio preset needs auth_token or auth_token_env".into())
+            })?;
             if c.from.is_none() {
                 return Err(bad(
                     "the twilio preset needs from (a number or a Messaging Service SID)".into(),
@@ -483,11 +419,7 @@ pub fn prepare(
     let probe_url = fill(&url, &Vars::default(), |s| s.to_owned());
     reqwest::Url::parse(&probe_url).map_err(|e| bad(format!("url: {e}")))?;
 
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_millis(c.timeout_ms.max(1)))
-        .connect_timeout(Duration::from_millis(c.timeout_ms.clamp(1, 10_000)))
-        .build()
-        .map_err(|e| bad(format!("HTTP client: {e}")))?;
+    let client = http_client(name, c.timeout_ms)?;
     Ok(HttpSettings {
         client,
         url,

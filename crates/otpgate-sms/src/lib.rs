@@ -19,6 +19,7 @@ pub mod email;
 pub mod gateway;
 pub mod http;
 pub mod inbox;
+pub mod leased;
 pub mod observe;
 pub mod receipt;
 pub mod router;

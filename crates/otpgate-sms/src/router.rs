@@ -135,6 +135,17 @@ mod tests {
         }
     }
 
+    /// A route for one flow to `channels`, any destination, mobiles only.
+    fn route(flow: &str, channels: &[&Arc<dyn Channel>]) -> Route {
+        Route {
+            country_codes: vec![],
+            flow_types: vec![flow.into()],
+            channels: channels.iter().map(|c| Arc::clone(c)).collect(),
+            number_types: vec![],
+            fallback: vec![],
+        }
+    }
+
     fn names(v: &[Arc<dyn Channel>]) -> Vec<&str> {
         v.iter().map(|c| c.name()).collect()
     }
@@ -146,27 +157,13 @@ mod tests {
         let w: Arc<dyn Channel> = Arc::new(Named("w"));
         let t = RouteTable::new(
             vec![
-                Route {
-                    country_codes: vec![],
-                    flow_types: vec!["WHATSAPP".into()],
-                    channels: vec![w.clone()],
-                    number_types: vec![],
-                    fallback: vec![],
-                },
+                route("WHATSAPP", &[&w]),
                 Route {
                     country_codes: vec![91, 44],
-                    flow_types: vec!["SMS".into()],
-                    channels: vec![a.clone(), b.clone()],
                     number_types: vec![NumberKind::FixedLine],
-                    fallback: vec![],
+                    ..route("SMS", &[&a, &b])
                 },
-                Route {
-                    country_codes: vec![],
-                    flow_types: vec!["SMS".into()],
-                    channels: vec![b.clone()],
-                    number_types: vec![],
-                    fallback: vec![],
-                },
+                route("SMS", &[&b]),
             ],
             vec![a, b, w],
         );

@@ -27,18 +27,35 @@ pub trait ChannelSetup {
     /// [`ConfigError`] naming the channel.
     fn prepare(&self, name: &str, env: EnvLookup<'_>) -> Result<Starter, ConfigError>;
 
-    /// How `/receipts/{channel}` must treat a callback for this channel;
-    /// by default there is none to accept ([`ReceiptAuth::NotHttp`]).
+    /// The receipt settings of a channel whose gateway calls
+    /// `/receipts/{channel}` back (declared `with receipts` by `channel_config!`);
+    /// `None`, the default, for one whose receipts never arrive over HTTP.
+    /// [`ChannelSetup::receipt_auth`] and [`ChannelSetup::warn`] follow them.
+    fn callbacks(&self) -> Option<CallbackAuth<'_>> {
+        None
+    }
+
+    /// How `/receipts/{channel}` must treat a callback for this channel: as
+    /// its [`ChannelSetup::callbacks`] say, or, without them, there is none
+    /// to accept ([`ReceiptAuth::NotHttp`]).
     ///
     /// # Errors
     /// [`ConfigError`] when the receipt token cannot be resolved.
-    fn receipt_auth(&self, _name: &str, _env: EnvLookup<'_>) -> Result<ReceiptAuth, ConfigError> {
-        Ok(ReceiptAuth::NotHttp)
+    fn receipt_auth(&self, name: &str, env: EnvLookup<'_>) -> Result<ReceiptAuth, ConfigError> {
+        match self.callbacks() {
+            Some(c) => c.receipt_auth(name, env),
+            None => Ok(ReceiptAuth::NotHttp),
+        }
     }
 
     /// Logs, at start, what about this configuration an operator should
-    /// know (a channel whose receipts anyone could forge, or none can pass).
-    fn warn(&self, _name: &str) {}
+    /// know (a channel whose receipts anyone could forge, or none can pass);
+    /// by default what its [`ChannelSetup::callbacks`] call for.
+    fn warn(&self, name: &str) {
+        if let Some(c) = self.callbacks() {
+            c.warn(name);
+        }
+    }
 
     /// Whether starting it needs a tokio runtime (background sessions).
     fn needs_runtime(&self) -> bool {
@@ -48,6 +65,22 @@ pub trait ChannelSetup {
 
 /// Starts one prepared channel under its name.
 pub type Starter = Box<dyn FnOnce(&str, &StartContext) -> Arc<dyn Channel>>;
+
+/// The [`Starter`] of a channel that needs nothing but its prepared
+/// `settings` (every per-request channel).
+pub(crate) fn start_with<S, C>(settings: S, new: impl FnOnce(&str, S) -> C + 'static) -> Starter
+where
+    S: 'static,
+    C: Channel + 'static,
+{
+    Box::new(move |name: &str, _: &StartContext| Arc::new(new(name, settings)) as Arc<dyn Channel>)
+}
+
+/// The default `timeout_ms` of the per-request channels (HTTP, WhatsApp,
+/// voice, e-mail).
+pub(crate) fn default_timeout_ms() -> u64 {
+    10_000
+}
 
 /// What starting a channel may use beyond its own settings.
 pub struct StartContext {
@@ -78,12 +111,114 @@ pub enum ReceiptAuth {
     Token(SecretString),
 }
 
+/// Declares a channel's config struct: its attributes and own fields as
+/// written, then each of its `secrets { name / name_env, }` as the two
+/// settings every secret has (given inline, or by the name of an
+/// environment variable, which wins; both resolved by [`secret`]), and,
+/// after `with receipts`, the receipt settings HTTP and voice channels share
+/// (`receipt_url`, `receipt_token`/`receipt_token_env`,
+/// `receipts_unauthenticated`) with `callback_auth()`, their
+/// [`CallbackAuth`]. A macro because every channel table keeps
+/// `deny_unknown_fields`, which `serde(flatten)` does not work with.
+macro_rules! channel_config {
+    (
+        $(#[$attr:meta])*
+        pub struct $name:ident { $($fields:tt)* }
+        secrets { $($(#[$doc:meta])* $secret:ident / $secret_env:ident,)* }
+        with receipts
+    ) => {
+        $crate::setup::channel_config! {
+            $(#[$attr])*
+            pub struct $name {
+                $($fields)*
+                /// Public base URL of this otpgate (e.g. `https://otp.example.com`);
+                /// when set, the channel asks its gateway to report delivery to
+                /// `{receipt_url}/receipts/{channel}` (Kannel `dlr-url`, Twilio
+                /// `StatusCallback`), with `token=…` when `receipt_token` is set.
+                #[serde(default)]
+                pub receipt_url: Option<String>,
+                /// Accept this channel's delivery callbacks without a token. Off by
+                /// default: a channel without `receipt_token` then has its callbacks
+                /// refused (401), since anyone who can reach `/receipts/{channel}` could
+                /// otherwise mark its messages undeliverable. For gateways that cannot
+                /// carry a token, behind a firewall that only lets the gateway through.
+                #[serde(default)]
+                pub receipts_unauthenticated: bool,
+            }
+            secrets {
+                $($(#[$doc])* $secret / $secret_env,)*
+                /// A shared secret every delivery callback for this channel must carry
+                /// as its `token` parameter; `/receipts/{channel}` answers 401 to one
+                /// without it. The presets and the voice channel put it into the
+                /// callback URL they hand the gateway; for a generic HTTP channel, put
+                /// `token=…` into the callback URL you give your gateway. Without a
+                /// token the channel's callbacks are refused, unless
+                /// `receipts_unauthenticated` opts out (then anyone who can reach the
+                /// endpoint can mark this channel's messages undeliverable, failing and
+                /// refunding them, and otpgate warns about it at start). A URL-safe
+                /// value (`openssl rand -hex 32`) is easiest to paste into gateway
+                /// consoles; any other is percent-encoded where otpgate builds the URL.
+                receipt_token / receipt_token_env,
+            }
+        }
+
+        impl $name {
+            fn callback_auth(&self) -> $crate::setup::CallbackAuth<'_> {
+                $crate::setup::CallbackAuth {
+                    token: self.receipt_token(),
+                    unauthenticated: self.receipts_unauthenticated,
+                    asks_for_callbacks: self.receipt_url.is_some(),
+                }
+            }
+        }
+    };
+    (
+        $(#[$attr:meta])*
+        pub struct $name:ident { $($fields:tt)* }
+        secrets { $($(#[$doc:meta])* $secret:ident / $secret_env:ident,)* }
+    ) => {
+        $(#[$attr])*
+        pub struct $name {
+            $($fields)*
+            $(
+                $(#[$doc])*
+                #[doc = concat!("Prefer `", stringify!($secret_env), "`.")]
+                #[serde(default)]
+                pub $secret: Option<::otpgate_core::SecretString>,
+                #[doc = concat!(
+                    "The name of the environment variable holding `",
+                    stringify!($secret),
+                    "` (it wins when both are set).",
+                )]
+                #[serde(default)]
+                pub $secret_env: Option<String>,
+            )*
+        }
+
+        impl $name {
+            $(
+                #[doc = concat!(
+                    "`", stringify!($secret), "`, given inline or by `",
+                    stringify!($secret_env), "`.",
+                )]
+                pub(crate) fn $secret(&self) -> $crate::setup::SecretSetting<'_> {
+                    $crate::setup::SecretSetting {
+                        setting: stringify!($secret),
+                        inline: self.$secret.as_ref(),
+                        env_name: self.$secret_env.as_deref(),
+                    }
+                }
+            )*
+        }
+    };
+}
+pub(crate) use channel_config;
+
 /// The receipt settings HTTP and voice channels share (`receipt_token`,
 /// `receipt_token_env`, `receipts_unauthenticated`, `receipt_url`).
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct CallbackAuth<'a> {
-    pub token: Option<&'a SecretString>,
-    pub token_env: Option<&'a str>,
+pub struct CallbackAuth<'a> {
+    pub token: SecretSetting<'a>,
     pub unauthenticated: bool,
     /// Whether the channel asks its gateway for callbacks.
     pub asks_for_callbacks: bool,
@@ -100,7 +235,7 @@ impl CallbackAuth<'_> {
         name: &str,
         env: EnvLookup<'_>,
     ) -> Result<Option<SecretString>, ConfigError> {
-        let token = secret(name, self.token, self.token_env, env)?;
+        let token = self.token.resolve(name, env)?;
         // An empty token would let `token=` through: refuse it rather than
         // guess whether "no authentication" was meant.
         if token.as_ref().is_some_and(SecretString::is_empty) {
@@ -123,7 +258,7 @@ impl CallbackAuth<'_> {
     }
 
     pub fn warn(&self, name: &str) {
-        if self.token.is_some() || self.token_env.is_some() {
+        if self.token.is_given() {
             return;
         }
         if self.unauthenticated {
@@ -210,6 +345,53 @@ pub(crate) fn expand_env(
     }
     out.push_str(rest);
     Ok(out)
+}
+
+/// One secret setting of a channel's table (declared in `secrets` by
+/// `channel_config!`): given inline, or by the name of an environment
+/// variable.
+#[derive(Debug, Clone, Copy)]
+pub struct SecretSetting<'a> {
+    /// The setting's name (`password`), for errors.
+    pub setting: &'static str,
+    pub inline: Option<&'a SecretString>,
+    pub env_name: Option<&'a str>,
+}
+
+impl SecretSetting<'_> {
+    /// Whether either form is set.
+    pub fn is_given(&self) -> bool {
+        self.inline.is_some() || self.env_name.is_some()
+    }
+
+    /// Its value, if given ([`secret`]).
+    ///
+    /// # Errors
+    /// [`ConfigError::MissingEnv`] when the variable is unset.
+    pub(crate) fn resolve(
+        &self,
+        channel: &str,
+        env: EnvLookup<'_>,
+    ) -> Result<Option<SecretString>, ConfigError> {
+        secret(channel, self.inline, self.env_name, env)
+    }
+
+    /// Its value, which the channel cannot do without.
+    ///
+    /// # Errors
+    /// As [`SecretSetting::resolve`], and [`ConfigError::Invalid`] ("needs
+    /// `setting` or `setting_env`") when it is absent or empty.
+    pub(crate) fn required(
+        &self,
+        channel: &str,
+        env: EnvLookup<'_>,
+    ) -> Result<SecretString, ConfigError> {
+        self.resolve(channel, env)?
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| {
+                ConfigError::invalid(channel, format!("needs {0} or {0}_env", self.setting))
+            })
+    }
 }
 
 /// A secret given inline or by environment variable name (the latter wins

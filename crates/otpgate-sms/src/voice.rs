@@ -23,17 +23,15 @@
 //! `flow_types = ["VOICE"]`: its `{text}` is the same rendered text.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
-use std::time::Duration;
 
 use otpgate_core::SecretString;
 use serde::Deserialize;
 
-use crate::channel::{Accepted, Channel, ChannelError, Outgoing};
-use crate::gateway::{Health, Liveness, per_request_channel, refused, request_failed};
+use crate::channel::{Accepted, ChannelError, Outgoing};
+use crate::gateway::{Health, Liveness, http_client, per_request_channel, refused, request_failed};
 use crate::setup::{
-    CallbackAuth, ChannelSetup, ConfigError, EnvLookup, ReceiptAuth, StartContext, Starter,
-    expand_env, secret,
+    CallbackAuth, ChannelSetup, ConfigError, EnvLookup, Starter, channel_config, expand_env,
+    start_with,
 };
 
 /// The voice APIs otpgate knows.
@@ -44,51 +42,40 @@ pub enum VoicePreset {
     Twilio,
 }
 
-/// `type = "voice"`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct VoiceConfig {
-    pub preset: VoicePreset,
-    /// API base URL; default `https://api.twilio.com`.
-    #[serde(default)]
-    pub url: Option<String>,
-    pub account_sid: String,
-    #[serde(default)]
-    pub auth_token: Option<SecretString>,
-    #[serde(default)]
-    pub auth_token_env: Option<String>,
-    /// The calling number (E.164).
-    pub from: String,
-    /// How many times the text is said; default 3 (1 to 5).
-    #[serde(default = "default_repeat")]
-    pub repeat: u8,
-    /// `<Say language>` when `languages` has none for the `langId`;
-    /// default `en-US`.
-    #[serde(default = "default_language")]
-    pub language: String,
-    /// `langId` → `<Say language>` (`fr = "fr-FR"`).
-    #[serde(default)]
-    pub languages: BTreeMap<String, String>,
-    /// `<Say voice>` (`alice`, `Polly.Joanna`); Twilio's default if unset.
-    #[serde(default)]
-    pub voice: Option<String>,
-    /// otpgate's public base URL: with it, each call asks for a status
-    /// callback to `{receipt_url}/receipts/{channel}`.
-    #[serde(default)]
-    pub receipt_url: Option<String>,
-    /// The token the callback URL carries; `/receipts/{channel}` refuses a
-    /// callback without it. Prefer `receipt_token_env`.
-    #[serde(default)]
-    pub receipt_token: Option<SecretString>,
-    #[serde(default)]
-    pub receipt_token_env: Option<String>,
-    /// Accept status callbacks without a token (off: refused with 401), as
-    /// for HTTP channels.
-    #[serde(default)]
-    pub receipts_unauthenticated: bool,
-    /// Whole-request timeout; default 10000.
-    #[serde(default = "default_timeout_ms")]
-    pub timeout_ms: u64,
+channel_config! {
+    /// `type = "voice"`.
+    #[derive(Debug, Clone, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct VoiceConfig {
+        pub preset: VoicePreset,
+        /// API base URL; default `https://api.twilio.com`.
+        #[serde(default)]
+        pub url: Option<String>,
+        pub account_sid: String,
+        /// The calling number (E.164).
+        pub from: String,
+        /// How many times the text is said; default 3 (1 to 5).
+        #[serde(default = "default_repeat")]
+        pub repeat: u8,
+        /// `<Say language>` when `languages` has none for the `langId`;
+        /// default `en-US`.
+        #[serde(default = "default_language")]
+        pub language: String,
+        /// `langId` → `<Say language>` (`fr = "fr-FR"`).
+        #[serde(default)]
+        pub languages: BTreeMap<String, String>,
+        /// `<Say voice>` (`alice`, `Polly.Joanna`); Twilio's default if unset.
+        #[serde(default)]
+        pub voice: Option<String>,
+        /// Whole-request timeout; default 10000.
+        #[serde(default = "crate::setup::default_timeout_ms")]
+        pub timeout_ms: u64,
+    }
+    secrets {
+        /// The account's auth token.
+        auth_token / auth_token_env,
+    }
+    with receipts
 }
 
 fn default_repeat() -> u8 {
@@ -96,9 +83,6 @@ fn default_repeat() -> u8 {
 }
 fn default_language() -> String {
     "en-US".into()
-}
-fn default_timeout_ms() -> u64 {
-    10_000
 }
 
 /// A checked voice configuration, secrets resolved.
@@ -124,31 +108,14 @@ impl std::fmt::Debug for VoiceSettings {
     }
 }
 
-impl VoiceConfig {
-    fn callback_auth(&self) -> CallbackAuth<'_> {
-        CallbackAuth {
-            token: self.receipt_token.as_ref(),
-            token_env: self.receipt_token_env.as_deref(),
-            unauthenticated: self.receipts_unauthenticated,
-            asks_for_callbacks: self.receipt_url.is_some(),
-        }
-    }
-}
-
 impl ChannelSetup for VoiceConfig {
     fn prepare(&self, name: &str, env: EnvLookup<'_>) -> Result<Starter, ConfigError> {
         let settings = prepare(name, self, env)?;
-        Ok(Box::new(move |name: &str, _: &StartContext| {
-            Arc::new(VoiceChannel::new(name, settings)) as Arc<dyn Channel>
-        }))
+        Ok(start_with(settings, |name, s| VoiceChannel::new(name, s)))
     }
 
-    fn receipt_auth(&self, name: &str, env: EnvLookup<'_>) -> Result<ReceiptAuth, ConfigError> {
-        self.callback_auth().receipt_auth(name, env)
-    }
-
-    fn warn(&self, name: &str) {
-        self.callback_auth().warn(name);
+    fn callbacks(&self) -> Option<CallbackAuth<'_>> {
+        Some(self.callback_auth())
     }
 }
 
@@ -167,14 +134,7 @@ pub fn prepare(
     if sid.is_empty() || !sid.bytes().all(|b| b.is_ascii_alphanumeric()) {
         return Err(bad("account_sid must be letters and digits"));
     }
-    let token = secret(
-        name,
-        c.auth_token.as_ref(),
-        c.auth_token_env.as_deref(),
-        env,
-    )?
-    .filter(|t| !t.is_empty())
-    .ok_or_else(|| bad("needs auth_token or auth_token_env"))?;
+    let token = c.auth_token().required(name, env)?;
     if c.from.trim().is_empty() {
         return Err(bad("needs from (the calling number)"));
     }
@@ -212,11 +172,7 @@ pub fn prepare(
         }
         None => None,
     };
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_millis(c.timeout_ms.max(1)))
-        .connect_timeout(Duration::from_millis(c.timeout_ms.clamp(1, 10_000)))
-        .build()
-        .map_err(|e| bad(&format!("HTTP client: {e}")))?;
+    let client = http_client(name, c.timeout_ms)?;
     Ok(VoiceSettings {
         client,
         endpoint,

@@ -29,64 +29,56 @@
 //! and [`parse_webhook`] reads `entry[].changes[].value.statuses[]`.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
-use std::time::Duration;
 
 use hmac::{Hmac, KeyInit, Mac};
 use otpgate_core::{DeliveryStatus, SecretString};
 use serde::Deserialize;
 use sha2::Sha256;
 
-use crate::channel::{Accepted, Channel, ChannelError, Outgoing};
-use crate::gateway::{Health, Liveness, per_request_channel, refused, request_failed};
+use crate::channel::{Accepted, ChannelError, Outgoing};
+use crate::gateway::{Health, Liveness, http_client, per_request_channel, refused, request_failed};
 use crate::receipt::Receipt;
 use crate::setup::{
-    ChannelSetup, ConfigError, EnvLookup, StartContext, Starter, expand_env, secret,
+    ChannelSetup, ConfigError, EnvLookup, Starter, channel_config, expand_env, start_with,
 };
 
-/// `type = "whatsapp"`: the WhatsApp Business Cloud API.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct WhatsappConfig {
-    /// The Graph API base URL; default `https://graph.facebook.com`.
-    #[serde(default)]
-    pub url: Option<String>,
-    /// Graph API version in the path; default `v21.0`.
-    #[serde(default = "default_version")]
-    pub api_version: String,
-    /// The sending number's id (WhatsApp Manager → API setup).
-    pub phone_number_id: String,
-    /// A system user's access token. Prefer `access_token_env`.
-    #[serde(default)]
-    pub access_token: Option<SecretString>,
-    #[serde(default)]
-    pub access_token_env: Option<String>,
-    /// The approved authentication template's name.
-    pub template: String,
-    /// The template language used when `languages` has none for the
-    /// request's `langId`; default `en_US`.
-    #[serde(default = "default_language")]
-    pub language: String,
-    /// `langId` → template language (`fr = "fr"`, `pt = "pt_BR"`).
-    #[serde(default)]
-    pub languages: BTreeMap<String, String>,
-    /// The Meta app's secret, which signs the status webhook. Without it the
-    /// webhook refuses every call (statuses can then not mark messages
-    /// delivered, so a fallback always goes after its delay). Prefer
-    /// `app_secret_env`.
-    #[serde(default)]
-    pub app_secret: Option<SecretString>,
-    #[serde(default)]
-    pub app_secret_env: Option<String>,
-    /// The token Meta echoes when the webhook is registered
-    /// (`GET …?hub.mode=subscribe&hub.verify_token=…&hub.challenge=…`).
-    #[serde(default)]
-    pub verify_token: Option<SecretString>,
-    #[serde(default)]
-    pub verify_token_env: Option<String>,
-    /// Whole-request timeout; default 10000.
-    #[serde(default = "default_timeout_ms")]
-    pub timeout_ms: u64,
+channel_config! {
+    /// `type = "whatsapp"`: the WhatsApp Business Cloud API.
+    #[derive(Debug, Clone, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct WhatsappConfig {
+        /// The Graph API base URL; default `https://graph.facebook.com`.
+        #[serde(default)]
+        pub url: Option<String>,
+        /// Graph API version in the path; default `v21.0`.
+        #[serde(default = "default_version")]
+        pub api_version: String,
+        /// The sending number's id (WhatsApp Manager → API setup).
+        pub phone_number_id: String,
+        /// The approved authentication template's name.
+        pub template: String,
+        /// The template language used when `languages` has none for the
+        /// request's `langId`; default `en_US`.
+        #[serde(default = "default_language")]
+        pub language: String,
+        /// `langId` → template language (`fr = "fr"`, `pt = "pt_BR"`).
+        #[serde(default)]
+        pub languages: BTreeMap<String, String>,
+        /// Whole-request timeout; default 10000.
+        #[serde(default = "crate::setup::default_timeout_ms")]
+        pub timeout_ms: u64,
+    }
+    secrets {
+        /// A system user's access token.
+        access_token / access_token_env,
+        /// The Meta app's secret, which signs the status webhook. Without it the
+        /// webhook refuses every call (statuses can then not mark messages
+        /// delivered, so a fallback always goes after its delay).
+        app_secret / app_secret_env,
+        /// The token Meta echoes when the webhook is registered
+        /// (`GET …?hub.mode=subscribe&hub.verify_token=…&hub.challenge=…`).
+        verify_token / verify_token_env,
+    }
 }
 
 fn default_version() -> String {
@@ -95,22 +87,19 @@ fn default_version() -> String {
 fn default_language() -> String {
     "en_US".into()
 }
-fn default_timeout_ms() -> u64 {
-    10_000
-}
 
 impl ChannelSetup for WhatsappConfig {
     fn prepare(&self, name: &str, env: EnvLookup<'_>) -> Result<Starter, ConfigError> {
         let settings = prepare(name, self, env)?;
-        Ok(Box::new(move |name: &str, _: &StartContext| {
-            Arc::new(WhatsappChannel::new(name, settings)) as Arc<dyn Channel>
+        Ok(start_with(settings, |name, s| {
+            WhatsappChannel::new(name, s)
         }))
     }
 
     // Statuses come to `/webhooks/whatsapp/{channel}`, signed with the app
     // secret, not to `/receipts`.
     fn warn(&self, name: &str) {
-        if self.app_secret.is_none() && self.app_secret_env.is_none() {
+        if !self.app_secret().is_given() {
             tracing::warn!(
                 channel = %name,
                 "this WhatsApp channel has no app_secret: its webhook refuses every status, \
@@ -174,14 +163,7 @@ pub fn prepare(
             return Err(bad("template languages look like en_US or fr"));
         }
     }
-    let token = secret(
-        name,
-        c.access_token.as_ref(),
-        c.access_token_env.as_deref(),
-        env,
-    )?
-    .filter(|t| !t.is_empty())
-    .ok_or_else(|| bad("needs access_token or access_token_env"))?;
+    let token = c.access_token().required(name, env)?;
     // The webhook's secrets are resolved per call by the server; resolving
     // them here too refuses a missing variable at start.
     webhook_secrets(name, c, env)?;
@@ -193,11 +175,7 @@ pub fn prepare(
         c.api_version
     );
     reqwest::Url::parse(&endpoint).map_err(|e| bad(&format!("url: {e}")))?;
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_millis(c.timeout_ms.max(1)))
-        .connect_timeout(Duration::from_millis(c.timeout_ms.clamp(1, 10_000)))
-        .build()
-        .map_err(|e| bad(&format!("HTTP client: {e}")))?;
+    let client = http_client(name, c.timeout_ms)?;
     Ok(WhatsappSettings {
         client,
         endpoint,
@@ -226,18 +204,8 @@ pub fn webhook_secrets(
     c: &WhatsappConfig,
     env: EnvLookup<'_>,
 ) -> Result<WebhookSecrets, ConfigError> {
-    let app_secret = secret(
-        name,
-        c.app_secret.as_ref(),
-        c.app_secret_env.as_deref(),
-        env,
-    )?;
-    let verify_token = secret(
-        name,
-        c.verify_token.as_ref(),
-        c.verify_token_env.as_deref(),
-        env,
-    )?;
+    let app_secret = c.app_secret().resolve(name, env)?;
+    let verify_token = c.verify_token().resolve(name, env)?;
     if app_secret.as_ref().is_some_and(SecretString::is_empty)
         || verify_token.as_ref().is_some_and(SecretString::is_empty)
     {

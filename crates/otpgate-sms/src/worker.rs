@@ -9,14 +9,22 @@
 //! At-least-once: a message is marked sent only after the gateway accepted
 //! it. A crash between the two leaves the lease to expire, and the message is
 //! sent again: that window is the one place a duplicate can happen.
+//!
+//! Handoff: a send on this node may [`Delivery::reserve`] a delivery slot
+//! first; the store then writes the message already leased to this worker
+//! (in the send's own transaction) and the server hands it over in memory
+//! ([`Reservation::hand`]). That saves the claim's write and commit, and the
+//! wait for it, on every message; a lease held by a node that dies runs out
+//! and any worker claims the message again, exactly as after a claim.
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use otpgate_core::Clock;
-use otpgate_store::{OutboxDepth, OutboxMessage, OutboxStore, SentInfo};
+use otpgate_store::{OutboxDepth, OutboxLease, OutboxMessage, OutboxStore, SentInfo};
 use rand::RngExt;
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -99,6 +107,9 @@ impl Router for SingleRoute {
     }
 }
 
+/// A message handed over by a send, with the slot it was reserved in.
+type Handoff = (OutboxMessage, OwnedSemaphorePermit);
+
 pub struct Delivery {
     store: Arc<dyn OutboxStore>,
     clock: Arc<dyn Clock>,
@@ -106,6 +117,41 @@ pub struct Delivery {
     config: DeliveryConfig,
     wake: Notify,
     observer: Arc<dyn DeliveryObserver>,
+    /// Deliveries in hand (claimed or handed over), at most `batch`.
+    slots: Arc<Semaphore>,
+    handoff: mpsc::UnboundedSender<Handoff>,
+    /// Taken by [`Delivery::run`]. Unbounded, since every message in it
+    /// holds one of `slots`.
+    handoffs: Mutex<Option<mpsc::UnboundedReceiver<Handoff>>>,
+    /// Whether `run` is taking handoffs: no reservation otherwise.
+    running: AtomicBool,
+    /// A claim came back full, or found no slot free: more may be waiting,
+    /// so the next delivery to finish looks again.
+    backlog: AtomicBool,
+}
+
+/// A delivery slot of this node's worker, held for one send while it
+/// commits: the send stores its message leased to the worker
+/// ([`Reservation::lease`]) and hands it over ([`Reservation::hand`]).
+/// Dropped unused (a refused send), the slot is free again.
+pub struct Reservation {
+    slot: OwnedSemaphorePermit,
+    handoff: mpsc::UnboundedSender<Handoff>,
+    lease: OutboxLease,
+}
+
+impl Reservation {
+    /// The lease to store the message under.
+    pub fn lease(&self) -> OutboxLease {
+        self.lease.clone()
+    }
+
+    /// Gives the worker the message the store wrote under this lease. If
+    /// the worker has stopped meanwhile the message stays leased in the
+    /// store and is claimed again when the lease runs out.
+    pub fn hand(self, msg: OutboxMessage) {
+        let _ = self.handoff.send((msg, self.slot));
+    }
 }
 
 impl Delivery {
@@ -126,19 +172,44 @@ impl Delivery {
         config: DeliveryConfig,
         observer: Arc<dyn DeliveryObserver>,
     ) -> Arc<Self> {
+        let (handoff, handoffs) = mpsc::unbounded_channel();
         Arc::new(Self {
             store,
             clock,
             router,
+            slots: Arc::new(Semaphore::new(config.batch as usize)),
             config,
             wake: Notify::new(),
             observer,
+            handoff,
+            handoffs: Mutex::new(Some(handoffs)),
+            running: AtomicBool::new(false),
+            backlog: AtomicBool::new(false),
         })
     }
 
-    /// Wakes the worker: a send just committed a message.
+    /// Wakes the worker: a send just committed a message it did not hand
+    /// over.
     pub fn notify(&self) {
         self.wake.notify_one();
+    }
+
+    /// A delivery slot for a send about to be made at `now`, if the worker
+    /// is running and has one free; `None` sends the usual way (queued,
+    /// then [`Delivery::notify`]).
+    pub fn reserve(&self, now: i64) -> Option<Reservation> {
+        if !self.running.load(Ordering::Acquire) {
+            return None;
+        }
+        let slot = self.slots.clone().try_acquire_owned().ok()?;
+        Some(Reservation {
+            slot,
+            handoff: self.handoff.clone(),
+            lease: OutboxLease {
+                worker: self.config.worker_id.clone(),
+                until: now.saturating_add(self.config.lease_ms),
+            },
+        })
     }
 
     /// Each channel's state (bound, last error), for `/readyz`.
@@ -169,50 +240,39 @@ impl Delivery {
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
         info!(worker = %self.config.worker_id, "delivery worker started");
         let capacity = self.config.batch as usize;
-        let slots = Arc::new(Semaphore::new(capacity));
+        let mut handoffs = self.handoffs.lock().ok().and_then(|mut h| h.take());
+        self.running.store(handoffs.is_some(), Ordering::Release);
+        // A timer that keeps its pace while handoffs arrive (a fresh sleep
+        // per round would never fire under a steady stream of them).
+        let mut poll = tokio::time::interval(Duration::from_millis(self.config.poll_ms.max(1)));
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut look = true;
         loop {
             if shutdown.is_cancelled() {
                 break;
             }
-            let free = slots.available_permits();
-            if free > 0 {
-                let now = self.clock.now_ms();
-                let claimed = self
-                    .store
-                    .outbox_claim(
-                        &self.config.worker_id,
-                        u32::try_from(free).unwrap_or(u32::MAX),
-                        self.config.lease_ms,
-                        now,
-                    )
-                    .await;
-                match claimed {
-                    Ok(batch) => {
-                        for msg in batch {
-                            let Ok(slot) = slots.clone().try_acquire_owned() else {
-                                break;
-                            };
-                            let me = self.clone();
-                            tokio::spawn(async move {
-                                me.deliver(msg).await;
-                                drop(slot);
-                                // A slot is free again: look for more work.
-                                me.wake.notify_one();
-                            });
-                        }
-                    }
-                    Err(e) => warn!(error = %e, "claiming from the outbox failed"),
-                }
+            if look {
+                look = false;
+                self.claim().await;
             }
             tokio::select! {
                 () = shutdown.cancelled() => break,
-                () = self.wake.notified() => {}
-                () = tokio::time::sleep(Duration::from_millis(self.config.poll_ms)) => {}
+                Some((msg, slot)) = next_handoff(&mut handoffs) => self.start(msg, slot),
+                () = self.wake.notified() => look = true,
+                _ = poll.tick() => look = true,
+            }
+        }
+        self.running.store(false, Ordering::Release);
+        // Messages handed over but not started are in hand too.
+        if let Some(rx) = handoffs.as_mut() {
+            rx.close();
+            while let Ok((msg, slot)) = rx.try_recv() {
+                self.start(msg, slot);
             }
         }
         // Wait (bounded) for the deliveries in hand to record their results.
         let all = u32::try_from(capacity).unwrap_or(u32::MAX);
-        if tokio::time::timeout(Duration::from_secs(30), slots.acquire_many(all))
+        if tokio::time::timeout(Duration::from_secs(30), self.slots.acquire_many(all))
             .await
             .is_err()
         {
@@ -224,6 +284,53 @@ impl Delivery {
             c.close().await;
         }
         info!("delivery worker stopped");
+    }
+
+    /// Claims as many due messages as there are free slots and starts them.
+    async fn claim(self: &Arc<Self>) {
+        let free = self.slots.available_permits();
+        if free == 0 {
+            self.backlog.store(true, Ordering::Release);
+            return;
+        }
+        let now = self.clock.now_ms();
+        let claimed = self
+            .store
+            .outbox_claim(
+                &self.config.worker_id,
+                u32::try_from(free).unwrap_or(u32::MAX),
+                self.config.lease_ms,
+                now,
+            )
+            .await;
+        match claimed {
+            Ok(batch) => {
+                if batch.len() >= free {
+                    self.backlog.store(true, Ordering::Release);
+                }
+                for msg in batch {
+                    let Ok(slot) = self.slots.clone().try_acquire_owned() else {
+                        break;
+                    };
+                    self.start(msg, slot);
+                }
+            }
+            Err(e) => warn!(error = %e, "claiming from the outbox failed"),
+        }
+    }
+
+    /// Delivers `msg` in a task of its own, holding `slot` until its result
+    /// is recorded.
+    fn start(self: &Arc<Self>, msg: OutboxMessage, slot: OwnedSemaphorePermit) {
+        let me = self.clone();
+        tokio::spawn(async move {
+            me.deliver(msg).await;
+            drop(slot);
+            // A slot is free again: look for more work if some may wait.
+            if me.backlog.swap(false, Ordering::AcqRel) {
+                me.wake.notify_one();
+            }
+        });
     }
 
     /// One claim-and-deliver round; returns how many messages it handled.
@@ -385,5 +492,13 @@ impl Delivery {
             Ok(false) => debug!("lease was lost before the result was recorded"),
             Err(e) => warn!(error = %e, "could not record a delivery result"),
         }
+    }
+}
+
+/// The next message handed over, or never when there is no receiver.
+async fn next_handoff(rx: &mut Option<mpsc::UnboundedReceiver<Handoff>>) -> Option<Handoff> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
     }
 }

@@ -170,6 +170,15 @@ resource_traits! {
         /// the verification and queues its message in the outbox. Either all of
         /// that is durable when this returns `Created`, or none of it happened.
         async fn verification_create(&self, req: NewVerification) -> StoreResult<CreateOutcome>;
+        /// As [`VerificationStore::verification_create`], with the first
+        /// step's message stored already leased to `lease.worker` (attempt 1),
+        /// in the same transaction; on `Created` it comes back as that
+        /// worker's claim would have returned it. The sending node's worker
+        /// delivers it at once, without a claim of its own: one write and one
+        /// commit fewer per message. A backend may store the message
+        /// unleased and return `None` (its workers then claim it as usual).
+        async fn verification_create_leased(&self, req: NewVerification, lease: OutboxLease)
+            -> StoreResult<(CreateOutcome, Option<OutboxMessage>)>;
         /// One verification of one account; `None` for an unknown id and for
         /// another account's id alike (505 must not tell them apart).
         async fn verification_get(&self, customer: &CustomerId, id: VerificationId)

@@ -115,6 +115,20 @@ pub struct NewFallback {
     pub due_at: i64,
 }
 
+/// A send's first message, stored already claimed by the sending node's own
+/// delivery worker (see
+/// [`crate::VerificationStore::verification_create_leased`]): the worker
+/// takes it in memory, with no claim of its own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxLease {
+    /// The worker that holds the message, as in an `outbox_claim`.
+    pub worker: String,
+    /// When the lease runs out: should the worker die before recording a
+    /// result, any worker claims the message again from then on, exactly as
+    /// after a claim whose holder died.
+    pub until: i64,
+}
+
 /// Result of [`crate::VerificationStore::verification_create`].
 #[derive(Debug, Clone)]
 pub enum CreateOutcome {

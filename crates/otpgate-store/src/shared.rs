@@ -10,8 +10,32 @@ use otpgate_core::send;
 
 use crate::{
     AccountSettings, CreateOutcome, DailyStats, EventAttempt, EventKind, EventOutcome, EventRecord,
-    NewVerification, PendingEvent, StoreError, StoreResult, Verification,
+    NewVerification, OutboxMessage, PendingEvent, StoreError, StoreResult, Verification,
 };
+
+/// The first step's message of a send stored leased (outbox row `id`), as
+/// the worker's claim would have read it back: attempt 1, nothing sent yet.
+pub(crate) fn leased_message(req: &NewVerification, v: &Verification, id: i64) -> OutboxMessage {
+    OutboxMessage {
+        id,
+        verification_id: v.id,
+        customer_id: v.customer_id.clone(),
+        destination: v.destination.clone(),
+        flow_type: v.flow_type.clone(),
+        step: 0,
+        address: req.address.clone(),
+        lang: req.lang.clone(),
+        text: Some(req.message_text.clone()),
+        status: DeliveryStatus::Queued,
+        attempts: 1,
+        next_attempt_at: v.created_at,
+        expires_at: v.expires_at,
+        channel: None,
+        gateway_id: None,
+        last_error: None,
+        created_at: v.created_at,
+    }
+}
 
 /// The key a block of `scope` has for this send.
 pub(crate) fn block_key(req: &NewVerification, scope: BlockScope) -> String {

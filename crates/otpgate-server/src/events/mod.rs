@@ -24,9 +24,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use otpgate_core::Clock;
+use otpgate_sms::leased::{Slots, backoff_ms};
 use otpgate_store::{EventAttempt, EventOutcome, PendingEvent, Store};
-use rand::RngExt;
-use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -44,7 +43,7 @@ pub struct Events {
     worker_id: String,
     client: reqwest::Client,
     metrics: Arc<Metrics>,
-    wake: Notify,
+    slots: Slots,
 }
 
 impl Events {
@@ -72,24 +71,22 @@ impl Events {
             client: client.build()?,
             store,
             clock,
-            settings,
             worker_id,
+            slots: Slots::new(settings.concurrency),
+            settings,
             metrics,
-            wake: Notify::new(),
         }))
     }
 
     /// Wakes the worker: an event was just committed on this node.
     pub fn notify(&self) {
-        self.wake.notify_one();
+        self.slots.wake();
     }
 
     /// Runs until `shutdown`, then lets deliveries in hand record their
     /// results (bounded).
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
         info!(worker = %self.worker_id, "webhook worker started");
-        let capacity = self.settings.concurrency as usize;
-        let slots = Arc::new(Semaphore::new(capacity));
         let sweep_every = i64::try_from(self.settings.sweep_interval_ms).unwrap_or(i64::MAX);
         let mut next_sweep = 0i64;
         loop {
@@ -105,42 +102,27 @@ impl Events {
                     Err(e) => warn!(error = %e, "the expiry sweep failed"),
                 }
             }
-            let free = slots.available_permits();
+            let free = self.slots.free();
             if free > 0 {
-                let max = u32::try_from(free).unwrap_or(u32::MAX);
                 match self
                     .store
-                    .events_claim(&self.worker_id, max, self.settings.lease_ms, now)
+                    .events_claim(&self.worker_id, free, self.settings.lease_ms, now)
                     .await
                 {
-                    Ok(batch) => {
-                        for ev in batch {
-                            let Ok(slot) = slots.clone().try_acquire_owned() else {
-                                break;
-                            };
-                            let me = self.clone();
-                            tokio::spawn(async move {
-                                me.deliver(ev).await;
-                                drop(slot);
-                                me.wake.notify_one();
-                            });
-                        }
-                    }
+                    Ok(batch) => self.slots.spawn_each(batch, |ev| {
+                        let me = self.clone();
+                        async move { me.deliver(ev).await }
+                    }),
                     Err(e) => warn!(error = %e, "claiming webhook events failed"),
                 }
             }
-            tokio::select! {
-                () = shutdown.cancelled() => break,
-                () = self.wake.notified() => {}
-                () = tokio::time::sleep(Duration::from_millis(self.settings.poll_ms)) => {}
+            let poll = Duration::from_millis(self.settings.poll_ms);
+            if !self.slots.idle(poll, &shutdown).await {
+                break;
             }
         }
-        let all = u32::try_from(capacity).unwrap_or(u32::MAX);
         let grace = Duration::from_millis(self.settings.timeout_ms.saturating_add(1000));
-        if tokio::time::timeout(grace, slots.acquire_many(all))
-            .await
-            .is_err()
-        {
+        if !self.slots.drain(grace).await {
             warn!("webhook deliveries still in flight at shutdown; their leases will run out");
         }
         info!("webhook worker stopped");
@@ -271,14 +253,8 @@ impl Events {
 
     /// Exponential backoff, jittered in its upper half, capped.
     fn backoff(&self, attempts: u32) -> i64 {
-        let exp = self
-            .settings
-            .retry_base_ms
-            .saturating_mul(1i64 << attempts.saturating_sub(1).min(30))
-            .min(self.settings.retry_max_ms)
-            .max(1);
-        let half = exp / 2;
-        half + rand::rng().random_range(0..=exp - half)
+        let s = &self.settings;
+        backoff_ms(s.retry_base_ms, s.retry_max_ms, attempts, 30)
     }
 }
 

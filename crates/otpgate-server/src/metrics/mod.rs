@@ -104,6 +104,19 @@ fn store_buckets() -> Histogram {
     Histogram::new(exponential_buckets(0.0005, 2.0, 15))
 }
 
+/// Registers each series in `$r` under its name and help, in the order
+/// given (the exposition's), binding the handle the struct keeps to its
+/// name (`_` for a process-wide series only registered here).
+macro_rules! register {
+    ($r:ident; $($var:tt = $make:expr => $name:literal, $help:literal;)*) => {
+        $(let $var = {
+            let metric = $make;
+            $r.register($name, $help, metric.clone());
+            metric
+        };)*
+    };
+}
+
 /// Every series, registered once.
 pub struct Metrics {
     registry: Registry,
@@ -134,107 +147,42 @@ impl Default for Metrics {
 impl Metrics {
     pub fn new() -> Self {
         let mut r = Registry::default();
-        let sends = Family::default();
-        r.register(
-            "otpgate_sends",
-            "Send requests by outcome (created, pending, rate_limited, insufficient_balance, refused, error) and destination dialing code",
-            sends.clone(),
-        );
-        let validations = Family::default();
-        r.register(
-            "otpgate_validations",
-            "Validations by outcome (completed, wrong_code, already_verified, too_many_attempts, expired, failed, not_found, invalid, error)",
-            validations.clone(),
-        );
-        let completed = Family::default();
-        r.register(
-            "otpgate_verifications_completed",
-            "Verifications completed, by destination dialing code; conversion = this / otpgate_sends_total{outcome=\"created\"}",
-            completed.clone(),
-        );
-        let deliveries = Family::default();
-        r.register(
-            "otpgate_deliveries",
-            "Message outcomes by channel and status: sent, retry, failed (worker attempts) and delivered, undeliverable, expired, rejected (receipts)",
-            deliveries.clone(),
-        );
-        let gateway_latency: Histograms<ChannelLabel> =
-            Family::new_with_constructor(delivery_buckets);
-        r.register(
-            "otpgate_delivery_gateway_latency_seconds",
-            "From a send being accepted to a gateway accepting its message",
-            gateway_latency.clone(),
-        );
-        let receipt_latency: Histograms<ChannelLabel> =
-            Family::new_with_constructor(delivery_buckets);
-        r.register(
-            "otpgate_delivery_receipt_latency_seconds",
-            "From a send being accepted to its final delivery receipt",
-            receipt_latency.clone(),
-        );
-        let outbox = Family::default();
-        r.register(
-            "otpgate_outbox_messages",
-            "Outbox messages by state (queued, in_flight, failed); shared by all nodes",
-            outbox.clone(),
-        );
-        let outbox_oldest = FloatGauge::default();
-        r.register(
-            "otpgate_outbox_oldest_message_age_seconds",
-            "Age of the oldest queued outbox message (0 when none)",
-            outbox_oldest.clone(),
-        );
-        let store_latency: Histograms<OpLabel> = Family::new_with_constructor(store_buckets);
-        r.register(
-            "otpgate_store_operation_duration_seconds",
-            "Store operations by name",
-            store_latency.clone(),
-        );
-        let store_errors = Family::default();
-        r.register(
-            "otpgate_store_errors",
-            "Store operations that failed, by name",
-            store_errors.clone(),
-        );
-        let token_failures = Family::default();
-        r.register(
-            "otpgate_token_failures",
-            "Rejected credentials: token requests (bad_credentials, throttled) and authToken checks (invalid_token)",
-            token_failures.clone(),
-        );
-        r.register(
-            "otpgate_fraud_refused",
-            "Sends refused by a fraud defence, by kind (account_hourly_cap, account_daily_cap, destination_cap, prefix, country)",
-            FRAUD.refused.clone(),
-        );
-        r.register(
-            "otpgate_fraud_blocks",
-            "Blocks the fraud defence triggered, by kind (prefix, country)",
-            FRAUD.blocks.clone(),
-        );
-        r.register(
-            "otpgate_number_type_refused",
-            "Sends refused for their number type (premium-rate, fixed-line, …)",
-            FRAUD.number_type.clone(),
-        );
-        let webhooks = Family::default();
-        r.register(
-            "otpgate_webhook_deliveries",
-            "Webhook delivery attempts by result (delivered, retry, failed, dropped)",
-            webhooks.clone(),
-        );
-        let events_pending = Gauge::default();
-        r.register(
-            "otpgate_events_pending",
-            "Webhook events waiting for delivery; shared by all nodes",
-            events_pending.clone(),
-        );
-        let events_oldest = FloatGauge::default();
-        r.register(
-            "otpgate_events_oldest_pending_age_seconds",
-            "Age of the oldest webhook event waiting for delivery (0 when none)",
-            events_oldest.clone(),
-        );
+        register! { r;
+            sends = Family::default()
+                => "otpgate_sends", "Send requests by outcome (created, pending, rate_limited, insufficient_balance, refused, error) and destination dialing code";
+            validations = Family::default()
+                => "otpgate_validations", "Validations by outcome (completed, wrong_code, already_verified, too_many_attempts, expired, failed, not_found, invalid, error)";
+            completed = Family::default()
+                => "otpgate_verifications_completed", "Verifications completed, by destination dialing code; conversion = this / otpgate_sends_total{outcome=\"created\"}";
+            deliveries = Family::default()
+                => "otpgate_deliveries", "Message outcomes by channel and status: sent, retry, failed (worker attempts) and delivered, undeliverable, expired, rejected (receipts)";
+            gateway_latency = Histograms::<ChannelLabel>::new_with_constructor(delivery_buckets)
+                => "otpgate_delivery_gateway_latency_seconds", "From a send being accepted to a gateway accepting its message";
+            receipt_latency = Histograms::<ChannelLabel>::new_with_constructor(delivery_buckets)
+                => "otpgate_delivery_receipt_latency_seconds", "From a send being accepted to its final delivery receipt";
+            outbox = Family::default()
+                => "otpgate_outbox_messages", "Outbox messages by state (queued, in_flight, failed); shared by all nodes";
+            outbox_oldest = FloatGauge::default()
+                => "otpgate_outbox_oldest_message_age_seconds", "Age of the oldest queued outbox message (0 when none)";
+            store_latency = Histograms::<OpLabel>::new_with_constructor(store_buckets)
+                => "otpgate_store_operation_duration_seconds", "Store operations by name";
+            store_errors = Family::default()
+                => "otpgate_store_errors", "Store operations that failed, by name";
+            token_failures = Family::default()
+                => "otpgate_token_failures", "Rejected credentials: token requests (bad_credentials, throttled) and authToken checks (invalid_token)";
+            _ = FRAUD.refused.clone()
+                => "otpgate_fraud_refused", "Sends refused by a fraud defence, by kind (account_hourly_cap, account_daily_cap, destination_cap, prefix, country)";
+            _ = FRAUD.blocks.clone()
+                => "otpgate_fraud_blocks", "Blocks the fraud defence triggered, by kind (prefix, country)";
+            _ = FRAUD.number_type.clone()
+                => "otpgate_number_type_refused", "Sends refused for their number type (premium-rate, fixed-line, …)";
+            webhooks = Family::default()
+                => "otpgate_webhook_deliveries", "Webhook delivery attempts by result (delivered, retry, failed, dropped)";
+            events_pending = Gauge::default()
+                => "otpgate_events_pending", "Webhook events waiting for delivery; shared by all nodes";
+            events_oldest = FloatGauge::default()
+                => "otpgate_events_oldest_pending_age_seconds", "Age of the oldest webhook event waiting for delivery (0 when none)";
+        }
         Self {
             registry: r,
             sends,

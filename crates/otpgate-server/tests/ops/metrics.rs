@@ -151,7 +151,7 @@ async fn every_series_moves_during_a_flow_over_smpp() {
         r#"otpgate_delivery_gateway_latency_seconds_count{channel="smsc"}"#,
         r#"otpgate_delivery_receipt_latency_seconds_count{channel="smsc"}"#,
         r#"otpgate_outbox_messages{state="failed"}"#,
-        r#"otpgate_store_operation_duration_seconds_count{op="verification_create"}"#,
+        r#"otpgate_store_operation_duration_seconds_count{op="verification_create_leased"}"#,
         r#"otpgate_store_operation_duration_seconds_count{op="outbox_receipt"}"#,
         r#"otpgate_token_failures_total{reason="bad_credentials"}"#,
         r#"otpgate_token_failures_total{reason="invalid_token"}"#,

@@ -35,7 +35,7 @@ use crate::channel::{Accepted, Channel, ChannelError, ChannelHealth, Outgoing};
 pub use config::{BindMode, SmppConfig};
 
 use crate::receipt::ReceiptSink;
-use crate::setup::{ChannelSetup, ConfigError, EnvLookup, StartContext, Starter, secret};
+use crate::setup::{ChannelSetup, ConfigError, EnvLookup, StartContext, Starter};
 use pdu::{Bind, Body, ShortMessage, status};
 use session::{BindKind, DeliverHandler, Session, SessionConfig, SessionError, TlsSettings};
 
@@ -124,8 +124,7 @@ pub fn prepare(
     if c.system_type.len() > 12 {
         return Err(bad("system_type must be at most 12 characters"));
     }
-    let password =
-        secret(name, c.password.as_ref(), c.password_env.as_deref(), env)?.unwrap_or_default();
+    let password = c.password().resolve(name, env)?.unwrap_or_default();
     if password.expose().len() > 8 {
         return Err(bad(
             "password must be at most 8 characters (SMPP 3.4 §4.1.1)",
@@ -702,35 +701,26 @@ mod tests {
 
     #[test]
     fn status_classes() {
-        assert!(matches!(
-            classify(status::ESME_RTHROTTLED),
-            ChannelError::Transient(_)
-        ));
-        assert!(matches!(
-            classify(status::ESME_RMSGQFUL),
-            ChannelError::Transient(_)
-        ));
-        assert!(matches!(
-            classify(status::ESME_RINVDSTADR),
-            ChannelError::Permanent(_)
-        ));
-        assert!(matches!(
-            classify(status::ESME_RINVSRCADR),
-            ChannelError::Permanent(_)
-        ));
-        assert!(matches!(
-            classify(status::ESME_RINVMSGLEN),
-            ChannelError::Permanent(_)
-        ));
-        assert!(matches!(
-            classify(status::ESME_RSYSERR),
-            ChannelError::Transient(_)
-        ));
-        assert!(matches!(
-            classify(status::ESME_RINVBNDSTS),
-            ChannelError::Unavailable(_)
-        ));
-        assert!(matches!(classify(0x0400), ChannelError::Transient(_)));
+        let transient = ChannelError::Transient(String::new());
+        let permanent = ChannelError::Permanent(String::new());
+        let unavailable = ChannelError::Unavailable(String::new());
+        for (code, class) in [
+            (status::ESME_RTHROTTLED, &transient),
+            (status::ESME_RMSGQFUL, &transient),
+            (status::ESME_RINVDSTADR, &permanent),
+            (status::ESME_RINVSRCADR, &permanent),
+            (status::ESME_RINVMSGLEN, &permanent),
+            (status::ESME_RSYSERR, &transient),
+            (status::ESME_RINVBNDSTS, &unavailable),
+            (0x0400, &transient),
+        ] {
+            let got = classify(code);
+            assert_eq!(
+                std::mem::discriminant(&got),
+                std::mem::discriminant(class),
+                "status {code:#x}: {got:?}"
+            );
+        }
     }
 
     #[tokio::test]

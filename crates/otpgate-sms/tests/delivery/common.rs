@@ -64,9 +64,18 @@ impl Db {
     /// Queues a verification to `country_code`/`national` with `text`,
     /// valid for a minute.
     pub async fn queue(&self, country_code: &str, national: &str, text: &str) -> Verification {
+        let req = self.request(country_code, national, text);
+        match self.store.verification_create(req).await.expect("create") {
+            CreateOutcome::Created(v) => v,
+            other => panic!("expected Created, got {other:?}"),
+        }
+    }
+
+    /// The send [`Db::queue`] makes, not yet made.
+    pub fn request(&self, country_code: &str, national: &str, text: &str) -> NewVerification {
         let n = self.next_id.fetch_add(1, Ordering::Relaxed);
         let now = self.clock.now_ms();
-        let req = NewVerification {
+        NewVerification {
             id: VerificationId::new(1000 + u64::from(n)).unwrap(),
             customer_id: self.customer.clone(),
             destination: PhoneNumber::parse(country_code, national).expect("a valid number"),
@@ -93,10 +102,6 @@ impl Db {
             prefix: String::new(),
             fraud: otpgate_core::fraud::FraudPolicy::off(),
             kind: otpgate_store::SendKind::Normal,
-        };
-        match self.store.verification_create(req).await.expect("create") {
-            CreateOutcome::Created(v) => v,
-            other => panic!("expected Created, got {other:?}"),
         }
     }
 

@@ -4,6 +4,7 @@
 
 mod common;
 mod config;
+mod handoff;
 mod http;
 mod smpp;
 mod worker;

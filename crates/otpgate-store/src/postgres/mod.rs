@@ -46,9 +46,9 @@ use self::rows::{account_columns, verification_columns};
 use crate::{
     Account, AccountSettings, AccountStore, ChannelStats, ConversionRow, CreateOutcome, DailyStats,
     EventAttempt, EventBacklog, EventRecord, EventStore, FraudBlock, FraudStore, InboxEntry,
-    InboxStore, NewAccount, NewVerification, OwnNumber, PendingEvent, Purged, SafeEntry,
-    StoreError, StoreResult, SystemStore, ValidationAction, Verification, VerificationFilter,
-    VerificationStore, Webhook,
+    InboxStore, NewAccount, NewVerification, OutboxLease, OutboxMessage, OwnNumber, PendingEvent,
+    Purged, SafeEntry, StoreError, StoreResult, SystemStore, ValidationAction, Verification,
+    VerificationFilter, VerificationStore, Webhook,
 };
 
 /// `update accounts set SET where customer_id = $1`, the row back as an
@@ -500,6 +500,16 @@ impl AccountStore for PostgresStore {
 impl VerificationStore for PostgresStore {
     async fn verification_create(&self, req: NewVerification) -> StoreResult<CreateOutcome> {
         self.guarded(send::create(&self.pool, &req)).await
+    }
+
+    /// Stored unleased: on PostgreSQL the send is one pipelined statement,
+    /// and its workers claim the message as usual.
+    async fn verification_create_leased(
+        &self,
+        req: NewVerification,
+        _lease: OutboxLease,
+    ) -> StoreResult<(CreateOutcome, Option<OutboxMessage>)> {
+        self.verification_create(req).await.map(|o| (o, None))
     }
 
     async fn verification_get(

@@ -42,9 +42,9 @@ use sha2::{Digest, Sha384};
 use crate::{
     Account, AccountSettings, AccountStore, ChannelStats, ConversionRow, CreateOutcome, DailyStats,
     EventAttempt, EventBacklog, EventKind, EventRecord, EventStore, FraudBlock, FraudStore,
-    InboxEntry, InboxStore, NewAccount, NewVerification, OutboxDepth, OutboxMessage, OutboxStore,
-    OwnNumber, PendingEvent, Purged, SafeEntry, SentInfo, StoreError, StoreResult, SystemStore,
-    ValidationAction, Verification, VerificationFilter, VerificationStore, Webhook,
+    InboxEntry, InboxStore, NewAccount, NewVerification, OutboxDepth, OutboxLease, OutboxMessage,
+    OutboxStore, OwnNumber, PendingEvent, Purged, SafeEntry, SentInfo, StoreError, StoreResult,
+    SystemStore, ValidationAction, Verification, VerificationFilter, VerificationStore, Webhook,
 };
 use rows::{account_columns, outbox_columns, verification_columns};
 use writer::{Readers, all, exec, one, opt, sq, tuple};
@@ -311,6 +311,32 @@ impl SqliteStore {
             )
         })
         .await
+    }
+
+    /// A send, leased or not.
+    async fn create(
+        &self,
+        req: NewVerification,
+        lease: Option<OutboxLease>,
+    ) -> StoreResult<(CreateOutcome, Option<OutboxMessage>)> {
+        // Only a `Created` keeps its changes (contract §2: a refused send
+        // charges nothing), and a refusal that recorded the block it
+        // triggered (which charged nothing either); the other refusals
+        // decide before writing, and rolling them back keeps that true
+        // whatever `send::create` becomes.
+        let created = |(o, _): &(CreateOutcome, Option<OutboxMessage>)| {
+            matches!(
+                o,
+                CreateOutcome::Created(_)
+                    | CreateOutcome::Blocked {
+                        new_block: Some(_),
+                        ..
+                    }
+            )
+        };
+        self.writer
+            .write(created, move |c| send::create(c, req, lease.as_ref()))
+            .await
     }
 
     /// How many writes this store has run, in how many commits.
@@ -794,24 +820,15 @@ impl AccountStore for SqliteStore {
 #[async_trait]
 impl VerificationStore for SqliteStore {
     async fn verification_create(&self, req: NewVerification) -> StoreResult<CreateOutcome> {
-        // Only a `Created` keeps its changes (contract §2: a refused send
-        // charges nothing), and a refusal that recorded the block it
-        // triggered (which charged nothing either); the other refusals
-        // decide before writing, and rolling them back keeps that true
-        // whatever `send::create` becomes.
-        let created = |o: &CreateOutcome| {
-            matches!(
-                o,
-                CreateOutcome::Created(_)
-                    | CreateOutcome::Blocked {
-                        new_block: Some(_),
-                        ..
-                    }
-            )
-        };
-        self.writer
-            .write(created, move |c| send::create(c, req))
-            .await
+        self.create(req, None).await.map(|(o, _)| o)
+    }
+
+    async fn verification_create_leased(
+        &self,
+        req: NewVerification,
+        lease: OutboxLease,
+    ) -> StoreResult<(CreateOutcome, Option<OutboxMessage>)> {
+        self.create(req, Some(lease)).await
     }
 
     async fn verification_get(

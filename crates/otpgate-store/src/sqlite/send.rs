@@ -13,16 +13,37 @@ use super::writer::{all, exec, one, opt, tuple};
 use super::{rows, rows::verification_columns};
 use crate::shared::{self, created_detail, day_of, id_i64};
 use crate::{
-    CreateOutcome, EventKind, NewVerification, SendKind, SendLimits, StoreError, StoreResult,
-    Verification,
+    CreateOutcome, EventKind, NewVerification, OutboxLease, OutboxMessage, SendKind, SendLimits,
+    StoreError, StoreResult, Verification,
 };
 
-pub(super) fn create(conn: &Connection, req: NewVerification) -> StoreResult<CreateOutcome> {
+/// The send; with `lease`, its first message is stored leased to that
+/// worker and returned as the worker's claim would have returned it.
+pub(super) fn create(
+    conn: &Connection,
+    req: NewVerification,
+    lease: Option<&OutboxLease>,
+) -> StoreResult<(CreateOutcome, Option<OutboxMessage>)> {
+    create_inner(conn, &req, lease).map(|(o, id)| {
+        let msg = match (&o, id) {
+            (CreateOutcome::Created(v), Some(id)) => Some(shared::leased_message(&req, v, id)),
+            _ => None,
+        };
+        (o, msg)
+    })
+}
+
+/// The send's write; the leased outbox row's id when there is one.
+fn create_inner(
+    conn: &Connection,
+    req: &NewVerification,
+    lease: Option<&OutboxLease>,
+) -> StoreResult<(CreateOutcome, Option<i64>)> {
     if req.price < 0 {
         return Err(StoreError::Internal("negative price".into()));
     }
     let now = req.created_at;
-    let detail = created_detail(&req);
+    let detail = created_detail(req);
     let customer = req.customer_id.as_str();
     let destination = req.destination.e164_digits();
 
@@ -72,9 +93,9 @@ pub(super) fn create(conn: &Connection, req: NewVerification) -> StoreResult<Cre
     if account.is_some() && pending.is_none() {
         limit_facts(conn, &req.limits, customer, &destination, now, &mut gate)?;
     }
-    let terms = shared::terms(&req);
+    let terms = shared::terms(req);
     if let Err(refused) = send::gate(&terms, &gate, now) {
-        return shared::refusal(refused, pending, now);
+        return shared::refusal(refused, pending, now).map(|o| (o, None));
     }
 
     // The fraud defences' facts (caps, blocks, the conversion guard) are
@@ -83,12 +104,12 @@ pub(super) fn create(conn: &Connection, req: NewVerification) -> StoreResult<Cre
     let guard = if req.kind == SendKind::TestNumber {
         send::GuardFacts::default()
     } else {
-        facts(conn, &req, &destination)?
+        facts(conn, req, &destination)?
     };
     let (cost, from_test, counted) = match send::decide(&terms, &gate, &guard, now) {
         Ok(c) => (c.cost, c.cost_test, c.counted),
         Err(send::Refused::Block(b)) => {
-            let key = shared::block_key(&req, b.scope);
+            let key = shared::block_key(req, b.scope);
             exec(
                 conn,
                 "insert into fraud_blocks (scope, key, reason, strikes, blocked_until,
@@ -100,9 +121,9 @@ pub(super) fn create(conn: &Connection, req: NewVerification) -> StoreResult<Cre
                         updated_at = excluded.updated_at",
                 params![b.scope.as_str(), key, b.reason, b.strikes, b.until_ms, now],
             )?;
-            return shared::refusal(send::Refused::Block(b), None, now);
+            return shared::refusal(send::Refused::Block(b), None, now).map(|o| (o, None));
         }
-        Err(refused) => return shared::refusal(refused, None, now),
+        Err(refused) => return shared::refusal(refused, None, now).map(|o| (o, None)),
     };
     let from_paid = cost - from_test;
     exec(
@@ -199,22 +220,32 @@ pub(super) fn create(conn: &Connection, req: NewVerification) -> StoreResult<Cre
     }
     if req.kind == SendKind::TestNumber {
         // A test number's message never leaves the server: no outbox row.
-        return Ok(CreateOutcome::Created(v));
+        return Ok((CreateOutcome::Created(v), None));
     }
+    // Leased, the row is as the worker's claim would leave it (attempt 1).
+    let (owner, until, attempts) = match lease {
+        Some(l) => (Some(l.worker.as_str()), Some(l.until), 1),
+        None => (None, None, 0),
+    };
     exec(
         conn,
         "insert into outbox (verification_id, step, address, lang, text, status,
-                             next_attempt_at, created_at, updated_at, customer_id)
-         values (?1, 0, ?2, ?3, ?4, 'queued', ?5, ?5, ?5, ?6)",
+                             next_attempt_at, created_at, updated_at, customer_id,
+                             lease_owner, lease_until, attempts)
+         values (?1, 0, ?2, ?3, ?4, 'queued', ?5, ?5, ?5, ?6, ?7, ?8, ?9)",
         params![
             id_i64(v.id),
             req.address,
             req.lang,
             req.message_text,
             now,
-            customer
+            customer,
+            owner,
+            until,
+            attempts
         ],
     )?;
+    let outbox_id = lease.map(|_| conn.last_insert_rowid());
     for (i, f) in req.fallbacks.iter().enumerate() {
         exec(
             conn,
@@ -235,7 +266,7 @@ pub(super) fn create(conn: &Connection, req: NewVerification) -> StoreResult<Cre
         )?;
     }
     super::events::emit(conn, id_i64(v.id), EventKind::Created, &detail, now)?;
-    Ok(CreateOutcome::Created(v))
+    Ok((CreateOutcome::Created(v), outbox_id))
 }
 
 /// What the fraud defences weigh for this send; and whether the destination

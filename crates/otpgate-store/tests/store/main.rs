@@ -18,6 +18,7 @@ mod accounts;
 mod console;
 mod events;
 mod fraud;
+mod handoff;
 mod opening;
 mod outbox;
 mod postgres_only;

@@ -1,0 +1,84 @@
+//! A send whose first message is stored already leased to the sending
+//! node's worker (`verification_create_leased`): held by that worker alone
+//! until the lease runs out, then claimable by any, as after a claim.
+
+use otpgate_store::{CreateOutcome, OutboxLease, SentInfo};
+
+use crate::fixture::TestDb;
+use crate::helpers::*;
+
+both_backends!(
+    a_leased_send_is_its_workers_until_the_lease_runs_out,
+    a_refused_leased_send_leaves_nothing_behind,
+);
+
+fn lease(worker: &str, until: i64) -> OutboxLease {
+    OutboxLease {
+        worker: worker.into(),
+        until,
+    }
+}
+
+async fn a_leased_send_is_its_workers_until_the_lease_runs_out(db: TestDb) {
+    let store = db.open().await;
+    let c = cid(1);
+    account(&store, &c, 5, 0).await;
+    let (outcome, handed) = store
+        .verification_create_leased(send(1, &c, &phone(1), T0), lease("a", T0 + LEASE))
+        .await
+        .unwrap();
+    assert!(matches!(outcome, CreateOutcome::Created(_)), "{outcome:?}");
+    if store.backend() == "postgres" {
+        // PostgreSQL stores it unleased: any worker claims it at once.
+        assert!(handed.is_none());
+        assert_eq!(claim(&store, "b", 10, T0).await.len(), 1);
+        return;
+    }
+    let handed = handed.expect("SQLite hands the leased message back");
+    assert_eq!(handed.attempts, 1);
+    // Nobody else claims it while the lease holds, not even the holder.
+    assert!(claim(&store, "b", 10, T0 + LEASE - 1).await.is_empty());
+    assert!(claim(&store, "a", 10, T0 + LEASE - 1).await.is_empty());
+    // Once it runs out, another worker claims the very message the send
+    // handed over (its second attempt).
+    let again = claim(&store, "b", 10, T0 + LEASE).await;
+    assert_eq!(again.len(), 1);
+    let mut expected = handed.clone();
+    expected.attempts = 2;
+    assert_eq!(again[0], expected);
+    // The first holder lost it; the new one records the result.
+    let info = SentInfo {
+        channel: "sms".into(),
+        gateway_id: Some("g".into()),
+    };
+    assert!(
+        !store
+            .outbox_sent(handed.id, "a", &info, T0 + LEASE)
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .outbox_sent(handed.id, "b", &info, T0 + LEASE)
+            .await
+            .unwrap()
+    );
+}
+
+async fn a_refused_leased_send_leaves_nothing_behind(db: TestDb) {
+    let store = db.open().await;
+    let c = cid(1);
+    account(&store, &c, 0, 0).await;
+    let (outcome, handed) = store
+        .verification_create_leased(send(1, &c, &phone(1), T0), lease("a", T0 + LEASE))
+        .await
+        .unwrap();
+    assert!(
+        matches!(outcome, CreateOutcome::InsufficientBalance),
+        "{outcome:?}"
+    );
+    assert!(handed.is_none());
+    assert!(claim(&store, "b", 10, T0 + LEASE).await.is_empty());
+    let depth = store.outbox_depth().await.unwrap();
+    assert_eq!((depth.queued, depth.in_flight), (0, 0));
+}
