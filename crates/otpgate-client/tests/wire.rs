@@ -192,6 +192,13 @@ struct StandIn {
 }
 
 impl StandIn {
+    /// A stand-in and a client of it.
+    async fn with_client() -> (Self, Client) {
+        let app = Self::start().await;
+        let client = app.client();
+        (app, client)
+    }
+
     async fn start() -> Self {
         let s = Arc::new(Script::default());
         let app = Router::new().fallback(handle).with_state(s.clone());
@@ -273,8 +280,7 @@ fn sms() -> SendOtp {
 
 #[tokio::test]
 async fn send_decodes_the_contract_sample_and_sends_parameters_in_the_query() {
-    let app = StandIn::start().await;
-    let client = app.client();
+    let (app, client) = StandIn::with_client().await;
     let req = SendOtp::sms("+91", "9876543210")
         .with_otp_length(6)
         .with_timeout(Duration::from_secs(120));
@@ -378,36 +384,36 @@ async fn a_506_without_data_is_unexpected_and_keeps_the_body() {
 
 #[tokio::test]
 async fn send_failures_are_typed_by_cause() {
-    let app = StandIn::start().await;
-    let client = app.client();
+    let (app, client) = StandIn::with_client().await;
+    // The send's error when the stand-in answers `status` with `body`.
+    let refused = async |status, body| {
+        app.push_send(canned(status, body));
+        client.send(sms()).await.unwrap_err()
+    };
 
-    app.push_send(canned(
-        400,
-        r#"{"responseCode":400,"message":"BAD_REQUEST","errorMessage":"mobileNumber is not a valid number for countryCode"}"#,
-    ));
-    let e = client.send(sms()).await.unwrap_err();
+    let e = refused(400, r#"{"responseCode":400,"message":"BAD_REQUEST","errorMessage":"mobileNumber is not a valid number for countryCode"}"#).await;
     assert!(
         matches!(&e, Error::InvalidInput { code: ResponseCode::BadRequest, message, .. }
             if message == "mobileNumber is not a valid number for countryCode"),
         "{e:?}"
     );
 
-    app.push_send(canned(
+    let e = refused(
         400,
         r#"{"responseCode":501,"message":"INVALID_CUSTOMER_ID"}"#,
-    ));
-    let e = client.send(sms()).await.unwrap_err();
+    )
+    .await;
     assert!(
         matches!(&e, Error::InvalidInput { code: ResponseCode::InvalidCustomerId, message, .. }
             if message == "INVALID_CUSTOMER_ID"),
         "{e:?}"
     );
 
-    app.push_send(canned(
+    let e = refused(
         400,
         r#"{"responseCode":511,"message":"INVALID_COUNTRY_CODE","data":null}"#,
-    ));
-    let e = client.send(sms()).await.unwrap_err();
+    )
+    .await;
     assert!(
         matches!(
             &e,
@@ -419,11 +425,7 @@ async fn send_failures_are_typed_by_cause() {
         "{e:?}"
     );
 
-    app.push_send(canned(
-        402,
-        r#"{"responseCode":402,"message":"INSUFFICIENT_BALANCE","errorMessage":"credits do not cover this message"}"#,
-    ));
-    let e = client.send(sms()).await.unwrap_err();
+    let e = refused(402, r#"{"responseCode":402,"message":"INSUFFICIENT_BALANCE","errorMessage":"credits do not cover this message"}"#).await;
     assert!(
         matches!(&e, Error::InsufficientBalance { message, .. } if message == "credits do not cover this message"),
         "{e:?}"
@@ -441,11 +443,11 @@ async fn send_failures_are_typed_by_cause() {
     );
     assert!(e.to_string().contains("retry after 30 s"), "{e}");
 
-    app.push_send(canned(
+    let e = refused(
         503,
         r#"{"responseCode":503,"message":"SERVICE_UNAVAILABLE"}"#,
-    ));
-    let e = client.send(sms()).await.unwrap_err();
+    )
+    .await;
     assert!(
         matches!(
             &e,
@@ -458,23 +460,21 @@ async fn send_failures_are_typed_by_cause() {
         "{e:?}"
     );
 
-    app.push_send(canned(502, "<html>Bad Gateway</html>"));
-    let e = client.send(sms()).await.unwrap_err();
+    let e = refused(502, "<html>Bad Gateway</html>").await;
     assert!(matches!(&e, Error::Server { status: 502, .. }), "{e:?}");
     assert_eq!(e.body(), Some("<html>Bad Gateway</html>"));
 
-    app.push_send(canned(200, r#"{"unexpected":true}"#));
-    let e = client.send(sms()).await.unwrap_err();
+    let e = refused(200, r#"{"unexpected":true}"#).await;
     assert!(
         matches!(&e, Error::Unexpected { status: 200, body, .. } if body == r#"{"unexpected":true}"#),
         "{e:?}"
     );
 
-    app.push_send(canned(
+    let e = refused(
         400,
         r#"{"responseCode":702,"message":"WRONG_OTP_PROVIDED"}"#,
-    ));
-    let e = client.send(sms()).await.unwrap_err();
+    )
+    .await;
     assert!(matches!(&e, Error::Unexpected { .. }), "{e:?}");
     // Every one of these was a single request: no failure is retried.
     assert_eq!(app.sends(), 9);
@@ -509,8 +509,7 @@ async fn validate_decodes_the_v3_and_v2_samples() {
 
 #[tokio::test]
 async fn validate_failures_decode_with_or_without_data() {
-    let app = StandIn::start().await;
-    let client = app.client();
+    let (app, client) = StandIn::with_client().await;
     let cases: &[(u16, &str, Validation)] = &[
         (
             400,
@@ -667,10 +666,21 @@ async fn token_failures_inside_http_200_and_rate_limits_are_typed() {
 
 // ---- token caching and refresh -------------------------------------------------
 
+/// Validates ids 1000 to 1019 at once through `client`; each must verify.
+async fn twenty_concurrent_validations_verify(client: &Client) {
+    let mut calls = tokio::task::JoinSet::new();
+    for i in 0..20u64 {
+        let c = client.clone();
+        calls.spawn(async move { c.validate(1000 + i, "1234").await });
+    }
+    while let Some(r) = calls.join_next().await {
+        assert_eq!(r.unwrap().unwrap(), Validation::Verified);
+    }
+}
+
 #[tokio::test]
 async fn a_401_on_send_triggers_exactly_one_refresh_and_one_retry() {
-    let app = StandIn::start().await;
-    let client = app.client();
+    let (app, client) = StandIn::with_client().await;
     client.token().await.unwrap();
     assert_eq!(app.token_fetches(), 1);
     app.revoke_all_tokens();
@@ -689,8 +699,7 @@ async fn a_401_on_send_triggers_exactly_one_refresh_and_one_retry() {
 
 #[tokio::test]
 async fn a_second_401_is_returned_not_retried_again() {
-    let app = StandIn::start().await;
-    let client = app.client();
+    let (app, client) = StandIn::with_client().await;
     app.s.refuse_all.store(true, Ordering::SeqCst);
     let e = client.send(sms()).await.unwrap_err();
     assert!(matches!(e, Error::Unauthorized { .. }), "{e:?}");
@@ -703,33 +712,18 @@ async fn twenty_concurrent_calls_trigger_exactly_one_token_fetch() {
     let app = StandIn::start().await;
     *app.s.token_delay.lock().unwrap() = Duration::from_millis(200);
     let client = app.client();
-    let mut calls = tokio::task::JoinSet::new();
-    for i in 0..20u64 {
-        let c = client.clone();
-        calls.spawn(async move { c.validate(1000 + i, "1234").await });
-    }
-    while let Some(r) = calls.join_next().await {
-        assert_eq!(r.unwrap().unwrap(), Validation::Verified);
-    }
+    twenty_concurrent_validations_verify(&client).await;
     assert_eq!(app.token_fetches(), 1);
     assert_eq!(app.validates(), 20);
 }
 
 #[tokio::test]
 async fn twenty_concurrent_401s_share_one_refresh() {
-    let app = StandIn::start().await;
-    let client = app.client();
+    let (app, client) = StandIn::with_client().await;
     client.token().await.unwrap();
     app.revoke_all_tokens();
     *app.s.token_delay.lock().unwrap() = Duration::from_millis(100);
-    let mut calls = tokio::task::JoinSet::new();
-    for i in 0..20u64 {
-        let c = client.clone();
-        calls.spawn(async move { c.validate(1000 + i, "1234").await });
-    }
-    while let Some(r) = calls.join_next().await {
-        assert_eq!(r.unwrap().unwrap(), Validation::Verified);
-    }
+    twenty_concurrent_validations_verify(&client).await;
     assert_eq!(app.token_fetches(), 2, "the first token and one refresh");
 }
 
@@ -757,8 +751,7 @@ async fn the_token_is_refreshed_ahead_of_its_exp() {
 
 #[tokio::test]
 async fn an_opaque_token_is_cached_until_a_401() {
-    let app = StandIn::start().await;
-    let client = app.client();
+    let (app, client) = StandIn::with_client().await;
     for i in 0..3 {
         client.validate(i, "1234").await.unwrap();
     }
@@ -875,8 +868,9 @@ async fn hang_up_server() -> (SocketAddr, Arc<AtomicUsize>) {
     (addr, accepted)
 }
 
-#[tokio::test]
-async fn send_is_never_retried_when_the_connection_breaks_off() {
+/// A client (with a given token, two connection retries) of a
+/// [`hang_up_server`], and the server's count of accepted connections.
+async fn hung_up_on() -> (Client, Arc<AtomicUsize>) {
     let (addr, accepted) = hang_up_server().await;
     let client = Client::builder()
         .base_url(format!("http://{addr}"))
@@ -884,6 +878,12 @@ async fn send_is_never_retried_when_the_connection_breaks_off() {
         .connect_retries(2, Duration::from_millis(10))
         .build()
         .unwrap();
+    (client, accepted)
+}
+
+#[tokio::test]
+async fn send_is_never_retried_when_the_connection_breaks_off() {
+    let (client, accepted) = hung_up_on().await;
     let e = client.send(sms()).await.unwrap_err();
     assert!(e.is_transport(), "{e:?}");
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -892,13 +892,7 @@ async fn send_is_never_retried_when_the_connection_breaks_off() {
 
 #[tokio::test]
 async fn validate_is_not_retried_once_the_request_may_have_arrived() {
-    let (addr, accepted) = hang_up_server().await;
-    let client = Client::builder()
-        .base_url(format!("http://{addr}"))
-        .auth_token("opaque")
-        .connect_retries(2, Duration::from_millis(10))
-        .build()
-        .unwrap();
+    let (client, accepted) = hung_up_on().await;
     let e = client.validate(1, "1234").await.unwrap_err();
     assert!(e.is_transport(), "{e:?}");
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -995,8 +989,7 @@ async fn neither_password_nor_key_nor_token_appear_in_debug_or_errors() {
     assert!(e.is_transport());
     assert!(!text.contains(&key), "the token URL leaked: {text}");
 
-    let app = StandIn::start().await;
-    let client = app.client();
+    let (_app, client) = StandIn::with_client().await;
     let reply = client.fetch_token().await.unwrap();
     let token = reply.value.expose().to_owned();
     assert!(!format!("{reply:?}").contains(&token));

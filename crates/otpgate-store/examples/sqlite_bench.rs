@@ -150,6 +150,19 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
+/// `value` as a number in `range`, or `why`.
+fn in_range<T: std::str::FromStr + PartialOrd>(
+    value: &str,
+    range: std::ops::RangeInclusive<T>,
+    why: &str,
+) -> Result<T, String> {
+    value
+        .parse()
+        .ok()
+        .filter(|v| range.contains(v))
+        .ok_or_else(|| why.to_owned())
+}
+
 /// `--seconds N` (1 to 60), `--rounds N` (1 to 10) and `--dir PATH`.
 fn args() -> Result<(u64, usize, PathBuf), String> {
     let mut seconds = 3;
@@ -159,20 +172,8 @@ fn args() -> Result<(u64, usize, PathBuf), String> {
     while let Some(arg) = args.next() {
         let value = args.next().ok_or(format!("{arg} needs a value"))?;
         match arg.as_str() {
-            "--seconds" => {
-                seconds = value
-                    .parse()
-                    .ok()
-                    .filter(|s| (1..=60).contains(s))
-                    .ok_or("--seconds takes 1 to 60")?;
-            }
-            "--rounds" => {
-                rounds = value
-                    .parse()
-                    .ok()
-                    .filter(|r| (1..=10).contains(r))
-                    .ok_or("--rounds takes 1 to 10")?;
-            }
+            "--seconds" => seconds = in_range(&value, 1..=60, "--seconds takes 1 to 60")?,
+            "--rounds" => rounds = in_range(&value, 1..=10, "--rounds takes 1 to 10")?,
             "--dir" => dir = value.into(),
             _ => return Err(format!("unknown argument {arg}")),
         }

@@ -1,15 +1,19 @@
 //! Shared support for otpgate's tests, used as a dev-dependency by every
 //! test crate: [`TempDir`], [`free_port`], [`require_services`] and
 //! [`skip_or_fail`], a throwaway PostgreSQL ([`postgres`]), the SMSC
-//! simulator ([`sim`]), child processes that log ([`process`]), JSON
-//! answers ([`http`]) and the channel tables tests configure ([`settings`]).
+//! simulator ([`sim`]), child processes that log ([`process`]), a console
+//! user without a browser ([`console`]), JSON
+//! answers ([`http`]), what Kannel does to a callback URL ([`kannel`]) and
+//! the channel tables tests configure ([`settings`]).
 //!
 //! It depends on no otpgate crate, so any crate's tests can use it without
 //! a dev-dependency cycle; what needs otpgate's own types stays with the
 //! tests of the crate that owns them.
 #![forbid(unsafe_code)]
 
+pub mod console;
 pub mod http;
+pub mod kannel;
 pub mod postgres;
 pub mod process;
 pub mod settings;
@@ -49,6 +53,21 @@ pub fn skipped(test: &str, why: impl std::fmt::Display) {
 #[derive(Debug)]
 pub struct TempDir(pub PathBuf);
 
+/// A path under the system's temporary directory that no other test of any
+/// process has used: `otpgate-<tag>-<pid>-<n>-<nanos>`.
+pub(crate) fn unique_temp_path(tag: &str) -> PathBuf {
+    static N: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    std::env::temp_dir().join(format!(
+        "otpgate-{tag}-{}-{}-{nanos}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ))
+}
+
 impl TempDir {
     /// A new empty directory under the system's temporary directory, named
     /// `otpgate-<tag>-<pid>-<n>-<nanos>` so that neither parallel tests nor
@@ -57,16 +76,7 @@ impl TempDir {
     /// # Panics
     /// When the directory cannot be created.
     pub fn new(tag: &str) -> Self {
-        static N: AtomicU64 = AtomicU64::new(0);
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
-        let dir = std::env::temp_dir().join(format!(
-            "otpgate-{tag}-{}-{}-{nanos}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
+        let dir = unique_temp_path(tag);
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("create a temporary directory");
         Self(dir)

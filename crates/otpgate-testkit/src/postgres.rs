@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 /// Why a throwaway server could not be had.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -423,16 +423,7 @@ fn find_bin_dir() -> Option<PathBuf> {
 }
 
 fn fresh_dir() -> Result<PathBuf, TestkitError> {
-    static N: AtomicU64 = AtomicU64::new(0);
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    let dir = std::env::temp_dir().join(format!(
-        "otpgate-pg-{}-{}-{nanos}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::SeqCst)
-    ));
+    let dir = crate::unique_temp_path("pg");
     std::fs::create_dir(&dir).map_err(|e| failed("create temp dir", e))?;
     Ok(dir)
 }

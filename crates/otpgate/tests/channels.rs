@@ -350,6 +350,50 @@ impl Setup {
             .await
     }
 
+    /// A six-digit SMS send to `+91 <national>`, which must succeed, and
+    /// the request it made of the SMS gateway: (id, request).
+    async fn send_sms(&self, national: &str) -> (String, Seen) {
+        self.send_caught("91", national, "SMS", &[("otpLength", "6")], "/sms")
+            .await
+    }
+
+    /// A send of `flow` to `+<cc> <national>` (with `extra` parameters),
+    /// which must succeed, and the request it made of the stand-in at a
+    /// path containing `path`: (id, request).
+    async fn send_caught(
+        &self,
+        cc: &str,
+        national: &str,
+        flow: &str,
+        extra: &[(&str, &str)],
+        path: &str,
+    ) -> (String, Seen) {
+        let id = id_of(&self.send_flow(cc, national, flow, extra).await);
+        let to = format!("{cc}{national}");
+        let req = self
+            .standin
+            .wait_for(path, &to, Duration::from_secs(10))
+            .await;
+        (id, req)
+    }
+
+    /// A send of `flow` to `+<cc> <national>`, with `extra` parameters.
+    async fn send_flow(
+        &self,
+        cc: &str,
+        national: &str,
+        flow: &str,
+        extra: &[(&str, &str)],
+    ) -> serde_json::Value {
+        let mut params = vec![
+            ("countryCode", cc),
+            ("mobileNumber", national),
+            ("flowType", flow),
+        ];
+        params.extend_from_slice(extra);
+        self.send(&params).await
+    }
+
     async fn validate(&self, id: &str, code: &str) -> serde_json::Value {
         common::validate(&self.http, &self.server.base, &self.token, id, code).await
     }
@@ -406,19 +450,14 @@ async fn wait_status(db: &str, id: &str, want: DeliveryStatus) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_whatsapp_send_reaches_the_cloud_api_and_only_a_signed_status_marks_it_delivered() {
     let s = Setup::new("wa", None).await;
-    let v = s
-        .send(&[
-            ("countryCode", "91"),
-            ("mobileNumber", "9876543210"),
-            ("flowType", "WHATSAPP"),
-            ("otpLength", "6"),
-            ("langId", "fr"),
-        ])
-        .await;
-    let id = id_of(&v);
-    let req = s
-        .standin
-        .wait_for("/messages", "919876543210", Duration::from_secs(10))
+    let (id, req) = s
+        .send_caught(
+            "91",
+            "9876543210",
+            "WHATSAPP",
+            &[("otpLength", "6"), ("langId", "fr")],
+            "/messages",
+        )
         .await;
 
     // The exact request the preset documents.
@@ -517,18 +556,14 @@ async fn a_whatsapp_send_reaches_the_cloud_api_and_only_a_signed_status_marks_it
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_voice_send_reaches_the_calls_api_with_twiml_that_speaks_the_code() {
     let s = Setup::new("voice", None).await;
-    let v = s
-        .send(&[
-            ("countryCode", "44"),
-            ("mobileNumber", "7911123456"),
-            ("flowType", "VOICE"),
-            ("otpLength", "4"),
-        ])
-        .await;
-    let id = id_of(&v);
-    let req = s
-        .standin
-        .wait_for("/Calls.json", "447911123456", Duration::from_secs(10))
+    let (id, req) = s
+        .send_caught(
+            "44",
+            "7911123456",
+            "VOICE",
+            &[("otpLength", "4")],
+            "/Calls.json",
+        )
         .await;
     assert_eq!(req.method, Method::POST);
     assert_eq!(
@@ -648,13 +683,7 @@ async fn an_email_send_arrives_at_the_smtp_server_in_the_templates_language() {
 async fn a_flow_with_no_route_gets_400_with_the_reason() {
     let s = Setup::new("noroute", None).await;
     for flow in ["RCS", "SAUTH"] {
-        let v = s
-            .send(&[
-                ("countryCode", "91"),
-                ("mobileNumber", "9876543210"),
-                ("flowType", flow),
-            ])
-            .await;
+        let v = s.send_flow("91", "9876543210", flow, &[]).await;
         assert_eq!(v["responseCode"], 400, "{v}");
         assert_eq!(
             v["errorMessage"],
@@ -662,13 +691,7 @@ async fn a_flow_with_no_route_gets_400_with_the_reason() {
             "{v}"
         );
     }
-    let v = s
-        .send(&[
-            ("countryCode", "91"),
-            ("mobileNumber", "9876543210"),
-            ("flowType", "PIGEON"),
-        ])
-        .await;
+    let v = s.send_flow("91", "9876543210", "PIGEON", &[]).await;
     assert_eq!(v["responseCode"], 400, "{v}");
     assert!(v["errorMessage"].as_str().unwrap().contains("EMAIL"), "{v}");
     assert!(s.standin.seen("").is_empty(), "nothing was sent");
@@ -681,19 +704,7 @@ async fn a_flow_with_no_route_gets_400_with_the_reason() {
 async fn with_sms_black_holed_the_code_arrives_by_whatsapp_after_the_delay() {
     let s = Setup::new("fallback-hole", None).await;
     let sent_at = Instant::now();
-    let id = id_of(
-        &s.send(&[
-            ("countryCode", "91"),
-            ("mobileNumber", "9876543212"),
-            ("flowType", "SMS"),
-            ("otpLength", "6"),
-        ])
-        .await,
-    );
-    let sms = s
-        .standin
-        .wait_for("/sms", "919876543212", Duration::from_secs(10))
-        .await;
+    let (id, sms) = s.send_sms("9876543212").await;
     let sms_code = code_in(sms.json()["text"].as_str().unwrap(), 6);
     let wa = s
         .standin
@@ -754,14 +765,7 @@ async fn with_sms_black_holed_the_code_arrives_by_whatsapp_after_the_delay() {
     // Validate is unchanged: the original id, the code from WhatsApp; the
     // account was charged once.
     assert_eq!(s.validate(&id, &wa_code).await["responseCode"], 200);
-    let v = store
-        .verification_get(
-            &otpgate_core::CustomerId::parse(&s.cid).unwrap(),
-            VerificationId::parse(&id).unwrap(),
-        )
-        .await
-        .unwrap()
-        .unwrap();
+    let v = common::verification_of(store.as_ref(), &s.cid, &id).await;
     assert_eq!(v.cost, 1, "one verification, one charge");
 }
 
@@ -771,19 +775,7 @@ async fn with_sms_black_holed_the_code_arrives_by_whatsapp_after_the_delay() {
 async fn with_sms_working_no_whatsapp_message_is_sent() {
     let s = Setup::new("fallback-ok", None).await;
     let sent_at = Instant::now();
-    let id = id_of(
-        &s.send(&[
-            ("countryCode", "91"),
-            ("mobileNumber", "9876543213"),
-            ("flowType", "SMS"),
-            ("otpLength", "6"),
-        ])
-        .await,
-    );
-    let sms = s
-        .standin
-        .wait_for("/sms", "919876543213", Duration::from_secs(10))
-        .await;
+    let (id, sms) = s.send_sms("9876543213").await;
     let code = code_in(sms.json()["text"].as_str().unwrap(), 6);
     wait_status(&s.db, &id, DeliveryStatus::Sent).await;
     // The gateway's delivery receipt, as its callback would send it.
@@ -821,18 +813,7 @@ async fn with_sms_working_no_whatsapp_message_is_sent() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fallback_survives_a_crash_between_attempts() {
     let mut s = Setup::new("fallback-crash", None).await;
-    let id = id_of(
-        &s.send(&[
-            ("countryCode", "91"),
-            ("mobileNumber", "9876543214"),
-            ("flowType", "SMS"),
-            ("otpLength", "6"),
-        ])
-        .await,
-    );
-    s.standin
-        .wait_for("/sms", "919876543214", Duration::from_secs(10))
-        .await;
+    let (id, _) = s.send_sms("9876543214").await;
     // SIGKILL before the WhatsApp step is due, then a fresh process.
     s.server.child.kill().unwrap();
     s.server.child.wait().unwrap();

@@ -57,6 +57,29 @@ fn count_in(carry: &mut Vec<u8>, chunk: &[u8], pattern: &[u8]) -> usize {
     n
 }
 
+/// Copies `from` to `to` until either side closes, showing each chunk to
+/// `count` first with two carry buffers of its own (for patterns split
+/// across chunks); then shuts `to` down.
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut count: impl FnMut((&mut Vec<u8>, &mut Vec<u8>), &[u8]) + Send + 'static,
+) {
+    let (mut carry_a, mut carry_b) = (Vec::new(), Vec::new());
+    let mut buf = vec![0u8; 16 * 1024];
+    while let Ok(n) = from.read(&mut buf).await {
+        if n == 0 {
+            break;
+        }
+        let chunk = &buf[..n];
+        count((&mut carry_a, &mut carry_b), chunk);
+        if to.write_all(chunk).await.is_err() {
+            break;
+        }
+    }
+    let _ = to.shutdown().await;
+}
+
 /// A TCP relay to `upstream` that counts token requests, sends and 401s.
 async fn counting_relay(upstream: SocketAddr) -> (SocketAddr, Arc<WireCounts>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -71,50 +94,25 @@ async fn counting_relay(upstream: SocketAddr) -> (SocketAddr, Arc<WireCounts>) {
             let Ok(server) = TcpStream::connect(upstream).await else {
                 return;
             };
-            let (mut cr, mut cw) = client.into_split();
-            let (mut sr, mut sw) = server.into_split();
+            let (cr, cw) = client.into_split();
+            let (sr, sw) = server.into_split();
             let up = c.clone();
-            tokio::spawn(async move {
-                let (mut carry_t, mut carry_s) = (Vec::new(), Vec::new());
-                let mut buf = vec![0u8; 16 * 1024];
-                while let Ok(n) = cr.read(&mut buf).await {
-                    if n == 0 {
-                        break;
-                    }
-                    let chunk = &buf[..n];
-                    up.token_requests.fetch_add(
-                        count_in(&mut carry_t, chunk, b"GET /auth/v1/authentication/token?"),
-                        Ordering::SeqCst,
-                    );
-                    up.sends.fetch_add(
-                        count_in(&mut carry_s, chunk, b"POST /verification/v3/send?"),
-                        Ordering::SeqCst,
-                    );
-                    if sw.write_all(chunk).await.is_err() {
-                        break;
-                    }
-                }
-                let _ = sw.shutdown().await;
-            });
+            tokio::spawn(pump(cr, sw, move |carry, chunk| {
+                let (carry_t, carry_s) = carry;
+                up.token_requests.fetch_add(
+                    count_in(carry_t, chunk, b"GET /auth/v1/authentication/token?"),
+                    Ordering::SeqCst,
+                );
+                up.sends.fetch_add(
+                    count_in(carry_s, chunk, b"POST /verification/v3/send?"),
+                    Ordering::SeqCst,
+                );
+            }));
             let down = c.clone();
-            tokio::spawn(async move {
-                let mut carry = Vec::new();
-                let mut buf = vec![0u8; 16 * 1024];
-                while let Ok(n) = sr.read(&mut buf).await {
-                    if n == 0 {
-                        break;
-                    }
-                    let chunk = &buf[..n];
-                    down.unauthorized.fetch_add(
-                        count_in(&mut carry, chunk, b"HTTP/1.1 401 "),
-                        Ordering::SeqCst,
-                    );
-                    if cw.write_all(chunk).await.is_err() {
-                        break;
-                    }
-                }
-                let _ = cw.shutdown().await;
-            });
+            tokio::spawn(pump(sr, cw, move |(carry, _), chunk| {
+                down.unauthorized
+                    .fetch_add(count_in(carry, chunk, b"HTTP/1.1 401 "), Ordering::SeqCst);
+            }));
         }
     });
     (addr, counts)
@@ -543,16 +541,15 @@ impl DevServer {
     fn code_from_inbox(&self, to: &str, id: &str) -> String {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let out = otpgate()
-                .args(["inbox", "--to", to, "--json", "--database", &self.database])
-                .output()
-                .expect("run otpgate inbox");
-            assert!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            let rows: serde_json::Value = serde_json::from_slice(&out.stdout).expect("inbox json");
+            let out = otpgate_testkit::process::output_ok(otpgate().args([
+                "inbox",
+                "--to",
+                to,
+                "--json",
+                "--database",
+                &self.database,
+            ]));
+            let rows: serde_json::Value = serde_json::from_slice(&out).expect("inbox json");
             let found = rows.as_array().and_then(|rows| {
                 rows.iter()
                     .find(|r| r["verificationId"].as_str() == Some(id))

@@ -6,11 +6,11 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use common::{TempDir, create_account, inbox_code, open_store, start, token, validate};
+use common::{TempDir, inbox_code, open_store, start, token, validate};
 use otpgate_core::{CustomerId, VerificationId};
+use otpgate_testkit::console::{Page, Visitor};
 use serde_json::Value;
 
 const OPERATOR: &str = "ops@example.com";
@@ -43,126 +43,10 @@ async fn send(
     (status, retry, r.json().await.unwrap_or(Value::Null))
 }
 
-/// A console user: keeps its cookies, follows no redirects.
-struct Visitor {
-    http: reqwest::Client,
-    base: String,
-    cookies: BTreeMap<String, String>,
-}
-
-struct Page {
-    status: u16,
-    location: String,
-    body: String,
-}
-
-impl Page {
-    fn csrf(&self) -> String {
-        let (_, rest) = self
-            .body
-            .split_once("name=\"csrf\" value=\"")
-            .unwrap_or_else(|| panic!("no CSRF field in {}", self.body));
-        rest.split('"').next().unwrap_or_default().to_owned()
-    }
-
-    fn text_of(&self, id: &str) -> Option<String> {
-        let (_, rest) = self.body.split_once(&format!("id=\"{id}\""))?;
-        let (_, rest) = rest.split_once('>')?;
-        rest.split_once('<').map(|(t, _)| t.trim().to_owned())
-    }
-}
-
-impl Visitor {
-    fn new(base: &str) -> Self {
-        Self {
-            http: reqwest::Client::builder()
-                .redirect(reqwest::redirect::Policy::none())
-                .timeout(Duration::from_secs(30))
-                .build()
-                .expect("client"),
-            base: base.to_owned(),
-            cookies: BTreeMap::new(),
-        }
-    }
-
-    async fn finish(&mut self, r: reqwest::Response) -> Page {
-        let status = r.status().as_u16();
-        for c in r
-            .headers()
-            .get_all("set-cookie")
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-        {
-            if let Some((k, v)) = c.split(';').next().and_then(|p| p.split_once('=')) {
-                if v.is_empty() || c.contains("Max-Age=0") {
-                    self.cookies.remove(k);
-                } else {
-                    self.cookies.insert(k.to_owned(), v.to_owned());
-                }
-            }
-        }
-        let location = r
-            .headers()
-            .get("location")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_owned();
-        Page {
-            status,
-            location,
-            body: r.text().await.unwrap_or_default(),
-        }
-    }
-
-    fn cookie(&self) -> String {
-        self.cookies
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect::<Vec<_>>()
-            .join("; ")
-    }
-
-    async fn get(&mut self, path: &str) -> Page {
-        let r = self
-            .http
-            .get(format!("{}{path}", self.base))
-            .header("cookie", self.cookie())
-            .send()
-            .await
-            .expect("get");
-        self.finish(r).await
-    }
-
-    async fn post(&mut self, path: &str, fields: &[(&str, &str)]) -> Page {
-        let r = self
-            .http
-            .post(format!("{}{path}", self.base))
-            .header("cookie", self.cookie())
-            .form(fields)
-            .send()
-            .await
-            .expect("post");
-        self.finish(r).await
-    }
-
-    /// Posts a form of `page` with the CSRF token it carries.
-    async fn submit(&mut self, page: &str, action: &str, fields: &[(&str, &str)]) -> Page {
-        let csrf = self.get(page).await.csrf();
-        let mut all = vec![("csrf", csrf.as_str())];
-        all.extend_from_slice(fields);
-        self.post(action, &all).await
-    }
-
-    async fn log_in(&mut self, login: &str, password: &str) {
-        let csrf = self.get("/console/login").await.csrf();
-        let r = self
-            .post(
-                "/console/login",
-                &[("csrf", &csrf), ("login", login), ("password", password)],
-            )
-            .await;
-        assert_eq!(r.status, 303, "log-in: {}", r.body);
-    }
+/// Posts the form `action` of the console's Fraud page (as the operator).
+async fn fraud_form(ops: &mut Visitor, action: &str, fields: &[(&str, &str)]) -> Page {
+    let action = format!("/console/fraud/{action}");
+    ops.submit("/console/fraud", &action, fields).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -179,21 +63,7 @@ async fn a_signups_test_credits_pay_only_for_its_verified_number_and_test_number
 
     // A console sign-up in India, as an attacker would make one.
     let mut v = Visitor::new(&base);
-    let csrf = v.get("/console/signup").await.csrf();
-    let welcome = v
-        .post(
-            "/console/signup",
-            &[
-                ("csrf", &csrf),
-                ("email", "signup@example.com"),
-                ("password", common::PASSWORD),
-                ("confirm", common::PASSWORD),
-                ("country", "IN"),
-            ],
-        )
-        .await;
-    assert_eq!(welcome.status, 201, "{}", welcome.body);
-    let cid = welcome.text_of("customer-id").expect("customerId");
+    let (_, cid) = v.sign_up("signup@example.com", common::PASSWORD).await;
     let customer = CustomerId::parse(&cid).expect("a customerId");
     let t = token(&http, &base, &cid).await;
     let credits = || async {
@@ -231,36 +101,27 @@ async fn a_signups_test_credits_pay_only_for_its_verified_number_and_test_number
         .await;
     assert_eq!(sent.status, 303, "{}", sent.body);
     let id = sent
-        .location
-        .split_once("sent=")
+        .location()
+        .and_then(|to| to.split_once("sent="))
         .map(|(_, id)| id.to_owned())
         .expect("the pending verification in the redirect");
-    let code = inbox_code(
-        store.as_ref(),
-        "919876501234",
-        &id,
-        4,
-        Duration::from_secs(20),
-    )
-    .await;
+    // The code of verification `id` to the account's own number.
+    let own_code = async |id: &str| {
+        let wait = Duration::from_secs(20);
+        inbox_code(store.as_ref(), "919876501234", id, 4, wait).await
+    };
+    let code = own_code(&id).await;
+    // The confirm form on the page the redirect named, with `typed`.
     let page = format!("/console/numbers?sent={id}");
-    let wrong = v
-        .submit(
-            &page,
-            "/console/numbers/confirm",
-            &[("verification_id", &id), ("code", "0000")],
-        )
-        .await;
+    let confirm = async |v: &mut Visitor, typed: &str| {
+        let fields = [("verification_id", id.as_str()), ("code", typed)];
+        v.submit(&page, "/console/numbers/confirm", &fields).await
+    };
+    let wrong = confirm(&mut v, "0000").await;
     if code != "0000" {
         assert_eq!(wrong.status, 422, "a wrong code verifies nothing");
     }
-    let done = v
-        .submit(
-            &page,
-            "/console/numbers/confirm",
-            &[("verification_id", &id), ("code", &code)],
-        )
-        .await;
+    let done = confirm(&mut v, &code).await;
     assert_eq!(done.status, 303, "{}", done.body);
     let listed = v.get("/console/numbers").await;
     assert!(listed.body.contains("+919876501234"), "{}", listed.body);
@@ -274,14 +135,7 @@ async fn a_signups_test_credits_pay_only_for_its_verified_number_and_test_number
     let (status, _, body) = send(&http, &base, &t, "91", "9876501234").await;
     assert_eq!(status, 200, "{body}");
     let id = body["data"]["verificationId"].as_str().unwrap().to_owned();
-    let code = inbox_code(
-        store.as_ref(),
-        "919876501234",
-        &id,
-        4,
-        Duration::from_secs(20),
-    )
-    .await;
+    let code = own_code(&id).await;
     assert_eq!(
         validate(&http, &base, &t, &id, &code).await["responseCode"],
         200
@@ -322,10 +176,7 @@ async fn a_signups_test_credits_pay_only_for_its_verified_number_and_test_number
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn premium_rate_and_fixed_line_numbers_get_400_with_the_reason() {
-    let dir = TempDir::new("fraud-types");
-    let db = dir.sqlite_url();
-    let cid = create_account(&db, Some(100));
-    let server = start(&["--database", &db], &[]);
+    let (_dir, db, cid, server) = common::serve_sqlite("fraud-types", Some(100), &[]);
     let http = http();
     let t = token(&http, &server.base, &cid).await;
     for (cc, national, kind) in [
@@ -355,20 +206,13 @@ async fn premium_rate_and_fixed_line_numbers_get_400_with_the_reason() {
         assert_eq!(status, 200, "+{cc} {national}: {body}");
     }
     let store = open_store(&db).await;
-    let a = store
-        .account_get(&CustomerId::parse(&cid).unwrap())
-        .await
-        .unwrap()
-        .unwrap();
+    let a = common::account_of(store.as_ref(), &cid).await;
     assert_eq!(a.credits, 97, "refused numbers cost nothing");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn pumping_one_prefix_is_blocked_early_while_legitimate_traffic_flows() {
-    let dir = TempDir::new("fraud-pumping");
-    let db = dir.sqlite_url();
-    let cid = create_account(&db, Some(100_000));
-    let server = start(&["--database", &db], &[]);
+    let (_dir, db, cid, server) = common::serve_sqlite("fraud-pumping", Some(100_000), &[]);
     let http = http();
     let t = token(&http, &server.base, &cid).await;
     let store = open_store(&db).await;
@@ -378,40 +222,31 @@ async fn pumping_one_prefix_is_blocked_early_while_legitimate_traffic_flows() {
     let log = server.log_text();
     assert!(log.contains("fraud guard: block started"), "{log}");
     // Nothing was charged for the refused sends.
-    let a = store
-        .account_get(&CustomerId::parse(&cid).unwrap())
-        .await
-        .unwrap()
-        .unwrap();
+    let a = common::account_of(store.as_ref(), &cid).await;
     let accepted = i64::try_from(p.attack_accepted + p.legit_accepted).unwrap();
     assert_eq!(a.credits, 100_000 - accepted);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_safe_listed_prefix_is_not_blocked_and_a_lifted_block_lets_the_next_send_through() {
-    let dir = TempDir::new("fraud-operator");
-    let db = dir.sqlite_url();
-    let cid = create_account(&db, Some(10_000));
-    let server = start(
-        &["--database", &db],
-        &[
-            ("OTPGATE_CONSOLE__ADMIN_EMAIL", OPERATOR),
-            ("OTPGATE_CONSOLE__ADMIN_PASSWORD", OPERATOR_PASSWORD),
-        ],
+    let (_dir, db, cid, server) = common::serve_sqlite(
+        "fraud-operator",
+        Some(10_000),
+        &common::operator(OPERATOR, OPERATOR_PASSWORD),
     );
     let base = server.base.clone();
     let http = http();
     let t = token(&http, &base, &cid).await;
     let store = open_store(&db).await;
     let mut ops = Visitor::new(&base);
-    ops.log_in(OPERATOR, OPERATOR_PASSWORD).await;
-    let r = ops
-        .submit(
-            "/console/fraud",
-            "/console/fraud/safe",
-            &[("entry", "+91 987651"), ("note", "our own test SIMs")],
-        )
-        .await;
+    let r = ops.log_in(OPERATOR, OPERATOR_PASSWORD).await;
+    assert_eq!(r.status, 303, "log-in: {}", r.body);
+    let r = fraud_form(
+        &mut ops,
+        "safe",
+        &[("entry", "+91 987651"), ("note", "our own test SIMs")],
+    )
+    .await;
     assert_eq!(r.status, 303, "{}", r.body);
     assert!(ops.get("/console/fraud").await.body.contains("+91987651"));
 
@@ -426,12 +261,7 @@ async fn a_safe_listed_prefix_is_not_blocked_and_a_lifted_block_lets_the_next_se
 
     // On another prefix the guard blocks it: 800, Retry-After, a reason
     // naming the block; nothing charged, nothing sent.
-    let before = store
-        .account_get(&CustomerId::parse(&cid).unwrap())
-        .await
-        .unwrap()
-        .unwrap()
-        .credits;
+    let before = common::account_of(store.as_ref(), &cid).await.credits;
     let started = Instant::now();
     let mut accepted = 0i64;
     let mut blocked = None;
@@ -468,12 +298,7 @@ async fn a_safe_listed_prefix_is_not_blocked_and_a_lifted_block_lets_the_next_se
     let (status, _, _) = send(&http, &base, &t, "91", "9876529999").await;
     assert_eq!(status, 429);
     tokio::time::sleep(Duration::from_millis(800)).await;
-    let after = store
-        .account_get(&CustomerId::parse(&cid).unwrap())
-        .await
-        .unwrap()
-        .unwrap()
-        .credits;
+    let after = common::account_of(store.as_ref(), &cid).await.credits;
     assert_eq!(before - after, accepted, "refused sends cost nothing");
     let delivered = store
         .inbox_list(None, None, 1000)
@@ -496,16 +321,15 @@ async fn a_safe_listed_prefix_is_not_blocked_and_a_lifted_block_lets_the_next_se
         !page.body.contains("data-key=\"91987651\""),
         "the safe prefix is not blocked"
     );
-    let r = ops
-        .submit(
-            "/console/fraud",
-            "/console/fraud/lift",
-            &[("scope", "prefix"), ("key", "91987652")],
-        )
-        .await;
+    let r = fraud_form(
+        &mut ops,
+        "lift",
+        &[("scope", "prefix"), ("key", "91987652")],
+    )
+    .await;
     assert_eq!(
-        (r.status, r.location.as_str()),
-        (303, "/console/fraud?done=lifted")
+        (r.status.as_u16(), r.location()),
+        (303, Some("/console/fraud?done=lifted"))
     );
     let (status, _, body) = send(&http, &base, &t, "91", "9876529998").await;
     assert_eq!(status, 200, "after the lift: {body}");

@@ -8,16 +8,12 @@ use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
-use common::{
-    PASSWORD, ReplyJson, TempDir, create_account, inbox_code, open_store, start, token, validate,
-};
+use common::{PASSWORD, ReplyJson, inbox_code, open_store, token, validate};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flow_at_trace_level_logs_no_password_key_token_or_code() {
-    let dir = TempDir::new("logs");
-    let db = dir.sqlite_url();
-    let cid = create_account(&db, Some(1000));
-    let server = start(&["--database", &db], &[("OTPGATE_LOG", "trace")]);
+    let (_dir, db, cid, server) =
+        common::serve_sqlite("logs", Some(1000), &[("OTPGATE_LOG", "trace")]);
     let http = reqwest::Client::new();
     let base = &server.base;
 

@@ -26,8 +26,6 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD;
 use common::{
     BIN, PASSWORD, Server, Simulator, TempDir, code_in, create_account, open_store, readyz, start,
     token,
@@ -50,6 +48,42 @@ fn server(test: &str) -> Option<&'static TempPostgres> {
         Ok(pg) => Some(pg),
         Err(e) => skip_or_fail(test, &e),
     }
+}
+
+/// For the load tests: their turn (see [`LOAD`]), a fresh database, three
+/// nodes started on it at once (racing to migrate it) with log tag `tag`,
+/// and their addresses; `None` as [`server`] says.
+async fn three_nodes(
+    test: &str,
+    tag: &str,
+) -> Option<(
+    tokio::sync::MutexGuard<'static, ()>,
+    String,
+    Vec<Server>,
+    Vec<String>,
+)> {
+    let pg = server(test)?;
+    let turn = LOAD.lock().await;
+    let db = pg.fresh_database();
+    let nodes = start_nodes(&db, 3, tag, &[]);
+    let bases = nodes.iter().map(|n| n.base.clone()).collect();
+    Some((turn, db, nodes, bases))
+}
+
+/// How many of `tasks` answered each `status/responseCode`; `what` names a
+/// task that panicked.
+async fn tally(
+    tasks: Vec<tokio::task::JoinHandle<(u16, Value)>>,
+    what: &str,
+) -> HashMap<String, usize> {
+    let mut outcomes = HashMap::new();
+    for task in tasks {
+        let (status, body) = task.await.expect(what);
+        *outcomes
+            .entry(format!("{status}/{}", body["responseCode"]))
+            .or_default() += 1;
+    }
+    outcomes
 }
 
 fn skip_or_fail<T>(test: &str, e: &TestkitError) -> Option<T> {
@@ -188,12 +222,10 @@ fn now_ms() -> i64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_nodes_on_one_database_behave_as_one_service() {
     let test = "three_nodes_on_one_database_behave_as_one_service";
-    let Some(pg) = server(test) else { return };
-    let _turn = LOAD.lock().await;
-    let db = pg.fresh_database();
-    // Three nodes racing to migrate an empty database; only one may.
-    let nodes = start_nodes(&db, 3, "load", &[]);
-    let bases: Vec<String> = nodes.iter().map(|n| n.base.clone()).collect();
+    // The three nodes raced to migrate the empty database; only one may have.
+    let Some((_turn, db, _nodes, bases)) = three_nodes(test, "load").await else {
+        return;
+    };
     let http = http();
     let store = open_store(&db).await;
     let cid = create_account(&db, Some(1000));
@@ -269,13 +301,7 @@ async fn three_nodes_on_one_database_behave_as_one_service() {
             validate(&http, &base, &t, &id, &code).await
         }));
     }
-    let mut outcomes: HashMap<String, usize> = HashMap::new();
-    for task in tasks {
-        let (status, body) = task.await.expect("validate task");
-        *outcomes
-            .entry(format!("{status}/{}", body["responseCode"]))
-            .or_default() += 1;
-    }
+    let outcomes = tally(tasks, "validate task").await;
     assert_eq!(outcomes.get("200/200"), Some(&1), "{outcomes:?}");
     assert_eq!(outcomes.get("400/703"), Some(&19), "{outcomes:?}");
     assert_eq!(outcomes.len(), 2, "{outcomes:?}");
@@ -343,35 +369,15 @@ async fn three_nodes_on_one_database_behave_as_one_service() {
             send(&http, &base, &tp, &number(3, i)).await
         }));
     }
-    let mut outcomes: HashMap<String, usize> = HashMap::new();
-    for task in tasks {
-        let (status, body) = task.await.expect("send task");
-        *outcomes
-            .entry(format!("{status}/{}", body["responseCode"]))
-            .or_default() += 1;
-    }
+    let outcomes = tally(tasks, "send task").await;
     assert_eq!(outcomes.get("200/200"), Some(&10), "{outcomes:?}");
     assert_eq!(outcomes.get("402/402"), Some(&20), "{outcomes:?}");
     assert_eq!(outcomes.len(), 2, "{outcomes:?}");
-    let account = store
-        .account_get(&CustomerId::parse(&poor).unwrap())
-        .await
-        .unwrap()
-        .expect("account");
+    let account = common::account_of(store.as_ref(), &poor).await;
     assert_eq!((account.credits, account.test_credits), (0, 0));
 }
 
 /// A token request with an explicit password.
-async fn token_with(http: &reqwest::Client, base: &str, cid: &str, pw: &str) -> (u16, Value) {
-    let r = http
-        .get(format!("{base}/auth/v1/authentication/token"))
-        .query(&[("customerId", cid), ("key", &STANDARD.encode(pw))])
-        .send()
-        .await
-        .expect("token request");
-    status_json(r).await
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_password_change_revokes_tokens_on_every_node_at_once() {
     let test = "a_password_change_revokes_tokens_on_every_node_at_once";
@@ -384,18 +390,13 @@ async fn a_password_change_revokes_tokens_on_every_node_at_once() {
     // Each node has checked the old password once, so each has it in its
     // key cache: the change must beat the caches too.
     for n in &nodes {
-        let (status, _) = token_with(&http, &n.base, &cid, PASSWORD).await;
+        let (status, _) = common::token_status(&http, &n.base, &cid, PASSWORD).await;
         assert_eq!(status, 200);
     }
-    let out = Command::new(BIN)
-        .args(["customer", "set-password", &cid, "--password", "a new one"])
-        .args(["--database", &db])
-        .output()
-        .expect("run customer set-password");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    otpgate_testkit::process::output_ok(
+        Command::new(BIN)
+            .args(["customer", "set-password", &cid, "--password", "a new one"])
+            .args(["--database", &db]),
     );
     for n in &nodes {
         let (status, body) = validate(&http, &n.base, &old, "4242424242", "1234").await;
@@ -405,10 +406,10 @@ async fn a_password_change_revokes_tokens_on_every_node_at_once() {
             "old token on {}: {body}",
             n.base
         );
-        let (status, body) = token_with(&http, &n.base, &cid, PASSWORD).await;
+        let (status, body) = common::token_status(&http, &n.base, &cid, PASSWORD).await;
         assert_eq!(status, 401, "old password on {}: {body}", n.base);
     }
-    let (status, body) = token_with(&http, &nodes[2].base, &cid, "a new one").await;
+    let (status, body) = common::token_status(&http, &nodes[2].base, &cid, "a new one").await;
     assert_eq!(status, 200, "{body}");
     let fresh = body["token"].as_str().expect("token").to_owned();
     let (_, body) = validate(&http, &nodes[0].base, &fresh, "4242424242", "1234").await;
@@ -696,7 +697,7 @@ async fn postgres_down_is_a_prompt_503_and_the_same_nodes_recover_when_it_return
             );
 
             let started = Instant::now();
-            let (status, body) = token_with(&http, base, &cid, PASSWORD).await;
+            let (status, body) = common::token_status(&http, base, &cid, PASSWORD).await;
             let took = started.elapsed();
             assert!(took < bound, "token on {base} took {took:?}");
             slowest = slowest.max(took);
@@ -735,7 +736,7 @@ async fn postgres_down_is_a_prompt_503_and_the_same_nodes_recover_when_it_return
     // What was sent before the outage validates on the other node.
     let (status, body) = validate(&http, &nodes[1].base, &t, &before, &before_code).await;
     assert_eq!(status, 200, "{body}");
-    let (status, _) = token_with(&http, &nodes[1].base, &cid, PASSWORD).await;
+    let (status, _) = common::token_status(&http, &nodes[1].base, &cid, PASSWORD).await;
     assert_eq!(status, 200);
     // New sends work, and their messages are delivered (the workers came
     // back too).
@@ -840,11 +841,9 @@ async fn a_node_refuses_a_database_whose_schema_is_newer_than_it_knows() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn pumping_spread_over_three_nodes_is_blocked_within_the_same_bounds() {
     let test = "pumping_spread_over_three_nodes_is_blocked_within_the_same_bounds";
-    let Some(pg) = server(test) else { return };
-    let _turn = LOAD.lock().await;
-    let db = pg.fresh_database();
-    let nodes = start_nodes(&db, 3, "pump", &[]);
-    let bases: Vec<String> = nodes.iter().map(|n| n.base.clone()).collect();
+    let Some((_turn, db, nodes, bases)) = three_nodes(test, "pump").await else {
+        return;
+    };
     let http = http();
     let cid = create_account(&db, Some(100_000));
     let t = token(&http, &bases[0], &cid).await;
@@ -854,11 +853,7 @@ async fn pumping_spread_over_three_nodes_is_blocked_within_the_same_bounds() {
     // every other node's sends.
     let p = common::pumping::run(&bases, &t, store.clone()).await;
     common::pumping::assert_bounds(&p);
-    let account = store
-        .account_get(&CustomerId::parse(&cid).unwrap())
-        .await
-        .unwrap()
-        .expect("account");
+    let account = common::account_of(store.as_ref(), &cid).await;
     let accepted = i64::try_from(p.attack_accepted + p.legit_accepted).unwrap();
     assert_eq!(
         account.credits,

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use common::{PASSWORD, Server, TempDir, create_account, start};
+use common::{PASSWORD, Server, TempDir, create_account, start, token_status};
 use futures::future::join_all;
 use serde_json::Value;
 
@@ -85,15 +85,14 @@ async fn probe_healthz(base: &str, until: Instant) -> Vec<Duration> {
     out
 }
 
-async fn token_status(http: &reqwest::Client, base: &str, cid: &str, key: &str) -> (u16, Value) {
-    let r = http
-        .get(format!("{base}/auth/v1/authentication/token"))
-        .query(&[("customerId", cid), ("key", &STANDARD.encode(key))])
+/// Asserts that `server` still answers `/healthz` with 200.
+async fn assert_serves(server: &Server) {
+    let r = http()
+        .get(format!("{}/healthz", server.base))
         .send()
         .await
-        .expect("token request");
-    let status = r.status().as_u16();
-    (status, r.json().await.unwrap_or(Value::Null))
+        .unwrap();
+    assert_eq!(r.status(), 200);
 }
 
 /// 200 concurrent token requests for unknown customerIds, in waves for
@@ -241,6 +240,26 @@ fn tally(statuses: &[u16]) -> std::collections::BTreeMap<u16, usize> {
     m
 }
 
+/// 60 concurrent posts of the console form on `page` from `http`, all with
+/// one pre-session, post `i` with `fields(i)`: how many got each status.
+async fn console_flood(
+    http: &reqwest::Client,
+    base: &str,
+    page: &str,
+    fields: impl Fn(usize) -> Vec<(&'static str, String)>,
+) -> std::collections::BTreeMap<u16, usize> {
+    let form = console_form(http, base, page).await;
+    let posts = (0..60).map(|i| {
+        let (http, base, form, fields) = (http.clone(), base.to_owned(), form.clone(), fields(i));
+        let page = page.to_owned();
+        async move {
+            let fields: Vec<(&str, &str)> = fields.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            console_post(&http, &base, &page, &form, &fields).await
+        }
+    });
+    tally(&join_all(posts).await)
+}
+
 /// 60 concurrent wrong keys for one customerId from one address: at most
 /// 10 are checked (401), the rest get 429, and each refusal leaves an
 /// audit line without the key. The same for the console's log-in (the
@@ -251,15 +270,10 @@ async fn parallel_guessing_is_counted_before_checking_and_owners_keep_access() {
     let _serial = SERIAL.lock().await;
     const OPS_EMAIL: &str = "ops@example.com";
     const OPS_PASSWORD: &str = "operator password 1234";
-    let dir = TempDir::new("sec-guess");
-    let db = dir.sqlite_url();
-    let cid = create_account(&db, None);
-    let server = start(
-        &["--database", &db],
-        &[
-            ("OTPGATE_CONSOLE__ADMIN_EMAIL", OPS_EMAIL),
-            ("OTPGATE_CONSOLE__ADMIN_PASSWORD", OPS_PASSWORD),
-        ],
+    let (_dir, _db, cid, server) = common::serve_sqlite(
+        "sec-guess",
+        None,
+        &common::operator(OPS_EMAIL, OPS_PASSWORD),
     );
     let base = server.base.clone();
     let attacker = http();
@@ -285,22 +299,13 @@ async fn parallel_guessing_is_counted_before_checking_and_owners_keep_access() {
     assert!(body["token"].is_string(), "{body}");
 
     // Console log-in as the operator.
-    let form = console_form(&attacker, &base, "login").await;
-    let tries = (0..60).map(|i| {
-        let (http, base, form) = (attacker.clone(), base.clone(), form.clone());
-        async move {
-            let pw = format!("wrong password {i}");
-            console_post(
-                &http,
-                &base,
-                "login",
-                &form,
-                &[("login", OPS_EMAIL), ("password", &pw)],
-            )
-            .await
-        }
-    });
-    let t = tally(&join_all(tries).await);
+    let t = console_flood(&attacker, &base, "login", |i| {
+        vec![
+            ("login", OPS_EMAIL.to_owned()),
+            ("password", format!("wrong password {i}")),
+        ]
+    })
+    .await;
     println!("FIGURES console log-in: 60 concurrent wrong passwords answered {t:?}");
     assert_eq!(t.get(&401), Some(&10), "{t:?}");
     assert_eq!(t.get(&429), Some(&50), "{t:?}");
@@ -317,27 +322,15 @@ async fn parallel_guessing_is_counted_before_checking_and_owners_keep_access() {
     assert_eq!(status, 303, "the operator logs in from another address");
 
     // Sign-ups: 10 per address per hour.
-    let form = console_form(&attacker, &base, "signup").await;
-    let signups = (0..60).map(|i| {
-        let (http, base, form) = (attacker.clone(), base.clone(), form.clone());
-        async move {
-            let email = format!("signup{i}@example.com");
-            console_post(
-                &http,
-                &base,
-                "signup",
-                &form,
-                &[
-                    ("email", &email),
-                    ("password", "a signup password"),
-                    ("confirm", "a signup password"),
-                    ("country", "IN"),
-                ],
-            )
-            .await
-        }
-    });
-    let t = tally(&join_all(signups).await);
+    let t = console_flood(&attacker, &base, "signup", |i| {
+        vec![
+            ("email", format!("signup{i}@example.com")),
+            ("password", "a signup password".to_owned()),
+            ("confirm", "a signup password".to_owned()),
+            ("country", "IN".to_owned()),
+        ]
+    })
+    .await;
     println!("FIGURES console sign-up: 60 concurrent sign-ups answered {t:?}");
     assert_eq!(t.get(&201), Some(&10), "{t:?}");
     assert_eq!(t.get(&429), Some(&50), "{t:?}");
@@ -476,12 +469,7 @@ async fn slow_headers_are_closed_within_the_timeout() {
         "a trickling client was held {trickled:?}"
     );
     // And the server serves on.
-    let r = http()
-        .get(format!("{}/healthz", server.base))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    assert_serves(&server).await;
 }
 
 /// Past `http.max_connections`, a new connection is answered 503 in the
@@ -518,12 +506,22 @@ async fn connections_past_the_cap_are_refused_and_idle_ones_closed() {
         "idle connections held {took:?}"
     );
     // Their places are free again.
-    let r = http()
-        .get(format!("{}/healthz", server.base))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    assert_serves(&server).await;
+}
+
+/// The body of the HTTP message `text` once all of it (as its
+/// `content-length` says; none means empty) is there; `None` before.
+fn whole_body(text: &str) -> Option<&str> {
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    let len = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length:")
+                .and_then(|v| v.trim().parse::<usize>().ok())
+        })
+        .unwrap_or(0);
+    (body.len() >= len).then_some(body)
 }
 
 /// Sends `raw` on a fresh connection and reads the whole answer.
@@ -539,19 +537,8 @@ fn exchange(addr: &str, raw: &[u8]) -> (String, Duration) {
             Ok(0) | Err(_) => break,
             Ok(n) => {
                 out.extend_from_slice(&buf[..n]);
-                let text = String::from_utf8_lossy(&out);
-                if let Some((head, body)) = text.split_once("\r\n\r\n") {
-                    let len = head
-                        .lines()
-                        .find_map(|l| {
-                            l.to_ascii_lowercase()
-                                .strip_prefix("content-length:")
-                                .map(|v| v.trim().parse::<usize>().unwrap_or(0))
-                        })
-                        .unwrap_or(0);
-                    if body.len() >= len {
-                        break;
-                    }
+                if whole_body(&String::from_utf8_lossy(&out)).is_some() {
+                    break;
                 }
             }
         }
@@ -841,20 +828,9 @@ impl Gateway {
                             return;
                         }
                         req.extend_from_slice(&buf[..n]);
-                        let text = String::from_utf8_lossy(&req).into_owned();
-                        if let Some((head, body)) = text.split_once("\r\n\r\n") {
-                            let len = head
-                                .lines()
-                                .find_map(|l| {
-                                    l.to_ascii_lowercase()
-                                        .strip_prefix("content-length:")
-                                        .and_then(|v| v.trim().parse::<usize>().ok())
-                                })
-                                .unwrap_or(0);
-                            if body.len() >= len {
-                                b.lock().unwrap().push(body.to_owned());
-                                break;
-                            }
+                        if let Some(body) = whole_body(&String::from_utf8_lossy(&req)) {
+                            b.lock().unwrap().push(body.to_owned());
+                            break;
                         }
                     }
                     if let Ok(p) = r.acquire().await {
@@ -926,14 +902,7 @@ async fn a_delivered_code_leaves_no_trace_in_the_database_files() {
     );
     let http = http();
     let token = common::token(&http, &server.base, &cid).await;
-    let r = http
-        .post(format!("{}/verification/v3/send", server.base))
-        .header("authToken", &token)
-        .query(&[
-            ("countryCode", "91"),
-            ("mobileNumber", "9876543210"),
-            ("flowType", "SMS"),
-        ])
+    let r = common::send_request(&http, &server.base, &token, "91", "9876543210")
         .send()
         .await
         .unwrap();

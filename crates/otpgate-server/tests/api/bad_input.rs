@@ -28,8 +28,7 @@ fn case(name: &'static str, method: Method, path: &'static str, query: impl Into
 }
 
 async fn a_table_of_bad_inputs_gets_only_4xx_with_a_reason() {
-    let app = spawn_app().await;
-    let t = app.token().await;
+    let (app, t) = spawn_app_signed_in().await;
     let send = Version::V3.send_path();
     let send2 = Version::V2.send_path();
     let val = Version::V3.validate_path();
@@ -244,12 +243,7 @@ async fn a_table_of_bad_inputs_gets_only_4xx_with_a_reason() {
         assert!(body.get("data").is_none(), "{}: {text}", c.name);
     }
     // Nothing above created a verification or charged anything.
-    let a = app
-        .store
-        .account_get(&app.account.customer_id)
-        .await
-        .unwrap()
-        .unwrap();
+    let a = app.account_now().await;
     assert_eq!(a.test_credits, app.settings.accounts.test_credits);
     assert!(
         app.store
@@ -265,21 +259,15 @@ async fn a_table_of_bad_inputs_gets_only_4xx_with_a_reason() {
 }
 
 async fn form_bodies_are_accepted_and_the_query_wins() {
-    let app = spawn_app().await;
-    let t = app.token().await;
-    let r = resp(
-        app.http
-            .post(app.url(Version::V3.send_path()))
-            .header("authToken", &t)
+    let (app, t) = spawn_app_signed_in().await;
+    let r = call(
+        app.post_as(Version::V3.send_path(), &t)
             .query(&[("mobileNumber", "9876500300")])
             .form(&[
                 ("countryCode", "91"),
                 ("mobileNumber", "9876500399"),
                 ("flowType", "SMS"),
-            ])
-            .send()
-            .await
-            .unwrap(),
+            ]),
     )
     .await;
     assert_eq!(r.code(), 200, "{:?}", r.body);

@@ -24,25 +24,20 @@ async fn status(app: &TestApp, v: Version, token: &str, id: &str) -> Resp {
         Version::V2 => otpgate_api::paths::STATUS_V2,
         Version::V3 => otpgate_api::paths::STATUS_V3,
     };
-    resp(
+    call(
         app.http
             .get(app.url(path))
             .header("authToken", token)
-            .query(&[("verificationId", id)])
-            .send()
-            .await
-            .expect("request"),
+            .query(&[("verificationId", id)]),
     )
     .await
 }
 
 async fn status_follows_a_verification_from_pending_to_completed_on_both_versions() {
-    let app = spawn_app().await;
-    let t = app.token().await;
+    let (app, t) = spawn_app_signed_in().await;
     for (i, v) in BOTH.into_iter().enumerate() {
         let national = format!("987650000{i}");
-        let id = app.send_ok(v, &t, &national).await;
-        let code = app.code_for(&id).await;
+        let (id, code) = app.sent_code(v, &t, &national).await;
         // Delivered to the inbox: the worker has recorded it as sent.
         let mut r = status(&app, v, &t, &id).await;
         for _ in 0..200 {
@@ -68,7 +63,7 @@ async fn status_follows_a_verification_from_pending_to_completed_on_both_version
         assert_eq!(d["timeout"], "60");
         assert!(d["completedAt"].is_null());
 
-        let wrong = app.validate(v, &t, &id, &TestApp::wrong(&code)).await;
+        let wrong = app.validate_wrong(v, &t, &id, &code).await;
         assert_eq!(wrong.code(), 702);
         let r = status(&app, v, &t, &id).await;
         assert_eq!(r.body["data"]["attemptsLeft"], 4);
@@ -86,12 +81,9 @@ async fn status_follows_a_verification_from_pending_to_completed_on_both_version
         assert_eq!(app.validate(v, &t, &id, &code).await.code(), 703);
     }
     // Blocked and expired, as validate would answer them (800, then 705).
-    let id = app.send_ok(Version::V3, &t, "9876500009").await;
-    let code = app.code_for(&id).await;
+    let (id, code) = app.sent_code(Version::V3, &t, "9876500009").await;
     for _ in 0..5 {
-        let r = app
-            .validate(Version::V3, &t, &id, &TestApp::wrong(&code))
-            .await;
+        let r = app.validate_wrong(Version::V3, &t, &id, &code).await;
         assert_eq!(r.code(), 702);
     }
     let r = status(&app, Version::V3, &t, &id).await;
@@ -107,8 +99,7 @@ async fn status_follows_a_verification_from_pending_to_completed_on_both_version
 }
 
 async fn status_of_another_accounts_or_an_unknown_id_is_505() {
-    let app = spawn_app().await;
-    let t = app.token().await;
+    let (app, t) = spawn_app_signed_in().await;
     let id = app.send_ok(Version::V3, &t, "9876500001").await;
     let other = create_account(&app.store, &app.clock, &app.settings, None).await;
     let t2 = app.token_for(&other).await;
@@ -122,22 +113,14 @@ async fn status_of_another_accounts_or_an_unknown_id_is_505() {
     assert_eq!(theirs.body, unknown.body);
     assert_eq!(status(&app, Version::V2, &t, "abc").await.code(), 400);
     assert_eq!(status(&app, Version::V2, "nope", &id).await.code(), 401);
-    let missing = resp(
+    let missing = call(
         app.http
             .get(app.url(otpgate_api::paths::STATUS_V3))
-            .header("authToken", &t)
-            .send()
-            .await
-            .unwrap(),
+            .header("authToken", &t),
     )
     .await;
     assert_eq!(missing.code(), 400);
-    assert!(
-        missing.body["errorMessage"]
-            .as_str()
-            .unwrap()
-            .contains("verificationId")
-    );
+    assert!(missing.error_message().contains("verificationId"));
 }
 
 async fn sends_through_the_api_get_distinct_ids_below_2_31() {
@@ -165,8 +148,7 @@ async fn sends_through_the_api_get_distinct_ids_below_2_31() {
 }
 
 async fn an_id_issued_wider_before_the_change_still_validates() {
-    let app = spawn_app().await;
-    let t = app.token().await;
+    let (app, t) = spawn_app_signed_in().await;
     // A verification stored by an earlier build, whose ids ran to 2^53,
     // with its code hashed under the server's key.
     let key = CodeKey::new(
@@ -259,8 +241,7 @@ fn multipart(boundary: &str, fields: &[(&str, &str)]) -> String {
 
 #[tokio::test]
 async fn a_multipart_send_with_an_empty_query_succeeds_and_the_query_wins_on_conflict() {
-    let app = spawn_app().await;
-    let t = app.token().await;
+    let (app, t) = spawn_app_signed_in().await;
     let boundary = "--dio-boundary-0123456789";
     let body = multipart(
         boundary,
@@ -271,17 +252,17 @@ async fn a_multipart_send_with_an_empty_query_succeeds_and_the_query_wins_on_con
             ("otpLength", "6"),
         ],
     );
-    let send = |query: &'static [(&'static str, &'static str)], body: String| {
-        app.http
-            .post(app.url(otpgate_api::paths::SEND_V3))
-            .header("authToken", &t)
+    // A multipart POST to `path` with `body` as the dio client sends it.
+    let post = |path: &'static str, body: String| {
+        app.post_as(path, &t)
             .header(
                 "content-type",
                 format!("multipart/form-data; boundary={boundary}"),
             )
-            .query(query)
             .body(body)
-            .send()
+    };
+    let send = |query: &'static [(&'static str, &'static str)], body: String| {
+        post(otpgate_api::paths::SEND_V3, body).query(query).send()
     };
     let r = resp(send(&[], body.clone()).await.unwrap()).await;
     assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
@@ -297,43 +278,18 @@ async fn a_multipart_send_with_an_empty_query_succeeds_and_the_query_wins_on_con
     assert_eq!(r.body["data"]["mobileNumber"], "9876543211");
     // Validate takes multipart too.
     let code = app.code_for(&id).await;
-    let r = resp(
-        app.http
-            .post(app.url(otpgate_api::paths::VALIDATE_V3))
-            .header("authToken", &t)
-            .header(
-                "content-type",
-                format!("multipart/form-data; boundary={boundary}"),
-            )
-            .body(multipart(
-                boundary,
-                &[("verificationId", &id), ("code", &code)],
-            ))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let fields = multipart(boundary, &[("verificationId", &id), ("code", &code)]);
+    let r = call(post(otpgate_api::paths::VALIDATE_V3, fields)).await;
     assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
     // A broken body is a 400 with a reason, and nothing is sent.
-    let r = resp(
-        app.http
-            .post(app.url(otpgate_api::paths::SEND_V3))
-            .header("authToken", &t)
+    let r = call(
+        app.post_as(otpgate_api::paths::SEND_V3, &t)
             .header("content-type", "multipart/form-data; boundary=x")
-            .body("--x\r\nno headers here")
-            .send()
-            .await
-            .unwrap(),
+            .body("--x\r\nno headers here"),
     )
     .await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST, "{:?}", r.body);
-    assert!(
-        r.body["errorMessage"]
-            .as_str()
-            .unwrap()
-            .contains("multipart")
-    );
+    assert!(r.error_message().contains("multipart"));
 }
 
 const ALLOWED: &str = "https://app.example.com";

@@ -4,9 +4,9 @@ use std::sync::Arc;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use otpgate_core::{Clock, ManualClock, SystemClock};
+use otpgate_core::{Clock, CustomerId, ManualClock, SystemClock};
 use otpgate_server::Settings;
-use otpgate_store::{Account, Store};
+use otpgate_store::{Account, Store, Verification};
 use otpgate_testkit::{TempPostgres, skip_or_fail};
 use reqwest::StatusCode;
 use serde_json::Value;
@@ -88,6 +88,17 @@ impl Version {
     }
 }
 
+impl Version {
+    /// `v2` on version 2, `v3` on version 3: what a test sends where it
+    /// needs one value per version (a number of its own, say).
+    pub fn pick<T>(self, v2: T, v3: T) -> T {
+        match self {
+            Version::V2 => v2,
+            Version::V3 => v3,
+        }
+    }
+}
+
 pub const BOTH: [Version; 2] = [Version::V2, Version::V3];
 
 pub struct TestApp {
@@ -103,6 +114,20 @@ pub struct TestApp {
 
 pub async fn spawn_app() -> TestApp {
     spawn_app_with(test_settings()).await
+}
+
+/// [`spawn_app`] and a token of its test account.
+pub async fn spawn_app_signed_in() -> (TestApp, String) {
+    let app = spawn_app().await;
+    let token = app.token().await;
+    (app, token)
+}
+
+/// With the test settings as `tune` changes them.
+pub async fn spawn_app_tuned(tune: impl FnOnce(&mut Settings)) -> TestApp {
+    let mut s = test_settings();
+    tune(&mut s);
+    spawn_app_with(s).await
 }
 
 pub async fn spawn_app_with(settings: Settings) -> TestApp {
@@ -158,6 +183,16 @@ impl Resp {
     pub fn code(&self) -> i64 {
         self.body["responseCode"].as_i64().unwrap_or(-1)
     }
+
+    /// The reason of an error envelope, or "" when it has none.
+    pub fn error_message(&self) -> &str {
+        self.body["errorMessage"].as_str().unwrap_or_default()
+    }
+}
+
+/// Sends `req` and reads its answer.
+pub async fn call(req: reqwest::RequestBuilder) -> Resp {
+    resp(req.send().await.expect("request")).await
 }
 
 pub async fn resp(r: reqwest::Response) -> Resp {
@@ -188,10 +223,7 @@ impl TestApp {
 
     pub async fn token_for(&self, account: &Account) -> String {
         let r = self
-            .token_request(&[
-                ("customerId", account.customer_id.as_str()),
-                ("key", &STANDARD.encode(PASSWORD)),
-            ])
+            .token_with(account.customer_id.as_str(), PASSWORD)
             .await;
         assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
         r.body["token"].as_str().expect("token").to_owned()
@@ -201,29 +233,73 @@ impl TestApp {
         self.token_for(&self.account).await
     }
 
+    /// A POST to `path` authenticated with `token`.
+    pub fn post_as(&self, path: &str, token: &str) -> reqwest::RequestBuilder {
+        self.http.post(self.url(path)).header("authToken", token)
+    }
+
+    /// A token request for `customer` with `password` as its key.
+    pub async fn token_with(&self, customer: &str, password: &str) -> Resp {
+        self.token_request(&[
+            ("customerId", customer),
+            ("key", &STANDARD.encode(password)),
+        ])
+        .await
+    }
+
+    /// A token request for the test account with `password` as its key.
+    pub async fn login(&self, password: &str) -> Resp {
+        self.token_with(self.account.customer_id.as_str(), password)
+            .await
+    }
+
+    /// The test account's verification `id` as the store holds it now; it
+    /// must exist.
+    pub async fn verification_now(&self, id: otpgate_core::VerificationId) -> Verification {
+        self.store
+            .verification_get(&self.account.customer_id, id)
+            .await
+            .unwrap()
+            .expect("the verification exists")
+    }
+
+    /// The test account as the store holds it now.
+    pub async fn account_now(&self) -> Account {
+        self.account_of(&self.account.customer_id).await
+    }
+
+    /// Account `id` as the store holds it now; it must exist.
+    pub async fn account_of(&self, id: &CustomerId) -> Account {
+        self.store
+            .account_get(id)
+            .await
+            .unwrap()
+            .expect("the account exists")
+    }
+
+    /// Sends to `+91 <national>` with defaults, which must succeed, and waits
+    /// for its code in the inbox: (verification id, code).
+    pub async fn sent_code(&self, v: Version, token: &str, national: &str) -> (String, String) {
+        let id = self.send_ok(v, token, national).await;
+        let code = self.code_for(&id).await;
+        (id, code)
+    }
+
     pub async fn token_request(&self, params: &[(&str, &str)]) -> Resp {
-        resp(
+        call(
             self.http
                 .get(self.url(otpgate_api::paths::TOKEN))
-                .query(params)
-                .send()
-                .await
-                .expect("request"),
+                .query(params),
         )
         .await
     }
 
     pub async fn send(&self, v: Version, token: &str, params: &[(&str, &str)]) -> Resp {
-        resp(
-            self.http
-                .post(self.url(v.send_path()))
-                .header("authToken", token)
+        call(
+            self.post_as(v.send_path(), token)
                 .header("content-type", "application/json")
                 .body("{}")
-                .query(params)
-                .send()
-                .await
-                .expect("request"),
+                .query(params),
         )
         .await
     }
@@ -259,16 +335,18 @@ impl TestApp {
     }
 
     pub async fn validate(&self, v: Version, token: &str, id: &str, code: &str) -> Resp {
-        resp(
+        call(
             self.http
                 .get(self.url(v.validate_path()))
                 .header("authToken", token)
-                .query(&[("verificationId", id), ("code", code)])
-                .send()
-                .await
-                .expect("request"),
+                .query(&[("verificationId", id), ("code", code)]),
         )
         .await
+    }
+
+    /// A validation of `id` with a code that is certainly not `code`.
+    pub async fn validate_wrong(&self, v: Version, token: &str, id: &str, code: &str) -> Resp {
+        self.validate(v, token, id, &Self::wrong(code)).await
     }
 
     /// The code of verification `id`, read from the inbox channel once the

@@ -75,6 +75,17 @@ async fn conforms(doc: &Value, path: &str, method: &str, r: reqwest::Response) -
     body
 }
 
+/// Sends `req` and checks its response against the document's operation
+/// for `path` and the request's method; returns the status and the body.
+async fn check(doc: &Value, path: &str, req: reqwest::RequestBuilder) -> (StatusCode, Value) {
+    let (client, req) = req.build_split();
+    let req = req.unwrap();
+    let method = req.method().as_str().to_ascii_lowercase();
+    let r = client.execute(req).await.unwrap();
+    let status = r.status();
+    (status, conforms(doc, path, &method, r).await)
+}
+
 async fn every_response_of_a_flow_matches_the_openapi_document() {
     let mut settings = test_settings();
     settings.limits.per_number_max = 2;
@@ -89,29 +100,16 @@ async fn every_response_of_a_flow_matches_the_openapi_document() {
         ("customerId", app.account.customer_id.as_str().to_owned()),
         ("key", base64_of(PASSWORD)),
     ];
-    let r = h
-        .get(app.url(token_path))
-        .query(&good)
-        .send()
-        .await
-        .unwrap();
-    conforms(&doc, token_path, "get", r).await;
-    let r = h
-        .post(app.url(token_path))
-        .query(&good)
-        .send()
-        .await
-        .unwrap();
-    conforms(&doc, token_path, "post", r).await;
-    let r = h.get(app.url(token_path)).send().await.unwrap();
-    conforms(&doc, token_path, "get", r).await;
-    let r = h
-        .get(app.url(token_path))
-        .query(&[("customerId", "C-000000000000000"), ("key", "eA==")])
-        .send()
-        .await
-        .unwrap();
-    conforms(&doc, token_path, "get", r).await;
+    check(&doc, token_path, h.get(app.url(token_path)).query(&good)).await;
+    check(&doc, token_path, h.post(app.url(token_path)).query(&good)).await;
+    check(&doc, token_path, h.get(app.url(token_path))).await;
+    check(
+        &doc,
+        token_path,
+        h.get(app.url(token_path))
+            .query(&[("customerId", "C-000000000000000"), ("key", "eA==")]),
+    )
+    .await;
 
     for v in BOTH {
         let (send, validate, status) = match v {
@@ -126,11 +124,7 @@ async fn every_response_of_a_flow_matches_the_openapi_document() {
                 otpgate_api::paths::STATUS_V3,
             ),
         };
-        let national = if v == Version::V2 {
-            "9876512340"
-        } else {
-            "9876512341"
-        };
+        let national = v.pick("9876512340", "9876512341");
         let q = [
             ("countryCode", "91"),
             ("mobileNumber", national),
@@ -138,75 +132,48 @@ async fn every_response_of_a_flow_matches_the_openapi_document() {
         ];
         let post = |path: &'static str| h.post(app.url(path)).header("authToken", &t);
         // Send: 200, then 506 with data, 401, 400.
-        let body = conforms(
-            &doc,
-            send,
-            "post",
-            post(send).query(&q).send().await.unwrap(),
-        )
-        .await;
+        let body = check(&doc, send, post(send).query(&q)).await.1;
         let id = body["data"]["verificationId"].as_str().unwrap().to_owned();
-        conforms(
-            &doc,
-            send,
-            "post",
-            post(send).query(&q).send().await.unwrap(),
-        )
-        .await;
-        let r = h.post(app.url(send)).query(&q).send().await.unwrap();
-        conforms(&doc, send, "post", r).await;
-        let r = post(send)
-            .query(&[("countryCode", "91")])
-            .send()
-            .await
-            .unwrap();
-        conforms(&doc, send, "post", r).await;
+        check(&doc, send, post(send).query(&q)).await;
+        check(&doc, send, h.post(app.url(send)).query(&q)).await;
+        check(&doc, send, post(send).query(&[("countryCode", "91")])).await;
         // Status while pending, on GET and POST.
         let sq = [("verificationId", id.as_str())];
-        let r = h
-            .get(app.url(status))
-            .header("authToken", &t)
-            .query(&sq)
-            .send()
-            .await
-            .unwrap();
-        conforms(&doc, status, "get", r).await;
-        let r = post(status).query(&sq).send().await.unwrap();
-        conforms(&doc, status, "post", r).await;
-        let r = h
-            .get(app.url(status))
-            .header("authToken", &t)
-            .query(&[("verificationId", "77")])
-            .send()
-            .await
-            .unwrap();
-        conforms(&doc, status, "get", r).await;
+        check(
+            &doc,
+            status,
+            h.get(app.url(status)).header("authToken", &t).query(&sq),
+        )
+        .await;
+        check(&doc, status, post(status).query(&sq)).await;
+        check(
+            &doc,
+            status,
+            h.get(app.url(status))
+                .header("authToken", &t)
+                .query(&[("verificationId", "77")]),
+        )
+        .await;
         // Validate: 702, 200, 703 (GET), then 400 (POST).
         let code = app.code_for(&id).await;
         for c in [TestApp::wrong(&code), code.clone(), code.clone()] {
-            let r = h
-                .get(app.url(validate))
-                .header("authToken", &t)
-                .query(&[("verificationId", id.as_str()), ("code", c.as_str())])
-                .send()
-                .await
-                .unwrap();
-            conforms(&doc, validate, "get", r).await;
+            check(
+                &doc,
+                validate,
+                h.get(app.url(validate))
+                    .header("authToken", &t)
+                    .query(&[("verificationId", id.as_str()), ("code", c.as_str())]),
+            )
+            .await;
         }
-        let r = post(validate)
-            .query(&[("code", "1234")])
-            .send()
-            .await
-            .unwrap();
-        conforms(&doc, validate, "post", r).await;
-        let r = h
-            .get(app.url(status))
-            .header("authToken", &t)
-            .query(&sq)
-            .send()
-            .await
-            .unwrap();
-        let done = conforms(&doc, status, "get", r).await;
+        check(&doc, validate, post(validate).query(&[("code", "1234")])).await;
+        let done = check(
+            &doc,
+            status,
+            h.get(app.url(status)).header("authToken", &t).query(&sq),
+        )
+        .await
+        .1;
         assert_eq!(done["data"]["verificationStatus"], "VERIFICATION_COMPLETED");
     }
 
@@ -219,45 +186,29 @@ async fn every_response_of_a_flow_matches_the_openapi_document() {
     let send = otpgate_api::paths::SEND_V3;
     let mut statuses = Vec::new();
     for _ in 0..3 {
-        let r = h
-            .post(app.url(send))
-            .header("authToken", &t)
-            .query(&q)
-            .send()
-            .await
-            .unwrap();
-        statuses.push(r.status().as_u16());
-        conforms(&doc, send, "post", r).await;
+        let req = h.post(app.url(send)).header("authToken", &t).query(&q);
+        statuses.push(check(&doc, send, req).await.0.as_u16());
         app.clock.advance_ms(61_000);
     }
     assert_eq!(statuses, [200, 200, 429]);
     // 402: an account without credits.
     let poor = create_account(&app.store, &app.clock, &app.settings, Some(0)).await;
     let tp = app.token_for(&poor).await;
-    let r = h
-        .post(app.url(send))
-        .header("authToken", &tp)
-        .query(&[
-            ("countryCode", "91"),
-            ("mobileNumber", "9876512348"),
-            ("flowType", "SMS"),
-        ])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::PAYMENT_REQUIRED);
-    conforms(&doc, send, "post", r).await;
+    let req = h.post(app.url(send)).header("authToken", &tp).query(&[
+        ("countryCode", "91"),
+        ("mobileNumber", "9876512348"),
+        ("flowType", "SMS"),
+    ]);
+    let (status, _) = check(&doc, send, req).await;
+    assert_eq!(status, StatusCode::PAYMENT_REQUIRED);
     // 413.
-    let r = h
+    let req = h
         .post(app.url(send))
         .header("authToken", &t)
         .header("content-type", "application/x-www-form-urlencoded")
-        .body("a".repeat(app.settings.http.max_body_bytes + 1))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
-    conforms(&doc, send, "post", r).await;
+        .body("a".repeat(app.settings.http.max_body_bytes + 1));
+    let (status, _) = check(&doc, send, req).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
 
     // Health, readiness, receipts of an unknown channel, the document.
     for (path, method) in [
@@ -265,19 +216,14 @@ async fn every_response_of_a_flow_matches_the_openapi_document() {
         ("/readyz", Method::GET),
         ("/openapi.json", Method::GET),
     ] {
-        let r = h
-            .request(method.clone(), app.url(path))
-            .send()
-            .await
-            .unwrap();
-        conforms(&doc, path, &method.as_str().to_ascii_lowercase(), r).await;
+        check(&doc, path, h.request(method.clone(), app.url(path))).await;
     }
-    let r = h
-        .get(app.url("/receipts/nope?id=1&status=DELIVRD"))
-        .send()
-        .await
-        .unwrap();
-    conforms(&doc, "/receipts/{channel}", "get", r).await;
+    check(
+        &doc,
+        "/receipts/{channel}",
+        h.get(app.url("/receipts/nope?id=1&status=DELIVRD")),
+    )
+    .await;
 
     // Every documented operation is routed (no 405; 404 only where the
     // document says so).

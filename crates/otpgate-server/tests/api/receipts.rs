@@ -13,6 +13,7 @@ use axum::response::IntoResponse;
 use otpgate_core::{DeliveryStatus, VerificationId};
 use otpgate_sms::SmsConfig;
 use otpgate_store::OutboxMessage;
+use otpgate_testkit::kannel::kannel_fills;
 use reqwest::StatusCode;
 
 use crate::helpers::*;
@@ -127,18 +128,8 @@ fn twilio_with(port: u16, token: Option<&str>, open: bool) -> otpgate_server::Se
     if open {
         token.push_str("receipts_unauthenticated = true\n");
     }
-    with_channels(&format!(
-        r#"
-[channels.twilio]
-type = "http"
-preset = "twilio"
-url = "http://127.0.0.1:{port}"
-account_sid = "AC123"
-auth_token = "tw-auth"
-from = "+15005550006"
-receipt_url = "{PUBLIC}"
-{token}"#
-    ))
+    let extra = format!("auth_token = \"tw-auth\"\nreceipt_url = \"{PUBLIC}\"\n{token}");
+    with_channels(&otpgate_testkit::settings::twilio_channel(port, &extra))
 }
 
 /// Sends through the API and waits until the gateway has accepted it.
@@ -165,33 +156,10 @@ async fn outbox(app: &TestApp, id: &str) -> OutboxMessage {
         .expect("an outbox row")
 }
 
-/// What Kannel does to a `dlr-url` before calling it (its
-/// `urltrans_fill_escape_codes`), for the escapes a percent-encoded byte
-/// could collide with: `%d` the report type, `%A` the SMSC's answer
-/// (URL-encoded), `%B`, `%D`, `%F` (empty here), `%C` the charset, `%%` a
-/// literal `%`; any other `%X` is kept.
-fn kannel_fills(dlr_url: &str, report_type: u8, answer: &str) -> String {
-    let mut out = String::new();
-    let mut chars = dlr_url.chars();
-    while let Some(c) = chars.next() {
-        if c != '%' {
-            out.push(c);
-            continue;
-        }
-        match chars.next() {
-            Some('d') => out.push_str(&report_type.to_string()),
-            Some('A') => out.push_str(&serde_urlencoded::to_string([("", answer)]).unwrap()[1..]),
-            Some('B' | 'D' | 'F') => {}
-            Some('C') => out.push_str("UTF-8"),
-            Some('%') => out.push('%'),
-            Some(other) => {
-                out.push('%');
-                out.push(other);
-            }
-            None => out.push('%'),
-        }
-    }
-    out
+/// Twilio's status callback for message `sid`, without a token.
+async fn twilio_receipt(app: &TestApp, sid: &str, status: &str) -> Resp {
+    let url = app.url("/receipts/twilio");
+    post_form(app, &url, &[("MessageSid", sid), ("MessageStatus", status)]).await
 }
 
 /// A callback URL handed to the gateway, pointed at this test's server.
@@ -203,7 +171,7 @@ fn local(app: &TestApp, callback: &str) -> String {
 }
 
 async fn post_form(app: &TestApp, url: &str, form: &[(&str, &str)]) -> Resp {
-    resp(app.http.post(url).form(form).send().await.expect("request")).await
+    call(app.http.post(url).form(form)).await
 }
 
 async fn a_receipt_without_the_right_token_gets_401_and_changes_nothing() {
@@ -250,13 +218,10 @@ async fn a_receipt_without_the_right_token_gets_401_and_changes_nothing() {
     let r = post_form(&app, &app.url("/receipts/twilio"), &in_body).await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{:?}", r.body);
     // A GET is refused alike.
-    let r = resp(
+    let r = call(
         app.http
             .get(app.url("/receipts/twilio"))
-            .query(&undelivered)
-            .send()
-            .await
-            .unwrap(),
+            .query(&undelivered),
     )
     .await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{:?}", r.body);
@@ -301,26 +266,17 @@ async fn the_right_token_records_a_delivery() {
 
 async fn kannels_dlr_url_authenticates_once_kannel_fills_it() {
     let gw = StubGateway::start().await;
-    let settings = with_channels(&format!(
-        r#"
-[channels.kannel]
-type = "http"
-preset = "kannel"
-url = "http://127.0.0.1:{port}"
-username = "otp"
-password = "kannel-pw"
-from = "OTPGATE"
-receipt_url = "{PUBLIC}"
-receipt_token = {TOKEN:?}
-"#,
-        port = gw.port
-    ));
+    let extra =
+        format!("password = \"kannel-pw\"\nreceipt_url = \"{PUBLIC}\"\nreceipt_token = {TOKEN:?}");
+    let settings = with_channels(&otpgate_testkit::settings::kannel_channel(gw.port, &extra));
     let app = spawn_app_with(settings).await;
     let (id, sent) = send_and_wait_sent(&app, "9876500303").await;
     let dlr = gw.last().get("dlr-url");
     // Report type 2: not delivered to the phone.
-    let called = kannel_fills(&dlr, 2, "NACK/0x0000000b/Invalid Destination Address");
-    let r = resp(app.http.get(local(&app, &called)).send().await.unwrap()).await;
+    // Kannel URL-encodes the SMSC's answer into `%A`.
+    let answer = serde_urlencoded::to_string([("", "NACK/0x0000000b/Invalid Destination Address")]);
+    let called = kannel_fills(&dlr, 2, &answer.unwrap()[1..]);
+    let r = call(app.http.get(local(&app, &called))).await;
     assert_eq!(r.status, StatusCode::OK, "{called}: {:?}", r.body);
     assert_eq!(r.body["status"], "recorded");
     let m = outbox(&app, &id).await;
@@ -329,7 +285,7 @@ receipt_token = {TOKEN:?}
 
     // The same callback without its token is refused.
     let bare = called.split("&token=").next().unwrap().to_owned();
-    let r = resp(app.http.get(local(&app, &bare)).send().await.unwrap()).await;
+    let r = call(app.http.get(local(&app, &bare))).await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{bare}: {:?}", r.body);
 }
 
@@ -338,18 +294,10 @@ async fn without_a_token_receipts_are_refused_unless_the_channel_opts_out() {
     let app = spawn_app_with(twilio(gw.port, None)).await;
     let (id, sent) = send_and_wait_sent(&app, "9876500305").await;
     let sid = sent.gateway_id.expect("the gateway's sid");
-    let r = post_form(
-        &app,
-        &app.url("/receipts/twilio"),
-        &[("MessageSid", &sid), ("MessageStatus", "undelivered")],
-    )
-    .await;
+    let r = twilio_receipt(&app, &sid, "undelivered").await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{:?}", r.body);
     assert!(
-        r.body["errorMessage"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("receipts_unauthenticated"),
+        r.error_message().contains("receipts_unauthenticated"),
         "{:?}",
         r.body
     );
@@ -368,12 +316,7 @@ async fn without_a_token_receipts_are_refused_unless_the_channel_opts_out() {
         "no token to hand the gateway"
     );
     let sid = sent.gateway_id.expect("the gateway's sid");
-    let r = post_form(
-        &app,
-        &app.url("/receipts/twilio"),
-        &[("MessageSid", &sid), ("MessageStatus", "delivered")],
-    )
-    .await;
+    let r = twilio_receipt(&app, &sid, "delivered").await;
     assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
     assert_eq!(r.body["status"], "recorded");
     assert_eq!(outbox(&app, &id).await.status, DeliveryStatus::Delivered);

@@ -18,8 +18,7 @@ fn refs<'a>(p: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
 }
 
 async fn send_returns_the_contracts_shape_on_both_versions() {
-    let app = spawn_app().await;
-    let t = app.token().await;
+    let (app, t) = spawn_app_signed_in().await;
     for (i, v) in BOTH.into_iter().enumerate() {
         let national = format!("987654321{i}");
         let r = app.send(v, &t, &refs(&sms(&national))).await;
@@ -45,8 +44,7 @@ async fn send_returns_the_contracts_shape_on_both_versions() {
 }
 
 async fn otp_length_and_timeout_are_honoured() {
-    let app = spawn_app().await;
-    let t = app.token().await;
+    let (app, t) = spawn_app_signed_in().await;
     let mut p = sms("9876500001");
     p.push(("otpLength", "8".into()));
     p.push(("timeout", "120".into()));
@@ -68,8 +66,7 @@ async fn otp_length_and_timeout_are_honoured() {
 }
 
 async fn out_of_range_length_and_timeout_get_400() {
-    let app = spawn_app().await;
-    let t = app.token().await;
+    let (app, t) = spawn_app_signed_in().await;
     for (k, v) in [
         ("otpLength", "3"),
         ("otpLength", "9"),
@@ -84,30 +81,16 @@ async fn out_of_range_length_and_timeout_get_400() {
         assert_eq!(r.status, StatusCode::BAD_REQUEST, "{k}={v}");
         assert_eq!(r.code(), 400);
         assert!(r.body.get("data").is_none());
-        assert!(
-            r.body["errorMessage"].as_str().unwrap().contains(k),
-            "{:?}",
-            r.body
-        );
+        assert!(r.error_message().contains(k), "{:?}", r.body);
     }
 }
 
 async fn a_second_send_while_pending_gets_506_with_the_pending_id_and_costs_nothing() {
-    let app = spawn_app().await;
-    let t = app.token().await;
+    let (app, t) = spawn_app_signed_in().await;
     for v in BOTH {
-        let national = if v == Version::V2 {
-            "9876500010"
-        } else {
-            "9876500011"
-        };
+        let national = v.pick("9876500010", "9876500011");
         let id = app.send_ok(v, &t, national).await;
-        let before = app
-            .store
-            .account_get(&app.account.customer_id)
-            .await
-            .unwrap()
-            .unwrap();
+        let before = app.account_now().await;
         app.clock.advance_ms(19_000);
         let r = app.send(v, &t, &refs(&sms(national))).await;
         assert_eq!(r.status, StatusCode::BAD_REQUEST);
@@ -119,12 +102,7 @@ async fn a_second_send_while_pending_gets_506_with_the_pending_id_and_costs_noth
         assert_eq!(d["responseCode"], "506");
         assert_eq!(d["errorMessage"], "REQUEST_ALREADY_EXISTS");
         assert_eq!(d["timeout"], "41");
-        let after = app
-            .store
-            .account_get(&app.account.customer_id)
-            .await
-            .unwrap()
-            .unwrap();
+        let after = app.account_now().await;
         assert_eq!(
             before.test_credits + before.credits,
             after.test_credits + after.credits
@@ -137,18 +115,15 @@ async fn a_second_send_while_pending_gets_506_with_the_pending_id_and_costs_noth
 }
 
 async fn a_completed_verification_does_not_block_a_new_send() {
-    let app = spawn_app().await;
-    let t = app.token().await;
-    let id = app.send_ok(Version::V3, &t, "9876500020").await;
-    let code = app.code_for(&id).await;
+    let (app, t) = spawn_app_signed_in().await;
+    let (id, code) = app.sent_code(Version::V3, &t, "9876500020").await;
     assert_eq!(app.validate(Version::V3, &t, &id, &code).await.code(), 200);
     let again = app.send_ok(Version::V3, &t, "9876500020").await;
     assert_ne!(again, id);
 }
 
 async fn unknown_dialing_code_gets_511_and_invalid_number_400() {
-    let app = spawn_app().await;
-    let t = app.token().await;
+    let (app, t) = spawn_app_signed_in().await;
     for v in BOTH {
         let r = app.send_to(v, &t, "999", "9876543210").await;
         assert_eq!(r.code(), 511, "{:?}", r.body);
@@ -191,12 +166,7 @@ async fn server_wide_blocked_countries_get_511_and_blocked_prefixes_400() {
     let t = app.token().await;
     let r = app.send_to(Version::V3, &t, "44", "7400123456").await;
     assert_eq!(r.code(), 511, "{:?}", r.body);
-    assert!(
-        r.body["errorMessage"]
-            .as_str()
-            .unwrap()
-            .contains("does not send to that country")
-    );
+    assert!(r.error_message().contains("does not send to that country"));
     let r = app.send(Version::V3, &t, &refs(&sms("9876500031"))).await;
     assert_eq!(
         (r.status, r.code()),
@@ -204,21 +174,13 @@ async fn server_wide_blocked_countries_get_511_and_blocked_prefixes_400() {
         "{:?}",
         r.body
     );
-    assert!(
-        r.body["errorMessage"]
-            .as_str()
-            .unwrap()
-            .contains("+9198765"),
-        "{:?}",
-        r.body
-    );
+    assert!(r.error_message().contains("+9198765"), "{:?}", r.body);
     let r = app.send(Version::V3, &t, &refs(&sms("9812300031"))).await;
     assert_eq!(r.code(), 200, "{:?}", r.body);
 }
 
 async fn flows_without_a_channel_get_400() {
-    let app = spawn_app().await;
-    let t = app.token().await;
+    let (app, t) = spawn_app_signed_in().await;
     for flow in ["WHATSAPP", "RCS", "SAUTH", "PIGEON"] {
         let r = app
             .send(
@@ -232,18 +194,12 @@ async fn flows_without_a_channel_get_400() {
             )
             .await;
         assert_eq!(r.code(), 400, "{flow}");
-        assert!(
-            r.body["errorMessage"]
-                .as_str()
-                .unwrap()
-                .contains("flowType")
-        );
+        assert!(r.error_message().contains("flowType"));
     }
 }
 
 async fn customer_id_other_than_the_tokens_gets_501() {
-    let app = spawn_app().await;
-    let t = app.token().await;
+    let (app, t) = spawn_app_signed_in().await;
     for v in BOTH {
         let mut p = sms("9876500050");
         p.push(("customerId", "C-0000000000000AB".into()));
@@ -273,19 +229,9 @@ async fn no_credits_gets_402_and_test_credits_are_spent_first() {
     }
 
     let t = app.token().await;
-    let before = app
-        .store
-        .account_get(&app.account.customer_id)
-        .await
-        .unwrap()
-        .unwrap();
+    let before = app.account_now().await;
     app.send_ok(Version::V3, &t, "9876500062").await;
-    let after = app
-        .store
-        .account_get(&app.account.customer_id)
-        .await
-        .unwrap()
-        .unwrap();
+    let after = app.account_now().await;
     assert_eq!(after.test_credits, before.test_credits - 1);
     assert_eq!(after.credits, before.credits);
 }
@@ -306,18 +252,12 @@ async fn concurrent_sends_never_drive_the_balance_below_zero() {
     let codes = futures::future::join_all(sends).await;
     assert_eq!(codes.iter().filter(|c| **c == 200).count(), 7, "{codes:?}");
     assert_eq!(codes.iter().filter(|c| **c == 402).count(), 23, "{codes:?}");
-    let a = app
-        .store
-        .account_get(&acct.customer_id)
-        .await
-        .unwrap()
-        .unwrap();
+    let a = app.account_of(&acct.customer_id).await;
     assert_eq!(a.credits, 0);
 }
 
 async fn the_per_number_limit_gets_800_with_retry_after() {
-    let app = spawn_app().await;
-    let t = app.token().await;
+    let (app, t) = spawn_app_signed_in().await;
     let max = app.settings.limits.per_number_max;
     for _ in 0..max {
         app.send_ok(Version::V3, &t, "9876500070").await;
@@ -345,9 +285,7 @@ async fn the_per_number_limit_gets_800_with_retry_after() {
 }
 
 async fn the_per_account_rate_limit_gets_800_when_configured() {
-    let mut s = test_settings();
-    s.limits.per_account_per_second = 2;
-    let app = spawn_app_with(s).await;
+    let app = spawn_app_tuned(|s| s.limits.per_account_per_second = 2).await;
     let t = app.token().await;
     app.send_ok(Version::V3, &t, "9876500080").await;
     app.send_ok(Version::V3, &t, "9876500081").await;
@@ -359,15 +297,11 @@ async fn the_per_account_rate_limit_gets_800_when_configured() {
 }
 
 async fn the_inbox_forgets_messages_after_its_retention() {
-    let mut s = test_settings();
-    s.inbox.retention_secs = 10;
-    let app = spawn_app_with(s).await;
+    let app = spawn_app_tuned(|s| s.inbox.retention_secs = 10).await;
     let t = app.token().await;
-    let kept = app.send_ok(Version::V3, &t, "9876500090").await;
-    let _ = app.code_for(&kept).await;
+    let (kept, _) = app.sent_code(Version::V3, &t, "9876500090").await;
     app.clock.advance_ms(5_000);
-    let young = app.send_ok(Version::V3, &t, "9876500091").await;
-    let _ = app.code_for(&young).await;
+    let (young, _) = app.sent_code(Version::V3, &t, "9876500091").await;
     // The first is now past 10 s, the second 5 s old.
     app.clock.advance_ms(6_000);
     let ids = |entries: &[otpgate_store::InboxEntry]| -> Vec<String> {

@@ -8,8 +8,7 @@ use reqwest::StatusCode;
 use crate::helpers::*;
 
 async fn token_is_an_hs512_jwt_with_sub_iat_exp() {
-    let app = spawn_app().await;
-    let t = app.token().await;
+    let (app, t) = spawn_app_signed_in().await;
     let parts: Vec<&str> = t.split('.').collect();
     assert_eq!(parts.len(), 3);
     let header = URL_SAFE_NO_PAD.decode(parts[0]).unwrap();
@@ -59,28 +58,13 @@ async fn missing_parameters_and_bad_base64_get_400_with_status_and_error() {
 
 async fn wrong_key_unknown_customer_and_disabled_account_get_the_same_401() {
     let app = spawn_app().await;
-    let wrong = app
-        .token_request(&[
-            ("customerId", app.account.customer_id.as_str()),
-            ("key", &STANDARD.encode("wrong password")),
-        ])
-        .await;
-    let unknown = app
-        .token_request(&[
-            ("customerId", "C-000000000000000"),
-            ("key", &STANDARD.encode(PASSWORD)),
-        ])
-        .await;
+    let wrong = app.login("wrong password").await;
+    let unknown = app.token_with("C-000000000000000", PASSWORD).await;
     app.store
         .account_set_disabled(&app.account.customer_id, true)
         .await
         .unwrap();
-    let disabled = app
-        .token_request(&[
-            ("customerId", app.account.customer_id.as_str()),
-            ("key", &STANDARD.encode(PASSWORD)),
-        ])
-        .await;
+    let disabled = app.login(PASSWORD).await;
     for r in [&wrong, &unknown, &disabled] {
         assert_eq!(r.status, StatusCode::UNAUTHORIZED);
         assert_eq!(r.body["status"], 401);
@@ -93,21 +77,11 @@ async fn repeated_failures_are_throttled_with_429_and_retry_after() {
     let app = spawn_app().await;
     let max = app.settings.token.max_failures;
     for _ in 0..max {
-        let r = app
-            .token_request(&[
-                ("customerId", app.account.customer_id.as_str()),
-                ("key", &STANDARD.encode("wrong password")),
-            ])
-            .await;
+        let r = app.login("wrong password").await;
         assert_eq!(r.status, StatusCode::UNAUTHORIZED);
     }
     // Now even the right key is refused until the window passes.
-    let r = app
-        .token_request(&[
-            ("customerId", app.account.customer_id.as_str()),
-            ("key", &STANDARD.encode(PASSWORD)),
-        ])
-        .await;
+    let r = app.login(PASSWORD).await;
     assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS, "{:?}", r.body);
     assert_eq!(r.body["status"], 429);
     // Every failure was at the same instant of the manual clock: the wait is
@@ -118,12 +92,7 @@ async fn repeated_failures_are_throttled_with_429_and_retry_after() {
     // refused, with one second left; at the end of the window it is let in.
     app.clock
         .advance_ms(i64::try_from(window).unwrap() * 1000 - 1);
-    let r = app
-        .token_request(&[
-            ("customerId", app.account.customer_id.as_str()),
-            ("key", &STANDARD.encode(PASSWORD)),
-        ])
-        .await;
+    let r = app.login(PASSWORD).await;
     assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS, "{:?}", r.body);
     assert_eq!(r.retry_after.as_deref(), Some("1"));
     app.clock.advance_ms(1);
@@ -147,13 +116,10 @@ async fn a_distributed_guesser_leaves_the_owners_usual_address_working() {
             cid.clone(),
         );
         async move {
-            resp(
+            call(
                 http.get(url)
                     .query(&[("customerId", cid.as_str()), ("key", &STANDARD.encode(key))])
-                    .header("x-forwarded-for", xff)
-                    .send()
-                    .await
-                    .expect("request"),
+                    .header("x-forwarded-for", xff),
             )
             .await
         }
@@ -181,15 +147,14 @@ async fn a_distributed_guesser_leaves_the_owners_usual_address_working() {
 }
 
 async fn expired_token_gets_401_on_both_versions() {
-    let app = spawn_app().await;
-    let t = app.token().await;
+    let (app, t) = spawn_app_signed_in().await;
     app.clock.advance_ms(7 * 24 * 3600 * 1000 + 1000);
     for v in BOTH {
         let r = app.send_to(v, &t, "91", "9876543210").await;
         assert_eq!(r.status, StatusCode::UNAUTHORIZED);
         assert_eq!(r.code(), 401);
         assert!(r.body.get("data").is_none());
-        assert!(r.body["errorMessage"].as_str().unwrap().contains("expired"));
+        assert!(r.error_message().contains("expired"));
     }
 }
 
@@ -205,12 +170,7 @@ async fn changing_the_password_revokes_earlier_tokens() {
     .unwrap();
     let r = app.validate(Version::V3, &old, "1", "1234").await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{:?}", r.body);
-    let fresh = app
-        .token_request(&[
-            ("customerId", app.account.customer_id.as_str()),
-            ("key", &STANDARD.encode("a brand new password")),
-        ])
-        .await;
+    let fresh = app.login("a brand new password").await;
     assert_eq!(fresh.status, StatusCode::OK);
     let t = fresh.body["token"].as_str().unwrap();
     let r = app.validate(Version::V3, t, "1", "1234").await;
@@ -218,20 +178,14 @@ async fn changing_the_password_revokes_earlier_tokens() {
 }
 
 async fn forged_alg_none_and_tampered_tokens_get_401() {
-    let app = spawn_app().await;
-    let t = app.token().await;
+    let (app, t) = spawn_app_signed_in().await;
     let parts: Vec<&str> = t.split('.').collect();
     let none = format!(
         "{}.{}.",
         URL_SAFE_NO_PAD.encode(r#"{"alg":"none"}"#),
         parts[1]
     );
-    let other = app
-        .store
-        .account_get(&app.account.customer_id)
-        .await
-        .unwrap()
-        .unwrap();
+    let other = app.account_now().await;
     let _ = other;
     let tampered_claims = URL_SAFE_NO_PAD.encode(format!(
         r#"{{"sub":"{}","iat":0,"exp":99999999999}}"#,
@@ -250,30 +204,23 @@ async fn forged_alg_none_and_tampered_tokens_get_401() {
         assert_eq!(r.code(), 401);
     }
     // No header at all.
-    let r = resp(
+    let r = call(
         app.http
             .get(app.url(Version::V3.validate_path()))
-            .query(&[("verificationId", "1"), ("code", "1234")])
-            .send()
-            .await
-            .unwrap(),
+            .query(&[("verificationId", "1"), ("code", "1234")]),
     )
     .await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
 }
 
 async fn header_name_is_case_insensitive() {
-    let app = spawn_app().await;
-    let t = app.token().await;
+    let (app, t) = spawn_app_signed_in().await;
     for name in ["AuthToken", "authtoken", "AUTHTOKEN"] {
-        let r = resp(
+        let r = call(
             app.http
                 .get(app.url(Version::V3.validate_path()))
                 .header(name, &t)
-                .query(&[("verificationId", "1"), ("code", "1234")])
-                .send()
-                .await
-                .unwrap(),
+                .query(&[("verificationId", "1"), ("code", "1234")]),
         )
         .await;
         assert_eq!(r.code(), 505, "{name}");

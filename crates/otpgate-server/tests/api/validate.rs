@@ -7,12 +7,10 @@ use reqwest::StatusCode;
 use crate::helpers::*;
 
 async fn right_code_gives_200_with_string_id_on_v2_and_number_on_v3() {
-    let app = spawn_app().await;
-    let t = app.token().await;
+    let (app, t) = spawn_app_signed_in().await;
     for (i, v) in BOTH.into_iter().enumerate() {
         let national = format!("987650010{i}");
-        let id = app.send_ok(v, &t, &national).await;
-        let code = app.code_for(&id).await;
+        let (id, code) = app.sent_code(v, &t, &national).await;
         let r = app.validate(v, &t, &id, &code).await;
         assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
         assert_eq!(r.body["responseCode"], 200);
@@ -38,34 +36,21 @@ async fn right_code_gives_200_with_string_id_on_v2_and_number_on_v3() {
 }
 
 async fn post_is_accepted_on_validate() {
-    let app = spawn_app().await;
-    let t = app.token().await;
-    let id = app.send_ok(Version::V3, &t, "9876500110").await;
-    let code = app.code_for(&id).await;
-    let r = resp(
-        app.http
-            .post(app.url(Version::V3.validate_path()))
-            .header("authToken", &t)
-            .form(&[("verificationId", id.as_str()), ("code", code.as_str())])
-            .send()
-            .await
-            .unwrap(),
+    let (app, t) = spawn_app_signed_in().await;
+    let (id, code) = app.sent_code(Version::V3, &t, "9876500110").await;
+    let r = call(
+        app.post_as(Version::V3.validate_path(), &t)
+            .form(&[("verificationId", id.as_str()), ("code", code.as_str())]),
     )
     .await;
     assert_eq!(r.code(), 200, "{:?}", r.body);
 }
 
 async fn five_wrong_codes_count_down_then_800_even_for_the_right_code() {
-    let app = spawn_app().await;
-    let t = app.token().await;
+    let (app, t) = spawn_app_signed_in().await;
     for v in BOTH {
-        let national = if v == Version::V2 {
-            "9876500120"
-        } else {
-            "9876500121"
-        };
-        let id = app.send_ok(v, &t, national).await;
-        let code = app.code_for(&id).await;
+        let national = v.pick("9876500120", "9876500121");
+        let (id, code) = app.sent_code(v, &t, national).await;
         let wrong = TestApp::wrong(&code);
         for left in (0..5).rev() {
             let r = app.validate(v, &t, &id, &wrong).await;
@@ -88,23 +73,12 @@ async fn five_wrong_codes_count_down_then_800_even_for_the_right_code() {
 }
 
 async fn an_expired_code_gets_705_and_a_wrong_code_never_extends_validity() {
-    let app = spawn_app().await;
-    let t = app.token().await;
+    let (app, t) = spawn_app_signed_in().await;
     for v in BOTH {
-        let national = if v == Version::V2 {
-            "9876500130"
-        } else {
-            "9876500131"
-        };
-        let id = app.send_ok(v, &t, national).await;
-        let code = app.code_for(&id).await;
+        let national = v.pick("9876500130", "9876500131");
+        let (id, code) = app.sent_code(v, &t, national).await;
         app.clock.advance_ms(59_000);
-        assert_eq!(
-            app.validate(v, &t, &id, &TestApp::wrong(&code))
-                .await
-                .code(),
-            702
-        );
+        assert_eq!(app.validate_wrong(v, &t, &id, &code).await.code(), 702);
         app.clock.advance_ms(1_000);
         let r = app.validate(v, &t, &id, &code).await;
         assert_eq!(r.code(), 705, "{:?}", r.body);
@@ -114,8 +88,7 @@ async fn an_expired_code_gets_705_and_a_wrong_code_never_extends_validity() {
 }
 
 async fn unknown_ids_and_other_accounts_ids_get_the_same_505() {
-    let app = spawn_app().await;
-    let t = app.token().await;
+    let (app, t) = spawn_app_signed_in().await;
     let other = create_account(&app.store, &app.clock, &app.settings, None).await;
     let other_t = app.token_for(&other).await;
     let theirs = app.send_ok(Version::V3, &other_t, "9876500140").await;
@@ -146,30 +119,16 @@ async fn a_failed_delivery_gets_700_and_refunds_the_charge() {
     let app = spawn_app_routed(test_settings(), Some(std::sync::Arc::new(router))).await;
     let t = app.token().await;
     let balance = || async {
-        let a = app
-            .store
-            .account_get(&app.account.customer_id)
-            .await
-            .unwrap()
-            .unwrap();
+        let a = app.account_now().await;
         a.test_credits + a.credits
     };
     let before = balance().await;
     for v in BOTH {
-        let national = if v == Version::V2 {
-            "9876500150"
-        } else {
-            "9876500151"
-        };
+        let national = v.pick("9876500150", "9876500151");
         let id = app.send_ok(v, &t, national).await;
         let vid = VerificationId::parse(&id).unwrap();
         // The gateway has not answered yet: the send is charged.
-        let charged = app
-            .store
-            .verification_get(&app.account.customer_id, vid)
-            .await
-            .unwrap()
-            .unwrap();
+        let charged = app.verification_now(vid).await;
         assert_eq!(charged.cost, 1, "{charged:?}");
         assert_eq!(balance().await, before - 1, "one credit charged on send");
         gate.add_permits(1);
@@ -194,45 +153,33 @@ async fn a_failed_delivery_gets_700_and_refunds_the_charge() {
         assert_eq!(r.body["message"], "VERIFICATION_FAILED");
         assert_eq!(r.status, StatusCode::BAD_REQUEST);
         // The refund came with the failure, before the next send.
-        let refunded = app
-            .store
-            .verification_get(&app.account.customer_id, vid)
-            .await
-            .unwrap()
-            .unwrap();
+        let refunded = app.verification_now(vid).await;
         assert_eq!(refunded.cost, 0, "{refunded:?}");
         assert_eq!(balance().await, before, "the credit is back");
     }
 }
 
 async fn precedence_completed_beats_expired() {
-    let app = spawn_app().await;
-    let t = app.token().await;
-    let id = app.send_ok(Version::V3, &t, "9876500160").await;
-    let code = app.code_for(&id).await;
+    let (app, t) = spawn_app_signed_in().await;
+    let (id, code) = app.sent_code(Version::V3, &t, "9876500160").await;
     assert_eq!(app.validate(Version::V3, &t, &id, &code).await.code(), 200);
     app.clock.advance_ms(3_600_000);
     assert_eq!(app.validate(Version::V3, &t, &id, &code).await.code(), 703);
 }
 
 async fn precedence_dead_beats_expired() {
-    let app = spawn_app().await;
-    let t = app.token().await;
-    let id = app.send_ok(Version::V2, &t, "9876500170").await;
-    let code = app.code_for(&id).await;
+    let (app, t) = spawn_app_signed_in().await;
+    let (id, code) = app.sent_code(Version::V2, &t, "9876500170").await;
     for _ in 0..5 {
-        app.validate(Version::V2, &t, &id, &TestApp::wrong(&code))
-            .await;
+        app.validate_wrong(Version::V2, &t, &id, &code).await;
     }
     app.clock.advance_ms(3_600_000);
     assert_eq!(app.validate(Version::V2, &t, &id, &code).await.code(), 800);
 }
 
 async fn twenty_concurrent_right_codes_give_exactly_one_200() {
-    let app = spawn_app().await;
-    let t = app.token().await;
-    let id = app.send_ok(Version::V3, &t, "9876500180").await;
-    let code = app.code_for(&id).await;
+    let (app, t) = spawn_app_signed_in().await;
+    let (id, code) = app.sent_code(Version::V3, &t, "9876500180").await;
     let tries = (0..20).map(|i| {
         let v = if i % 2 == 0 { Version::V2 } else { Version::V3 };
         let (app, t, id, code) = (&app, &t, &id, &code);
@@ -244,10 +191,8 @@ async fn twenty_concurrent_right_codes_give_exactly_one_200() {
 }
 
 async fn concurrent_wrong_codes_never_exceed_the_attempt_limit() {
-    let app = spawn_app().await;
-    let t = app.token().await;
-    let id = app.send_ok(Version::V3, &t, "9876500190").await;
-    let code = app.code_for(&id).await;
+    let (app, t) = spawn_app_signed_in().await;
+    let (id, code) = app.sent_code(Version::V3, &t, "9876500190").await;
     let wrong = TestApp::wrong(&code);
     let tries = (0..20).map(|_| {
         let (app, t, id, wrong) = (&app, &t, &id, &wrong);
@@ -259,30 +204,20 @@ async fn concurrent_wrong_codes_never_exceed_the_attempt_limit() {
 }
 
 async fn the_wrong_code_budget_across_verifications_gets_800() {
-    let mut s = test_settings();
-    s.limits.wrong_code_max = 7;
-    let app = spawn_app_with(s).await;
+    let app = spawn_app_tuned(|s| s.limits.wrong_code_max = 7).await;
     let t = app.token().await;
-    let id = app.send_ok(Version::V3, &t, "9876500200").await;
-    let code = app.code_for(&id).await;
-    for _ in 0..5 {
-        assert_eq!(
-            app.validate(Version::V3, &t, &id, &TestApp::wrong(&code))
-                .await
-                .code(),
-            702
-        );
-    }
-    let id = app.send_ok(Version::V3, &t, "9876500200").await;
-    let code = app.code_for(&id).await;
-    for _ in 0..2 {
-        assert_eq!(
-            app.validate(Version::V3, &t, &id, &TestApp::wrong(&code))
-                .await
-                .code(),
-            702
-        );
-    }
+    // A new verification to the number and `n` wrong codes for it, each
+    // answered 702; its (id, code).
+    let wrong_codes = async |n| {
+        let (id, code) = app.sent_code(Version::V3, &t, "9876500200").await;
+        for _ in 0..n {
+            let r = app.validate_wrong(Version::V3, &t, &id, &code).await;
+            assert_eq!(r.code(), 702);
+        }
+        (id, code)
+    };
+    wrong_codes(5).await;
+    let (id, code) = wrong_codes(2).await;
     // Seven wrong codes for this number: even the right one is refused now,
     // and so is a new send.
     assert_eq!(app.validate(Version::V3, &t, &id, &code).await.code(), 800);
@@ -292,10 +227,9 @@ async fn the_wrong_code_budget_across_verifications_gets_800() {
 }
 
 async fn customer_id_other_than_the_tokens_gets_501_on_validate() {
-    let app = spawn_app().await;
-    let t = app.token().await;
+    let (app, t) = spawn_app_signed_in().await;
     for v in BOTH {
-        let r = resp(
+        let r = call(
             app.http
                 .get(app.url(v.validate_path()))
                 .header("authToken", &t)
@@ -303,10 +237,7 @@ async fn customer_id_other_than_the_tokens_gets_501_on_validate() {
                     ("verificationId", "1"),
                     ("code", "1234"),
                     ("customerId", "C-0000000000000AB"),
-                ])
-                .send()
-                .await
-                .unwrap(),
+                ]),
         )
         .await;
         assert_eq!(r.code(), 501, "{:?}", r.body);

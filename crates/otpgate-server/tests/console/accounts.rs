@@ -4,14 +4,12 @@
 use otpgate_core::CustomerId;
 use reqwest::StatusCode;
 
-use crate::helpers::{
-    ADMIN_EMAIL, ADMIN_PASSWORD, PASSWORD, Visitor, spawn, spawn_with, test_settings,
-};
+use crate::helpers::{ADMIN_EMAIL, ADMIN_PASSWORD, PASSWORD, Page, Visitor, spawn, spawn_tuned};
 
 #[tokio::test]
 async fn sign_up_gives_a_customer_id_test_credits_and_a_session() {
     let app = spawn().await;
-    let mut v = Visitor::new(&app);
+    let mut v = Visitor::new(&app.base);
     let (welcome, id) = v.sign_up("new@example.com", PASSWORD).await;
     let id = CustomerId::parse(&id).expect("a customerId on the welcome page");
     assert_eq!(welcome.text_of("test-credits").as_deref(), Some("100"));
@@ -20,12 +18,7 @@ async fn sign_up_gives_a_customer_id_test_credits_and_a_session() {
     let curl = welcome.text_of("curl-token").expect("curl");
     assert!(curl.contains(&format!("customerId={id}")), "{curl}");
     assert!(curl.contains(&app.base), "{curl}");
-    let account = app
-        .store
-        .account_get(&id)
-        .await
-        .expect("get")
-        .expect("stored");
+    let account = app.account(&id).await;
     assert_eq!(account.email.as_deref(), Some("new@example.com"));
     assert_eq!(account.country.as_deref(), Some("IN"));
     assert!(account.password_hash.starts_with("$argon2id$"));
@@ -38,7 +31,7 @@ async fn sign_up_gives_a_customer_id_test_credits_and_a_session() {
 #[tokio::test]
 async fn sign_up_explains_what_is_wrong_and_keeps_what_was_typed() {
     let app = spawn().await;
-    let mut v = Visitor::new(&app);
+    let mut v = Visitor::new(&app.base);
     let csrf = v.get("/console/signup").await.csrf();
     let post = |email: &'static str,
                 pw: &'static str,
@@ -95,47 +88,22 @@ async fn sign_up_explains_what_is_wrong_and_keeps_what_was_typed() {
         }
     }
     v.sign_up("taken@example.com", PASSWORD).await;
-    let mut w = Visitor::new(&app);
-    let csrf = w.get("/console/signup").await.csrf();
-    let r = w
-        .post(
-            "/console/signup",
-            &[
-                ("csrf", &csrf),
-                ("email", "TAKEN@example.com"),
-                ("password", PASSWORD),
-                ("confirm", PASSWORD),
-                ("country", "IN"),
-            ],
-        )
-        .await;
+    let mut w = Visitor::new(&app.base);
+    let r = w.try_sign_up("TAKEN@example.com", PASSWORD).await;
     assert_eq!(r.status, StatusCode::CONFLICT);
     assert!(r.body.contains("An account with this e-mail exists"));
 }
 
 #[tokio::test]
 async fn sign_up_can_be_closed_and_is_limited_per_address() {
-    let mut s = test_settings();
-    s.console.signup = false;
-    let app = spawn_with(s).await;
-    let mut v = Visitor::new(&app);
+    let app = spawn_tuned(|s| s.console.signup = false).await;
+    let mut v = Visitor::new(&app.base);
     let page = v.get("/console/signup").await;
     assert!(page.body.contains("Sign-up is closed"));
     assert!(!page.body.contains("action=\"/console/signup\""));
     // A valid pre-session token (from the log-in form) does not open it.
     let csrf = v.get("/console/login").await.csrf();
-    let r = v
-        .post(
-            "/console/signup",
-            &[
-                ("csrf", &csrf),
-                ("email", "a@example.com"),
-                ("password", PASSWORD),
-                ("confirm", PASSWORD),
-                ("country", "IN"),
-            ],
-        )
-        .await;
+    let r = v.post_sign_up(&csrf, "a@example.com", PASSWORD).await;
     assert_eq!(r.status, StatusCode::FORBIDDEN);
     assert!(
         app.store
@@ -145,38 +113,23 @@ async fn sign_up_can_be_closed_and_is_limited_per_address() {
             .is_none()
     );
 
-    let mut s = test_settings();
-    s.console.signups_per_hour = 2;
-    let app = spawn_with(s).await;
+    let app = spawn_tuned(|s| s.console.signups_per_hour = 2).await;
     for n in 0..2 {
-        Visitor::new(&app)
+        Visitor::new(&app.base)
             .sign_up(&format!("u{n}@example.com"), PASSWORD)
             .await;
     }
-    let mut v = Visitor::new(&app);
-    let csrf = v.get("/console/signup").await.csrf();
-    let r = v
-        .post(
-            "/console/signup",
-            &[
-                ("csrf", &csrf),
-                ("email", "u3@example.com"),
-                ("password", PASSWORD),
-                ("confirm", PASSWORD),
-                ("country", "IN"),
-            ],
-        )
-        .await;
+    let mut v = Visitor::new(&app.base);
+    let r = v.try_sign_up("u3@example.com", PASSWORD).await;
     assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
 }
 
 #[tokio::test]
 async fn changing_the_password_revokes_tokens_and_other_sessions() {
     let app = spawn().await;
-    let mut mine = Visitor::new(&app);
-    let (_, id) = mine.sign_up("rotate@example.com", PASSWORD).await;
+    let (mut mine, id) = app.signed_up("rotate@example.com").await;
     // A second session, logged in by customerId (lower case works too).
-    let mut other = Visitor::new(&app);
+    let mut other = Visitor::new(&app.base);
     let r = other.log_in(&id.to_ascii_lowercase(), PASSWORD).await;
     assert_eq!(r.location(), Some("/console/dashboard"));
     let old_token = app.token(&id, PASSWORD).await;
@@ -190,17 +143,7 @@ async fn changing_the_password_revokes_tokens_and_other_sessions() {
     assert_eq!(page.text_of("customer-id").as_deref(), Some(id.as_str()));
 
     // A wrong current password changes nothing.
-    let r = mine
-        .submit(
-            "/console/credentials",
-            "/console/credentials/password",
-            &[
-                ("current", "not it at all"),
-                ("new", "brand new password"),
-                ("confirm", "brand new password"),
-            ],
-        )
-        .await;
+    let r = change_password(&mut mine, "not it at all", "brand new password").await;
     assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
     assert!(r.body.contains("The current password is wrong"));
     assert_eq!(
@@ -208,17 +151,7 @@ async fn changing_the_password_revokes_tokens_and_other_sessions() {
         StatusCode::OK
     );
 
-    let r = mine
-        .submit(
-            "/console/credentials",
-            "/console/credentials/password",
-            &[
-                ("current", PASSWORD),
-                ("new", "brand new password"),
-                ("confirm", "brand new password"),
-            ],
-        )
-        .await;
+    let r = change_password(&mut mine, PASSWORD, "brand new password").await;
     assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
     assert_eq!(r.location(), Some("/console/credentials?changed=1"));
     let after = mine.get("/console/credentials?changed=1").await;
@@ -265,8 +198,7 @@ async fn changing_the_password_revokes_tokens_and_other_sessions() {
 #[tokio::test]
 async fn the_operator_lists_accounts_adds_credits_and_disables_one() {
     let app = spawn().await;
-    let mut user = Visitor::new(&app);
-    let (_, id) = user.sign_up("customer@example.com", PASSWORD).await;
+    let (mut user, id) = app.signed_up("customer@example.com").await;
     let cid = CustomerId::parse(&id).expect("id");
 
     // Customers do not see the operators' page.
@@ -275,7 +207,7 @@ async fn the_operator_lists_accounts_adds_credits_and_disables_one() {
         StatusCode::NOT_FOUND
     );
 
-    let mut ops = Visitor::new(&app);
+    let mut ops = Visitor::new(&app.base);
     assert_eq!(
         ops.log_in(ADMIN_EMAIL, "wrong").await.status,
         StatusCode::UNAUTHORIZED
@@ -294,78 +226,28 @@ async fn the_operator_lists_accounts_adds_credits_and_disables_one() {
     assert!(list.body.contains(&format!("data-customer=\"{id}\"")));
     assert!(list.body.contains("customer@example.com"));
 
-    let r = ops
-        .submit(
-            "/console/operators",
-            "/console/operators/credits",
-            &[("customer_id", &id), ("amount", "250")],
-        )
-        .await;
+    let r = grant_credits(&mut ops, &id, "250").await;
     assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
-    let account = app
-        .store
-        .account_get(&cid)
-        .await
-        .expect("get")
-        .expect("account");
+    let account = app.account(&cid).await;
     assert_eq!(account.credits, 250);
     let page = ops.get(r.location().expect("location")).await;
     assert!(page.body.contains(&format!("Credits of {id} changed.")));
-    let r = ops
-        .submit(
-            "/console/operators",
-            "/console/operators/credits",
-            &[("customer_id", &id), ("amount", "-50")],
-        )
-        .await;
+    let r = grant_credits(&mut ops, &id, "-50").await;
     assert_eq!(r.status, StatusCode::SEE_OTHER);
-    assert_eq!(
-        app.store
-            .account_get(&cid)
-            .await
-            .expect("get")
-            .expect("a")
-            .credits,
-        200
-    );
+    assert_eq!(app.account(&cid).await.credits, 200);
     for bad in ["0", "ten", "99999999999"] {
-        let r = ops
-            .submit(
-                "/console/operators",
-                "/console/operators/credits",
-                &[("customer_id", &id), ("amount", bad)],
-            )
-            .await;
+        let r = grant_credits(&mut ops, &id, bad).await;
         assert_eq!(r.status, StatusCode::BAD_REQUEST, "{bad}");
     }
-    let r = ops
-        .submit(
-            "/console/operators",
-            "/console/operators/credits",
-            &[("customer_id", "C-000000000000000"), ("amount", "5")],
-        )
-        .await;
+    let r = grant_credits(&mut ops, "C-000000000000000", "5").await;
     assert_eq!(r.status, StatusCode::NOT_FOUND);
 
     // Disabling: the API refuses its tokens, its console session ends, it
     // cannot log in; enabling undoes it.
     let token = app.token(&id, PASSWORD).await;
-    let r = ops
-        .submit(
-            "/console/operators",
-            "/console/operators/disabled",
-            &[("customer_id", &id), ("disabled", "true")],
-        )
-        .await;
+    let r = set_disabled(&mut ops, &id, "true").await;
     assert_eq!(r.status, StatusCode::SEE_OTHER);
-    assert!(
-        app.store
-            .account_get(&cid)
-            .await
-            .expect("get")
-            .expect("a")
-            .disabled
-    );
+    assert!(app.account(&cid).await.disabled);
     assert_eq!(
         app.send(&token, "91", "9876543210").await.status,
         StatusCode::UNAUTHORIZED
@@ -385,13 +267,7 @@ async fn the_operator_lists_accounts_adds_credits_and_disables_one() {
     let list = ops.get("/console/operators").await;
     assert!(list.body.contains("disabled"));
 
-    let r = ops
-        .submit(
-            "/console/operators",
-            "/console/operators/disabled",
-            &[("customer_id", &id), ("disabled", "false")],
-        )
-        .await;
+    let r = set_disabled(&mut ops, &id, "false").await;
     assert_eq!(r.status, StatusCode::SEE_OTHER);
     assert_eq!(
         user.log_in(&id, PASSWORD).await.status,
@@ -405,10 +281,8 @@ async fn the_operator_lists_accounts_adds_credits_and_disables_one() {
 
 #[tokio::test]
 async fn without_an_operator_configured_nobody_logs_in_as_one() {
-    let mut s = test_settings();
-    s.console.admin_password = None;
-    let app = spawn_with(s).await;
-    let mut v = Visitor::new(&app);
+    let app = spawn_tuned(|s| s.console.admin_password = None).await;
+    let mut v = Visitor::new(&app.base);
     let r = v.log_in(ADMIN_EMAIL, ADMIN_PASSWORD).await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
     assert_eq!(
@@ -419,10 +293,8 @@ async fn without_an_operator_configured_nobody_logs_in_as_one() {
 
 #[tokio::test]
 async fn a_server_without_the_console_serves_no_console() {
-    let mut s = test_settings();
-    s.console.enabled = false;
-    let app = spawn_with(s).await;
-    let mut v = Visitor::new(&app);
+    let app = spawn_tuned(|s| s.console.enabled = false).await;
+    let mut v = Visitor::new(&app.base);
     for path in ["/console", "/console/login", "/console/assets/htmx.min.js"] {
         let r = v.get(path).await;
         assert_eq!(r.status, StatusCode::NOT_FOUND, "{path}");
@@ -432,4 +304,31 @@ async fn a_server_without_the_console_serves_no_console() {
             r.body
         );
     }
+}
+
+/// Posts the Credentials page's password form, the new password confirmed.
+async fn change_password(v: &mut Visitor, current: &str, new: &str) -> Page {
+    let fields = [("current", current), ("new", new), ("confirm", new)];
+    v.submit(
+        "/console/credentials",
+        "/console/credentials/password",
+        &fields,
+    )
+    .await
+}
+
+/// The operator adds `amount` (a signed number, as typed) to `customer`'s
+/// credits through the Operators page.
+async fn grant_credits(ops: &mut Visitor, customer: &str, amount: &str) -> Page {
+    let fields = [("customer_id", customer), ("amount", amount)];
+    ops.submit("/console/operators", "/console/operators/credits", &fields)
+        .await
+}
+
+/// The operator disables (`"true"`) or enables (`"false"`) `customer`
+/// through the Operators page.
+async fn set_disabled(ops: &mut Visitor, customer: &str, disabled: &str) -> Page {
+    let fields = [("customer_id", customer), ("disabled", disabled)];
+    ops.submit("/console/operators", "/console/operators/disabled", &fields)
+        .await
 }

@@ -6,17 +6,19 @@
 //! `target/console-screenshots/`.
 
 use std::any::Any;
+use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use fantoccini::{Client, ClientBuilder, Locator};
+use futures::FutureExt;
 use hyper_util::client::legacy::connect::HttpConnector;
 use serde_json::json;
 use tokio::process::{Child, Command};
 use tokio::sync::{Mutex, MutexGuard};
 
-use crate::helpers::TempDir;
+use crate::helpers::{ConsoleApp, PASSWORD, TempDir};
 use otpgate_testkit::{free_port, require_services};
 
 pub const CHROMIUM: &str = "/usr/bin/chromium";
@@ -115,6 +117,33 @@ impl Browser {
             _profile: profile,
             _turn: turn,
         })
+    }
+
+    /// Runs test `name`: starts a browser (or skips, as [`Browser::start`]
+    /// says), then the server `app` makes, then `flow` on both, and ends
+    /// as [`Browser::finish`] does.
+    pub async fn run(
+        name: &str,
+        app: impl Future<Output = ConsoleApp>,
+        flow: impl AsyncFnOnce(&Browser, &ConsoleApp),
+    ) {
+        let Some(b) = Browser::start(name).await else {
+            return;
+        };
+        let app = app.await;
+        let outcome = AssertUnwindSafe(flow(&b, &app)).catch_unwind().await;
+        b.finish(outcome).await;
+    }
+
+    /// Fills the sign-up form on the current page (`email`, [`PASSWORD`]
+    /// twice, country IN) and submits it.
+    pub async fn fill_sign_up(&self, email: &str) {
+        self.fill("email", email).await;
+        self.fill("password", PASSWORD).await;
+        self.fill("confirm", PASSWORD).await;
+        self.fill("country", "IN").await;
+        self.click("form[action=\"/console/signup\"] button[type=submit]")
+            .await;
     }
 
     /// Ends the test: on a panic, saves a screenshot first; then closes the

@@ -1,11 +1,8 @@
 //! Browser tests: headless Chromium through the console, the API driven
 //! from the test beside it with reqwest.
 
-use std::panic::AssertUnwindSafe;
 use std::time::Duration;
 
-use futures::FutureExt;
-use otpgate_server::accounts::{self, NewAccountRequest};
 use reqwest::StatusCode;
 
 use crate::browser::Browser;
@@ -13,27 +10,18 @@ use crate::helpers::{ConsoleApp, PASSWORD, Visitor, code_in, spawn};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sign_up_send_see_delivery_read_inbox_validate_and_count_it() {
-    let Some(b) =
-        Browser::start("sign_up_send_see_delivery_read_inbox_validate_and_count_it").await
-    else {
-        return;
-    };
-    let app = spawn().await;
-    let outcome = AssertUnwindSafe(signup_to_completed(&b, &app))
-        .catch_unwind()
-        .await;
-    b.finish(outcome).await;
+    Browser::run(
+        "sign_up_send_see_delivery_read_inbox_validate_and_count_it",
+        spawn(),
+        signup_to_completed,
+    )
+    .await;
 }
 
 async fn signup_to_completed(b: &Browser, app: &ConsoleApp) {
     // Sign up in the browser; the welcome page shows the customerId once.
     b.goto(&app.url("/console/signup")).await;
-    b.fill("email", "dev@example.com").await;
-    b.fill("password", PASSWORD).await;
-    b.fill("confirm", PASSWORD).await;
-    b.fill("country", "IN").await;
-    b.click("form[action=\"/console/signup\"] button[type=submit]")
-        .await;
+    b.fill_sign_up("dev@example.com").await;
     let id = b.text("#customer-id").await;
     assert!(id.starts_with("C-") && id.len() == 17, "{id}");
     assert_eq!(b.text("#test-credits").await, "100");
@@ -182,32 +170,16 @@ async fn signup_to_completed(b: &Browser, app: &ConsoleApp) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn settings_saved_in_the_console_apply_to_the_next_api_send() {
-    let Some(b) = Browser::start("settings_saved_in_the_console_apply_to_the_next_api_send").await
-    else {
-        return;
-    };
-    let app = spawn().await;
-    let outcome = AssertUnwindSafe(settings_apply(&b, &app))
-        .catch_unwind()
-        .await;
-    b.finish(outcome).await;
+    Browser::run(
+        "settings_saved_in_the_console_apply_to_the_next_api_send",
+        spawn(),
+        settings_apply,
+    )
+    .await;
 }
 
 async fn settings_apply(b: &Browser, app: &ConsoleApp) {
-    let account = accounts::create(
-        app.store.as_ref(),
-        &app.clock,
-        &app.settings,
-        NewAccountRequest {
-            password: PASSWORD.into(),
-            email: Some("brand@example.com".into()),
-            country: Some("GB".into()),
-            credits: None,
-            settings: Default::default(),
-        },
-    )
-    .await
-    .expect("account");
+    let account = app.create_account("brand@example.com", "GB").await;
     let id = account.customer_id.to_string();
     let token = app.token(&id, PASSWORD).await;
     // Before: India is allowed.
@@ -226,12 +198,7 @@ async fn settings_apply(b: &Browser, app: &ConsoleApp) {
     b.fill("allowed_country_codes", "44").await;
     b.click("form.settings button[type=submit]").await;
     assert!(b.text(".notice").await.starts_with("Saved"));
-    let stored = app
-        .store
-        .account_get(&account.customer_id)
-        .await
-        .expect("get")
-        .expect("account");
+    let stored = app.account(&account.customer_id).await;
     assert_eq!(stored.settings.brand_name.as_deref(), Some("Acme Sandbox"));
     assert_eq!(stored.settings.allowed_country_codes, Some(vec![44]));
 
@@ -262,16 +229,12 @@ async fn settings_apply(b: &Browser, app: &ConsoleApp) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn script_in_an_email_or_brand_name_is_shown_as_text_and_never_runs() {
-    let Some(b) =
-        Browser::start("script_in_an_email_or_brand_name_is_shown_as_text_and_never_runs").await
-    else {
-        return;
-    };
-    let app = spawn().await;
-    let outcome = AssertUnwindSafe(injected_script_is_inert(&b, &app))
-        .catch_unwind()
-        .await;
-    b.finish(outcome).await;
+    Browser::run(
+        "script_in_an_email_or_brand_name_is_shown_as_text_and_never_runs",
+        spawn(),
+        injected_script_is_inert,
+    )
+    .await;
 }
 
 const EVIL_EMAIL: &str = "<script>window.__pwned=1</script>@x.io";
@@ -313,7 +276,7 @@ async fn assert_inert(b: &Browser, page: &str) {
 async fn injected_script_is_inert(b: &Browser, app: &ConsoleApp) {
     // Sign up with a script for an e-mail (the form's type=email would stop
     // a browser, so the form is posted directly).
-    let mut v = Visitor::new(app);
+    let mut v = Visitor::new(&app.base);
     let (_, id) = v.sign_up(EVIL_EMAIL, PASSWORD).await;
 
     // The server's HTML has it escaped.

@@ -1,8 +1,7 @@
 //! `spawn()`: the server with the console, on a manual clock; API helpers
 //! (token, send, validate, the inbox); and [`Visitor`], a console user
-//! without a browser.
+//! without a browser (from the testkit).
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,10 +11,10 @@ use otpgate_core::{Clock, ManualClock, SystemClock};
 use otpgate_server::Settings;
 use otpgate_store::{InboxEntry, Store};
 use reqwest::StatusCode;
-use reqwest::header::HeaderMap;
 use serde_json::Value;
 
 pub use crate::common::{Running, TempDir, code_in, run_app};
+pub use otpgate_testkit::console::{Page, Visitor};
 
 pub const PASSWORD: &str = "correct horse battery";
 pub const ADMIN_EMAIL: &str = "ops@otpgate.test";
@@ -41,6 +40,13 @@ pub struct ConsoleApp {
 
 pub async fn spawn() -> ConsoleApp {
     spawn_with(test_settings()).await
+}
+
+/// [`spawn_with`] the test settings as `tune` changes them.
+pub async fn spawn_tuned(tune: impl FnOnce(&mut Settings)) -> ConsoleApp {
+    let mut s = test_settings();
+    tune(&mut s);
+    spawn_with(s).await
 }
 
 pub async fn spawn_with(settings: Settings) -> ConsoleApp {
@@ -87,6 +93,42 @@ async fn api(r: reqwest::Response) -> Api {
 }
 
 impl ConsoleApp {
+    /// Account `id` as the store holds it now; it must exist.
+    pub async fn account(&self, id: &otpgate_core::CustomerId) -> otpgate_store::Account {
+        self.store
+            .account_get(id)
+            .await
+            .expect("get")
+            .expect("the account exists")
+    }
+
+    /// A new visitor signed up through the form as `email` with
+    /// [`PASSWORD`], and its customerId.
+    pub async fn signed_up(&self, email: &str) -> (Visitor, String) {
+        let mut v = Visitor::new(&self.base);
+        let (_, id) = v.sign_up(email, PASSWORD).await;
+        (v, id)
+    }
+
+    /// Creates an account for `email` in `country` with [`PASSWORD`] and
+    /// the defaults a sign-up gets, as the server's account code does.
+    pub async fn create_account(&self, email: &str, country: &str) -> otpgate_store::Account {
+        otpgate_server::accounts::create(
+            self.store.as_ref(),
+            &self.clock,
+            &self.settings,
+            otpgate_server::accounts::NewAccountRequest {
+                password: PASSWORD.into(),
+                email: Some(email.into()),
+                country: Some(country.into()),
+                credits: None,
+                settings: Default::default(),
+            },
+        )
+        .await
+        .expect("account")
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
@@ -171,174 +213,5 @@ impl ConsoleApp {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         panic!("verification {id} never left the queue");
-    }
-}
-
-/// A console page as a test sees it.
-#[derive(Debug)]
-pub struct Page {
-    pub status: StatusCode,
-    pub headers: HeaderMap,
-    pub body: String,
-}
-
-impl Page {
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(name).and_then(|v| v.to_str().ok())
-    }
-
-    pub fn location(&self) -> Option<&str> {
-        self.header("location")
-    }
-
-    pub fn set_cookies(&self) -> Vec<&str> {
-        self.headers
-            .get_all("set-cookie")
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .collect()
-    }
-
-    /// The first hidden `csrf` field's value.
-    pub fn csrf(&self) -> String {
-        attr_after(&self.body, "name=\"csrf\" value=\"").expect("a csrf field")
-    }
-
-    /// The text of the element with this id (`id="…">TEXT<`).
-    pub fn text_of(&self, id: &str) -> Option<String> {
-        let (_, rest) = self.body.split_once(&format!("id=\"{id}\""))?;
-        let (_, rest) = rest.split_once('>')?;
-        rest.split_once('<').map(|(t, _)| t.trim().to_owned())
-    }
-}
-
-fn attr_after(html: &str, marker: &str) -> Option<String> {
-    let (_, rest) = html.split_once(marker)?;
-    rest.split_once('"').map(|(v, _)| v.to_owned())
-}
-
-/// A console user without a browser: follows nothing, keeps cookies by
-/// hand (as a browser would for `Path=/console`).
-pub struct Visitor {
-    http: reqwest::Client,
-    base: String,
-    pub cookies: BTreeMap<String, String>,
-}
-
-impl Visitor {
-    pub fn new(app: &ConsoleApp) -> Self {
-        Self {
-            http: reqwest::Client::builder()
-                .redirect(reqwest::redirect::Policy::none())
-                .build()
-                .expect("client"),
-            base: app.base.clone(),
-            cookies: BTreeMap::new(),
-        }
-    }
-
-    fn cookie_header(&self) -> String {
-        self.cookies
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect::<Vec<_>>()
-            .join("; ")
-    }
-
-    async fn finish(&mut self, r: reqwest::Response) -> Page {
-        let status = r.status();
-        let headers = r.headers().clone();
-        for c in headers
-            .get_all("set-cookie")
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-        {
-            let first = c.split(';').next().unwrap_or("");
-            if let Some((k, v)) = first.split_once('=') {
-                if v.is_empty() || c.contains("Max-Age=0") {
-                    self.cookies.remove(k);
-                } else {
-                    self.cookies.insert(k.to_owned(), v.to_owned());
-                }
-            }
-        }
-        let body = r.text().await.expect("body");
-        Page {
-            status,
-            headers,
-            body,
-        }
-    }
-
-    pub async fn get(&mut self, path: &str) -> Page {
-        self.get_with(path, &[]).await
-    }
-
-    pub async fn get_with(&mut self, path: &str, headers: &[(&str, &str)]) -> Page {
-        let mut req = self
-            .http
-            .get(format!("{}{path}", self.base))
-            .header("cookie", self.cookie_header());
-        for (k, v) in headers {
-            req = req.header(*k, *v);
-        }
-        let r = req.send().await.expect("get");
-        self.finish(r).await
-    }
-
-    pub async fn post(&mut self, path: &str, fields: &[(&str, &str)]) -> Page {
-        let r = self
-            .http
-            .post(format!("{}{path}", self.base))
-            .header("cookie", self.cookie_header())
-            .form(fields)
-            .send()
-            .await
-            .expect("post");
-        self.finish(r).await
-    }
-
-    /// Signs up through the form; returns the welcome page and the new
-    /// customerId.
-    pub async fn sign_up(&mut self, email: &str, password: &str) -> (Page, String) {
-        let form = self.get("/console/signup").await;
-        assert_eq!(form.status, StatusCode::OK);
-        let csrf = form.csrf();
-        let page = self
-            .post(
-                "/console/signup",
-                &[
-                    ("csrf", &csrf),
-                    ("email", email),
-                    ("password", password),
-                    ("confirm", password),
-                    ("country", "IN"),
-                ],
-            )
-            .await;
-        assert_eq!(page.status, StatusCode::CREATED, "{}", page.body);
-        let id = page
-            .text_of("customer-id")
-            .expect("customer-id on the welcome page");
-        (page, id)
-    }
-
-    /// Logs in through the form; returns the answer (303 on success).
-    pub async fn log_in(&mut self, login: &str, password: &str) -> Page {
-        let form = self.get("/console/login").await;
-        let csrf = form.csrf();
-        self.post(
-            "/console/login",
-            &[("csrf", &csrf), ("login", login), ("password", password)],
-        )
-        .await
-    }
-
-    /// GETs a page and posts one of its forms with this session's token.
-    pub async fn submit(&mut self, page: &str, action: &str, fields: &[(&str, &str)]) -> Page {
-        let csrf = self.get(page).await.csrf();
-        let mut all = vec![("csrf", csrf.as_str())];
-        all.extend_from_slice(fields);
-        self.post(action, &all).await
     }
 }

@@ -4,7 +4,7 @@
 use otpgate_core::Clock;
 use reqwest::StatusCode;
 
-use crate::helpers::{PASSWORD, Visitor, code_in, spawn_with, test_settings};
+use crate::helpers::{PASSWORD, Visitor, code_in, spawn_tuned, spawn_with, test_settings};
 
 /// The verification ids of a log page's rows, in order.
 fn ids(body: &str) -> Vec<String> {
@@ -18,11 +18,8 @@ fn ids(body: &str) -> Vec<String> {
 async fn the_log_pages_newest_first_and_filters_by_number_status_and_date() {
     // Thirty unvalidated sends to one prefix: the fraud guard would block
     // them after twenty, and this test is about the log.
-    let mut settings = test_settings();
-    settings.fraud.guard = false;
-    let app = spawn_with(settings).await;
-    let mut v = Visitor::new(&app);
-    let (_, id) = v.sign_up("log@example.com", PASSWORD).await;
+    let app = spawn_tuned(|s| s.fraud.guard = false).await;
+    let (mut v, id) = app.signed_up("log@example.com").await;
     let token = app.token(&id, PASSWORD).await;
     let mut sent = Vec::new();
     for n in 0..30 {
@@ -119,8 +116,7 @@ async fn the_log_pages_newest_first_and_filters_by_number_status_and_date() {
 #[tokio::test]
 async fn the_log_filters_by_date_across_days() {
     let app = spawn_with(test_settings()).await;
-    let mut v = Visitor::new(&app);
-    let (_, id) = v.sign_up("dates@example.com", PASSWORD).await;
+    let (_, id) = app.signed_up("dates@example.com").await;
     let token = app.token(&id, PASSWORD).await;
     // Three days, two sends a day; each send's date as the console writes it.
     let mut sent: Vec<(String, String)> = Vec::new();
@@ -136,7 +132,7 @@ async fn the_log_filters_by_date_across_days() {
         app.clock.advance_ms(86_400_000);
     }
     // The console session has expired over those days: sign in afresh.
-    let mut v = Visitor::new(&app);
+    let mut v = Visitor::new(&app.base);
     v.log_in("dates@example.com", PASSWORD).await;
     let mut days: Vec<String> = sent.iter().map(|(_, d)| d.clone()).collect();
     days.dedup();
@@ -203,8 +199,7 @@ channels = ["wa-inbox"]
     settings.channels = sms.channels;
     settings.routes = sms.routes;
     let app = crate::helpers::spawn_with(settings).await;
-    let mut v = Visitor::new(&app);
-    let (_, cid) = v.sign_up("steps@example.com", PASSWORD).await;
+    let (mut v, cid) = app.signed_up("steps@example.com").await;
     let token = app.token(&cid, PASSWORD).await;
     let id = app.send_ok(&token, "91", "9876500001").await;
     app.delivered(&id).await;

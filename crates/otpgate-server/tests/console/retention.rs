@@ -19,8 +19,7 @@ async fn old_verifications_and_their_numbers_go_while_the_dashboards_counts_stay
     let now = otpgate_core::Clock::now_ms(&otpgate_core::SystemClock);
     let start = now - now.rem_euclid(DAY_MS) - 3 * DAY_MS + DAY_MS / 2;
     let app = spawn_at(settings, start).await;
-    let mut v = Visitor::new(&app);
-    let (_, customer) = v.sign_up("keep@otpgate.test", PASSWORD).await;
+    let (mut v, customer) = app.signed_up("keep@otpgate.test").await;
     let t = app.token(&customer, PASSWORD).await;
     let numbers = ["9876501111", "9876502222", "9876503333"];
     let mut ids = Vec::new();

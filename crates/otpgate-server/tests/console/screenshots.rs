@@ -3,11 +3,7 @@
 //! `target/console-screenshots/pages/` to look at. The test also checks
 //! that no page is wider than the phone's screen.
 
-use std::panic::AssertUnwindSafe;
-
-use futures::FutureExt;
 use otpgate_core::{Clock, SystemClock};
-use otpgate_server::accounts::{self, NewAccountRequest};
 
 use crate::browser::{Browser, DESKTOP, PHONE, screenshot_dir};
 use crate::helpers::{
@@ -18,30 +14,17 @@ const DAY_MS: i64 = 86_400_000;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_page_renders_at_desktop_and_phone_width() {
-    let Some(b) = Browser::start("every_page_renders_at_desktop_and_phone_width").await else {
-        return;
-    };
     // Start three weeks ago and live through them, so the chart has days.
-    let app = spawn_at(test_settings(), SystemClock.now_ms() - 20 * DAY_MS).await;
-    let outcome = AssertUnwindSafe(pages(&b, &app)).catch_unwind().await;
-    b.finish(outcome).await;
+    Browser::run(
+        "every_page_renders_at_desktop_and_phone_width",
+        spawn_at(test_settings(), SystemClock.now_ms() - 20 * DAY_MS),
+        pages,
+    )
+    .await;
 }
 
 async fn fill_history(app: &ConsoleApp) -> String {
-    let account = accounts::create(
-        app.store.as_ref(),
-        &app.clock,
-        &app.settings,
-        NewAccountRequest {
-            password: PASSWORD.into(),
-            email: Some("app.developer@example.com".into()),
-            country: Some("IN".into()),
-            credits: None,
-            settings: Default::default(),
-        },
-    )
-    .await
-    .expect("account");
+    let account = app.create_account("app.developer@example.com", "IN").await;
     let id = account.customer_id.to_string();
     app.store
         .account_add_credits(&account.customer_id, 2500)
@@ -133,12 +116,7 @@ async fn pages(b: &Browser, app: &ConsoleApp) {
     shoot(b, "login").await;
     b.goto(&app.url("/console/signup")).await;
     shoot(b, "signup").await;
-    b.fill("email", "new.user@example.com").await;
-    b.fill("password", PASSWORD).await;
-    b.fill("confirm", PASSWORD).await;
-    b.fill("country", "IN").await;
-    b.click("form[action=\"/console/signup\"] button[type=submit]")
-        .await;
+    b.fill_sign_up("new.user@example.com").await;
     b.find("#customer-id").await;
     shoot(b, "welcome").await;
     b.click("form.logout button").await;

@@ -4,54 +4,44 @@
 
 use reqwest::StatusCode;
 
-use crate::helpers::{PASSWORD, Visitor, spawn, spawn_with, test_settings};
+use crate::helpers::{PASSWORD, Visitor, spawn, spawn_tuned, spawn_with, test_settings};
 use otpgate_server::console::CONTENT_SECURITY_POLICY;
 use otpgate_store::AccountSettings;
+
+/// `fields` with `csrf` as the form's token, first.
+fn with_csrf<'a>(csrf: &'a str, fields: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
+    [&[("csrf", csrf)][..], fields].concat()
+}
 
 #[tokio::test]
 async fn a_form_posted_without_its_csrf_token_is_refused_with_403() {
     let app = spawn().await;
-    let mut v = Visitor::new(&app);
-    let (_, id) = v.sign_up("csrf@example.com", PASSWORD).await;
+    let (mut v, id) = app.signed_up("csrf@example.com").await;
     let fields = [("brand_name", "Evil"), ("allowed_country_codes", "1")];
 
     let none = v.post("/console/settings", &fields).await;
     assert_eq!(none.status, StatusCode::FORBIDDEN);
     assert!(none.body.contains("Form refused"));
-    let empty = v
-        .post(
-            "/console/settings",
-            &[&[("csrf", "")][..], &fields].concat(),
-        )
-        .await;
+    let empty = v.post("/console/settings", &with_csrf("", &fields)).await;
     assert_eq!(empty.status, StatusCode::FORBIDDEN);
     let forged = "A".repeat(43);
     let wrong = v
-        .post(
-            "/console/settings",
-            &[&[("csrf", forged.as_str())][..], &fields].concat(),
-        )
+        .post("/console/settings", &with_csrf(&forged, &fields))
         .await;
     assert_eq!(wrong.status, StatusCode::FORBIDDEN);
 
     // Another session's token is no good here either.
-    let mut other = Visitor::new(&app);
+    let mut other = Visitor::new(&app.base);
     other.sign_up("other@example.com", PASSWORD).await;
     let theirs = other.get("/console/settings").await.csrf();
     let borrowed = v
-        .post(
-            "/console/settings",
-            &[&[("csrf", theirs.as_str())][..], &fields].concat(),
-        )
+        .post("/console/settings", &with_csrf(&theirs, &fields))
         .await;
     assert_eq!(borrowed.status, StatusCode::FORBIDDEN);
 
     let account = app
-        .store
-        .account_get(&otpgate_core::CustomerId::parse(&id).expect("id"))
-        .await
-        .expect("get")
-        .expect("account");
+        .account(&otpgate_core::CustomerId::parse(&id).expect("id"))
+        .await;
     // As sign-up left them: its own country only.
     assert_eq!(
         account.settings,
@@ -77,7 +67,7 @@ async fn a_form_posted_without_its_csrf_token_is_refused_with_403() {
         let r = v.post(path, &fields).await;
         assert_eq!(r.status, StatusCode::FORBIDDEN, "{path}");
     }
-    let mut anon = Visitor::new(&app);
+    let mut anon = Visitor::new(&app.base);
     let _ = anon.get("/console/login").await;
     for (path, fields) in [
         (
@@ -110,9 +100,8 @@ async fn a_form_posted_without_its_csrf_token_is_refused_with_403() {
 #[tokio::test]
 async fn operator_forms_need_the_token_too() {
     let app = spawn().await;
-    let mut user = Visitor::new(&app);
-    let (_, id) = user.sign_up("victim@example.com", PASSWORD).await;
-    let mut ops = Visitor::new(&app);
+    let (_, id) = app.signed_up("victim@example.com").await;
+    let mut ops = Visitor::new(&app.base);
     let r = ops
         .log_in(crate::helpers::ADMIN_EMAIL, crate::helpers::ADMIN_PASSWORD)
         .await;
@@ -134,11 +123,8 @@ async fn operator_forms_need_the_token_too() {
         );
     }
     let a = app
-        .store
-        .account_get(&otpgate_core::CustomerId::parse(&id).expect("id"))
-        .await
-        .expect("get")
-        .expect("account");
+        .account(&otpgate_core::CustomerId::parse(&id).expect("id"))
+        .await;
     assert_eq!(a.credits, 0);
     assert!(!a.disabled);
 }
@@ -162,7 +148,7 @@ fn assert_hardened(page: &crate::helpers::Page) {
 #[tokio::test]
 async fn cookies_are_httponly_samesite_strict_and_pages_carry_the_policy() {
     let app = spawn().await;
-    let mut v = Visitor::new(&app);
+    let mut v = Visitor::new(&app.base);
     let login = v.get("/console/login").await;
     assert_eq!(login.status, StatusCode::OK);
     assert_hardened(&login);
@@ -220,7 +206,7 @@ async fn cookies_are_httponly_samesite_strict_and_pages_carry_the_policy() {
         Some("/console/dashboard")
     );
     assert_eq!(
-        Visitor::new(&app).get("/console").await.location(),
+        Visitor::new(&app.base).get("/console").await.location(),
         Some("/console/login")
     );
     assert_eq!(v.get("/console/").await.location(), Some("/console"));
@@ -241,7 +227,7 @@ async fn cookies_are_httponly_samesite_strict_and_pages_carry_the_policy() {
     let mut s = test_settings();
     s.console.secure_cookies = true;
     let tls = spawn_with(s).await;
-    let mut v = Visitor::new(&tls);
+    let mut v = Visitor::new(&tls.base);
     let login = v.get("/console/login").await;
     assert!(login.set_cookies().iter().all(|c| c.contains("; Secure")));
     let (welcome, _) = v.sign_up("tls@example.com", PASSWORD).await;
@@ -250,13 +236,10 @@ async fn cookies_are_httponly_samesite_strict_and_pages_carry_the_policy() {
 
 #[tokio::test]
 async fn log_ins_are_throttled_after_repeated_failures() {
-    let mut s = test_settings();
-    s.console.max_login_failures = 3;
-    let app = spawn_with(s).await;
-    let mut user = Visitor::new(&app);
-    let (_, id) = user.sign_up("throttle@example.com", PASSWORD).await;
+    let app = spawn_tuned(|s| s.console.max_login_failures = 3).await;
+    let (_, id) = app.signed_up("throttle@example.com").await;
 
-    let mut v = Visitor::new(&app);
+    let mut v = Visitor::new(&app.base);
     for _ in 0..3 {
         let r = v.log_in("throttle@example.com", "wrong password").await;
         assert_eq!(r.status, StatusCode::UNAUTHORIZED);
@@ -286,9 +269,9 @@ async fn log_ins_are_throttled_after_repeated_failures() {
 #[tokio::test]
 async fn unknown_names_and_wrong_passwords_get_the_same_answer() {
     let app = spawn().await;
-    let mut user = Visitor::new(&app);
+    let mut user = Visitor::new(&app.base);
     user.sign_up("same@example.com", PASSWORD).await;
-    let mut v = Visitor::new(&app);
+    let mut v = Visitor::new(&app.base);
     let wrong = v.log_in("same@example.com", "not the password").await;
     let unknown = v.log_in("nobody@example.com", "not the password").await;
     let bad_id = v.log_in("C-000000000000000", "not the password").await;
@@ -307,7 +290,7 @@ async fn sessions_end_when_idle_when_too_old_and_at_log_out() {
     s.console.session_idle_secs = 600;
     s.console.session_max_secs = 900;
     let app = spawn_with(s).await;
-    let mut v = Visitor::new(&app);
+    let mut v = Visitor::new(&app.base);
     v.sign_up("idle@example.com", PASSWORD).await;
     assert_eq!(v.get("/console/dashboard").await.status, StatusCode::OK);
 
@@ -350,10 +333,8 @@ async fn sessions_end_when_idle_when_too_old_and_at_log_out() {
 #[tokio::test]
 async fn one_accounts_log_and_inbox_never_show_anothers_rows() {
     let app = spawn().await;
-    let mut a = Visitor::new(&app);
-    let (_, a_id) = a.sign_up("alice@example.com", PASSWORD).await;
-    let mut b = Visitor::new(&app);
-    let (_, b_id) = b.sign_up("bob@example.com", PASSWORD).await;
+    let (mut a, a_id) = app.signed_up("alice@example.com").await;
+    let (mut b, b_id) = app.signed_up("bob@example.com").await;
     let a_token = app.token(&a_id, PASSWORD).await;
     let b_token = app.token(&b_id, PASSWORD).await;
     let a_vid = app.send_ok(&a_token, "91", "9876500001").await;

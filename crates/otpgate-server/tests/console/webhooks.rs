@@ -5,23 +5,24 @@
 
 use reqwest::StatusCode;
 
-use crate::helpers::{PASSWORD, Visitor, spawn};
+use crate::helpers::{PASSWORD, Page, Visitor, spawn};
+
+/// Posts the Settings page's webhook form: `url` with the button `action`
+/// (save, rotate or remove).
+async fn webhook_form(v: &mut Visitor, url: &str, action: &str) -> Page {
+    let fields = [("url", url), ("action", action)];
+    v.submit("/console/settings", "/console/settings/webhook", &fields)
+        .await
+}
 
 #[tokio::test]
 async fn a_webhook_is_set_rotated_and_removed_from_the_settings_page() {
     let app = spawn().await;
-    let mut v = Visitor::new(&app);
-    let (_, id) = v.sign_up("hooks@example.com", PASSWORD).await;
+    let (mut v, id) = app.signed_up("hooks@example.com").await;
     let customer = otpgate_core::CustomerId::parse(&id).unwrap();
 
     // An internal address is refused, with the reason and the URL kept.
-    let refused = v
-        .submit(
-            "/console/settings",
-            "/console/settings/webhook",
-            &[("url", "http://169.254.169.254/latest"), ("action", "save")],
-        )
-        .await;
+    let refused = webhook_form(&mut v, "http://169.254.169.254/latest", "save").await;
     assert_eq!(refused.status, StatusCode::UNPROCESSABLE_ENTITY);
     assert!(
         refused.body.contains("private, loopback or link-local"),
@@ -31,13 +32,7 @@ async fn a_webhook_is_set_rotated_and_removed_from_the_settings_page() {
     assert!(refused.body.contains("169.254.169.254/latest"));
     assert!(app.store.webhook_get(&customer).await.unwrap().is_none());
 
-    let saved = v
-        .submit(
-            "/console/settings",
-            "/console/settings/webhook",
-            &[("url", "https://hooks.example.com/otp"), ("action", "save")],
-        )
-        .await;
+    let saved = webhook_form(&mut v, "https://hooks.example.com/otp", "save").await;
     assert_eq!(saved.status, StatusCode::SEE_OTHER, "{}", saved.body);
     let hook = app
         .store
@@ -56,23 +51,13 @@ async fn a_webhook_is_set_rotated_and_removed_from_the_settings_page() {
     assert!(page.body.contains(&secret));
 
     // A new URL keeps the secret; "New secret" replaces it.
-    v.submit(
-        "/console/settings",
-        "/console/settings/webhook",
-        &[("url", "https://hooks.example.com/v2"), ("action", "save")],
-    )
-    .await;
+    webhook_form(&mut v, "https://hooks.example.com/v2", "save").await;
     let hook = app.store.webhook_get(&customer).await.unwrap().unwrap();
     assert_eq!(
         (hook.url.as_str(), hook.secret.expose()),
         ("https://hooks.example.com/v2", secret.as_str())
     );
-    v.submit(
-        "/console/settings",
-        "/console/settings/webhook",
-        &[("url", ""), ("action", "rotate")],
-    )
-    .await;
+    webhook_form(&mut v, "", "rotate").await;
     let rotated = app.store.webhook_get(&customer).await.unwrap().unwrap();
     assert_ne!(rotated.secret.expose(), secret);
 
@@ -87,19 +72,14 @@ async fn a_webhook_is_set_rotated_and_removed_from_the_settings_page() {
         events.body
     );
     assert!(events.body.contains(&vid));
-    let mut other = Visitor::new(&app);
+    let mut other = Visitor::new(&app.base);
     other.sign_up("other@example.com", PASSWORD).await;
     let theirs = other.get("/console/events").await;
     assert!(!theirs.body.contains(&vid));
     assert!(theirs.body.contains("No webhook is set"));
 
     // Removal: the next send queues no event.
-    v.submit(
-        "/console/settings",
-        "/console/settings/webhook",
-        &[("url", ""), ("action", "remove")],
-    )
-    .await;
+    webhook_form(&mut v, "", "remove").await;
     assert!(app.store.webhook_get(&customer).await.unwrap().is_none());
     app.send_ok(&token, "91", "9876543211").await;
     assert_eq!(app.store.event_list(&customer, 10).await.unwrap().len(), 1);

@@ -12,6 +12,20 @@ use otpgate_server::events::sign;
 use crate::sim::Simulator;
 use crate::support::*;
 
+/// The simulator as the event tests run it (receipts 100 ms after each
+/// submit, numbers under +91 99999 rejected for good) and a server on it
+/// with its data in a directory tagged `tag`; `None` when the simulator
+/// cannot run (the test is skipped).
+async fn events_setup(test: &str, tag: &str) -> Option<(Simulator, TempDir, Server)> {
+    let sim = Simulator::start(
+        test,
+        &["--receipt-delay-ms", "100", "--reject-prefix", "9199999"],
+    )?;
+    let dir = TempDir::new(tag);
+    let server = start(settings(sim.port, &dir)).await;
+    Some((sim, dir, server))
+}
+
 /// Three verifications: one completed, one whose message the SMSC rejects,
 /// one left to expire. Returns (id, the events it must produce).
 async fn flow(server: &Server, sim: &Simulator) -> Vec<(String, Vec<&'static str>)> {
@@ -20,18 +34,7 @@ async fn flow(server: &Server, sim: &Simulator) -> Vec<(String, Vec<&'static str
     // The delivered event needs the receipt (100 ms after the submit).
     let rejected = server.send("9999900002", "60").await;
     let expiring = server.send("9876500003", "1").await;
-    eventually(10, "the first receipt", async || {
-        server
-            .store
-            .verification_get(
-                &server.account.customer_id,
-                otpgate_core::VerificationId::parse(&done).unwrap(),
-            )
-            .await
-            .unwrap()
-            .is_some_and(|v| v.delivery == otpgate_core::DeliveryStatus::Delivered)
-    })
-    .await;
+    server.wait_delivered(&done, 10, "the first receipt").await;
     assert_eq!(server.validate(&done, &code).await, 200);
     vec![
         (
@@ -78,27 +81,10 @@ fn expected_map(flow: &[(String, Vec<&'static str>)]) -> BTreeMap<String, BTreeS
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_receiver_gets_every_event_of_a_flow_each_validly_signed() {
     let test = "a_receiver_gets_every_event_of_a_flow_each_validly_signed";
-    let Some(sim) = Simulator::start(
-        test,
-        &["--receipt-delay-ms", "100", "--reject-prefix", "9199999"],
-    ) else {
+    let Some((sim, _dir, server)) = events_setup(test, "ops-events").await else {
         return;
     };
-    let dir = TempDir::new("ops-events");
-    let server = start(settings(sim.port, &dir)).await;
-    let receiver = Receiver::start(0).await;
-    let secret = sign::new_secret();
-    receiver.set_secret(&secret);
-    server
-        .store
-        .webhook_set(
-            &server.account.customer_id,
-            &receiver.url(),
-            &secret,
-            SystemClock.now_ms(),
-        )
-        .await
-        .unwrap();
+    let (receiver, secret) = server.webhook_receiver().await;
 
     let flow = flow(&server, &sim).await;
     let expected = expected_map(&flow);
@@ -187,14 +173,9 @@ async fn a_receiver_gets_every_event_of_a_flow_each_validly_signed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_receiver_down_for_30_s_gets_every_event_with_the_same_ids_once_up() {
     let test = "a_receiver_down_for_30_s_gets_every_event_with_the_same_ids_once_up";
-    let Some(sim) = Simulator::start(
-        test,
-        &["--receipt-delay-ms", "100", "--reject-prefix", "9199999"],
-    ) else {
+    let Some((sim, _dir, server)) = events_setup(test, "ops-events-down").await else {
         return;
     };
-    let dir = TempDir::new("ops-events-down");
-    let server = start(settings(sim.port, &dir)).await;
     // A port nobody listens on (yet): connections are refused.
     let port = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

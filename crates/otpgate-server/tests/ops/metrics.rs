@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use otpgate_core::SecretString;
 use otpgate_core::{Clock, SystemClock};
-use otpgate_server::events::sign;
 
 use crate::sim::Simulator;
 use crate::support::*;
@@ -66,83 +65,40 @@ async fn every_series_moves_during_a_flow_over_smpp() {
     let server = start(settings).await;
 
     // Not on the API's listener; not without the token.
-    let api = server
-        .http
-        .get(format!("{}/metrics", server.base))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(api.status(), reqwest::StatusCode::NOT_FOUND);
+    use reqwest::StatusCode;
+    let on_api = server.http.get(format!("{}/metrics", server.base));
+    assert_eq!(status_of(on_api).await, StatusCode::NOT_FOUND);
     let port = server.metrics_port.unwrap();
-    let bare = server
-        .http
-        .get(format!("http://127.0.0.1:{port}/metrics"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(bare.status(), reqwest::StatusCode::UNAUTHORIZED);
-    let wrong = server
-        .http
-        .get(format!("http://127.0.0.1:{port}/metrics"))
-        .bearer_auth("scrape-secreT")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(wrong.status(), reqwest::StatusCode::UNAUTHORIZED);
+    let metrics = format!("http://127.0.0.1:{port}/metrics");
+    let bare = server.http.get(&metrics);
+    assert_eq!(status_of(bare).await, StatusCode::UNAUTHORIZED);
+    let wrong = server.http.get(&metrics).bearer_auth("scrape-secreT");
+    assert_eq!(status_of(wrong).await, StatusCode::UNAUTHORIZED);
 
-    let receiver = Receiver::start(0).await;
-    let secret = sign::new_secret();
-    receiver.set_secret(&secret);
-    server
-        .store
-        .webhook_set(
-            &server.account.customer_id,
-            &receiver.url(),
-            &secret,
-            SystemClock.now_ms(),
-        )
-        .await
-        .unwrap();
+    let (receiver, secret) = server.webhook_receiver().await;
 
     let before = scrape(&server).await;
 
     // A wrong key and a bad authToken: token failures.
-    let r = server
+    let wrong_key = server
         .http
         .get(format!("{}{}", server.base, otpgate_api::paths::TOKEN))
         .query(&[
             ("customerId", server.account.customer_id.as_str()),
             ("key", "d3Jvbmc="),
-        ])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), reqwest::StatusCode::UNAUTHORIZED);
-    let r = server
+        ]);
+    assert_eq!(status_of(wrong_key).await, StatusCode::UNAUTHORIZED);
+    let bad_token = server
         .http
         .post(format!("{}/verification/v3/send", server.base))
-        .header("authToken", "not.a.token")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), reqwest::StatusCode::UNAUTHORIZED);
+        .header("authToken", "not.a.token");
+    assert_eq!(status_of(bad_token).await, StatusCode::UNAUTHORIZED);
 
     // One completed after a wrong code, one the SMSC rejects for good.
     let id = server.send("9876500001", "60").await;
     let code = code_sent_to(&sim, "9876500001");
     server.send("9999900002", "60").await;
-    eventually(10, "the receipt", async || {
-        server
-            .store
-            .verification_get(
-                &server.account.customer_id,
-                otpgate_core::VerificationId::parse(&id).unwrap(),
-            )
-            .await
-            .unwrap()
-            .is_some_and(|v| v.delivery == otpgate_core::DeliveryStatus::Delivered)
-    })
-    .await;
+    server.wait_delivered(&id, 10, "the receipt").await;
     let wrong_code = if code.starts_with('1') { "2" } else { "1" }.repeat(code.len());
     assert_eq!(server.validate(&id, &wrong_code).await, 702);
     assert_eq!(server.validate(&id, &code).await, 200);

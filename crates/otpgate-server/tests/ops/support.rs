@@ -56,6 +56,14 @@ allow_private_addresses = true
     toml::from_str(&toml).expect("test settings")
 }
 
+/// Sends `req`; the status of its answer.
+pub async fn status_of(req: reqwest::RequestBuilder) -> reqwest::StatusCode {
+    req.send()
+        .await
+        .expect("the request reaches the server")
+        .status()
+}
+
 pub struct Server {
     pub base: String,
     pub metrics_port: Option<u16>,
@@ -99,6 +107,38 @@ pub async fn start(settings: Settings) -> Server {
 }
 
 impl Server {
+    /// A receiver on a free port, set as the test account's webhook with a
+    /// new secret; the receiver and the secret.
+    pub async fn webhook_receiver(&self) -> (Receiver, String) {
+        let receiver = Receiver::start(0).await;
+        let secret = otpgate_server::events::sign::new_secret();
+        receiver.set_secret(&secret);
+        self.store
+            .webhook_set(
+                &self.account.customer_id,
+                &receiver.url(),
+                &secret,
+                SystemClock.now_ms(),
+            )
+            .await
+            .unwrap();
+        (receiver, secret)
+    }
+
+    /// Waits up to `secs` until verification `id` is marked delivered (its
+    /// receipt came); `what` names the wait in the failure.
+    pub async fn wait_delivered(&self, id: &str, secs: u64, what: &str) {
+        let id = otpgate_core::VerificationId::parse(id).unwrap();
+        eventually(secs, what, async || {
+            self.store
+                .verification_get(&self.account.customer_id, id)
+                .await
+                .unwrap()
+                .is_some_and(|v| v.delivery == otpgate_core::DeliveryStatus::Delivered)
+        })
+        .await;
+    }
+
     /// Sends to `+91 <national>`; returns the verification id.
     pub async fn send(&self, national: &str, timeout: &str) -> String {
         let v: serde_json::Value = self

@@ -6,7 +6,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use otpgate_core::{Clock, CodeHash, CustomerId, PhoneNumber, SystemClock, VerificationId};
+use otpgate_core::{
+    Clock, CodeHash, CustomerId, DeliveryStatus, PhoneNumber, SystemClock, VerificationId,
+};
 use otpgate_sms::config::{SmsConfig, build_table};
 use otpgate_sms::{Delivery, DeliveryConfig, Outgoing, RouteTable, Router};
 use otpgate_store::sqlite::SqliteStore;
@@ -60,15 +62,9 @@ impl Db {
     }
 
     /// Queues a verification to `country_code`/`national` with `text`,
-    /// valid for `valid_ms`.
-    pub async fn queue(
-        &self,
-        country_code: &str,
-        national: &str,
-        text: &str,
-        valid_ms: i64,
-    ) -> Verification {
-        let req = self.request(country_code, national, text, valid_ms);
+    /// valid for a minute.
+    pub async fn queue(&self, country_code: &str, national: &str, text: &str) -> Verification {
+        let req = self.request(country_code, national, text);
         match self.store.verification_create(req).await.expect("create") {
             CreateOutcome::Created(v) => v,
             other => panic!("expected Created, got {other:?}"),
@@ -76,13 +72,7 @@ impl Db {
     }
 
     /// The send [`Db::queue`] makes, not yet made.
-    pub fn request(
-        &self,
-        country_code: &str,
-        national: &str,
-        text: &str,
-        valid_ms: i64,
-    ) -> NewVerification {
+    pub fn request(&self, country_code: &str, national: &str, text: &str) -> NewVerification {
         let n = self.next_id.fetch_add(1, Ordering::Relaxed);
         let now = self.clock.now_ms();
         NewVerification {
@@ -95,7 +85,7 @@ impl Db {
             otp_length: 4,
             max_attempts: 5,
             created_at: now,
-            expires_at: now + valid_ms,
+            expires_at: now + 60_000,
             transaction_id: format!("tx-{n}"),
             price: 1,
             message_text: text.to_owned(),
@@ -152,6 +142,24 @@ impl Db {
         }
     }
 
+    /// Waits until the outbox row's status is `status`.
+    pub async fn wait_status(
+        &self,
+        v: &Verification,
+        status: DeliveryStatus,
+        limit: Duration,
+    ) -> OutboxMessage {
+        let what = format!("{status:?}");
+        self.wait_outbox(v, &what, |m| m.status == status, limit)
+            .await
+    }
+
+    /// Waits until the message has left the queue (sent, or failed).
+    pub async fn wait_dequeued(&self, v: &Verification, limit: Duration) -> OutboxMessage {
+        self.wait_outbox(v, "sent", |m| m.status != DeliveryStatus::Queued, limit)
+            .await
+    }
+
     pub async fn test_credits(&self) -> i64 {
         self.store
             .account_get(&self.customer)
@@ -169,6 +177,16 @@ impl Db {
                 .expect("a valid configuration"),
         )
     }
+}
+
+/// The simulator started as `name` with `args`, a fresh database and a
+/// worker delivering through one SMPP channel `smsc` bound to it; `None`
+/// when the simulator cannot run (the test is skipped, see [`Sim::start`]).
+pub async fn smsc_worker(name: &str, args: &[&str]) -> Option<(Sim, Db, Worker)> {
+    let sim = Sim::start(name, args)?;
+    let db = Db::new().await;
+    let worker = Worker::start(&db, db.build(&smpp_channel("smsc", sim.port(), "")));
+    Some((sim, db, worker))
 }
 
 /// A running outbox worker, stopped (channels closed) by [`Worker::stop`].

@@ -55,7 +55,7 @@ async fn a_handed_over_message_is_delivered_at_once_without_a_claim() {
     );
     drop(second);
 
-    let req = db.request("91", "9876543210", "Your code is 4817", 60_000);
+    let req = db.request("91", "9876543210", "Your code is 4817");
     let (outcome, msg) = db
         .store
         .verification_create_leased(req, reservation.lease())

@@ -17,6 +17,7 @@ use otpgate_sms::config::{ConfigError, ReceiptAuth, SmsConfig, build_table, rece
 use otpgate_sms::{
     Channel, ChannelError, Outgoing, ReceiptError, ReceiptOutcome, Router, handle_http_receipt,
 };
+use otpgate_testkit::kannel::kannel_fills;
 
 use crate::common::{Db, Worker, free_port};
 
@@ -134,6 +135,16 @@ const RECEIPT_TOKEN: &str = "a+b/c=d&e%f é";
 /// [`RECEIPT_TOKEN`] percent-encoded once, as a query value.
 const RECEIPT_TOKEN_ENCODED: &str = "a%2Bb%2Fc%3Dd%26e%25f%20%C3%A9";
 
+/// A channel table with the receipt token taken from `RECEIPT_TOKEN`.
+fn with_receipt_token(table: String) -> String {
+    table + "receipt_token_env = \"RECEIPT_TOKEN\"\n"
+}
+
+/// Sends message `id` with `text` through `ch`, which must accept it.
+async fn accepted(ch: &Arc<dyn Channel>, id: i64, text: &str) -> otpgate_sms::Accepted {
+    ch.send(&msg(id, text)).await.expect("accepted")
+}
+
 fn channel(db: &Db, toml: &str) -> Arc<dyn Channel> {
     let cfg = SmsConfig::from_toml(toml).expect("valid TOML");
     let table = build_table(&cfg, db.store.clone(), db.clock.clone(), &env).expect("valid config");
@@ -141,53 +152,23 @@ fn channel(db: &Db, toml: &str) -> Arc<dyn Channel> {
 }
 
 fn kannel(port: u16) -> String {
-    format!(
-        r#"
-[channels.kannel]
-type = "http"
-preset = "kannel"
-url = "http://127.0.0.1:{port}"
-username = "otp"
-password_env = "KANNEL_PASS"
-from = "OTPGATE"
-receipt_url = "https://otp.example.com/"
-"#
+    otpgate_testkit::settings::kannel_channel(
+        port,
+        "password_env = \"KANNEL_PASS\"\nreceipt_url = \"https://otp.example.com/\"",
     )
 }
 
 fn twilio(port: u16) -> String {
-    format!(
-        r#"
-[channels.twilio]
-type = "http"
-preset = "twilio"
-url = "http://127.0.0.1:{port}"
-account_sid = "AC123"
-auth_token_env = "TW_TOKEN"
-from = "+15005550006"
-receipt_url = "https://otp.example.com"
-"#
+    otpgate_testkit::settings::twilio_channel(
+        port,
+        "auth_token_env = \"TW_TOKEN\"\nreceipt_url = \"https://otp.example.com\"",
     )
 }
 
-#[tokio::test]
-async fn the_kannel_preset_sends_exactly_a_sendsms_request() {
-    let gw = Gateway::start(202, "0: Accepted for delivery").await;
-    let db = Db::new().await;
-    let ch = channel(&db, &kannel(gw.port));
-    let acc = ch
-        .send(&msg(42, "Your code is 1234"))
-        .await
-        .expect("accepted");
-    assert_eq!(
-        acc.gateway_id.as_deref(),
-        Some("42"),
-        "Kannel returns no id: the reference is it"
-    );
-    let r = gw.last();
-    assert_eq!(r.method, Method::GET);
-    assert_eq!(r.path, "/cgi-bin/sendsms");
-    let want: BTreeMap<String, String> = [
+/// The query the Kannel preset (as [`kannel`] configures it) sends for
+/// message 42, "Your code is 1234", with `dlr_url` as its receipt URL.
+fn kannel_sendsms(dlr_url: &str) -> BTreeMap<String, String> {
+    [
         ("username", "otp"),
         ("password", "s3cret"),
         ("from", "OTPGATE"),
@@ -196,15 +177,29 @@ async fn the_kannel_preset_sends_exactly_a_sendsms_request() {
         ("charset", "UTF-8"),
         ("coding", "0"),
         ("dlr-mask", "19"),
-        (
-            "dlr-url",
-            "https://otp.example.com/receipts/kannel?ref=42&status=%d&answer=%A",
-        ),
+        ("dlr-url", dlr_url),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v.to_owned()))
-    .collect();
-    assert_eq!(r.query, want);
+    .collect()
+}
+
+#[tokio::test]
+async fn the_kannel_preset_sends_exactly_a_sendsms_request() {
+    let gw = Gateway::start(202, "0: Accepted for delivery").await;
+    let db = Db::new().await;
+    let ch = channel(&db, &kannel(gw.port));
+    let acc = accepted(&ch, 42, "Your code is 1234").await;
+    assert_eq!(
+        acc.gateway_id.as_deref(),
+        Some("42"),
+        "Kannel returns no id: the reference is it"
+    );
+    let r = gw.last();
+    assert_eq!(r.method, Method::GET);
+    assert_eq!(r.path, "/cgi-bin/sendsms");
+    let dlr = "https://otp.example.com/receipts/kannel?ref=42&status=%d&answer=%A";
+    assert_eq!(r.query, kannel_sendsms(dlr));
     assert!(r.body.is_empty());
 
     // Text outside GSM 03.38 asks Kannel for UCS-2.
@@ -219,10 +214,7 @@ async fn the_twilio_preset_posts_the_messages_api_form_with_basic_auth() {
     let gw = Gateway::start(201, r#"{"sid":"SM0123","status":"queued"}"#).await;
     let db = Db::new().await;
     let ch = channel(&db, &twilio(gw.port));
-    let acc = ch
-        .send(&msg(5, "Your code is 9876"))
-        .await
-        .expect("accepted");
+    let acc = accepted(&ch, 5, "Your code is 9876").await;
     assert_eq!(acc.gateway_id.as_deref(), Some("SM0123"));
     let r = gw.last();
     assert_eq!(r.method, Method::POST);
@@ -247,55 +239,27 @@ async fn the_twilio_preset_posts_the_messages_api_form_with_basic_auth() {
     assert!(r.query.is_empty());
 }
 
-/// What Kannel's smsbox does to a `dlr-url` when it calls back
-/// (`urltrans_fill_escape_codes`), for the escapes a percent-encoded byte
-/// could collide with: `%d` becomes the report type, `%A` the SMSC's answer
-/// (URL-encoded), `%B`/`%D`/`%F` billing, meta-data and foreign id (empty
-/// here), `%C` the charset, `%%` a literal `%`; any other `%X` stays.
-fn kannel_fills(dlr_url: &str, report_type: u8, answer: &str) -> String {
-    let encode = |s: &str| -> String {
-        s.bytes()
-            .map(|b| {
-                if b.is_ascii_alphanumeric() {
-                    char::from(b).to_string()
-                } else {
-                    format!("%{b:02X}")
-                }
-            })
-            .collect()
-    };
-    let mut out = String::new();
-    let mut chars = dlr_url.chars();
-    while let Some(c) = chars.next() {
-        if c != '%' {
-            out.push(c);
-            continue;
-        }
-        match chars.next() {
-            Some('d') => out.push_str(&report_type.to_string()),
-            Some('A') => out.push_str(&encode(answer)),
-            Some('B' | 'D' | 'F') => {}
-            Some('C') => out.push_str("UTF-8"),
-            Some('%') => out.push('%'),
-            Some(other) => {
-                out.push('%');
-                out.push(other);
+/// `s` URL-encoded as Kannel encodes the SMSC's answer into `%A`: every
+/// byte but ASCII letters and digits as `%XX`.
+fn kannel_encoded(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() {
+                char::from(b).to_string()
+            } else {
+                format!("%{b:02X}")
             }
-            None => out.push('%'),
-        }
-    }
-    out
+        })
+        .collect()
 }
 
 #[tokio::test]
 async fn the_kannel_preset_puts_the_receipt_token_into_the_dlr_url_encoded_for_kannel() {
     let gw = Gateway::start(202, "0: Accepted for delivery").await;
     let db = Db::new().await;
-    let toml = format!("{}receipt_token_env = \"RECEIPT_TOKEN\"\n", kannel(gw.port));
+    let toml = with_receipt_token(kannel(gw.port));
     let ch = channel(&db, &toml);
-    ch.send(&msg(42, "Your code is 1234"))
-        .await
-        .expect("accepted");
+    accepted(&ch, 42, "Your code is 1234").await;
     let r = gw.last();
     assert_eq!(r.method, Method::GET);
     assert_eq!(r.path, "/cgi-bin/sendsms");
@@ -303,21 +267,7 @@ async fn the_kannel_preset_puts_the_receipt_token_into_the_dlr_url_encoded_for_k
     // Kannel's escape codes.
     let dlr = "https://otp.example.com/receipts/kannel?ref=42&status=%d&answer=%A\
                &token=a%%2Bb%%2Fc%%3Dd%%26e%%25f%%20%%C3%%A9";
-    let want: BTreeMap<String, String> = [
-        ("username", "otp"),
-        ("password", "s3cret"),
-        ("from", "OTPGATE"),
-        ("to", "+919876543210"),
-        ("text", "Your code is 1234"),
-        ("charset", "UTF-8"),
-        ("coding", "0"),
-        ("dlr-mask", "19"),
-        ("dlr-url", dlr),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v.to_owned()))
-    .collect();
-    assert_eq!(r.query, want);
+    assert_eq!(r.query, kannel_sendsms(dlr));
     // And the whole dlr-url is itself encoded once more as a query value.
     assert!(
         r.raw_query.contains(
@@ -328,7 +278,8 @@ async fn the_kannel_preset_puts_the_receipt_token_into_the_dlr_url_encoded_for_k
     );
 
     // When Kannel calls back, the token arrives as configured.
-    let callback = kannel_fills(dlr, 2, "NACK/0x0000000b/Invalid Destination Address");
+    let answer = kannel_encoded("NACK/0x0000000b/Invalid Destination Address");
+    let callback = kannel_fills(dlr, 2, &answer);
     assert!(
         callback.contains(&format!("&token={RECEIPT_TOKEN_ENCODED}")),
         "{callback}"
@@ -344,13 +295,7 @@ async fn the_kannel_preset_puts_the_receipt_token_into_the_dlr_url_encoded_for_k
     assert_eq!(got["answer"], "NACK/0x0000000b/Invalid Destination Address");
 
     // The token, like the password, stays out of errors and health.
-    let down = channel(
-        &db,
-        &format!(
-            "{}receipt_token_env = \"RECEIPT_TOKEN\"\n",
-            kannel(free_port())
-        ),
-    );
+    let down = channel(&db, &with_receipt_token(kannel(free_port())));
     let e = down.send(&msg(1, "x")).await.unwrap_err();
     for secret in [RECEIPT_TOKEN, RECEIPT_TOKEN_ENCODED, "a%%2Bb"] {
         assert!(!e.to_string().contains(secret), "{e}");
@@ -369,11 +314,9 @@ async fn the_kannel_preset_puts_the_receipt_token_into_the_dlr_url_encoded_for_k
 async fn the_twilio_preset_puts_the_receipt_token_into_the_status_callback() {
     let gw = Gateway::start(201, r#"{"sid":"SM0123","status":"queued"}"#).await;
     let db = Db::new().await;
-    let toml = format!("{}receipt_token_env = \"RECEIPT_TOKEN\"\n", twilio(gw.port));
+    let toml = with_receipt_token(twilio(gw.port));
     let ch = channel(&db, &toml);
-    ch.send(&msg(5, "Your code is 9876"))
-        .await
-        .expect("accepted");
+    accepted(&ch, 5, "Your code is 9876").await;
     let r = gw.last();
     assert_eq!(r.method, Method::POST);
     assert_eq!(r.path, "/2010-04-01/Accounts/AC123/Messages.json");
@@ -653,12 +596,8 @@ channels = ["kannel"]
     let worker = Worker::start(&db, table);
     let wait = Duration::from_secs(10);
 
-    let v = db
-        .queue("91", "9876543210", "Your code is 1357", 60_000)
-        .await;
-    let m = db
-        .wait_outbox(&v, "sent", |m| m.status == DeliveryStatus::Sent, wait)
-        .await;
+    let v = db.queue("91", "9876543210", "Your code is 1357").await;
+    let m = db.wait_status(&v, DeliveryStatus::Sent, wait).await;
     assert_eq!(m.gateway_id.as_deref(), Some("SM0999"));
     let p = |kv: &[(&str, &str)]| -> Vec<(String, String)> {
         kv.iter().map(|(k, v)| ((*k).into(), (*v).into())).collect()
@@ -694,12 +633,8 @@ channels = ["kannel"]
     ));
 
     // Kannel: the reference in dlr-url finds the message.
-    let uk = db
-        .queue("44", "7400123456", "Your code is 2468", 60_000)
-        .await;
-    let m = db
-        .wait_outbox(&uk, "sent", |m| m.status == DeliveryStatus::Sent, wait)
-        .await;
+    let uk = db.queue("44", "7400123456", "Your code is 2468").await;
+    let m = db.wait_status(&uk, DeliveryStatus::Sent, wait).await;
     let reference = m.id.to_string();
     assert_eq!(m.gateway_id.as_deref(), Some(reference.as_str()));
     let dlr = kgw.last().query["dlr-url"].clone();

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use otpgate_core::{DeliveryStatus, VerificationState};
 
-use crate::common::{Db, Sim, Worker, free_port, smpp_channel};
+use crate::common::{Db, Sim, Worker, free_port, smpp_channel, smsc_worker};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -16,9 +16,7 @@ async fn a_message_sent_while_the_smsc_is_down_stays_queued_and_goes_out_when_it
     let db = Db::new().await;
     let router = db.build(&smpp_channel("smsc", port, ""));
     let worker = Worker::start(&db, router.clone());
-    let v = db
-        .queue("91", "9876543210", "Your code is 5831", 60_000)
-        .await;
+    let v = db.queue("91", "9876543210", "Your code is 5831").await;
 
     // Down: every attempt finds no bind, the message waits in the outbox.
     let m = db
@@ -38,9 +36,7 @@ async fn a_message_sent_while_the_smsc_is_down_stays_queued_and_goes_out_when_it
         worker.stop().await;
         return;
     };
-    let m = db
-        .wait_outbox(&v, "sent", |m| m.status != DeliveryStatus::Queued, WAIT)
-        .await;
+    let m = db.wait_dequeued(&v, WAIT).await;
     assert_eq!(m.channel.as_deref(), Some("smsc"));
     let submit = sim.wait_for("submit", |_| true, WAIT).await;
     assert_eq!(submit["text"], "Your code is 5831");
@@ -53,18 +49,12 @@ async fn a_message_sent_while_the_smsc_is_down_stays_queued_and_goes_out_when_it
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn throttling_is_retried_with_growing_backoff_until_delivered() {
-    let Some(sim) = Sim::start("throttle", &["--throttle", "3"]) else {
+    let Some((sim, db, worker)) = smsc_worker("throttle", &["--throttle", "3"]).await else {
         return;
     };
-    let db = Db::new().await;
-    let worker = Worker::start(&db, db.build(&smpp_channel("smsc", sim.port(), "")));
     worker.wait_up().await;
-    let v = db
-        .queue("91", "9876543210", "Your code is 1111", 60_000)
-        .await;
-    let m = db
-        .wait_outbox(&v, "sent", |m| m.status != DeliveryStatus::Queued, WAIT)
-        .await;
+    let v = db.queue("91", "9876543210", "Your code is 1111").await;
+    let m = db.wait_dequeued(&v, WAIT).await;
     assert_eq!(m.attempts, 4, "three throttled attempts and one accepted");
     let submits = sim.submits();
     let statuses: Vec<u64> = submits
@@ -93,20 +83,14 @@ async fn throttling_is_retried_with_growing_backoff_until_delivered() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rejected_destination_fails_the_verification_and_refunds_it() {
-    let Some(sim) = Sim::start("reject", &["--reject-prefix", "91"]) else {
+    let Some((sim, db, worker)) = smsc_worker("reject", &["--reject-prefix", "91"]).await else {
         return;
     };
-    let db = Db::new().await;
-    let worker = Worker::start(&db, db.build(&smpp_channel("smsc", sim.port(), "")));
     assert_eq!(db.test_credits().await, 10);
     worker.wait_up().await;
-    let v = db
-        .queue("91", "9876543210", "Your code is 2222", 60_000)
-        .await;
+    let v = db.queue("91", "9876543210", "Your code is 2222").await;
     assert_eq!(db.test_credits().await, 9, "charged on send");
-    let m = db
-        .wait_outbox(&v, "failed", |m| m.status == DeliveryStatus::Failed, WAIT)
-        .await;
+    let m = db.wait_status(&v, DeliveryStatus::Failed, WAIT).await;
     assert_eq!(m.attempts, 1, "a permanent refusal is not retried");
     assert!(
         m.last_error
@@ -141,12 +125,8 @@ channels = ["smsc-a", "smsc-b"]
 "#
     );
     let worker = Worker::start(&db, db.build(&toml));
-    let v = db
-        .queue("91", "9876543210", "Your code is 3333", 60_000)
-        .await;
-    let m = db
-        .wait_outbox(&v, "sent", |m| m.status != DeliveryStatus::Queued, WAIT)
-        .await;
+    let v = db.queue("91", "9876543210", "Your code is 3333").await;
+    let m = db.wait_dequeued(&v, WAIT).await;
     assert_eq!(m.channel.as_deref(), Some("smsc-b"));
     // Whether smsc-b was bound on the first attempt or not, smsc-a was never
     // the one that took it, and no attempt waited for a retry slot once
@@ -158,12 +138,8 @@ channels = ["smsc-a", "smsc-b"]
 
     // A destination no route covers fails at once, refunded.
     let before = db.test_credits().await;
-    let us = db
-        .queue("1", "6502530000", "Your code is 4444", 60_000)
-        .await;
-    let m = db
-        .wait_outbox(&us, "failed", |m| m.status == DeliveryStatus::Failed, WAIT)
-        .await;
+    let us = db.queue("1", "6502530000", "Your code is 4444").await;
+    let m = db.wait_status(&us, DeliveryStatus::Failed, WAIT).await;
     assert!(m.last_error.unwrap_or_default().contains("no route"));
     assert_eq!(db.test_credits().await, before);
     worker.stop().await;
@@ -172,26 +148,17 @@ channels = ["smsc-a", "smsc-b"]
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_delivery_receipt_updates_the_status_and_keeps_the_smsc_message_id() {
-    let Some(sim) = Sim::start(
+    let Some((sim, db, worker)) = smsc_worker(
         "receipt",
         &["--receipt-delay-ms", "100", "--id-format", "dec"],
-    ) else {
+    )
+    .await
+    else {
         return;
     };
-    let db = Db::new().await;
-    let worker = Worker::start(&db, db.build(&smpp_channel("smsc", sim.port(), "")));
     worker.wait_up().await;
-    let v = db
-        .queue("91", "9876543210", "Your code is 6060", 60_000)
-        .await;
-    let m = db
-        .wait_outbox(
-            &v,
-            "delivered",
-            |m| m.status == DeliveryStatus::Delivered,
-            WAIT,
-        )
-        .await;
+    let v = db.queue("91", "9876543210", "Your code is 6060").await;
+    let m = db.wait_status(&v, DeliveryStatus::Delivered, WAIT).await;
     let submit = &sim.submits()[0];
     let smsc_id = submit["message_id"].as_str().unwrap();
     assert_eq!(m.gateway_id.as_deref(), Some(smsc_id));
@@ -210,7 +177,7 @@ async fn a_delivery_receipt_updates_the_status_and_keeps_the_smsc_message_id() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_undeliverable_receipt_fails_and_refunds_the_verification() {
-    let Some(sim) = Sim::start(
+    let Some((sim, db, worker)) = smsc_worker(
         "receipt_undeliv",
         &[
             "--receipt-delay-ms",
@@ -220,22 +187,15 @@ async fn an_undeliverable_receipt_fails_and_refunds_the_verification() {
             "--receipt-mode",
             "tlv",
         ],
-    ) else {
+    )
+    .await
+    else {
         return;
     };
-    let db = Db::new().await;
-    let worker = Worker::start(&db, db.build(&smpp_channel("smsc", sim.port(), "")));
     worker.wait_up().await;
-    let v = db
-        .queue("91", "9876543210", "Your code is 7070", 60_000)
+    let v = db.queue("91", "9876543210", "Your code is 7070").await;
+    db.wait_status(&v, DeliveryStatus::Undeliverable, WAIT)
         .await;
-    db.wait_outbox(
-        &v,
-        "undeliverable",
-        |m| m.status == DeliveryStatus::Undeliverable,
-        WAIT,
-    )
-    .await;
     let ver = db.verification(&v).await;
     assert_eq!(ver.state, VerificationState::Failed);
     assert_eq!(db.test_credits().await, 10, "refunded");
@@ -258,21 +218,15 @@ async fn a_slow_gateway_holds_only_its_own_messages() {
     );
     let worker = Worker::start(&db, db.build(&toml));
     worker.wait_up().await;
-    let slow = db
-        .queue("44", "7400123456", "Your code is 1111", 60_000)
-        .await;
+    let slow = db.queue("44", "7400123456", "Your code is 1111").await;
     worker.delivery.notify();
     sim.wait_for("submit", |_| true, WAIT).await;
 
     // The SMSC now holds the first message; a second one to India arrives.
     let started = std::time::Instant::now();
-    let fast = db
-        .queue("91", "9876543210", "Your code is 2222", 60_000)
-        .await;
+    let fast = db.queue("91", "9876543210", "Your code is 2222").await;
     worker.delivery.notify();
-    let m = db
-        .wait_outbox(&fast, "sent", |m| m.status != DeliveryStatus::Queued, WAIT)
-        .await;
+    let m = db.wait_dequeued(&fast, WAIT).await;
     let took = started.elapsed();
     assert_eq!(m.channel.as_deref(), Some("inbox"));
     assert!(
@@ -284,9 +238,7 @@ async fn a_slow_gateway_holds_only_its_own_messages() {
         DeliveryStatus::Queued,
         "the slow one is still in flight"
     );
-    let m = db
-        .wait_outbox(&slow, "sent", |m| m.status != DeliveryStatus::Queued, WAIT)
-        .await;
+    let m = db.wait_dequeued(&slow, WAIT).await;
     assert_eq!(m.channel.as_deref(), Some("smsc"));
     worker.stop().await;
     sim.stop();

@@ -120,9 +120,7 @@ async fn accounts_list_newest_first_in_pages(db: TestDb) {
 }
 
 async fn credits_are_added_and_removed_but_never_below_zero(db: TestDb) {
-    let store = db.open().await;
-    let c = cid(1);
-    account(&store, &c, 10, 2).await;
+    let (store, c) = db.open_with_account(10, 2).await;
     assert_eq!(store.account_add_credits(&c, 5).await.unwrap().credits, 15);
     assert_eq!(store.account_add_credits(&c, -4).await.unwrap().credits, 11);
     let floored = store.account_add_credits(&c, -100).await.unwrap();
@@ -139,9 +137,7 @@ async fn credits_are_added_and_removed_but_never_below_zero(db: TestDb) {
 }
 
 async fn password_changes_and_revocations_bump_the_token_epoch(db: TestDb) {
-    let store = db.open().await;
-    let c = cid(1);
-    account(&store, &c, 0, 0).await;
+    let (store, c) = db.open_with_account(0, 0).await;
     let a = store.account_set_password(&c, "new-hash").await.unwrap();
     assert_eq!((a.password_hash.as_str(), a.token_epoch), ("new-hash", 1));
     assert_eq!(

@@ -15,9 +15,7 @@ both_backends!(
 );
 
 async fn the_log_filters_by_number_state_and_time_newest_first(db: TestDb) {
-    let store = db.open().await;
-    let c = cid(1);
-    account(&store, &c, 100, 0).await;
+    let (store, c) = db.open_with_account(100, 0).await;
     account(&store, &cid(2), 100, 0).await;
     for n in 1..=6u32 {
         let at = T0 + i64::from(n) * 1_000;
@@ -69,9 +67,7 @@ async fn the_log_filters_by_number_state_and_time_newest_first(db: TestDb) {
 }
 
 async fn daily_stats_cover_every_day_in_range_including_empty_ones(db: TestDb) {
-    let store = db.open().await;
-    let c = cid(1);
-    account(&store, &c, 100, 0).await;
+    let (store, c) = db.open_with_account(100, 0).await;
     let day0 = T0 - T0.rem_euclid(DAY);
     // Day 0: three sends, one completed; day 1: none; day 2: one, completed
     // the day after (counted on its send's day).

@@ -57,12 +57,7 @@ async fn each_change_of_a_verification_queues_its_event_once(db: TestDb) {
             .unwrap();
         assert_eq!(at, Some(T0), "the receipt tells when the send was accepted");
     }
-    assert!(
-        store
-            .verification_apply(&with, vid(1), 0, ValidationAction::Complete, T0 + 10)
-            .await
-            .unwrap()
-    );
+    assert!(completes(&store, &with, vid(1), 0, T0 + 10).await);
     assert_eq!(
         kinds_of(&store, &with, 1).await,
         [

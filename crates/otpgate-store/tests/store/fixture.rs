@@ -9,11 +9,15 @@
 //! another node would open it.
 
 use std::ops::Deref;
+use std::path::Path;
 
+use otpgate_core::CustomerId;
 use otpgate_store::postgres::{self, PgOptions, PostgresStore};
 use otpgate_store::sqlite::{self, SqliteStore};
 use otpgate_store::{Store, StoreResult};
 use otpgate_testkit::{TempPostgres, TestkitError};
+
+use crate::helpers::{account, cid};
 
 /// Turns each listed `async fn name(db: TestDb)` of the calling module into
 /// two tests, `sqlite::name` and `postgres::name`, each with a fresh
@@ -113,6 +117,29 @@ impl TestDb {
     /// When it cannot be opened; [`TestDb::try_open`] returns the error.
     pub async fn open(&self) -> Node {
         self.try_open().await.expect("open the test database")
+    }
+
+    /// Opens a handle, as [`TestDb::open`], holding account `cid(1)` with
+    /// these balances (see [`account`](crate::helpers::account)).
+    pub async fn open_with_account(&self, credits: i64, test_credits: i64) -> (Node, CustomerId) {
+        let store = self.open().await;
+        let c = cid(1);
+        account(&store, &c, credits, test_credits).await;
+        (store, c)
+    }
+
+    /// `n` nodes, as [`TestDb::nodes`], and account `cid(1)` with these
+    /// balances, made through the first.
+    pub async fn nodes_with_account(
+        &self,
+        n: usize,
+        credits: i64,
+        test_credits: i64,
+    ) -> (Vec<Node>, CustomerId) {
+        let nodes = self.nodes(n).await;
+        let c = cid(1);
+        account(&nodes[0], &c, credits, test_credits).await;
+        (nodes, c)
     }
 
     /// Opens another handle on this database.
@@ -243,44 +270,13 @@ impl TestDb {
     pub async fn make_as_previous_build(&self) {
         use sqlx::Connection;
         match &self.location {
-            Location::Sqlite(_) => {
-                use sqlx::SqlSafeStr;
-                use sqlx::migrate::{Migration, MigrationType, Migrator};
-                let pool = sqlx::SqlitePool::connect(&self.sql_url()).await.unwrap();
-                let previous = sqlite::MIGRATIONS[..sqlite::MIGRATIONS.len() - 1]
-                    .iter()
-                    .map(|&(v, d, sql)| {
-                        let sql = sql.into_sql_str();
-                        Migration::new(v, d.into(), MigrationType::Simple, sql, false)
-                    })
-                    .collect();
-                Migrator::with_migrations(previous)
-                    .run(&pool)
-                    .await
-                    .unwrap();
-                pool.close().await;
+            Location::Sqlite(dir) => {
+                let newest = sqlite::SCHEMA_VERSION;
+                sqlite_at_schema(&dir.db(), newest - 1).await.close().await;
             }
             Location::Postgres(url) => {
-                let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
-                sqlx::raw_sql(
-                    "create table schema_version (version bigint primary key, name text not null,
-                                                  created_at bigint not null)",
-                )
-                .execute(&mut conn)
-                .await
-                .unwrap();
-                for (version, name, sql) in
-                    postgres::migrations().filter(|m| m.0 < postgres::SCHEMA_VERSION)
-                {
-                    sqlx::raw_sql(sql).execute(&mut conn).await.unwrap();
-                    sqlx::query("insert into schema_version values ($1, $2, 0)")
-                        .bind(version)
-                        .bind(name)
-                        .execute(&mut conn)
-                        .await
-                        .unwrap();
-                }
-                conn.close().await.unwrap();
+                let newest = postgres::SCHEMA_VERSION;
+                pg_at_schema(url, newest - 1).await.close().await.unwrap();
             }
         }
     }
@@ -331,53 +327,7 @@ impl TestDb {
                      'pending', 0, 5, 1764100000000, 1764100060000, 'tx-42', 1, 0, 'queued')";
         match &self.location {
             Location::Sqlite(dir) => {
-                use sqlx::SqlSafeStr;
-                use sqlx::migrate::{Migration, MigrationType, Migrator};
-                let url = format!("sqlite://{}?mode=rwc", dir.db().display());
-                let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
-                let old = [
-                    (
-                        1,
-                        "init",
-                        include_str!("../../migrations/sqlite/0001_init.sql"),
-                    ),
-                    (
-                        2,
-                        "outbox failed index",
-                        include_str!("../../migrations/sqlite/0002_outbox_failed_index.sql"),
-                    ),
-                    (
-                        3,
-                        "outbox steps",
-                        include_str!("../../migrations/sqlite/0003_outbox_steps.sql"),
-                    ),
-                    (
-                        4,
-                        "fraud defence",
-                        include_str!("../../migrations/sqlite/0004_fraud_defence.sql"),
-                    ),
-                    (
-                        5,
-                        "daily stats and retention",
-                        include_str!("../../migrations/sqlite/0005_daily_stats_retention.sql"),
-                    ),
-                ];
-                let migrations = old
-                    .iter()
-                    .map(|&(v, d, sql)| {
-                        Migration::new(
-                            v,
-                            d.into(),
-                            MigrationType::Simple,
-                            sql.into_sql_str(),
-                            false,
-                        )
-                    })
-                    .collect();
-                Migrator::with_migrations(migrations)
-                    .run(&pool)
-                    .await
-                    .unwrap();
+                let pool = sqlite_at_schema(&dir.db(), 5).await;
                 sqlx::query(account).execute(&pool).await.unwrap();
                 sqlx::query(verification)
                     .bind(vec![7u8; 32])
@@ -387,27 +337,7 @@ impl TestDb {
                 pool.close().await;
             }
             Location::Postgres(url) => {
-                let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
-                sqlx::raw_sql(include_str!("../../migrations/postgres/0001_init.sql"))
-                    .execute(&mut conn)
-                    .await
-                    .unwrap();
-                for sql in [
-                    include_str!("../../migrations/postgres/0002_outbox_steps.sql"),
-                    include_str!("../../migrations/postgres/0003_fraud_defence.sql"),
-                    include_str!("../../migrations/postgres/0004_daily_stats_retention.sql"),
-                ] {
-                    sqlx::raw_sql(sql).execute(&mut conn).await.unwrap();
-                }
-                sqlx::raw_sql(
-                    "create table schema_version (version bigint primary key, name text not null,
-                                                  created_at bigint not null);
-                     insert into schema_version values (1, 'init', 0), (2, 'outbox steps', 0),
-                         (3, 'fraud defence', 0), (4, 'daily stats and retention', 0);",
-                )
-                .execute(&mut conn)
-                .await
-                .unwrap();
+                let mut conn = pg_at_schema(url, 4).await;
                 sqlx::query(account).execute(&mut conn).await.unwrap();
                 sqlx::query(verification)
                     .bind(vec![7u8; 32])
@@ -418,6 +348,58 @@ impl TestDb {
             }
         }
     }
+}
+
+/// A pool on the SQLite file at `path` (created if missing), migrated
+/// through this build's migrations up to `version` by sqlx's migrator, as
+/// the build that stopped at `version` migrated it.
+pub async fn sqlite_at_schema(path: &Path, version: i64) -> sqlx::SqlitePool {
+    use sqlx::SqlSafeStr;
+    use sqlx::migrate::{Migration, MigrationType, Migrator};
+    let opts = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(path)
+        .create_if_missing(true);
+    let pool = sqlx::SqlitePool::connect_with(opts).await.unwrap();
+    let old = sqlite::MIGRATIONS
+        .iter()
+        .filter(|m| m.0 <= version)
+        .map(|&(v, d, sql)| {
+            Migration::new(
+                v,
+                d.into(),
+                MigrationType::Simple,
+                sql.into_sql_str(),
+                false,
+            )
+        })
+        .collect();
+    Migrator::with_migrations(old).run(&pool).await.unwrap();
+    pool
+}
+
+/// A connection to the empty PostgreSQL database at `url`, now migrated
+/// through this build's migrations up to `version` and recording them in
+/// `schema_version` as the build that stopped at `version` did.
+pub async fn pg_at_schema(url: &str, version: i64) -> sqlx::PgConnection {
+    use sqlx::Connection;
+    let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
+    sqlx::raw_sql(
+        "create table schema_version (version bigint primary key, name text not null,
+                                      created_at bigint not null)",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    for (v, name, sql) in postgres::migrations().filter(|m| m.0 <= version) {
+        sqlx::raw_sql(sql).execute(&mut conn).await.unwrap();
+        sqlx::query("insert into schema_version values ($1, $2, 0)")
+            .bind(v)
+            .bind(name)
+            .execute(&mut conn)
+            .await
+            .unwrap();
+    }
+    conn
 }
 
 /// One handle on a test database; a [`Store`] through `Deref`, plus what a

@@ -5,12 +5,9 @@
 //! next send through, the safe list bypasses the guard, test credits pay only
 //! for verified own numbers, and a test number queues nothing.
 
-use std::sync::Arc;
-
 use otpgate_core::PhoneNumber;
 use otpgate_core::fraud::{self, BlockScope, FraudPolicy, RefusalKind};
 use otpgate_store::{CreateOutcome, NewVerification, SendKind, ValidationAction};
-use tokio::sync::Barrier;
 
 use crate::fixture::TestDb;
 use crate::helpers::*;
@@ -44,24 +41,16 @@ fn guarded(id: u64, customer: &otpgate_core::CustomerId, n: u32, now: i64) -> Ne
 }
 
 async fn the_account_cap_holds_under_concurrent_sends_from_several_nodes(db: TestDb) {
-    let nodes = db.nodes(4).await;
-    let c = cid(1);
-    account(&nodes[0], &c, 1000, 0).await;
-    let barrier = Arc::new(Barrier::new(40));
-    let tasks: Vec<_> = (1..=40u32)
-        .map(|n| {
-            let node = nodes[n as usize % nodes.len()].clone();
-            let mut req = send(u64::from(n), &c, &phone(n), T0);
-            req.fraud.caps.account_hour_messages = 12;
-            let barrier = barrier.clone();
-            tokio::spawn(async move {
-                barrier.wait().await;
-                node.verification_create(req).await.unwrap()
-            })
-        })
-        .collect();
+    let (nodes, c) = db.nodes_with_account(4, 1000, 0).await;
+    let outcomes = at_once(&nodes, 40, |node, i| {
+        let n = u32::try_from(i).unwrap() + 1;
+        let mut req = send(u64::from(n), &c, &phone(n), T0);
+        req.fraud.caps.account_hour_messages = 12;
+        async move { node.verification_create(req).await.unwrap() }
+    })
+    .await;
     let (mut made, mut capped) = (0, 0);
-    for outcome in futures::future::try_join_all(tasks).await.unwrap() {
+    for outcome in outcomes {
         match outcome {
             CreateOutcome::Created(_) => made += 1,
             CreateOutcome::Blocked {
@@ -86,9 +75,7 @@ async fn the_account_cap_holds_under_concurrent_sends_from_several_nodes(db: Tes
 }
 
 async fn a_prefix_with_unconverted_sends_is_blocked_lifted_and_safe_listed(db: TestDb) {
-    let store = db.open().await;
-    let c = cid(1);
-    account(&store, &c, 1000, 0).await;
+    let (store, c) = db.open_with_account(1000, 0).await;
     for n in 0..5 {
         created(&store, guarded(u64::from(n) + 1, &c, n, T0 + i64::from(n))).await;
     }
@@ -168,9 +155,7 @@ async fn a_prefix_with_unconverted_sends_is_blocked_lifted_and_safe_listed(db: T
 }
 
 async fn test_credits_pay_only_for_verified_own_numbers_and_test_numbers_queue_nothing(db: TestDb) {
-    let store = db.open().await;
-    let c = cid(1);
-    account(&store, &c, 0, 10).await;
+    let (store, c) = db.open_with_account(0, 10).await;
     let mine = PhoneNumber::parse("91", "9876512345").unwrap();
     let mut req = send(1, &c, &mine, T0);
     req.fraud = policy();

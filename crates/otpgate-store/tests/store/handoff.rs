@@ -2,9 +2,10 @@
 //! node's worker (`verification_create_leased`): held by that worker alone
 //! until the lease runs out, then claimable by any, as after a claim.
 
-use otpgate_store::{CreateOutcome, OutboxLease, SentInfo};
+use otpgate_core::CustomerId;
+use otpgate_store::{CreateOutcome, OutboxLease, OutboxMessage, SentInfo};
 
-use crate::fixture::TestDb;
+use crate::fixture::{Node, TestDb};
 use crate::helpers::*;
 
 both_backends!(
@@ -12,21 +13,22 @@ both_backends!(
     a_refused_leased_send_leaves_nothing_behind,
 );
 
-fn lease(worker: &str, until: i64) -> OutboxLease {
-    OutboxLease {
-        worker: worker.into(),
-        until,
-    }
+/// Send 1 from `c` to `phone(1)` at `T0`, its message stored leased to
+/// worker `a` until `T0 + LEASE`.
+async fn send_leased_to_a(store: &Node, c: &CustomerId) -> (CreateOutcome, Option<OutboxMessage>) {
+    let lease = OutboxLease {
+        worker: "a".into(),
+        until: T0 + LEASE,
+    };
+    store
+        .verification_create_leased(send(1, c, &phone(1), T0), lease)
+        .await
+        .unwrap()
 }
 
 async fn a_leased_send_is_its_workers_until_the_lease_runs_out(db: TestDb) {
-    let store = db.open().await;
-    let c = cid(1);
-    account(&store, &c, 5, 0).await;
-    let (outcome, handed) = store
-        .verification_create_leased(send(1, &c, &phone(1), T0), lease("a", T0 + LEASE))
-        .await
-        .unwrap();
+    let (store, c) = db.open_with_account(5, 0).await;
+    let (outcome, handed) = send_leased_to_a(&store, &c).await;
     assert!(matches!(outcome, CreateOutcome::Created(_)), "{outcome:?}");
     if store.backend() == "postgres" {
         // PostgreSQL stores it unleased: any worker claims it at once.
@@ -66,13 +68,8 @@ async fn a_leased_send_is_its_workers_until_the_lease_runs_out(db: TestDb) {
 }
 
 async fn a_refused_leased_send_leaves_nothing_behind(db: TestDb) {
-    let store = db.open().await;
-    let c = cid(1);
-    account(&store, &c, 0, 0).await;
-    let (outcome, handed) = store
-        .verification_create_leased(send(1, &c, &phone(1), T0), lease("a", T0 + LEASE))
-        .await
-        .unwrap();
+    let (store, c) = db.open_with_account(0, 0).await;
+    let (outcome, handed) = send_leased_to_a(&store, &c).await;
     assert!(
         matches!(outcome, CreateOutcome::InsufficientBalance),
         "{outcome:?}"

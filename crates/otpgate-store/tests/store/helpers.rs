@@ -1,9 +1,15 @@
 //! Records the tests make and read: ids, numbers, accounts, sends.
 
+use std::sync::Arc;
+
 use otpgate_core::{CodeHash, CustomerId, PhoneNumber, VerificationId};
 use otpgate_store::{
-    CreateOutcome, NewAccount, NewVerification, OutboxMessage, SendLimits, Store, Verification,
+    CreateOutcome, NewAccount, NewVerification, OutboxMessage, SendLimits, Store, ValidationAction,
+    Verification,
 };
+use tokio::sync::Barrier;
+
+use crate::fixture::Node;
 
 /// What the helpers make records through: a concrete store, or a test
 /// database's [`Node`](crate::fixture::Node).
@@ -19,6 +25,33 @@ impl<S: Store> AsStore for S {
 
 pub const T0: i64 = 1_764_100_000_000;
 pub const DAY: i64 = 86_400_000;
+
+/// The start of `T0`'s UTC day.
+pub const DAY0: i64 = T0 - T0.rem_euclid(DAY);
+
+/// Account 1's verifications in a database an earlier build made before the
+/// daily counts, as (id, created at, state): two on `DAY0`, one of them
+/// completed, and one completed the day after.
+pub const BEFORE_DAILY_COUNTS: [(i64, i64, &str); 3] = [
+    (1, DAY0 + 1, "completed"),
+    (2, DAY0 + 2, "pending"),
+    (3, DAY0 + DAY + 3, "completed"),
+];
+
+/// Asserts that account 1's daily counts came back from the rows of
+/// [`BEFORE_DAILY_COUNTS`], and that those rows are all still there.
+pub async fn assert_backfilled_daily_counts(store: &impl AsStore) {
+    let stats = store
+        .as_store()
+        .daily_stats(&cid(1), DAY0, DAY0 + 2 * DAY)
+        .await
+        .unwrap();
+    let counts: Vec<_> = stats.iter().map(|d| (d.sends, d.completed)).collect();
+    assert_eq!(counts, [(2, 1), (1, 1)]);
+    for (id, _, _) in BEFORE_DAILY_COUNTS {
+        assert!(has_verification(store, &cid(1), vid(id.try_into().unwrap())).await);
+    }
+}
 
 pub fn cid(n: u64) -> CustomerId {
     CustomerId::parse(&format!("C-{n:015X}")).unwrap()
@@ -94,6 +127,73 @@ pub async fn created(store: &impl AsStore, req: NewVerification) -> Verification
         CreateOutcome::Created(v) => v,
         other => panic!("expected Created, got {other:?}"),
     }
+}
+
+/// Verification `id` of `customer`, which must exist.
+pub async fn verification(
+    store: &impl AsStore,
+    customer: &CustomerId,
+    id: VerificationId,
+) -> Verification {
+    store
+        .as_store()
+        .verification_get(customer, id)
+        .await
+        .unwrap()
+        .unwrap_or_else(|| panic!("{customer:?} has no verification {}", id.get()))
+}
+
+/// Whether `customer` can read a verification `id`.
+pub async fn has_verification(
+    store: &impl AsStore,
+    customer: &CustomerId,
+    id: VerificationId,
+) -> bool {
+    store
+        .as_store()
+        .verification_get(customer, id)
+        .await
+        .unwrap()
+        .is_some()
+}
+
+/// Runs `task(node, i)` for every `i` in `0..n`, task `i` on node
+/// `i % nodes.len()`, each in its own tokio task and all released together
+/// by one barrier, so the races between nodes are real. Their results, in
+/// the order of `i`.
+pub async fn at_once<T, F, Fut>(nodes: &[Node], n: usize, task: F) -> Vec<T>
+where
+    F: Fn(Node, usize) -> Fut,
+    Fut: Future<Output = T> + Send + 'static,
+    T: Send + 'static,
+{
+    let barrier = Arc::new(Barrier::new(n));
+    let tasks: Vec<_> = (0..n)
+        .map(|i| {
+            let (barrier, work) = (barrier.clone(), task(nodes[i % nodes.len()].clone(), i));
+            tokio::spawn(async move {
+                barrier.wait().await;
+                work.await
+            })
+        })
+        .collect();
+    futures::future::try_join_all(tasks).await.unwrap()
+}
+
+/// Completes `customer`'s verification `id`, whose caller read `wrong`
+/// wrong attempts, at `at`; whether the write applied.
+pub async fn completes(
+    store: &impl AsStore,
+    customer: &CustomerId,
+    id: VerificationId,
+    wrong: u32,
+    at: i64,
+) -> bool {
+    store
+        .as_store()
+        .verification_apply(customer, id, wrong, ValidationAction::Complete, at)
+        .await
+        .unwrap()
 }
 
 /// Paid and test credits of `id`.

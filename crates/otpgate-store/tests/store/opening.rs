@@ -31,18 +31,7 @@ async fn a_database_from_before_events_migrates_and_keeps_its_verifications(db: 
         .webhook_set(&c, "https://example.test/hook", "whsec_c2VjcmV0", T0)
         .await
         .unwrap();
-    assert!(
-        store
-            .verification_apply(
-                &c,
-                vid(42),
-                0,
-                otpgate_store::ValidationAction::Complete,
-                T0 + 1
-            )
-            .await
-            .unwrap()
-    );
+    assert!(completes(&store, &c, vid(42), 0, T0 + 1).await);
     let events = store.event_list(&c, 10).await.unwrap();
     assert_eq!(events.len(), 1);
     assert_eq!(events[0].kind, otpgate_store::EventKind::Completed);

@@ -3,11 +3,9 @@
 //! failed messages and delivery receipts do to their verifications.
 
 use std::collections::HashSet;
-use std::sync::Arc;
 
 use otpgate_core::{CustomerId, DeliveryStatus, VerificationState};
 use otpgate_store::{OutboxMessage, SentInfo, ValidationAction};
-use tokio::sync::Barrier;
 
 use crate::fixture::TestDb;
 use crate::helpers::*;
@@ -94,7 +92,7 @@ async fn a_failed_step_wakes_the_next_and_only_the_last_failure_fails_and_refund
             .await
             .unwrap()
     );
-    let v = store.verification_get(&c, vid(1)).await.unwrap().unwrap();
+    let v = verification(&store, &c, vid(1)).await;
     assert_eq!(
         v.state,
         VerificationState::Pending,
@@ -111,7 +109,7 @@ async fn a_failed_step_wakes_the_next_and_only_the_last_failure_fails_and_refund
             .await
             .unwrap()
     );
-    let v = store.verification_get(&c, vid(1)).await.unwrap().unwrap();
+    let v = verification(&store, &c, vid(1)).await;
     assert_eq!(v.state, VerificationState::Failed);
     assert_eq!(balance(&store, &c).await, (1, 0), "refunded once");
 }
@@ -119,12 +117,7 @@ async fn a_failed_step_wakes_the_next_and_only_the_last_failure_fails_and_refund
 async fn completion_or_death_by_wrong_codes_cancels_held_steps(db: TestDb) {
     let store = db.open().await;
     let c = with_fallback(&store).await;
-    assert!(
-        store
-            .verification_apply(&c, vid(1), 0, ValidationAction::Complete, T0 + 1)
-            .await
-            .unwrap()
-    );
+    assert!(completes(&store, &c, vid(1), 0, T0 + 1).await);
     let all = steps(&store).await;
     assert!(
         all.iter()
@@ -243,35 +236,26 @@ async fn concurrent_claims_from_several_nodes_never_share_a_message(db: TestDb) 
     let nodes = db.nodes(2).await;
     queued(&nodes[0], 60).await;
     const WORKERS: usize = 12;
-    let barrier = Arc::new(Barrier::new(WORKERS));
-    let tasks: Vec<_> = (0..WORKERS)
-        .map(|w| {
-            let (node, barrier) = (nodes[w % nodes.len()].clone(), barrier.clone());
-            tokio::spawn(async move {
-                barrier.wait().await;
-                // Bounded: 60 messages take at most 60 non-empty claims,
-                // unless some are handed out twice.
-                let mut mine = Vec::new();
-                for _ in 0..=60 {
-                    let got = claim(&node, &format!("w{w}"), 3, T0).await;
-                    if got.is_empty() {
-                        break;
-                    }
-                    for m in got {
-                        assert_eq!(m.attempts, 1, "message {} claimed before", m.id);
-                        mine.push(m.id);
-                    }
-                }
-                mine
-            })
-        })
-        .collect();
-    let all: Vec<i64> = futures::future::try_join_all(tasks)
-        .await
-        .unwrap()
-        .into_iter()
-        .flatten()
-        .collect();
+    let all: Vec<i64> = at_once(&nodes, WORKERS, |node, w| async move {
+        // Bounded: 60 messages take at most 60 non-empty claims,
+        // unless some are handed out twice.
+        let mut mine = Vec::new();
+        for _ in 0..=60 {
+            let got = claim(&node, &format!("w{w}"), 3, T0).await;
+            if got.is_empty() {
+                break;
+            }
+            for m in got {
+                assert_eq!(m.attempts, 1, "message {} claimed before", m.id);
+                mine.push(m.id);
+            }
+        }
+        mine
+    })
+    .await
+    .into_iter()
+    .flatten()
+    .collect();
     let unique: HashSet<i64> = all.iter().copied().collect();
     assert_eq!(unique.len(), all.len(), "a message was leased twice");
     assert_eq!(all.len(), 60, "every message is claimed once");
@@ -307,7 +291,7 @@ async fn a_sent_message_loses_its_text_and_receipts_update_its_verification(db: 
         (row.channel.as_deref(), row.gateway_id.as_deref()),
         (Some("smpp-a"), Some("gw-77"))
     );
-    let v = store.verification_get(&c, vid(1)).await.unwrap().unwrap();
+    let v = verification(&store, &c, vid(1)).await;
     assert_eq!(v.delivery, DeliveryStatus::Sent);
     assert_eq!(
         (v.channel.as_deref(), v.gateway_id.as_deref()),
@@ -317,34 +301,24 @@ async fn a_sent_message_loses_its_text_and_receipts_update_its_verification(db: 
     assert!(claim(&store, "w", 10, T0 + 100_000).await.is_empty());
 
     // A receipt finds its message by (channel, gateway id), both.
+    let delivered = |channel, gw, detail, at| {
+        store.outbox_receipt(channel, gw, DeliveryStatus::Delivered, detail, at)
+    };
     assert!(
-        store
-            .outbox_receipt("smpp-b", "gw-77", DeliveryStatus::Delivered, "", T0)
+        delivered("smpp-b", "gw-77", "", T0)
             .await
             .unwrap()
             .is_none()
     );
     assert!(
-        store
-            .outbox_receipt("smpp-a", "gw-78", DeliveryStatus::Delivered, "", T0)
+        delivered("smpp-a", "gw-78", "", T0)
             .await
             .unwrap()
             .is_none()
     );
-    assert!(
-        store
-            .outbox_receipt(
-                "smpp-a",
-                "gw-77",
-                DeliveryStatus::Delivered,
-                "DELIVRD",
-                T0 + 20
-            )
-            .await
-            .unwrap()
-            .is_some()
-    );
-    let v = store.verification_get(&c, vid(1)).await.unwrap().unwrap();
+    let found = delivered("smpp-a", "gw-77", "DELIVRD", T0 + 20).await;
+    assert!(found.unwrap().is_some());
+    let v = verification(&store, &c, vid(1)).await;
     assert_eq!(v.delivery, DeliveryStatus::Delivered);
     assert_eq!(v.delivery_detail.as_deref(), Some("DELIVRD"));
     assert_eq!(v.state, VerificationState::Pending);
@@ -378,15 +352,13 @@ async fn a_retry_releases_the_lease_until_the_next_attempt_is_due(db: TestDb) {
     assert_eq!(again.attempts, 2);
     assert_eq!(again.last_error.as_deref(), Some("smpp-a: timeout"));
     assert_eq!(again.text, msg.text);
-    let v = store.verification_get(&c, vid(1)).await.unwrap().unwrap();
+    let v = verification(&store, &c, vid(1)).await;
     assert_eq!(v.delivery_detail.as_deref(), Some("smpp-a: timeout"));
     assert_eq!(v.delivery, DeliveryStatus::Queued);
 }
 
 async fn a_failed_message_fails_its_verification_and_refunds_it_once(db: TestDb) {
-    let store = db.open().await;
-    let c = cid(1);
-    account(&store, &c, 3, 1).await;
+    let (store, c) = db.open_with_account(3, 1).await;
     let mut req = send(1, &c, &phone(1), T0);
     req.price = 2;
     created(&store, req).await;
@@ -417,7 +389,7 @@ async fn a_failed_message_fails_its_verification_and_refunds_it_once(db: TestDb)
         (3, 1),
         "refunded to where it came from"
     );
-    let v = store.verification_get(&c, vid(1)).await.unwrap().unwrap();
+    let v = verification(&store, &c, vid(1)).await;
     assert_eq!(v.state, VerificationState::Failed);
     assert_eq!(v.delivery, DeliveryStatus::Failed);
     assert_eq!((v.cost, v.cost_test), (0, 0));
@@ -453,12 +425,7 @@ async fn an_undeliverable_receipt_refunds_a_pending_verification_once_but_not_a_
     }
     assert_eq!(balance(&store, &c).await, (10, 0));
     // Verification 2 completed: its code evidently arrived.
-    assert!(
-        store
-            .verification_apply(&c, vid(2), 0, ValidationAction::Complete, T0 + 2)
-            .await
-            .unwrap()
-    );
+    assert!(completes(&store, &c, vid(2), 0, T0 + 2).await);
     for _ in 0..2 {
         for gw in ["g1", "g2"] {
             assert!(
@@ -475,13 +442,13 @@ async fn an_undeliverable_receipt_refunds_a_pending_verification_once_but_not_a_
         (11, 0),
         "only the pending one, once"
     );
-    let one = store.verification_get(&c, vid(1)).await.unwrap().unwrap();
+    let one = verification(&store, &c, vid(1)).await;
     assert_eq!(
         (one.state, one.delivery, one.cost),
         (VerificationState::Failed, DeliveryStatus::Undeliverable, 0)
     );
     assert_eq!(one.delivery_detail.as_deref(), Some("UNDELIV"));
-    let two = store.verification_get(&c, vid(2)).await.unwrap().unwrap();
+    let two = verification(&store, &c, vid(2)).await;
     assert_eq!((two.state, two.cost), (VerificationState::Completed, 1));
     assert_eq!(two.delivery, DeliveryStatus::Undeliverable);
     // Undeliverable is a delivery outcome, not a message the outbox gave up on.

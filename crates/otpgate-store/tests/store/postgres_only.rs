@@ -17,7 +17,7 @@ use otpgate_store::{CreateOutcome, StoreError};
 use otpgate_testkit::TempPostgres;
 use sqlx::Connection;
 
-use crate::fixture::{TestDb, skip_or_fail};
+use crate::fixture::{TestDb, pg_at_schema, skip_or_fail};
 use crate::helpers::*;
 
 const TEN_S: Duration = Duration::from_secs(10);
@@ -90,7 +90,7 @@ async fn a_database_outage_is_unavailable_promptly_and_heals_without_a_new_store
     let v = created(&store, send(2, &c, &phone(9), T0 + 1)).await;
     assert_eq!(store.verification_get(&c, v.id).await.unwrap(), Some(v));
     // What was committed before the crash is still there.
-    assert!(store.verification_get(&c, vid(1)).await.unwrap().is_some());
+    assert!(has_verification(&store, &c, vid(1)).await);
     store.close().await;
 }
 
@@ -244,25 +244,25 @@ impl Drop for Relay {
     }
 }
 
+/// A fresh database for `test` as the build at schema 1 left it, and a
+/// connection to it; `None` when the test is skipped.
+async fn schema_1_database(test: &str) -> Option<(TestDb, sqlx::PgConnection)> {
+    let db = TestDb::postgres(test).await?;
+    let conn = pg_at_schema(db.url(), 1).await;
+    Some((db, conn))
+}
+
 /// A database at schema 1 (before fallback steps), with a queued message,
 /// migrates when a node opens it: the row keeps its id and becomes step 0
 /// of its verification's flow, and is claimed and sent as before.
 #[tokio::test]
 async fn a_schema_1_database_keeps_its_outbox_rows_as_first_steps() {
     let test = "postgres_only::a_schema_1_database_keeps_its_outbox_rows_as_first_steps";
-    let Some(db) = TestDb::postgres(test).await else {
+    let Some((db, mut conn)) = schema_1_database(test).await else {
         return;
     };
-    let mut conn = sqlx::PgConnection::connect(db.url()).await.unwrap();
-    sqlx::raw_sql(include_str!("../../migrations/postgres/0001_init.sql"))
-        .execute(&mut conn)
-        .await
-        .unwrap();
     sqlx::raw_sql(
-        "create table schema_version (version bigint primary key, name text not null,
-                                      created_at bigint not null);
-         insert into schema_version values (1, 'init', 0);
-         insert into accounts (customer_id, password_hash, credits, test_credits, created_at)
+        "insert into accounts (customer_id, password_hash, credits, test_credits, created_at)
              values ('C-000000000000001', 'x', 5, 0, 1);
          insert into verifications (id, customer_id, country_code, national, destination,
              flow_type, code_hash, otp_length, state, wrong_attempts, max_attempts, created_at,
@@ -304,32 +304,19 @@ async fn a_schema_1_database_keeps_its_outbox_rows_as_first_steps() {
 #[tokio::test]
 async fn a_schema_1_database_is_backfilled_into_the_daily_counts() {
     let test = "postgres_only::a_schema_1_database_is_backfilled_into_the_daily_counts";
-    let Some(db) = TestDb::postgres(test).await else {
+    let Some((db, mut conn)) = schema_1_database(test).await else {
         return;
     };
     {
-        // The schema and rows as the earlier build left them.
-        let mut conn = sqlx::PgConnection::connect(db.url()).await.unwrap();
-        sqlx::raw_sql(include_str!("../../migrations/postgres/0001_init.sql"))
-            .execute(&mut conn)
-            .await
-            .unwrap();
+        // The rows as the earlier build left them.
         sqlx::raw_sql(
-            "create table schema_version (version bigint primary key, name text not null,
-                                          created_at bigint not null);
-             insert into schema_version values (1, 'init', 0);
-             insert into accounts (customer_id, password_hash, credits, test_credits, created_at)
+            "insert into accounts (customer_id, password_hash, credits, test_credits, created_at)
                   values ('C-000000000000001', 'x', 10, 0, 0);",
         )
         .execute(&mut conn)
         .await
         .unwrap();
-        let day0 = T0 - T0.rem_euclid(DAY);
-        for (id, at, state) in [
-            (1i64, day0 + 1, "completed"),
-            (2, day0 + 2, "pending"),
-            (3, day0 + DAY + 3, "completed"),
-        ] {
+        for (id, at, state) in BEFORE_DAILY_COUNTS {
             sqlx::query(
                 "insert into verifications (id, customer_id, country_code, national, destination,
                      flow_type, code_hash, otp_length, state, max_attempts, created_at,
@@ -348,19 +335,5 @@ async fn a_schema_1_database_is_backfilled_into_the_daily_counts() {
     }
     let store = db.open().await;
     assert_eq!(store.schema_version().await, SCHEMA_VERSION);
-    let day0 = T0 - T0.rem_euclid(DAY);
-    let stats = store
-        .daily_stats(&cid(1), day0, day0 + 2 * DAY)
-        .await
-        .unwrap();
-    let counts: Vec<_> = stats.iter().map(|d| (d.sends, d.completed)).collect();
-    assert_eq!(counts, [(2, 1), (1, 1)]);
-    // The old rows are all still there.
-    assert!(
-        store
-            .verification_get(&cid(1), vid(2))
-            .await
-            .unwrap()
-            .is_some()
-    );
+    assert_backfilled_daily_counts(&store).await;
 }

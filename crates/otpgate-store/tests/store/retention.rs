@@ -7,7 +7,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use otpgate_core::{CodeHash, VerificationId};
-use otpgate_store::{InboxEntry, Purged, ValidationAction};
+use otpgate_store::{InboxEntry, Purged};
 
 use crate::fixture::TestDb;
 use crate::helpers::*;
@@ -19,9 +19,7 @@ both_backends!(
 );
 
 async fn a_taken_id_falls_through_to_the_next_candidate_and_is_charged_once(db: TestDb) {
-    let store = db.open().await;
-    let c = cid(1);
-    account(&store, &c, 10, 0).await;
+    let (store, c) = db.open_with_account(10, 0).await;
     created(&store, send(42, &c, &phone(1), T0)).await;
     created(&store, send(43, &c, &phone(2), T0)).await;
     // 42 and 43 are taken: the third candidate is stored, with its own hash.
@@ -30,18 +28,13 @@ async fn a_taken_id_falls_through_to_the_next_candidate_and_is_charged_once(db: 
     let v = created(&store, req).await;
     assert_eq!(v.id, vid(44));
     assert_eq!(v.code_hash, CodeHash([2; 32]));
-    let stored = store.verification_get(&c, vid(44)).await.unwrap().unwrap();
+    let stored = verification(&store, &c, vid(44)).await;
     assert_eq!(stored.code_hash, CodeHash([2; 32]));
     assert_eq!(stored.destination, phone(3));
     assert_eq!(outbox_row(&store, 44).await.verification_id, vid(44));
     // The other two are untouched, and the send cost one credit, not three.
     assert_eq!(
-        store
-            .verification_get(&c, vid(42))
-            .await
-            .unwrap()
-            .unwrap()
-            .destination,
+        verification(&store, &c, vid(42)).await.destination,
         phone(1)
     );
     assert_eq!(balance(&store, &c).await, (7, 0));
@@ -113,9 +106,7 @@ async fn sends_get_distinct_ids_below_2_31_ten_thousand_on_sqlite(db: TestDb) {
 async fn purging_deletes_old_verifications_messages_and_inbox_rows_but_keeps_daily_counts(
     db: TestDb,
 ) {
-    let store = db.open().await;
-    let c = cid(1);
-    account(&store, &c, 100, 0).await;
+    let (store, c) = db.open_with_account(100, 0).await;
     // A webhook, so each change queues an event retention must also delete.
     store
         .webhook_set(&c, "https://example.test/hook", "whsec_c2VjcmV0", T0)
@@ -132,12 +123,7 @@ async fn purging_deletes_old_verifications_messages_and_inbox_rows_but_keeps_dai
     ] {
         let v = created(&store, send(u64::from(n), &c, &phone(n), at)).await;
         if complete {
-            assert!(
-                store
-                    .verification_apply(&c, v.id, 0, ValidationAction::Complete, at + 5)
-                    .await
-                    .unwrap()
-            );
+            assert!(completes(&store, &c, v.id, 0, at + 5).await);
         }
         store
             .inbox_put(&InboxEntry {
@@ -183,7 +169,7 @@ async fn purging_deletes_old_verifications_messages_and_inbox_rows_but_keeps_dai
         assert_eq!(store.verification_get(&c, vid(n)).await.unwrap(), None);
         assert_eq!(store.outbox_for_verification(vid(n)).await.unwrap(), None);
     }
-    assert!(store.verification_get(&c, vid(4)).await.unwrap().is_some());
+    assert!(has_verification(&store, &c, vid(4)).await);
     assert!(
         store
             .outbox_for_verification(vid(4))
@@ -203,12 +189,7 @@ async fn purging_deletes_old_verifications_messages_and_inbox_rows_but_keeps_dai
     // ...while the counts of their day stay, and keep counting.
     let after = store.daily_stats(&c, day0, day0 + 2 * DAY).await.unwrap();
     assert_eq!(counts(after), [(3, 2), (1, 0)]);
-    assert!(
-        store
-            .verification_apply(&c, vid(4), 0, ValidationAction::Complete, day0 + DAY + 20)
-            .await
-            .unwrap()
-    );
+    assert!(completes(&store, &c, vid(4), 0, day0 + DAY + 20).await);
     let last = store.daily_stats(&c, day0, day0 + 2 * DAY).await.unwrap();
     assert_eq!(counts(last), [(3, 2), (1, 1)]);
     // A freed id can be issued again.

@@ -87,6 +87,15 @@ fn normalise(predicate: &str) -> String {
         .join(" ")
 }
 
+/// The rows of `sql` (a pragma query taking one name) for `name`.
+async fn pragma(
+    conn: &mut sqlx::SqliteConnection,
+    sql: &'static str,
+    name: &str,
+) -> Vec<sqlx::sqlite::SqliteRow> {
+    sqlx::query(sql).bind(name).fetch_all(conn).await.unwrap()
+}
+
 async fn sqlite_schema(url: &str) -> Schema {
     let mut conn = sqlx::SqliteConnection::connect(url).await.unwrap();
     let tables: Vec<String> = sqlx::query_scalar(
@@ -98,13 +107,12 @@ async fn sqlite_schema(url: &str) -> Schema {
     .unwrap();
     let mut schema = Schema::default();
     for table in tables {
-        let cols = sqlx::query(
+        let cols = pragma(
+            &mut conn,
             "select name, type, \"notnull\", pk from pragma_table_info(?1) order by cid",
+            &table,
         )
-        .bind(&table)
-        .fetch_all(&mut conn)
-        .await
-        .unwrap();
+        .await;
         let mut columns = BTreeSet::new();
         let mut pk: Vec<(i64, String)> = Vec::new();
         for c in &cols {
@@ -123,25 +131,23 @@ async fn sqlite_schema(url: &str) -> Schema {
         }
         pk.sort();
         let pk = pk.into_iter().map(|(_, n)| n).collect();
-        let indexes = sqlx::query(
+        let indexes = pragma(
+            &mut conn,
             "select l.name, l.\"unique\", l.origin, s.sql
                from pragma_index_list(?1) l left join sqlite_schema s on s.name = l.name
               where l.origin <> 'pk'",
+            &table,
         )
-        .bind(&table)
-        .fetch_all(&mut conn)
-        .await
-        .unwrap();
+        .await;
         for i in &indexes {
             let name: String = i.get("name");
             let sql: Option<String> = i.get("sql");
-            let keys = sqlx::query(
+            let keys = pragma(
+                &mut conn,
                 "select name, \"desc\" from pragma_index_xinfo(?1) where key = 1 order by seqno",
+                &name,
             )
-            .bind(&name)
-            .fetch_all(&mut conn)
-            .await
-            .unwrap();
+            .await;
             let columns = keys
                 .iter()
                 .map(|k| {

@@ -2,11 +2,8 @@
 //! queueing the message, 506 while one is pending, the rate limits, 402,
 //! id collisions, and balances under concurrent sends from several nodes.
 
-use std::sync::Arc;
-
 use otpgate_core::{DeliveryStatus, VerificationState};
 use otpgate_store::{CreateOutcome, SendLimits, StoreError, ValidationAction};
-use tokio::sync::Barrier;
 
 use crate::fixture::TestDb;
 use crate::helpers::*;
@@ -25,9 +22,7 @@ both_backends!(
 );
 
 async fn a_send_charges_test_credits_first_and_queues_its_message(db: TestDb) {
-    let store = db.open().await;
-    let c = cid(1);
-    account(&store, &c, 5, 1).await;
+    let (store, c) = db.open_with_account(5, 1).await;
     let mut req = send(42, &c, &phone(1), T0);
     req.price = 3;
     let v = created(&store, req).await;
@@ -51,9 +46,7 @@ async fn a_send_charges_test_credits_first_and_queues_its_message(db: TestDb) {
 }
 
 async fn a_send_without_enough_credits_stores_and_charges_nothing(db: TestDb) {
-    let store = db.open().await;
-    let c = cid(1);
-    account(&store, &c, 1, 1).await;
+    let (store, c) = db.open_with_account(1, 1).await;
     let mut req = send(42, &c, &phone(1), T0);
     req.price = 3;
     assert!(matches!(
@@ -92,9 +85,7 @@ async fn unknown_and_disabled_accounts_cannot_send(db: TestDb) {
 }
 
 async fn a_send_while_one_is_pending_returns_it_and_a_resend_after_it_ends_creates_one(db: TestDb) {
-    let store = db.open().await;
-    let c = cid(1);
-    account(&store, &c, 100, 0).await;
+    let (store, c) = db.open_with_account(100, 0).await;
     let to = phone(1);
     let first = created(&store, send(1, &c, &to, T0)).await;
     match store
@@ -115,12 +106,7 @@ async fn a_send_while_one_is_pending_returns_it_and_a_resend_after_it_ends_creat
     // Expired: a resend creates a new one.
     let second = created(&store, send(5, &c, &to, T0 + 60_000)).await;
     // Completed: likewise.
-    assert!(
-        store
-            .verification_apply(&c, second.id, 0, ValidationAction::Complete, T0 + 61_000)
-            .await
-            .unwrap()
-    );
+    assert!(completes(&store, &c, second.id, 0, T0 + 61_000).await);
     let third = created(&store, send(6, &c, &to, T0 + 62_000)).await;
     // Dead (all attempts wrong): likewise.
     for n in 0..5 {
@@ -135,9 +121,7 @@ async fn a_send_while_one_is_pending_returns_it_and_a_resend_after_it_ends_creat
 }
 
 async fn the_per_number_limit_refuses_until_the_oldest_send_leaves_the_window(db: TestDb) {
-    let store = db.open().await;
-    let c = cid(1);
-    account(&store, &c, 100, 0).await;
+    let (store, c) = db.open_with_account(100, 0).await;
     let to = phone(1);
     let limits = SendLimits {
         per_number_max: 3,
@@ -153,12 +137,7 @@ async fn the_per_number_limit_refuses_until_the_oldest_send_leaves_the_window(db
         req.expires_at = at + 1_000;
         let v = created(&store, req).await;
         if completed {
-            assert!(
-                store
-                    .verification_apply(&c, v.id, 0, ValidationAction::Complete, at)
-                    .await
-                    .unwrap()
-            );
+            assert!(completes(&store, &c, v.id, 0, at).await);
         }
     }
     let mut req = send(4, &c, &to, T0 + 2_500);
@@ -185,9 +164,7 @@ async fn the_per_number_limit_refuses_until_the_oldest_send_leaves_the_window(db
 }
 
 async fn the_per_account_rate_limit_counts_sends_in_the_last_second(db: TestDb) {
-    let store = db.open().await;
-    let c = cid(1);
-    account(&store, &c, 100, 0).await;
+    let (store, c) = db.open_with_account(100, 0).await;
     let limits = SendLimits {
         per_account_per_second: Some(2),
         ..roomy_limits()
@@ -212,9 +189,7 @@ async fn the_per_account_rate_limit_counts_sends_in_the_last_second(db: TestDb) 
 }
 
 async fn wrong_codes_count_across_verifications_and_a_spent_budget_refuses_sends(db: TestDb) {
-    let store = db.open().await;
-    let c = cid(1);
-    account(&store, &c, 100, 0).await;
+    let (store, c) = db.open_with_account(100, 0).await;
     let to = phone(1);
     let limits = SendLimits {
         wrong_code_max: 4,
@@ -237,12 +212,7 @@ async fn wrong_codes_count_across_verifications_and_a_spent_budget_refuses_sends
             );
         }
         if complete {
-            assert!(
-                store
-                    .verification_apply(&c, v.id, 2, ValidationAction::Complete, at + 2)
-                    .await
-                    .unwrap()
-            );
+            assert!(completes(&store, &c, v.id, 2, at + 2).await);
         }
     }
     let dest = to.e164_digits();
@@ -270,9 +240,7 @@ async fn wrong_codes_count_across_verifications_and_a_spent_budget_refuses_sends
 }
 
 async fn a_verification_id_taken_is_a_conflict_that_charges_nothing(db: TestDb) {
-    let store = db.open().await;
-    let c = cid(1);
-    account(&store, &c, 5, 0).await;
+    let (store, c) = db.open_with_account(5, 0).await;
     created(&store, send(42, &c, &phone(1), T0)).await;
     let err = store
         .verification_create(send(42, &c, &phone(2), T0))
@@ -304,34 +272,22 @@ async fn another_accounts_verification_is_indistinguishable_from_none(db: TestDb
             .unwrap()
     );
     assert_eq!(
-        store
-            .verification_get(&cid(1), vid(42))
-            .await
-            .unwrap()
-            .unwrap()
-            .state,
+        verification(&store, &cid(1), vid(42)).await.state,
         VerificationState::Pending
     );
 }
 
 async fn concurrent_sends_from_several_nodes_never_overdraw_the_balance(db: TestDb) {
-    let nodes = db.nodes(5).await;
-    let c = cid(1);
     // 10 credits, 3 of them test credits; 40 sends to distinct numbers.
-    account(&nodes[0], &c, 7, 3).await;
-    let barrier = Arc::new(Barrier::new(40));
-    let tasks: Vec<_> = (1..=40u32)
-        .map(|n| {
-            let node = nodes[n as usize % nodes.len()].clone();
-            let (barrier, req) = (barrier.clone(), send(u64::from(n), &c, &phone(n), T0));
-            tokio::spawn(async move {
-                barrier.wait().await;
-                node.verification_create(req).await.unwrap()
-            })
-        })
-        .collect();
+    let (nodes, c) = db.nodes_with_account(5, 7, 3).await;
+    let outcomes = at_once(&nodes, 40, |node, i| {
+        let n = u32::try_from(i).unwrap() + 1;
+        let req = send(u64::from(n), &c, &phone(n), T0);
+        async move { node.verification_create(req).await.unwrap() }
+    })
+    .await;
     let (mut made, mut broke, mut test_paid) = (0, 0, 0);
-    for outcome in futures::future::try_join_all(tasks).await.unwrap() {
+    for outcome in outcomes {
         match outcome {
             CreateOutcome::Created(v) => {
                 made += 1;

@@ -8,13 +8,37 @@ use otpgate_store::prelude::*;
 use otpgate_store::sqlite::{MAX_BATCH, SqliteStore, WriteStats};
 use otpgate_store::{CreateOutcome, StoreError, VerificationFilter};
 
-use crate::fixture::TempDir;
+use crate::fixture::{TempDir, sqlite_at_schema};
 use crate::helpers::*;
 
 async fn open(path: &Path) -> SqliteStore {
     SqliteStore::open_path(path)
         .await
         .expect("open a fresh database")
+}
+
+/// A fresh file in a directory of its own, opened, with account `cid(1)`
+/// holding these balances: (the directory, the store, the account).
+async fn fresh_with_account(
+    credits: i64,
+    test_credits: i64,
+) -> (TempDir, SqliteStore, otpgate_core::CustomerId) {
+    let dir = TempDir::new("store");
+    let store = open(&dir.db()).await;
+    let c = cid(1);
+    account(&store, &c, credits, test_credits).await;
+    (dir, store, c)
+}
+
+/// Opens the file at `path`, which an earlier build made: it must migrate
+/// to this build's schema.
+async fn open_migrated(path: &Path) -> SqliteStore {
+    let store = open(path).await;
+    assert_eq!(
+        store.schema_version().await.unwrap(),
+        otpgate_store::sqlite::SCHEMA_VERSION
+    );
+    store
 }
 
 // ---- opening ---------------------------------------------------------------------------
@@ -88,10 +112,7 @@ fn delta(after: WriteStats, before: WriteStats) -> WriteStats {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hundred_concurrent_sends_all_commit_and_are_there_after_reopening() {
-    let dir = TempDir::new("store");
-    let store = open(&dir.db()).await;
-    let c = cid(1);
-    account(&store, &c, 150, 50).await;
+    let (dir, store, c) = fresh_with_account(150, 50).await;
     let tasks: Vec<_> = (1..=200u32)
         .map(|n| {
             let s = store.clone();
@@ -128,10 +149,7 @@ async fn two_hundred_concurrent_sends_all_commit_and_are_there_after_reopening()
 
 #[tokio::test]
 async fn a_failing_or_refused_send_in_a_batch_leaves_no_trace_and_spares_the_others() {
-    let dir = TempDir::new("store");
-    let store = open(&dir.db()).await;
-    let c = cid(1);
-    account(&store, &c, 10, 0).await;
+    let (dir, store, c) = fresh_with_account(10, 0).await;
     account(&store, &cid(2), 0, 0).await;
     let pending = created(&store, send(1, &c, &phone(1), T0)).await;
     created(&store, send(42, &c, &phone(2), T0)).await;
@@ -212,12 +230,7 @@ async fn a_failing_or_refused_send_in_a_batch_leaves_no_trace_and_spares_the_oth
         "the colliding send left a row"
     );
     assert_eq!(
-        store
-            .verification_get(&c, vid(42))
-            .await
-            .unwrap()
-            .unwrap()
-            .destination,
+        verification(&store, &c, vid(42)).await.destination,
         phone(2),
         "the id's first owner is untouched"
     );
@@ -282,10 +295,7 @@ async fn concurrent_writes_share_commits_unless_batches_are_limited_to_one() {
 
 #[tokio::test]
 async fn a_send_whose_caller_gave_up_before_it_began_is_not_written() {
-    let dir = TempDir::new("store");
-    let store = open(&dir.db()).await;
-    let c = cid(1);
-    account(&store, &c, 5, 0).await;
+    let (dir, store, c) = fresh_with_account(5, 0).await;
     let lock = WriteLock::take(&dir.db()).await;
     let s = store.clone();
     let plug = tokio::spawn(async move { s.account_add_credits(&cid(1), 0).await });
@@ -314,50 +324,21 @@ async fn a_send_whose_caller_gave_up_before_it_began_is_not_written() {
     assert_eq!(balance(&store, &c).await, (5, 0));
 }
 
+/// A database file in a fresh directory as the build at schema 2 left it
+/// (its migrations applied by sqlx's migrator), and a pool on it.
+async fn schema_2_file() -> (TempDir, sqlx::SqlitePool) {
+    let dir = TempDir::new("store");
+    let pool = sqlite_at_schema(&dir.db(), 2).await;
+    (dir, pool)
+}
+
 // ---- upgrades ------------------------------------------------------------------------------
 
 #[tokio::test]
 async fn a_database_made_at_schema_2_migrates_and_keeps_its_data() {
-    use sqlx::migrate::{Migration, MigrationType, Migrator};
-    use sqlx::{SqlSafeStr, sqlite::SqliteConnectOptions};
-    let dir = TempDir::new("store");
     // The schema as the build before the fraud defence left it: its two
     // migrations, recorded as sqlx records them, and a verification.
-    let old = [
-        (
-            1,
-            "init",
-            include_str!("../../migrations/sqlite/0001_init.sql"),
-        ),
-        (
-            2,
-            "outbox failed index",
-            include_str!("../../migrations/sqlite/0002_outbox_failed_index.sql"),
-        ),
-    ];
-    let pool = sqlx::SqlitePool::connect_with(
-        SqliteConnectOptions::new()
-            .filename(dir.db())
-            .create_if_missing(true),
-    )
-    .await
-    .unwrap();
-    Migrator::with_migrations(
-        old.iter()
-            .map(|&(v, d, sql)| {
-                Migration::new(
-                    v,
-                    d.into(),
-                    MigrationType::Simple,
-                    sql.into_sql_str(),
-                    false,
-                )
-            })
-            .collect(),
-    )
-    .run(&pool)
-    .await
-    .unwrap();
+    let (dir, pool) = schema_2_file().await;
     sqlx::query(
         "insert into accounts (customer_id, password_hash, credits, test_credits, created_at)
          values (?1, 'x', 7, 0, ?2)",
@@ -382,11 +363,7 @@ async fn a_database_made_at_schema_2_migrates_and_keeps_its_data() {
     .unwrap();
     pool.close().await;
 
-    let store = open(&dir.db()).await;
-    assert_eq!(
-        store.schema_version().await.unwrap(),
-        otpgate_store::sqlite::SCHEMA_VERSION
-    );
+    let store = open_migrated(&dir.db()).await;
     let v = store.verification_get(&cid(1), vid(42)).await.unwrap();
     assert_eq!(v.map(|v| v.cost), Some(1), "the old verification is kept");
     assert_eq!(balance(&store, &cid(1)).await, (7, 0));
@@ -400,43 +377,9 @@ async fn a_database_made_at_schema_2_migrates_and_keeps_its_data() {
 /// migrates, and its dashboard counts come back from the backfill.
 #[tokio::test]
 async fn a_schema_2_file_is_backfilled_into_the_daily_counts() {
-    use sqlx::SqlSafeStr;
-    use sqlx::migrate::{Migration, MigrationType, Migrator};
-    let dir = TempDir::new("store");
+    // Migrated as the earlier build did (sqlx's migrator, same SQL).
+    let (dir, pool) = schema_2_file().await;
     {
-        // Migrated as the earlier build did (sqlx's migrator, same SQL).
-        let opts = sqlx::sqlite::SqliteConnectOptions::new()
-            .filename(dir.db())
-            .create_if_missing(true);
-        let pool = sqlx::SqlitePool::connect_with(opts).await.unwrap();
-        let old = [
-            (
-                1,
-                "init",
-                include_str!("../../migrations/sqlite/0001_init.sql"),
-            ),
-            (
-                2,
-                "outbox failed index",
-                include_str!("../../migrations/sqlite/0002_outbox_failed_index.sql"),
-            ),
-        ];
-        let migrations = old
-            .iter()
-            .map(|&(v, d, sql)| {
-                Migration::new(
-                    v,
-                    d.into(),
-                    MigrationType::Simple,
-                    sql.into_sql_str(),
-                    false,
-                )
-            })
-            .collect();
-        Migrator::with_migrations(migrations)
-            .run(&pool)
-            .await
-            .unwrap();
         sqlx::query(
             "insert into accounts (customer_id, password_hash, credits, test_credits, created_at)
              values ('C-000000000000001', 'x', 10, 0, 0)",
@@ -444,12 +387,7 @@ async fn a_schema_2_file_is_backfilled_into_the_daily_counts() {
         .execute(&pool)
         .await
         .unwrap();
-        let day0 = T0 - T0.rem_euclid(DAY);
-        for (id, at, state) in [
-            (1i64, day0 + 1, "completed"),
-            (2, day0 + 2, "pending"),
-            (3, day0 + DAY + 3, "completed"),
-        ] {
+        for (id, at, state) in BEFORE_DAILY_COUNTS {
             sqlx::query(
                 "insert into verifications (id, customer_id, country_code, national, destination,
                      flow_type, code_hash, otp_length, state, max_attempts, created_at,
@@ -466,25 +404,8 @@ async fn a_schema_2_file_is_backfilled_into_the_daily_counts() {
         }
         pool.close().await;
     }
-    let store = open(&dir.db()).await;
-    assert_eq!(
-        store.schema_version().await.unwrap(),
-        otpgate_store::sqlite::SCHEMA_VERSION
-    );
-    let day0 = T0 - T0.rem_euclid(DAY);
-    let stats = store
-        .daily_stats(&cid(1), day0, day0 + 2 * DAY)
-        .await
-        .unwrap();
-    let counts: Vec<_> = stats.iter().map(|d| (d.sends, d.completed)).collect();
-    assert_eq!(counts, [(2, 1), (1, 1)]);
-    assert!(
-        store
-            .verification_get(&cid(1), vid(2))
-            .await
-            .unwrap()
-            .is_some()
-    );
+    let store = open_migrated(&dir.db()).await;
+    assert_backfilled_daily_counts(&store).await;
 }
 
 /// Retention deletes numbers from the file itself, not only from view:
@@ -492,10 +413,7 @@ async fn a_schema_2_file_is_backfilled_into_the_daily_counts() {
 /// checkpoint the number is nowhere in the database file or its WAL.
 #[tokio::test]
 async fn a_purged_number_is_nowhere_in_the_file() {
-    let dir = TempDir::new("store");
-    let store = open(&dir.db()).await;
-    let c = cid(1);
-    account(&store, &c, 10, 0).await;
+    let (dir, store, c) = fresh_with_account(10, 0).await;
     // A number no other row holds.
     let to = otpgate_core::PhoneNumber::parse("91", "9812345678").unwrap();
     let v = created(&store, send(7, &c, &to, T0)).await;

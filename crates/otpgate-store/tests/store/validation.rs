@@ -2,11 +2,8 @@
 //! caller read, so of any number of racing completions, on any number of
 //! nodes, exactly one wins.
 
-use std::sync::Arc;
-
 use otpgate_core::VerificationState;
 use otpgate_store::ValidationAction;
-use tokio::sync::Barrier;
 
 use crate::fixture::TestDb;
 use crate::helpers::*;
@@ -17,9 +14,7 @@ both_backends!(
 );
 
 async fn apply_writes_only_on_the_expected_attempt_count(db: TestDb) {
-    let store = db.open().await;
-    let c = cid(1);
-    account(&store, &c, 5, 0).await;
+    let (store, c) = db.open_with_account(5, 0).await;
     let v = created(&store, send(42, &c, &phone(1), T0)).await;
     let apply = |n, action| store.verification_apply(&c, v.id, n, action, T0 + 5_000);
     assert!(apply(0, ValidationAction::Wrong).await.unwrap());
@@ -29,7 +24,7 @@ async fn apply_writes_only_on_the_expected_attempt_count(db: TestDb) {
     assert!(apply(1, ValidationAction::Complete).await.unwrap());
     assert!(!apply(1, ValidationAction::Complete).await.unwrap());
     assert!(!apply(1, ValidationAction::Wrong).await.unwrap());
-    let done = store.verification_get(&c, v.id).await.unwrap().unwrap();
+    let done = verification(&store, &c, v.id).await;
     assert_eq!(done.state, VerificationState::Completed);
     assert_eq!(
         (done.wrong_attempts, done.completed_at),
@@ -38,34 +33,25 @@ async fn apply_writes_only_on_the_expected_attempt_count(db: TestDb) {
 }
 
 async fn of_many_concurrent_completions_across_many_nodes_exactly_one_wins(db: TestDb) {
-    let nodes = db.nodes(20).await;
-    let c = cid(1);
-    account(&nodes[0], &c, 100, 0).await;
+    let (nodes, c) = db.nodes_with_account(20, 100, 0).await;
     for round in 0..5u64 {
         let at = T0 + 70_000 * i64::try_from(round).unwrap();
         let v = created(&nodes[0], send(100 + round, &c, &phone(1), at)).await;
         // Two validations per node, released together.
-        let barrier = Arc::new(Barrier::new(2 * nodes.len()));
-        let tasks: Vec<_> = (0..2 * nodes.len())
-            .map(|i| {
-                let node = nodes[i % nodes.len()].clone();
-                let (barrier, c) = (barrier.clone(), c.clone());
-                tokio::spawn(async move {
-                    barrier.wait().await;
-                    node.verification_apply(&c, v.id, 0, ValidationAction::Complete, at + 5)
-                        .await
-                        .unwrap()
-                })
-            })
-            .collect();
-        let won = futures::future::try_join_all(tasks)
-            .await
-            .unwrap()
-            .into_iter()
-            .filter(|w| *w)
-            .count();
+        let won = at_once(&nodes, 2 * nodes.len(), |node, _| {
+            let c = c.clone();
+            async move {
+                node.verification_apply(&c, v.id, 0, ValidationAction::Complete, at + 5)
+                    .await
+                    .unwrap()
+            }
+        })
+        .await
+        .into_iter()
+        .filter(|w| *w)
+        .count();
         assert_eq!(won, 1, "round {round}: exactly one completion must apply");
-        let done = nodes[0].verification_get(&c, v.id).await.unwrap().unwrap();
+        let done = verification(&nodes[0], &c, v.id).await;
         assert_eq!(
             (done.state, done.completed_at),
             (VerificationState::Completed, Some(at + 5))

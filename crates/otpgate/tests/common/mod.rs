@@ -66,6 +66,22 @@ pub fn start(args: &[&str], envs: &[(&str, &str)]) -> Server {
     Server { base, run }
 }
 
+/// A fresh SQLite database in a directory of its own (tagged `tag`), an
+/// account on it with `credits` ([`create_account`]), and [`start`] on it
+/// with `envs`: (the directory, the database URL, the customerId, the
+/// server).
+pub fn serve_sqlite(
+    tag: &str,
+    credits: Option<i64>,
+    envs: &[(&str, &str)],
+) -> (TempDir, String, String, Server) {
+    let dir = TempDir::new(tag);
+    let db = dir.sqlite_url();
+    let cid = create_account(&db, credits);
+    let server = start(&["--database", &db], envs);
+    (dir, db, cid, server)
+}
+
 /// `GET {base}/readyz` as the operator (with the health token), for its
 /// detail.
 pub fn readyz(http: &reqwest::Client, base: &str) -> reqwest::RequestBuilder {
@@ -110,6 +126,33 @@ pub async fn token(http: &reqwest::Client, base: &str, cid: &str) -> String {
         .to_owned()
 }
 
+/// A token request for `cid` with `key` (base64-encoded here): the status
+/// and the JSON body (`null` when there is none).
+pub async fn token_status(
+    http: &reqwest::Client,
+    base: &str,
+    cid: &str,
+    key: &str,
+) -> (u16, serde_json::Value) {
+    let r = http
+        .get(format!("{base}/auth/v1/authentication/token"))
+        .query(&[("customerId", cid), ("key", &STANDARD.encode(key))])
+        .send()
+        .await
+        .expect("token request");
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(serde_json::Value::Null))
+}
+
+/// The environment that makes `email` (with `password`) the console's
+/// operator, for [`start`].
+pub fn operator<'a>(email: &'a str, password: &'a str) -> [(&'static str, &'a str); 2] {
+    [
+        ("OTPGATE_CONSOLE__ADMIN_EMAIL", email),
+        ("OTPGATE_CONSOLE__ADMIN_PASSWORD", password),
+    ]
+}
+
 /// The first run of `len` digits in a message text: the code.
 pub fn code_in(text: &str, len: usize) -> String {
     text.split(|c: char| !c.is_ascii_digit())
@@ -127,6 +170,34 @@ pub async fn open_store(db: &str) -> std::sync::Arc<dyn otpgate_store::Store> {
     otpgate_server::store::open(&settings)
         .await
         .expect("open the store")
+}
+
+/// Account `cid` as `store` holds it now; it must exist.
+pub async fn account_of(store: &dyn otpgate_store::Store, cid: &str) -> otpgate_store::Account {
+    let id = otpgate_core::CustomerId::parse(cid).expect("a customerId");
+    found(store.account_get(&id).await, "the account")
+}
+
+/// Verification `id` of account `cid` as `store` holds it now; it must
+/// exist.
+pub async fn verification_of(
+    store: &dyn otpgate_store::Store,
+    cid: &str,
+    id: &str,
+) -> otpgate_store::Verification {
+    let customer = otpgate_core::CustomerId::parse(cid).expect("a customerId");
+    let id = otpgate_core::VerificationId::parse(id).expect("a verification id");
+    found(
+        store.verification_get(&customer, id).await,
+        "the verification",
+    )
+}
+
+/// What a store lookup found; a panic naming `what` when the read failed
+/// or found nothing.
+fn found<T>(read: otpgate_store::StoreResult<Option<T>>, what: &str) -> T {
+    read.unwrap_or_else(|e| panic!("read {what}: {e}"))
+        .unwrap_or_else(|| panic!("{what} does not exist"))
 }
 
 /// The `len`-digit code of verification `id` (to `to`, E.164 digits), read

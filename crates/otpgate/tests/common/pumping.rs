@@ -48,6 +48,28 @@ async fn send(http: &reqwest::Client, base: &str, token: &str, national: &str) -
     }
 }
 
+/// Spawns `task(i)` for each `i` in `0..n`, one every `every` (a late tick
+/// is caught up at once, so the rate holds on average); the spawned tasks,
+/// in order.
+async fn paced<Fut>(
+    every: Duration,
+    n: usize,
+    mut task: impl FnMut(usize) -> Fut,
+) -> Vec<tokio::task::JoinHandle<Fut::Output>>
+where
+    Fut: Future + Send + 'static,
+    Fut::Output: Send + 'static,
+{
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let mut tasks = Vec::with_capacity(n);
+    for i in 0..n {
+        tick.tick().await;
+        tasks.push(tokio::spawn(task(i)));
+    }
+    tasks
+}
+
 /// Runs the scenario; `bases` are the nodes, `token` an account's token.
 pub async fn run(bases: &[String], token: &str, store: Arc<dyn Store>) -> Pumped {
     let http = reqwest::Client::builder()
@@ -60,19 +82,16 @@ pub async fn run(bases: &[String], token: &str, store: Arc<dyn Store>) -> Pumped
     let attack = {
         let (http, bases, token) = (http.clone(), bases.to_vec(), token.to_owned());
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_millis(50));
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-            let mut tasks = Vec::new();
-            for i in 0..1000usize {
-                tick.tick().await;
+            let tasks = paced(Duration::from_millis(50), 1000, |i| {
                 let (http, base, token) =
                     (http.clone(), bases[i % bases.len()].clone(), token.clone());
                 let sent_at = started.elapsed();
-                tasks.push(tokio::spawn(async move {
+                async move {
                     let (status, body) = send(&http, &base, &token, &format!("987650{i:04}")).await;
                     (sent_at, started.elapsed(), status, body)
-                }));
-            }
+                }
+            })
+            .await;
             let mut out = Vec::new();
             for t in tasks {
                 out.push(t.await.expect("attack send"));
@@ -91,18 +110,14 @@ pub async fn run(bases: &[String], token: &str, store: Arc<dyn Store>) -> Pumped
             store.clone(),
         );
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_millis(100));
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-            let mut tasks = Vec::new();
-            for i in 0..500usize {
-                tick.tick().await;
+            let tasks = paced(Duration::from_millis(100), 500, |i| {
                 let (http, base, token, store) = (
                     http.clone(),
                     bases[(i + 1) % bases.len()].clone(),
                     token.clone(),
                     store.clone(),
                 );
-                tasks.push(tokio::spawn(async move {
+                async move {
                     let national = format!("98{:04}{:04}", 1000 + i % 100, 1000 + i);
                     let (status, body) = send(&http, &base, &token, &national).await;
                     if status != 200 {
@@ -129,8 +144,9 @@ pub async fn run(bases: &[String], token: &str, store: Arc<dyn Store>) -> Pumped
                     .await;
                     let r = super::validate(&http, &base, &token, &id, &code).await;
                     (true, r["responseCode"] == 200, String::new())
-                }));
-            }
+                }
+            })
+            .await;
             let mut out = Vec::new();
             for t in tasks {
                 out.push(t.await.expect("legitimate send"));
