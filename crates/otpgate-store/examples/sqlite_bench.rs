@@ -23,10 +23,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use otpgate_core::{CodeHash, CustomerId, PhoneNumber, VerificationId};
+use otpgate_core::{CustomerId, PhoneNumber, VerificationId};
 use otpgate_store::prelude::*;
 use otpgate_store::sqlite::{MAX_BATCH, SqliteStore};
-use otpgate_store::{CreateOutcome, NewAccount, NewVerification, SendLimits};
+use otpgate_store::testkit::plain_send;
+use otpgate_store::{CreateOutcome, NewAccount, NewVerification};
 
 const T0: i64 = 1_764_100_000_000;
 const SENDERS: [usize; 2] = [1, 64];
@@ -244,33 +245,13 @@ async fn run(case: &Case, file: &PathBuf, length: Duration) -> Result<Outcome, S
 /// A send to a destination of its own, so none answers 506.
 fn request(customer: &CustomerId, n: u64) -> Result<NewVerification, String> {
     let id = VerificationId::new(n).map_err(|e| format!("{e:?}"))?;
+    let to = PhoneNumber::from_trusted_parts(91, format!("98{:08}", n % 100_000_000));
+    let text = format!("Your code is {:04}", n % 10_000);
     Ok(NewVerification {
-        id,
-        customer_id: customer.clone(),
-        destination: PhoneNumber::from_trusted_parts(91, format!("98{:08}", n % 100_000_000)),
-        flow_type: "SMS".into(),
-        code_hash: CodeHash([7; 32]),
-        spare_ids: Vec::new(),
-        otp_length: 4,
-        max_attempts: 5,
-        created_at: T0,
         expires_at: T0 + 600_000,
         transaction_id: format!("bench-{n}"),
-        price: 1,
-        message_text: format!("Your code is {:04}", n % 10_000),
-        address: None,
-        lang: None,
-        fallbacks: Vec::new(),
-        limits: SendLimits {
-            per_number_max: 1000,
-            per_number_window_ms: 3_600_000,
-            wrong_code_max: 1000,
-            wrong_code_window_ms: 3_600_000,
-            per_account_per_second: None,
-        },
         prefix: format!("9198{:04}", (n / 10_000) % 10_000),
-        fraud: otpgate_core::fraud::FraudPolicy::off(),
-        kind: otpgate_store::SendKind::Normal,
+        ..plain_send(id, customer, &to, &text, T0)
     })
 }
 

@@ -6,14 +6,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use otpgate_core::{
-    Clock, CodeHash, CustomerId, DeliveryStatus, PhoneNumber, SystemClock, VerificationId,
-};
+use otpgate_core::{Clock, CustomerId, DeliveryStatus, PhoneNumber, SystemClock, VerificationId};
 use otpgate_sms::config::{SmsConfig, build_table};
 use otpgate_sms::{Delivery, DeliveryConfig, Outgoing, RouteTable, Router};
 use otpgate_store::sqlite::SqliteStore;
 use otpgate_store::{
-    CreateOutcome, NewAccount, NewVerification, OutboxMessage, SendLimits, Store, Verification,
+    CreateOutcome, NewAccount, NewVerification, OutboxMessage, Store, Verification,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -74,35 +72,13 @@ impl Db {
     /// The send [`Db::queue`] makes, not yet made.
     pub fn request(&self, country_code: &str, national: &str, text: &str) -> NewVerification {
         let n = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let now = self.clock.now_ms();
-        NewVerification {
-            id: VerificationId::new(1000 + u64::from(n)).unwrap(),
-            customer_id: self.customer.clone(),
-            destination: PhoneNumber::parse(country_code, national).expect("a valid number"),
-            flow_type: "SMS".into(),
-            code_hash: CodeHash([7; 32]),
-            spare_ids: Vec::new(),
-            otp_length: 4,
-            max_attempts: 5,
-            created_at: now,
-            expires_at: now + 60_000,
-            transaction_id: format!("tx-{n}"),
-            price: 1,
-            message_text: text.to_owned(),
-            address: None,
-            lang: None,
-            fallbacks: Vec::new(),
-            limits: SendLimits {
-                per_number_max: 1000,
-                per_number_window_ms: 3_600_000,
-                wrong_code_max: 1000,
-                wrong_code_window_ms: 3_600_000,
-                per_account_per_second: None,
-            },
-            prefix: String::new(),
-            fraud: otpgate_core::fraud::FraudPolicy::off(),
-            kind: otpgate_store::SendKind::Normal,
-        }
+        otpgate_store::testkit::plain_send(
+            VerificationId::new(1000 + u64::from(n)).unwrap(),
+            &self.customer,
+            &PhoneNumber::parse(country_code, national).expect("a valid number"),
+            text,
+            self.clock.now_ms(),
+        )
     }
 
     pub async fn outbox(&self, v: &Verification) -> OutboxMessage {

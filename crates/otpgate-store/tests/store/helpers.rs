@@ -2,9 +2,9 @@
 
 use std::sync::Arc;
 
-use otpgate_core::{CodeHash, CustomerId, PhoneNumber, VerificationId};
+use otpgate_core::{CustomerId, PhoneNumber, VerificationId};
 use otpgate_store::{
-    CreateOutcome, NewAccount, NewVerification, OutboxMessage, SendLimits, Store, ValidationAction,
+    CreateOutcome, NewAccount, NewVerification, OutboxMessage, Store, ValidationAction,
     Verification,
 };
 use tokio::sync::Barrier;
@@ -84,40 +84,15 @@ pub async fn account(store: &impl AsStore, id: &CustomerId, credits: i64, test_c
         .unwrap();
 }
 
-/// Limits no test reaches unless it lowers one.
-pub fn roomy_limits() -> SendLimits {
-    SendLimits {
-        per_number_max: 1000,
-        per_number_window_ms: 3_600_000,
-        wrong_code_max: 1000,
-        wrong_code_window_ms: 3_600_000,
-        per_account_per_second: None,
-    }
-}
+/// Limits no test reaches unless it lowers one, and the plain send that
+/// [`send`] builds on.
+pub use otpgate_store::testkit::{plain_send, roomy_limits};
 
 /// Send `id` (price 1, valid 60 s, five attempts) from `customer` to `to`.
 pub fn send(id: u64, customer: &CustomerId, to: &PhoneNumber, now: i64) -> NewVerification {
     NewVerification {
-        id: vid(id),
-        customer_id: customer.clone(),
-        destination: to.clone(),
-        flow_type: "SMS".into(),
-        code_hash: CodeHash([7; 32]),
-        spare_ids: Vec::new(),
-        otp_length: 4,
-        max_attempts: 5,
-        created_at: now,
-        expires_at: now + 60_000,
-        transaction_id: format!("tx-{id}"),
-        price: 1,
-        message_text: format!("Your code is {id:04}"),
-        address: None,
-        lang: None,
-        fallbacks: Vec::new(),
-        limits: roomy_limits(),
         prefix: otpgate_core::fraud::prefix_of(&to.e164_digits(), to.country_code(), 4),
-        fraud: otpgate_core::fraud::FraudPolicy::off(),
-        kind: otpgate_store::SendKind::Normal,
+        ..plain_send(vid(id), customer, to, &format!("Your code is {id:04}"), now)
     }
 }
 
