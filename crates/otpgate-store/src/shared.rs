@@ -13,7 +13,8 @@ use otpgate_core::send;
 use crate::{
     AccountSettings, ChannelStats, ConversionRow, CreateOutcome, DailyStats, EventAttempt,
     EventBacklog, EventKind, EventOutcome, EventRecord, FraudBlock, NewVerification, OutboxDepth,
-    OutboxMessage, OwnNumber, PendingEvent, SafeEntry, StoreError, StoreResult, Verification, Webhook,
+    OutboxMessage, OwnNumber, PendingEvent, SafeEntry, StoreError, StoreResult, Verification,
+    Webhook,
 };
 
 /// The first step's message of a send stored leased (outbox row `id`), as

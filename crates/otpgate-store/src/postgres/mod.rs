@@ -237,10 +237,7 @@ impl PostgresStore {
     /// Runs an `update accounts … returning` of one account (see
     /// `update_account!`) and returns it; [`StoreError::NotFound`] when it
     /// does not exist.
-    async fn account_update(
-        &self,
-        query: PgQuery<'_>,
-    ) -> StoreResult<Account> {
+    async fn account_update(&self, query: PgQuery<'_>) -> StoreResult<Account> {
         self.guarded(opt(&self.pool, query, rows::account))
             .await?
             .ok_or(StoreError::NotFound)
@@ -883,7 +880,8 @@ impl EventStore for PostgresStore {
     }
 
     async fn webhook_delete(&self, customer: &CustomerId) -> StoreResult<()> {
-        let query = sqlx::query("delete from webhooks where customer_id = $1").bind(customer.as_str());
+        let query =
+            sqlx::query("delete from webhooks where customer_id = $1").bind(customer.as_str());
         self.guarded(exec(&self.pool, query)).await.map(|_| ())
     }
 

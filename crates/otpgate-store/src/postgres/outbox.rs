@@ -36,7 +36,7 @@ impl OutboxStore for PostgresStore {
         // once locked, so a row claimed and committed by someone else in the
         // meantime is not taken twice.
         let query = sqlx::query(concat!(
-                "with due as (
+            "with due as (
                      select id from outbox
                       where status = 'queued' and next_attempt_at <= $1
                         and (lease_until is null or lease_until <= $1)
@@ -50,12 +50,12 @@ impl OutboxStore for PostgresStore {
                    from due, verifications v
                   where o.id = due.id and v.id = o.verification_id
                  returning ",
-                outbox_columns!()
-            ))
-            .bind(now)
-            .bind(i64::from(max))
-            .bind(worker)
-            .bind(now.saturating_add(lease_ms.max(0)));
+            outbox_columns!()
+        ))
+        .bind(now)
+        .bind(i64::from(max))
+        .bind(worker)
+        .bind(now.saturating_add(lease_ms.max(0)));
         let mut out = self
             .guarded(all(&self.pool, query, rows::outbox_message))
             .await?;
@@ -73,7 +73,7 @@ impl OutboxStore for PostgresStore {
         // One statement: the outbox row (only while `worker` still holds it)
         // and its verification change together or not at all.
         let query = sqlx::query(
-                "with o as (
+            "with o as (
                      update outbox
                         set status = 'sent', text = null, channel = $3, gateway_id = $4,
                             lease_owner = null, lease_until = null, updated_at = $5
@@ -94,12 +94,12 @@ impl OutboxStore for PostgresStore {
                     set delivery = 'sent', channel = $3, gateway_id = $4
                    from o where v.id = o.verification_id
                  returning v.id",
-            )
-            .bind(message_id)
-            .bind(worker)
-            .bind(&sent.channel)
-            .bind(&sent.gateway_id)
-            .bind(now);
+        )
+        .bind(message_id)
+        .bind(worker)
+        .bind(&sent.channel)
+        .bind(&sent.gateway_id)
+        .bind(now);
         self.released(query).await
     }
 
@@ -115,7 +115,7 @@ impl OutboxStore for PostgresStore {
         // The last error is also shown on the verification (console, support)
         // while the message waits for its next attempt.
         let query = sqlx::query(
-                "with o as (
+            "with o as (
                      update outbox
                         set lease_owner = null, lease_until = null, next_attempt_at = $3,
                             last_error = $4, updated_at = $5
@@ -125,12 +125,12 @@ impl OutboxStore for PostgresStore {
                  update verifications v set delivery_detail = $4
                    from o where v.id = o.verification_id
                  returning v.id",
-            )
-            .bind(message_id)
-            .bind(worker)
-            .bind(next_attempt_at)
-            .bind(error)
-            .bind(now);
+        )
+        .bind(message_id)
+        .bind(worker)
+        .bind(next_attempt_at)
+        .bind(error)
+        .bind(now);
         self.released(query).await
     }
 

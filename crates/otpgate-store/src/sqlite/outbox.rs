@@ -12,47 +12,20 @@ use otpgate_core::{DeliveryStatus, VerificationState};
 use rusqlite::{Connection, params};
 
 use super::writer::{all, exec, opt, tuple};
-use super::{events, rows, rows::outbox_columns};
+use super::{Lease, events, lease_due, rows, rows::outbox_columns};
 use crate::shared::{clip, delivery_detail};
 use crate::{EventKind, OutboxMessage, SentInfo, StoreResult};
 
-pub(super) fn claim(
-    conn: &Connection,
-    worker: &str,
-    max: u32,
-    lease_ms: i64,
-    now: i64,
-) -> StoreResult<Vec<OutboxMessage>> {
-    let ids: Vec<i64> = all(
-        conn,
-        "update outbox
-         set lease_owner = ?1, lease_until = ?2 + ?3, attempts = attempts + 1, updated_at = ?2
-         where id in (select id from outbox
-                      where status = 'queued' and next_attempt_at <= ?2
-                        and (lease_until is null or lease_until <= ?2)
-                      order by next_attempt_at, id limit ?4)
-         returning id",
-        params![worker, now, lease_ms, max],
-        |r| rows::get(r, "id"),
-    )?;
-    if ids.is_empty() {
-        return Ok(Vec::new());
-    }
-    // `returning` cannot join, so the claimed rows are read back by id.
-    let ids =
-        serde_json::to_string(&ids).map_err(|e| crate::StoreError::Internal(e.to_string()))?;
-    all(
-        conn,
-        concat!(
-            "select ",
-            outbox_columns!(),
-            " from outbox o join verifications v on v.id = o.verification_id
-             where o.id in (select value from json_each(?1))
-             order by o.next_attempt_at, o.id"
-        ),
-        [ids],
-        rows::outbox_message,
-    )
+pub(super) fn claim(conn: &Connection, lease: &Lease) -> StoreResult<Vec<OutboxMessage>> {
+    let read = concat!(
+        "select ",
+        outbox_columns!(),
+        " from outbox o join verifications v on v.id = o.verification_id
+         where o.id in (select value from json_each(?1))
+         order by o.next_attempt_at, o.id"
+    );
+    let due = lease_due!("outbox", "queued");
+    lease.take(conn, due, read, rows::outbox_message)
 }
 
 /// Runs a lease-releasing `update … returning verification_id`: the
@@ -168,23 +141,13 @@ fn step_failed(
     detail: &str,
     now: i64,
 ) -> StoreResult<()> {
-    let steps: Vec<(i64, i64, String)> = all(
+    let steps = all(
         conn,
         "select id, step, status from outbox where verification_id = ?1",
         [vid],
         tuple,
     )?;
-    let mut this = 0;
-    let mut others = Vec::with_capacity(steps.len());
-    for (id, step, status) in steps {
-        let step = crate::shared::count(step, "step")?;
-        if id == message_id {
-            this = step;
-        } else {
-            others.push((id, step, crate::shared::delivery(&status)?));
-        }
-    }
-    let verdict = crate::shared::step_failed(this, &others);
+    let verdict = crate::shared::step_verdict(message_id, steps)?;
     if let Some(next) = verdict.wake {
         exec(
             conn,
@@ -268,16 +231,15 @@ fn fail_and_refund(
     now: i64,
 ) -> StoreResult<()> {
     // Read first: `returning` would give the cost after it was zeroed.
-    let (customer, state, cost, cost_test): (String, String, i64, i64) = opt(
+    let charged = opt(
         conn,
         "select customer_id, state, cost, cost_test from verifications where id = ?1",
         [verification_id],
         tuple,
     )?
     .ok_or(crate::StoreError::NotFound)?;
-    let state = VerificationState::parse(&state).ok_or_else(|| crate::shared::corrupt("state"))?;
-    let send::Undeliverable::FailAndRefund(refund) =
-        send::undeliverable(state, send::Charged { cost, cost_test })
+    let (customer, send::Undeliverable::FailAndRefund(refund)) =
+        crate::shared::undeliverable(charged)?
     else {
         exec(
             conn,
