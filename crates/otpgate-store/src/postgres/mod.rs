@@ -72,6 +72,44 @@ macro_rules! update_account {
     };
 }
 
+/// The part of `verification_apply`'s statement that cancels the held
+/// fallback steps of the verification `v` it changed, if that is now done
+/// (completed, or out of attempts): their code is not to be sent any more.
+macro_rules! cancel_held_if_done {
+    () => {
+        "held as (
+             update outbox o
+                set status = 'cancelled', text = null, lease_owner = null,
+                    lease_until = null, updated_at = $4
+               from v
+              where v.done and o.verification_id = v.id and o.status = 'queued'
+         ),"
+    };
+}
+
+/// The end of `verification_apply`'s statement: queues the event `$kind`
+/// (detail `$5`) of the verification `v` it changed, if that is now done and
+/// its account has a webhook, and counts the rows changed.
+macro_rules! event_if_done {
+    ($kind:literal) => {
+        concat!(
+            "e as (
+                 insert into events (event_id, customer_id, verification_id, kind, detail,
+                                     status, attempts, next_attempt_at, created_at, updated_at)
+                 select ",
+            events::new_event_id!(),
+            ", v.customer_id, v.id, '",
+            $kind,
+            "', $5, 'pending', 0, $4, $4, $4
+                   from v join webhooks w on w.customer_id = v.customer_id
+                  where v.done
+                 on conflict do nothing
+             )
+             select count(*) from v"
+        )
+    };
+}
+
 /// Connection settings of a [`PostgresStore`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PgOptions {
@@ -498,34 +536,17 @@ impl VerificationStore for PostgresStore {
                           where id = $1 and customer_id = $2 and state = 'pending'
                             and wrong_attempts = $3
                          returning id, customer_id, created_at, true as done
-                     ),
-                     held as (
-                         update outbox o
-                            set status = 'cancelled', text = null, lease_owner = null,
-                                lease_until = null, updated_at = $4
-                           from v
-                          where v.done and o.verification_id = v.id and o.status = 'queued'
-                     ),
-                     counted as (
+                     ),",
+                    cancel_held_if_done!(),
+                    "counted as (
                          insert into daily_stats (customer_id, day, sends, completed, created_at)
                          select customer_id, floor(created_at::numeric / 86400000)::bigint, 0, 1,
                                 $4
                            from v
                          on conflict (customer_id, day) do update
                             set completed = daily_stats.completed + 1
-                     ),
-                     e as (
-                         insert into events (event_id, customer_id, verification_id, kind,
-                                             detail, status, attempts, next_attempt_at,
-                                             created_at, updated_at)
-                         select ",
-                    events::new_event_id!(),
-                    ", v.customer_id, v.id, 'verification.completed', $5, 'pending', 0,
-                                $4, $4, $4
-                           from v join webhooks w on w.customer_id = v.customer_id
-                         on conflict do nothing
-                     )
-                     select count(*) from v"
+                     ),",
+                    event_if_done!("verification.completed")
                 ),
                 "{}".to_owned(),
             ),
@@ -536,27 +557,9 @@ impl VerificationStore for PostgresStore {
                           where id = $1 and customer_id = $2 and state = 'pending'
                             and wrong_attempts = $3
                          returning id, customer_id, wrong_attempts >= max_attempts as done
-                     ),
-                     held as (
-                         update outbox o
-                            set status = 'cancelled', text = null, lease_owner = null,
-                                lease_until = null, updated_at = $4
-                           from v
-                          where v.done and o.verification_id = v.id and o.status = 'queued'
-                     ),
-                     e as (
-                         insert into events (event_id, customer_id, verification_id, kind,
-                                             detail, status, attempts, next_attempt_at,
-                                             created_at, updated_at)
-                         select ",
-                    events::new_event_id!(),
-                    ", v.customer_id, v.id, 'verification.failed', $5, 'pending', 0,
-                                $4, $4, $4
-                           from v join webhooks w on w.customer_id = v.customer_id
-                          where v.done
-                         on conflict do nothing
-                     )
-                     select count(*) from v"
+                     ),",
+                    cancel_held_if_done!(),
+                    event_if_done!("verification.failed")
                 ),
                 attempts_detail(),
             ),

@@ -42,11 +42,11 @@ use sha2::{Digest, Sha384};
 use crate::{
     Account, AccountSettings, AccountStore, ChannelStats, ConversionRow, CreateOutcome, DailyStats,
     EventAttempt, EventBacklog, EventKind, EventRecord, EventStore, FraudBlock, FraudStore,
-    InboxEntry, InboxStore, NewAccount, NewVerification, OutboxDepth, OutboxLease, OutboxMessage,
-    OutboxStore, OwnNumber, PendingEvent, Purged, SafeEntry, SentInfo, StoreError, StoreResult,
-    SystemStore, ValidationAction, Verification, VerificationFilter, VerificationStore, Webhook,
+    InboxEntry, InboxStore, NewAccount, NewVerification, OutboxLease, OutboxMessage, OwnNumber,
+    PendingEvent, Purged, SafeEntry, StoreError, StoreResult, SystemStore, ValidationAction,
+    Verification, VerificationFilter, VerificationStore, Webhook,
 };
-use rows::{account_columns, outbox_columns, verification_columns};
+use rows::{account_columns, verification_columns};
 use writer::{Readers, all, exec, one, opt, sq, tuple};
 
 /// The schema, in order: (version, name, SQL). Embedded so the binary
@@ -1105,132 +1105,6 @@ impl VerificationStore for SqliteStore {
 }
 
 #[async_trait]
-impl OutboxStore for SqliteStore {
-    async fn outbox_claim(
-        &self,
-        worker: &str,
-        max: u32,
-        lease_ms: i64,
-        now: i64,
-    ) -> StoreResult<Vec<OutboxMessage>> {
-        let lease = Lease::new(worker, max, lease_ms, now);
-        self.write(move |c| outbox::claim(c, &lease)).await
-    }
-
-    async fn outbox_sent(
-        &self,
-        message_id: i64,
-        worker: &str,
-        sent: &SentInfo,
-        now: i64,
-    ) -> StoreResult<bool> {
-        let (worker, sent) = (worker.to_owned(), sent.clone());
-        self.write(move |c| outbox::sent(c, message_id, &worker, &sent, now))
-            .await
-    }
-
-    async fn outbox_retry(
-        &self,
-        message_id: i64,
-        worker: &str,
-        next_attempt_at: i64,
-        error: &str,
-        now: i64,
-    ) -> StoreResult<bool> {
-        let (worker, error) = (worker.to_owned(), error.to_owned());
-        self.write(move |c| outbox::retry(c, message_id, &worker, next_attempt_at, &error, now))
-            .await
-    }
-
-    async fn outbox_failed(
-        &self,
-        message_id: i64,
-        worker: &str,
-        error: &str,
-        now: i64,
-    ) -> StoreResult<bool> {
-        let (worker, error) = (worker.to_owned(), error.to_owned());
-        self.write(move |c| outbox::failed(c, message_id, &worker, &error, now))
-            .await
-    }
-
-    async fn outbox_receipt(
-        &self,
-        channel: &str,
-        gateway_id: &str,
-        status: DeliveryStatus,
-        detail: &str,
-        now: i64,
-    ) -> StoreResult<Option<i64>> {
-        let (channel, gateway_id, detail) =
-            (channel.to_owned(), gateway_id.to_owned(), detail.to_owned());
-        self.write(move |c| outbox::receipt(c, &channel, &gateway_id, status, &detail, now))
-            .await
-    }
-
-    async fn outbox_depth(&self) -> StoreResult<OutboxDepth> {
-        // The trait passes no clock, so "in flight" means "has a lease
-        // holder": a dead worker's expired lease counts until it is claimed
-        // again. Failed in the outbox: given up by a worker (or a receipt
-        // saying so); a message a gateway took and a receipt later called
-        // undeliverable is a delivery outcome, counted in channel stats.
-        let found = self
-            .read(|c| {
-                let (q, f, o): (i64, i64, Option<i64>) = opt(
-                    c,
-                    "select coalesce(sum(lease_owner is null), 0),
-                            coalesce(sum(lease_owner is not null), 0), min(created_at)
-                     from outbox where status = 'queued'",
-                    [],
-                    tuple,
-                )?
-                .unwrap_or_default();
-                let failed = one(c, "select count(*) from outbox where status = 'failed'", [])?;
-                Ok((q, f, o, failed))
-            })
-            .await?;
-        Ok(shared::outbox_depth(found))
-    }
-
-    async fn outbox_for_verification(
-        &self,
-        id: VerificationId,
-    ) -> StoreResult<Option<OutboxMessage>> {
-        self.read(move |c| {
-            opt(
-                c,
-                concat!(
-                    "select ",
-                    outbox_columns!(),
-                    " from outbox o join verifications v on v.id = o.verification_id
-                     where o.verification_id = ?1 and o.step = 0"
-                ),
-                [id_i64(id)],
-                rows::outbox_message,
-            )
-        })
-        .await
-    }
-
-    async fn outbox_attempts(&self, id: VerificationId) -> StoreResult<Vec<OutboxMessage>> {
-        self.read(move |c| {
-            all(
-                c,
-                concat!(
-                    "select ",
-                    outbox_columns!(),
-                    " from outbox o join verifications v on v.id = o.verification_id
-                     where o.verification_id = ?1 order by o.step"
-                ),
-                [id_i64(id)],
-                rows::outbox_message,
-            )
-        })
-        .await
-    }
-}
-
-#[async_trait]
 impl InboxStore for SqliteStore {
     async fn inbox_put(&self, msg: &InboxEntry) -> StoreResult<()> {
         let msg = msg.clone();
@@ -1564,6 +1438,7 @@ impl EventStore for SqliteStore {
 #[cfg(test)]
 mod upgrade_tests {
     use super::*;
+    use crate::{OutboxStore, SentInfo};
     use sqlx::SqlSafeStr;
     use sqlx::migrate::{Migration, MigrationType, Migrator};
     use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};

@@ -7,14 +7,141 @@
 //! past its expiry; a result is recorded only by the worker that still holds
 //! the lease, so a worker presumed dead cannot overwrite its successor's.
 
+use async_trait::async_trait;
 use otpgate_core::send;
-use otpgate_core::{DeliveryStatus, VerificationState};
+use otpgate_core::{DeliveryStatus, VerificationId, VerificationState};
 use rusqlite::{Connection, params};
 
-use super::writer::{all, exec, opt, tuple};
-use super::{Lease, events, lease_due, rows, rows::outbox_columns};
-use crate::shared::{clip, delivery_detail};
-use crate::{EventKind, OutboxMessage, SentInfo, StoreResult};
+use super::writer::{all, exec, one, opt, tuple};
+use super::{Lease, SqliteStore, events, lease_due, rows, rows::outbox_columns};
+use crate::shared::{self, clip, delivery_detail, id_i64};
+use crate::{EventKind, OutboxDepth, OutboxMessage, OutboxStore, SentInfo, StoreResult};
+
+#[async_trait]
+impl OutboxStore for SqliteStore {
+    async fn outbox_claim(
+        &self,
+        worker: &str,
+        max: u32,
+        lease_ms: i64,
+        now: i64,
+    ) -> StoreResult<Vec<OutboxMessage>> {
+        let lease = Lease::new(worker, max, lease_ms, now);
+        self.write(move |c| claim(c, &lease)).await
+    }
+
+    async fn outbox_sent(
+        &self,
+        message_id: i64,
+        worker: &str,
+        sent: &SentInfo,
+        now: i64,
+    ) -> StoreResult<bool> {
+        let (worker, sent) = (worker.to_owned(), sent.clone());
+        self.write(move |c| self::sent(c, message_id, &worker, &sent, now))
+            .await
+    }
+
+    async fn outbox_retry(
+        &self,
+        message_id: i64,
+        worker: &str,
+        next_attempt_at: i64,
+        error: &str,
+        now: i64,
+    ) -> StoreResult<bool> {
+        let (worker, error) = (worker.to_owned(), error.to_owned());
+        self.write(move |c| retry(c, message_id, &worker, next_attempt_at, &error, now))
+            .await
+    }
+
+    async fn outbox_failed(
+        &self,
+        message_id: i64,
+        worker: &str,
+        error: &str,
+        now: i64,
+    ) -> StoreResult<bool> {
+        let (worker, error) = (worker.to_owned(), error.to_owned());
+        self.write(move |c| failed(c, message_id, &worker, &error, now))
+            .await
+    }
+
+    async fn outbox_receipt(
+        &self,
+        channel: &str,
+        gateway_id: &str,
+        status: DeliveryStatus,
+        detail: &str,
+        now: i64,
+    ) -> StoreResult<Option<i64>> {
+        let (channel, gateway_id, detail) =
+            (channel.to_owned(), gateway_id.to_owned(), detail.to_owned());
+        self.write(move |c| receipt(c, &channel, &gateway_id, status, &detail, now))
+            .await
+    }
+
+    async fn outbox_depth(&self) -> StoreResult<OutboxDepth> {
+        // The trait passes no clock, so "in flight" means "has a lease
+        // holder": a dead worker's expired lease counts until it is claimed
+        // again. Failed in the outbox: given up by a worker (or a receipt
+        // saying so); a message a gateway took and a receipt later called
+        // undeliverable is a delivery outcome, counted in channel stats.
+        let found = self
+            .read(|c| {
+                let (q, f, o): (i64, i64, Option<i64>) = opt(
+                    c,
+                    "select coalesce(sum(lease_owner is null), 0),
+                            coalesce(sum(lease_owner is not null), 0), min(created_at)
+                     from outbox where status = 'queued'",
+                    [],
+                    tuple,
+                )?
+                .unwrap_or_default();
+                let failed = one(c, "select count(*) from outbox where status = 'failed'", [])?;
+                Ok((q, f, o, failed))
+            })
+            .await?;
+        Ok(shared::outbox_depth(found))
+    }
+
+    async fn outbox_for_verification(
+        &self,
+        id: VerificationId,
+    ) -> StoreResult<Option<OutboxMessage>> {
+        self.read(move |c| {
+            opt(
+                c,
+                concat!(
+                    "select ",
+                    outbox_columns!(),
+                    " from outbox o join verifications v on v.id = o.verification_id
+                     where o.verification_id = ?1 and o.step = 0"
+                ),
+                [id_i64(id)],
+                rows::outbox_message,
+            )
+        })
+        .await
+    }
+
+    async fn outbox_attempts(&self, id: VerificationId) -> StoreResult<Vec<OutboxMessage>> {
+        self.read(move |c| {
+            all(
+                c,
+                concat!(
+                    "select ",
+                    outbox_columns!(),
+                    " from outbox o join verifications v on v.id = o.verification_id
+                     where o.verification_id = ?1 order by o.step"
+                ),
+                [id_i64(id)],
+                rows::outbox_message,
+            )
+        })
+        .await
+    }
+}
 
 pub(super) fn claim(conn: &Connection, lease: &Lease) -> StoreResult<Vec<OutboxMessage>> {
     let read = concat!(
