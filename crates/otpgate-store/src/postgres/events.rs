@@ -5,7 +5,7 @@
 
 use sqlx::PgConnection;
 
-use super::run::{all, exec, one, opt, scalar, tuple};
+use super::run::{all, exec, lease_binds, lease_due, one, opt, scalar, tuple};
 use crate::shared::{
     PendingEventRow, clip, event_outcome, pending_event, pending_event_columns, webhook,
 };
@@ -80,14 +80,8 @@ pub(super) async fn claim(
     now: i64,
 ) -> StoreResult<Vec<PendingEvent>> {
     let query = sqlx::query(concat!(
-        "with due as (
-             select id from events
-              where status = 'pending' and next_attempt_at <= $1
-                and (lease_until is null or lease_until <= $1)
-              order by next_attempt_at, id
-              limit $2
-              for update skip locked
-         ), e as (
+        lease_due!("events", "pending"),
+        ", e as (
              update events ev
                 set lease_owner = $3, lease_until = $4, attempts = ev.attempts + 1,
                     updated_at = $1
@@ -98,11 +92,8 @@ pub(super) async fn claim(
         pending_event_columns!(),
         " from e left join webhooks w on w.customer_id = e.customer_id
           order by e.next_attempt_at, e.id"
-    ))
-    .bind(now)
-    .bind(i64::from(max))
-    .bind(worker)
-    .bind(now.saturating_add(lease_ms.max(0)));
+    ));
+    let query = lease_binds(query, worker, max, lease_ms, now);
     let rows: Vec<PendingEventRow> = all(conn, query, tuple).await?;
     rows.into_iter().map(pending_event).collect()
 }

@@ -14,7 +14,7 @@ use sqlx::PgConnection;
 
 use super::error::db_err;
 use super::rows::{self, outbox_columns};
-use super::run::{PgQuery, all, exec, one, opt, scalar, tuple};
+use super::run::{PgQuery, all, exec, lease_binds, lease_due, one, opt, scalar, tuple};
 use super::{PostgresStore, events};
 use crate::shared::{self, clip, delivery_detail, id_i64};
 use crate::{EventKind, OutboxDepth, OutboxMessage, OutboxStore, SentInfo, StoreResult};
@@ -36,26 +36,16 @@ impl OutboxStore for PostgresStore {
         // once locked, so a row claimed and committed by someone else in the
         // meantime is not taken twice.
         let query = sqlx::query(concat!(
-            "with due as (
-                     select id from outbox
-                      where status = 'queued' and next_attempt_at <= $1
-                        and (lease_until is null or lease_until <= $1)
-                      order by next_attempt_at, id
-                      limit $2
-                      for update skip locked
-                 )
-                 update outbox o
+            lease_due!("outbox", "queued"),
+            " update outbox o
                     set lease_owner = $3, lease_until = $4, attempts = o.attempts + 1,
                         updated_at = $1
                    from due, verifications v
                   where o.id = due.id and v.id = o.verification_id
                  returning ",
             outbox_columns!()
-        ))
-        .bind(now)
-        .bind(i64::from(max))
-        .bind(worker)
-        .bind(now.saturating_add(lease_ms.max(0)));
+        ));
+        let query = lease_binds(query, worker, max, lease_ms, now);
         let mut out = self
             .guarded(all(&self.pool, query, rows::outbox_message))
             .await?;

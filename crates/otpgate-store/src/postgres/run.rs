@@ -1,7 +1,8 @@
 //! Running one statement on PostgreSQL, on the pool or in a transaction,
 //! with its failure mapped by `db_err` and its rows decoded by the caller's
 //! decoder: the counterpart of the SQLite writer's `exec`, `opt`, `all` and
-//! `one`, so each operation is its SQL, its binds and its decoder.
+//! `one`, so each operation is its SQL, its binds and its decoder. Also the
+//! lease of a claim, which the outbox and the event queue share.
 
 use sqlx::postgres::{PgArguments, PgRow};
 use sqlx::{FromRow, PgExecutor, Postgres, Row as _};
@@ -57,4 +58,44 @@ where
     T: for<'r> sqlx::Decode<'r, Postgres> + sqlx::Type<Postgres>,
 {
     row.try_get(0).map_err(db_err)
+}
+
+/// The `due` CTE of a claim: the due rows of `$table` (in status `$status`,
+/// due at `$1`, not leased or leased past its expiry), oldest due first, at
+/// most `$2`, locked with `skip locked`, so rows another node is claiming
+/// right now are passed over instead of waited for. The claim's update sets
+/// `lease_owner = $3, lease_until = $4` ([`lease_binds`]).
+macro_rules! lease_due {
+    ($table:literal, $status:literal) => {
+        concat!(
+            "with due as (
+                 select id from ",
+            $table,
+            " where status = '",
+            $status,
+            "' and next_attempt_at <= $1
+                    and (lease_until is null or lease_until <= $1)
+                  order by next_attempt_at, id
+                  limit $2
+                  for update skip locked
+             )"
+        )
+    };
+}
+pub(super) use lease_due;
+
+/// Binds a claim's parameters: now, at most `max` rows, for `worker` until
+/// `now + lease_ms`.
+pub(super) fn lease_binds<'q>(
+    query: PgQuery<'q>,
+    worker: &'q str,
+    max: u32,
+    lease_ms: i64,
+    now: i64,
+) -> PgQuery<'q> {
+    query
+        .bind(now)
+        .bind(i64::from(max))
+        .bind(worker)
+        .bind(now.saturating_add(lease_ms.max(0)))
 }

@@ -38,8 +38,38 @@ impl OutboxStore for SqliteStore {
         now: i64,
     ) -> StoreResult<bool> {
         let (worker, sent) = (worker.to_owned(), sent.clone());
-        self.write(move |c| self::sent(c, message_id, &worker, &sent, now))
-            .await
+        self.write(move |c| {
+            let Some(vid) = release(
+                c,
+                "update outbox
+                     set status = 'sent', text = null, channel = ?3, gateway_id = ?4,
+                         lease_owner = null, lease_until = null, updated_at = ?5
+                     where id = ?1 and lease_owner = ?2 and status = 'queued'
+                     returning verification_id",
+                params![message_id, worker, sent.channel, sent.gateway_id, now],
+            )?
+            else {
+                return Ok(false);
+            };
+            // A later step went out: an earlier one still retrying is not
+            // needed any more (the code is on its way by the later flow).
+            exec(
+                c,
+                "update outbox set status = 'cancelled', text = null, lease_owner = null,
+                                   lease_until = null, updated_at = ?3
+                 where verification_id = ?1 and status = 'queued'
+                   and step < (select step from outbox where id = ?2)",
+                params![vid, message_id, now],
+            )?;
+            exec(
+                c,
+                "update verifications set delivery = 'sent', channel = ?2, gateway_id = ?3
+                 where id = ?1",
+                params![vid, sent.channel, sent.gateway_id],
+            )?;
+            Ok(true)
+        })
+        .await
     }
 
     async fn outbox_retry(
@@ -50,9 +80,24 @@ impl OutboxStore for SqliteStore {
         error: &str,
         now: i64,
     ) -> StoreResult<bool> {
-        let (worker, error) = (worker.to_owned(), error.to_owned());
-        self.write(move |c| retry(c, message_id, &worker, next_attempt_at, &error, now))
-            .await
+        let (worker, error) = (worker.to_owned(), clip(error).to_owned());
+        self.write(move |c| {
+            let Some(vid) = release(
+                c,
+                "update outbox
+                     set next_attempt_at = ?3, last_error = ?4,
+                         lease_owner = null, lease_until = null, updated_at = ?5
+                     where id = ?1 and lease_owner = ?2 and status = 'queued'
+                     returning verification_id",
+                params![message_id, worker, next_attempt_at, error, now],
+            )?
+            else {
+                return Ok(false);
+            };
+            set_detail(c, vid, &error)?;
+            Ok(true)
+        })
+        .await
     }
 
     async fn outbox_failed(
@@ -62,9 +107,24 @@ impl OutboxStore for SqliteStore {
         error: &str,
         now: i64,
     ) -> StoreResult<bool> {
-        let (worker, error) = (worker.to_owned(), error.to_owned());
-        self.write(move |c| failed(c, message_id, &worker, &error, now))
-            .await
+        let (worker, error) = (worker.to_owned(), clip(error).to_owned());
+        self.write(move |c| {
+            let Some(vid) = release(
+                c,
+                "update outbox
+                     set status = 'failed', text = null, last_error = ?3,
+                         lease_owner = null, lease_until = null, updated_at = ?4
+                     where id = ?1 and lease_owner = ?2 and status = 'queued'
+                     returning verification_id",
+                params![message_id, worker, error, now],
+            )?
+            else {
+                return Ok(false);
+            };
+            step_failed(c, vid, message_id, DeliveryStatus::Failed, &error, now)?;
+            Ok(true)
+        })
+        .await
     }
 
     async fn outbox_receipt(
@@ -75,10 +135,44 @@ impl OutboxStore for SqliteStore {
         detail: &str,
         now: i64,
     ) -> StoreResult<Option<i64>> {
-        let (channel, gateway_id, detail) =
-            (channel.to_owned(), gateway_id.to_owned(), detail.to_owned());
-        self.write(move |c| receipt(c, &channel, &gateway_id, status, &detail, now))
-            .await
+        let (channel, gateway_id) = (channel.to_owned(), gateway_id.to_owned());
+        let detail = clip(detail).to_owned();
+        // A receipt saying "queued" tells nothing new about the message's
+        // fate: its detail is kept, its status is not moved backwards.
+        let new_status = (status != DeliveryStatus::Queued).then(|| status.as_str());
+        let permanent = status.is_final_failure();
+        self.write(move |c| {
+            let matched: Vec<(i64, i64, i64)> = all(
+                c,
+                "update outbox set status = coalesce(?3, status), updated_at = ?4
+                 where channel = ?1 and gateway_id = ?2
+                 returning verification_id, id, created_at",
+                params![channel, gateway_id, new_status, now],
+                tuple,
+            )?;
+            for &(vid, message_id, _) in &matched {
+                if permanent {
+                    step_failed(c, vid, message_id, status, &detail, now)?;
+                } else {
+                    if status == DeliveryStatus::Delivered {
+                        // The code arrived: the workflow's later steps must
+                        // not go.
+                        cancel_queued(c, vid, now)?;
+                        let d = delivery_detail(None, status, &detail);
+                        events::emit(c, vid, EventKind::Delivered, &d, now)?;
+                    }
+                    exec(
+                        c,
+                        "update verifications
+                            set delivery = coalesce(?2, delivery), delivery_detail = ?3
+                          where id = ?1",
+                        params![vid, new_status, detail],
+                    )?;
+                }
+            }
+            Ok(matched.first().map(|&(_, _, accepted_at)| accepted_at))
+        })
+        .await
     }
 
     async fn outbox_depth(&self) -> StoreResult<OutboxDepth> {
@@ -161,69 +255,6 @@ fn release(conn: &Connection, sql: &str, p: impl rusqlite::Params) -> StoreResul
     opt(conn, sql, p, |r| rows::get(r, "verification_id"))
 }
 
-pub(super) fn sent(
-    conn: &Connection,
-    message_id: i64,
-    worker: &str,
-    sent: &SentInfo,
-    now: i64,
-) -> StoreResult<bool> {
-    let Some(vid) = release(
-        conn,
-        "update outbox
-             set status = 'sent', text = null, channel = ?3, gateway_id = ?4,
-                 lease_owner = null, lease_until = null, updated_at = ?5
-             where id = ?1 and lease_owner = ?2 and status = 'queued'
-             returning verification_id",
-        params![message_id, worker, sent.channel, sent.gateway_id, now],
-    )?
-    else {
-        return Ok(false);
-    };
-    // A later step went out: an earlier one still retrying is not needed
-    // any more (the code is on its way by the later flow).
-    exec(
-        conn,
-        "update outbox set status = 'cancelled', text = null, lease_owner = null,
-                           lease_until = null, updated_at = ?3
-         where verification_id = ?1 and status = 'queued'
-           and step < (select step from outbox where id = ?2)",
-        params![vid, message_id, now],
-    )?;
-    exec(
-        conn,
-        "update verifications set delivery = 'sent', channel = ?2, gateway_id = ?3
-         where id = ?1",
-        params![vid, sent.channel, sent.gateway_id],
-    )?;
-    Ok(true)
-}
-
-pub(super) fn retry(
-    conn: &Connection,
-    message_id: i64,
-    worker: &str,
-    next_attempt_at: i64,
-    error: &str,
-    now: i64,
-) -> StoreResult<bool> {
-    let error = clip(error);
-    let Some(vid) = release(
-        conn,
-        "update outbox
-             set next_attempt_at = ?3, last_error = ?4,
-                 lease_owner = null, lease_until = null, updated_at = ?5
-             where id = ?1 and lease_owner = ?2 and status = 'queued'
-             returning verification_id",
-        params![message_id, worker, next_attempt_at, error, now],
-    )?
-    else {
-        return Ok(false);
-    };
-    set_detail(conn, vid, error)?;
-    Ok(true)
-}
-
 fn set_detail(conn: &Connection, vid: i64, detail: &str) -> StoreResult<()> {
     exec(
         conn,
@@ -231,30 +262,6 @@ fn set_detail(conn: &Connection, vid: i64, detail: &str) -> StoreResult<()> {
         params![vid, detail],
     )?;
     Ok(())
-}
-
-pub(super) fn failed(
-    conn: &Connection,
-    message_id: i64,
-    worker: &str,
-    error: &str,
-    now: i64,
-) -> StoreResult<bool> {
-    let error = clip(error);
-    let Some(vid) = release(
-        conn,
-        "update outbox
-             set status = 'failed', text = null, last_error = ?3,
-                 lease_owner = null, lease_until = null, updated_at = ?4
-             where id = ?1 and lease_owner = ?2 and status = 'queued'
-             returning verification_id",
-        params![message_id, worker, error, now],
-    )?
-    else {
-        return Ok(false);
-    };
-    step_failed(conn, vid, message_id, DeliveryStatus::Failed, error, now)?;
-    Ok(true)
 }
 
 /// Step `message_id` of verification `vid` will not deliver: wake the next
@@ -301,48 +308,6 @@ pub(super) fn cancel_queued(conn: &Connection, vid: i64, now: i64) -> StoreResul
         [vid, now],
     )?;
     Ok(())
-}
-
-pub(super) fn receipt(
-    conn: &Connection,
-    channel: &str,
-    gateway_id: &str,
-    status: DeliveryStatus,
-    detail: &str,
-    now: i64,
-) -> StoreResult<Option<i64>> {
-    let detail = clip(detail);
-    // A receipt saying "queued" tells nothing new about the message's fate:
-    // its detail is kept, its status is not moved backwards.
-    let new_status = (status != DeliveryStatus::Queued).then(|| status.as_str());
-    let matched: Vec<(i64, i64, i64)> = all(
-        conn,
-        "update outbox set status = coalesce(?3, status), updated_at = ?4
-         where channel = ?1 and gateway_id = ?2
-         returning verification_id, id, created_at",
-        params![channel, gateway_id, new_status, now],
-        tuple,
-    )?;
-    let permanent = status.is_final_failure();
-    for &(vid, message_id, _) in &matched {
-        if permanent {
-            step_failed(conn, vid, message_id, status, detail, now)?;
-        } else {
-            if status == DeliveryStatus::Delivered {
-                // The code arrived: the workflow's later steps must not go.
-                cancel_queued(conn, vid, now)?;
-                let d = delivery_detail(None, status, detail);
-                events::emit(conn, vid, EventKind::Delivered, &d, now)?;
-            }
-            exec(
-                conn,
-                "update verifications set delivery = coalesce(?2, delivery), delivery_detail = ?3
-                 where id = ?1",
-                params![vid, new_status, detail],
-            )?;
-        }
-    }
-    Ok(matched.first().map(|&(_, _, accepted_at)| accepted_at))
 }
 
 /// The message will never arrive: a pending verification fails (700 on
