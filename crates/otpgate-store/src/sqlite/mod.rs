@@ -625,6 +625,29 @@ fn lost_race(message: &str) -> bool {
     message.contains("database is locked")
 }
 
+/// `update accounts set SET where customer_id = ?1`, in one write, the row
+/// back as an [`Account`] (see [`updated`]): `update_account!(self, id,
+/// "SET", ?2)`, as on PostgreSQL.
+macro_rules! update_account {
+    ($store:ident, $id:expr, $set:literal $(, $value:expr)? $(,)?) => {{
+        let params = ($id.as_str().to_owned(), $($value,)?);
+        $store
+            .write(move |c| {
+                updated(
+                    c,
+                    concat!(
+                        "update accounts set ",
+                        $set,
+                        " where customer_id = ?1 returning ",
+                        account_columns!()
+                    ),
+                    params,
+                )
+            })
+            .await
+    }};
+}
+
 /// The account an `update accounts … returning` statement changed, or
 /// `NotFound` when it matched none.
 fn updated(conn: &Connection, sql: &str, p: impl rusqlite::Params) -> StoreResult<Account> {
@@ -809,50 +832,20 @@ impl AccountStore for SqliteStore {
         id: &CustomerId,
         password_hash: &str,
     ) -> StoreResult<Account> {
-        let (id, password_hash) = (id.clone(), password_hash.to_owned());
-        self.write(move |c| {
-            updated(
-                c,
-                concat!(
-                    "update accounts set password_hash = ?2, token_epoch = token_epoch + 1
-                     where customer_id = ?1 returning ",
-                    account_columns!()
-                ),
-                params![id.as_str(), password_hash],
-            )
-        })
-        .await
+        update_account!(
+            self,
+            id,
+            "password_hash = ?2, token_epoch = token_epoch + 1",
+            password_hash.to_owned()
+        )
     }
 
     async fn account_revoke_tokens(&self, id: &CustomerId) -> StoreResult<Account> {
-        let id = id.clone();
-        self.write(move |c| {
-            updated(
-                c,
-                concat!(
-                    "update accounts set token_epoch = token_epoch + 1
-                     where customer_id = ?1 returning ",
-                    account_columns!()
-                ),
-                [id.as_str()],
-            )
-        })
-        .await
+        update_account!(self, id, "token_epoch = token_epoch + 1")
     }
 
     async fn account_set_disabled(&self, id: &CustomerId, disabled: bool) -> StoreResult<Account> {
-        let id = id.clone();
-        self.write(move |c| {
-            updated(
-                c,
-                concat!(
-                    "update accounts set disabled = ?2 where customer_id = ?1 returning ",
-                    account_columns!()
-                ),
-                params![id.as_str(), disabled],
-            )
-        })
-        .await
+        update_account!(self, id, "disabled = ?2", disabled)
     }
 
     async fn account_set_settings(
@@ -860,18 +853,7 @@ impl AccountStore for SqliteStore {
         id: &CustomerId,
         settings: &AccountSettings,
     ) -> StoreResult<Account> {
-        let (id, settings) = (id.clone(), settings_json(settings)?);
-        self.write(move |c| {
-            updated(
-                c,
-                concat!(
-                    "update accounts set settings = ?2 where customer_id = ?1 returning ",
-                    account_columns!()
-                ),
-                params![id.as_str(), settings],
-            )
-        })
-        .await
+        update_account!(self, id, "settings = ?2", settings_json(settings)?)
     }
 }
 
