@@ -215,7 +215,13 @@ mod tests {
         };
         let shown = format!("{token:?} {send:?} {validate:?}");
         assert!(shown.contains("C-1"), "{shown}");
-        for secret in ["c2VjcmV0IHBhc3N3b3Jk", "owner@", "9876543210", "user@", "4817"] {
+        for secret in [
+            "c2VjcmV0IHBhc3N3b3Jk",
+            "owner@",
+            "9876543210",
+            "user@",
+            "4817",
+        ] {
             assert!(!shown.contains(secret), "{secret} in {shown}");
         }
     }

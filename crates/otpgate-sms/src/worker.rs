@@ -10,8 +10,8 @@
 //! it. A crash between the two leaves the lease to expire, and the message is
 //! sent again: that window is the one place a duplicate can happen.
 //!
-//! Handoff: a send on this node may [`Delivery::reserve`] a delivery slot
-//! first; the store then writes the message already leased to this worker
+//! Handoff: a send on this node may [`Delivery::reserve`] a place with the
+//! worker first; the store then writes the message already leased to this worker
 //! (in the send's own transaction) and the server hands it over in memory
 //! ([`Reservation::hand`]). That saves the claim's write and commit, and the
 //! wait for it, on every message; a lease held by a node that dies runs out
@@ -107,7 +107,7 @@ impl Router for SingleRoute {
     }
 }
 
-/// A message handed over by a send, with the slot it was reserved in.
+/// A message handed over by a send, with the ticket it was reserved under.
 type Handoff = (OutboxMessage, OwnedSemaphorePermit);
 
 pub struct Delivery {
@@ -119,23 +119,28 @@ pub struct Delivery {
     observer: Arc<dyn DeliveryObserver>,
     /// Deliveries in hand (claimed or handed over), at most `batch`.
     slots: Arc<Semaphore>,
+    /// Reservations and handed messages not yet started, at most `batch`.
+    /// Apart from `slots`, so that sends being made (each holding a ticket
+    /// while it commits) never keep claimed messages from a slot.
+    tickets: Arc<Semaphore>,
     handoff: mpsc::UnboundedSender<Handoff>,
     /// Taken by [`Delivery::run`]. Unbounded, since every message in it
-    /// holds one of `slots`.
+    /// holds one of `tickets`.
     handoffs: Mutex<Option<mpsc::UnboundedReceiver<Handoff>>>,
     /// Whether `run` is taking handoffs: no reservation otherwise.
     running: AtomicBool,
-    /// A claim came back full, or found no slot free: more may be waiting,
-    /// so the next delivery to finish looks again.
+    /// Messages may be queued unclaimed: a send queued one without handing
+    /// it over, or the last claim came back full (or found no slot free).
+    /// While it holds, every delivery that finishes looks again; a claim
+    /// that comes back short clears it.
     backlog: AtomicBool,
 }
 
-/// A delivery slot of this node's worker, held for one send while it
-/// commits: the send stores its message leased to the worker
+/// A place with this node's worker, held for one send while it commits: the send stores its message leased to the worker
 /// ([`Reservation::lease`]) and hands it over ([`Reservation::hand`]).
-/// Dropped unused (a refused send), the slot is free again.
+/// Dropped unused (a refused send), the place is free again.
 pub struct Reservation {
-    slot: OwnedSemaphorePermit,
+    ticket: OwnedSemaphorePermit,
     handoff: mpsc::UnboundedSender<Handoff>,
     lease: OutboxLease,
 }
@@ -150,7 +155,7 @@ impl Reservation {
     /// the worker has stopped meanwhile the message stays leased in the
     /// store and is claimed again when the lease runs out.
     pub fn hand(self, msg: OutboxMessage) {
-        let _ = self.handoff.send((msg, self.slot));
+        let _ = self.handoff.send((msg, self.ticket));
     }
 }
 
@@ -178,6 +183,7 @@ impl Delivery {
             clock,
             router,
             slots: Arc::new(Semaphore::new(config.batch as usize)),
+            tickets: Arc::new(Semaphore::new(config.batch as usize)),
             config,
             wake: Notify::new(),
             observer,
@@ -191,19 +197,20 @@ impl Delivery {
     /// Wakes the worker: a send just committed a message it did not hand
     /// over.
     pub fn notify(&self) {
+        self.backlog.store(true, Ordering::Release);
         self.wake.notify_one();
     }
 
-    /// A delivery slot for a send about to be made at `now`, if the worker
-    /// is running and has one free; `None` sends the usual way (queued,
+    /// A place for a send about to be made at `now`, if the worker is
+    /// running and has one free (at most `batch` at once); `None` sends the usual way (queued,
     /// then [`Delivery::notify`]).
     pub fn reserve(&self, now: i64) -> Option<Reservation> {
         if !self.running.load(Ordering::Acquire) {
             return None;
         }
-        let slot = self.slots.clone().try_acquire_owned().ok()?;
+        let ticket = self.tickets.clone().try_acquire_owned().ok()?;
         Some(Reservation {
-            slot,
+            ticket,
             handoff: self.handoff.clone(),
             lease: OutboxLease {
                 worker: self.config.worker_id.clone(),
@@ -257,7 +264,7 @@ impl Delivery {
             }
             tokio::select! {
                 () = shutdown.cancelled() => break,
-                Some((msg, slot)) = next_handoff(&mut handoffs) => self.start(msg, slot),
+                Some((msg, ticket)) = next_handoff(&mut handoffs) => self.start_handed(msg, ticket),
                 () = self.wake.notified() => look = true,
                 _ = poll.tick() => look = true,
             }
@@ -266,8 +273,8 @@ impl Delivery {
         // Messages handed over but not started are in hand too.
         if let Some(rx) = handoffs.as_mut() {
             rx.close();
-            while let Ok((msg, slot)) = rx.try_recv() {
-                self.start(msg, slot);
+            while let Ok((msg, ticket)) = rx.try_recv() {
+                self.start_handed(msg, ticket);
             }
         }
         // Wait (bounded) for the deliveries in hand to record their results.
@@ -290,6 +297,7 @@ impl Delivery {
     async fn claim(self: &Arc<Self>) {
         let free = self.slots.available_permits();
         if free == 0 {
+            // The next delivery to finish looks again.
             self.backlog.store(true, Ordering::Release);
             return;
         }
@@ -305,14 +313,13 @@ impl Delivery {
             .await;
         match claimed {
             Ok(batch) => {
-                if batch.len() >= free {
-                    self.backlog.store(true, Ordering::Release);
-                }
+                // Short: nothing more was due when the claim ran (a send
+                // queued since has set it again, and woken the loop).
+                self.backlog.store(batch.len() >= free, Ordering::Release);
+                // A handed-over message may have taken a slot meanwhile:
+                // one claimed without a slot waits for the next.
                 for msg in batch {
-                    let Ok(slot) = self.slots.clone().try_acquire_owned() else {
-                        break;
-                    };
-                    self.start(msg, slot);
+                    self.start_when_free(msg, None);
                 }
             }
             Err(e) => warn!(error = %e, "claiming from the outbox failed"),
@@ -327,8 +334,30 @@ impl Delivery {
             me.deliver(msg).await;
             drop(slot);
             // A slot is free again: look for more work if some may wait.
-            if me.backlog.swap(false, Ordering::AcqRel) {
+            if me.backlog.load(Ordering::Acquire) {
                 me.wake.notify_one();
+            }
+        });
+    }
+
+    /// Delivers a handed-over message as soon as a slot is free.
+    fn start_handed(self: &Arc<Self>, msg: OutboxMessage, ticket: OwnedSemaphorePermit) {
+        self.start_when_free(msg, Some(ticket));
+    }
+
+    /// Delivers `msg` in a free slot, or in the next one to free up; a
+    /// handed-over message's `ticket` is given back once it has its slot.
+    fn start_when_free(self: &Arc<Self>, msg: OutboxMessage, ticket: Option<OwnedSemaphorePermit>) {
+        if let Ok(slot) = self.slots.clone().try_acquire_owned() {
+            drop(ticket);
+            self.start(msg, slot);
+            return;
+        }
+        let me = self.clone();
+        tokio::spawn(async move {
+            if let Ok(slot) = me.slots.clone().acquire_owned().await {
+                drop(ticket);
+                me.start(msg, slot);
             }
         });
     }

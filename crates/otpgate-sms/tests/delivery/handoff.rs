@@ -47,11 +47,11 @@ async fn a_handed_over_message_is_delivered_at_once_without_a_claim() {
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
     };
-    // Slots bound reservations: `batch` of them at most.
-    let second = delivery.reserve(db.clock.now_ms()).expect("a second slot");
+    // Reservations are bounded: `batch` of them at most.
+    let second = delivery.reserve(db.clock.now_ms()).expect("a second place");
     assert!(
         delivery.reserve(db.clock.now_ms()).is_none(),
-        "only two slots"
+        "only two places"
     );
     drop(second);
 
