@@ -3,14 +3,18 @@
 //! grid of `daily_stats`, and reading stored values back into domain types
 //! (a value that no longer parses is corruption: `Internal`, never a panic).
 
-use otpgate_core::{CustomerId, DeliveryStatus, PhoneNumber, SecretString, VerificationId};
+use otpgate_core::{
+    CustomerId, DeliveryStatus, PhoneNumber, SecretString, VerificationId, VerificationState,
+};
 
 use otpgate_core::fraud::{self, BlockScope};
 use otpgate_core::send;
 
 use crate::{
-    AccountSettings, CreateOutcome, DailyStats, EventAttempt, EventKind, EventOutcome, EventRecord,
-    NewVerification, OutboxMessage, PendingEvent, StoreError, StoreResult, Verification,
+    AccountSettings, ChannelStats, ConversionRow, CreateOutcome, DailyStats, EventAttempt,
+    EventBacklog, EventKind, EventOutcome, EventRecord, FraudBlock, NewVerification, OutboxDepth,
+    OutboxMessage, OwnNumber, PendingEvent, SafeEntry, StoreError, StoreResult, Verification,
+    Webhook,
 };
 
 /// The first step's message of a send stored leased (outbox row `id`), as
@@ -91,6 +95,120 @@ pub(crate) fn refusal(
         R::InsufficientBalance => CreateOutcome::InsufficientBalance,
         R::TestCreditsRestricted => CreateOutcome::TestCreditsRestricted,
     })
+}
+
+/// A unique violation creating an account, as its caller is told it: the
+/// e-mail (its key's index) or else the customer id is taken.
+pub(crate) fn account_conflict(e: StoreError) -> StoreError {
+    match e {
+        StoreError::Conflict(msg) if msg.contains("email_key") => {
+            StoreError::Conflict("e-mail already in use".into())
+        }
+        StoreError::Conflict(_) => StoreError::Conflict("customerId already exists".into()),
+        other => other,
+    }
+}
+
+// ---- rows both backends read alike ------------------------------------------
+
+/// `scope, key, reason, strikes, blocked_until, lifted_at, created_at` of
+/// `fraud_blocks`.
+pub(crate) type FraudBlockRow = (String, String, String, i64, i64, Option<i64>, i64);
+
+pub(crate) fn fraud_block(row: FraudBlockRow) -> StoreResult<FraudBlock> {
+    let (scope_text, key, reason, strikes, until, lifted_at, created_at) = row;
+    Ok(FraudBlock {
+        scope: scope(&scope_text)?,
+        key,
+        reason,
+        strikes: count(strikes, "strikes")?,
+        until,
+        lifted_at,
+        created_at,
+    })
+}
+
+/// `entry, note, created_at` of `safe_list`.
+pub(crate) fn safe_entry((entry, note, created_at): (String, String, i64)) -> SafeEntry {
+    SafeEntry {
+        entry,
+        note,
+        created_at,
+    }
+}
+
+/// `destination, min(verified_at)` of `own_numbers`.
+pub(crate) fn own_number((destination, verified_at): (String, i64)) -> OwnNumber {
+    OwnNumber {
+        destination,
+        verified_at,
+    }
+}
+
+/// `channel, attempted, succeeded, failed` of an account's outbox.
+pub(crate) fn channel_stats(row: (String, i64, i64, i64)) -> ChannelStats {
+    let (channel, attempted, succeeded, failed) = row;
+    ChannelStats {
+        channel,
+        attempted: to_u64(attempted),
+        succeeded: to_u64(succeeded),
+        failed: to_u64(failed),
+    }
+}
+
+/// The conversion report from its (key, sent, completed) rows: by dialing
+/// code, and by prefix.
+pub(crate) fn conversion_rows(
+    by_country: Vec<(i64, i64, i64)>,
+    by_prefix: Vec<(String, i64, i64)>,
+) -> (Vec<ConversionRow>, Vec<ConversionRow>) {
+    let row = |(key, sent, completed): (String, i64, i64)| ConversionRow {
+        key,
+        sent: to_u64(sent),
+        completed: to_u64(completed),
+    };
+    (
+        by_country
+            .into_iter()
+            .map(|(cc, sent, done)| row((cc.to_string(), sent, done)))
+            .collect(),
+        by_prefix.into_iter().map(row).collect(),
+    )
+}
+
+/// `customer_id, url, secret, created_at, updated_at` of `webhooks`.
+pub(crate) type WebhookRow = (String, String, String, i64, i64);
+
+pub(crate) fn webhook(row: WebhookRow) -> StoreResult<Webhook> {
+    let (customer, url, secret, created_at, updated_at) = row;
+    Ok(Webhook {
+        customer_id: customer_id(&customer)?,
+        url,
+        secret: SecretString::new(secret),
+        created_at,
+        updated_at,
+    })
+}
+
+/// The outbox's queued, leased and oldest queued message, and its failed
+/// count.
+pub(crate) fn outbox_depth(
+    (queued, in_flight, oldest, failed): (i64, i64, Option<i64>, i64),
+) -> OutboxDepth {
+    OutboxDepth {
+        queued: to_u64(queued),
+        in_flight: to_u64(in_flight),
+        failed: to_u64(failed),
+        oldest_queued_at: oldest,
+    }
+}
+
+/// `count(*), min(created_at)` of the pending events.
+pub(crate) fn event_backlog((pending, oldest): (i64, Option<i64>)) -> EventBacklog {
+    EventBacklog {
+        pending: to_u64(pending),
+        oldest_at: oldest,
+    }
 }
 
 /// Decodes a stored block scope.
@@ -398,6 +516,39 @@ pub(crate) struct StepFailed {
     /// No other step is still queued, out with a gateway or delivered: the
     /// code can no longer arrive, so the verification fails and is refunded.
     pub fail_verification: bool,
+}
+
+/// The verdict on step `message_id` of a workflow failing, from the
+/// workflow's stored steps as (row id, step, status).
+pub(crate) fn step_verdict(
+    message_id: i64,
+    steps: Vec<(i64, i64, String)>,
+) -> StoreResult<StepFailed> {
+    let mut this = 0;
+    let mut others = Vec::with_capacity(steps.len());
+    for (id, step, status) in steps {
+        let step = count(step, "step")?;
+        if id == message_id {
+            this = step;
+        } else {
+            others.push((id, step, delivery(&status)?));
+        }
+    }
+    Ok(step_failed(this, &others))
+}
+
+/// What an undeliverable message does to its verification, from the
+/// verification's stored `customer_id, state, cost, cost_test` (read before
+/// any change: the refund is the charge as it was); with the account to
+/// refund.
+pub(crate) fn undeliverable(
+    (customer, state, cost, cost_test): (String, String, i64, i64),
+) -> StoreResult<(String, send::Undeliverable)> {
+    let state = VerificationState::parse(&state).ok_or_else(|| corrupt("state"))?;
+    Ok((
+        customer,
+        send::undeliverable(state, send::Charged { cost, cost_test }),
+    ))
 }
 
 /// The verdict on a verification whose step `step` just failed, given its

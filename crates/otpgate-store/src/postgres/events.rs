@@ -3,12 +3,11 @@
 //! skip locked`, as the outbox's do, so nodes share the queue without
 //! waiting on each other.
 
-use otpgate_core::SecretString;
 use sqlx::PgConnection;
 
-use super::error::db_err;
+use super::run::{all, exec, lease_binds, lease_due, one, opt, scalar, tuple};
 use crate::shared::{
-    PendingEventRow, clip, customer_id, event_outcome, pending_event, pending_event_columns,
+    PendingEventRow, clip, event_outcome, pending_event, pending_event_columns, webhook,
 };
 use crate::{EventAttempt, EventKind, PendingEvent, StoreError, StoreResult, Webhook};
 
@@ -29,7 +28,7 @@ pub(super) async fn emit(
     detail: &str,
     now: i64,
 ) -> StoreResult<()> {
-    sqlx::query(concat!(
+    let query = sqlx::query(concat!(
         "insert into events (event_id, customer_id, verification_id, kind, detail, status,
                              attempts, next_attempt_at, created_at, updated_at)
          select ",
@@ -42,24 +41,9 @@ pub(super) async fn emit(
     .bind(verification_id)
     .bind(kind.as_str())
     .bind(detail)
-    .bind(now)
-    .execute(&mut *tx)
-    .await
-    .map_err(db_err)?;
+    .bind(now);
+    exec(tx, query).await?;
     Ok(())
-}
-
-pub(super) type WebhookRow = (String, String, String, i64, i64);
-
-pub(super) fn webhook(row: WebhookRow) -> StoreResult<Webhook> {
-    let (customer, url, secret, created_at, updated_at) = row;
-    Ok(Webhook {
-        customer_id: customer_id(&customer)?,
-        url,
-        secret: SecretString::new(secret),
-        created_at,
-        updated_at,
-    })
 }
 
 pub(super) async fn set_webhook(
@@ -71,15 +55,11 @@ pub(super) async fn set_webhook(
 ) -> StoreResult<Webhook> {
     // The insert names an account that must exist: a foreign-key error is
     // an unknown account, told apart by checking first.
-    let exists: Option<i32> = sqlx::query_scalar("select 1 from accounts where customer_id = $1")
-        .bind(customer)
-        .fetch_optional(&mut *conn)
-        .await
-        .map_err(db_err)?;
-    if exists.is_none() {
+    let exists = sqlx::query("select 1 from accounts where customer_id = $1").bind(customer);
+    if opt(&mut *conn, exists, |_| Ok(())).await?.is_none() {
         return Err(StoreError::NotFound);
     }
-    let row: WebhookRow = sqlx::query_as(
+    let query = sqlx::query(
         "insert into webhooks (customer_id, url, secret, created_at, updated_at)
          values ($1, $2, $3, $4, $4)
          on conflict (customer_id) do update set url = $2, secret = $3, updated_at = $4
@@ -88,11 +68,8 @@ pub(super) async fn set_webhook(
     .bind(customer)
     .bind(url)
     .bind(secret)
-    .bind(now)
-    .fetch_one(&mut *conn)
-    .await
-    .map_err(db_err)?;
-    webhook(row)
+    .bind(now);
+    webhook(one(conn, query, tuple).await?)
 }
 
 pub(super) async fn claim(
@@ -102,15 +79,9 @@ pub(super) async fn claim(
     lease_ms: i64,
     now: i64,
 ) -> StoreResult<Vec<PendingEvent>> {
-    let rows: Vec<PendingEventRow> = sqlx::query_as(concat!(
-        "with due as (
-             select id from events
-              where status = 'pending' and next_attempt_at <= $1
-                and (lease_until is null or lease_until <= $1)
-              order by next_attempt_at, id
-              limit $2
-              for update skip locked
-         ), e as (
+    let query = sqlx::query(concat!(
+        lease_due!("events", "pending"),
+        ", e as (
              update events ev
                 set lease_owner = $3, lease_until = $4, attempts = ev.attempts + 1,
                     updated_at = $1
@@ -121,14 +92,9 @@ pub(super) async fn claim(
         pending_event_columns!(),
         " from e left join webhooks w on w.customer_id = e.customer_id
           order by e.next_attempt_at, e.id"
-    ))
-    .bind(now)
-    .bind(i64::from(max))
-    .bind(worker)
-    .bind(now.saturating_add(lease_ms.max(0)))
-    .fetch_all(&mut *conn)
-    .await
-    .map_err(db_err)?;
+    ));
+    let query = lease_binds(query, worker, max, lease_ms, now);
+    let rows: Vec<PendingEventRow> = all(conn, query, tuple).await?;
     rows.into_iter().map(pending_event).collect()
 }
 
@@ -140,7 +106,7 @@ pub(super) async fn record(
     now: i64,
 ) -> StoreResult<bool> {
     let (status, next, delivered_at) = event_outcome(attempt, now);
-    let done = sqlx::query(
+    let query = sqlx::query(
         "update events
             set status = $3, next_attempt_at = coalesce($4, next_attempt_at),
                 response_status = $5, response = $6, delivered_at = $7,
@@ -154,35 +120,26 @@ pub(super) async fn record(
     .bind(attempt.response_status.map(i64::from))
     .bind(clip(&attempt.response))
     .bind(delivered_at)
-    .bind(now)
-    .execute(&mut *conn)
-    .await
-    .map_err(db_err)?;
-    Ok(done.rows_affected() == 1)
+    .bind(now);
+    Ok(exec(conn, query).await? == 1)
 }
 
 /// One sweep, in the caller's transaction: the cursor row is locked first,
 /// so two nodes sweeping at once take turns (and the unique key would catch
 /// a double write anyway).
 pub(super) async fn sweep_expired(tx: &mut PgConnection, now: i64) -> StoreResult<u64> {
-    sqlx::query(
+    let start = sqlx::query(
         "insert into event_sweeps (name, until)
          values ('expired', coalesce((select min(created_at) from webhooks), $1))
          on conflict (name) do nothing",
-    )
-    .bind(now)
-    .execute(&mut *tx)
-    .await
-    .map_err(db_err)?;
-    let from: i64 =
-        sqlx::query_scalar("select until from event_sweeps where name = 'expired' for update")
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(db_err)?;
+    );
+    exec(&mut *tx, start.bind(now)).await?;
+    let cursor = sqlx::query("select until from event_sweeps where name = 'expired' for update");
+    let from: i64 = one(&mut *tx, cursor, scalar).await?;
     if from >= now {
         return Ok(0);
     }
-    let done = sqlx::query(concat!(
+    let expired = sqlx::query(concat!(
         "insert into events (event_id, customer_id, verification_id, kind, detail, status,
                              attempts, next_attempt_at, created_at, updated_at)
          select ",
@@ -197,14 +154,10 @@ pub(super) async fn sweep_expired(tx: &mut PgConnection, now: i64) -> StoreResul
          on conflict do nothing"
     ))
     .bind(from)
-    .bind(now)
-    .execute(&mut *tx)
-    .await
-    .map_err(db_err)?;
-    sqlx::query("update event_sweeps set until = greatest(until, $1) where name = 'expired'")
-        .bind(now)
-        .execute(&mut *tx)
-        .await
-        .map_err(db_err)?;
-    Ok(done.rows_affected())
+    .bind(now);
+    let done = exec(&mut *tx, expired).await?;
+    let advance =
+        sqlx::query("update event_sweeps set until = greatest(until, $1) where name = 'expired'");
+    exec(tx, advance.bind(now)).await?;
+    Ok(done)
 }

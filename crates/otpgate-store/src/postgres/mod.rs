@@ -25,6 +25,7 @@ mod events;
 mod migrate;
 mod outbox;
 mod rows;
+mod run;
 mod send;
 
 use crate::shared::{
@@ -43,6 +44,7 @@ pub use migrate::{SCHEMA_VERSION, migrations};
 
 use self::error::{db_err, timed_out};
 use self::rows::{account_columns, verification_columns};
+use self::run::{PgQuery, all, exec, one, opt, scalar, tuple};
 use crate::{
     Account, AccountSettings, AccountStore, ChannelStats, ConversionRow, CreateOutcome, DailyStats,
     EventAttempt, EventBacklog, EventRecord, EventStore, FraudBlock, FraudStore, InboxEntry,
@@ -67,6 +69,44 @@ macro_rules! update_account {
                 $(.bind($bind))*,
             )
             .await
+    };
+}
+
+/// The part of `verification_apply`'s statement that cancels the held
+/// fallback steps of the verification `v` it changed, if that is now done
+/// (completed, or out of attempts): their code is not to be sent any more.
+macro_rules! cancel_held_if_done {
+    () => {
+        "held as (
+             update outbox o
+                set status = 'cancelled', text = null, lease_owner = null,
+                    lease_until = null, updated_at = $4
+               from v
+              where v.done and o.verification_id = v.id and o.status = 'queued'
+         ),"
+    };
+}
+
+/// The end of `verification_apply`'s statement: queues the event `$kind`
+/// (detail `$5`) of the verification `v` it changed, if that is now done and
+/// its account has a webhook, and counts the rows changed.
+macro_rules! event_if_done {
+    ($kind:literal) => {
+        concat!(
+            "e as (
+                 insert into events (event_id, customer_id, verification_id, kind, detail,
+                                     status, attempts, next_attempt_at, created_at, updated_at)
+                 select ",
+            events::new_event_id!(),
+            ", v.customer_id, v.id, '",
+            $kind,
+            "', $5, 'pending', 0, $4, $4, $4
+                   from v join webhooks w on w.customer_id = v.customer_id
+                  where v.done
+                 on conflict do nothing
+             )
+             select count(*) from v"
+        )
     };
 }
 
@@ -235,33 +275,19 @@ impl PostgresStore {
     /// Runs an `update accounts … returning` of one account (see
     /// `update_account!`) and returns it; [`StoreError::NotFound`] when it
     /// does not exist.
-    async fn account_update(
-        &self,
-        query: sqlx::query::Query<'_, sqlx::Postgres, sqlx::postgres::PgArguments>,
-    ) -> StoreResult<Account> {
-        self.guarded(async {
-            let row = query
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(db_err)?
-                .ok_or(StoreError::NotFound)?;
-            rows::account(&row)
-        })
-        .await
+    async fn account_update(&self, query: PgQuery<'_>) -> StoreResult<Account> {
+        self.guarded(opt(&self.pool, query, rows::account))
+            .await?
+            .ok_or(StoreError::NotFound)
     }
 }
 
 #[async_trait]
 impl SystemStore for PostgresStore {
     async fn ping(&self) -> StoreResult<()> {
-        self.guarded(async {
-            sqlx::query("select 1")
-                .execute(&self.pool)
-                .await
-                .map_err(db_err)?;
-            Ok(())
-        })
-        .await
+        self.guarded(exec(&self.pool, sqlx::query("select 1")))
+            .await
+            .map(|_| ())
     }
 
     fn backend(&self) -> &'static str {
@@ -273,21 +299,14 @@ impl SystemStore for PostgresStore {
             // The first node's candidate wins; everyone reads the winner.
             // created_at is the database's clock: there is no caller clock
             // here, and the value is informational.
-            sqlx::query(
+            let insert = sqlx::query(
                 "insert into secrets (name, value, created_at)
                  values ($1, $2, (extract(epoch from clock_timestamp()) * 1000)::bigint)
                  on conflict (name) do nothing",
-            )
-            .bind(name)
-            .bind(candidate)
-            .execute(&self.pool)
-            .await
-            .map_err(db_err)?;
-            sqlx::query_scalar("select value from secrets where name = $1")
-                .bind(name)
-                .fetch_one(&self.pool)
-                .await
-                .map_err(db_err)
+            );
+            exec(&self.pool, insert.bind(name).bind(candidate)).await?;
+            let select = sqlx::query("select value from secrets where name = $1");
+            one(&self.pool, select.bind(name), scalar).await
         })
         .await
     }
@@ -299,7 +318,7 @@ impl SystemStore for PostgresStore {
             // the same statement as the verifications they reference (the
             // foreign key is checked at its end), as do own-number records.
             // Their events (webhook deliveries) go with them too.
-            let (verifications, outbox, gone_events): (i64, i64, i64) = sqlx::query_as(
+            let doomed = sqlx::query(
                 "with doomed as (
                      select id from verifications where created_at < $1
                       order by created_at, id limit $2
@@ -322,36 +341,24 @@ impl SystemStore for PostgresStore {
                  )
                  select (select count(*) from gone), (select count(*) from gone_outbox),
                         (select count(*) from gone_events)",
-            )
-            .bind(cutoff)
-            .bind(i64::from(max))
-            .fetch_one(&self.pool)
-            .await
-            .map_err(db_err)?;
+            );
+            let del = |query: PgQuery<'static>| query.bind(cutoff).bind(i64::from(max));
+            let (verifications, outbox, gone_events): (i64, i64, i64) =
+                one(&self.pool, del(doomed), tuple).await?;
             let inbox = sqlx::query(
                 "delete from inbox where id in
                      (select id from inbox where created_at < $1
                        order by created_at, id limit $2 for update skip locked)",
-            )
-            .bind(cutoff)
-            .bind(i64::from(max))
-            .execute(&self.pool)
-            .await
-            .map_err(db_err)?
-            .rows_affected();
+            );
+            let inbox = exec(&self.pool, del(inbox)).await?;
             // Events older than the cutoff whose verification is already
             // gone: an event never outlives retention either.
             let old_events = sqlx::query(
                 "delete from events where id in
                      (select id from events where created_at < $1
                        order by created_at, id limit $2 for update skip locked)",
-            )
-            .bind(cutoff)
-            .bind(i64::from(max))
-            .execute(&self.pool)
-            .await
-            .map_err(db_err)?
-            .rows_affected();
+            );
+            let old_events = exec(&self.pool, del(old_events)).await?;
             Ok(Purged {
                 verifications: to_u64(verifications),
                 outbox: to_u64(outbox),
@@ -388,69 +395,45 @@ impl AccountStore for PostgresStore {
             .bind(new.credits)
             .bind(new.test_credits)
             .bind(new.created_at)
-            .bind(crate::shared::settings_json(&new.settings)?)
-            .fetch_one(&self.pool)
-            .await
-            .map_err(|e| match db_err(e) {
-                StoreError::Conflict(msg) if msg.contains("email_key") => {
-                    StoreError::Conflict("e-mail already in use".into())
-                }
-                StoreError::Conflict(_) => StoreError::Conflict("customerId already exists".into()),
-                other => other,
-            })?;
-            rows::account(&row)
+            .bind(crate::shared::settings_json(&new.settings)?);
+            one(&self.pool, row, rows::account)
+                .await
+                .map_err(shared::account_conflict)
         })
         .await
     }
 
     async fn account_get(&self, id: &CustomerId) -> StoreResult<Option<Account>> {
-        self.guarded(async {
-            let row = sqlx::query(concat!(
-                "select ",
-                account_columns!(),
-                " from accounts where customer_id = $1"
-            ))
-            .bind(id.as_str())
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(db_err)?;
-            row.as_ref().map(rows::account).transpose()
-        })
-        .await
+        let sql = concat!(
+            "select ",
+            account_columns!(),
+            " from accounts where customer_id = $1"
+        );
+        let query = sqlx::query(sql).bind(id.as_str());
+        self.guarded(opt(&self.pool, query, rows::account)).await
     }
 
     async fn account_by_email(&self, email: &str) -> StoreResult<Option<Account>> {
-        self.guarded(async {
-            let row = sqlx::query(concat!(
-                "select ",
-                account_columns!(),
-                " from accounts where email_key = $1"
-            ))
-            .bind(email_key(email))
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(db_err)?;
-            row.as_ref().map(rows::account).transpose()
-        })
-        .await
+        let sql = concat!(
+            "select ",
+            account_columns!(),
+            " from accounts where email_key = $1"
+        );
+        let query = sqlx::query(sql).bind(email_key(email));
+        self.guarded(opt(&self.pool, query, rows::account)).await
     }
 
     async fn account_list(&self, limit: u32, offset: u32) -> StoreResult<Vec<Account>> {
-        self.guarded(async {
-            let rows = sqlx::query(concat!(
-                "select ",
-                account_columns!(),
-                " from accounts order by created_at desc, customer_id desc
-                  limit $1 offset $2"
-            ))
+        let sql = concat!(
+            "select ",
+            account_columns!(),
+            " from accounts order by created_at desc, customer_id desc
+              limit $1 offset $2"
+        );
+        let query = sqlx::query(sql)
             .bind(i64::from(limit))
-            .bind(i64::from(offset))
-            .fetch_all(&self.pool)
-            .await
-            .map_err(db_err)?;
-            rows.iter().map(rows::account).collect()
-        })
-        .await
+            .bind(i64::from(offset));
+        self.guarded(all(&self.pool, query, rows::account)).await
     }
 
     async fn account_add_credits(&self, id: &CustomerId, credits: i64) -> StoreResult<Account> {
@@ -517,20 +500,14 @@ impl VerificationStore for PostgresStore {
         customer: &CustomerId,
         id: VerificationId,
     ) -> StoreResult<Option<Verification>> {
-        self.guarded(async {
-            let row = sqlx::query(concat!(
-                "select ",
-                verification_columns!(),
-                " from verifications where id = $1 and customer_id = $2"
-            ))
-            .bind(id_i64(id))
-            .bind(customer.as_str())
-            .fetch_optional(&self.pool)
+        let sql = concat!(
+            "select ",
+            verification_columns!(),
+            " from verifications where id = $1 and customer_id = $2"
+        );
+        let query = sqlx::query(sql).bind(id_i64(id)).bind(customer.as_str());
+        self.guarded(opt(&self.pool, query, rows::verification))
             .await
-            .map_err(db_err)?;
-            row.as_ref().map(rows::verification).transpose()
-        })
-        .await
     }
 
     async fn verification_apply(
@@ -559,34 +536,17 @@ impl VerificationStore for PostgresStore {
                           where id = $1 and customer_id = $2 and state = 'pending'
                             and wrong_attempts = $3
                          returning id, customer_id, created_at, true as done
-                     ),
-                     held as (
-                         update outbox o
-                            set status = 'cancelled', text = null, lease_owner = null,
-                                lease_until = null, updated_at = $4
-                           from v
-                          where v.done and o.verification_id = v.id and o.status = 'queued'
-                     ),
-                     counted as (
+                     ),",
+                    cancel_held_if_done!(),
+                    "counted as (
                          insert into daily_stats (customer_id, day, sends, completed, created_at)
                          select customer_id, floor(created_at::numeric / 86400000)::bigint, 0, 1,
                                 $4
                            from v
                          on conflict (customer_id, day) do update
                             set completed = daily_stats.completed + 1
-                     ),
-                     e as (
-                         insert into events (event_id, customer_id, verification_id, kind,
-                                             detail, status, attempts, next_attempt_at,
-                                             created_at, updated_at)
-                         select ",
-                    events::new_event_id!(),
-                    ", v.customer_id, v.id, 'verification.completed', $5, 'pending', 0,
-                                $4, $4, $4
-                           from v join webhooks w on w.customer_id = v.customer_id
-                         on conflict do nothing
-                     )
-                     select count(*) from v"
+                     ),",
+                    event_if_done!("verification.completed")
                 ),
                 "{}".to_owned(),
             ),
@@ -597,44 +557,21 @@ impl VerificationStore for PostgresStore {
                           where id = $1 and customer_id = $2 and state = 'pending'
                             and wrong_attempts = $3
                          returning id, customer_id, wrong_attempts >= max_attempts as done
-                     ),
-                     held as (
-                         update outbox o
-                            set status = 'cancelled', text = null, lease_owner = null,
-                                lease_until = null, updated_at = $4
-                           from v
-                          where v.done and o.verification_id = v.id and o.status = 'queued'
-                     ),
-                     e as (
-                         insert into events (event_id, customer_id, verification_id, kind,
-                                             detail, status, attempts, next_attempt_at,
-                                             created_at, updated_at)
-                         select ",
-                    events::new_event_id!(),
-                    ", v.customer_id, v.id, 'verification.failed', $5, 'pending', 0,
-                                $4, $4, $4
-                           from v join webhooks w on w.customer_id = v.customer_id
-                          where v.done
-                         on conflict do nothing
-                     )
-                     select count(*) from v"
+                     ),",
+                    cancel_held_if_done!(),
+                    event_if_done!("verification.failed")
                 ),
                 attempts_detail(),
             ),
         };
-        self.guarded(async {
-            let n: i64 = sqlx::query_scalar(sql)
-                .bind(id_i64(id))
-                .bind(customer.as_str())
-                .bind(expected)
-                .bind(now)
-                .bind(detail)
-                .fetch_one(&self.pool)
-                .await
-                .map_err(db_err)?;
-            Ok(n == 1)
-        })
-        .await
+        let query = sqlx::query(sql)
+            .bind(id_i64(id))
+            .bind(customer.as_str())
+            .bind(expected)
+            .bind(now)
+            .bind(detail);
+        let n: i64 = self.guarded(one(&self.pool, query, scalar)).await?;
+        Ok(n == 1)
     }
 
     async fn wrong_codes_since(
@@ -643,20 +580,15 @@ impl VerificationStore for PostgresStore {
         destination_e164: &str,
         since: i64,
     ) -> StoreResult<u32> {
-        self.guarded(async {
-            let n: i64 = sqlx::query_scalar(
-                "select coalesce(sum(wrong_attempts), 0)::bigint from verifications
-                 where customer_id = $1 and destination = $2 and created_at >= $3",
-            )
-            .bind(customer.as_str())
-            .bind(destination_e164)
-            .bind(since)
-            .fetch_one(&self.pool)
-            .await
-            .map_err(db_err)?;
-            Ok(u32::try_from(n.max(0)).unwrap_or(u32::MAX))
-        })
-        .await
+        let query = sqlx::query(
+            "select coalesce(sum(wrong_attempts), 0)::bigint from verifications
+             where customer_id = $1 and destination = $2 and created_at >= $3",
+        )
+        .bind(customer.as_str())
+        .bind(destination_e164)
+        .bind(since);
+        let n: i64 = self.guarded(one(&self.pool, query, scalar)).await?;
+        Ok(u32::try_from(n.max(0)).unwrap_or(u32::MAX))
     }
 
     async fn verification_list(
@@ -666,34 +598,29 @@ impl VerificationStore for PostgresStore {
         limit: u32,
         offset: u32,
     ) -> StoreResult<Vec<Verification>> {
-        self.guarded(async {
-            // strpos, not like: the filter is user input and % or _ in it
-            // must match literally.
-            let rows = sqlx::query(concat!(
-                "select ",
-                verification_columns!(),
-                " from verifications
-                  where customer_id = $1
-                    and ($2::text is null or strpos(destination, $2) > 0)
-                    and ($3::text is null or state = $3)
-                    and ($4::bigint is null or created_at >= $4)
-                    and ($5::bigint is null or created_at < $5)
-                  order by created_at desc, id desc
-                  limit $6 offset $7"
-            ))
-            .bind(customer.as_str())
-            .bind(filter.number.as_deref())
-            .bind(filter.state.map(|s| s.as_str()))
-            .bind(filter.since)
-            .bind(filter.until)
-            .bind(i64::from(limit))
-            .bind(i64::from(offset))
-            .fetch_all(&self.pool)
+        // strpos, not like: the filter is user input and % or _ in it must
+        // match literally.
+        let query = sqlx::query(concat!(
+            "select ",
+            verification_columns!(),
+            " from verifications
+              where customer_id = $1
+                and ($2::text is null or strpos(destination, $2) > 0)
+                and ($3::text is null or state = $3)
+                and ($4::bigint is null or created_at >= $4)
+                and ($5::bigint is null or created_at < $5)
+              order by created_at desc, id desc
+              limit $6 offset $7"
+        ))
+        .bind(customer.as_str())
+        .bind(filter.number.as_deref())
+        .bind(filter.state.map(|s| s.as_str()))
+        .bind(filter.since)
+        .bind(filter.until)
+        .bind(i64::from(limit))
+        .bind(i64::from(offset));
+        self.guarded(all(&self.pool, query, rows::verification))
             .await
-            .map_err(db_err)?;
-            rows.iter().map(rows::verification).collect()
-        })
-        .await
     }
 
     async fn daily_stats(
@@ -705,24 +632,19 @@ impl VerificationStore for PostgresStore {
         let Some((first_day, last_day)) = stats_days(since, until) else {
             return Ok(Vec::new());
         };
-        self.guarded(async {
-            // Completions are counted on the day of their send, so a day's
-            // `completed` never exceeds its `sends` (a conversion rate), as
-            // on SQLite.
-            let found: Vec<(i64, i64, i64)> = sqlx::query_as(
-                "select day, sends, completed from daily_stats
-                  where customer_id = $1 and day >= $2 and day <= $3
-                  order by day",
-            )
-            .bind(customer.as_str())
-            .bind(first_day)
-            .bind(last_day)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(db_err)?;
-            Ok(fill_days(first_day, last_day, found))
-        })
-        .await
+        // Completions are counted on the day of their send, so a day's
+        // `completed` never exceeds its `sends` (a conversion rate), as on
+        // SQLite.
+        let query = sqlx::query(
+            "select day, sends, completed from daily_stats
+              where customer_id = $1 and day >= $2 and day <= $3
+              order by day",
+        )
+        .bind(customer.as_str())
+        .bind(first_day)
+        .bind(last_day);
+        let found = self.guarded(all(&self.pool, query, tuple)).await?;
+        Ok(fill_days(first_day, last_day, found))
     }
 
     async fn channel_stats(
@@ -731,60 +653,41 @@ impl VerificationStore for PostgresStore {
         since: i64,
         until: i64,
     ) -> StoreResult<Vec<ChannelStats>> {
-        self.guarded(async {
-            // Messages a worker tried; one that failed before any channel
-            // took it is counted under "" so failures are not lost from the
-            // totals (as on SQLite).
-            let rows: Vec<(String, i64, i64, i64)> = sqlx::query_as(
-                "select coalesce(channel, '') as ch, count(*),
-                        count(*) filter (where status = any($4)),
-                        count(*) filter (where status = any($5))
-                   from outbox
-                  where customer_id = $1 and created_at >= $2 and created_at < $3
-                    and attempts > 0
-                  group by ch order by ch",
-            )
-            .bind(customer.as_str())
-            .bind(since)
-            .bind(until)
-            .bind(shared::status_names(&DeliveryStatus::SUCCEEDED))
-            .bind(shared::status_names(&DeliveryStatus::FINAL_FAILURES))
-            .fetch_all(&self.pool)
-            .await
-            .map_err(db_err)?;
-            Ok(rows
-                .into_iter()
-                .map(|(channel, attempted, succeeded, failed)| ChannelStats {
-                    channel,
-                    attempted: to_u64(attempted),
-                    succeeded: to_u64(succeeded),
-                    failed: to_u64(failed),
-                })
-                .collect())
-        })
-        .await
+        // Messages a worker tried; one that failed before any channel took
+        // it is counted under "" so failures are not lost from the totals
+        // (as on SQLite).
+        let query = sqlx::query(
+            "select coalesce(channel, '') as ch, count(*),
+                    count(*) filter (where status = any($4)),
+                    count(*) filter (where status = any($5))
+               from outbox
+              where customer_id = $1 and created_at >= $2 and created_at < $3
+                and attempts > 0
+              group by ch order by ch",
+        )
+        .bind(customer.as_str())
+        .bind(since)
+        .bind(until)
+        .bind(shared::status_names(&DeliveryStatus::SUCCEEDED))
+        .bind(shared::status_names(&DeliveryStatus::FINAL_FAILURES));
+        let found = self.guarded(all(&self.pool, query, tuple)).await?;
+        Ok(found.into_iter().map(shared::channel_stats).collect())
     }
 }
 
 #[async_trait]
 impl InboxStore for PostgresStore {
     async fn inbox_put(&self, msg: &InboxEntry) -> StoreResult<()> {
-        self.guarded(async {
-            sqlx::query(
-                "insert into inbox (customer_id, destination, text, verification_id, created_at)
-                 values ($1, $2, $3, $4, $5)",
-            )
-            .bind(msg.customer_id.as_ref().map(CustomerId::as_str))
-            .bind(&msg.destination)
-            .bind(&msg.text)
-            .bind(msg.verification_id.map(id_i64))
-            .bind(msg.created_at)
-            .execute(&self.pool)
-            .await
-            .map_err(db_err)?;
-            Ok(())
-        })
-        .await
+        let query = sqlx::query(
+            "insert into inbox (customer_id, destination, text, verification_id, created_at)
+             values ($1, $2, $3, $4, $5)",
+        )
+        .bind(msg.customer_id.as_ref().map(CustomerId::as_str))
+        .bind(&msg.destination)
+        .bind(&msg.text)
+        .bind(msg.verification_id.map(id_i64))
+        .bind(msg.created_at);
+        self.guarded(exec(&self.pool, query)).await.map(|_| ())
     }
 
     async fn inbox_list(
@@ -823,50 +726,25 @@ impl InboxStore for PostgresStore {
     }
 
     async fn inbox_purge(&self, before_ms: i64) -> StoreResult<u64> {
-        self.guarded(async {
-            let r = sqlx::query("delete from inbox where created_at < $1")
-                .bind(before_ms)
-                .execute(&self.pool)
-                .await
-                .map_err(db_err)?;
-            Ok(r.rows_affected())
-        })
-        .await
+        let query = sqlx::query("delete from inbox where created_at < $1").bind(before_ms);
+        self.guarded(exec(&self.pool, query)).await
     }
 }
 
 #[async_trait]
 impl FraudStore for PostgresStore {
     async fn fraud_blocks_active(&self, now: i64, limit: u32) -> StoreResult<Vec<FraudBlock>> {
-        self.guarded(async {
-            let found: Vec<(String, String, String, i32, i64, Option<i64>, i64)> = sqlx::query_as(
-                "select scope, key, reason, strikes, blocked_until, lifted_at, created_at
-                       from fraud_blocks where blocked_until > $1
-                      order by updated_at desc limit $2",
-            )
-            .bind(now)
-            .bind(i64::from(limit))
-            .fetch_all(&self.pool)
-            .await
-            .map_err(db_err)?;
-            found
-                .into_iter()
-                .map(
-                    |(scope, key, reason, strikes, until, lifted_at, created_at)| {
-                        Ok(FraudBlock {
-                            scope: shared::scope(&scope)?,
-                            key,
-                            reason,
-                            strikes: shared::count(i64::from(strikes), "strikes")?,
-                            until,
-                            lifted_at,
-                            created_at,
-                        })
-                    },
-                )
-                .collect()
-        })
-        .await
+        // `strikes` is an integer (i32) here, widened to the row the
+        // backends share.
+        let query = sqlx::query(
+            "select scope, key, reason, strikes::bigint, blocked_until, lifted_at, created_at
+                   from fraud_blocks where blocked_until > $1
+                  order by updated_at desc limit $2",
+        )
+        .bind(now)
+        .bind(i64::from(limit));
+        let found = self.guarded(all(&self.pool, query, tuple)).await?;
+        found.into_iter().map(shared::fraud_block).collect()
     }
 
     async fn fraud_block_lift(
@@ -875,91 +753,48 @@ impl FraudStore for PostgresStore {
         key: &str,
         now: i64,
     ) -> StoreResult<bool> {
-        self.guarded(async {
-            let done = sqlx::query(
-                "update fraud_blocks
-                    set blocked_until = $3, lifted_at = $3, updated_at = $3
-                  where scope = $1 and key = $2 and blocked_until > $3",
-            )
-            .bind(scope.as_str())
-            .bind(key)
-            .bind(now)
-            .execute(&self.pool)
-            .await
-            .map_err(db_err)?;
-            Ok(done.rows_affected() > 0)
-        })
-        .await
+        let query = sqlx::query(
+            "update fraud_blocks
+                set blocked_until = $3, lifted_at = $3, updated_at = $3
+              where scope = $1 and key = $2 and blocked_until > $3",
+        )
+        .bind(scope.as_str())
+        .bind(key)
+        .bind(now);
+        Ok(self.guarded(exec(&self.pool, query)).await? > 0)
     }
 
     async fn safe_list(&self) -> StoreResult<Vec<SafeEntry>> {
-        self.guarded(async {
-            let found: Vec<(String, String, i64)> =
-                sqlx::query_as("select entry, note, created_at from safe_list order by entry")
-                    .fetch_all(&self.pool)
-                    .await
-                    .map_err(db_err)?;
-            Ok(found
-                .into_iter()
-                .map(|(entry, note, created_at)| SafeEntry {
-                    entry,
-                    note,
-                    created_at,
-                })
-                .collect())
-        })
-        .await
+        let query = sqlx::query("select entry, note, created_at from safe_list order by entry");
+        let found = self.guarded(all(&self.pool, query, tuple)).await?;
+        Ok(found.into_iter().map(shared::safe_entry).collect())
     }
 
     async fn safe_list_add(&self, entry: &str, note: &str, now: i64) -> StoreResult<()> {
-        self.guarded(async {
-            sqlx::query(
-                "insert into safe_list (entry, note, created_at) values ($1, $2, $3)
-                 on conflict (entry) do update set note = excluded.note",
-            )
-            .bind(entry)
-            .bind(note)
-            .bind(now)
-            .execute(&self.pool)
-            .await
-            .map_err(db_err)?;
-            Ok(())
-        })
-        .await
+        let query = sqlx::query(
+            "insert into safe_list (entry, note, created_at) values ($1, $2, $3)
+             on conflict (entry) do update set note = excluded.note",
+        )
+        .bind(entry)
+        .bind(note)
+        .bind(now);
+        self.guarded(exec(&self.pool, query)).await.map(|_| ())
     }
 
     async fn safe_list_remove(&self, entry: &str) -> StoreResult<bool> {
-        self.guarded(async {
-            let done = sqlx::query("delete from safe_list where entry = $1")
-                .bind(entry)
-                .execute(&self.pool)
-                .await
-                .map_err(db_err)?;
-            Ok(done.rows_affected() > 0)
-        })
-        .await
+        let query = sqlx::query("delete from safe_list where entry = $1").bind(entry);
+        Ok(self.guarded(exec(&self.pool, query)).await? > 0)
     }
 
     async fn own_numbers(&self, customer: &CustomerId) -> StoreResult<Vec<OwnNumber>> {
-        self.guarded(async {
-            let found: Vec<(String, i64)> = sqlx::query_as(
-                "select destination, min(verified_at) from own_numbers
-                  where customer_id = $1 and verified_at is not null
-                  group by destination order by 2",
-            )
-            .bind(customer.as_str())
-            .fetch_all(&self.pool)
-            .await
-            .map_err(db_err)?;
-            Ok(found
-                .into_iter()
-                .map(|(destination, verified_at)| OwnNumber {
-                    destination,
-                    verified_at,
-                })
-                .collect())
-        })
-        .await
+        let query = sqlx::query(
+            "select destination, min(verified_at) from own_numbers
+              where customer_id = $1 and verified_at is not null
+              group by destination order by 2",
+        )
+        .bind(customer.as_str());
+        let found = self.guarded(all(&self.pool, query, tuple)).await?;
+        Ok(found.into_iter().map(shared::own_number).collect())
     }
 
     async fn own_number_confirm(
@@ -968,22 +803,16 @@ impl FraudStore for PostgresStore {
         id: VerificationId,
         now: i64,
     ) -> StoreResult<bool> {
-        self.guarded(async {
-            let done = sqlx::query(
-                "update own_numbers set verified_at = $3
-                  where verification_id = $1 and customer_id = $2 and verified_at is null
-                    and exists (select 1 from verifications v
-                                 where v.id = $1 and v.state = 'completed')",
-            )
-            .bind(id_i64(id))
-            .bind(customer.as_str())
-            .bind(now)
-            .execute(&self.pool)
-            .await
-            .map_err(db_err)?;
-            Ok(done.rows_affected() > 0)
-        })
-        .await
+        let query = sqlx::query(
+            "update own_numbers set verified_at = $3
+              where verification_id = $1 and customer_id = $2 and verified_at is null
+                and exists (select 1 from verifications v
+                             where v.id = $1 and v.state = 'completed')",
+        )
+        .bind(id_i64(id))
+        .bind(customer.as_str())
+        .bind(now);
+        Ok(self.guarded(exec(&self.pool, query)).await? > 0)
     }
 
     async fn own_number_remove(
@@ -991,21 +820,15 @@ impl FraudStore for PostgresStore {
         customer: &CustomerId,
         destination: &str,
     ) -> StoreResult<bool> {
-        self.guarded(async {
-            // The rows stay (they count against the day's own-number sends);
-            // only the proof is withdrawn.
-            let done = sqlx::query(
-                "update own_numbers set verified_at = null
-                  where customer_id = $1 and destination = $2 and verified_at is not null",
-            )
-            .bind(customer.as_str())
-            .bind(destination)
-            .execute(&self.pool)
-            .await
-            .map_err(db_err)?;
-            Ok(done.rows_affected() > 0)
-        })
-        .await
+        // The rows stay (they count against the day's own-number sends);
+        // only the proof is withdrawn.
+        let query = sqlx::query(
+            "update own_numbers set verified_at = null
+              where customer_id = $1 and destination = $2 and verified_at is not null",
+        )
+        .bind(customer.as_str())
+        .bind(destination);
+        Ok(self.guarded(exec(&self.pool, query)).await? > 0)
     }
 
     async fn conversion_report(
@@ -1013,45 +836,21 @@ impl FraudStore for PostgresStore {
         since: i64,
         limit: u32,
     ) -> StoreResult<(Vec<ConversionRow>, Vec<ConversionRow>)> {
+        let by_country = sqlx::query(
+            "select country_code::bigint, count(*), count(*) filter (where state = 'completed')
+               from verifications where created_at > $1
+              group by country_code order by 2 desc, 1 limit $2",
+        );
+        let by_prefix = sqlx::query(
+            "select prefix, count(*), count(*) filter (where state = 'completed')
+               from verifications where created_at > $1 and prefix is not null
+              group by prefix order by 2 desc, 1 limit $2",
+        );
+        let period = |query: PgQuery<'static>| query.bind(since).bind(i64::from(limit));
         self.guarded(async {
-            let by_country: Vec<(i32, i64, i64)> = sqlx::query_as(
-                "select country_code, count(*), count(*) filter (where state = 'completed')
-                   from verifications where created_at > $1
-                  group by country_code order by 2 desc, 1 limit $2",
-            )
-            .bind(since)
-            .bind(i64::from(limit))
-            .fetch_all(&self.pool)
-            .await
-            .map_err(db_err)?;
-            let by_prefix: Vec<(String, i64, i64)> = sqlx::query_as(
-                "select prefix, count(*), count(*) filter (where state = 'completed')
-                   from verifications where created_at > $1 and prefix is not null
-                  group by prefix order by 2 desc, 1 limit $2",
-            )
-            .bind(since)
-            .bind(i64::from(limit))
-            .fetch_all(&self.pool)
-            .await
-            .map_err(db_err)?;
-            Ok((
-                by_country
-                    .into_iter()
-                    .map(|(cc, sent, completed)| ConversionRow {
-                        key: cc.to_string(),
-                        sent: to_u64(sent),
-                        completed: to_u64(completed),
-                    })
-                    .collect(),
-                by_prefix
-                    .into_iter()
-                    .map(|(key, sent, completed)| ConversionRow {
-                        key,
-                        sent: to_u64(sent),
-                        completed: to_u64(completed),
-                    })
-                    .collect(),
-            ))
+            let by_country = all(&self.pool, period(by_country), tuple).await?;
+            let by_prefix = all(&self.pool, period(by_prefix), tuple).await?;
+            Ok(shared::conversion_rows(by_country, by_prefix))
         })
         .await
     }
@@ -1060,18 +859,13 @@ impl FraudStore for PostgresStore {
 #[async_trait]
 impl EventStore for PostgresStore {
     async fn webhook_get(&self, customer: &CustomerId) -> StoreResult<Option<Webhook>> {
-        self.guarded(async {
-            let row: Option<events::WebhookRow> = sqlx::query_as(
-                "select customer_id, url, secret, created_at, updated_at from webhooks
-                  where customer_id = $1",
-            )
-            .bind(customer.as_str())
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(db_err)?;
-            row.map(events::webhook).transpose()
-        })
-        .await
+        let query = sqlx::query(
+            "select customer_id, url, secret, created_at, updated_at from webhooks
+              where customer_id = $1",
+        )
+        .bind(customer.as_str());
+        let row = self.guarded(opt(&self.pool, query, tuple)).await?;
+        row.map(shared::webhook).transpose()
     }
 
     async fn webhook_set(
@@ -1089,15 +883,9 @@ impl EventStore for PostgresStore {
     }
 
     async fn webhook_delete(&self, customer: &CustomerId) -> StoreResult<()> {
-        self.guarded(async {
-            sqlx::query("delete from webhooks where customer_id = $1")
-                .bind(customer.as_str())
-                .execute(&self.pool)
-                .await
-                .map_err(db_err)?;
-            Ok(())
-        })
-        .await
+        let query =
+            sqlx::query("delete from webhooks where customer_id = $1").bind(customer.as_str());
+        self.guarded(exec(&self.pool, query)).await.map(|_| ())
     }
 
     async fn events_claim(
@@ -1142,37 +930,23 @@ impl EventStore for PostgresStore {
     }
 
     async fn event_list(&self, customer: &CustomerId, limit: u32) -> StoreResult<Vec<EventRecord>> {
-        self.guarded(async {
-            let rows: Vec<EventRecordRow> = sqlx::query_as(concat!(
-                "select ",
-                event_record_columns!(),
-                " from events where customer_id = $1
-                  order by created_at desc, id desc limit $2"
-            ))
-            .bind(customer.as_str())
-            .bind(i64::from(limit))
-            .fetch_all(&self.pool)
-            .await
-            .map_err(db_err)?;
-            rows.into_iter().map(event_record).collect()
-        })
-        .await
+        let query = sqlx::query(concat!(
+            "select ",
+            event_record_columns!(),
+            " from events where customer_id = $1
+              order by created_at desc, id desc limit $2"
+        ))
+        .bind(customer.as_str())
+        .bind(i64::from(limit));
+        let found: Vec<EventRecordRow> = self.guarded(all(&self.pool, query, tuple)).await?;
+        found.into_iter().map(event_record).collect()
     }
 
     async fn event_backlog(&self) -> StoreResult<EventBacklog> {
-        self.guarded(async {
-            let (pending, oldest): (i64, Option<i64>) = sqlx::query_as(
-                "select count(*), min(created_at) from events where status = 'pending'",
-            )
-            .fetch_one(&self.pool)
-            .await
-            .map_err(db_err)?;
-            Ok(EventBacklog {
-                pending: to_u64(pending),
-                oldest_at: oldest,
-            })
-        })
-        .await
+        let query =
+            sqlx::query("select count(*), min(created_at) from events where status = 'pending'");
+        let found = self.guarded(one(&self.pool, query, tuple)).await?;
+        Ok(shared::event_backlog(found))
     }
 }
 

@@ -14,8 +14,9 @@ use sqlx::PgConnection;
 
 use super::error::db_err;
 use super::rows::{self, outbox_columns};
+use super::run::{PgQuery, all, exec, lease_binds, lease_due, one, opt, scalar, tuple};
 use super::{PostgresStore, events};
-use crate::shared::{self, clip, delivery_detail, id_i64, to_u64};
+use crate::shared::{self, clip, delivery_detail, id_i64};
 use crate::{EventKind, OutboxDepth, OutboxMessage, OutboxStore, SentInfo, StoreResult};
 
 #[async_trait]
@@ -30,43 +31,26 @@ impl OutboxStore for PostgresStore {
         if max == 0 {
             return Ok(Vec::new());
         }
-        self.guarded(async {
-            // `skip locked`: rows another node is claiming right now are
-            // passed over instead of waited for, and each row's predicate is
-            // re-checked once locked, so a row claimed and committed by
-            // someone else in the meantime is not taken twice.
-            let rows = sqlx::query(concat!(
-                "with due as (
-                     select id from outbox
-                      where status = 'queued' and next_attempt_at <= $1
-                        and (lease_until is null or lease_until <= $1)
-                      order by next_attempt_at, id
-                      limit $2
-                      for update skip locked
-                 )
-                 update outbox o
+        // `skip locked`: rows another node is claiming right now are passed
+        // over instead of waited for, and each row's predicate is re-checked
+        // once locked, so a row claimed and committed by someone else in the
+        // meantime is not taken twice.
+        let query = sqlx::query(concat!(
+            lease_due!("outbox", "queued"),
+            " update outbox o
                     set lease_owner = $3, lease_until = $4, attempts = o.attempts + 1,
                         updated_at = $1
                    from due, verifications v
                   where o.id = due.id and v.id = o.verification_id
                  returning ",
-                outbox_columns!()
-            ))
-            .bind(now)
-            .bind(i64::from(max))
-            .bind(worker)
-            .bind(now.saturating_add(lease_ms.max(0)))
-            .fetch_all(&self.pool)
-            .await
-            .map_err(db_err)?;
-            let mut out = rows
-                .iter()
-                .map(rows::outbox_message)
-                .collect::<StoreResult<Vec<_>>>()?;
-            out.sort_by_key(|m| (m.next_attempt_at, m.id));
-            Ok(out)
-        })
-        .await
+            outbox_columns!()
+        ));
+        let query = lease_binds(query, worker, max, lease_ms, now);
+        let mut out = self
+            .guarded(all(&self.pool, query, rows::outbox_message))
+            .await?;
+        out.sort_by_key(|m| (m.next_attempt_at, m.id));
+        Ok(out)
     }
 
     async fn outbox_sent(
@@ -76,11 +60,10 @@ impl OutboxStore for PostgresStore {
         sent: &SentInfo,
         now: i64,
     ) -> StoreResult<bool> {
-        self.guarded(async {
-            // One statement: the outbox row (only while `worker` still holds
-            // it) and its verification change together or not at all.
-            let changed: Option<i64> = sqlx::query_scalar(
-                "with o as (
+        // One statement: the outbox row (only while `worker` still holds it)
+        // and its verification change together or not at all.
+        let query = sqlx::query(
+            "with o as (
                      update outbox
                         set status = 'sent', text = null, channel = $3, gateway_id = $4,
                             lease_owner = null, lease_until = null, updated_at = $5
@@ -101,18 +84,13 @@ impl OutboxStore for PostgresStore {
                     set delivery = 'sent', channel = $3, gateway_id = $4
                    from o where v.id = o.verification_id
                  returning v.id",
-            )
-            .bind(message_id)
-            .bind(worker)
-            .bind(&sent.channel)
-            .bind(&sent.gateway_id)
-            .bind(now)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(db_err)?;
-            Ok(changed.is_some())
-        })
-        .await
+        )
+        .bind(message_id)
+        .bind(worker)
+        .bind(&sent.channel)
+        .bind(&sent.gateway_id)
+        .bind(now);
+        self.released(query).await
     }
 
     async fn outbox_retry(
@@ -124,11 +102,10 @@ impl OutboxStore for PostgresStore {
         now: i64,
     ) -> StoreResult<bool> {
         let error = clip(error);
-        self.guarded(async {
-            // The last error is also shown on the verification (console,
-            // support) while the message waits for its next attempt.
-            let changed: Option<i64> = sqlx::query_scalar(
-                "with o as (
+        // The last error is also shown on the verification (console, support)
+        // while the message waits for its next attempt.
+        let query = sqlx::query(
+            "with o as (
                      update outbox
                         set lease_owner = null, lease_until = null, next_attempt_at = $3,
                             last_error = $4, updated_at = $5
@@ -138,18 +115,13 @@ impl OutboxStore for PostgresStore {
                  update verifications v set delivery_detail = $4
                    from o where v.id = o.verification_id
                  returning v.id",
-            )
-            .bind(message_id)
-            .bind(worker)
-            .bind(next_attempt_at)
-            .bind(error)
-            .bind(now)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(db_err)?;
-            Ok(changed.is_some())
-        })
-        .await
+        )
+        .bind(message_id)
+        .bind(worker)
+        .bind(next_attempt_at)
+        .bind(error)
+        .bind(now);
+        self.released(query).await
     }
 
     async fn outbox_failed(
@@ -164,7 +136,7 @@ impl OutboxStore for PostgresStore {
             let mut tx = self.pool.begin().await.map_err(db_err)?;
             // The queued -> failed transition happens once, so the refund
             // does too.
-            let verification: Option<i64> = sqlx::query_scalar(
+            let query = sqlx::query(
                 "update outbox
                     set status = 'failed', text = null, last_error = $3,
                         lease_owner = null, lease_until = null, updated_at = $4
@@ -174,11 +146,8 @@ impl OutboxStore for PostgresStore {
             .bind(message_id)
             .bind(worker)
             .bind(error)
-            .bind(now)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(db_err)?;
-            let Some(verification) = verification else {
+            .bind(now);
+            let Some(verification) = opt(&mut *tx, query, scalar).await? else {
                 tx.rollback().await.map_err(db_err)?;
                 return Ok(false);
             };
@@ -212,7 +181,7 @@ impl OutboxStore for PostgresStore {
         let permanent = status.is_final_failure();
         self.guarded(async {
             let mut tx = self.pool.begin().await.map_err(db_err)?;
-            let matched: Vec<(i64, i64, i64)> = sqlx::query_as(
+            let query = sqlx::query(
                 "update outbox set status = coalesce($3, status), updated_at = $4
                   where channel = $1 and gateway_id = $2
                   returning verification_id, id, created_at",
@@ -220,10 +189,8 @@ impl OutboxStore for PostgresStore {
             .bind(channel)
             .bind(gateway_id)
             .bind(new_status)
-            .bind(now)
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(db_err)?;
+            .bind(now);
+            let matched: Vec<(i64, i64, i64)> = all(&mut *tx, query, tuple).await?;
             for &(verification, message_id, _) in &matched {
                 if permanent {
                     step_failed(&mut tx, verification, message_id, status, detail, now).await?;
@@ -235,17 +202,13 @@ impl OutboxStore for PostgresStore {
                         let d = delivery_detail(None, status, detail);
                         events::emit(&mut tx, verification, EventKind::Delivered, &d, now).await?;
                     }
-                    sqlx::query(
+                    let query = sqlx::query(
                         "update verifications
                             set delivery = coalesce($2, delivery), delivery_detail = $3
                           where id = $1",
-                    )
-                    .bind(verification)
-                    .bind(new_status)
-                    .bind(detail)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(db_err)?;
+                    );
+                    let query = query.bind(verification).bind(new_status).bind(detail);
+                    exec(&mut *tx, query).await?;
                 }
             }
             tx.commit().await.map_err(db_err)?;
@@ -255,62 +218,51 @@ impl OutboxStore for PostgresStore {
     }
 
     async fn outbox_depth(&self) -> StoreResult<OutboxDepth> {
-        self.guarded(async {
-            let (queued, in_flight, failed, oldest): (i64, i64, i64, Option<i64>) = sqlx::query_as(
-                "select count(*) filter (where status = 'queued' and lease_owner is null),
-                        count(*) filter (where status = 'queued' and lease_owner is not null),
-                        count(*) filter (where status = 'failed'),
-                        min(created_at) filter (where status = 'queued')
-                   from outbox",
-            )
-            .fetch_one(&self.pool)
-            .await
-            .map_err(db_err)?;
-            Ok(OutboxDepth {
-                queued: to_u64(queued),
-                in_flight: to_u64(in_flight),
-                failed: to_u64(failed),
-                oldest_queued_at: oldest,
-            })
-        })
-        .await
+        let query = sqlx::query(
+            "select count(*) filter (where status = 'queued' and lease_owner is null),
+                    count(*) filter (where status = 'queued' and lease_owner is not null),
+                    min(created_at) filter (where status = 'queued'),
+                    count(*) filter (where status = 'failed')
+               from outbox",
+        );
+        let found = self.guarded(one(&self.pool, query, tuple)).await?;
+        Ok(shared::outbox_depth(found))
     }
 
     async fn outbox_for_verification(
         &self,
         id: VerificationId,
     ) -> StoreResult<Option<OutboxMessage>> {
-        self.guarded(async {
-            let row = sqlx::query(concat!(
-                "select ",
-                outbox_columns!(),
-                " from outbox o join verifications v on v.id = o.verification_id
-                  where o.verification_id = $1 and o.step = 0"
-            ))
-            .bind(id_i64(id))
-            .fetch_optional(&self.pool)
+        let sql = concat!(
+            "select ",
+            outbox_columns!(),
+            " from outbox o join verifications v on v.id = o.verification_id
+              where o.verification_id = $1 and o.step = 0"
+        );
+        let query = sqlx::query(sql).bind(id_i64(id));
+        self.guarded(opt(&self.pool, query, rows::outbox_message))
             .await
-            .map_err(db_err)?;
-            row.as_ref().map(rows::outbox_message).transpose()
-        })
-        .await
     }
 
     async fn outbox_attempts(&self, id: VerificationId) -> StoreResult<Vec<OutboxMessage>> {
-        self.guarded(async {
-            let rows = sqlx::query(concat!(
-                "select ",
-                outbox_columns!(),
-                " from outbox o join verifications v on v.id = o.verification_id
-                  where o.verification_id = $1 order by o.step"
-            ))
-            .bind(id_i64(id))
-            .fetch_all(&self.pool)
+        let sql = concat!(
+            "select ",
+            outbox_columns!(),
+            " from outbox o join verifications v on v.id = o.verification_id
+              where o.verification_id = $1 order by o.step"
+        );
+        let query = sqlx::query(sql).bind(id_i64(id));
+        self.guarded(all(&self.pool, query, rows::outbox_message))
             .await
-            .map_err(db_err)?;
-            rows.iter().map(rows::outbox_message).collect()
-        })
-        .await
+    }
+}
+
+impl PostgresStore {
+    /// Runs a lease-releasing statement returning its verification's id:
+    /// whether the worker still held the lease (and so changed the rows).
+    async fn released(&self, query: PgQuery<'_>) -> StoreResult<bool> {
+        let verification: Option<i64> = self.guarded(opt(&self.pool, query, scalar)).await?;
+        Ok(verification.is_some())
     }
 }
 
@@ -326,43 +278,23 @@ async fn step_failed(
     detail: &str,
     now: i64,
 ) -> StoreResult<()> {
-    let steps: Vec<(i64, i32, String)> =
-        sqlx::query_as("select id, step, status from outbox where verification_id = $1 for update")
-            .bind(verification)
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(db_err)?;
-    let mut this = 0;
-    let mut others = Vec::with_capacity(steps.len());
-    for (id, step, status) in steps {
-        let step = crate::shared::count(step.into(), "step")?;
-        if id == message_id {
-            this = step;
-        } else {
-            others.push((id, step, crate::shared::delivery(&status)?));
-        }
-    }
-    let verdict = crate::shared::step_failed(this, &others);
+    let steps = sqlx::query(
+        "select id, step::bigint, status from outbox where verification_id = $1 for update",
+    );
+    let steps = all(&mut *tx, steps.bind(verification), tuple).await?;
+    let verdict = shared::step_verdict(message_id, steps)?;
     if let Some(next) = verdict.wake {
-        sqlx::query(
+        let wake = sqlx::query(
             "update outbox set next_attempt_at = least(next_attempt_at, $2), updated_at = $2
               where id = $1 and status = 'queued'",
-        )
-        .bind(next)
-        .bind(now)
-        .execute(&mut *tx)
-        .await
-        .map_err(db_err)?;
+        );
+        exec(&mut *tx, wake.bind(next).bind(now)).await?;
     }
     if verdict.fail_verification {
         fail_and_refund(tx, verification, delivery, detail, now).await
     } else {
-        sqlx::query("update verifications set delivery_detail = $2 where id = $1")
-            .bind(verification)
-            .bind(detail)
-            .execute(&mut *tx)
-            .await
-            .map_err(db_err)?;
+        let set = sqlx::query("update verifications set delivery_detail = $2 where id = $1");
+        exec(&mut *tx, set.bind(verification).bind(detail)).await?;
         Ok(())
     }
 }
@@ -370,17 +302,13 @@ async fn step_failed(
 /// The rest of a workflow became unnecessary: every step of `verification`
 /// still queued is cancelled and its text erased.
 async fn cancel_queued(tx: &mut PgConnection, verification: i64, now: i64) -> StoreResult<()> {
-    sqlx::query(
+    let query = sqlx::query(
         "update outbox
             set status = 'cancelled', text = null, lease_owner = null, lease_until = null,
                 updated_at = $2
           where verification_id = $1 and status = 'queued'",
-    )
-    .bind(verification)
-    .bind(now)
-    .execute(&mut *tx)
-    .await
-    .map_err(db_err)?;
+    );
+    exec(tx, query.bind(verification).bind(now)).await?;
     Ok(())
 }
 
@@ -398,28 +326,21 @@ async fn fail_and_refund(
 ) -> StoreResult<()> {
     // Locked and read first: the update below zeroes the cost, and the
     // refund needs it as it was.
-    let (customer, state, cost, cost_test): (String, String, i64, i64) = sqlx::query_as(
+    let charged = sqlx::query(
         "select customer_id, state, cost, cost_test from verifications
           where id = $1 for update",
-    )
-    .bind(verification)
-    .fetch_one(&mut *tx)
-    .await
-    .map_err(db_err)?;
-    let state = VerificationState::parse(&state).ok_or_else(|| shared::corrupt("state"))?;
-    let send::Undeliverable::FailAndRefund(refund) =
-        send::undeliverable(state, send::Charged { cost, cost_test })
+    );
+    let charged = one(&mut *tx, charged.bind(verification), tuple).await?;
+    let (customer, send::Undeliverable::FailAndRefund(refund)) = shared::undeliverable(charged)?
     else {
-        sqlx::query("update verifications set delivery = $2, delivery_detail = $3 where id = $1")
-            .bind(verification)
-            .bind(delivery.as_str())
-            .bind(detail)
-            .execute(&mut *tx)
-            .await
-            .map_err(db_err)?;
+        let set = sqlx::query(
+            "update verifications set delivery = $2, delivery_detail = $3 where id = $1",
+        );
+        let set = set.bind(verification).bind(delivery.as_str()).bind(detail);
+        exec(&mut *tx, set).await?;
         return Ok(());
     };
-    sqlx::query(
+    let fail = sqlx::query(
         "update verifications
             set state = $4, cost = 0, cost_test = 0, delivery = $2,
                 delivery_detail = $3
@@ -428,22 +349,18 @@ async fn fail_and_refund(
     .bind(verification)
     .bind(delivery.as_str())
     .bind(detail)
-    .bind(VerificationState::Failed.as_str())
-    .execute(&mut *tx)
-    .await
-    .map_err(db_err)?;
+    .bind(VerificationState::Failed.as_str());
+    exec(&mut *tx, fail).await?;
     if !refund.is_empty() {
-        sqlx::query(
+        let give_back = sqlx::query(
             "update accounts
                 set test_credits = test_credits + $2, credits = credits + $3
               where customer_id = $1",
         )
         .bind(customer)
         .bind(refund.test_credits)
-        .bind(refund.credits)
-        .execute(&mut *tx)
-        .await
-        .map_err(db_err)?;
+        .bind(refund.credits);
+        exec(&mut *tx, give_back).await?;
     }
     let d = delivery_detail(Some("undeliverable"), delivery, detail);
     events::emit(tx, verification, EventKind::Failed, &d, now).await

@@ -3,12 +3,12 @@
 //! the event commits with it or not at all; the rest are the worker's and
 //! the console's operations, each one write of the writer's batch.
 
-use otpgate_core::SecretString;
 use rusqlite::{Connection, params};
 
-use super::writer::{all, exec, one, opt, tuple};
+use super::writer::{exec, one, opt, tuple};
+use super::{Lease, lease_due};
 use crate::shared::{
-    PendingEventRow, clip, customer_id, event_outcome, pending_event, pending_event_columns,
+    PendingEventRow, WebhookRow, clip, event_outcome, pending_event, pending_event_columns, webhook,
 };
 use crate::{EventAttempt, EventKind, PendingEvent, StoreError, StoreResult, Webhook};
 
@@ -35,19 +35,6 @@ pub(super) fn emit(
         params![verification_id, kind.as_str(), detail, now],
     )?;
     Ok(())
-}
-
-pub(super) type WebhookRow = (String, String, String, i64, i64);
-
-pub(super) fn webhook(row: WebhookRow) -> StoreResult<Webhook> {
-    let (customer, url, secret, created_at, updated_at) = row;
-    Ok(Webhook {
-        customer_id: customer_id(&customer)?,
-        url,
-        secret: SecretString::new(secret),
-        created_at,
-        updated_at,
-    })
 }
 
 pub(super) fn set_webhook(
@@ -79,41 +66,16 @@ pub(super) fn set_webhook(
     webhook(row)
 }
 
-pub(super) fn claim(
-    conn: &Connection,
-    worker: &str,
-    max: u32,
-    lease_ms: i64,
-    now: i64,
-) -> StoreResult<Vec<PendingEvent>> {
-    let ids: Vec<i64> = all(
-        conn,
-        "update events
-            set lease_owner = ?1, lease_until = ?2 + ?3, attempts = attempts + 1, updated_at = ?2
-          where id in (select id from events
-                        where status = 'pending' and next_attempt_at <= ?2
-                          and (lease_until is null or lease_until <= ?2)
-                        order by next_attempt_at, id limit ?4)
-         returning id",
-        params![worker, now, lease_ms, max],
-        |r| super::rows::get(r, "id"),
-    )?;
-    if ids.is_empty() {
-        return Ok(Vec::new());
-    }
-    let ids = serde_json::to_string(&ids).map_err(|e| StoreError::Internal(e.to_string()))?;
-    let rows: Vec<PendingEventRow> = all(
-        conn,
-        concat!(
-            "select ",
-            pending_event_columns!(),
-            " from events e left join webhooks w on w.customer_id = e.customer_id
-              where e.id in (select value from json_each(?1))
-              order by e.next_attempt_at, e.id"
-        ),
-        [ids],
-        tuple,
-    )?;
+pub(super) fn claim(conn: &Connection, lease: &Lease) -> StoreResult<Vec<PendingEvent>> {
+    let read = concat!(
+        "select ",
+        pending_event_columns!(),
+        " from events e left join webhooks w on w.customer_id = e.customer_id
+          where e.id in (select value from json_each(?1))
+          order by e.next_attempt_at, e.id"
+    );
+    let rows: Vec<PendingEventRow> =
+        lease.take(conn, lease_due!("events", "pending"), read, tuple)?;
     rows.into_iter().map(pending_event).collect()
 }
 

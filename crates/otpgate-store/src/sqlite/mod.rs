@@ -28,7 +28,7 @@ pub use writer::WriteStats;
 
 use crate::shared::{
     self, EventRecordRow, attempts_detail, email_key, event_record, event_record_columns,
-    fill_days, id_i64, settings_json, stats_days, to_u64,
+    fill_days, id_i64, settings_json, stats_days,
 };
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -42,11 +42,11 @@ use sha2::{Digest, Sha384};
 use crate::{
     Account, AccountSettings, AccountStore, ChannelStats, ConversionRow, CreateOutcome, DailyStats,
     EventAttempt, EventBacklog, EventKind, EventRecord, EventStore, FraudBlock, FraudStore,
-    InboxEntry, InboxStore, NewAccount, NewVerification, OutboxDepth, OutboxLease, OutboxMessage,
-    OutboxStore, OwnNumber, PendingEvent, Purged, SafeEntry, SentInfo, StoreError, StoreResult,
-    SystemStore, ValidationAction, Verification, VerificationFilter, VerificationStore, Webhook,
+    InboxEntry, InboxStore, NewAccount, NewVerification, OutboxLease, OutboxMessage, OwnNumber,
+    PendingEvent, Purged, SafeEntry, StoreError, StoreResult, SystemStore, ValidationAction,
+    Verification, VerificationFilter, VerificationStore, Webhook,
 };
-use rows::{account_columns, outbox_columns, verification_columns};
+use rows::{account_columns, verification_columns};
 use writer::{Readers, all, exec, one, opt, sq, tuple};
 
 /// The schema, in order: (version, name, SQL). Embedded so the binary
@@ -547,6 +547,73 @@ fn purge(conn: &Connection, cutoff: i64, max: u32) -> StoreResult<Purged> {
     })
 }
 
+/// The statement that leases the due rows of `$table` (those in status
+/// `$status`, due, and not leased or leased past its expiry), oldest due
+/// first, returning their ids; its parameters are those of [`Lease`].
+macro_rules! lease_due {
+    ($table:literal, $status:literal) => {
+        concat!(
+            "update ",
+            $table,
+            " set lease_owner = ?1, lease_until = ?2 + ?3, attempts = attempts + 1,
+                 updated_at = ?2
+             where id in (select id from ",
+            $table,
+            " where status = '",
+            $status,
+            "' and next_attempt_at <= ?2
+                 and (lease_until is null or lease_until <= ?2)
+               order by next_attempt_at, id limit ?4)
+             returning id"
+        )
+    };
+}
+use lease_due;
+
+/// A claim of the outbox's or the event queue's due rows, for `worker`
+/// until `now + lease_ms`: a conditional update, as the one writer makes
+/// each claim the only one running.
+struct Lease {
+    worker: String,
+    max: u32,
+    lease_ms: i64,
+    now: i64,
+}
+
+impl Lease {
+    fn new(worker: &str, max: u32, lease_ms: i64, now: i64) -> Self {
+        Self {
+            worker: worker.to_owned(),
+            max,
+            lease_ms,
+            now,
+        }
+    }
+
+    /// Runs `due` (a [`lease_due!`] statement), then reads the leased rows
+    /// back with `read`, which takes their ids as a JSON array for
+    /// `json_each` (`returning` cannot join).
+    fn take<T>(
+        &self,
+        conn: &Connection,
+        due: &str,
+        read: &str,
+        decode: impl FnMut(&rusqlite::Row<'_>) -> StoreResult<T>,
+    ) -> StoreResult<Vec<T>> {
+        let ids: Vec<i64> = all(
+            conn,
+            due,
+            params![self.worker, self.now, self.lease_ms, self.max],
+            |r| rows::get(r, "id"),
+        )?;
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids = serde_json::to_string(&ids).map_err(|e| StoreError::Internal(e.to_string()))?;
+        all(conn, read, [ids], decode)
+    }
+}
+
 /// Rows a statement changed, as the store counts them.
 fn count(n: usize) -> u64 {
     u64::try_from(n).unwrap_or(u64::MAX)
@@ -556,6 +623,29 @@ fn count(n: usize) -> u64 {
 /// first, so trying again will succeed.
 fn lost_race(message: &str) -> bool {
     message.contains("database is locked")
+}
+
+/// `update accounts set SET where customer_id = ?1`, in one write, the row
+/// back as an [`Account`] (see [`updated`]): `update_account!(self, id,
+/// "SET", ?2)`, as on PostgreSQL.
+macro_rules! update_account {
+    ($store:ident, $id:expr, $set:literal $(, $value:expr)? $(,)?) => {{
+        let params = ($id.as_str().to_owned(), $($value,)?);
+        $store
+            .write(move |c| {
+                updated(
+                    c,
+                    concat!(
+                        "update accounts set ",
+                        $set,
+                        " where customer_id = ?1 returning ",
+                        account_columns!()
+                    ),
+                    params,
+                )
+            })
+            .await
+    }};
 }
 
 /// The account an `update accounts … returning` statement changed, or
@@ -647,16 +737,7 @@ impl AccountStore for SqliteStore {
                 )
             })
             .await;
-        match result {
-            Ok(_) => {}
-            Err(StoreError::Conflict(msg)) if msg.contains("email_key") => {
-                return Err(StoreError::Conflict("e-mail already in use".into()));
-            }
-            Err(StoreError::Conflict(_)) => {
-                return Err(StoreError::Conflict("customerId already exists".into()));
-            }
-            Err(e) => return Err(e),
-        }
+        result.map_err(shared::account_conflict)?;
         Ok(Account {
             customer_id: new.customer_id,
             password_hash: new.password_hash,
@@ -751,50 +832,20 @@ impl AccountStore for SqliteStore {
         id: &CustomerId,
         password_hash: &str,
     ) -> StoreResult<Account> {
-        let (id, password_hash) = (id.clone(), password_hash.to_owned());
-        self.write(move |c| {
-            updated(
-                c,
-                concat!(
-                    "update accounts set password_hash = ?2, token_epoch = token_epoch + 1
-                     where customer_id = ?1 returning ",
-                    account_columns!()
-                ),
-                params![id.as_str(), password_hash],
-            )
-        })
-        .await
+        update_account!(
+            self,
+            id,
+            "password_hash = ?2, token_epoch = token_epoch + 1",
+            password_hash.to_owned()
+        )
     }
 
     async fn account_revoke_tokens(&self, id: &CustomerId) -> StoreResult<Account> {
-        let id = id.clone();
-        self.write(move |c| {
-            updated(
-                c,
-                concat!(
-                    "update accounts set token_epoch = token_epoch + 1
-                     where customer_id = ?1 returning ",
-                    account_columns!()
-                ),
-                [id.as_str()],
-            )
-        })
-        .await
+        update_account!(self, id, "token_epoch = token_epoch + 1")
     }
 
     async fn account_set_disabled(&self, id: &CustomerId, disabled: bool) -> StoreResult<Account> {
-        let id = id.clone();
-        self.write(move |c| {
-            updated(
-                c,
-                concat!(
-                    "update accounts set disabled = ?2 where customer_id = ?1 returning ",
-                    account_columns!()
-                ),
-                params![id.as_str(), disabled],
-            )
-        })
-        .await
+        update_account!(self, id, "disabled = ?2", disabled)
     }
 
     async fn account_set_settings(
@@ -802,18 +853,7 @@ impl AccountStore for SqliteStore {
         id: &CustomerId,
         settings: &AccountSettings,
     ) -> StoreResult<Account> {
-        let (id, settings) = (id.clone(), settings_json(settings)?);
-        self.write(move |c| {
-            updated(
-                c,
-                concat!(
-                    "update accounts set settings = ?2 where customer_id = ?1 returning ",
-                    account_columns!()
-                ),
-                params![id.as_str(), settings],
-            )
-        })
-        .await
+        update_account!(self, id, "settings = ?2", settings_json(settings)?)
     }
 }
 
@@ -1042,147 +1082,7 @@ impl VerificationStore for SqliteStore {
                 )
             })
             .await?;
-        Ok(found
-            .into_iter()
-            .map(|(channel, attempted, succeeded, failed)| ChannelStats {
-                channel,
-                attempted: to_u64(attempted),
-                succeeded: to_u64(succeeded),
-                failed: to_u64(failed),
-            })
-            .collect())
-    }
-}
-
-#[async_trait]
-impl OutboxStore for SqliteStore {
-    async fn outbox_claim(
-        &self,
-        worker: &str,
-        max: u32,
-        lease_ms: i64,
-        now: i64,
-    ) -> StoreResult<Vec<OutboxMessage>> {
-        let worker = worker.to_owned();
-        self.write(move |c| outbox::claim(c, &worker, max, lease_ms, now))
-            .await
-    }
-
-    async fn outbox_sent(
-        &self,
-        message_id: i64,
-        worker: &str,
-        sent: &SentInfo,
-        now: i64,
-    ) -> StoreResult<bool> {
-        let (worker, sent) = (worker.to_owned(), sent.clone());
-        self.write(move |c| outbox::sent(c, message_id, &worker, &sent, now))
-            .await
-    }
-
-    async fn outbox_retry(
-        &self,
-        message_id: i64,
-        worker: &str,
-        next_attempt_at: i64,
-        error: &str,
-        now: i64,
-    ) -> StoreResult<bool> {
-        let (worker, error) = (worker.to_owned(), error.to_owned());
-        self.write(move |c| outbox::retry(c, message_id, &worker, next_attempt_at, &error, now))
-            .await
-    }
-
-    async fn outbox_failed(
-        &self,
-        message_id: i64,
-        worker: &str,
-        error: &str,
-        now: i64,
-    ) -> StoreResult<bool> {
-        let (worker, error) = (worker.to_owned(), error.to_owned());
-        self.write(move |c| outbox::failed(c, message_id, &worker, &error, now))
-            .await
-    }
-
-    async fn outbox_receipt(
-        &self,
-        channel: &str,
-        gateway_id: &str,
-        status: DeliveryStatus,
-        detail: &str,
-        now: i64,
-    ) -> StoreResult<Option<i64>> {
-        let (channel, gateway_id, detail) =
-            (channel.to_owned(), gateway_id.to_owned(), detail.to_owned());
-        self.write(move |c| outbox::receipt(c, &channel, &gateway_id, status, &detail, now))
-            .await
-    }
-
-    async fn outbox_depth(&self) -> StoreResult<OutboxDepth> {
-        // The trait passes no clock, so "in flight" means "has a lease
-        // holder": a dead worker's expired lease counts until it is claimed
-        // again. Failed in the outbox: given up by a worker (or a receipt
-        // saying so); a message a gateway took and a receipt later called
-        // undeliverable is a delivery outcome, counted in channel stats.
-        let (queued, in_flight, oldest, failed): (i64, i64, Option<i64>, i64) = self
-            .read(|c| {
-                let (q, f, o): (i64, i64, Option<i64>) = opt(
-                    c,
-                    "select coalesce(sum(lease_owner is null), 0),
-                            coalesce(sum(lease_owner is not null), 0), min(created_at)
-                     from outbox where status = 'queued'",
-                    [],
-                    tuple,
-                )?
-                .unwrap_or_default();
-                let failed = one(c, "select count(*) from outbox where status = 'failed'", [])?;
-                Ok((q, f, o, failed))
-            })
-            .await?;
-        Ok(OutboxDepth {
-            queued: to_u64(queued),
-            in_flight: to_u64(in_flight),
-            failed: to_u64(failed),
-            oldest_queued_at: oldest,
-        })
-    }
-
-    async fn outbox_for_verification(
-        &self,
-        id: VerificationId,
-    ) -> StoreResult<Option<OutboxMessage>> {
-        self.read(move |c| {
-            opt(
-                c,
-                concat!(
-                    "select ",
-                    outbox_columns!(),
-                    " from outbox o join verifications v on v.id = o.verification_id
-                     where o.verification_id = ?1 and o.step = 0"
-                ),
-                [id_i64(id)],
-                rows::outbox_message,
-            )
-        })
-        .await
-    }
-
-    async fn outbox_attempts(&self, id: VerificationId) -> StoreResult<Vec<OutboxMessage>> {
-        self.read(move |c| {
-            all(
-                c,
-                concat!(
-                    "select ",
-                    outbox_columns!(),
-                    " from outbox o join verifications v on v.id = o.verification_id
-                     where o.verification_id = ?1 order by o.step"
-                ),
-                [id_i64(id)],
-                rows::outbox_message,
-            )
-        })
-        .await
+        Ok(found.into_iter().map(shared::channel_stats).collect())
     }
 }
 
@@ -1252,8 +1152,7 @@ impl InboxStore for SqliteStore {
 #[async_trait]
 impl FraudStore for SqliteStore {
     async fn fraud_blocks_active(&self, now: i64, limit: u32) -> StoreResult<Vec<FraudBlock>> {
-        type Row = (String, String, String, i64, i64, Option<i64>, i64);
-        let found: Vec<Row> = self
+        let found: Vec<shared::FraudBlockRow> = self
             .read(move |c| {
                 all(
                     c,
@@ -1265,22 +1164,7 @@ impl FraudStore for SqliteStore {
                 )
             })
             .await?;
-        found
-            .into_iter()
-            .map(
-                |(scope, key, reason, strikes, until, lifted_at, created_at)| {
-                    Ok(FraudBlock {
-                        scope: shared::scope(&scope)?,
-                        key,
-                        reason,
-                        strikes: shared::count(strikes, "strikes")?,
-                        until,
-                        lifted_at,
-                        created_at,
-                    })
-                },
-            )
-            .collect()
+        found.into_iter().map(shared::fraud_block).collect()
     }
 
     async fn fraud_block_lift(
@@ -1314,14 +1198,7 @@ impl FraudStore for SqliteStore {
                 )
             })
             .await?;
-        Ok(found
-            .into_iter()
-            .map(|(entry, note, created_at)| SafeEntry {
-                entry,
-                note,
-                created_at,
-            })
-            .collect())
+        Ok(found.into_iter().map(shared::safe_entry).collect())
     }
 
     async fn safe_list_add(&self, entry: &str, note: &str, now: i64) -> StoreResult<()> {
@@ -1360,13 +1237,7 @@ impl FraudStore for SqliteStore {
                 )
             })
             .await?;
-        Ok(found
-            .into_iter()
-            .map(|(destination, verified_at)| OwnNumber {
-                destination,
-                verified_at,
-            })
-            .collect())
+        Ok(found.into_iter().map(shared::own_number).collect())
     }
 
     async fn own_number_confirm(
@@ -1436,18 +1307,7 @@ impl FraudStore for SqliteStore {
                 Ok((by_country, by_prefix))
             })
             .await?;
-        let row = |(key, sent, completed): (String, i64, i64)| ConversionRow {
-            key,
-            sent: to_u64(sent),
-            completed: to_u64(completed),
-        };
-        Ok((
-            by_country
-                .into_iter()
-                .map(|(cc, sent, done)| row((cc.to_string(), sent, done)))
-                .collect(),
-            by_prefix.into_iter().map(row).collect(),
-        ))
+        Ok(shared::conversion_rows(by_country, by_prefix))
     }
 }
 
@@ -1455,7 +1315,7 @@ impl FraudStore for SqliteStore {
 impl EventStore for SqliteStore {
     async fn webhook_get(&self, customer: &CustomerId) -> StoreResult<Option<Webhook>> {
         let customer = customer.clone();
-        let row: Option<events::WebhookRow> = self
+        let row: Option<shared::WebhookRow> = self
             .read(move |c| {
                 opt(
                     c,
@@ -1466,7 +1326,7 @@ impl EventStore for SqliteStore {
                 )
             })
             .await?;
-        row.map(events::webhook).transpose()
+        row.map(shared::webhook).transpose()
     }
 
     async fn webhook_set(
@@ -1501,9 +1361,8 @@ impl EventStore for SqliteStore {
         lease_ms: i64,
         now: i64,
     ) -> StoreResult<Vec<PendingEvent>> {
-        let worker = worker.to_owned();
-        self.write(move |c| events::claim(c, &worker, max, lease_ms, now))
-            .await
+        let lease = Lease::new(worker, max, lease_ms, now);
+        self.write(move |c| events::claim(c, &lease)).await
     }
 
     async fn event_record(
@@ -1543,7 +1402,7 @@ impl EventStore for SqliteStore {
     }
 
     async fn event_backlog(&self) -> StoreResult<EventBacklog> {
-        let (pending, oldest): (i64, Option<i64>) = self
+        let found = self
             .read(|c| {
                 opt(
                     c,
@@ -1554,16 +1413,14 @@ impl EventStore for SqliteStore {
                 .map(Option::unwrap_or_default)
             })
             .await?;
-        Ok(EventBacklog {
-            pending: to_u64(pending),
-            oldest_at: oldest,
-        })
+        Ok(shared::event_backlog(found))
     }
 }
 
 #[cfg(test)]
 mod upgrade_tests {
     use super::*;
+    use crate::{OutboxStore, SentInfo};
     use sqlx::SqlSafeStr;
     use sqlx::migrate::{Migration, MigrationType, Migrator};
     use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};

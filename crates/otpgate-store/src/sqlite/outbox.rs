@@ -7,121 +7,252 @@
 //! past its expiry; a result is recorded only by the worker that still holds
 //! the lease, so a worker presumed dead cannot overwrite its successor's.
 
+use async_trait::async_trait;
 use otpgate_core::send;
-use otpgate_core::{DeliveryStatus, VerificationState};
+use otpgate_core::{DeliveryStatus, VerificationId, VerificationState};
 use rusqlite::{Connection, params};
 
-use super::writer::{all, exec, opt, tuple};
-use super::{events, rows, rows::outbox_columns};
-use crate::shared::{clip, delivery_detail};
-use crate::{EventKind, OutboxMessage, SentInfo, StoreResult};
+use super::writer::{all, exec, one, opt, tuple};
+use super::{Lease, SqliteStore, events, lease_due, rows, rows::outbox_columns};
+use crate::shared::{self, clip, delivery_detail, id_i64};
+use crate::{EventKind, OutboxDepth, OutboxMessage, OutboxStore, SentInfo, StoreResult};
 
-pub(super) fn claim(
-    conn: &Connection,
-    worker: &str,
-    max: u32,
-    lease_ms: i64,
-    now: i64,
-) -> StoreResult<Vec<OutboxMessage>> {
-    let ids: Vec<i64> = all(
-        conn,
-        "update outbox
-         set lease_owner = ?1, lease_until = ?2 + ?3, attempts = attempts + 1, updated_at = ?2
-         where id in (select id from outbox
-                      where status = 'queued' and next_attempt_at <= ?2
-                        and (lease_until is null or lease_until <= ?2)
-                      order by next_attempt_at, id limit ?4)
-         returning id",
-        params![worker, now, lease_ms, max],
-        |r| rows::get(r, "id"),
-    )?;
-    if ids.is_empty() {
-        return Ok(Vec::new());
+#[async_trait]
+impl OutboxStore for SqliteStore {
+    async fn outbox_claim(
+        &self,
+        worker: &str,
+        max: u32,
+        lease_ms: i64,
+        now: i64,
+    ) -> StoreResult<Vec<OutboxMessage>> {
+        let lease = Lease::new(worker, max, lease_ms, now);
+        self.write(move |c| claim(c, &lease)).await
     }
-    // `returning` cannot join, so the claimed rows are read back by id.
-    let ids =
-        serde_json::to_string(&ids).map_err(|e| crate::StoreError::Internal(e.to_string()))?;
-    all(
-        conn,
-        concat!(
-            "select ",
-            outbox_columns!(),
-            " from outbox o join verifications v on v.id = o.verification_id
-             where o.id in (select value from json_each(?1))
-             order by o.next_attempt_at, o.id"
-        ),
-        [ids],
-        rows::outbox_message,
-    )
+
+    async fn outbox_sent(
+        &self,
+        message_id: i64,
+        worker: &str,
+        sent: &SentInfo,
+        now: i64,
+    ) -> StoreResult<bool> {
+        let (worker, sent) = (worker.to_owned(), sent.clone());
+        self.write(move |c| {
+            let Some(vid) = release(
+                c,
+                "update outbox
+                     set status = 'sent', text = null, channel = ?3, gateway_id = ?4,
+                         lease_owner = null, lease_until = null, updated_at = ?5
+                     where id = ?1 and lease_owner = ?2 and status = 'queued'
+                     returning verification_id",
+                params![message_id, worker, sent.channel, sent.gateway_id, now],
+            )?
+            else {
+                return Ok(false);
+            };
+            // A later step went out: an earlier one still retrying is not
+            // needed any more (the code is on its way by the later flow).
+            exec(
+                c,
+                "update outbox set status = 'cancelled', text = null, lease_owner = null,
+                                   lease_until = null, updated_at = ?3
+                 where verification_id = ?1 and status = 'queued'
+                   and step < (select step from outbox where id = ?2)",
+                params![vid, message_id, now],
+            )?;
+            exec(
+                c,
+                "update verifications set delivery = 'sent', channel = ?2, gateway_id = ?3
+                 where id = ?1",
+                params![vid, sent.channel, sent.gateway_id],
+            )?;
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn outbox_retry(
+        &self,
+        message_id: i64,
+        worker: &str,
+        next_attempt_at: i64,
+        error: &str,
+        now: i64,
+    ) -> StoreResult<bool> {
+        let (worker, error) = (worker.to_owned(), clip(error).to_owned());
+        self.write(move |c| {
+            let Some(vid) = release(
+                c,
+                "update outbox
+                     set next_attempt_at = ?3, last_error = ?4,
+                         lease_owner = null, lease_until = null, updated_at = ?5
+                     where id = ?1 and lease_owner = ?2 and status = 'queued'
+                     returning verification_id",
+                params![message_id, worker, next_attempt_at, error, now],
+            )?
+            else {
+                return Ok(false);
+            };
+            set_detail(c, vid, &error)?;
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn outbox_failed(
+        &self,
+        message_id: i64,
+        worker: &str,
+        error: &str,
+        now: i64,
+    ) -> StoreResult<bool> {
+        let (worker, error) = (worker.to_owned(), clip(error).to_owned());
+        self.write(move |c| {
+            let Some(vid) = release(
+                c,
+                "update outbox
+                     set status = 'failed', text = null, last_error = ?3,
+                         lease_owner = null, lease_until = null, updated_at = ?4
+                     where id = ?1 and lease_owner = ?2 and status = 'queued'
+                     returning verification_id",
+                params![message_id, worker, error, now],
+            )?
+            else {
+                return Ok(false);
+            };
+            step_failed(c, vid, message_id, DeliveryStatus::Failed, &error, now)?;
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn outbox_receipt(
+        &self,
+        channel: &str,
+        gateway_id: &str,
+        status: DeliveryStatus,
+        detail: &str,
+        now: i64,
+    ) -> StoreResult<Option<i64>> {
+        let (channel, gateway_id) = (channel.to_owned(), gateway_id.to_owned());
+        let detail = clip(detail).to_owned();
+        // A receipt saying "queued" tells nothing new about the message's
+        // fate: its detail is kept, its status is not moved backwards.
+        let new_status = (status != DeliveryStatus::Queued).then(|| status.as_str());
+        let permanent = status.is_final_failure();
+        self.write(move |c| {
+            let matched: Vec<(i64, i64, i64)> = all(
+                c,
+                "update outbox set status = coalesce(?3, status), updated_at = ?4
+                 where channel = ?1 and gateway_id = ?2
+                 returning verification_id, id, created_at",
+                params![channel, gateway_id, new_status, now],
+                tuple,
+            )?;
+            for &(vid, message_id, _) in &matched {
+                if permanent {
+                    step_failed(c, vid, message_id, status, &detail, now)?;
+                } else {
+                    if status == DeliveryStatus::Delivered {
+                        // The code arrived: the workflow's later steps must
+                        // not go.
+                        cancel_queued(c, vid, now)?;
+                        let d = delivery_detail(None, status, &detail);
+                        events::emit(c, vid, EventKind::Delivered, &d, now)?;
+                    }
+                    exec(
+                        c,
+                        "update verifications
+                            set delivery = coalesce(?2, delivery), delivery_detail = ?3
+                          where id = ?1",
+                        params![vid, new_status, detail],
+                    )?;
+                }
+            }
+            Ok(matched.first().map(|&(_, _, accepted_at)| accepted_at))
+        })
+        .await
+    }
+
+    async fn outbox_depth(&self) -> StoreResult<OutboxDepth> {
+        // The trait passes no clock, so "in flight" means "has a lease
+        // holder": a dead worker's expired lease counts until it is claimed
+        // again. Failed in the outbox: given up by a worker (or a receipt
+        // saying so); a message a gateway took and a receipt later called
+        // undeliverable is a delivery outcome, counted in channel stats.
+        let found = self
+            .read(|c| {
+                let (q, f, o): (i64, i64, Option<i64>) = opt(
+                    c,
+                    "select coalesce(sum(lease_owner is null), 0),
+                            coalesce(sum(lease_owner is not null), 0), min(created_at)
+                     from outbox where status = 'queued'",
+                    [],
+                    tuple,
+                )?
+                .unwrap_or_default();
+                let failed = one(c, "select count(*) from outbox where status = 'failed'", [])?;
+                Ok((q, f, o, failed))
+            })
+            .await?;
+        Ok(shared::outbox_depth(found))
+    }
+
+    async fn outbox_for_verification(
+        &self,
+        id: VerificationId,
+    ) -> StoreResult<Option<OutboxMessage>> {
+        self.read(move |c| {
+            opt(
+                c,
+                concat!(
+                    "select ",
+                    outbox_columns!(),
+                    " from outbox o join verifications v on v.id = o.verification_id
+                     where o.verification_id = ?1 and o.step = 0"
+                ),
+                [id_i64(id)],
+                rows::outbox_message,
+            )
+        })
+        .await
+    }
+
+    async fn outbox_attempts(&self, id: VerificationId) -> StoreResult<Vec<OutboxMessage>> {
+        self.read(move |c| {
+            all(
+                c,
+                concat!(
+                    "select ",
+                    outbox_columns!(),
+                    " from outbox o join verifications v on v.id = o.verification_id
+                     where o.verification_id = ?1 order by o.step"
+                ),
+                [id_i64(id)],
+                rows::outbox_message,
+            )
+        })
+        .await
+    }
+}
+
+pub(super) fn claim(conn: &Connection, lease: &Lease) -> StoreResult<Vec<OutboxMessage>> {
+    let read = concat!(
+        "select ",
+        outbox_columns!(),
+        " from outbox o join verifications v on v.id = o.verification_id
+         where o.id in (select value from json_each(?1))
+         order by o.next_attempt_at, o.id"
+    );
+    let due = lease_due!("outbox", "queued");
+    lease.take(conn, due, read, rows::outbox_message)
 }
 
 /// Runs a lease-releasing `update … returning verification_id`: the
 /// verification's id, or `None` if the worker no longer held the lease.
 fn release(conn: &Connection, sql: &str, p: impl rusqlite::Params) -> StoreResult<Option<i64>> {
     opt(conn, sql, p, |r| rows::get(r, "verification_id"))
-}
-
-pub(super) fn sent(
-    conn: &Connection,
-    message_id: i64,
-    worker: &str,
-    sent: &SentInfo,
-    now: i64,
-) -> StoreResult<bool> {
-    let Some(vid) = release(
-        conn,
-        "update outbox
-             set status = 'sent', text = null, channel = ?3, gateway_id = ?4,
-                 lease_owner = null, lease_until = null, updated_at = ?5
-             where id = ?1 and lease_owner = ?2 and status = 'queued'
-             returning verification_id",
-        params![message_id, worker, sent.channel, sent.gateway_id, now],
-    )?
-    else {
-        return Ok(false);
-    };
-    // A later step went out: an earlier one still retrying is not needed
-    // any more (the code is on its way by the later flow).
-    exec(
-        conn,
-        "update outbox set status = 'cancelled', text = null, lease_owner = null,
-                           lease_until = null, updated_at = ?3
-         where verification_id = ?1 and status = 'queued'
-           and step < (select step from outbox where id = ?2)",
-        params![vid, message_id, now],
-    )?;
-    exec(
-        conn,
-        "update verifications set delivery = 'sent', channel = ?2, gateway_id = ?3
-         where id = ?1",
-        params![vid, sent.channel, sent.gateway_id],
-    )?;
-    Ok(true)
-}
-
-pub(super) fn retry(
-    conn: &Connection,
-    message_id: i64,
-    worker: &str,
-    next_attempt_at: i64,
-    error: &str,
-    now: i64,
-) -> StoreResult<bool> {
-    let error = clip(error);
-    let Some(vid) = release(
-        conn,
-        "update outbox
-             set next_attempt_at = ?3, last_error = ?4,
-                 lease_owner = null, lease_until = null, updated_at = ?5
-             where id = ?1 and lease_owner = ?2 and status = 'queued'
-             returning verification_id",
-        params![message_id, worker, next_attempt_at, error, now],
-    )?
-    else {
-        return Ok(false);
-    };
-    set_detail(conn, vid, error)?;
-    Ok(true)
 }
 
 fn set_detail(conn: &Connection, vid: i64, detail: &str) -> StoreResult<()> {
@@ -131,30 +262,6 @@ fn set_detail(conn: &Connection, vid: i64, detail: &str) -> StoreResult<()> {
         params![vid, detail],
     )?;
     Ok(())
-}
-
-pub(super) fn failed(
-    conn: &Connection,
-    message_id: i64,
-    worker: &str,
-    error: &str,
-    now: i64,
-) -> StoreResult<bool> {
-    let error = clip(error);
-    let Some(vid) = release(
-        conn,
-        "update outbox
-             set status = 'failed', text = null, last_error = ?3,
-                 lease_owner = null, lease_until = null, updated_at = ?4
-             where id = ?1 and lease_owner = ?2 and status = 'queued'
-             returning verification_id",
-        params![message_id, worker, error, now],
-    )?
-    else {
-        return Ok(false);
-    };
-    step_failed(conn, vid, message_id, DeliveryStatus::Failed, error, now)?;
-    Ok(true)
 }
 
 /// Step `message_id` of verification `vid` will not deliver: wake the next
@@ -168,23 +275,13 @@ fn step_failed(
     detail: &str,
     now: i64,
 ) -> StoreResult<()> {
-    let steps: Vec<(i64, i64, String)> = all(
+    let steps = all(
         conn,
         "select id, step, status from outbox where verification_id = ?1",
         [vid],
         tuple,
     )?;
-    let mut this = 0;
-    let mut others = Vec::with_capacity(steps.len());
-    for (id, step, status) in steps {
-        let step = crate::shared::count(step, "step")?;
-        if id == message_id {
-            this = step;
-        } else {
-            others.push((id, step, crate::shared::delivery(&status)?));
-        }
-    }
-    let verdict = crate::shared::step_failed(this, &others);
+    let verdict = crate::shared::step_verdict(message_id, steps)?;
     if let Some(next) = verdict.wake {
         exec(
             conn,
@@ -213,48 +310,6 @@ pub(super) fn cancel_queued(conn: &Connection, vid: i64, now: i64) -> StoreResul
     Ok(())
 }
 
-pub(super) fn receipt(
-    conn: &Connection,
-    channel: &str,
-    gateway_id: &str,
-    status: DeliveryStatus,
-    detail: &str,
-    now: i64,
-) -> StoreResult<Option<i64>> {
-    let detail = clip(detail);
-    // A receipt saying "queued" tells nothing new about the message's fate:
-    // its detail is kept, its status is not moved backwards.
-    let new_status = (status != DeliveryStatus::Queued).then(|| status.as_str());
-    let matched: Vec<(i64, i64, i64)> = all(
-        conn,
-        "update outbox set status = coalesce(?3, status), updated_at = ?4
-         where channel = ?1 and gateway_id = ?2
-         returning verification_id, id, created_at",
-        params![channel, gateway_id, new_status, now],
-        tuple,
-    )?;
-    let permanent = status.is_final_failure();
-    for &(vid, message_id, _) in &matched {
-        if permanent {
-            step_failed(conn, vid, message_id, status, detail, now)?;
-        } else {
-            if status == DeliveryStatus::Delivered {
-                // The code arrived: the workflow's later steps must not go.
-                cancel_queued(conn, vid, now)?;
-                let d = delivery_detail(None, status, detail);
-                events::emit(conn, vid, EventKind::Delivered, &d, now)?;
-            }
-            exec(
-                conn,
-                "update verifications set delivery = coalesce(?2, delivery), delivery_detail = ?3
-                 where id = ?1",
-                params![vid, new_status, detail],
-            )?;
-        }
-    }
-    Ok(matched.first().map(|&(_, _, accepted_at)| accepted_at))
-}
-
 /// The message will never arrive: a pending verification fails (700 on
 /// validate), its charge goes back where it came from (contract §5) and
 /// its `verification.failed` event is queued,
@@ -268,16 +323,15 @@ fn fail_and_refund(
     now: i64,
 ) -> StoreResult<()> {
     // Read first: `returning` would give the cost after it was zeroed.
-    let (customer, state, cost, cost_test): (String, String, i64, i64) = opt(
+    let charged = opt(
         conn,
         "select customer_id, state, cost, cost_test from verifications where id = ?1",
         [verification_id],
         tuple,
     )?
     .ok_or(crate::StoreError::NotFound)?;
-    let state = VerificationState::parse(&state).ok_or_else(|| crate::shared::corrupt("state"))?;
-    let send::Undeliverable::FailAndRefund(refund) =
-        send::undeliverable(state, send::Charged { cost, cost_test })
+    let (customer, send::Undeliverable::FailAndRefund(refund)) =
+        crate::shared::undeliverable(charged)?
     else {
         exec(
             conn,
