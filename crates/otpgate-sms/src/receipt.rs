@@ -265,7 +265,7 @@ pub fn parse_http_receipt(params: &[(String, String)]) -> Result<Receipt, Receip
 
 /// Plain and SMPP status words to a final status; `None` when not final.
 pub fn status_from_word(word: &str) -> Option<DeliveryStatus> {
-    if let Some(s) = crate::smpp::dlr::status_from_stat(word) {
+    if let Some(s) = status_from_stat(word) {
         return Some(s);
     }
     match word.to_ascii_lowercase().as_str() {
@@ -289,6 +289,18 @@ fn detail(source: &str, status: &str, extra: Option<&str>) -> String {
     match extra {
         Some(e) => format!("{source}:{} err:{}", clean(status), clean(e)),
         None => format!("{source}:{}", clean(status)),
+    }
+}
+
+/// SMPP Appendix B `stat:` words (also what HTTP gateways report, in
+/// their own spellings); case-insensitive, since SMSCs vary.
+pub fn status_from_stat(word: &str) -> Option<DeliveryStatus> {
+    match word.to_ascii_uppercase().as_str() {
+        "DELIVRD" | "DELIVERED" => Some(DeliveryStatus::Delivered),
+        "EXPIRED" => Some(DeliveryStatus::Expired),
+        "UNDELIV" | "UNDELIVERABLE" | "DELETED" => Some(DeliveryStatus::Undeliverable),
+        "REJECTD" | "REJECTED" => Some(DeliveryStatus::Rejected),
+        _ => None,
     }
 }
 

@@ -8,7 +8,51 @@ use otpgate_core::fraud::NumberKind;
 use otpgate_store::OutboxMessage;
 
 use crate::channel::Channel;
-use crate::worker::Router;
+
+/// Chooses the ordered channels for a message (routing by destination and
+/// flow). The simplest router sends everything down one list; the configured
+/// one is [`RouteTable`].
+pub trait Router: Send + Sync + 'static {
+    /// The channels to try, in order; empty when no route takes the message
+    /// (it then fails at once and is refunded).
+    fn route(&self, msg: &OutboxMessage) -> Vec<Arc<dyn Channel>>;
+    /// Every channel, for health and shutdown.
+    fn channels(&self) -> Vec<Arc<dyn Channel>>;
+    /// Whether some route takes messages to this dialing code and flow: the
+    /// server answers 400 to a send for a flow no channel serves (contract
+    /// §2, `flowType`).
+    fn accepts(&self, _country_code: u16, _flow_type: &str) -> bool {
+        true
+    }
+    /// Whether a number of this type may be sent to: mobile numbers always;
+    /// others only where the route opts in (`number_types`), so fixed-line,
+    /// premium-rate and the like are refused by default (fraud defence).
+    fn allows_number_type(
+        &self,
+        _country_code: u16,
+        _flow_type: &str,
+        kind: otpgate_core::fraud::NumberKind,
+    ) -> bool {
+        kind.accepted_by_default()
+    }
+    /// The fallback workflow of the route that takes this dialing code and
+    /// flow: the later steps the server queues with the first.
+    fn fallback(&self, _country_code: u16, _flow_type: &str) -> Vec<FallbackStep> {
+        Vec::new()
+    }
+}
+
+/// Every message to the same channels, in order.
+pub struct SingleRoute(pub Vec<Arc<dyn Channel>>);
+
+impl Router for SingleRoute {
+    fn route(&self, _msg: &OutboxMessage) -> Vec<Arc<dyn Channel>> {
+        self.0.clone()
+    }
+    fn channels(&self) -> Vec<Arc<dyn Channel>> {
+        self.0.clone()
+    }
+}
 
 /// One `[[routes]]` entry, with its channels resolved.
 pub struct Route {

@@ -12,7 +12,7 @@ use otpgate_core::DeliveryStatus;
 
 use super::coding;
 use super::pdu::{ShortMessage, tag};
-use crate::receipt::Receipt;
+use crate::receipt::{Receipt, status_from_stat};
 
 /// `esm_class` bits 5–2, the message type (§5.2.12).
 const ESM_TYPE_MASK: u8 = 0b0011_1100;
@@ -94,17 +94,6 @@ fn state_name(state: u8) -> &'static str {
         7 => "UNKNOWN",
         8 => "REJECTD",
         _ => "INVALID",
-    }
-}
-
-/// Appendix B `stat:` words; case-insensitive, since SMSCs vary.
-pub fn status_from_stat(word: &str) -> Option<DeliveryStatus> {
-    match word.to_ascii_uppercase().as_str() {
-        "DELIVRD" | "DELIVERED" => Some(DeliveryStatus::Delivered),
-        "EXPIRED" => Some(DeliveryStatus::Expired),
-        "UNDELIV" | "UNDELIVERABLE" | "DELETED" => Some(DeliveryStatus::Undeliverable),
-        "REJECTD" | "REJECTED" => Some(DeliveryStatus::Rejected),
-        _ => None,
     }
 }
 
