@@ -2,6 +2,7 @@
 
 use async_trait::async_trait;
 use otpgate_core::{CustomerId, PhoneNumber, VerificationId};
+use otpgate_store::InboxEntry;
 
 /// One message to hand to a gateway.
 #[derive(Debug, Clone)]
@@ -77,6 +78,14 @@ pub trait Channel: Send + Sync + 'static {
     /// [`ChannelError`], classified so the worker knows whether to retry,
     /// fail over or give up.
     async fn send(&self, msg: &Outgoing) -> Result<Accepted, ChannelError>;
+
+    /// For a channel that delivers by storing the message (the development
+    /// inbox): the entry to store and the acceptance to record, so that the
+    /// worker stores both in one write instead of calling [`Channel::send`].
+    /// `None` (every gateway): `send` delivers.
+    fn stored_delivery(&self, _msg: &Outgoing) -> Option<(InboxEntry, Accepted)> {
+        None
+    }
 
     fn health(&self) -> ChannelHealth;
 

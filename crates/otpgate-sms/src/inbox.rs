@@ -44,13 +44,9 @@ impl InboxChannel {
     }
 }
 
-#[async_trait]
-impl Channel for InboxChannel {
-    fn name(&self) -> &str {
-        &self.name
-    }
-
-    async fn send(&self, msg: &Outgoing) -> Result<Accepted, ChannelError> {
+impl InboxChannel {
+    /// What delivering `msg` stores, and the acceptance recorded for it.
+    fn entry(&self, msg: &Outgoing) -> (InboxEntry, Accepted) {
         let entry = InboxEntry {
             customer_id: Some(msg.customer_id.clone()),
             destination: msg.destination.e164_digits(),
@@ -58,13 +54,30 @@ impl Channel for InboxChannel {
             verification_id: Some(msg.verification_id),
             created_at: self.clock.now_ms(),
         };
+        let accepted = Accepted {
+            gateway_id: Some(format!("inbox-{}", msg.message_id)),
+        };
+        (entry, accepted)
+    }
+}
+
+#[async_trait]
+impl Channel for InboxChannel {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    async fn send(&self, msg: &Outgoing) -> Result<Accepted, ChannelError> {
+        let (entry, accepted) = self.entry(msg);
         self.store
             .inbox_put(&entry)
             .await
             .map_err(|e| ChannelError::Transient(e.to_string()))?;
-        Ok(Accepted {
-            gateway_id: Some(format!("inbox-{}", msg.message_id)),
-        })
+        Ok(accepted)
+    }
+
+    fn stored_delivery(&self, msg: &Outgoing) -> Option<(InboxEntry, Accepted)> {
+        Some(self.entry(msg))
     }
 
     fn health(&self) -> ChannelHealth {

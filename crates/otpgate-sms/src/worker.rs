@@ -399,7 +399,13 @@ impl Delivery {
         // message to the next one at once; a permanent refusal ends it.
         for channel in &channels {
             last_channel = channel.name();
-            match channel.send(&out).await {
+            // A channel that delivers by storing (the development inbox)
+            // has its entry stored with the sent mark, in one write.
+            let (result, stored) = match channel.stored_delivery(&out) {
+                Some((entry, acc)) => (Ok(acc), Some(entry)),
+                None => (channel.send(&out).await, None),
+            };
+            match result {
                 Ok(acc) => {
                     // One line per attempt, with its flow and channel: what
                     // an operator follows a fallback workflow by.
@@ -418,7 +424,15 @@ impl Delivery {
                     self.observer.attempt(channel.name(), "sent");
                     self.observer
                         .gateway_accepted(channel.name(), now.saturating_sub(msg.created_at));
-                    self.record(self.store.outbox_sent(msg.id, worker, &info, now).await);
+                    let recorded = match &stored {
+                        Some(entry) => {
+                            self.store
+                                .outbox_sent_to_inbox(msg.id, worker, &info, entry, now)
+                                .await
+                        }
+                        None => self.store.outbox_sent(msg.id, worker, &info, now).await,
+                    };
+                    self.record(recorded);
                     return;
                 }
                 Err(ChannelError::Unavailable(e)) => {

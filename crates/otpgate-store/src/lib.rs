@@ -224,6 +224,13 @@ resource_traits! {
         /// `false`) if `worker` no longer holds the lease.
         async fn outbox_sent(&self, message_id: i64, worker: &str, sent: &SentInfo, now: i64)
             -> StoreResult<bool>;
+        /// As [`OutboxStore::outbox_sent`], for a message that the
+        /// development inbox delivers: `entry` is stored in the same
+        /// transaction, and only if the sent mark is (one write, and no
+        /// second copy of the message should a crash fall between them).
+        async fn outbox_sent_to_inbox(&self,
+            message_id: i64, worker: &str, sent: &SentInfo, entry: &InboxEntry, now: i64)
+            -> StoreResult<bool>;
         /// A transient failure: release the lease and try again at
         /// `next_attempt_at`, recording the error.
         async fn outbox_retry(&self,

@@ -678,16 +678,7 @@ impl VerificationStore for PostgresStore {
 #[async_trait]
 impl InboxStore for PostgresStore {
     async fn inbox_put(&self, msg: &InboxEntry) -> StoreResult<()> {
-        let query = sqlx::query(
-            "insert into inbox (customer_id, destination, text, verification_id, created_at)
-             values ($1, $2, $3, $4, $5)",
-        )
-        .bind(msg.customer_id.as_ref().map(CustomerId::as_str))
-        .bind(&msg.destination)
-        .bind(&msg.text)
-        .bind(msg.verification_id.map(id_i64))
-        .bind(msg.created_at);
-        self.guarded(exec(&self.pool, query)).await.map(|_| ())
+        self.guarded(inbox_insert(&self.pool, msg)).await
     }
 
     async fn inbox_list(
@@ -948,6 +939,20 @@ impl EventStore for PostgresStore {
         let found = self.guarded(one(&self.pool, query, tuple)).await?;
         Ok(shared::event_backlog(found))
     }
+}
+
+/// Stores one message the development inbox delivered.
+async fn inbox_insert<'c>(on: impl sqlx::PgExecutor<'c>, msg: &InboxEntry) -> StoreResult<()> {
+    let query = sqlx::query(
+        "insert into inbox (customer_id, destination, text, verification_id, created_at)
+         values ($1, $2, $3, $4, $5)",
+    )
+    .bind(msg.customer_id.as_ref().map(CustomerId::as_str))
+    .bind(&msg.destination)
+    .bind(&msg.text)
+    .bind(msg.verification_id.map(id_i64))
+    .bind(msg.created_at);
+    exec(on, query).await.map(|_| ())
 }
 
 #[cfg(test)]

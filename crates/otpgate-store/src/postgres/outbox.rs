@@ -17,7 +17,9 @@ use super::rows::{self, outbox_columns};
 use super::run::{PgQuery, all, exec, lease_binds, lease_due, one, opt, scalar, tuple};
 use super::{PostgresStore, events};
 use crate::shared::{self, clip, delivery_detail, id_i64};
-use crate::{EventKind, OutboxDepth, OutboxMessage, OutboxStore, SentInfo, StoreResult};
+use crate::{
+    EventKind, InboxEntry, OutboxDepth, OutboxMessage, OutboxStore, SentInfo, StoreResult,
+};
 
 #[async_trait]
 impl OutboxStore for PostgresStore {
@@ -60,37 +62,29 @@ impl OutboxStore for PostgresStore {
         sent: &SentInfo,
         now: i64,
     ) -> StoreResult<bool> {
-        // One statement: the outbox row (only while `worker` still holds it)
-        // and its verification change together or not at all.
-        let query = sqlx::query(
-            "with o as (
-                     update outbox
-                        set status = 'sent', text = null, channel = $3, gateway_id = $4,
-                            lease_owner = null, lease_until = null, updated_at = $5
-                      where id = $1 and lease_owner = $2 and status = 'queued'
-                      returning verification_id, step
-                 ),
-                 -- A later step went out: an earlier one still retrying is
-                 -- not needed any more.
-                 earlier as (
-                     update outbox x
-                        set status = 'cancelled', text = null, lease_owner = null,
-                            lease_until = null, updated_at = $5
-                       from o
-                      where x.verification_id = o.verification_id and x.status = 'queued'
-                        and x.step < o.step
-                 )
-                 update verifications v
-                    set delivery = 'sent', channel = $3, gateway_id = $4
-                   from o where v.id = o.verification_id
-                 returning v.id",
-        )
-        .bind(message_id)
-        .bind(worker)
-        .bind(&sent.channel)
-        .bind(&sent.gateway_id)
-        .bind(now);
-        self.released(query).await
+        self.released(sent_query(message_id, worker, sent, now))
+            .await
+    }
+
+    async fn outbox_sent_to_inbox(
+        &self,
+        message_id: i64,
+        worker: &str,
+        sent: &SentInfo,
+        entry: &InboxEntry,
+        now: i64,
+    ) -> StoreResult<bool> {
+        self.guarded(async {
+            let mut tx = self.pool.begin().await.map_err(db_err)?;
+            let marked: Option<i64> =
+                opt(&mut *tx, sent_query(message_id, worker, sent, now), scalar).await?;
+            if marked.is_some() {
+                super::inbox_insert(&mut *tx, entry).await?;
+            }
+            tx.commit().await.map_err(db_err)?;
+            Ok(marked.is_some())
+        })
+        .await
     }
 
     async fn outbox_retry(
@@ -264,6 +258,41 @@ impl PostgresStore {
         let verification: Option<i64> = self.guarded(opt(&self.pool, query, scalar)).await?;
         Ok(verification.is_some())
     }
+}
+
+/// Marks message `message_id` sent, if `worker` still holds it, in one
+/// statement: the outbox row, an earlier step still retrying, and the
+/// verification change together or not at all. Returns the verification's
+/// id when it applied.
+fn sent_query<'q>(message_id: i64, worker: &'q str, sent: &'q SentInfo, now: i64) -> PgQuery<'q> {
+    sqlx::query(
+        "with o as (
+                     update outbox
+                        set status = 'sent', text = null, channel = $3, gateway_id = $4,
+                            lease_owner = null, lease_until = null, updated_at = $5
+                      where id = $1 and lease_owner = $2 and status = 'queued'
+                      returning verification_id, step
+                 ),
+                 -- A later step went out: an earlier one still retrying is
+                 -- not needed any more.
+                 earlier as (
+                     update outbox x
+                        set status = 'cancelled', text = null, lease_owner = null,
+                            lease_until = null, updated_at = $5
+                       from o
+                      where x.verification_id = o.verification_id and x.status = 'queued'
+                        and x.step < o.step
+                 )
+                 update verifications v
+                    set delivery = 'sent', channel = $3, gateway_id = $4
+                   from o where v.id = o.verification_id
+                 returning v.id",
+    )
+    .bind(message_id)
+    .bind(worker)
+    .bind(&sent.channel)
+    .bind(&sent.gateway_id)
+    .bind(now)
 }
 
 /// Step `message_id` of `verification` will not deliver: wake the next held

@@ -1090,23 +1090,7 @@ impl VerificationStore for SqliteStore {
 impl InboxStore for SqliteStore {
     async fn inbox_put(&self, msg: &InboxEntry) -> StoreResult<()> {
         let msg = msg.clone();
-        self.write(move |c| {
-            exec(
-                c,
-                "insert into inbox (customer_id, destination, text, verification_id,
-                                    created_at)
-                 values (?1, ?2, ?3, ?4, ?5)",
-                params![
-                    msg.customer_id.as_ref().map(CustomerId::as_str),
-                    msg.destination,
-                    msg.text,
-                    msg.verification_id.map(id_i64),
-                    msg.created_at
-                ],
-            )
-            .map(|_| ())
-        })
-        .await
+        self.write(move |c| inbox_insert(c, &msg)).await
     }
 
     async fn inbox_list(
@@ -1415,6 +1399,23 @@ impl EventStore for SqliteStore {
             .await?;
         Ok(shared::event_backlog(found))
     }
+}
+
+/// Stores one message the development inbox delivered.
+fn inbox_insert(c: &Connection, msg: &InboxEntry) -> StoreResult<()> {
+    exec(
+        c,
+        "insert into inbox (customer_id, destination, text, verification_id, created_at)
+         values (?1, ?2, ?3, ?4, ?5)",
+        params![
+            msg.customer_id.as_ref().map(CustomerId::as_str),
+            msg.destination,
+            msg.text,
+            msg.verification_id.map(id_i64),
+            msg.created_at
+        ],
+    )
+    .map(|_| ())
 }
 
 #[cfg(test)]

@@ -15,7 +15,9 @@ use rusqlite::{Connection, params};
 use super::writer::{all, exec, one, opt, tuple};
 use super::{Lease, SqliteStore, events, lease_due, rows, rows::outbox_columns};
 use crate::shared::{self, clip, delivery_detail, id_i64};
-use crate::{EventKind, OutboxDepth, OutboxMessage, OutboxStore, SentInfo, StoreResult};
+use crate::{
+    EventKind, InboxEntry, OutboxDepth, OutboxMessage, OutboxStore, SentInfo, StoreResult,
+};
 
 #[async_trait]
 impl OutboxStore for SqliteStore {
@@ -38,36 +40,25 @@ impl OutboxStore for SqliteStore {
         now: i64,
     ) -> StoreResult<bool> {
         let (worker, sent) = (worker.to_owned(), sent.clone());
+        self.write(move |c| mark_sent(c, message_id, &worker, &sent, now))
+            .await
+    }
+
+    async fn outbox_sent_to_inbox(
+        &self,
+        message_id: i64,
+        worker: &str,
+        sent: &SentInfo,
+        entry: &InboxEntry,
+        now: i64,
+    ) -> StoreResult<bool> {
+        let (worker, sent, entry) = (worker.to_owned(), sent.clone(), entry.clone());
         self.write(move |c| {
-            let Some(vid) = release(
-                c,
-                "update outbox
-                     set status = 'sent', text = null, channel = ?3, gateway_id = ?4,
-                         lease_owner = null, lease_until = null, updated_at = ?5
-                     where id = ?1 and lease_owner = ?2 and status = 'queued'
-                     returning verification_id",
-                params![message_id, worker, sent.channel, sent.gateway_id, now],
-            )?
-            else {
-                return Ok(false);
-            };
-            // A later step went out: an earlier one still retrying is not
-            // needed any more (the code is on its way by the later flow).
-            exec(
-                c,
-                "update outbox set status = 'cancelled', text = null, lease_owner = null,
-                                   lease_until = null, updated_at = ?3
-                 where verification_id = ?1 and status = 'queued'
-                   and step < (select step from outbox where id = ?2)",
-                params![vid, message_id, now],
-            )?;
-            exec(
-                c,
-                "update verifications set delivery = 'sent', channel = ?2, gateway_id = ?3
-                 where id = ?1",
-                params![vid, sent.channel, sent.gateway_id],
-            )?;
-            Ok(true)
+            let marked = mark_sent(c, message_id, &worker, &sent, now)?;
+            if marked {
+                super::inbox_insert(c, &entry)?;
+            }
+            Ok(marked)
         })
         .await
     }
@@ -247,6 +238,47 @@ pub(super) fn claim(conn: &Connection, lease: &Lease) -> StoreResult<Vec<OutboxM
     );
     let due = lease_due!("outbox", "queued");
     lease.take(conn, due, read, rows::outbox_message)
+}
+
+/// Marks message `message_id` sent, if `worker` still holds it: its text
+/// erased, an earlier step still retrying cancelled, the verification's
+/// delivery recorded.
+fn mark_sent(
+    c: &Connection,
+    message_id: i64,
+    worker: &str,
+    sent: &SentInfo,
+    now: i64,
+) -> StoreResult<bool> {
+    let Some(vid) = release(
+        c,
+        "update outbox
+             set status = 'sent', text = null, channel = ?3, gateway_id = ?4,
+                 lease_owner = null, lease_until = null, updated_at = ?5
+             where id = ?1 and lease_owner = ?2 and status = 'queued'
+             returning verification_id",
+        params![message_id, worker, sent.channel, sent.gateway_id, now],
+    )?
+    else {
+        return Ok(false);
+    };
+    // A later step went out: an earlier one still retrying is not needed
+    // any more (the code is on its way by the later flow).
+    exec(
+        c,
+        "update outbox set status = 'cancelled', text = null, lease_owner = null,
+                           lease_until = null, updated_at = ?3
+         where verification_id = ?1 and status = 'queued'
+           and step < (select step from outbox where id = ?2)",
+        params![vid, message_id, now],
+    )?;
+    exec(
+        c,
+        "update verifications set delivery = 'sent', channel = ?2, gateway_id = ?3
+         where id = ?1",
+        params![vid, sent.channel, sent.gateway_id],
+    )?;
+    Ok(true)
 }
 
 /// Runs a lease-releasing `update … returning verification_id`: the
