@@ -362,8 +362,8 @@ async fn create(
             fraud: policy,
             kind,
         };
-        // A slot of this node's worker, if one is free: the message is then
-        // stored leased to it and handed over at once, with no claim.
+        // A place with this node's worker, if one is free: the message is
+        // then stored leased to it and handed over at once, with no claim.
         let reservation = if kind == SendKind::TestNumber {
             None
         } else {
@@ -377,22 +377,20 @@ async fn create(
                 .await
                 .map(|o| (o, None)),
         };
-        return match created.map(|(outcome, msg)| {
-            match (reservation, msg) {
-                (Some(r), Some(msg)) => r.hand(msg),
-                // Queued unleased (a test number has no message at all).
-                _ if kind != SendKind::TestNumber
-                    && matches!(outcome, CreateOutcome::Created(_)) =>
-                {
-                    state.delivery.notify();
-                }
-                _ => {}
-            }
-            outcome
-        }) {
+        let (outcome, handed) = match created {
             Err(StoreError::Conflict(_)) => continue,
-            Err(e) => Err(SendError::Store(e)),
-            Ok(CreateOutcome::Created(v)) => {
+            Err(e) => return Err(SendError::Store(e)),
+            Ok(created) => created,
+        };
+        return match outcome {
+            CreateOutcome::Created(v) => {
+                match (reservation, handed) {
+                    (Some(r), Some(msg)) => r.hand(msg),
+                    // Queued unleased, for the worker to claim (a test
+                    // number has no message at all).
+                    _ if kind != SendKind::TestNumber => state.delivery.notify(),
+                    _ => {}
+                }
                 tracing::info!(
                     verification = v.id.get(),
                     customer = %v.customer_id,
@@ -401,23 +399,23 @@ async fn create(
                 );
                 Ok(SendResult::Created(v))
             }
-            Ok(CreateOutcome::AlreadyPending(v)) => {
+            CreateOutcome::AlreadyPending(v) => {
                 let left_ms = (v.expires_at - now).max(0);
                 Ok(SendResult::Pending(v, left_ms))
             }
-            Ok(CreateOutcome::RateLimited { retry_after_secs }) => Err(SendError::RateLimited {
+            CreateOutcome::RateLimited { retry_after_secs } => Err(SendError::RateLimited {
                 reason: "send limit for this number reached; try again later".into(),
                 retry_after_secs,
             }),
-            Ok(CreateOutcome::InsufficientBalance) => Err(SendError::InsufficientBalance),
-            Ok(CreateOutcome::AccountUnavailable) => Err(SendError::AccountDisabled),
-            Ok(CreateOutcome::TestCreditsRestricted) => Err(SendError::TestCreditsRestricted),
-            Ok(CreateOutcome::Blocked {
+            CreateOutcome::InsufficientBalance => Err(SendError::InsufficientBalance),
+            CreateOutcome::AccountUnavailable => Err(SendError::AccountDisabled),
+            CreateOutcome::TestCreditsRestricted => Err(SendError::TestCreditsRestricted),
+            CreateOutcome::Blocked {
                 kind,
                 retry_after_secs,
                 reason,
                 new_block,
-            }) => {
+            } => {
                 crate::metrics::fraud_refused(kind);
                 if let Some(scope) = new_block {
                     crate::metrics::fraud_block(scope);

@@ -11,8 +11,8 @@
 //! sent again: that window is the one place a duplicate can happen.
 //!
 //! Handoff: a send on this node may [`Delivery::reserve`] a place with the
-//! worker first; the store then writes the message already leased to this worker
-//! (in the send's own transaction) and the server hands it over in memory
+//! worker first; the store then writes the message already leased to this
+//! worker (in the send's own transaction) and the server hands it over in memory
 //! ([`Reservation::hand`]). That saves the claim's write and commit, and the
 //! wait for it, on every message; a lease held by a node that dies runs out
 //! and any worker claims the message again, exactly as after a claim.
@@ -23,7 +23,6 @@ use std::time::Duration;
 
 use otpgate_core::Clock;
 use otpgate_store::{OutboxDepth, OutboxLease, OutboxMessage, OutboxStore, SentInfo};
-use rand::RngExt;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -95,7 +94,8 @@ pub struct Delivery {
     backlog: AtomicBool,
 }
 
-/// A place with this node's worker, held for one send while it commits: the send stores its message leased to the worker
+/// A place with this node's worker, held for one send while it commits:
+/// the send stores its message leased to the worker
 /// ([`Reservation::lease`]) and hands it over ([`Reservation::hand`]).
 /// Dropped unused (a refused send), the place is free again.
 pub struct Reservation {
@@ -161,8 +161,8 @@ impl Delivery {
     }
 
     /// A place for a send about to be made at `now`, if the worker is
-    /// running and has one free (at most `batch` at once); `None` sends the usual way (queued,
-    /// then [`Delivery::notify`]).
+    /// running and has one free (at most `batch` at once); `None` sends
+    /// the usual way (queued, then [`Delivery::notify`]).
     pub fn reserve(&self, now: i64) -> Option<Reservation> {
         if !self.running.load(Ordering::Acquire) {
             return None;
@@ -223,7 +223,9 @@ impl Delivery {
             }
             tokio::select! {
                 () = shutdown.cancelled() => break,
-                Some((msg, ticket)) = next_handoff(&mut handoffs) => self.start_handed(msg, ticket),
+                Some((msg, ticket)) = next_handoff(&mut handoffs) => {
+                    self.start_when_free(msg, Some(ticket));
+                }
                 () = self.wake.notified() => look = true,
                 _ = poll.tick() => look = true,
             }
@@ -233,7 +235,7 @@ impl Delivery {
         if let Some(rx) = handoffs.as_mut() {
             rx.close();
             while let Ok((msg, ticket)) = rx.try_recv() {
-                self.start_handed(msg, ticket);
+                self.start_when_free(msg, Some(ticket));
             }
         }
         // Wait (bounded) for the deliveries in hand to record their results.
@@ -297,11 +299,6 @@ impl Delivery {
                 me.wake.notify_one();
             }
         });
-    }
-
-    /// Delivers a handed-over message as soon as a slot is free.
-    fn start_handed(self: &Arc<Self>, msg: OutboxMessage, ticket: OwnedSemaphorePermit) {
-        self.start_when_free(msg, Some(ticket));
     }
 
     /// Delivers `msg` in a free slot, or in the next one to free up; a
@@ -476,16 +473,15 @@ impl Delivery {
         }
     }
 
-    /// Exponential backoff with full jitter in its upper half.
+    /// Exponential backoff with full jitter in its upper half (at most 20
+    /// doublings, the cap reached long before).
     fn backoff(&self, attempts: u32) -> i64 {
-        let exp = self
-            .config
-            .retry_base_ms
-            .saturating_mul(1i64 << attempts.saturating_sub(1).min(20))
-            .min(self.config.retry_max_ms)
-            .max(1);
-        let half = exp / 2;
-        half + rand::rng().random_range(0..=exp - half)
+        crate::leased::backoff_ms(
+            self.config.retry_base_ms,
+            self.config.retry_max_ms,
+            attempts,
+            20,
+        )
     }
 
     fn record(&self, r: Result<bool, otpgate_store::StoreError>) {

@@ -700,6 +700,8 @@ impl InboxStore for PostgresStore {
                 "select customer_id, destination, text, verification_id, created_at
                    from inbox
                   where ($1::text is null or customer_id = $1)
+                    -- $2 (no number) is bound either way: named so that it
+                    -- has a type.
                     and ($2::text is null)
                   order by created_at desc, id desc
                   limit $3"

@@ -335,7 +335,7 @@ impl SqliteStore {
             )
         };
         self.writer
-            .write(created, move |c| send::create(c, req, lease.as_ref()))
+            .write(created, move |c| send::create(c, &req, lease.as_ref()))
             .await
     }
 

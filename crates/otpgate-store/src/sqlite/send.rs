@@ -21,24 +21,9 @@ use crate::{
 /// worker and returned as the worker's claim would have returned it.
 pub(super) fn create(
     conn: &Connection,
-    req: NewVerification,
-    lease: Option<&OutboxLease>,
-) -> StoreResult<(CreateOutcome, Option<OutboxMessage>)> {
-    create_inner(conn, &req, lease).map(|(o, id)| {
-        let msg = match (&o, id) {
-            (CreateOutcome::Created(v), Some(id)) => Some(shared::leased_message(&req, v, id)),
-            _ => None,
-        };
-        (o, msg)
-    })
-}
-
-/// The send's write; the leased outbox row's id when there is one.
-fn create_inner(
-    conn: &Connection,
     req: &NewVerification,
     lease: Option<&OutboxLease>,
-) -> StoreResult<(CreateOutcome, Option<i64>)> {
+) -> StoreResult<(CreateOutcome, Option<OutboxMessage>)> {
     if req.price < 0 {
         return Err(StoreError::Internal("negative price".into()));
     }
@@ -245,7 +230,7 @@ fn create_inner(
             attempts
         ],
     )?;
-    let outbox_id = lease.map(|_| conn.last_insert_rowid());
+    let handed = lease.map(|_| shared::leased_message(req, &v, conn.last_insert_rowid()));
     for (i, f) in req.fallbacks.iter().enumerate() {
         exec(
             conn,
@@ -266,7 +251,7 @@ fn create_inner(
         )?;
     }
     super::events::emit(conn, id_i64(v.id), EventKind::Created, &detail, now)?;
-    Ok((CreateOutcome::Created(v), outbox_id))
+    Ok((CreateOutcome::Created(v), handed))
 }
 
 /// What the fraud defences weigh for this send; and whether the destination
