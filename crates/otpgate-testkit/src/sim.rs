@@ -195,6 +195,31 @@ impl Simulator {
         }
     }
 
+    /// The events of one `kind` once at least `n` have been printed. A
+    /// channel's `send` (or bind) returns when the simulator's response
+    /// arrives, which can be before this process has read the line the
+    /// simulator printed first; a test that counts events right after its
+    /// sends waits here instead of reading `of_kind` at once.
+    ///
+    /// # Panics
+    /// After `limit`, listing the events seen.
+    pub async fn wait_count(&self, kind: &str, n: usize, limit: Duration) -> Vec<Value> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let notified = self.changed.notified();
+            let seen = self.of_kind(kind);
+            if seen.len() >= n {
+                return seen;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                panic!(
+                    "fewer than {n} {kind:?} events within {limit:?}; events: {:#?}",
+                    self.events()
+                );
+            }
+        }
+    }
+
     /// The first accepted `submit_sm` to `destination`, blocking for it up
     /// to 30 s (for tests whose code under test runs in another process).
     ///

@@ -64,7 +64,7 @@ async fn gsm_text_goes_as_data_coding_0_and_other_scripts_as_ucs2_intact() {
         let acc = ch.send(&msg(i as i64, text)).await.expect("accepted");
         assert!(acc.gateway_id.is_some_and(|id| !id.is_empty()));
     }
-    let submits = sim.submits();
+    let submits = sim.wait_count("submit", 3, Duration::from_secs(5)).await;
     assert_eq!(submits.len(), 3, "{submits:#?}");
     for ((text, dc), s) in texts.iter().zip(&submits) {
         assert_eq!(s["text"], *text, "text arrives intact");
@@ -81,7 +81,7 @@ async fn gsm_text_goes_as_data_coding_0_and_other_scripts_as_ucs2_intact() {
         );
         assert_eq!(s["registered_delivery"], 1);
     }
-    let bind = &sim.of_kind("bind")[0];
+    let bind = &sim.wait_count("bind", 1, Duration::from_secs(5)).await[0];
     assert_eq!(bind["mode"], "transceiver");
     assert_eq!(bind["interface_version"], 0x34, "binds as SMPP 3.4");
     ch.close().await;
@@ -184,7 +184,8 @@ async fn the_rate_cap_spaces_submits_per_bind() {
     let ms = t.elapsed().as_millis();
     assert!(ms >= 440, "10 sends at 20/s took only {ms} ms");
     let ts: Vec<u64> = sim
-        .submits()
+        .wait_count("submit", 10, Duration::from_secs(5))
+        .await
         .iter()
         .map(|s| s["t"].as_u64().unwrap())
         .collect();
@@ -270,7 +271,13 @@ async fn a_dropped_bind_fails_in_flight_sends_fast_and_reconnects() {
         ch.health()
     );
     assert!(ch.send(&msg(2, "again")).await.is_ok());
-    assert_eq!(sim.of_kind("bind").len(), 2, "bound twice");
+    assert_eq!(
+        sim.wait_count("bind", 2, Duration::from_secs(5))
+            .await
+            .len(),
+        2,
+        "bound twice"
+    );
     ch.close().await;
     sim.stop();
 }

@@ -56,7 +56,7 @@ async fn throttling_is_retried_with_growing_backoff_until_delivered() {
     let v = db.queue("91", "9876543210", "Your code is 1111").await;
     let m = db.wait_dequeued(&v, WAIT).await;
     assert_eq!(m.attempts, 4, "three throttled attempts and one accepted");
-    let submits = sim.submits();
+    let submits = sim.wait_count("submit", 4, WAIT).await;
     let statuses: Vec<u64> = submits
         .iter()
         .map(|s| s["status"].as_u64().unwrap())
@@ -102,7 +102,7 @@ async fn a_rejected_destination_fails_the_verification_and_refunds_it() {
     let ver = db.verification(&v).await;
     assert_eq!(ver.state, VerificationState::Failed);
     assert_eq!(db.test_credits().await, 10, "refunded");
-    assert_eq!(sim.submits().len(), 1);
+    assert_eq!(sim.wait_count("submit", 1, WAIT).await.len(), 1);
     worker.stop().await;
     sim.stop();
 }
@@ -131,7 +131,7 @@ channels = ["smsc-a", "smsc-b"]
     // Whether smsc-b was bound on the first attempt or not, smsc-a was never
     // the one that took it, and no attempt waited for a retry slot once
     // smsc-b was up.
-    assert_eq!(sim.submits().len(), 1);
+    assert_eq!(sim.wait_count("submit", 1, WAIT).await.len(), 1);
     let health = worker.delivery.health();
     let a = health.iter().find(|h| h.name == "smsc-a").unwrap();
     assert!(!a.up && a.last_error.is_some(), "{a:?}");
@@ -159,7 +159,7 @@ async fn a_delivery_receipt_updates_the_status_and_keeps_the_smsc_message_id() {
     worker.wait_up().await;
     let v = db.queue("91", "9876543210", "Your code is 6060").await;
     let m = db.wait_status(&v, DeliveryStatus::Delivered, WAIT).await;
-    let submit = &sim.submits()[0];
+    let submit = &sim.wait_count("submit", 1, WAIT).await[0];
     let smsc_id = submit["message_id"].as_str().unwrap();
     assert_eq!(m.gateway_id.as_deref(), Some(smsc_id));
     let ver = db.verification(&v).await;
