@@ -951,10 +951,10 @@ impl VerificationStore for SqliteStore {
                     events::emit(c, vid, EventKind::Completed, "{}", now)?;
                 }
                 ValidationAction::Wrong => {
-                    // A verification just killed by wrong codes must not
-                    // have its code sent again by a held step.
-                    outbox::cancel_queued_if_dead(c, vid, now)?;
                     if wrong >= max {
+                        // A verification just killed by wrong codes must
+                        // not have its code sent again by a held step.
+                        outbox::cancel_queued(c, vid, now)?;
                         events::emit(c, vid, EventKind::Failed, &attempts_detail(), now)?;
                     }
                 }

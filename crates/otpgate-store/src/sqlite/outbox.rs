@@ -393,18 +393,3 @@ fn fail_and_refund(
     let d = delivery_detail(Some("undeliverable"), delivery, detail);
     events::emit(conn, verification_id, EventKind::Failed, &d, now)
 }
-
-/// [`cancel_queued`] for a verification whose wrong codes used up its
-/// attempts.
-pub(super) fn cancel_queued_if_dead(conn: &Connection, vid: i64, now: i64) -> StoreResult<()> {
-    exec(
-        conn,
-        "update outbox set status = 'cancelled', text = null, lease_owner = null,
-                           lease_until = null, updated_at = ?2
-         where verification_id = ?1 and status = 'queued'
-           and exists (select 1 from verifications
-                       where id = ?1 and wrong_attempts >= max_attempts)",
-        [vid, now],
-    )?;
-    Ok(())
-}
