@@ -90,7 +90,18 @@ pub(crate) fn account(row: &impl StoredRow) -> StoreResult<Account> {
     })
 }
 
-/// The columns of the backend's `verification_columns!`.
+/// The columns [`verification`] reads, unqualified, in `select` order: the
+/// same on both backends.
+macro_rules! verification_columns {
+    () => {
+        "id, customer_id, country_code, national, flow_type, code_hash, otp_length, state, \
+         wrong_attempts, max_attempts, created_at, expires_at, completed_at, transaction_id, \
+         cost, cost_test, delivery, channel, gateway_id, delivery_detail"
+    };
+}
+pub(crate) use verification_columns;
+
+/// The columns of [`verification_columns!`].
 pub(crate) fn verification(row: &impl StoredRow) -> StoreResult<Verification> {
     let state = row.text("state")?;
     Ok(Verification {
@@ -117,7 +128,19 @@ pub(crate) fn verification(row: &impl StoredRow) -> StoreResult<Verification> {
     })
 }
 
-/// The columns of the backend's `outbox_columns!`.
+/// The columns [`outbox_message`] reads, from `outbox o` joined with
+/// `verifications v`: the same on both backends.
+macro_rules! outbox_columns {
+    () => {
+        "o.id, o.verification_id, v.customer_id, v.country_code, v.national, \
+         coalesce(o.flow_type, v.flow_type) as flow_type, o.step, o.address, o.lang, \
+         o.text, o.status, o.attempts, o.next_attempt_at, v.expires_at, o.channel, \
+         o.gateway_id, o.last_error, o.created_at"
+    };
+}
+pub(crate) use outbox_columns;
+
+/// The columns of [`outbox_columns!`].
 pub(crate) fn outbox_message(row: &impl StoredRow) -> StoreResult<OutboxMessage> {
     Ok(OutboxMessage {
         id: row.int("id")?,

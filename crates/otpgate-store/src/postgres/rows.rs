@@ -1,18 +1,8 @@
-//! The columns PostgreSQL rows are read with, and how such a row reads an
-//! integer (of three widths); the records are decoded by `crate::records`,
-//! as on SQLite.
+//! The columns PostgreSQL rows of accounts are read with, and how such a
+//! row reads an integer (of three widths); the records are decoded by
+//! `crate::records`, as on SQLite.
 
-/// The columns [`verification`] reads, in `select` order.
-macro_rules! verification_columns {
-    () => {
-        "id, customer_id, country_code, national, flow_type, code_hash, otp_length, state, \
-         wrong_attempts, max_attempts, created_at, expires_at, completed_at, transaction_id, \
-         cost, cost_test, delivery, channel, gateway_id, delivery_detail"
-    };
-}
-pub(crate) use verification_columns;
-
-/// The columns [`account`] reads.
+/// The columns [`account`] reads: `settings` is `jsonb` here, read as text.
 macro_rules! account_columns {
     () => {
         "customer_id, password_hash, email, country, credits, test_credits, token_epoch, \
@@ -20,18 +10,6 @@ macro_rules! account_columns {
     };
 }
 pub(crate) use account_columns;
-
-/// The columns [`outbox_message`] reads, from `outbox o` joined with
-/// `verifications v`.
-macro_rules! outbox_columns {
-    () => {
-        "o.id, o.verification_id, o.customer_id, v.country_code, v.national, \
-         coalesce(o.flow_type, v.flow_type) as flow_type, o.step, o.address, o.lang, \
-         o.text, o.status, o.attempts, o.next_attempt_at, v.expires_at, o.channel, \
-         o.gateway_id, o.last_error, o.created_at"
-    };
-}
-pub(crate) use outbox_columns;
 
 // The decoders are the store's (`crate::records`); this says how a row of
 // this backend reads an integer.
@@ -53,4 +31,7 @@ crate::records::stored_row!(sqlx::postgres::PgRow, |row, col| {
     })
 });
 
-pub(crate) use crate::records::{account, inbox_entry, outbox_message, verification};
+// The other column lists are one for both backends, beside their decoders.
+pub(crate) use crate::records::{
+    account, inbox_entry, outbox_columns, outbox_message, verification, verification_columns,
+};

@@ -1,5 +1,5 @@
-//! The columns SQLite rows are read with, and how a rusqlite row reads a
-//! column; the records are decoded by `crate::records`, as on PostgreSQL.
+//! The columns SQLite rows of accounts are read with, and how a rusqlite
+//! row reads a column; the records are decoded by `crate::records`, as on PostgreSQL.
 
 use rusqlite::Row;
 use rusqlite::types::FromSql;
@@ -15,27 +15,9 @@ macro_rules! account_columns {
          token_epoch, disabled, settings, created_at"
     };
 }
-
-/// The columns [`verification`] reads, unqualified.
-macro_rules! verification_columns {
-    () => {
-        "id, customer_id, country_code, national, flow_type, code_hash, otp_length, \
-         state, wrong_attempts, max_attempts, created_at, expires_at, completed_at, \
-         transaction_id, cost, cost_test, delivery, channel, gateway_id, delivery_detail"
-    };
-}
-
-/// The columns [`outbox_message`] reads, from `outbox o join verifications v`.
-macro_rules! outbox_columns {
-    () => {
-        "o.id, o.verification_id, v.customer_id, v.country_code, v.national, \
-         coalesce(o.flow_type, v.flow_type) as flow_type, o.step, o.address, o.lang, \
-         o.text, o.status, o.attempts, o.next_attempt_at, v.expires_at, o.channel, \
-         o.gateway_id, o.last_error, o.created_at"
-    };
-}
-
-pub(crate) use {account_columns, outbox_columns, verification_columns};
+pub(crate) use account_columns;
+// The other column lists are one for both backends, beside their decoders.
+pub(crate) use crate::records::{outbox_columns, verification_columns};
 
 /// One column of a row, by name.
 pub(super) fn get<T: FromSql>(row: &Row<'_>, col: &str) -> StoreResult<T> {

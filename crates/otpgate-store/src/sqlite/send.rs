@@ -283,19 +283,25 @@ fn facts(
             oldest_ms,
         })
     };
-    let account = "select count(*), coalesce(sum(cost), 0), min(created_at) from verifications
-                    where customer_id = ?1 and created_at > ?2";
-    let account_hour = usage(
-        account,
-        customer,
-        now - fraud::HOUR_MS,
-        caps.account_hour_messages > 0 || caps.account_hour_credits > 0,
+    // The account's two windows, read alike: when either of its caps is on.
+    let account = |window_ms: i64, max_messages: u32, max_credits: i64| {
+        usage(
+            "select count(*), coalesce(sum(cost), 0), min(created_at) from verifications
+              where customer_id = ?1 and created_at > ?2",
+            customer,
+            now - window_ms,
+            max_messages > 0 || max_credits > 0,
+        )
+    };
+    let account_hour = account(
+        fraud::HOUR_MS,
+        caps.account_hour_messages,
+        caps.account_hour_credits,
     )?;
-    let account_day = usage(
-        account,
-        customer,
-        now - fraud::DAY_MS,
-        caps.account_day_messages > 0 || caps.account_day_credits > 0,
+    let account_day = account(
+        fraud::DAY_MS,
+        caps.account_day_messages,
+        caps.account_day_credits,
     )?;
     let destination_day = usage(
         "select count(*), 0, min(created_at) from verifications
