@@ -473,8 +473,7 @@ impl AccountStore for PostgresStore {
         id: &CustomerId,
         settings: &AccountSettings,
     ) -> StoreResult<Account> {
-        let json = serde_json::to_string(settings)
-            .map_err(|e| StoreError::Internal(format!("encode settings: {e}")))?;
+        let json = crate::shared::settings_json(settings)?;
         update_account!(self, id, "settings = $2::jsonb", json)
     }
 }

@@ -104,6 +104,15 @@ pub async fn created(store: &impl AsStore, req: NewVerification) -> Verification
     }
 }
 
+/// Sends `req`, which a rate limit must refuse (800): its retry-after, in
+/// seconds.
+pub async fn rate_limited(store: &impl AsStore, req: NewVerification) -> u64 {
+    match store.as_store().verification_create(req).await.unwrap() {
+        CreateOutcome::RateLimited { retry_after_secs } => retry_after_secs,
+        other => panic!("expected 800, got {other:?}"),
+    }
+}
+
 /// Verification `id` of `customer`, which must exist.
 pub async fn verification(
     store: &impl AsStore,
