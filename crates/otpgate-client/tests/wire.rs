@@ -391,39 +391,32 @@ async fn send_failures_are_typed_by_cause() {
         client.send(sms()).await.unwrap_err()
     };
 
-    let e = refused(400, r#"{"responseCode":400,"message":"BAD_REQUEST","errorMessage":"mobileNumber is not a valid number for countryCode"}"#).await;
-    assert!(
-        matches!(&e, Error::InvalidInput { code: ResponseCode::BadRequest, message, .. }
-            if message == "mobileNumber is not a valid number for countryCode"),
-        "{e:?}"
-    );
-
-    let e = refused(
-        400,
-        r#"{"responseCode":501,"message":"INVALID_CUSTOMER_ID"}"#,
-    )
-    .await;
-    assert!(
-        matches!(&e, Error::InvalidInput { code: ResponseCode::InvalidCustomerId, message, .. }
-            if message == "INVALID_CUSTOMER_ID"),
-        "{e:?}"
-    );
-
-    let e = refused(
-        400,
-        r#"{"responseCode":511,"message":"INVALID_COUNTRY_CODE","data":null}"#,
-    )
-    .await;
-    assert!(
-        matches!(
-            &e,
-            Error::InvalidInput {
-                code: ResponseCode::InvalidCountryCode,
-                ..
-            }
+    // Input the service refused: the code and the reason it gave (its
+    // `errorMessage`, else its `message`).
+    for (body, want_code, want_message) in [
+        (
+            r#"{"responseCode":400,"message":"BAD_REQUEST","errorMessage":"mobileNumber is not a valid number for countryCode"}"#,
+            ResponseCode::BadRequest,
+            "mobileNumber is not a valid number for countryCode",
         ),
-        "{e:?}"
-    );
+        (
+            r#"{"responseCode":501,"message":"INVALID_CUSTOMER_ID"}"#,
+            ResponseCode::InvalidCustomerId,
+            "INVALID_CUSTOMER_ID",
+        ),
+        (
+            r#"{"responseCode":511,"message":"INVALID_COUNTRY_CODE","data":null}"#,
+            ResponseCode::InvalidCountryCode,
+            "INVALID_COUNTRY_CODE",
+        ),
+    ] {
+        let e = refused(400, body).await;
+        assert!(
+            matches!(&e, Error::InvalidInput { code, message, .. }
+                if *code == want_code && message == want_message),
+            "{e:?}"
+        );
+    }
 
     let e = refused(402, r#"{"responseCode":402,"message":"INSUFFICIENT_BALANCE","errorMessage":"credits do not cover this message"}"#).await;
     assert!(

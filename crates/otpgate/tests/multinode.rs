@@ -24,13 +24,13 @@ use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use common::{
     BIN, PASSWORD, Server, Simulator, TempDir, code_in, create_account, open_store, readyz, start,
     token,
 };
-use otpgate_core::{CustomerId, DeliveryStatus, VerificationId};
+use otpgate_core::{Clock, CustomerId, DeliveryStatus, SystemClock, VerificationId};
 use otpgate_store::Store;
 use otpgate_testkit::{TempPostgres, TestkitError, require_services};
 use serde_json::Value;
@@ -210,13 +210,6 @@ fn number(block: usize, i: usize) -> String {
 fn wrong(code: &str) -> String {
     let first = code.as_bytes()[0] - b'0';
     format!("{}{}", (first + 1) % 10, &code[1..])
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -546,7 +539,7 @@ async fn a_node_killed_mid_delivery_loses_nothing_another_delivers_after_the_lea
     // SIGKILL: no shutdown hook releases anything.
     a.child.kill().expect("kill -9 node A");
     a.child.wait().expect("reap node A");
-    let killed_at = now_ms();
+    let killed_at = SystemClock.now_ms();
     let rows = outbox_rows(&db).await;
     assert!(
         rows.len() == 10 && rows.values().all(|r| r.held_by("node-a")),
@@ -861,7 +854,7 @@ async fn pumping_spread_over_three_nodes_is_blocked_within_the_same_bounds() {
         "refused sends cost nothing"
     );
     let blocks = store
-        .fraud_blocks_active(now_ms(), 10)
+        .fraud_blocks_active(SystemClock.now_ms(), 10)
         .await
         .expect("blocks");
     assert_eq!(blocks.len(), 1, "{blocks:?}");
