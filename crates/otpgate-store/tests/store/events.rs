@@ -4,7 +4,7 @@
 //! lease outbox messages, and the id stays the same across attempts.
 
 use otpgate_core::DeliveryStatus;
-use otpgate_store::{EventAttempt, EventKind, EventOutcome, SentInfo, ValidationAction};
+use otpgate_store::{EventAttempt, EventKind, EventOutcome, ValidationAction};
 
 use crate::fixture::TestDb;
 use crate::helpers::*;
@@ -44,10 +44,7 @@ async fn each_change_of_a_verification_queues_its_event_once(db: TestDb) {
     let msgs = claim(&store, "w", 10, T0).await;
     for m in &msgs {
         let gw = format!("gw-{}", m.verification_id.get());
-        let sent = SentInfo {
-            channel: "smpp".into(),
-            gateway_id: Some(gw.clone()),
-        };
+        let sent = sent_info("smpp", &gw);
         assert!(store.outbox_sent(m.id, "w", &sent, T0 + 5).await.unwrap());
     }
     for _ in 0..2 {

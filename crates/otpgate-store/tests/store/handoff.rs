@@ -6,7 +6,7 @@
 
 use otpgate_core::CustomerId;
 use otpgate_core::DeliveryStatus;
-use otpgate_store::{CreateOutcome, InboxEntry, OutboxLease, OutboxMessage, SentInfo};
+use otpgate_store::{CreateOutcome, InboxEntry, OutboxLease, OutboxMessage};
 
 use crate::fixture::{Node, TestDb};
 use crate::helpers::*;
@@ -53,10 +53,7 @@ async fn a_leased_send_is_its_workers_until_the_lease_runs_out(db: TestDb) {
     expected.attempts = 2;
     assert_eq!(again[0], expected);
     // The first holder lost it; the new one records the result.
-    let info = SentInfo {
-        channel: "sms".into(),
-        gateway_id: Some("g".into()),
-    };
+    let info = sent_info("sms", "g");
     assert!(
         !store
             .outbox_sent(handed.id, "a", &info, T0 + LEASE)
@@ -95,10 +92,7 @@ async fn an_inbox_delivery_is_stored_with_its_sent_mark_and_only_by_the_lease_ho
         verification_id: Some(v.id),
         created_at: T0 + 1,
     };
-    let info = SentInfo {
-        channel: "dev".into(),
-        gateway_id: Some(format!("inbox-{}", msg.id)),
-    };
+    let info = sent_info("dev", &format!("inbox-{}", msg.id));
     // A worker without the lease stores nothing, neither mark nor entry.
     assert!(
         !store

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use otpgate_core::{CustomerId, PhoneNumber, VerificationId};
 use otpgate_store::{
-    CreateOutcome, NewAccount, NewVerification, OutboxMessage, Store, ValidationAction,
+    CreateOutcome, NewAccount, NewVerification, OutboxMessage, SentInfo, Store, ValidationAction,
     Verification,
 };
 use tokio::sync::Barrier;
@@ -199,6 +199,15 @@ pub async fn queued(store: &impl AsStore, n: u32) -> CustomerId {
 
 /// How long the tests' outbox claims lease their messages.
 pub const LEASE: i64 = 30_000;
+
+/// What a worker records of a message `channel` took, under the gateway's
+/// id `gateway`.
+pub fn sent_info(channel: &str, gateway: &str) -> SentInfo {
+    SentInfo {
+        channel: channel.into(),
+        gateway_id: Some(gateway.into()),
+    }
+}
 
 /// `worker` claims up to `max` messages due at `now`, for [`LEASE`].
 pub async fn claim(store: &impl AsStore, worker: &str, max: u32, now: i64) -> Vec<OutboxMessage> {

@@ -5,7 +5,7 @@
 use std::collections::HashSet;
 
 use otpgate_core::{CustomerId, DeliveryStatus, VerificationState};
-use otpgate_store::{OutboxMessage, SentInfo, ValidationAction};
+use otpgate_store::{OutboxMessage, ValidationAction};
 
 use crate::fixture::TestDb;
 use crate::helpers::*;
@@ -39,13 +39,6 @@ async fn with_fallback(store: &impl AsStore) -> CustomerId {
     c
 }
 
-fn info(channel: &str, gateway: &str) -> SentInfo {
-    SentInfo {
-        channel: channel.into(),
-        gateway_id: Some(gateway.into()),
-    }
-}
-
 async fn steps(store: &impl AsStore) -> Vec<OutboxMessage> {
     store.as_store().outbox_attempts(vid(1)).await.unwrap()
 }
@@ -58,7 +51,7 @@ async fn a_fallback_step_is_held_until_due_and_cancelled_when_the_first_is_deliv
     assert_eq!((first[0].step, first[0].flow_type.as_str()), (0, "SMS"));
     assert!(
         store
-            .outbox_sent(first[0].id, "w", &info("sms", "g1"), T0 + 1)
+            .outbox_sent(first[0].id, "w", &sent_info("sms", "g1"), T0 + 1)
             .await
             .unwrap()
     );
@@ -165,7 +158,7 @@ async fn a_later_step_sent_cancels_an_earlier_one_still_retrying(db: TestDb) {
     assert_eq!(next[0].step, 1);
     assert!(
         store
-            .outbox_sent(next[0].id, "w", &info("wa", "wamid.1"), T0 + 10_001)
+            .outbox_sent(next[0].id, "w", &sent_info("wa", "wamid.1"), T0 + 10_001)
             .await
             .unwrap()
     );
@@ -202,10 +195,7 @@ async fn a_claim_leases_due_messages_to_one_worker_until_the_lease_expires(db: T
     assert_eq!(row_ids(&taken), row_ids(&first));
     assert!(taken.iter().all(|m| m.attempts == 2));
     // w1's late results are ignored.
-    let info = SentInfo {
-        channel: "inbox".into(),
-        gateway_id: Some("g1".into()),
-    };
+    let info = sent_info("inbox", "g1");
     assert!(
         !store
             .outbox_sent(taken[0].id, "w1", &info, T0 + 30_001)
@@ -267,10 +257,7 @@ async fn a_sent_message_loses_its_text_and_receipts_update_its_verification(db: 
     let store = db.open().await;
     let c = queued(&store, 1).await;
     let msg = claim(&store, "w", 1, T0).await.remove(0);
-    let info = SentInfo {
-        channel: "smpp-a".into(),
-        gateway_id: Some("gw-77".into()),
-    };
+    let info = sent_info("smpp-a", "gw-77");
     assert!(
         store
             .outbox_sent(msg.id, "w", &info, T0 + 10)
@@ -417,10 +404,7 @@ async fn an_undeliverable_receipt_refunds_a_pending_verification_once_but_not_a_
     store.account_add_credits(&c, 10).await.unwrap();
     let msgs = claim(&store, "w", 2, T0).await;
     for (m, gw) in msgs.iter().zip(["g1", "g2"]) {
-        let info = SentInfo {
-            channel: "http".into(),
-            gateway_id: Some(gw.into()),
-        };
+        let info = sent_info("http", gw);
         assert!(store.outbox_sent(m.id, "w", &info, T0 + 1).await.unwrap());
     }
     assert_eq!(balance(&store, &c).await, (10, 0));

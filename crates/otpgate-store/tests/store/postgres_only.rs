@@ -289,10 +289,7 @@ async fn a_schema_1_database_keeps_its_outbox_rows_as_first_steps() {
     let m = &claimed[0];
     assert_eq!((m.id, m.step, m.flow_type.as_str()), (old_id, 0, "SMS"));
     assert_eq!(m.text.as_deref(), Some("code 1234"));
-    let info = otpgate_store::SentInfo {
-        channel: "sms".into(),
-        gateway_id: Some("g".into()),
-    };
+    let info = sent_info("sms", "g");
     assert!(store.outbox_sent(m.id, "w", &info, 2001).await.unwrap());
     let steps = store.outbox_attempts(vid(7)).await.unwrap();
     assert_eq!(steps.len(), 1);
