@@ -12,8 +12,11 @@
 #
 # Usage: tools/bench.sh [SECONDS_PER_PHASE] [CONNECTIONS] [FLOW_USERS]
 #   (as root, for `runuser postgres`; defaults 8, 64, 16; 127.0.0.1 only)
-# PERF_DATA=FILE also records the SQLite server with `perf record -g`
-# during an extra send phase before the measured one. OTPGATE_BIN=PATH
+# PERF_DATA=FILE also records the server with `perf record -g` during an
+# extra send phase before the measured one: the SQLite node's process, or,
+# with PERF_BACKEND=postgres, the whole machine (a PostgreSQL send spends
+# its time in the database's own processes too). BACKENDS="postgres" (or
+# "sqlite") measures one backend only; the default is both. OTPGATE_BIN=PATH
 # measures that binary instead of building one (to compare two builds with
 # the same bench: the bench is the binary's own `bench` command, so use a
 # build that has this script's phases).
@@ -54,7 +57,7 @@ runuser -u postgres -- "$PGBIN/pg_ctl" -D "$W/pg" -l "$W/pg/log" -w \
   -o "-p $PORT -k $W/pg -c listen_addresses=127.0.0.1 -c max_connections=200 -c fsync=on" start >/dev/null
 runuser -u postgres -- "$PGBIN/createdb" -h 127.0.0.1 -p "$PORT" -U postgres otpgate_bench
 
-for backend in sqlite postgres; do
+for backend in ${BACKENDS:-sqlite postgres}; do
   case $backend in
     sqlite) DB="sqlite://$W/otpgate.db" ;;
     postgres) DB="postgres://postgres@127.0.0.1:$PORT/otpgate_bench" ;;
@@ -93,8 +96,9 @@ for backend in sqlite postgres; do
   if [ "$backend" = postgres ]; then
     psql -q -h 127.0.0.1 -p "$PORT" -U postgres -d otpgate_bench -c analyze
   fi
-  if [ "$backend" = sqlite ] && [ -n "${PERF_DATA:-}" ]; then
-    perf record -g -o "$PERF_DATA" -p "$SERVER_PID" -- sleep "$D" 2>/dev/null &
+  if [ "$backend" = "${PERF_BACKEND:-sqlite}" ] && [ -n "${PERF_DATA:-}" ]; then
+    if [ "$backend" = postgres ]; then target=(-a); else target=(-p "$SERVER_PID"); fi
+    perf record -g -o "$PERF_DATA" "${target[@]}" -- sleep "$D" 2>/dev/null &
     PERF_PID=$!
     bench -c "$C" -d "$D" --phases send >/dev/null
     wait "$PERF_PID" || true
@@ -112,6 +116,7 @@ done
 python3 - "$OUT/latest.json" <<'EOF'
 import json, sys
 runs = json.load(open(sys.argv[1]))
-s, p = (runs[k]["phases"]["flows"]["per_sec"] for k in ("sqlite", "postgres"))
-print(f"\nflows/s: postgres {p:.1f} / sqlite {s:.1f} = {p / s:.2f}")
+if "sqlite" in runs and "postgres" in runs:
+    s, p = (runs[k]["phases"]["flows"]["per_sec"] for k in ("sqlite", "postgres"))
+    print(f"\nflows/s: postgres {p:.1f} / sqlite {s:.1f} = {p / s:.2f}")
 EOF

@@ -51,12 +51,26 @@ const PREFIX_LOCK_SPACE: i32 = 0x6f74_7067;
 /// What the fraud defences weigh for this send (see `decide_send`), in one
 /// statement; and whether the destination is one of the account's verified
 /// numbers, and how many own-number sends it made in the last day.
+///
+/// As on SQLite, a fact is read only when the policy weighs it: a cap that
+/// is off (0) or a guard that is off costs nothing. Each count is a scalar
+/// subquery behind `case when $flag`, and PostgreSQL runs such a subquery
+/// (an init plan) only when its value is first needed, so a switched-off
+/// fact is never scanned, in the one cached generic plan too. The counts
+/// that are on scan the rows in their window (index only), under the
+/// account's lock: they cost every send of the account, so they are not
+/// paid for nothing.
 async fn fraud_facts(
     tx: &mut PgConnection,
     req: &NewVerification,
     destination: &str,
 ) -> StoreResult<send::GuardFacts> {
     let now = req.created_at;
+    let caps = &req.fraud.caps;
+    let account_caps = caps.account_hour_messages > 0
+        || caps.account_hour_credits > 0
+        || caps.account_day_messages > 0
+        || caps.account_day_credits > 0;
     let row = sqlx::query(
         "with acct as (
              select count(*) filter (where created_at > $3) as hour_n,
@@ -70,41 +84,45 @@ async fn fraud_facts(
                  where scope = 'prefix' and key = $5),
          cb as (select reason, strikes, blocked_until from fraud_blocks
                  where scope = 'country' and key = $6)
-         select acct.*,
-                (select count(*) from verifications
-                  where destination = $7 and created_at > $4) as dest_n,
-                (select min(created_at) from verifications
-                  where destination = $7 and created_at > $4) as dest_oldest,
+         select case when $11 then (select hour_n from acct) else 0 end as hour_n,
+                case when $11 then (select hour_c from acct) else 0 end as hour_c,
+                case when $11 then (select hour_oldest from acct) end as hour_oldest,
+                case when $11 then (select day_n from acct) else 0 end as day_n,
+                case when $11 then (select day_c from acct) else 0 end as day_c,
+                case when $11 then (select day_oldest from acct) end as day_oldest,
+                case when $12 then (select count(*) from verifications
+                  where destination = $7 and created_at > $4) else 0 end as dest_n,
+                case when $12 then (select min(created_at) from verifications
+                  where destination = $7 and created_at > $4) end as dest_oldest,
                 exists (select 1 from safe_list
                          where left($7, length(entry)) = entry) as safe,
-                (select reason from pb) as pb_reason,
-                (select strikes from pb) as pb_strikes,
-                (select blocked_until from pb) as pb_until,
-                (select reason from cb) as cb_reason,
-                (select strikes from cb) as cb_strikes,
-                (select blocked_until from cb) as cb_until,
-                (select count(*) from verifications
+                case when $13 then (select reason from pb) end as pb_reason,
+                case when $13 then (select strikes from pb) end as pb_strikes,
+                case when $13 then (select blocked_until from pb) end as pb_until,
+                case when $13 then (select reason from cb) end as cb_reason,
+                case when $13 then (select strikes from cb) end as cb_strikes,
+                case when $13 then (select blocked_until from cb) end as cb_until,
+                case when $13 then (select count(*) from verifications
                   where prefix = $5
                     and created_at > greatest($8, coalesce((select blocked_until from pb), 0))
-                ) as p_sent,
-                (select count(*) from verifications
+                ) else 0 end as p_sent,
+                case when $13 then (select count(*) from verifications
                   where prefix = $5 and state = $10
                     and created_at > greatest($8, coalesce((select blocked_until from pb), 0))
-                ) as p_done,
-                (select count(*) from verifications
+                ) else 0 end as p_done,
+                case when $13 then (select count(*) from verifications
                   where customer_id = $1 and country_code = $2 and prefix is not null
                     and created_at > greatest($9, coalesce((select blocked_until from cb), 0))
-                ) as c_sent,
-                (select count(*) from verifications
+                ) else 0 end as c_sent,
+                case when $13 then (select count(*) from verifications
                   where customer_id = $1 and country_code = $2 and state = $10
                     and prefix is not null and created_at > greatest($9, coalesce((select blocked_until from cb), 0))
-                ) as c_done,
+                ) else 0 end as c_done,
                 exists (select 1 from own_numbers
                          where customer_id = $1 and destination = $7
                            and verified_at is not null) as own_verified,
                 (select count(*) from own_numbers
-                  where customer_id = $1 and created_at > $4) as own_today
-           from acct",
+                  where customer_id = $1 and created_at > $4) as own_today",
     )
     .bind(req.customer_id.as_str())
     .bind(i32::from(req.destination.country_code()))
@@ -116,6 +134,9 @@ async fn fraud_facts(
     .bind(now - req.fraud.prefix.window_ms)
     .bind(now - req.fraud.country.window_ms)
     .bind(VerificationState::Completed.as_str())
+    .bind(account_caps)
+    .bind(caps.destination_day_messages > 0)
+    .bind(req.fraud.guard)
     .fetch_one(&mut *tx)
     .await
     .map_err(db_err)?;
@@ -424,13 +445,17 @@ impl PostgresStore {
             // the prefix guard and the per-number cap hold across accounts
             // too. Always taken after the account's row lock, never before:
             // no two sends can wait on each other in a cycle. A statement of
-            // its own, so the facts below are read after it is granted.
-            sqlx::query("select pg_advisory_xact_lock($1, hashtext($2))")
-                .bind(PREFIX_LOCK_SPACE)
-                .bind(&req.prefix)
-                .execute(&mut *tx)
-                .await
-                .map_err(db_err)?;
+            // its own, so the facts below are read after it is granted. With
+            // neither defence on, nothing read below spans accounts, and the
+            // account's lock is enough.
+            if req.fraud.guard || req.fraud.caps.destination_day_messages > 0 {
+                sqlx::query("select pg_advisory_xact_lock($1, hashtext($2))")
+                    .bind(PREFIX_LOCK_SPACE)
+                    .bind(&req.prefix)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db_err)?;
+            }
             fraud_facts(tx, req, destination).await?
         };
         // The balance is the locked row's, so no other send can spend it in

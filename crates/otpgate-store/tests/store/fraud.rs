@@ -14,6 +14,7 @@ use crate::helpers::*;
 
 both_backends!(
     the_account_cap_holds_under_concurrent_sends_from_several_nodes,
+    each_cap_refuses_when_it_is_on_and_weighs_nothing_when_it_is_off,
     a_prefix_with_unconverted_sends_is_blocked_lifted_and_safe_listed,
     test_credits_pay_only_for_verified_own_numbers_and_test_numbers_queue_nothing,
 );
@@ -72,6 +73,79 @@ async fn the_account_cap_holds_under_concurrent_sends_from_several_nodes(db: Tes
         "refusals cost nothing"
     );
     assert_eq!(nodes[0].outbox_depth().await.unwrap().queued, 12);
+}
+
+/// Each cap on its own: three sends (three accounts for the destination's
+/// cap, which spans accounts) where the cap allows two. The third is refused
+/// by that cap while it is on, and goes through when every cap is off: a
+/// backend that reads a fact only when its cap weighs it must still read it
+/// then.
+async fn each_cap_refuses_when_it_is_on_and_weighs_nothing_when_it_is_off(db: TestDb) {
+    type Cap = fn(&mut fraud::Caps);
+    let cases: [(&str, Cap, RefusalKind); 5] = [
+        (
+            "hour messages",
+            |c| c.account_hour_messages = 2,
+            RefusalKind::AccountHourlyCap,
+        ),
+        (
+            "hour credits",
+            |c| c.account_hour_credits = 2,
+            RefusalKind::AccountHourlyCap,
+        ),
+        (
+            "day messages",
+            |c| c.account_day_messages = 2,
+            RefusalKind::AccountDailyCap,
+        ),
+        (
+            "day credits",
+            |c| c.account_day_credits = 2,
+            RefusalKind::AccountDailyCap,
+        ),
+        (
+            "destination",
+            |c| c.destination_day_messages = 2,
+            RefusalKind::DestinationCap,
+        ),
+    ];
+    let store = db.open().await;
+    let mut next = 0u64;
+    for (case, (what, set, kind)) in cases.iter().enumerate() {
+        for on in [true, false] {
+            let base = 1000 * (2 * case as u64 + u64::from(on));
+            let mut outcomes = Vec::new();
+            for i in 0..3u64 {
+                next += 1;
+                // The destination's cap counts one number's sends from any
+                // account; the account caps, one account's sends to any.
+                let (customer, to) = if *kind == RefusalKind::DestinationCap {
+                    (cid(base + i + 1), phone(u32::try_from(base).unwrap()))
+                } else {
+                    (cid(base + 1), phone(u32::try_from(base + i).unwrap()))
+                };
+                if i == 0 || *kind == RefusalKind::DestinationCap {
+                    account(&store, &customer, 100, 0).await;
+                }
+                let mut req = send(next, &customer, &to, T0 + i64::try_from(i).unwrap());
+                if on {
+                    set(&mut req.fraud.caps);
+                }
+                outcomes.push(store.verification_create(req).await.unwrap());
+            }
+            assert!(
+                outcomes[..2]
+                    .iter()
+                    .all(|o| matches!(o, CreateOutcome::Created(_))),
+                "{what} (on: {on}): {outcomes:?}"
+            );
+            match (&outcomes[2], on) {
+                (CreateOutcome::Blocked { kind: k, .. }, true) if *k == *kind => {}
+                (CreateOutcome::Created(_), false) => {}
+                (other, _) => panic!("{what} (on: {on}): third send gave {other:?}"),
+            }
+        }
+    }
 }
 
 async fn a_prefix_with_unconverted_sends_is_blocked_lifted_and_safe_listed(db: TestDb) {
