@@ -212,6 +212,25 @@ pub struct Caps {
     pub destination_day_messages: u32,
 }
 
+// What [`decide_send`] weighs: a store reads the sends a cap counts only
+// while that cap is on, so a cap that is off costs a send nothing.
+impl Caps {
+    /// Whether either of the account's hourly caps is on.
+    pub fn account_hour_on(&self) -> bool {
+        self.account_hour_messages > 0 || self.account_hour_credits > 0
+    }
+
+    /// Whether either of the account's daily caps is on.
+    pub fn account_day_on(&self) -> bool {
+        self.account_day_messages > 0 || self.account_day_credits > 0
+    }
+
+    /// Whether the cap on one number's sends across accounts is on.
+    pub fn destination_day_on(&self) -> bool {
+        self.destination_day_messages > 0
+    }
+}
+
 /// Everything [`decide_send`] weighs, from the server's settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FraudPolicy {
@@ -367,7 +386,7 @@ pub fn decide_send(facts: &SendFacts, policy: &FraudPolicy, now_ms: i64) -> Send
         }
     }
     let n = facts.destination_day;
-    if caps.destination_day_messages > 0 && n.messages >= caps.destination_day_messages {
+    if caps.destination_day_on() && n.messages >= caps.destination_day_messages {
         return refuse(
             RefusalKind::DestinationCap,
             cap_hit(n, DAY_MS, now_ms),

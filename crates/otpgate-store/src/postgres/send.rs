@@ -67,10 +67,7 @@ async fn fraud_facts(
 ) -> StoreResult<send::GuardFacts> {
     let now = req.created_at;
     let caps = &req.fraud.caps;
-    let account_caps = caps.account_hour_messages > 0
-        || caps.account_hour_credits > 0
-        || caps.account_day_messages > 0
-        || caps.account_day_credits > 0;
+    let account_caps = caps.account_hour_on() || caps.account_day_on();
     let row = sqlx::query(
         "with acct as (
              select count(*) filter (where created_at > $3) as hour_n,
@@ -135,7 +132,7 @@ async fn fraud_facts(
     .bind(now - req.fraud.country.window_ms)
     .bind(VerificationState::Completed.as_str())
     .bind(account_caps)
-    .bind(caps.destination_day_messages > 0)
+    .bind(caps.destination_day_on())
     .bind(req.fraud.guard)
     .fetch_one(&mut *tx)
     .await
@@ -448,7 +445,7 @@ impl PostgresStore {
             // its own, so the facts below are read after it is granted. With
             // neither defence on, nothing read below spans accounts, and the
             // account's lock is enough.
-            if req.fraud.guard || req.fraud.caps.destination_day_messages > 0 {
+            if req.fraud.guard || req.fraud.caps.destination_day_on() {
                 sqlx::query("select pg_advisory_xact_lock($1, hashtext($2))")
                     .bind(PREFIX_LOCK_SPACE)
                     .bind(&req.prefix)

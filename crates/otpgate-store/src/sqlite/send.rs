@@ -283,32 +283,24 @@ fn facts(
             oldest_ms,
         })
     };
-    // The account's two windows, read alike: when either of its caps is on.
-    let account = |window_ms: i64, max_messages: u32, max_credits: i64| {
+    // The account's two windows, read alike.
+    let account = |window_ms: i64, on: bool| {
         usage(
             "select count(*), coalesce(sum(cost), 0), min(created_at) from verifications
               where customer_id = ?1 and created_at > ?2",
             customer,
             now - window_ms,
-            max_messages > 0 || max_credits > 0,
+            on,
         )
     };
-    let account_hour = account(
-        fraud::HOUR_MS,
-        caps.account_hour_messages,
-        caps.account_hour_credits,
-    )?;
-    let account_day = account(
-        fraud::DAY_MS,
-        caps.account_day_messages,
-        caps.account_day_credits,
-    )?;
+    let account_hour = account(fraud::HOUR_MS, caps.account_hour_on())?;
+    let account_day = account(fraud::DAY_MS, caps.account_day_on())?;
     let destination_day = usage(
         "select count(*), 0, min(created_at) from verifications
           where destination = ?1 and created_at > ?2",
         destination,
         now - fraud::DAY_MS,
-        caps.destination_day_messages > 0,
+        caps.destination_day_on(),
     )?;
     let safe_listed = one::<bool>(
         conn,
