@@ -1,5 +1,6 @@
 //! The columns SQLite rows of accounts are read with, and how a rusqlite
-//! row reads a column; the records are decoded by `crate::records`, as on PostgreSQL.
+//! row reads a column; the records are decoded by `crate::records`, as on
+//! PostgreSQL.
 
 use rusqlite::Row;
 use rusqlite::types::FromSql;
