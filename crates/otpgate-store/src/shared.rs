@@ -448,6 +448,13 @@ pub(crate) fn created_detail(req: &crate::NewVerification) -> String {
     .to_string()
 }
 
+/// The status a delivery receipt of `status` moves its message to: none for
+/// one saying "queued", which tells nothing new about the message's fate
+/// (its detail is kept, its status is not moved backwards).
+pub(crate) fn receipt_status(status: DeliveryStatus) -> Option<&'static str> {
+    (status != DeliveryStatus::Queued).then(|| status.as_str())
+}
+
 /// The detail of `verification.failed` (`reason` is `undeliverable` or
 /// `too_many_attempts`) and of `verification.delivered`.
 pub(crate) fn delivery_detail(

@@ -169,9 +169,7 @@ impl OutboxStore for PostgresStore {
         now: i64,
     ) -> StoreResult<Option<i64>> {
         let detail = clip(detail);
-        // A receipt saying "queued" tells nothing new about the message's
-        // fate: its detail is kept, its status is not moved backwards.
-        let new_status = (status != DeliveryStatus::Queued).then(|| status.as_str());
+        let new_status = shared::receipt_status(status);
         let permanent = status.is_final_failure();
         self.guarded(async {
             let mut tx = self.pool.begin().await.map_err(db_err)?;

@@ -128,9 +128,7 @@ impl OutboxStore for SqliteStore {
     ) -> StoreResult<Option<i64>> {
         let (channel, gateway_id) = (channel.to_owned(), gateway_id.to_owned());
         let detail = clip(detail).to_owned();
-        // A receipt saying "queued" tells nothing new about the message's
-        // fate: its detail is kept, its status is not moved backwards.
-        let new_status = (status != DeliveryStatus::Queued).then(|| status.as_str());
+        let new_status = shared::receipt_status(status);
         let permanent = status.is_final_failure();
         self.write(move |c| {
             let matched: Vec<(i64, i64, i64)> = all(

@@ -313,6 +313,24 @@ async fn a_sent_message_loses_its_text_and_receipts_update_its_verification(db: 
         outbox_row(&store, 1).await.status,
         DeliveryStatus::Delivered
     );
+    // A late receipt saying "queued" keeps its detail, not its status.
+    let late = store
+        .outbox_receipt(
+            "smpp-a",
+            "gw-77",
+            DeliveryStatus::Queued,
+            "ENROUTE",
+            T0 + 30,
+        )
+        .await;
+    assert!(late.unwrap().is_some());
+    let v = verification(&store, &c, vid(1)).await;
+    assert_eq!(v.delivery, DeliveryStatus::Delivered);
+    assert_eq!(v.delivery_detail.as_deref(), Some("ENROUTE"));
+    assert_eq!(
+        outbox_row(&store, 1).await.status,
+        DeliveryStatus::Delivered
+    );
 }
 
 async fn a_retry_releases_the_lease_until_the_next_attempt_is_due(db: TestDb) {
