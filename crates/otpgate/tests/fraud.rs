@@ -321,6 +321,13 @@ async fn a_safe_listed_prefix_is_not_blocked_and_a_lifted_block_lets_the_next_se
         !page.body.contains("data-key=\"91987651\""),
         "the safe prefix is not blocked"
     );
+    // The conversion cards count the sends of the prefix and its country.
+    for cell in [
+        r#"<td data-label="Prefix" class="mono">+91987652</td>"#,
+        r#"<td data-label="Dialing code">+91</td>"#,
+    ] {
+        assert!(page.body.contains(cell), "no {cell}: {}", page.body);
+    }
     let r = fraud_form(
         &mut ops,
         "lift",
