@@ -8,7 +8,7 @@ use otpgate_core::VerificationState;
 use otpgate_core::send::wrong_code_block;
 use sqlx::Row;
 
-use super::send::{CHECKS, CHECKS_COUNTING_RECENT};
+use super::send::CHECKS;
 use super::{PgOptions, PostgresStore};
 use crate::testkit::{TempPostgres, require_services};
 
@@ -106,23 +106,31 @@ async fn the_checks_query_blocks_where_the_rules_say_even_with_ties() {
         for max in 1..=u32::try_from(total).unwrap().max(sends) + 1 {
             let mut answers = Vec::new();
             for counting in [false, true] {
-                let mut query = sqlx::query(if counting {
-                    CHECKS_COUNTING_RECENT
-                } else {
-                    CHECKS
-                })
-                .bind("c1")
-                .bind("4411")
-                .bind(NOW)
-                .bind(NOW - WINDOW)
-                .bind(i64::from(max) - 1)
-                .bind(NOW - WINDOW)
-                .bind(i64::from(max))
-                .bind(VerificationState::Pending.as_str());
-                if counting {
-                    query = query.bind(NOW - 1000);
-                }
-                let row = query.fetch_one(&store.pool).await.unwrap();
+                // The fraud facts' switches off: this is about the limits.
+                let row = sqlx::query(CHECKS)
+                    .bind("c1")
+                    .bind("4411")
+                    .bind(NOW)
+                    .bind(NOW - WINDOW)
+                    .bind(i64::from(max) - 1)
+                    .bind(NOW - WINDOW)
+                    .bind(i64::from(max))
+                    .bind(VerificationState::Pending.as_str())
+                    .bind(counting.then_some(NOW - 1000))
+                    .bind(44)
+                    .bind(NOW - 3_600_000)
+                    .bind(NOW - 86_400_000)
+                    .bind("4411")
+                    .bind("c1:44")
+                    .bind(NOW - WINDOW)
+                    .bind(NOW - WINDOW)
+                    .bind(VerificationState::Completed.as_str())
+                    .bind(false)
+                    .bind(false)
+                    .bind(false)
+                    .fetch_one(&store.pool)
+                    .await
+                    .unwrap();
                 let pending: Option<i64> = row.get("id");
                 assert_eq!(pending, None);
                 let counted: Option<i64> = row.get("recent");

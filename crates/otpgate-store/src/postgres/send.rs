@@ -1,13 +1,14 @@
-//! A send (contract §2 and §5) on PostgreSQL: the account's row lock, the
-//! checks in one statement, the prefix's advisory lock and the fraud facts,
-//! the core's decision (`otpgate_core::send`), then the writes of an accepted
-//! send in one statement — all in one transaction, which commits only a
-//! `Created` send or a block the send itself triggered.
+//! A send (contract §2 and §5) on PostgreSQL: the account's row lock and
+//! the prefix's advisory lock in one statement, every fact the checks and
+//! the fraud defences weigh in a second, the core's decision
+//! (`otpgate_core::send`), then the writes of an accepted send in a third —
+//! all in one transaction, which commits only a `Created` send or a block
+//! the send itself triggered.
 
 use otpgate_core::VerificationState;
 use otpgate_core::fraud;
 use otpgate_core::send;
-use sqlx::postgres::PgPool;
+use sqlx::postgres::{PgPool, PgRow};
 use sqlx::{PgConnection, Row};
 
 use super::error::db_err;
@@ -18,7 +19,7 @@ use crate::{CreateOutcome, NewVerification, SendKind, StoreError, StoreResult, V
 
 /// Runs one send in its own transaction.
 pub(super) async fn create(pool: &PgPool, req: &NewVerification) -> StoreResult<CreateOutcome> {
-    let mut tx = pool.begin().await.map_err(db_err)?;
+    let mut tx = pool.begin_with(BEGIN).await.map_err(db_err)?;
     match PostgresStore::create_in(&mut tx, req).await? {
         Ok(v) => {
             tx.commit().await.map_err(db_err)?;
@@ -48,95 +49,10 @@ pub(super) async fn create(pool: &PgPool, req: &NewVerification) -> StoreResult<
 /// locks never collide with the one-key migration lock.
 const PREFIX_LOCK_SPACE: i32 = 0x6f74_7067;
 
-/// What the fraud defences weigh for this send (see `decide_send`), in one
-/// statement; and whether the destination is one of the account's verified
-/// numbers, and how many own-number sends it made in the last day.
-///
-/// As on SQLite, a fact is read only when the policy weighs it: a cap that
-/// is off (0) or a guard that is off costs nothing. Each count is a scalar
-/// subquery behind `case when $flag`, and PostgreSQL runs such a subquery
-/// (an init plan) only when its value is first needed, so a switched-off
-/// fact is never scanned, in the one cached generic plan too. The counts
-/// that are on scan the rows in their window (index only), under the
-/// account's lock: they cost every send of the account, so they are not
-/// paid for nothing.
-async fn fraud_facts(
-    tx: &mut PgConnection,
-    req: &NewVerification,
-    destination: &str,
-) -> StoreResult<send::GuardFacts> {
-    let now = req.created_at;
-    let caps = &req.fraud.caps;
-    let account_caps = caps.account_hour_on() || caps.account_day_on();
-    let row = sqlx::query(
-        "with acct as (
-             select count(*) filter (where created_at > $3) as hour_n,
-                    coalesce(sum(cost) filter (where created_at > $3), 0)::bigint as hour_c,
-                    min(created_at) filter (where created_at > $3) as hour_oldest,
-                    count(*) as day_n, coalesce(sum(cost), 0)::bigint as day_c,
-                    min(created_at) as day_oldest
-               from verifications where customer_id = $1 and created_at > $4
-         ),
-         pb as (select reason, strikes, blocked_until from fraud_blocks
-                 where scope = 'prefix' and key = $5),
-         cb as (select reason, strikes, blocked_until from fraud_blocks
-                 where scope = 'country' and key = $6)
-         select case when $11 then (select hour_n from acct) else 0 end as hour_n,
-                case when $11 then (select hour_c from acct) else 0 end as hour_c,
-                case when $11 then (select hour_oldest from acct) end as hour_oldest,
-                case when $11 then (select day_n from acct) else 0 end as day_n,
-                case when $11 then (select day_c from acct) else 0 end as day_c,
-                case when $11 then (select day_oldest from acct) end as day_oldest,
-                case when $12 then (select count(*) from verifications
-                  where destination = $7 and created_at > $4) else 0 end as dest_n,
-                case when $12 then (select min(created_at) from verifications
-                  where destination = $7 and created_at > $4) end as dest_oldest,
-                exists (select 1 from safe_list
-                         where left($7, length(entry)) = entry) as safe,
-                case when $13 then (select reason from pb) end as pb_reason,
-                case when $13 then (select strikes from pb) end as pb_strikes,
-                case when $13 then (select blocked_until from pb) end as pb_until,
-                case when $13 then (select reason from cb) end as cb_reason,
-                case when $13 then (select strikes from cb) end as cb_strikes,
-                case when $13 then (select blocked_until from cb) end as cb_until,
-                case when $13 then (select count(*) from verifications
-                  where prefix = $5
-                    and created_at > greatest($8, coalesce((select blocked_until from pb), 0))
-                ) else 0 end as p_sent,
-                case when $13 then (select count(*) from verifications
-                  where prefix = $5 and state = $10
-                    and created_at > greatest($8, coalesce((select blocked_until from pb), 0))
-                ) else 0 end as p_done,
-                case when $13 then (select count(*) from verifications
-                  where customer_id = $1 and country_code = $2 and prefix is not null
-                    and created_at > greatest($9, coalesce((select blocked_until from cb), 0))
-                ) else 0 end as c_sent,
-                case when $13 then (select count(*) from verifications
-                  where customer_id = $1 and country_code = $2 and state = $10
-                    and prefix is not null and created_at > greatest($9, coalesce((select blocked_until from cb), 0))
-                ) else 0 end as c_done,
-                exists (select 1 from own_numbers
-                         where customer_id = $1 and destination = $7
-                           and verified_at is not null) as own_verified,
-                (select count(*) from own_numbers
-                  where customer_id = $1 and created_at > $4) as own_today",
-    )
-    .bind(req.customer_id.as_str())
-    .bind(i32::from(req.destination.country_code()))
-    .bind(now - fraud::HOUR_MS)
-    .bind(now - fraud::DAY_MS)
-    .bind(&req.prefix)
-    .bind(shared::block_key(req, fraud::BlockScope::Country))
-    .bind(destination)
-    .bind(now - req.fraud.prefix.window_ms)
-    .bind(now - req.fraud.country.window_ms)
-    .bind(VerificationState::Completed.as_str())
-    .bind(account_caps)
-    .bind(caps.destination_day_on())
-    .bind(req.fraud.guard)
-    .fetch_one(&mut *tx)
-    .await
-    .map_err(db_err)?;
+/// The fraud facts of a [`CHECKS`] row (see `decide_send`); and whether the
+/// destination is one of the account's verified numbers, and how many
+/// own-number sends the account made in the last day.
+fn guard_facts(row: &PgRow, price: i64) -> StoreResult<send::GuardFacts> {
     let get = |name: &str| -> StoreResult<i64> { row.try_get::<i64, _>(name).map_err(db_err) };
     let opt = |name: &str| -> StoreResult<Option<i64>> {
         row.try_get::<Option<i64>, _>(name).map_err(db_err)
@@ -156,7 +72,7 @@ async fn fraud_facts(
         })
     };
     let facts = fraud::SendFacts {
-        price: req.price,
+        price,
         account_hour: fraud::Usage {
             messages: n("hour_n")?,
             credits: get("hour_c")?,
@@ -213,19 +129,51 @@ fn refused(outcome: CreateOutcome) -> Checked {
     Checked::Refused(Box::new(outcome))
 }
 
-/// Everything the 506 check and the rate limits of contract §2 need, in
-/// one statement: the round trips of a send are made while it holds its
-/// account's lock, so each one costs every other send of the account too.
+/// The first statement of a send: its account's row lock, which serialises
+/// the sends of one account across nodes, and then (`$2`) the prefix's
+/// advisory lock, which serialises sends to one prefix from different
+/// accounts, so that the prefix guard and the per-number cap hold across
+/// accounts too. One round trip for both: the round trips of a send are
+/// made while it holds its account's lock, so each one costs every other
+/// send of the account too. The prefix's lock is always taken after the
+/// account's, never before, so no two sends can wait on each other in a
+/// cycle: the locking CTE yields the row only once its lock is granted, and
+/// the init plan that takes the advisory lock runs when the projection of
+/// that row first needs it. The row it returns is read afresh once the
+/// lock is granted, so the balance and the disabled flag are current.
 ///
-/// Its snapshot must be taken after the lock is granted (it is a statement
-/// of its own, after `select … for update`): a statement that waited for
-/// the lock itself would see only the locked row afresh, and these
-/// subqueries as they were before the send it waited for committed.
+/// Parameters: customer, whether to take the prefix's lock, the lock
+/// space, the prefix.
+pub(super) const LOCK: &str = "with locked as materialized (
+         select credits, test_credits, disabled from accounts
+          where customer_id = $1 for update
+     )
+     select credits, test_credits, disabled,
+            case when $2 then (select true from pg_advisory_xact_lock($3, hashtext($4))) end
+                as prefix_locked
+       from locked";
+
+/// Every fact a send's decision needs, in one statement after [`LOCK`]:
+/// the 506 check and the rate limits of contract §2, and what the fraud
+/// defences weigh (`otpgate_core::fraud::decide_send`).
+///
+/// Its snapshot must be taken after the locks are granted (it is a
+/// statement of its own, after [`LOCK`]): a statement that waited for a
+/// lock itself would see only the locked row afresh, and these subqueries
+/// as they were before the send it waited for committed.
+///
+/// As on SQLite, a fact is read only when the limits or the policy weigh
+/// it: a per-second limit, a cap that is off or a guard that is off costs
+/// nothing. Each such count is a scalar subquery behind `case when`, which
+/// PostgreSQL runs (an init plan) only when its value is first needed. The
+/// send's transaction plans its statements generically (`BEGIN` in
+/// [`create`]), so this one statement has one cached plan: planned afresh
+/// for each send's switches, it would cost more to plan than to run.
 ///
 /// One row: the pending verification's columns (all null when there is
 /// none), then
-/// - `recent`: sends of the account in the last second (see
-///   [`CHECKS_COUNTING_RECENT`]);
+/// - `recent`: sends of the account in the last second (null without a
+///   per-second limit, `$9` null);
 /// - `number_block_at`: `created_at` of the `per_number_max`-th newest send
 ///   to the destination in its window; room opens when it leaves;
 /// - `wrong_block_at`: `created_at` of the newest verification at which the
@@ -234,58 +182,105 @@ fn refused(outcome: CreateOutcome) -> Checked {
 ///   in peers (equal `created_at`), which changes no answer: the send time
 ///   that first reaches the budget is the same whichever order ties are in.
 ///   Wrong codes count by their verification's send time, as
-///   `wrong_codes_since` counts them.
+///   `wrong_codes_since` counts them;
+/// - the fraud facts [`guard_facts`] reads (counts 0 and times null where
+///   their switch is off).
 ///
 /// Parameters: customer, destination, now, per-number window start,
 /// per-number offset, wrong-code window start, wrong-code budget, the
-/// pending state's name (bound from the core).
-macro_rules! checks_sql {
-    ($recent:literal) => {
-        concat!(
-            "select pending.*, limits.*
-               from (select ",
-            $recent,
-            " as recent,
-                       (select created_at from verifications
-                         where customer_id = $1 and destination = $2 and created_at > $4
-                         order by created_at desc limit 1 offset $5
-                       ) as number_block_at,
-                       (select created_at
-                          from (select created_at,
-                                       sum(wrong_attempts) over (order by created_at desc)
-                                           as wrong
-                                  from verifications
-                                 where customer_id = $1 and destination = $2
-                                   and created_at > $6 and wrong_attempts > 0
-                               ) newest_first
-                         where wrong >= $7
-                         order by created_at desc limit 1
-                       ) as wrong_block_at
-                    ) limits
-               left join (select ",
-            verification_columns!(),
-            " from verifications
-                           where customer_id = $1 and destination = $2 and state = $8
-                             and expires_at > $3 and wrong_attempts < max_attempts
-                           order by created_at desc, id desc limit 1
-                         ) pending on true"
-        )
-    };
-}
-
-/// The checks for an account without a per-second limit.
-pub(super) const CHECKS: &str = checks_sql!("null::bigint");
-
-/// The checks for an account with a per-second limit, which also count its
-/// sends since `$9`. A statement of its own rather than a count that a
-/// parameter switches off: PostgreSQL would price the count into that
-/// statement's generic plan, find custom plans much cheaper, and so plan it
-/// afresh on every send. Without the limit (the default) a send runs
-/// [`CHECKS`], whose one cached plan serves every send.
-pub(super) const CHECKS_COUNTING_RECENT: &str = checks_sql!(
-    "(select count(*) from verifications
-       where customer_id = $1 and created_at > $9 and created_at <= $3)"
+/// pending state's name (bound from the core), the per-second window's
+/// start or null; then the destination's country code, the account caps'
+/// hour and day starts, the prefix, the country's block key, the prefix's
+/// and the country's guard window starts, the completed state's name, and
+/// the switches: account caps, the destination's cap, the guard.
+pub(super) const CHECKS: &str = concat!(
+    "with acct as (
+         select count(*) filter (where created_at > $11) as hour_n,
+                coalesce(sum(cost) filter (where created_at > $11), 0)::bigint as hour_c,
+                min(created_at) filter (where created_at > $11) as hour_oldest,
+                count(*) as day_n, coalesce(sum(cost), 0)::bigint as day_c,
+                min(created_at) as day_oldest
+           from verifications where customer_id = $1 and created_at > $12
+     ),
+     pb as (select reason, strikes, blocked_until from fraud_blocks
+             where scope = 'prefix' and key = $13),
+     cb as (select reason, strikes, blocked_until from fraud_blocks
+             where scope = 'country' and key = $14)
+     select pending.*, limits.*, facts.*
+       from (select case when $9::bigint is not null then
+                        (select count(*) from verifications
+                          where customer_id = $1 and created_at > $9 and created_at <= $3)
+                    end as recent,
+                    (select created_at from verifications
+                      where customer_id = $1 and destination = $2 and created_at > $4
+                      order by created_at desc limit 1 offset $5
+                    ) as number_block_at,
+                    (select created_at
+                       from (select created_at,
+                                    sum(wrong_attempts) over (order by created_at desc)
+                                        as wrong
+                               from verifications
+                              where customer_id = $1 and destination = $2
+                                and created_at > $6 and wrong_attempts > 0
+                            ) newest_first
+                      where wrong >= $7
+                      order by created_at desc limit 1
+                    ) as wrong_block_at
+            ) limits
+      cross join (
+             select case when $18 then (select hour_n from acct) else 0 end as hour_n,
+                    case when $18 then (select hour_c from acct) else 0 end as hour_c,
+                    case when $18 then (select hour_oldest from acct) end as hour_oldest,
+                    case when $18 then (select day_n from acct) else 0 end as day_n,
+                    case when $18 then (select day_c from acct) else 0 end as day_c,
+                    case when $18 then (select day_oldest from acct) end as day_oldest,
+                    case when $19 then (select count(*) from verifications
+                      where destination = $2 and created_at > $12) else 0 end as dest_n,
+                    case when $19 then (select min(created_at) from verifications
+                      where destination = $2 and created_at > $12) end as dest_oldest,
+                    exists (select 1 from safe_list
+                             where left($2, length(entry)) = entry) as safe,
+                    case when $20 then (select reason from pb) end as pb_reason,
+                    case when $20 then (select strikes from pb) end as pb_strikes,
+                    case when $20 then (select blocked_until from pb) end as pb_until,
+                    case when $20 then (select reason from cb) end as cb_reason,
+                    case when $20 then (select strikes from cb) end as cb_strikes,
+                    case when $20 then (select blocked_until from cb) end as cb_until,
+                    case when $20 then (select count(*) from verifications
+                      where prefix = $13
+                        and created_at > greatest($15, coalesce((select blocked_until from pb), 0))
+                    ) else 0 end as p_sent,
+                    case when $20 then (select count(*) from verifications
+                      where prefix = $13 and state = $17
+                        and created_at > greatest($15, coalesce((select blocked_until from pb), 0))
+                    ) else 0 end as p_done,
+                    case when $20 then (select count(*) from verifications
+                      where customer_id = $1 and country_code = $10 and prefix is not null
+                        and created_at > greatest($16, coalesce((select blocked_until from cb), 0))
+                    ) else 0 end as c_sent,
+                    case when $20 then (select count(*) from verifications
+                      where customer_id = $1 and country_code = $10 and state = $17
+                        and prefix is not null
+                        and created_at > greatest($16, coalesce((select blocked_until from cb), 0))
+                    ) else 0 end as c_done,
+                    exists (select 1 from own_numbers
+                             where customer_id = $1 and destination = $2
+                               and verified_at is not null) as own_verified,
+                    (select count(*) from own_numbers
+                      where customer_id = $1 and created_at > $12) as own_today
+            ) facts
+       left join (select ",
+    verification_columns!(),
+    " from verifications
+                   where customer_id = $1 and destination = $2 and state = $8
+                     and expires_at > $3 and wrong_attempts < max_attempts
+                   order by created_at desc, id desc limit 1
+                 ) pending on true"
 );
+
+/// The start of a send's transaction: its statements are planned
+/// generically (see [`CHECKS`]). `set local` ends with the transaction.
+const BEGIN: &str = "begin; set local plan_cache_mode = force_generic_plan";
 
 /// The writes of an accepted send, in one statement. The charge, the
 /// outbox row and (for an account with a webhook) the `created` event hang off the inserted verification, so an id that is
@@ -345,10 +340,9 @@ const WRITE: &str = concat!(
 );
 
 impl PostgresStore {
-    /// The checks of contract §2 and §5: the facts read in two statements
-    /// (the account row's lock, then `CHECKS`), then the prefix's lock and
-    /// the fraud facts. The order of outcomes is `otpgate_core::send`'s, so
-    /// the SQL need not encode it.
+    /// The checks of contract §2 and §5: the locks ([`LOCK`]), then every
+    /// fact in one statement ([`CHECKS`]). The order of outcomes is
+    /// `otpgate_core::send`'s, so the SQL need not encode it.
     async fn create_checks(
         tx: &mut PgConnection,
         req: &NewVerification,
@@ -362,20 +356,25 @@ impl PostgresStore {
             // price here is a bug, and would mint credit.
             return Err(StoreError::Internal("negative price".into()));
         }
+        // A test number's send weighs no fraud defence.
+        let guarded = req.kind != SendKind::TestNumber;
+        let policy = &req.fraud;
+        let caps = &policy.caps;
+        let account_caps = guarded && (caps.account_hour_on() || caps.account_day_on());
+        let destination_cap = guarded && caps.destination_day_on();
+        let guard = guarded && policy.guard;
 
-        // The lock that serialises the sends of one account across nodes: a
-        // statement of its own, as `checks_sql!` explains. The row it returns
-        // is read afresh once the lock is granted, so the balance and the
-        // disabled flag are current.
-        let account: Option<(i64, i64, bool)> = sqlx::query_as(
-            "select credits, test_credits, disabled from accounts
-             where customer_id = $1 for update",
-        )
-        .bind(customer)
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(db_err)?;
-        let Some((credits, test_credits, false)) = account else {
+        // With neither defence that spans accounts on, the account's lock is
+        // enough.
+        let account: Option<(i64, i64, bool, Option<bool>)> = sqlx::query_as(LOCK)
+            .bind(customer)
+            .bind(guard || destination_cap)
+            .bind(PREFIX_LOCK_SPACE)
+            .bind(&req.prefix)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        let Some((credits, test_credits, false, _)) = account else {
             return Ok(refused(shared::refusal(
                 send::Refused::AccountUnavailable,
                 None,
@@ -385,26 +384,36 @@ impl PostgresStore {
 
         let number_window = limits.per_number_window_ms.max(0);
         let wrong_window = limits.wrong_code_window_ms.max(0);
-        let counting = limits.per_account_per_second.is_some();
-        let mut checks = sqlx::query(if counting {
-            CHECKS_COUNTING_RECENT
-        } else {
-            CHECKS
-        })
-        .bind(customer)
-        .bind(destination)
-        .bind(now)
-        .bind(now.saturating_sub(number_window))
-        // A maximum of 0 refuses before this offset matters; `max(1)` only
-        // keeps it legal.
-        .bind(i64::from(limits.per_number_max.max(1)) - 1)
-        .bind(now.saturating_sub(wrong_window))
-        .bind(i64::from(limits.wrong_code_max))
-        .bind(VerificationState::Pending.as_str());
-        if counting {
-            checks = checks.bind(now.saturating_sub(1000));
-        }
-        let row = checks.fetch_one(&mut *tx).await.map_err(db_err)?;
+        let row = sqlx::query(CHECKS)
+            .bind(customer)
+            .bind(destination)
+            .bind(now)
+            .bind(now.saturating_sub(number_window))
+            // A maximum of 0 refuses before this offset matters; `max(1)`
+            // only keeps it legal.
+            .bind(i64::from(limits.per_number_max.max(1)) - 1)
+            .bind(now.saturating_sub(wrong_window))
+            .bind(i64::from(limits.wrong_code_max))
+            .bind(VerificationState::Pending.as_str())
+            .bind(
+                limits
+                    .per_account_per_second
+                    .map(|_| now.saturating_sub(1000)),
+            )
+            .bind(i32::from(req.destination.country_code()))
+            .bind(now - fraud::HOUR_MS)
+            .bind(now - fraud::DAY_MS)
+            .bind(&req.prefix)
+            .bind(shared::block_key(req, fraud::BlockScope::Country))
+            .bind(now - policy.prefix.window_ms)
+            .bind(now - policy.country.window_ms)
+            .bind(VerificationState::Completed.as_str())
+            .bind(account_caps)
+            .bind(destination_cap)
+            .bind(guard)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(db_err)?;
 
         // The core decides (`otpgate_core::send`); this only reads facts.
         let pending_id: Option<i64> = row.try_get("id").map_err(db_err)?;
@@ -412,11 +421,7 @@ impl PostgresStore {
             .is_some()
             .then(|| rows::verification(&row))
             .transpose()?;
-        let recent: Option<i64> = if counting {
-            row.try_get("recent").map_err(db_err)?
-        } else {
-            None
-        };
+        let recent: Option<i64> = row.try_get("recent").map_err(db_err)?;
         let gate = send::GateFacts {
             account: Some(send::Balance {
                 credits,
@@ -433,27 +438,12 @@ impl PostgresStore {
         }
 
         // The fraud defences: caps, blocks and the conversion guard, read
-        // under the account's lock (and the prefix's, below), so concurrent
-        // sends on any node cannot overshoot a cap.
-        let guard = if req.kind == SendKind::TestNumber {
-            send::GuardFacts::default()
+        // under the account's lock (and the prefix's), so concurrent sends
+        // on any node cannot overshoot a cap.
+        let guard = if guarded {
+            guard_facts(&row, req.price)?
         } else {
-            // Sends to one prefix from different accounts serialise here, so
-            // the prefix guard and the per-number cap hold across accounts
-            // too. Always taken after the account's row lock, never before:
-            // no two sends can wait on each other in a cycle. A statement of
-            // its own, so the facts below are read after it is granted. With
-            // neither defence on, nothing read below spans accounts, and the
-            // account's lock is enough.
-            if req.fraud.guard || req.fraud.caps.destination_day_on() {
-                sqlx::query("select pg_advisory_xact_lock($1, hashtext($2))")
-                    .bind(PREFIX_LOCK_SPACE)
-                    .bind(&req.prefix)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(db_err)?;
-            }
-            fraud_facts(tx, req, destination).await?
+            send::GuardFacts::default()
         };
         // The balance is the locked row's, so no other send can spend it in
         // between.

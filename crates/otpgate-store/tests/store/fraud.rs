@@ -15,6 +15,7 @@ use crate::helpers::*;
 both_backends!(
     the_account_cap_holds_under_concurrent_sends_from_several_nodes,
     each_cap_refuses_when_it_is_on_and_weighs_nothing_when_it_is_off,
+    the_destination_cap_holds_under_concurrent_sends_from_many_accounts,
     a_prefix_with_unconverted_sends_is_blocked_lifted_and_safe_listed,
     test_credits_pay_only_for_verified_own_numbers_and_test_numbers_queue_nothing,
 );
@@ -146,6 +147,40 @@ async fn each_cap_refuses_when_it_is_on_and_weighs_nothing_when_it_is_off(db: Te
             }
         }
     }
+}
+
+/// The destination's cap spans accounts, so the sends that weigh it
+/// serialise on more than their own account's lock: 40 accounts on four
+/// nodes send to one number at once, and exactly the cap's three go.
+async fn the_destination_cap_holds_under_concurrent_sends_from_many_accounts(db: TestDb) {
+    let nodes = db.nodes(4).await;
+    for i in 1..=40 {
+        account(&nodes[0], &cid(i), 10, 0).await;
+    }
+    let outcomes = at_once(&nodes, 40, |node, i| {
+        let n = u64::try_from(i).unwrap() + 1;
+        let mut req = send(n, &cid(n), &phone(7), T0);
+        req.fraud.caps.destination_day_messages = 3;
+        async move { node.verification_create(req).await.unwrap() }
+    })
+    .await;
+    let made = outcomes
+        .iter()
+        .filter(|o| matches!(o, CreateOutcome::Created(_)))
+        .count();
+    let capped = outcomes
+        .iter()
+        .filter(|o| {
+            matches!(
+                o,
+                CreateOutcome::Blocked {
+                    kind: RefusalKind::DestinationCap,
+                    ..
+                }
+            )
+        })
+        .count();
+    assert_eq!((made, capped), (3, 37), "(created, refused by the cap)");
 }
 
 async fn a_prefix_with_unconverted_sends_is_blocked_lifted_and_safe_listed(db: TestDb) {
