@@ -83,32 +83,13 @@ async fn the_account_cap_holds_under_concurrent_sends_from_several_nodes(db: Tes
 /// then.
 async fn each_cap_refuses_when_it_is_on_and_weighs_nothing_when_it_is_off(db: TestDb) {
     type Cap = fn(&mut fraud::Caps);
+    #[rustfmt::skip]
     let cases: [(&str, Cap, RefusalKind); 5] = [
-        (
-            "hour messages",
-            |c| c.account_hour_messages = 2,
-            RefusalKind::AccountHourlyCap,
-        ),
-        (
-            "hour credits",
-            |c| c.account_hour_credits = 2,
-            RefusalKind::AccountHourlyCap,
-        ),
-        (
-            "day messages",
-            |c| c.account_day_messages = 2,
-            RefusalKind::AccountDailyCap,
-        ),
-        (
-            "day credits",
-            |c| c.account_day_credits = 2,
-            RefusalKind::AccountDailyCap,
-        ),
-        (
-            "destination",
-            |c| c.destination_day_messages = 2,
-            RefusalKind::DestinationCap,
-        ),
+        ("hour messages", |c| c.account_hour_messages = 2, RefusalKind::AccountHourlyCap),
+        ("hour credits", |c| c.account_hour_credits = 2, RefusalKind::AccountHourlyCap),
+        ("day messages", |c| c.account_day_messages = 2, RefusalKind::AccountDailyCap),
+        ("day credits", |c| c.account_day_credits = 2, RefusalKind::AccountDailyCap),
+        ("destination", |c| c.destination_day_messages = 2, RefusalKind::DestinationCap),
     ];
     let store = db.open().await;
     let mut next = 0u64;
