@@ -362,13 +362,13 @@ impl PostgresStore {
         let caps = &policy.caps;
         let account_caps = guarded && (caps.account_hour_on() || caps.account_day_on());
         let destination_cap = guarded && caps.destination_day_on();
-        let guard = guarded && policy.guard;
+        let guard_on = guarded && policy.guard;
 
         // With neither defence that spans accounts on, the account's lock is
         // enough.
         let account: Option<(i64, i64, bool, Option<bool>)> = sqlx::query_as(LOCK)
             .bind(customer)
-            .bind(guard || destination_cap)
+            .bind(guard_on || destination_cap)
             .bind(PREFIX_LOCK_SPACE)
             .bind(&req.prefix)
             .fetch_optional(&mut *tx)
@@ -410,7 +410,7 @@ impl PostgresStore {
             .bind(VerificationState::Completed.as_str())
             .bind(account_caps)
             .bind(destination_cap)
-            .bind(guard)
+            .bind(guard_on)
             .fetch_one(&mut *tx)
             .await
             .map_err(db_err)?;
