@@ -180,19 +180,10 @@ impl Simulator {
         pred: impl Fn(&Value) -> bool,
         limit: Duration,
     ) -> Value {
-        let deadline = tokio::time::Instant::now() + limit;
-        loop {
-            let notified = self.changed.notified();
-            if let Some(e) = self.of_kind(kind).into_iter().find(|e| pred(e)) {
-                return e;
-            }
-            if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                panic!(
-                    "no matching {kind:?} event within {limit:?}; events: {:#?}",
-                    self.events()
-                );
-            }
-        }
+        self.wait_until(limit, &format!("no matching {kind:?} event"), || {
+            self.of_kind(kind).into_iter().find(|e| pred(e))
+        })
+        .await
     }
 
     /// The events of one `kind` once at least `n` have been printed. A
@@ -204,18 +195,30 @@ impl Simulator {
     /// # Panics
     /// After `limit`, listing the events seen.
     pub async fn wait_count(&self, kind: &str, n: usize, limit: Duration) -> Vec<Value> {
+        self.wait_until(limit, &format!("fewer than {n} {kind:?} events"), || {
+            Some(self.of_kind(kind)).filter(|seen| seen.len() >= n)
+        })
+        .await
+    }
+
+    /// Re-reads `found` each time the simulator prints a line, until it
+    /// gives a value; after `limit`, panics with `missing` and the events.
+    async fn wait_until<T>(
+        &self,
+        limit: Duration,
+        missing: &str,
+        found: impl Fn() -> Option<T>,
+    ) -> T {
         let deadline = tokio::time::Instant::now() + limit;
         loop {
+            // Registered before the look, so a line printed in between
+            // still wakes this wait.
             let notified = self.changed.notified();
-            let seen = self.of_kind(kind);
-            if seen.len() >= n {
-                return seen;
+            if let Some(v) = found() {
+                return v;
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                panic!(
-                    "fewer than {n} {kind:?} events within {limit:?}; events: {:#?}",
-                    self.events()
-                );
+                panic!("{missing} within {limit:?}; events: {:#?}", self.events());
             }
         }
     }

@@ -144,7 +144,7 @@ fn refused(outcome: CreateOutcome) -> Checked {
 ///
 /// Parameters: customer, whether to take the prefix's lock, the lock
 /// space, the prefix.
-pub(super) const LOCK: &str = "with locked as materialized (
+const LOCK: &str = "with locked as materialized (
          select credits, test_credits, disabled from accounts
           where customer_id = $1 for update
      )
