@@ -6,6 +6,13 @@
 //!
 //! A result is recorded only by the worker that still holds the lease, so a
 //! worker presumed dead cannot overwrite its successor's.
+//!
+//! Every result locks its verification's row before any outbox row. A
+//! validate locks the verification and then cancels its queued steps; a
+//! result that took the outbox row first and then waited for the
+//! verification would deadlock with it, and PostgreSQL would abort one of
+//! the two: a right code answered 503, or a sent message left unrecorded
+//! and sent again when its lease ran out.
 
 use async_trait::async_trait;
 use otpgate_core::send;
@@ -20,6 +27,15 @@ use crate::shared::{self, clip, delivery_detail, id_i64};
 use crate::{
     EventKind, InboxEntry, OutboxDepth, OutboxMessage, OutboxStore, SentInfo, StoreResult,
 };
+
+/// Locks the verification of message `$1` (see the module's note on lock
+/// order) and yields its id; no row when the message is gone.
+macro_rules! lock_verification_of_message {
+    () => {
+        "select v.id from outbox m join verifications v on v.id = m.verification_id
+          where m.id = $1 for update of v"
+    };
+}
 
 #[async_trait]
 impl OutboxStore for PostgresStore {
@@ -98,18 +114,22 @@ impl OutboxStore for PostgresStore {
         let error = clip(error);
         // The last error is also shown on the verification (console, support)
         // while the message waits for its next attempt.
-        let query = sqlx::query(
-            "with o as (
+        let query = sqlx::query(concat!(
+            "with locked as (",
+            lock_verification_of_message!(),
+            "),
+                 o as (
                      update outbox
                         set lease_owner = null, lease_until = null, next_attempt_at = $3,
                             last_error = $4, updated_at = $5
                       where id = $1 and lease_owner = $2 and status = 'queued'
+                        and verification_id = (select id from locked)
                       returning verification_id
                  )
                  update verifications v set delivery_detail = $4
                    from o where v.id = o.verification_id
-                 returning v.id",
-        )
+                 returning v.id"
+        ))
         .bind(message_id)
         .bind(worker)
         .bind(next_attempt_at)
@@ -128,6 +148,8 @@ impl OutboxStore for PostgresStore {
         let error = clip(error);
         self.guarded(async {
             let mut tx = self.pool.begin().await.map_err(db_err)?;
+            let lock = sqlx::query(lock_verification_of_message!()).bind(message_id);
+            exec(&mut *tx, lock).await?;
             // The queued -> failed transition happens once, so the refund
             // does too.
             let query = sqlx::query(
@@ -173,6 +195,13 @@ impl OutboxStore for PostgresStore {
         let permanent = status.is_final_failure();
         self.guarded(async {
             let mut tx = self.pool.begin().await.map_err(db_err)?;
+            // The verifications first, in one order (see the module's note).
+            let lock = sqlx::query(
+                "select v.id from outbox o join verifications v on v.id = o.verification_id
+                  where o.channel = $1 and o.gateway_id = $2
+                  order by v.id for update of v",
+            );
+            exec(&mut *tx, lock.bind(channel).bind(gateway_id)).await?;
             let query = sqlx::query(
                 "update outbox set status = coalesce($3, status), updated_at = $4
                   where channel = $1 and gateway_id = $2
@@ -263,12 +292,16 @@ impl PostgresStore {
 /// verification change together or not at all. Returns the verification's
 /// id when it applied.
 fn sent_query<'q>(message_id: i64, worker: &'q str, sent: &'q SentInfo, now: i64) -> PgQuery<'q> {
-    sqlx::query(
-        "with o as (
+    sqlx::query(concat!(
+        "with locked as (",
+        lock_verification_of_message!(),
+        "),
+                 o as (
                      update outbox
                         set status = 'sent', text = null, channel = $3, gateway_id = $4,
                             lease_owner = null, lease_until = null, updated_at = $5
                       where id = $1 and lease_owner = $2 and status = 'queued'
+                        and verification_id = (select id from locked)
                       returning verification_id, step
                  ),
                  -- A later step went out: an earlier one still retrying is
@@ -284,8 +317,8 @@ fn sent_query<'q>(message_id: i64, worker: &'q str, sent: &'q SentInfo, now: i64
                  update verifications v
                     set delivery = 'sent', channel = $3, gateway_id = $4
                    from o where v.id = o.verification_id
-                 returning v.id",
-    )
+                 returning v.id"
+    ))
     .bind(message_id)
     .bind(worker)
     .bind(&sent.channel)

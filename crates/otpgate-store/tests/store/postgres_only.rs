@@ -4,6 +4,9 @@
 //! each answered as `Unavailable` within about a second, and healed without
 //! a new store.
 //!
+//! A worker recording a result and a validate of the same verification take
+//! their locks in one order, so neither waits for the other forever.
+//!
 //! Every test takes a fresh database on the binary's shared throwaway server,
 //! but the outage test, which runs its own since it stops it.
 
@@ -11,6 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use otpgate_core::DeliveryStatus;
 use otpgate_store::postgres::{self, PgOptions, PostgresStore, SCHEMA_VERSION};
 use otpgate_store::prelude::*;
 use otpgate_store::{CreateOutcome, StoreError};
@@ -333,4 +337,94 @@ async fn a_schema_1_database_is_backfilled_into_the_daily_counts() {
     let store = db.open().await;
     assert_eq!(store.schema_version().await, SCHEMA_VERSION);
     assert_backfilled_daily_counts(&store).await;
+}
+
+/// The results a worker records, each of which touches a message's outbox
+/// row and its verification.
+#[derive(Clone, Copy, Debug)]
+enum WorkerResult {
+    Sent,
+    Retry,
+    Failed,
+    Receipt,
+}
+
+/// A validate locks the verification and then cancels its queued steps. A
+/// worker recording a result at the same moment must wait for the
+/// verification before it takes the outbox row: had it taken the row first,
+/// the two would deadlock and PostgreSQL would abort one (a right code
+/// answered 503, or a sent message left unrecorded and sent again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_result_waits_for_a_validate_of_its_verification_without_deadlock() {
+    let test =
+        "postgres_only::a_worker_result_waits_for_a_validate_of_its_verification_without_deadlock";
+    let mut failed = Vec::new();
+    for result in [
+        WorkerResult::Sent,
+        WorkerResult::Retry,
+        WorkerResult::Failed,
+        WorkerResult::Receipt,
+    ] {
+        // Each result is tried, and the test names every one that failed.
+        let Some(db) = TestDb::postgres(test).await else {
+            return;
+        };
+        let patient = PgOptions {
+            pool_size: 4,
+            statement_timeout_ms: 10_000,
+            connect_timeout_ms: 5_000,
+        };
+        let store = Arc::new(PostgresStore::connect(db.url(), patient).await.unwrap());
+        queued(&*store, 1).await;
+        let msg = claim(&*store, "w", 1, T0).await.remove(0);
+        if let WorkerResult::Receipt = result {
+            let info = sent_info("sms", "g1");
+            assert!(store.outbox_sent(msg.id, "w", &info, T0 + 1).await.unwrap());
+        }
+        // A validate in the middle of its statement: it holds the
+        // verification and is about to cancel the queued steps.
+        let mut validate = sqlx::PgConnection::connect(db.url()).await.unwrap();
+        sqlx::query("begin").execute(&mut validate).await.unwrap();
+        sqlx::query("select 1 from verifications where id = 1 for update")
+            .execute(&mut validate)
+            .await
+            .unwrap();
+        let worker = tokio::spawn({
+            let store = store.clone();
+            async move {
+                let now = T0 + 2;
+                match result {
+                    WorkerResult::Sent => {
+                        let info = sent_info("sms", "g1");
+                        store.outbox_sent(msg.id, "w", &info, now).await
+                    }
+                    WorkerResult::Retry => {
+                        store
+                            .outbox_retry(msg.id, "w", now + 1000, "busy", now)
+                            .await
+                    }
+                    WorkerResult::Failed => store.outbox_failed(msg.id, "w", "rejected", now).await,
+                    WorkerResult::Receipt => store
+                        .outbox_receipt("sms", "g1", DeliveryStatus::Delivered, "ok", now)
+                        .await
+                        .map(|found| found.is_some()),
+                }
+            }
+        });
+        // Long enough for the worker's statement to reach its first lock.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let cancel =
+            sqlx::query("update outbox set updated_at = updated_at where verification_id = 1")
+                .execute(&mut validate)
+                .await;
+        if let Err(e) = cancel {
+            failed.push(format!("{result:?}: the validate's cancel: {e}"));
+        }
+        sqlx::query("commit").execute(&mut validate).await.unwrap();
+        let recorded = tokio::time::timeout(TEN_S, worker).await.unwrap().unwrap();
+        if !matches!(recorded, Ok(true)) {
+            failed.push(format!("{result:?}: {recorded:?}"));
+        }
+    }
+    assert!(failed.is_empty(), "{failed:#?}");
 }
