@@ -455,3 +455,58 @@ async fn a_purged_number_is_nowhere_in_the_file() {
         "the purged number is still in the file"
     );
 }
+
+/// Sustained sends: a checkpoint beside a busy writer never copies the
+/// frames committed while it runs, and SQLite starts the WAL over only when
+/// a write begins with every frame copied. Without the writer's help the
+/// WAL grew by every page the sends wrote (about 50 MB a second on the
+/// bench), for as long as they went on. Here it must stay near the point
+/// at which the writer helps (16 MiB), while the sends write several times
+/// that.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sustained_sends_keep_the_wal_bounded() {
+    const SENDS: u32 = 12_000;
+    const MIB: u64 = 1024 * 1024;
+    let (dir, store, c) = fresh_with_account(i64::from(SENDS), 0).await;
+    let wal = dir.db().with_extension("db-wal");
+    let size = |p: &Path| std::fs::metadata(p).map_or(0, |m| m.len());
+    // A long text makes each send a few pages, so the test writes a lot of
+    // WAL in little time.
+    let text = "7".repeat(8_000);
+    let next = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(1));
+    let senders: Vec<_> = (0..16)
+        .map(|_| {
+            let (store, c, text, next) = (store.clone(), c.clone(), text.clone(), next.clone());
+            tokio::spawn(async move {
+                loop {
+                    let n = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if n > SENDS {
+                        return;
+                    }
+                    let mut req = send(u64::from(n), &c, &phone(n), T0);
+                    req.message_text.clone_from(&text);
+                    created(&store, req).await;
+                }
+            })
+        })
+        .collect();
+    let mut largest = 0;
+    while !senders.iter().all(tokio::task::JoinHandle::is_finished) {
+        largest = largest.max(size(&wal));
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    futures::future::try_join_all(senders).await.unwrap();
+    largest = largest.max(size(&wal));
+    let written = size(&dir.db()) + size(&wal);
+    assert!(
+        written > 90 * MIB,
+        "the sends wrote only {} MiB",
+        written / MIB
+    );
+    assert!(
+        largest < 40 * MIB,
+        "the WAL reached {} MiB while the sends wrote {} MiB",
+        largest / MIB,
+        written / MIB
+    );
+}
