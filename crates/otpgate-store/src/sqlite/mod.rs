@@ -402,6 +402,20 @@ impl SqliteStore {
             None => self.writer.read(op).await,
         }
     }
+
+    /// As [`SqliteStore::read`], for a lookup of a few rows by key, which
+    /// runs on the calling thread when a reader is idle (see
+    /// [`Readers::read_point`]).
+    async fn read_point<T, F>(&self, op: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
+    {
+        match &self.readers {
+            Some(r) => r.read_point(op).await,
+            None => self.writer.read(op).await,
+        }
+    }
 }
 
 /// Creates the database file readable by its owner only (0600), or
@@ -770,7 +784,7 @@ impl AccountStore for SqliteStore {
 
     async fn account_get(&self, id: &CustomerId) -> StoreResult<Option<Account>> {
         let id = id.clone();
-        self.read(move |c| {
+        self.read_point(move |c| {
             opt(
                 c,
                 concat!(
@@ -893,7 +907,7 @@ impl VerificationStore for SqliteStore {
         id: VerificationId,
     ) -> StoreResult<Option<Verification>> {
         let customer = customer.clone();
-        self.read(move |c| {
+        self.read_point(move |c| {
             opt(
                 c,
                 concat!(
@@ -988,7 +1002,7 @@ impl VerificationStore for SqliteStore {
     ) -> StoreResult<u32> {
         let (customer, destination) = (customer.clone(), destination_e164.to_owned());
         let n: i64 = self
-            .read(move |c| {
+            .read_point(move |c| {
                 one(
                     c,
                     "select coalesce(sum(wrong_attempts), 0) from verifications
