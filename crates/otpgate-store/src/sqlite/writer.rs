@@ -239,9 +239,7 @@ impl Readers {
         tokio::task::spawn_blocking(move || {
             let conn = me.take().map_or_else(|| (me.open)(), Ok)?;
             let result = op(&conn);
-            if let Ok(mut idle) = me.idle.lock() {
-                idle.push(conn);
-            }
+            me.put_back(conn);
             drop(permit);
             result
         })
@@ -273,15 +271,20 @@ impl Readers {
             return self.read(op).await;
         };
         let result = op(&conn);
-        if let Ok(mut idle) = self.idle.lock() {
-            idle.push(conn);
-        }
+        self.put_back(conn);
         drop(permit);
         result
     }
 
     fn take(&self) -> Option<Connection> {
         self.idle.lock().ok()?.pop()
+    }
+
+    /// Returns a connection after use to the idle ones.
+    fn put_back(&self, conn: Connection) {
+        if let Ok(mut idle) = self.idle.lock() {
+            idle.push(conn);
+        }
     }
 
     /// Closes the idle connections and refuses reads from now on.
@@ -328,14 +331,8 @@ impl Writer {
                 while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
                     stopped.recv_timeout(every)
                 {
-                    match checkpoint(&conn) {
-                        Ok(frames) if frames > RESTART_AFTER_FRAMES => {
-                            shared.wal_full.store(true, Ordering::Relaxed);
-                        }
-                        Ok(_) => {}
-                        Err(e) => {
-                            tracing::warn!(error = %e, "SQLite WAL checkpoint failed; it is retried");
-                        }
+                    if checkpoint(&conn).is_some_and(|frames| frames > RESTART_AFTER_FRAMES) {
+                        shared.wal_full.store(true, Ordering::Relaxed);
                     }
                 }
             })
@@ -346,9 +343,12 @@ impl Writer {
     }
 }
 
-/// A passive checkpoint on `conn`; the frames the WAL holds after it.
-fn checkpoint(conn: &Connection) -> rusqlite::Result<i64> {
+/// A passive checkpoint on `conn`; the frames the WAL holds after it, or
+/// `None` (logged) if it failed: the next one tries again.
+fn checkpoint(conn: &Connection) -> Option<i64> {
     conn.query_row("pragma wal_checkpoint(passive)", [], |r| r.get(1))
+        .inspect_err(|e| tracing::warn!(error = %e, "SQLite WAL checkpoint failed; it is retried"))
+        .ok()
 }
 
 /// Maps a SQLite error to the store's: faults of reaching the database
@@ -552,10 +552,8 @@ fn batch(conn: &Connection, jobs: Vec<Box<dyn Write>>, counters: &Counters) {
     if ready.is_empty() {
         return;
     }
-    if counters.wal_full.swap(false, Ordering::Relaxed)
-        && let Err(e) = checkpoint(conn)
-    {
-        tracing::warn!(error = %e, "SQLite WAL checkpoint failed; it is retried");
+    if counters.wal_full.swap(false, Ordering::Relaxed) {
+        checkpoint(conn);
     }
     let grouped = ready.len() > 1;
     let mut jobs = ready.into_iter();

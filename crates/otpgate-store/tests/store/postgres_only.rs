@@ -411,8 +411,10 @@ async fn a_worker_result_waits_for_a_validate_of_its_verification_without_deadlo
                 }
             }
         });
-        // Long enough for the worker's statement to reach its first lock.
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        // Until the worker's statement waits for a lock (the verification's
+        // now, the outbox row's before the fix would have been taken
+        // already): only then can the cancel below meet it.
+        wait_for_a_lock_wait(&mut validate).await;
         let cancel =
             sqlx::query("update outbox set updated_at = updated_at where verification_id = 1")
                 .execute(&mut validate)
@@ -427,4 +429,28 @@ async fn a_worker_result_waits_for_a_validate_of_its_verification_without_deadlo
         }
     }
     assert!(failed.is_empty(), "{failed:#?}");
+}
+
+/// Returns once another session of the database waits for a lock (within
+/// ten seconds, else the test fails).
+async fn wait_for_a_lock_wait(on: &mut sqlx::PgConnection) {
+    let deadline = Instant::now() + TEN_S;
+    loop {
+        let waiting: i64 = sqlx::query_scalar(
+            "select count(*) from pg_stat_activity
+              where wait_event_type = 'Lock' and pid <> pg_backend_pid()
+                and datname = current_database()",
+        )
+        .fetch_one(&mut *on)
+        .await
+        .unwrap();
+        if waiting > 0 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no session came to wait for a lock"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
