@@ -18,6 +18,7 @@
 //! tests connections before use and reconnects, so the store recovers by
 //! itself once the database is back.
 
+mod batch;
 #[cfg(all(test, feature = "testkit"))]
 mod checks_tests;
 mod error;
@@ -143,6 +144,8 @@ pub struct PostgresStore {
     /// of statements at their timeout. A backstop for what the server's
     /// timeout cannot catch (a connection that stops answering mid-query).
     op_deadline: Option<Duration>,
+    /// The node's sends, grouped by account into shared transactions.
+    sends: batch::Batcher,
 }
 
 impl std::fmt::Debug for PostgresStore {
@@ -225,7 +228,14 @@ impl PostgresStore {
                     .saturating_add(1000),
             )
         });
-        let store = Self { pool, op_deadline };
+        // Half the pool for sends, the rest for everything else; one send
+        // queue has one connection in use at a time.
+        let sends = batch::Batcher::start(&pool, usize::try_from(opts.pool_size / 2).unwrap_or(1));
+        let store = Self {
+            pool,
+            op_deadline,
+            sends,
+        };
         let mut conn = tokio::time::timeout(acquire + Duration::from_secs(1), store.pool.acquire())
             .await
             .map_err(|_| timed_out(opts.connect_timeout_ms))?
@@ -252,6 +262,12 @@ impl PostgresStore {
             migrate::current(&mut conn).await
         })
         .await
+    }
+
+    /// Sends waiting for their account's next transaction on this node (a
+    /// backlog gauge; tests use it to know a send is queued).
+    pub fn send_queue_len(&self) -> usize {
+        self.sends.queued()
     }
 
     /// Closes the pool's connections (on shutdown).
@@ -481,7 +497,7 @@ impl AccountStore for PostgresStore {
 #[async_trait]
 impl VerificationStore for PostgresStore {
     async fn verification_create(&self, req: NewVerification) -> StoreResult<CreateOutcome> {
-        self.guarded(send::create(&self.pool, &req)).await
+        self.guarded(self.sends.create(req)).await
     }
 
     /// Stored unleased: on PostgreSQL the send is one pipelined statement,

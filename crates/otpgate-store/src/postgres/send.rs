@@ -47,7 +47,14 @@ pub(super) async fn create(pool: &PgPool, req: &NewVerification) -> StoreResult<
 /// The first key of the two-key advisory locks that serialise sends to one
 /// prefix ("otpg" in ASCII); the second is the prefix's `hashtext`. Two-key
 /// locks never collide with the one-key migration lock.
-const PREFIX_LOCK_SPACE: i32 = 0x6f74_7067;
+pub(super) const PREFIX_LOCK_SPACE: i32 = 0x6f74_7067;
+
+/// Whether a send takes its prefix's advisory lock after its account's: only
+/// with a defence that spans accounts on (the conversion guard or the
+/// per-number cap); otherwise the account's lock is enough.
+pub(super) fn takes_prefix_lock(req: &NewVerification) -> bool {
+    req.kind != SendKind::TestNumber && (req.fraud.guard || req.fraud.caps.destination_day_on())
+}
 
 /// The fraud facts of a [`CHECKS`] row (see `decide_send`); and whether the
 /// destination is one of the account's verified numbers, and how many
@@ -280,7 +287,7 @@ pub(super) const CHECKS: &str = concat!(
 
 /// The start of a send's transaction: its statements are planned
 /// generically (see [`CHECKS`]). `set local` ends with the transaction.
-const BEGIN: &str = "begin; set local plan_cache_mode = force_generic_plan";
+pub(super) const BEGIN: &str = "begin; set local plan_cache_mode = force_generic_plan";
 
 /// The writes of an accepted send, in one statement. The charge, the
 /// outbox row and (for an account with a webhook) the `created` event hang off the inserted verification, so an id that is
@@ -364,11 +371,9 @@ impl PostgresStore {
         let destination_cap = guarded && caps.destination_day_on();
         let guard_on = guarded && policy.guard;
 
-        // With neither defence that spans accounts on, the account's lock is
-        // enough.
         let account: Option<(i64, i64, bool, Option<bool>)> = sqlx::query_as(LOCK)
             .bind(customer)
-            .bind(guard_on || destination_cap)
+            .bind(takes_prefix_lock(req))
             .bind(PREFIX_LOCK_SPACE)
             .bind(&req.prefix)
             .fetch_optional(&mut *tx)
@@ -482,7 +487,7 @@ impl PostgresStore {
         }
     }
 
-    async fn create_in(
+    pub(super) async fn create_in(
         tx: &mut PgConnection,
         req: &NewVerification,
     ) -> StoreResult<Result<Verification, CreateOutcome>> {

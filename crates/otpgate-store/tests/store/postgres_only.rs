@@ -354,6 +354,132 @@ enum WorkerResult {
 /// verification before it takes the outbox row: had it taken the row first,
 /// the two would deadlock and PostgreSQL would abort one (a right code
 /// answered 503, or a sent message left unrecorded and sent again).
+/// Sends queued behind a lock on their account are run in one transaction,
+/// each with the outcome it would have alone; a send that fails in such a
+/// transaction fails alone, and the others are kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queued_sends_of_one_account_share_a_transaction_and_keep_their_own_outcomes() {
+    let test = "postgres_only::queued_sends_of_one_account_share_a_transaction_and_keep_their_own_outcomes";
+    let Some(db) = TestDb::postgres(test).await else {
+        return;
+    };
+    let patient = PgOptions {
+        pool_size: 4,
+        statement_timeout_ms: 10_000,
+        connect_timeout_ms: 5_000,
+    };
+    let store = Arc::new(PostgresStore::connect(db.url(), patient).await.unwrap());
+    let c = cid(1);
+    account(&*store, &c, 30, 0).await;
+    created(&*store, send(1, &c, &phone(1), T0)).await;
+
+    // Queues `reqs` behind another session's lock on the account, releases
+    // it, and returns their outcomes in the order given.
+    let burst = |reqs: Vec<otpgate_store::NewVerification>| {
+        let store = store.clone();
+        let url = db.url().to_owned();
+        async move {
+            let mut other = sqlx::PgConnection::connect(&url).await.unwrap();
+            sqlx::query("begin").execute(&mut other).await.unwrap();
+            sqlx::query("select 1 from accounts where customer_id = $1 for update")
+                .bind(cid(1).as_str())
+                .execute(&mut other)
+                .await
+                .unwrap();
+            let mut reqs = reqs.into_iter();
+            // The first send runs alone and waits for the lock; the rest
+            // queue behind it.
+            let spawn = |req| {
+                let store = store.clone();
+                tokio::spawn(async move { store.verification_create(req).await })
+            };
+            let mut tasks = vec![spawn(reqs.next().unwrap())];
+            wait_for_a_lock_wait(&mut other).await;
+            let rest: Vec<_> = reqs.collect();
+            let queued = rest.len();
+            tasks.extend(rest.into_iter().map(spawn));
+            let deadline = Instant::now() + TEN_S;
+            while store.send_queue_len() < queued {
+                assert!(Instant::now() < deadline, "the sends were never queued");
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            sqlx::query("rollback").execute(&mut other).await.unwrap();
+            let mut outcomes = Vec::new();
+            for t in tasks {
+                outcomes.push(t.await.unwrap());
+            }
+            outcomes
+        }
+    };
+    // The transactions that wrote the account's verifications.
+    let writers = || async {
+        let mut conn = sqlx::PgConnection::connect(db.url()).await.unwrap();
+        let n: i64 = sqlx::query_scalar(
+            "select count(distinct xmin::text) from verifications where id >= 100",
+        )
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+        n
+    };
+
+    // 29 credits left: the first send, then 31 to new numbers (29 of which
+    // the balance pays for, whichever they are), and one to the first's
+    // number, which is pending.
+    let mut reqs = vec![send(100, &c, &phone(100), T0)];
+    reqs.extend((101..=131).map(|n| send(n, &c, &phone(u32::try_from(n).unwrap()), T0)));
+    reqs.push(send(200, &c, &phone(100), T0));
+    let outcomes = burst(reqs).await;
+    let count = |f: fn(&CreateOutcome) -> bool| {
+        outcomes
+            .iter()
+            .filter(|o| matches!(o, Ok(o) if f(o)))
+            .count()
+    };
+    assert_eq!(
+        count(|o| matches!(o, CreateOutcome::Created(_))),
+        29,
+        "{outcomes:?}"
+    );
+    assert_eq!(
+        count(|o| matches!(o, CreateOutcome::InsufficientBalance)),
+        3,
+        "{outcomes:?}"
+    );
+    assert!(
+        matches!(outcomes[32], Ok(CreateOutcome::AlreadyPending(_))),
+        "{:?}",
+        outcomes[32]
+    );
+    assert_eq!(balance(&*store, &c).await, (0, 0));
+    assert_eq!(
+        writers().await,
+        2,
+        "the first send alone, then the 28 created behind it together"
+    );
+
+    // A send whose id is taken fails alone; the others are kept.
+    store.account_add_credits(&c, 3).await.unwrap();
+    let reqs = vec![
+        send(300, &c, &phone(300), T0),
+        send(301, &c, &phone(301), T0),
+        send(1, &c, &phone(302), T0),
+        send(303, &c, &phone(303), T0),
+    ];
+    let outcomes = burst(reqs).await;
+    assert!(
+        matches!(outcomes[2], Err(StoreError::Conflict(_))),
+        "{outcomes:?}"
+    );
+    for i in [0, 1, 3] {
+        assert!(
+            matches!(outcomes[i], Ok(CreateOutcome::Created(_))),
+            "{outcomes:?}"
+        );
+    }
+    assert_eq!(balance(&*store, &c).await, (0, 0));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_result_waits_for_a_validate_of_its_verification_without_deadlock() {
     let test =
