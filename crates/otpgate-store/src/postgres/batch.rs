@@ -25,6 +25,10 @@
 //! - a caller who stopped waiting before its send began has nothing
 //!   written.
 //!
+//! The account's row is read once, when it is locked; each send of the
+//! group then weighs the balance as the sends before it left it (see
+//! `send::Held`), which saves one of a send's three statements.
+//!
 //! Locks, so that grouping adds no deadlock: alone, a send takes its
 //! account's row and then at most one prefix's advisory lock. A group takes
 //! its one account's row first, then every prefix lock its sends will take,
@@ -41,7 +45,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::PostgresStore;
 use super::error::db_err;
-use super::send::{self, BEGIN, PREFIX_LOCK_SPACE};
+use super::send::{self, BEGIN, Held, PREFIX_LOCK_SPACE};
 use crate::{CreateOutcome, NewVerification, StoreError, StoreResult};
 
 /// Sends one transaction takes at most.
@@ -206,11 +210,14 @@ async fn sends(tx: &mut sqlx::PgConnection, batch: &[Queued]) -> StoreResult<Vec
         .filter(|q| send::takes_prefix_lock(&q.req))
         .map(|q| q.req.prefix.as_str())
         .collect();
-    sqlx::query("select 1 from accounts where customer_id = $1 for update")
-        .bind(first.req.customer_id.as_str())
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(db_err)?;
+    let account = sqlx::query_as(
+        "select credits, test_credits, disabled from accounts where customer_id = $1 for update",
+    )
+    .bind(first.req.customer_id.as_str())
+    .fetch_optional(&mut *tx)
+    .await
+    .map_err(db_err)?;
+    let mut held = Held(account);
     if !prefixes.is_empty() {
         sqlx::query(
             "select count(l) from (
@@ -227,10 +234,12 @@ async fn sends(tx: &mut sqlx::PgConnection, batch: &[Queued]) -> StoreResult<Vec
     }
     let mut outcomes = Vec::with_capacity(batch.len());
     for q in batch {
-        outcomes.push(match PostgresStore::create_in(tx, &q.req).await? {
-            Ok(v) => CreateOutcome::Created(v),
-            Err(refused) => refused,
-        });
+        outcomes.push(
+            match PostgresStore::create_in(tx, &q.req, Some(&mut held)).await? {
+                Ok(v) => CreateOutcome::Created(v),
+                Err(refused) => refused,
+            },
+        );
     }
     Ok(outcomes)
 }

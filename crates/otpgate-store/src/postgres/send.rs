@@ -20,7 +20,7 @@ use crate::{CreateOutcome, NewVerification, SendKind, StoreError, StoreResult, V
 /// Runs one send in its own transaction.
 pub(super) async fn create(pool: &PgPool, req: &NewVerification) -> StoreResult<CreateOutcome> {
     let mut tx = pool.begin_with(BEGIN).await.map_err(db_err)?;
-    match PostgresStore::create_in(&mut tx, req).await? {
+    match PostgresStore::create_in(&mut tx, req, None).await? {
         Ok(v) => {
             tx.commit().await.map_err(db_err)?;
             Ok(CreateOutcome::Created(v))
@@ -119,6 +119,14 @@ fn guard_facts(row: &PgRow, price: i64) -> StoreResult<send::GuardFacts> {
 fn int(n: u32) -> i32 {
     i32::try_from(n).unwrap_or(i32::MAX)
 }
+
+/// An account row that the transaction already holds locked (a group of the
+/// account's sends, `super::batch`): its balance as this transaction has
+/// left it, and whether it is disabled; `None` inside: no such account.
+/// Nobody else can change the row while it is held, so the sends of the
+/// group need not read it again: each accepted one takes its charge off
+/// here as its statement does in the table.
+pub(super) struct Held(pub(super) Option<(i64, i64, bool)>);
 
 /// What a send's checks decided, before anything is written.
 enum Checked {
@@ -354,6 +362,7 @@ impl PostgresStore {
         tx: &mut PgConnection,
         req: &NewVerification,
         destination: &str,
+        held: Option<&Held>,
     ) -> StoreResult<Checked> {
         let now = req.created_at;
         let customer = req.customer_id.as_str();
@@ -371,15 +380,20 @@ impl PostgresStore {
         let destination_cap = guarded && caps.destination_day_on();
         let guard_on = guarded && policy.guard;
 
-        let account: Option<(i64, i64, bool, Option<bool>)> = sqlx::query_as(LOCK)
-            .bind(customer)
-            .bind(takes_prefix_lock(req))
-            .bind(PREFIX_LOCK_SPACE)
-            .bind(&req.prefix)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(db_err)?;
-        let Some((credits, test_credits, false, _)) = account else {
+        let account = match held {
+            // Locked already, and the prefix locks with it.
+            Some(held) => held.0,
+            None => sqlx::query_as::<_, (i64, i64, bool, Option<bool>)>(LOCK)
+                .bind(customer)
+                .bind(takes_prefix_lock(req))
+                .bind(PREFIX_LOCK_SPACE)
+                .bind(&req.prefix)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(db_err)?
+                .map(|(credits, test_credits, disabled, _)| (credits, test_credits, disabled)),
+        };
+        let Some((credits, test_credits, false)) = account else {
             return Ok(refused(shared::refusal(
                 send::Refused::AccountUnavailable,
                 None,
@@ -487,12 +501,16 @@ impl PostgresStore {
         }
     }
 
+    /// One send in the transaction `tx`; `held`, if its account's row is
+    /// locked already (see [`Held`]).
     pub(super) async fn create_in(
         tx: &mut PgConnection,
         req: &NewVerification,
+        held: Option<&mut Held>,
     ) -> StoreResult<Result<Verification, CreateOutcome>> {
         let destination = req.destination.e164_digits();
-        let (cost, cost_test, counted) = match Self::create_checks(tx, req, &destination).await? {
+        let checked = Self::create_checks(tx, req, &destination, held.as_deref()).await?;
+        let (cost, cost_test, counted) = match checked {
             Checked::Refused(outcome) => return Ok(Err(*outcome)),
             Checked::Charge {
                 cost,
@@ -574,6 +592,11 @@ impl PostgresStore {
             .execute(&mut *tx)
             .await
             .map_err(db_err)?;
+        }
+        // As the statement's `update accounts` took it.
+        if let Some(Held(Some((credits, test_credits, _)))) = held {
+            *credits -= cost - cost_test;
+            *test_credits -= cost_test;
         }
         Ok(Ok(rows::verification(&row)?))
     }
