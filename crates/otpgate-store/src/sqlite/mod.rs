@@ -18,7 +18,6 @@
 //! (§3), exclusive outbox leases — is one such write, which either commits
 //! whole or leaves no trace.
 
-mod durable;
 mod events;
 mod outbox;
 mod rows;
@@ -180,9 +179,7 @@ impl Location {
         conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
         conn.execute_batch(
             // FULL: a commit is on disk before a send answers 200, so it
-            // survives a power cut, not only a crash (contract §2). The
-            // writer's connection of a file store then commits at NORMAL
-            // and flushes the WAL beside it, to the same end (`durable`).
+            // survives a power cut, not only a crash (contract §2).
             // secure_delete: deleted rows and freed content (a delivered
             // message's text, set to null) are overwritten with zeros, not
             // only unlinked: retention must remove phone numbers from the
@@ -297,22 +294,10 @@ impl SqliteStore {
             )
             .map_err(sq)?;
         }
-        // A file's WAL is flushed beside the writer (see `durable`), except
-        // with grouping off, the benchmarks' baseline of one write per
-        // COMMIT as it was before group commit.
-        let flush = match &location.path {
-            Some(path) if checkpointing && max_batch > 1 => {
-                conn.execute_batch("pragma synchronous = normal")
-                    .map_err(sq)?;
-                let mut wal = durable::WalFile::of(path);
-                Some(Box::new(move || wal.flush()) as durable::Flush)
-            }
-            _ => None,
-        };
         let checkpoint_conn = checkpointing.then(|| location.connect(false)).transpose()?;
         let readers = (!memory)
             .then(|| Readers::new(READERS, ACQUIRE_TIMEOUT, move || location.connect(false)));
-        let writer = writer::Writer::start(conn, max_batch, ACQUIRE_TIMEOUT, flush)?;
+        let writer = writer::Writer::start(conn, max_batch, ACQUIRE_TIMEOUT)?;
         let checkpointer = match checkpoint_conn {
             Some(c) => {
                 let stop = writer.start_checkpointer(c, CHECKPOINT_EVERY)?;
@@ -373,13 +358,6 @@ impl SqliteStore {
     /// How many writes this store has run, in how many commits.
     pub fn write_stats(&self) -> WriteStats {
         self.writer.stats()
-    }
-
-    /// How many times the WAL was fsync'd beside the writer, each covering
-    /// every commit before it; 0 for a store whose COMMITs fsync
-    /// themselves (in memory, or grouping off).
-    pub fn wal_flushes(&self) -> u64 {
-        self.writer.flushes()
     }
 
     /// Writes waiting in the writer's queue for a batch to take them up

@@ -23,11 +23,9 @@
 //! - A write that fails, or whose result says its changes must not stay (a
 //!   send answered 506, 800 or 402), is rolled back to its savepoint. It
 //!   leaves no trace, and the writes around it are unaffected.
-//! - No caller hears back before the COMMIT has returned and its WAL frames
-//!   are fsync'd, so no answer can report a write that a crash or a power
-//!   cut could still undo. If the batch fails, every caller in it gets that
-//!   error and none of its writes is visible. (On a file the fsync runs on a
-//!   thread of its own while the writer goes on: see [`super::durable`].)
+//! - No caller hears back before the COMMIT has returned, so no answer can
+//!   report a write that a crash could still undo. If the batch fails, every
+//!   caller in it gets that error and none of its writes is visible.
 //! - The writes of a batch run in the order they were queued, and each sees
 //!   the ones kept before it (same transaction), exactly as if they had
 //!   committed one by one in that order.
@@ -48,7 +46,6 @@ use rusqlite::types::FromSql;
 use rusqlite::{Connection, Params, Row};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
-use super::durable::{Ended, Flush, Reply, Syncer};
 use crate::{StoreError, StoreResult};
 
 /// Writes queued beyond the batch being run before callers wait to enqueue:
@@ -61,10 +58,7 @@ const QUEUE_BATCHES: usize = 4;
 pub struct WriteStats {
     /// Writes run to completion (whatever their result).
     pub writes: u64,
-    /// COMMITs that succeeded. Each is on disk before its callers hear
-    /// back; one fsync may cover several (see [`SqliteStore::wal_flushes`]).
-    ///
-    /// [`SqliteStore::wal_flushes`]: super::SqliteStore::wal_flushes
+    /// COMMITs that succeeded: one fsync each.
     pub commits: u64,
 }
 
@@ -73,8 +67,6 @@ pub struct WriteStats {
 struct Counters {
     writes: AtomicU64,
     commits: AtomicU64,
-    /// WAL flushes done beside the writer (one may cover many commits).
-    flushes: AtomicU64,
     /// Set by the checkpointer when the WAL has grown past
     /// [`RESTART_AFTER_FRAMES`]; the writer then checkpoints the little
     /// left before its next batch (see [`Writer::start_checkpointer`]).
@@ -108,32 +100,18 @@ pub(super) struct Writer {
 
 impl Writer {
     /// Starts the writer thread on `conn`. `max_batch` 1 turns grouping off.
-    /// With `flush`, `conn` commits without fsyncing (`synchronous =
-    /// NORMAL`) and callers hear back once `flush` (on a thread of its own)
-    /// has put their commit on disk; without it, once COMMIT returns.
     pub(super) fn start(
         conn: Connection,
         max_batch: usize,
         queue_timeout: Duration,
-        flush: Option<Flush>,
     ) -> StoreResult<Self> {
         let max_batch = max_batch.max(1);
         let (queue, tasks) = mpsc::channel(max_batch * QUEUE_BATCHES);
         let counters = Arc::new(Counters::default());
         let c = Arc::clone(&counters);
-        let flushes = Arc::clone(&counters);
-        let syncer = flush
-            .map(|mut flush| {
-                Syncer::start(Box::new(move || {
-                    flush()?;
-                    flushes.flushes.fetch_add(1, Ordering::Relaxed);
-                    Ok(())
-                }))
-            })
-            .transpose()?;
         std::thread::Builder::new()
             .name("otpgate-sqlite-writer".into())
-            .spawn(move || run(&conn, tasks, max_batch, &c, syncer))
+            .spawn(move || run(&conn, tasks, max_batch, &c))
             .map_err(|e| StoreError::Unavailable(format!("cannot start the SQLite writer: {e}")))?;
         Ok(Self {
             queue,
@@ -204,11 +182,6 @@ impl Writer {
         self.queue.max_capacity() - self.queue.capacity()
     }
 
-    /// WAL flushes done beside the writer: 0 when COMMIT flushes itself.
-    pub(super) fn flushes(&self) -> u64 {
-        self.counters.flushes.load(Ordering::Relaxed)
-    }
-
     pub(super) fn stats(&self) -> WriteStats {
         WriteStats {
             writes: self.counters.writes.load(Ordering::Relaxed),
@@ -217,7 +190,7 @@ impl Writer {
     }
 }
 
-pub(super) fn stopped() -> StoreError {
+fn stopped() -> StoreError {
     StoreError::Unavailable("the SQLite store is closed".into())
 }
 
@@ -467,6 +440,10 @@ trait Write: Send {
     fn deadline(&self) -> Instant;
 }
 
+/// Answers a caller: with its write's own result if the batch's transaction
+/// ended well, else with the batch's error.
+type Reply = Box<dyn FnOnce(Result<(), &StoreError>) + Send>;
+
 /// A write that ran.
 struct Ran {
     /// Whether its changes stay (savepoint released) or were undone.
@@ -529,40 +506,20 @@ fn fan_out(e: &StoreError) -> StoreError {
 
 /// The writer thread: takes what is queued, in order; consecutive writes
 /// (up to `max_batch`) share a batch; a read or a close runs once the batch
-/// before it has ended. Each ended batch is answered at once, or handed to
-/// `syncer` to be answered once on disk.
-fn run(
-    conn: &Connection,
-    mut queue: mpsc::Receiver<Task>,
-    max_batch: usize,
-    counters: &Counters,
-    mut syncer: Option<Syncer>,
-) {
+/// before it has ended.
+fn run(conn: &Connection, mut queue: mpsc::Receiver<Task>, max_batch: usize, counters: &Counters) {
     let mut jobs: Vec<Box<dyn Write>> = Vec::with_capacity(max_batch);
-    let end = |conn: &Connection, jobs: Vec<Box<dyn Write>>, syncer: &Option<Syncer>| {
-        if let Some(ended) = batch(conn, jobs, counters) {
-            match syncer {
-                Some(s) => s.pass(ended),
-                None => ended.answer(Ok(())),
-            }
-        }
-    };
     while let Some(first) = queue.blocking_recv() {
         let mut next = Some(first);
         while let Some(task) = next {
             match task {
                 Task::Write(job) => jobs.push(job),
                 Task::Read(read) => {
-                    end(conn, std::mem::take(&mut jobs), &syncer);
+                    batch(conn, std::mem::take(&mut jobs), counters);
                     read(conn);
                 }
                 Task::Close(ack) => {
-                    end(conn, std::mem::take(&mut jobs), &syncer);
-                    // Every caller of a batch run hears back before the
-                    // close does.
-                    if let Some(s) = syncer.as_mut() {
-                        s.finish();
-                    }
+                    batch(conn, std::mem::take(&mut jobs), counters);
                     // Refuse what is still queued; the connection closes
                     // when the thread returns.
                     queue.close();
@@ -576,17 +533,16 @@ fn run(
                 }
             }
             if jobs.len() >= max_batch {
-                end(conn, std::mem::take(&mut jobs), &syncer);
+                batch(conn, std::mem::take(&mut jobs), counters);
             }
             next = queue.try_recv().ok();
         }
-        end(conn, std::mem::take(&mut jobs), &syncer);
+        batch(conn, std::mem::take(&mut jobs), counters);
     }
 }
 
-/// Runs `jobs` in one transaction; the callers to answer once it has
-/// ended, if any ran.
-fn batch(conn: &Connection, jobs: Vec<Box<dyn Write>>, counters: &Counters) -> Option<Ended> {
+/// Runs `jobs` in one transaction; answers each caller once it has ended.
+fn batch(conn: &Connection, jobs: Vec<Box<dyn Write>>, counters: &Counters) {
     let now = Instant::now();
     let (late, ready): (Vec<_>, Vec<_>) = jobs.into_iter().partition(|j| j.deadline() <= now);
     if !late.is_empty() {
@@ -594,7 +550,7 @@ fn batch(conn: &Connection, jobs: Vec<Box<dyn Write>>, counters: &Counters) -> O
         late.into_iter().for_each(|j| j.refuse(&timed_out));
     }
     if ready.is_empty() {
-        return None;
+        return;
     }
     if counters.wal_full.swap(false, Ordering::Relaxed) {
         checkpoint(conn);
@@ -619,13 +575,12 @@ fn batch(conn: &Connection, jobs: Vec<Box<dyn Write>>, counters: &Counters) -> O
     }
     let writes = u64::try_from(ran.len()).unwrap_or(u64::MAX);
     counters.writes.fetch_add(writes, Ordering::Relaxed);
-    // Only once the COMMIT has returned (or the batch rolled back) may any
-    // caller hear back.
-    Some(Ended {
-        committed: matches!(ended, Ok(true)),
-        outcome: ended.map(|_| ()),
-        replies: ran.into_iter().map(|r| r.reply).collect(),
-    })
+    // Only now, with the COMMIT returned (or the batch rolled back), does
+    // any caller hear back.
+    let ended = ended.as_ref().map(|_| ());
+    for r in ran {
+        (r.reply)(ended);
+    }
 }
 
 /// One batch's transaction: `Ok(true)` if it committed, `Ok(false)` if no
@@ -734,9 +689,7 @@ mod tests {
     fn run_batch(conn: &Connection, sqls: &[&'static str]) -> (Vec<StoreResult<()>>, WriteStats) {
         let (jobs, answers): (Vec<_>, Vec<_>) = sqls.iter().map(|s| job(s)).unzip();
         let counters = Counters::default();
-        if let Some(ended) = batch(conn, jobs, &counters) {
-            ended.answer(Ok(()));
-        }
+        batch(conn, jobs, &counters);
         let results = answers
             .into_iter()
             .map(|mut a| a.try_recv().expect("every job is answered"))
@@ -856,7 +809,7 @@ mod tests {
     async fn a_write_that_waited_past_the_timeout_is_refused_without_running() {
         let (f, conn) = conn();
         // A zero timeout: every write is late by the time the thread sees it.
-        let writer = Writer::start(conn, 8, Duration::ZERO, None).unwrap();
+        let writer = Writer::start(conn, 8, Duration::ZERO).unwrap();
         let result = writer
             .write(
                 |_| true,

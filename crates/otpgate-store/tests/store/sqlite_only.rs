@@ -130,13 +130,6 @@ async fn two_hundred_concurrent_sends_all_commit_and_are_there_after_reopening()
     let stats = store.write_stats();
     assert_eq!(stats.writes, 201, "the account and 200 sends");
     assert!(stats.commits < 201, "no batching: {stats:?}");
-    // Every commit was fsync'd beside the writer before its callers heard
-    // back, by flushes that each covered one or more commits.
-    let flushes = store.wal_flushes();
-    assert!(
-        (1..=stats.commits).contains(&flushes),
-        "{flushes} WAL flushes for {stats:?}"
-    );
     store.close().await;
     drop(store);
 
