@@ -35,6 +35,15 @@ fn impatient(pool_size: u32) -> PgOptions {
     }
 }
 
+/// Options that wait long enough for a test that holds locks on purpose.
+fn patient() -> PgOptions {
+    PgOptions {
+        pool_size: 4,
+        statement_timeout_ms: 10_000,
+        connect_timeout_ms: 5_000,
+    }
+}
+
 #[tokio::test]
 async fn the_standalone_migration_is_a_no_op_when_current_and_refuses_a_newer_schema() {
     let test = "postgres_only::the_standalone_migration_is_a_no_op_when_current_and_refuses_a_newer_schema";
@@ -363,11 +372,7 @@ async fn queued_sends_of_one_account_share_a_transaction_and_keep_their_own_outc
     let Some(db) = TestDb::postgres(test).await else {
         return;
     };
-    let patient = PgOptions {
-        pool_size: 4,
-        statement_timeout_ms: 10_000,
-        connect_timeout_ms: 5_000,
-    };
+    let patient = patient();
     let store = Arc::new(PostgresStore::connect(db.url(), patient).await.unwrap());
     let c = cid(1);
     account(&*store, &c, 30, 0).await;
@@ -458,8 +463,10 @@ async fn queued_sends_of_one_account_share_a_transaction_and_keep_their_own_outc
         "the first send alone, then the 28 created behind it together"
     );
 
-    // A send whose id is taken fails alone; the others are kept.
-    store.account_add_credits(&c, 3).await.unwrap();
+    // A send whose id is taken fails alone; the others are kept. Credits
+    // for all four, since the queue's order decides which runs when: the
+    // one that fails is charged nothing.
+    store.account_add_credits(&c, 4).await.unwrap();
     let reqs = vec![
         send(300, &c, &phone(300), T0),
         send(301, &c, &phone(301), T0),
@@ -477,7 +484,7 @@ async fn queued_sends_of_one_account_share_a_transaction_and_keep_their_own_outc
             "{outcomes:?}"
         );
     }
-    assert_eq!(balance(&*store, &c).await, (0, 0));
+    assert_eq!(balance(&*store, &c).await, (1, 0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -495,11 +502,7 @@ async fn a_worker_result_waits_for_a_validate_of_its_verification_without_deadlo
         let Some(db) = TestDb::postgres(test).await else {
             return;
         };
-        let patient = PgOptions {
-            pool_size: 4,
-            statement_timeout_ms: 10_000,
-            connect_timeout_ms: 5_000,
-        };
+        let patient = patient();
         let store = Arc::new(PostgresStore::connect(db.url(), patient).await.unwrap());
         queued(&*store, 1).await;
         let msg = claim(&*store, "w", 1, T0).await.remove(0);
