@@ -74,7 +74,7 @@ macro_rules! update_account {
 }
 
 /// The part of `verification_apply`'s statement that cancels the held
-/// fallback steps of the verification `v` it changed, if that is now done
+/// fallback steps of the verification `v` it changed (whose id is `$1`), if that is now done
 /// (completed, or out of attempts): their code is not to be sent any more.
 macro_rules! cancel_held_if_done {
     () => {
@@ -84,6 +84,9 @@ macro_rules! cancel_held_if_done {
                     lease_until = null, updated_at = $4
                from v
               where v.done and o.verification_id = v.id and o.status = 'queued'
+                -- The id as a value ($1, the verification's): its steps are
+                -- found by key, not by a scan of every queued row.
+                and o.verification_id = $1
          ),"
     };
 }

@@ -313,6 +313,12 @@ fn sent_query<'q>(message_id: i64, worker: &'q str, sent: &'q SentInfo, now: i64
                        from o
                       where x.verification_id = o.verification_id and x.status = 'queued'
                         and x.step < o.step
+                        -- The same id as a value: the planner then finds the
+                        -- message's steps by the (verification_id, step)
+                        -- key, not by scanning every queued row for the join
+                        -- (measured: the scan made this the costliest
+                        -- statement of a burst of sends, 0.49 ms a message).
+                        and x.verification_id = (select id from locked)
                  )
                  update verifications v
                     set delivery = 'sent', channel = $3, gateway_id = $4
