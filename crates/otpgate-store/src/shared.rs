@@ -1,4 +1,5 @@
-//! What the SQLite and PostgreSQL backends do alike outside SQL: bounding
+//! What the SQLite and PostgreSQL backends do alike outside SQL: a shared
+//! transaction's error for each of its callers, bounding
 //! stored error text, folding e-mail keys, Retry-After arithmetic, the day
 //! grid of `daily_stats`, and reading stored values back into domain types
 //! (a value that no longer parses is corruption: `Internal`, never a panic).
@@ -474,6 +475,17 @@ pub(crate) fn delivery_detail(
 
 pub(crate) fn attempts_detail() -> String {
     serde_json::json!({ "reason": "too_many_attempts" }).to_string()
+}
+
+/// A shared transaction's error as each of its callers gets it (SQLite's
+/// group commit, PostgreSQL's groups of one account's sends). A key
+/// collision at commit time is not any one caller's, so only `Unavailable`
+/// keeps its kind.
+pub(crate) fn fan_out(e: &StoreError) -> StoreError {
+    match e {
+        StoreError::Unavailable(m) => StoreError::Unavailable(m.clone()),
+        other => StoreError::Internal(other.to_string()),
+    }
 }
 
 #[cfg(test)]

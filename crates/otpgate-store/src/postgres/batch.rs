@@ -46,10 +46,11 @@ use tokio::sync::{mpsc, oneshot};
 use super::PostgresStore;
 use super::error::db_err;
 use super::send::{self, BEGIN, Held, PREFIX_LOCK_SPACE};
+use crate::shared::fan_out;
 use crate::{CreateOutcome, NewVerification, StoreError, StoreResult};
 
 /// Sends one transaction takes at most.
-pub(super) const MAX_BATCH: usize = 64;
+const MAX_BATCH: usize = 64;
 
 /// Sends a queue holds before callers wait to enqueue.
 const QUEUE: usize = 256;
@@ -95,9 +96,7 @@ impl Batcher {
             .map_err(|_| closed())?;
         answer.await.unwrap_or_else(|_| Err(closed()))
     }
-}
 
-impl Batcher {
     /// Sends waiting in the queues (not those being run).
     pub(super) fn queued(&self) -> usize {
         self.queues
@@ -173,14 +172,6 @@ async fn run(pool: &PgPool, batch: Vec<Queued>) {
             let outcome = send::create(pool, &q.req).await;
             let _ = q.reply.send(outcome);
         }
-    }
-}
-
-/// The batch's error as each of its callers gets it.
-fn fan_out(e: &StoreError) -> StoreError {
-    match e {
-        StoreError::Unavailable(m) => StoreError::Unavailable(m.clone()),
-        other => StoreError::Internal(other.to_string()),
     }
 }
 

@@ -74,8 +74,9 @@ macro_rules! update_account {
 }
 
 /// The part of `verification_apply`'s statement that cancels the held
-/// fallback steps of the verification `v` it changed (whose id is `$1`), if that is now done
-/// (completed, or out of attempts): their code is not to be sent any more.
+/// fallback steps of the verification `v` it changed (whose id is `$1`), if
+/// that is now done (completed, or out of attempts): their code is not to be
+/// sent any more.
 macro_rules! cancel_held_if_done {
     () => {
         "held as (

@@ -46,6 +46,7 @@ use rusqlite::types::FromSql;
 use rusqlite::{Connection, Params, Row};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
+use crate::shared::fan_out;
 use crate::{StoreError, StoreResult};
 
 /// Writes queued beyond the batch being run before callers wait to enqueue:
@@ -492,15 +493,6 @@ where
 
     fn deadline(&self) -> Instant {
         self.deadline
-    }
-}
-
-/// The batch's error as each of its callers gets it. A key collision at
-/// commit time is not any one caller's, so only `Unavailable` keeps its kind.
-fn fan_out(e: &StoreError) -> StoreError {
-    match e {
-        StoreError::Unavailable(m) => StoreError::Unavailable(m.clone()),
-        other => StoreError::Internal(other.to_string()),
     }
 }
 
