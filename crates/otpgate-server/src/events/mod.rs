@@ -129,10 +129,8 @@ impl Events {
                         false
                     }
                 };
-                // Every send and validation wakes the worker, and most
-                // accounts have no webhook; after a claim that found
-                // nothing, the wakes of the next moment are taken together
-                // (a wake is kept while this waits).
+                // A wake that comes during the pause is kept for the wait
+                // below.
                 if !found {
                     tokio::select! {
                         () = shutdown.cancelled() => break,

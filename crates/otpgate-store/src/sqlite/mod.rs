@@ -183,7 +183,7 @@ impl Location {
         // `limit ?` while planning, so binding that parameter again expires
         // the cached statement and every run parses and plans it anew (the
         // outbox's and the event queue's claims, the inbox list: 8% of the
-        // writer's time under sends, measured). otpgate runs no ANALYZE, so
+        // writer's time during flows, measured). otpgate runs no ANALYZE, so
         // no plan loses statistics by it.
         conn.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)
             .map_err(sq)?;
