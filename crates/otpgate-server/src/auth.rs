@@ -60,8 +60,8 @@ async fn check_token(
     let subject = TokenSigner::unverified_subject(token).map_err(token_error)?;
     subject_seen.push_str(subject.as_str());
     let account = state
-        .store
-        .account_get(&subject)
+        .accounts
+        .get(state.store.as_ref(), &subject)
         .await?
         .ok_or_else(|| ApiError::unauthorized(TokenError::BadSignature.to_string()))?;
     state

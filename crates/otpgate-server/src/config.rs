@@ -87,6 +87,10 @@ pub struct AuthSettings {
     /// How long a client address that used an account's right credential
     /// stays exempt from blocks on that account's name alone.
     pub known_client_secs: u64,
+    /// How long an account read for a token check is used again before it
+    /// is read anew (see `account_cache`): the longest a change made by the
+    /// CLI or another node takes to reach this one. 0: read every time.
+    pub account_cache_ms: u64,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -113,6 +117,7 @@ impl Default for AuthSettings {
             hash_queue: 64,
             hash_wait_ms: 2_000,
             known_client_secs: 30 * 24 * 3600,
+            account_cache_ms: 1000,
         }
     }
 }

@@ -2,6 +2,7 @@
 //! endpoints, metrics, and the delivery and webhook workers beside them.
 #![forbid(unsafe_code)]
 
+pub mod account_cache;
 pub mod accounts;
 pub mod auth;
 pub mod client;

@@ -89,7 +89,7 @@ pub async fn issue_token(
     };
 
     let account = match CustomerId::parse(&cmd.customer_id) {
-        Ok(id) => state.store.account_get(&id).await?,
+        Ok(id) => state.accounts.get(state.store.as_ref(), &id).await?,
         Err(_) => None,
     };
     let Some(account) = account else {

@@ -20,6 +20,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::account_cache::AccountCache;
 use crate::client::Client;
 use crate::config::Settings;
 use crate::events::Events;
@@ -151,6 +152,7 @@ impl Application {
             signer: TokenSigner::new(token_secret, settings.token.lifetime_secs),
             code_key: CodeKey::new(code_key),
             key_cache: KeyCache::new(),
+            accounts: AccountCache::new(settings.auth.account_cache_ms),
             dummy_hash,
             store,
             clock,

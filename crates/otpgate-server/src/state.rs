@@ -6,6 +6,7 @@ use otpgate_core::{Clock, CodeKey, TokenSigner};
 use otpgate_sms::Delivery;
 use otpgate_store::Store;
 
+use crate::account_cache::AccountCache;
 use crate::client::ProxyConfig;
 use crate::config::Settings;
 use crate::events::Events;
@@ -31,6 +32,8 @@ pub struct Inner {
     /// Clients that got a token per customerId lately.
     pub token_known: KnownClients,
     pub key_cache: KeyCache,
+    /// Accounts read lately, for the token checks (see [`crate::account_cache`]).
+    pub accounts: AccountCache,
     /// The bound on concurrent password hashing.
     pub hasher: Hasher,
     /// Trusted proxies, for the client address.

@@ -139,6 +139,17 @@ resource_traits! {
 
     /// Accounts: credentials, balances, settings.
     pub trait AccountStore {
+        sync {
+            /// A number that moves on whenever an account's password, token
+            /// epoch, disabled flag, settings or paid credits may have
+            /// changed: through this store at once; through another process
+            /// or node as soon as the backend hears of it (PostgreSQL: a
+            /// notification from the node that changed it; SQLite: the next
+            /// write transaction sees another process's commit). An account
+            /// read while it had one value may be used again while it still
+            /// has it (the server's `account_cache`). It never goes back.
+            fn account_changes(&self) -> u64;
+        }
         /// Creates an account. [`StoreError::Conflict`] if the id exists.
         async fn account_create(&self, new: NewAccount) -> StoreResult<Account>;
         async fn account_get(&self, id: &CustomerId) -> StoreResult<Option<Account>>;

@@ -19,6 +19,7 @@
 //! itself once the database is back.
 
 mod batch;
+mod changes;
 #[cfg(all(test, feature = "testkit"))]
 mod checks_tests;
 mod error;
@@ -34,6 +35,7 @@ use crate::shared::{
     fill_days, id_i64, stats_days, to_u64,
 };
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -150,6 +152,8 @@ pub struct PostgresStore {
     op_deadline: Option<Duration>,
     /// The node's sends, grouped by account into shared transactions.
     sends: batch::Batcher,
+    /// Account changes heard of (see [`AccountStore::account_changes`]).
+    accounts: Arc<changes::AccountChanges>,
 }
 
 impl std::fmt::Debug for PostgresStore {
@@ -224,7 +228,7 @@ impl PostgresStore {
             // before use, which is how the store recovers after an outage.
             .test_before_acquire(true)
             .idle_timeout(Some(Duration::from_secs(300)))
-            .connect_lazy_with(connect_opts);
+            .connect_lazy_with(connect_opts.clone());
         let op_deadline = (opts.statement_timeout_ms > 0).then(|| {
             Duration::from_millis(
                 opts.connect_timeout_ms
@@ -239,6 +243,12 @@ impl PostgresStore {
             pool,
             op_deadline,
             sends,
+            accounts: Arc::new(changes::AccountChanges::new(
+                PgPoolOptions::new()
+                    .max_connections(1)
+                    .acquire_timeout(acquire)
+                    .connect_lazy_with(connect_opts.clone()),
+            )),
         };
         let mut conn = tokio::time::timeout(acquire + Duration::from_secs(1), store.pool.acquire())
             .await
@@ -294,11 +304,15 @@ impl PostgresStore {
 
     /// Runs an `update accounts … returning` of one account (see
     /// `update_account!`) and returns it; [`StoreError::NotFound`] when it
-    /// does not exist.
+    /// does not exist. Every node is told (see [`changes`]), whatever the
+    /// outcome: a change that committed before an error must not go unheard.
     async fn account_update(&self, query: PgQuery<'_>) -> StoreResult<Account> {
-        self.guarded(opt(&self.pool, query, rows::account))
-            .await?
-            .ok_or(StoreError::NotFound)
+        let result = self
+            .guarded(opt(&self.pool, query, rows::account))
+            .await
+            .and_then(|a| a.ok_or(StoreError::NotFound));
+        self.accounts.changed(&self.pool).await;
+        result
     }
 }
 
@@ -397,6 +411,10 @@ impl SystemStore for PostgresStore {
 
 #[async_trait]
 impl AccountStore for PostgresStore {
+    fn account_changes(&self) -> u64 {
+        self.accounts.current()
+    }
+
     async fn account_create(&self, new: NewAccount) -> StoreResult<Account> {
         self.guarded(async {
             let row = sqlx::query(concat!(

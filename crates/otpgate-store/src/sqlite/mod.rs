@@ -124,6 +124,10 @@ pub struct SqliteStore {
     /// Stops the checkpointer thread when the last clone is dropped or the
     /// store is closed; `None` without a WAL (in memory, read-only).
     checkpointer: Option<Arc<std::sync::Mutex<Option<std::sync::mpsc::Sender<()>>>>>,
+    /// Account changes made through this store (see
+    /// [`AccountStore::account_changes`]); another process's are counted by
+    /// the writer.
+    account_changes: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// Where a store's database is.
@@ -320,6 +324,7 @@ impl SqliteStore {
             readers,
             memory,
             checkpointer,
+            account_changes: Arc::default(),
         })
     }
 
@@ -671,6 +676,7 @@ fn lost_race(message: &str) -> bool {
 macro_rules! update_account {
     ($store:ident, $id:expr, $set:literal $(, $value:expr)? $(,)?) => {{
         let params = ($id.as_str().to_owned(), $($value,)?);
+        let _changed = $store.account_changed();
         $store
             .write(move |c| {
                 updated(
@@ -686,6 +692,24 @@ macro_rules! update_account {
             })
             .await
     }};
+}
+
+impl SqliteStore {
+    /// Moves [`AccountStore::account_changes`] on when dropped: after the
+    /// account write it is held across has ended, whatever its outcome, so
+    /// no account read before that write's COMMIT is used again.
+    fn account_changed(&self) -> ChangeMark<'_> {
+        ChangeMark(&self.account_changes)
+    }
+}
+
+/// See [`SqliteStore::account_changed`].
+struct ChangeMark<'a>(&'a std::sync::atomic::AtomicU64);
+
+impl Drop for ChangeMark<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    }
 }
 
 /// The account an `update accounts … returning` statement changed, or
@@ -751,6 +775,12 @@ impl SystemStore for SqliteStore {
 
 #[async_trait]
 impl AccountStore for SqliteStore {
+    fn account_changes(&self) -> u64 {
+        self.account_changes
+            .load(std::sync::atomic::Ordering::Acquire)
+            + self.writer.external_changes()
+    }
+
     async fn account_create(&self, new: NewAccount) -> StoreResult<Account> {
         let settings = new.settings.clone();
         let settings_text = settings_json(&settings)?;
@@ -847,6 +877,7 @@ impl AccountStore for SqliteStore {
         // REAL, where Rust saturates; being one write keeps the read and the
         // write together.
         let id = id.clone();
+        let _changed = self.account_changed();
         self.write(move |c| {
             let balance: i64 = opt(
                 c,

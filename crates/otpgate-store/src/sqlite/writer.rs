@@ -72,6 +72,13 @@ struct Counters {
     /// [`RESTART_AFTER_FRAMES`]; the writer then checkpoints the little
     /// left before its next batch (see [`Writer::start_checkpointer`]).
     wal_full: AtomicBool,
+    /// Write transactions that found the file changed by another
+    /// connection since the writer's last one (the CLI beside a running
+    /// server): part of [`crate::AccountStore::account_changes`].
+    external: AtomicU64,
+    /// `pragma data_version` at the writer's last transaction: it changes
+    /// when another connection has committed, never for this one's own.
+    data_version: std::sync::atomic::AtomicI64,
 }
 
 /// WAL frames (4 KiB pages each) past which the writer helps the WAL back
@@ -181,6 +188,12 @@ impl Writer {
     /// Tasks sent and not yet received by the writer thread.
     pub(super) fn queued(&self) -> usize {
         self.queue.max_capacity() - self.queue.capacity()
+    }
+
+    /// How many of the writer's transactions found another connection's
+    /// commit before them.
+    pub(super) fn external_changes(&self) -> u64 {
+        self.counters.external.load(Ordering::Acquire)
     }
 
     pub(super) fn stats(&self) -> WriteStats {
@@ -550,7 +563,7 @@ fn batch(conn: &Connection, jobs: Vec<Box<dyn Write>>, counters: &Counters) {
     let grouped = ready.len() > 1;
     let mut jobs = ready.into_iter();
     let mut ran = Vec::with_capacity(jobs.len());
-    let ended = transaction(conn, grouped, &mut jobs, &mut ran);
+    let ended = transaction(conn, grouped, &mut jobs, &mut ran, counters);
     match &ended {
         Ok(true) => {
             counters.commits.fetch_add(1, Ordering::Relaxed);
@@ -583,8 +596,17 @@ fn transaction(
     grouped: bool,
     jobs: &mut impl Iterator<Item = Box<dyn Write>>,
     ran: &mut Vec<Ran>,
+    counters: &Counters,
 ) -> StoreResult<bool> {
     exec(conn, "begin immediate", [])?;
+    // Another process's commit (say, the CLI disabling an account) is seen
+    // here, with the write lock held: whatever the server keeps of accounts
+    // in memory is to be read again. It reads the WAL's header, which the
+    // `begin` has just read anyway.
+    let version: i64 = one(conn, "pragma data_version", [])?;
+    if counters.data_version.swap(version, Ordering::AcqRel) != version {
+        counters.external.fetch_add(1, Ordering::AcqRel);
+    }
     for job in jobs.by_ref() {
         if grouped && let Err(e) = exec(conn, "savepoint w", []) {
             job.refuse(&e);

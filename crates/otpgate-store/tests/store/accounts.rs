@@ -1,7 +1,9 @@
 //! Accounts: unique ids and e-mails, paging, credits, token epochs,
 //! disabling and settings.
 
-use otpgate_store::{Account, AccountSettings, NewAccount, StoreError};
+use std::time::Duration;
+
+use otpgate_store::{Account, AccountSettings, InboxEntry, NewAccount, StoreError};
 
 use crate::fixture::TestDb;
 use crate::helpers::*;
@@ -11,6 +13,7 @@ both_backends!(
     accounts_list_newest_first_in_pages,
     credits_are_added_and_removed_but_never_below_zero,
     password_changes_and_revocations_bump_the_token_epoch,
+    an_account_change_on_another_node_is_heard_and_a_send_is_not_one,
 );
 
 async fn accounts_round_trip_and_collide_on_id_and_on_email_in_any_case(db: TestDb) {
@@ -192,4 +195,57 @@ async fn password_changes_and_revocations_bump_the_token_epoch(db: TestDb) {
         store.account_set_settings(&missing, &settings).await,
         Err(StoreError::NotFound)
     ));
+}
+
+/// `account_changes` (what the server's account cache trusts): a change
+/// through a handle moves its own count at once, and another handle's (another
+/// node, or on SQLite the CLI beside the server) once it hears: PostgreSQL by
+/// notification, SQLite at its next write transaction. A send, which charges
+/// the account, is not a change of what the cache serves.
+async fn an_account_change_on_another_node_is_heard_and_a_send_is_not_one(db: TestDb) {
+    let (here, id) = db.open_with_account(100, 0).await;
+    let there = db.open().await;
+    // PostgreSQL's listener starts on the first call; until it listens, each
+    // call answers a new number.
+    let settled = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let a = here.account_changes();
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            if here.account_changes() == a {
+                return a;
+            }
+        }
+    })
+    .await
+    .expect("the count settles once the store listens");
+    created(&here, send(1, &id, &phone(1), T0)).await;
+    assert_eq!(here.account_changes(), settled, "a send moved the count");
+
+    here.account_set_disabled(&id, true).await.unwrap();
+    let mine = here.account_changes();
+    assert!(mine > settled, "a change through this handle");
+
+    there.account_revoke_tokens(&id).await.unwrap();
+    let heard = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            // A write of this handle's own: where SQLite looks.
+            let entry = InboxEntry {
+                customer_id: None,
+                destination: "919876543210".into(),
+                text: "a write".into(),
+                verification_id: None,
+                created_at: T0,
+            };
+            here.inbox_put(&entry).await.unwrap();
+            if here.account_changes() > mine {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert!(
+        heard.is_ok(),
+        "the other handle's change was not heard in 10 s"
+    );
 }
