@@ -247,7 +247,7 @@ impl PostgresStore {
                 PgPoolOptions::new()
                     .max_connections(1)
                     .acquire_timeout(acquire)
-                    .connect_lazy_with(connect_opts.clone()),
+                    .connect_lazy_with(connect_opts),
             )),
         };
         let mut conn = tokio::time::timeout(acquire + Duration::from_secs(1), store.pool.acquire())

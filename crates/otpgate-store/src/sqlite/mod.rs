@@ -124,10 +124,6 @@ pub struct SqliteStore {
     /// Stops the checkpointer thread when the last clone is dropped or the
     /// store is closed; `None` without a WAL (in memory, read-only).
     checkpointer: Option<Arc<std::sync::Mutex<Option<std::sync::mpsc::Sender<()>>>>>,
-    /// Account changes made through this store (see
-    /// [`AccountStore::account_changes`]); another process's are counted by
-    /// the writer.
-    account_changes: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// Where a store's database is.
@@ -324,7 +320,6 @@ impl SqliteStore {
             readers,
             memory,
             checkpointer,
-            account_changes: Arc::default(),
         })
     }
 
@@ -699,16 +694,16 @@ impl SqliteStore {
     /// account write it is held across has ended, whatever its outcome, so
     /// no account read before that write's COMMIT is used again.
     fn account_changed(&self) -> ChangeMark<'_> {
-        ChangeMark(&self.account_changes)
+        ChangeMark(&self.writer)
     }
 }
 
 /// See [`SqliteStore::account_changed`].
-struct ChangeMark<'a>(&'a std::sync::atomic::AtomicU64);
+struct ChangeMark<'a>(&'a writer::Writer);
 
 impl Drop for ChangeMark<'_> {
     fn drop(&mut self) {
-        self.0.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        self.0.account_changed();
     }
 }
 
@@ -776,9 +771,7 @@ impl SystemStore for SqliteStore {
 #[async_trait]
 impl AccountStore for SqliteStore {
     fn account_changes(&self) -> u64 {
-        self.account_changes
-            .load(std::sync::atomic::Ordering::Acquire)
-            + self.writer.external_changes()
+        self.writer.account_changes()
     }
 
     async fn account_create(&self, new: NewAccount) -> StoreResult<Account> {

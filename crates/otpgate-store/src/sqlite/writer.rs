@@ -72,10 +72,11 @@ struct Counters {
     /// [`RESTART_AFTER_FRAMES`]; the writer then checkpoints the little
     /// left before its next batch (see [`Writer::start_checkpointer`]).
     wal_full: AtomicBool,
-    /// Write transactions that found the file changed by another
-    /// connection since the writer's last one (the CLI beside a running
-    /// server): part of [`crate::AccountStore::account_changes`].
-    external: AtomicU64,
+    /// [`crate::AccountStore::account_changes`]: moved on by the store's
+    /// account writes, and by every write transaction that finds the file
+    /// changed by another connection since the writer's last one (the CLI
+    /// beside a running server).
+    account_changes: AtomicU64,
     /// `pragma data_version` at the writer's last transaction: it changes
     /// when another connection has committed, never for this one's own.
     data_version: std::sync::atomic::AtomicI64,
@@ -190,10 +191,15 @@ impl Writer {
         self.queue.max_capacity() - self.queue.capacity()
     }
 
-    /// How many of the writer's transactions found another connection's
-    /// commit before them.
-    pub(super) fn external_changes(&self) -> u64 {
-        self.counters.external.load(Ordering::Acquire)
+    /// [`crate::AccountStore::account_changes`].
+    pub(super) fn account_changes(&self) -> u64 {
+        self.counters.account_changes.load(Ordering::Acquire)
+    }
+
+    /// Moves [`crate::AccountStore::account_changes`] on: for an account
+    /// write of the store's own, once it has ended.
+    pub(super) fn account_changed(&self) {
+        self.counters.account_changes.fetch_add(1, Ordering::AcqRel);
     }
 
     pub(super) fn stats(&self) -> WriteStats {
@@ -605,7 +611,7 @@ fn transaction(
     // `begin` has just read anyway.
     let version: i64 = one(conn, "pragma data_version", [])?;
     if counters.data_version.swap(version, Ordering::AcqRel) != version {
-        counters.external.fetch_add(1, Ordering::AcqRel);
+        counters.account_changes.fetch_add(1, Ordering::AcqRel);
     }
     for job in jobs.by_ref() {
         if grouped && let Err(e) = exec(conn, "savepoint w", []) {
