@@ -706,21 +706,18 @@ pub async fn validate_code(
     // means another validation made progress.
     for _ in 0..16 {
         let now = state.clock.now_ms();
-        let v = state
+        // One read for both (a validation's cost is mostly its round trips).
+        let (v, wrong_codes) = state
             .store
-            .verification_get(&account.customer_id, id)
+            .verification_to_validate(
+                &account.customer_id,
+                id,
+                now - i64::from(rules.wrong_code_window_secs) * 1000,
+            )
             .await?
             .ok_or(ValidateError::NotFound)?;
         let budget_spent = v.state == otpgate_core::VerificationState::Pending
-            && state
-                .store
-                .wrong_codes_since(
-                    &account.customer_id,
-                    &v.destination.e164_digits(),
-                    now - i64::from(rules.wrong_code_window_secs) * 1000,
-                )
-                .await?
-                >= rules.wrong_code_max;
+            && wrong_codes >= rules.wrong_code_max;
         let view = VerificationView {
             state: v.state,
             expires_at_ms: v.expires_at,

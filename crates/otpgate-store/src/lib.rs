@@ -194,6 +194,12 @@ resource_traits! {
         /// another account's id alike (505 must not tell them apart).
         async fn verification_get(&self, customer: &CustomerId, id: VerificationId)
             -> StoreResult<Option<Verification>>;
+        /// A validation's read, in one: [`VerificationStore::verification_get`],
+        /// and with it the wrong codes its account entered for its
+        /// destination since `wrong_since` (as
+        /// [`VerificationStore::wrong_codes_since`] counts them).
+        async fn verification_to_validate(&self, customer: &CustomerId, id: VerificationId, wrong_since: i64)
+            -> StoreResult<Option<(Verification, u32)>>;
         /// Applies a validation's result if, and only if, the verification is
         /// still pending with exactly `expected_wrong_attempts` wrong attempts.
         /// Returns whether it applied; a `false` means another validation raced

@@ -47,7 +47,11 @@ use super::PostgresStore;
 use super::error::db_err;
 use super::send::{self, BEGIN, Held, PREFIX_LOCK_SPACE};
 use crate::shared::fan_out;
-use crate::{CreateOutcome, NewVerification, StoreError, StoreResult};
+use crate::{CreateOutcome, NewVerification, OutboxLease, OutboxMessage, StoreError, StoreResult};
+
+/// A send's outcome, and its first message if it was stored leased (see
+/// `VerificationStore::verification_create_leased`).
+pub(super) type Sent = (CreateOutcome, Option<OutboxMessage>);
 
 /// Sends one transaction takes at most.
 const MAX_BATCH: usize = 64;
@@ -58,7 +62,8 @@ const QUEUE: usize = 256;
 /// A send waiting for its queue's task, and where its answer goes.
 struct Queued {
     req: NewVerification,
-    reply: oneshot::Sender<StoreResult<CreateOutcome>>,
+    lease: Option<OutboxLease>,
+    reply: oneshot::Sender<StoreResult<Sent>>,
 }
 
 /// The node's send queues. Sends of one account always go to one queue, so
@@ -83,15 +88,19 @@ impl Batcher {
         Self { queues }
     }
 
-    /// Runs `req` in its account's next transaction; its outcome once that
-    /// has committed.
-    pub(super) async fn create(&self, req: NewVerification) -> StoreResult<CreateOutcome> {
+    /// Runs `req` in its account's next transaction (its first message
+    /// leased per `lease`); its outcome once that has committed.
+    pub(super) async fn create(
+        &self,
+        req: NewVerification,
+        lease: Option<OutboxLease>,
+    ) -> StoreResult<Sent> {
         let mut h = std::collections::hash_map::DefaultHasher::new();
         req.customer_id.hash(&mut h);
         let n = usize::try_from(h.finish() % self.queues.len() as u64).unwrap_or(0);
         let (reply, answer) = oneshot::channel();
         self.queues[n]
-            .send(Queued { req, reply })
+            .send(Queued { req, lease, reply })
             .await
             .map_err(|_| closed())?;
         answer.await.unwrap_or_else(|_| Err(closed()))
@@ -169,7 +178,7 @@ async fn run(pool: &PgPool, batch: Vec<Queued>) {
     }
     for q in batch {
         if !q.reply.is_closed() {
-            let outcome = send::create(pool, &q.req).await;
+            let outcome = send::create(pool, &q.req, q.lease.as_ref()).await;
             let _ = q.reply.send(outcome);
         }
     }
@@ -177,7 +186,7 @@ async fn run(pool: &PgPool, batch: Vec<Queued>) {
 
 /// One transaction for `batch`. `Err`: it failed before its COMMIT and was
 /// rolled back (nothing of it is written); `Ok(Err)`: the COMMIT failed.
-async fn together(pool: &PgPool, batch: &[Queued]) -> StoreResult<StoreResult<Vec<CreateOutcome>>> {
+async fn together(pool: &PgPool, batch: &[Queued]) -> StoreResult<StoreResult<Vec<Sent>>> {
     let mut tx = pool.begin_with(BEGIN).await.map_err(db_err)?;
     match sends(&mut tx, batch).await {
         Ok(outcomes) => Ok(tx.commit().await.map_err(db_err).map(|()| outcomes)),
@@ -190,7 +199,7 @@ async fn together(pool: &PgPool, batch: &[Queued]) -> StoreResult<StoreResult<Ve
     }
 }
 
-async fn sends(tx: &mut sqlx::PgConnection, batch: &[Queued]) -> StoreResult<Vec<CreateOutcome>> {
+async fn sends(tx: &mut sqlx::PgConnection, batch: &[Queued]) -> StoreResult<Vec<Sent>> {
     let Some(first) = batch.first() else {
         return Ok(Vec::new());
     };
@@ -208,7 +217,7 @@ async fn sends(tx: &mut sqlx::PgConnection, batch: &[Queued]) -> StoreResult<Vec
     .fetch_optional(&mut *tx)
     .await
     .map_err(db_err)?;
-    let mut held = Held(account);
+    let mut held = Held::new(account);
     if !prefixes.is_empty() {
         sqlx::query(
             "select count(l) from (
@@ -226,11 +235,12 @@ async fn sends(tx: &mut sqlx::PgConnection, batch: &[Queued]) -> StoreResult<Vec
     let mut outcomes = Vec::with_capacity(batch.len());
     for q in batch {
         outcomes.push(
-            match PostgresStore::create_in(tx, &q.req, Some(&mut held)).await? {
-                Ok(v) => CreateOutcome::Created(v),
-                Err(refused) => refused,
+            match PostgresStore::create_in(tx, &q.req, Some(&mut held), q.lease.as_ref()).await? {
+                Ok((v, handed)) => (CreateOutcome::Created(v), handed),
+                Err(refused) => (refused, None),
             },
         );
     }
+    send::count_sends(tx, first.req.customer_id.as_str(), &held.uncounted).await?;
     Ok(outcomes)
 }

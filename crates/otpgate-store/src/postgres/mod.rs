@@ -41,7 +41,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use otpgate_core::{CustomerId, DeliveryStatus, VerificationId};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
-use sqlx::{ConnectOptions, Connection, PgConnection};
+use sqlx::{ConnectOptions, Connection, PgConnection, Row};
 
 pub use migrate::{SCHEMA_VERSION, migrations};
 
@@ -519,17 +519,16 @@ impl AccountStore for PostgresStore {
 #[async_trait]
 impl VerificationStore for PostgresStore {
     async fn verification_create(&self, req: NewVerification) -> StoreResult<CreateOutcome> {
-        self.guarded(self.sends.create(req)).await
+        let (outcome, _) = self.guarded(self.sends.create(req, None)).await?;
+        Ok(outcome)
     }
 
-    /// Stored unleased: on PostgreSQL the send is one pipelined statement,
-    /// and its workers claim the message as usual.
     async fn verification_create_leased(
         &self,
         req: NewVerification,
-        _lease: OutboxLease,
+        lease: OutboxLease,
     ) -> StoreResult<(CreateOutcome, Option<OutboxMessage>)> {
-        self.verification_create(req).await.map(|o| (o, None))
+        self.guarded(self.sends.create(req, Some(lease))).await
     }
 
     async fn verification_get(
@@ -545,6 +544,34 @@ impl VerificationStore for PostgresStore {
         let query = sqlx::query(sql).bind(id_i64(id)).bind(customer.as_str());
         self.guarded(opt(&self.pool, query, rows::verification))
             .await
+    }
+
+    async fn verification_to_validate(
+        &self,
+        customer: &CustomerId,
+        id: VerificationId,
+        wrong_since: i64,
+    ) -> StoreResult<Option<(Verification, u32)>> {
+        let sql = concat!(
+            "select ",
+            verification_columns!(),
+            ", (select coalesce(sum(w.wrong_attempts), 0) from verifications w
+                 where w.customer_id = $2 and w.destination = verifications.destination
+                   and w.created_at >= $3)::bigint as wrong_codes
+             from verifications where id = $1 and customer_id = $2"
+        );
+        let query = sqlx::query(sql)
+            .bind(id_i64(id))
+            .bind(customer.as_str())
+            .bind(wrong_since);
+        self.guarded(opt(&self.pool, query, |row| {
+            let wrong: i64 = row.try_get("wrong_codes").map_err(db_err)?;
+            Ok((
+                rows::verification(row)?,
+                u32::try_from(wrong.max(0)).unwrap_or(u32::MAX),
+            ))
+        }))
+        .await
     }
 
     async fn verification_apply(

@@ -11,19 +11,28 @@ use otpgate_core::send;
 use sqlx::postgres::{PgPool, PgRow};
 use sqlx::{PgConnection, Row};
 
+use super::batch::Sent;
 use super::error::db_err;
 use super::rows::{self, verification_columns};
 use super::{PostgresStore, events};
 use crate::shared::{self, created_detail, day_of, id_i64};
-use crate::{CreateOutcome, NewVerification, SendKind, StoreError, StoreResult, Verification};
+use crate::{
+    CreateOutcome, NewVerification, OutboxLease, OutboxMessage, SendKind, StoreError, StoreResult,
+    Verification,
+};
 
-/// Runs one send in its own transaction.
-pub(super) async fn create(pool: &PgPool, req: &NewVerification) -> StoreResult<CreateOutcome> {
+/// Runs one send in its own transaction (its first message leased per
+/// `lease`).
+pub(super) async fn create(
+    pool: &PgPool,
+    req: &NewVerification,
+    lease: Option<&OutboxLease>,
+) -> StoreResult<Sent> {
     let mut tx = pool.begin_with(BEGIN).await.map_err(db_err)?;
-    match PostgresStore::create_in(&mut tx, req, None).await? {
-        Ok(v) => {
+    match PostgresStore::create_in(&mut tx, req, None, lease).await? {
+        Ok((v, handed)) => {
             tx.commit().await.map_err(db_err)?;
-            Ok(CreateOutcome::Created(v))
+            Ok((CreateOutcome::Created(v), handed))
         }
         Err(
             refused @ CreateOutcome::Blocked {
@@ -33,13 +42,13 @@ pub(super) async fn create(pool: &PgPool, req: &NewVerification) -> StoreResult<
             // The block this send triggered is kept; nothing else
             // was written.
             tx.commit().await.map_err(db_err)?;
-            Ok(refused)
+            Ok((refused, None))
         }
         Err(refused) => {
             // Release the account lock now rather than when the
             // pool gets round to it.
             tx.rollback().await.map_err(db_err)?;
-            Ok(refused)
+            Ok((refused, None))
         }
     }
 }
@@ -121,12 +130,67 @@ fn int(n: u32) -> i32 {
 }
 
 /// An account row that the transaction already holds locked (a group of the
-/// account's sends, `super::batch`): its balance as this transaction has
-/// left it, and whether it is disabled; `None` inside: no such account.
-/// Nobody else can change the row while it is held, so the sends of the
-/// group need not read it again: each accepted one takes its charge off
-/// here as its statement does in the table.
-pub(super) struct Held(pub(super) Option<(i64, i64, bool)>);
+/// account's sends, `super::batch`), and what the group's sends leave for
+/// its end.
+pub(super) struct Held {
+    /// The balance as this transaction has left it, and whether the account
+    /// is disabled; `None`: no such account. Nobody else can change the row
+    /// while it is held, so the sends of the group need not read it again:
+    /// each accepted one takes its charge off here as its statement does in
+    /// the table.
+    pub(super) account: Option<(i64, i64, bool)>,
+    /// Accepted sends not yet counted in `daily_stats`: per day (`day_of`),
+    /// how many, and the first one's send time (the row's `created_at`).
+    /// The group counts them in one statement just before its COMMIT
+    /// ([`count_sends`]) rather than each in its own: the count's row is the
+    /// one a validation of the account's codes updates too, and a lock taken
+    /// with a group's first send would be held through all of its sends,
+    /// so every validation of the account would wait for the whole group.
+    pub(super) uncounted: Vec<(i64, i64, i64)>,
+}
+
+impl Held {
+    pub(super) fn new(account: Option<(i64, i64, bool)>) -> Self {
+        Self {
+            account,
+            uncounted: Vec::new(),
+        }
+    }
+}
+
+/// Counts a group's accepted sends in `daily_stats` (see
+/// [`Held::uncounted`]): the last statement before its COMMIT, so its
+/// row locks are held only for the COMMIT, and taken last, after the
+/// account's and the prefixes' (the order every send keeps).
+pub(super) async fn count_sends(
+    tx: &mut PgConnection,
+    customer: &str,
+    uncounted: &[(i64, i64, i64)],
+) -> StoreResult<()> {
+    if uncounted.is_empty() {
+        return Ok(());
+    }
+    let days: Vec<i64> = uncounted.iter().map(|c| c.0).collect();
+    let sends: Vec<i64> = uncounted.iter().map(|c| c.1).collect();
+    let created: Vec<i64> = uncounted.iter().map(|c| c.2).collect();
+    // By day, so that two groups spanning the same midnight lock the rows
+    // in one order.
+    sqlx::query(
+        "insert into daily_stats (customer_id, day, sends, completed, created_at)
+         select $1, day, n, 0, at
+           from unnest($2::bigint[], $3::bigint[], $4::bigint[]) as c (day, n, at)
+          order by day
+         on conflict (customer_id, day) do update set sends = daily_stats.sends + excluded.sends",
+    )
+    .bind(customer)
+    .bind(&days)
+    .bind(&sends)
+    .bind(&created)
+    .execute(&mut *tx)
+    .await
+    .map_err(db_err)?;
+    Ok(())
+}
 
 /// What a send's checks decided, before anything is written.
 enum Checked {
@@ -298,7 +362,9 @@ pub(super) const CHECKS: &str = concat!(
 pub(super) const BEGIN: &str = "begin; set local plan_cache_mode = force_generic_plan";
 
 /// The writes of an accepted send, in one statement. The charge, the
-/// outbox row and (for an account with a webhook) the `created` event hang off the inserted verification, so an id that is
+/// outbox row, (for an account with a webhook) the `created` event and
+/// (`$24`; a group counts its sends at its end, see [`Held::uncounted`])
+/// the day's count hang off the inserted verification, so an id that is
 /// already taken (`on conflict do nothing`) writes nothing at all; the
 /// caller then reports a conflict and drops the transaction, as before.
 const WRITE: &str = concat!(
@@ -325,11 +391,13 @@ const WRITE: &str = concat!(
      queued as (
          insert into outbox (
              verification_id, customer_id, step, address, lang, text, status, attempts,
-             next_attempt_at, created_at, updated_at
+             next_attempt_at, created_at, updated_at, lease_owner, lease_until
          )
-         select id, customer_id, 0, $16, $17, $15, 'queued', 0, created_at, created_at,
-                created_at
+         select id, customer_id, 0, $16, $17, $15, 'queued',
+                case when $25::text is null then 0 else 1 end, created_at, created_at,
+                created_at, $25, $26
            from inserted where $20
+         returning id
      ),
      own as (
          insert into own_numbers (verification_id, customer_id, destination, created_at)
@@ -348,10 +416,10 @@ const WRITE: &str = concat!(
      ),
      counted as (
          insert into daily_stats (customer_id, day, sends, completed, created_at)
-         select customer_id, $23, 1, 0, created_at from inserted
+         select customer_id, $23, 1, 0, created_at from inserted where $24
          on conflict (customer_id, day) do update set sends = daily_stats.sends + 1
      )
-     select * from inserted"
+     select i.*, (select id from queued) as outbox_id from inserted i"
 );
 
 impl PostgresStore {
@@ -382,7 +450,7 @@ impl PostgresStore {
 
         let account = match held {
             // Locked already, and the prefix locks with it.
-            Some(held) => held.0,
+            Some(held) => held.account,
             None => sqlx::query_as::<_, (i64, i64, bool, Option<bool>)>(LOCK)
                 .bind(customer)
                 .bind(takes_prefix_lock(req))
@@ -502,12 +570,15 @@ impl PostgresStore {
     }
 
     /// One send in the transaction `tx`; `held`, if its account's row is
-    /// locked already (see [`Held`]).
+    /// locked already (see [`Held`]). With `lease`, its first message is
+    /// stored as that worker's claim would leave it (attempt 1) and comes
+    /// back with the verification, for the worker to deliver at once.
     pub(super) async fn create_in(
         tx: &mut PgConnection,
         req: &NewVerification,
         held: Option<&mut Held>,
-    ) -> StoreResult<Result<Verification, CreateOutcome>> {
+        lease: Option<&OutboxLease>,
+    ) -> StoreResult<Result<(Verification, Option<OutboxMessage>), CreateOutcome>> {
         let destination = req.destination.e164_digits();
         let checked = Self::create_checks(tx, req, &destination, held.as_deref()).await?;
         let (cost, cost_test, counted) = match checked {
@@ -553,6 +624,9 @@ impl PostgresStore {
                 .bind(matches!(req.kind, SendKind::OwnNumber { .. }))
                 .bind(created_detail(req))
                 .bind(day_of(req.created_at))
+                .bind(held.is_none())
+                .bind(lease.map(|l| l.worker.as_str()))
+                .bind(lease.map(|l| l.until))
                 .fetch_optional(&mut *tx)
                 .await
                 .map_err(db_err)?;
@@ -593,11 +667,25 @@ impl PostgresStore {
             .await
             .map_err(db_err)?;
         }
-        // As the statement's `update accounts` took it.
-        if let Some(Held(Some((credits, test_credits, _)))) = held {
-            *credits -= cost - cost_test;
-            *test_credits -= cost_test;
+        if let Some(held) = held {
+            // As the statement's `update accounts` took it.
+            if let Some((credits, test_credits, _)) = &mut held.account {
+                *credits -= cost - cost_test;
+                *test_credits -= cost_test;
+            }
+            let day = day_of(req.created_at);
+            match held.uncounted.iter_mut().find(|c| c.0 == day) {
+                Some(c) => c.1 += 1,
+                None => held.uncounted.push((day, 1, req.created_at)),
+            }
         }
-        Ok(Ok(rows::verification(&row)?))
+        let v = rows::verification(&row)?;
+        // No outbox row (a test number's send): nothing to hand over.
+        let outbox_id: Option<i64> = row.try_get("outbox_id").map_err(db_err)?;
+        let handed = match (lease, outbox_id) {
+            (Some(_), Some(id)) => Some(shared::leased_message(req, &v, id)),
+            _ => None,
+        };
+        Ok(Ok((v, handed)))
     }
 }

@@ -956,6 +956,37 @@ impl VerificationStore for SqliteStore {
         .await
     }
 
+    async fn verification_to_validate(
+        &self,
+        customer: &CustomerId,
+        id: VerificationId,
+        wrong_since: i64,
+    ) -> StoreResult<Option<(Verification, u32)>> {
+        let customer = customer.clone();
+        self.read_point(move |c| {
+            opt(
+                c,
+                concat!(
+                    "select ",
+                    verification_columns!(),
+                    ", (select coalesce(sum(w.wrong_attempts), 0) from verifications w
+                         where w.customer_id = ?2 and w.destination = verifications.destination
+                           and w.created_at >= ?3) as wrong_codes
+                     from verifications where id = ?1 and customer_id = ?2"
+                ),
+                params![id_i64(id), customer.as_str(), wrong_since],
+                |r| {
+                    let wrong: i64 = r.get("wrong_codes").map_err(sq)?;
+                    Ok((
+                        rows::verification(r)?,
+                        u32::try_from(wrong).unwrap_or(u32::MAX),
+                    ))
+                },
+            )
+        })
+        .await
+    }
+
     async fn verification_apply(
         &self,
         customer: &CustomerId,

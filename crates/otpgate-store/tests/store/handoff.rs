@@ -34,13 +34,7 @@ async fn a_leased_send_is_its_workers_until_the_lease_runs_out(db: TestDb) {
     let (store, c) = db.open_with_account(5, 0).await;
     let (outcome, handed) = send_leased_to_a(&store, &c).await;
     assert!(matches!(outcome, CreateOutcome::Created(_)), "{outcome:?}");
-    if store.backend() == "postgres" {
-        // PostgreSQL stores it unleased: any worker claims it at once.
-        assert!(handed.is_none());
-        assert_eq!(claim(&store, "b", 10, T0).await.len(), 1);
-        return;
-    }
-    let handed = handed.expect("SQLite hands the leased message back");
+    let handed = handed.expect("the leased message comes back");
     assert_eq!(handed.attempts, 1);
     // Nobody else claims it while the lease holds, not even the holder.
     assert!(claim(&store, "b", 10, T0 + LEASE - 1).await.is_empty());

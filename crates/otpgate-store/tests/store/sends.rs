@@ -19,6 +19,7 @@ both_backends!(
     a_verification_id_taken_is_a_conflict_that_charges_nothing,
     another_accounts_verification_is_indistinguishable_from_none,
     concurrent_sends_from_several_nodes_never_overdraw_the_balance,
+    concurrent_sends_across_midnight_count_on_their_own_days,
 );
 
 async fn a_send_charges_test_credits_first_and_queues_its_message(db: TestDb) {
@@ -223,6 +224,34 @@ async fn wrong_codes_count_across_verifications_and_a_spent_budget_refuses_sends
     req.created_at = T0 + 600_000;
     req.expires_at = req.created_at + 60_000;
     created(&store, req).await;
+
+    // A validation's read counts the same, for its own destination only.
+    let (v, wrong) = store
+        .verification_to_validate(&c, vid(2), T0)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((v.id.get(), wrong), (2, 4));
+    let read = |id: u64, since: i64| {
+        let (store, c) = (&store, &c);
+        async move {
+            store
+                .verification_to_validate(c, vid(id), since)
+                .await
+                .unwrap()
+                .map(|(_, wrong)| wrong)
+        }
+    };
+    assert_eq!(read(2, T0 + 1).await, Some(2));
+    let other = created(&store, send(10, &c, &phone(2), T0 + 600_000)).await;
+    assert_eq!(read(other.id.get(), T0).await, Some(0));
+    assert!(
+        store
+            .verification_to_validate(&cid(2), vid(2), T0)
+            .await
+            .unwrap()
+            .is_none()
+    );
 }
 
 async fn a_verification_id_taken_is_a_conflict_that_charges_nothing(db: TestDb) {
@@ -286,4 +315,35 @@ async fn concurrent_sends_from_several_nodes_never_overdraw_the_balance(db: Test
     assert_eq!((made, broke, test_paid), (10, 30, 3));
     assert_eq!(balance(&nodes[0], &c).await, (0, 0));
     assert_eq!(nodes[0].outbox_depth().await.unwrap().queued, 10);
+}
+
+async fn concurrent_sends_across_midnight_count_on_their_own_days(db: TestDb) {
+    // 30 credits, 40 sends at once, half a millisecond either side of a
+    // midnight: on PostgreSQL one node's sends of an account run in shared
+    // transactions, which count their sends at their end, by day.
+    let (nodes, c) = db.nodes_with_account(2, 30, 0).await;
+    let midnight = DAY0 + DAY;
+    let outcomes = at_once(&nodes, 40, |node, i| {
+        let n = u32::try_from(i).unwrap() + 1;
+        let at = if i % 2 == 0 { midnight - 1 } else { midnight };
+        let req = send(u64::from(n), &c, &phone(n), at);
+        async move { (at, node.verification_create(req).await.unwrap()) }
+    })
+    .await;
+    let (mut before, mut after) = (0, 0);
+    for (at, outcome) in outcomes {
+        match outcome {
+            CreateOutcome::Created(_) if at < midnight => before += 1,
+            CreateOutcome::Created(_) => after += 1,
+            CreateOutcome::InsufficientBalance => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(before + after, 30);
+    let stats = nodes[0]
+        .daily_stats(&c, midnight - DAY, midnight + DAY)
+        .await
+        .unwrap();
+    let rows: Vec<_> = stats.iter().map(|d| (d.day_start, d.sends)).collect();
+    assert_eq!(rows, [(midnight - DAY, before), (midnight, after)]);
 }
