@@ -90,6 +90,8 @@ macro_rules! cancel_held_if_done {
                 -- The id as a value ($1, the verification's): its steps are
                 -- found by key, not by a scan of every queued row.
                 and o.verification_id = $1
+                -- Not one in flight: see `cancel_queued` in `outbox`.
+                and (o.lease_owner is null or o.lease_until <= $4)
          ),"
     };
 }

@@ -105,22 +105,31 @@ impl OutboxStore for PostgresStore {
         let error = clip(error);
         // The last error is also shown on the verification (console, support)
         // while the message waits for its next attempt.
-        let query = sqlx::query(concat!(
-            "with locked as (",
-            lock_verification_of_message!(),
-            "),
+        // A message whose verification ended while it was in flight (see
+        // `cancel_queued`) is cancelled instead: no second attempt. The
+        // state is the locked row's, so current.
+        let query = sqlx::query(
+            "with locked as (
+                     select v.id, v.state from outbox m join verifications v
+                         on v.id = m.verification_id
+                      where m.id = $1 for update of v
+                 ),
                  o as (
                      update outbox
                         set lease_owner = null, lease_until = null, next_attempt_at = $3,
-                            last_error = $4, updated_at = $5
+                            last_error = $4, updated_at = $5,
+                            status = case when (select state from locked) = 'pending'
+                                          then status else 'cancelled' end,
+                            text = case when (select state from locked) = 'pending'
+                                        then text end
                       where id = $1 and lease_owner = $2 and status = 'queued'
                         and verification_id = (select id from locked)
                       returning verification_id
                  )
                  update verifications v set delivery_detail = $4
                    from o where v.id = o.verification_id
-                 returning v.id"
-        ))
+                 returning v.id",
+        )
         .bind(message_id)
         .bind(worker)
         .bind(next_attempt_at)
@@ -400,13 +409,19 @@ async fn step_failed(
 }
 
 /// The rest of a workflow became unnecessary: every step of `verification`
-/// still queued is cancelled and its text erased.
+/// still queued is cancelled and its text erased — except one in flight
+/// (leased to a worker whose lease has not run out), which is at its
+/// gateway already: its worker records how that went, and a retry of it is
+/// cancelled then (see `outbox_retry`). Cancelled under the worker, the
+/// message would read as never sent, and its receipt would find no row to
+/// record on.
 async fn cancel_queued(tx: &mut PgConnection, verification: i64, now: i64) -> StoreResult<()> {
     let query = sqlx::query(
         "update outbox
             set status = 'cancelled', text = null, lease_owner = null, lease_until = null,
                 updated_at = $2
-          where verification_id = $1 and status = 'queued'",
+          where verification_id = $1 and status = 'queued'
+            and (lease_owner is null or lease_until <= $2)",
     );
     exec(tx, query.bind(verification).bind(now)).await?;
     Ok(())

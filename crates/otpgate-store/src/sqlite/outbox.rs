@@ -86,6 +86,15 @@ impl OutboxStore for SqliteStore {
                 return Ok(false);
             };
             set_detail(c, vid, &error)?;
+            // Its verification ended while it was in flight (see
+            // `cancel_queued`): no second attempt.
+            exec(
+                c,
+                "update outbox set status = 'cancelled', text = null, updated_at = ?3
+                  where id = ?1
+                    and (select state from verifications where id = ?2) != 'pending'",
+                params![message_id, vid, now],
+            )?;
             Ok(true)
         })
         .await
@@ -328,13 +337,19 @@ fn step_failed(
 }
 
 /// An outbox row's result made the rest of its workflow unnecessary:
-/// every other step still queued is cancelled and its text erased.
+/// every other step still queued is cancelled and its text erased — except
+/// one in flight (leased to a worker whose lease has not run out), which
+/// is at its gateway already: its worker records how that went, and a retry
+/// of it is cancelled then (see `outbox_retry`). Cancelled under the worker,
+/// the message would read as never sent, and its receipt would find no row
+/// to record on.
 pub(super) fn cancel_queued(conn: &Connection, vid: i64, now: i64) -> StoreResult<()> {
     exec(
         conn,
         "update outbox set status = 'cancelled', text = null, lease_owner = null,
                            lease_until = null, updated_at = ?2
-         where verification_id = ?1 and status = 'queued'",
+         where verification_id = ?1 and status = 'queued'
+           and (lease_owner is null or lease_until <= ?2)",
         [vid, now],
     )?;
     Ok(())

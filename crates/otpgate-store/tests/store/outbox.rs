@@ -21,6 +21,7 @@ both_backends!(
     a_failed_step_wakes_the_next_and_only_the_last_failure_fails_and_refunds,
     completion_or_death_by_wrong_codes_cancels_held_steps,
     a_later_step_sent_cancels_an_earlier_one_still_retrying,
+    a_step_in_flight_when_its_verification_ends_is_left_to_its_worker,
 );
 
 /// Verification 1 on SMS with a WhatsApp step due at `T0 + 10 s`.
@@ -455,4 +456,54 @@ async fn an_undeliverable_receipt_refunds_a_pending_verification_once_but_not_a_
     assert_eq!(two.delivery, DeliveryStatus::Undeliverable);
     // Undeliverable is a delivery outcome, not a message the outbox gave up on.
     assert_eq!(store.outbox_depth().await.unwrap().failed, 0);
+}
+
+async fn a_step_in_flight_when_its_verification_ends_is_left_to_its_worker(db: TestDb) {
+    // The first step is at its gateway (claimed) when the code comes back:
+    // the held step is cancelled, the one in flight is not, and its worker
+    // records it sent, so its receipt has a row to land on.
+    let store = db.open().await;
+    let c = with_fallback(&store).await;
+    let first = claim(&store, "w", 10, T0).await;
+    assert!(completes(&store, &c, vid(1), 0, T0 + 1).await);
+    let all = steps(&store).await;
+    assert_eq!(
+        (all[0].status, all[1].status),
+        (DeliveryStatus::Queued, DeliveryStatus::Cancelled)
+    );
+    assert!(
+        store
+            .outbox_sent(first[0].id, "w", &sent_info("smsc", "m1"), T0 + 2)
+            .await
+            .unwrap()
+    );
+    let sent = &steps(&store).await[0];
+    assert_eq!(sent.status, DeliveryStatus::Sent);
+    assert!(sent.text.is_none());
+
+    // Had it failed for now instead, there is no second attempt.
+    store.account_add_credits(&c, 2).await.unwrap();
+    created(&store, send(2, &c, &phone(2), T0)).await;
+    let second = claim(&store, "w", 10, T0).await;
+    assert!(completes(&store, &c, vid(2), 0, T0 + 1).await);
+    assert!(
+        store
+            .outbox_retry(second[0].id, "w", T0 + 500, "smsc: throttled", T0 + 2)
+            .await
+            .unwrap()
+    );
+    let retried = outbox_row(&store, 2).await;
+    assert_eq!(retried.status, DeliveryStatus::Cancelled);
+    assert!(retried.text.is_none());
+    assert!(claim(&store, "w", 10, T0 + 1_000).await.is_empty());
+
+    // A lease that ran out is no flight: its holder is presumed dead, and
+    // the message is cancelled with the verification.
+    created(&store, send(3, &c, &phone(3), T0)).await;
+    claim(&store, "w", 10, T0).await;
+    assert!(completes(&store, &c, vid(3), 0, T0 + LEASE).await);
+    assert_eq!(
+        outbox_row(&store, 3).await.status,
+        DeliveryStatus::Cancelled
+    );
 }
