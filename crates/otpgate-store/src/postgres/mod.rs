@@ -240,7 +240,11 @@ impl PostgresStore {
         });
         // Half the pool for sends, the rest for everything else; one send
         // queue has one connection in use at a time.
-        let sends = batch::Batcher::start(&pool, usize::try_from(opts.pool_size / 2).unwrap_or(1));
+        let sends = batch::Batcher::start(
+            &pool,
+            usize::try_from(opts.pool_size / 2).unwrap_or(1),
+            op_deadline,
+        );
         let store = Self {
             pool,
             op_deadline,

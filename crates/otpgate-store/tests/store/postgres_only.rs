@@ -175,6 +175,63 @@ async fn a_partitioned_database_is_unavailable_promptly_and_heals() {
     assert_eq!(balance(&store, &c).await.0, 9);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_send_cut_off_mid_transaction_by_a_partition_never_commits_after_its_503() {
+    let test =
+        "postgres_only::a_send_cut_off_mid_transaction_by_a_partition_never_commits_after_its_503";
+    let Some(db) = TestDb::postgres(test).await else {
+        return;
+    };
+    let port = TempPostgres::shared().expect("the shared server").port();
+    let relay = Relay::start(port).await;
+    let url = db
+        .url()
+        .replace(&format!(":{port}/"), &format!(":{}/", relay.port));
+    let store = Arc::new(PostgresStore::connect(&url, impatient(2)).await.unwrap());
+    let c = cid(1);
+    account(&*store, &c, 10, 0).await;
+    // Another session (not through the relay) holds the account's row, so
+    // the send's transaction stops at its first statement; the network
+    // then partitions, and the row is let go: the transaction's answer is
+    // stuck in the partition while its caller gives up.
+    let mut other = sqlx::PgConnection::connect(db.url()).await.unwrap();
+    sqlx::query("begin").execute(&mut other).await.unwrap();
+    sqlx::query("select 1 from accounts where customer_id = $1 for update")
+        .bind(c.as_str())
+        .execute(&mut other)
+        .await
+        .unwrap();
+    let sender = store.clone();
+    let req = send(1, &c, &phone(1), T0);
+    let send = tokio::spawn(async move { sender.verification_create(req).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    relay.freeze(true);
+    sqlx::query("rollback").execute(&mut other).await.unwrap();
+    let r = send.await.unwrap();
+    assert!(matches!(r, Err(StoreError::Unavailable(_))), "{r:?}");
+    // Healed after the store's deadline: the transaction was given up
+    // with its caller (by the server's idle-in-transaction timeout, which
+    // ended it while its answer was stuck, and by the send queue's own
+    // deadline), so nothing of it commits now.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    relay.freeze(false);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut direct = sqlx::PgConnection::connect(db.url()).await.unwrap();
+    let (credits, sent): (i64, i64) = sqlx::query_as(
+        "select credits, (select count(*) from verifications) from accounts
+          where customer_id = $1",
+    )
+    .bind(c.as_str())
+    .fetch_one(&mut direct)
+    .await
+    .unwrap();
+    assert_eq!(
+        (credits, sent),
+        (10, 0),
+        "a send that answered 503 committed"
+    );
+}
+
 /// Awaits `op`, which must fail as `Unavailable` within `limit`: the store
 /// gives up after a few of its one-second timeouts, long before a client
 /// or load balancer would.
