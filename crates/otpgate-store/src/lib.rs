@@ -196,8 +196,8 @@ resource_traits! {
             -> StoreResult<Option<Verification>>;
         /// A validation's read, in one: [`VerificationStore::verification_get`],
         /// and with it the wrong codes its account entered for its
-        /// destination since `wrong_since` (as
-        /// [`VerificationStore::wrong_codes_since`] counts them).
+        /// destination, over all its verifications created since
+        /// `wrong_since`.
         async fn verification_to_validate(&self, customer: &CustomerId, id: VerificationId, wrong_since: i64)
             -> StoreResult<Option<(Verification, u32)>>;
         /// Applies a validation's result if, and only if, the verification is
@@ -208,10 +208,6 @@ resource_traits! {
         async fn verification_apply(&self,
             customer: &CustomerId, id: VerificationId, expected_wrong_attempts: u32, action: ValidationAction, now: i64)
             -> StoreResult<bool>;
-        /// Wrong codes entered for this destination by this account over all its
-        /// verifications created since `since`.
-        async fn wrong_codes_since(&self, customer: &CustomerId, destination_e164: &str, since: i64)
-            -> StoreResult<u32>;
         /// The account's verifications, newest first, for the console's log.
         async fn verification_list(&self,
             customer: &CustomerId, filter: &VerificationFilter, limit: u32, offset: u32)

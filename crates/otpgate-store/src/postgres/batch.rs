@@ -39,7 +39,6 @@
 use std::collections::VecDeque;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
-use std::time::Duration;
 
 use sqlx::postgres::PgPool;
 use tokio::sync::{mpsc, oneshot};
@@ -77,13 +76,12 @@ pub(super) struct Batcher {
 
 impl Batcher {
     /// Starts `queues` queue tasks on the current runtime; they end when the
-    /// last clone is dropped. `deadline`: how long one transaction of a
-    /// queue may take (the store's deadline for an operation).
-    pub(super) fn start(pool: &PgPool, queues: usize, deadline: Option<Duration>) -> Self {
+    /// last clone is dropped.
+    pub(super) fn start(pool: &PgPool, queues: usize) -> Self {
         let queues = (0..queues.max(1))
             .map(|_| {
                 let (tx, rx) = mpsc::channel(QUEUE);
-                tokio::spawn(drain(pool.clone(), rx, deadline));
+                tokio::spawn(drain(pool.clone(), rx));
                 tx
             })
             .collect();
@@ -105,13 +103,7 @@ impl Batcher {
             .send(Queued { req, lease, reply })
             .await
             .map_err(|_| closed())?;
-        // No answer: the store closed, or the transaction outlived the
-        // deadline and was given up (see `drain`).
-        answer.await.unwrap_or_else(|_| {
-            Err(StoreError::Unavailable(
-                "the PostgreSQL send was given up unanswered".into(),
-            ))
-        })
+        answer.await.unwrap_or_else(|_| Err(closed()))
     }
 
     /// Sends waiting in the queues (not those being run).
@@ -128,7 +120,7 @@ fn closed() -> StoreError {
 }
 
 /// One queue's task: the sends of the account at the head, then the next.
-async fn drain(pool: PgPool, mut queue: mpsc::Receiver<Queued>, deadline: Option<Duration>) {
+async fn drain(pool: PgPool, mut queue: mpsc::Receiver<Queued>) {
     let mut waiting: VecDeque<Queued> = VecDeque::new();
     loop {
         if waiting.is_empty() {
@@ -160,18 +152,7 @@ async fn drain(pool: PgPool, mut queue: mpsc::Receiver<Queued>, deadline: Option
             }
         }
         waiting = rest;
-        // Bounded as its callers' waits are: they give up at the same
-        // deadline (503), and a transaction that outlived them, stuck in a
-        // network partition, must not go on to commit once it heals. Given
-        // up, it is dropped before its COMMIT was sent (the COMMIT goes only
-        // after every statement before it answered), so it rolls back; its
-        // callers that still wait hear that the store is unavailable.
-        match deadline {
-            Some(d) => {
-                let _ = tokio::time::timeout(d, run(&pool, batch)).await;
-            }
-            None => run(&pool, batch).await,
-        }
+        run(&pool, batch).await;
     }
 }
 

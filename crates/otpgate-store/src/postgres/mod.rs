@@ -240,11 +240,7 @@ impl PostgresStore {
         });
         // Half the pool for sends, the rest for everything else; one send
         // queue has one connection in use at a time.
-        let sends = batch::Batcher::start(
-            &pool,
-            usize::try_from(opts.pool_size / 2).unwrap_or(1),
-            op_deadline,
-        );
+        let sends = batch::Batcher::start(&pool, usize::try_from(opts.pool_size / 2).unwrap_or(1));
         let store = Self {
             pool,
             op_deadline,
@@ -642,23 +638,6 @@ impl VerificationStore for PostgresStore {
             .bind(detail);
         let n: i64 = self.guarded(one(&self.pool, query, scalar)).await?;
         Ok(n == 1)
-    }
-
-    async fn wrong_codes_since(
-        &self,
-        customer: &CustomerId,
-        destination_e164: &str,
-        since: i64,
-    ) -> StoreResult<u32> {
-        let query = sqlx::query(
-            "select coalesce(sum(wrong_attempts), 0)::bigint from verifications
-             where customer_id = $1 and destination = $2 and created_at >= $3",
-        )
-        .bind(customer.as_str())
-        .bind(destination_e164)
-        .bind(since);
-        let n: i64 = self.guarded(one(&self.pool, query, scalar)).await?;
-        Ok(u32::try_from(n.max(0)).unwrap_or(u32::MAX))
     }
 
     async fn verification_list(

@@ -29,10 +29,11 @@ use crate::{
 };
 
 /// Locks the verification of message `$1` (see the module's note on lock
-/// order) and yields its id; no row when the message is gone.
+/// order) and yields its id and state (the locked row's, so current); no
+/// row when the message is gone.
 macro_rules! lock_verification_of_message {
     () => {
-        "select v.id from outbox m join verifications v on v.id = m.verification_id
+        "select v.id, v.state from outbox m join verifications v on v.id = m.verification_id
           where m.id = $1 for update of v"
     };
 }
@@ -106,14 +107,11 @@ impl OutboxStore for PostgresStore {
         // The last error is also shown on the verification (console, support)
         // while the message waits for its next attempt.
         // A message whose verification ended while it was in flight (see
-        // `cancel_queued`) is cancelled instead: no second attempt. The
-        // state is the locked row's, so current.
-        let query = sqlx::query(
-            "with locked as (
-                     select v.id, v.state from outbox m join verifications v
-                         on v.id = m.verification_id
-                      where m.id = $1 for update of v
-                 ),
+        // `cancel_queued`) is cancelled instead: no second attempt.
+        let query = sqlx::query(concat!(
+            "with locked as (",
+            lock_verification_of_message!(),
+            "),
                  o as (
                      update outbox
                         set lease_owner = null, lease_until = null, next_attempt_at = $3,
@@ -128,8 +126,8 @@ impl OutboxStore for PostgresStore {
                  )
                  update verifications v set delivery_detail = $4
                    from o where v.id = o.verification_id
-                 returning v.id",
-        )
+                 returning v.id"
+        ))
         .bind(message_id)
         .bind(worker)
         .bind(next_attempt_at)

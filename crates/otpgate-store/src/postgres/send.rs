@@ -260,8 +260,8 @@ const LOCK: &str = "with locked as materialized (
 ///   when it leaves the window. The window function's default frame takes
 ///   in peers (equal `created_at`), which changes no answer: the send time
 ///   that first reaches the budget is the same whichever order ties are in.
-///   Wrong codes count by their verification's send time, as
-///   `wrong_codes_since` counts them;
+///   Wrong codes count by their verification's send time, as a
+///   validation's read counts them (`verification_to_validate`);
 /// - the fraud facts [`guard_facts`] reads (counts 0 and times null where
 ///   their switch is off).
 ///

@@ -1059,26 +1059,6 @@ impl VerificationStore for SqliteStore {
         .await
     }
 
-    async fn wrong_codes_since(
-        &self,
-        customer: &CustomerId,
-        destination_e164: &str,
-        since: i64,
-    ) -> StoreResult<u32> {
-        let (customer, destination) = (customer.clone(), destination_e164.to_owned());
-        let n: i64 = self
-            .read_point(move |c| {
-                one(
-                    c,
-                    "select coalesce(sum(wrong_attempts), 0) from verifications
-                     where customer_id = ?1 and destination = ?2 and created_at >= ?3",
-                    params![customer.as_str(), destination, since],
-                )
-            })
-            .await?;
-        Ok(u32::try_from(n).unwrap_or(u32::MAX))
-    }
-
     async fn verification_list(
         &self,
         customer: &CustomerId,

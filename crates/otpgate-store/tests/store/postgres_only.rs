@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use otpgate_core::DeliveryStatus;
+use otpgate_core::{CustomerId, DeliveryStatus};
 use otpgate_store::postgres::{self, PgOptions, PostgresStore, SCHEMA_VERSION};
 use otpgate_store::prelude::*;
 use otpgate_store::{CreateOutcome, StoreError};
@@ -120,13 +120,7 @@ async fn a_send_stuck_behind_a_lock_gives_up_at_the_statement_timeout() {
     account(&store, &c, 10, 0).await;
     // Another node holds the account's row lock and has stopped (a
     // partitioned node in the middle of a send).
-    let mut other = sqlx::PgConnection::connect(db.url()).await.unwrap();
-    sqlx::query("begin").execute(&mut other).await.unwrap();
-    sqlx::query("select 1 from accounts where customer_id = $1 for update")
-        .bind(c.as_str())
-        .execute(&mut other)
-        .await
-        .unwrap();
+    let mut other = holding_the_account_row(db.url(), &c).await;
     let r = store.verification_create(send(1, &c, &phone(1), T0));
     unavailable_within(Duration::from_secs(5), "lock wait", r).await;
     sqlx::query("rollback").execute(&mut other).await.unwrap();
@@ -140,11 +134,7 @@ async fn a_partitioned_database_is_unavailable_promptly_and_heals() {
     let Some(db) = TestDb::postgres(test).await else {
         return;
     };
-    let port = TempPostgres::shared().expect("the shared server").port();
-    let relay = Relay::start(port).await;
-    let url = db
-        .url()
-        .replace(&format!(":{port}/"), &format!(":{}/", relay.port));
+    let (relay, url) = Relay::before(&db).await;
     let store = PostgresStore::connect(&url, impatient(2)).await.unwrap();
     let c = cid(1);
     account(&store, &c, 10, 0).await;
@@ -182,11 +172,7 @@ async fn a_send_cut_off_mid_transaction_by_a_partition_never_commits_after_its_5
     let Some(db) = TestDb::postgres(test).await else {
         return;
     };
-    let port = TempPostgres::shared().expect("the shared server").port();
-    let relay = Relay::start(port).await;
-    let url = db
-        .url()
-        .replace(&format!(":{port}/"), &format!(":{}/", relay.port));
+    let (relay, url) = Relay::before(&db).await;
     let store = Arc::new(PostgresStore::connect(&url, impatient(2)).await.unwrap());
     let c = cid(1);
     account(&*store, &c, 10, 0).await;
@@ -194,13 +180,7 @@ async fn a_send_cut_off_mid_transaction_by_a_partition_never_commits_after_its_5
     // the send's transaction stops at its first statement; the network
     // then partitions, and the row is let go: the transaction's answer is
     // stuck in the partition while its caller gives up.
-    let mut other = sqlx::PgConnection::connect(db.url()).await.unwrap();
-    sqlx::query("begin").execute(&mut other).await.unwrap();
-    sqlx::query("select 1 from accounts where customer_id = $1 for update")
-        .bind(c.as_str())
-        .execute(&mut other)
-        .await
-        .unwrap();
+    let mut other = holding_the_account_row(db.url(), &c).await;
     let sender = store.clone();
     let req = send(1, &c, &phone(1), T0);
     let send = tokio::spawn(async move { sender.verification_create(req).await });
@@ -210,9 +190,9 @@ async fn a_send_cut_off_mid_transaction_by_a_partition_never_commits_after_its_5
     let r = send.await.unwrap();
     assert!(matches!(r, Err(StoreError::Unavailable(_))), "{r:?}");
     // Healed after the store's deadline: the transaction was given up
-    // with its caller (by the server's idle-in-transaction timeout, which
-    // ended it while its answer was stuck, and by the send queue's own
-    // deadline), so nothing of it commits now.
+    // with its caller (the server's idle-in-transaction timeout, which the
+    // store sets on its sessions, ended it while its answer was stuck), so
+    // nothing of it commits now.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     relay.freeze(false);
     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -259,7 +239,30 @@ struct Relay {
     task: tokio::task::JoinHandle<()>,
 }
 
+/// A session of its own (as another node would have) holding account
+/// `c`'s row lock in an open transaction, until it rolls back.
+async fn holding_the_account_row(url: &str, c: &CustomerId) -> sqlx::PgConnection {
+    let mut other = sqlx::PgConnection::connect(url).await.unwrap();
+    sqlx::query("begin").execute(&mut other).await.unwrap();
+    sqlx::query("select 1 from accounts where customer_id = $1 for update")
+        .bind(c.as_str())
+        .execute(&mut other)
+        .await
+        .unwrap();
+    other
+}
+
 impl Relay {
+    /// A relay in front of the shared server, and `db`'s URL through it.
+    async fn before(db: &TestDb) -> (Self, String) {
+        let port = TempPostgres::shared().expect("the shared server").port();
+        let relay = Self::start(port).await;
+        let url = db
+            .url()
+            .replace(&format!(":{port}/"), &format!(":{}/", relay.port));
+        (relay, url)
+    }
+
     async fn start(upstream: u16) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
@@ -441,13 +444,7 @@ async fn queued_sends_of_one_account_share_a_transaction_and_keep_their_own_outc
         let store = store.clone();
         let url = db.url().to_owned();
         async move {
-            let mut other = sqlx::PgConnection::connect(&url).await.unwrap();
-            sqlx::query("begin").execute(&mut other).await.unwrap();
-            sqlx::query("select 1 from accounts where customer_id = $1 for update")
-                .bind(cid(1).as_str())
-                .execute(&mut other)
-                .await
-                .unwrap();
+            let mut other = holding_the_account_row(&url, &cid(1)).await;
             let mut reqs = reqs.into_iter();
             // The first send runs alone and waits for the lock; the rest
             // queue behind it.
