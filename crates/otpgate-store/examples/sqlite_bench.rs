@@ -9,8 +9,15 @@
 //!
 //! ```text
 //! cargo run --release -p otpgate-store --example sqlite_bench -- \
-//!     [--seconds 3] [--rounds 3] [--dir PATH]
+//!     [--seconds 3] [--rounds 3] [--dir PATH] [--rows N]
 //! ```
+//!
+//! Ids and destinations are scattered as the server's are (its ids are
+//! random, its users' numbers are), so each send lands on random pages of
+//! the tables and indexes keyed on them. `--rows N` (default 0) starts every
+//! case from a database that already holds N such earlier sends and their
+//! outbox rows: a table far past SQLite's page cache, where each of those
+//! random pages costs a read, as on a server that has run for a while.
 //!
 //! Each case runs for `--seconds` on a fresh database file under `--dir`
 //! (default: the system temporary directory, which must be on the disk you
@@ -30,6 +37,8 @@ use otpgate_store::testkit::plain_send;
 use otpgate_store::{CreateOutcome, NewAccount, NewVerification};
 
 const T0: i64 = 1_764_100_000_000;
+/// The one account every case sends for.
+const CUSTOMER: &str = "C-00000000000BE7C";
 const SENDERS: [usize; 2] = [1, 64];
 
 struct Case {
@@ -44,6 +53,9 @@ struct Outcome {
     p50_ms: f64,
     p99_ms: f64,
     commits: u64,
+    /// Bytes the process read and wrote through system calls during the
+    /// case (`/proc/self/io`): SQLite's page reads and its WAL writes.
+    io: Io,
 }
 
 /// A case's rounds, summed (sends, commits) or as medians (the rest).
@@ -53,6 +65,7 @@ struct Summary {
     per_sec: f64,
     p50_ms: f64,
     p99_ms: f64,
+    io: Io,
 }
 
 fn summarise(runs: &[Outcome]) -> Summary {
@@ -64,6 +77,10 @@ fn summarise(runs: &[Outcome]) -> Summary {
     Summary {
         sends: runs.iter().map(|o| o.sends).sum(),
         commits: runs.iter().map(|o| o.commits).sum(),
+        io: Io {
+            read: runs.iter().map(|o| o.io.read).sum(),
+            written: runs.iter().map(|o| o.io.written).sum(),
+        },
         per_sec: median(|o| o.per_sec),
         p50_ms: median(|o| o.p50_ms),
         p99_ms: median(|o| o.p99_ms),
@@ -80,13 +97,21 @@ fn mode(max_batch: usize) -> String {
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let (seconds, rounds, dir) = args()?;
+    let (seconds, rounds, dir, rows) = args()?;
     let dir = dir.join(format!("otpgate-sqlite-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     println!(
         "verification_create on SQLite (synchronous=FULL, WAL), {seconds} s per case, \
-         {rounds} rounds, in {}",
+         {rounds} rounds, {rows} earlier sends, in {}",
         dir.display()
+    );
+    let template = dir.join("template.db");
+    let t = Instant::now();
+    make_template(&template, rows).await?;
+    println!(
+        "  the starting database: {:.0} MB, made in {:.1} s",
+        std::fs::metadata(&template)?.len() as f64 / 1e6,
+        t.elapsed().as_secs_f64()
     );
     let cases: Vec<Case> = SENDERS
         .into_iter()
@@ -96,6 +121,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     for round in 1..=rounds {
         for (case, runs) in cases.iter().zip(&mut runs) {
             let file = dir.join(format!("b{}-s{}.db", case.max_batch, case.senders));
+            std::fs::copy(&template, &file)?;
             let out = run(case, &file, Duration::from_secs(seconds)).await;
             for suffix in ["", "-wal", "-shm"] {
                 let _ = std::fs::remove_file(format!("{}{suffix}", file.display()));
@@ -113,17 +139,27 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             runs.push(out);
         }
     }
+    let _ = std::fs::remove_file(&template);
     let _ = std::fs::remove_dir(&dir);
 
     println!();
     println!(
-        "{:<14} {:>7} {:>8} {:>9} {:>8} {:>8} {:>8} {:>10}",
-        "mode", "senders", "sends", "sends/s", "p50 ms", "p99 ms", "commits", "per commit"
+        "{:<14} {:>7} {:>8} {:>9} {:>8} {:>8} {:>8} {:>10} {:>12}",
+        "mode",
+        "senders",
+        "sends",
+        "sends/s",
+        "p50 ms",
+        "p99 ms",
+        "commits",
+        "per commit",
+        "KiB r/w each"
     );
     let summaries: Vec<Summary> = runs.iter().map(|r| summarise(r)).collect();
     for (case, s) in cases.iter().zip(&summaries) {
+        let per_send = |bytes: u64| bytes as f64 / 1024.0 / s.sends.max(1) as f64;
         println!(
-            "{:<14} {:>7} {:>8} {:>9.0} {:>8.2} {:>8.2} {:>8} {:>10.1}",
+            "{:<14} {:>7} {:>8} {:>9.0} {:>8.2} {:>8.2} {:>8} {:>10.1} {:>5.1}/{:<6.1}",
             mode(case.max_batch),
             case.senders,
             s.sends,
@@ -132,6 +168,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             s.p99_ms,
             s.commits,
             s.sends as f64 / s.commits.max(1) as f64,
+            per_send(s.io.read),
+            per_send(s.io.written),
         );
     }
     println!();
@@ -164,10 +202,12 @@ fn in_range<T: std::str::FromStr + PartialOrd>(
         .ok_or_else(|| why.to_owned())
 }
 
-/// `--seconds N` (1 to 60), `--rounds N` (1 to 10) and `--dir PATH`.
-fn args() -> Result<(u64, usize, PathBuf), String> {
+/// `--seconds N` (1 to 60), `--rounds N` (1 to 10), `--dir PATH` and
+/// `--rows N` (0 to 10 million).
+fn args() -> Result<(u64, usize, PathBuf, u64), String> {
     let mut seconds = 3;
     let mut rounds = 3;
+    let mut rows = 0;
     let mut dir = std::env::temp_dir();
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -176,20 +216,23 @@ fn args() -> Result<(u64, usize, PathBuf), String> {
             "--seconds" => seconds = in_range(&value, 1..=60, "--seconds takes 1 to 60")?,
             "--rounds" => rounds = in_range(&value, 1..=10, "--rounds takes 1 to 10")?,
             "--dir" => dir = value.into(),
+            "--rows" => rows = in_range(&value, 0..=10_000_000, "--rows takes 0 to 10000000")?,
             _ => return Err(format!("unknown argument {arg}")),
         }
     }
-    Ok((seconds, rounds, dir))
+    Ok((seconds, rounds, dir, rows))
 }
 
-async fn run(case: &Case, file: &PathBuf, length: Duration) -> Result<Outcome, String> {
-    let store = SqliteStore::open_path_with_max_batch(file, case.max_batch)
+/// The database every case starts from: the schema, the account and `rows`
+/// earlier sends (completed, their messages sent), written in one
+/// transaction straight into the tables, as many sends would have left them.
+async fn make_template(file: &PathBuf, rows: u64) -> Result<(), String> {
+    let store = SqliteStore::open_path(file)
         .await
         .map_err(|e| e.to_string())?;
-    let customer = CustomerId::parse("C-00000000000BE7C").map_err(|e| format!("{e:?}"))?;
     store
         .account_create(NewAccount {
-            customer_id: customer.clone(),
+            customer_id: CustomerId::parse(CUSTOMER).map_err(|e| format!("{e:?}"))?,
             password_hash: "unused".into(),
             email: None,
             country: None,
@@ -200,7 +243,72 @@ async fn run(case: &Case, file: &PathBuf, length: Duration) -> Result<Outcome, S
         })
         .await
         .map_err(|e| e.to_string())?;
+    store.close().await;
+    let mut conn = rusqlite::Connection::open(file).map_err(|e| e.to_string())?;
+    let tx = conn.transaction().map_err(|e| e.to_string())?;
+    {
+        let mut verification = tx
+            .prepare(
+                "insert into verifications
+                     (id, customer_id, country_code, national, destination, flow_type,
+                      code_hash, otp_length, state, wrong_attempts, max_attempts, created_at,
+                      expires_at, completed_at, transaction_id, cost, cost_test, delivery,
+                      channel, prefix)
+                 values (?1, ?2, 91, ?3, ?4, 'SMS', ?5, 4, 'completed', 0, 5, ?6, ?6 + 600000,
+                         ?6 + 20000, ?7, 1, 0, 'delivered', 'inbox', ?8)",
+            )
+            .map_err(|e| e.to_string())?;
+        let mut outbox = tx
+            .prepare(
+                "insert into outbox (verification_id, customer_id, step, status, attempts,
+                                     next_attempt_at, channel, created_at, updated_at)
+                 values (?1, ?2, 0, 'delivered', 1, ?3, 'inbox', ?3, ?3)",
+            )
+            .map_err(|e| e.to_string())?;
+        for i in 0..rows {
+            // Seeded apart from the cases' own ids and numbers.
+            let seed = mix(i ^ 0x5eed_0000_0000_0000);
+            let id = (seed >> 11).max(1) as i64;
+            let national = format!("98{:08}", mix(seed) % 100_000_000);
+            let destination = format!("91{national}");
+            let created_at = T0 - 1_000 - (rows - i) as i64;
+            verification
+                .execute(rusqlite::params![
+                    id,
+                    CUSTOMER,
+                    national,
+                    destination,
+                    &[7u8; 32][..],
+                    created_at,
+                    format!("old-{i}"),
+                    &destination[..8],
+                ])
+                .map_err(|e| e.to_string())?;
+            outbox
+                .execute(rusqlite::params![id, CUSTOMER, created_at])
+                .map_err(|e| e.to_string())?;
+        }
+    }
+    tx.commit().map_err(|e| e.to_string())?;
+    conn.execute_batch("pragma wal_checkpoint(truncate)")
+        .map_err(|e| e.to_string())
+}
+
+/// SplitMix64's finaliser: scatters consecutive numbers over 64 bits.
+fn mix(n: u64) -> u64 {
+    let mut z = n.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+async fn run(case: &Case, file: &PathBuf, length: Duration) -> Result<Outcome, String> {
+    let store = SqliteStore::open_path_with_max_batch(file, case.max_batch)
+        .await
+        .map_err(|e| e.to_string())?;
+    let customer = CustomerId::parse(CUSTOMER).map_err(|e| format!("{e:?}"))?;
     let before = store.write_stats();
+    let io_before = Io::now();
     let next_id = Arc::new(AtomicU64::new(1));
     let started = Instant::now();
     let deadline = started + length;
@@ -227,6 +335,7 @@ async fn run(case: &Case, file: &PathBuf, length: Duration) -> Result<Outcome, S
     }
     let elapsed = started.elapsed();
     let commits = store.write_stats().commits - before.commits;
+    let io = Io::now().since(&io_before);
     store.close().await;
     latencies.sort_unstable();
     let at = |q: f64| {
@@ -239,18 +348,57 @@ async fn run(case: &Case, file: &PathBuf, length: Duration) -> Result<Outcome, S
         p50_ms: at(0.50),
         p99_ms: at(0.99),
         commits,
+        io,
     })
 }
 
-/// A send to a destination of its own, so none answers 506.
+/// `rchar` and `wchar` of `/proc/self/io`: every byte read or written by a
+/// system call, whether or not it reached the disk (a page SQLite misses in
+/// its own cache is a read even when the kernel has it). Zero where the
+/// file does not exist.
+#[derive(Default)]
+struct Io {
+    read: u64,
+    written: u64,
+}
+
+impl Io {
+    fn now() -> Io {
+        let text = std::fs::read_to_string("/proc/self/io").unwrap_or_default();
+        let field = |name: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0)
+        };
+        Io {
+            read: field("rchar:"),
+            written: field("wchar:"),
+        }
+    }
+
+    fn since(&self, before: &Io) -> Io {
+        Io {
+            read: self.read.saturating_sub(before.read),
+            written: self.written.saturating_sub(before.written),
+        }
+    }
+}
+
+/// A send to a destination of its own, so none answers 506: `n` times an
+/// odd number not divisible by 5 is a permutation of 0..10^8, which spreads
+/// the numbers over the index as real users' are. Its id is scattered the
+/// same way, as the server's random ids are.
 fn request(customer: &CustomerId, n: u64) -> Result<NewVerification, String> {
-    let id = VerificationId::new(n).map_err(|e| format!("{e:?}"))?;
-    let to = PhoneNumber::from_trusted_parts(91, format!("98{:08}", n % 100_000_000));
+    let id = VerificationId::new((mix(n) >> 11).max(1)).map_err(|e| format!("{e:?}"))?;
+    let national = format!("98{:08}", n.wrapping_mul(54_435_761) % 100_000_000);
+    let prefix = format!("91{}", &national[..6]);
+    let to = PhoneNumber::from_trusted_parts(91, national);
     let text = format!("Your code is {:04}", n % 10_000);
     Ok(NewVerification {
         expires_at: T0 + 600_000,
         transaction_id: format!("bench-{n}"),
-        prefix: format!("9198{:04}", (n / 10_000) % 10_000),
+        prefix,
         ..plain_send(id, customer, &to, &text, T0)
     })
 }

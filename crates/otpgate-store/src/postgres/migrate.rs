@@ -45,10 +45,11 @@ const MIGRATIONS: &[Migration] = migrations![
     ),
     (5, "events", "0005_events.sql"),
     (6, "schema parity", "0006_schema_parity.sql"),
+    (7, "destination index", "0007_destination_index.sql"),
 ];
 
 /// The newest schema this build knows.
-pub const SCHEMA_VERSION: i64 = 6;
+pub const SCHEMA_VERSION: i64 = 7;
 
 /// The migrations as (version, name, SQL), in order: for tests that make a
 /// database as an earlier build did.

@@ -89,10 +89,15 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
         "schema parity",
         include_str!("../../migrations/sqlite/0007_schema_parity.sql"),
     ),
+    (
+        8,
+        "destination index",
+        include_str!("../../migrations/sqlite/0008_destination_index.sql"),
+    ),
 ];
 
 /// The schema version this build migrates to (the newest migration).
-pub const SCHEMA_VERSION: i64 = 7;
+pub const SCHEMA_VERSION: i64 = 8;
 const _: () = assert!(MIGRATIONS[MIGRATIONS.len() - 1].0 == SCHEMA_VERSION);
 
 /// How long a statement waits for another process's write lock before the

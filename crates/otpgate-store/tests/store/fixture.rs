@@ -264,20 +264,14 @@ impl TestDb {
         }
     }
 
-    /// Leaves the database as the build before this one made it: every
-    /// migration but this build's newest, applied as that build applied
-    /// them. Nothing may have opened it yet.
-    pub async fn make_as_previous_build(&self) {
+    /// Leaves the database as the build that stopped at schema `version`
+    /// made it: its migrations, applied as that build applied them. Nothing
+    /// may have opened it yet.
+    pub async fn make_at_schema(&self, version: i64) {
         use sqlx::Connection;
         match &self.location {
-            Location::Sqlite(dir) => {
-                let newest = sqlite::SCHEMA_VERSION;
-                sqlite_at_schema(&dir.db(), newest - 1).await.close().await;
-            }
-            Location::Postgres(url) => {
-                let newest = postgres::SCHEMA_VERSION;
-                pg_at_schema(url, newest - 1).await.close().await.unwrap();
-            }
+            Location::Sqlite(dir) => sqlite_at_schema(&dir.db(), version).await.close().await,
+            Location::Postgres(url) => pg_at_schema(url, version).await.close().await.unwrap(),
         }
     }
 

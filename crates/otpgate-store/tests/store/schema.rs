@@ -11,11 +11,13 @@
 //! `text` is also `jsonb`; `blob` is `bytea`. Each side's migration
 //! bookkeeping (`_sqlx_migrations`, `schema_version`) is left out.
 //!
-//! Upgrade: a database as the previous build left it, holding an account
-//! (balances, token epoch, e-mail), a verification and its outbox row, opens
-//! under this build with all of it intact, and the new `outbox.customer_id`
-//! is filled for the old row (the channel statistics, which read by it,
-//! count it).
+//! Upgrade: a database as the previous build left it, and one as the build
+//! before schema parity left it, each holding an account (balances, token
+//! epoch, e-mail), a verification and its outbox row, opens under this build
+//! with all of it intact: the verification is found by id and by its
+//! destination (a validation's wrong-code count reads the destination
+//! index), and an outbox row from before SQLite had `outbox.customer_id` is
+//! filled (the channel statistics, which read by it, count it).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
@@ -363,12 +365,22 @@ fn old_rows(blob: &str) -> String {
     )
 }
 
-async fn an_upgrade_keeps_accounts_balances_tokens_and_verifications(backend: Backend) {
-    let test = "schema::an_upgrade_keeps_accounts_balances_tokens_and_verifications";
+/// The schema just before the schema-parity migration (SQLite's 7,
+/// PostgreSQL's 6): the last one whose SQLite outbox had no `customer_id`.
+fn before_parity(backend: Backend) -> i64 {
+    match backend {
+        Backend::Sqlite => 6,
+        Backend::Postgres => 5,
+    }
+}
+
+/// One upgrade from schema `from`; false when the backend is missing and
+/// the test was skipped (said by `test`, its name).
+async fn upgrade_keeps_everything(test: &str, backend: Backend, from: i64) -> bool {
     let Some(db) = TestDb::fresh(backend, test).await else {
-        return;
+        return false;
     };
-    db.make_as_previous_build().await;
+    db.make_at_schema(from).await;
     // A code hash is 32 bytes.
     let hash = "07".repeat(32);
     db.execute(&old_rows(&match backend {
@@ -377,14 +389,14 @@ async fn an_upgrade_keeps_accounts_balances_tokens_and_verifications(backend: Ba
     }))
     .await;
     let outbox_row = match backend {
-        // Before this build SQLite's outbox had no customer_id.
-        Backend::Sqlite => {
+        // Before schema parity SQLite's outbox had no customer_id.
+        Backend::Sqlite if from <= before_parity(backend) => {
             "insert into outbox (verification_id, step, status, attempts, next_attempt_at,
                                  channel, gateway_id, created_at, updated_at)
                  values (77, 0, 'sent', 1, 1764100000000, 'http', 'gw-77', 1764100000000,
                          1764100000000)"
         }
-        Backend::Postgres => {
+        Backend::Sqlite | Backend::Postgres => {
             "insert into outbox (verification_id, customer_id, step, status, attempts,
                                  next_attempt_at, channel, gateway_id, created_at, updated_at)
                  values (77, 'C-000000000000007', 0, 'sent', 1, 1764100000000, 'http', 'gw-77',
@@ -437,6 +449,14 @@ async fn an_upgrade_keeps_accounts_balances_tokens_and_verifications(backend: Ba
         )
     );
     assert_eq!(v.code_hash.0, [7; 32]);
+    // Its one wrong code counts for its number, read through the index on
+    // (destination, customer_id, created_at) that replaced two.
+    let (_, wrong) = store
+        .verification_to_validate(&c, id, 1764100000000)
+        .await
+        .unwrap()
+        .expect("the verification, to validate");
+    assert_eq!(wrong, 1);
     let m = store
         .outbox_for_verification(id)
         .await
@@ -457,14 +477,32 @@ async fn an_upgrade_keeps_accounts_balances_tokens_and_verifications(backend: Ba
         [("http", 1, 1)]
     );
     store.close().await;
+    true
+}
+
+/// From the previous build's schema and from the one before schema parity.
+async fn an_upgrade_keeps_accounts_balances_tokens_and_verifications(test: &str, b: Backend) {
+    for from in [b.schema_version() - 1, before_parity(b)] {
+        if !upgrade_keeps_everything(test, b, from).await {
+            return;
+        }
+    }
 }
 
 #[tokio::test]
 async fn an_upgrade_keeps_accounts_balances_tokens_and_verifications_on_sqlite() {
-    an_upgrade_keeps_accounts_balances_tokens_and_verifications(Backend::Sqlite).await;
+    an_upgrade_keeps_accounts_balances_tokens_and_verifications(
+        "schema::an_upgrade_keeps_accounts_balances_tokens_and_verifications_on_sqlite",
+        Backend::Sqlite,
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn an_upgrade_keeps_accounts_balances_tokens_and_verifications_on_postgres() {
-    an_upgrade_keeps_accounts_balances_tokens_and_verifications(Backend::Postgres).await;
+    an_upgrade_keeps_accounts_balances_tokens_and_verifications(
+        "schema::an_upgrade_keeps_accounts_balances_tokens_and_verifications_on_postgres",
+        Backend::Postgres,
+    )
+    .await;
 }

@@ -1,0 +1,22 @@
+-- One index for a destination's sends instead of two, and the prefix index
+-- only where the conversion guard counts: every send inserts into each index
+-- of verifications, and an index keyed on the destination lands on a random
+-- page each time (a page of WAL, a b-tree descent, under the account's lock).
+--
+-- (destination, customer_id, created_at) serves what both served: one
+-- account's sends to a number over a window (the pending check, the
+-- per-number limit, the wrong-code budget, a validation's wrong-code count),
+-- by two equalities and a range; and the per-number cap across accounts
+-- (destination = $ and created_at > $), by one equality over that number's
+-- rows, read from the index alone. A number's rows are few: the caps and
+-- the retention bound them.
+drop index verifications_destination_idx;
+drop index verifications_destination_time_idx;
+create index verifications_destination_idx
+    on verifications (destination, customer_id, created_at);
+
+-- Rows the guard does not count (a safe-listed destination, a test number,
+-- rows older than schema 3) have no prefix and no query looks them up by it.
+drop index verifications_prefix_idx;
+create index verifications_prefix_idx on verifications (prefix, created_at)
+    where prefix is not null;
