@@ -11,6 +11,11 @@
 //! - `flows`: U virtual users each looping token → send → code from the
 //!   inbox → validate for D seconds.
 //!
+//! With `--server-pid`, each phase also reports the server's CPU time per
+//! request (user and system, all threads): the work a request costs, which
+//! a busy shared machine disturbs far less than it disturbs req/s. For
+//! `send` it counts until the outbox is empty, so it includes delivery.
+//!
 //! It prints a table and, with `--json FILE`, adds its figures under
 //! `--label` to that file (an object of runs by label) for comparison
 //! between runs. Every phase is bounded in time and count; it measures and
@@ -68,7 +73,8 @@ pub struct BenchArgs {
         default_value = "healthz,send,validate,flows"
     )]
     phases: Vec<String>,
-    /// The server's process id, for its resident memory (Linux `/proc`).
+    /// The server's process id, for its resident memory and CPU time
+    /// (Linux `/proc`).
     #[arg(long)]
     server_pid: Option<u32>,
     /// Name of this run in the JSON file (e.g. the backend).
@@ -84,6 +90,44 @@ struct Phase {
     latencies: Vec<u64>,
     errors: u64,
     secs: f64,
+    /// CPU time used while it ran, from [`Cpu::since`].
+    cpu: CpuUsed,
+}
+
+/// CPU time (µs) of the server and of this bench, from `/proc`.
+#[derive(Clone, Copy, Default)]
+struct CpuUsed {
+    server: Option<u64>,
+    bench: Option<u64>,
+}
+
+/// CPU counters read when a phase started.
+#[derive(Clone, Copy)]
+struct Cpu {
+    pid: Option<u32>,
+    at: CpuUsed,
+}
+
+impl Cpu {
+    fn start(pid: Option<u32>) -> Self {
+        Self {
+            pid,
+            at: CpuUsed {
+                server: pid.and_then(|p| cpu_us(&p.to_string())),
+                bench: cpu_us("self"),
+            },
+        }
+    }
+
+    /// What each process used from [`Cpu::start`] until now.
+    fn since(&self) -> CpuUsed {
+        let now = Self::start(self.pid).at;
+        let d = |a: Option<u64>, b: Option<u64>| Some(b?.saturating_sub(a?));
+        CpuUsed {
+            server: d(self.at.server, now.server),
+            bench: d(self.at.bench, now.bench),
+        }
+    }
 }
 
 impl Phase {
@@ -91,9 +135,18 @@ impl Phase {
         self.latencies.len() as f64 / self.secs.max(0.001)
     }
 
+    /// µs of `used` CPU per request answered.
+    fn per_request(&self, used: Option<u64>) -> Option<f64> {
+        let n = self.latencies.len();
+        #[allow(clippy::cast_precision_loss)]
+        used.filter(|_| n > 0).map(|u| round(u as f64 / n as f64))
+    }
+
     fn json(&mut self, baseline: Option<f64>) -> Value {
         let rps = self.rps();
         json!({
+            "server_cpu_us_per_req": self.per_request(self.cpu.server),
+            "bench_cpu_us_per_req": self.per_request(self.cpu.bench),
             "count": self.latencies.len(),
             "errors": self.errors,
             "seconds": round(self.secs),
@@ -254,11 +307,12 @@ fn code_in(text: &str) -> anyhow::Result<String> {
 
 /// Runs `job` on `workers` tasks until `secs` have passed, `MAX_PER_PHASE`
 /// jobs have run, or a job answers `Ok(false)` (no work left), timing each.
-async fn load<F, Fut>(workers: usize, secs: u64, job: F) -> Phase
+async fn load<F, Fut>(workers: usize, secs: u64, pid: Option<u32>, job: F) -> Phase
 where
     F: Fn() -> Fut + Clone + Send + 'static,
     Fut: Future<Output = anyhow::Result<bool>> + Send,
 {
+    let cpu = Cpu::start(pid);
     let started = Instant::now();
     let until = started + Duration::from_secs(secs);
     let budget = Arc::new(AtomicU64::new(MAX_PER_PHASE));
@@ -293,6 +347,7 @@ where
         latencies: Vec::new(),
         errors: 0,
         secs: 0.0,
+        cpu: CpuUsed::default(),
     };
     for t in tasks {
         if let Ok((ok, errors)) = t.await {
@@ -301,6 +356,7 @@ where
         }
     }
     phase.secs = started.elapsed().as_secs_f64();
+    phase.cpu = cpu.since();
     phase
 }
 
@@ -338,7 +394,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<u8> {
         match phase.as_str() {
             "healthz" => {
                 let b = bench.clone();
-                let p = load(c, d, move || {
+                let p = load(c, d, args.server_pid, move || {
                     let b = b.clone();
                     async move {
                         let r = b.http.get(format!("{}/healthz", b.base)).send().await?;
@@ -354,7 +410,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<u8> {
                 let out = Arc::new(std::sync::Mutex::new(Vec::new()));
                 let (b, o) = (bench.clone(), out.clone());
                 let sampler = args.server_pid.map(|pid| tokio::spawn(peak_rss(pid, d)));
-                let p = load(c, d, move || {
+                let cpu = Cpu::start(args.server_pid);
+                let mut p = load(c, d, args.server_pid, move || {
                     let (b, o, token) = (b.clone(), o.clone(), token.clone());
                     async move {
                         let (id, _) = b.send(&token).await?;
@@ -374,6 +431,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<u8> {
                     }
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 };
+                // A send's cost includes delivering it.
+                p.cpu = cpu.since();
                 let peak = match sampler {
                     Some(s) => s.await.ok().flatten(),
                     None => None,
@@ -404,7 +463,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<u8> {
                 let work = Arc::new(std::sync::Mutex::new(codes));
                 let token: Arc<str> = bench.token().await?.into();
                 let b = bench.clone();
-                let p = load(c, d, move || {
+                let p = load(c, d, args.server_pid, move || {
                     let (b, work, token) = (b.clone(), work.clone(), token.clone());
                     async move {
                         let next = work.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.pop();
@@ -427,7 +486,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<u8> {
             }
             "flows" => {
                 let b = bench.clone();
-                let p = load(usize::from(args.users), d, move || {
+                let p = load(usize::from(args.users), d, args.server_pid, move || {
                     let b = b.clone();
                     async move { b.flow().await.map(|()| true) }
                 })
@@ -471,14 +530,14 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<u8> {
         load_after.as_deref().unwrap_or("?"),
     );
     println!(
-        "{:<10} {:>8} {:>7} {:>10} {:>9} {:>9} {:>9}",
-        "phase", "count", "errors", "req/s", "×healthz", "p50 ms", "p99 ms"
+        "{:<10} {:>8} {:>7} {:>10} {:>9} {:>9} {:>9} {:>9}",
+        "phase", "count", "errors", "req/s", "×healthz", "p50 ms", "p99 ms", "cpu µs"
     );
     let mut phases = serde_json::Map::new();
     for (name, mut p) in rows {
         let j = p.json(baseline);
         println!(
-            "{name:<10} {:>8} {:>7} {:>10.1} {:>9} {:>9.2} {:>9.2}",
+            "{name:<10} {:>8} {:>7} {:>10.1} {:>9} {:>9.2} {:>9.2} {:>9}",
             p.latencies.len(),
             p.errors,
             p.rps(),
@@ -487,6 +546,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<u8> {
                 .map_or("-".into(), |r| format!("{r:.3}")),
             pct(&mut p.latencies, 0.50),
             pct(&mut p.latencies, 0.99),
+            j["server_cpu_us_per_req"]
+                .as_f64()
+                .map_or("-".into(), |u| format!("{u:.1}")),
         );
         phases.insert(name, j);
     }
@@ -565,6 +627,19 @@ fn rss_kb(pid: u32) -> Option<u64> {
         .next()?
         .parse()
         .ok()
+}
+
+/// CPU time (user and system, all threads, µs) that process `pid` (or
+/// `self`) has used. `/proc/PID/stat` counts it in USER_HZ ticks, which
+/// Linux fixes at 100 a second for what it shows userland.
+fn cpu_us(pid: &str) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces and parentheses; the
+    // fields after its last `)` are plain numbers, field 3 first.
+    let mut f = stat.rsplit_once(')')?.1.split_whitespace();
+    let utime: u64 = f.nth(11)?.parse().ok()?;
+    let stime: u64 = f.next()?.parse().ok()?;
+    Some((utime + stime) * 10_000)
 }
 
 /// The 1-, 5- and 15-minute load averages.
