@@ -9,6 +9,7 @@ pub mod code;
 pub mod command;
 pub mod customer;
 pub mod fraud;
+mod number_type;
 pub mod phone;
 pub mod secret;
 pub mod send;

@@ -82,7 +82,7 @@ impl PhoneNumber {
         // national number has no leading zero: `is_valid` matches the number
         // with its zeros (Italy's "06…"), `number_type` without them.
         let (valid, kind) = if parsed.national().zeros() == 0 {
-            let t = parsed.number_type(&DATABASE);
+            let t = crate::number_type::of(cc, &parsed.national().value().to_string());
             (
                 t != phonenumber::Type::Unknown,
                 Some(crate::fraud::NumberKind::from_lib(t)),
@@ -162,7 +162,10 @@ impl PhoneNumber {
             return crate::fraud::NumberKind::Unknown;
         };
         match phonenumber::parse(Some(region), &self.national) {
-            Ok(p) => crate::fraud::NumberKind::from_lib(p.number_type(&DATABASE)),
+            Ok(p) => crate::fraud::NumberKind::from_lib(crate::number_type::of(
+                p.code().value(),
+                &p.national().value().to_string(),
+            )),
             Err(_) => crate::fraud::NumberKind::Unknown,
         }
     }
