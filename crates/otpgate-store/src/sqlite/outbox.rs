@@ -257,28 +257,31 @@ fn mark_sent(
     sent: &SentInfo,
     now: i64,
 ) -> StoreResult<bool> {
-    let Some(vid) = release(
+    let marked: Option<(i64, i64)> = opt(
         c,
         "update outbox
              set status = 'sent', text = null, channel = ?3, gateway_id = ?4,
                  lease_owner = null, lease_until = null, updated_at = ?5
              where id = ?1 and lease_owner = ?2 and status = 'queued'
-             returning verification_id",
+             returning verification_id, step",
         params![message_id, worker, sent.channel, sent.gateway_id, now],
-    )?
-    else {
+        tuple,
+    )?;
+    let Some((vid, step)) = marked else {
         return Ok(false);
     };
     // A later step went out: an earlier one still retrying is not needed
-    // any more (the code is on its way by the later flow).
-    exec(
-        c,
-        "update outbox set status = 'cancelled', text = null, lease_owner = null,
-                           lease_until = null, updated_at = ?3
-         where verification_id = ?1 and status = 'queued'
-           and step < (select step from outbox where id = ?2)",
-        params![vid, message_id, now],
-    )?;
+    // any more (the code is on its way by the later flow). The first step,
+    // which almost every message is, has none before it.
+    if step > 0 {
+        exec(
+            c,
+            "update outbox set status = 'cancelled', text = null, lease_owner = null,
+                               lease_until = null, updated_at = ?3
+             where verification_id = ?1 and status = 'queued' and step < ?2",
+            params![vid, step, now],
+        )?;
+    }
     exec(
         c,
         "update verifications set delivery = 'sent', channel = ?2, gateway_id = ?3
