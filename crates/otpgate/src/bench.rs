@@ -90,7 +90,9 @@ struct Phase {
     latencies: Vec<u64>,
     errors: u64,
     secs: f64,
-    /// CPU time used while it ran, from [`Cpu::since`].
+    /// The CPU counters when it started, and what was used until it ended
+    /// (for send, until its outbox was empty).
+    started: Cpu,
     cpu: CpuUsed,
 }
 
@@ -108,20 +110,27 @@ struct Cpu {
     at: CpuUsed,
 }
 
+impl CpuUsed {
+    /// What the server (`pid`) and this bench have used since they started.
+    fn now(pid: Option<u32>) -> Self {
+        Self {
+            server: pid.and_then(|p| cpu_us(&p.to_string())),
+            bench: cpu_us("self"),
+        }
+    }
+}
+
 impl Cpu {
     fn start(pid: Option<u32>) -> Self {
         Self {
             pid,
-            at: CpuUsed {
-                server: pid.and_then(|p| cpu_us(&p.to_string())),
-                bench: cpu_us("self"),
-            },
+            at: CpuUsed::now(pid),
         }
     }
 
     /// What each process used from [`Cpu::start`] until now.
     fn since(&self) -> CpuUsed {
-        let now = Self::start(self.pid).at;
+        let now = CpuUsed::now(self.pid);
         let d = |a: Option<u64>, b: Option<u64>| Some(b?.saturating_sub(a?));
         CpuUsed {
             server: d(self.at.server, now.server),
@@ -347,6 +356,7 @@ where
         latencies: Vec::new(),
         errors: 0,
         secs: 0.0,
+        started: cpu,
         cpu: CpuUsed::default(),
     };
     for t in tasks {
@@ -410,7 +420,6 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<u8> {
                 let out = Arc::new(std::sync::Mutex::new(Vec::new()));
                 let (b, o) = (bench.clone(), out.clone());
                 let sampler = args.server_pid.map(|pid| tokio::spawn(peak_rss(pid, d)));
-                let cpu = Cpu::start(args.server_pid);
                 let mut p = load(c, d, args.server_pid, move || {
                     let (b, o, token) = (b.clone(), o.clone(), token.clone());
                     async move {
@@ -432,7 +441,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<u8> {
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 };
                 // A send's cost includes delivering it.
-                p.cpu = cpu.since();
+                p.cpu = p.started.since();
                 let peak = match sampler {
                     Some(s) => s.await.ok().flatten(),
                     None => None,
