@@ -103,7 +103,6 @@ pub(crate) use verification_columns;
 
 /// The columns of [`verification_columns!`].
 pub(crate) fn verification(row: &impl StoredRow) -> StoreResult<Verification> {
-    let state = row.text("state")?;
     Ok(Verification {
         id: id(row, "id")?,
         customer_id: customer_id(&row.text("customer_id")?)?,
@@ -112,7 +111,7 @@ pub(crate) fn verification(row: &impl StoredRow) -> StoreResult<Verification> {
         code_hash: CodeHash::from_slice(&row.bytes("code_hash")?)
             .map_err(|_| corrupt("code hash"))?,
         otp_length: u8::try_from(row.int("otp_length")?).map_err(|_| corrupt("otp length"))?,
-        state: VerificationState::parse(&state).ok_or_else(|| corrupt("state"))?,
+        state: VerificationState::parse(&row.text("state")?).ok_or_else(|| corrupt("state"))?,
         wrong_attempts: number(row, "wrong_attempts")?,
         max_attempts: number(row, "max_attempts")?,
         created_at: row.int("created_at")?,

@@ -365,8 +365,10 @@ impl SqliteStore {
                     }
             )
         };
+        // Checked, not savepointed: `send::create` writes only once it has
+        // decided to keep what it writes.
         self.writer
-            .write(created, move |c| send::create(c, &req, lease.as_ref()))
+            .write_checked(created, move |c| send::create(c, &req, lease.as_ref()))
             .await
     }
 
@@ -403,6 +405,17 @@ impl SqliteStore {
         F: FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
     {
         self.writer.write(|_| true, op).await
+    }
+
+    /// As [`SqliteStore::write`], for an op that writes nothing before it
+    /// can fail (see `Writer::write_checked`): in a batch it runs without a
+    /// savepoint of its own.
+    async fn write_checked<T, F>(&self, op: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
+    {
+        self.writer.write_checked(|_| true, op).await
     }
 
     /// Runs `op` on a reader connection (in memory: on the writer's,
@@ -1003,8 +1016,10 @@ impl VerificationStore for SqliteStore {
         // One conditional update: of racing validations that read the same
         // row, only the first to write still finds its condition true
         // (contract §3: exactly one 200).
+        // Checked (`SqliteStore::write_checked`): nothing is written before
+        // the conditional update, and nothing after it fails but a fault.
         let customer = customer.clone();
-        self.write(move |c| {
+        self.write_checked(move |c| {
             let vid = id_i64(id);
             // The event of the change commits with it: `completed`, or
             // `failed` on the wrong code that spends the last attempt.

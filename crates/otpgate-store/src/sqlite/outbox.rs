@@ -40,7 +40,7 @@ impl OutboxStore for SqliteStore {
         now: i64,
     ) -> StoreResult<bool> {
         let (worker, sent) = (worker.to_owned(), sent.clone());
-        self.write(move |c| mark_sent(c, message_id, &worker, &sent, now))
+        self.write_checked(move |c| mark_sent(c, message_id, &worker, &sent, now))
             .await
     }
 
@@ -53,7 +53,7 @@ impl OutboxStore for SqliteStore {
         now: i64,
     ) -> StoreResult<bool> {
         let (worker, sent, entry) = (worker.to_owned(), sent.clone(), entry.clone());
-        self.write(move |c| {
+        self.write_checked(move |c| {
             let marked = mark_sent(c, message_id, &worker, &sent, now)?;
             if marked {
                 super::inbox_insert(c, &entry)?;

@@ -1,8 +1,10 @@
 //! A send (contract §2 and §5) as one SQLite write: account check, 506, rate
 //! limits, charge, verification, outbox row and (for an account with a
 //! webhook) its `verification.created` event. It runs on the writer's
-//! connection, inside the batch's `begin immediate` transaction (and its own
-//! savepoint), which keeps it only if it returns `Created`.
+//! connection, inside the batch's `begin immediate` transaction, and is kept
+//! only if it returns `Created` (or a block it triggered). It decides before
+//! it writes, so a refusal has written nothing and it needs no savepoint of
+//! its own (`Writer::write_checked`).
 
 use otpgate_core::fraud;
 use otpgate_core::send;
@@ -111,12 +113,6 @@ pub(super) fn create(
         Err(refused) => return shared::refusal(refused, None, now).map(|o| (o, None)),
     };
     let from_paid = cost - from_test;
-    exec(
-        conn,
-        "update accounts set test_credits = test_credits - ?2, credits = credits - ?3
-         where customer_id = ?1",
-        params![customer, from_test, from_paid],
-    )?;
 
     let delivery = if req.kind == SendKind::TestNumber {
         DeliveryStatus::Sent
@@ -167,6 +163,15 @@ pub(super) fn create(
             "every candidate verification id is taken".into(),
         ));
     };
+    // Charged only once the id is stored: a send that finds every candidate
+    // id taken has then written nothing, so it runs without a savepoint of
+    // its own in a batch (`Writer::write_checked`) and fails alone.
+    exec(
+        conn,
+        "update accounts set test_credits = test_credits - ?2, credits = credits - ?3
+         where customer_id = ?1",
+        params![customer, from_test, from_paid],
+    )?;
     exec(
         conn,
         "insert into daily_stats (customer_id, day, sends, completed, created_at)

@@ -162,7 +162,8 @@ async fn a_failing_or_refused_send_in_a_batch_leaves_no_trace_and_spares_the_oth
     settle().await;
     let before = store.write_stats();
     let batch = [
-        // Charges, then collides on the id: its charge must be undone.
+        // Collides on the id (every candidate taken): nothing of it stays,
+        // and the sends after it in the batch are unaffected.
         send(42, &c, &phone(3), T0),
         // 506 for the pending one.
         send(100, &c, &phone(1), T0),
@@ -214,7 +215,7 @@ async fn a_failing_or_refused_send_in_a_batch_leaves_no_trace_and_spares_the_oth
         Ok(CreateOutcome::Created(_))
     ));
 
-    // Two sends charged; the colliding one's charge was rolled back.
+    // Two sends charged; the colliding one charged nothing.
     assert_eq!(balance(&store, &c).await, (6, 0));
     assert_eq!(balance(&store, &cid(2)).await, (0, 0));
     let on = |n: u32| VerificationFilter {
