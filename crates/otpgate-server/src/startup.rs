@@ -21,6 +21,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::account_cache::AccountCache;
+use crate::auth::VerifiedTokens;
 use crate::client::Client;
 use crate::config::Settings;
 use crate::events::Events;
@@ -153,6 +154,7 @@ impl Application {
             code_key: CodeKey::new(code_key),
             key_cache: KeyCache::new(),
             accounts: AccountCache::new(settings.auth.account_cache_ms),
+            tokens: VerifiedTokens::default(),
             dummy_hash,
             store,
             clock,

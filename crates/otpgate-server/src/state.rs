@@ -7,6 +7,7 @@ use otpgate_sms::Delivery;
 use otpgate_store::Store;
 
 use crate::account_cache::AccountCache;
+use crate::auth::VerifiedTokens;
 use crate::client::ProxyConfig;
 use crate::config::Settings;
 use crate::events::Events;
@@ -34,6 +35,8 @@ pub struct Inner {
     pub key_cache: KeyCache,
     /// Accounts read lately, for the token checks (see [`crate::account_cache`]).
     pub accounts: AccountCache,
+    /// Tokens whose signature was checked lately (see [`crate::auth::VerifiedTokens`]).
+    pub tokens: VerifiedTokens,
     /// The bound on concurrent password hashing.
     pub hasher: Hasher,
     /// Trusted proxies, for the client address.

@@ -148,6 +148,9 @@ async fn a_distributed_guesser_leaves_the_owners_usual_address_working() {
 
 async fn expired_token_gets_401_on_both_versions() {
     let (app, t) = spawn_app_signed_in().await;
+    // Used once while good, so the server has checked (and kept) it.
+    let r = app.validate(Version::V3, &t, "1", "1234").await;
+    assert_eq!(r.code(), 505, "the token authenticates: {:?}", r.body);
     app.clock.advance_ms(7 * 24 * 3600 * 1000 + 1000);
     for v in BOTH {
         let r = app.send_to(v, &t, "91", "9876543210").await;
@@ -161,6 +164,9 @@ async fn expired_token_gets_401_on_both_versions() {
 async fn changing_the_password_revokes_earlier_tokens() {
     let app = spawn_app().await;
     let old = app.token().await;
+    // Used once while good, so the server has checked (and kept) it.
+    let r = app.validate(Version::V3, &old, "1", "1234").await;
+    assert_eq!(r.code(), 505, "the token authenticates: {:?}", r.body);
     otpgate_server::accounts::set_password(
         app.store.as_ref(),
         &app.account.customer_id,
