@@ -232,15 +232,21 @@ async fn sends(tx: &mut sqlx::PgConnection, batch: &[Queued]) -> StoreResult<Vec
         .await
         .map_err(db_err)?;
     }
-    let mut outcomes = Vec::with_capacity(batch.len());
-    for q in batch {
-        outcomes.push(
-            match PostgresStore::create_in(tx, &q.req, Some(&mut held), q.lease.as_ref()).await? {
-                Ok((v, handed)) => (CreateOutcome::Created(v), handed),
-                Err(refused) => (refused, None),
-            },
-        );
-    }
+    let group: Vec<send::GroupSend<'_>> = batch
+        .iter()
+        .map(|q| send::GroupSend {
+            req: &q.req,
+            lease: q.lease.as_ref(),
+        })
+        .collect();
+    let outcomes = PostgresStore::create_group(tx, &group, &mut held)
+        .await?
+        .into_iter()
+        .map(|outcome| match outcome {
+            Ok((v, handed)) => (CreateOutcome::Created(v), handed),
+            Err(refused) => (refused, None),
+        })
+        .collect();
     send::count_sends(tx, first.req.customer_id.as_str(), &held.uncounted).await?;
     Ok(outcomes)
 }

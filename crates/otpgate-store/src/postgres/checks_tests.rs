@@ -1,14 +1,13 @@
-//! The send checks' SQL (`CHECKS`) against a plain Rust statement of the
+//! The send checks' SQL (`CHECKS`, through `read_checks`) against a plain Rust statement of the
 //! rules, on a throwaway PostgreSQL: the per-number and wrong-code limits
 //! moved into one query, and the cases the contract suite does not reach
 //! (send times that tie, a budget reached inside a tie) are checked here.
 //! The reference is the core's `send::wrong_code_block`, which SQLite runs.
 
-use otpgate_core::VerificationState;
 use otpgate_core::send::wrong_code_block;
 use sqlx::Row;
 
-use super::send::CHECKS;
+use super::send::{CheckParams, read_checks};
 use super::{PgOptions, PostgresStore};
 use crate::testkit::{TempPostgres, require_services};
 
@@ -107,30 +106,38 @@ async fn the_checks_query_blocks_where_the_rules_say_even_with_ties() {
             let mut answers = Vec::new();
             for counting in [false, true] {
                 // The fraud facts' switches off: this is about the limits.
-                let row = sqlx::query(CHECKS)
-                    .bind("c1")
-                    .bind("4411")
-                    .bind(NOW)
-                    .bind(NOW - WINDOW)
-                    .bind(i64::from(max) - 1)
-                    .bind(NOW - WINDOW)
-                    .bind(i64::from(max))
-                    .bind(VerificationState::Pending.as_str())
-                    .bind(counting.then_some(NOW - 1000))
-                    .bind(44)
-                    .bind(NOW - 3_600_000)
-                    .bind(NOW - 86_400_000)
-                    .bind("4411")
-                    .bind("c1:44")
-                    .bind(NOW - WINDOW)
-                    .bind(NOW - WINDOW)
-                    .bind(VerificationState::Completed.as_str())
-                    .bind(false)
-                    .bind(false)
-                    .bind(false)
-                    .fetch_one(&store.pool)
-                    .await
-                    .unwrap();
+                let params = CheckParams {
+                    customer: "c1",
+                    destination: "4411".into(),
+                    now: NOW,
+                    number_from: NOW - WINDOW,
+                    number_offset: i64::from(max) - 1,
+                    wrong_from: NOW - WINDOW,
+                    wrong_max: i64::from(max),
+                    second_from: counting.then_some(NOW - 1000),
+                    country: 44,
+                    hour_from: NOW - 3_600_000,
+                    day_from: NOW - 86_400_000,
+                    prefix: "4411",
+                    country_key: "c1:44".into(),
+                    prefix_from: NOW - WINDOW,
+                    country_from: NOW - WINDOW,
+                    caps: false,
+                    dest_cap: false,
+                    guard: false,
+                };
+                // Twice in one statement, as a group reads them: each row
+                // is the same send's, from the same snapshot.
+                let mut conn = store.pool.acquire().await.unwrap();
+                let twice = [params.clone(), params];
+                let rows = read_checks(&mut conn, &twice).await.unwrap();
+                assert_eq!(rows.len(), 2);
+                let row = &rows[0];
+                for col in ["id", "recent", "number_block_at", "wrong_block_at"] {
+                    let a: Option<i64> = rows[0].get(col);
+                    let b: Option<i64> = rows[1].get(col);
+                    assert_eq!(a, b, "{col}");
+                }
                 let pending: Option<i64> = row.get("id");
                 assert_eq!(pending, None);
                 let counted: Option<i64> = row.get("recent");

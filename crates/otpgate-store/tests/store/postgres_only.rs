@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use otpgate_core::{CustomerId, DeliveryStatus};
 use otpgate_store::postgres::{self, PgOptions, PostgresStore, SCHEMA_VERSION};
 use otpgate_store::prelude::*;
-use otpgate_store::{CreateOutcome, StoreError};
+use otpgate_store::{CreateOutcome, StoreError, StoreResult};
 use otpgate_testkit::TempPostgres;
 use sqlx::Connection;
 
@@ -438,38 +438,7 @@ async fn queued_sends_of_one_account_share_a_transaction_and_keep_their_own_outc
     account(&*store, &c, 30, 0).await;
     created(&*store, send(1, &c, &phone(1), T0)).await;
 
-    // Queues `reqs` behind another session's lock on the account, releases
-    // it, and returns their outcomes in the order given.
-    let burst = |reqs: Vec<otpgate_store::NewVerification>| {
-        let store = store.clone();
-        let url = db.url().to_owned();
-        async move {
-            let mut other = holding_the_account_row(&url, &cid(1)).await;
-            let mut reqs = reqs.into_iter();
-            // The first send runs alone and waits for the lock; the rest
-            // queue behind it.
-            let spawn = |req| {
-                let store = store.clone();
-                tokio::spawn(async move { store.verification_create(req).await })
-            };
-            let mut tasks = vec![spawn(reqs.next().unwrap())];
-            wait_for_a_lock_wait(&mut other).await;
-            let rest: Vec<_> = reqs.collect();
-            let queued = rest.len();
-            tasks.extend(rest.into_iter().map(spawn));
-            let deadline = Instant::now() + TEN_S;
-            while store.send_queue_len() < queued {
-                assert!(Instant::now() < deadline, "the sends were never queued");
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-            sqlx::query("rollback").execute(&mut other).await.unwrap();
-            let mut outcomes = Vec::new();
-            for t in tasks {
-                outcomes.push(t.await.unwrap());
-            }
-            outcomes
-        }
-    };
+    let burst = |reqs| queued_behind_the_account_lock(&store, db.url(), &c, reqs);
     // The transactions that wrote the account's verifications.
     let writers = || async {
         let mut conn = sqlx::PgConnection::connect(db.url()).await.unwrap();
@@ -539,6 +508,202 @@ async fn queued_sends_of_one_account_share_a_transaction_and_keep_their_own_outc
         );
     }
     assert_eq!(balance(&*store, &c).await, (1, 0));
+}
+
+/// Queues `reqs` (sends of `c`) behind another session's lock on the
+/// account's row, releases it, and returns their outcomes in the order
+/// given: the first runs alone and waits for the lock, the rest queue
+/// behind it in that order and run as one group.
+async fn queued_behind_the_account_lock(
+    store: &Arc<PostgresStore>,
+    url: &str,
+    c: &CustomerId,
+    reqs: Vec<otpgate_store::NewVerification>,
+) -> Vec<StoreResult<CreateOutcome>> {
+    let mut other = holding_the_account_row(url, c).await;
+    let mut reqs = reqs.into_iter();
+    let spawn = |req| {
+        let store = store.clone();
+        tokio::spawn(async move { store.verification_create(req).await })
+    };
+    let mut tasks = vec![spawn(reqs.next().unwrap())];
+    wait_for_a_lock_wait(&mut other).await;
+    // One at a time, each queued before the next is spawned, so that they
+    // queue in the order given.
+    for (queued, req) in reqs.enumerate() {
+        tasks.push(spawn(req));
+        let deadline = Instant::now() + TEN_S;
+        while store.send_queue_len() <= queued {
+            assert!(Instant::now() < deadline, "the sends were never queued");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+    sqlx::query("rollback").execute(&mut other).await.unwrap();
+    let mut outcomes = Vec::new();
+    for t in tasks {
+        outcomes.push(t.await.unwrap());
+    }
+    outcomes
+}
+
+/// Outcomes without what differs between two equal runs (a created
+/// verification's id).
+fn outcome_kinds(outcomes: Vec<StoreResult<CreateOutcome>>) -> Vec<String> {
+    outcomes
+        .into_iter()
+        .map(|o| match o {
+            Ok(CreateOutcome::Created(v)) => {
+                format!("created, cost {} ({} test)", v.cost, v.cost_test)
+            }
+            Ok(CreateOutcome::AlreadyPending(v)) => format!("already pending: {}", v.id.get()),
+            other => format!("{other:?}"),
+        })
+        .collect()
+}
+
+/// A group reads the facts of all its sends at once, before any of them is
+/// written, and adds what its earlier sends took. Each case runs the same
+/// sends as a group (behind a held lock) on one database and one after
+/// another on another; every outcome, the balance and the blocks stored
+/// must be the same. The cases are the counts a group carries: the
+/// per-second limit, the account caps, the prefix and the country guard
+/// (whose block a send of the group triggers), own-number sends, and a
+/// number sent to twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_decides_each_send_as_the_same_sends_one_after_another() {
+    use otpgate_core::PhoneNumber;
+    use otpgate_core::fraud::{self, GuardPolicy};
+    use otpgate_store::{NewVerification, SendKind};
+    let test = "postgres_only::a_group_decides_each_send_as_the_same_sends_one_after_another";
+    let guard = |min_unconverted| GuardPolicy {
+        min_unconverted,
+        max_conversion_percent: 35,
+        window_ms: fraud::HOUR_MS,
+        block_ms: fraud::HOUR_MS,
+        max_block_ms: fraud::DAY_MS,
+    };
+    // Twelve sends to +91 98765 4nnnn (one prefix), each set up by `f`.
+    let sends = |f: &dyn Fn(usize, &mut NewVerification)| -> Vec<NewVerification> {
+        (0..12)
+            .map(|i| {
+                let n = u32::try_from(i).unwrap();
+                let to = PhoneNumber::parse("91", &format!("987654{n:04}")).unwrap();
+                let mut req = send(100 + u64::from(n), &cid(1), &to, T0 + i64::from(n % 3));
+                f(i, &mut req);
+                req
+            })
+            .collect()
+    };
+    let cases: Vec<(&str, Vec<NewVerification>)> = vec![
+        (
+            "per-second limit",
+            sends(&|_, r| r.limits.per_account_per_second = Some(5)),
+        ),
+        (
+            "account caps",
+            sends(&|_, r| {
+                r.fraud.caps.account_hour_messages = 4;
+                r.fraud.caps.account_day_credits = 7;
+            }),
+        ),
+        (
+            "prefix guard",
+            sends(&|_, r| {
+                r.fraud.guard = true;
+                r.fraud.prefix = guard(5);
+                r.fraud.country = guard(1_000);
+            }),
+        ),
+        (
+            "country guard",
+            sends(&|_, r| {
+                r.fraud.guard = true;
+                r.fraud.prefix = guard(1_000);
+                r.fraud.country = guard(6);
+            }),
+        ),
+        (
+            "own numbers",
+            sends(&|i, r| {
+                if i % 2 == 0 {
+                    r.kind = SendKind::OwnNumber { max_per_day: 3 };
+                }
+            }),
+        ),
+        (
+            "a number twice",
+            sends(&|i, r| {
+                if i == 7 {
+                    r.destination = PhoneNumber::parse("91", "9876540003").unwrap();
+                }
+                r.limits.per_account_per_second = Some(9);
+            }),
+        ),
+    ];
+    for (case, reqs) in cases {
+        let mut runs = Vec::new();
+        for grouped in [true, false] {
+            let Some(db) = TestDb::postgres(test).await else {
+                return;
+            };
+            let store = Arc::new(PostgresStore::connect(db.url(), patient()).await.unwrap());
+            let c = cid(1);
+            account(&*store, &c, 10, 3).await;
+            let outcomes = if grouped {
+                queued_behind_the_account_lock(&store, db.url(), &c, reqs.clone()).await
+            } else {
+                let mut outcomes = Vec::new();
+                for req in reqs.clone() {
+                    outcomes.push(store.verification_create(req).await);
+                }
+                outcomes
+            };
+            let mut conn = sqlx::PgConnection::connect(db.url()).await.unwrap();
+            let blocks: Vec<(String, String, i32)> =
+                sqlx::query_as("select scope, key, strikes from fraud_blocks order by scope, key")
+                    .fetch_all(&mut conn)
+                    .await
+                    .unwrap();
+            let counted: Option<i64> =
+                sqlx::query_scalar("select sum(sends)::bigint from daily_stats")
+                    .fetch_one(&mut conn)
+                    .await
+                    .unwrap();
+            let writers: i64 =
+                sqlx::query_scalar("select count(distinct xmin::text) from verifications")
+                    .fetch_one(&mut conn)
+                    .await
+                    .unwrap();
+            runs.push((
+                outcome_kinds(outcomes),
+                balance(&*store, &c).await,
+                blocks,
+                counted,
+                writers,
+            ));
+        }
+        let (grouped, alone) = (&runs[0], &runs[1]);
+        assert_eq!(grouped.0, alone.0, "{case}: outcomes");
+        assert_eq!(grouped.1, alone.1, "{case}: balance");
+        assert_eq!(grouped.2, alone.2, "{case}: blocks");
+        assert_eq!(grouped.3, alone.3, "{case}: daily count");
+        assert!(
+            grouped
+                .0
+                .iter()
+                .filter(|o| o.starts_with("created"))
+                .count()
+                > 1,
+            "{case}: more than one send created: {:?}",
+            grouped.0
+        );
+        assert!(
+            grouped.4 < alone.4,
+            "{case}: the grouped sends were written by fewer transactions ({} against {})",
+            grouped.4,
+            alone.4
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
