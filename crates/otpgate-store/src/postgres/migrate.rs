@@ -46,10 +46,11 @@ const MIGRATIONS: &[Migration] = migrations![
     (5, "events", "0005_events.sql"),
     (6, "schema parity", "0006_schema_parity.sql"),
     (7, "destination index", "0007_destination_index.sql"),
+    (8, "daily completions", "0008_daily_completions.sql"),
 ];
 
 /// The newest schema this build knows.
-pub const SCHEMA_VERSION: i64 = 7;
+pub const SCHEMA_VERSION: i64 = 8;
 
 /// The migrations as (version, name, SQL), in order: for tests that make a
 /// database as an earlier build did.

@@ -605,12 +605,12 @@ impl VerificationStore for PostgresStore {
                      ),",
                     cancel_held_if_done!(),
                     "counted as (
-                         insert into daily_stats (customer_id, day, sends, completed, created_at)
-                         select customer_id, floor(created_at::numeric / 86400000)::bigint, 0, 1,
-                                $4
+                         insert into daily_completions (customer_id, day, shard, completed)
+                         select customer_id, floor(created_at::numeric / 86400000)::bigint,
+                                (id & 15)::smallint, 1
                            from v
-                         on conflict (customer_id, day) do update
-                            set completed = daily_stats.completed + 1
+                         on conflict (customer_id, day, shard) do update
+                            set completed = daily_completions.completed + 1
                      ),",
                     event_if_done!("verification.completed")
                 ),
@@ -683,11 +683,15 @@ impl VerificationStore for PostgresStore {
         };
         // Completions are counted on the day of their send, so a day's
         // `completed` never exceeds its `sends` (a conversion rate), as on
-        // SQLite.
+        // SQLite; since schema 8 in `daily_completions`, spread over shards.
         let query = sqlx::query(
-            "select day, sends, completed from daily_stats
-              where customer_id = $1 and day >= $2 and day <= $3
-              order by day",
+            "select day, sum(sends)::bigint, sum(completed)::bigint
+               from (select day, sends, completed from daily_stats
+                      where customer_id = $1 and day >= $2 and day <= $3
+                     union all
+                     select day, 0, completed from daily_completions
+                      where customer_id = $1 and day >= $2 and day <= $3) d
+              group by day order by day",
         )
         .bind(customer.as_str())
         .bind(first_day)

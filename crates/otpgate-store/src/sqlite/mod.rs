@@ -94,10 +94,15 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
         "destination index",
         include_str!("../../migrations/sqlite/0008_destination_index.sql"),
     ),
+    (
+        9,
+        "daily completions",
+        include_str!("../../migrations/sqlite/0009_daily_completions.sql"),
+    ),
 ];
 
 /// The schema version this build migrates to (the newest migration).
-pub const SCHEMA_VERSION: i64 = 8;
+pub const SCHEMA_VERSION: i64 = 9;
 const _: () = assert!(MIGRATIONS[MIGRATIONS.len() - 1].0 == SCHEMA_VERSION);
 
 /// How long a statement waits for another process's write lock before the
@@ -1051,15 +1056,15 @@ impl VerificationStore for SqliteStore {
                     // Counted on the day of its send, in the same write.
                     exec(
                         c,
-                        "insert into daily_stats (customer_id, day, sends, completed, created_at)
+                        "insert into daily_completions (customer_id, day, shard, completed)
                          select customer_id,
                                 (created_at - ((created_at % 86400000) + 86400000) % 86400000)
                                     / 86400000,
-                                0, 1, ?2
+                                0, 1
                            from verifications where id = ?1
-                         on conflict (customer_id, day) do update
+                         on conflict (customer_id, day, shard) do update
                             set completed = completed + 1",
-                        [vid, now],
+                        [vid],
                     )?;
                     // Fallback steps still held carry the code: not needed.
                     outbox::cancel_queued(c, vid, now)?;
@@ -1135,9 +1140,13 @@ impl VerificationStore for SqliteStore {
             .read(move |c| {
                 all(
                     c,
-                    "select day, sends, completed from daily_stats
-                     where customer_id = ?1 and day >= ?2 and day <= ?3
-                     order by day",
+                    "select day, sum(sends), sum(completed)
+                       from (select day, sends, completed from daily_stats
+                              where customer_id = ?1 and day >= ?2 and day <= ?3
+                             union all
+                             select day, 0, completed from daily_completions
+                              where customer_id = ?1 and day >= ?2 and day <= ?3)
+                      group by day order by day",
                     params![customer.as_str(), first_day, last_day],
                     tuple,
                 )

@@ -706,6 +706,47 @@ async fn a_group_decides_each_send_as_the_same_sends_one_after_another() {
     }
 }
 
+/// One account's completions of a day are counted in up to 16 rows, by the
+/// verification's id, so that its validations do not all wait for one
+/// row's lock; the day's counts are the sums of its rows (and of what
+/// `daily_stats` holds from before).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_days_counts_are_spread_over_shards_and_read_as_their_sums() {
+    use otpgate_store::ValidationAction;
+    let test = "postgres_only::a_days_counts_are_spread_over_shards_and_read_as_their_sums";
+    let Some(db) = TestDb::postgres(test).await else {
+        return;
+    };
+    let store = PostgresStore::connect(db.url(), patient()).await.unwrap();
+    let c = cid(1);
+    account(&store, &c, 100, 0).await;
+    for n in 1..=40u32 {
+        let v = created(
+            &store,
+            send(u64::from(n), &c, &phone(n), DAY0 + i64::from(n)),
+        )
+        .await;
+        if n % 2 == 0 {
+            assert!(
+                store
+                    .verification_apply(&c, v.id, 0, ValidationAction::Complete, DAY0 + 100)
+                    .await
+                    .unwrap()
+            );
+        }
+    }
+    let mut conn = sqlx::PgConnection::connect(db.url()).await.unwrap();
+    let completed_rows: i64 = sqlx::query_scalar("select count(*) from daily_completions")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    // Ids 2, 4, …, 40: their low four bits take 8 values.
+    assert_eq!(completed_rows, 8);
+    let stats = store.daily_stats(&c, DAY0, DAY0 + DAY).await.unwrap();
+    let counts: Vec<_> = stats.iter().map(|d| (d.sends, d.completed)).collect();
+    assert_eq!(counts, [(40, 20)]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_result_waits_for_a_validate_of_its_verification_without_deadlock() {
     let test =
