@@ -8,12 +8,16 @@
 //! account that made PostgreSQL sends about a tenth of SQLite's, whatever
 //! the pool size. Here each node queues its sends by account; a queue's
 //! task takes the sends of the account at its head that are waiting (up to
-//! [`MAX_BATCH`]) and runs them one after another in one transaction, each
-//! with the same statements as alone ([`super::send`]), then commits once.
+//! [`MAX_BATCH`]) into one transaction and commits once. Inside it the
+//! checks of all of them are one statement and the writes of the accepted
+//! ones one more, each send decided in turn with what those before it took
+//! (`PostgresStore::create_group` in [`super::send`]).
 //!
 //! What each caller is promised is what it was promised alone:
-//! - the sends of a transaction run in the order they were queued, and each
-//!   sees those before it (the same transaction), as if committed one by one;
+//! - the sends of a transaction are decided in the order they were queued,
+//!   and each weighs those before it, as if committed one by one (a send
+//!   whose facts the group's read cannot give, and those after it, run
+//!   one by one and read them);
 //! - a refused send writes nothing (a send's checks write nothing, except a
 //!   block the send triggers, which is kept as when alone);
 //! - no caller hears back before the COMMIT has returned;
@@ -27,7 +31,7 @@
 //!
 //! The account's row is read once, when it is locked; each send of the
 //! group then weighs the balance as the sends before it left it (see
-//! `send::Held`), which saves one of a send's three statements.
+//! `send::Held`).
 //!
 //! Locks, so that grouping adds no deadlock: alone, a send takes its
 //! account's row and then at most one prefix's advisory lock. A group takes
