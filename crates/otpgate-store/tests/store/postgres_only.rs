@@ -747,6 +747,117 @@ async fn a_days_counts_are_spread_over_shards_and_read_as_their_sums() {
     assert_eq!(counts, [(40, 20)]);
 }
 
+/// A node's concurrent "sent" results are recorded many in one statement,
+/// each with the outcome it would have alone: the holder's mark (with its
+/// inbox row for the inbox channel) applies, another worker's does not, and
+/// a message recorded twice at once is marked once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_sent_results_are_recorded_together_each_as_alone() {
+    use otpgate_store::InboxEntry;
+    let test = "postgres_only::concurrent_sent_results_are_recorded_together_each_as_alone";
+    let Some(db) = TestDb::postgres(test).await else {
+        return;
+    };
+    let store = Arc::new(PostgresStore::connect(db.url(), patient()).await.unwrap());
+    let c = cid(1);
+    account(&*store, &c, 100, 0).await;
+    for n in 1..=20u32 {
+        created(&*store, send(u64::from(n), &c, &phone(n), T0)).await;
+    }
+    let mut msgs = claim(&*store, "w", 64, T0).await;
+    msgs.sort_by_key(|m| m.verification_id.get());
+    assert_eq!(msgs.len(), 20);
+
+    // The first result waits for another session's lock on its
+    // verification; the others queue behind it and go as one group.
+    let mut other = sqlx::PgConnection::connect(db.url()).await.unwrap();
+    sqlx::query("begin").execute(&mut other).await.unwrap();
+    sqlx::query("select 1 from verifications where id = $1 for update")
+        .bind(i64::try_from(msgs[0].verification_id.get()).unwrap())
+        .execute(&mut other)
+        .await
+        .unwrap();
+    let record = |i: usize, worker: &'static str| {
+        let store = store.clone();
+        let m = msgs[i].clone();
+        let c = c.clone();
+        tokio::spawn(async move {
+            let info = sent_info("dev", &format!("g-{}", m.id));
+            if i % 2 == 0 {
+                let entry = InboxEntry {
+                    customer_id: Some(c),
+                    destination: m.destination.e164_digits(),
+                    text: format!("for {}", m.id),
+                    verification_id: Some(m.verification_id),
+                    created_at: T0 + 1,
+                };
+                store
+                    .outbox_sent_to_inbox(m.id, worker, &info, &entry, T0 + 1)
+                    .await
+            } else {
+                store.outbox_sent(m.id, worker, &info, T0 + 1).await
+            }
+        })
+    };
+    let first = record(0, "w");
+    wait_for_a_lock_wait(&mut other).await;
+    let mut rest = Vec::new();
+    for i in 1..19 {
+        rest.push((i, "w", record(i, "w")));
+    }
+    // The same message twice at once; one by both its worker and another;
+    // and one by a worker without its lease only.
+    rest.push((5, "w", record(5, "w")));
+    rest.push((7, "other", record(7, "other")));
+    rest.push((19, "other", record(19, "other")));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    sqlx::query("rollback").execute(&mut other).await.unwrap();
+    assert!(first.await.unwrap().unwrap());
+    let mut applied = std::collections::HashMap::new();
+    for (i, worker, task) in rest {
+        let ok = task.await.unwrap().unwrap();
+        if ok {
+            *applied.entry(i).or_insert(0) += 1;
+        }
+        if worker == "other" {
+            assert!(!ok, "a worker without the lease records nothing");
+        }
+    }
+    for i in 1..19 {
+        assert_eq!(applied.get(&i), Some(&1), "message {i} is marked once");
+    }
+    assert_eq!(applied.get(&19), None);
+    let count = |sql: &'static str| {
+        let url = db.url().to_owned();
+        async move {
+            let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
+            sqlx::query_scalar::<_, i64>(sql)
+                .fetch_one(&mut conn)
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(
+        count("select count(*) from outbox where status = 'sent' and text is null").await,
+        19
+    );
+    assert_eq!(
+        count("select count(*) from verifications where delivery = 'sent'").await,
+        19
+    );
+    assert_eq!(
+        count("select count(*) from inbox").await,
+        10,
+        "one row per inbox result"
+    );
+    let writers =
+        count("select count(distinct xmin::text) from outbox where status = 'sent'").await;
+    assert!(
+        writers < 10,
+        "the results were recorded by {writers} statements"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_result_waits_for_a_validate_of_its_verification_without_deadlock() {
     let test =
