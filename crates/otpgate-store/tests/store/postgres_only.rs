@@ -625,7 +625,7 @@ async fn a_group_decides_each_send_as_the_same_sends_one_after_another() {
         (
             "own numbers",
             sends(&|i, r| {
-                if i.is_multiple_of(2) {
+                if i % 2 == 0 {
                     r.kind = SendKind::OwnNumber { max_per_day: 3 };
                 }
             }),
@@ -783,7 +783,7 @@ async fn concurrent_sent_results_are_recorded_together_each_as_alone() {
         let c = c.clone();
         tokio::spawn(async move {
             let info = sent_info("dev", &format!("g-{}", m.id));
-            if i.is_multiple_of(2) {
+            if i % 2 == 0 {
                 let entry = InboxEntry {
                     customer_id: Some(c),
                     destination: m.destination.e164_digits(),
