@@ -22,7 +22,6 @@ mod batch;
 mod changes;
 #[cfg(all(test, feature = "testkit"))]
 mod checks_tests;
-mod delivered;
 mod error;
 mod events;
 mod migrate;
@@ -155,8 +154,6 @@ pub struct PostgresStore {
     op_deadline: Option<Duration>,
     /// The node's sends, grouped by account into shared transactions.
     sends: batch::Batcher,
-    /// The node's results of messages sent, recorded many in a statement.
-    delivered: delivered::Delivered,
     /// Account changes heard of (see [`AccountStore::account_changes`]).
     accounts: Arc<changes::AccountChanges>,
 }
@@ -244,12 +241,10 @@ impl PostgresStore {
         // Half the pool for sends, the rest for everything else; one send
         // queue has one connection in use at a time.
         let sends = batch::Batcher::start(&pool, usize::try_from(opts.pool_size / 2).unwrap_or(1));
-        let delivered = delivered::Delivered::start(&pool);
         let store = Self {
             pool,
             op_deadline,
             sends,
-            delivered,
             accounts: Arc::new(changes::AccountChanges::new(
                 PgPoolOptions::new()
                     .max_connections(1)
