@@ -379,8 +379,8 @@ async fn three_nodes_on_one_database_behave_as_one_service() {
 
 /// A token request with an explicit password.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_password_change_revokes_tokens_on_every_node_at_once() {
-    let test = "a_password_change_revokes_tokens_on_every_node_at_once";
+async fn a_password_change_revokes_tokens_on_every_node_as_soon_as_it_hears_of_it() {
+    let test = "a_password_change_revokes_tokens_on_every_node_as_soon_as_it_hears_of_it";
     let Some(pg) = server(test) else { return };
     let db = pg.fresh_database();
     let nodes = start_nodes(&db, 3, "revoke", &[]);
@@ -398,14 +398,25 @@ async fn a_password_change_revokes_tokens_on_every_node_at_once() {
             .args(["customer", "set-password", &cid, "--password", "a new one"])
             .args(["--database", &db]),
     );
+    // Another node hears of the change by its notification, a round trip
+    // after the CLI's commit (`auth.account_cache_ms` says so): the first
+    // request can beat it. So each node is asked until it refuses, within
+    // the cache's lifetime (1 s), which bounds it even if the news is lost.
+    let changed = Instant::now();
     for n in &nodes {
-        let (status, body) = validate(&http, &n.base, &old, "4242424242", "1234").await;
-        assert_eq!(
-            (status, &body["responseCode"]),
-            (401, &401.into()),
-            "old token on {}: {body}",
-            n.base
-        );
+        loop {
+            let (status, body) = validate(&http, &n.base, &old, "4242424242", "1234").await;
+            if (status, &body["responseCode"]) == (401, &401.into()) {
+                break;
+            }
+            assert!(
+                changed.elapsed() < Duration::from_millis(1500),
+                "old token still taken on {} after {:?}: {body}",
+                n.base,
+                changed.elapsed()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         let (status, body) = common::token_status(&http, &n.base, &cid, PASSWORD).await;
         assert_eq!(status, 401, "old password on {}: {body}", n.base);
     }
