@@ -20,7 +20,7 @@ pub use otpgate_testkit::{TempDir, free_port};
 
 /// A fresh SQLite database with one account holding 10 test credits.
 pub struct Db {
-    _dir: TempDir,
+    dir: TempDir,
     pub store: Arc<dyn Store>,
     pub clock: Arc<dyn Clock>,
     pub customer: CustomerId,
@@ -51,12 +51,17 @@ impl Db {
             .await
             .expect("create the account");
         Db {
-            _dir: dir,
+            dir,
             store,
             clock,
             customer,
             next_id: AtomicU32::new(1),
         }
+    }
+
+    /// The database file.
+    pub fn path(&self) -> std::path::PathBuf {
+        self.dir.db()
     }
 
     /// Queues a verification to `country_code`/`national` with `text`,
