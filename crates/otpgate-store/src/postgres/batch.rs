@@ -214,28 +214,32 @@ async fn sends(tx: &mut sqlx::PgConnection, batch: &[Queued]) -> StoreResult<Vec
         .filter(|q| send::takes_prefix_lock(&q.req))
         .map(|q| q.req.prefix.as_str())
         .collect();
-    let account = sqlx::query_as(
-        "select credits, test_credits, disabled from accounts where customer_id = $1 for update",
+    // One round trip for both, as a lone send's `send::LOCK`: the
+    // advisory locks' init plan runs once the account's row, locked, is
+    // projected (none when there is no such account, whose sends are all
+    // refused).
+    let account: Option<(i64, i64, bool, i64)> = sqlx::query_as(
+        "with locked as materialized (
+             select credits, test_credits, disabled from accounts
+              where customer_id = $1 for update
+         )
+         select credits, test_credits, disabled,
+                (select count(l) from (
+                     select pg_advisory_xact_lock($2, k)::text as l
+                       from (select distinct hashtext(p) as k from unnest($3::text[]) as p
+                              order by k offset 0) as keys
+                 ) as prefixes) as prefixes_locked
+           from locked",
     )
     .bind(first.req.customer_id.as_str())
+    .bind(PREFIX_LOCK_SPACE)
+    .bind(&prefixes)
     .fetch_optional(&mut *tx)
     .await
     .map_err(db_err)?;
-    let mut held = Held::new(account);
-    if !prefixes.is_empty() {
-        sqlx::query(
-            "select count(l) from (
-                 select pg_advisory_xact_lock($1, k)::text as l
-                   from (select distinct hashtext(p) as k from unnest($2::text[]) as p
-                          order by k offset 0) as keys
-             ) as locked",
-        )
-        .bind(PREFIX_LOCK_SPACE)
-        .bind(&prefixes)
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(db_err)?;
-    }
+    let mut held = Held {
+        account: account.map(|(credits, test, disabled, _)| (credits, test, disabled)),
+    };
     let group: Vec<send::GroupSend<'_>> = batch
         .iter()
         .map(|q| send::GroupSend {
@@ -251,6 +255,5 @@ async fn sends(tx: &mut sqlx::PgConnection, batch: &[Queued]) -> StoreResult<Vec
             Err(refused) => (refused, None),
         })
         .collect();
-    send::count_sends(tx, first.req.customer_id.as_str(), &held.uncounted).await?;
     Ok(outcomes)
 }

@@ -130,8 +130,7 @@ fn int(n: u32) -> i32 {
 }
 
 /// An account row that the transaction already holds locked (a group of the
-/// account's sends, `super::batch`), and what the group's sends leave for
-/// its end.
+/// account's sends, `super::batch`).
 pub(super) struct Held {
     /// The balance as this transaction has left it, and whether the account
     /// is disabled; `None`: no such account. Nobody else can change the row
@@ -139,57 +138,6 @@ pub(super) struct Held {
     /// each accepted one takes its charge off here as its statement does in
     /// the table.
     pub(super) account: Option<(i64, i64, bool)>,
-    /// Accepted sends not yet counted in `daily_stats`: per day (`day_of`),
-    /// how many, and the first one's send time (the row's `created_at`).
-    /// The group counts them in one statement just before its COMMIT
-    /// ([`count_sends`]) rather than each in its own: the count's row is the
-    /// one a validation of the account's codes updates too, and a lock taken
-    /// with a group's first send would be held through all of its sends,
-    /// so every validation of the account would wait for the whole group.
-    pub(super) uncounted: Vec<(i64, i64, i64)>,
-}
-
-impl Held {
-    pub(super) fn new(account: Option<(i64, i64, bool)>) -> Self {
-        Self {
-            account,
-            uncounted: Vec::new(),
-        }
-    }
-}
-
-/// Counts a group's accepted sends in `daily_stats` (see
-/// [`Held::uncounted`]): the last statement before its COMMIT, so its
-/// row locks are held only for the COMMIT, and taken last, after the
-/// account's and the prefixes' (the order every send keeps).
-pub(super) async fn count_sends(
-    tx: &mut PgConnection,
-    customer: &str,
-    uncounted: &[(i64, i64, i64)],
-) -> StoreResult<()> {
-    if uncounted.is_empty() {
-        return Ok(());
-    }
-    let days: Vec<i64> = uncounted.iter().map(|c| c.0).collect();
-    let sends: Vec<i64> = uncounted.iter().map(|c| c.1).collect();
-    let created: Vec<i64> = uncounted.iter().map(|c| c.2).collect();
-    // By day, so that two groups spanning the same midnight lock the rows
-    // in one order.
-    sqlx::query(
-        "insert into daily_stats (customer_id, day, sends, completed, created_at)
-         select $1, day, n, 0, at
-           from unnest($2::bigint[], $3::bigint[], $4::bigint[]) as c (day, n, at)
-          order by day
-         on conflict (customer_id, day) do update set sends = daily_stats.sends + excluded.sends",
-    )
-    .bind(customer)
-    .bind(&days)
-    .bind(&sends)
-    .bind(&created)
-    .execute(&mut *tx)
-    .await
-    .map_err(db_err)?;
-    Ok(())
 }
 
 /// The first statement of a send: its account's row lock, which serialises
@@ -358,8 +306,9 @@ pub(super) const BEGIN: &str = "begin; set local plan_cache_mode = force_generic
 /// The writes of accepted sends of one account, in one statement: one send
 /// alone, or a group's (`super::batch`), one element per send in each
 /// array parameter ([`Writes`]). The charge, the outbox rows, (for an
-/// account with a webhook) the `created` events and (`$24`; a group counts
-/// its sends at its end, see [`Held::uncounted`]) the day's count hang off
+/// account with a webhook) the `created` events and the day's count (in
+/// the account's `daily_stats` row, whose lock only the account's sends
+/// take, which its row lock queues already) hang off
 /// the inserted verifications, so an id that is already taken (`on conflict
 /// do nothing`) writes nothing for its send; the caller sees that send's
 /// row missing. The charge is the sum of what was inserted, in one update
@@ -371,7 +320,7 @@ const WRITE: &str = concat!(
                               $10::bigint[], $11::bigint[], $12::text[], $13::bigint[],
                               $14::bigint[], $15::text[], $16::text[], $17::text[],
                               $18::text[], $19::text[], $20::boolean[], $21::boolean[],
-                              $22::text[], $23::bigint[], $25::text[], $26::bigint[])
+                              $22::text[], $23::bigint[], $24::text[], $25::bigint[])
              as a (id, country_code, national, destination, flow_type, code_hash,
                    otp_length, max_attempts, created_at, expires_at, transaction_id,
                    cost, cost_test, text, address, lang, prefix, delivery, queued, own,
@@ -432,7 +381,6 @@ const WRITE: &str = concat!(
          insert into daily_stats (customer_id, day, sends, completed, created_at)
          select $2, a.day, count(*), 0, min(i.created_at)
            from inserted i join args a on a.id = i.id
-          where $24
           group by a.day
           order by a.day
          on conflict (customer_id, day) do update
@@ -770,15 +718,9 @@ impl<'a> Writes<'a> {
         self.lease_until.push(lease.map(|l| l.until));
     }
 
-    /// Runs [`WRITE`] for the sends added, of the account `customer`,
-    /// counting them in `daily_stats` if `count`: the rows of those stored
-    /// (a send whose id was taken has none).
-    async fn run(
-        &self,
-        tx: &mut PgConnection,
-        customer: &str,
-        count: bool,
-    ) -> StoreResult<Vec<PgRow>> {
+    /// Runs [`WRITE`] for the sends added, of the account `customer`: the
+    /// rows of those stored (a send whose id was taken has none).
+    async fn run(&self, tx: &mut PgConnection, customer: &str) -> StoreResult<Vec<PgRow>> {
         sqlx::query(WRITE)
             .bind(&self.id)
             .bind(customer)
@@ -803,7 +745,6 @@ impl<'a> Writes<'a> {
             .bind(&self.own)
             .bind(&self.detail)
             .bind(&self.day)
-            .bind(count)
             .bind(&self.lease_owner)
             .bind(&self.lease_until)
             .fetch_all(&mut *tx)
@@ -890,17 +831,12 @@ async fn store_block(
 }
 
 impl Held {
-    /// Takes an accepted send's charge off the held balance, and counts it
-    /// for the group's end, as its write does in the tables.
-    fn take(&mut self, req: &NewVerification, cost: i64, cost_test: i64) {
+    /// Takes an accepted send's charge off the held balance, as its write
+    /// does in the table.
+    fn take(&mut self, cost: i64, cost_test: i64) {
         if let Some((credits, test_credits, _)) = &mut self.account {
             *credits -= cost - cost_test;
             *test_credits -= cost_test;
-        }
-        let day = day_of(req.created_at);
-        match self.uncounted.iter_mut().find(|c| c.0 == day) {
-            Some(c) => c.1 += 1,
-            None => self.uncounted.push((day, 1, req.created_at)),
         }
     }
 
@@ -999,9 +935,7 @@ impl PostgresStore {
                 (cost, cost_test, counted),
                 lease,
             );
-            let rows = writes
-                .run(tx, req.customer_id.as_str(), held.is_none())
-                .await?;
+            let rows = writes.run(tx, req.customer_id.as_str()).await?;
             if let Some(row) = rows.into_iter().next() {
                 written = Some((candidate.0, row));
                 break;
@@ -1014,7 +948,7 @@ impl PostgresStore {
         };
         store_fallbacks(tx, req, id).await?;
         if let Some(held) = held {
-            held.take(req, cost, cost_test);
+            held.take(cost, cost_test);
         }
         Ok(Ok(stored(req, &row, lease)?))
     }
@@ -1073,7 +1007,7 @@ impl PostgresStore {
                     cost_test,
                     counted,
                 } => {
-                    held.take(s.req, cost, cost_test);
+                    held.take(cost, cost_test);
                     taken.push(Taken {
                         created_at: now,
                         destination: p.destination.clone(),
@@ -1095,7 +1029,7 @@ impl PostgresStore {
             }
         }
         if !accepted.is_empty() {
-            let rows = writes.run(tx, held_customer(sends), false).await?;
+            let rows = writes.run(tx, held_customer(sends)).await?;
             if rows.len() != accepted.len() {
                 return Err(StoreError::Conflict(
                     "a verification id of the group is taken".into(),
