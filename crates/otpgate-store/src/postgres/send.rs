@@ -873,7 +873,7 @@ impl PostgresStore {
         req: &NewVerification,
         held: Option<&mut Held>,
         lease: Option<&OutboxLease>,
-    ) -> StoreResult<Result<(Verification, Option<OutboxMessage>), CreateOutcome>> {
+    ) -> StoreResult<CreateResult> {
         let now = req.created_at;
         if req.price < 0 {
             // The server's price table is validated at start-up; a negative
