@@ -40,17 +40,7 @@ async fn a_handed_over_message_is_delivered_at_once_without_a_claim() {
     );
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(delivery.clone().run(shutdown.clone()));
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    let reservation = loop {
-        if let Some(r) = delivery.reserve(db.clock.now_ms()) {
-            break r;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the worker never ran"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    };
+    let reservation = reserve(&db, &delivery).await;
     // Reservations are bounded: `batch` of them at most.
     let second = delivery.reserve(db.clock.now_ms()).expect("a second place");
     assert!(
@@ -154,16 +144,21 @@ async fn send_leased(
     (v, msg.expect("SQLite hands the message back"))
 }
 
-/// Makes a send whose message is leased to `delivery` and hands it over:
-/// the verification and the message's id.
-async fn hand_one(db: &Db, delivery: &Delivery, national: &str) -> (Verification, i64) {
+/// A place with `delivery`, once it runs and has one free (up to 5 s).
+async fn reserve(db: &Db, delivery: &Delivery) -> Reservation {
     let mut reservation = None;
     until("a place with the worker", || {
         reservation = delivery.reserve(db.clock.now_ms());
         reservation.is_some()
     })
     .await;
-    let reservation = reservation.unwrap();
+    reservation.expect("checked by until")
+}
+
+/// Makes a send whose message is leased to `delivery` and hands it over:
+/// the verification and the message's id.
+async fn hand_one(db: &Db, delivery: &Delivery, national: &str) -> (Verification, i64) {
+    let reservation = reserve(db, delivery).await;
     let (v, msg) = send_leased(db, &reservation, national).await;
     let id = msg.id;
     reservation.hand(msg);

@@ -49,7 +49,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::PostgresStore;
 use super::error::db_err;
-use super::send::{self, BEGIN, Held, PREFIX_LOCK_SPACE};
+use super::send::{self, BEGIN, Held};
 use crate::shared::fan_out;
 use crate::{CreateOutcome, NewVerification, OutboxLease, OutboxMessage, StoreError, StoreResult};
 
@@ -214,31 +214,8 @@ async fn sends(tx: &mut sqlx::PgConnection, batch: &[Queued]) -> StoreResult<Vec
         .filter(|q| send::takes_prefix_lock(&q.req))
         .map(|q| q.req.prefix.as_str())
         .collect();
-    // One round trip for both, as a lone send's `send::LOCK`: the
-    // advisory locks' init plan runs once the account's row, locked, is
-    // projected (none when there is no such account, whose sends are all
-    // refused).
-    let account: Option<(i64, i64, bool, i64)> = sqlx::query_as(
-        "with locked as materialized (
-             select credits, test_credits, disabled from accounts
-              where customer_id = $1 for update
-         )
-         select credits, test_credits, disabled,
-                (select count(l) from (
-                     select pg_advisory_xact_lock($2, k)::text as l
-                       from (select distinct hashtext(p) as k from unnest($3::text[]) as p
-                              order by k offset 0) as keys
-                 ) as prefixes) as prefixes_locked
-           from locked",
-    )
-    .bind(first.req.customer_id.as_str())
-    .bind(PREFIX_LOCK_SPACE)
-    .bind(&prefixes)
-    .fetch_optional(&mut *tx)
-    .await
-    .map_err(db_err)?;
     let mut held = Held {
-        account: account.map(|(credits, test, disabled, _)| (credits, test, disabled)),
+        account: send::lock(tx, first.req.customer_id.as_str(), &prefixes).await?,
     };
     let group: Vec<send::GroupSend<'_>> = batch
         .iter()

@@ -56,7 +56,7 @@ pub(super) async fn create(
 /// The first key of the two-key advisory locks that serialise sends to one
 /// prefix ("otpg" in ASCII); the second is the prefix's `hashtext`. Two-key
 /// locks never collide with the one-key migration lock.
-pub(super) const PREFIX_LOCK_SPACE: i32 = 0x6f74_7067;
+const PREFIX_LOCK_SPACE: i32 = 0x6f74_7067;
 
 /// Whether a send takes its prefix's advisory lock after its account's: only
 /// with a defence that spans accounts on (the conversion guard or the
@@ -140,29 +140,52 @@ pub(super) struct Held {
     pub(super) account: Option<(i64, i64, bool)>,
 }
 
-/// The first statement of a send: its account's row lock, which serialises
-/// the sends of one account across nodes, and then (`$2`) the prefix's
-/// advisory lock, which serialises sends to one prefix from different
-/// accounts, so that the prefix guard and the per-number cap hold across
-/// accounts too. One round trip for both: the round trips of a send are
-/// made while it holds its account's lock, so each one costs every other
-/// send of the account too. The prefix's lock is always taken after the
-/// account's, never before, so no two sends can wait on each other in a
-/// cycle: the locking CTE yields the row only once its lock is granted, and
-/// the init plan that takes the advisory lock runs when the projection of
-/// that row first needs it. The row it returns is read afresh once the
-/// lock is granted, so the balance and the disabled flag are current.
+/// The first statement of a send, or of a group of one account's sends
+/// (`super::batch`): the account's row lock, which serialises the sends of
+/// one account across nodes, and then the advisory lock of each prefix the
+/// sends take (`$3`: a lone send's one or none, a group's every one, in
+/// ascending order of the lock's key), which serialises sends to one prefix
+/// from different accounts, so that the prefix guard and the per-number cap
+/// hold across accounts too. One round trip for all of them: the round
+/// trips of a send are made while it holds its account's lock, so each one
+/// costs every other send of the account too. The prefixes' locks are
+/// always taken after the account's, never before, so no two sends can
+/// wait on each other in a cycle: the locking CTE yields the row only once
+/// its lock is granted, and the init plan that takes the advisory locks
+/// runs when the projection of that row first needs it (none when there is
+/// no such account, whose sends are all refused). The row it returns is
+/// read afresh once the lock is granted, so the balance and the disabled
+/// flag are current.
 ///
-/// Parameters: customer, whether to take the prefix's lock, the lock
-/// space, the prefix.
+/// Parameters: customer, the lock space, the prefixes.
 const LOCK: &str = "with locked as materialized (
          select credits, test_credits, disabled from accounts
           where customer_id = $1 for update
      )
      select credits, test_credits, disabled,
-            case when $2 then (select true from pg_advisory_xact_lock($3, hashtext($4))) end
-                as prefix_locked
+            (select count(l) from (
+                 select pg_advisory_xact_lock($2, k)::text as l
+                   from (select distinct hashtext(p) as k from unnest($3::text[]) as p
+                          order by k offset 0) as keys
+             ) as prefixes) as prefixes_locked
        from locked";
+
+/// Runs [`LOCK`] for `customer` and `prefixes`: the account's credits,
+/// test credits and whether it is disabled; `None`: no such account.
+pub(super) async fn lock(
+    tx: &mut PgConnection,
+    customer: &str,
+    prefixes: &[&str],
+) -> StoreResult<Option<(i64, i64, bool)>> {
+    let row: Option<(i64, i64, bool, i64)> = sqlx::query_as(LOCK)
+        .bind(customer)
+        .bind(PREFIX_LOCK_SPACE)
+        .bind(prefixes)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db_err)?;
+    Ok(row.map(|(credits, test_credits, disabled, _)| (credits, test_credits, disabled)))
+}
 
 /// Every fact a send's decision needs, in one statement after [`LOCK`]:
 /// the 506 check and the rate limits of contract §2, and what the fraud
@@ -883,20 +906,17 @@ impl PostgresStore {
         let balance = match held.as_deref() {
             // Locked already, and the prefix locks with it.
             Some(held) => held.balance(),
-            None => sqlx::query_as::<_, (i64, i64, bool, Option<bool>)>(LOCK)
-                .bind(req.customer_id.as_str())
-                .bind(takes_prefix_lock(req))
-                .bind(PREFIX_LOCK_SPACE)
-                .bind(&req.prefix)
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(db_err)?
-                .and_then(|(credits, test_credits, disabled, _)| {
-                    (!disabled).then_some(send::Balance {
-                        credits,
-                        test_credits,
+            None => {
+                let prefix = takes_prefix_lock(req).then_some(req.prefix.as_str());
+                lock(tx, req.customer_id.as_str(), prefix.as_slice())
+                    .await?
+                    .and_then(|(credits, test_credits, disabled)| {
+                        (!disabled).then_some(send::Balance {
+                            credits,
+                            test_credits,
+                        })
                     })
-                }),
+            }
         };
         let Some(balance) = balance else {
             return Ok(Err(shared::refusal(

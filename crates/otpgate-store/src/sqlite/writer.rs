@@ -1037,11 +1037,15 @@ mod tests {
         assert_eq!(pace.pause(every), every);
         // Long, and this pass copied much: again at once, no help yet.
         assert!(!pace.passed(6_000, 6_000));
-        assert_eq!(pace.pause(Duration::from_millis(100)), Duration::ZERO);
+        assert_eq!(pace.pause(every), Duration::ZERO);
         // The next pass found only what came during the last: help.
         assert!(pace.passed(6_000 + HELP_TAIL_FRAMES, 6_000 + HELP_TAIL_FRAMES));
         assert_eq!(pace.pause(every), every);
-        // The WAL started over: what a pass finds is all of it.
+        // The WAL started over and is long again, shorter than before: what
+        // the pass found is all of it, so no help yet.
+        assert!(!pace.passed(5_000, 5_000));
+        assert_eq!(pace.pause(every), Duration::ZERO);
+        // Short after it started over: nothing to do.
         assert!(!pace.passed(300, 300));
         assert_eq!(pace.pause(every), every);
     }
